@@ -1,0 +1,128 @@
+//! troupe's device models.
+//!
+//! Every model here is a plain state machine: it owns guest-visible registers, takes a
+//! register access (`BusDevice`) or a typed request, and reports what happened through the
+//! small traits in this file (an interrupt line, a byte sink, a system event). No KVM, no
+//! tokio, no threads, no file descriptors: the `actors` crate hosts each model, and tests
+//! drive them with the fakes in [`testing`].
+//!
+//! Data path: vCPU exit -> `actors::bus` -> `BusDevice::read/write` on the vCPU thread ->
+//! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`.
+
+pub mod state;
+
+use std::sync::Arc;
+
+pub use state::{Snapshot, StateError};
+
+/// A device that answers guest port or memory accesses in the range it was mapped at.
+///
+/// `offset` is relative to the base of the range the device was registered with; `data`
+/// is 1, 2, 4 or 8 bytes, little-endian, exactly as the guest accessed it.
+pub trait BusDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// An interrupt line into the platform's interrupt controller (an ISA IRQ, a PCI INTx pin
+/// after routing, or an MSI vector). Implemented in `actors` over KVM; faked in tests.
+pub trait IrqLine: Send + Sync {
+    /// Drive a level-triggered line.
+    fn set_level(&self, high: bool);
+    /// Deliver one edge (raise, then lower).
+    fn pulse(&self) {
+        self.set_level(true);
+        self.set_level(false);
+    }
+}
+
+/// Things a device asks of the whole machine. They go to the supervisor as events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemEvent {
+    /// The guest asked for a platform reset (0xCF9, i8042 0xFE, ACPI reset register).
+    ResetRequested,
+    /// The guest entered S5 (ACPI soft-off) or otherwise asked to power off.
+    PowerOffRequested,
+    /// The guest wrote `value` to `isa-debug-exit`: the process exits with `(value << 1) | 1`.
+    DebugExit(u32),
+}
+
+/// Where a device posts [`SystemEvent`]s. Must not block.
+pub trait SystemEvents: Send + Sync {
+    fn post(&self, event: SystemEvent);
+}
+
+/// Where a device posts bytes it emits (a UART's transmit side). Must not block: when
+/// the backend is slow the implementation drops or buffers, it never stalls a vCPU.
+pub trait ByteSink: Send {
+    fn write_bytes(&mut self, data: &[u8]);
+}
+
+/// Shared handle types used when wiring models.
+pub type SharedIrq = Arc<dyn IrqLine>;
+pub type SharedEvents = Arc<dyn SystemEvents>;
+
+/// Fakes for unit tests of models (and of hosts in `actors`).
+pub mod testing {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An interrupt line that records its level and every edge.
+    #[derive(Default)]
+    pub struct FakeIrq {
+        pub level: std::sync::atomic::AtomicBool,
+        pub raised: std::sync::atomic::AtomicUsize,
+    }
+
+    impl IrqLine for FakeIrq {
+        fn set_level(&self, high: bool) {
+            use std::sync::atomic::Ordering::SeqCst;
+            if high && !self.level.swap(true, SeqCst) {
+                self.raised.fetch_add(1, SeqCst);
+            } else if !high {
+                self.level.store(false, SeqCst);
+            }
+        }
+    }
+
+    impl FakeIrq {
+        pub fn is_high(&self) -> bool {
+            self.level.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        pub fn edges(&self) -> usize {
+            self.raised.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Records system events.
+    #[derive(Default)]
+    pub struct FakeEvents(pub Mutex<Vec<SystemEvent>>);
+
+    impl SystemEvents for FakeEvents {
+        fn post(&self, event: SystemEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl FakeEvents {
+        pub fn taken(&self) -> Vec<SystemEvent> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// Collects bytes written to it; clones share the buffer.
+    #[derive(Default, Clone)]
+    pub struct FakeSink(pub Arc<Mutex<Vec<u8>>>);
+
+    impl ByteSink for FakeSink {
+        fn write_bytes(&mut self, data: &[u8]) {
+            self.0.lock().unwrap().extend_from_slice(data);
+        }
+    }
+
+    impl FakeSink {
+        pub fn contents(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+}
