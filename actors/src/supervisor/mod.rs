@@ -1,0 +1,17 @@
+//! The supervisor: owns the VM lifecycle and turns events into decisions.
+//!
+//! States follow QEMU's run states: `prelaunch` (created with `-S`), `running`, `paused`,
+//! `shutdown`, `internal-error`. Commands arrive as [`SupervisorMsg`]s from the monitor;
+//! facts arrive as [`VmEvent`]s from devices, vCPUs and failed actors. Every transition is
+//! broadcast as a [`VmNotification`] (what QMP turns into `STOP`, `RESUME`, `RESET`,
+//! `SHUTDOWN`, `POWERDOWN` events) *before* the command that caused it is answered.
+//!
+//! `run` returns how the process should exit: QEMU's status codes (0 on power-off or
+//! `quit`, `(v << 1) | 1` for isa-debug-exit, 1 on a fatal fault).
+
+mod lifecycle;
+
+pub use lifecycle::{
+    ExitReason, Machine, RunState, Supervisor, SupervisorConfig, SupervisorHandle, SupervisorMsg,
+    VmNotification,
+};
