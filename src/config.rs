@@ -197,7 +197,11 @@ impl SocketAddrSpec {
     /// Resolve for binding/connecting. Empty host means 0.0.0.0.
     pub fn resolve(&self) -> std::io::Result<SocketAddr> {
         use std::net::ToSocketAddrs;
-        let host = if self.host.is_empty() { "0.0.0.0" } else { &self.host };
+        let host = if self.host.is_empty() {
+            "0.0.0.0"
+        } else {
+            &self.host
+        };
         (host, self.port)
             .to_socket_addrs()?
             .next()

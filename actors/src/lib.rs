@@ -9,6 +9,7 @@
 //! - [`host`]: actors hosting `devices` models (serial, ...).
 
 pub mod bus;
+pub mod chardev;
 pub mod events;
 pub mod irq;
 pub mod runtime;

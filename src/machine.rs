@@ -1,0 +1,361 @@
+//! VM assembly: from a validated `VmConfig` to a running set of actors.
+//!
+//! Order: KVM VM (irqchip, PIT) → guest RAM → buses and devices → vCPUs (CPUID, reset
+//! template) → boot (direct kernel or firmware) → vCPU threads (pinned) → supervisor.
+//! [`PcMachine`] keeps what a reset needs (device models, how to reload the kernel) and
+//! implements the supervisor's `Machine` trait.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actors::bus::Bus;
+use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
+use actors::events::{event_channel, EventTx};
+use actors::runtime::Registry;
+use actors::supervisor::{ExitReason, Supervisor, SupervisorConfig, SupervisorHandle};
+use actors::vcpu::{spawn_vcpu, VcpuBootState, VcpuContext, VcpuHandle};
+use anyhow::{anyhow, Context, Result};
+use vm_memory::GuestMemoryMmap;
+
+use crate::boot::{self, BootParams, MemEntry};
+use crate::config::{BootConfig, CharBackend, VcpuPin, VmConfig};
+use crate::vm::cpuid;
+use crate::vm::kvm::KvmVm;
+use crate::vm::memory::{self, RamLayout};
+use crate::vm::regs::VcpuTemplate;
+use crate::vm::topology::Topology;
+
+/// Where the kernel comes from, so a reset can load it again.
+#[derive(Clone)]
+pub enum KernelSource {
+    /// Built into the binary (the demo guest).
+    Embedded(&'static [u8]),
+    File(PathBuf),
+}
+
+impl KernelSource {
+    fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>> {
+        match self {
+            Self::Embedded(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Self::File(p) => std::fs::read(p)
+                .map(std::borrow::Cow::Owned)
+                .with_context(|| format!("-kernel {}: could not read", p.display())),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Embedded(_) => "(built-in demo guest)".into(),
+            Self::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// How the BSP starts.
+#[derive(Clone)]
+pub enum BootPlan {
+    Direct {
+        kernel: KernelSource,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+}
+
+/// The machine as the supervisor sees it.
+pub struct PcMachine {
+    mem: GuestMemoryMmap,
+    layout: RamLayout,
+    templates: Vec<VcpuTemplate>,
+    plan: BootPlan,
+    devices: crate::platform::DeviceSet,
+}
+
+impl PcMachine {
+    fn memmap(&self) -> Vec<MemEntry> {
+        crate::tables_shim::e820(&self.layout)
+    }
+
+    /// Load the guest and produce every vCPU's boot state.
+    fn boot_states(&self) -> Result<Vec<VcpuBootState>> {
+        match &self.plan {
+            BootPlan::Direct {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                let image = kernel.read()?;
+                let initrd_bytes = match initrd {
+                    Some(p) => Some(
+                        std::fs::read(p)
+                            .with_context(|| format!("-initrd {}: could not read", p.display()))?,
+                    ),
+                    None => None,
+                };
+                let memmap = self.memmap();
+                let params = BootParams {
+                    initrd: initrd_bytes.as_deref(),
+                    cmdline,
+                    memmap: &memmap,
+                    rsdp: None,
+                    low_ram_end: self.layout.below_4g,
+                };
+                let bsp = boot::load(&self.mem, &image, &params, &self.templates[0])
+                    .map_err(|e| anyhow!("-kernel {}: {e}", kernel.name()))?;
+                let mut states = vec![bsp];
+                for t in &self.templates[1..] {
+                    states.push(t.power_on(false));
+                }
+                Ok(states)
+            }
+        }
+    }
+}
+
+impl actors::supervisor::Machine for PcMachine {
+    fn reset(&self) -> Result<Vec<VcpuBootState>, String> {
+        self.devices.reset();
+        self.boot_states().map_err(|e| format!("{e:#}"))
+    }
+
+    fn power_button(&self) -> bool {
+        self.devices.power_button()
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    pub supervisor: Supervisor,
+    pub chardevs: Vec<ChardevHandle>,
+    pub handle: SupervisorHandle,
+    pub vcpus: Vec<VcpuHandle>,
+    pub kvm: Arc<KvmVm>,
+}
+
+/// Which host cores each vCPU gets.
+pub fn pin_plan(pin: &VcpuPin, cpus: u32) -> Result<Vec<Option<Vec<usize>>>> {
+    let allowed = actors::allowed_cores().context("sched_getaffinity")?;
+    Ok((0..cpus)
+        .map(|i| match pin {
+            VcpuPin::None => None,
+            VcpuPin::Auto => Some(vec![allowed[i as usize % allowed.len()]]),
+            VcpuPin::Explicit(map) => map
+                .iter()
+                .find(|(v, _)| *v == i)
+                .map(|(_, cores)| cores.clone()),
+        })
+        .collect())
+}
+
+/// Resolve a command-line character backend into an actors-level one.
+fn chardev_backend(b: &CharBackend) -> Result<Option<Backend>> {
+    Ok(Some(match b {
+        CharBackend::None => return Ok(None),
+        CharBackend::Null => Backend::Null,
+        CharBackend::Stdio | CharBackend::MuxStdio => Backend::Stdio { signals: true },
+        CharBackend::File(p) => Backend::File(p.clone()),
+        CharBackend::Pty => Backend::Pty,
+        CharBackend::Tcp {
+            addr,
+            server,
+            wait,
+            telnet,
+            nodelay,
+        } => {
+            let sa = addr
+                .resolve()
+                .with_context(|| format!("cannot resolve {}:{}", addr.host, addr.port))?;
+            if *server {
+                Backend::TcpServer {
+                    addr: sa,
+                    wait: *wait,
+                    telnet: *telnet,
+                    nodelay: *nodelay,
+                }
+            } else {
+                Backend::TcpClient {
+                    addr: sa,
+                    telnet: *telnet,
+                    nodelay: *nodelay,
+                }
+            }
+        }
+        CharBackend::Unix { path, server, wait } => {
+            if *server {
+                Backend::UnixServer {
+                    path: path.clone(),
+                    wait: *wait,
+                }
+            } else {
+                Backend::UnixClient { path: path.clone() }
+            }
+        }
+        CharBackend::Named(id) => return Err(anyhow!("chardev:{id} is not supported yet")),
+    }))
+}
+
+pub fn build(
+    cfg: &VmConfig,
+    kernel_override: Option<KernelSource>,
+    rt: &tokio::runtime::Runtime,
+    registry: &Registry,
+) -> Result<Vm> {
+    cpuid::check_features(&cfg.cpu)?;
+    let kvm = Arc::new(KvmVm::create()?);
+    let layout = RamLayout::pc(cfg.memory);
+    let mem = memory::allocate(&layout)?;
+    memory::register(&kvm, &mem)?;
+
+    let pio = Arc::new(Bus::new("pio"));
+    let mmio = Arc::new(Bus::new("mmio"));
+    let (events, events_rx): (EventTx, _) = event_channel();
+    let mut serials = Vec::new();
+    for (i, b) in cfg.serials.iter().enumerate() {
+        let Some(backend) = chardev_backend(b)? else {
+            continue;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        // TEMPORARY: input is dropped until the 16550 model lands.
+        rt.spawn(async move { while rx.recv().await.is_some() {} });
+        let h = rt
+            .block_on(spawn_chardev(
+                rt.handle(),
+                registry,
+                &format!("serial{i}"),
+                backend,
+                tx,
+            ))
+            .with_context(|| format!("-serial #{i}"))?;
+        serials.push(h);
+    }
+    let devices = crate::platform::DeviceSet::build(cfg, &kvm, &pio, &mmio, &events, &serials)?;
+
+    let topo = Topology::from_smp(&cfg.smp);
+    let mut fds = Vec::new();
+    let mut templates = Vec::new();
+    for i in 0..cfg.smp.cpus {
+        let fd = kvm.create_vcpu(i)?;
+        let table = cpuid::for_vcpu(&kvm.supported_cpuid, &cfg.cpu, &topo, i)?;
+        fd.set_cpuid2(&table)
+            .map_err(|e| anyhow!("vCPU {i}: KVM_SET_CPUID2 failed: {e}"))?;
+        templates.push(VcpuTemplate::capture(&fd)?);
+        fds.push(fd);
+    }
+
+    let plan = match (&cfg.boot, kernel_override) {
+        (_, Some(k)) => BootPlan::Direct {
+            kernel: k,
+            initrd: None,
+            cmdline: String::new(),
+        },
+        (
+            BootConfig::Direct {
+                kernel,
+                initrd,
+                cmdline,
+            },
+            None,
+        ) => BootPlan::Direct {
+            kernel: KernelSource::File(kernel.clone()),
+            initrd: initrd.clone(),
+            cmdline: cmdline.clone(),
+        },
+        (BootConfig::Firmware { .. }, None) => {
+            return Err(anyhow!(
+                "firmware boot (SeaBIOS) is not available yet: use -kernel"
+            ))
+        }
+    };
+    let machine = PcMachine {
+        mem: mem.clone(),
+        layout,
+        templates,
+        plan,
+        devices,
+    };
+    let states = machine.boot_states()?;
+    let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;
+    let ctx = VcpuContext {
+        pio,
+        mmio,
+        mem,
+        events,
+    };
+    let mut vcpus = Vec::new();
+    for (i, ((fd, state), cores)) in fds.into_iter().zip(states).zip(pins).enumerate() {
+        let i = i as u32;
+        vcpus.push(spawn_vcpu(
+            fd,
+            i,
+            topo.apic_id(i),
+            cores,
+            state,
+            ctx.clone(),
+        )?);
+    }
+    let sup_cfg = SupervisorConfig {
+        start_paused: cfg.start_paused,
+        no_reboot: cfg.no_reboot,
+        no_shutdown: cfg.no_shutdown,
+        monitor_attached: !cfg.monitors.is_empty(),
+    };
+    let (supervisor, handle) =
+        Supervisor::new(sup_cfg, vcpus.clone(), Arc::new(machine), events_rx);
+    Ok(Vm {
+        supervisor,
+        chardevs: serials,
+        handle,
+        vcpus,
+        kvm,
+    })
+}
+
+async fn futures_flush(chardevs: &[ChardevHandle]) {
+    for c in chardevs {
+        c.flush().await;
+    }
+}
+
+/// Run a built VM to the end; returns the process exit status.
+pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
+    let Vm {
+        supervisor,
+        handle,
+        vcpus,
+        chardevs,
+        ..
+    } = vm;
+    let sig_handle = handle.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        let sig = tokio::select! {
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+            _ = hup.recv() => libc::SIGHUP,
+        };
+        eprintln!("troupe: terminating on signal {sig}");
+        sig_handle.signal(sig);
+    });
+    let reason = rt.block_on(supervisor.run());
+    for v in &vcpus {
+        v.stop_and_join();
+    }
+    // Everything the guest wrote before it ended reaches its terminal, file or socket.
+    rt.block_on(async {
+        let all = futures_flush(&chardevs);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
+    });
+    if let ExitReason::ActorFailed(r) = &reason {
+        eprintln!("troupe: stopping the VM: {r}");
+    }
+    if let ExitReason::Fault(_) = &reason {
+        eprintln!("troupe: the VM stopped on a KVM failure (see above)");
+    }
+    reason.status()
+}

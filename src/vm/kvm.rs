@@ -1,0 +1,184 @@
+//! The KVM VM: `/dev/kvm`, the VM fd, in-kernel irqchip and PIT, and memory slots.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+
+/// KVM's private pages (identity map, then TSS), where QEMU puts them.
+pub const IDENTITY_MAP_ADDR: u64 = 0xfeff_c000;
+pub const TSS_ADDR: u64 = IDENTITY_MAP_ADDR + 0x1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Could not access KVM kernel module: /dev/kvm: {0}")]
+    Open(#[source] kvm_ioctls::Error),
+    #[error("KVM lacks {0}, which troupe needs")]
+    MissingCap(&'static str),
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("no free KVM memory slot for {name} at {gpa:#x}")]
+    NoSlot { name: String, gpa: u64 },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// One KVM memory slot as troupe mapped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub slot: u32,
+    pub gpa: u64,
+    pub size: u64,
+    pub host: u64,
+    pub readonly: bool,
+    pub dirty_log: bool,
+    pub name: String,
+}
+
+/// The VM and what was created with it.
+pub struct KvmVm {
+    pub kvm: Kvm,
+    pub vm: Arc<VmFd>,
+    pub supported_cpuid: CpuId,
+    slots: Mutex<Vec<Slot>>,
+    max_slots: u32,
+}
+
+impl KvmVm {
+    /// Open KVM and create a PC-style VM: in-kernel PIC/IOAPIC/LAPIC and PIT.
+    pub fn create() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::Open)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_identity_map_address(IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.set_tss_address(TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let max_slots = kvm.get_nr_memslots() as u32;
+        Ok(Self {
+            kvm,
+            vm: Arc::new(vm),
+            supported_cpuid,
+            slots: Mutex::new(Vec::new()),
+            max_slots,
+        })
+    }
+
+    pub fn create_vcpu(&self, index: u32) -> Result<VcpuFd, VmError> {
+        self.vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))
+    }
+
+    /// Map host memory at `host` (which must stay mapped for the VM's life) into the guest.
+    pub fn map_ram(
+        &self,
+        gpa: u64,
+        size: u64,
+        host: u64,
+        readonly: bool,
+        name: &str,
+    ) -> Result<u32, VmError> {
+        self.map(gpa, size, host, readonly, false, name)
+    }
+
+    pub fn map(
+        &self,
+        gpa: u64,
+        size: u64,
+        host: u64,
+        readonly: bool,
+        dirty_log: bool,
+        name: &str,
+    ) -> Result<u32, VmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (0..self.max_slots)
+            .find(|s| !slots.iter().any(|x| x.slot == *s))
+            .ok_or_else(|| VmError::NoSlot {
+                name: name.into(),
+                gpa,
+            })?;
+        let mut flags = 0;
+        if readonly {
+            flags |= KVM_MEM_READONLY;
+        }
+        if dirty_log {
+            flags |= KVM_MEM_LOG_DIRTY_PAGES;
+        }
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: the caller guarantees `host..host+size` is a live mapping that outlives
+        // the slot (guest RAM and ROM buffers live as long as the VM).
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        slots.push(Slot {
+            slot,
+            gpa,
+            size,
+            host,
+            readonly,
+            dirty_log,
+            name: name.into(),
+        });
+        Ok(slot)
+    }
+
+    /// Remove a slot (PAM remapping, a BAR moving).
+    pub fn unmap(&self, slot: u32) -> Result<(), VmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pos) = slots.iter().position(|s| s.slot == slot) else {
+            return Ok(());
+        };
+        let s = slots.remove(pos);
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: s.gpa,
+            memory_size: 0,
+            userspace_addr: s.host,
+        };
+        // SAFETY: a zero-sized region deletes the slot; no memory is referenced.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (delete)"))
+    }
+
+    pub fn slots(&self) -> Vec<Slot> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

@@ -1,0 +1,128 @@
+//! Guest RAM: one anonymous mapping per contiguous RAM range (below and above 4 GiB, like
+//! QEMU's `pc` machine with its PCI hole), registered with KVM as memory slots.
+//!
+//! The legacy VGA window 0xA0000–0xBFFFF is left out of the KVM slots (it is MMIO); the
+//! host memory behind it still exists so device DMA into low RAM needs no special case.
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::kvm::{KvmVm, VmError};
+
+/// Start of RAM above 4 GiB.
+pub const HIGH_RAM_START: u64 = 1 << 32;
+/// Where RAM below 4 GiB must end when it does not all fit (QEMU pc, gigabyte aligned).
+pub const LOWMEM_SPLIT: u64 = 0xC000_0000;
+/// RAM sizes from this one up are split (QEMU pc: 0xE0000000).
+pub const LOWMEM_THRESHOLD: u64 = 0xE000_0000;
+/// Legacy VGA memory window, MMIO.
+pub const VGA_WINDOW: (u64, u64) = (0xA_0000, 0x2_0000);
+/// The most RAM troupe will try to map (the guest physical address space it offers).
+pub const MAX_RAM: u64 = 1 << 46;
+
+/// How RAM is split around the PCI hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamLayout {
+    pub below_4g: u64,
+    pub above_4g: u64,
+}
+
+impl RamLayout {
+    pub fn pc(ram: u64) -> Self {
+        let below = if ram >= LOWMEM_THRESHOLD {
+            LOWMEM_SPLIT
+        } else {
+            ram
+        };
+        Self {
+            below_4g: below,
+            above_4g: ram - below,
+        }
+    }
+
+    /// (guest address, size) of each RAM range.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut v = vec![(0, self.below_4g)];
+        if self.above_4g > 0 {
+            v.push((HIGH_RAM_START, self.above_4g));
+        }
+        v
+    }
+
+    pub fn total(&self) -> u64 {
+        self.below_4g + self.above_4g
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("-m {size}M: cannot allocate guest RAM: {source}")]
+    Allocate {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("-m {size}M: RAM size too large (troupe maps at most {max} GiB)", max = MAX_RAM >> 30)]
+    TooLarge { size: u64 },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+/// Allocate guest RAM for `layout`.
+pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
+    let size_mib = layout.total() >> 20;
+    if layout.total() > MAX_RAM {
+        return Err(MemoryError::TooLarge { size: size_mib });
+    }
+    let ranges: Vec<(GuestAddress, usize)> = layout
+        .ranges()
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
+        size: size_mib,
+        source,
+    })
+}
+
+/// Register RAM with KVM, leaving the VGA window out.
+pub fn register(vm: &KvmVm, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for region in mem.iter() {
+        let start = region.start_addr().0;
+        let len = region.len();
+        let host = region.as_ptr() as u64;
+        let (hole, hole_len) = VGA_WINDOW;
+        if start <= hole && start + len >= hole + hole_len {
+            vm.map_ram(start, hole - start, host, false, "pc.ram")?;
+            let after = hole + hole_len;
+            vm.map_ram(
+                after,
+                start + len - after,
+                host + (after - start),
+                false,
+                "pc.ram",
+            )?;
+        } else {
+            vm.map_ram(start, len, host, false, "pc.ram")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_ram_stays_below_4g() {
+        let l = RamLayout::pc(128 << 20);
+        assert_eq!(l.ranges(), vec![(0, 128 << 20)]);
+    }
+
+    #[test]
+    fn big_ram_splits_at_3g() {
+        let l = RamLayout::pc(8 << 30);
+        assert_eq!(l.ranges(), vec![(0, 3 << 30), (1 << 32, 5 << 30)]);
+        let l = RamLayout::pc(0xDFF0_0000);
+        assert_eq!(l.above_4g, 0);
+    }
+}

@@ -1,0 +1,8 @@
+//! VM assembly: the KVM VM and its vCPUs, guest memory, CPUID, and the register states
+//! vCPUs start from.
+
+pub mod cpuid;
+pub mod kvm;
+pub mod memory;
+pub mod regs;
+pub mod topology;
