@@ -343,6 +343,21 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         sig_handle.signal(sig);
     });
     let reason = rt.block_on(supervisor.run());
+    if std::env::var_os("TROUPE_DUMP_REGS").is_some() {
+        for v in &vcpus {
+            if let Ok(r) = rt.block_on(v.registers()) {
+                let c = v.counters();
+                eprintln!(
+                    "CPU#{} pio={} mmio={} unmapped={}\n{}",
+                    v.index(),
+                    c.pio.load(std::sync::atomic::Ordering::Relaxed),
+                    c.mmio.load(std::sync::atomic::Ordering::Relaxed),
+                    c.unmapped.load(std::sync::atomic::Ordering::Relaxed),
+                    r.dump(false)
+                );
+            }
+        }
+    }
     for v in &vcpus {
         v.stop_and_join();
     }

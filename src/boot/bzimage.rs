@@ -1,8 +1,15 @@
-//! Linux bzImage, 64-bit boot protocol (Documentation/x86/boot.rst): troupe copies the
-//! protected-mode kernel to 1 MiB (or its preferred address), fills the zero page
-//! (`boot_params`: setup header, command line, initrd, e820, RSDP), builds identity page
-//! tables for the first 4 GiB, and starts the BSP in long mode at `startup_64`
-//! (load address + 0x200) with RSI pointing at the zero page.
+//! Linux bzImage, 64-bit boot protocol (Documentation/x86/boot.rst): troupe fills the zero
+//! page (`boot_params`: setup header, command line, initrd, e820, RSDP), builds identity
+//! page tables for the first 4 GiB, and starts the BSP in long mode with RSI pointing at the
+//! zero page.
+//!
+//! Fast path: on this kind of host the guest's ring-0 code is emulated, and a kernel's own
+//! decompressor takes many minutes to unpack an xz payload. When the payload is gzip, xz or
+//! zstd, troupe decompresses it on the host and loads the resulting `vmlinux` ELF at its
+//! physical addresses, entering `startup_64` directly (what Firecracker does with an
+//! uncompressed kernel). Otherwise — or if that fails — the protected-mode image is copied
+//! to 1 MiB and entered at its 64-bit entry (load address + 0x200) so the guest
+//! decompresses itself.
 
 use actors::vcpu::VcpuBootState;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -60,13 +67,21 @@ pub fn load(
         .get(pm_offset..)
         .filter(|b| !b.is_empty())
         .ok_or_else(|| BootError::Truncated("Linux protected-mode kernel".into()))?;
-    let load_addr = if hdr.relocatable_kernel == 0 && hdr.pref_address >= HIGH_MEMORY {
-        hdr.pref_address
-    } else {
-        HIGH_MEMORY
+    let (entry, kernel_end) = match host_decompressed_vmlinux(pm, &hdr) {
+        Some(vmlinux) => load_vmlinux(mem, &vmlinux)?,
+        None => {
+            let load_addr = if hdr.relocatable_kernel == 0 && hdr.pref_address >= HIGH_MEMORY {
+                hdr.pref_address
+            } else {
+                HIGH_MEMORY
+            };
+            write(mem, load_addr, pm, "kernel")?;
+            (
+                load_addr + 0x200,
+                load_addr + (pm.len() as u64).max(u64::from(hdr.init_size)),
+            )
+        }
     };
-    write(mem, load_addr, pm, "kernel")?;
-    let kernel_end = load_addr + (pm.len() as u64).max(u64::from(hdr.init_size));
 
     hdr.type_of_loader = 0xff;
     hdr.loadflags |= LOADFLAGS_LOADED_HIGH | LOADFLAGS_CAN_USE_HEAP;
@@ -102,9 +117,59 @@ pub fn load(
     write(mem, BOOT_INFO_ADDR, zp.as_slice(), "Linux zero page")?;
 
     write_identity_page_tables(mem)?;
-    let mut s = template.long_mode(load_addr + 0x200, GDT_ADDR, PAGE_TABLES_ADDR, true);
+    let mut s = template.long_mode(entry, GDT_ADDR, PAGE_TABLES_ADDR, true);
     s.regs.rsi = BOOT_INFO_ADDR;
     Ok(s)
+}
+
+/// Largest decompressed kernel troupe will produce (a guard against decompression bombs).
+const MAX_VMLINUX: u64 = 512 << 20;
+
+/// The payload (protocol 2.08+: `payload_offset`/`payload_length` inside the protected-mode
+/// image) decompressed on the host, if it is a format troupe reads and an ELF comes out.
+fn host_decompressed_vmlinux(pm: &[u8], hdr: &setup_header) -> Option<Vec<u8>> {
+    use std::io::Read;
+    if hdr.version < 0x0208 || hdr.payload_length == 0 {
+        return None;
+    }
+    let start = hdr.payload_offset as usize;
+    let payload = pm.get(start..start.checked_add(hdr.payload_length as usize)?)?;
+    let mut out = Vec::new();
+    let ok = if payload.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(payload)
+            .take(MAX_VMLINUX)
+            .read_to_end(&mut out)
+            .is_ok()
+    } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        // The kernel build appends the uncompressed size (4 bytes) after the xz stream.
+        let body = &payload[..payload.len().saturating_sub(4)];
+        // The kernel's xz streams use the x86 BCJ filter; liblzma reads them. The build
+        // appends the uncompressed size after the stream, which the decoder ignores.
+        let mut d = xz2::read::XzDecoder::new(payload).take(MAX_VMLINUX);
+        d.read_to_end(&mut out).is_ok() || !out.is_empty()
+    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        ruzstd::decoding::StreamingDecoder::new(payload)
+            .map(|d| d.take(MAX_VMLINUX).read_to_end(&mut out).is_ok())
+            .unwrap_or(false)
+    } else {
+        false
+    };
+    if !ok || !super::elf::is_elf(&out) {
+        if !out.is_empty() || ok {
+            tracing::debug!("bzImage payload did not decompress to an ELF; the guest will");
+        }
+        return None;
+    }
+    Some(out)
+}
+
+/// Load a decompressed `vmlinux` at its physical addresses; returns (physical entry of
+/// `startup_64`, end of the image).
+fn load_vmlinux(mem: &GuestMemoryMmap, vmlinux: &[u8]) -> Result<(u64, u64), BootError> {
+    let img = super::elf::parse(vmlinux)?;
+    let end = super::load_elf_segments(mem, vmlinux, &img)?;
+    // vmlinux's e_entry is the physical address of startup_64 (ENTRY(phys_startup_64)).
+    Ok((img.entry, end))
 }
 
 /// Identity-map the first 4 GiB with 2 MiB pages: PML4 at 0x9000, PDPT at 0xa000, four

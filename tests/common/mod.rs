@@ -1,0 +1,265 @@
+//! Shared helpers for the integration tests: start the real `troupe` binary (or QEMU) with
+//! a command line, watch its serial output, and wait for it to end — with timeouts, so a
+//! hung guest fails the test instead of hanging CI.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Tests need KVM: fail loudly, never skip, when it is missing.
+pub fn require_kvm() {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    assert!(ok, "/dev/kvm is not usable: these tests boot real guests and need KVM");
+}
+
+/// The troupe binary under test.
+pub fn troupe_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_troupe"))
+}
+
+/// A test guest ELF built by build.rs (`tests/guests/<name>`).
+pub fn guest(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("TROUPE_GUEST_DIR")).join(format!("{name}.elf"));
+    assert!(p.exists(), "test guest {} was not built", p.display());
+    p
+}
+
+/// A scratch directory removed at drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "troupe-test-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_u64()
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_le_bytes(b)
+}
+
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+/// Collected output of one stream, with waiting.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<(Mutex<Output>, Condvar)>);
+
+impl Capture {
+    fn start(mut r: impl Read + Send + 'static) -> Self {
+        let c = Capture::default();
+        let c2 = c.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let (m, cv) = &*c2.0;
+                        m.lock().unwrap().bytes.extend_from_slice(&buf[..n]);
+                        cv.notify_all();
+                    }
+                }
+            }
+            let (m, cv) = &*c2.0;
+            m.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+        c
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0 .0.lock().unwrap().bytes).into_owned()
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0 .0.lock().unwrap().bytes.clone()
+    }
+
+    /// Wait until the output contains `needle`; returns everything so far.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap();
+        loop {
+            let text = String::from_utf8_lossy(&g.bytes).into_owned();
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                return Err(format!(
+                    "did not see {needle:?} within {timeout:?}{}; output was:\n{text}",
+                    if g.closed { " (stream closed)" } else { "" }
+                ));
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// A command line to run.
+pub struct Vm {
+    cmd: Command,
+    pub line: String,
+}
+
+impl Vm {
+    /// `troupe` with `args`.
+    pub fn troupe<S: AsRef<str>>(args: &[S]) -> Self {
+        require_kvm();
+        Self::program(troupe_bin().to_str().unwrap(), args)
+    }
+
+    /// `qemu-system-x86_64 -accel kvm` with `args`.
+    pub fn qemu<S: AsRef<str>>(args: &[S]) -> Self {
+        require_kvm();
+        let mut all = vec!["-accel".to_string(), "kvm".to_string()];
+        all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        Self::program("qemu-system-x86_64", &all)
+    }
+
+    pub fn program<S: AsRef<str>>(prog: &str, args: &[S]) -> Self {
+        let mut cmd = Command::new(prog);
+        let mut line = prog.to_string();
+        for a in args {
+            cmd.arg(a.as_ref());
+            line.push(' ');
+            line.push_str(a.as_ref());
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Self { cmd, line }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn spawn(mut self) -> Running {
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line));
+        let stdout = Capture::start(child.stdout.take().unwrap());
+        let stderr = Capture::start(child.stderr.take().unwrap());
+        Running {
+            child,
+            stdout,
+            stderr,
+            line: self.line,
+        }
+    }
+
+    /// Run to completion (killing it after `timeout`); returns (status, stdout, stderr).
+    pub fn run(self, timeout: Duration) -> (ExitStatus, String, String) {
+        let mut r = self.spawn();
+        let st = r.wait(timeout);
+        (st, r.stdout.text(), r.stderr.text())
+    }
+}
+
+/// A started process.
+pub struct Running {
+    pub child: Child,
+    /// The process's stdout: the serial console for `-serial stdio`.
+    pub stdout: Capture,
+    pub stderr: Capture,
+    pub line: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Write to the process's stdin (the serial console's input for `-serial stdio`).
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(bytes).expect("write stdin");
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for the exit status; kill and panic after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the capture threads drain.
+                std::thread::sleep(Duration::from_millis(20));
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.line,
+                    self.stdout.text(),
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for `needle` on stdout, panicking with both streams on timeout.
+    pub fn expect_stdout(&self, needle: &str, timeout: Duration) -> String {
+        self.stdout.wait_for(needle, timeout).unwrap_or_else(|e| {
+            panic!("{}: {e}\nstderr:\n{}", self.line, self.stderr.text())
+        })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The exit code, or a panic naming the signal.
+pub fn code(st: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    st.code()
+        .unwrap_or_else(|| panic!("process died on signal {:?}", st.signal()))
+}
