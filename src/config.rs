@@ -2,55 +2,72 @@
 //!
 //! `cli::parse` turns QEMU-syntax arguments into a [`VmConfig`]; everything after that
 //! (VM assembly, the supervisor, the actors) reads only this. A value in here has already
-//! been checked: sizes are in range, files named exist where that matters, ids are unique.
+//! been checked: sizes are in range, files named exist where that matters, ids are unique,
+//! every reference (`drive=`, `netdev=`, `chardev=`) names something that exists, and QEMU's
+//! defaults have been filled in (default serial port, NIC, CD-ROM drive, MAC addresses, PCI
+//! slots), so the consumer never has to re-derive them.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmConfig {
-    /// `-name NAME[,process=...]`.
+    /// `-name NAME` (QEMU's `guest=`): shown by `info name`, the VNC desktop name and
+    /// `query-name`.
     pub name: Option<String>,
-    /// `-uuid`.
+    /// `-name ...,process=PNAME`: the host process name to set (prctl `PR_SET_NAME`).
+    pub process_name: Option<String>,
+    /// `-name ...,debug-threads=on`: give host threads descriptive names (`troupe-vcpu0` ...).
+    pub debug_threads: bool,
+    /// `-uuid`, normalised to lower-case `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
     pub uuid: Option<String>,
-    /// `-m`: guest RAM in bytes (always a multiple of 1 MiB, > 0).
+    /// `-m`: guest RAM in bytes (always a multiple of 1 MiB, > 0, addressable by the host).
     pub memory: u64,
-    /// `-smp`.
+    /// `-smp`, completed like QEMU.
     pub smp: SmpConfig,
     /// `-cpu MODEL[,+feat,-feat]`.
     pub cpu: CpuConfig,
-    /// `-M/-machine` (only `pc` for now; `q35`/`microvm` are refused with a clear error).
+    /// `-M/-machine` and `-accel` (only `pc`/`pc-i440fx-*` with KVM).
     pub machine: MachineConfig,
     /// How the guest starts: firmware (SeaBIOS) or direct kernel boot.
     pub boot: BootConfig,
     /// `-boot order=,once=,menu=,splash-time=,strict=,reboot-timeout=`.
     pub boot_order: BootOrder,
-    /// `-vcpu-pin auto|none|0=2,1=3-4`.
+    /// `-vcpu-pin auto|none|0=2,1=3-4` (troupe's own; default `auto`).
     pub vcpu_pin: VcpuPin,
-    /// Serial ports COM1..COM4 in order (`-serial`, or the default).
+    /// Serial ports COM1..COM4 in order (`-serial`, or the default). Never holds
+    /// [`CharBackend::None`]: `-serial none` creates no port at all.
     pub serials: Vec<CharBackend>,
-    /// All `-chardev` definitions, by id.
+    /// All `-chardev` definitions (and the chardevs created for `mon:BACKEND` and
+    /// `guestfwd=...-BACKEND`), in creation order.
     pub chardevs: Vec<Chardev>,
-    /// Monitors (`-monitor`, `-qmp`, `-mon`), including the `-nographic` default.
+    /// Monitors (`-monitor`, `-qmp`, `-mon`, `mon:` serials), including the `-nographic`
+    /// default.
     pub monitors: Vec<MonitorConfig>,
     /// `-vnc` / `-display vnc=` (None: no VNC server).
     pub vnc: Option<VncConfig>,
     /// `-display none|vnc=...`, `-nographic`.
     pub display: DisplayKind,
-    /// `-nographic` was given (serial and monitor multiplexed on stdio).
+    /// `-nographic` was given (serial and monitor multiplexed on stdio unless redirected).
     pub nographic: bool,
-    /// `-vga std|none`.
+    /// `-vga std|none` (`none` also with `-nodefaults` and no `-vga`).
     pub vga: VgaKind,
     /// `-k LAYOUT` keymap for VNC keysym translation (default `en-us`).
     pub keymap: String,
-    /// Drives from `-drive`, `-hda..-hdd`, `-cdrom`, `-blockdev`, positional image.
+    /// Drives from `-drive`, `-hda..-hdd`, `-cdrom`, `-blockdev`, the positional image and
+    /// QEMU's default empty CD-ROM (`ide1-cd0`). `if=ide` drives are attached to the PIIX IDE
+    /// controller at their `index`; `if=virtio` and `if=none` drives are attached by the
+    /// `DeviceKind::VirtioBlk` entry in [`VmConfig::devices`] that names them.
     pub drives: Vec<DriveConfig>,
-    /// `-snapshot`: every drive gets `snapshot=on`.
+    /// `-snapshot`: every `-drive`-family drive got `snapshot=on`.
     pub snapshot: bool,
-    /// `-netdev`, `-net TYPE`, `-nic` backends.
+    /// `-netdev`, `-net TYPE`, `-nic` backends (and QEMU's default `user` backend).
     pub netdevs: Vec<NetdevConfig>,
-    /// `-device` entries (and NICs from `-net nic`/`-nic`), in command-line order.
+    /// Devices in the order QEMU creates them, which is also the order PCI slots were
+    /// given out: NICs from `-nic`, then NICs from `-net nic` (or QEMU's default NIC), then
+    /// `-device` entries in command-line order, then a `virtio-blk-pci` for each
+    /// `-drive if=virtio`.
     pub devices: Vec<DeviceConfig>,
     /// `-S`: start with the vCPUs paused.
     pub start_paused: bool,
@@ -64,68 +81,96 @@ pub struct VmConfig {
     pub pidfile: Option<PathBuf>,
     /// `-D LOGFILE`.
     pub log_file: Option<PathBuf>,
-    /// `-d ITEMS` (accepted log items, mapped onto tracing filters).
+    /// `-d ITEMS` (accepted log items, mapped onto tracing filters): any of
+    /// `guest_errors`, `unimp`, `cpu_reset`.
     pub log_items: Vec<String>,
-    /// `-incoming URI` (live migration target).
+    /// `-incoming URI` (live migration target): `tcp:[HOST]:PORT`, `unix:PATH` or `defer`.
     pub incoming: Option<String>,
     /// `-dump-acpi DIR`: troupe's own option, writes the ACPI tables it built, then runs on.
     pub dump_acpi: Option<PathBuf>,
-    /// `-rtc base=utc|localtime|DATE,clock=host|vm`.
+    /// `-rtc base=utc|localtime|DATE,clock=host`.
     pub rtc: RtcConfig,
+    /// What QEMU would print as start-up warnings (a netdev with no NIC, a NIC with no
+    /// backend, ...). The caller prints each as `troupe: warning: <text>`.
+    pub warnings: Vec<String>,
 }
 
 /// `-smp [cpus=]n[,sockets=s][,dies=1][,cores=c][,threads=t][,maxcpus=m]`, completed the
-/// way QEMU completes missing values (prefer sockets, then cores, then threads).
+/// way QEMU 7.2 completes missing values: for `pc-i440fx-6.2` and later (and `pc`) cores
+/// are preferred over sockets, for `pc-i440fx-6.1` and older sockets over cores; threads
+/// are computed last. Invariants: `sockets * cores * threads == maxcpus`,
+/// `1 <= cpus <= maxcpus <= 255`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SmpConfig {
     /// vCPUs present at start.
     pub cpus: u32,
+    /// CPU packages.
     pub sockets: u32,
+    /// Cores per socket (troupe supports only one die per socket).
     pub cores: u32,
+    /// Hardware threads per core.
     pub threads: u32,
-    /// sockets * cores * threads; `cpus <= maxcpus`.
+    /// sockets * cores * threads: the most vCPUs there can ever be (hotplug limit).
     pub maxcpus: u32,
 }
 
+/// `-cpu MODEL[,+feat|-feat|feat=on|off]...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuConfig {
+    /// The base model.
     pub model: CpuModel,
+    /// Feature overrides in command-line order, names as QEMU spells them in `-cpu help`
+    /// (`_` spellings normalised to `-`, `sse4_1` to `sse4.1`):
     /// `+aes` / `aes=on` → ("aes", true); `-x2apic` / `x2apic=off` → ("x2apic", false).
     pub features: Vec<(String, bool)>,
 }
 
+/// The CPU models troupe provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuModel {
-    /// Pass through what KVM supports (default for troupe, like `-cpu host`).
+    /// Pass through what KVM supports on this host (`-cpu host`).
     Host,
     /// Everything KVM supports (same as host for KVM).
     Max,
-    /// QEMU's conservative 64-bit model.
+    /// QEMU's conservative 64-bit model; the default, as in QEMU.
     Qemu64,
 }
 
+/// `-M/-machine TYPE[,accel=kvm]...` and `-accel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineConfig {
-    /// Always "pc" for now.
+    /// The canonical machine type: `pc` resolves to `pc-i440fx-7.2`; explicit
+    /// `pc-i440fx-X.Y` versions are kept as given.
     pub kind: String,
-    /// `-M ...,usb=on` etc. are refused; kept for `info qtree`-style reporting only.
+    /// The accelerator (always KVM: troupe has no emulator).
     pub accel: Accel,
 }
 
+/// An accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
+    /// Linux KVM.
     Kvm,
 }
 
+/// How the guest's first instruction is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootConfig {
-    /// SeaBIOS (or `-bios PATH`) and then whatever `-boot order=` finds.
-    Firmware { bios: PathBuf },
-    /// `-kernel` with optional `-initrd` and `-append`. The loader detects bzImage, PVH ELF
-    /// or multiboot from the file itself. `bios` is kept for reset-to-firmware paths.
+    /// SeaBIOS (or `-bios PATH`) and then whatever `-boot order=` finds. The file exists,
+    /// is readable, non-empty, a multiple of 64 KiB and at most 16 MiB.
+    Firmware {
+        /// The firmware image, mapped just below 4 GiB (and its last 128 KiB below 1 MiB).
+        bios: PathBuf,
+    },
+    /// `-kernel` with optional `-initrd` and `-append`, loaded by troupe itself with no
+    /// firmware (so `-bios` together with `-kernel` is refused). The loader detects
+    /// bzImage, PVH ELF or multiboot from the file itself.
     Direct {
+        /// The kernel image (readable).
         kernel: PathBuf,
+        /// `-initrd` (readable).
         initrd: Option<PathBuf>,
+        /// `-append` (empty when not given).
         cmdline: String,
     },
 }
@@ -133,23 +178,31 @@ pub enum BootConfig {
 /// `-boot` options. Letters: a/b floppy, c first hard disk, d CD-ROM, n network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootOrder {
-    /// Default "cad"-like order; QEMU's default is "cad" → we keep the letters given.
+    /// Boot device letters in priority order, each at most once; QEMU's default is "cad".
     pub order: String,
+    /// `once=LETTERS`: the order for the first boot only (then `order` after a reset).
     pub once: Option<String>,
+    /// `menu=on`: let SeaBIOS show its boot menu (F12).
     pub menu: bool,
+    /// `splash-time=MS`: how long SeaBIOS waits in the boot menu prompt (0..=65535).
     pub splash_time_ms: Option<u32>,
+    /// `strict=on`: don't fall back to devices without a bootindex.
     pub strict: bool,
-    /// -1 = never retry (QEMU default).
+    /// `reboot-timeout=MS`: retry booting after this long when nothing booted;
+    /// -1 = never retry (QEMU default). Range -1..=65535.
     pub reboot_timeout_ms: i64,
 }
 
+/// Where vCPU threads may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuPin {
-    /// vCPU i on allowed core (i mod n).
+    /// vCPU i on allowed core (i mod n), cores taken from the process's affinity mask in
+    /// ascending order. The default.
     Auto,
     /// Leave scheduling to the host.
     None,
-    /// Explicit: (vcpu index, host cores). vCPUs not named are left unpinned.
+    /// Explicit: (vcpu index, host cores), sorted by vcpu index; every index is < `smp.cpus`,
+    /// every core is in the process's affinity mask. vCPUs not named are left unpinned.
     Explicit(Vec<(u32, Vec<usize>)>),
 }
 
@@ -158,38 +211,53 @@ pub enum VcpuPin {
 pub enum CharBackend {
     /// Discard output, never any input (`null`).
     Null,
-    /// No device at all (`none`): the port is not created.
+    /// No device at all (`none`). The CLI never puts this in `serials` or `monitors`
+    /// (`-serial none`/`-monitor none` simply create nothing); kept for callers that need
+    /// to say "disconnected".
     None,
-    /// The process's stdin/stdout.
+    /// The process's stdin/stdout (at most one stdio user per process; never with
+    /// `-daemonize`).
     Stdio,
-    /// Append/truncate to a file.
+    /// Output written to a file, truncated when opened (`file:PATH`, `-chardev file,path=`).
     File(PathBuf),
     /// A new pseudo-terminal; its path is printed at start (`char device redirected to ...`).
     Pty,
     /// TCP socket, server or client; `telnet` adds the telnet negotiation.
     Tcp {
+        /// Address to listen on (server; empty host = all addresses) or connect to.
         addr: SocketAddrSpec,
+        /// Listen (`server=on`) instead of connecting.
         server: bool,
+        /// Server only: block start-up until the first client connects (QEMU default
+        /// `wait=on`); always false for clients.
         wait: bool,
+        /// Speak telnet (RFC 854 negotiation, `telnet:` or `telnet=on`).
         telnet: bool,
+        /// Set TCP_NODELAY (`nodelay`, `delay=off`).
         nodelay: bool,
     },
     /// Unix socket.
     Unix {
+        /// Socket path.
         path: PathBuf,
+        /// Listen instead of connecting.
         server: bool,
+        /// Server only: block start-up until the first client connects.
         wait: bool,
     },
-    /// `mon:stdio` / `-nographic`: the serial port multiplexed with a monitor on stdio.
+    /// `mon:stdio` / `-nographic`: the serial port multiplexed with a monitor on stdio
+    /// (Ctrl-a c switches). The matching monitor has this backend too.
     MuxStdio,
-    /// `chardev:ID` — a named `-chardev`.
+    /// `chardev:ID` — a named `-chardev` (exists in `chardevs`).
     Named(String),
 }
 
 /// A host:port as written (host may be empty = all addresses for servers, or a name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketAddrSpec {
+    /// Host name or address literal (IPv6 without brackets), possibly empty.
     pub host: String,
+    /// TCP port (0 = any free port, servers only).
     pub port: u16,
 }
 
@@ -212,24 +280,31 @@ impl SocketAddrSpec {
 /// `-chardev BACKEND,id=ID,...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chardev {
+    /// `id=` (unique among chardevs). Chardevs troupe creates itself for `mon:BACKEND` are
+    /// named `serialN` like QEMU's; those for `guestfwd=` `#guestfwdN`.
     pub id: String,
+    /// Where the bytes go (never `Named`, `MuxStdio` or `None`).
     pub backend: CharBackend,
-    /// `mux=on`: shared between a serial port and a monitor.
+    /// `mux=on`: shared between several frontends (serial port and monitor).
     pub mux: bool,
-    /// `signal=off` for stdio.
+    /// stdio only: Ctrl-C etc. raise signals (`signal=on`, the default).
     pub signal: bool,
-    /// `logfile=PATH`.
+    /// `logfile=PATH`: also copy all output there.
     pub logfile: Option<PathBuf>,
 }
 
+/// One monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorConfig {
+    /// HMP or QMP.
     pub mode: MonitorMode,
+    /// Where it talks.
     pub backend: CharBackend,
-    /// `pretty=on` for QMP.
+    /// `pretty=on` / `-qmp-pretty`: indent QMP replies.
     pub pretty: bool,
 }
 
+/// The monitor protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MonitorMode {
     /// HMP (`mode=readline`, `-monitor`).
@@ -238,103 +313,139 @@ pub enum MonitorMode {
     Control,
 }
 
+/// `-vnc [HOST]:N[,...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VncConfig {
     /// Address to listen on; port already includes 5900 + display.
     pub listen: SocketAddrSpec,
     /// The display number as written (`:1` → 1).
     pub display: u16,
+    /// `password=on`: VNC authentication; the password is set later by the monitor.
     pub password: bool,
+    /// `share=`: what a new client's shared flag means.
     pub share: VncShare,
-    /// `websocket=PORT` (RFB over WebSocket).
+    /// `websocket=PORT` or `websocket=on` (= 5700 + display): RFB over WebSocket.
     pub websocket: Option<u16>,
-    /// `to=N`: try ports up to 5900+N if busy.
+    /// `to=N`: try displays up to N (ports up to 5900+N) if the port is busy.
     pub to: Option<u16>,
+    /// `lossy=on`: allow lossy encodings (Tight gradient/JPEG).
     pub lossy: bool,
 }
 
+/// `-vnc ...,share=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VncShare {
+    /// The default: a client asking for exclusive access disconnects the others.
     AllowExclusive,
+    /// Every client is shared, whatever it asks.
     ForceShared,
+    /// The client's shared flag is ignored (everyone shares).
     Ignore,
 }
 
+/// What kind of display the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisplayKind {
-    /// No display (`-display none`, `-nographic`).
+    /// No display (`-display none`, `-nographic`); `-vnc` may still be given.
     None,
-    /// VNC only (`-vnc`, `-display vnc=`).
+    /// `-display vnc=...`.
     Vnc,
     /// troupe's default when nothing is said: like QEMU's default of a GUI, we have none,
     /// so VGA exists and nobody looks unless `-vnc` is given.
     Default,
 }
 
+/// `-vga`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VgaKind {
+    /// Bochs/QEMU standard VGA at PCI slot 2 (the default).
     Std,
+    /// No VGA device.
     None,
 }
 
+/// `-rtc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtcConfig {
     /// `base=utc` (default) or `localtime`, or a fixed start `2006-06-17T16:01:21`.
     pub base: RtcBase,
 }
 
+/// Where the CMOS clock starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RtcBase {
+    /// Host time in UTC.
     Utc,
+    /// Host time in the host's local time zone.
     LocalTime,
-    /// Seconds since the Unix epoch at VM start.
+    /// Seconds since the Unix epoch at VM start (the date was read as UTC).
     Fixed(i64),
 }
 
 /// One drive (`-drive`, `-hda`, `-cdrom`, `-blockdev`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveConfig {
-    /// `id=`; generated like QEMU when absent (`ide0-hd0`, `ide1-cd0`, `virtio0`, ...).
+    /// `id=` (or `-blockdev node-name=`); generated like QEMU when absent (`ide0-hd0`,
+    /// `ide1-cd0`, `virtio0`, `none0`, ...). Unique among drives.
     pub id: String,
-    /// None = an empty CD-ROM drive (`-drive if=ide,media=cdrom` with no file).
+    /// None = an empty CD-ROM drive (`-drive if=ide,media=cdrom` with no file). The file
+    /// could be opened for reading (and for writing when the drive is writable).
     pub file: Option<PathBuf>,
+    /// Which controller it hangs off.
     pub interface: DriveInterface,
+    /// Disk or CD-ROM (CD-ROMs are IDE only and always read-only).
     pub media: Media,
     /// None = probe (raw guessed ⇒ warning, and writes to sector 0 are restricted).
     pub format: Option<ImageFormat>,
-    /// `index=` (IDE: 0..3 = hda..hdd).
+    /// IDE: 0..=3 = hda..hdd (bus * 2 + unit). `-drive if=virtio|none`: the unit number
+    /// used in the generated id. Always set, except None for `-blockdev` drives.
     pub index: Option<u32>,
+    /// `cache=`.
     pub cache: CacheMode,
+    /// `aio=`.
     pub aio: AioMode,
+    /// `readonly=on` (and every CD-ROM).
     pub readonly: bool,
+    /// `snapshot=on` or `-snapshot`: writes go to a temporary overlay, the image is untouched.
     pub snapshot: bool,
+    /// `discard=unmap`: pass guest discards (TRIM) to the image.
     pub discard: bool,
-    /// `serial=` (virtio GET_ID / IDE IDENTIFY).
+    /// `serial=` (virtio GET_ID / IDE IDENTIFY); a device's `serial=` overrides it.
     pub serial: Option<String>,
     /// `bootindex=` given on a `-device` using this drive.
     pub bootindex: Option<u32>,
 }
 
+/// `-drive if=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriveInterface {
+    /// The PIIX IDE controller (default).
     Ide,
+    /// A virtio-blk-pci device of its own (present in `devices`).
     Virtio,
-    /// `if=none`: attached by a `-device ...,drive=ID`.
+    /// `if=none`: attached by a `-device ...,drive=ID` (or unused).
     None,
 }
 
+/// `-drive media=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Media {
+    /// A hard disk.
     Disk,
+    /// An ATAPI CD-ROM.
     Cdrom,
 }
 
+/// Image file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
+    /// Plain bytes.
     Raw,
+    /// QEMU copy-on-write v2/v3.
     Qcow2,
 }
 
+/// `cache=` (or `-blockdev cache.direct=,cache.no-flush=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
     /// O_DIRECT, flushes honoured (QEMU `none`).
@@ -349,114 +460,189 @@ pub enum CacheMode {
     Unsafe,
 }
 
+/// `aio=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AioMode {
+    /// A thread pool (QEMU default).
     Threads,
+    /// io_uring.
     IoUring,
-    /// Linux AIO: served by io_uring here (same semantics for O_DIRECT).
+    /// Linux AIO: served by io_uring here (same semantics for O_DIRECT). Only with
+    /// `cache=none|directsync`, as in QEMU.
     Native,
 }
 
+/// One network backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetdevConfig {
+    /// `id=`; unique among netdevs. Backends created by `-nic` are `__org.qemu.nicN`, by
+    /// `-net` (and QEMU's default network) `#netN`: names a user can't write.
     pub id: String,
+    /// The backend and its settings.
     pub kind: NetdevKind,
 }
 
+/// Network backend kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetdevKind {
+    /// User-mode networking (slirp).
     User(UserNetConfig),
+    /// A host tap interface.
     Tap {
+        /// `ifname=`; None = let the kernel pick `tapN`.
         ifname: Option<String>,
+        /// `fd=`: an already open tap fd inherited from the caller (then no ifname/scripts).
         fd: Option<i32>,
+        /// `script=`: run with the interface name after creating it. QEMU's default
+        /// `/etc/qemu-ifup` is filled in; `script=no` (or empty) gives None.
         script: Option<PathBuf>,
+        /// `downscript=`: run before closing; default `/etc/qemu-ifdown`, `no` gives None.
         downscript: Option<PathBuf>,
+        /// `vnet_hdr=on|off`; None = use it when the kernel supports it.
         vnet_hdr: Option<bool>,
+        /// `queues=` (multiqueue tap), >= 1.
         queues: u32,
     },
+    /// A tap created by the setuid bridge helper and added to a bridge.
     Bridge {
+        /// `br=` (default `br0`).
         br: String,
-        helper: Option<PathBuf>,
+        /// `helper=` (default `/usr/lib/qemu/qemu-bridge-helper`, filled in).
+        helper: PathBuf,
     },
+    /// Ethernet frames over a TCP connection to another VMM (QEMU's `-netdev socket`).
+    /// Exactly one of the two is set.
     Socket {
+        /// `listen=[HOST]:PORT`.
         listen: Option<SocketAddrSpec>,
+        /// `connect=HOST:PORT`.
         connect: Option<SocketAddrSpec>,
     },
+    /// A port on hub `hubid`: every frame is repeated to the other ports of that hub.
     Hubport {
+        /// The hub number.
         hubid: u32,
     },
 }
 
+/// `-netdev user,...` with QEMU's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserNetConfig {
-    /// `net=10.0.2.0/24`: (address, prefix length).
-    pub net: (std::net::Ipv4Addr, u8),
-    pub host: std::net::Ipv4Addr,
-    pub dhcpstart: std::net::Ipv4Addr,
-    pub dns: std::net::Ipv4Addr,
+    /// `net=10.0.2.0/24`: (network address with host bits cleared, prefix length 4..=32).
+    pub net: (Ipv4Addr, u8),
+    /// `host=`: the gateway/host address in the guest's network (default net + 2).
+    pub host: Ipv4Addr,
+    /// `dhcpstart=`: first address handed out by DHCP (default net + 15).
+    pub dhcpstart: Ipv4Addr,
+    /// `dns=`: the built-in DNS forwarder's address (default net + 3).
+    pub dns: Ipv4Addr,
+    /// `ipv6=` (default on).
     pub ipv6: bool,
+    /// `hostname=`: sent to the guest by DHCP.
     pub hostname: Option<String>,
+    /// `domainname=`: sent to the guest by DHCP.
     pub domainname: Option<String>,
+    /// `restrict=on`: the guest can't reach the host network (only forwards work).
     pub restrict: bool,
+    /// `tftp=DIR`: serve this directory over TFTP.
     pub tftp: Option<PathBuf>,
+    /// `bootfile=`: the DHCP boot file name (for PXE).
     pub bootfile: Option<String>,
+    /// `hostfwd=` rules, in order.
     pub hostfwd: Vec<HostFwd>,
-    /// `guestfwd=tcp:IP:PORT-chardev:ID` (or `-cmd:`): (guest ip, guest port, chardev id).
-    pub guestfwd: Vec<(std::net::Ipv4Addr, u16, String)>,
+    /// `guestfwd=tcp:[IP]:PORT-chardev:ID` (or `-BACKEND`, which got its own chardev):
+    /// (guest ip, guest port, chardev id). An omitted IP is filled in as net + 4, slirp's
+    /// default.
+    pub guestfwd: Vec<(Ipv4Addr, u16, String)>,
 }
 
+/// `hostfwd=tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFwd {
+    /// UDP instead of TCP.
     pub udp: bool,
-    pub host_addr: std::net::Ipv4Addr,
+    /// Host address to bind (0.0.0.0 = all).
+    pub host_addr: Ipv4Addr,
+    /// Host port (0 = any free port).
     pub host_port: u16,
     /// Unspecified (0.0.0.0) = the first DHCP address.
-    pub guest_addr: std::net::Ipv4Addr,
+    pub guest_addr: Ipv4Addr,
+    /// Guest port (1..=65535).
     pub guest_port: u16,
 }
 
 /// `-device DRIVER,prop=value,...`, typed per driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
-    /// `id=`.
+    /// `id=` (unique among devices).
     pub id: Option<String>,
+    /// What it is.
     pub kind: DeviceKind,
-    /// `bus=`, `addr=` (PCI slot.fn) when given.
+    /// PCI devices: (slot, function) on bus 0, always set — `addr=` when given, else the
+    /// first free slot in creation order like QEMU (0 host bridge, 1 PIIX, 2 VGA are taken).
+    /// None for devices that are not on PCI (`isa-debug-exit`, `virtconsole`).
     pub addr: Option<(u8, u8)>,
 }
 
+/// The device models `-device` knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceKind {
+    /// QEMU's `isa-debug-exit`: a write of V to `iobase` exits with status (V << 1) | 1.
     IsaDebugExit {
+        /// First I/O port (default 0x501).
         iobase: u16,
+        /// Number of ports (default 2); `iobase + iosize <= 0x10000`.
         iosize: u16,
     },
+    /// `virtio-blk-pci`.
     VirtioBlk {
+        /// The drive id it serves (an `if=none`/`if=virtio` drive or a `-blockdev` node).
         drive: String,
+        /// `num-queues=` (default: the number of vCPUs, as QEMU 7.2), 1..=1024.
         num_queues: u16,
+        /// `serial=` (else the drive's).
         serial: Option<String>,
+        /// `bootindex=`.
         bootindex: Option<u32>,
     },
+    /// A network card.
     Nic {
+        /// Which card.
         model: NicModel,
+        /// The backend (`netdev=`), None = not connected (cable unplugged).
         netdev: Option<String>,
-        mac: Option<[u8; 6]>,
+        /// `mac=`, or the next free `52:54:00:12:34:XX` like QEMU.
+        mac: [u8; 6],
         /// None = the model's default ROM; Some("") = no ROM.
         romfile: Option<String>,
+        /// `bootindex=`.
         bootindex: Option<u32>,
     },
+    /// `virtio-rng-pci` (entropy from the host's getrandom).
     VirtioRng,
+    /// `virtio-serial-pci`: a controller for `virtconsole` ports.
     VirtioSerial,
+    /// `virtconsole`: a console port on a virtio-serial controller.
     VirtConsole {
+        /// The chardev it talks to.
         chardev: String,
+        /// Index in [`VmConfig::devices`] of its `VirtioSerial` controller (`bus=ID.0`, or
+        /// the first controller created before it).
+        controller: usize,
     },
+    /// `virtio-balloon-pci`.
     VirtioBalloon,
+    /// `virtio-tablet-pci` (absolute pointer).
     VirtioTablet,
+    /// `virtio-keyboard-pci`.
     VirtioKeyboard,
 }
 
+/// NIC models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NicModel {
+    /// `virtio-net-pci` (`-net nic,model=virtio`).
     VirtioNet,
+    /// Intel 82540EM, `e1000` (QEMU's default NIC on `pc`).
     E1000,
 }

@@ -6,6 +6,8 @@
 
 mod boot;
 #[allow(dead_code)]
+mod cli;
+#[allow(dead_code)]
 mod config;
 mod machine;
 mod platform;

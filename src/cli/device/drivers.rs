@@ -1,0 +1,227 @@
+//! The drivers troupe has: the table `-device` parsing looks names up in, and the
+//! `-device help` / `-device DRIVER,help` listings made from it.
+
+use super::DeviceError;
+
+/// A driver troupe has, for parsing and for `-device help`.
+pub(super) struct Driver {
+    pub(super) name: &'static str,
+    alias: &'static str,
+    category: &'static str,
+    pub(super) bus: &'static str,
+    desc: &'static str,
+    /// (property, type, description) beyond `id`.
+    props: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const PCI_ADDR: (&str, &str, &str) = (
+    "addr",
+    "<int32>",
+    "Slot and optional function number, example: 06.0 or 06 (default: -1)",
+);
+const PCI_BUS: (&str, &str, &str) = ("bus", "<str>", "pci.0");
+const BOOTINDEX: (&str, &str, &str) = ("bootindex", "<int32>", "");
+
+pub(super) const DRIVERS: &[Driver] = &[
+    Driver {
+        name: "e1000",
+        alias: "e1000-82540em",
+        category: "Network devices",
+        bus: "PCI",
+        desc: "Intel Gigabit Ethernet",
+        props: &[
+            PCI_ADDR,
+            BOOTINDEX,
+            PCI_BUS,
+            (
+                "mac",
+                "<str>",
+                "Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56",
+            ),
+            ("netdev", "<str>", "ID of a netdev to use as a backend"),
+            ("romfile", "<str>", ""),
+        ],
+    },
+    Driver {
+        name: "virtio-net-pci",
+        alias: "virtio-net",
+        category: "Network devices",
+        bus: "PCI",
+        desc: "",
+        props: &[
+            PCI_ADDR,
+            BOOTINDEX,
+            PCI_BUS,
+            (
+                "mac",
+                "<str>",
+                "Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56",
+            ),
+            ("netdev", "<str>", "ID of a netdev to use as a backend"),
+            ("romfile", "<str>", ""),
+        ],
+    },
+    Driver {
+        name: "virtio-blk-pci",
+        alias: "virtio-blk",
+        category: "Storage devices",
+        bus: "PCI",
+        desc: "",
+        props: &[
+            PCI_ADDR,
+            BOOTINDEX,
+            PCI_BUS,
+            (
+                "drive",
+                "<str>",
+                "Node name or ID of a block device to use as a backend",
+            ),
+            ("num-queues", "<uint16>", "(default: number of vCPUs)"),
+            ("serial", "<str>", ""),
+        ],
+    },
+    Driver {
+        name: "virtio-keyboard-pci",
+        alias: "virtio-keyboard",
+        category: "Input devices",
+        bus: "PCI",
+        desc: "",
+        props: &[PCI_ADDR, PCI_BUS],
+    },
+    Driver {
+        name: "virtio-tablet-pci",
+        alias: "virtio-tablet",
+        category: "Input devices",
+        bus: "PCI",
+        desc: "",
+        props: &[PCI_ADDR, PCI_BUS],
+    },
+    Driver {
+        name: "virtconsole",
+        alias: "",
+        category: "Input devices",
+        bus: "virtio-serial-bus",
+        desc: "",
+        props: &[
+            (
+                "bus",
+                "<str>",
+                "ID.0 of a virtio-serial-pci (default: the first)",
+            ),
+            ("chardev", "<str>", "ID of a chardev to use as a backend"),
+        ],
+    },
+    Driver {
+        name: "virtio-serial-pci",
+        alias: "virtio-serial",
+        category: "Input devices",
+        bus: "PCI",
+        desc: "",
+        props: &[PCI_ADDR, PCI_BUS],
+    },
+    Driver {
+        name: "isa-debug-exit",
+        alias: "",
+        category: "Misc devices",
+        bus: "ISA",
+        desc: "",
+        props: &[
+            ("iobase", "<uint32>", " (default: 1281)"),
+            ("iosize", "<uint32>", " (default: 2)"),
+        ],
+    },
+    Driver {
+        name: "virtio-balloon-pci",
+        alias: "virtio-balloon",
+        category: "Misc devices",
+        bus: "PCI",
+        desc: "",
+        props: &[PCI_ADDR, PCI_BUS],
+    },
+    Driver {
+        name: "virtio-rng-pci",
+        alias: "virtio-rng",
+        category: "Misc devices",
+        bus: "PCI",
+        desc: "",
+        props: &[PCI_ADDR, PCI_BUS],
+    },
+];
+
+pub(super) fn find_driver(name: &str) -> Option<&'static Driver> {
+    DRIVERS
+        .iter()
+        .find(|d| d.name == name || (!d.alias.is_empty() && d.alias == name))
+}
+
+/// `-device help`: the drivers troupe has, grouped like QEMU's listing.
+pub fn device_help() -> String {
+    let mut out = String::new();
+    let mut categories: Vec<&str> = Vec::new();
+    for d in DRIVERS {
+        if !categories.contains(&d.category) {
+            categories.push(d.category);
+        }
+    }
+    for (i, cat) in categories.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{cat}:\n"));
+        for d in DRIVERS.iter().filter(|d| d.category == *cat) {
+            out.push_str(&format!("name \"{}\", bus {}", d.name, d.bus));
+            if !d.alias.is_empty() {
+                out.push_str(&format!(", alias \"{}\"", d.alias));
+            }
+            if !d.desc.is_empty() {
+                out.push_str(&format!(", desc \"{}\"", d.desc));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `-device DRIVER,help`: the properties troupe accepts for `driver`.
+pub fn device_props_help(driver: &str) -> Result<String, DeviceError> {
+    let d = find_driver(driver).ok_or_else(|| DeviceError::Unknown(driver.to_string()))?;
+    let mut out = format!("{} options:\n", d.name);
+    let mut props: Vec<_> = d.props.to_vec();
+    props.push(("id", "<str>", ""));
+    props.sort_by_key(|p| p.0);
+    for (name, ty, desc) in props {
+        let head = format!("  {name}={ty}");
+        if desc.is_empty() {
+            out.push_str(&format!("{head}\n"));
+        } else {
+            out.push_str(&format!("{head:<24} - {}\n", desc.trim_start()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_drivers_and_properties() {
+        let h = device_help();
+        assert!(h.contains("Network devices:\nname \"e1000\", bus PCI, alias \"e1000-82540em\", desc \"Intel Gigabit Ethernet\"\n"));
+        assert!(h.contains("name \"virtio-net-pci\", bus PCI, alias \"virtio-net\"\n"));
+        for d in DRIVERS {
+            assert!(h.contains(&format!("name \"{}\"", d.name)));
+        }
+        let p = device_props_help("isa-debug-exit").unwrap();
+        assert_eq!(p, "isa-debug-exit options:\n  id=<str>\n  iobase=<uint32>        - (default: 1281)\n  iosize=<uint32>        - (default: 2)\n");
+        let p = device_props_help("e1000").unwrap();
+        assert!(p.contains("  netdev=<str>           - ID of a netdev to use as a backend\n"));
+        assert!(device_props_help("virtio-net")
+            .unwrap()
+            .starts_with("virtio-net-pci options:"));
+        assert_eq!(
+            device_props_help("nope").unwrap_err().to_string(),
+            "device 'nope' is unknown or not supported by troupe (see -device help)"
+        );
+    }
+}
