@@ -5,13 +5,12 @@
 //! for devices), then the actors crate runs it all.
 
 mod boot;
-#[allow(dead_code)]
 mod cli;
 #[allow(dead_code)]
 mod config;
+mod demo;
 mod machine;
 mod platform;
-mod quickargs;
 mod tables_shim;
 mod vm;
 
@@ -19,13 +18,25 @@ use actors::runtime::Registry;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cfg = match quickargs::parse(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("troupe: {e}");
-            std::process::exit(1);
+    let demo = args.is_empty();
+    let cfg = if demo {
+        demo::config()
+    } else {
+        match cli::parse(&args) {
+            Ok(cli::Invocation::Print(text)) => {
+                print!("{text}");
+                std::process::exit(0);
+            }
+            Ok(cli::Invocation::Run(cfg)) => *cfg,
+            Err(e) => {
+                eprintln!("troupe: {e}");
+                std::process::exit(1);
+            }
         }
     };
+    for w in &cfg.warnings {
+        eprintln!("troupe: warning: {w}");
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -40,8 +51,14 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let registry = Registry::new();
-    let status = match machine::build(&cfg, None, &rt, &registry) {
-        Ok(vm) => machine::run(vm, &rt),
+    let kernel = demo.then(demo::kernel);
+    let status = match machine::build(&cfg, kernel, &rt, &registry) {
+        Ok(vm) => {
+            if demo {
+                demo::print_banner(&cfg);
+            }
+            machine::run(vm, &rt)
+        }
         Err(e) => {
             actors::chardev::tty::restore();
             eprintln!("troupe: {e:#}");

@@ -142,7 +142,6 @@ fn host_decompressed_vmlinux(pm: &[u8], hdr: &setup_header) -> Option<Vec<u8>> {
             .is_ok()
     } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         // The kernel build appends the uncompressed size (4 bytes) after the xz stream.
-        let body = &payload[..payload.len().saturating_sub(4)];
         // The kernel's xz streams use the x86 BCJ filter; liblzma reads them. The build
         // appends the uncompressed size after the stream, which the decoder ignores.
         let mut d = xz2::read::XzDecoder::new(payload).take(MAX_VMLINUX);

@@ -366,6 +366,7 @@ impl ChardevActor {
                 r = async { conn.as_mut().map(|(r, _)| r).expect("guarded").read(&mut buf).await }, if reading => {
                     match r {
                         Ok(0) | Err(_) => {
+                            tracing::debug!(chardev = %self.id, "input closed");
                             let socket = matches!(
                                 self.backend,
                                 Backend::TcpServer { .. } | Backend::TcpClient { .. } | Backend::UnixServer { .. } | Backend::UnixClient { .. }
