@@ -1,0 +1,57 @@
+//! Ring 3 → ring 0 requests through the `int 0x80` gate (see `boot.rs` for the handlers).
+//! Each one is an emulated ring-0 excursion on slow hosts: use sparingly.
+
+use crate::boot::{SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR};
+
+#[inline(always)]
+fn syscall(nr: u64, a: u64, b: u64, c: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: the gate preserves every register but rax; the handlers touch no memory
+    // Rust owns (except what a caller explicitly asks for, e.g. an MSR that points the
+    // hypervisor at a buffer).
+    unsafe {
+        core::arch::asm!(
+            "int 0x80",
+            inlateout("rax") nr => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            options(nostack),
+        )
+    };
+    ret
+}
+
+/// Stops this CPU for good (`cli; hlt` in ring 0).
+pub fn halt_forever() -> ! {
+    syscall(SYS_HALT, 0, 0, 0);
+    // The gate never returns from SYS_HALT; spin if a broken VMM resumes us anyway.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Reads MSR `msr`.
+pub fn rdmsr(msr: u32) -> u64 {
+    syscall(SYS_RDMSR, msr as u64, 0, 0)
+}
+
+/// Writes `value` to MSR `msr`.
+pub fn wrmsr(msr: u32, value: u64) {
+    syscall(SYS_WRMSR, msr as u64, value, 0);
+}
+
+/// Reads control register CR`n` (0, 2, 3 or 4; anything else gives `u64::MAX`).
+pub fn read_cr(n: u32) -> u64 {
+    syscall(SYS_READ_CR, n as u64, 0, 0)
+}
+
+/// `count` byte writes of `value` to `port`, executed in ring 0.
+pub fn out_loop_ring0(port: u16, value: u8, count: u64) {
+    syscall(SYS_OUT_LOOP, port as u64, count, value as u64);
+}
+
+/// A round trip to ring 0 that does nothing.
+pub fn nop() {
+    syscall(SYS_NOP, 0, 0, 0);
+}
