@@ -40,7 +40,12 @@ pub struct CpuList {
 
 impl CpuList {
     fn new(source: CpuSource, lapic_base: u64) -> CpuList {
-        CpuList { source, lapic_base, ids: [0; MAX_LISTED_CPUS], len: 0 }
+        CpuList {
+            source,
+            lapic_base,
+            ids: [0; MAX_LISTED_CPUS],
+            len: 0,
+        }
     }
 
     pub(crate) fn push(&mut self, id: u32) {
@@ -99,7 +104,9 @@ fn checksum_ok(addr: u64, len: u32) -> bool {
 }
 
 fn signature_at(addr: u64, sig: &[u8]) -> bool {
-    sig.iter().enumerate().all(|(i, &b)| read_u8(addr + i as u64) == b)
+    sig.iter()
+        .enumerate()
+        .all(|(i, &b)| read_u8(addr + i as u64) == b)
 }
 
 fn rsdp_valid(addr: u64) -> bool {
@@ -141,13 +148,20 @@ fn sdt_len(addr: u64) -> Option<u32> {
         return None;
     }
     let len = read_u32(addr + 4);
-    (36..=MAX_TABLE_LEN).contains(&len).then_some(len).filter(|&l| checksum_ok(addr, l))
+    (36..=MAX_TABLE_LEN)
+        .contains(&len)
+        .then_some(len)
+        .filter(|&l| checksum_ok(addr, l))
 }
 
 /// Finds the table with signature `sig` through the XSDT (ACPI 2+) or the RSDT.
 pub fn find_table(rsdp: u64, sig: &[u8; 4]) -> Option<u64> {
     let revision = read_u8(rsdp + 15);
-    let xsdt = if revision >= 2 { read_u64(rsdp + 24) } else { 0 };
+    let xsdt = if revision >= 2 {
+        read_u64(rsdp + 24)
+    } else {
+        0
+    };
     let (root, entry) = if xsdt != 0 && sdt_len(xsdt).is_some() {
         (xsdt, 8u64)
     } else {
@@ -156,7 +170,11 @@ pub fn find_table(rsdp: u64, sig: &[u8; 4]) -> Option<u64> {
     let len = sdt_len(root)? as u64;
     let mut off = 36;
     while off + entry <= len {
-        let t = if entry == 8 { read_u64(root + off) } else { read_u32(root + off) as u64 };
+        let t = if entry == 8 {
+            read_u64(root + off)
+        } else {
+            read_u32(root + off) as u64
+        };
         if sdt_len(t).is_some() && signature_at(t, sig) {
             return Some(t);
         }
@@ -178,16 +196,8 @@ pub fn madt_cpus(madt: u64) -> CpuList {
             break;
         }
         match kind {
-            0 if elen >= 8 => {
-                if read_u32(e + 4) & 1 != 0 {
-                    list.push(read_u8(e + 3) as u32);
-                }
-            }
-            9 if elen >= 16 => {
-                if read_u32(e + 8) & 1 != 0 {
-                    list.push(read_u32(e + 4));
-                }
-            }
+            0 if elen >= 8 && read_u32(e + 4) & 1 != 0 => list.push(read_u8(e + 3) as u32),
+            9 if elen >= 16 && read_u32(e + 8) & 1 != 0 => list.push(read_u32(e + 4)),
             5 if elen >= 12 => list.lapic_base = read_u64(e + 4),
             _ => {}
         }

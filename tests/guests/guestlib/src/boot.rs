@@ -1,6 +1,6 @@
 //! Everything that runs in ring 0: the PVH note and multiboot header, the 32-bit entry
 //! (both protocols land there), static identity page tables, GDT/TSS/IDT, the switch to
-//! ring 3, the `int 0x80` system-call gate, exception stubs, and the AP trampoline.
+//! ring 3, the `ud2` request gate for ring 3, exception stubs, and the AP trampoline.
 //!
 //! Ring-0 code is emulated on the hosts troupe is developed on (~0.2 us per instruction),
 //! so this file does as little as it can: the page tables are assembled into the image,
@@ -42,7 +42,15 @@ pub const TSS_LIMIT: usize = TSS_SIZE + IOBITMAP_SIZE;
 pub const TSS_STRIDE: usize = 8320;
 const GDT_SIZE: usize = SEL_TSS0 as usize + 16 * MAX_CPUS;
 
-/// System-call numbers for `int 0x80` (rax = number, rdi/rsi/rdx = arguments, rax = result).
+/// Ring-3 requests to ring 0: `rax = (REQUEST_MAGIC << 32) | number`, arguments in
+/// rdi/rsi/rdx, then `ud2`; the #UD handler recognises the pair, runs the request in ring 0,
+/// puts the result in rax and resumes after the `ud2`. Every other register is preserved.
+///
+/// Why not a DPL-3 `int n` gate or SYSCALL: on the PVM hosts troupe is developed on, `int n`
+/// from ring 3 raises #UD and SYSCALL enters its target without leaving CPL 3. Exceptions
+/// are delivered properly, so the gate is an exception.
+pub const REQUEST_MAGIC: u64 = 0x5452_5550; // "TRUP"
+/// Request numbers.
 pub const SYS_HALT: u64 = 0;
 pub const SYS_RDMSR: u64 = 1;
 pub const SYS_WRMSR: u64 = 2;
@@ -120,7 +128,7 @@ guestlib_entry64:
     mov gs, ax
     lea rsp, [rip + guestlib_kstacks + {kstack}]
 
-    /* IDT: exception gates 0..31 (DPL 0), then the system-call gate 0x80 (DPL 3). */
+    /* IDT: exception gates 0..31 (DPL 0). */
     lea rsi, [rip + guestlib_exc_table]
     lea rdi, [rip + guestlib_idt]
     mov ecx, 32
@@ -136,14 +144,6 @@ guestlib_idt_loop:
     add rdi, 16
     dec ecx
     jnz guestlib_idt_loop
-    lea rax, [rip + guestlib_syscall_entry]
-    lea rdi, [rip + guestlib_idt + 0x80 * 16]
-    mov [rdi], ax
-    mov dword ptr [rdi + 2], 0xEE000000 + {code64}
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], rax
     lidt [rip + guestlib_idtr]
 
     /* TSS descriptor and rsp0 for slot 0 (the BSP); the BSP fills the other slots from ring 3. */
@@ -219,9 +219,22 @@ guestlib_halt_forever:
 
 /* ---------------------------------------------------------------- system calls */
 
-/* int 0x80 from ring 3: rax = number, rdi/rsi/rdx = arguments; result in rax; every other
-   register is preserved. Interrupt gate: IF stays clear. */
-guestlib_syscall_entry:
+/* #UD: a request from ring 3 (`ud2` with REQUEST_MAGIC in rax's upper half), else fatal.
+   Frame: rip, cs, rflags, rsp, ss. Requests return with iretq, result in rax. */
+guestlib_exc6:
+    cmp qword ptr [rsp + 8], {ucode} + 3
+    jne guestlib_exc6_fatal
+    push rcx
+    mov rcx, [rsp + 8]
+    cmp word ptr [rcx], 0x0B0F
+    jne guestlib_exc6_fatal_pop
+    mov rcx, rax
+    shr rcx, 32
+    cmp ecx, {magic}
+    jne guestlib_exc6_fatal_pop
+    pop rcx
+    add qword ptr [rsp], 2
+    mov eax, eax
     cmp rax, {sys_out_loop}
     je guestlib_sys_out_loop
     cmp rax, {sys_nop}
@@ -236,6 +249,12 @@ guestlib_syscall_entry:
     je guestlib_halt_forever
     mov rax, -1
     iretq
+guestlib_exc6_fatal_pop:
+    pop rcx
+guestlib_exc6_fatal:
+    push 0
+    push 6
+    jmp guestlib_exc_common
 guestlib_sys_nop:
     xor eax, eax
     iretq
@@ -319,7 +338,6 @@ GUESTLIB_EXC 2, 0
 GUESTLIB_EXC 3, 0
 GUESTLIB_EXC 4, 0
 GUESTLIB_EXC 5, 0
-GUESTLIB_EXC 6, 0
 GUESTLIB_EXC 7, 0
 GUESTLIB_EXC 8, 1
 GUESTLIB_EXC 9, 0
@@ -515,6 +533,7 @@ guestlib_ustacks: .skip {max_cpus} * {ustack}
     sys_read_cr = const SYS_READ_CR,
     sys_out_loop = const SYS_OUT_LOOP,
     sys_nop = const SYS_NOP,
+    magic = const REQUEST_MAGIC,
 );
 
 extern "C" {

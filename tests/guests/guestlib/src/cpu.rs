@@ -12,7 +12,12 @@ pub struct CpuidResult {
 /// CPUID leaf `leaf`, subleaf `sub`.
 pub fn cpuid(leaf: u32, sub: u32) -> CpuidResult {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
-    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// Highest basic leaf.
@@ -27,9 +32,15 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// This CPU's APIC id: the x2APIC id from leaf 0xB when present, else the initial
-/// 8-bit id from leaf 1.
+/// This CPU's APIC id, from the local APIC's ID register (CPUID's copies of it are not
+/// trustworthy on every host: under PVM leaf 0xB/leaf 1 report the host's CPU).
 pub fn apic_id() -> u32 {
+    crate::lapic::Lapic::new().id()
+}
+
+/// The initial APIC id CPUID reports: leaf 0xB's x2APIC id when present, else leaf 1
+/// EBX[31:24].
+pub fn cpuid_apic_id() -> u32 {
     if max_basic_leaf() >= 0xB {
         let r = cpuid(0xB, 0);
         if r.ebx != 0 {

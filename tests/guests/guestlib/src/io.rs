@@ -5,7 +5,9 @@
 pub fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: port reads have no memory effects visible to Rust; IOPL 3 permits them.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -13,7 +15,9 @@ pub fn inb(port: u16) -> u8 {
 #[inline(always)]
 pub fn outb(port: u16, v: u8) {
     // SAFETY: as for `inb`.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Reads a word from `port`.
@@ -21,7 +25,9 @@ pub fn outb(port: u16, v: u8) {
 pub fn inw(port: u16) -> u16 {
     let v: u16;
     // SAFETY: as for `inb`.
-    unsafe { core::arch::asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -29,7 +35,9 @@ pub fn inw(port: u16) -> u16 {
 #[inline(always)]
 pub fn outw(port: u16, v: u16) {
     // SAFETY: as for `inb`.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Reads a dword from `port`.
@@ -37,7 +45,9 @@ pub fn outw(port: u16, v: u16) {
 pub fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: as for `inb`.
-    unsafe { core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -45,7 +55,9 @@ pub fn inl(port: u16) -> u32 {
 #[inline(always)]
 pub fn outl(port: u16, v: u32) {
     // SAFETY: as for `inb`.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// `count` byte writes of `value` to `port`, back to back, from ring 3.

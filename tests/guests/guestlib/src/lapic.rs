@@ -28,7 +28,10 @@ impl Lapic {
     pub fn new() -> Lapic {
         let msr = rdmsr(IA32_APIC_BASE);
         let base = msr & 0xF_FFFF_F000;
-        Lapic { base: if base == 0 { 0xFEE0_0000 } else { base }, x2apic: msr & (1 << 10) != 0 }
+        Lapic {
+            base: if base == 0 { 0xFEE0_0000 } else { base },
+            x2apic: msr & (1 << 10) != 0,
+        }
     }
 
     /// The xAPIC MMIO base.

@@ -7,7 +7,7 @@
 //! IDT, loads a TSS and enters ring 3 with IOPL 3 (`boot.rs`); everything else runs in ring
 //! 3 at native speed with all of 0..4 GiB identity-mapped and user-accessible, so port I/O
 //! and MMIO (LAPIC, VGA) work directly. Ring 0 is reached on purpose only through the
-//! `int 0x80` gate (`sys.rs`).
+//! SYSCALL instruction (`sys.rs`).
 //!
 //! Guests report on COM1 and exit through isa-debug-exit (port 0xf4; QEMU exits with
 //! status `(code << 1) | 1`). A guest crate provides `fn main(&BootInfo) -> u32` and

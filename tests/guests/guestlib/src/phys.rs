@@ -16,11 +16,16 @@ pub fn read_u16(addr: u64) -> u16 {
 
 /// Reads a little-endian u32 (unaligned allowed).
 pub fn read_u32(addr: u64) -> u32 {
-    if addr % 4 == 0 {
+    if addr.is_multiple_of(4) {
         // SAFETY: as for `read_u8`, and the address is aligned.
         return unsafe { core::ptr::read_volatile(addr as *const u32) };
     }
-    u32::from_le_bytes([read_u8(addr), read_u8(addr + 1), read_u8(addr + 2), read_u8(addr + 3)])
+    u32::from_le_bytes([
+        read_u8(addr),
+        read_u8(addr + 1),
+        read_u8(addr + 2),
+        read_u8(addr + 3),
+    ])
 }
 
 /// Reads a little-endian u64 (unaligned allowed).

@@ -59,7 +59,12 @@ pub fn start_aps(cpus: &CpuList, ap_main: fn(usize, u32), mode: StartMode) -> us
     NUM_IDS.store(n, Ordering::Release);
     crate::rt::set_ap_main(ap_main);
 
-    let aps: usize = cpus.ids().iter().filter(|&&id| id != bsp).count().min(MAX_CPUS - 1);
+    let aps: usize = cpus
+        .ids()
+        .iter()
+        .filter(|&&id| id != bsp)
+        .count()
+        .min(MAX_CPUS - 1);
     if aps == 0 {
         return 0;
     }
@@ -68,7 +73,13 @@ pub fn start_aps(cpus: &CpuList, ap_main: fn(usize, u32), mode: StartMode) -> us
     let lapic = Lapic::new();
     lapic.enable();
     let vector = (TRAMPOLINE_ADDR >> 12) as u8;
-    let targets = || cpus.ids().iter().copied().filter(move |&id| id != bsp).take(aps);
+    let targets = || {
+        cpus.ids()
+            .iter()
+            .copied()
+            .filter(move |&id| id != bsp)
+            .take(aps)
+    };
     match mode {
         StartMode::Broadcast => {
             lapic.broadcast_init();
@@ -87,7 +98,9 @@ pub fn start_aps(cpus: &CpuList, ap_main: fn(usize, u32), mode: StartMode) -> us
             }
             delay_us(200);
             for id in targets() {
-                let alive = cpus.index_of(id).is_some_and(|i| ALIVE[i].load(Ordering::Acquire));
+                let alive = cpus
+                    .index_of(id)
+                    .is_some_and(|i| ALIVE[i].load(Ordering::Acquire));
                 if !alive {
                     lapic.send_sipi(id, vector);
                 }

@@ -1,18 +1,21 @@
-//! Ring 3 → ring 0 requests through the `int 0x80` gate (see `boot.rs` for the handlers).
+//! Ring 3 → ring 0 requests through the `ud2` gate (see `boot.rs` for why and for the
+//! handlers).
 //! Each one is an emulated ring-0 excursion on slow hosts: use sparingly.
 
-use crate::boot::{SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR};
+use crate::boot::{
+    REQUEST_MAGIC, SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR,
+};
 
 #[inline(always)]
 fn syscall(nr: u64, a: u64, b: u64, c: u64) -> u64 {
     let ret: u64;
-    // SAFETY: the gate preserves every register but rax; the handlers touch no memory
-    // Rust owns (except what a caller explicitly asks for, e.g. an MSR that points the
-    // hypervisor at a buffer).
+    // SAFETY: the #UD gate preserves every register but rax and touches no memory Rust
+    // owns (except what a caller explicitly asks for, e.g. an MSR that points the
+    // hypervisor at a buffer); it pushes only on the ring-0 stack.
     unsafe {
         core::arch::asm!(
-            "int 0x80",
-            inlateout("rax") nr => ret,
+            "ud2",
+            inlateout("rax") (REQUEST_MAGIC << 32) | nr => ret,
             in("rdi") a,
             in("rsi") b,
             in("rdx") c,

@@ -173,7 +173,7 @@ fn from_kvmclock() -> Option<u64> {
         let version = crate::phys::read_u32(addr);
         let mul = crate::phys::read_u32(addr + 24);
         let shift = crate::phys::read_u8(addr + 28) as i8;
-        if version != 0 && version % 2 == 0 && mul != 0 {
+        if version != 0 && version.is_multiple_of(2) && mul != 0 {
             // ns = ((ticks << shift) * mul) >> 32, so hz = 1e9 * 2^32 / (mul * 2^shift).
             let num: u128 = 1_000_000_000u128 << 32;
             let hz = if shift >= 0 {

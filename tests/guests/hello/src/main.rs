@@ -10,7 +10,11 @@ guestlib::entry!(main);
 
 fn main(boot: &guestlib::BootInfo) -> u32 {
     println!("hello from troupe test guest");
-    println!("hello: protocol={} cmdline=\"{}\"", boot.protocol().name(), boot.cmdline());
+    println!(
+        "hello: protocol={} cmdline=\"{}\"",
+        boot.protocol().name(),
+        boot.cmdline()
+    );
     let code = boot.arg_u64("exit").unwrap_or(0) as u32;
     println!("hello: exit={code}");
     code
