@@ -5,7 +5,9 @@
 //! Ring-0 code is emulated on the hosts troupe is developed on (~0.2 us per instruction),
 //! so this file does as little as it can: the page tables are assembled into the image,
 //! the IDT is filled by one short loop, and everything else (boot-info parsing, AP set-up,
-//! device work) happens in ring 3 with IOPL 3 and user-accessible identity mappings.
+//! device work) happens in ring 3 with user-accessible identity mappings and port access
+//! (IOPL 3 in RFLAGS *and* an all-zero I/O permission bitmap in every TSS: PVM hosts run
+//! guest ring 3 with IOPL 0 whatever the guest asked for, and honour the bitmap).
 //!
 //! Data path at boot: loader → `guestlib_entry32` (EAX/EBX saved) → long mode →
 //! `guestlib_entry64` (IDT, TSS 0) → `iretq` → [`crate::rt::bsp_start`] in ring 3.
@@ -164,7 +166,7 @@ guestlib_idt_loop:
     mov ax, {tss0}
     ltr ax
 
-    /* iretq into ring 3 with IOPL 3 and IF clear. */
+    /* iretq into ring 3 with IOPL 3 (not honoured everywhere: see the I/O bitmap) and IF clear. */
     push {udata} + 3
     lea rax, [rip + guestlib_ustacks + {ustack} - 8]
     push rax

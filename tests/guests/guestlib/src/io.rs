@@ -1,10 +1,11 @@
-//! Port I/O. Works in ring 3 because every guest runs with IOPL 3.
+//! Port I/O. Works in ring 3: every CPU's TSS carries an all-zero I/O permission bitmap
+//! (and RFLAGS.IOPL is 3 where the host honours it).
 
 /// Reads a byte from `port`.
 #[inline(always)]
 pub fn inb(port: u16) -> u8 {
     let v: u8;
-    // SAFETY: port reads have no memory effects visible to Rust; IOPL 3 permits them.
+    // SAFETY: port reads have no memory effects visible to Rust; the TSS I/O bitmap permits them.
     unsafe {
         core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
     };

@@ -4,10 +4,14 @@
 //! boot), as multiboot 1 via the a.out-kludge header (QEMU `-M pc -kernel`, through
 //! SeaBIOS), and any loader that enters `guestlib_entry32` in 32-bit protected mode with
 //! either protocol's registers. Ring 0 (emulated, slow on nested hosts) only builds the
-//! IDT, loads a TSS and enters ring 3 with IOPL 3 (`boot.rs`); everything else runs in ring
-//! 3 at native speed with all of 0..4 GiB identity-mapped and user-accessible, so port I/O
-//! and MMIO (LAPIC, VGA) work directly. Ring 0 is reached on purpose only through the
-//! SYSCALL instruction (`sys.rs`).
+//! IDT, loads a TSS and enters ring 3 (`boot.rs`); everything else runs in ring 3 at native
+//! speed with all of 0..4 GiB identity-mapped and user-accessible and every I/O port
+//! allowed, so port I/O and MMIO (LAPIC, VGA) work directly. Ring 0 is reached on purpose
+//! only through the `ud2` request gate (`sys.rs`).
+//!
+//! CPU exceptions print `guest exception <vector> at rip=<hex> err=<hex>` (and a detail
+//! line) on COM1 and exit with [`EXIT_EXCEPTION_BASE`] + vector; a panic prints
+//! `guest panic: <message>` and exits with [`EXIT_PANIC`].
 //!
 //! Guests report on COM1 and exit through isa-debug-exit (port 0xf4; QEMU exits with
 //! status `(code << 1) | 1`). A guest crate provides `fn main(&BootInfo) -> u32` and

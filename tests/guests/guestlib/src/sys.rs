@@ -7,7 +7,7 @@ use crate::boot::{
 };
 
 #[inline(always)]
-fn syscall(nr: u64, a: u64, b: u64, c: u64) -> u64 {
+fn request(nr: u64, a: u64, b: u64, c: u64) -> u64 {
     let ret: u64;
     // SAFETY: the #UD gate preserves every register but rax and touches no memory Rust
     // owns (except what a caller explicitly asks for, e.g. an MSR that points the
@@ -27,7 +27,7 @@ fn syscall(nr: u64, a: u64, b: u64, c: u64) -> u64 {
 
 /// Stops this CPU for good (`cli; hlt` in ring 0).
 pub fn halt_forever() -> ! {
-    syscall(SYS_HALT, 0, 0, 0);
+    request(SYS_HALT, 0, 0, 0);
     // The gate never returns from SYS_HALT; spin if a broken VMM resumes us anyway.
     loop {
         core::hint::spin_loop();
@@ -36,25 +36,25 @@ pub fn halt_forever() -> ! {
 
 /// Reads MSR `msr`.
 pub fn rdmsr(msr: u32) -> u64 {
-    syscall(SYS_RDMSR, msr as u64, 0, 0)
+    request(SYS_RDMSR, msr as u64, 0, 0)
 }
 
 /// Writes `value` to MSR `msr`.
 pub fn wrmsr(msr: u32, value: u64) {
-    syscall(SYS_WRMSR, msr as u64, value, 0);
+    request(SYS_WRMSR, msr as u64, value, 0);
 }
 
 /// Reads control register CR`n` (0, 2, 3 or 4; anything else gives `u64::MAX`).
 pub fn read_cr(n: u32) -> u64 {
-    syscall(SYS_READ_CR, n as u64, 0, 0)
+    request(SYS_READ_CR, n as u64, 0, 0)
 }
 
 /// `count` byte writes of `value` to `port`, executed in ring 0.
 pub fn out_loop_ring0(port: u16, value: u8, count: u64) {
-    syscall(SYS_OUT_LOOP, port as u64, count, value as u64);
+    request(SYS_OUT_LOOP, port as u64, count, value as u64);
 }
 
 /// A round trip to ring 0 that does nothing.
 pub fn nop() {
-    syscall(SYS_NOP, 0, 0, 0);
+    request(SYS_NOP, 0, 0, 0);
 }
