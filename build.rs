@@ -55,7 +55,10 @@ fn main() {
 
     let guests = match guest_names(&guests_dir) {
         Ok(g) if !g.is_empty() => g,
-        Ok(_) => fail(&format!("no guest crates found in {}", guests_dir.display())),
+        Ok(_) => fail(&format!(
+            "no guest crates found in {}",
+            guests_dir.display()
+        )),
         Err(e) => fail(&format!("cannot list {}: {e}", guests_dir.display())),
     };
     emit_rerun(&guests_dir);
@@ -69,17 +72,28 @@ fn main() {
         let src = built.join(name);
         let image = match fs::read(&src) {
             Ok(b) => b,
-            Err(e) => fail(&format!("guest {name} was not built at {}: {e}", src.display())),
+            Err(e) => fail(&format!(
+                "guest {name} was not built at {}: {e}",
+                src.display()
+            )),
         };
         if let Err(e) = publish(&elf_dir, &format!("{name}.elf"), &image) {
-            fail(&format!("cannot write {name}.elf in {}: {e}", elf_dir.display()));
+            fail(&format!(
+                "cannot write {name}.elf in {}: {e}",
+                elf_dir.display()
+            ));
         }
         let pvh = match without_multiboot(&image) {
             Some(b) => b,
-            None => fail(&format!("guest {name} has no multiboot header in its first 8 KiB")),
+            None => fail(&format!(
+                "guest {name} has no multiboot header in its first 8 KiB"
+            )),
         };
         if let Err(e) = publish(&elf_dir, &format!("{name}.pvh.elf"), &pvh) {
-            fail(&format!("cannot write {name}.pvh.elf in {}: {e}", elf_dir.display()));
+            fail(&format!(
+                "cannot write {name}.pvh.elf in {}: {e}",
+                elf_dir.display()
+            ));
         }
     }
     println!("cargo:rustc-env=TROUPE_GUEST_DIR={}", elf_dir.display());
@@ -118,7 +132,13 @@ fn build(guests_dir: &Path, target_dir: &Path) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(guests_dir)
-        .args(["build", "--release", "--locked", "--offline", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--offline",
+            "--target-dir",
+        ])
         .arg(target_dir);
     for (key, _) in env::vars_os() {
         let k = key.to_string_lossy();
