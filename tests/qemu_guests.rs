@@ -663,15 +663,26 @@ fn parse_iobench(line: &str) -> Option<(u64, u64, f64)> {
     }
 }
 
+/// The number right after `prefix` on the line that starts with it.
+#[track_caller]
+fn field<T: std::str::FromStr>(run: &Run, prefix: &str) -> T {
+    run.line_starting(prefix)
+        .and_then(|l| l[prefix.len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix:?}\n{}", run.describe()))
+}
+
 #[test]
 fn iobench_times_port_writes_from_ring0_and_ring3() {
     let run = Spec::new(Machine::Microvm, "iobench")
         .append("count=20000")
         .run();
     run.assert_line("iobench: port=0x270 count=20000");
+    let hz: u64 = field(&run, "iobench: tsc_hz=");
+    let pit: u64 = field(&run, "iobench: tsc_hz_pit=");
     assert!(
-        run.line_starting("iobench: tsc_hz=").is_some(),
-        "{}",
+        hz.abs_diff(pit) < hz / 100,
+        "TSC rate {hz} vs PIT-calibrated {pit}\n{}",
         run.describe()
     );
     let order: Vec<&str> = run

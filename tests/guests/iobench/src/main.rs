@@ -5,6 +5,7 @@
 //! `count=N` (default 100000), `gate=N` round trips to ring 0 to time (default 1000).
 //! Output, in order:
 //! `iobench: port=0x270 count=<n>`, `iobench: tsc_hz=<hz> source=<src>`,
+//! `iobench: tsc_hz_pit=<hz|none>` (a 25 ms cross-check against PIT channel 0),
 //! `iobench ring0: start`, `iobench ring0: end`,
 //! `iobench ring0: <n> outs <ticks> tsc <ns>.<d> ns/out`,
 //! the same three lines for `ring3`, then
@@ -37,6 +38,10 @@ fn main(boot: &BootInfo) -> u32 {
         "iobench: tsc_hz={hz} source={}",
         guestlib::time::tsc_source().name()
     );
+    match guestlib::time::from_pit(25) {
+        Some(pit) => println!("iobench: tsc_hz_pit={pit}"),
+        None => println!("iobench: tsc_hz_pit=none"),
+    }
 
     println!("iobench ring0: start");
     let t0 = rdtsc();
