@@ -97,6 +97,9 @@ guestlib_entry32:
     cld
     mov dword ptr [guestlib_boot_eax], eax
     mov dword ptr [guestlib_boot_ebx], ebx
+    rdtsc
+    mov dword ptr [guestlib_boot_tsc], eax
+    mov dword ptr [guestlib_boot_tsc + 4], edx
     mov esp, offset guestlib_kstacks + {kstack}
     lgdt [guestlib_gdtr]
     /* CR4: PAE | OSFXSR | OSXMMEXCPT */
@@ -500,6 +503,9 @@ guestlib_boot_eax: .long 0
 guestlib_boot_ebx: .long 0
 .global guestlib_ap_next_slot
 guestlib_ap_next_slot: .long 1
+.p2align 3
+.global guestlib_boot_tsc
+guestlib_boot_tsc: .quad 0
 
 .section .bss.guestlib, "aw", @nobits
 .p2align 12
@@ -541,6 +547,7 @@ guestlib_ustacks: .skip {max_cpus} * {ustack}
 extern "C" {
     static guestlib_boot_eax: u32;
     static guestlib_boot_ebx: u32;
+    static guestlib_boot_tsc: u64;
     static mut guestlib_ap_next_slot: u32;
     static mut guestlib_gdt: [u8; GDT_SIZE];
     static mut guestlib_tss: [u8; MAX_CPUS * TSS_STRIDE];
@@ -558,6 +565,12 @@ pub fn boot_registers() -> (u32, u32) {
             core::ptr::read_volatile(core::ptr::addr_of!(guestlib_boot_ebx)),
         )
     }
+}
+
+/// The TSC when the loader entered the 32-bit entry point.
+pub fn entry_tsc() -> u64 {
+    // SAFETY: written once by the 32-bit entry before ring 3 started; read-only afterwards.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(guestlib_boot_tsc)) }
 }
 
 /// The AP trampoline's bytes (to be copied to [`TRAMPOLINE_ADDR`]).

@@ -1,7 +1,7 @@
 //! The ring-3 runtime: where the BSP and the APs arrive after `iretq`, the guest's `main`
 //! and `ap_main` hooks, exit through isa-debug-exit, and the panic handler.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::bootinfo::BootInfo;
 
@@ -17,9 +17,18 @@ pub(crate) fn set_ap_main(f: fn(usize, u32)) {
     AP_MAIN.store(f as usize, Ordering::Release);
 }
 
+static RING3_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// TSC ticks the BSP spent from the 32-bit entry to its first ring-3 instruction (the
+/// ring-0 set-up, emulated on PVM hosts).
+pub fn entry_to_ring3_ticks() -> u64 {
+    RING3_TSC.load(Ordering::Relaxed).wrapping_sub(crate::boot::entry_tsc())
+}
+
 /// First ring-3 code on the BSP.
 #[no_mangle]
 extern "C" fn guestlib_bsp_start() -> ! {
+    RING3_TSC.store(crate::cpu::rdtsc(), Ordering::Relaxed);
     crate::serial::init();
     let boot = BootInfo::from_loader();
     // SAFETY: `guestlib_main` is defined by the guest crate through `entry!`, with exactly

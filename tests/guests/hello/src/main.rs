@@ -5,7 +5,8 @@
 //! 0x1_0000_0000, outside the identity map) or a genuine #UD, to exercise the exception
 //! report (`guest exception <vector> at rip=<hex> err=<hex>`, exit 0x60 + vector).
 //! Output: `hello from troupe test guest`, `hello: protocol=<pvh|multiboot|unknown>
-//! cmdline="<cmdline>"`, `hello: exit=<N>`.
+//! cmdline="<cmdline>"`, `hello: ring0 setup took <us> us` (32-bit entry to ring 3),
+//! `hello: exit=<N>`.
 
 #![no_std]
 #![no_main]
@@ -35,6 +36,8 @@ fn main(boot: &guestlib::BootInfo) -> u32 {
         }
         _ => {}
     }
+    let setup = guestlib::time::ticks_to_ns(guestlib::rt::entry_to_ring3_ticks()) / 1000;
+    println!("hello: ring0 setup took {setup} us");
     let code = boot.arg_u64("exit").unwrap_or(0) as u32;
     println!("hello: exit={code}");
     code
