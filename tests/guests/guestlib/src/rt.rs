@@ -22,7 +22,9 @@ static RING3_TSC: AtomicU64 = AtomicU64::new(0);
 /// TSC ticks the BSP spent from the 32-bit entry to its first ring-3 instruction (the
 /// ring-0 set-up, emulated on PVM hosts).
 pub fn entry_to_ring3_ticks() -> u64 {
-    RING3_TSC.load(Ordering::Relaxed).wrapping_sub(crate::boot::entry_tsc())
+    RING3_TSC
+        .load(Ordering::Relaxed)
+        .wrapping_sub(crate::boot::entry_tsc())
 }
 
 /// First ring-3 code on the BSP.
