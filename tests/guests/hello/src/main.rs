@@ -1,0 +1,44 @@
+//! hello: prints a greeting on COM1 and exits with `exit=N` from the command line
+//! (default 0). Also reports the boot protocol and command line it saw.
+//!
+//! Command line: `exit=N`; `fault=pf|ud` instead makes it take a page fault (reading
+//! 0x1_0000_0000, outside the identity map) or a genuine #UD, to exercise the exception
+//! report (`guest exception <vector> at rip=<hex> err=<hex>`, exit 0x60 + vector).
+//! Output: `hello from troupe test guest`, `hello: protocol=<pvh|multiboot|unknown>
+//! cmdline="<cmdline>"`, `hello: ring0 setup took <us> us` (32-bit entry to ring 3),
+//! `hello: exit=<N>`.
+
+#![no_std]
+#![no_main]
+
+use guestlib::println;
+
+guestlib::entry!(main);
+
+fn main(boot: &guestlib::BootInfo) -> u32 {
+    println!("hello from troupe test guest");
+    println!(
+        "hello: protocol={} cmdline=\"{}\"",
+        boot.protocol().name(),
+        boot.cmdline()
+    );
+    match boot.arg("fault") {
+        Some("pf") => {
+            println!("hello: reading 0x100000000");
+            let v = guestlib::phys::read_u8(0x1_0000_0000);
+            println!("hello: read {v:#x}, no fault");
+        }
+        Some("ud") => {
+            println!("hello: executing ud2");
+            // SAFETY: raises #UD on purpose (rax does not carry the request magic); the
+            // exception handler reports it and exits the VM.
+            unsafe { core::arch::asm!("xor eax, eax", "ud2", out("rax") _) };
+        }
+        _ => {}
+    }
+    let setup = guestlib::time::ticks_to_ns(guestlib::rt::entry_to_ring3_ticks()) / 1000;
+    println!("hello: ring0 setup took {setup} us");
+    let code = boot.arg_u64("exit").unwrap_or(0) as u32;
+    println!("hello: exit={code}");
+    code
+}

@@ -1,0 +1,39 @@
+//! kbd: polls the i8042 with interrupts off and prints every byte it reads.
+//!
+//! Command line: `timeout=SECONDS` (default 10), `stop=N` the byte that ends the run
+//! (default 0x10, the set-1 make code of `q`).
+//! Output: `kbd: ready` once it polls, then `kbd: <hex byte>` per byte (two lower-case hex
+//! digits), then `kbd: stop` or `kbd: timeout`. Without a controller: `kbd: no i8042`.
+//! Exit: 0 after the stop byte, 2 on timeout, 3 without a controller.
+
+#![no_std]
+#![no_main]
+
+use guestlib::time::Deadline;
+use guestlib::{i8042, println, BootInfo};
+
+guestlib::entry!(main);
+
+fn main(boot: &BootInfo) -> u32 {
+    let timeout = boot.arg_u64("timeout").unwrap_or(10);
+    let stop = boot.arg_u64("stop").unwrap_or(0x10) as u8;
+    if !i8042::present() {
+        println!("kbd: no i8042");
+        return 3;
+    }
+    i8042::flush();
+    let deadline = Deadline::after_ms(timeout.saturating_mul(1000));
+    println!("kbd: ready");
+    loop {
+        if let Some(b) = i8042::try_read() {
+            println!("kbd: {b:02x}");
+            if b == stop {
+                println!("kbd: stop");
+                return 0;
+            }
+        } else if deadline.expired() {
+            println!("kbd: timeout");
+            return 2;
+        }
+    }
+}
