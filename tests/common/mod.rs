@@ -38,9 +38,9 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         let p = std::env::temp_dir().join(format!(
-            "troupe-test-{tag}-{}-{}",
+            "troupe-test-{tag}-{}-{:016x}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand_u64()
+            rand_u64()
         ));
         std::fs::create_dir_all(&p).expect("create temp dir");
         Self(p)

@@ -1,0 +1,218 @@
+//! Booting test guests with direct kernel boot through the real binary: serial output, exit
+//! codes, SMP bring-up and topology, vCPU pinning, and clear errors for bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{code, guest, TempDir, Vm};
+
+const DEBUG_EXIT: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+const T: Duration = Duration::from_secs(60);
+
+fn troupe(extra: &[&str]) -> Vm {
+    let mut args = vec!["-nodefaults", "-serial", "stdio", "-device", DEBUG_EXIT];
+    args.extend_from_slice(extra);
+    Vm::troupe(&args)
+}
+
+#[test]
+fn hello_prints_and_exits_with_the_chosen_code() {
+    let k = guest("hello");
+    let (st, out, err) = troupe(&["-kernel", k.to_str().unwrap(), "-append", "exit=5"]).run(T);
+    assert!(out.contains("hello from troupe test guest"), "stdout: {out}\nstderr: {err}");
+    assert_eq!(code(st), (5 << 1) | 1, "stderr: {err}");
+}
+
+fn smp_check(smp: &str, expect_ids: &[u32]) {
+    let k = guest("smp");
+    let (st, out, err) = troupe(&["-smp", smp, "-kernel", k.to_str().unwrap()]).run(T);
+    let n = expect_ids.len();
+    assert!(
+        out.contains(&format!("smp: {n}/{n} cpus checked in")),
+        "-smp {smp}: stdout: {out}\nstderr: {err}"
+    );
+    let ids: Vec<String> = expect_ids.iter().map(|i| i.to_string()).collect();
+    assert!(
+        out.contains(&format!("apic ids: {}", ids.join(" "))),
+        "-smp {smp}: stdout: {out}"
+    );
+    assert_eq!(code(st), 1, "-smp {smp}: guest exit 0 expected; stderr: {err}");
+}
+
+#[test]
+fn smp_one_cpu() {
+    smp_check("1", &[0]);
+}
+
+#[test]
+fn smp_two_cpus() {
+    smp_check("2", &[0, 1]);
+}
+
+#[test]
+fn smp_four_cpus() {
+    smp_check("4", &[0, 1, 2, 3]);
+}
+
+#[test]
+fn smp_topology_sets_apic_ids() {
+    smp_check("4,sockets=2,cores=2,threads=1", &[0, 1, 2, 3]);
+    // Three cores need two bits of core id: the second socket starts at APIC id 4.
+    smp_check("6,sockets=2,cores=3,threads=1", &[0, 1, 2, 4, 5, 6]);
+}
+
+/// (comm, tid) of every thread of `pid` whose name starts with `prefix`.
+fn threads(pid: u32, prefix: &str) -> Vec<(String, i32)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if comm.starts_with(prefix) {
+            v.push((comm, tid));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn affinity(tid: i32) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut cores = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cores.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => cores.push(part.parse().unwrap()),
+        }
+    }
+    cores
+}
+
+fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[test]
+fn vcpu_pin_puts_threads_on_the_cores_asked_for() {
+    let last = host_cores() - 1;
+    let k = guest("spin");
+    let pin = format!("0={last},1=0");
+    let mut r = troupe(&[
+        "-smp",
+        "2",
+        "-vcpu-pin",
+        &pin,
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "iters=100000000000",
+    ])
+    .spawn();
+    r.expect_stdout("spin: start", T);
+    let vcpus = threads(r.pid(), "troupe-vcpu");
+    assert_eq!(vcpus.len(), 2, "{vcpus:?}");
+    assert_eq!(vcpus[0].0, "troupe-vcpu0");
+    assert_eq!(affinity(vcpus[0].1), vec![last]);
+    assert_eq!(affinity(vcpus[1].1), vec![0]);
+    r.kill();
+}
+
+#[test]
+fn vcpu_pin_auto_spreads_and_none_leaves_all_cores() {
+    let k = guest("spin");
+    let all: Vec<usize> = (0..host_cores()).collect();
+    for (mode, expect) in [
+        ("auto", vec![vec![0], vec![1 % host_cores()]]),
+        ("none", vec![all.clone(), all.clone()]),
+    ] {
+        let mut r = troupe(&[
+            "-smp",
+            "2",
+            "-vcpu-pin",
+            mode,
+            "-kernel",
+            k.to_str().unwrap(),
+            "-append",
+            "iters=100000000000",
+        ])
+        .spawn();
+        r.expect_stdout("spin: start", T);
+        let vcpus = threads(r.pid(), "troupe-vcpu");
+        let got: Vec<Vec<usize>> = vcpus.iter().map(|(_, t)| affinity(*t)).collect();
+        assert_eq!(got, expect, "-vcpu-pin {mode}");
+        r.kill();
+    }
+}
+
+/// Bad input: status 1 and exactly one line on stderr that names the problem.
+fn refused(args: &[&str], needle: &str) {
+    let (st, out, err) = Vm::troupe(args).run(Duration::from_secs(20));
+    assert_eq!(code(st), 1, "{args:?}: stdout {out} stderr {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got:\n{err}");
+    assert!(
+        lines[0].starts_with("troupe: ") && lines[0].contains(needle),
+        "{args:?}: {err}"
+    );
+}
+
+#[test]
+fn bad_command_lines_are_refused_with_one_clear_line() {
+    let k = guest("hello");
+    let k = k.to_str().unwrap();
+    refused(&["-frobnicate"], "-frobnicate: invalid option");
+    refused(&["-m", "0", "-kernel", k], "-m 0");
+    refused(&["-m", "99999999G", "-kernel", k], "-m 99999999G");
+    refused(&["-smp", "0", "-kernel", k], "-smp 0");
+    refused(&["-smp", "8,maxcpus=4", "-kernel", k], "maxcpus");
+    refused(&["-kernel", "/nonexistent/kernel"], "/nonexistent/kernel");
+    refused(&["-vcpu-pin", "0=4096", "-kernel", k], "4096");
+}
+
+#[test]
+fn files_that_are_not_kernels_are_refused() {
+    let dir = TempDir::new("notkernel");
+    let text = dir.path("notes.txt");
+    std::fs::write(&text, "this is not a kernel\n".repeat(500)).unwrap();
+    refused(&["-nodefaults", "-kernel", text.to_str().unwrap()], "not a bootable kernel");
+
+    let full = std::fs::read(guest("hello")).unwrap();
+    let cut = dir.path("truncated.elf");
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    refused(&["-nodefaults", "-kernel", cut.to_str().unwrap()], "truncated");
+}
+
+#[test]
+fn debian_kernel_prints_its_version_on_the_serial_console() {
+    let vmlinuz = std::fs::read_dir("/boot")
+        .expect("/boot")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+        .expect("a Debian kernel in /boot (package linux-image-amd64)");
+    let mut r = Vm::troupe(&[
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-m",
+        "512",
+        "-kernel",
+        vmlinuz.to_str().unwrap(),
+        "-append",
+        "console=ttyS0 earlyprintk=serial",
+    ])
+    .spawn();
+    let out = r.expect_stdout(
+        "Command line: console=ttyS0 earlyprintk=serial",
+        Duration::from_secs(180),
+    );
+    assert!(out.contains("Linux version 6."), "{out}");
+    r.kill();
+}
