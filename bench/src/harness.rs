@@ -62,9 +62,11 @@ pub struct RunTimes {
     /// From spawn to the first byte on the serial console.
     pub first_byte: Option<Duration>,
     /// From spawn to each marker, in the order asked.
+    #[allow(dead_code)]
     pub markers: Vec<Option<Duration>>,
     /// From spawn to process exit.
     pub exit: Duration,
+    #[allow(dead_code)]
     pub status: Option<i32>,
     pub output: String,
 }
@@ -153,7 +155,10 @@ pub fn rss_split(pid: u32, guest_ram: u64) -> Result<(u64, u64)> {
             let mut parts = first.split('-');
             let a = u64::from_str_radix(parts.next().unwrap_or("0"), 16).unwrap_or(0);
             let b = u64::from_str_radix(parts.next().unwrap_or("0"), 16).unwrap_or(0);
-            cur_is_guest = b - a == guest_ram;
+            // QEMU rounds its RAM block up a little: a mapping of the guest's RAM size, up
+            // to 4 MiB more, is the guest's.
+            let size = b - a;
+            cur_is_guest = size >= guest_ram && size <= guest_ram + (4 << 20);
         } else if let Some(v) = line.strip_prefix("Rss:") {
             let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
             if cur_is_guest {

@@ -1,0 +1,149 @@
+//! The measurements, each run on troupe and QEMU in the same process of the bench.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::harness::{median, rss_split, timed_run, Vmm};
+use crate::{Env, Row, Target};
+
+const DEBUG_EXIT: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn troupe_args<'a>(kernel: &'a str, append: &'a str, mem: &'a str) -> Vec<&'a str> {
+    vec![
+        "-nodefaults", "-serial", "stdio", "-device", DEBUG_EXIT, "-m", mem, "-kernel", kernel,
+        "-append", append,
+    ]
+}
+
+fn qemu_args<'a>(kernel: &'a str, append: &'a str, mem: &'a str) -> Vec<&'a str> {
+    vec!["-device", DEBUG_EXIT, "-m", mem, "-kernel", kernel, "-append", append]
+}
+
+/// Start of process → first serial byte, and → exit, for the `hello` guest.
+pub fn boot(env: &Env) -> Result<Vec<Row>> {
+    let hello = env.guest("hello.elf");
+    let hello_pvh = env.guest("hello.pvh.elf");
+    let troupe = Vmm::troupe(&env.troupe);
+    let measure = |vmm: &Vmm, args: Vec<&str>| -> Result<(Duration, Duration)> {
+        let mut first = Vec::new();
+        let mut exit = Vec::new();
+        for _ in 0..env.runs {
+            let t = timed_run(vmm.command(&args), &[], TIMEOUT)?;
+            anyhow::ensure!(
+                t.output.contains("hello from troupe test guest"),
+                "{}: hello did not run: {}",
+                vmm.name,
+                t.output
+            );
+            first.push(t.first_byte.ok_or_else(|| anyhow!("no serial output"))?);
+            exit.push(t.exit);
+        }
+        Ok((median(first), median(exit)))
+    };
+    let (t_first, t_exit) = measure(&troupe, troupe_args(&hello, "exit=0", "64"))?;
+    let mut rows = Vec::new();
+    for (machine, kernel) in [("microvm", hello_pvh.as_str()), ("pc", hello.as_str())] {
+        let q = Vmm::qemu(machine);
+        let (q_first, q_exit) = measure(&q, qemu_args(kernel, "exit=0", "64"))?;
+        rows.push(Row {
+            what: "process start → first serial byte (`hello`)".into(),
+            troupe: t_first.as_secs_f64() * 1e3,
+            qemu: q_first.as_secs_f64() * 1e3,
+            qemu_name: format!("`-M {machine}`"),
+            unit: "ms",
+            target: Target::AtMostRatio(1.0),
+        });
+        rows.push(Row {
+            what: "process start → guest exit (`hello`)".into(),
+            troupe: t_exit.as_secs_f64() * 1e3,
+            qemu: q_exit.as_secs_f64() * 1e3,
+            qemu_name: format!("`-M {machine}`"),
+            unit: "ms",
+            target: Target::AtMostRatio(1.0),
+        });
+    }
+    Ok(rows)
+}
+
+/// Parse `iobench ringN: COUNT outs T tsc X.Y ns/out`.
+fn ns_per_out(output: &str, ring: &str) -> Result<f64> {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&format!("iobench {ring}:")) && l.contains("ns/out"))
+        .ok_or_else(|| anyhow!("no `iobench {ring}` result in: {output}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| *w == "ns/out")
+        .ok_or_else(|| anyhow!("bad line {line}"))?;
+    words[i - 1].parse().context("ns/out value")
+}
+
+/// Port-I/O exit round trip from ring 0 and ring 3 (100 000 `out`s to an unused port).
+pub fn pio(env: &Env) -> Result<Vec<Row>> {
+    let k = env.guest("iobench.pvh.elf");
+    let troupe = Vmm::troupe(&env.troupe);
+    let qemu = Vmm::qemu("microvm");
+    let runs = |vmm: &Vmm, args: Vec<&str>| -> Result<(f64, f64)> {
+        let mut r0 = Vec::new();
+        let mut r3 = Vec::new();
+        for _ in 0..env.runs.min(3) {
+            let t = timed_run(vmm.command(&args), &[], TIMEOUT)?;
+            r0.push(ns_per_out(&t.output, "ring0")?);
+            r3.push(ns_per_out(&t.output, "ring3")?);
+        }
+        r0.sort_by(f64::total_cmp);
+        r3.sort_by(f64::total_cmp);
+        Ok((r0[r0.len() / 2], r3[r3.len() / 2]))
+    };
+    let (t0, t3) = runs(&troupe, troupe_args(&k, "", "64"))?;
+    let (q0, q3) = runs(&qemu, qemu_args(&k, "", "64"))?;
+    Ok(vec![
+        Row {
+            what: "port-I/O exit round trip, ring 0".into(),
+            troupe: t0 / 1e3,
+            qemu: q0 / 1e3,
+            qemu_name: "`-M microvm`".into(),
+            unit: "µs",
+            target: Target::AtMostRatio(1.1),
+        },
+        Row {
+            what: "port-I/O exit round trip, ring 3".into(),
+            troupe: t3 / 1e3,
+            qemu: q3 / 1e3,
+            qemu_name: "`-M microvm`".into(),
+            unit: "µs",
+            target: Target::AtMostRatio(1.1),
+        },
+    ])
+}
+
+/// Resident memory of the VMM process that is not guest RAM, with a spinning guest.
+pub fn memory(env: &Env) -> Result<Vec<Row>> {
+    let k = env.guest("spin.pvh.elf");
+    const RAM: u64 = 64 << 20;
+    let measure = |vmm: &Vmm, args: Vec<&str>| -> Result<(f64, f64)> {
+        let mut cmd = vmm.command(&args);
+        let mut child = cmd.spawn()?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let (guest, other) = rss_split(child.id(), RAM)?;
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok((guest as f64 / 1024.0, other as f64 / 1024.0))
+    };
+    let (_tg, t_other) = measure(
+        &Vmm::troupe(&env.troupe),
+        troupe_args(&k, "iters=100000000000", "64"),
+    )?;
+    let (_qg, q_other) = measure(&Vmm::qemu("microvm"), qemu_args(&k, "iters=100000000000", "64"))?;
+    Ok(vec![Row {
+        what: "VMM resident memory beyond guest RAM (64 MiB guest, `spin`)".into(),
+        troupe: t_other,
+        qemu: q_other,
+        qemu_name: "`-M microvm`".into(),
+        unit: "MiB",
+        target: Target::AtMost(10.0),
+    }])
+}
