@@ -222,7 +222,7 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     }
     for m in &cfg.monitors {
         if m.backend == CharBackend::MuxStdio {
-            eprintln!("troupe: warning: the monitor is not available yet; stdio carries the serial port only");
+            actors::report!("troupe: warning: the monitor is not available yet; stdio carries the serial port only");
         } else {
             return Err(anyhow!("-monitor/-qmp: the monitor is not available yet"));
         }
@@ -377,7 +377,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
             _ = term.recv() => libc::SIGTERM,
             _ = hup.recv() => libc::SIGHUP,
         };
-        eprintln!("troupe: terminating on signal {sig}");
+        actors::report!("troupe: terminating on signal {sig}");
         sig_handle.signal(sig);
     });
     let reason = rt.block_on(supervisor.run());
@@ -385,7 +385,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         for v in &vcpus {
             if let Ok(r) = rt.block_on(v.registers()) {
                 let c = v.counters();
-                eprintln!(
+                actors::report!(
                     "CPU#{} pio={} mmio={} unmapped={}\n{}",
                     v.index(),
                     c.pio.load(std::sync::atomic::Ordering::Relaxed),
@@ -405,10 +405,10 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     });
     if let ExitReason::ActorFailed(r) = &reason {
-        eprintln!("troupe: stopping the VM: {r}");
+        actors::report!("troupe: stopping the VM: {r}");
     }
     if let ExitReason::Fault(_) = &reason {
-        eprintln!("troupe: the VM stopped on a KVM failure (see above)");
+        actors::report!("troupe: the VM stopped on a KVM failure (see above)");
     }
     reason.status()
 }

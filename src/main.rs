@@ -29,13 +29,13 @@ fn main() {
             }
             Ok(cli::Invocation::Run(cfg)) => *cfg,
             Err(e) => {
-                eprintln!("troupe: {e}");
+                actors::report!("troupe: {e}");
                 std::process::exit(1);
             }
         }
     };
     for w in &cfg.warnings {
-        eprintln!("troupe: warning: {w}");
+        actors::report!("troupe: warning: {w}");
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -61,7 +61,7 @@ fn main() {
         }
         Err(e) => {
             actors::chardev::tty::restore();
-            eprintln!("troupe: {e:#}");
+            actors::report!("troupe: {e:#}");
             1
         }
     };

@@ -20,7 +20,10 @@ fn troupe(extra: &[&str]) -> Vm {
 fn hello_prints_and_exits_with_the_chosen_code() {
     let k = guest("hello");
     let (st, out, err) = troupe(&["-kernel", k.to_str().unwrap(), "-append", "exit=5"]).run(T);
-    assert!(out.contains("hello from troupe test guest"), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("hello from troupe test guest"),
+        "stdout: {out}\nstderr: {err}"
+    );
     assert_eq!(code(st), (5 << 1) | 1, "stderr: {err}");
 }
 
@@ -37,7 +40,11 @@ fn smp_check(smp: &str, expect_ids: &[u32]) {
         out.contains(&format!("apic ids: {}", ids.join(" "))),
         "-smp {smp}: stdout: {out}"
     );
-    assert_eq!(code(st), 1, "-smp {smp}: guest exit 0 expected; stderr: {err}");
+    assert_eq!(
+        code(st),
+        1,
+        "-smp {smp}: guest exit 0 expected; stderr: {err}"
+    );
 }
 
 #[test]
@@ -65,7 +72,10 @@ fn smp_topology_sets_apic_ids() {
 /// (comm, tid) of every thread of `pid` whose name starts with `prefix`.
 fn threads(pid: u32, prefix: &str) -> Vec<(String, i32)> {
     let mut v = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         let comm = comm.trim().to_string();
@@ -181,12 +191,18 @@ fn files_that_are_not_kernels_are_refused() {
     let dir = TempDir::new("notkernel");
     let text = dir.path("notes.txt");
     std::fs::write(&text, "this is not a kernel\n".repeat(500)).unwrap();
-    refused(&["-nodefaults", "-kernel", text.to_str().unwrap()], "not a bootable kernel");
+    refused(
+        &["-nodefaults", "-kernel", text.to_str().unwrap()],
+        "not a bootable kernel",
+    );
 
     let full = std::fs::read(guest("hello")).unwrap();
     let cut = dir.path("truncated.elf");
     std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
-    refused(&["-nodefaults", "-kernel", cut.to_str().unwrap()], "truncated");
+    refused(
+        &["-nodefaults", "-kernel", cut.to_str().unwrap()],
+        "truncated",
+    );
 }
 
 #[test]
@@ -195,7 +211,12 @@ fn debian_kernel_prints_its_version_on_the_serial_console() {
         .expect("/boot")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
         .expect("a Debian kernel in /boot (package linux-image-amd64)");
     let mut r = Vm::troupe(&[
         "-nodefaults",
