@@ -237,3 +237,26 @@ fn debian_kernel_prints_its_version_on_the_serial_console() {
     assert!(out.contains("Linux version 6."), "{out}");
     r.kill();
 }
+
+#[test]
+fn kvm_emulation_failure_is_reported_like_qemu_and_exits_nonzero() {
+    // x87 code in ring 0 is beyond this host's ring-0 instruction emulator.
+    let k = guest("hello");
+    let (st, out, err) =
+        troupe(&["-kernel", k.to_str().unwrap(), "-append", "fault=emulation"]).run(T);
+    assert!(out.contains("hello: running x87 code in ring 0"), "{out}");
+    assert!(!out.contains("completed"), "the emulator unexpectedly ran x87 code: {out}");
+    assert_ne!(code(st), 0);
+    for needle in [
+        "KVM internal error. Suberror: 1\n",
+        "extra data[0]: 0x",
+        "emulation failure\n",
+        "RIP=",
+        "CS =0018 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]",
+        "EFER=0000000000000500",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let code_line = err.lines().find(|l| l.starts_with("Code=")).expect("Code= line");
+    assert!(code_line.contains("<d9> e8"), "the faulting fld1 is marked: {code_line}");
+}
