@@ -260,3 +260,55 @@ fn kvm_emulation_failure_is_reported_like_qemu_and_exits_nonzero() {
     let code_line = err.lines().find(|l| l.starts_with("Code=")).expect("Code= line");
     assert!(code_line.contains("<d9> e8"), "the faulting fld1 is marked: {code_line}");
 }
+
+#[test]
+fn daemonize_detaches_after_start_and_pidfile_tracks_the_vm() {
+    let dir = TempDir::new("daemon");
+    let pidfile = dir.path("vm.pid");
+    let serial = dir.path("serial.log");
+    let k = guest("spin");
+    let (st, _out, err) = Vm::troupe(&[
+        "-nodefaults",
+        "-daemonize",
+        "-pidfile",
+        pidfile.to_str().unwrap(),
+        "-serial",
+        &format!("file:{}", serial.display()),
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "iters=100000000000",
+    ])
+    .run(T);
+    assert_eq!(code(st), 0, "the parent exits 0 once the VM runs: {err}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile written")
+        .trim()
+        .parse()
+        .unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("daemon alive");
+    assert_eq!(comm.trim(), "troupe");
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("spin: start")
+    {
+        assert!(std::time::Instant::now() < deadline, "no serial output from the daemon");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::process::Command::new("kill").arg(pid.to_string()).status().unwrap();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && pidfile.exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!pidfile.exists(), "pidfile removed at exit");
+}
+
+#[test]
+fn daemonize_failure_is_reported_by_the_parent() {
+    refused(
+        &["-nodefaults", "-daemonize", "-kernel", "/etc/hostname"],
+        "not a bootable kernel",
+    );
+}
