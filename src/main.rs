@@ -66,7 +66,11 @@ fn main() {
 }
 
 /// Build the VM, report readiness, run it; returns the process exit status.
-fn start(cfg: &config::VmConfig, demo: bool, daemon: Option<process::Daemon>) -> anyhow::Result<i32> {
+fn start(
+    cfg: &config::VmConfig,
+    demo: bool,
+    daemon: Option<process::Daemon>,
+) -> anyhow::Result<i32> {
     let fail = |daemon: Option<process::Daemon>, e: anyhow::Error| {
         if let Some(d) = daemon {
             actors::report!("troupe: {e:#}");
@@ -79,7 +83,12 @@ fn start(cfg: &config::VmConfig, demo: bool, daemon: Option<process::Daemon>) ->
         Ok(l) => l,
         Err(e) => return Err(fail(daemon, e)),
     };
-    let _pidfile = match cfg.pidfile.as_deref().map(process::PidFile::create).transpose() {
+    let _pidfile = match cfg
+        .pidfile
+        .as_deref()
+        .map(process::PidFile::create)
+        .transpose()
+    {
         Ok(p) => p,
         Err(e) => return Err(fail(daemon, e)),
     };

@@ -80,13 +80,19 @@ pub fn daemonize() -> Result<Daemon> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid two-element array for pipe(2).
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(anyhow!("-daemonize: pipe: {}", std::io::Error::last_os_error()));
+        return Err(anyhow!(
+            "-daemonize: pipe: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: the descriptors were just created by pipe2 and are owned here.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: fork before any other thread exists (called first thing in main).
     match unsafe { libc::fork() } {
-        -1 => Err(anyhow!("-daemonize: fork: {}", std::io::Error::last_os_error())),
+        -1 => Err(anyhow!(
+            "-daemonize: fork: {}",
+            std::io::Error::last_os_error()
+        )),
         0 => {
             drop(rd);
             // SAFETY: setsid has no memory-safety preconditions.
@@ -108,7 +114,11 @@ impl Daemon {
     pub fn ready(self) {
         // SAFETY: writing one byte from a valid buffer to our pipe end.
         unsafe { libc::write(self.notify.as_raw_fd(), [0u8].as_ptr().cast(), 1) };
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             for fd in 0..3 {
                 // SAFETY: dup2 onto the standard descriptors of this process.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -161,7 +171,13 @@ impl Drop for PidFile {
 
 /// `-name ...,process=NAME`: the name `ps` and `top` show for the main thread.
 pub fn set_process_name(name: &str) {
-    if let Ok(c) = CString::new(name.as_bytes().iter().take(15).copied().collect::<Vec<u8>>()) {
+    if let Ok(c) = CString::new(
+        name.as_bytes()
+            .iter()
+            .take(15)
+            .copied()
+            .collect::<Vec<u8>>(),
+    ) {
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
         unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
     }

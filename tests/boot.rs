@@ -245,7 +245,10 @@ fn kvm_emulation_failure_is_reported_like_qemu_and_exits_nonzero() {
     let (st, out, err) =
         troupe(&["-kernel", k.to_str().unwrap(), "-append", "fault=emulation"]).run(T);
     assert!(out.contains("hello: running x87 code in ring 0"), "{out}");
-    assert!(!out.contains("completed"), "the emulator unexpectedly ran x87 code: {out}");
+    assert!(
+        !out.contains("completed"),
+        "the emulator unexpectedly ran x87 code: {out}"
+    );
     assert_ne!(code(st), 0);
     for needle in [
         "KVM internal error. Suberror: 1\n",
@@ -257,8 +260,14 @@ fn kvm_emulation_failure_is_reported_like_qemu_and_exits_nonzero() {
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
-    let code_line = err.lines().find(|l| l.starts_with("Code=")).expect("Code= line");
-    assert!(code_line.contains("<d9> e8"), "the faulting fld1 is marked: {code_line}");
+    let code_line = err
+        .lines()
+        .find(|l| l.starts_with("Code="))
+        .expect("Code= line");
+    assert!(
+        code_line.contains("<d9> e8"),
+        "the faulting fld1 is marked: {code_line}"
+    );
 }
 
 #[test]
@@ -293,10 +302,16 @@ fn daemonize_detaches_after_start_and_pidfile_tracks_the_vm() {
         .unwrap_or_default()
         .contains("spin: start")
     {
-        assert!(std::time::Instant::now() < deadline, "no serial output from the daemon");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no serial output from the daemon"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::process::Command::new("kill").arg(pid.to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     while std::path::Path::new(&format!("/proc/{pid}")).exists() && pidfile.exists() {
         assert!(std::time::Instant::now() < deadline, "daemon did not stop");
         std::thread::sleep(Duration::from_millis(50));
