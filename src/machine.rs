@@ -247,25 +247,34 @@ pub fn build(
     let mmio = Arc::new(Bus::new("mmio"));
     let (events, events_rx): (EventTx, _) = event_channel();
     let mut serials = Vec::new();
+    let mut serial_handles = Vec::new();
     for (i, b) in cfg.serials.iter().enumerate() {
         let Some(backend) = chardev_backend(b)? else {
             continue;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        // TEMPORARY: input is dropped until the 16550 model lands.
-        rt.spawn(async move { while rx.recv().await.is_some() {} });
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let h = rt
             .block_on(spawn_chardev(
                 rt.handle(),
                 registry,
-                &format!("serial{i}"),
+                &format!("serial{i}.chardev"),
                 backend,
                 tx,
             ))
             .with_context(|| format!("-serial #{i}"))?;
-        serials.push(h);
+        serial_handles.push(h.clone());
+        serials.push((h, rx));
     }
-    let devices = crate::platform::DeviceSet::build(cfg, &kvm, &pio, &mmio, &events, &serials)?;
+    let devices = crate::platform::DeviceSet::build(
+        cfg,
+        &kvm,
+        &pio,
+        &mmio,
+        &events,
+        serials,
+        rt.handle(),
+        registry,
+    )?;
 
     let topo = Topology::from_smp(&cfg.smp);
     let mut fds = Vec::new();
@@ -340,7 +349,7 @@ pub fn build(
         Supervisor::new(sup_cfg, vcpus.clone(), Arc::new(machine), events_rx);
     Ok(Vm {
         supervisor,
-        chardevs: serials,
+        chardevs: serial_handles,
         handle,
         vcpus,
         kvm,

@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod chardev;
 pub mod events;
+pub mod host;
 pub mod irq;
 pub mod runtime;
 pub mod supervisor;
