@@ -5,11 +5,13 @@ use std::sync::{Arc, Mutex};
 use actors::bus::{lock, Bus, BusHandler, Locked};
 use actors::chardev::{ChardevHandle, FrontendEvent};
 use actors::events::EventTx;
+use actors::host::input::{start_input, InputHandle};
 use actors::host::rtc::start_rtc;
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::Registry;
 use anyhow::Result;
+use devices::i8042::I8042;
 use devices::reset::{Port92, ResetControl};
 use devices::rtc::{CmosConfig, HostClock, Rtc, RtcClock};
 use devices::serial::Serial;
@@ -47,6 +49,9 @@ impl BusHandler for Sink80 {
 pub struct DeviceSet {
     serials: Vec<Arc<SerialPort>>,
     rtc: Arc<Locked<Rtc>>,
+    i8042: Arc<Locked<I8042>>,
+    /// Where keyboard and mouse input for the guest goes (VNC, `sendkey`).
+    pub input: InputHandle,
 }
 
 impl DeviceSet {
@@ -90,8 +95,18 @@ impl DeviceSet {
         let shared: devices::SharedEvents = Arc::new(events.clone());
         let rcr = Locked::new(Arc::new(Mutex::new(ResetControl::new(shared.clone()))));
         pio.insert(0xcf9, 1, "reset-control", rcr)?;
-        let port92 = Locked::new(Arc::new(Mutex::new(Port92::new(shared))));
+        let port92 = Locked::new(Arc::new(Mutex::new(Port92::new(shared.clone()))));
         pio.insert(0x92, 1, "port92", port92)?;
+        let (input, i8042) = start_input(
+            rt,
+            registry,
+            I8042::new(
+                KvmIrqLine::new(kvm.vm.clone(), 1),
+                KvmIrqLine::new(kvm.vm.clone(), 12),
+                shared,
+            ),
+        );
+        pio.insert(0x60, 5, "i8042", i8042.clone())?;
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
                 pio.insert(
@@ -105,6 +120,8 @@ impl DeviceSet {
         Ok(Self {
             serials: ports,
             rtc,
+            i8042,
+            input,
         })
     }
 
@@ -114,6 +131,7 @@ impl DeviceSet {
             lock(s.model()).reset();
         }
         lock(&self.rtc.0).reset();
+        lock(&self.i8042.0).reset();
     }
 
     pub fn power_button(&self) -> bool {

@@ -331,7 +331,7 @@ fn daemonize_failure_is_reported_by_the_parent() {
 #[test]
 fn guest_reset_reboots_and_no_reboot_exits_zero() {
     let k = guest("hello");
-    for how in ["cf9", "port92"] {
+    for how in ["cf9", "port92", "kbd"] {
         let append = format!("reset={how}");
         let (st, out, err) = troupe(&[
             "-no-reboot",

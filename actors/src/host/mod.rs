@@ -2,5 +2,6 @@
 //! the model directly under the device's own lock), and connect it to its backends through
 //! typed messages.
 
+pub mod input;
 pub mod rtc;
 pub mod serial;

@@ -345,6 +345,7 @@ fn main(boot: &BootInfo) -> u32 {
     outb(0x3D5, 0x20);
     let has_kbd = i8042::present();
     if has_kbd {
+        i8042::enable_translation();
         i8042::flush();
     }
     let mut screen = Screen::new();

@@ -39,6 +39,26 @@ pub fn try_read_kbd() -> Option<u8> {
     }
 }
 
+/// Turns on the controller's set-2 → set-1 translation (command byte bit 6), as a PC BIOS
+/// leaves it; under direct boot there is no BIOS, so drivers that want set 1 ask for it.
+/// Returns false when the controller did not answer.
+pub fn enable_translation() -> bool {
+    flush();
+    if !write_command(0x20) {
+        return false;
+    }
+    let mut cb = None;
+    for _ in 0..100_000 {
+        if let Some(b) = try_read() {
+            cb = Some(b);
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    let Some(cb) = cb else { return false };
+    write_command(0x60) && write_data(cb | 0x40)
+}
+
 /// Drops whatever is waiting.
 pub fn flush() {
     for _ in 0..64 {

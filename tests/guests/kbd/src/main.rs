@@ -21,6 +21,7 @@ fn main(boot: &BootInfo) -> u32 {
         println!("kbd: no i8042");
         return 3;
     }
+    i8042::enable_translation();
     i8042::flush();
     let deadline = Deadline::after_ms(timeout.saturating_mul(1000));
     println!("kbd: ready");

@@ -1,0 +1,118 @@
+//! The input host: the i8042 (PS/2 keyboard and mouse) on ports 0x60/0x64, and an actor
+//! that applies typed input messages from VNC clients and the monitor (`sendkey`,
+//! `mouse_move`) to it. Senders never block: a full mailbox drops the event and counts it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::i8042::{KeyCode, I8042};
+
+use crate::bus::{lock, Locked};
+use crate::runtime::{mailbox, spawn_supervised, Addr, MessageKind, Placement, Registry, Restart};
+
+/// Input for the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMsg {
+    Key {
+        key: KeyCode,
+        down: bool,
+    },
+    /// Relative motion (screen convention: +dy is down), wheel, buttons (bit 0 left,
+    /// 1 right, 2 middle).
+    Mouse {
+        dx: i32,
+        dy: i32,
+        dz: i32,
+        buttons: u8,
+    },
+}
+
+impl MessageKind for InputMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Key { .. } => "key",
+            Self::Mouse { .. } => "mouse",
+        }
+    }
+}
+
+/// Where input goes; cheap to clone into every VNC client and monitor session.
+#[derive(Clone)]
+pub struct InputHandle {
+    addr: Addr<InputMsg>,
+    model: Arc<Mutex<I8042>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl InputHandle {
+    /// Queue an event; never blocks (dropped and counted when the guest is not keeping up).
+    pub fn send(&self, msg: InputMsg) {
+        if self.addr.try_send(msg).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queue an event, waiting for room (for `sendkey`, which must not lose keys).
+    pub async fn send_wait(&self, msg: InputMsg) {
+        let _ = self.addr.send(msg).await;
+    }
+
+    pub fn key(&self, key: KeyCode, down: bool) {
+        self.send(InputMsg::Key { key, down });
+    }
+
+    /// Keyboard LED state (VNC's LED pseudo-encoding).
+    pub fn leds(&self) -> u8 {
+        lock(&self.model).leds()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Start the input actor; returns its handle and the bus handler for 0x60–0x64.
+pub fn start_input(
+    rt: &tokio::runtime::Handle,
+    registry: &Registry,
+    model: I8042,
+) -> (InputHandle, Arc<Locked<I8042>>) {
+    let model = Arc::new(Mutex::new(model));
+    let (addr, mb) = mailbox::<InputMsg>("i8042", 256);
+    let a = addr.clone();
+    let entry = registry.register("i8042", "input", Placement::Runtime, move || a.depth());
+    let m = model.clone();
+    spawn_supervised(
+        rt,
+        entry,
+        Restart::Always,
+        move || {
+            let mb = mb.clone();
+            let m = m.clone();
+            async move {
+                let mut mb = mb.open().await;
+                while let Some(msg) = mb.recv().await {
+                    let mut dev = lock(&m);
+                    match msg {
+                        InputMsg::Key { key, down } => dev.key_event(key, down),
+                        InputMsg::Mouse {
+                            dx,
+                            dy,
+                            dz,
+                            buttons,
+                        } => dev.mouse_event(dx, dy, dz, buttons),
+                    }
+                }
+            }
+        },
+        |_| {},
+    );
+    (
+        InputHandle {
+            addr,
+            model: model.clone(),
+            dropped: Arc::new(AtomicU64::new(0)),
+        },
+        Locked::new(model),
+    )
+}
