@@ -158,7 +158,7 @@ pub fn draw_background(s: &mut Surface) {
         for (x, p) in row.iter_mut().enumerate() {
             let x = x as u32;
             *p = if x < w / 2 {
-                if ((x / 8) + (y / 8)) % 2 == 0 {
+                if ((x / 8) + (y / 8)).is_multiple_of(2) {
                     0xffffff
                 } else {
                     0x202020

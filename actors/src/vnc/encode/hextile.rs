@@ -9,14 +9,11 @@ pub const FOREGROUND: u8 = 4;
 pub const ANY_SUBRECTS: u8 = 8;
 pub const SUBRECTS_COLOURED: u8 = 16;
 
+/// A subrectangle: colour, x, y, w, h.
+type Subrect = (u32, u8, u8, u8, u8);
+
 /// Subrectangles covering every non-background pixel of a tile: (colour, x, y, w, h).
-fn subrects(
-    px: &[u32],
-    w: usize,
-    h: usize,
-    bg: u32,
-    limit: usize,
-) -> Option<Vec<(u32, u8, u8, u8, u8)>> {
+fn subrects(px: &[u32], w: usize, h: usize, bg: u32, limit: usize) -> Option<Vec<Subrect>> {
     let mut covered = [false; 256];
     let mut out = Vec::new();
     for y in 0..h {

@@ -129,12 +129,12 @@ fn encode_one(
     let mut palette: Vec<u32> = Vec::new();
     let mut index: HashMap<u32, u8> = HashMap::new();
     for &p in px {
-        if !index.contains_key(&p) {
+        if let std::collections::hash_map::Entry::Vacant(v) = index.entry(p) {
             if palette.len() == 256 {
                 palette.push(p); // marks "too many"
                 break;
             }
-            index.insert(p, palette.len() as u8);
+            v.insert(palette.len() as u8);
             palette.push(p);
         }
     }
