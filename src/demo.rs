@@ -45,7 +45,7 @@ pub fn kernel() -> KernelSource {
 }
 
 pub fn print_banner(cfg: &VmConfig) {
-    eprintln!(
+    actors::report!(
         "troupe: running the built-in demo guest ({} vCPUs, {} MiB): the same as\n  troupe {} -kernel <demo>\n\
          troupe: its serial console is this terminal: type to see it echo; Ctrl-D powers the guest off, Ctrl-C stops troupe.",
         cfg.smp.cpus,

@@ -222,7 +222,7 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     }
     for m in &cfg.monitors {
         if m.backend == CharBackend::MuxStdio {
-            eprintln!("troupe: warning: the monitor is not available yet; stdio carries the serial port only");
+            actors::report!("troupe: warning: the monitor is not available yet; stdio carries the serial port only");
         } else {
             return Err(anyhow!("-monitor/-qmp: the monitor is not available yet"));
         }
@@ -247,25 +247,34 @@ pub fn build(
     let mmio = Arc::new(Bus::new("mmio"));
     let (events, events_rx): (EventTx, _) = event_channel();
     let mut serials = Vec::new();
+    let mut serial_handles = Vec::new();
     for (i, b) in cfg.serials.iter().enumerate() {
         let Some(backend) = chardev_backend(b)? else {
             continue;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        // TEMPORARY: input is dropped until the 16550 model lands.
-        rt.spawn(async move { while rx.recv().await.is_some() {} });
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let h = rt
             .block_on(spawn_chardev(
                 rt.handle(),
                 registry,
-                &format!("serial{i}"),
+                &format!("serial{i}.chardev"),
                 backend,
                 tx,
             ))
             .with_context(|| format!("-serial #{i}"))?;
-        serials.push(h);
+        serial_handles.push(h.clone());
+        serials.push((h, rx));
     }
-    let devices = crate::platform::DeviceSet::build(cfg, &kvm, &pio, &mmio, &events, &serials)?;
+    let devices = crate::platform::DeviceSet::build(
+        cfg,
+        &kvm,
+        &pio,
+        &mmio,
+        &events,
+        serials,
+        rt.handle(),
+        registry,
+    )?;
 
     let topo = Topology::from_smp(&cfg.smp);
     let mut fds = Vec::new();
@@ -340,7 +349,7 @@ pub fn build(
         Supervisor::new(sup_cfg, vcpus.clone(), Arc::new(machine), events_rx);
     Ok(Vm {
         supervisor,
-        chardevs: serials,
+        chardevs: serial_handles,
         handle,
         vcpus,
         kvm,
@@ -377,7 +386,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
             _ = term.recv() => libc::SIGTERM,
             _ = hup.recv() => libc::SIGHUP,
         };
-        eprintln!("troupe: terminating on signal {sig}");
+        actors::report!("troupe: terminating on signal {sig}");
         sig_handle.signal(sig);
     });
     let reason = rt.block_on(supervisor.run());
@@ -385,7 +394,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         for v in &vcpus {
             if let Ok(r) = rt.block_on(v.registers()) {
                 let c = v.counters();
-                eprintln!(
+                actors::report!(
                     "CPU#{} pio={} mmio={} unmapped={}\n{}",
                     v.index(),
                     c.pio.load(std::sync::atomic::Ordering::Relaxed),
@@ -405,10 +414,10 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     });
     if let ExitReason::ActorFailed(r) = &reason {
-        eprintln!("troupe: stopping the VM: {r}");
+        actors::report!("troupe: stopping the VM: {r}");
     }
     if let ExitReason::Fault(_) = &reason {
-        eprintln!("troupe: the VM stopped on a KVM failure (see above)");
+        actors::report!("troupe: the VM stopped on a KVM failure (see above)");
     }
     reason.status()
 }

@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod machine;
 mod platform;
+mod process;
 mod tables_shim;
 mod vm;
 
@@ -29,43 +30,86 @@ fn main() {
             }
             Ok(cli::Invocation::Run(cfg)) => *cfg,
             Err(e) => {
-                eprintln!("troupe: {e}");
+                actors::report!("troupe: {e}");
                 std::process::exit(1);
             }
         }
     };
     for w in &cfg.warnings {
-        eprintln!("troupe: warning: {w}");
+        actors::report!("troupe: warning: {w}");
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TROUPE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("troupe-io")
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let registry = Registry::new();
-    let kernel = demo.then(demo::kernel);
-    let status = match machine::build(&cfg, kernel, &rt, &registry) {
-        Ok(vm) => {
-            if demo {
-                demo::print_banner(&cfg);
+    // Fork before any thread exists.
+    let daemon = if cfg.daemonize {
+        match process::daemonize() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                actors::report!("troupe: {e:#}");
+                std::process::exit(1);
             }
-            machine::run(vm, &rt)
         }
+    } else {
+        None
+    };
+    if let Some(name) = &cfg.process_name {
+        process::set_process_name(name);
+    }
+    let status = match start(&cfg, demo, daemon) {
+        Ok(status) => status,
         Err(e) => {
             actors::chardev::tty::restore();
-            eprintln!("troupe: {e:#}");
+            actors::report!("troupe: {e:#}");
             1
         }
     };
     actors::chardev::tty::restore();
-    rt.shutdown_background();
     std::process::exit(status);
+}
+
+/// Build the VM, report readiness, run it; returns the process exit status.
+fn start(
+    cfg: &config::VmConfig,
+    demo: bool,
+    daemon: Option<process::Daemon>,
+) -> anyhow::Result<i32> {
+    let fail = |daemon: Option<process::Daemon>, e: anyhow::Error| {
+        if let Some(d) = daemon {
+            actors::report!("troupe: {e:#}");
+            d.failed();
+            std::process::exit(1);
+        }
+        e
+    };
+    let _log = match process::init_logging(cfg.log_file.as_deref(), &cfg.log_items) {
+        Ok(l) => l,
+        Err(e) => return Err(fail(daemon, e)),
+    };
+    let _pidfile = match cfg
+        .pidfile
+        .as_deref()
+        .map(process::PidFile::create)
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => return Err(fail(daemon, e)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("troupe-io")
+        .enable_all()
+        .build()?;
+    let registry = Registry::new();
+    let kernel = demo.then(demo::kernel);
+    let vm = match machine::build(cfg, kernel, &rt, &registry) {
+        Ok(vm) => vm,
+        Err(e) => return Err(fail(daemon, e)),
+    };
+    if demo {
+        demo::print_banner(cfg);
+    }
+    if let Some(d) = daemon {
+        d.ready();
+    }
+    let status = machine::run(vm, &rt);
+    rt.shutdown_background();
+    Ok(status)
 }

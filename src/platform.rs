@@ -1,40 +1,23 @@
 //! The PC platform's devices, wired to buses, interrupt lines, chardevs and the supervisor.
-//!
-//! TEMPORARY: the serial port here is a minimal transmit-only stand-in until the 16550
-//! model lands in `devices`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use actors::bus::{Bus, BusHandler};
-use actors::chardev::ChardevHandle;
+use actors::bus::{lock, Bus, BusHandler};
+use actors::chardev::{ChardevHandle, FrontendEvent};
 use actors::events::EventTx;
+use actors::host::serial::{start_serial, SerialPort};
+use actors::irq::KvmIrqLine;
+use actors::runtime::Registry;
 use anyhow::Result;
-use devices::{ByteSink, SystemEvent, SystemEvents};
+use devices::serial::Serial;
+use devices::{SystemEvent, SystemEvents};
+use tokio::sync::mpsc;
 
 use crate::config::{DeviceKind, VmConfig};
 use crate::vm::kvm::KvmVm;
 
 /// COM1..COM4: (port, IRQ).
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
-
-struct StandInUart {
-    sink: Mutex<Box<dyn ByteSink>>,
-}
-
-impl BusHandler for StandInUart {
-    fn read(&self, _base: u64, offset: u64, data: &mut [u8]) {
-        data.fill(match offset {
-            5 => 0x60,
-            2 => 0x01,
-            _ => 0,
-        });
-    }
-    fn write(&self, _base: u64, offset: u64, data: &[u8]) {
-        if offset == 0 {
-            self.sink.lock().unwrap().write_bytes(&data[..1]);
-        }
-    }
-}
 
 struct DebugExit(EventTx);
 
@@ -58,27 +41,28 @@ impl BusHandler for Sink80 {
 }
 
 /// Every platform device, kept for reset and power-button requests.
-pub struct DeviceSet {}
+pub struct DeviceSet {
+    serials: Vec<Arc<SerialPort>>,
+}
 
 impl DeviceSet {
     pub fn build(
         cfg: &VmConfig,
-        _kvm: &KvmVm,
+        kvm: &KvmVm,
         pio: &Arc<Bus>,
         _mmio: &Arc<Bus>,
         events: &EventTx,
-        serials: &[ChardevHandle],
+        serials: Vec<(ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
+        rt: &tokio::runtime::Handle,
+        registry: &Registry,
     ) -> Result<Self> {
-        for (i, ch) in serials.iter().enumerate().take(4) {
-            let (port, _irq) = COM_PORTS[i];
-            pio.insert(
-                u64::from(port),
-                8,
-                &format!("serial{i}"),
-                Arc::new(StandInUart {
-                    sink: Mutex::new(ch.sink()),
-                }),
-            )?;
+        let mut ports = Vec::new();
+        for (i, (ch, input)) in serials.into_iter().enumerate().take(4) {
+            let (port, irq) = COM_PORTS[i];
+            let model = Serial::new(KvmIrqLine::new(kvm.vm.clone(), irq), ch.sink());
+            let host = start_serial(rt, registry, &format!("serial{i}"), model, input);
+            pio.insert(u64::from(port), 8, &format!("serial{i}"), host.clone())?;
+            ports.push(host);
         }
         pio.insert(0x80, 1, "ioport80", Arc::new(Sink80))?;
         for d in &cfg.devices {
@@ -91,10 +75,15 @@ impl DeviceSet {
                 )?;
             }
         }
-        Ok(Self {})
+        Ok(Self { serials: ports })
     }
 
-    pub fn reset(&self) {}
+    /// Power-on state for every device (`system_reset`, guest reset).
+    pub fn reset(&self) {
+        for s in &self.serials {
+            lock(s.model()).reset();
+        }
+    }
 
     pub fn power_button(&self) -> bool {
         false

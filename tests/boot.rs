@@ -20,7 +20,10 @@ fn troupe(extra: &[&str]) -> Vm {
 fn hello_prints_and_exits_with_the_chosen_code() {
     let k = guest("hello");
     let (st, out, err) = troupe(&["-kernel", k.to_str().unwrap(), "-append", "exit=5"]).run(T);
-    assert!(out.contains("hello from troupe test guest"), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("hello from troupe test guest"),
+        "stdout: {out}\nstderr: {err}"
+    );
     assert_eq!(code(st), (5 << 1) | 1, "stderr: {err}");
 }
 
@@ -37,7 +40,11 @@ fn smp_check(smp: &str, expect_ids: &[u32]) {
         out.contains(&format!("apic ids: {}", ids.join(" "))),
         "-smp {smp}: stdout: {out}"
     );
-    assert_eq!(code(st), 1, "-smp {smp}: guest exit 0 expected; stderr: {err}");
+    assert_eq!(
+        code(st),
+        1,
+        "-smp {smp}: guest exit 0 expected; stderr: {err}"
+    );
 }
 
 #[test]
@@ -65,7 +72,10 @@ fn smp_topology_sets_apic_ids() {
 /// (comm, tid) of every thread of `pid` whose name starts with `prefix`.
 fn threads(pid: u32, prefix: &str) -> Vec<(String, i32)> {
     let mut v = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         let comm = comm.trim().to_string();
@@ -181,12 +191,18 @@ fn files_that_are_not_kernels_are_refused() {
     let dir = TempDir::new("notkernel");
     let text = dir.path("notes.txt");
     std::fs::write(&text, "this is not a kernel\n".repeat(500)).unwrap();
-    refused(&["-nodefaults", "-kernel", text.to_str().unwrap()], "not a bootable kernel");
+    refused(
+        &["-nodefaults", "-kernel", text.to_str().unwrap()],
+        "not a bootable kernel",
+    );
 
     let full = std::fs::read(guest("hello")).unwrap();
     let cut = dir.path("truncated.elf");
     std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
-    refused(&["-nodefaults", "-kernel", cut.to_str().unwrap()], "truncated");
+    refused(
+        &["-nodefaults", "-kernel", cut.to_str().unwrap()],
+        "truncated",
+    );
 }
 
 #[test]
@@ -195,7 +211,12 @@ fn debian_kernel_prints_its_version_on_the_serial_console() {
         .expect("/boot")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
         .expect("a Debian kernel in /boot (package linux-image-amd64)");
     let mut r = Vm::troupe(&[
         "-nodefaults",
@@ -215,4 +236,94 @@ fn debian_kernel_prints_its_version_on_the_serial_console() {
     );
     assert!(out.contains("Linux version 6."), "{out}");
     r.kill();
+}
+
+#[test]
+fn kvm_emulation_failure_is_reported_like_qemu_and_exits_nonzero() {
+    // x87 code in ring 0 is beyond this host's ring-0 instruction emulator.
+    let k = guest("hello");
+    let (st, out, err) =
+        troupe(&["-kernel", k.to_str().unwrap(), "-append", "fault=emulation"]).run(T);
+    assert!(out.contains("hello: running x87 code in ring 0"), "{out}");
+    assert!(
+        !out.contains("completed"),
+        "the emulator unexpectedly ran x87 code: {out}"
+    );
+    assert_ne!(code(st), 0);
+    for needle in [
+        "KVM internal error. Suberror: 1\n",
+        "extra data[0]: 0x",
+        "emulation failure\n",
+        "RIP=",
+        "CS =0018 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]",
+        "EFER=0000000000000500",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let code_line = err
+        .lines()
+        .find(|l| l.starts_with("Code="))
+        .expect("Code= line");
+    assert!(
+        code_line.contains("<d9> e8"),
+        "the faulting fld1 is marked: {code_line}"
+    );
+}
+
+#[test]
+fn daemonize_detaches_after_start_and_pidfile_tracks_the_vm() {
+    let dir = TempDir::new("daemon");
+    let pidfile = dir.path("vm.pid");
+    let serial = dir.path("serial.log");
+    let k = guest("spin");
+    let (st, _out, err) = Vm::troupe(&[
+        "-nodefaults",
+        "-daemonize",
+        "-pidfile",
+        pidfile.to_str().unwrap(),
+        "-serial",
+        &format!("file:{}", serial.display()),
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "iters=100000000000",
+    ])
+    .run(T);
+    assert_eq!(code(st), 0, "the parent exits 0 once the VM runs: {err}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile written")
+        .trim()
+        .parse()
+        .unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("daemon alive");
+    assert_eq!(comm.trim(), "troupe");
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("spin: start")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no serial output from the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && pidfile.exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!pidfile.exists(), "pidfile removed at exit");
+}
+
+#[test]
+fn daemonize_failure_is_reported_by_the_parent() {
+    refused(
+        &["-nodefaults", "-daemonize", "-kernel", "/etc/hostname"],
+        "not a bootable kernel",
+    );
 }

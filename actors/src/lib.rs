@@ -14,6 +14,7 @@ pub mod bus;
 pub mod chardev;
 pub mod display;
 pub mod events;
+pub mod host;
 pub mod irq;
 pub mod runtime;
 pub mod supervisor;
@@ -21,3 +22,13 @@ pub mod vcpu;
 pub mod vnc;
 
 pub use vcpu::thread_allowed_cores as allowed_cores;
+
+/// Print a line for the user on stderr. Never panics: stderr may be a closed pipe, and a
+/// failed diagnostic must not take an actor (or the VM) down with it.
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}

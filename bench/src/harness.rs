@@ -51,7 +51,9 @@ impl Vmm {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.program);
         c.args(&self.base_args).args(args);
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c
     }
 }
@@ -110,7 +112,10 @@ pub fn timed_run(mut cmd: Command, markers: &[&str], timeout: Duration) -> Resul
         }
         if Instant::now() > deadline {
             kill(&mut child);
-            bail!("timed out after {timeout:?}; output: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "timed out after {timeout:?}; output: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
         std::thread::sleep(Duration::from_micros(200));
     };

@@ -142,6 +142,10 @@ fn qemu_version() -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("QEMU emulator version ").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.trim_start_matches("QEMU emulator version ").to_string())
+        })
         .unwrap_or_else(|| "(not found)".into())
 }

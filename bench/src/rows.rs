@@ -12,13 +12,24 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn troupe_args<'a>(kernel: &'a str, append: &'a str, mem: &'a str) -> Vec<&'a str> {
     vec![
-        "-nodefaults", "-serial", "stdio", "-device", DEBUG_EXIT, "-m", mem, "-kernel", kernel,
-        "-append", append,
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-device",
+        DEBUG_EXIT,
+        "-m",
+        mem,
+        "-kernel",
+        kernel,
+        "-append",
+        append,
     ]
 }
 
 fn qemu_args<'a>(kernel: &'a str, append: &'a str, mem: &'a str) -> Vec<&'a str> {
-    vec!["-device", DEBUG_EXIT, "-m", mem, "-kernel", kernel, "-append", append]
+    vec![
+        "-device", DEBUG_EXIT, "-m", mem, "-kernel", kernel, "-append", append,
+    ]
 }
 
 /// Start of process → first serial byte, and → exit, for the `hello` guest.
@@ -137,7 +148,10 @@ pub fn memory(env: &Env) -> Result<Vec<Row>> {
         &Vmm::troupe(&env.troupe),
         troupe_args(&k, "iters=100000000000", "64"),
     )?;
-    let (_qg, q_other) = measure(&Vmm::qemu("microvm"), qemu_args(&k, "iters=100000000000", "64"))?;
+    let (_qg, q_other) = measure(
+        &Vmm::qemu("microvm"),
+        qemu_args(&k, "iters=100000000000", "64"),
+    )?;
     Ok(vec![Row {
         what: "VMM resident memory beyond guest RAM (64 MiB guest, `spin`)".into(),
         troupe: t_other,

@@ -17,7 +17,10 @@ pub fn require_kvm() {
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    assert!(ok, "/dev/kvm is not usable: these tests boot real guests and need KVM");
+    assert!(
+        ok,
+        "/dev/kvm is not usable: these tests boot real guests and need KVM"
+    );
 }
 
 /// The troupe binary under test.
@@ -237,9 +240,9 @@ impl Running {
 
     /// Wait for `needle` on stdout, panicking with both streams on timeout.
     pub fn expect_stdout(&self, needle: &str, timeout: Duration) -> String {
-        self.stdout.wait_for(needle, timeout).unwrap_or_else(|e| {
-            panic!("{}: {e}\nstderr:\n{}", self.line, self.stderr.text())
-        })
+        self.stdout
+            .wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("{}: {e}\nstderr:\n{}", self.line, self.stderr.text()))
     }
 
     pub fn kill(&mut self) {

@@ -204,7 +204,7 @@ pub async fn spawn_chardev(
         }
         Backend::Pty => {
             let (master, path) = tty::open_pty().map_err(open_err("a pty".into()))?;
-            eprintln!("char device redirected to {path} (label {id})");
+            crate::report!("char device redirected to {path} (label {id})");
             label = format!("pty:{path}");
             let (r, w) = tokio::io::split(master);
             initial = Some((Box::new(r), Box::new(w)));
@@ -222,7 +222,7 @@ pub async fn spawn_chardev(
             telnet = *t;
             label = format!("{}:{local},server=on", if *t { "telnet" } else { "tcp" });
             if *wait {
-                eprintln!("troupe: waiting for connection on: {label}");
+                crate::report!("troupe: waiting for connection on: {label}");
                 let (s, _) = l.accept().await.map_err(open_err(format!("tcp:{sa}")))?;
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
@@ -250,7 +250,7 @@ pub async fn spawn_chardev(
                 .map_err(open_err(format!("unix:{}", path.display())))?;
             label = format!("unix:{},server=on", path.display());
             if *wait {
-                eprintln!("troupe: waiting for connection on: {label}");
+                crate::report!("troupe: waiting for connection on: {label}");
                 let (s, _) = l
                     .accept()
                     .await

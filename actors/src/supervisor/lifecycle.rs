@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use devices::SystemEvent;
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use crate::events::{EventRx, VmEvent};
 use crate::runtime::{reply_channel, ActorError, Addr, Mailbox, MessageKind, Reply};
@@ -322,8 +323,8 @@ impl Supervisor {
                 }
                 msg = mb.recv() => {
                     let Some(msg) = msg else { continue };
-                    let _span = tracing::debug_span!("msg", kind = msg.kind()).entered();
-                    if let Some(exit) = self.on_msg(msg).await {
+                    let span = tracing::debug_span!("msg", kind = msg.kind());
+                    if let Some(exit) = self.on_msg(msg).instrument(span).await {
                         self.finish().await;
                         return exit;
                     }
@@ -426,5 +427,147 @@ impl Supervisor {
             SupervisorMsg::Vcpus(r) => r.send(self.vcpus.clone()),
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::event_channel;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct FakeMachine {
+        resets: AtomicUsize,
+        button: bool,
+    }
+
+    impl Machine for FakeMachine {
+        fn reset(&self) -> Result<Vec<VcpuBootState>, String> {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![])
+        }
+        fn power_button(&self) -> bool {
+            self.button
+        }
+    }
+
+    fn start(
+        cfg: SupervisorConfig,
+    ) -> (
+        SupervisorHandle,
+        crate::events::EventTx,
+        Arc<FakeMachine>,
+        tokio::task::JoinHandle<ExitReason>,
+    ) {
+        let (tx, rx) = event_channel();
+        let m = Arc::new(FakeMachine {
+            resets: AtomicUsize::new(0),
+            button: true,
+        });
+        let (sup, h) = Supervisor::new(cfg, vec![], m.clone(), rx);
+        let j = tokio::spawn(sup.run());
+        (h, tx, m, j)
+    }
+
+    #[tokio::test]
+    async fn stop_and_cont_change_state_and_notify_before_answering() {
+        let (h, _tx, _m, _j) = start(SupervisorConfig::default());
+        let mut sub = h.subscribe().await.unwrap();
+        assert_eq!(h.status().await.unwrap(), RunState::Running);
+        h.stop().await.unwrap().unwrap();
+        // The STOP notification is already queued when the answer arrives.
+        assert_eq!(sub.try_recv().unwrap().1, VmNotification::Stop);
+        assert_eq!(h.status().await.unwrap(), RunState::Paused);
+        h.cont().await.unwrap().unwrap();
+        assert_eq!(sub.try_recv().unwrap().1, VmNotification::Resume);
+        assert_eq!(h.status().await.unwrap(), RunState::Running);
+    }
+
+    #[tokio::test]
+    async fn start_paused_is_prelaunch_until_cont() {
+        let (h, _tx, _m, _j) = start(SupervisorConfig {
+            start_paused: true,
+            ..Default::default()
+        });
+        assert_eq!(h.status().await.unwrap(), RunState::Prelaunch);
+        h.cont().await.unwrap().unwrap();
+        assert_eq!(h.status().await.unwrap(), RunState::Running);
+    }
+
+    #[tokio::test]
+    async fn guest_reset_resets_the_machine_unless_no_reboot() {
+        let (h, tx, m, _j) = start(SupervisorConfig::default());
+        let mut sub = h.subscribe().await.unwrap();
+        tx.post(VmEvent::System(SystemEvent::ResetRequested));
+        assert_eq!(
+            sub.recv().await.unwrap().1,
+            VmNotification::Reset {
+                guest: true,
+                reason: "guest-reset"
+            }
+        );
+        assert_eq!(m.resets.load(Ordering::SeqCst), 1);
+
+        let (_h, tx, _m, j) = start(SupervisorConfig {
+            no_reboot: true,
+            ..Default::default()
+        });
+        tx.post(VmEvent::TripleFault { cpu: 0 });
+        assert_eq!(j.await.unwrap(), ExitReason::ResetNoReboot);
+    }
+
+    #[tokio::test]
+    async fn power_off_exits_or_stops_with_no_shutdown() {
+        let (_h, tx, _m, j) = start(SupervisorConfig::default());
+        tx.post(VmEvent::System(SystemEvent::PowerOffRequested));
+        assert_eq!(j.await.unwrap(), ExitReason::PoweredOff);
+
+        let (h, tx, _m, _j) = start(SupervisorConfig {
+            no_shutdown: true,
+            ..Default::default()
+        });
+        tx.post(VmEvent::System(SystemEvent::PowerOffRequested));
+        while h.status().await.unwrap() != RunState::Shutdown {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            h.cont().await.unwrap().is_err(),
+            "cont needs a reset after shutdown"
+        );
+        h.reset().await.unwrap().unwrap();
+        assert_eq!(h.status().await.unwrap(), RunState::Paused);
+    }
+
+    #[tokio::test]
+    async fn fault_exits_without_monitor_and_waits_with_one() {
+        let (_h, tx, _m, j) = start(SupervisorConfig::default());
+        tx.post(VmEvent::VcpuFault {
+            cpu: 0,
+            report: "boom".into(),
+        });
+        assert_eq!(j.await.unwrap(), ExitReason::Fault("boom".into()));
+        assert_eq!(ExitReason::Fault(String::new()).status(), 1);
+
+        let (h, tx, _m, _j) = start(SupervisorConfig {
+            monitor_attached: true,
+            ..Default::default()
+        });
+        tx.post(VmEvent::VcpuFault {
+            cpu: 0,
+            report: "boom".into(),
+        });
+        while h.status().await.unwrap() != RunState::InternalError {
+            tokio::task::yield_now().await;
+        }
+        h.quit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn debug_exit_status_is_qemus() {
+        let (_h, tx, _m, j) = start(SupervisorConfig::default());
+        tx.post(VmEvent::System(SystemEvent::DebugExit(5)));
+        let r = j.await.unwrap();
+        assert_eq!(r, ExitReason::DebugExit(5));
+        assert_eq!(r.status(), 11);
     }
 }

@@ -327,7 +327,10 @@ impl VcpuThread {
     }
 
     fn fault(&mut self, report: String) -> RunState {
-        eprint!("{report}");
+        {
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(report.as_bytes());
+        }
         self.ctx.events.post(VmEvent::VcpuFault {
             cpu: self.index(),
             report,

@@ -59,6 +59,10 @@ pub const SYS_WRMSR: u64 = 2;
 pub const SYS_READ_CR: u64 = 3;
 pub const SYS_OUT_LOOP: u64 = 4;
 pub const SYS_NOP: u64 = 5;
+/// Run an x87 instruction in ring 0 (`fninit; fld1; fstp st(0)`). On PVM hosts the ring-0
+/// instruction emulator has no x87 support: KVM stops with an emulation failure, which is
+/// how tests check a VMM's internal-error report.
+pub const SYS_X87: u64 = 6;
 
 global_asm!(
     r#"
@@ -244,6 +248,8 @@ guestlib_exc6:
     je guestlib_sys_out_loop
     cmp rax, {sys_nop}
     je guestlib_sys_nop
+    cmp rax, {sys_x87}
+    je guestlib_sys_x87
     cmp rax, {sys_rdmsr}
     je guestlib_sys_rdmsr
     cmp rax, {sys_wrmsr}
@@ -261,6 +267,12 @@ guestlib_exc6_fatal:
     push 6
     jmp guestlib_exc_common
 guestlib_sys_nop:
+    xor eax, eax
+    iretq
+guestlib_sys_x87:
+    fninit
+    fld1
+    fstp st(0)
     xor eax, eax
     iretq
 guestlib_sys_out_loop:
@@ -541,6 +553,7 @@ guestlib_ustacks: .skip {max_cpus} * {ustack}
     sys_read_cr = const SYS_READ_CR,
     sys_out_loop = const SYS_OUT_LOOP,
     sys_nop = const SYS_NOP,
+    sys_x87 = const SYS_X87,
     magic = const REQUEST_MAGIC,
 );
 

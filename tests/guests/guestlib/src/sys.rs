@@ -3,7 +3,7 @@
 //! Each one is an emulated ring-0 excursion on slow hosts: use sparingly.
 
 use crate::boot::{
-    REQUEST_MAGIC, SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR,
+    REQUEST_MAGIC, SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR, SYS_X87,
 };
 
 #[inline(always)]
@@ -57,4 +57,10 @@ pub fn out_loop_ring0(port: u16, value: u8, count: u64) {
 /// A round trip to ring 0 that does nothing.
 pub fn nop() {
     request(SYS_NOP, 0, 0, 0);
+}
+
+/// Executes x87 instructions in ring 0 (see `SYS_X87`): on hosts whose ring-0 emulator
+/// cannot, the VMM reports a KVM emulation failure instead of returning.
+pub fn x87_in_ring0() {
+    request(SYS_X87, 0, 0, 0);
 }

@@ -1,7 +1,8 @@
 //! hello: prints a greeting on COM1 and exits with `exit=N` from the command line
 //! (default 0). Also reports the boot protocol and command line it saw.
 //!
-//! Command line: `exit=N`; `fault=pf|ud` instead makes it take a page fault (reading
+//! Command line: `exit=N`; `fault=emulation` runs x87 code in ring 0 (a KVM emulation
+//! failure on PVM hosts); `fault=pf|ud` instead makes it take a page fault (reading
 //! 0x1_0000_0000, outside the identity map) or a genuine #UD, to exercise the exception
 //! report (`guest exception <vector> at rip=<hex> err=<hex>`, exit 0x60 + vector).
 //! Output: `hello from troupe test guest`, `hello: protocol=<pvh|multiboot|unknown>
@@ -33,6 +34,11 @@ fn main(boot: &guestlib::BootInfo) -> u32 {
             // SAFETY: raises #UD on purpose (rax does not carry the request magic); the
             // exception handler reports it and exits the VM.
             unsafe { core::arch::asm!("xor eax, eax", "ud2", out("rax") _) };
+        }
+        Some("emulation") => {
+            println!("hello: running x87 code in ring 0");
+            guestlib::sys::x87_in_ring0();
+            println!("hello: x87 in ring 0 completed");
         }
         _ => {}
     }

@@ -1,0 +1,5 @@
+//! Device hosts: actors that own a `devices` model, put it on a bus (the vCPU path calls
+//! the model directly under the device's own lock), and connect it to its backends through
+//! typed messages.
+
+pub mod serial;

@@ -1,0 +1,184 @@
+//! Process-level duties: `-daemonize`, `-pidfile`, `-D`/`-d` logging, `-name process=`.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use tracing_subscriber::{reload, EnvFilter};
+
+/// The default log filter: warnings, without the noisy guest-misbehaviour classes QEMU also
+/// keeps quiet unless asked with `-d`.
+const DEFAULT_FILTER: &str = "warn,guest_errors=off,unimp=off,cpu_reset=off";
+
+/// Live control over the log filter (`log`/`trace-event` in the monitor).
+#[derive(Clone)]
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+}
+
+impl LogControl {
+    /// Replace the filter with `directives` (tracing EnvFilter syntax).
+    pub fn set(&self, directives: &str) -> Result<()> {
+        let f = EnvFilter::try_new(directives).map_err(|e| anyhow!("{directives}: {e}"))?;
+        self.handle.reload(f).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+/// `-d ITEMS` as tracing directives: each QEMU log item is a tracing target.
+pub fn filter_for(items: &[String]) -> String {
+    let mut f = std::env::var("TROUPE_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_string());
+    for item in items {
+        f.push_str(&format!(",{item}=debug"));
+    }
+    f
+}
+
+/// Install the tracing subscriber: to `-D FILE` when given, else stderr.
+pub fn init_logging(log_file: Option<&Path>, items: &[String]) -> Result<LogControl> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_new(filter_for(items)).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("-D {}: cannot open log file", p.display()))?;
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(std::sync::Mutex::new(f)),
+                )
+                .try_init()
+                .ok();
+        }
+        None => {
+            registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init()
+                .ok();
+        }
+    }
+    Ok(LogControl { handle })
+}
+
+/// The parent half of `-daemonize` waits here for the child's verdict and exits with it;
+/// the child gets a [`Daemon`] to report readiness with.
+pub struct Daemon {
+    notify: OwnedFd,
+}
+
+/// Fork into the background (before any threads exist). The parent process exits 0 once
+/// the child reports the VM started, 1 if it failed.
+pub fn daemonize() -> Result<Daemon> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array for pipe(2).
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(anyhow!(
+            "-daemonize: pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the descriptors were just created by pipe2 and are owned here.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fork before any other thread exists (called first thing in main).
+    match unsafe { libc::fork() } {
+        -1 => Err(anyhow!(
+            "-daemonize: fork: {}",
+            std::io::Error::last_os_error()
+        )),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no memory-safety preconditions.
+            unsafe { libc::setsid() };
+            Ok(Daemon { notify: wr })
+        }
+        _child => {
+            drop(wr);
+            let mut b = [1u8; 1];
+            // SAFETY: reading one byte into a valid buffer from our pipe end.
+            let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            std::process::exit(if n == 1 && b[0] == 0 { 0 } else { 1 });
+        }
+    }
+}
+
+impl Daemon {
+    /// The VM is up: let the parent exit 0 and detach from the terminal.
+    pub fn ready(self) {
+        // SAFETY: writing one byte from a valid buffer to our pipe end.
+        unsafe { libc::write(self.notify.as_raw_fd(), [0u8].as_ptr().cast(), 1) };
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard descriptors of this process.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    }
+
+    /// Start-up failed (the error was already printed): the parent exits 1.
+    pub fn failed(self) {
+        // SAFETY: as in `ready`.
+        unsafe { libc::write(self.notify.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// `-pidfile`: the file holding our pid, locked while we run, removed at exit.
+pub struct PidFile {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl PidFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("-pidfile {}: cannot open", path.display()))?;
+        // SAFETY: lockf on an open descriptor we own.
+        if unsafe { libc::lockf(f.as_raw_fd(), libc::F_TLOCK, 0) } != 0 {
+            return Err(anyhow!(
+                "-pidfile {}: locked by another process (is another VM using it?)",
+                path.display()
+            ));
+        }
+        f.set_len(0)?;
+        writeln!(f, "{}", std::process::id())?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            _file: f,
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `-name ...,process=NAME`: the name `ps` and `top` show for the main thread.
+pub fn set_process_name(name: &str) {
+    if let Ok(c) = CString::new(
+        name.as_bytes()
+            .iter()
+            .take(15)
+            .copied()
+            .collect::<Vec<u8>>(),
+    ) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    }
+}
