@@ -116,3 +116,42 @@ impl InputSink for RecordingSink {
         self.absolute
     }
 }
+
+/// A sink that forwards to whichever sink is plugged in (the i8042/tablet host registers
+/// itself when it starts), so the VNC server can start first. Events before then are
+/// dropped.
+#[derive(Clone, Default)]
+pub struct InputRouter {
+    target: Arc<std::sync::RwLock<Option<Arc<dyn InputSink>>>>,
+}
+
+impl InputRouter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Send events to `sink` from now on.
+    pub fn set_target(&self, sink: Arc<dyn InputSink>) {
+        *self.target.write().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    fn current(&self) -> Option<Arc<dyn InputSink>> {
+        self.target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl InputSink for InputRouter {
+    fn send(&self, ev: InputEvent) {
+        match self.current() {
+            Some(s) => s.send(ev),
+            None => tracing::trace!(?ev, "input event dropped: no input device yet"),
+        }
+    }
+
+    fn absolute(&self) -> bool {
+        self.current().is_some_and(|s| s.absolute())
+    }
+}

@@ -233,7 +233,7 @@ impl TestPattern {
     pub fn input(&mut self, ev: InputEvent) {
         match ev {
             InputEvent::Key { key, down } => {
-                eprintln!(
+                crate::report!(
                     "troupe: test-display: key {} {}",
                     key.name(),
                     if down { "down" } else { "up" }
@@ -257,13 +257,13 @@ impl TestPattern {
                 }
             }
             InputEvent::RawKey { number, down } => {
-                eprintln!(
+                crate::report!(
                     "troupe: test-display: rawkey {number:#x} {}",
                     if down { "down" } else { "up" }
                 );
             }
             InputEvent::PointerAbs { x, y, buttons, .. } => {
-                eprintln!(
+                crate::report!(
                     "troupe: test-display: pointer abs {x} {y} buttons {}",
                     buttons.0
                 );
@@ -275,7 +275,7 @@ impl TestPattern {
                 dz,
                 buttons,
             } => {
-                eprintln!(
+                crate::report!(
                     "troupe: test-display: pointer rel {dx} {dy} {dz} buttons {}",
                     buttons.0
                 );

@@ -270,7 +270,7 @@ pub fn start(
         Ok(k) => k,
         Err((k, warning)) => {
             tracing::warn!("{warning}");
-            eprintln!("troupe: warning: {warning}");
+            crate::report!("troupe: warning: {warning}");
             k
         }
     };
