@@ -286,6 +286,21 @@ impl TestPattern {
     }
 }
 
+/// The picture a fresh test pattern of `width` x `height` shows after `frame` ticks with
+/// `keys` typed (for tests comparing what a client saw).
+pub fn expected(width: u32, height: u32, frame: u64, keys: &[&str], pointer: &str) -> Surface {
+    let mut s = Surface::new(width, height);
+    draw_background(&mut s);
+    let lines = vec![
+        format!("TROUPE TEST DISPLAY {width}X{height}"),
+        format!("FRAME {frame}"),
+        format!("KEYS {}", keys.join(" ")),
+        format!("POINTER {pointer}"),
+    ];
+    draw_lines(&mut s, &lines);
+    s
+}
+
 fn draw_lines(s: &mut Surface, lines: &[String]) -> Rect {
     let area = text_area(s);
     s.fill(area, TEXT_BG);
@@ -347,6 +362,13 @@ mod tests {
         assert!(colours.len() > 1000, "only {} colours", colours.len());
         assert!(colours.contains(&TEXT_FG));
         assert_eq!(s.pixel(0, 0), 0xffffff);
+    }
+
+    #[test]
+    fn expected_matches_a_fresh_pattern() {
+        let (w, h) = super::super::new_display(640, 480).unwrap();
+        TestPattern::new(w).redraw();
+        assert_eq!(h.snapshot(), expected(640, 480, 0, &[], ""));
     }
 
     #[test]
