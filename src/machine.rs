@@ -66,6 +66,7 @@ pub struct PcMachine {
     mem: GuestMemoryMmap,
     layout: RamLayout,
     templates: Vec<VcpuTemplate>,
+    apic_ids: Vec<u32>,
     plan: BootPlan,
     devices: crate::platform::DeviceSet,
 }
@@ -99,6 +100,8 @@ impl PcMachine {
                     rsdp: None,
                     low_ram_end: self.layout.below_4g,
                 };
+                boot::mptable::write_mptable(&self.mem, &self.apic_ids)
+                    .map_err(|e| anyhow!("{e}"))?;
                 let bsp = boot::load(&self.mem, &image, &params, &self.templates[0])
                     .map_err(|e| anyhow!("-kernel {}: {e}", kernel.name()))?;
                 let mut states = vec![bsp];
@@ -279,7 +282,8 @@ pub fn build(
     let mut fds = Vec::new();
     let mut templates = Vec::new();
     for i in 0..cfg.smp.cpus {
-        let fd = kvm.create_vcpu(i)?;
+        // KVM derives the local APIC id from the vCPU id: use the topology's APIC id.
+        let fd = kvm.create_vcpu(topo.apic_id(i))?;
         let table = cpuid::for_vcpu(&kvm.supported_cpuid, &cfg.cpu, &topo, i)?;
         fd.set_cpuid2(&table)
             .map_err(|e| anyhow!("vCPU {i}: KVM_SET_CPUID2 failed: {e}"))?;
@@ -314,6 +318,7 @@ pub fn build(
     let machine = PcMachine {
         mem: mem.clone(),
         layout,
+        apic_ids: (0..cfg.smp.cpus).map(|i| topo.apic_id(i)).collect(),
         templates,
         plan,
         devices,

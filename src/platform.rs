@@ -1,19 +1,22 @@
 //! The PC platform's devices, wired to buses, interrupt lines, chardevs and the supervisor.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use actors::bus::{lock, Bus, BusHandler};
+use actors::bus::{lock, Bus, BusHandler, Locked};
 use actors::chardev::{ChardevHandle, FrontendEvent};
 use actors::events::EventTx;
+use actors::host::rtc::start_rtc;
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::Registry;
 use anyhow::Result;
+use devices::reset::{Port92, ResetControl};
+use devices::rtc::{CmosConfig, HostClock, Rtc, RtcClock};
 use devices::serial::Serial;
 use devices::{SystemEvent, SystemEvents};
 use tokio::sync::mpsc;
 
-use crate::config::{DeviceKind, VmConfig};
+use crate::config::{DeviceKind, RtcBase, VmConfig};
 use crate::vm::kvm::KvmVm;
 
 /// COM1..COM4: (port, IRQ).
@@ -43,6 +46,7 @@ impl BusHandler for Sink80 {
 /// Every platform device, kept for reset and power-button requests.
 pub struct DeviceSet {
     serials: Vec<Arc<SerialPort>>,
+    rtc: Arc<Locked<Rtc>>,
 }
 
 impl DeviceSet {
@@ -65,6 +69,29 @@ impl DeviceSet {
             ports.push(host);
         }
         pio.insert(0x80, 1, "ioport80", Arc::new(Sink80))?;
+
+        let layout = crate::vm::memory::RamLayout::pc(cfg.memory);
+        let cmos = CmosConfig {
+            ram_below_4g: layout.below_4g,
+            ram_above_4g: layout.above_4g,
+            cpus: cfg.smp.cpus,
+            boot_order: cfg.boot_order.order.clone(),
+        };
+        let clock = HostClock {
+            offset_secs: rtc_offset(&cfg.rtc.base),
+        };
+        let rtc = start_rtc(
+            rt,
+            registry,
+            Rtc::new(cmos, Box::new(clock), KvmIrqLine::new(kvm.vm.clone(), 8)),
+            || HostClock { offset_secs: 0 }.monotonic_ns(),
+        );
+        pio.insert(0x70, 2, "rtc", rtc.clone())?;
+        let shared: devices::SharedEvents = Arc::new(events.clone());
+        let rcr = Locked::new(Arc::new(Mutex::new(ResetControl::new(shared.clone()))));
+        pio.insert(0xcf9, 1, "reset-control", rcr)?;
+        let port92 = Locked::new(Arc::new(Mutex::new(Port92::new(shared))));
+        pio.insert(0x92, 1, "port92", port92)?;
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
                 pio.insert(
@@ -75,7 +102,10 @@ impl DeviceSet {
                 )?;
             }
         }
-        Ok(Self { serials: ports })
+        Ok(Self {
+            serials: ports,
+            rtc,
+        })
     }
 
     /// Power-on state for every device (`system_reset`, guest reset).
@@ -83,9 +113,26 @@ impl DeviceSet {
         for s in &self.serials {
             lock(s.model()).reset();
         }
+        lock(&self.rtc.0).reset();
     }
 
     pub fn power_button(&self) -> bool {
         false
+    }
+}
+
+/// `-rtc base=`: seconds to add to the host's UTC clock.
+fn rtc_offset(base: &RtcBase) -> i64 {
+    match base {
+        RtcBase::Utc => 0,
+        RtcBase::LocalTime => {
+            let now = HostClock { offset_secs: 0 }.now_unix() as libc::time_t;
+            // SAFETY: tm is plain data filled by localtime_r from a valid time_t.
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            // SAFETY: both pointers are valid for the call.
+            unsafe { libc::localtime_r(&now, &mut tm) };
+            tm.tm_gmtoff
+        }
+        RtcBase::Fixed(start) => start - HostClock { offset_secs: 0 }.now_unix(),
     }
 }

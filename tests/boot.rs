@@ -327,3 +327,48 @@ fn daemonize_failure_is_reported_by_the_parent() {
         "not a bootable kernel",
     );
 }
+
+#[test]
+fn guest_reset_reboots_and_no_reboot_exits_zero() {
+    let k = guest("hello");
+    for how in ["cf9", "port92"] {
+        let append = format!("reset={how}");
+        let (st, out, err) = troupe(&[
+            "-no-reboot",
+            "-kernel",
+            k.to_str().unwrap(),
+            "-append",
+            &append,
+        ])
+        .run(T);
+        assert_eq!(
+            code(st),
+            0,
+            "reset through {how} with -no-reboot: {out}\n{err}"
+        );
+        assert_eq!(
+            out.matches("hello from troupe test guest").count(),
+            1,
+            "{out}"
+        );
+        assert!(!out.contains("still running"), "{out}");
+    }
+    // Without -no-reboot the machine resets and the kernel boots again.
+    let mut r = troupe(&["-kernel", k.to_str().unwrap(), "-append", "reset=cf9"]).spawn();
+    let deadline = std::time::Instant::now() + T;
+    while r
+        .stdout
+        .text()
+        .matches("hello from troupe test guest")
+        .count()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reboot: {}",
+            r.stdout.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r.kill();
+}

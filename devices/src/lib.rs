@@ -9,6 +9,8 @@
 //! Data path: vCPU exit -> `actors::bus` -> `BusDevice::read/write` on the vCPU thread ->
 //! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`.
 
+pub mod reset;
+pub mod rtc;
 pub mod serial;
 pub mod state;
 

@@ -12,6 +12,7 @@
 
 pub mod bzimage;
 pub mod elf;
+pub mod mptable;
 pub mod multiboot;
 pub mod pvh;
 

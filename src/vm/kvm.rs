@@ -95,9 +95,10 @@ impl KvmVm {
         })
     }
 
-    pub fn create_vcpu(&self, index: u32) -> Result<VcpuFd, VmError> {
+    /// Create the vCPU whose local APIC id is `apic_id` (KVM uses the vCPU id for it).
+    pub fn create_vcpu(&self, apic_id: u32) -> Result<VcpuFd, VmError> {
         self.vm
-            .create_vcpu(u64::from(index))
+            .create_vcpu(u64::from(apic_id))
             .map_err(kvm_err("KVM_CREATE_VCPU"))
     }
 

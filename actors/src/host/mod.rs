@@ -2,4 +2,5 @@
 //! the model directly under the device's own lock), and connect it to its backends through
 //! typed messages.
 
+pub mod rtc;
 pub mod serial;
