@@ -35,11 +35,15 @@ struct Server {
 }
 
 fn server(f: impl FnOnce(&mut VncOptions)) -> Server {
+    server_with(false, f)
+}
+
+fn server_with(absolute: bool, f: impl FnOnce(&mut VncOptions)) -> Server {
     let (writer, display) = new_display(720, 400).unwrap();
     testpattern::TestPattern::new(writer.clone()).redraw();
     let mut opts = VncOptions::new("127.0.0.1", free_display());
     f(&mut opts);
-    let sink = RecordingSink::new(false);
+    let sink = RecordingSink::new(absolute);
     let handle = start(
         &tokio::runtime::Handle::current(),
         &Registry::new(),
@@ -650,4 +654,75 @@ async fn to_tries_the_next_port() {
     )
     .unwrap();
     assert!(h.local_addr().port() > 5900 + d);
+}
+
+#[tokio::test]
+async fn cursor_shape_goes_to_cursor_aware_clients() {
+    let srv = server(|_| {});
+    let mut c = Client::connect(&srv.handle).await;
+    c.init(true).await;
+    c.set_encodings(&[enc::RAW, enc::CURSOR]).await;
+    c.request(false, Rect::new(0, 0, 720, 400)).await;
+    c.drain(Duration::from_millis(200)).await;
+    srv.writer.set_cursor(Some(crate::display::Cursor {
+        width: 2,
+        height: 2,
+        hot_x: 1,
+        hot_y: 0,
+        pixels: vec![0xff0000, 0x00ff00, 0x0000ff, 0xffffff],
+        mask: vec![true, false, false, true],
+    }));
+    c.request(true, Rect::new(0, 0, 720, 400)).await;
+    let msg = c.drain(Duration::from_millis(200)).await;
+    let mut want = vec![0, 0, 0, 1, 0, 1, 0, 0, 0, 2, 0, 2];
+    want.extend_from_slice(&enc::CURSOR.to_be_bytes());
+    for p in [0xff0000u32, 0x00ff00, 0x0000ff, 0xffffff] {
+        want.extend_from_slice(&p.to_le_bytes());
+    }
+    want.extend_from_slice(&[0x80, 0x40]);
+    assert_eq!(msg, want);
+}
+
+#[tokio::test]
+async fn with_a_tablet_pointer_events_are_absolute_and_announced() {
+    let srv = server_with(true, |_| {});
+    let mut c = Client::connect(&srv.handle).await;
+    c.init(true).await;
+    c.set_encodings(&[enc::RAW, enc::POINTER_TYPE_CHANGE]).await;
+    let msg = c.drain(Duration::from_millis(200)).await;
+    // x = 1: absolute.
+    let mut want = vec![0, 0, 0, 1, 0, 1, 0, 0, 2, 208, 1, 144];
+    want.extend_from_slice(&enc::POINTER_TYPE_CHANGE.to_be_bytes());
+    assert_eq!(msg, want);
+    c.write(&[5, 4, 0x02, 0xd0, 0x01, 0x00]).await; // (720, 256): clamped to 719
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        srv.sink.take(),
+        vec![InputEvent::PointerAbs {
+            x: 719,
+            y: 256,
+            width: 720,
+            height: 400,
+            buttons: crate::display::input::Buttons(4)
+        }]
+    );
+}
+
+#[tokio::test]
+async fn set_desktop_size_is_refused_politely() {
+    let srv = server(|_| {});
+    let mut c = Client::connect(&srv.handle).await;
+    c.init(true).await;
+    c.set_encodings(&[enc::RAW, enc::EXTENDED_DESKTOP_SIZE])
+        .await;
+    c.drain(Duration::from_millis(100)).await;
+    let mut m = vec![251, 0, 4, 0, 3, 0, 1, 0];
+    m.extend_from_slice(&[0; 16]);
+    c.write(&m).await;
+    let msg = c.drain(Duration::from_millis(200)).await;
+    // reason 1 (this client), status 1 (prohibited), size unchanged.
+    assert_eq!(&msg[..12], &[0, 0, 0, 1, 0, 1, 0, 1, 2, 208, 1, 144]);
+    // The session goes on.
+    c.request(false, Rect::new(0, 0, 8, 8)).await;
+    assert_eq!(c.read(4).await[0], 0);
 }
