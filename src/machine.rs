@@ -132,6 +132,7 @@ pub struct Vm {
     pub handle: SupervisorHandle,
     pub vcpus: Vec<VcpuHandle>,
     pub kvm: Arc<KvmVm>,
+    pub console: Console,
 }
 
 /// Which host cores each vCPU gets.
@@ -220,9 +221,6 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }
     }
-    if cfg.vnc.is_some() {
-        return Err(anyhow!("-vnc: the VNC server is not available yet"));
-    }
     for m in &cfg.monitors {
         if m.backend == CharBackend::MuxStdio {
             actors::report!("troupe: warning: the monitor is not available yet; stdio carries the serial port only");
@@ -241,6 +239,7 @@ pub fn build(
 ) -> Result<Vm> {
     check_supported(cfg)?;
     cpuid::check_features(&cfg.cpu)?;
+    let console = start_console(cfg, rt, registry)?;
     let kvm = Arc::new(KvmVm::create()?);
     let layout = RamLayout::pc(cfg.memory);
     let mem = memory::allocate(&layout)?;
@@ -358,6 +357,7 @@ pub fn build(
         handle,
         vcpus,
         kvm,
+        console,
     })
 }
 
@@ -374,6 +374,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         handle,
         vcpus,
         chardevs,
+        console,
         ..
     } = vm;
     let sig_handle = handle.clone();
@@ -413,6 +414,9 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
     for v in &vcpus {
         v.stop_and_join();
     }
+    if let Some(vnc) = &console.vnc {
+        vnc.shutdown();
+    }
     // Everything the guest wrote before it ended reaches its terminal, file or socket.
     rt.block_on(async {
         let all = futures_flush(&chardevs);
@@ -425,4 +429,72 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         actors::report!("troupe: the VM stopped on a KVM failure (see above)");
     }
     reason.status()
+}
+
+// ---- Console: the display surface, input routing and the VNC server (issue #5) ----
+
+/// The guest console: the surface the VGA model renders into (`writer`), what consumers
+/// read (`display`, for the monitor's `screendump`), where input goes (`input`: the
+/// i8042/tablet host plugs itself in with `set_target`) and the VNC server (`vnc`, for
+/// `info vnc` and passwords).
+#[allow(dead_code)] // display/writer/input are for the monitor and the VGA/i8042 hosts
+pub struct Console {
+    pub display: actors::display::DisplayHandle,
+    pub writer: actors::display::DisplayWriter,
+    pub input: actors::display::input::InputRouter,
+    pub vnc: Option<actors::vnc::VncHandle>,
+}
+
+fn start_console(
+    cfg: &VmConfig,
+    rt: &tokio::runtime::Runtime,
+    registry: &Registry,
+) -> Result<Console> {
+    use actors::vnc::{SharePolicy, VncOptions};
+    // QEMU's console starts at 640x480 until the guest sets a mode.
+    let (writer, display) = actors::display::new_display(640, 480)?;
+    let input = actors::display::input::InputRouter::new();
+    // TEST HARNESS ONLY: TROUPE_TEST_DISPLAY=static|animated shows a synthetic pattern
+    // that echoes input on screen and stderr, standing in for the VGA model.
+    if let Some(mode) = std::env::var_os("TROUPE_TEST_DISPLAY") {
+        let sink =
+            actors::display::testpattern::spawn(rt.handle(), writer.clone(), mode == "animated");
+        input.set_target(sink);
+    }
+    let vnc = match &cfg.vnc {
+        None => None,
+        Some(v) => {
+            let mut o = VncOptions::new(&v.listen.host, v.display);
+            o.to = v.to;
+            o.websocket = v.websocket;
+            o.password = v.password;
+            o.lossy = v.lossy;
+            o.share = match v.share {
+                crate::config::VncShare::AllowExclusive => SharePolicy::AllowExclusive,
+                crate::config::VncShare::ForceShared => SharePolicy::ForceShared,
+                crate::config::VncShare::Ignore => SharePolicy::Ignore,
+            };
+            // QEMU names the desktop "QEMU" or "QEMU (NAME)" with -name.
+            o.name = match &cfg.name {
+                Some(n) => format!("QEMU ({n})"),
+                None => "QEMU".into(),
+            };
+            o.keymap = cfg.keymap.clone();
+            let h = actors::vnc::start(
+                rt.handle(),
+                registry,
+                o,
+                display.clone(),
+                Arc::new(input.clone()),
+            )
+            .with_context(|| format!("-vnc {}:{}", v.listen.host, v.display))?;
+            Some(h)
+        }
+    };
+    Ok(Console {
+        display,
+        writer,
+        input,
+        vnc,
+    })
 }

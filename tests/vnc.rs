@@ -1,0 +1,799 @@
+//! VNC through real doors: the `troupe` binary with `-vnc`, and real clients — vncdotool
+//! (captures to PNG), TigerVNC `vncviewer` under Xvfb (X screenshot), a WebSocket client
+//! speaking RFB (noVNC's transport), and raw sockets for the bad clients.
+//!
+//! Until the VGA model lands, the guest screen is the test pattern that
+//! `TROUPE_TEST_DISPLAY=static` puts on the console (it echoes input to stderr as
+//! `troupe: test-display: key <qcode> down|up`). The guest is the demo test guest.
+//! Password tests run vncdotool against the server code started in-process (the monitor
+//! that sets passwords from outside does not exist yet).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::display::{encode_screendump, testpattern, DumpFormat, Surface};
+use common::{guest, Running, TempDir, Vm};
+
+/// A display number whose port is free right now.
+fn free_display() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p > 5900 && p < 65000 {
+            return p - 5900;
+        }
+    }
+}
+
+fn helper() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vnc/vnc_client.py")
+}
+
+/// Run the Python helper; panics with its output on failure.
+fn py(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(helper())
+        .args(args)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "vnc_client.py {args:?} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// vncdotool must be installed (`pip install vncdotool`): fail loudly, never skip.
+fn require_vncdotool() {
+    let ok = Command::new("python3")
+        .args(["-c", "import vncdotool, PIL"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need vncdotool and Pillow: pip install vncdotool"
+    );
+}
+
+struct VncVm {
+    vm: Running,
+    port: u16,
+    ws_port: Option<u16>,
+}
+
+/// troupe with the demo guest, the test-pattern console and `-vnc 127.0.0.1:N<opts>`.
+fn start(opts: &str, websocket: bool) -> VncVm {
+    let d = free_display();
+    let port = 5900 + d;
+    let ws_port = websocket.then(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let mut vnc = format!("127.0.0.1:{d}{opts}");
+    if let Some(w) = ws_port {
+        vnc.push_str(&format!(",websocket={w}"));
+    }
+    let demo = guest("demo");
+    let args = [
+        "-m",
+        "64",
+        "-nodefaults",
+        "-serial",
+        "null",
+        "-name",
+        "vnctest",
+        "-kernel",
+        demo.to_str().unwrap(),
+        "-vnc",
+        &vnc,
+    ];
+    let vm = Vm::troupe(&args)
+        .env("TROUPE_TEST_DISPLAY", "static")
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "VNC port {port} never opened\nstderr:\n{}",
+            vm.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    VncVm { vm, port, ws_port }
+}
+
+impl VncVm {
+    fn server(&self) -> String {
+        format!("127.0.0.1::{}", self.port)
+    }
+
+    fn connect(&self) -> Raw {
+        Raw::connect(self.port)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.vm.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.vm.child.try_wait(), Ok(None))
+    }
+}
+
+/// A raw RFB client on a blocking socket.
+struct Raw {
+    s: TcpStream,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Self { s }
+    }
+
+    fn read(&mut self, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        self.s.read_exact(&mut b).expect("read from the VNC server");
+        b
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    /// Handshake as RFB 3.8 / None, shared; returns (width, height, name).
+    fn init(&mut self) -> (u16, u16, String) {
+        assert_eq!(self.read(12), b"RFB 003.008\n");
+        self.write(b"RFB 003.008\n");
+        assert_eq!(self.read(2), [1, 1]);
+        self.write(&[1]);
+        assert_eq!(self.read(4), [0, 0, 0, 0]);
+        self.write(&[1]);
+        let b = self.read(24);
+        let n = u32::from_be_bytes(b[20..24].try_into().unwrap()) as usize;
+        let name = String::from_utf8(self.read(n)).unwrap();
+        (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+            name,
+        )
+    }
+
+    fn encodings(&mut self, e: &[i32]) {
+        let mut m = vec![2, 0];
+        m.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        for x in e {
+            m.extend_from_slice(&x.to_be_bytes());
+        }
+        self.write(&m);
+    }
+
+    fn request(&mut self, incremental: bool, w: u16, h: u16) {
+        let mut m = vec![3, u8::from(incremental), 0, 0, 0, 0];
+        m.extend_from_slice(&w.to_be_bytes());
+        m.extend_from_slice(&h.to_be_bytes());
+        self.write(&m);
+    }
+
+    /// Read one FramebufferUpdate made of Raw (32 bpp) and payload-free pseudo rectangles;
+    /// returns (x, y, w, h, encoding) of each.
+    fn update(&mut self) -> Vec<(u16, u16, u16, u16, i32)> {
+        let h = self.read(4);
+        assert_eq!(
+            h[0], 0,
+            "expected a FramebufferUpdate, got message type {}",
+            h[0]
+        );
+        let n = u16::from_be_bytes([h[2], h[3]]);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let r = self.read(12);
+            let g = |i: usize| u16::from_be_bytes([r[i], r[i + 1]]);
+            let e = i32::from_be_bytes(r[8..12].try_into().unwrap());
+            if e == 0 {
+                self.read(usize::from(g(4)) * usize::from(g(6)) * 4);
+            } else if e == -261 {
+                self.read(1);
+            } else if e == -308 {
+                let k = self.read(4)[0];
+                self.read(16 * usize::from(k));
+            }
+            out.push((g(0), g(2), g(4), g(6), e));
+        }
+        out
+    }
+
+    fn key(&mut self, keysym: u32, down: bool) {
+        let mut m = vec![4, u8::from(down), 0, 0];
+        m.extend_from_slice(&keysym.to_be_bytes());
+        self.write(&m);
+    }
+
+    /// True when the server closes the connection within 10 s.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 4096];
+        loop {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+fn write_ppm(dir: &TempDir, name: &str, s: &Surface) -> PathBuf {
+    let p = dir.path(name);
+    std::fs::write(&p, encode_screendump(s, DumpFormat::Ppm)).unwrap();
+    p
+}
+
+fn mismatch(line: &str) -> (u64, u64) {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        w.len() >= 4 && w[w.len() - 4] == "mismatch",
+        "unexpected helper output: {line}"
+    );
+    (
+        w[w.len() - 3].parse().unwrap(),
+        w[w.len() - 1].parse().unwrap(),
+    )
+}
+
+#[test]
+fn vncdotool_captures_the_screen_with_every_encoding_it_speaks() {
+    require_vncdotool();
+    let vm = start("", false);
+    let dir = TempDir::new("vnc-capture");
+    let want = write_ppm(
+        &dir,
+        "want.ppm",
+        &testpattern::expected(640, 480, 0, &[], ""),
+    );
+    for enc in ["raw", "hextile", "zrle"] {
+        let png = dir.path(&format!("{enc}.png"));
+        py(&["capture", &vm.server(), enc, png.to_str().unwrap()]);
+        let (bad, total) =
+            mismatch(py(&["compare", png.to_str().unwrap(), want.to_str().unwrap()]).trim());
+        assert_eq!(
+            (bad, total),
+            (0, 640 * 480),
+            "{enc}: pixels differ from the console"
+        );
+    }
+}
+
+#[test]
+fn server_init_names_the_vm_like_qemu() {
+    let vm = start("", false);
+    let mut c = vm.connect();
+    assert_eq!(c.init(), (640, 480, "QEMU (vnctest)".to_string()));
+}
+
+#[test]
+fn keys_typed_in_vncdotool_reach_the_console_as_qcodes() {
+    require_vncdotool();
+    let vm = start("", false);
+    py(&["keys", &vm.server(), "a", "1", "enter", "down", "shift-a"]);
+    let want = [
+        "key a down",
+        "key a up",
+        "key 1 down",
+        "key 1 up",
+        "key ret down",
+        "key ret up",
+        "key down down",
+        "key down up",
+        "key shift down",
+        "key a down",
+        "key a up",
+        "key shift up",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<String> = vm
+            .vm
+            .stderr
+            .text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("troupe: test-display: ").map(str::to_string))
+            .collect();
+        if got.len() >= want.len() {
+            assert_eq!(got, want);
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys seen: {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn qemu_extended_key_events_pass_scancodes_through() {
+    let vm = start("", false);
+    let mut c = vm.connect();
+    c.init();
+    c.encodings(&[0, -258]);
+    // The server acknowledges with an empty -258 rectangle.
+    let u = c.update();
+    assert_eq!(u, vec![(0, 0, 640, 480, -258)]);
+    for (code, down) in [
+        (0x1eu32, true),
+        (0x1e, false),
+        (0xd0, true),
+        (0xd0, false),
+        (0x1c, true),
+    ] {
+        let mut m = vec![255, 0, 0, u8::from(down)];
+        m.extend_from_slice(&0u32.to_be_bytes()); // keysym unused when a keycode is given
+        m.extend_from_slice(&code.to_be_bytes());
+        c.write(&m);
+    }
+    vm.vm
+        .stderr
+        .wait_for(
+            "troupe: test-display: key ret down",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let text = vm.vm.stderr.text();
+    let seq: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("troupe: test-display: "))
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "key a down",
+            "key a up",
+            "key down down",
+            "key down up",
+            "key ret down"
+        ]
+    );
+}
+
+#[test]
+fn mode_switch_sends_desktop_size_at_once_and_clients_follow() {
+    require_vncdotool();
+    let vm = start("", false);
+    let mut c = vm.connect();
+    c.init();
+    c.encodings(&[0, -223]);
+    c.request(false, 640, 480);
+    c.update();
+    // F2 makes the test console switch to 1024x768; no request is outstanding.
+    c.key(0xffbf, true);
+    c.key(0xffbf, false);
+    let u = c.update();
+    assert_eq!(u, vec![(0, 0, 1024, 768, -223)]);
+    let dir = TempDir::new("vnc-resize");
+    let png = dir.path("big.png");
+    py(&["capture", &vm.server(), "zrle", png.to_str().unwrap()]);
+    let want = write_ppm(
+        &dir,
+        "want.ppm",
+        &testpattern::expected(1024, 768, 0, &["f2"], ""),
+    );
+    let (bad, _) = mismatch(py(&["compare", png.to_str().unwrap(), want.to_str().unwrap()]).trim());
+    assert_eq!(bad, 0);
+}
+
+#[test]
+fn a_change_reaches_an_idle_client_within_30_ms() {
+    let vm = start("", false);
+    let mut c = vm.connect();
+    c.init();
+    c.encodings(&[0]);
+    c.request(false, 640, 480);
+    c.update();
+    let mut worst = Duration::ZERO;
+    for i in 0..5u32 {
+        c.request(true, 640, 480);
+        std::thread::sleep(Duration::from_millis(if i == 0 { 1500 } else { 400 }));
+        // A key press makes the console redraw its text line (the key list changes).
+        let t = Instant::now();
+        c.key(u32::from(b'a') + i, true);
+        let u = c.update();
+        worst = worst.max(t.elapsed());
+        assert!(!u.is_empty());
+        c.key(u32::from(b'a') + i, false);
+    }
+    assert!(
+        worst <= Duration::from_millis(30),
+        "worst key-to-update latency {worst:?}"
+    );
+}
+
+#[test]
+fn websocket_clients_get_the_rfb_handshake() {
+    let vm = start("", true);
+    let port = vm.ws_port.unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /websockify HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: binary\r\nOrigin: http://localhost\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Sec-WebSocket-Protocol: binary\r\n"),
+        "{head}"
+    );
+    // Frames in both directions; the payloads form the RFB stream.
+    let mut rfb = Vec::new();
+    let read_rfb = |s: &mut TcpStream, n: usize, rfb: &mut Vec<u8>| -> Vec<u8> {
+        while rfb.len() < n {
+            let mut h = [0u8; 2];
+            s.read_exact(&mut h).unwrap();
+            assert_eq!(h[0], 0x82, "binary frame expected");
+            assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+            let mut len = usize::from(h[1] & 0x7f);
+            if len == 126 {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).unwrap();
+                len = usize::from(u16::from_be_bytes(l));
+            } else if len == 127 {
+                let mut l = [0u8; 8];
+                s.read_exact(&mut l).unwrap();
+                len = u64::from_be_bytes(l) as usize;
+            }
+            let mut p = vec![0u8; len];
+            s.read_exact(&mut p).unwrap();
+            rfb.extend_from_slice(&p);
+        }
+        rfb.drain(..n).collect()
+    };
+    let send = |s: &mut TcpStream, payload: &[u8]| {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut f = vec![0x82, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&f).unwrap();
+    };
+    assert_eq!(read_rfb(&mut s, 12, &mut rfb), b"RFB 003.008\n");
+    send(&mut s, b"RFB 003.008\n");
+    assert_eq!(read_rfb(&mut s, 2, &mut rfb), [1, 1]);
+    send(&mut s, &[1]);
+    assert_eq!(read_rfb(&mut s, 4, &mut rfb), [0, 0, 0, 0]);
+    send(&mut s, &[1]);
+    let init = read_rfb(&mut s, 24, &mut rfb);
+    assert_eq!(&init[..4], &[2, 128, 1, 224]); // 640x480
+    let n = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
+    assert_eq!(read_rfb(&mut s, n, &mut rfb), b"QEMU (vnctest)");
+    // A full Raw update arrives through the frames too.
+    send(&mut s, &[3, 0, 0, 0, 0, 0, 2, 128, 1, 224]);
+    let hdr = read_rfb(&mut s, 4, &mut rfb);
+    assert_eq!(hdr, [0, 0, 0, 1]);
+    let rect = read_rfb(&mut s, 12, &mut rfb);
+    assert_eq!(&rect[4..], &[2, 128, 1, 224, 0, 0, 0, 0]);
+    let pixels = read_rfb(&mut s, 640 * 480 * 4, &mut rfb);
+    let want = testpattern::expected(640, 480, 0, &[], "");
+    let got: Vec<u32> = pixels
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, want.pixels());
+}
+
+#[test]
+fn bad_clients_do_not_stop_the_server_and_memory_stays_bounded() {
+    require_vncdotool();
+    let mut vm = start("", false);
+    // Warm up with one full client so steady-state allocations exist.
+    {
+        let mut c = vm.connect();
+        c.init();
+        c.encodings(&[0]);
+        c.request(false, 640, 480);
+        c.update();
+    }
+    let rss_before = vm.rss_kib();
+    // Garbage instead of a version: closed.
+    let mut c = vm.connect();
+    c.read(12);
+    c.write(b"\x16\x03\x01\x02\x00garbage!!");
+    assert!(c.closed());
+    // An unsupported version: security type 0, closed.
+    let mut c = vm.connect();
+    c.read(12);
+    c.write(b"RFB 005.000\n");
+    assert_eq!(c.read(4), [0, 0, 0, 0]);
+    assert!(c.closed());
+    // Disconnect in the middle of a big update.
+    for _ in 0..20 {
+        let mut c = vm.connect();
+        c.init();
+        c.encodings(&[0]);
+        c.request(false, 640, 480);
+        c.read(100);
+        drop(c);
+    }
+    // A 100 MB ClientCutText announcement: that client is dropped, nothing allocated.
+    let mut c = vm.connect();
+    c.init();
+    let mut m = vec![6, 0, 0, 0];
+    m.extend_from_slice(&100_000_000u32.to_be_bytes());
+    m.extend_from_slice(&[b'x'; 4096]);
+    c.write(&m);
+    assert!(c.closed());
+    // 1000 connections opened and dropped, some half-way through the handshake.
+    for i in 0..1000 {
+        let mut s = TcpStream::connect(("127.0.0.1", vm.port)).unwrap();
+        if i % 2 == 0 {
+            let _ = s.write_all(b"RFB 003.008\n\x01");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(vm.alive(), "troupe died:\n{}", vm.vm.stderr.text());
+    // A well-behaved client is still served, pixel-exact.
+    let dir = TempDir::new("vnc-bad");
+    let png = dir.path("after.png");
+    py(&["capture", &vm.server(), "hextile", png.to_str().unwrap()]);
+    let want = write_ppm(
+        &dir,
+        "want.ppm",
+        &testpattern::expected(640, 480, 0, &[], ""),
+    );
+    let (bad, _) = mismatch(py(&["compare", png.to_str().unwrap(), want.to_str().unwrap()]).trim());
+    assert_eq!(bad, 0);
+    let rss_after = vm.rss_kib();
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+#[test]
+fn several_clients_at_once_all_get_updates() {
+    let vm = start("", false);
+    let mut clients: Vec<Raw> = (0..4).map(|_| vm.connect()).collect();
+    for c in &mut clients {
+        c.init();
+        c.encodings(&[0]);
+        c.request(false, 640, 480);
+        c.update();
+        c.request(true, 640, 480);
+    }
+    let mut k = vm.connect();
+    k.init();
+    k.key(u32::from(b'q'), true);
+    for c in &mut clients {
+        assert!(!c.update().is_empty());
+    }
+}
+
+#[test]
+fn share_force_shared_refuses_exclusive_clients() {
+    let vm = start(",share=force-shared", false);
+    let mut a = vm.connect();
+    a.init();
+    let mut b = vm.connect();
+    b.read(12);
+    b.write(b"RFB 003.008\n");
+    b.read(2);
+    b.write(&[1]);
+    b.read(4);
+    b.write(&[0]); // exclusive
+    assert!(b.closed());
+    a.request(false, 8, 8);
+    assert!(!a.update().is_empty());
+}
+
+#[test]
+fn password_on_without_a_password_refuses_everyone() {
+    require_vncdotool();
+    let vm = start(",password=on", false);
+    let mut c = vm.connect();
+    assert_eq!(c.read(12), b"RFB 003.008\n");
+    c.write(b"RFB 003.008\n");
+    assert_eq!(c.read(2), [1, 2]);
+    c.write(&[2]);
+    let ch = c.read(16);
+    assert_eq!(ch.len(), 16);
+    c.write(&[0u8; 16]);
+    let mut want = vec![0, 0, 0, 1, 0, 0, 0, 21];
+    want.extend_from_slice(b"Authentication failed");
+    assert_eq!(c.read(want.len()), want);
+    let dir = TempDir::new("vnc-nopw");
+    let out = Command::new("python3")
+        .arg(helper())
+        .args([
+            "capture",
+            &vm.server(),
+            "raw",
+            dir.path("x.png").to_str().unwrap(),
+            "anything",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "vncdotool got in without a password being set"
+    );
+    assert!(!dir.path("x.png").exists());
+}
+
+/// The server code in this process (so a password can be set), a real vncdotool client.
+#[test]
+fn vncdotool_password_wrong_refused_right_accepted() {
+    require_vncdotool();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (writer, display) = actors::display::new_display(320, 200).unwrap();
+    testpattern::TestPattern::new(writer).redraw();
+    let mut opts = actors::vnc::VncOptions::new("127.0.0.1", free_display());
+    opts.password = true;
+    let h = actors::vnc::start(
+        rt.handle(),
+        &actors::runtime::Registry::new(),
+        opts,
+        display,
+        Arc::new(actors::display::input::NullSink),
+    )
+    .unwrap();
+    h.set_password("troupe-pw-long").unwrap();
+    let server = format!("127.0.0.1::{}", h.local_addr().port());
+    let dir = TempDir::new("vnc-pw");
+    let run = |pw: &str, out: &str| {
+        Command::new("python3")
+            .arg(helper())
+            .args([
+                "capture",
+                &server,
+                "raw",
+                dir.path(out).to_str().unwrap(),
+                pw,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!run("wrong", "wrong.png"));
+    assert!(!dir.path("wrong.png").exists());
+    // Only the first 8 characters count, as in QEMU.
+    assert!(run("troupe-p", "right.png"));
+    let want = write_ppm(
+        &dir,
+        "want.ppm",
+        &testpattern::expected(320, 200, 0, &[], ""),
+    );
+    let (bad, _) = mismatch(
+        py(&[
+            "compare",
+            dir.path("right.png").to_str().unwrap(),
+            want.to_str().unwrap(),
+        ])
+        .trim(),
+    );
+    assert_eq!(bad, 0);
+}
+
+/// Xvfb on a free display number, killed at drop.
+struct Xvfb {
+    child: std::process::Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Self {
+        for n in 90..140 {
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            let display = format!(":{n}");
+            let child = Command::new("Xvfb")
+                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("Xvfb must be installed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                assert!(Instant::now() < deadline, "Xvfb {display} did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Self { child, display };
+        }
+        panic!("no free X display number");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tigervnc_viewer_renders_the_console() {
+    require_vncdotool(); // PIL for the comparison
+    let vm = start("", false);
+    let x = Xvfb::start();
+    let dir = TempDir::new("vnc-tiger");
+    let want = write_ppm(
+        &dir,
+        "want.ppm",
+        &testpattern::expected(640, 480, 0, &[], ""),
+    );
+    for enc in ["Tight", "ZRLE", "Hextile", "Raw"] {
+        let mut viewer = Command::new("vncviewer")
+            .env("DISPLAY", &x.display)
+            .args([
+                "-AutoSelect=0",
+                "-FullColor=1",
+                "-NoJPEG=1",
+                &format!("-PreferredEncoding={enc}"),
+                "-Shared=1",
+                "-RemoteResize=0",
+                "-DotWhenNoCursor=0",
+                &vm.server(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("vncviewer (TigerVNC) must be installed");
+        let shot = dir.path(&format!("{enc}.png"));
+        // TigerVNC shows a "Press F8" banner over the picture for a few seconds at start:
+        // poll until the picture is clean or time is up.
+        let deadline = Instant::now() + Duration::from_secs(25);
+        let mut last = String::from("(no screenshot)");
+        let (bad, total) = loop {
+            std::thread::sleep(Duration::from_millis(700));
+            let st = Command::new("import")
+                .env("DISPLAY", &x.display)
+                .args(["-window", "root", shot.to_str().unwrap()])
+                .status()
+                .expect("ImageMagick import");
+            if st.success() {
+                last = py(&["find", shot.to_str().unwrap(), want.to_str().unwrap()]);
+                if last.starts_with("found") {
+                    let (bad, total) = mismatch(last.trim());
+                    // The viewer may draw its own pointer over a few pixels.
+                    if bad * 1000 <= total {
+                        break (bad, total);
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{enc}: the console never appeared right in the viewer: {last}"
+            );
+        };
+        let _ = viewer.kill();
+        let _ = viewer.wait();
+        assert!(bad * 1000 <= total, "{enc}: {bad} of {total} pixels differ");
+    }
+}
