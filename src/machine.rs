@@ -277,6 +277,11 @@ pub fn build(
         rt.handle(),
         registry,
     )?;
+    // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
+    // stand-in took the console's input).
+    if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
+        console.input.set_target(Arc::new(devices.input.clone()));
+    }
 
     let topo = Topology::from_smp(&cfg.smp);
     let mut fds = Vec::new();

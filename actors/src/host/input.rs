@@ -116,3 +116,25 @@ pub fn start_input(
         Locked::new(model),
     )
 }
+
+impl crate::display::input::InputSink for InputHandle {
+    fn send(&self, ev: crate::display::input::InputEvent) {
+        use crate::display::input::InputEvent;
+        match ev {
+            InputEvent::Key { key, down } => InputHandle::send(self, InputMsg::Key { key, down }),
+            InputEvent::RawKey { number, down } => match KeyCode::from_number(number) {
+                Some(key) => InputHandle::send(self, InputMsg::Key { key, down }),
+                None => tracing::debug!(target: "unimp", "no PS/2 scancode for key number {number:#x}"),
+            },
+            InputEvent::PointerRel { dx, dy, dz, buttons } => {
+                // RFB masks: 1 left, 2 middle, 4 right; PS/2: bit 0 left, 1 right, 2 middle.
+                let b = u8::from(buttons.left())
+                    | (u8::from(buttons.right()) << 1)
+                    | (u8::from(buttons.middle()) << 2);
+                InputHandle::send(self, InputMsg::Mouse { dx, dy, dz, buttons: b });
+            }
+            // No absolute device on the i8042: VNC sends relative motion instead.
+            InputEvent::PointerAbs { .. } => {}
+        }
+    }
+}

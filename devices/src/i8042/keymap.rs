@@ -17,6 +17,11 @@ macro_rules! keys {
         const TABLE: &[(KeyCode, &str, u16, u16)] = &[
             $( (KeyCode::$variant, $name, $set1, $set2), )*
         ];
+
+        impl KeyCode {
+            /// Every key, in table order.
+            pub const ALL: &'static [KeyCode] = &[$(KeyCode::$variant,)*];
+        }
     };
 }
 
@@ -51,7 +56,15 @@ keys! {
     Kp6 = "kp_6", 0x4d, 0x74; KpAdd = "kp_add", 0x4e, 0x79; Kp1 = "kp_1", 0x4f, 0x69;
     Kp2 = "kp_2", 0x50, 0x72; Kp3 = "kp_3", 0x51, 0x7a; Kp0 = "kp_0", 0x52, 0x70;
     KpDecimal = "kp_decimal", 0x53, 0x71; Less = "less", 0x56, 0x61;
-    SysRq = "sysrq", 0x54, 0x84;
+    Sysrq = "sysrq", 0x54, 0x84; KpEquals = "kp_equals", 0x59, 0x0f;
+    Hiragana = "hiragana", 0x70, 0x13; Ro = "ro", 0x73, 0x51; Henkan = "henkan", 0x79, 0x64;
+    Muhenkan = "muhenkan", 0x7b, 0x67; Yen = "yen", 0x7d, 0x6a; KpComma = "kp_comma", 0x7e, 0x6d;
+    AudioPrev = "audioprev", 0xe010, 0xe015; AudioNext = "audionext", 0xe019, 0xe04d;
+    Mute = "audiomute", 0xe020, 0xe023; Calculator = "calculator", 0xe021, 0xe02b;
+    AudioPlay = "audioplay", 0xe022, 0xe034; AudioStop = "audiostop", 0xe024, 0xe03b;
+    VolumeDown = "volumedown", 0xe02e, 0xe021; VolumeUp = "volumeup", 0xe030, 0xe032;
+    AcHome = "ac_home", 0xe032, 0xe03a; Power = "power", 0xe05e, 0xe037;
+    Sleep = "sleep", 0xe05f, 0xe03f; Wake = "wake", 0xe063, 0xe05e;
     KpEnter = "kp_enter", 0xe01c, 0xe05a; CtrlR = "ctrl_r", 0xe01d, 0xe014;
     KpDivide = "kp_divide", 0xe035, 0xe04a; AltR = "alt_r", 0xe038, 0xe011;
     Home = "home", 0xe047, 0xe06c; Up = "up", 0xe048, 0xe075; Pgup = "pgup", 0xe049, 0xe07d;
@@ -115,6 +128,48 @@ impl KeyCode {
     /// Every key.
     pub fn all() -> impl Iterator<Item = KeyCode> {
         TABLE.iter().map(|e| e.0)
+    }
+
+    /// The QEMU qcode name (alias of [`KeyCode::qcode_name`]).
+    pub fn name(self) -> &'static str {
+        self.qcode_name()
+    }
+
+    /// Look a key up by name, with QEMU's aliases (`asterisk`, `compose`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "asterisk" => Some(KeyCode::KpMultiply),
+            "compose" => Some(KeyCode::Menu),
+            n => Self::from_qcode_name(n),
+        }
+    }
+
+    /// QEMU's key number: the set-1 make code with an 0xE0 prefix folded into bit 7
+    /// (`a` = 0x1e, `down` = 0xd0) — what VNC's QEMU Extended Key Event carries.
+    pub fn number(self) -> u16 {
+        if self == KeyCode::Pause {
+            // QEMU's number for Pause (its set-1 sequence starts with E1, not E0).
+            return 0xc6;
+        }
+        let c = self.set1();
+        if c > 0xff {
+            0x80 | (c & 0x7f)
+        } else {
+            c
+        }
+    }
+
+    /// The key with QEMU key number `n`.
+    pub fn from_number(n: u16) -> Option<Self> {
+        TABLE
+            .iter()
+            .map(|e| e.0)
+            .find(|k| k.number() == n)
+    }
+
+    /// Set-1 bytes for pressing or releasing this key.
+    pub fn xt_bytes(self, down: bool) -> Vec<u8> {
+        set1_bytes(self, down)
     }
 }
 
@@ -185,6 +240,13 @@ pub fn set1_bytes(key: KeyCode, down: bool) -> Vec<u8> {
 pub fn translate_set2(b: u8) -> u8 {
     if b == 0xe0 || b == 0xe1 {
         return b;
+    }
+    // Codes only extended keys use (the 8042's fixed table has them too).
+    match b {
+        0x37 => return 0x5e,
+        0x3f => return 0x5f,
+        0x5e => return 0x63,
+        _ => {}
     }
     TABLE
         .iter()
