@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use actors::bus::{lock, Bus, BusHandler, Locked};
 use actors::chardev::{ChardevHandle, FrontendEvent};
 use actors::events::EventTx;
-use actors::host::input::{start_input, InputHandle};
+use actors::host::input::{start_input, I8042Port, InputHandle};
 use actors::host::rtc::start_rtc;
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
@@ -49,7 +49,7 @@ impl BusHandler for Sink80 {
 pub struct DeviceSet {
     serials: Vec<Arc<SerialPort>>,
     rtc: Arc<Locked<Rtc>>,
-    i8042: Arc<Locked<I8042>>,
+    i8042: Arc<I8042Port>,
     /// Where keyboard and mouse input for the guest goes (VNC, `sendkey`).
     pub input: InputHandle,
 }
@@ -131,7 +131,7 @@ impl DeviceSet {
             lock(s.model()).reset();
         }
         lock(&self.rtc.0).reset();
-        lock(&self.i8042.0).reset();
+        lock(self.i8042.model()).reset();
     }
 
     pub fn power_button(&self) -> bool {

@@ -797,3 +797,91 @@ fn tigervnc_viewer_renders_the_console() {
         assert!(bad * 1000 <= total, "{enc}: {bad} of {total} pixels differ");
     }
 }
+
+/// The kbd guest under `-vnc`: it polls the i8042 and prints every byte on serial.
+fn kbd_guest_with_vnc() -> (Running, u16) {
+    let d = free_display();
+    let k = guest("kbd");
+    let vnc = format!("127.0.0.1:{d}");
+    let vm = Vm::troupe(&[
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-vnc",
+        &vnc,
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "timeout=60",
+    ])
+    .spawn();
+    vm.expect_stdout("kbd: ready", Duration::from_secs(30));
+    (vm, 5900 + d)
+}
+
+fn kbd_bytes(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("kbd: "))
+        .filter(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn vnc_keys_reach_a_guest_polling_the_i8042_as_qemus_set1_bytes() {
+    require_vncdotool();
+    let (mut vm, port) = kbd_guest_with_vnc();
+    let server = format!("127.0.0.1::{port}");
+    py(&["keys", &server, "a", "1", "enter", "down", "shift-a", "q"]);
+    let out = vm.expect_stdout("kbd: stop", Duration::from_secs(30));
+    assert_eq!(
+        kbd_bytes(&out).join(" "),
+        // a, 1, Enter, Down, Shift+a, then q (the guest's stop key, press only seen).
+        "1e 9e 02 82 1c 9c e0 50 e0 d0 2a 1e 9e aa 10"
+    );
+    assert_eq!(common::code(vm.wait(Duration::from_secs(10))), 1);
+}
+
+#[test]
+fn qemu_extended_key_events_reach_the_guest_as_the_same_scancodes() {
+    let (mut vm, port) = kbd_guest_with_vnc();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    let mut ver = [0u8; 12];
+    s.read_exact(&mut ver).unwrap();
+    s.write_all(b"RFB 003.008\n").unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    let mut types = vec![0u8; n[0] as usize];
+    s.read_exact(&mut types).unwrap();
+    s.write_all(&[1]).unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).unwrap();
+    s.write_all(&[1]).unwrap(); // ClientInit: shared
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).unwrap();
+    let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
+    let mut name = vec![0u8; name_len];
+    s.read_exact(&mut name).unwrap();
+    for (code, down) in [
+        (0x1eu32, true),
+        (0x1e, false),
+        (0xd0, true),
+        (0xd0, false),
+        (0x9c, true), // keypad Enter: E0 1C
+        (0x9c, false),
+        (0x10, true),
+    ] {
+        let mut m = vec![255, 0, 0, u8::from(down)];
+        m.extend_from_slice(&0u32.to_be_bytes());
+        m.extend_from_slice(&code.to_be_bytes());
+        s.write_all(&m).unwrap();
+    }
+    let out = vm.expect_stdout("kbd: stop", Duration::from_secs(30));
+    assert_eq!(
+        kbd_bytes(&out).join(" "),
+        "1e 9e e0 50 e0 d0 e0 1c e0 9c 10"
+    );
+}

@@ -1,13 +1,19 @@
 //! The input host: the i8042 (PS/2 keyboard and mouse) on ports 0x60/0x64, and an actor
 //! that applies typed input messages from VNC clients and the monitor (`sendkey`,
 //! `mouse_move`) to it. Senders never block: a full mailbox drops the event and counts it.
+//! The actor itself holds events back while the PS/2 device's 16-byte queue is full (a
+//! fast typist or a script outrunning a polling guest loses nothing), resuming when the
+//! vCPU path reports that the guest read the data port.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use devices::i8042::{KeyCode, I8042};
+use devices::BusDevice;
+use tokio::sync::Notify;
 
-use crate::bus::{lock, Locked};
+use crate::bus::{lock, BusHandler};
 use crate::runtime::{mailbox, spawn_supervised, Addr, MessageKind, Placement, Registry, Restart};
 
 /// Input for the guest.
@@ -71,28 +77,79 @@ impl InputHandle {
     }
 }
 
+/// The i8042 on the PIO bus; wakes the input actor when the guest drains the output.
+pub struct I8042Port {
+    model: Arc<Mutex<I8042>>,
+    waiting: AtomicBool,
+    room: Notify,
+}
+
+impl I8042Port {
+    pub fn model(&self) -> &Arc<Mutex<I8042>> {
+        &self.model
+    }
+}
+
+impl BusHandler for I8042Port {
+    fn read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.model).read(offset, data);
+        if offset == 0 && self.waiting.load(Ordering::Acquire) {
+            self.room.notify_one();
+        }
+    }
+
+    fn write(&self, _base: u64, offset: u64, data: &[u8]) {
+        lock(&self.model).write(offset, data);
+        if self.waiting.load(Ordering::Acquire) {
+            self.room.notify_one();
+        }
+    }
+}
+
 /// Start the input actor; returns its handle and the bus handler for 0x60–0x64.
 pub fn start_input(
     rt: &tokio::runtime::Handle,
     registry: &Registry,
     model: I8042,
-) -> (InputHandle, Arc<Locked<I8042>>) {
+) -> (InputHandle, Arc<I8042Port>) {
     let model = Arc::new(Mutex::new(model));
+    let port = Arc::new(I8042Port {
+        model: model.clone(),
+        waiting: AtomicBool::new(false),
+        room: Notify::new(),
+    });
     let (addr, mb) = mailbox::<InputMsg>("i8042", 256);
     let a = addr.clone();
     let entry = registry.register("i8042", "input", Placement::Runtime, move || a.depth());
-    let m = model.clone();
+    let p = port.clone();
     spawn_supervised(
         rt,
         entry,
         Restart::Always,
         move || {
             let mb = mb.clone();
-            let m = m.clone();
+            let p = p.clone();
             async move {
                 let mut mb = mb.open().await;
                 while let Some(msg) = mb.recv().await {
-                    let mut dev = lock(&m);
+                    // Hold the event until the device has room for it.
+                    loop {
+                        let fits = {
+                            let dev = lock(&p.model);
+                            match msg {
+                                InputMsg::Key { .. } => dev.key_fits(),
+                                InputMsg::Mouse { .. } => dev.mouse_fits(),
+                            }
+                        };
+                        if fits {
+                            break;
+                        }
+                        p.waiting.store(true, Ordering::Release);
+                        let _ = tokio::time::timeout(Duration::from_millis(20), p.room.notified())
+                            .await;
+                    }
+                    p.waiting.store(false, Ordering::Release);
+                    let mut dev = lock(&p.model);
                     match msg {
                         InputMsg::Key { key, down } => dev.key_event(key, down),
                         InputMsg::Mouse {
@@ -110,10 +167,10 @@ pub fn start_input(
     (
         InputHandle {
             addr,
-            model: model.clone(),
+            model,
             dropped: Arc::new(AtomicU64::new(0)),
         },
-        Locked::new(model),
+        port,
     )
 }
 
@@ -124,14 +181,29 @@ impl crate::display::input::InputSink for InputHandle {
             InputEvent::Key { key, down } => InputHandle::send(self, InputMsg::Key { key, down }),
             InputEvent::RawKey { number, down } => match KeyCode::from_number(number) {
                 Some(key) => InputHandle::send(self, InputMsg::Key { key, down }),
-                None => tracing::debug!(target: "unimp", "no PS/2 scancode for key number {number:#x}"),
+                None => {
+                    tracing::debug!(target: "unimp", "no PS/2 scancode for key number {number:#x}")
+                }
             },
-            InputEvent::PointerRel { dx, dy, dz, buttons } => {
+            InputEvent::PointerRel {
+                dx,
+                dy,
+                dz,
+                buttons,
+            } => {
                 // RFB masks: 1 left, 2 middle, 4 right; PS/2: bit 0 left, 1 right, 2 middle.
                 let b = u8::from(buttons.left())
                     | (u8::from(buttons.right()) << 1)
                     | (u8::from(buttons.middle()) << 2);
-                InputHandle::send(self, InputMsg::Mouse { dx, dy, dz, buttons: b });
+                InputHandle::send(
+                    self,
+                    InputMsg::Mouse {
+                        dx,
+                        dy,
+                        dz,
+                        buttons: b,
+                    },
+                );
             }
             // No absolute device on the i8042: VNC sends relative motion instead.
             InputEvent::PointerAbs { .. } => {}

@@ -161,10 +161,7 @@ impl KeyCode {
 
     /// The key with QEMU key number `n`.
     pub fn from_number(n: u16) -> Option<Self> {
-        TABLE
-            .iter()
-            .map(|e| e.0)
-            .find(|k| k.number() == n)
+        TABLE.iter().map(|e| e.0).find(|k| k.number() == n)
     }
 
     /// Set-1 bytes for pressing or releasing this key.

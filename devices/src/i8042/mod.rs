@@ -139,6 +139,17 @@ impl I8042 {
         (self.keyboard.dropped(), self.mouse.dropped())
     }
 
+    /// Whether a key event (at most 8 bytes, Pause) fits the keyboard's queue now; the
+    /// host holds events back until it does instead of losing them.
+    pub fn key_fits(&self) -> bool {
+        self.keyboard.space() >= 8
+    }
+
+    /// Whether a mouse packet fits the mouse's queue now.
+    pub fn mouse_fits(&self) -> bool {
+        self.mouse.space() >= 4
+    }
+
     /// A key pressed or released by the user.
     pub fn key_event(&mut self, key: KeyCode, down: bool) {
         self.keyboard.key(key, down);

@@ -89,6 +89,11 @@ impl Mouse {
         !self.queue.is_empty()
     }
 
+    /// Bytes the queue can still take.
+    pub fn space(&self) -> usize {
+        QUEUE_LEN.saturating_sub(self.queue.len())
+    }
+
     pub fn pop(&mut self) -> Option<u8> {
         self.queue.pop_front()
     }
