@@ -6,7 +6,9 @@
 //! implements the supervisor's `Machine` trait.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use actors::bus::lock;
 
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
@@ -20,6 +22,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::boot::{self, BootParams, MemEntry};
 use crate::config::{BootConfig, CharBackend, VcpuPin, VmConfig};
 use crate::vm::cpuid;
+use crate::vm::firmware::{Bios, PamMode, Shadow};
 use crate::vm::kvm::KvmVm;
 use crate::vm::memory::{self, RamLayout};
 use crate::vm::regs::VcpuTemplate;
@@ -59,6 +62,8 @@ pub enum BootPlan {
         initrd: Option<PathBuf>,
         cmdline: String,
     },
+    /// Reset into the firmware at the top of 4 GiB.
+    Firmware,
 }
 
 /// The machine as the supervisor sees it.
@@ -69,6 +74,10 @@ pub struct PcMachine {
     apic_ids: Vec<u32>,
     plan: BootPlan,
     devices: crate::platform::DeviceSet,
+    kvm: Arc<KvmVm>,
+    bios: Option<Arc<Bios>>,
+    /// The PAM segments' mappings (0xC0000–0xFFFFF).
+    shadow: Arc<Mutex<Shadow>>,
 }
 
 impl PcMachine {
@@ -78,7 +87,20 @@ impl PcMachine {
 
     /// Load the guest and produce every vCPU's boot state.
     fn boot_states(&self) -> Result<Vec<VcpuBootState>> {
+        // Shadow RAM: firmware starts with PAM off (the ROM alias shows at 0xE0000+);
+        // direct boot has no firmware to enable it, so the segments are plain RAM.
+        let pam = match self.plan {
+            BootPlan::Firmware => PamMode::Pci,
+            BootPlan::Direct { .. } => PamMode::ReadWrite,
+        };
+        lock(&self.shadow).apply(&self.kvm, self.bios.as_deref(), [pam; 13])?;
         match &self.plan {
+            BootPlan::Firmware => Ok(self
+                .templates
+                .iter()
+                .enumerate()
+                .map(|(i, t)| t.power_on(i == 0))
+                .collect()),
             BootPlan::Direct {
                 kernel,
                 initrd,
@@ -314,11 +336,15 @@ pub fn build(
             initrd: initrd.clone(),
             cmdline: cmdline.clone(),
         },
-        (BootConfig::Firmware { .. }, None) => {
-            return Err(anyhow!(
-                "firmware boot (SeaBIOS) is not available yet: use -kernel"
-            ))
+        (BootConfig::Firmware { .. }, None) => BootPlan::Firmware,
+    };
+    let bios = match (&plan, &cfg.boot) {
+        (BootPlan::Firmware, BootConfig::Firmware { bios }) => {
+            let b = Arc::new(Bios::load(bios)?);
+            b.map(&kvm)?;
+            Some(b)
         }
+        _ => None,
     };
     let machine = PcMachine {
         mem: mem.clone(),
@@ -327,6 +353,9 @@ pub fn build(
         templates,
         plan,
         devices,
+        kvm: kvm.clone(),
+        bios,
+        shadow: Arc::new(Mutex::new(Shadow::new(memory::low_ram_host(&mem)))),
     };
     let states = machine.boot_states()?;
     let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;

@@ -37,6 +37,29 @@ impl BusHandler for DebugExit {
     }
 }
 
+/// SeaBIOS's debug console (QEMU `isa-debugcon` at 0x402): what it prints goes to the
+/// `debugcon` log target (`TROUPE_LOG=debugcon=debug`), one line at a time.
+#[derive(Default)]
+struct DebugCon(Mutex<Vec<u8>>);
+
+impl BusHandler for DebugCon {
+    fn read(&self, _b: u64, _o: u64, data: &mut [u8]) {
+        // QEMU's debugcon reads back its "readback" value 0xe9.
+        data.fill(0xe9);
+    }
+    fn write(&self, _b: u64, _o: u64, data: &[u8]) {
+        let mut line = lock(&self.0);
+        for &b in data {
+            if b == b'\n' || line.len() >= 256 {
+                tracing::debug!(target: "debugcon", "{}", String::from_utf8_lossy(&line));
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+    }
+}
+
 struct Sink80;
 impl BusHandler for Sink80 {
     fn read(&self, _b: u64, _o: u64, data: &mut [u8]) {
@@ -74,6 +97,7 @@ impl DeviceSet {
             ports.push(host);
         }
         pio.insert(0x80, 1, "ioport80", Arc::new(Sink80))?;
+        pio.insert(0x402, 1, "debugcon", Arc::new(DebugCon::default()))?;
 
         let layout = crate::vm::memory::RamLayout::pc(cfg.memory);
         let cmos = CmosConfig {

@@ -1,8 +1,9 @@
 //! Guest RAM: one anonymous mapping per contiguous RAM range (below and above 4 GiB, like
 //! QEMU's `pc` machine with its PCI hole), registered with KVM as memory slots.
 //!
-//! The legacy VGA window 0xA0000–0xBFFFF is left out of the KVM slots (it is MMIO); the
-//! host memory behind it still exists so device DMA into low RAM needs no special case.
+//! The legacy VGA window 0xA0000–0xBFFFF is left out of the KVM slots (it is MMIO), and so
+//! is 0xC0000–0xFFFFF, which `firmware::Shadow` maps per PAM segment; the host memory
+//! behind both still exists so device DMA into low RAM needs no special case.
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -84,28 +85,37 @@ pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
     })
 }
 
-/// Register RAM with KVM, leaving the VGA window out.
+/// Register RAM with KVM, leaving out the VGA window and the PAM segments
+/// (0xA0000–0xFFFFF).
 pub fn register(vm: &KvmVm, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    let hole = (VGA_WINDOW.0, super::firmware::SHADOW_END);
     for region in mem.iter() {
         let start = region.start_addr().0;
         let len = region.len();
         let host = region.as_ptr() as u64;
-        let (hole, hole_len) = VGA_WINDOW;
-        if start <= hole && start + len >= hole + hole_len {
-            vm.map_ram(start, hole - start, host, false, "pc.ram")?;
-            let after = hole + hole_len;
-            vm.map_ram(
-                after,
-                start + len - after,
-                host + (after - start),
-                false,
-                "pc.ram",
-            )?;
+        if start <= hole.0 && start + len >= hole.1 {
+            vm.map_ram(start, hole.0 - start, host, false, "pc.ram")?;
+            if start + len > hole.1 {
+                vm.map_ram(
+                    hole.1,
+                    start + len - hole.1,
+                    host + (hole.1 - start),
+                    false,
+                    "pc.ram",
+                )?;
+            }
         } else {
             vm.map_ram(start, len, host, false, "pc.ram")?;
         }
     }
     Ok(())
+}
+
+/// Host address of guest RAM at guest address 0.
+pub fn low_ram_host(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter()
+        .find(|r| r.start_addr().0 == 0)
+        .map_or(0, |r| r.as_ptr() as u64)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! vCPUs start from.
 
 pub mod cpuid;
+pub mod firmware;
 pub mod kvm;
 pub mod memory;
 pub mod regs;
