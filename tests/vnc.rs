@@ -846,7 +846,7 @@ fn vnc_keys_reach_a_guest_polling_the_i8042_as_qemus_set1_bytes() {
 
 #[test]
 fn qemu_extended_key_events_reach_the_guest_as_the_same_scancodes() {
-    let (mut vm, port) = kbd_guest_with_vnc();
+    let (vm, port) = kbd_guest_with_vnc();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     use std::io::{Read, Write};
     let mut ver = [0u8; 12];

@@ -10,6 +10,7 @@
 //! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`.
 
 pub mod i8042;
+pub mod pci;
 pub mod reset;
 pub mod rtc;
 pub mod serial;
