@@ -9,6 +9,8 @@
 //! Data path: vCPU exit -> `actors::bus` -> `BusDevice::read/write` on the vCPU thread ->
 //! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`.
 
+pub mod acpi_pm;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
 pub mod reset;
