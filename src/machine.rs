@@ -6,9 +6,7 @@
 //! implements the supervisor's `Machine` trait.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
-use actors::bus::lock;
+use std::sync::Arc;
 
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
@@ -22,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::boot::{self, BootParams, MemEntry};
 use crate::config::{BootConfig, CharBackend, VcpuPin, VmConfig};
 use crate::vm::cpuid;
-use crate::vm::firmware::{Bios, PamMode, Shadow};
+use crate::vm::firmware::Bios;
 use crate::vm::kvm::KvmVm;
 use crate::vm::memory::{self, RamLayout};
 use crate::vm::regs::VcpuTemplate;
@@ -74,10 +72,6 @@ pub struct PcMachine {
     apic_ids: Vec<u32>,
     plan: BootPlan,
     devices: crate::platform::DeviceSet,
-    kvm: Arc<KvmVm>,
-    bios: Option<Arc<Bios>>,
-    /// The PAM segments' mappings (0xC0000–0xFFFFF).
-    shadow: Arc<Mutex<Shadow>>,
 }
 
 impl PcMachine {
@@ -87,13 +81,6 @@ impl PcMachine {
 
     /// Load the guest and produce every vCPU's boot state.
     fn boot_states(&self) -> Result<Vec<VcpuBootState>> {
-        // Shadow RAM: firmware starts with PAM off (the ROM alias shows at 0xE0000+);
-        // direct boot has no firmware to enable it, so the segments are plain RAM.
-        let pam = match self.plan {
-            BootPlan::Firmware => PamMode::Pci,
-            BootPlan::Direct { .. } => PamMode::ReadWrite,
-        };
-        lock(&self.shadow).apply(&self.kvm, self.bios.as_deref(), [pam; 13])?;
         match &self.plan {
             BootPlan::Firmware => Ok(self
                 .templates
@@ -138,7 +125,7 @@ impl PcMachine {
 
 impl actors::supervisor::Machine for PcMachine {
     fn reset(&self) -> Result<Vec<VcpuBootState>, String> {
-        self.devices.reset();
+        self.devices.reset().map_err(|e| format!("{e:#}"))?;
         self.boot_states().map_err(|e| format!("{e:#}"))
     }
 
@@ -289,16 +276,26 @@ pub fn build(
         serial_handles.push(h.clone());
         serials.push((h, rx));
     }
-    let devices = crate::platform::DeviceSet::build(
+    let bios = match &cfg.boot {
+        BootConfig::Firmware { bios } if kernel_override.is_none() => {
+            let b = Arc::new(Bios::load(bios)?);
+            b.map(&kvm)?;
+            Some(b)
+        }
+        _ => None,
+    };
+    let devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
         cfg,
-        &kvm,
-        &pio,
-        &mmio,
-        &events,
+        kvm: kvm.clone(),
+        mem: mem.clone(),
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        events: events.clone(),
         serials,
-        rt.handle(),
-        registry,
-    )?;
+        rt: rt.handle().clone(),
+        registry: registry.clone(),
+        bios,
+    })?;
     // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
     // stand-in took the console's input).
     if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
@@ -338,14 +335,6 @@ pub fn build(
         },
         (BootConfig::Firmware { .. }, None) => BootPlan::Firmware,
     };
-    let bios = match (&plan, &cfg.boot) {
-        (BootPlan::Firmware, BootConfig::Firmware { bios }) => {
-            let b = Arc::new(Bios::load(bios)?);
-            b.map(&kvm)?;
-            Some(b)
-        }
-        _ => None,
-    };
     let machine = PcMachine {
         mem: mem.clone(),
         layout,
@@ -353,9 +342,6 @@ pub fn build(
         templates,
         plan,
         devices,
-        kvm: kvm.clone(),
-        bios,
-        shadow: Arc::new(Mutex::new(Shadow::new(memory::low_ram_host(&mem)))),
     };
     let states = machine.boot_states()?;
     let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;

@@ -47,7 +47,11 @@ pub struct AcpiPm {
 }
 
 impl AcpiPm {
-    pub fn new(sci: Arc<dyn IrqLine>, events: SharedEvents, now_ns: Box<dyn Fn() -> u64 + Send>) -> Self {
+    pub fn new(
+        sci: Arc<dyn IrqLine>,
+        events: SharedEvents,
+        now_ns: Box<dyn Fn() -> u64 + Send>,
+    ) -> Self {
         let mut p = Self {
             pm1_sts: 0,
             pm1_en: 0,
@@ -229,7 +233,11 @@ mod tests {
         let ev = Arc::new(FakeEvents::default());
         let now = Arc::new(AtomicU64::new(0));
         let n = now.clone();
-        let p = AcpiPm::new(sci.clone(), ev.clone(), Box::new(move || n.load(Ordering::SeqCst)));
+        let p = AcpiPm::new(
+            sci.clone(),
+            ev.clone(),
+            Box::new(move || n.load(Ordering::SeqCst)),
+        );
         (p, sci, ev, now)
     }
 
@@ -271,7 +279,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), (3_579_545 & 0xff_ffff) as u32);
         now.store(3_000_000_000, Ordering::SeqCst);
         p.read(8, &mut b);
-        assert_eq!(u32::from_le_bytes(b), ((3 * 3_579_545u64) & 0xff_ffff) as u32);
+        assert_eq!(
+            u32::from_le_bytes(b),
+            ((3 * 3_579_545u64) & 0xff_ffff) as u32
+        );
         assert_ne!(r16(&mut p, 0) & TMR_STS, 0, "bit 23 flipped");
     }
 

@@ -175,18 +175,22 @@ impl FwCfg {
 
     /// The bytes behind key `key` (numeric item, directory or file).
     fn contents(&self, key: u16) -> Option<std::borrow::Cow<'_, [u8]>> {
-        let key = key & 0x3fff; // bit 14 "write" and bit 15 "arch" are not part of the key
+        // Bit 14 is the (obsolete) write flag; bit 15 marks arch-local keys (0x8000..),
+        // which are distinct items, not aliases of the generic ones.
+        let key = key & !0x4000;
         if key == FILE_DIR {
             return Some(std::borrow::Cow::Owned(self.directory()));
         }
-        if key >= FILE_FIRST {
+        if (FILE_FIRST..0x4000).contains(&key) {
             return self
                 .files
                 .values()
                 .nth(usize::from(key - FILE_FIRST))
                 .map(|f| std::borrow::Cow::Borrowed(f.data.as_slice()));
         }
-        self.items.get(&key).map(|v| std::borrow::Cow::Borrowed(v.as_slice()))
+        self.items
+            .get(&key)
+            .map(|v| std::borrow::Cow::Borrowed(v.as_slice()))
     }
 
     fn select(&mut self, key: u16) {
@@ -228,6 +232,7 @@ impl FwCfg {
         if control & DMA_SELECT != 0 {
             self.select((control >> 16) as u16);
         }
+        tracing::trace!(target: "fw_cfg", "DMA control={control:#x} len={length} to={target:#x} sel={:#x} off={}", self.selector, self.offset);
         let mut status = 0u32;
         let avail = self
             .contents(self.selector)
@@ -254,9 +259,11 @@ impl FwCfg {
             let writable = self
                 .files
                 .values()
-                .nth(usize::from((self.selector & 0x3fff).wrapping_sub(FILE_FIRST)))
+                .nth(usize::from(
+                    (self.selector & 0x3fff).wrapping_sub(FILE_FIRST),
+                ))
                 .is_some_and(|f| f.writable)
-                && self.selector & 0x3fff >= FILE_FIRST;
+                && (FILE_FIRST..0x4000).contains(&(self.selector & 0xbfff));
             let mut buf = vec![0u8; (length as usize).min(avail)];
             if !writable {
                 let sel = self.selector;
@@ -405,6 +412,20 @@ mod tests {
     }
 
     #[test]
+    fn arch_local_keys_do_not_alias_generic_ones() {
+        let mut f = cfg();
+        sel(&mut f, 0x8000);
+        assert_eq!(
+            read(&mut f, 2),
+            [0, 0],
+            "an absent arch item reads as zeros, not \"QE\""
+        );
+        f.add_item(0x8000, vec![7, 0]);
+        sel(&mut f, 0x8000);
+        assert_eq!(read(&mut f, 2), [7, 0]);
+    }
+
+    #[test]
     fn directory_lists_files_sorted_and_selects_them() {
         let mut f = cfg();
         sel(&mut f, FILE_DIR);
@@ -412,7 +433,10 @@ mod tests {
         assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 2);
         let e0 = &d[4..68];
         let bootorder = b"/pci@i0cf8/ide@1,1/drive@1/disk@0\n".len();
-        assert_eq!(u32::from_be_bytes(e0[0..4].try_into().unwrap()) as usize, bootorder);
+        assert_eq!(
+            u32::from_be_bytes(e0[0..4].try_into().unwrap()) as usize,
+            bootorder
+        );
         assert_eq!(u16::from_be_bytes([e0[4], e0[5]]), 0x20);
         assert!(e0[8..].starts_with(b"bootorder\0"));
         let e1 = &d[68..132];
@@ -420,7 +444,10 @@ mod tests {
         sel(&mut f, 0x21);
         assert_eq!(read(&mut f, 3), [1, 2, 3]);
         assert_eq!(f.key_of("etc/e820"), Some(0x21));
-        assert_eq!(f.add_file("etc/e820", vec![]), Err(FwCfgError::Duplicate("etc/e820".into())));
+        assert_eq!(
+            f.add_file("etc/e820", vec![]),
+            Err(FwCfgError::Duplicate("etc/e820".into()))
+        );
     }
 
     fn mem() -> GuestMemoryMmap {
@@ -460,7 +487,13 @@ mod tests {
         let m = mem();
         let mut f = cfg();
         f.set_memory(m.clone());
-        put_req(&m, 0x100, (0x20 << 16) | DMA_SELECT | DMA_READ, 16, 0xffff_0000);
+        put_req(
+            &m,
+            0x100,
+            (0x20 << 16) | DMA_SELECT | DMA_READ,
+            16,
+            0xffff_0000,
+        );
         dma_at(&mut f, 0x100);
         assert_eq!(
             u32::from_be_bytes(m.read_obj::<[u8; 4]>(GuestAddress(0x100)).unwrap()),

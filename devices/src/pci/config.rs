@@ -25,9 +25,13 @@ const STATUS_W1C: u16 = 0xf900;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BarKind {
     Io,
-    Mem32 { prefetch: bool },
+    Mem32 {
+        prefetch: bool,
+    },
     /// Uses this slot and the next for the high half.
-    Mem64 { prefetch: bool },
+    Mem64 {
+        prefetch: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,12 +175,19 @@ impl ConfigSpace {
 
     /// Declare BAR `i` (a 64-bit BAR also takes `i + 1`).
     pub fn add_bar(&mut self, i: usize, def: BarDef) {
-        assert!(def.size.is_power_of_two(), "BAR size must be a power of two");
+        assert!(
+            def.size.is_power_of_two(),
+            "BAR size must be a power of two"
+        );
         let off = BAR0 + i * 4;
         let (low_bits, mask): (u32, u64) = match def.kind {
             BarKind::Io => (0x1, !(def.size - 1) & 0xffff_fffc),
-            BarKind::Mem32 { prefetch } => (u32::from(prefetch) << 3, !(def.size - 1) & 0xffff_fff0),
-            BarKind::Mem64 { prefetch } => (0x4 | (u32::from(prefetch) << 3), !(def.size - 1) & !0xf),
+            BarKind::Mem32 { prefetch } => {
+                (u32::from(prefetch) << 3, !(def.size - 1) & 0xffff_fff0)
+            }
+            BarKind::Mem64 { prefetch } => {
+                (0x4 | (u32::from(prefetch) << 3), !(def.size - 1) & !0xf)
+            }
         };
         self.set_dword(off, low_bits);
         for b in 0..4 {
@@ -207,7 +218,10 @@ impl ConfigSpace {
     /// offset. The body is read-only unless made writable with [`Self::set_writable`].
     pub fn add_capability(&mut self, id: u8, body: &[u8]) -> usize {
         let off = self.next_cap;
-        assert!(off + 2 + body.len() <= 256, "capability list overflows config space");
+        assert!(
+            off + 2 + body.len() <= 256,
+            "capability list overflows config space"
+        );
         self.regs[off] = id;
         self.regs[off + 1] = self.regs[CAP_PTR];
         self.regs[off + 2..off + 2 + body.len()].copy_from_slice(body);
@@ -286,7 +300,11 @@ impl ConfigSpace {
         }
         let v = self.read32(ROM_BAR);
         let addr = u64::from(v & 0xffff_f800);
-        (v & 1 != 0 && self.command() & CMD_MEM != 0 && addr != 0 && addr != u64::from(!(self.rom_size as u32 - 1) & 0xffff_f800)).then_some(Region {
+        (v & 1 != 0
+            && self.command() & CMD_MEM != 0
+            && addr != 0
+            && addr != u64::from(!(self.rom_size as u32 - 1) & 0xffff_f800))
+        .then_some(Region {
             addr,
             size: self.rom_size,
         })
@@ -324,9 +342,27 @@ mod tests {
             subsystem: 0x1100,
             header_type: 0,
         });
-        c.add_bar(0, BarDef { kind: BarKind::Mem32 { prefetch: true }, size: 16 << 20 });
-        c.add_bar(1, BarDef { kind: BarKind::Io, size: 0x40 });
-        c.add_bar(2, BarDef { kind: BarKind::Mem64 { prefetch: false }, size: 0x4000 });
+        c.add_bar(
+            0,
+            BarDef {
+                kind: BarKind::Mem32 { prefetch: true },
+                size: 16 << 20,
+            },
+        );
+        c.add_bar(
+            1,
+            BarDef {
+                kind: BarKind::Io,
+                size: 0x40,
+            },
+        );
+        c.add_bar(
+            2,
+            BarDef {
+                kind: BarKind::Mem64 { prefetch: false },
+                size: 0x4000,
+            },
+        );
         c
     }
 
@@ -360,13 +396,31 @@ mod tests {
         c.write(BAR0 + 4, &0xc000u32.to_le_bytes());
         assert_eq!(c.decoded_bar(0), None);
         c.write(COMMAND, &[CMD_MEM as u8, 0]);
-        assert_eq!(c.decoded_bar(0), Some(Region { addr: 0xfd00_0000, size: 16 << 20 }));
+        assert_eq!(
+            c.decoded_bar(0),
+            Some(Region {
+                addr: 0xfd00_0000,
+                size: 16 << 20
+            })
+        );
         assert_eq!(c.decoded_bar(1), None);
         c.write(COMMAND, &[(CMD_MEM | CMD_IO) as u8, 0]);
-        assert_eq!(c.decoded_bar(1), Some(Region { addr: 0xc000, size: 0x40 }));
+        assert_eq!(
+            c.decoded_bar(1),
+            Some(Region {
+                addr: 0xc000,
+                size: 0x40
+            })
+        );
         c.write(BAR0 + 8, &0xfebf_0000u32.to_le_bytes());
         c.write(BAR0 + 12, &1u32.to_le_bytes());
-        assert_eq!(c.decoded_bar(2), Some(Region { addr: 0x1_febf_0000, size: 0x4000 }));
+        assert_eq!(
+            c.decoded_bar(2),
+            Some(Region {
+                addr: 0x1_febf_0000,
+                size: 0x4000
+            })
+        );
     }
 
     #[test]
@@ -391,6 +445,12 @@ mod tests {
         assert_eq!(c.read32(ROM_BAR), 0xffff_0001);
         c.write(ROM_BAR, &0xfeb0_0001u32.to_le_bytes());
         c.write(COMMAND, &[CMD_MEM as u8, 0]);
-        assert_eq!(c.decoded_rom(), Some(Region { addr: 0xfeb0_0000, size: 0x1_0000 }));
+        assert_eq!(
+            c.decoded_rom(),
+            Some(Region {
+                addr: 0xfeb0_0000,
+                size: 0x1_0000
+            })
+        );
     }
 }

@@ -47,7 +47,11 @@ impl I440fx {
         p[0] = (self.space.read8(PAM0) >> 4) & 3;
         for k in 1..13 {
             let reg = self.space.read8(PAM0 + 1 + (k - 1) / 2);
-            p[k] = if (k - 1) % 2 == 0 { reg & 3 } else { (reg >> 4) & 3 };
+            p[k] = if (k - 1) % 2 == 0 {
+                reg & 3
+            } else {
+                (reg >> 4) & 3
+            };
         }
         p
     }

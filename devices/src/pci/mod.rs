@@ -287,7 +287,13 @@ mod tests {
             subsystem: 0x1100,
             header_type: 0,
         });
-        cs.add_bar(0, BarDef { kind: BarKind::Mem32 { prefetch: true }, size: 16 << 20 });
+        cs.add_bar(
+            0,
+            BarDef {
+                kind: BarKind::Mem32 { prefetch: true },
+                size: 16 << 20,
+            },
+        );
         let mut h = PciHost::new();
         h.add((2, 0), Arc::new(Mutex::new(PlainFunction::new(cs))));
         h
@@ -327,7 +333,13 @@ mod tests {
         addr(&mut h, 2, 0x04);
         h.write(4, &[0x02]);
         let info = describe((2, 0), h.get((2, 0)).unwrap());
-        assert_eq!(info.bars[0].2, Some(Region { addr: 0xfd00_0000, size: 16 << 20 }));
+        assert_eq!(
+            info.bars[0].2,
+            Some(Region {
+                addr: 0xfd00_0000,
+                size: 16 << 20
+            })
+        );
         assert_eq!(info.class_name(), "VGA controller");
     }
 
@@ -350,7 +362,11 @@ mod tests {
         addr(&mut h, 2, 0);
         let mut d = [0u8; 4];
         h.read(0, &mut d);
-        assert_eq!(u32::from_le_bytes(d), 0x8000_1000, "CONFIG_ADDRESS kept its value");
+        assert_eq!(
+            u32::from_le_bytes(d),
+            0x8000_1000,
+            "CONFIG_ADDRESS kept its value"
+        );
     }
 
     #[test]

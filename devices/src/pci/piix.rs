@@ -77,7 +77,13 @@ pub fn swizzle(dev: u8, pin: u8) -> u8 {
 /// the IDE model). BAR4 is the 16-byte bus-master block.
 pub fn piix3_ide_config() -> ConfigSpace {
     let mut space = ConfigSpace::new(ids(0x7010, 0, (0x01, 0x01, 0x80), 0));
-    space.add_bar(4, BarDef { kind: BarKind::Io, size: 16 });
+    space.add_bar(
+        4,
+        BarDef {
+            kind: BarKind::Io,
+            size: 16,
+        },
+    );
     space
 }
 
@@ -107,6 +113,9 @@ impl Piix4Pm {
         space.set_writable(SMBBA, 0xf0);
         space.set_writable(SMBBA + 1, 0xff);
         space.set_writable(SMBHSTCFG, 0x0f);
+        // DEVACTB (0x58) APMC_EN already set: tells SeaBIOS that SMM set-up is done, so it
+        // never triggers an SMI (troupe has no SMM) — what QEMU does with smm=off.
+        space.set_byte(0x5b, 0x02);
         Self {
             initial: space.clone(),
             space,

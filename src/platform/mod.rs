@@ -11,6 +11,8 @@ use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::Registry;
 use anyhow::Result;
+use devices::acpi_pm::AcpiPm;
+use devices::fw_cfg::FwCfg;
 use devices::i8042::I8042;
 use devices::reset::{Port92, ResetControl};
 use devices::rtc::{CmosConfig, HostClock, Rtc, RtcClock};
@@ -19,7 +21,13 @@ use devices::{SystemEvent, SystemEvents};
 use tokio::sync::mpsc;
 
 use crate::config::{DeviceKind, RtcBase, VmConfig};
+use crate::vm::firmware::Bios;
 use crate::vm::kvm::KvmVm;
+use pci::{GpePort, PciPlatform};
+use vm_memory::GuestMemoryMmap;
+
+pub mod fw_cfg;
+pub mod pci;
 
 /// COM1..COM4: (port, IRQ).
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
@@ -68,26 +76,50 @@ impl BusHandler for Sink80 {
     fn write(&self, _b: u64, _o: u64, _d: &[u8]) {}
 }
 
+/// What the platform is built from.
+pub struct PlatformParts<'a> {
+    pub cfg: &'a VmConfig,
+    pub kvm: Arc<KvmVm>,
+    pub mem: GuestMemoryMmap,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub events: EventTx,
+    pub serials: Vec<(ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
+    pub rt: tokio::runtime::Handle,
+    pub registry: Registry,
+    /// The firmware image (None: direct boot, shadow RAM always on).
+    pub bios: Option<Arc<Bios>>,
+}
+
 /// Every platform device, kept for reset and power-button requests.
 pub struct DeviceSet {
     serials: Vec<Arc<SerialPort>>,
     rtc: Arc<Locked<Rtc>>,
     i8042: Arc<I8042Port>,
+    pm: Arc<Mutex<AcpiPm>>,
+    /// PCI: the chipset, BAR mappings, INTx routing, PAM.
+    pub pci: Arc<PciPlatform>,
+    /// Firmware configuration (SeaBIOS reads it; table builders add files).
+    pub fw_cfg: Arc<Mutex<FwCfg>>,
     /// Where keyboard and mouse input for the guest goes (VNC, `sendkey`).
     pub input: InputHandle,
 }
 
 impl DeviceSet {
-    pub fn build(
-        cfg: &VmConfig,
-        kvm: &KvmVm,
-        pio: &Arc<Bus>,
-        _mmio: &Arc<Bus>,
-        events: &EventTx,
-        serials: Vec<(ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
-        rt: &tokio::runtime::Handle,
-        registry: &Registry,
-    ) -> Result<Self> {
+    pub fn build(p: PlatformParts<'_>) -> Result<Self> {
+        let PlatformParts {
+            cfg,
+            kvm,
+            mem,
+            pio,
+            mmio,
+            events,
+            serials,
+            rt,
+            registry,
+            bios,
+        } = p;
+        let (rt, registry) = (&rt, &registry);
         let mut ports = Vec::new();
         for (i, (ch, input)) in serials.into_iter().enumerate().take(4) {
             let (port, irq) = COM_PORTS[i];
@@ -117,8 +149,6 @@ impl DeviceSet {
         );
         pio.insert(0x70, 2, "rtc", rtc.clone())?;
         let shared: devices::SharedEvents = Arc::new(events.clone());
-        let rcr = Locked::new(Arc::new(Mutex::new(ResetControl::new(shared.clone()))));
-        pio.insert(0xcf9, 1, "reset-control", rcr)?;
         let port92 = Locked::new(Arc::new(Mutex::new(Port92::new(shared.clone()))));
         pio.insert(0x92, 1, "port92", port92)?;
         let (input, i8042) = start_input(
@@ -127,10 +157,36 @@ impl DeviceSet {
             I8042::new(
                 KvmIrqLine::new(kvm.vm.clone(), 1),
                 KvmIrqLine::new(kvm.vm.clone(), 12),
-                shared,
+                shared.clone(),
             ),
         );
         pio.insert(0x60, 5, "i8042", i8042.clone())?;
+
+        // ACPI PM (PIIX4): the block moves with PMBA; GPE0 is fixed at 0xafe0.
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            KvmIrqLine::new(kvm.vm.clone(), 9),
+            shared.clone(),
+            Box::new(|| HostClock { offset_secs: 0 }.monotonic_ns()),
+        )));
+        pio.insert(0xafe0, 4, "acpi-gpe0", Arc::new(GpePort(pm.clone())))?;
+
+        // PCI: i440FX + PIIX; 0xCF9 (byte) is the PIIX reset control register.
+        let pci = PciPlatform::new(
+            kvm.clone(),
+            pio.clone(),
+            mmio.clone(),
+            crate::vm::memory::low_ram_host(&mem),
+            bios,
+            pm.clone(),
+            Box::new(ResetControl::new(shared.clone())),
+        );
+        pio.insert(0xcf8, 8, "pci-conf", pci.config_port())?;
+
+        let mut fw = fw_cfg::build(cfg, &layout);
+        fw.set_memory(mem.clone());
+        let fw_cfg = Arc::new(Mutex::new(fw));
+        pio.insert(0x510, 12, "fwcfg", Locked::new(fw_cfg.clone()))?;
+
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
                 pio.insert(
@@ -141,25 +197,35 @@ impl DeviceSet {
                 )?;
             }
         }
+        pci.reset()?;
         Ok(Self {
             serials: ports,
             rtc,
             i8042,
+            pm,
+            pci,
+            fw_cfg,
             input,
         })
     }
 
     /// Power-on state for every device (`system_reset`, guest reset).
-    pub fn reset(&self) {
+    pub fn reset(&self) -> Result<()> {
         for s in &self.serials {
             lock(s.model()).reset();
         }
         lock(&self.rtc.0).reset();
         lock(self.i8042.model()).reset();
+        lock(&self.pm).reset();
+        lock(&self.fw_cfg).reset();
+        self.pci.reset()?;
+        Ok(())
     }
 
+    /// `system_powerdown`: press the ACPI power button.
     pub fn power_button(&self) -> bool {
-        false
+        lock(&self.pm).press_power_button();
+        true
     }
 }
 
