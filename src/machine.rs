@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use actors::bus::lock;
+
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
 use actors::events::{event_channel, EventTx};
@@ -19,6 +21,8 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::boot::{self, BootParams, MemEntry};
 use crate::config::{BootConfig, CharBackend, VcpuPin, VmConfig};
+use crate::tables::acpi::{AcpiConfig, AcpiTables};
+use crate::tables::dsdt::DsdtConfig;
 use crate::vm::cpuid;
 use crate::vm::firmware::Bios;
 use crate::vm::kvm::KvmVm;
@@ -72,11 +76,36 @@ pub struct PcMachine {
     apic_ids: Vec<u32>,
     plan: BootPlan,
     devices: crate::platform::DeviceSet,
+    acpi: AcpiTables,
+}
+
+/// Where direct boot puts the ACPI RSDP and tables (the BIOS area, below the MP table).
+pub const ACPI_RSDP_ADDR: u64 = 0xe_0000;
+pub const ACPI_TABLES_ADDR: u64 = 0xe_0040;
+
+/// The ACPI description of this machine.
+pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
+    let topo = Topology::from_smp(&cfg.smp);
+    let layout = RamLayout::pc(cfg.memory);
+    AcpiConfig {
+        dsdt: DsdtConfig {
+            cpus: (0..cfg.smp.maxcpus.max(cfg.smp.cpus))
+                .map(|i| (i < cfg.smp.cpus, topo.apic_id(i)))
+                .collect(),
+            serials: crate::platform::COM_PORTS
+                .iter()
+                .take(cfg.serials.len())
+                .map(|(port, irq)| (*port, *irq as u8))
+                .collect(),
+            pci_window32: (layout.below_4g.max(0x8000_0000) as u32, 0xfebf_ffff),
+            pci_window64: None,
+        },
+    }
 }
 
 impl PcMachine {
     fn memmap(&self) -> Vec<MemEntry> {
-        crate::tables_shim::e820(&self.layout)
+        crate::tables::e820::e820(&self.layout)
     }
 
     /// Load the guest and produce every vCPU's boot state.
@@ -102,11 +131,16 @@ impl PcMachine {
                     None => None,
                 };
                 let memmap = self.memmap();
+                let (rsdp, placed) = self.acpi.place(ACPI_RSDP_ADDR, ACPI_TABLES_ADDR);
+                for (addr, bytes) in &placed {
+                    boot::write(&self.mem, *addr, bytes, "ACPI tables")
+                        .map_err(|e| anyhow!("{e}"))?;
+                }
                 let params = BootParams {
                     initrd: initrd_bytes.as_deref(),
                     cmdline,
                     memmap: &memmap,
-                    rsdp: None,
+                    rsdp: Some(rsdp),
                     low_ram_end: self.layout.below_4g,
                 };
                 boot::mptable::write_mptable(&self.mem, &self.apic_ids)
@@ -335,6 +369,18 @@ pub fn build(
         },
         (BootConfig::Firmware { .. }, None) => BootPlan::Firmware,
     };
+    let acpi = AcpiTables::build(&acpi_config(cfg));
+    if let Some(dir) = &cfg.dump_acpi {
+        acpi.dump(dir, ACPI_RSDP_ADDR, ACPI_TABLES_ADDR)
+            .with_context(|| format!("-dump-acpi {}", dir.display()))?;
+    }
+    if matches!(plan, BootPlan::Firmware) {
+        let mut fw = lock(&devices.fw_cfg);
+        for (name, data) in acpi.fw_cfg_files() {
+            fw.add_file(&name, data)
+                .map_err(|e| anyhow!("fw_cfg: {e}"))?;
+        }
+    }
     let machine = PcMachine {
         mem: mem.clone(),
         layout,
@@ -342,6 +388,7 @@ pub fn build(
         templates,
         plan,
         devices,
+        acpi,
     };
     let states = machine.boot_states()?;
     let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;

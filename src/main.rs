@@ -12,7 +12,7 @@ mod demo;
 mod machine;
 mod platform;
 mod process;
-mod tables_shim;
+mod tables;
 mod vm;
 
 use actors::runtime::Registry;

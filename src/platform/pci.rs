@@ -132,6 +132,11 @@ impl PciPlatform {
     /// Power-on: every function resets, mappings follow.
     pub fn reset(&self) -> anyhow::Result<()> {
         lock(&self.host).reset();
+        if self.ram_shadow {
+            // Direct boot has no firmware: route PCI interrupts as SeaBIOS would (and as
+            // the DSDT's _PRT says).
+            lock(&self.piix3).config_write(0x60, &crate::tables::dsdt::PIRQ_IRQS);
+        }
         let slots: Vec<Slot> = lock(&self.host).functions().map(|(s, _)| *s).collect();
         for s in slots {
             self.reconfigure(s);
