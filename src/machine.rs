@@ -244,7 +244,7 @@ fn chardev_backend(b: &CharBackend) -> Result<Option<Backend>> {
 /// implicit defaults (its e1000 NIC, its empty CD-ROM drive) are skipped instead, since the
 /// user did not ask for them.
 fn check_supported(cfg: &VmConfig) -> Result<()> {
-    use crate::config::{DeviceKind, Media};
+    use crate::config::DeviceKind;
     for n in &cfg.netdevs {
         if n.id != "#net0" {
             return Err(anyhow!("-netdev {}: networking is not available yet", n.id));
@@ -252,9 +252,11 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         tracing::info!("skipping QEMU's default network (not available yet)");
     }
     for d in &cfg.drives {
-        let default_cd = d.file.is_none() && d.media == Media::Cdrom && d.id == "ide1-cd0";
-        if !default_cd {
-            return Err(anyhow!("-drive {}: storage is not available yet", d.id));
+        if d.interface != crate::config::DriveInterface::Ide {
+            return Err(anyhow!(
+                "-drive {}: only IDE drives are available yet (virtio-blk is not)",
+                d.id
+            ));
         }
     }
     for d in &cfg.devices {

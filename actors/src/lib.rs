@@ -10,6 +10,7 @@
 //! - [`display`]: the console surface, its dirty tracking, screendump, input events.
 //! - [`vnc`]: the VNC (RFB) server.
 
+pub mod block;
 pub mod bus;
 pub mod chardev;
 pub mod display;

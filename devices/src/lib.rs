@@ -10,8 +10,10 @@
 //! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`.
 
 pub mod acpi_pm;
+pub mod block;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod ide;
 pub mod pci;
 pub mod reset;
 pub mod rtc;

@@ -2,9 +2,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use actors::block::{BlockHandle, BlockOptions};
 use actors::bus::{lock, Bus, BusHandler, Locked};
 use actors::chardev::{ChardevHandle, FrontendEvent};
 use actors::events::EventTx;
+use actors::host::ide::{IdeBusMasterPort, IdeCommandPort, IdeControlPort, IdeHost};
 use actors::host::input::{start_input, I8042Port, InputHandle};
 use actors::host::rtc::start_rtc;
 use actors::host::serial::{start_serial, SerialPort};
@@ -20,7 +22,7 @@ use devices::serial::Serial;
 use devices::{SystemEvent, SystemEvents};
 use tokio::sync::mpsc;
 
-use crate::config::{DeviceKind, RtcBase, VmConfig};
+use crate::config::{CacheMode, DeviceKind, DriveInterface, ImageFormat, Media, RtcBase, VmConfig};
 use crate::vm::firmware::Bios;
 use crate::vm::kvm::KvmVm;
 use pci::{GpePort, PciPlatform};
@@ -103,6 +105,8 @@ pub struct DeviceSet {
     pub fw_cfg: Arc<Mutex<FwCfg>>,
     /// Where keyboard and mouse input for the guest goes (VNC, `sendkey`).
     pub input: InputHandle,
+    /// The IDE controller and its drives.
+    pub ide: Arc<IdeHost>,
 }
 
 impl DeviceSet {
@@ -187,6 +191,31 @@ impl DeviceSet {
         let fw_cfg = Arc::new(Mutex::new(fw));
         pio.insert(0x510, 12, "fwcfg", Locked::new(fw_cfg.clone()))?;
 
+        let ide = build_ide(cfg, &kvm, &mem)?;
+        for (c, (cmd, ctl)) in [(0x1f0u64, 0x3f6u64), (0x170, 0x376)]
+            .into_iter()
+            .enumerate()
+        {
+            pio.insert(
+                cmd,
+                8,
+                &format!("ide{c}"),
+                Arc::new(IdeCommandPort(ide.clone(), c)),
+            )?;
+            pio.insert(
+                ctl,
+                1,
+                &format!("ide{c}-ctl"),
+                Arc::new(IdeControlPort(ide.clone(), c)),
+            )?;
+        }
+        pci.bind_bar(
+            pci::IDE_SLOT,
+            4,
+            "piix-bmdma",
+            pci::BarTarget::Io(Arc::new(IdeBusMasterPort(ide.clone()))),
+        );
+
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
                 pio.insert(
@@ -206,6 +235,7 @@ impl DeviceSet {
             pci,
             fw_cfg,
             input,
+            ide,
         })
     }
 
@@ -218,6 +248,7 @@ impl DeviceSet {
         lock(self.i8042.model()).reset();
         lock(&self.pm).reset();
         lock(&self.fw_cfg).reset();
+        lock(self.ide.model()).reset();
         self.pci.reset()?;
         Ok(())
     }
@@ -243,4 +274,65 @@ fn rtc_offset(base: &RtcBase) -> i64 {
         }
         RtcBase::Fixed(start) => start - HostClock { offset_secs: 0 }.now_unix(),
     }
+}
+
+/// The PIIX3 IDE controller with the `if=ide` drives (index 0..3 = hda..hdd).
+fn build_ide(cfg: &VmConfig, kvm: &KvmVm, mem: &GuestMemoryMmap) -> Result<Arc<IdeHost>> {
+    use devices::ide::{DriveConfig, Ide};
+    let mut drives: [Option<DriveConfig>; 4] = Default::default();
+    let mut backends: [Option<BlockHandle>; 4] = Default::default();
+    for d in cfg
+        .drives
+        .iter()
+        .filter(|d| d.interface == DriveInterface::Ide)
+    {
+        let Some(n) = d.index.map(|i| i as usize).filter(|i| *i < 4) else {
+            continue;
+        };
+        let cdrom = d.media == Media::Cdrom;
+        let backend = match &d.file {
+            None => None,
+            Some(path) => {
+                if d.format == Some(ImageFormat::Qcow2) {
+                    return Err(anyhow::anyhow!(
+                        "-drive {}: qcow2 images are not available yet (use format=raw)",
+                        d.id
+                    ));
+                }
+                let h = actors::block::open(
+                    &d.id,
+                    BlockOptions {
+                        path: path.clone(),
+                        read_only: d.readonly || cdrom,
+                        format_given: d.format.is_some() || cdrom,
+                        ignore_flush: d.cache == CacheMode::Unsafe,
+                        write_through: matches!(
+                            d.cache,
+                            CacheMode::Writethrough | CacheMode::DirectSync
+                        ),
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))?;
+                Some(h)
+            }
+        };
+        drives[n] = Some(DriveConfig {
+            cdrom,
+            serial: d
+                .serial
+                .clone()
+                .unwrap_or_else(|| format!("QM{:05}", n + 1)),
+            medium: backend.as_ref().map(|b| b.info),
+        });
+        backends[n] = backend;
+    }
+    let mut ide = Ide::new(
+        drives,
+        (
+            KvmIrqLine::new(kvm.vm.clone(), 14),
+            KvmIrqLine::new(kvm.vm.clone(), 15),
+        ),
+    );
+    ide.set_memory(mem.clone());
+    Ok(IdeHost::new(ide, backends))
 }

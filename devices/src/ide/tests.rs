@@ -1,0 +1,267 @@
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::block::MemDisk;
+use crate::testing::FakeIrq;
+
+struct Rig {
+    ide: Ide,
+    disks: Vec<Option<MemDisk>>,
+    irq14: Arc<FakeIrq>,
+    irq15: Arc<FakeIrq>,
+}
+
+fn image(n: usize, unit: usize) -> Vec<u8> {
+    (0..n * unit)
+        .map(|i| (i / unit) as u8 ^ (i as u8))
+        .collect()
+}
+
+fn rig() -> Rig {
+    let hd = MemDisk::new(image(64, 512));
+    let cd = MemDisk::new(image(16, 2048));
+    let irq14 = Arc::new(FakeIrq::default());
+    let irq15 = Arc::new(FakeIrq::default());
+    let mut ide = Ide::new(
+        [
+            Some(DriveConfig {
+                cdrom: false,
+                serial: "QM00001".into(),
+                medium: Some(hd.info()),
+            }),
+            None,
+            Some(DriveConfig {
+                cdrom: true,
+                serial: "QM00003".into(),
+                medium: Some(cd.info()),
+            }),
+            None,
+        ],
+        (irq14.clone(), irq15.clone()),
+    );
+    ide.set_memory(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+    Rig {
+        ide,
+        disks: vec![Some(hd), None, Some(cd), None],
+        irq14,
+        irq15,
+    }
+}
+
+impl Rig {
+    /// Serve outstanding block requests like the host does.
+    fn pump(&mut self) {
+        for (n, r) in self.ide.take_requests() {
+            let done = self.disks[n].as_mut().unwrap().serve(r);
+            self.ide.complete(n, done);
+        }
+    }
+    fn out8(&mut self, c: usize, reg: u64, v: u8) {
+        cmd_write(&mut self.ide, c, reg, &[v]);
+        self.pump();
+    }
+    fn in8(&mut self, c: usize, reg: u64) -> u8 {
+        let mut b = [0];
+        cmd_read(&mut self.ide, c, reg, &mut b);
+        b[0]
+    }
+    fn in16(&mut self, c: usize) -> u16 {
+        let mut b = [0; 2];
+        cmd_read(&mut self.ide, c, 0, &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn read_bytes(&mut self, c: usize, n: usize) -> Vec<u8> {
+        (0..n / 2)
+            .flat_map(|_| self.in16(c).to_le_bytes())
+            .collect()
+    }
+}
+
+#[test]
+fn identify_reports_model_capacity_and_lba48() {
+    let mut r = rig();
+    r.out8(0, 6, 0xa0);
+    r.out8(0, 7, 0xec);
+    assert!(r.irq14.is_high());
+    assert_eq!(r.in8(0, 7) & (DRQ | ERR), DRQ);
+    let id = r.read_bytes(0, 512);
+    let w = |i: usize| u16::from_le_bytes([id[2 * i], id[2 * i + 1]]);
+    assert_eq!(u32::from(w(60)) | u32::from(w(61)) << 16, 64);
+    assert_ne!(w(83) & (1 << 10), 0);
+    let model: Vec<u8> = id[54..94].chunks(2).flat_map(|p| [p[1], p[0]]).collect();
+    assert!(String::from_utf8_lossy(&model).starts_with("QEMU HARDDISK"));
+    assert_eq!(r.in8(0, 7) & DRQ, 0);
+}
+
+#[test]
+fn pio_read_and_multi_sector_write_round_trip() {
+    let mut r = rig();
+    let want = r.disks[0].as_ref().unwrap().data[512 * 3..512 * 5].to_vec();
+    r.out8(0, 2, 2);
+    r.out8(0, 3, 3);
+    r.out8(0, 4, 0);
+    r.out8(0, 5, 0);
+    r.out8(0, 6, 0xe0);
+    r.out8(0, 7, 0x20);
+    let got = r.read_bytes(0, 1024);
+    assert_eq!(got, want);
+    // Write two sectors at LBA 10.
+    r.out8(0, 2, 2);
+    r.out8(0, 3, 10);
+    r.out8(0, 7, 0x30);
+    assert_ne!(r.in8(0, 7) & DRQ, 0);
+    for i in 0..512u16 {
+        cmd_write(&mut r.ide, 0, 0, &i.to_le_bytes());
+    }
+    r.pump();
+    assert_eq!(r.in8(0, 7) & (BSY | DRQ | ERR), 0);
+    let d = &r.disks[0].as_ref().unwrap().data;
+    assert_eq!(&d[5120..5122], &[0, 0]);
+    assert_eq!(&d[5120 + 1022..5120 + 1024], &511u16.to_le_bytes());
+}
+
+#[test]
+fn dma_read_through_a_prd_table() {
+    let mut r = rig();
+    let mem = r.ide.mem.clone().unwrap();
+    // PRD at 0x1000: 1024 bytes to 0x8000, end of table.
+    let mut prd = 0x8000u32.to_le_bytes().to_vec();
+    prd.extend_from_slice(&1024u16.to_le_bytes());
+    prd.extend_from_slice(&0x8000u16.to_le_bytes());
+    mem.write_slice(&prd, GuestAddress(0x1000)).unwrap();
+    r.ide.bm_write(4, &0x1000u32.to_le_bytes());
+    r.out8(0, 2, 2);
+    r.out8(0, 3, 1);
+    r.out8(0, 6, 0xe0);
+    r.out8(0, 7, 0xc8);
+    r.ide.bm_write(0, &[BM_START | BM_READ_TO_MEMORY]);
+    r.pump();
+    let mut st = [0];
+    r.ide.bm_read(2, &mut st);
+    assert_ne!(st[0] & BM_IRQ, 0);
+    assert_eq!(st[0] & BM_ACTIVE, 0);
+    let mut got = vec![0u8; 1024];
+    mem.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
+    assert_eq!(got, r.disks[0].as_ref().unwrap().data[512..1536]);
+}
+
+#[test]
+fn bad_prd_table_sets_the_error_bit() {
+    let mut r = rig();
+    r.ide.bm_write(4, &0xfff0_0000u32.to_le_bytes());
+    r.out8(0, 2, 1);
+    r.out8(0, 6, 0xe0);
+    r.out8(0, 7, 0xc8);
+    r.ide.bm_write(0, &[BM_START | BM_READ_TO_MEMORY]);
+    r.pump();
+    let mut st = [0];
+    r.ide.bm_read(2, &mut st);
+    assert_ne!(st[0] & BM_ERROR, 0);
+    assert!(r.ide.errors() > 0);
+}
+
+fn packet(r: &mut Rig, cdb: [u8; 12], limit: u16) {
+    r.out8(1, 6, 0xa0);
+    r.out8(1, 1, 0);
+    r.out8(1, 4, limit as u8);
+    r.out8(1, 5, (limit >> 8) as u8);
+    r.out8(1, 7, 0xa0);
+    for pair in cdb.chunks(2) {
+        cmd_write(&mut r.ide, 1, 0, pair);
+    }
+    r.pump();
+}
+
+#[test]
+fn atapi_signature_inquiry_capacity_and_read10() {
+    let mut r = rig();
+    r.out8(1, 6, 0xa0);
+    r.out8(1, 7, 0xec);
+    assert_eq!((r.in8(1, 4), r.in8(1, 5)), (0x14, 0xeb));
+    assert_ne!(r.in8(1, 7) & ERR, 0);
+    packet(&mut r, [0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert!(r.irq15.is_high());
+    let inq = r.read_bytes(1, 36);
+    assert_eq!(inq[0], 5);
+    assert_eq!(&inq[16..28], b"QEMU DVD-ROM");
+    assert_eq!(r.in8(1, 2), 3, "command complete: IO|CoD");
+    packet(&mut r, [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    let cap = r.read_bytes(1, 8);
+    assert_eq!(cap, [0, 0, 0, 15, 0, 0, 8, 0]);
+    // READ(10) of 2 blocks from LBA 3 with a 2048-byte limit: two chunks.
+    packet(&mut r, [0x28, 0, 0, 0, 0, 3, 0, 0, 2, 0, 0, 0], 2048);
+    assert_eq!((r.in8(1, 4), r.in8(1, 5)), (0, 8));
+    let mut got = r.read_bytes(1, 2048);
+    got.extend(r.read_bytes(1, 2048));
+    assert_eq!(got, r.disks[2].as_ref().unwrap().data[3 * 2048..5 * 2048]);
+    assert_eq!(r.in8(1, 7) & (DRQ | ERR), 0);
+}
+
+#[test]
+fn read_toc_and_sense_after_errors() {
+    let mut r = rig();
+    packet(&mut r, [0x43, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0], 0xfffe);
+    let toc = r.read_bytes(1, 20);
+    assert_eq!(&toc[..4], &[0, 18, 1, 1]);
+    assert_eq!(toc[14], 0xaa);
+    assert_eq!(&toc[16..20], &16u32.to_be_bytes());
+    packet(&mut r, [0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_ne!(r.in8(1, 7) & ERR, 0);
+    packet(&mut r, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    let s = r.read_bytes(1, 18);
+    assert_eq!((s[2], s[12]), (0x05, 0x20));
+}
+
+#[test]
+fn empty_drive_is_not_ready_and_a_new_medium_is_a_unit_attention() {
+    let mut r = rig();
+    r.ide.change_medium(2, None);
+    packet(&mut r, [0; 12], 0xfffe);
+    packet(&mut r, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_eq!(r.read_bytes(1, 18)[2], 0x06, "medium changed first");
+    packet(&mut r, [0; 12], 0xfffe);
+    packet(&mut r, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    let s = r.read_bytes(1, 18);
+    assert_eq!((s[2], s[12]), (0x02, 0x3a));
+}
+
+#[test]
+fn software_reset_restores_signatures() {
+    let mut r = rig();
+    ctl_write(&mut r.ide, 1, &[SRST]);
+    ctl_write(&mut r.ide, 1, &[0]);
+    assert_eq!((r.in8(1, 4), r.in8(1, 5)), (0x14, 0xeb));
+    ctl_write(&mut r.ide, 0, &[SRST]);
+    ctl_write(&mut r.ide, 0, &[0]);
+    assert_eq!((r.in8(0, 4), r.in8(0, 5)), (0, 0));
+    assert_eq!(r.in8(0, 7) & DRDY, DRDY);
+}
+
+#[test]
+fn random_register_traffic_never_panics() {
+    let mut r = rig();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..100_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let c = (x & 1) as usize;
+        let reg = (x >> 1) % 8;
+        let v = (x >> 8) as u8;
+        match (x >> 16) % 6 {
+            0 | 1 => r.out8(c, reg, v),
+            2 => {
+                r.in8(c, reg);
+            }
+            3 => ctl_write(&mut r.ide, c, &[v & 0x06]),
+            4 => r.ide.bm_write((x >> 20) % 16, &[v]),
+            _ => {
+                let mut b = [0u8; 2];
+                cmd_read(&mut r.ide, c, 0, &mut b);
+            }
+        }
+        r.pump();
+    }
+}
