@@ -180,3 +180,39 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// Spawn, wait until every marker appeared on stdout (or `timeout`), then kill; returns
+/// the time of each marker.
+pub fn timed_run_until(
+    mut cmd: Command,
+    markers: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Option<Duration>>> {
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("spawning the VMM")?;
+    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = Vec::new();
+    let mut found: Vec<Option<Duration>> = vec![None; markers.len()];
+    while start.elapsed() < timeout && found.iter().any(|f| f.is_none()) {
+        if let Ok((t, chunk)) = rx.recv_timeout(Duration::from_millis(100)) {
+            text.extend_from_slice(&chunk);
+            let s = String::from_utf8_lossy(&text);
+            for (i, m) in markers.iter().enumerate() {
+                if found[i].is_none() && s.contains(m) {
+                    found[i] = Some(t - start);
+                }
+            }
+        }
+    }
+    kill(&mut child);
+    Ok(found)
+}

@@ -93,6 +93,7 @@ fn main() -> Result<()> {
     rows.extend(rows::boot(&env).context("boot rows")?);
     rows.extend(rows::pio(&env).context("port-I/O rows")?);
     rows.extend(rows::memory(&env).context("memory rows")?);
+    rows.extend(rows::firmware(&env).context("firmware rows")?);
 
     let mut table = String::from(
         "| measurement | troupe | QEMU | QEMU config | troupe / QEMU | target | verdict |\n|---|---|---|---|---|---|---|\n",

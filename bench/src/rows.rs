@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::harness::{median, rss_split, timed_run, Vmm};
+use crate::harness::{median, rss_split, timed_run, timed_run_until, Vmm};
 use crate::{Env, Row, Target};
 
 const DEBUG_EXIT: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
@@ -160,4 +160,79 @@ pub fn memory(env: &Env) -> Result<Vec<Row>> {
         unit: "MiB",
         target: Target::AtMost(10.0),
     }])
+}
+
+/// Firmware: process start → SeaBIOS banner, and → GRUB's menu from a CD-ROM (the ISO is
+/// built with grub-mkrescue), both through `-M pc` firmware in both VMMs.
+pub fn firmware(env: &Env) -> Result<Vec<Row>> {
+    let dir = std::env::temp_dir().join(format!("troupe-bench-{}", std::process::id()));
+    let grub_dir = dir.join("cd/boot/grub");
+    std::fs::create_dir_all(&grub_dir)?;
+    std::fs::write(
+        grub_dir.join("grub.cfg"),
+        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\nset timeout=60\nmenuentry \"bench\" {\n  halt\n}\n",
+    )?;
+    let iso = dir.join("grub.iso");
+    let st = std::process::Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(dir.join("cd"))
+        .output()
+        .context("grub-mkrescue (packages grub-pc-bin, xorriso, mtools)")?;
+    anyhow::ensure!(st.status.success(), "grub-mkrescue failed");
+    let iso = iso.display().to_string();
+    let args = [
+        "-nographic",
+        "-m",
+        "256",
+        "-cdrom",
+        iso.as_str(),
+        "-boot",
+        "order=d",
+    ];
+    let markers = ["SeaBIOS (version", "highlighted entry"];
+    let measure = |vmm: &Vmm, args: &[&str]| -> Result<(Duration, Duration)> {
+        let mut banner = Vec::new();
+        let mut menu = Vec::new();
+        for _ in 0..env.runs.min(2) {
+            let mut cmd = vmm.command(args);
+            cmd.stdin(std::process::Stdio::null());
+            let t = timed_run_until(cmd, &markers, Duration::from_secs(180))?;
+            banner.push(t[0].ok_or_else(|| anyhow!("{}: no SeaBIOS banner", vmm.name))?);
+            menu.push(t[1].ok_or_else(|| anyhow!("{}: no GRUB menu", vmm.name))?);
+        }
+        Ok((median(banner), median(menu)))
+    };
+    let troupe = Vmm::troupe(&env.troupe);
+    let (tb, tm) = measure(&troupe, &args)?;
+    // The same command line for QEMU (with -nographic it puts serial and its monitor on
+    // stdio itself).
+    let qemu = Vmm {
+        name: "QEMU -M pc".into(),
+        program: "qemu-system-x86_64".into(),
+        base_args: ["-accel", "kvm", "-M", "pc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let (qb, qm) = measure(&qemu, &args)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(vec![
+        Row {
+            what: "process start → SeaBIOS banner".into(),
+            troupe: tb.as_secs_f64() * 1e3,
+            qemu: qb.as_secs_f64() * 1e3,
+            qemu_name: "`-M pc`".into(),
+            unit: "ms",
+            target: Target::AtMostRatio(1.0),
+        },
+        Row {
+            what: "process start → GRUB menu (CD-ROM)".into(),
+            troupe: tm.as_secs_f64() * 1e3,
+            qemu: qm.as_secs_f64() * 1e3,
+            qemu_name: "`-M pc`".into(),
+            unit: "ms",
+            target: Target::AtMostRatio(1.0),
+        },
+    ])
 }
