@@ -18,6 +18,7 @@ pub mod pci;
 pub mod reset;
 pub mod rtc;
 pub mod serial;
+pub mod vga;
 pub mod state;
 
 use std::sync::Arc;
