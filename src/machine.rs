@@ -331,6 +331,7 @@ pub fn build(
         rt: rt.handle().clone(),
         registry: registry.clone(),
         bios,
+        display: console.writer.clone(),
     })?;
     // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
     // stand-in took the console's input).

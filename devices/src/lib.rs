@@ -18,8 +18,8 @@ pub mod pci;
 pub mod reset;
 pub mod rtc;
 pub mod serial;
-pub mod vga;
 pub mod state;
+pub mod vga;
 
 use std::sync::Arc;
 

@@ -30,6 +30,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub mod fw_cfg;
 pub mod pci;
+pub mod vga;
 
 /// COM1..COM4: (port, IRQ).
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
@@ -91,6 +92,8 @@ pub struct PlatformParts<'a> {
     pub registry: Registry,
     /// The firmware image (None: direct boot, shadow RAM always on).
     pub bios: Option<Arc<Bios>>,
+    /// Where the VGA renders (the console's display surface).
+    pub display: actors::display::DisplayWriter,
 }
 
 /// Every platform device, kept for reset and power-button requests.
@@ -107,6 +110,8 @@ pub struct DeviceSet {
     pub input: InputHandle,
     /// The IDE controller and its drives.
     pub ide: Arc<IdeHost>,
+    /// The std VGA, unless `-vga none`.
+    pub vga: Option<vga::Display>,
 }
 
 impl DeviceSet {
@@ -122,7 +127,9 @@ impl DeviceSet {
             rt,
             registry,
             bios,
+            display,
         } = p;
+        let direct_boot = bios.is_none();
         let (rt, registry) = (&rt, &registry);
         let mut ports = Vec::new();
         for (i, (ch, input)) in serials.into_iter().enumerate().take(4) {
@@ -216,6 +223,20 @@ impl DeviceSet {
             pci::BarTarget::Io(Arc::new(IdeBusMasterPort(ide.clone()))),
         );
 
+        let vga = match cfg.vga {
+            crate::config::VgaKind::Std => Some(vga::build(&vga::VgaParts {
+                pci: &pci,
+                pio: &pio,
+                mmio: &mmio,
+                kvm: &kvm,
+                rt,
+                registry,
+                display,
+                direct_boot,
+            })?),
+            crate::config::VgaKind::None => None,
+        };
+
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
                 pio.insert(
@@ -236,6 +257,7 @@ impl DeviceSet {
             fw_cfg,
             input,
             ide,
+            vga,
         })
     }
 
@@ -249,6 +271,9 @@ impl DeviceSet {
         lock(&self.pm).reset();
         lock(&self.fw_cfg).reset();
         lock(self.ide.model()).reset();
+        if let Some(v) = &self.vga {
+            v.reset();
+        }
         self.pci.reset()?;
         Ok(())
     }

@@ -124,6 +124,13 @@ impl PciPlatform {
         self.reconfigure(slot);
     }
 
+    /// The KVM memory slot and region a RAM-backed BAR is mapped at now.
+    pub fn ram_bar_slot(&self, slot: Slot, bar: usize) -> Option<(u32, Region)> {
+        let b = lock(&self.bindings);
+        let (region, id) = b.get(&(slot, bar))?.mapped?;
+        Some((id?, region))
+    }
+
     /// The handler for the configuration ports (map at 0xCF8, length 8).
     pub fn config_port(self: &Arc<Self>) -> Arc<PciConfigPort> {
         Arc::new(PciConfigPort(self.clone()))

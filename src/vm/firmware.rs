@@ -8,8 +8,9 @@
 //! SeaBIOS only ever uses those three: it enables read/write RAM, copies itself from the
 //! high ROM alias, and finally makes its segments read-only.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::path::{Path, PathBuf};
+
+use actors::host::mem::HostBuffer;
 
 use super::kvm::{KvmVm, VmError};
 
@@ -30,49 +31,6 @@ pub enum FirmwareError {
     Size { path: PathBuf, size: usize },
     #[error(transparent)]
     Vm(#[from] VmError),
-}
-
-/// A page-aligned host buffer that lives as long as the VM (KVM slots point into it).
-pub struct HostBuffer {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the buffer is plain memory owned by this value; access is through KVM (guest
-// reads) and `as_mut_slice` during set-up.
-unsafe impl Send for HostBuffer {}
-// SAFETY: as above; no interior mutability is exposed through shared references.
-unsafe impl Sync for HostBuffer {}
-
-impl HostBuffer {
-    pub fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(4096), 4096).expect("page-aligned layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
-        Self { ptr, len }
-    }
-
-    pub fn host_addr(&self) -> u64 {
-        self.ptr as u64
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: ptr is valid for len bytes and uniquely borrowed through &mut self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for HostBuffer {
-    fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len.max(4096), 4096).expect("layout");
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr, layout) };
-    }
 }
 
 /// The firmware image, mapped read-only below 4 GiB.

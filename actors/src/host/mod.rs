@@ -4,5 +4,7 @@
 
 pub mod ide;
 pub mod input;
+pub mod mem;
 pub mod rtc;
 pub mod serial;
+pub mod vga;

@@ -169,6 +169,50 @@ impl Vga {
         self.s.misc & 1 != 0
     }
 
+    /// Put the card in BIOS text mode 3 (80x25, 9x16 cells) with `font` (256 glyphs of
+    /// 16 bytes) in plane 2, the EGA palette in the DAC and a blank screen — what the VGA
+    /// BIOS leaves behind, for guests booted without firmware.
+    pub fn bios_text_mode(&mut self, vram: &mut [u8], font: &[u8]) {
+        const SEQ: [u8; 5] = [0x03, 0x00, 0x03, 0x00, 0x02];
+        const CRTC: [u8; 25] = [
+            0x5f, 0x4f, 0x50, 0x82, 0x55, 0x81, 0xbf, 0x1f, 0x00, 0x4f, 0x0d, 0x0e, 0x00, 0x00,
+            0x00, 0x00, 0x9c, 0x8e, 0x8f, 0x28, 0x1f, 0x96, 0xb9, 0xa3, 0xff,
+        ];
+        const GC: [u8; 9] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x0e, 0x00, 0xff];
+        const AC: [u8; 21] = [
+            0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d,
+            0x3e, 0x3f, 0x0c, 0x00, 0x0f, 0x08, 0x00,
+        ];
+        self.s.misc = 0x67;
+        self.s.sr[..5].copy_from_slice(&SEQ);
+        self.s.cr.copy_from_slice(&CRTC);
+        self.s.gr[..9].copy_from_slice(&GC);
+        self.s.ar.copy_from_slice(&AC);
+        self.s.ar_index = 0x20;
+        for i in 0..64usize {
+            let c = |hi: usize, lo: usize| -> u8 {
+                (if i & (1 << hi) != 0 { 0x2a } else { 0 })
+                    + (if i & (1 << lo) != 0 { 0x15 } else { 0 })
+            };
+            self.s.dac[i * 3] = c(2, 5);
+            self.s.dac[i * 3 + 1] = c(1, 4);
+            self.s.dac[i * 3 + 2] = c(0, 3);
+        }
+        for (ch, glyph) in font.chunks(16).take(256).enumerate() {
+            for (line, b) in glyph.iter().enumerate() {
+                if let Some(v) = vram.get_mut((ch * 32 + line) * 4 + 2) {
+                    *v = *b;
+                }
+            }
+        }
+        for cell in 0..80 * 25 {
+            if let Some(v) = vram.get_mut(cell * 4..cell * 4 + 2) {
+                v.copy_from_slice(&[b' ', 0x07]);
+            }
+        }
+        self.touch();
+    }
+
     // ---- I/O ports 0x3B0–0x3DF ----
 
     /// A read of VGA port `port` (0x3B0..=0x3DF).
@@ -181,10 +225,20 @@ impl Vga {
         }
         match port {
             0x3c0 => self.s.ar_index,
-            0x3c1 => self.s.ar.get(usize::from(self.s.ar_index & 0x1f)).copied().unwrap_or(0),
+            0x3c1 => self
+                .s
+                .ar
+                .get(usize::from(self.s.ar_index & 0x1f))
+                .copied()
+                .unwrap_or(0),
             0x3c2 => 0x10, // input status 0: switch sense
             0x3c4 => self.s.sr_index,
-            0x3c5 => self.s.sr.get(usize::from(self.s.sr_index)).copied().unwrap_or(0),
+            0x3c5 => self
+                .s
+                .sr
+                .get(usize::from(self.s.sr_index))
+                .copied()
+                .unwrap_or(0),
             0x3c6 => self.s.dac_mask,
             0x3c7 => self.s.dac_state,
             0x3c8 => self.s.dac_write_index,
@@ -201,9 +255,19 @@ impl Vga {
             0x3ca => self.s.feature,
             0x3cc => self.s.misc,
             0x3ce => self.s.gr_index,
-            0x3cf => self.s.gr.get(usize::from(self.s.gr_index)).copied().unwrap_or(0),
+            0x3cf => self
+                .s
+                .gr
+                .get(usize::from(self.s.gr_index))
+                .copied()
+                .unwrap_or(0),
             0x3b4 | 0x3d4 => self.s.cr_index,
-            0x3b5 | 0x3d5 => self.s.cr.get(usize::from(self.s.cr_index)).copied().unwrap_or(0),
+            0x3b5 | 0x3d5 => self
+                .s
+                .cr
+                .get(usize::from(self.s.cr_index))
+                .copied()
+                .unwrap_or(0),
             0x3ba | 0x3da => {
                 // Input status 1: toggle the retrace bits so polling loops progress, and
                 // reset the attribute controller's flip-flop.
@@ -366,7 +430,11 @@ impl Vga {
                     let xres = self.s.vbe[1].max(8);
                     self.s.vbe[Dispi::VirtWidth as usize] = xres;
                     let line = self.line_bytes();
-                    let max_h = if line == 0 { 0 } else { (self.vram_size / line).min(0xffff) };
+                    let max_h = if line == 0 {
+                        0
+                    } else {
+                        (self.vram_size / line).min(0xffff)
+                    };
                     self.s.vbe[Dispi::VirtHeight as usize] = max_h as u16;
                     self.s.vbe[Dispi::XOffset as usize] = 0;
                     self.s.vbe[Dispi::YOffset as usize] = 0;
@@ -441,10 +509,15 @@ impl Vga {
         if self.s.gr[5] & 0x10 != 0 {
             // Odd/even: the low bit picks plane 0/1 (or 2/3).
             let plane = (self.s.gr[4] & 2) | (addr as u8 & 1);
-            return vram.get(((addr & !1) << 1) | usize::from(plane)).copied().unwrap_or(0xff);
+            return vram
+                .get(((addr & !1) << 1) | usize::from(plane))
+                .copied()
+                .unwrap_or(0xff);
         }
         let base = addr * 4;
-        let Some(l) = vram.get(base..base + 4) else { return 0xff };
+        let Some(l) = vram.get(base..base + 4) else {
+            return 0xff;
+        };
         let latch = u32::from_le_bytes([l[0], l[1], l[2], l[3]]);
         self.s.latch = latch;
         if self.s.gr[5] & 0x08 == 0 {
@@ -511,7 +584,13 @@ impl Vga {
         let latch = self.s.latch;
         let expand = |b: u8| u32::from(b) * 0x0101_0101;
         let mask4 = |m: u8| -> u32 {
-            (0..4).fold(0u32, |a, p| a | if m & (1 << p) != 0 { 0xff << (8 * p) } else { 0 })
+            (0..4).fold(0u32, |a, p| {
+                a | if m & (1 << p) != 0 {
+                    0xff << (8 * p)
+                } else {
+                    0
+                }
+            })
         };
         let mut bit_mask = gr[8];
         let val: u32 = match gr[5] & 3 {
@@ -565,7 +644,9 @@ impl Vga {
                 }
             }
             0x500..=0x515 => {
-                let v = self.dispi_read(((offset - 0x500) / 2) as usize).to_le_bytes();
+                let v = self
+                    .dispi_read(((offset - 0x500) / 2) as usize)
+                    .to_le_bytes();
                 let n = data.len().min(2);
                 data[..n].copy_from_slice(&v[..n]);
             }

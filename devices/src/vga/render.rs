@@ -16,7 +16,12 @@ pub fn c6_to_8(v: u8) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Columns, rows, cell width, cell height.
-    Text { cols: u32, rows: u32, cw: u32, ch: u32 },
+    Text {
+        cols: u32,
+        rows: u32,
+        cw: u32,
+        ch: u32,
+    },
     /// Legacy graphics: shift control (0 planar, 1 CGA, 2 256-colour), output size.
     Graphics { shift: u8, width: u32, height: u32 },
     /// VBE: resolution and bits per pixel.
@@ -79,11 +84,19 @@ impl Vga {
     pub fn mode(&self) -> Mode {
         let s = &self.s;
         if self.vbe_enabled() {
-            let (w, h, bpp) = (u32::from(s.vbe[1]), u32::from(s.vbe[2]), u32::from(s.vbe[3]));
+            let (w, h, bpp) = (
+                u32::from(s.vbe[1]),
+                u32::from(s.vbe[2]),
+                u32::from(s.vbe[3]),
+            );
             if w == 0 || h == 0 {
                 return Mode::Blank;
             }
-            return Mode::Vbe { width: w, height: h, bpp };
+            return Mode::Vbe {
+                width: w,
+                height: h,
+                bpp,
+            };
         }
         if s.cr[1] == 0 || self.vertical_display_end() == 0 {
             return Mode::Blank;
@@ -104,7 +117,11 @@ impl Vga {
             let shift = (s.gr[5] >> 5) & 3;
             let width = (u32::from(s.cr[1]) + 1) * 8;
             let height = self.vertical_display_end() + 1;
-            Mode::Graphics { shift, width, height }
+            Mode::Graphics {
+                shift,
+                width,
+                height,
+            }
         }
     }
 
@@ -116,9 +133,11 @@ impl Vga {
         out.resize((w * h) as usize, 0);
         match mode {
             Mode::Text { cols, rows, cw, ch } => self.render_text(vram, out, cols, rows, cw, ch),
-            Mode::Graphics { shift, width, height } => {
-                self.render_graphics(vram, out, shift, width, height)
-            }
+            Mode::Graphics {
+                shift,
+                width,
+                height,
+            } => self.render_graphics(vram, out, shift, width, height),
             Mode::Vbe { width, height, bpp } => self.render_vbe(vram, out, width, height, bpp),
             Mode::Blank => {}
         }
@@ -129,16 +148,15 @@ impl Vga {
         let s = &self.s;
         let pal = self.palette16();
         let cmap = s.sr[3];
-        let font_off = |sel: u8| -> usize {
-            usize::from(sel) * 8192 * 4 + 2
-        };
+        let font_off = |sel: u8| -> usize { usize::from(sel) * 8192 * 4 + 2 };
         let font_base = [
             font_off(((cmap >> 4) & 1) | ((cmap << 1) & 6)),
             font_off(((cmap >> 5) & 1) | ((cmap >> 1) & 6)),
         ];
         let line_graphics = s.ar[0x10] & 0x04 != 0;
         let start = self.start_addr();
-        let cursor_addr = (usize::from(s.cr[0x0e]) << 8 | usize::from(s.cr[0x0f])).wrapping_sub(start);
+        let cursor_addr =
+            (usize::from(s.cr[0x0e]) << 8 | usize::from(s.cr[0x0f])).wrapping_sub(start);
         let cursor_on = s.cr[0x0a] & 0x20 == 0;
         let width = (cols * cw) as usize;
         let line_offset = self.line_offset();
@@ -224,7 +242,11 @@ impl Vga {
                     for (x, px) in row.iter_mut().enumerate() {
                         let sx = x / 2;
                         let a = addr + (sx / 8) * 4;
-                        let b = if (sx / 4) % 2 == 0 { byte(a) } else { byte(a + 1) };
+                        let b = if (sx / 4) % 2 == 0 {
+                            byte(a)
+                        } else {
+                            byte(a + 1)
+                        };
                         let idx = (b >> (6 - 2 * (sx % 4))) & 3;
                         *px = pal16[usize::from(idx)];
                     }
@@ -277,14 +299,18 @@ impl Vga {
                     for (px, c) in row.iter_mut().zip(src.chunks_exact(2)) {
                         let v = u32::from(u16::from_le_bytes([c[0], c[1]]));
                         let (r, g, b) = ((v >> 11) & 0x1f, (v >> 5) & 0x3f, v & 0x1f);
-                        *px = ((r << 3 | r >> 2) << 16) | ((g << 2 | g >> 4) << 8) | (b << 3 | b >> 2);
+                        *px = ((r << 3 | r >> 2) << 16)
+                            | ((g << 2 | g >> 4) << 8)
+                            | (b << 3 | b >> 2);
                     }
                 }
                 15 => {
                     for (px, c) in row.iter_mut().zip(src.chunks_exact(2)) {
                         let v = u32::from(u16::from_le_bytes([c[0], c[1]]));
                         let (r, g, b) = ((v >> 10) & 0x1f, (v >> 5) & 0x1f, v & 0x1f);
-                        *px = ((r << 3 | r >> 2) << 16) | ((g << 3 | g >> 2) << 8) | (b << 3 | b >> 2);
+                        *px = ((r << 3 | r >> 2) << 16)
+                            | ((g << 3 | g >> 2) << 8)
+                            | (b << 3 | b >> 2);
                     }
                 }
                 _ => {
@@ -298,7 +324,9 @@ impl Vga {
 
     /// Cursor position (column, row) in text mode, if visible.
     pub fn text_cursor(&self) -> Option<(u32, u32)> {
-        let Mode::Text { cols, .. } = self.mode() else { return None };
+        let Mode::Text { cols, .. } = self.mode() else {
+            return None;
+        };
         if self.s.cr[0x0a] & 0x20 != 0 {
             return None;
         }

@@ -3,13 +3,13 @@ use super::*;
 
 const MODE3_SEQ: [u8; 5] = [0x03, 0x00, 0x03, 0x00, 0x02];
 const MODE3_CRTC: [u8; 25] = [
-    0x5f, 0x4f, 0x50, 0x82, 0x55, 0x81, 0xbf, 0x1f, 0x00, 0x4f, 0x0d, 0x0e, 0x00, 0x00, 0x00,
-    0x00, 0x9c, 0x8e, 0x8f, 0x28, 0x1f, 0x96, 0xb9, 0xa3, 0xff,
+    0x5f, 0x4f, 0x50, 0x82, 0x55, 0x81, 0xbf, 0x1f, 0x00, 0x4f, 0x0d, 0x0e, 0x00, 0x00, 0x00, 0x00,
+    0x9c, 0x8e, 0x8f, 0x28, 0x1f, 0x96, 0xb9, 0xa3, 0xff,
 ];
 const MODE3_GC: [u8; 9] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x0e, 0x00, 0xff];
 const MODE3_AC: [u8; 21] = [
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e,
-    0x3f, 0x0c, 0x00, 0x0f, 0x08, 0x00,
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f,
+    0x0c, 0x00, 0x0f, 0x08, 0x00,
 ];
 
 fn set_regs(v: &mut Vga, misc: u8, seq: &[u8], crtc: &[u8], gc: &[u8], ac: &[u8]) {
@@ -64,7 +64,11 @@ fn mode3() -> (Vga, Vec<u8>) {
     }
     for line in 0..16u64 {
         v.mem_write(0x41 * 32 + line, 0b1100_0011, &mut vram);
-        v.mem_write(0xc4 * 32 + line, if line == 8 { 0xff } else { 0x01 }, &mut vram);
+        v.mem_write(
+            0xc4 * 32 + line,
+            if line == 8 { 0xff } else { 0x01 },
+            &mut vram,
+        );
     }
     set_regs(&mut v, 0x67, &MODE3_SEQ, &MODE3_CRTC, &MODE3_GC, &MODE3_AC);
     (v, vram)
@@ -80,7 +84,15 @@ fn dac_expansion_is_qemus() {
 #[test]
 fn text_mode_renders_720x400_with_the_plane_2_font_and_attributes() {
     let (mut v, mut vram) = mode3();
-    assert_eq!(v.mode(), Mode::Text { cols: 80, rows: 25, cw: 9, ch: 16 });
+    assert_eq!(
+        v.mode(),
+        Mode::Text {
+            cols: 80,
+            rows: 25,
+            cw: 9,
+            ch: 16
+        }
+    );
     // Through the window at B8000 (offset 0x18000), odd/even: char then attribute.
     v.mem_write(0x18000, 0x41, &mut vram);
     v.mem_write(0x18001, 0x1f, &mut vram); // bright white on blue
@@ -97,7 +109,10 @@ fn text_mode_renders_720x400_with_the_plane_2_font_and_attributes() {
     let grey = 0xa8a8a8;
     // 'A' row 0: 11000011 in 9 columns; 9th column is background (not line-drawing).
     let row: Vec<u32> = out[0..9].to_vec();
-    assert_eq!(row, [white, white, blue, blue, blue, blue, white, white, blue]);
+    assert_eq!(
+        row,
+        [white, white, blue, blue, blue, blue, white, white, blue]
+    );
     // 0xC4 line 8 is all ones: the 9th column repeats the 8th (line graphics enabled).
     let y = 8 * 720;
     assert_eq!(&out[y + 9..y + 18], &[grey; 9]);
@@ -131,15 +146,29 @@ fn mode_13h_is_640x400_with_doubled_pixels() {
     let mut v = Vga::new(VRAM_SIZE);
     let mut vram = vec![0u8; VRAM_SIZE];
     let crtc: [u8; 25] = [
-        0x5f, 0x4f, 0x50, 0x82, 0x54, 0x80, 0xbf, 0x1f, 0x00, 0x41, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x9c, 0x8e, 0x8f, 0x28, 0x40, 0x96, 0xb9, 0xa3, 0xff,
+        0x5f, 0x4f, 0x50, 0x82, 0x54, 0x80, 0xbf, 0x1f, 0x00, 0x41, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x9c, 0x8e, 0x8f, 0x28, 0x40, 0x96, 0xb9, 0xa3, 0xff,
     ];
     let ac: Vec<u8> = (0..16).chain([0x41, 0, 0x0f, 0, 0]).collect();
-    set_regs(&mut v, 0x63, &[0x03, 0x01, 0x0f, 0x00, 0x0e], &crtc, &[0, 0, 0, 0, 0, 0x40, 0x05, 0x0f, 0xff], &ac);
+    set_regs(
+        &mut v,
+        0x63,
+        &[0x03, 0x01, 0x0f, 0x00, 0x0e],
+        &crtc,
+        &[0, 0, 0, 0, 0, 0x40, 0x05, 0x0f, 0xff],
+        &ac,
+    );
     set_dac(&mut v, 5, (0x3f, 0, 0));
     // Pixel (10, 3) = colour 5 through the window (chain 4, linear).
     v.mem_write(3 * 320 + 10, 5, &mut vram);
-    assert_eq!(v.mode(), Mode::Graphics { shift: 2, width: 640, height: 400 });
+    assert_eq!(
+        v.mode(),
+        Mode::Graphics {
+            shift: 2,
+            width: 640,
+            height: 400
+        }
+    );
     let mut out = Vec::new();
     v.render(&vram, &mut out);
     for (x, y) in [(20, 6), (21, 6), (20, 7), (21, 7)] {
@@ -158,7 +187,7 @@ fn planar_write_modes_and_read_mode_1() {
     v.io_write(0x3c5, 0x0f);
     v.io_write(0x3ce, 8);
     v.io_write(0x3cf, 0xff); // bit mask: all bits
-    // Write mode 2: colour 0xA into all 8 pixels of address 0.
+                             // Write mode 2: colour 0xA into all 8 pixels of address 0.
     v.io_write(0x3ce, 5);
     v.io_write(0x3cf, 0x02);
     v.mem_write(0, 0x0a, &mut vram);
@@ -190,7 +219,14 @@ fn vbe_1024x768x32_renders_the_linear_framebuffer() {
     }
     assert_eq!(vram[0], 0, "enabling without NOCLEARMEM clears the screen");
     vram[(10 * 1024 + 3) * 4..(10 * 1024 + 3) * 4 + 4].copy_from_slice(&[0x30, 0x20, 0x10, 0xee]);
-    assert_eq!(v.mode(), Mode::Vbe { width: 1024, height: 768, bpp: 32 });
+    assert_eq!(
+        v.mode(),
+        Mode::Vbe {
+            width: 1024,
+            height: 768,
+            bpp: 32
+        }
+    );
     let mut out = Vec::new();
     v.render(&vram, &mut out);
     assert_eq!(out[10 * 1024 + 3], 0x102030);

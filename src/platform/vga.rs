@@ -1,0 +1,188 @@
+//! The std VGA on the PC platform: PCI 00:02.0 (1234:1111) with its 16 MiB framebuffer BAR
+//! (guest RAM with KVM dirty logging), 4 KiB MMIO BAR and the VGA BIOS as its expansion
+//! ROM; the legacy ports and window; and the refresh actor feeding the console.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use actors::bus::Bus;
+use actors::display::DisplayWriter;
+use actors::host::mem::HostBuffer;
+use actors::host::vga::{start_refresh, RomBar, VbePort, VgaHost, VgaIoPort, VgaMmio, VgaWindow};
+use actors::runtime::Registry;
+use anyhow::{anyhow, Result};
+use devices::pci::{BarDef, BarKind, ConfigSpace, Ids, PlainFunction};
+use devices::vga::{Vga, VRAM_SIZE};
+
+use super::pci::{BarTarget, PciPlatform};
+use crate::vm::kvm::KvmVm;
+
+pub const VGA_SLOT: (u8, u8) = (2, 0);
+pub const VGA_BIOS: &str = "/usr/share/seabios/vgabios-stdvga.bin";
+
+pub struct VgaParts<'a> {
+    pub pci: &'a Arc<PciPlatform>,
+    pub pio: &'a Arc<Bus>,
+    pub mmio: &'a Arc<Bus>,
+    pub kvm: &'a Arc<KvmVm>,
+    pub rt: &'a tokio::runtime::Handle,
+    pub registry: &'a Registry,
+    pub display: DisplayWriter,
+    /// No firmware will run the VGA BIOS: troupe sets text mode 3 itself.
+    pub direct_boot: bool,
+}
+
+/// The VGA as the machine keeps it (for reset).
+pub struct Display {
+    host: Arc<VgaHost>,
+    font: Option<Vec<u8>>,
+    direct_boot: bool,
+}
+
+impl Display {
+    pub fn reset(&self) {
+        self.host.reset();
+        if self.direct_boot {
+            if let Some(font) = &self.font {
+                self.host.with(|m, vram| m.bios_text_mode(vram, font));
+            }
+        }
+    }
+
+    pub fn host(&self) -> &Arc<VgaHost> {
+        &self.host
+    }
+}
+
+/// Find the 8x16 font in a VGA BIOS image (by the standard glyph for 'A').
+pub fn font_from_rom(rom: &[u8]) -> Option<Vec<u8>> {
+    const A: [u8; 16] = [
+        0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00, 0x00,
+        0x00,
+    ];
+    let at = rom.windows(16).position(|w| w == A)?;
+    let base = at.checked_sub(0x41 * 16)?;
+    let font = rom.get(base..base + 256 * 16)?;
+    // Glyph 0 is blank in every VGA font.
+    (font[..16].iter().all(|b| *b == 0)).then(|| font.to_vec())
+}
+
+fn config_space(rom_size: u64) -> ConfigSpace {
+    let mut c = ConfigSpace::new(Ids {
+        vendor: 0x1234,
+        device: 0x1111,
+        revision: 2,
+        class: (0x03, 0x00, 0x00),
+        subsystem_vendor: 0x1af4,
+        subsystem: 0x1100,
+        header_type: 0,
+    });
+    c.add_bar(
+        0,
+        BarDef {
+            kind: BarKind::Mem32 { prefetch: true },
+            size: VRAM_SIZE as u64,
+        },
+    );
+    c.add_bar(
+        2,
+        BarDef {
+            kind: BarKind::Mem32 { prefetch: false },
+            size: 0x1000,
+        },
+    );
+    if rom_size > 0 {
+        c.add_rom(rom_size);
+    }
+    c
+}
+
+pub fn build(p: &VgaParts<'_>) -> Result<Display> {
+    let rom = match std::fs::read(Path::new(VGA_BIOS)) {
+        Ok(r) => Some(r),
+        Err(e) if p.direct_boot => {
+            tracing::warn!("{VGA_BIOS}: {e}: the VGA shows nothing until the guest sets a mode");
+            None
+        }
+        Err(e) => {
+            return Err(anyhow!(
+                "-vga std: cannot read the VGA BIOS {VGA_BIOS}: {e} (it is in the Debian package `seabios`)"
+            ))
+        }
+    };
+    let font = rom.as_deref().and_then(font_from_rom);
+    let host = VgaHost::new(Vga::new(VRAM_SIZE), HostBuffer::new(VRAM_SIZE));
+    let rom_size = rom
+        .as_ref()
+        .map_or(0, |r| (r.len() as u64).next_power_of_two().max(0x800));
+    p.pci.add_function(
+        VGA_SLOT,
+        Arc::new(std::sync::Mutex::new(PlainFunction::new(config_space(
+            rom_size,
+        )))),
+    );
+    p.pci.bind_bar(
+        VGA_SLOT,
+        0,
+        "vga.vram",
+        BarTarget::Ram {
+            host: host.vram_host_addr(),
+            dirty_log: true,
+        },
+    );
+    p.pci.bind_bar(
+        VGA_SLOT,
+        2,
+        "vga.mmio",
+        BarTarget::Mmio(Arc::new(VgaMmio(host.clone()))),
+    );
+    if let Some(r) = rom {
+        p.pci
+            .bind_bar(VGA_SLOT, 6, "vga.rom", BarTarget::Mmio(Arc::new(RomBar(r))));
+    }
+    p.pio
+        .insert(0x3b0, 0x30, "vga", Arc::new(VgaIoPort(host.clone())))?;
+    p.pio
+        .insert(0x1ce, 2, "vbe", Arc::new(VbePort(host.clone())))?;
+    p.mmio.insert(
+        0xa_0000,
+        0x2_0000,
+        "vga-lowmem",
+        Arc::new(VgaWindow(host.clone())),
+    )?;
+
+    let pci = p.pci.clone();
+    let vm = p.kvm.vm.clone();
+    let lfb_dirty: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+        let Some((slot, region)) = pci.ram_bar_slot(VGA_SLOT, 0) else {
+            return false;
+        };
+        vm.get_dirty_log(slot, region.size as usize)
+            .map(|bits| bits.iter().any(|w| *w != 0))
+            .unwrap_or(true)
+    });
+    // TEST HARNESS ONLY: with TROUPE_TEST_DISPLAY the console shows a synthetic pattern
+    // instead of the VGA (see machine.rs).
+    if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
+        start_refresh(p.rt, p.registry, host.clone(), p.display.clone(), lfb_dirty);
+    }
+    let d = Display {
+        host,
+        font,
+        direct_boot: p.direct_boot,
+    };
+    d.reset();
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_vga_bios_has_a_font() {
+        let rom = std::fs::read(VGA_BIOS).expect("seabios installed");
+        let f = font_from_rom(&rom).expect("8x16 font");
+        assert_eq!(&f[0x42 * 16..0x42 * 16 + 4], &[0, 0, 0xfc, 0x66]);
+    }
+}
