@@ -29,6 +29,7 @@ pub mod io;
 pub mod lapic;
 pub mod mem;
 pub mod mptable;
+pub mod pci;
 pub mod phys;
 pub mod rt;
 pub mod serial;
