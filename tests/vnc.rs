@@ -885,3 +885,161 @@ fn qemu_extended_key_events_reach_the_guest_as_the_same_scancodes() {
         "1e 9e e0 50 e0 d0 e0 1c e0 9c 10"
     );
 }
+
+// ---- the real console: VGA text and VBE modes from guests ----
+
+fn vnc_guest(kernel: &str, append: &str) -> (Running, u16) {
+    let d = free_display();
+    let k = guest(kernel);
+    let vnc = format!("127.0.0.1:{d}");
+    let vm = Vm::troupe(&[
+        "-nodefaults",
+        "-vga",
+        "std",
+        "-serial",
+        "stdio",
+        "-smp",
+        "2",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-vnc",
+        &vnc,
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        append,
+    ])
+    .spawn();
+    (vm, 5900 + d)
+}
+
+fn capture(port: u16, dir: &TempDir, name: &str) -> PathBuf {
+    let out = dir.path(name);
+    py(&[
+        "capture",
+        &format!("127.0.0.1::{port}"),
+        "raw",
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+fn png_size_and_pixel(p: &Path, x: u32, y: u32) -> (u32, u32, [u8; 3]) {
+    let d = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap()));
+    let mut r = d.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    let info = r.next_frame(&mut buf).unwrap();
+    let bpp = info.line_size / info.width as usize;
+    let o = (y as usize) * info.line_size + (x as usize) * bpp;
+    (info.width, info.height, [buf[o], buf[o + 1], buf[o + 2]])
+}
+
+#[test]
+fn vncdotool_captures_the_demo_guests_text_screen() {
+    require_vncdotool();
+    let (vm, port) = vnc_guest("demo", "");
+    vm.expect_stdout("vCPUs running", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = TempDir::new("demo-vnc");
+    let png = capture(port, &dir, "demo.png");
+    // 80x25 text with 9x16 cells, like QEMU; the title bar is white on blue.
+    let (w, h, title) = png_size_and_pixel(&png, 2, 2);
+    assert_eq!((w, h), (720, 400));
+    assert_eq!(title, [0, 0, 0xa8], "title bar background");
+}
+
+#[test]
+fn vbe_mode_switch_resizes_the_client_and_the_picture_is_right() {
+    require_vncdotool();
+    let (vm, port) = vnc_guest("vbe", "wait=3 hold=60");
+    vm.expect_stdout("vbe: waiting", Duration::from_secs(30));
+    // A DesktopSize-capable client connected while the guest is in text mode...
+    let mut c = Raw::connect(port);
+    assert_eq!(c.init().0, 720);
+    c.encodings(&[0, -223]);
+    c.request(false, 720, 400);
+    assert_eq!(c.update()[0].2, 720);
+    c.request(true, 720, 400);
+    // ...is told the new size as soon as the guest switches.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let u = c.update();
+        if let Some(r) = u.iter().find(|r| r.4 == -223) {
+            assert_eq!((r.2, r.3), (1024, 768));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no DesktopSize");
+        c.request(true, 1024, 768);
+    }
+    vm.expect_stdout("vbe: drawn 1024x768x32", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = TempDir::new("vbe-vnc");
+    let png = capture(port, &dir, "vbe.png");
+    for (x, y, rgb) in [
+        (10, 10, [255, 0, 0]),
+        (1000, 10, [0, 255, 0]),
+        (10, 700, [0, 0, 255]),
+        (1000, 700, [255, 255, 255]),
+        (512, 384, [255, 255, 0]),
+    ] {
+        let (w, h, px) = png_size_and_pixel(&png, x, y);
+        assert_eq!((w, h), (1024, 768));
+        assert_eq!(px, rgb, "pixel ({x},{y})");
+    }
+}
+
+/// A GRUB rescue ISO whose menu waits forever (no countdown: a stable screen).
+fn static_grub_iso(dir: &TempDir) -> PathBuf {
+    let root = dir.path("cd/boot/grub");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("grub.cfg"),
+        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
+         set timeout=-1\nmenuentry \"troupe first entry\" {\n  halt\n}\nmenuentry \"troupe second entry\" {\n  halt\n}\n",
+    )
+    .unwrap();
+    let iso = dir.path("grub.iso");
+    let out = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(dir.path("cd"))
+        .output()
+        .expect("grub-mkrescue (grub-pc-bin, xorriso, mtools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+#[test]
+fn the_grub_menu_matches_qemus_pixel_for_pixel() {
+    require_vncdotool();
+    let dir = TempDir::new("grub-vs-qemu");
+    let iso = static_grub_iso(&dir);
+    let iso = iso.to_str().unwrap();
+    let (dt, dq) = (free_display(), free_display() + 1);
+    let common = ["-m", "256", "-cdrom", iso, "-boot", "d", "-serial", "stdio"];
+    let mut t_args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+    t_args.extend(["-vnc".into(), format!("127.0.0.1:{dt}")]);
+    let mut q_args = t_args.clone();
+    q_args.pop();
+    q_args.push(format!("127.0.0.1:{dq}"));
+    q_args.extend(["-monitor".into(), "none".into()]);
+    let troupe = Vm::troupe(&t_args).spawn();
+    let qemu = Vm::qemu(&q_args).spawn();
+    for vm in [&troupe, &qemu] {
+        vm.expect_stdout("troupe second entry", Duration::from_secs(180));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let a = capture(5900 + dt, &dir, "troupe.png");
+    let b = capture(5900 + dq, &dir, "qemu.png");
+    let line = py(&["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let (bad, total) = mismatch(&line);
+    assert_eq!(total, 720 * 400, "both show 720x400 text: {line}");
+    assert!(
+        bad * 100 <= total,
+        "{bad} of {total} pixels differ (more than 1%): {line}"
+    );
+}

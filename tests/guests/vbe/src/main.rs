@@ -3,7 +3,7 @@
 //! white) and a yellow diagonal. Prints `vbe: drawn WxHxBPP at 0x<lfb>` on COM1, then waits
 //! `hold=SECONDS` (default 30) and exits 0. Without a std VGA: `vbe: no std VGA`, exit 3.
 //!
-//! Command line: `mode=WxH` (32 bpp), `hold=SECONDS`.
+//! Command line: `mode=WxH` (32 bpp), `wait=SECONDS` before switching, `hold=SECONDS`.
 
 #![no_std]
 #![no_main]
@@ -55,6 +55,15 @@ fn main(boot: &BootInfo) -> u32 {
         return 3;
     }
     let lfb = pci::mem_bar(dev, func, 0, 0xe000_0000);
+    // `wait=SECONDS`: stay in text mode first (lets a viewer connect before the switch).
+    let wait = boot.arg_u64("wait").unwrap_or(0);
+    if wait > 0 {
+        println!("vbe: waiting {wait} s in text mode");
+        let d = Deadline::after_ms(wait * 1000);
+        while !d.expired() {
+            core::hint::spin_loop();
+        }
+    }
     dispi(4, 0); // disable
     dispi(1, w as u16);
     dispi(2, h as u16);
