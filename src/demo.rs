@@ -14,6 +14,10 @@ pub const DEMO_ARGS: &[&str] = &[
     "-smp",
     "2",
     "-nodefaults",
+    "-vga",
+    "std",
+    "-vnc",
+    "127.0.0.1:0,to=99",
     "-serial",
     "stdio",
     "-device",
@@ -44,12 +48,21 @@ pub fn kernel() -> KernelSource {
     KernelSource::Embedded(DEMO_GUEST)
 }
 
-pub fn print_banner(cfg: &VmConfig) {
+pub fn print_banner(cfg: &VmConfig, vnc: Option<std::net::SocketAddr>) {
     actors::report!(
-        "troupe: running the built-in demo guest ({} vCPUs, {} MiB): the same as\n  troupe {} -kernel <demo>\n\
-         troupe: its serial console is this terminal: type to see it echo; Ctrl-D powers the guest off, Ctrl-C stops troupe.",
+        "troupe: running the built-in demo guest ({} vCPUs, {} MiB): the same as\n  troupe {} -kernel <demo>",
         cfg.smp.cpus,
         cfg.memory >> 20,
         DEMO_ARGS.join(" ")
+    );
+    if let Some(a) = vnc {
+        actors::report!(
+            "troupe: its screen: connect a VNC viewer to {a} (e.g. `vncviewer {}::{}`)",
+            a.ip(),
+            a.port()
+        );
+    }
+    actors::report!(
+        "troupe: its serial console is this terminal: type to see it echo; Ctrl-D powers the guest off, Ctrl-C stops troupe."
     );
 }

@@ -104,7 +104,7 @@ fn start(
         Err(e) => return Err(fail(daemon, e)),
     };
     if demo {
-        demo::print_banner(cfg);
+        demo::print_banner(cfg, vm.console.vnc.as_ref().map(|v| v.local_addr()));
     }
     if let Some(d) = daemon {
         d.ready();

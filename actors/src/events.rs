@@ -4,6 +4,9 @@
 //! Posting never blocks (vCPU threads post too); the queue is unbounded because events are
 //! rare and the supervisor coalesces repeats.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use devices::{SystemEvent, SystemEvents};
 use tokio::sync::mpsc;
 
@@ -22,19 +25,38 @@ pub enum VmEvent {
 
 /// The posting end, cheap to clone into every device and vCPU.
 #[derive(Clone, Debug)]
-pub struct EventTx(mpsc::UnboundedSender<VmEvent>);
+pub struct EventTx(mpsc::UnboundedSender<VmEvent>, Arc<AtomicBool>);
 
 pub type EventRx = mpsc::UnboundedReceiver<VmEvent>;
 
 pub fn event_channel() -> (EventTx, EventRx) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (EventTx(tx), rx)
+    (EventTx(tx, Arc::new(AtomicBool::new(false))), rx)
 }
 
 impl EventTx {
     pub fn post(&self, ev: VmEvent) {
+        // A guest asking to end the VM (debug-exit, power-off) must not run another
+        // instruction: the vCPU that posted this checks `ending()` before re-entering.
+        if matches!(
+            ev,
+            VmEvent::System(SystemEvent::DebugExit(_))
+                | VmEvent::System(SystemEvent::PowerOffRequested)
+        ) {
+            self.1.store(true, Ordering::SeqCst);
+        }
         // The supervisor being gone means the VM is shutting down: nothing to tell.
         let _ = self.0.send(ev);
+    }
+
+    /// The guest asked for the VM to end; vCPUs stop entering the guest.
+    pub fn ending(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
+    }
+
+    /// The machine is starting over (a reset, or `-no-shutdown` keeping it around).
+    pub fn clear_ending(&self) {
+        self.1.store(false, Ordering::SeqCst);
     }
 }
 

@@ -237,6 +237,8 @@ impl VcpuThread {
                 state
             }
             VcpuMsg::Reset(boot, reply) => {
+                // The machine starts over: a pending "the guest ended the VM" is void.
+                self.ctx.events.clear_ending();
                 let r = self.load_boot_state(&boot);
                 let ok = r.is_ok();
                 reply.send(r);
@@ -291,6 +293,8 @@ impl VcpuThread {
             Err(e) => ExitOutcome::Unexpected(format!("KVM_RUN failed: {e}")),
         };
         match outcome {
+            // The guest asked for the VM to end during this exit: do not re-enter.
+            ExitOutcome::Continue if self.ctx.events.ending() => RunState::Paused,
             ExitOutcome::Continue => RunState::Running,
             ExitOutcome::TripleFault => {
                 tracing::warn!(cpu = self.index(), "triple fault: resetting");
