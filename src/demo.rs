@@ -20,6 +20,8 @@ pub const DEMO_ARGS: &[&str] = &[
     "127.0.0.1:0,to=99",
     "-serial",
     "stdio",
+    "-monitor",
+    "telnet:127.0.0.1:4444,server,nowait",
     "-device",
     "isa-debug-exit,iobase=0xf4,iosize=0x04",
 ];
@@ -48,7 +50,11 @@ pub fn kernel() -> KernelSource {
     KernelSource::Embedded(DEMO_GUEST)
 }
 
-pub fn print_banner(cfg: &VmConfig, vnc: Option<std::net::SocketAddr>) {
+pub fn print_banner(
+    cfg: &VmConfig,
+    vnc: Option<std::net::SocketAddr>,
+    monitor: Option<std::net::SocketAddr>,
+) {
     actors::report!(
         "troupe: running the built-in demo guest ({} vCPUs, {} MiB): the same as\n  troupe {} -kernel <demo>",
         cfg.smp.cpus,
@@ -60,6 +66,13 @@ pub fn print_banner(cfg: &VmConfig, vnc: Option<std::net::SocketAddr>) {
             "troupe: its screen: connect a VNC viewer to {a} (e.g. `vncviewer {}::{}`)",
             a.ip(),
             a.port()
+        );
+    }
+    if let Some(m) = monitor {
+        actors::report!(
+            "troupe: its monitor: `telnet {} {}` for the (qemu) prompt (try `info status`, `info actors`, `help`)",
+            m.ip(),
+            m.port()
         );
     }
     actors::report!(

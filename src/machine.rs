@@ -5,14 +5,16 @@
 //! [`PcMachine`] keeps what a reset needs (device models, how to reload the kernel) and
 //! implements the supervisor's `Machine` trait.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actors::bus::lock;
 
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
 use actors::events::{event_channel, EventTx};
+use actors::monitor::{self, MonitorBackend, MonitorContext, MonitorSpec, MuxHandle, Protocol};
 use actors::runtime::Registry;
 use actors::supervisor::{ExitReason, Supervisor, SupervisorConfig, SupervisorHandle};
 use actors::vcpu::{spawn_vcpu, VcpuBootState, VcpuContext, VcpuHandle};
@@ -20,7 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use vm_memory::GuestMemoryMmap;
 
 use crate::boot::{self, BootParams, MemEntry};
-use crate::config::{BootConfig, CharBackend, VcpuPin, VmConfig};
+use crate::config::{BootConfig, CharBackend, MonitorMode, VcpuPin, VmConfig};
 use crate::tables::acpi::{AcpiConfig, AcpiTables};
 use crate::tables::dsdt::DsdtConfig;
 use crate::vm::cpuid;
@@ -176,6 +178,8 @@ pub struct Vm {
     pub vcpus: Vec<VcpuHandle>,
     pub kvm: Arc<KvmVm>,
     pub console: Console,
+    /// Monitors started (where they listen), for the demo's banner.
+    pub monitors: Vec<monitor::StartedMonitor>,
 }
 
 /// Which host cores each vCPU gets.
@@ -193,8 +197,9 @@ pub fn pin_plan(pin: &VcpuPin, cpus: u32) -> Result<Vec<Option<Vec<usize>>>> {
         .collect())
 }
 
-/// Resolve a command-line character backend into an actors-level one.
-fn chardev_backend(b: &CharBackend) -> Result<Option<Backend>> {
+/// Resolve a command-line character backend into an actors-level one (a `chardev:ID`
+/// through its `-chardev`).
+fn chardev_backend(cfg: &VmConfig, b: &CharBackend) -> Result<Option<Backend>> {
     Ok(Some(match b {
         CharBackend::None => return Ok(None),
         CharBackend::Null => Backend::Null,
@@ -236,7 +241,17 @@ fn chardev_backend(b: &CharBackend) -> Result<Option<Backend>> {
                 Backend::UnixClient { path: path.clone() }
             }
         }
-        CharBackend::Named(id) => return Err(anyhow!("chardev:{id} is not supported yet")),
+        CharBackend::Named(id) => {
+            let c = cfg
+                .chardevs
+                .iter()
+                .find(|c| &c.id == id)
+                .ok_or_else(|| anyhow!("chardev '{id}' not found"))?;
+            if matches!(c.backend, CharBackend::Named(_)) {
+                return Err(anyhow!("chardev '{id}' refers to another chardev"));
+            }
+            return chardev_backend(cfg, &c.backend);
+        }
     }))
 }
 
@@ -266,13 +281,6 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }
     }
-    for m in &cfg.monitors {
-        if m.backend == CharBackend::MuxStdio {
-            actors::report!("troupe: warning: the monitor is not available yet; stdio carries the serial port only");
-        } else {
-            return Err(anyhow!("-monitor/-qmp: the monitor is not available yet"));
-        }
-    }
     Ok(())
 }
 
@@ -295,8 +303,22 @@ pub fn build(
     let (events, events_rx): (EventTx, _) = event_channel();
     let mut serials = Vec::new();
     let mut serial_handles = Vec::new();
+    let chardev_labels: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut muxes = start_muxes(cfg, rt, registry)?;
     for (i, b) in cfg.serials.iter().enumerate() {
-        let Some(backend) = chardev_backend(b)? else {
+        if let Some((key, _)) = mux_key(cfg, b) {
+            let Some(m) = muxes.get_mut(&key) else {
+                continue;
+            };
+            let rx = m.serial_rx.take().ok_or_else(|| {
+                anyhow!("-serial #{i}: chardev '{key}' already has a serial port")
+            })?;
+            serial_handles.push(m.chardev.clone());
+            lock(&chardev_labels).push((format!("serial{i}"), m.chardev.label.clone()));
+            serials.push((m.chardev.clone(), rx));
+            continue;
+        }
+        let Some(backend) = chardev_backend(cfg, b)? else {
             continue;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -309,6 +331,7 @@ pub fn build(
                 tx,
             ))
             .with_context(|| format!("-serial #{i}"))?;
+        lock(&chardev_labels).push((format!("serial{i}"), h.label.clone()));
         serial_handles.push(h.clone());
         serials.push((h, rx));
     }
@@ -384,6 +407,27 @@ pub fn build(
                 .map_err(|e| anyhow!("fw_cfg: {e}"))?;
         }
     }
+    let info = Arc::new(crate::monitor_info::PcInfo {
+        pci: devices.pci.clone(),
+        ide: devices.ide.clone(),
+        drives: cfg.drives.clone(),
+        kvm: kvm.clone(),
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        chardevs: chardev_labels.clone(),
+        bios: match (&cfg.boot, &plan) {
+            (BootConfig::Firmware { bios }, BootPlan::Firmware) => Some(bios.clone()),
+            _ => None,
+        },
+        serials: crate::platform::COM_PORTS
+            .iter()
+            .take(cfg.serials.len())
+            .copied()
+            .collect(),
+        vcpus: cfg.smp.cpus as usize,
+    });
+    let has_screen = devices.vga.is_some() || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
+    let has_input = true;
     let machine = PcMachine {
         mem: mem.clone(),
         layout,
@@ -419,8 +463,34 @@ pub fn build(
         no_shutdown: cfg.no_shutdown,
         monitor_attached: !cfg.monitors.is_empty(),
     };
+    let guest_mem = machine.mem.clone();
     let (supervisor, handle) =
         Supervisor::new(sup_cfg, vcpus.clone(), Arc::new(machine), events_rx);
+    for m in muxes.values() {
+        m.set_supervisor(handle.clone());
+    }
+    let ctx = MonitorContext {
+        supervisor: handle.clone(),
+        registry: registry.clone(),
+        mem: guest_mem,
+        name: cfg.name.clone(),
+        uuid: cfg.uuid.clone(),
+        input: has_input
+            .then(|| Arc::new(console.input.clone()) as Arc<dyn actors::display::input::InputSink>),
+        display: has_screen.then(|| console.display.clone()),
+        vnc: console.vnc.clone(),
+        log: Some(Arc::new(crate::process::set_log_directives)),
+        info,
+        topology: (0..cfg.smp.cpus)
+            .map(|i| {
+                let p = topo.position(i);
+                (p.socket, p.core, p.thread)
+            })
+            .collect(),
+        keys: Arc::default(),
+        buttons: Arc::default(),
+    };
+    let monitors = start_monitors(cfg, rt, registry, ctx, &mut muxes, &chardev_labels)?;
     Ok(Vm {
         supervisor,
         chardevs: serial_handles,
@@ -428,7 +498,134 @@ pub fn build(
         vcpus,
         kvm,
         console,
+        monitors,
     })
+}
+
+/// The mux a backend refers to, if any: (key, the backend the mux opens).
+fn mux_key(cfg: &VmConfig, b: &CharBackend) -> Option<(String, CharBackend)> {
+    match b {
+        CharBackend::MuxStdio => Some(("stdio".into(), CharBackend::Stdio)),
+        CharBackend::Named(id) => cfg
+            .chardevs
+            .iter()
+            .find(|c| &c.id == id && c.mux)
+            .map(|c| (c.id.clone(), c.backend.clone())),
+        _ => None,
+    }
+}
+
+/// Open every chardev shared by a serial port and a monitor (`-nographic`, `mon:`,
+/// `mux=on`).
+fn start_muxes(
+    cfg: &VmConfig,
+    rt: &tokio::runtime::Runtime,
+    registry: &Registry,
+) -> Result<HashMap<String, MuxHandle>> {
+    let mut muxes = HashMap::new();
+    let users = cfg
+        .serials
+        .iter()
+        .chain(cfg.monitors.iter().map(|m| &m.backend));
+    for b in users {
+        let Some((key, backend)) = mux_key(cfg, b) else {
+            continue;
+        };
+        if muxes.contains_key(&key) {
+            continue;
+        }
+        let Some(be) = chardev_backend(cfg, &backend)? else {
+            continue;
+        };
+        let h = rt
+            .block_on(monitor::spawn_mux(rt.handle(), registry, &key, be))
+            .with_context(|| format!("chardev '{key}'"))?;
+        muxes.insert(key, h);
+    }
+    Ok(muxes)
+}
+
+/// Start every `-monitor`, `-qmp` and `-mon`.
+fn start_monitors(
+    cfg: &VmConfig,
+    rt: &tokio::runtime::Runtime,
+    registry: &Registry,
+    ctx: MonitorContext,
+    muxes: &mut HashMap<String, MuxHandle>,
+    labels: &Mutex<Vec<(String, String)>>,
+) -> Result<Vec<monitor::StartedMonitor>> {
+    let mut started = Vec::new();
+    for (n, m) in cfg.monitors.iter().enumerate() {
+        let id = match &m.backend {
+            CharBackend::Named(id) => id.clone(),
+            _ => format!("compat_monitor{n}"),
+        };
+        let what = || match m.mode {
+            MonitorMode::Readline => format!("-monitor ({id})"),
+            MonitorMode::Control => format!("-qmp ({id})"),
+        };
+        let backend = if let Some((key, _)) = mux_key(cfg, &m.backend) {
+            let mon = muxes
+                .get_mut(&key)
+                .and_then(|h| h.monitor.take())
+                .ok_or_else(|| anyhow!("{}: chardev '{key}' already has a monitor", what()))?;
+            MonitorBackend::Mux(mon)
+        } else {
+            let resolved = match &m.backend {
+                CharBackend::Named(cid) => cfg
+                    .chardevs
+                    .iter()
+                    .find(|c| &c.id == cid)
+                    .map(|c| c.backend.clone())
+                    .ok_or_else(|| anyhow!("{}: chardev '{cid}' not found", what()))?,
+                b => b.clone(),
+            };
+            match resolved {
+                CharBackend::Tcp {
+                    addr,
+                    server: true,
+                    wait,
+                    telnet,
+                    ..
+                } => MonitorBackend::Tcp {
+                    addr: addr
+                        .resolve()
+                        .with_context(|| format!("{}: cannot resolve {}", what(), addr.host))?,
+                    telnet,
+                    wait,
+                },
+                CharBackend::Unix {
+                    path,
+                    server: true,
+                    wait,
+                } => MonitorBackend::Unix { path, wait },
+                other => match chardev_backend(cfg, &other)? {
+                    Some(b) => MonitorBackend::Chardev(b),
+                    None => continue,
+                },
+            }
+        };
+        let protocol = match m.mode {
+            MonitorMode::Readline => Protocol::Hmp,
+            MonitorMode::Control => Protocol::Qmp,
+        };
+        let s = rt
+            .block_on(monitor::start(
+                rt.handle(),
+                registry,
+                ctx.clone(),
+                MonitorSpec {
+                    id: id.clone(),
+                    protocol,
+                    pretty: m.pretty,
+                    backend,
+                },
+            ))
+            .with_context(what)?;
+        lock(labels).push((id, s.filename.clone()));
+        started.push(s);
+    }
+    Ok(started)
 }
 
 async fn futures_flush(chardevs: &[ChardevHandle]) {

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod demo;
 mod machine;
+mod monitor_info;
 mod platform;
 mod process;
 mod tables;
@@ -104,7 +105,11 @@ fn start(
         Err(e) => return Err(fail(daemon, e)),
     };
     if demo {
-        demo::print_banner(cfg, vm.console.vnc.as_ref().map(|v| v.local_addr()));
+        demo::print_banner(
+            cfg,
+            vm.console.vnc.as_ref().map(|v| v.local_addr()),
+            vm.monitors.iter().find_map(|m| m.local_addr),
+        );
     }
     if let Some(d) = daemon {
         d.ready();

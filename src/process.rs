@@ -26,6 +26,43 @@ impl LogControl {
     }
 }
 
+/// The process's log control, once logging is set up (the monitor's `log` and
+/// `trace-event` change it).
+static LOG_CONTROL: std::sync::OnceLock<LogControl> = std::sync::OnceLock::new();
+
+/// Directives added from the monitor, by target.
+static EXTRA: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The monitor's `log ITEMS` (replaces the added directives; empty = back to the default)
+/// and `trace-event NAME on|off` (`+target=level`: adds or changes one).
+pub fn set_log_directives(extra: &str) -> std::result::Result<(), String> {
+    let Some(c) = LOG_CONTROL.get() else {
+        return Err("logging is not set up in this process".into());
+    };
+    let mut map = EXTRA.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = if extra.starts_with('+') {
+        map.clone()
+    } else {
+        Default::default()
+    };
+    for d in extra
+        .trim_start_matches('+')
+        .split(',')
+        .filter(|d| !d.is_empty())
+    {
+        let (t, l) = d.split_once('=').unwrap_or((d, "debug"));
+        next.insert(t.to_string(), l.to_string());
+    }
+    let mut f = std::env::var("TROUPE_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_string());
+    for (t, l) in &next {
+        f.push_str(&format!(",{t}={l}"));
+    }
+    c.set(&f).map_err(|e| format!("{e:#}"))?;
+    *map = next;
+    Ok(())
+}
+
 /// `-d ITEMS` as tracing directives: each QEMU log item is a tracing target.
 pub fn filter_for(items: &[String]) -> String {
     let mut f = std::env::var("TROUPE_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_string());
@@ -65,7 +102,9 @@ pub fn init_logging(log_file: Option<&Path>, items: &[String]) -> Result<LogCont
                 .ok();
         }
     }
-    Ok(LogControl { handle })
+    let control = LogControl { handle };
+    let _ = LOG_CONTROL.set(control.clone());
+    Ok(control)
 }
 
 /// The parent half of `-daemonize` waits here for the child's verdict and exits with it;

@@ -17,6 +17,7 @@ pub mod display;
 pub mod events;
 pub mod host;
 pub mod irq;
+pub mod monitor;
 pub mod runtime;
 pub mod supervisor;
 pub mod vcpu;

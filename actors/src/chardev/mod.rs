@@ -7,7 +7,7 @@
 //! at a time; output with nobody connected is dropped. Writes from vCPU threads use
 //! `try_send` through [`ChardevSink`], so a stuck terminal never stalls the guest.
 
-mod telnet;
+pub mod telnet;
 pub mod tty;
 
 use std::path::PathBuf;

@@ -67,6 +67,8 @@ pub enum VcpuMsg {
     Pause(Reply<()>),
     /// Read the registers (`info registers`).
     Registers(Reply<Result<VcpuRegisters, VcpuError>>),
+    /// Read the local APIC's register page (`info lapic`).
+    Lapic(Reply<Result<kvm_bindings::kvm_lapic_state, VcpuError>>),
     /// Translate a guest virtual address with the vCPU's current page tables.
     TranslateGva(u64, Reply<Result<Option<u64>, VcpuError>>),
     /// Pin to these host cores (empty: any allowed core).
@@ -83,6 +85,7 @@ impl MessageKind for VcpuMsg {
             Self::Resume => "resume",
             Self::Pause(_) => "pause",
             Self::Registers(_) => "registers",
+            Self::Lapic(_) => "lapic",
             Self::TranslateGva(..) => "translate_gva",
             Self::SetAffinity(..) => "set_affinity",
             Self::Reset(..) => "reset",
@@ -179,6 +182,12 @@ impl VcpuHandle {
     pub async fn registers(&self) -> Result<VcpuRegisters, VcpuError> {
         let (tx, rx) = reply_channel(&self.id());
         self.post(VcpuMsg::Registers(tx))?;
+        rx.recv().await?
+    }
+
+    pub async fn lapic(&self) -> Result<kvm_bindings::kvm_lapic_state, VcpuError> {
+        let (tx, rx) = reply_channel(&self.id());
+        self.post(VcpuMsg::Lapic(tx))?;
         rx.recv().await?
     }
 

@@ -228,6 +228,10 @@ impl VcpuThread {
                 reply.send(self.read_registers());
                 state
             }
+            VcpuMsg::Lapic(reply) => {
+                reply.send(self.fd.get_lapic().map_err(self.kvm_err("KVM_GET_LAPIC")));
+                state
+            }
             VcpuMsg::TranslateGva(gva, reply) => {
                 reply.send(self.translate(gva));
                 state

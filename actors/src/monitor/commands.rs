@@ -1,0 +1,613 @@
+//! The typed operations behind both monitor front ends. Each command takes QMP-style
+//! arguments (a JSON object, checked against the command's parameter list) and returns the
+//! JSON value QEMU's QMP would, or a [`CmdError`] with QEMU's error class.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::{MonitorContext, PACKAGE, QEMU_VERSION};
+use crate::display::input::{Buttons, InputEvent};
+use crate::display::keycodes::KeyCode;
+use crate::display::DumpFormat;
+use crate::supervisor::RunState;
+use crate::vnc::PasswordExpiry;
+
+/// A failed command, with QEMU's error class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdError {
+    Generic(String),
+    CommandNotFound(String),
+    DeviceNotFound(String),
+    DeviceNotActive(String),
+}
+
+impl CmdError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Generic(_) => "GenericError",
+            Self::CommandNotFound(_) => "CommandNotFound",
+            Self::DeviceNotFound(_) => "DeviceNotFound",
+            Self::DeviceNotActive(_) => "DeviceNotActive",
+        }
+    }
+
+    pub fn desc(&self) -> &str {
+        match self {
+            Self::Generic(d)
+            | Self::CommandNotFound(d)
+            | Self::DeviceNotFound(d)
+            | Self::DeviceNotActive(d) => d,
+        }
+    }
+
+    fn generic(d: impl Into<String>) -> Self {
+        Self::Generic(d.into())
+    }
+}
+
+pub type CmdResult = Result<Value, CmdError>;
+
+/// The type a parameter must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Str,
+    Int,
+    Bool,
+    /// Anything (checked by the command).
+    Any,
+}
+
+/// (name, type, required)
+type Param = (&'static str, Ty, bool);
+
+/// Every QMP command troupe knows, with its parameters. `qmp_capabilities` is served by
+/// the QMP session itself but listed here for `query-commands`.
+const COMMANDS: &[(&str, &[Param])] = &[
+    ("qmp_capabilities", &[("enable", Ty::Any, false)]),
+    ("query-version", &[]),
+    ("query-status", &[]),
+    ("query-kvm", &[]),
+    ("query-name", &[]),
+    ("query-uuid", &[]),
+    ("query-cpus-fast", &[]),
+    ("query-hotpluggable-cpus", &[]),
+    ("query-pci", &[]),
+    ("query-block", &[("flat", Ty::Bool, false)]),
+    (
+        "query-blockstats",
+        &[("query-nodes", Ty::Bool, false), ("flat", Ty::Bool, false)],
+    ),
+    ("query-vnc", &[]),
+    ("query-chardev", &[]),
+    ("query-commands", &[]),
+    ("query-events", &[]),
+    ("query-mice", &[]),
+    ("query-target", &[]),
+    ("query-machines", &[]),
+    ("query-balloon", &[]),
+    ("query-migrate", &[]),
+    ("stop", &[]),
+    ("cont", &[]),
+    ("system_reset", &[]),
+    ("system_powerdown", &[]),
+    ("quit", &[]),
+    (
+        "screendump",
+        &[
+            ("filename", Ty::Str, true),
+            ("device", Ty::Str, false),
+            ("head", Ty::Int, false),
+            ("format", Ty::Str, false),
+        ],
+    ),
+    (
+        "send-key",
+        &[("keys", Ty::Any, true), ("hold-time", Ty::Int, false)],
+    ),
+    (
+        "human-monitor-command",
+        &[
+            ("command-line", Ty::Str, true),
+            ("cpu-index", Ty::Int, false),
+        ],
+    ),
+    (
+        "set_password",
+        &[
+            ("protocol", Ty::Str, true),
+            ("password", Ty::Str, true),
+            ("connected", Ty::Str, false),
+            ("display", Ty::Str, false),
+        ],
+    ),
+    (
+        "expire_password",
+        &[
+            ("protocol", Ty::Str, true),
+            ("time", Ty::Str, true),
+            ("display", Ty::Str, false),
+        ],
+    ),
+    ("change-vnc-password", &[("password", Ty::Str, true)]),
+    // Subsystems that come with later issues: they exist, and say so.
+    (
+        "device_add",
+        &[("driver", Ty::Str, true), ("*", Ty::Any, false)],
+    ),
+    ("device_del", &[("id", Ty::Str, true)]),
+    (
+        "netdev_add",
+        &[("type", Ty::Str, true), ("*", Ty::Any, false)],
+    ),
+    ("netdev_del", &[("id", Ty::Str, true)]),
+    (
+        "blockdev-add",
+        &[("driver", Ty::Str, true), ("*", Ty::Any, false)],
+    ),
+    ("migrate", &[("uri", Ty::Str, true), ("*", Ty::Any, false)]),
+    ("balloon", &[("value", Ty::Int, true)]),
+    (
+        "set_link",
+        &[("name", Ty::Str, true), ("up", Ty::Bool, true)],
+    ),
+    ("query-rx-filter", &[("name", Ty::Str, false)]),
+];
+
+/// Events troupe emits (for `query-events`).
+const EVENTS: &[&str] = &["STOP", "RESUME", "RESET", "SHUTDOWN", "POWERDOWN"];
+
+/// Command names, for `query-commands` and completion.
+pub fn command_names() -> impl Iterator<Item = &'static str> {
+    COMMANDS.iter().map(|(n, _)| *n)
+}
+
+fn ty_name(t: Ty) -> &'static str {
+    match t {
+        Ty::Str => "string",
+        Ty::Int => "int",
+        Ty::Bool => "boolean",
+        Ty::Any => "any",
+    }
+}
+
+/// Check `args` against the command's parameters, with QEMU's messages.
+pub fn check_args(name: &str, args: &Map<String, Value>) -> Result<(), CmdError> {
+    let Some((_, params)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+        return Err(CmdError::CommandNotFound(format!(
+            "The command {name} has not been found"
+        )));
+    };
+    let open = params.iter().any(|p| p.0 == "*");
+    for (k, v) in args {
+        match params.iter().find(|p| p.0 == k) {
+            None if open => {}
+            None => return Err(CmdError::generic(format!("Parameter '{k}' is unexpected"))),
+            Some((_, ty, _)) => {
+                let ok = match ty {
+                    Ty::Str => v.is_string(),
+                    Ty::Int => v.is_i64() || v.is_u64(),
+                    Ty::Bool => v.is_boolean(),
+                    Ty::Any => true,
+                };
+                if !ok {
+                    return Err(CmdError::generic(format!(
+                        "Invalid parameter type for '{k}', expected: {}",
+                        ty_name(*ty)
+                    )));
+                }
+            }
+        }
+    }
+    for (p, _, required) in params.iter() {
+        if *required && !args.contains_key(*p) {
+            return Err(CmdError::generic(format!("Parameter '{p}' is missing")));
+        }
+    }
+    Ok(())
+}
+
+fn s<'a>(args: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    args.get(k).and_then(Value::as_str)
+}
+
+fn not_available(what: &str) -> CmdError {
+    CmdError::generic(format!("{what} is not available yet in troupe"))
+}
+
+fn actor_gone<E: std::fmt::Display>(e: E) -> CmdError {
+    CmdError::generic(format!("the VM supervisor did not answer: {e}"))
+}
+
+/// Run one command. HMP calls this too, then formats the result.
+pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>) -> CmdResult {
+    check_args(name, args)?;
+    match name {
+        "qmp_capabilities" => Ok(json!({})),
+        "query-version" => Ok(version()),
+        "query-status" => {
+            let st = ctx.supervisor.status().await.map_err(actor_gone)?;
+            Ok(json!({
+                "status": st.qmp_name(),
+                "singlestep": false,
+                "running": st == RunState::Running,
+            }))
+        }
+        "query-kvm" => Ok(json!({"enabled": true, "present": true})),
+        "query-name" => Ok(match &ctx.name {
+            Some(n) => json!({ "name": n }),
+            None => json!({}),
+        }),
+        "query-uuid" => Ok(json!({
+            "UUID": ctx.uuid.clone().unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into())
+        })),
+        "query-cpus-fast" => {
+            let vcpus = ctx.supervisor.vcpus().await.map_err(actor_gone)?;
+            Ok(Value::Array(
+                vcpus
+                    .iter()
+                    .map(|v| {
+                        let i = v.index() as usize;
+                        let (socket, core, thread) =
+                            ctx.topology.get(i).copied().unwrap_or((0, i as u32, 0));
+                        json!({
+                            "thread-id": v.thread_id(),
+                            "props": {"core-id": core, "thread-id": thread, "socket-id": socket},
+                            "qom-path": format!("/machine/unattached/device[{i}]"),
+                            "cpu-index": i,
+                            "target": "x86_64",
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+        "query-hotpluggable-cpus" => Ok(Value::Array(
+            ctx.topology
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, (socket, core, thread))| {
+                    json!({
+                        "props": {"core-id": core, "thread-id": thread, "socket-id": socket},
+                        "vcpus-count": 1,
+                        "qom-path": format!("/machine/unattached/device[{i}]"),
+                        "type": "host-x86_64-cpu",
+                    })
+                })
+                .collect(),
+        )),
+        "query-pci" => Ok(ctx.info.query_pci()),
+        "query-block" => Ok(ctx.info.query_block()),
+        "query-blockstats" => Ok(ctx.info.query_blockstats()),
+        "query-vnc" => Ok(match &ctx.vnc {
+            Some(v) => v.info().to_query_vnc(),
+            None => json!({"enabled": false}),
+        }),
+        "query-chardev" => Ok(ctx.info.query_chardev()),
+        "query-commands" => Ok(Value::Array(
+            command_names().map(|n| json!({ "name": n })).collect(),
+        )),
+        "query-events" => Ok(Value::Array(
+            EVENTS.iter().map(|n| json!({ "name": n })).collect(),
+        )),
+        "query-mice" => Ok(match &ctx.input {
+            Some(i) => json!([{
+                "name": "QEMU PS/2 Mouse",
+                "index": 2,
+                "current": true,
+                "absolute": i.absolute(),
+            }]),
+            None => json!([]),
+        }),
+        "query-target" => Ok(json!({"arch": "x86_64"})),
+        "query-machines" => Ok(json!([
+            {"name": "pc", "alias": "pc", "is-default": true, "cpu-max": 255,
+             "hotpluggable-cpus": true, "numa-mem-supported": false, "deprecated": false,
+             "default-cpu-type": "qemu64-x86_64-cpu", "default-ram-id": "pc.ram", "acpi": true}
+        ])),
+        "query-balloon" | "balloon" => Err(CmdError::DeviceNotActive(
+            "No balloon device has been activated".into(),
+        )),
+        "query-migrate" => Ok(json!({})),
+        "stop" => lifecycle(ctx.supervisor.stop().await),
+        "cont" => lifecycle(ctx.supervisor.cont().await),
+        "system_reset" => lifecycle(ctx.supervisor.reset().await),
+        "system_powerdown" => lifecycle(ctx.supervisor.powerdown().await),
+        "quit" => {
+            // The reply goes out first; the supervisor ends the process right after.
+            let sup = ctx.supervisor.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = sup.quit().await;
+            });
+            Ok(json!({}))
+        }
+        "screendump" => {
+            let file = s(args, "filename").unwrap_or_default();
+            let format = match s(args, "format") {
+                None | Some("ppm") => DumpFormat::Ppm,
+                Some("png") => DumpFormat::Png,
+                Some(f) => {
+                    return Err(CmdError::generic(format!(
+                        "Parameter 'format' does not accept value '{f}'"
+                    )))
+                }
+            };
+            if let Some(d) = s(args, "device") {
+                return Err(CmdError::DeviceNotFound(format!("Device '{d}' not found")));
+            }
+            screendump(ctx, Path::new(file), format)
+        }
+        "send-key" => {
+            let keys = parse_key_values(args.get("keys").unwrap_or(&Value::Null))?;
+            let hold = args.get("hold-time").and_then(Value::as_u64).unwrap_or(100);
+            send_keys(ctx, keys, hold).await?;
+            Ok(json!({}))
+        }
+        // Served by the QMP session (HMP calls `execute`, so this would recurse).
+        "human-monitor-command" => Err(CmdError::generic(
+            "human-monitor-command is only available over QMP",
+        )),
+        "set_password" => {
+            let protocol = s(args, "protocol").unwrap_or_default();
+            set_password(ctx, protocol, s(args, "password").unwrap_or_default())?;
+            Ok(json!({}))
+        }
+        "change-vnc-password" => {
+            set_password(ctx, "vnc", s(args, "password").unwrap_or_default())?;
+            Ok(json!({}))
+        }
+        "expire_password" => {
+            let protocol = s(args, "protocol").unwrap_or_default();
+            expire_password(ctx, protocol, s(args, "time").unwrap_or_default())?;
+            Ok(json!({}))
+        }
+        "device_add" | "device_del" => Err(not_available("device hotplug")),
+        "netdev_add" | "netdev_del" | "set_link" | "query-rx-filter" => {
+            Err(not_available("networking"))
+        }
+        "blockdev-add" => Err(not_available("blockdev-add")),
+        "migrate" => Err(not_available("migration")),
+        other => Err(CmdError::CommandNotFound(format!(
+            "The command {other} has not been found"
+        ))),
+    }
+}
+
+pub fn version() -> Value {
+    let (major, minor, micro) = QEMU_VERSION;
+    json!({
+        "qemu": {"micro": micro, "minor": minor, "major": major},
+        "package": PACKAGE,
+    })
+}
+
+fn lifecycle(r: Result<Result<(), String>, crate::runtime::ActorError>) -> CmdResult {
+    match r {
+        Ok(Ok(())) => Ok(json!({})),
+        Ok(Err(e)) => Err(CmdError::Generic(e)),
+        Err(e) => Err(actor_gone(e)),
+    }
+}
+
+fn screendump(ctx: &MonitorContext, path: &Path, format: DumpFormat) -> CmdResult {
+    let Some(display) = &ctx.display else {
+        return Err(CmdError::generic(
+            "There is no QemuConsole I can screendump from.",
+        ));
+    };
+    display
+        .screendump(path, format)
+        .map_err(|e| CmdError::Generic(e.to_string()))?;
+    Ok(json!({}))
+}
+
+/// A key as `send-key` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyValue {
+    Key(KeyCode),
+    Number(u16),
+}
+
+fn parse_key_values(v: &Value) -> Result<Vec<KeyValue>, CmdError> {
+    let Some(list) = v.as_array() else {
+        return Err(CmdError::generic(
+            "Invalid parameter type for 'keys', expected: array",
+        ));
+    };
+    if list.is_empty() {
+        return Err(CmdError::generic("Parameter 'keys' is missing"));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let ty = k.get("type").and_then(Value::as_str);
+            let data = k.get("data");
+            match (ty, data) {
+                (Some("qcode"), Some(Value::String(name))) => KeyCode::from_qcode_name(name)
+                    .map(KeyValue::Key)
+                    .ok_or_else(|| {
+                        CmdError::generic(format!(
+                            "Parameter 'keys[{i}].data' does not accept value '{name}'"
+                        ))
+                    }),
+                (Some("number"), Some(n)) => n
+                    .as_u64()
+                    .filter(|n| *n <= 0xffff)
+                    .map(|n| KeyValue::Number(n as u16))
+                    .ok_or_else(|| {
+                        CmdError::generic(format!(
+                            "Invalid parameter type for 'keys[{i}].data', expected: integer"
+                        ))
+                    }),
+                (Some(t), _) if t != "qcode" && t != "number" => Err(CmdError::generic(format!(
+                    "Parameter 'keys[{i}].type' does not accept value '{t}'"
+                ))),
+                _ => Err(CmdError::generic(format!(
+                    "Parameter 'keys[{i}].data' is missing"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Press the keys in order, hold them `hold_ms`, release in reverse order. Returns once
+/// the presses are queued; the release happens in the background (as QEMU does), and a
+/// following key sequence waits for it.
+pub async fn send_keys(ctx: &MonitorContext, keys: Vec<KeyValue>, hold_ms: u64) -> CmdResult {
+    let Some(input) = ctx.input.clone() else {
+        return Err(CmdError::generic("no keyboard is attached to this machine"));
+    };
+    let guard = ctx.keys.clone().lock_owned().await;
+    let ev = |k: KeyValue, down| match k {
+        KeyValue::Key(key) => InputEvent::Key { key, down },
+        KeyValue::Number(number) => InputEvent::RawKey { number, down },
+    };
+    for k in &keys {
+        input.send(ev(*k, true));
+    }
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        for k in keys.iter().rev() {
+            input.send(ev(*k, false));
+        }
+    });
+    Ok(json!({}))
+}
+
+/// Relative mouse motion with the buttons currently held.
+pub fn mouse_move(ctx: &MonitorContext, dx: i32, dy: i32, dz: i32) -> CmdResult {
+    let Some(input) = &ctx.input else {
+        return Err(CmdError::generic("no mouse is attached to this machine"));
+    };
+    let buttons = Buttons(ctx.buttons.load(Ordering::Relaxed));
+    input.send(InputEvent::PointerRel {
+        dx,
+        dy,
+        dz,
+        buttons,
+    });
+    Ok(json!({}))
+}
+
+/// `mouse_button STATE`: 1 left, 2 middle, 4 right (QEMU's HMP numbering, which is also
+/// [`Buttons`]' layout).
+pub fn mouse_button(ctx: &MonitorContext, state: u8) -> CmdResult {
+    let Some(input) = &ctx.input else {
+        return Err(CmdError::generic("no mouse is attached to this machine"));
+    };
+    let state = state & (Buttons::LEFT | Buttons::MIDDLE | Buttons::RIGHT);
+    ctx.buttons.store(state, Ordering::Relaxed);
+    input.send(InputEvent::PointerRel {
+        dx: 0,
+        dy: 0,
+        dz: 0,
+        buttons: Buttons(state),
+    });
+    Ok(json!({}))
+}
+
+fn vnc_protocol<'a>(
+    ctx: &'a MonitorContext,
+    protocol: &str,
+) -> Result<&'a crate::vnc::VncHandle, CmdError> {
+    match protocol {
+        "vnc" => ctx
+            .vnc
+            .as_ref()
+            .ok_or_else(|| CmdError::generic("Could not set password")),
+        "spice" => Err(CmdError::generic("SPICE is not in use")),
+        other => Err(CmdError::generic(format!(
+            "Parameter 'protocol' does not accept value '{other}'"
+        ))),
+    }
+}
+
+pub fn set_password(ctx: &MonitorContext, protocol: &str, password: &str) -> CmdResult {
+    vnc_protocol(ctx, protocol)?
+        .set_password(password)
+        .map_err(|e| CmdError::Generic(e.to_string()))?;
+    Ok(json!({}))
+}
+
+pub fn expire_password(ctx: &MonitorContext, protocol: &str, time: &str) -> CmdResult {
+    let vnc = vnc_protocol(ctx, protocol)?;
+    let when = PasswordExpiry::parse(time).map_err(|e| CmdError::Generic(e.to_string()))?;
+    vnc.expire_password(when)
+        .map_err(|e| CmdError::Generic(e.to_string()))?;
+    Ok(json!({}))
+}
+
+/// A lifecycle notification as a QMP event (without the timestamp).
+pub fn event_json(n: &crate::supervisor::VmNotification) -> (String, Option<Value>) {
+    use crate::supervisor::VmNotification as N;
+    match n {
+        N::Stop => ("STOP".into(), None),
+        N::Resume => ("RESUME".into(), None),
+        N::Reset { guest, reason } => (
+            "RESET".into(),
+            Some(json!({"guest": guest, "reason": reason})),
+        ),
+        N::Shutdown { guest, reason } => (
+            "SHUTDOWN".into(),
+            Some(json!({"guest": guest, "reason": reason})),
+        ),
+        N::Powerdown => ("POWERDOWN".into(), None),
+        N::Other { event, data } => (event.clone(), serde_json::from_str(data).ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn parameters_are_checked_like_qemu() {
+        assert_eq!(
+            check_args("query-status", &args(json!({"x": 1}))),
+            Err(CmdError::generic("Parameter 'x' is unexpected"))
+        );
+        assert_eq!(
+            check_args("screendump", &args(json!({}))),
+            Err(CmdError::generic("Parameter 'filename' is missing"))
+        );
+        assert_eq!(
+            check_args("screendump", &args(json!({"filename": 3}))),
+            Err(CmdError::generic(
+                "Invalid parameter type for 'filename', expected: string"
+            ))
+        );
+        assert_eq!(
+            check_args("nope", &Map::new()).unwrap_err().class(),
+            "CommandNotFound"
+        );
+        assert!(check_args("device_add", &args(json!({"driver": "e1000", "id": "n"}))).is_ok());
+    }
+
+    #[test]
+    fn key_values_parse_and_reject() {
+        let k = parse_key_values(&json!([{"type": "qcode", "data": "ctrl"},
+                                         {"type": "number", "data": 0x1e}]))
+        .unwrap();
+        assert_eq!(
+            k[0],
+            KeyValue::Key(KeyCode::from_qcode_name("ctrl").unwrap())
+        );
+        assert_eq!(k[1], KeyValue::Number(0x1e));
+        assert_eq!(
+            parse_key_values(&json!([{"type": "qcode", "data": "nokey"}]))
+                .unwrap_err()
+                .desc(),
+            "Parameter 'keys[0].data' does not accept value 'nokey'"
+        );
+        assert!(parse_key_values(&json!("a")).is_err());
+        assert!(parse_key_values(&json!([])).is_err());
+    }
+}

@@ -1,0 +1,1191 @@
+//! HMP: parse a command line, run it through the shared command model
+//! ([`super::commands`]) or the vCPU/supervisor messages, and print what QEMU prints.
+//! Output uses `\n`; the session turns it into `\r\n` on the wire, as QEMU does.
+
+use serde_json::{json, Map, Value};
+
+use super::commands::{self, execute, CmdError, KeyValue};
+use super::memdump::{self, DumpFormat};
+use super::MonitorContext;
+use crate::display::keycodes::KeyCode;
+use crate::runtime::Placement;
+use crate::vcpu::{VcpuHandle, VcpuRegisters};
+
+/// Per-session HMP state.
+#[derive(Debug, Clone)]
+pub struct HmpSession {
+    /// The current CPU (`cpu N`), for `info registers`, `x`, `gva2gpa`.
+    pub cpu: u32,
+    /// `x`/`xp` remember the last format, like QEMU.
+    last_fmt: DumpFormat,
+}
+
+impl Default for HmpSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HmpSession {
+    pub fn new() -> Self {
+        Self {
+            cpu: 0,
+            last_fmt: DumpFormat::default(),
+        }
+    }
+}
+
+/// What a command line produced.
+#[derive(Debug, Default)]
+pub struct HmpReply {
+    pub text: String,
+    /// `change vnc password` without a password: read one at a `Password: ` prompt.
+    pub password_prompt: bool,
+}
+
+impl HmpReply {
+    fn text(t: impl Into<String>) -> Self {
+        Self {
+            text: t.into(),
+            password_prompt: false,
+        }
+    }
+}
+
+/// (names, args help, help text). Names separated by `|` are aliases.
+const COMMANDS: &[(&str, &str, &str)] = &[
+    ("c|cont", "", "resume emulation"),
+    (
+        "change",
+        "device [-f] filename [format [read-only-mode]]",
+        "change a removable medium, optional format, use -f to force the operation",
+    ),
+    ("cpu", "index", "set the default CPU"),
+    (
+        "device_add",
+        "driver[,prop=value][,...]",
+        "add device, like -device on the command line",
+    ),
+    ("device_del", "device", "remove device"),
+    ("eject", "[-f] device", "eject a removable medium (use -f to force it)"),
+    (
+        "expire_password",
+        "protocol time [-d display]",
+        "set spice/vnc password expire-time",
+    ),
+    (
+        "gva2gpa",
+        "addr",
+        "print the guest physical address corresponding to a guest virtual address",
+    ),
+    ("help|?", "[cmd]", "show the help"),
+    (
+        "hostfwd_add",
+        "[netdev_id] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport",
+        "redirect TCP or UDP connections from host to guest (requires -net user)",
+    ),
+    (
+        "hostfwd_remove",
+        "[netdev_id] [tcp|udp]:[hostaddr]:hostport",
+        "remove host-to-guest TCP or UDP redirection",
+    ),
+    (
+        "info",
+        "[subcommand]",
+        "show various information about the system state",
+    ),
+    ("log", "item1[,...]", "activate logging of the specified items"),
+    (
+        "migrate",
+        "[-d] [-b] [-i] [-r] uri",
+        "migrate to URI (using -d to not wait for completion)",
+    ),
+    (
+        "mouse_button",
+        "state",
+        "change mouse button state (1=L, 2=M, 4=R)",
+    ),
+    ("mouse_move", "dx dy [dz]", "send mouse move events"),
+    ("netdev_add", "type,id=str[,prop=value][,...]", "add host network device"),
+    ("netdev_del", "id", "remove host network device"),
+    ("q|quit", "", "quit the emulator"),
+    (
+        "screendump",
+        "filename [-f format] [device [head]]",
+        "save screen from head 'head' of display device 'device'in specified format 'format' as image 'filename'.Currently only 'png' and 'ppm' formats are supported.",
+    ),
+    (
+        "sendkey",
+        "keys [hold_ms]",
+        "send keys to the VM (e.g. 'sendkey ctrl-alt-f1', default hold time=100 ms)",
+    ),
+    (
+        "set_link",
+        "name on|off",
+        "change the link status of a network adapter",
+    ),
+    (
+        "set_password",
+        "protocol password [-d display] [action-if-connected]",
+        "set spice/vnc password",
+    ),
+    ("s|stop", "", "stop emulation"),
+    ("system_powerdown", "", "send system power down event"),
+    ("system_reset", "", "reset the system"),
+    (
+        "trace-event",
+        "name on|off [vcpu]",
+        "changes status of a specific trace event (vcpu: vCPU to set, default is all)",
+    ),
+    (
+        "vcpu_pin",
+        "index cores",
+        "pin a vCPU's thread to host cores (e.g. 'vcpu_pin 0 2-3'; 'none' unpins) [troupe]",
+    ),
+    ("x", "/fmt addr", "virtual memory dump starting at 'addr'"),
+    ("xp", "/fmt addr", "physical memory dump starting at 'addr'"),
+];
+
+const INFO: &[(&str, &str, &str)] = &[
+    ("actors", "", "show every actor: kind, state, mailbox depth, restarts, host core [troupe]"),
+    ("balloon", "", "show balloon information"),
+    ("block", "[-n] [-v] [device]", "show info of one block device or all block devices"),
+    ("blockstats", "", "show block device statistics"),
+    ("chardev", "", "show the character devices"),
+    ("cpus", "", "show infos for each CPU"),
+    ("hotpluggable-cpus", "", "Show information about hotpluggable CPU objects"),
+    ("irq", "", "show the interrupts statistics (if available)"),
+    ("kvm", "", "show KVM information"),
+    ("lapic", "[apic-id]", "show local apic state (apic-id: local apic to read, default is which of current CPU)"),
+    ("mem", "", "show the active virtual memory mappings"),
+    ("mice", "", "show which guest mouse is receiving events"),
+    ("migrate", "", "show migration status"),
+    ("mtree", "[-f] [-d] [-o] [-D]", "show memory tree (-f: dump flat view for address spaces;-d: dump dispatch tree, valid with -f only);-o: dump region owners/parents;-D: dump disabled regions"),
+    ("name", "", "show the current VM name"),
+    ("network", "", "show the network state"),
+    ("pci", "", "show PCI info"),
+    ("pic", "", "show PIC state"),
+    ("qtree", "", "show device tree"),
+    ("registers", "[-a]", "show the cpu registers (-a: all - show register info for all cpus)"),
+    ("roms", "", "show roms"),
+    ("status", "", "show the current VM status (running|paused)"),
+    ("tlb", "", "show virtual to physical memory mappings"),
+    ("usernet", "", "show user network stack connection states"),
+    ("uuid", "", "show the current VM UUID"),
+    ("version", "", "show the version of QEMU"),
+    ("vnc", "", "show the vnc server status"),
+];
+
+fn names(entry: &str) -> impl Iterator<Item = &str> {
+    entry.split('|')
+}
+
+/// Completion candidates for the line typed so far (command names, `info`/`help`
+/// sub-commands, `sendkey` key names).
+pub fn complete(line: &str) -> Vec<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let ends_space = line.ends_with(' ');
+    let (prefix, nth) = if ends_space || words.is_empty() {
+        ("", words.len())
+    } else {
+        (*words.last().unwrap_or(&""), words.len() - 1)
+    };
+    let mut out: Vec<String> = match (nth, words.first().copied()) {
+        (0, _) => COMMANDS
+            .iter()
+            .flat_map(|c| names(c.0))
+            .filter(|n| n.starts_with(prefix) && n.len() > 1)
+            .map(str::to_string)
+            .collect(),
+        (1, Some("info")) => INFO
+            .iter()
+            .map(|i| i.0)
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect(),
+        (1, Some("help" | "?")) => COMMANDS
+            .iter()
+            .flat_map(|c| names(c.0))
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect(),
+        (1, Some("sendkey")) => {
+            let (done, last) = match prefix.rfind('-') {
+                Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+                None => ("", prefix),
+            };
+            KeyCode::all()
+                .map(|k| k.qcode_name())
+                .filter(|n| n.starts_with(last))
+                .map(|n| format!("{done}{n}"))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Split a command line into words; double quotes group.
+fn split_args(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quoted {
+        return Err("unterminated string".into());
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn err_text(e: &CmdError) -> String {
+    format!("Error: {}\n", e.desc())
+}
+
+async fn exec_text(
+    ctx: &MonitorContext,
+    name: &str,
+    args: Value,
+    f: impl FnOnce(&Value) -> String,
+) -> String {
+    let args = args.as_object().cloned().unwrap_or_default();
+    match execute(ctx, name, &args).await {
+        Ok(v) => f(&v),
+        Err(e) => err_text(&e),
+    }
+}
+
+/// Run one command line; returns what to print.
+pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> HmpReply {
+    let line = line.trim();
+    if line.is_empty() {
+        return HmpReply::default();
+    }
+    let args = match split_args(line) {
+        Ok(a) => a,
+        Err(e) => return HmpReply::text(format!("{e}\n")),
+    };
+    let cmd = args[0].as_str();
+    let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    let Some(entry) = COMMANDS.iter().find(|c| names(c.0).any(|n| n == cmd)) else {
+        return HmpReply::text(format!("unknown command: '{cmd}'\n"));
+    };
+    let canonical = names(entry.0).max_by_key(|n| n.len()).unwrap_or(cmd);
+    let max_args = entry.1.split_whitespace().count()
+        + usize::from(matches!(canonical, "sendkey" | "set_password" | "change"));
+    let required = entry
+        .1
+        .split_whitespace()
+        .filter(|a| !a.starts_with('['))
+        .count();
+    if rest.len() < required {
+        return HmpReply::text(format!("{canonical}: missing argument\n"));
+    }
+    if rest.len() > max_args.max(required) && !matches!(canonical, "help" | "info" | "log") {
+        return HmpReply::text(format!(
+            "{canonical}: extraneous characters at the end of line\n"
+        ));
+    }
+    let simple = |name: &'static str| async move {
+        exec_text(ctx, name, json!({}), |_| String::new()).await
+    };
+    let text = match canonical {
+        "help" => help(rest.first().copied()),
+        "info" => return HmpReply::text(info(ctx, s, &rest).await),
+        "stop" => simple("stop").await,
+        "cont" => simple("cont").await,
+        "system_reset" => simple("system_reset").await,
+        "system_powerdown" => simple("system_powerdown").await,
+        "quit" => simple("quit").await,
+        "sendkey" => sendkey(ctx, &rest).await,
+        "screendump" => screendump(ctx, &rest).await,
+        "x" | "xp" => dump_memory(ctx, s, canonical == "xp", &rest).await,
+        "gva2gpa" => gva2gpa(ctx, s, rest[0]).await,
+        "cpu" => match rest[0].parse::<u32>() {
+            Ok(n) if (n as usize) < ctx.topology.len() => {
+                s.cpu = n;
+                String::new()
+            }
+            _ => "invalid CPU index\n".into(),
+        },
+        "change" => {
+            if rest[0] == "vnc" && rest.get(1) == Some(&"password") {
+                match rest.get(2) {
+                    Some(p) => match commands::set_password(ctx, "vnc", p) {
+                        Ok(_) => String::new(),
+                        Err(e) => err_text(&e),
+                    },
+                    None => {
+                        return HmpReply {
+                            text: String::new(),
+                            password_prompt: true,
+                        }
+                    }
+                }
+            } else if rest[0] == "vnc" {
+                "Error: changing the VNC listen address at run time is not available yet in troupe\n".into()
+            } else {
+                "Error: changing removable media is not available yet in troupe (the CD-ROM's image is fixed at start)\n".into()
+            }
+        }
+        "eject" => "Error: ejecting removable media is not available yet in troupe\n".into(),
+        "set_password" => match commands::set_password(ctx, rest[0], rest[1]) {
+            Ok(_) => String::new(),
+            Err(e) => err_text(&e),
+        },
+        "expire_password" => match commands::expire_password(ctx, rest[0], rest[1]) {
+            Ok(_) => String::new(),
+            Err(e) => err_text(&e),
+        },
+        "mouse_move" => {
+            let nums: Result<Vec<i32>, _> = rest.iter().map(|a| parse_int(a)).collect();
+            match nums {
+                Ok(n) => {
+                    match commands::mouse_move(ctx, n[0], n[1], n.get(2).copied().unwrap_or(0)) {
+                        Ok(_) => String::new(),
+                        Err(e) => err_text(&e),
+                    }
+                }
+                Err(e) => format!("{e}\n"),
+            }
+        }
+        "mouse_button" => match parse_int(rest[0]) {
+            Ok(b) => match commands::mouse_button(ctx, b as u8) {
+                Ok(_) => String::new(),
+                Err(e) => err_text(&e),
+            },
+            Err(e) => format!("{e}\n"),
+        },
+        "log" => log(ctx, &rest),
+        "trace-event" => trace_event(ctx, &rest),
+        "vcpu_pin" => vcpu_pin(ctx, rest[0], rest[1]).await,
+        "device_add" | "device_del" => {
+            "Error: device hotplug is not available yet in troupe\n".into()
+        }
+        "migrate" => "Error: migration is not available yet in troupe\n".into(),
+        "netdev_add" | "netdev_del" | "hostfwd_add" | "hostfwd_remove" | "set_link" => {
+            "Error: networking is not available yet in troupe\n".into()
+        }
+        other => format!("unknown command: '{other}'\n"),
+    };
+    HmpReply::text(text)
+}
+
+fn parse_int(a: &str) -> Result<i32, String> {
+    let (neg, a2) = match a.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, a),
+    };
+    let v = if let Some(h) = a2.strip_prefix("0x") {
+        i64::from_str_radix(h, 16)
+    } else {
+        a2.parse::<i64>()
+    }
+    .map_err(|_| format!("invalid number: '{a}'"))?;
+    Ok((if neg { -v } else { v }) as i32)
+}
+
+fn help(cmd: Option<&str>) -> String {
+    let line = |(n, a, h): &(&str, &str, &str)| format!("{n} {a} -- {h}\n");
+    match cmd {
+        None => COMMANDS.iter().map(line).collect(),
+        Some("info") => INFO
+            .iter()
+            .map(|(n, a, h)| format!("info {n} {a} -- {h}\n"))
+            .collect(),
+        Some(c) => match COMMANDS.iter().find(|e| names(e.0).any(|n| n == c)) {
+            Some(e) => line(e),
+            None => format!("unknown command: '{c}'\n"),
+        },
+    }
+}
+
+async fn vcpu(ctx: &MonitorContext, index: u32) -> Result<VcpuHandle, String> {
+    let vcpus = ctx
+        .supervisor
+        .vcpus()
+        .await
+        .map_err(|e| format!("Error: {e}\n"))?;
+    vcpus
+        .into_iter()
+        .find(|v| v.index() == index)
+        .ok_or_else(|| "No CPU available\n".to_string())
+}
+
+async fn registers(ctx: &MonitorContext, index: u32) -> Result<VcpuRegisters, String> {
+    vcpu(ctx, index)
+        .await?
+        .registers()
+        .await
+        .map_err(|e| format!("Error: {e}\n"))
+}
+
+async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String {
+    let Some(sub) = args.first() else {
+        return help(Some("info"));
+    };
+    let extra = &args[1..];
+    match *sub {
+        "version" => exec_text(ctx, "query-version", json!({}), |v| {
+            let q = &v["qemu"];
+            format!(
+                "{}.{}.{}{}\n",
+                q["major"], q["minor"], q["micro"],
+                v["package"].as_str().unwrap_or_default()
+            )
+        })
+        .await,
+        "status" => exec_text(ctx, "query-status", json!({}), |v| {
+            let st = match v["status"].as_str().unwrap_or_default() {
+                "running" => "running".to_string(),
+                "paused" => "paused".to_string(),
+                other => format!("paused ({other})"),
+            };
+            format!("VM status: {st}\n")
+        })
+        .await,
+        "kvm" => exec_text(ctx, "query-kvm", json!({}), |v| {
+            if v["enabled"] == true {
+                "kvm support: enabled\n".into()
+            } else {
+                "kvm support: disabled\n".into()
+            }
+        })
+        .await,
+        "name" => exec_text(ctx, "query-name", json!({}), |v| match v["name"].as_str() {
+            Some(n) => format!("{n}\n"),
+            None => String::new(),
+        })
+        .await,
+        "uuid" => exec_text(ctx, "query-uuid", json!({}), |v| {
+            format!("{}\n", v["UUID"].as_str().unwrap_or_default())
+        })
+        .await,
+        "cpus" => {
+            let cur = s.cpu;
+            exec_text(ctx, "query-cpus-fast", json!({}), |v| {
+                let mut out = String::new();
+                for c in v.as_array().into_iter().flatten() {
+                    let idx = c["cpu-index"].as_u64().unwrap_or(0);
+                    out.push_str(&format!(
+                        "{} CPU #{}: thread_id={}\n",
+                        if idx == u64::from(cur) { '*' } else { ' ' },
+                        idx,
+                        c["thread-id"]
+                    ));
+                }
+                out
+            })
+            .await
+        }
+        "registers" => {
+            let all = extra.first() == Some(&"-a");
+            let indices: Vec<u32> = if all {
+                (0..ctx.topology.len() as u32).collect()
+            } else {
+                vec![s.cpu]
+            };
+            let mut out = String::new();
+            for i in indices {
+                match registers(ctx, i).await {
+                    Ok(r) => out.push_str(&format!("\nCPU#{i}\n{}", r.dump(true))),
+                    Err(e) => out.push_str(&e),
+                }
+            }
+            out
+        }
+        "pci" => exec_text(ctx, "query-pci", json!({}), pci_text).await,
+        "block" => exec_text(ctx, "query-block", json!({}), block_text).await,
+        "blockstats" => exec_text(ctx, "query-blockstats", json!({}), blockstats_text).await,
+        "chardev" => exec_text(ctx, "query-chardev", json!({}), |v| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    format!(
+                        "{}: filename={}\n",
+                        c["label"].as_str().unwrap_or_default(),
+                        c["filename"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .await,
+        "vnc" => match &ctx.vnc {
+            Some(v) => v.info().to_hmp(),
+            None => "Error: no VNC server is configured (start with -vnc)\n".into(),
+        },
+        "mtree" => ctx.info.mtree(extra.contains(&"-f")),
+        "qtree" => ctx.info.qtree(),
+        "roms" => ctx.info.roms(),
+        "pic" => ctx.info.pic(),
+        "irq" => ctx.info.irq(),
+        "network" => ctx.info.network(),
+        "usernet" => "Error: user-mode networking is not available yet in troupe\n".into(),
+        "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
+        "migrate" => MIGRATE_GLOBALS.to_string(),
+        "mice" => exec_text(ctx, "query-mice", json!({}), |v| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    format!(
+                        "{} Mouse #{}: {}{}\n",
+                        if m["current"] == true { '*' } else { ' ' },
+                        m["index"],
+                        m["name"].as_str().unwrap_or_default(),
+                        if m["absolute"] == true { " (absolute)" } else { "" }
+                    )
+                })
+                .collect()
+        })
+        .await,
+        "hotpluggable-cpus" => exec_text(ctx, "query-hotpluggable-cpus", json!({}), |v| {
+            let mut out = String::from("Hotpluggable CPUs:\n");
+            for c in v.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  type: {}\n  vcpus_count: \"{}\"\n  qom_path: {}\n  CPUInstance Properties:\n    socket-id: \"{}\"\n    core-id: \"{}\"\n    thread-id: \"{}\"\n",
+                    c["type"], c["vcpus-count"], c["qom-path"],
+                    c["props"]["socket-id"], c["props"]["core-id"], c["props"]["thread-id"]
+                ));
+            }
+            out
+        })
+        .await,
+        "lapic" => {
+            let target = match extra.first() {
+                Some(a) => match parse_int(a) {
+                    Ok(apic) => Some(apic as u32),
+                    Err(e) => return format!("{e}\n"),
+                },
+                None => None,
+            };
+            let vcpus = match ctx.supervisor.vcpus().await {
+                Ok(v) => v,
+                Err(e) => return format!("Error: {e}\n"),
+            };
+            let found = vcpus.into_iter().find(|v| match target {
+                Some(apic) => v.apic_id() == apic,
+                None => v.index() == s.cpu,
+            });
+            match found {
+                Some(v) => match v.lapic().await {
+                    Ok(l) => lapic_text(v.index(), &l),
+                    Err(e) => format!("Error: {e}\n"),
+                },
+                None => "No CPU available\n".into(),
+            }
+        }
+        "mem" | "tlb" => match registers(ctx, s.cpu).await {
+            Ok(r) => match memdump::walk(&ctx.mem, &r) {
+                None => "PG disabled\n".into(),
+                Some(maps) if *sub == "mem" => memdump::mem_text(&maps),
+                Some(maps) => memdump::tlb_text(&maps),
+            },
+            Err(e) => e,
+        },
+        "actors" => actors_text(ctx).await,
+        other => format!("unknown command: 'info {other}'\n"),
+    }
+}
+
+const MIGRATE_GLOBALS: &str = "globals:\nstore-global-state: on\nonly-migratable: off\nsend-configuration: on\nsend-section-footer: on\ndecompress-error-check: on\nclear-bitmap-shift: 18\n";
+
+fn pci_text(v: &Value) -> String {
+    let mut out = String::new();
+    for bus in v.as_array().into_iter().flatten() {
+        for d in bus["devices"].as_array().into_iter().flatten() {
+            let n = |k: &str| d[k].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "  Bus {:2}, device {:3}, function {}:\n",
+                n("bus"),
+                n("slot"),
+                n("function")
+            ));
+            let ci = &d["class_info"];
+            match ci["desc"].as_str() {
+                Some(desc) => out.push_str(&format!("    {desc}")),
+                None => out.push_str(&format!(
+                    "    Class {:04}",
+                    ci["class"].as_u64().unwrap_or(0)
+                )),
+            }
+            let id = &d["id"];
+            let h = |k: &str| id[k].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                ": PCI device {:04x}:{:04x}\n      PCI subsystem {:04x}:{:04x}\n",
+                h("vendor"),
+                h("device"),
+                h("subsystem-vendor"),
+                h("subsystem")
+            ));
+            if let Some(irq) = d.get("irq").and_then(Value::as_u64) {
+                let pin = (b'A' + (n("irq_pin") as u8).saturating_sub(1)) as char;
+                out.push_str(&format!("      IRQ {irq}, pin {pin}\n"));
+            }
+            for r in d["regions"].as_array().into_iter().flatten() {
+                let addr = r["address"]
+                    .as_u64()
+                    .or_else(|| r["address"].as_i64().map(|a| a as u64))
+                    .unwrap_or(0);
+                let size = r["size"].as_u64().unwrap_or(0);
+                let end = addr.wrapping_add(size).wrapping_sub(1);
+                out.push_str(&format!("      BAR{}: ", r["bar"]));
+                if r["type"] == "io" {
+                    out.push_str(&format!("I/O at 0x{addr:04x} [0x{end:04x}].\n"));
+                } else {
+                    out.push_str(&format!(
+                        "{} bit{} memory at 0x{addr:08x} [0x{end:08x}].\n",
+                        if r["mem_type_64"] == true { 64 } else { 32 },
+                        if r["prefetch"] == true {
+                            " prefetchable"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+            out.push_str(&format!(
+                "      id \"{}\"\n",
+                d["qdev_id"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+fn block_text(v: &Value) -> String {
+    let mut parts = Vec::new();
+    for b in v.as_array().into_iter().flatten() {
+        let dev = b["device"].as_str().unwrap_or_default();
+        let mut s = match b.get("inserted") {
+            Some(ins) => format!(
+                "{dev} ({}): {} ({}{})\n",
+                ins["node-name"].as_str().unwrap_or_default(),
+                ins["file"].as_str().unwrap_or_default(),
+                ins["drv"].as_str().unwrap_or_default(),
+                if ins["ro"] == true { ", read-only" } else { "" }
+            ),
+            None => format!("{dev}: [not inserted]\n"),
+        };
+        if let Some(q) = b["qdev"].as_str() {
+            s.push_str(&format!("    Attached to:      {q}\n"));
+        }
+        if b["removable"] == true {
+            s.push_str(&format!(
+                "    Removable device: {}locked, tray {}\n",
+                if b["locked"] == true { "" } else { "not " },
+                if b["tray_open"] == true {
+                    "open"
+                } else {
+                    "closed"
+                }
+            ));
+        }
+        if let Some(ins) = b.get("inserted") {
+            let c = &ins["cache"];
+            let mode = match (
+                c["writeback"] == true,
+                c["direct"] == true,
+                c["no-flush"] == true,
+            ) {
+                (_, _, true) => "writeback, ignore flushes",
+                (true, true, _) => "writeback, direct",
+                (true, false, _) => "writeback",
+                (false, true, _) => "writethrough, direct",
+                (false, false, _) => "writethrough",
+            };
+            s.push_str(&format!("    Cache mode:       {mode}\n"));
+        }
+        parts.push(s);
+    }
+    parts.join("\n")
+}
+
+fn blockstats_text(v: &Value) -> String {
+    let mut out = String::new();
+    for b in v.as_array().into_iter().flatten() {
+        let st = &b["stats"];
+        let n = |k: &str| st[k].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{}: rd_bytes={} wr_bytes={} rd_operations={} wr_operations={} flush_operations={} wr_total_time_ns={} rd_total_time_ns={} flush_total_time_ns={} rd_merged={} wr_merged={} idle_time_ns={}\n",
+            b["device"].as_str().unwrap_or_default(),
+            n("rd_bytes"), n("wr_bytes"), n("rd_operations"), n("wr_operations"),
+            n("flush_operations"), n("wr_total_time_ns"), n("rd_total_time_ns"),
+            n("flush_total_time_ns"), n("rd_merged"), n("wr_merged"), n("idle_time_ns")
+        ));
+    }
+    out
+}
+
+async fn actors_text(ctx: &MonitorContext) -> String {
+    let mut out = format!(
+        "{:<28} {:<10} {:<10} {:>7} {:>8}  {}\n",
+        "actor", "kind", "state", "mailbox", "restarts", "runs on"
+    );
+    let status = ctx.supervisor.status().await.ok();
+    if let Ok(vcpus) = ctx.supervisor.vcpus().await {
+        for v in vcpus {
+            let state = match status {
+                Some(crate::supervisor::RunState::Running) => "running",
+                _ => "paused",
+            };
+            out.push_str(&format!(
+                "{:<28} {:<10} {:<10} {:>7} {:>8}  thread {} {}\n",
+                format!("vcpu{}", v.index()),
+                "vcpu",
+                state,
+                v.depth(),
+                0,
+                v.thread_id(),
+                cores_text(v.cores().as_deref())
+            ));
+        }
+    }
+    for a in ctx.registry.snapshot() {
+        let place = match &a.placement {
+            Placement::Runtime => "runtime".to_string(),
+            Placement::Thread { tid, cores } => {
+                format!("thread {tid} {}", cores_text(cores.as_deref()))
+            }
+        };
+        out.push_str(&format!(
+            "{:<28} {:<10} {:<10} {:>7} {:>8}  {}\n",
+            a.id,
+            a.kind,
+            a.state.as_str(),
+            a.mailbox_depth,
+            a.restarts,
+            place.trim_end()
+        ));
+    }
+    out
+}
+
+fn cores_text(cores: Option<&[usize]>) -> String {
+    match cores {
+        None => "(unpinned)".into(),
+        Some(c) => format!(
+            "(core {})",
+            c.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+async fn sendkey(ctx: &MonitorContext, args: &[&str]) -> String {
+    let mut keys = Vec::new();
+    for name in args[0].split('-').filter(|n| !n.is_empty()) {
+        let k = if let Some(h) = name.strip_prefix("0x") {
+            u16::from_str_radix(h, 16).ok().map(KeyValue::Number)
+        } else {
+            KeyCode::from_qcode_name(name).map(KeyValue::Key)
+        };
+        match k {
+            Some(k) => keys.push(k),
+            None => return format!("invalid parameter: {name}\n"),
+        }
+    }
+    if keys.is_empty() {
+        return "invalid parameter: \n".into();
+    }
+    let hold = match args.get(1) {
+        Some(h) => match h.parse::<u64>() {
+            Ok(h) => h,
+            Err(_) => return format!("invalid parameter: {h}\n"),
+        },
+        None => 100,
+    };
+    match commands::send_keys(ctx, keys, hold).await {
+        Ok(_) => String::new(),
+        Err(e) => err_text(&e),
+    }
+}
+
+async fn screendump(ctx: &MonitorContext, args: &[&str]) -> String {
+    let mut file = None;
+    let mut format = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if *a == "-f" {
+            format = it.next().copied();
+            if format.is_none() {
+                return "screendump: missing argument\n".into();
+            }
+        } else if file.is_none() {
+            file = Some(*a);
+        } else {
+            return format!("Error: Device '{a}' not found\n");
+        }
+    }
+    let mut a = Map::new();
+    a.insert("filename".into(), json!(file.unwrap_or_default()));
+    if let Some(f) = format {
+        a.insert("format".into(), json!(f));
+    }
+    exec_text(ctx, "screendump", Value::Object(a), |_| String::new()).await
+}
+
+async fn dump_memory(
+    ctx: &MonitorContext,
+    s: &mut HmpSession,
+    phys: bool,
+    args: &[&str],
+) -> String {
+    let (fmt_arg, addr_parts) = match args.first() {
+        Some(f) if f.starts_with('/') => (Some(*f), &args[1..]),
+        _ => (None, args),
+    };
+    let fmt = match memdump::parse_format(fmt_arg.unwrap_or(""), s.last_fmt) {
+        Ok(f) => f,
+        Err(e) => return format!("{e}\n"),
+    };
+    s.last_fmt = fmt;
+    let expr = addr_parts.join(" ");
+    let regs = if expr.contains('$') || !phys {
+        match registers(ctx, s.cpu).await {
+            Ok(r) => Some(r),
+            Err(e) => return e,
+        }
+    } else {
+        None
+    };
+    let addr = match memdump::eval_expr(&expr, regs.as_ref()) {
+        Ok(a) => a,
+        Err(e) => return format!("{e}\n"),
+    };
+    if phys {
+        return memdump::dump(fmt, addr, |a, buf| {
+            memdump::read_phys(&ctx.mem, a, buf);
+            true
+        });
+    }
+    // Virtual: translate each page through the current vCPU.
+    let Ok(v) = vcpu(ctx, s.cpu).await else {
+        return "No CPU available\n".into();
+    };
+    let len = fmt.count * fmt.size as u64;
+    let mut bytes = Vec::with_capacity(len as usize);
+    let mut ok_until = len;
+    let mut a = addr;
+    while (bytes.len() as u64) < len {
+        let page_left = 4096 - (a & 0xfff);
+        let n = page_left.min(len - bytes.len() as u64) as usize;
+        match v.translate_gva(a).await {
+            Ok(Some(pa)) => {
+                let mut buf = vec![0u8; n];
+                memdump::read_phys(&ctx.mem, pa, &mut buf);
+                bytes.extend_from_slice(&buf);
+            }
+            _ => {
+                ok_until = bytes.len() as u64;
+                bytes.resize(len as usize, 0);
+                break;
+            }
+        }
+        a = a.wrapping_add(n as u64);
+    }
+    memdump::dump(fmt, addr, |a, buf| {
+        let off = a.wrapping_sub(addr);
+        if off + buf.len() as u64 > ok_until {
+            return false;
+        }
+        buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+        true
+    })
+}
+
+async fn gva2gpa(ctx: &MonitorContext, s: &HmpSession, arg: &str) -> String {
+    let regs = match registers(ctx, s.cpu).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let addr = match memdump::eval_expr(arg, Some(&regs)) {
+        Ok(a) => a,
+        Err(e) => return format!("{e}\n"),
+    };
+    let v = match vcpu(ctx, s.cpu).await {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    match v.translate_gva(addr).await {
+        Ok(Some(pa)) => format!("gpa: {pa:#x}\n"),
+        Ok(None) => "Unmapped\n".into(),
+        Err(e) => format!("Error: {e}\n"),
+    }
+}
+
+fn log(ctx: &MonitorContext, args: &[&str]) -> String {
+    let Some(set) = &ctx.log else {
+        return "Error: logging cannot be changed in this process\n".into();
+    };
+    let items = args.first().copied().unwrap_or("");
+    if items == "help" || items.is_empty() {
+        return "Log items (comma separated):\nnone      remove all logs\n<target>  any troupe tracing target (e.g. unimp, guest_errors, vcpu, vnc, monitor)\n".into();
+    }
+    let directives = if items == "none" {
+        String::new()
+    } else {
+        items
+            .split(',')
+            .filter(|i| !i.is_empty())
+            .map(|i| format!("{i}=debug"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match set(&directives) {
+        Ok(()) => String::new(),
+        Err(e) => format!("Error: {e}\n"),
+    }
+}
+
+fn trace_event(ctx: &MonitorContext, args: &[&str]) -> String {
+    let Some(set) = &ctx.log else {
+        return "Error: tracing cannot be changed in this process\n".into();
+    };
+    let level = match args[1] {
+        "on" => "trace",
+        "off" => "off",
+        other => return format!("Error: invalid value '{other}', expected on or off\n"),
+    };
+    let name = args[0];
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-:*".contains(c))
+    {
+        return format!("Error: Invalid trace event name '{name}'\n");
+    }
+    let target = name.trim_end_matches('*');
+    match set(&format!("+{target}={level}")) {
+        Ok(()) => String::new(),
+        Err(e) => format!("Error: {e}\n"),
+    }
+}
+
+async fn vcpu_pin(ctx: &MonitorContext, index: &str, cores: &str) -> String {
+    let Ok(i) = index.parse::<u32>() else {
+        return format!("Error: invalid vCPU index '{index}'\n");
+    };
+    let list = if cores == "none" {
+        Vec::new()
+    } else {
+        match parse_cores(cores) {
+            Ok(l) => l,
+            Err(e) => return format!("Error: {e}\n"),
+        }
+    };
+    match vcpu(ctx, i).await {
+        Ok(v) => match v.set_affinity(list).await {
+            Ok(()) => String::new(),
+            Err(e) => format!("Error: {e}\n"),
+        },
+        Err(_) => format!("Error: no vCPU {i}\n"),
+    }
+}
+
+fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("invalid core list '{s}' (expected e.g. 2 or 2-3,5)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b > 4095 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+fn lapic_text(cpu: u32, l: &kvm_bindings::kvm_lapic_state) -> String {
+    let reg = |off: usize| -> u32 {
+        let b = &l.regs[off..off + 4];
+        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    };
+    let mut out = format!("dumping local APIC state for CPU {cpu:<2}\n\n");
+    let lvt = |name: &str, v: u32, timer: bool| {
+        let mode = match (v >> 8) & 7 {
+            0 => "Fixed",
+            2 => "SMI",
+            4 => "NMI",
+            5 => "INIT",
+            7 => "ExtINT",
+            _ => "(rsvd)",
+        };
+        let tmode = if timer {
+            match (v >> 17) & 3 {
+                0 => " one-shot",
+                1 => " periodic",
+                2 => " tsc-deadline",
+                _ => "",
+            }
+        } else {
+            ""
+        };
+        format!(
+            "{name}\t 0x{v:08x} {} {} {}{}{} (vec {})\n",
+            if v & (1 << 13) != 0 {
+                "active-lo"
+            } else {
+                "active-hi"
+            },
+            if v & (1 << 15) != 0 { "level" } else { "edge " },
+            if v & (1 << 16) != 0 { "masked " } else { "" },
+            mode,
+            tmode,
+            v & 0xff
+        )
+    };
+    out.push_str(&lvt("LVT0", reg(0x350), false));
+    out.push_str(&lvt("LVT1", reg(0x360), false));
+    out.push_str(&lvt("LVTPC", reg(0x340), false));
+    out.push_str(&lvt("LVTERR", reg(0x370), false));
+    out.push_str(&lvt("LVTTHMR", reg(0x330), false));
+    out.push_str(&lvt("LVTT", reg(0x320), true));
+    let dcr = reg(0x3e0);
+    let div = ((dcr & 3) | ((dcr >> 1) & 4)) as u8;
+    let divider = if div == 7 { 1 } else { 2u32 << div };
+    out.push_str(&format!(
+        "Timer\t DCR=0x{dcr:x} (divide by {divider}) initial_count = {} current_count = {}\n",
+        reg(0x380),
+        reg(0x390)
+    ));
+    let spiv = reg(0xf0);
+    out.push_str(&format!(
+        "SPIV\t 0x{spiv:08x} APIC {}, focus={}, spurious vec {}\n",
+        if spiv & 0x100 != 0 {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        if spiv & 0x200 != 0 { "off" } else { "on" },
+        spiv & 0xff
+    ));
+    out.push_str(&format!(
+        "ICR\t 0x{:08x}\nICR2\t 0x{:08x}\n",
+        reg(0x300),
+        reg(0x310)
+    ));
+    out.push_str(&format!("ESR\t 0x{:08x}\n", reg(0x280)));
+    let bits = |base: usize| -> String {
+        let mut v = Vec::new();
+        for i in 0..8 {
+            let w = reg(base + i * 0x10);
+            for b in 0..32 {
+                if w & (1 << b) != 0 {
+                    v.push(format!("{}", i * 32 + b));
+                }
+            }
+        }
+        if v.is_empty() {
+            "(none)".into()
+        } else {
+            v.join(" ")
+        }
+    };
+    out.push_str(&format!("ISR\t {}\n", bits(0x100)));
+    out.push_str(&format!("IRR\t {}\n", bits(0x200)));
+    out.push_str(&format!(
+        "\nAPR 0x{:02x} TPR 0x{:02x} DFR 0x{:02x} LDR 0x{:02x} PPR 0x{:02x}\n",
+        reg(0x90) & 0xff,
+        reg(0x80) & 0xff,
+        reg(0xe0) >> 28,
+        reg(0xd0) >> 24,
+        reg(0xa0) & 0xff
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_with_quotes() {
+        assert_eq!(
+            split_args(r#"screendump "/tmp/a b.ppm" -f png"#).unwrap(),
+            vec!["screendump", "/tmp/a b.ppm", "-f", "png"]
+        );
+        assert!(split_args("x \"open").is_err());
+    }
+
+    #[test]
+    fn completion_of_commands_and_info() {
+        assert_eq!(complete("system_r"), vec!["system_reset"]);
+        assert!(complete("info ").contains(&"registers".to_string()));
+        assert_eq!(complete("info reg"), vec!["registers"]);
+        assert_eq!(complete("sendkey ctrl-alt-del"), vec!["ctrl-alt-delete"]);
+        assert!(complete("zzz").is_empty());
+    }
+
+    #[test]
+    fn help_lines_have_qemu_shape() {
+        let h = help(None);
+        assert!(h.contains("c|cont  -- resume emulation\n"));
+        assert!(h.contains("x /fmt addr -- virtual memory dump starting at 'addr'\n"));
+        assert!(help(Some("info"))
+            .contains("info status  -- show the current VM status (running|paused)\n"));
+    }
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn pci_text_matches_reference_layout() {
+        let v = json!([{"bus": 0, "devices": [
+            {"bus": 0, "slot": 1, "function": 1, "irq_pin": 0, "qdev_id": "",
+             "class_info": {"class": 257, "desc": "IDE controller"},
+             "id": {"vendor": 0x8086, "device": 0x7010, "subsystem-vendor": 0x1af4, "subsystem": 0x1100},
+             "regions": [{"bar": 4, "size": 16, "address": 0xc040, "type": "io"}]},
+            {"bus": 0, "slot": 2, "function": 0, "irq_pin": 1, "irq": 11, "qdev_id": "",
+             "class_info": {"class": 768, "desc": "VGA controller"},
+             "id": {"vendor": 0x1234, "device": 0x1111, "subsystem-vendor": 0x1af4, "subsystem": 0x1100},
+             "regions": [{"bar": 6, "size": 65536, "address": -1, "type": "memory", "prefetch": false, "mem_type_64": false}]}
+        ]}]);
+        assert_eq!(
+            pci_text(&v),
+            "  Bus  0, device   1, function 1:\n    IDE controller: PCI device 8086:7010\n      PCI subsystem 1af4:1100\n      BAR4: I/O at 0xc040 [0xc04f].\n      id \"\"\n\
+             \x20 Bus  0, device   2, function 0:\n    VGA controller: PCI device 1234:1111\n      PCI subsystem 1af4:1100\n      IRQ 11, pin A\n      BAR6: 32 bit memory at 0xffffffffffffffff [0x0000fffe].\n      id \"\"\n"
+        );
+    }
+}

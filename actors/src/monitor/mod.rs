@@ -1,0 +1,82 @@
+//! The monitor: HMP (the `(qemu) ` prompt, over telnet, TCP, unix sockets or stdio) and
+//! QMP (JSON), the way QEMU answers them.
+//!
+//! One command model serves both: [`commands`] holds the typed operations (each returns a
+//! JSON value shaped like QEMU's QMP reply); QMP ([`qmp`]) executes them directly and HMP
+//! ([`hmp`]) parses a command line, calls the same operations and formats their results
+//! as QEMU's HMP prints them. Every connection is its own supervised actor ([`server`]);
+//! one client closing or misbehaving affects no other.
+
+pub mod commands;
+pub mod hmp;
+mod memdump;
+mod mux;
+pub mod qmp;
+pub mod readline;
+pub mod server;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use vm_memory::GuestMemoryMmap;
+
+use crate::display::input::InputSink;
+use crate::display::DisplayHandle;
+use crate::runtime::Registry;
+use crate::supervisor::SupervisorHandle;
+use crate::vnc::VncHandle;
+
+pub use mux::{spawn_mux, MuxHandle};
+pub use server::{start, MonitorBackend, MonitorSpec, Protocol, StartedMonitor};
+
+/// QEMU version troupe reports (tools check it), and troupe's own in `package`.
+pub const QEMU_VERSION: (u32, u32, u32) = (7, 2, 22);
+pub const PACKAGE: &str = concat!("troupe ", env!("CARGO_PKG_VERSION"));
+
+/// What the machine knows that the monitor reports (implemented by the binary, which
+/// knows the PCI topology, drives and memory map).
+pub trait MachineInfo: Send + Sync {
+    /// `query-pci` return value (a list with one bus).
+    fn query_pci(&self) -> Value;
+    /// `query-block` return value.
+    fn query_block(&self) -> Value;
+    /// `query-blockstats` return value.
+    fn query_blockstats(&self) -> Value;
+    /// `info mtree [-f]` text.
+    fn mtree(&self, flat: bool) -> String;
+    /// `query-chardev` return value.
+    fn query_chardev(&self) -> Value;
+    /// `info network` text.
+    fn network(&self) -> String;
+    /// `info roms` text.
+    fn roms(&self) -> String;
+    /// `info qtree` text.
+    fn qtree(&self) -> String;
+    /// `info pic` text (the in-kernel PICs and IOAPIC).
+    fn pic(&self) -> String;
+    /// `info irq` text (interrupts raised per line).
+    fn irq(&self) -> String;
+}
+
+/// Everything a monitor session can reach.
+#[derive(Clone)]
+pub struct MonitorContext {
+    pub supervisor: SupervisorHandle,
+    pub registry: Registry,
+    pub mem: GuestMemoryMmap,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    /// Where `sendkey`, `send-key`, `mouse_move` and `mouse_button` go.
+    pub input: Option<Arc<dyn InputSink>>,
+    pub display: Option<DisplayHandle>,
+    pub vnc: Option<VncHandle>,
+    /// Replace the log filter (`log`, `trace-event`).
+    pub log: Option<Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>>,
+    pub info: Arc<dyn MachineInfo>,
+    /// (socket, core, thread) of each vCPU, by index.
+    pub topology: Vec<(u32, u32, u32)>,
+    /// Serialises key sequences (`sendkey` holds keys for a while) so two never interleave.
+    pub keys: Arc<tokio::sync::Mutex<()>>,
+    /// Mouse buttons currently held (`mouse_button`), shared by every session.
+    pub buttons: Arc<std::sync::atomic::AtomicU8>,
+}

@@ -1,0 +1,426 @@
+//! What the machine tells the monitor: PCI devices, drives, memory map, chardevs, ROMs,
+//! the device tree and the in-kernel interrupt controllers, in the shapes QEMU's QMP and
+//! HMP use.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use actors::bus::Bus;
+use actors::host::ide::IdeHost;
+use actors::monitor::MachineInfo;
+use devices::pci::{BarKind, PciDeviceInfo};
+use serde_json::{json, Value};
+
+use crate::config::{CacheMode, DriveConfig, DriveInterface, Media};
+use crate::platform::pci::PciPlatform;
+use crate::vm::kvm::KvmVm;
+
+/// One chardev for `query-chardev` (label, filename).
+pub type ChardevEntry = (String, String);
+
+pub struct PcInfo {
+    pub pci: Arc<PciPlatform>,
+    pub ide: Arc<IdeHost>,
+    pub drives: Vec<DriveConfig>,
+    pub kvm: Arc<KvmVm>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub chardevs: Arc<Mutex<Vec<ChardevEntry>>>,
+    pub bios: Option<PathBuf>,
+    /// (port, irq) of each serial port.
+    pub serials: Vec<(u16, u32)>,
+    pub vcpus: usize,
+}
+
+/// QEMU's QOM type names for the functions troupe models.
+fn type_name(d: &PciDeviceInfo) -> &'static str {
+    match (d.vendor, d.device) {
+        (0x8086, 0x1237) => "i440FX",
+        (0x8086, 0x7000) => "PIIX3",
+        (0x8086, 0x7010) => "piix3-ide",
+        (0x8086, 0x7113) => "PIIX4_PM",
+        (0x1234, 0x1111) => "VGA",
+        _ => "pci-device",
+    }
+}
+
+fn class_code(d: &PciDeviceInfo) -> u32 {
+    (u32::from(d.class.0) << 8) | u32::from(d.class.1)
+}
+
+fn ide_qdev(index: u32) -> String {
+    format!("/machine/unattached/device[{}]", 23 + index)
+}
+
+impl PcInfo {
+    fn ide_drives(&self) -> impl Iterator<Item = (usize, &DriveConfig)> {
+        self.drives
+            .iter()
+            .filter(|d| d.interface == DriveInterface::Ide)
+            .filter_map(|d| d.index.map(|i| (i as usize, d)))
+            .filter(|(i, _)| *i < 4)
+    }
+}
+
+impl MachineInfo for PcInfo {
+    fn query_pci(&self) -> Value {
+        let devices: Vec<Value> = self
+            .pci
+            .info()
+            .iter()
+            .map(|d| {
+                let regions: Vec<Value> = d
+                    .bars
+                    .iter()
+                    .map(|(i, kind, region, size)| {
+                        let addr: Value = match region {
+                            Some(r) => json!(r.addr),
+                            None => json!(-1),
+                        };
+                        match kind {
+                            BarKind::Io => {
+                                json!({"bar": i, "size": size, "address": addr, "type": "io"})
+                            }
+                            BarKind::Mem32 { prefetch } | BarKind::Mem64 { prefetch } => json!({
+                                "prefetch": prefetch,
+                                "mem_type_64": matches!(kind, BarKind::Mem64 { .. }),
+                                "bar": i, "size": size, "address": addr, "type": "memory"
+                            }),
+                        }
+                    })
+                    .chain(d.rom.iter().map(|(region, size)| {
+                        let addr: Value = match region {
+                            Some(r) => json!(r.addr),
+                            None => json!(-1),
+                        };
+                        json!({"prefetch": false, "mem_type_64": false, "bar": 6,
+                               "size": size, "address": addr, "type": "memory"})
+                    }))
+                    .collect();
+                let mut v = json!({
+                    "irq_pin": d.irq_pin,
+                    "bus": 0,
+                    "qdev_id": d.id,
+                    "slot": d.slot.0,
+                    "class_info": {"class": class_code(d), "desc": d.class_name()},
+                    "id": {"device": d.device, "subsystem-vendor": d.subsystem_vendor,
+                           "vendor": d.vendor, "subsystem": d.subsystem},
+                    "function": d.slot.1,
+                    "regions": regions,
+                });
+                if d.irq_pin != 0 {
+                    v["irq"] = json!(d.irq_line);
+                }
+                v
+            })
+            .collect();
+        json!([{"bus": 0, "devices": devices}])
+    }
+
+    fn query_block(&self) -> Value {
+        let list: Vec<Value> = self
+            .ide_drives()
+            .map(|(i, d)| {
+                let cdrom = d.media == Media::Cdrom;
+                let mut v = json!({
+                    "io-status": "ok",
+                    "device": d.id,
+                    "locked": false,
+                    "removable": cdrom,
+                    "qdev": ide_qdev(i as u32),
+                    "type": "unknown",
+                });
+                if cdrom {
+                    v["tray_open"] = json!(false);
+                }
+                if let (Some(b), Some(file)) = (self.ide.backend(i), &d.file) {
+                    let file = file.display().to_string();
+                    let actual = std::fs::metadata(&file).map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.blocks() * 512
+                    });
+                    v["inserted"] = json!({
+                        "iops_rd": 0, "detect_zeroes": "off",
+                        "image": {"virtual-size": b.info.size, "filename": file,
+                                  "format": "raw", "actual-size": actual.unwrap_or(0),
+                                  "dirty-flag": false},
+                        "iops_wr": 0, "ro": b.info.read_only,
+                        "node-name": format!("#block{}", 100 + i),
+                        "backing_file_depth": 0, "drv": "raw", "iops": 0, "bps_wr": 0,
+                        "write_threshold": 0, "encrypted": false, "bps": 0, "bps_rd": 0,
+                        "cache": {
+                            "no-flush": d.cache == CacheMode::Unsafe,
+                            "direct": matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
+                            "writeback": !matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
+                        },
+                        "file": file,
+                    });
+                }
+                v
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    fn query_blockstats(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let list: Vec<Value> = self
+            .ide_drives()
+            .map(|(i, d)| {
+                let (rb, wb, ro, wo, fo, failed) = match self.ide.backend(i) {
+                    Some(b) => {
+                        let s = &b.stats;
+                        (
+                            s.rd_bytes.load(Relaxed),
+                            s.wr_bytes.load(Relaxed),
+                            s.rd_ops.load(Relaxed),
+                            s.wr_ops.load(Relaxed),
+                            s.flush_ops.load(Relaxed),
+                            s.failed_ops.load(Relaxed),
+                        )
+                    }
+                    None => (0, 0, 0, 0, 0, 0),
+                };
+                json!({
+                    "device": d.id,
+                    "node-name": format!("#block{}", 100 + i),
+                    "stats": {
+                        "unmap_operations": 0, "unmap_merged": 0, "flush_total_time_ns": 0,
+                        "wr_highest_offset": 0, "wr_total_time_ns": 0, "failed_wr_operations": 0,
+                        "failed_rd_operations": failed, "wr_merged": 0, "wr_bytes": wb,
+                        "timed_stats": [], "failed_unmap_operations": 0,
+                        "failed_flush_operations": 0, "account_invalid": true,
+                        "rd_total_time_ns": 0, "invalid_unmap_operations": 0,
+                        "flush_operations": fo, "wr_operations": wo, "unmap_bytes": 0,
+                        "rd_merged": 0, "rd_bytes": rb, "unmap_total_time_ns": 0,
+                        "invalid_flush_operations": 0, "account_failed": true,
+                        "rd_operations": ro, "invalid_wr_operations": 0,
+                        "invalid_rd_operations": 0,
+                    },
+                    "qdev": ide_qdev(i as u32),
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    fn mtree(&self, flat: bool) -> String {
+        let mut mem: Vec<(u64, u64, String, &str)> = self
+            .kvm
+            .slots()
+            .into_iter()
+            .map(|s| {
+                let kind = if s.readonly { "rom" } else { "ram" };
+                (s.gpa, s.size, format!("{} KVM", s.name), kind)
+            })
+            .collect();
+        mem.extend(
+            self.mmio
+                .ranges()
+                .into_iter()
+                .map(|r| (r.base, r.len, r.name, "i/o")),
+        );
+        mem.sort_by_key(|e| e.0);
+        let io: Vec<(u64, u64, String, &str)> = self
+            .pio
+            .ranges()
+            .into_iter()
+            .map(|r| (r.base, r.len, r.name, "i/o"))
+            .collect();
+        let line = |(base, len, name, kind): &(u64, u64, String, &str), indent: &str| {
+            format!(
+                "{indent}{base:016x}-{:016x} (prio 0, {kind}): {name}\n",
+                base + len.saturating_sub(1)
+            )
+        };
+        let mut s = String::new();
+        if flat {
+            s.push_str("FlatView #0\n AS \"memory\", root: system\n");
+            for i in 0..self.vcpus {
+                s.push_str(&format!(" AS \"cpu-memory-{i}\", root: system\n"));
+            }
+            s.push_str(" Root memory region: system\n");
+            for e in &mem {
+                s.push_str(&line(e, "  "));
+            }
+            s.push_str("\nFlatView #1\n AS \"I/O\", root: io\n Root memory region: io\n");
+            for e in &io {
+                s.push_str(&line(e, "  "));
+            }
+            s.push('\n');
+        } else {
+            s.push_str("address-space: memory\n  0000000000000000-ffffffffffffffff (prio 0, i/o): system\n");
+            for e in &mem {
+                s.push_str(&line(e, "    "));
+            }
+            s.push_str(
+                "\naddress-space: I/O\n  0000000000000000-000000000000ffff (prio 0, i/o): io\n",
+            );
+            for e in &io {
+                s.push_str(&line(e, "    "));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    fn query_chardev(&self) -> Value {
+        let list = self.chardevs.lock().unwrap_or_else(|e| e.into_inner());
+        Value::Array(
+            list.iter()
+                .map(|(label, filename)| {
+                    json!({"frontend-open": true, "filename": filename, "label": label})
+                })
+                .collect(),
+        )
+    }
+
+    fn network(&self) -> String {
+        "Error: networking is not available yet in troupe\n".into()
+    }
+
+    fn roms(&self) -> String {
+        match &self.bios {
+            Some(p) => {
+                let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!(
+                    "addr={:016x} size=0x{size:06x} mem=rom name=\"{name}\"\n",
+                    (1u64 << 32) - size
+                )
+            }
+            None => String::new(),
+        }
+    }
+
+    fn qtree(&self) -> String {
+        let mut s = String::from(
+            "bus: main-system-bus\n  type System\n  dev: i440FX-pcihost, id \"\"\n    bus: pci.0\n      type PCI\n",
+        );
+        for d in self.pci.info() {
+            s.push_str(&format!(
+                "      dev: {}, id \"{}\"\n        addr = {:02x}.{:x}\n        class {}, addr 00:{:02x}.{:x}, pci id {:04x}:{:04x} (sub {:04x}:{:04x})\n",
+                type_name(&d), d.id, d.slot.0, d.slot.1, d.class_name(), d.slot.0, d.slot.1,
+                d.vendor, d.device, d.subsystem_vendor, d.subsystem
+            ));
+            for (i, kind, region, size) in &d.bars {
+                let (k, a) = match (kind, region) {
+                    (BarKind::Io, Some(r)) => ("i/o", r.addr),
+                    (_, Some(r)) => ("mem", r.addr),
+                    (_, None) => continue,
+                };
+                s.push_str(&format!(
+                    "        bar {i}: {k} at 0x{a:x} [0x{:x}]\n",
+                    a + size - 1
+                ));
+            }
+            if type_name(&d) == "PIIX3" {
+                s.push_str("        bus: isa.0\n          type ISA\n");
+                for (i, (port, irq)) in self.serials.iter().enumerate() {
+                    s.push_str(&format!(
+                        "          dev: isa-serial, id \"\"\n            index = {i}\n            iobase = 0x{port:x}\n            irq = {irq}\n"
+                    ));
+                }
+                s.push_str("          dev: i8042, id \"\"\n            isa irqs 1,12\n");
+                s.push_str("          dev: mc146818rtc, id \"\"\n            base_year = 0\n            isa irq 8\n");
+            }
+        }
+        s
+    }
+
+    fn pic(&self) -> String {
+        pic_text(&self.kvm)
+    }
+
+    fn irq(&self) -> String {
+        actors::irq::irq_stats_text()
+    }
+}
+
+/// `info pic` for the in-kernel PICs and IOAPIC (QEMU's `pic_print_info` and
+/// `ioapic_print_redtbl` formats).
+fn pic_text(kvm: &KvmVm) -> String {
+    use kvm_bindings::{
+        kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    };
+    let mut s = String::new();
+    for (chip, n) in [(KVM_IRQCHIP_PIC_MASTER, 0), (KVM_IRQCHIP_PIC_SLAVE, 1)] {
+        let mut c = kvm_irqchip {
+            chip_id: chip,
+            ..Default::default()
+        };
+        if kvm.vm.get_irqchip(&mut c).is_err() {
+            return "Error: KVM_GET_IRQCHIP failed\n".into();
+        }
+        // SAFETY: chip_id selects the `pic` member of the union.
+        let p = unsafe { c.chip.pic };
+        s.push_str(&format!(
+            "pic{n}: irr={:02x} imr={:02x} isr={:02x} hprio={} irq_base={:02x} rr_sel={} elcr={:02x} fnm={}\n",
+            p.irr, p.imr, p.isr, p.priority_add, p.irq_base, p.read_reg_select, p.elcr,
+            p.special_fully_nested_mode
+        ));
+    }
+    let mut c = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    if kvm.vm.get_irqchip(&mut c).is_err() {
+        return s;
+    }
+    // SAFETY: chip_id selects the `ioapic` member of the union.
+    let io = unsafe { c.chip.ioapic };
+    s.push_str(&format!(
+        "ioapic0: ver=0x11 id=0x{:02x} sel=0x{:02x}",
+        io.id >> 24,
+        io.ioregsel
+    ));
+    if io.ioregsel >= 0x10 {
+        s.push_str(&format!(" (redir[{}])\n", (io.ioregsel - 0x10) >> 1));
+    } else {
+        s.push('\n');
+    }
+    const DELM: [&str; 8] = [
+        "fixed", "lowest", "SMI", "...", "NMI", "INIT", "...", "extINT",
+    ];
+    let mut remote_irr = 0u32;
+    for (i, e) in io.redirtbl.iter().enumerate() {
+        // SAFETY: every bit pattern is a valid u64.
+        let e = unsafe { e.bits };
+        let logical = e & (1 << 11) != 0;
+        let dest = (e >> 56) & if logical { 0xff } else { 0xf };
+        s.push_str(&format!(
+            "  pin {:<2} 0x{e:016x} dest={dest:x} vec={:<3} {} {:<5} {:<6} {:<6} {}\n",
+            i,
+            e & 0xff,
+            if e & (1 << 13) != 0 {
+                "active-lo"
+            } else {
+                "active-hi"
+            },
+            if e & (1 << 15) != 0 { "level" } else { "edge" },
+            if e & (1 << 16) != 0 { "masked" } else { "" },
+            DELM[((e >> 8) & 7) as usize],
+            if logical { "logical" } else { "physical" }
+        ));
+        if e & (1 << 15) != 0 && e & (1 << 14) != 0 {
+            remote_irr |= 1 << i;
+        }
+    }
+    let dump = |name: &str, v: u32| {
+        if v == 0 {
+            format!("{name} (none)\n")
+        } else {
+            let pins: Vec<String> = (0..24)
+                .filter(|i| v & (1 << i) != 0)
+                .map(|i| i.to_string())
+                .collect();
+            format!("{name} {}\n", pins.join(" "))
+        }
+    };
+    s.push_str(&dump("  IRR", io.irr));
+    s.push_str(&dump("  Remote IRR", remote_irr));
+    s
+}
