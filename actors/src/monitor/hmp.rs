@@ -301,11 +301,15 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
     let canonical = names(entry.0).max_by_key(|n| n.len()).unwrap_or(cmd);
     let max_args = entry.1.split_whitespace().count()
         + usize::from(matches!(canonical, "sendkey" | "set_password" | "change"));
-    let required = entry
-        .1
-        .split_whitespace()
-        .filter(|a| !a.starts_with('['))
-        .count();
+    // Arguments outside any [...] are required.
+    let mut depth = 0i32;
+    let mut required = 0;
+    for tok in entry.1.split_whitespace() {
+        if depth == 0 && !tok.starts_with('[') {
+            required += 1;
+        }
+        depth += tok.matches('[').count() as i32 - tok.matches(']').count() as i32;
+    }
     if rest.len() < required {
         return HmpReply::text(format!("{canonical}: missing argument\n"));
     }
