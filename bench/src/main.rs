@@ -89,11 +89,36 @@ fn main() -> Result<()> {
         "{} is missing: run `cargo build --release` first",
         env.troupe.display()
     );
+    // `--only GROUP` runs one group (for a quick look; `--write` wants them all).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    type Group = fn(&Env) -> Result<Vec<Row>>;
+    let groups: [(&str, Group); 5] = [
+        ("boot", rows::boot),
+        ("pio", rows::pio),
+        ("memory", rows::memory),
+        ("monitor", rows::monitor),
+        ("firmware", rows::firmware),
+    ];
+    if let Some(o) = &only {
+        anyhow::ensure!(
+            groups.iter().any(|g| g.0 == o),
+            "--only {o}: groups are boot, pio, memory, monitor, firmware"
+        );
+        anyhow::ensure!(
+            !args.iter().any(|a| a == "--write"),
+            "--write needs every group"
+        );
+    }
     let mut rows = Vec::new();
-    rows.extend(rows::boot(&env).context("boot rows")?);
-    rows.extend(rows::pio(&env).context("port-I/O rows")?);
-    rows.extend(rows::memory(&env).context("memory rows")?);
-    rows.extend(rows::firmware(&env).context("firmware rows")?);
+    for (name, f) in groups {
+        if only.as_deref().is_none_or(|o| o == name) {
+            rows.extend(f(&env).with_context(|| format!("{name} rows"))?);
+        }
+    }
 
     let mut table = String::from(
         "| measurement | troupe | QEMU | QEMU config | troupe / QEMU | target | verdict |\n|---|---|---|---|---|---|---|\n",

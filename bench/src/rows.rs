@@ -236,3 +236,112 @@ pub fn firmware(env: &Env) -> Result<Vec<Row>> {
         },
     ])
 }
+
+/// Read from `s` until `needle` has arrived.
+fn read_until(s: &mut std::net::TcpStream, needle: &[u8]) -> Result<()> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = s.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "monitor closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+fn connect(port: u16) -> Result<std::net::TcpStream> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                return Ok(s);
+            }
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Monitor round trips as a client sees them: HMP `info status` over plain TCP (a line
+/// with CR, the answer and the next prompt) and QMP `query-status`, 200 of each.
+pub fn monitor(env: &Env) -> Result<Vec<Row>> {
+    use std::io::{BufRead, Write};
+    let k = env.guest("spin.pvh.elf");
+    const N: usize = 200;
+    let measure = |vmm: &Vmm, base: Vec<&str>| -> Result<(Duration, Duration)> {
+        let (hp, qp) = (free_port()?, free_port()?);
+        let hmp = format!("tcp:127.0.0.1:{hp},server=on,wait=off");
+        let qmp = format!("tcp:127.0.0.1:{qp},server=on,wait=off");
+        let mut args = base;
+        args.extend(["-monitor", hmp.as_str(), "-qmp", qmp.as_str()]);
+        let mut child = vmm.command(&args).spawn()?;
+        let result = (|| -> Result<(Duration, Duration)> {
+            let mut h = connect(hp)?;
+            read_until(&mut h, b"(qemu) ")?;
+            let mut times = Vec::new();
+            for _ in 0..N {
+                let t = std::time::Instant::now();
+                h.write_all(b"info status\r")?;
+                read_until(&mut h, b"VM status: running\r\n(qemu) ")?;
+                times.push(t.elapsed());
+            }
+            let h_med = median(times);
+            let q = connect(qp)?;
+            let mut r = std::io::BufReader::new(q.try_clone()?);
+            let mut w = q;
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            w.write_all(br#"{"execute":"qmp_capabilities"}"#)?;
+            line.clear();
+            r.read_line(&mut line)?;
+            let mut times = Vec::new();
+            for _ in 0..N {
+                let t = std::time::Instant::now();
+                w.write_all(br#"{"execute":"query-status"}"#)?;
+                line.clear();
+                r.read_line(&mut line)?;
+                anyhow::ensure!(line.contains("\"running\""), "{}: {line}", vmm.name);
+                times.push(t.elapsed());
+            }
+            Ok((h_med, median(times)))
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        result.with_context(|| format!("{} monitor", vmm.name))
+    };
+    let (th, tq) = measure(
+        &Vmm::troupe(&env.troupe),
+        troupe_args(&k, "iters=100000000000", "64"),
+    )?;
+    let (qh, qq) = measure(
+        &Vmm::qemu("microvm"),
+        qemu_args(&k, "iters=100000000000", "64"),
+    )?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(vec![
+        Row {
+            what: "HMP `info status` round trip (TCP, median of 200)".into(),
+            troupe: ms(th),
+            qemu: ms(qh),
+            qemu_name: "`-M microvm`".into(),
+            unit: "ms",
+            target: Target::AtMost(1.0),
+        },
+        Row {
+            what: "QMP `query-status` round trip (TCP, median of 200)".into(),
+            troupe: ms(tq),
+            qemu: ms(qq),
+            qemu_name: "`-M microvm`".into(),
+            unit: "ms",
+            target: Target::AtMost(1.0),
+        },
+    ])
+}
