@@ -642,6 +642,8 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         vcpus,
         chardevs,
         console,
+        // Held until the vCPU threads are joined.
+        kvm: _kvm,
         ..
     } = vm;
     let sig_handle = handle.clone();

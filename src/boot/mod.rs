@@ -23,7 +23,6 @@ use crate::vm::regs::{flat_gdt, VcpuTemplate};
 
 pub const GDT_ADDR: u64 = 0x500;
 pub const BOOT_INFO_ADDR: u64 = 0x6000;
-pub const BOOT_INFO_END: u64 = 0x9000;
 pub const PAGE_TABLES_ADDR: u64 = 0x9000;
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Longest command line accepted (Linux's COMMAND_LINE_SIZE on x86).

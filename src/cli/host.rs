@@ -83,9 +83,6 @@ pub enum FileError {
     /// A directory where a file is needed.
     #[error("is a directory, not a file")]
     Directory,
-    /// A zero-length file where content is needed.
-    #[error("is empty (0 bytes)")]
-    Empty,
 }
 
 /// The OS's text for an I/O error without Rust's ` (os error N)` suffix.

@@ -1,5 +1,8 @@
 //! The command-line rules for devices and backends added to a running VM (`device_add`,
 //! `netdev_add` from the monitor): same syntax, checked against the VM's current config.
+//! The monitor's `device_add`/`netdev_add` answer "not available yet" until hotplug lands
+//! (issue "hotplug and live migration"); until then only the tests call these.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use super::chardev;
 use super::device::{self, DeviceError, DeviceSet};

@@ -14,9 +14,7 @@ use actors::bus::{lock, Bus, BusHandler};
 use devices::acpi_pm::AcpiPm;
 use devices::pci::i440fx::I440fx;
 use devices::pci::piix::{piix3_ide_config, swizzle, Piix3Isa, Piix4Pm};
-use devices::pci::{
-    describe, BarKind, PciDeviceInfo, PciFunction, PciHost, PlainFunction, Region, Slot,
-};
+use devices::pci::{describe, PciDeviceInfo, PciFunction, PciHost, PlainFunction, Region, Slot};
 use devices::{BusDevice, IrqLine};
 use kvm_ioctls::VmFd;
 
@@ -260,7 +258,9 @@ impl PciPlatform {
         }
     }
 
-    /// An interrupt line for INTx pin `pin` (1..4) of device `dev`.
+    /// An interrupt line for INTx pin `pin` (1..4) of device `dev` (for the PCI devices
+    /// with interrupt pins that come with virtio and the NICs).
+    #[allow(dead_code)]
     pub fn intx(self: &Arc<Self>, router: &Arc<IntxRouter>, dev: u8, pin: u8) -> Arc<dyn IrqLine> {
         Arc::new(PciIntx {
             router: router.clone(),
@@ -271,6 +271,7 @@ impl PciPlatform {
     }
 
     /// A router for INTx lines through this chipset's PIRQ registers.
+    #[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
     pub fn intx_router(&self, vm: Arc<VmFd>) -> Arc<IntxRouter> {
         Arc::new(IntxRouter {
             piix3: self.piix3.clone(),
@@ -285,15 +286,6 @@ impl PciPlatform {
             .functions()
             .map(|(s, f)| describe(*s, f))
             .collect()
-    }
-
-    /// BAR kinds for reporting.
-    pub fn bar_kind_name(k: BarKind) -> &'static str {
-        match k {
-            BarKind::Io => "I/O",
-            BarKind::Mem32 { .. } => "32 bit memory",
-            BarKind::Mem64 { .. } => "64 bit memory",
-        }
     }
 }
 
@@ -342,12 +334,14 @@ impl BusHandler for GpePort {
 
 /// Level-triggered PCI interrupts shared on ISA IRQs: a line is high while any device
 /// routed to it asserts.
+#[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
 pub struct IntxRouter {
     piix3: Arc<Mutex<Piix3Isa>>,
     vm: Arc<VmFd>,
     counts: Mutex<[u32; 16]>,
 }
 
+#[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
 impl IntxRouter {
     fn assert(&self, irq: u8) {
         let mut c = lock(&self.counts);
@@ -367,6 +361,7 @@ impl IntxRouter {
     }
 }
 
+#[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
 struct PciIntx {
     router: Arc<IntxRouter>,
     dev: u8,

@@ -48,10 +48,6 @@ impl Display {
             }
         }
     }
-
-    pub fn host(&self) -> &Arc<VgaHost> {
-        &self.host
-    }
 }
 
 /// Find the 8x16 font in a VGA BIOS image (by the standard glyph for 'A').

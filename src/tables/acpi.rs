@@ -322,7 +322,7 @@ impl BuilderWithSums {
 
 impl Builder {
     fn add_raw(&mut self, sig: &str, bytes: Vec<u8>) -> usize {
-        while self.blob.len() % 64 != 0 {
+        while !self.blob.len().is_multiple_of(64) {
             self.blob.push(0);
         }
         let off = self.blob.len();

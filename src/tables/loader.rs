@@ -77,6 +77,7 @@ impl Command {
         c
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // the tests read tables back with it
     pub fn decode(c: &[u8; 128]) -> Option<Self> {
         let name = |b: &[u8]| {
             let end = b.iter().position(|x| *x == 0).unwrap_or(b.len());

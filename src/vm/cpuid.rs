@@ -141,11 +141,6 @@ const FEATURES: &[Feature] = &[
     feat!("arat", 6, 0, Eax, 2),
 ];
 
-/// Names `-cpu help` lists.
-pub fn feature_names() -> Vec<&'static str> {
-    FEATURES.iter().map(|f| f.name).collect()
-}
-
 /// qemu64 (QEMU's default model): leaf 1 EDX/ECX, leaf 7 EBX/ECX, 0x80000001 EDX/ECX,
 /// and the paravirtual leaf 0x40000001 EAX that QEMU turns on under KVM.
 fn qemu64_allowed(leaf: u32, reg: Reg) -> Option<u32> {

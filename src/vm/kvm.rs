@@ -46,6 +46,8 @@ pub struct Slot {
 
 /// The VM and what was created with it.
 pub struct KvmVm {
+    /// The /dev/kvm handle, kept open for the VM's lifetime.
+    #[allow(dead_code)]
     pub kvm: Kvm,
     pub vm: Arc<VmFd>,
     pub supported_cpuid: CpuId,

@@ -58,6 +58,10 @@ pub trait MachineInfo: Send + Sync {
     fn irq(&self) -> String;
 }
 
+/// Changes the log filter: `log` passes directives that replace the added ones,
+/// `trace-event` one `+target=level` to add.
+pub type LogSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Everything a monitor session can reach.
 #[derive(Clone)]
 pub struct MonitorContext {
@@ -71,7 +75,7 @@ pub struct MonitorContext {
     pub display: Option<DisplayHandle>,
     pub vnc: Option<VncHandle>,
     /// Replace the log filter (`log`, `trace-event`).
-    pub log: Option<Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>>,
+    pub log: Option<LogSetter>,
     pub info: Arc<dyn MachineInfo>,
     /// (socket, core, thread) of each vCPU, by index.
     pub topology: Vec<(u32, u32, u32)>,

@@ -14,7 +14,7 @@ enum Esc {
     #[default]
     None,
     /// After ESC.
-    Esc,
+    Start,
     /// After `ESC [` or `ESC O`, collecting a numeric parameter.
     Csi(u32),
 }
@@ -75,7 +75,7 @@ impl Readline {
     ) -> Option<Event> {
         let after_cr = std::mem::take(&mut self.after_cr);
         match self.esc {
-            Esc::Esc => {
+            Esc::Start => {
                 self.esc = match b {
                     b'[' | b'O' => Esc::Csi(0),
                     _ => Esc::None,
@@ -115,8 +115,8 @@ impl Readline {
                 self.after_cr = b == b'\r';
                 let line = String::from_utf8_lossy(&self.buf).into_owned();
                 out.extend_from_slice(b"\r\n");
-                if !self.password && !line.trim().is_empty() {
-                    if self.history.last() != Some(&line) {
+                if !self.password && !line.trim().is_empty() && self.history.last() != Some(&line) {
+                    {
                         self.history.push(line.clone());
                         if self.history.len() > MAX_HISTORY {
                             self.history.remove(0);
@@ -130,7 +130,7 @@ impl Readline {
                 self.hist_pos = self.history.len();
                 return Some(Event::Line(line));
             }
-            27 => self.esc = Esc::Esc,
+            27 => self.esc = Esc::Start,
             1 => self.cursor = 0,
             5 => self.cursor = self.buf.len(),
             2 => self.cursor = self.cursor.saturating_sub(1),
@@ -154,21 +154,18 @@ impl Readline {
             }
             16 => self.history_move(-1),
             14 => self.history_move(1),
-            127 | 8 => {
-                if self.cursor > 0 {
-                    self.cursor -= 1;
-                    self.buf.remove(self.cursor);
-                }
+            127 | 8 if self.cursor > 0 => {
+                self.cursor -= 1;
+                self.buf.remove(self.cursor);
             }
+            127 | 8 => {}
             b'\t' if !self.password => {
                 self.complete(complete, out);
                 return None;
             }
-            b if b >= 32 => {
-                if self.buf.len() < MAX_LINE {
-                    self.buf.insert(self.cursor, b);
-                    self.cursor += 1;
-                }
+            b if b >= 32 && self.buf.len() < MAX_LINE => {
+                self.buf.insert(self.cursor, b);
+                self.cursor += 1;
             }
             _ => {}
         }
@@ -226,7 +223,7 @@ impl Readline {
             common.truncate(n);
         }
         if common.len() > typed.len() || cands.len() == 1 {
-            let mut add = common[typed.len().min(common.len())..].as_bytes().to_vec();
+            let mut add = common.as_bytes()[typed.len().min(common.len())..].to_vec();
             if cands.len() == 1 {
                 add.push(b' ');
             }

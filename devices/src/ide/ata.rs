@@ -166,7 +166,7 @@ pub(super) fn command(ide: &mut Ide, c: usize, cmd: u8) {
         }
         0xe7 | 0xea => ide.wait_for(c, BlockOp::Flush, Waiting::Flush),
         // READ VERIFY: checks the range, moves no data.
-        0x40 | 0x41 | 0x42 => {
+        0x40..=0x42 => {
             let lba48 = cmd == 0x42;
             let (lba, count) = {
                 let tf = ide.tf(c);

@@ -45,9 +45,9 @@ impl I440fx {
     pub fn pam(&self) -> [u8; 13] {
         let mut p = [0u8; 13];
         p[0] = (self.space.read8(PAM0) >> 4) & 3;
-        for k in 1..13 {
+        for (k, pk) in p.iter_mut().enumerate().skip(1) {
             let reg = self.space.read8(PAM0 + 1 + (k - 1) / 2);
-            p[k] = if (k - 1) % 2 == 0 {
+            *pk = if (k - 1) % 2 == 0 {
                 reg & 3
             } else {
                 (reg >> 4) & 3

@@ -30,7 +30,8 @@ const VBE_NOCLEARMEM: u16 = 0x80;
 const VBE_MAX_XRES: u16 = 2560;
 const VBE_MAX_YRES: u16 = 1600;
 
-/// DISPI register indexes.
+/// DISPI register indexes (all listed for reference; some are only used by number).
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy)]
 #[repr(usize)]
 enum Dispi {
@@ -402,21 +403,10 @@ impl Vga {
     fn dispi_write(&mut self, i: usize, v: u16, vram: &mut [u8]) {
         self.touch();
         match i {
-            0 => {
-                if (0xb0c0..=VBE_DISPI_ID5).contains(&v) {
-                    self.s.vbe[0] = v;
-                }
-            }
-            1 => {
-                if v <= VBE_MAX_XRES && v % 8 == 0 {
-                    self.s.vbe[1] = v;
-                }
-            }
-            2 => {
-                if v <= VBE_MAX_YRES {
-                    self.s.vbe[2] = v;
-                }
-            }
+            0 if (0xb0c0..=VBE_DISPI_ID5).contains(&v) => self.s.vbe[0] = v,
+            1 if v <= VBE_MAX_XRES && v.is_multiple_of(8) => self.s.vbe[1] = v,
+            2 if v <= VBE_MAX_YRES => self.s.vbe[2] = v,
+            0..=2 => {}
             3 => {
                 let v = if v == 0 { 8 } else { v };
                 if matches!(v, 4 | 8 | 15 | 16 | 24 | 32) {
@@ -430,11 +420,7 @@ impl Vga {
                     let xres = self.s.vbe[1].max(8);
                     self.s.vbe[Dispi::VirtWidth as usize] = xres;
                     let line = self.line_bytes();
-                    let max_h = if line == 0 {
-                        0
-                    } else {
-                        (self.vram_size / line).min(0xffff)
-                    };
+                    let max_h = self.vram_size.checked_div(line).unwrap_or(0).min(0xffff);
                     self.s.vbe[Dispi::VirtHeight as usize] = max_h as u16;
                     self.s.vbe[Dispi::XOffset as usize] = 0;
                     self.s.vbe[Dispi::YOffset as usize] = 0;
@@ -455,8 +441,8 @@ impl Vga {
                 if usize::from(v) * bpp * usize::from(self.s.vbe[2].max(1)) <= self.vram_size {
                     self.s.vbe[6] = v;
                     let line = usize::from(v) * bpp;
-                    if line > 0 {
-                        self.s.vbe[7] = (self.vram_size / line).min(0xffff) as u16;
+                    if let Some(h) = self.vram_size.checked_div(line) {
+                        self.s.vbe[7] = h.min(0xffff) as u16;
                     }
                 }
             }
@@ -530,9 +516,9 @@ impl Vga {
             let mut r = 0u8;
             for bit in 0..8 {
                 let mut eq = true;
-                for p in 0..4 {
+                for (p, lp) in l.iter().enumerate().take(4) {
                     if dc & (1 << p) != 0 {
-                        let pb = (l[p] >> bit) & 1;
+                        let pb = (lp >> bit) & 1;
                         if pb != (cc >> p) & 1 {
                             eq = false;
                         }

@@ -49,6 +49,7 @@ impl DeviceSet {
     }
 
     /// Continue from a machine's existing devices (for `device_add`).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the hotplug rules
     pub fn with_devices(devices: Vec<DeviceConfig>, vga: VgaKind, cpus: u32) -> DeviceSet {
         DeviceSet {
             devices,
