@@ -5,8 +5,8 @@
 //! Until the VGA model lands, the guest screen is the test pattern that
 //! `TROUPE_TEST_DISPLAY=static` puts on the console (it echoes input to stderr as
 //! `troupe: test-display: key <qcode> down|up`). The guest is the demo test guest.
-//! Password tests run vncdotool against the server code started in-process (the monitor
-//! that sets passwords from outside does not exist yet).
+//! One password test runs vncdotool against the server code started in-process; another
+//! sets and expires passwords through the monitor of the real binary.
 
 mod common;
 
@@ -216,6 +216,13 @@ impl Raw {
             out.push((g(0), g(2), g(4), g(6), e));
         }
         out
+    }
+
+    fn pointer(&mut self, buttons: u8, x: u16, y: u16) {
+        let mut m = vec![5, buttons];
+        m.extend_from_slice(&x.to_be_bytes());
+        m.extend_from_slice(&y.to_be_bytes());
+        self.write(&m);
     }
 
     fn key(&mut self, keysym: u32, down: bool) {
@@ -1042,4 +1049,151 @@ fn the_grub_menu_matches_qemus_pixel_for_pixel() {
         bad * 100 <= total,
         "{bad} of {total} pixels differ (more than 1%): {line}"
     );
+}
+
+#[test]
+fn pointer_events_reach_a_guest_reading_the_ps2_mouse() {
+    // The kbd guest with `mouse=1` enables the PS/2 mouse and prints every mouse byte. With
+    // no absolute tablet, VNC positions become relative PS/2 motion (+y up in PS/2).
+    let d = free_display();
+    let vnc = format!("127.0.0.1:{d}");
+    let k = guest("kbd");
+    let vm = Vm::troupe(&[
+        "-nodefaults",
+        "-vga",
+        "std",
+        "-serial",
+        "stdio",
+        "-vnc",
+        &vnc,
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "timeout=60 mouse=1",
+    ])
+    .spawn();
+    vm.expect_stdout("kbd: mouse on", Duration::from_secs(20));
+    vm.expect_stdout("kbd: ready", Duration::from_secs(20));
+    let mut c = Raw::connect(5900 + d);
+    c.init();
+    c.pointer(0, 100, 100);
+    c.pointer(0, 110, 95);
+    vm.expect_stdout(
+        "kbd: mouse 08\r\nkbd: mouse 0a\r\nkbd: mouse 05\r\n",
+        Duration::from_secs(10),
+    );
+    // Left button down, then up, without motion.
+    c.pointer(1, 110, 95);
+    vm.expect_stdout(
+        "kbd: mouse 09\r\nkbd: mouse 00\r\nkbd: mouse 00\r\n",
+        Duration::from_secs(10),
+    );
+    c.pointer(0, 110, 95);
+    // Leftwards and down: dx -3 (0xfd), dy -4 (0xfc), sign bits 0x10 | 0x20.
+    c.pointer(0, 107, 99);
+    vm.expect_stdout(
+        "kbd: mouse 38\r\nkbd: mouse fd\r\nkbd: mouse fc\r\n",
+        Duration::from_secs(10),
+    );
+}
+
+/// Passwords from the monitor, as users set them: `-vnc ...,password=on` refuses everyone
+/// until `change vnc password` (typed at the `Password:` prompt) sets one; vncdotool then
+/// gets in with it; `expire_password vnc now` locks it out again; `set_password` works too.
+#[test]
+fn monitor_sets_and_expires_the_vnc_password() {
+    require_vncdotool();
+    let d = free_display();
+    let mon_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let vnc = format!("127.0.0.1:{d},password=on");
+    let mon = format!("tcp:127.0.0.1:{mon_port},server,nowait");
+    let k = guest("demo");
+    let _vm = Vm::troupe(&[
+        "-m",
+        "64",
+        "-nodefaults",
+        "-vga",
+        "std",
+        "-serial",
+        "null",
+        "-vnc",
+        &vnc,
+        "-monitor",
+        &mon,
+        "-kernel",
+        k.to_str().unwrap(),
+    ])
+    .spawn();
+    let server = format!("127.0.0.1::{}", 5900 + d);
+    let dir = TempDir::new("vnc-monpw");
+    let capture = |pw: &str, out: &str| {
+        Command::new("python3")
+            .arg(helper())
+            .args([
+                "capture",
+                &server,
+                "raw",
+                dir.path(out).to_str().unwrap(),
+                pw,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    // Monitor session (plain TCP): wait for the prompt after each line.
+    let mut m = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match TcpStream::connect(("127.0.0.1", mon_port)) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("monitor: {e}"),
+            }
+        }
+    };
+    m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut until = |m: &mut TcpStream, needle: &str| {
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let n = m.read(&mut b).expect("monitor read");
+            assert!(n > 0, "monitor closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    until(&mut m, "(qemu) ");
+    assert!(
+        !capture("secret12", "none.png"),
+        "no password set yet: refused"
+    );
+    m.write_all(b"change vnc password\r").unwrap();
+    until(&mut m, "Password: ");
+    m.write_all(b"secret12\r").unwrap();
+    let echoed = until(&mut m, "(qemu) ");
+    assert!(
+        !echoed.contains("secret12"),
+        "the password is not echoed: {echoed:?}"
+    );
+    assert!(!capture("wrong", "wrong.png"));
+    assert!(capture("secret12", "right.png"));
+    m.write_all(b"expire_password vnc now\r").unwrap();
+    until(&mut m, "(qemu) ");
+    assert!(
+        !capture("secret12", "expired.png"),
+        "expired password refused"
+    );
+    // As in QEMU, a new password keeps the expiry: lift it too.
+    m.write_all(b"set_password vnc other123\r").unwrap();
+    until(&mut m, "(qemu) ");
+    m.write_all(b"expire_password vnc never\r").unwrap();
+    until(&mut m, "(qemu) ");
+    assert!(capture("other123", "other.png"));
 }

@@ -6,6 +6,7 @@
 
 mod harness;
 mod rows;
+mod vnc;
 
 use std::path::PathBuf;
 
@@ -96,17 +97,18 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned();
     type Group = fn(&Env) -> Result<Vec<Row>>;
-    let groups: [(&str, Group); 5] = [
+    let groups: [(&str, Group); 6] = [
         ("boot", rows::boot),
         ("pio", rows::pio),
         ("memory", rows::memory),
         ("monitor", rows::monitor),
+        ("vnc", vnc::rows),
         ("firmware", rows::firmware),
     ];
     if let Some(o) = &only {
         anyhow::ensure!(
             groups.iter().any(|g| g.0 == o),
-            "--only {o}: groups are boot, pio, memory, monitor, firmware"
+            "--only {o}: groups are boot, pio, memory, monitor, vnc, firmware"
         );
         anyhow::ensure!(
             !args.iter().any(|a| a == "--write"),

@@ -59,6 +59,31 @@ pub fn enable_translation() -> bool {
     write_command(0x60) && write_data(cb | 0x40)
 }
 
+/// Enables the aux port and the mouse's data reporting (controller command 0xA8, then
+/// 0xD4 0xF4 to the mouse); true once the mouse acknowledged (0xFA).
+pub fn enable_mouse() -> bool {
+    if !write_command(0xA8) || !write_command(0xD4) || !write_data(0xF4) {
+        return false;
+    }
+    for _ in 0..1_000_000 {
+        let s = status();
+        if s & STATUS_OBF != 0 {
+            let b = inb(DATA);
+            if s & STATUS_AUX != 0 && b == 0xFA {
+                return true;
+            }
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+/// One byte from the output buffer with whether it came from the aux (mouse) port.
+pub fn try_read_tagged() -> Option<(u8, bool)> {
+    let s = status();
+    (s != 0xFF && s & STATUS_OBF != 0).then(|| (inb(DATA), s & STATUS_AUX != 0))
+}
+
 /// Drops whatever is waiting.
 pub fn flush() {
     for _ in 0..64 {

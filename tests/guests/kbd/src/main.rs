@@ -1,9 +1,10 @@
 //! kbd: polls the i8042 with interrupts off and prints every byte it reads.
 //!
 //! Command line: `timeout=SECONDS` (default 10), `stop=N` the byte that ends the run
-//! (default 0x10, the set-1 make code of `q`).
-//! Output: `kbd: ready` once it polls, then `kbd: <hex byte>` per byte (two lower-case hex
-//! digits), then `kbd: stop` or `kbd: timeout`. Without a controller: `kbd: no i8042`.
+//! (default 0x10, the set-1 make code of `q`), `mouse=1` to enable the PS/2 mouse too.
+//! Output: `kbd: ready` once it polls (`kbd: mouse on` before it with `mouse=1`), then
+//! `kbd: <hex byte>` per keyboard byte (two lower-case hex digits) and `kbd: mouse <hex>`
+//! per mouse byte, then `kbd: stop` or `kbd: timeout`. Without a controller: `kbd: no i8042`.
 //! Exit: 0 after the stop byte, 2 on timeout, 3 without a controller.
 
 #![no_std]
@@ -23,10 +24,21 @@ fn main(boot: &BootInfo) -> u32 {
     }
     i8042::enable_translation();
     i8042::flush();
+    if boot.arg_u64("mouse") == Some(1) {
+        if i8042::enable_mouse() {
+            println!("kbd: mouse on");
+        } else {
+            println!("kbd: mouse did not answer");
+        }
+    }
     let deadline = Deadline::after_ms(timeout.saturating_mul(1000));
     println!("kbd: ready");
     loop {
-        if let Some(b) = i8042::try_read() {
+        if let Some((b, aux)) = i8042::try_read_tagged() {
+            if aux {
+                println!("kbd: mouse {b:02x}");
+                continue;
+            }
             println!("kbd: {b:02x}");
             if b == stop {
                 println!("kbd: stop");
