@@ -1159,7 +1159,7 @@ fn monitor_sets_and_expires_the_vnc_password() {
         }
     };
     m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut until = |m: &mut TcpStream, needle: &str| {
+    let until = |m: &mut TcpStream, needle: &str| {
         let mut got = Vec::new();
         let mut b = [0u8; 4096];
         while !String::from_utf8_lossy(&got).contains(needle) {
