@@ -372,3 +372,31 @@ fn guest_reset_reboots_and_no_reboot_exits_zero() {
     }
     r.kill();
 }
+
+#[test]
+fn guest_nonsense_in_pci_config_and_fw_cfg_dma_is_logged_not_fatal() {
+    let k = guest("hello");
+    let (st, out, err) = troupe(&[
+        "-d",
+        "guest_errors",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "fault=nonsense exit=5",
+    ])
+    .run(T);
+    assert!(
+        out.contains("hello: nonsense survived"),
+        "stdout: {out}\nstderr: {err}"
+    );
+    // The DMA with its buffer outside RAM reports the error bit, as QEMU does.
+    assert!(
+        out.contains("hello: fw_cfg dma status=0x1"),
+        "stdout: {out}"
+    );
+    assert!(
+        err.contains("outside RAM"),
+        "the guest error is logged: {err}"
+    );
+    assert_eq!(code(st), (5 << 1) | 1, "the VM ran to the end: {err}");
+}
