@@ -343,6 +343,7 @@ pub fn build(
         }
         _ => None,
     };
+    let coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>> = Arc::default();
     let devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
         cfg,
         kvm: kvm.clone(),
@@ -355,6 +356,7 @@ pub fn build(
         registry: registry.clone(),
         bios,
         display: console.writer.clone(),
+        coalesced: coalesced.clone(),
     })?;
     // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
     // stand-in took the console's input).
@@ -426,7 +428,8 @@ pub fn build(
             .collect(),
         vcpus: cfg.smp.cpus as usize,
     });
-    let has_screen = devices.vga.is_some() || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
+    let has_screen_device = devices.vga.is_some();
+    let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
     let has_input = true;
     let machine = PcMachine {
         mem: mem.clone(),
@@ -439,11 +442,29 @@ pub fn build(
     };
     let states = machine.boot_states()?;
     let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;
+    // Writes to the legacy VGA window go through KVM's coalesced MMIO ring instead of
+    // exiting one by one (as QEMU does); reads and every other exit apply them first.
+    let ring = if has_screen_device && kvm.vm.check_extension(kvm_ioctls::Cap::CoalescedMmio) {
+        let r = actors::coalesced::CoalescedRing::map(
+            std::os::fd::AsRawFd::as_raw_fd(&fds[0]),
+            mmio.clone(),
+        )
+        .context("mapping KVM's coalesced MMIO ring")?;
+        kvm.vm
+            .register_coalesced_mmio(kvm_ioctls::IoEventAddress::Mmio(0xa_0000), 0x2_0000)
+            .map_err(|e| anyhow!("KVM_REGISTER_COALESCED_MMIO: {e}"))?;
+        let r = Arc::new(r);
+        let _ = coalesced.set(r.clone());
+        Some(r)
+    } else {
+        None
+    };
     let ctx = VcpuContext {
         pio,
         mmio,
         mem,
         events,
+        coalesced: ring,
     };
     let mut vcpus = Vec::new();
     for (i, ((fd, state), cores)) in fds.into_iter().zip(states).zip(pins).enumerate() {

@@ -13,6 +13,7 @@
 pub mod block;
 pub mod bus;
 pub mod chardev;
+pub mod coalesced;
 pub mod display;
 pub mod events;
 pub mod host;

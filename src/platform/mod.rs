@@ -49,7 +49,10 @@ impl BusHandler for DebugExit {
 }
 
 /// SeaBIOS's debug console (QEMU `isa-debugcon` at 0x402): what it prints goes to the
-/// `debugcon` log target (`TROUPE_LOG=debugcon=debug`), one line at a time.
+/// `debugcon` log target, one line at a time. Present only when that target is enabled at
+/// start (`-d debugcon` or `TROUPE_LOG=debugcon=debug`): like QEMU's default machine,
+/// which has no debugcon, SeaBIOS otherwise finds nothing there and skips its debug
+/// output (thousands of emulated-ring-0 port writes on this host).
 #[derive(Default)]
 struct DebugCon(Mutex<Vec<u8>>);
 
@@ -94,6 +97,9 @@ pub struct PlatformParts<'a> {
     pub bios: Option<Arc<Bios>>,
     /// Where the VGA renders (the console's display surface).
     pub display: actors::display::DisplayWriter,
+    /// Applies writes queued in KVM's coalesced MMIO ring (set once the vCPUs exist);
+    /// the VGA refresh calls it before rendering.
+    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
 }
 
 /// Every platform device, kept for reset and power-button requests.
@@ -128,6 +134,7 @@ impl DeviceSet {
             registry,
             bios,
             display,
+            coalesced,
         } = p;
         let direct_boot = bios.is_none();
         let (rt, registry) = (&rt, &registry);
@@ -140,7 +147,9 @@ impl DeviceSet {
             ports.push(host);
         }
         pio.insert(0x80, 1, "ioport80", Arc::new(Sink80))?;
-        pio.insert(0x402, 1, "debugcon", Arc::new(DebugCon::default()))?;
+        if tracing::enabled!(target: "debugcon", tracing::Level::DEBUG) {
+            pio.insert(0x402, 1, "debugcon", Arc::new(DebugCon::default()))?;
+        }
 
         let layout = crate::vm::memory::RamLayout::pc(cfg.memory);
         let cmos = CmosConfig {
@@ -233,6 +242,7 @@ impl DeviceSet {
                 registry,
                 display,
                 direct_boot,
+                coalesced: coalesced.clone(),
             })?),
             crate::config::VgaKind::None => None,
         };

@@ -36,6 +36,9 @@ pub enum BarTarget {
     Mmio(Arc<dyn BusHandler>),
     /// Host memory mapped straight into the guest (a framebuffer); (host addr, dirty log).
     Ram { host: u64, dirty_log: bool },
+    /// An expansion ROM mapped read-only into the guest: firmware copies it without one
+    /// exit per read (QEMU maps ROM BARs as ROM too).
+    Rom(Arc<actors::host::mem::HostBuffer>),
 }
 
 #[derive(Clone)]
@@ -185,7 +188,7 @@ impl PciPlatform {
                     BarTarget::Mmio(_) => {
                         let _ = self.mmio.remove(old.addr);
                     }
-                    BarTarget::Ram { .. } => {
+                    BarTarget::Ram { .. } | BarTarget::Rom(_) => {
                         if let Some(s) = slot_id {
                             let _ = self.kvm.unmap(s);
                         }
@@ -207,6 +210,18 @@ impl PciPlatform {
                     BarTarget::Ram { host, dirty_log } => self
                         .kvm
                         .map(r.addr, r.size, *host, false, *dirty_log, &b.name)
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                    BarTarget::Rom(buf) => self
+                        .kvm
+                        .map(
+                            r.addr,
+                            r.size.min(buf.len() as u64),
+                            buf.host_addr(),
+                            true,
+                            false,
+                            &b.name,
+                        )
                         .map(Some)
                         .map_err(|e| e.to_string()),
                 };

@@ -30,6 +30,8 @@ pub struct VgaParts<'a> {
     pub display: DisplayWriter,
     /// No firmware will run the VGA BIOS: troupe sets text mode 3 itself.
     pub direct_boot: bool,
+    /// KVM's coalesced MMIO ring carrying VGA window writes (once the vCPUs exist).
+    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
 }
 
 /// The VGA as the machine keeps it (for reset).
@@ -133,8 +135,17 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
         BarTarget::Mmio(Arc::new(VgaMmio(host.clone()))),
     );
     if let Some(r) = rom {
-        p.pci
-            .bind_bar(VGA_SLOT, 6, "vga.rom", BarTarget::Mmio(Arc::new(RomBar(r))));
+        // A read-only memory slot when the ROM BAR is page-sized (it is: the VGA BIOS is
+        // tens of KiB), else an MMIO handler.
+        let target = if rom_size >= 0x1000 {
+            let mut buf = HostBuffer::new(rom_size as usize);
+            buf.as_mut_slice().fill(0xff);
+            buf.as_mut_slice()[..r.len()].copy_from_slice(&r);
+            BarTarget::Rom(Arc::new(buf))
+        } else {
+            BarTarget::Mmio(Arc::new(RomBar(r)))
+        };
+        p.pci.bind_bar(VGA_SLOT, 6, "vga.rom", target);
     }
     p.pio
         .insert(0x3b0, 0x30, "vga", Arc::new(VgaIoPort(host.clone())))?;
@@ -149,6 +160,12 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
 
     let pci = p.pci.clone();
     let vm = p.kvm.vm.clone();
+    let ring = p.coalesced.clone();
+    let flush: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Some(r) = ring.get() {
+            r.drain();
+        }
+    });
     let lfb_dirty: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
         let Some((slot, region)) = pci.ram_bar_slot(VGA_SLOT, 0) else {
             return false;
@@ -160,7 +177,14 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
     // TEST HARNESS ONLY: with TROUPE_TEST_DISPLAY the console shows a synthetic pattern
     // instead of the VGA (see machine.rs).
     if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
-        start_refresh(p.rt, p.registry, host.clone(), p.display.clone(), lfb_dirty);
+        start_refresh(
+            p.rt,
+            p.registry,
+            host.clone(),
+            p.display.clone(),
+            lfb_dirty,
+            flush,
+        );
     }
     let d = Display {
         host,

@@ -146,6 +146,7 @@ pub fn start_refresh(
     host: Arc<VgaHost>,
     writer: DisplayWriter,
     lfb_dirty: Arc<dyn Fn() -> bool + Send + Sync>,
+    flush: Arc<dyn Fn() + Send + Sync>,
 ) {
     let entry = registry.register("vga", "display", Placement::Runtime, || 0);
     spawn_supervised(
@@ -156,6 +157,7 @@ pub fn start_refresh(
             let host = host.clone();
             let writer = writer.clone();
             let lfb_dirty = lfb_dirty.clone();
+            let flush = flush.clone();
             async move {
                 let mut last_gen = u64::MAX;
                 let mut last_mode = None;
@@ -165,6 +167,8 @@ pub fn start_refresh(
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tick.tick().await;
+                    // Writes the guest made through the coalesced ring land first.
+                    flush();
                     let (gen, mode) = {
                         let m = lock(&host.model);
                         (m.generation(), m.mode())

@@ -25,6 +25,8 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
     pub events: EventTx,
+    /// The coalesced MMIO ring (VGA window writes), applied before each exit is handled.
+    pub coalesced: Option<Arc<crate::coalesced::CoalescedRing>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,7 +290,11 @@ impl VcpuThread {
             pio: &self.ctx.pio,
             mmio: &self.ctx.mmio,
         };
-        let outcome = match self.fd.run() {
+        let result = self.fd.run();
+        if let Some(c) = &self.ctx.coalesced {
+            c.drain();
+        }
+        let outcome = match result {
             Ok(exit) => handle_exit(exit, &buses, &self.shared.counters),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
