@@ -21,7 +21,10 @@ pub const EXPLICIT_FILTER: u8 = 0x40;
 pub const FILTER_PALETTE: u8 = 1;
 /// Data shorter than this is sent as is, without length or compression.
 pub const MIN_TO_COMPRESS: usize = 12;
-const MAX_TILE: u32 = 128;
+/// Largest sub-rectangle (pixels) and width, as QEMU's Tight encoder (and the spec's
+/// limit of 2048 pixels per row for the basic compression).
+const MAX_AREA: u32 = 65536;
+const MAX_WIDTH: u32 = 2048;
 
 /// Stream ids: 0 full colour, 1 two-colour palette, 2 larger palettes.
 const STREAM_COPY: usize = 0;
@@ -100,12 +103,16 @@ pub fn encode(
 ) -> u16 {
     let encoding = if png_mode { enc::TIGHT_PNG } else { enc::TIGHT };
     let mut n = 0u16;
+    // Sub-rectangles as wide as allowed (up to MAX_WIDTH) and up to MAX_AREA pixels, as
+    // QEMU cuts them: fewer headers and longer runs for zlib than square tiles.
+    let max_w = r.w.clamp(1, MAX_WIDTH);
+    let max_h = (MAX_AREA / max_w).max(1);
     let mut ty = r.y;
     while ty < r.y + r.h {
-        let th = (r.y + r.h - ty).min(MAX_TILE);
+        let th = (r.y + r.h - ty).min(max_h);
         let mut tx = r.x;
         while tx < r.x + r.w {
-            let tw = (r.x + r.w - tx).min(MAX_TILE);
+            let tw = (r.x + r.w - tx).min(max_w);
             let tile = Rect::new(tx, ty, tw, th);
             put_rect_header(out, tile, encoding);
             encode_one(streams, jpeg, png_mode, &s.extract(tile), tile, pf, out);
