@@ -84,6 +84,35 @@ pub enum MonitorError {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
+type Accepted<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Stream>>> + Send + 'a>,
+>;
+
+/// A listening socket monitors accept clients from.
+trait Listen: Send + Sync + 'static {
+    fn next(&self) -> Accepted<'_>;
+}
+
+impl Listen for tokio::net::TcpListener {
+    fn next(&self) -> Accepted<'_> {
+        Box::pin(async move {
+            let (s, _) = self.accept().await?;
+            // QEMU leaves Nagle on and every answer waits ~40 ms for a delayed ACK.
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+    }
+}
+
+impl Listen for tokio::net::UnixListener {
+    fn next(&self) -> Accepted<'_> {
+        Box::pin(async move {
+            let (s, _) = self.accept().await?;
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+    }
+}
+
 /// Start one monitor. Listeners are bound before this returns (so a port in use is an
 /// error at start-up, naming the option); with `wait`, the first client is awaited too.
 pub async fn start(
@@ -125,29 +154,7 @@ pub async fn start(
                 local.port(),
                 if telnet { ",telnet=on" } else { "" }
             );
-            if wait {
-                crate::report!("QEMU waiting for connection on: disconnected:{filename}");
-                if let Ok((s, _)) = l.accept().await {
-                    server.accept_tcp(s, telnet);
-                }
-            }
-            let l = Arc::new(l);
-            let srv = server.clone();
-            server.spawn_listener(move || {
-                let l = l.clone();
-                let srv = srv.clone();
-                async move {
-                    loop {
-                        match l.accept().await {
-                            Ok((s, _)) => srv.accept_tcp(s, telnet),
-                            Err(e) => {
-                                tracing::warn!("monitor accept failed: {e}");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                }
-            });
+            server.listen(l, &filename, wait, telnet).await;
             Ok(StartedMonitor {
                 id,
                 filename,
@@ -168,29 +175,7 @@ pub async fn start(
             let what = format!("unix:{}", path.display());
             let l = tokio::net::UnixListener::bind(&path).map_err(listen_err(what.clone()))?;
             let filename = format!("{what},server=on");
-            if wait {
-                crate::report!("QEMU waiting for connection on: disconnected:{filename}");
-                if let Ok((s, _)) = l.accept().await {
-                    server.accept(s, false);
-                }
-            }
-            let l = Arc::new(l);
-            let srv = server.clone();
-            server.spawn_listener(move || {
-                let l = l.clone();
-                let srv = srv.clone();
-                async move {
-                    loop {
-                        match l.accept().await {
-                            Ok((s, _)) => srv.accept(s, false),
-                            Err(e) => {
-                                tracing::warn!("monitor accept failed: {e}");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                }
-            });
+            server.listen(l, &filename, wait, false).await;
             Ok(StartedMonitor {
                 id,
                 filename,
@@ -273,13 +258,34 @@ impl Server {
         spawn_supervised(&self.rt, entry, Restart::Always, factory, |_| {});
     }
 
-    fn accept_tcp(&self, s: tokio::net::TcpStream, telnet: bool) {
-        // QEMU leaves Nagle on and every answer waits ~40 ms for a delayed ACK.
-        let _ = s.set_nodelay(true);
-        self.accept(s, telnet);
+    /// Serve clients of `l` from now on (after the first one, with `wait`).
+    async fn listen(&self, l: impl Listen, filename: &str, wait: bool, telnet: bool) {
+        if wait {
+            crate::report!("QEMU waiting for connection on: disconnected:{filename}");
+            if let Ok(s) = l.next().await {
+                self.accept(s, telnet);
+            }
+        }
+        let l = Arc::new(l);
+        let srv = self.clone();
+        self.spawn_listener(move || {
+            let l = l.clone();
+            let srv = srv.clone();
+            async move {
+                loop {
+                    match l.next().await {
+                        Ok(s) => srv.accept(s, telnet),
+                        Err(e) => {
+                            tracing::warn!("monitor accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        });
     }
 
-    fn accept<S: Stream>(&self, s: S, telnet: bool) {
+    fn accept(&self, s: Box<dyn Stream>, telnet: bool) {
         if self.active.load(Ordering::Relaxed) >= MAX_SESSIONS {
             tracing::warn!(monitor = %self.id, "too many monitor connections; refusing one");
             self.rt.spawn(async move {
@@ -294,7 +300,7 @@ impl Server {
             });
             return;
         }
-        self.spawn_session(Box::new(s), telnet, None);
+        self.spawn_session(s, telnet, None);
     }
 
     fn spawn_session(
