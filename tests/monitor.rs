@@ -547,24 +547,9 @@ fn ppm(path: &Path) -> (u32, u32, Vec<u8>) {
 #[test]
 fn screendump_of_the_grub_menu_matches_qemus() {
     let dir = TempDir::new("screendump");
-    let root = dir.path("cd/boot/grub");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        root.join("grub.cfg"),
+    let iso = common::grub_rescue_iso(
+        &dir,
         "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\nset timeout=60\nmenuentry \"troupe screendump entry\" {\n  halt\n}\n",
-    )
-    .unwrap();
-    let iso = dir.path("grub.iso");
-    let st = Command::new("grub-mkrescue")
-        .arg("-o")
-        .arg(&iso)
-        .arg(dir.path("cd"))
-        .output()
-        .expect("grub-mkrescue (grub-pc-bin, xorriso, mtools)");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
     );
     let run = |qemu: bool, out: std::path::PathBuf| {
         let iso = iso.clone();

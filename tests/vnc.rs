@@ -650,6 +650,23 @@ fn password_on_without_a_password_refuses_everyone() {
     assert!(!dir.path("x.png").exists());
 }
 
+/// vncdotool capture (Raw) with a password; true when it got in and wrote the PNG.
+fn capture_with_password(server: &str, dir: &TempDir, pw: &str, out: &str) -> bool {
+    Command::new("python3")
+        .arg(helper())
+        .args([
+            "capture",
+            server,
+            "raw",
+            dir.path(out).to_str().unwrap(),
+            pw,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 /// The server code in this process (so a password can be set), a real vncdotool client.
 #[test]
 fn vncdotool_password_wrong_refused_right_accepted() {
@@ -670,21 +687,7 @@ fn vncdotool_password_wrong_refused_right_accepted() {
     h.set_password("troupe-pw-long").unwrap();
     let server = format!("127.0.0.1::{}", h.local_addr().port());
     let dir = TempDir::new("vnc-pw");
-    let run = |pw: &str, out: &str| {
-        Command::new("python3")
-            .arg(helper())
-            .args([
-                "capture",
-                &server,
-                "raw",
-                dir.path(out).to_str().unwrap(),
-                pw,
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let run = |pw: &str, out: &str| capture_with_password(&server, &dir, pw, out);
     assert!(!run("wrong", "wrong.png"));
     assert!(!dir.path("wrong.png").exists());
     // Only the first 8 characters count, as in QEMU.
@@ -1009,27 +1012,11 @@ fn vbe_mode_switch_resizes_the_client_and_the_picture_is_right() {
 
 /// A GRUB rescue ISO whose menu waits forever (no countdown: a stable screen).
 fn static_grub_iso(dir: &TempDir) -> PathBuf {
-    let root = dir.path("cd/boot/grub");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        root.join("grub.cfg"),
+    common::grub_rescue_iso(
+        dir,
         "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
          set timeout=-1\nmenuentry \"troupe first entry\" {\n  halt\n}\nmenuentry \"troupe second entry\" {\n  halt\n}\n",
     )
-    .unwrap();
-    let iso = dir.path("grub.iso");
-    let out = Command::new("grub-mkrescue")
-        .arg("-o")
-        .arg(&iso)
-        .arg(dir.path("cd"))
-        .output()
-        .expect("grub-mkrescue (grub-pc-bin, xorriso, mtools)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    iso
 }
 
 #[test]
@@ -1142,21 +1129,7 @@ fn monitor_sets_and_expires_the_vnc_password() {
     .spawn();
     let server = format!("127.0.0.1::{}", 5900 + d);
     let dir = TempDir::new("vnc-monpw");
-    let capture = |pw: &str, out: &str| {
-        Command::new("python3")
-            .arg(helper())
-            .args([
-                "capture",
-                &server,
-                "raw",
-                dir.path(out).to_str().unwrap(),
-                pw,
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let capture = |pw: &str, out: &str| capture_with_password(&server, &dir, pw, out);
     // Monitor session (plain TCP): wait for the prompt after each line.
     let mut m = {
         let deadline = Instant::now() + Duration::from_secs(20);

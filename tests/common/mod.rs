@@ -266,3 +266,25 @@ pub fn code(st: ExitStatus) -> i32 {
     st.code()
         .unwrap_or_else(|| panic!("process died on signal {:?}", st.signal()))
 }
+
+/// A GRUB rescue ISO (`grub-mkrescue`, packages grub-pc-bin, xorriso, mtools) in `dir`
+/// whose `boot/grub/grub.cfg` is `cfg`.
+#[allow(dead_code)] // not every test binary builds ISOs
+pub fn grub_rescue_iso(dir: &TempDir, cfg: &str) -> PathBuf {
+    let root = dir.path("cd/boot/grub");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("grub.cfg"), cfg).unwrap();
+    let iso = dir.path("grub.iso");
+    let out = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(dir.path("cd"))
+        .output()
+        .expect("grub-mkrescue (grub-pc-bin, xorriso, mtools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
