@@ -427,6 +427,8 @@ pub fn build(
             .copied()
             .collect(),
         vcpus: cfg.smp.cpus as usize,
+        mem: mem.clone(),
+        coalesced: coalesced.clone(),
     });
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();

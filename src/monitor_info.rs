@@ -30,6 +30,8 @@ pub struct PcInfo {
     /// (port, irq) of each serial port.
     pub serials: Vec<(u16, u32)>,
     pub vcpus: usize,
+    pub mem: vm_memory::GuestMemoryMmap,
+    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
 }
 
 /// QEMU's QOM type names for the functions troupe models.
@@ -337,6 +339,15 @@ impl MachineInfo for PcInfo {
 
     fn irq(&self) -> String {
         actors::irq::irq_stats_text()
+    }
+
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
+        use vm_memory::{Bytes, GuestAddress};
+        // Writes still queued for the VGA window land first.
+        if let Some(r) = self.coalesced.get() {
+            r.drain();
+        }
+        self.mmio.read(addr, buf) || self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
     }
 }
 

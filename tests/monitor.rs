@@ -655,3 +655,26 @@ fn an_internal_error_with_a_monitor_attached_keeps_the_process_for_inspection() 
     h.0.write_all(b"quit\r\n").unwrap();
     assert_eq!(code(vm.wait(T)), 0);
 }
+
+#[test]
+fn xp_reads_guest_memory_and_the_vga_text_window_like_the_cpu_sees_them() {
+    let port = free_port();
+    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let vm = demo_vm(&["-vga", "std", "-display", "none", "-monitor", &mon]);
+    let mut h = Hmp::open(port);
+    // The demo's title bar: " troupe ..." in white on blue (attribute 0x1f), read
+    // through the VGA model's legacy window.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        h.cmd("xp /6xb 0xb8002"),
+        "00000000000b8002: 0x20 0x1f 0x74 0x1f 0x72 0x1f\r\n"
+    );
+    assert_eq!(
+        h.cmd("xp /3c 0xb8004"),
+        "00000000000b8004: 't' '\\x1f' 'r'\r\n"
+    );
+    // The guest's ELF image in RAM (loaded at 1 MiB), through the page tables with `x`.
+    assert_eq!(h.cmd("x /1xw 0x100000"), "0000000000100000: 0x464c457f\r\n");
+    assert_eq!(h.cmd("gva2gpa 0x100000"), "gpa: 0x100000\r\n");
+    drop(vm);
+}

@@ -890,7 +890,7 @@ async fn dump_memory(
     };
     if phys {
         return memdump::dump(fmt, addr, |a, buf| {
-            memdump::read_phys(&ctx.mem, a, buf);
+            memdump::read_phys(ctx, a, buf);
             true
         });
     }
@@ -908,7 +908,7 @@ async fn dump_memory(
         match v.translate_gva(a).await {
             Ok(Some(pa)) => {
                 let mut buf = vec![0u8; n];
-                memdump::read_phys(&ctx.mem, pa, &mut buf);
+                memdump::read_phys(ctx, pa, &mut buf);
                 bytes.extend_from_slice(&buf);
             }
             _ => {

@@ -218,13 +218,15 @@ fn char_repr(c: u8) -> String {
     format!("'{inner}'")
 }
 
-/// Physical read for `xp`: RAM, or all-ones where nothing is mapped (as QEMU reads
-/// unassigned memory).
-pub fn read_phys(mem: &GuestMemoryMmap, addr: u64, buf: &mut [u8]) {
+/// Physical read for `xp`: what the machine maps there, or all-ones where nothing is
+/// (as QEMU reads unassigned memory). Byte by byte, so a read may straddle regions.
+pub fn read_phys(ctx: &super::MonitorContext, addr: u64, buf: &mut [u8]) {
     for (i, b) in buf.iter_mut().enumerate() {
-        *b = mem
-            .read_obj::<u8>(GuestAddress(addr.wrapping_add(i as u64)))
-            .unwrap_or(0xff);
+        let mut one = [0xffu8];
+        if !ctx.info.read_phys(addr.wrapping_add(i as u64), &mut one) {
+            one[0] = 0xff;
+        }
+        *b = one[0];
     }
 }
 

@@ -56,6 +56,10 @@ pub trait MachineInfo: Send + Sync {
     fn pic(&self) -> String;
     /// `info irq` text (interrupts raised per line).
     fn irq(&self) -> String;
+    /// Read guest-physical memory as the CPU would see it (`xp`, `x`): device windows
+    /// such as the VGA's through their models, RAM directly; false when `addr` is neither
+    /// (the caller shows all-ones, as QEMU reads unassigned memory).
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool;
 }
 
 /// Changes the log filter: `log` passes directives that replace the added ones,
