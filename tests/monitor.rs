@@ -43,6 +43,29 @@ fn demo_vm(extra: &[&str]) -> Running {
     vm
 }
 
+/// Test guest `name` with command line `append`, serial on stdout and an HMP monitor on a
+/// free TCP port (returned).
+fn guest_with_monitor(name: &str, append: &str) -> (Running, u16) {
+    let port = free_port();
+    let k = guest(name);
+    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let vm = Vm::troupe(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        &mon,
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        append,
+    ])
+    .spawn();
+    (vm, port)
+}
+
 fn connect(port: u16) -> TcpStream {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -488,23 +511,7 @@ fn qmp_on_a_unix_socket_and_hmp_on_a_named_chardev_with_mon() {
 
 #[test]
 fn sendkey_reaches_a_polling_guest_as_scancodes() {
-    let port = free_port();
-    let k = guest("kbd");
-    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
-    let vm = Vm::troupe(&[
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        &mon,
-        "-kernel",
-        k.to_str().unwrap(),
-        "-append",
-        "timeout=60",
-    ])
-    .spawn();
+    let (vm, port) = guest_with_monitor("kbd", "timeout=60");
     vm.expect_stdout("kbd: ready", T);
     let mut h = Hmp::open(port);
     assert_eq!(h.cmd("sendkey a"), "");
@@ -615,23 +622,7 @@ fn screendump_of_the_grub_menu_matches_qemus() {
 
 #[test]
 fn an_internal_error_with_a_monitor_attached_keeps_the_process_for_inspection() {
-    let port = free_port();
-    let k = guest("hello");
-    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
-    let mut vm = Vm::troupe(&[
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        &mon,
-        "-kernel",
-        k.to_str().unwrap(),
-        "-append",
-        "fault=emulation",
-    ])
-    .spawn();
+    let (mut vm, port) = guest_with_monitor("hello", "fault=emulation");
     vm.stderr
         .wait_for("emulation failure", T)
         .unwrap_or_else(|e| panic!("{e}"));
