@@ -82,70 +82,51 @@ pub struct Vga {
     vram_size: usize,
 }
 
+impl VgaState {
+    /// Registers at power-on (and after reset): everything zero but the DAC mask, with
+    /// the Bochs VBE id and video memory size readable.
+    fn power_on(vram_size: usize) -> Self {
+        let mut vbe = [0; 11];
+        vbe[Dispi::Id as usize] = VBE_DISPI_ID5;
+        vbe[Dispi::VideoMemory64k as usize] = (vram_size >> 16) as u16;
+        Self {
+            misc: 0,
+            sr_index: 0,
+            sr: [0; 8],
+            gr_index: 0,
+            gr: [0; 16],
+            ar_index: 0,
+            ar: vec![0; 21],
+            ar_flip: false,
+            cr_index: 0,
+            cr: vec![0; 25],
+            dac_read_index: 0,
+            dac_write_index: 0,
+            dac_sub: 0,
+            dac_state: 0,
+            dac_mask: 0xff,
+            dac: vec![0; 768],
+            feature: 0,
+            latch: 0,
+            vbe_index: 0,
+            vbe,
+            st01_toggle: false,
+        }
+    }
+}
+
 impl Vga {
     pub fn new(vram_size: usize) -> Self {
-        let mut v = Self {
-            s: VgaState {
-                misc: 0,
-                sr_index: 0,
-                sr: [0; 8],
-                gr_index: 0,
-                gr: [0; 16],
-                ar_index: 0,
-                ar: vec![0; 21],
-                ar_flip: false,
-                cr_index: 0,
-                cr: vec![0; 25],
-                dac_read_index: 0,
-                dac_write_index: 0,
-                dac_sub: 0,
-                dac_state: 0,
-                dac_mask: 0xff,
-                dac: vec![0; 768],
-                feature: 0,
-                latch: 0,
-                vbe_index: 0,
-                vbe: [0; 11],
-                st01_toggle: false,
-            },
+        Self {
+            s: VgaState::power_on(vram_size),
             generation: 1,
             vram_size,
-        };
-        v.reset();
-        v
+        }
     }
 
     pub fn reset(&mut self) {
-        let size = self.vram_size;
-        *self = Self {
-            s: VgaState {
-                misc: 0,
-                sr_index: 0,
-                sr: [0; 8],
-                gr_index: 0,
-                gr: [0; 16],
-                ar_index: 0,
-                ar: vec![0; 21],
-                ar_flip: false,
-                cr_index: 0,
-                cr: vec![0; 25],
-                dac_read_index: 0,
-                dac_write_index: 0,
-                dac_sub: 0,
-                dac_state: 0,
-                dac_mask: 0xff,
-                dac: vec![0; 768],
-                feature: 0,
-                latch: 0,
-                vbe_index: 0,
-                vbe: [0; 11],
-                st01_toggle: false,
-            },
-            generation: self.generation + 1,
-            vram_size: size,
-        };
-        self.s.vbe[Dispi::Id as usize] = VBE_DISPI_ID5;
-        self.s.vbe[Dispi::VideoMemory64k as usize] = (size >> 16) as u16;
+        self.s = VgaState::power_on(self.vram_size);
+        self.generation += 1;
     }
 
     /// Changes when anything that affects the picture changed.
