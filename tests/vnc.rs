@@ -1169,16 +1169,17 @@ fn monitor_sets_and_expires_the_vnc_password() {
     );
     assert!(!capture("wrong", "wrong.png"));
     assert!(capture("secret12", "right.png"));
-    m.write_all(b"expire_password vnc now\r").unwrap();
-    until(&mut m, "(qemu) ");
+    let mut cmd = |line: &str| {
+        m.write_all(format!("{line}\r").as_bytes()).unwrap();
+        until(&mut m, "(qemu) ")
+    };
+    cmd("expire_password vnc now");
     assert!(
         !capture("secret12", "expired.png"),
         "expired password refused"
     );
     // As in QEMU, a new password keeps the expiry: lift it too.
-    m.write_all(b"set_password vnc other123\r").unwrap();
-    until(&mut m, "(qemu) ");
-    m.write_all(b"expire_password vnc never\r").unwrap();
-    until(&mut m, "(qemu) ");
+    cmd("set_password vnc other123");
+    cmd("expire_password vnc never");
     assert!(capture("other123", "other.png"));
 }
