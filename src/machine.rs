@@ -266,17 +266,11 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         }
         tracing::info!("skipping QEMU's default network (not available yet)");
     }
-    for d in &cfg.drives {
-        if d.interface != crate::config::DriveInterface::Ide {
-            return Err(anyhow!(
-                "-drive {}: only IDE drives are available yet (virtio-blk is not)",
-                d.id
-            ));
-        }
-    }
     for d in &cfg.devices {
         match &d.kind {
-            DeviceKind::IsaDebugExit { .. } => {}
+            DeviceKind::IsaDebugExit { .. }
+            | DeviceKind::VirtioBlk { .. }
+            | DeviceKind::VirtioRng => {}
             DeviceKind::Nic { netdev, .. } if netdev.as_deref() == Some("#net0") => {}
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }

@@ -16,6 +16,9 @@ use devices::BusDevice;
 pub trait BusHandler: Send + Sync {
     fn read(&self, base: u64, offset: u64, data: &mut [u8]);
     fn write(&self, base: u64, offset: u64, data: &[u8]);
+    /// The range was mapped at `base` (None: unmapped). PCI BARs move when the guest
+    /// programs them; a handler with ioeventfds moves them along.
+    fn mapped(&self, _base: Option<u64>) {}
 }
 
 /// A `devices` model behind its own mutex: the usual way a model sits on a bus.

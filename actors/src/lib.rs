@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod runtime;
 pub mod supervisor;
 pub mod vcpu;
+pub mod virtio;
 pub mod vnc;
 
 pub use vcpu::thread_allowed_cores as allowed_cores;

@@ -20,6 +20,7 @@ pub mod rtc;
 pub mod serial;
 pub mod state;
 pub mod vga;
+pub mod virtio;
 
 use std::sync::Arc;
 

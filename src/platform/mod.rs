@@ -31,6 +31,7 @@ use vm_memory::GuestMemoryMmap;
 pub mod fw_cfg;
 pub mod pci;
 pub mod vga;
+pub mod virtio;
 
 /// COM1..COM4: (port, IRQ).
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
@@ -118,6 +119,8 @@ pub struct DeviceSet {
     pub ide: Arc<IdeHost>,
     /// The std VGA, unless `-vga none`.
     pub vga: Option<vga::Display>,
+    /// virtio-blk and virtio-rng devices.
+    pub virtio: virtio::VirtioDevices,
 }
 
 impl DeviceSet {
@@ -247,6 +250,15 @@ impl DeviceSet {
             crate::config::VgaKind::None => None,
         };
 
+        let virtio = virtio::build(cfg, &kvm, &mem, &pci, &mut |id| {
+            let d = cfg
+                .drives
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
+            open_drive(d)
+        })?;
+
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
                 pio.insert(
@@ -268,6 +280,7 @@ impl DeviceSet {
             input,
             ide,
             vga,
+            virtio,
         })
     }
 
@@ -281,6 +294,7 @@ impl DeviceSet {
         lock(&self.pm).reset();
         lock(&self.fw_cfg).reset();
         lock(self.ide.model()).reset();
+        self.virtio.reset();
         if let Some(v) = &self.vga {
             v.reset();
         }
@@ -327,29 +341,7 @@ fn build_ide(cfg: &VmConfig, kvm: &KvmVm, mem: &GuestMemoryMmap) -> Result<Arc<I
         let cdrom = d.media == Media::Cdrom;
         let backend = match &d.file {
             None => None,
-            Some(path) => {
-                if d.format == Some(ImageFormat::Qcow2) {
-                    return Err(anyhow::anyhow!(
-                        "-drive {}: qcow2 images are not available yet (use format=raw)",
-                        d.id
-                    ));
-                }
-                let h = actors::block::open(
-                    &d.id,
-                    BlockOptions {
-                        path: path.clone(),
-                        read_only: d.readonly || cdrom,
-                        format_given: d.format.is_some() || cdrom,
-                        ignore_flush: d.cache == CacheMode::Unsafe,
-                        write_through: matches!(
-                            d.cache,
-                            CacheMode::Writethrough | CacheMode::DirectSync
-                        ),
-                    },
-                )
-                .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))?;
-                Some(h)
-            }
+            Some(_) => Some(open_drive(d)?),
         };
         drives[n] = Some(DriveConfig {
             cdrom,
@@ -370,4 +362,31 @@ fn build_ide(cfg: &VmConfig, kvm: &KvmVm, mem: &GuestMemoryMmap) -> Result<Arc<I
     );
     ide.set_memory(mem.clone());
     Ok(IdeHost::new(ide, backends))
+}
+
+/// Open a drive's image and start its block backend actor.
+fn open_drive(d: &crate::config::DriveConfig) -> Result<BlockHandle> {
+    let path = d
+        .file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("-drive {}: no medium", d.id))?;
+    let cdrom = d.media == Media::Cdrom;
+    actors::block::open(
+        &d.id,
+        BlockOptions {
+            path,
+            read_only: d.readonly || cdrom,
+            format: match d.format {
+                Some(ImageFormat::Raw) => Some(actors::block::Format::Raw),
+                Some(ImageFormat::Qcow2) => Some(actors::block::Format::Qcow2),
+                None if cdrom => Some(actors::block::Format::Raw),
+                None => None,
+            },
+            ignore_flush: d.cache == CacheMode::Unsafe,
+            write_through: matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
+            direct: matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
+            snapshot: d.snapshot,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
 }

@@ -182,11 +182,13 @@ impl PciPlatform {
             }
             if let Some((old, slot_id)) = b.mapped.take() {
                 match &b.target {
-                    BarTarget::Io(_) => {
+                    BarTarget::Io(h) => {
                         let _ = self.pio.remove(old.addr);
+                        h.mapped(None);
                     }
-                    BarTarget::Mmio(_) => {
+                    BarTarget::Mmio(h) => {
                         let _ = self.mmio.remove(old.addr);
+                        h.mapped(None);
                     }
                     BarTarget::Ram { .. } | BarTarget::Rom(_) => {
                         if let Some(s) = slot_id {
@@ -200,12 +202,18 @@ impl PciPlatform {
                     BarTarget::Io(h) => self
                         .pio
                         .insert(r.addr, r.size, &b.name, h.clone())
-                        .map(|_| None)
+                        .map(|_| {
+                            h.mapped(Some(r.addr));
+                            None
+                        })
                         .map_err(|e| e.to_string()),
                     BarTarget::Mmio(h) => self
                         .mmio
                         .insert(r.addr, r.size, &b.name, h.clone())
-                        .map(|_| None)
+                        .map(|_| {
+                            h.mapped(Some(r.addr));
+                            None
+                        })
                         .map_err(|e| e.to_string()),
                     BarTarget::Ram { host, dirty_log } => self
                         .kvm
@@ -275,7 +283,6 @@ impl PciPlatform {
 
     /// An interrupt line for INTx pin `pin` (1..4) of device `dev` (for the PCI devices
     /// with interrupt pins that come with virtio and the NICs).
-    #[allow(dead_code)]
     pub fn intx(self: &Arc<Self>, router: &Arc<IntxRouter>, dev: u8, pin: u8) -> Arc<dyn IrqLine> {
         Arc::new(PciIntx {
             router: router.clone(),
@@ -286,7 +293,6 @@ impl PciPlatform {
     }
 
     /// A router for INTx lines through this chipset's PIRQ registers.
-    #[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
     pub fn intx_router(&self, vm: Arc<VmFd>) -> Arc<IntxRouter> {
         Arc::new(IntxRouter {
             piix3: self.piix3.clone(),
@@ -349,14 +355,12 @@ impl BusHandler for GpePort {
 
 /// Level-triggered PCI interrupts shared on ISA IRQs: a line is high while any device
 /// routed to it asserts.
-#[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
 pub struct IntxRouter {
     piix3: Arc<Mutex<Piix3Isa>>,
     vm: Arc<VmFd>,
     counts: Mutex<[u32; 16]>,
 }
 
-#[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
 impl IntxRouter {
     fn assert(&self, irq: u8) {
         let mut c = lock(&self.counts);
@@ -376,7 +380,6 @@ impl IntxRouter {
     }
 }
 
-#[allow(dead_code)] // INTx for PCI devices with interrupt pins (virtio, NICs)
 struct PciIntx {
     router: Arc<IntxRouter>,
     dev: u8,

@@ -1,0 +1,204 @@
+//! Image formats behind one interface: raw and qcow2 (v2/v3, backing chains, zero and
+//! compressed clusters) through the `imago` crate, and the `snapshot=on` overlay that keeps
+//! every write in a temporary file so the image is never touched.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use imago::file::File as ImagoFile;
+use imago::io_buffers::IoBuffer;
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
+
+/// What the backend thread does I/O on.
+pub trait Image: Send {
+    fn size(&self) -> u64;
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Deallocate; reads back as zeros.
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// A raw or qcow2 image opened through imago.
+pub struct Imago {
+    access: FormatAccess<ImagoFile>,
+    /// O_DIRECT: buffers go through an aligned bounce buffer.
+    direct: bool,
+}
+
+impl Imago {
+    pub fn open(path: &Path, qcow2: bool, writable: bool, direct: bool) -> io::Result<Self> {
+        let sopts = StorageOpenOptions::new().write(writable).direct(direct);
+        let gate = PermissiveImplicitOpenGate::default();
+        let access = if qcow2 {
+            FormatAccess::new(
+                Qcow2::<ImagoFile>::builder_path(path)
+                    .storage_open_options(sopts)
+                    .write(writable)
+                    .open(gate)?,
+            )
+        } else {
+            FormatAccess::new(
+                Raw::<ImagoFile>::builder_path(path)
+                    .storage_open_options(sopts)
+                    .write(writable)
+                    .open(gate)?,
+            )
+        };
+        Ok(Self { access, direct })
+    }
+
+    fn bounce(&self, len: usize) -> io::Result<IoBuffer> {
+        IoBuffer::new(len, self.access.mem_align().max(4096))
+    }
+}
+
+impl Image for Imago {
+    fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.direct {
+            let mut b = self.bounce(buf.len())?;
+            self.access.read(&mut b, offset)?;
+            buf.copy_from_slice(b.as_ref().into_slice());
+            return Ok(());
+        }
+        self.access.read(buf, offset)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.direct {
+            let mut b = self.bounce(data.len())?;
+            b.as_mut().into_slice().copy_from_slice(data);
+            return self.access.write(&b, offset);
+        }
+        self.access.write(data, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.access.flush()?;
+        self.access.sync()
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.access.discard_to_zero(offset, len)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.access.write_zeroes(offset, len)
+    }
+}
+
+const SECTOR: u64 = 512;
+
+/// `snapshot=on`: reads come from the image until a sector is written; written sectors
+/// live in an unnamed temporary file that vanishes with the process.
+pub struct Overlay {
+    base: Box<dyn Image>,
+    top: File,
+    /// One bit per 512-byte sector: written since start.
+    written: Vec<u64>,
+}
+
+impl Overlay {
+    pub fn new(base: Box<dyn Image>) -> io::Result<Self> {
+        let top = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open(std::env::temp_dir())?;
+        top.set_len(base.size())?;
+        let sectors = base.size().div_ceil(SECTOR);
+        Ok(Self {
+            base,
+            top,
+            written: vec![0; sectors.div_ceil(64) as usize],
+        })
+    }
+
+    fn is_written(&self, s: u64) -> bool {
+        self.written[(s / 64) as usize] & (1 << (s % 64)) != 0
+    }
+
+    fn mark(&mut self, offset: u64, len: u64) {
+        for s in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
+            self.written[(s / 64) as usize] |= 1 << (s % 64);
+        }
+    }
+
+    /// Write whole sectors: a partial sector is completed from what reads see now.
+    fn write_sectors(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let start = offset / SECTOR * SECTOR;
+        let end = (offset + data.len() as u64).div_ceil(SECTOR) * SECTOR;
+        if start == offset && end == offset + data.len() as u64 {
+            self.top.write_all_at(data, offset)?;
+        } else {
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.read(start, &mut buf)?;
+            let at = (offset - start) as usize;
+            buf[at..at + data.len()].copy_from_slice(data);
+            self.top.write_all_at(&buf, start)?;
+        }
+        self.mark(start, end - start);
+        Ok(())
+    }
+}
+
+impl Image for Overlay {
+    fn size(&self) -> u64 {
+        self.base.size()
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let s = at / SECTOR;
+            let top = self.is_written(s);
+            // Extend the run while sectors come from the same place.
+            let mut end = ((s + 1) * SECTOR - offset).min(buf.len() as u64) as usize;
+            while end < buf.len() && self.is_written((offset + end as u64) / SECTOR) == top {
+                end = (end + SECTOR as usize).min(buf.len());
+            }
+            if top {
+                self.top.read_exact_at(&mut buf[pos..end], at)?;
+            } else {
+                self.base.read(at, &mut buf[pos..end])?;
+            }
+            pos = end;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_sectors(offset, data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // The overlay is thrown away at exit: nothing to make durable.
+        Ok(())
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; 64 * 1024];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write_sectors(offset + done, &zeros[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}

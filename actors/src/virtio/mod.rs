@@ -1,0 +1,194 @@
+//! Virtio device hosts: a transport model (`devices::virtio::pci::VirtioPci`) on the PCI
+//! bus, its BARs on the PIO/MMIO buses, its queue notifications as ioeventfds that wake the
+//! device's worker thread directly, its MSI-X vectors as irqfds ([`msi`]).
+//!
+//! Data path: driver writes the notify register → KVM signals the queue's ioeventfd (no
+//! exit to troupe) → the worker pops chains and serves them (a block backend for
+//! virtio-blk, getrandom for virtio-rng) → used ring → irqfd → the guest's interrupt.
+//! Register accesses (setup, ISR, configuration) take the exit path under the model's
+//! mutex, like every other device.
+
+pub mod blk;
+pub mod msi;
+pub mod rng;
+mod worker;
+
+use std::sync::{Arc, Mutex};
+
+use devices::pci::PciFunction;
+use devices::virtio::pci::{Action, VirtioPci, LEGACY_NOTIFY, NOTIFY_CFG, NOTIFY_MULTIPLIER};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::{lock, BusHandler};
+pub use msi::{KvmMsix, MsiRoutes};
+pub use worker::{Ctx, QueueWorker};
+
+#[derive(Default)]
+struct Installed {
+    modern: Option<u64>,
+    legacy: Option<u64>,
+}
+
+/// One virtio PCI device: the transport model, its worker and its notify eventfds.
+pub struct VirtioPciHost {
+    name: String,
+    model: Arc<Mutex<VirtioPci>>,
+    notify: Arc<Vec<EventFd>>,
+    vm: Arc<VmFd>,
+    worker: worker::WorkerHandle,
+    installed: Mutex<Installed>,
+}
+
+impl VirtioPciHost {
+    /// Start the worker thread (`troupe-<name>`) for `model`.
+    pub fn start(
+        name: &str,
+        model: VirtioPci,
+        vm: Arc<VmFd>,
+        mem: GuestMemoryMmap,
+        worker: Box<dyn QueueWorker>,
+    ) -> std::io::Result<Arc<Self>> {
+        let nq = model.queues().len();
+        let notify: Vec<EventFd> = (0..nq)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<_, _>>()?;
+        let notify = Arc::new(notify);
+        let model = Arc::new(Mutex::new(model));
+        let handle = worker::spawn(name, mem, model.clone(), notify.clone(), worker)?;
+        Ok(Arc::new(Self {
+            name: name.to_string(),
+            model,
+            notify,
+            vm,
+            worker: handle,
+            installed: Mutex::new(Installed::default()),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The PCI function to put on the bus.
+    pub fn function(&self) -> Arc<Mutex<dyn PciFunction>> {
+        self.model.clone()
+    }
+
+    pub fn model(&self) -> &Arc<Mutex<VirtioPci>> {
+        &self.model
+    }
+
+    /// Handlers for BAR0 (legacy I/O), BAR1 (MSI-X) and BAR4 (modern).
+    pub fn bars(self: &Arc<Self>) -> [Arc<dyn BusHandler>; 3] {
+        [
+            Arc::new(LegacyBar(self.clone())),
+            Arc::new(MsixBar(self.clone())),
+            Arc::new(ModernBar(self.clone())),
+        ]
+    }
+
+    /// Platform reset: stop serving the queues (the PCI reset of the model follows).
+    pub fn reset(&self) {
+        self.worker.reset();
+    }
+
+    fn act(&self, a: Option<Action>) {
+        match a {
+            None => {}
+            Some(Action::Activate) => {
+                let (queues, features) = {
+                    let m = lock(&self.model);
+                    (m.queues().to_vec(), m.driver_features())
+                };
+                self.worker.send(worker::Ctl::Activate { queues, features });
+            }
+            Some(Action::Reset) => self.worker.reset(),
+            Some(Action::Notify(q)) => {
+                if let Some(fd) = self.notify.get(usize::from(q)) {
+                    let _ = fd.write(1);
+                }
+            }
+        }
+    }
+
+    fn ioevent(&self, addr: IoEventAddress, q: usize, legacy: bool, add: bool) {
+        let fd = &self.notify[q];
+        let r = match (legacy, add) {
+            (true, true) => self.vm.register_ioevent(fd, &addr, q as u16),
+            (true, false) => self.vm.unregister_ioevent(fd, &addr, q as u16),
+            (false, true) => self.vm.register_ioevent(fd, &addr, NoDatamatch),
+            (false, false) => self.vm.unregister_ioevent(fd, &addr, NoDatamatch),
+        };
+        if let Err(e) = r {
+            tracing::warn!("{}: ioeventfd for queue {q}: {e}", self.name);
+        }
+    }
+
+    fn moved(&self, legacy: bool, base: Option<u64>) {
+        let mut inst = lock(&self.installed);
+        let slot = if legacy {
+            &mut inst.legacy
+        } else {
+            &mut inst.modern
+        };
+        let addr = |b: u64, q: usize| {
+            if legacy {
+                IoEventAddress::Pio(b + LEGACY_NOTIFY)
+            } else {
+                IoEventAddress::Mmio(b + NOTIFY_CFG + NOTIFY_MULTIPLIER * q as u64)
+            }
+        };
+        if let Some(old) = slot.take() {
+            for q in 0..self.notify.len() {
+                self.ioevent(addr(old, q), q, legacy, false);
+            }
+        }
+        if let Some(new) = base {
+            for q in 0..self.notify.len() {
+                self.ioevent(addr(new, q), q, legacy, true);
+            }
+            *slot = Some(new);
+        }
+    }
+}
+
+struct LegacyBar(Arc<VirtioPciHost>);
+struct MsixBar(Arc<VirtioPciHost>);
+struct ModernBar(Arc<VirtioPciHost>);
+
+impl BusHandler for LegacyBar {
+    fn read(&self, _b: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.0.model).legacy_read(offset, data);
+    }
+    fn write(&self, _b: u64, offset: u64, data: &[u8]) {
+        let a = lock(&self.0.model).legacy_write(offset, data);
+        self.0.act(a);
+    }
+    fn mapped(&self, base: Option<u64>) {
+        self.0.moved(true, base);
+    }
+}
+
+impl BusHandler for MsixBar {
+    fn read(&self, _b: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.0.model).msix_read(offset, data);
+    }
+    fn write(&self, _b: u64, offset: u64, data: &[u8]) {
+        lock(&self.0.model).msix_write(offset, data);
+    }
+}
+
+impl BusHandler for ModernBar {
+    fn read(&self, _b: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.0.model).modern_read(offset, data);
+    }
+    fn write(&self, _b: u64, offset: u64, data: &[u8]) {
+        let a = lock(&self.0.model).modern_write(offset, data);
+        self.0.act(a);
+    }
+    fn mapped(&self, base: Option<u64>) {
+        self.0.moved(false, base);
+    }
+}

@@ -1,0 +1,145 @@
+//! The virtio PCI devices of the command line (`-drive if=virtio`, `-device
+//! virtio-blk-pci`, `-device virtio-rng-pci`): each gets a transport model, a worker
+//! thread, its BARs on the buses and its MSI-X vectors as irqfds.
+
+use std::sync::Arc;
+
+use actors::block::BlockHandle;
+use actors::virtio::blk::BlkWorker;
+use actors::virtio::rng::RngWorker;
+use actors::virtio::{KvmMsix, MsiRoutes, QueueWorker, VirtioPciHost};
+use anyhow::{anyhow, Context, Result};
+use devices::virtio::blk::{Blk, BlkConfig};
+use devices::virtio::pci::{VirtioPci, LEGACY_BAR, MODERN_BAR, MSIX_BAR};
+use devices::virtio::rng::Rng;
+use devices::virtio::VirtioDeviceModel;
+use vm_memory::GuestMemoryMmap;
+
+use super::pci::{BarTarget, PciPlatform};
+use crate::config::{DeviceKind, VmConfig};
+use crate::vm::kvm::KvmVm;
+
+/// A virtio-blk device and the drive it serves (for the monitor's block queries).
+pub struct VirtioDisk {
+    pub drive: String,
+    pub qdev: String,
+    pub backend: BlockHandle,
+}
+
+/// Every virtio device, kept for reset.
+#[derive(Default)]
+pub struct VirtioDevices {
+    pub hosts: Vec<Arc<VirtioPciHost>>,
+    pub disks: Vec<VirtioDisk>,
+}
+
+impl VirtioDevices {
+    pub fn reset(&self) {
+        for h in &self.hosts {
+            h.reset();
+        }
+    }
+}
+
+pub fn build(
+    cfg: &VmConfig,
+    kvm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    pci: &Arc<PciPlatform>,
+    open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
+) -> Result<VirtioDevices> {
+    let mut out = VirtioDevices::default();
+    let needs = cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d.kind, DeviceKind::VirtioBlk { .. } | DeviceKind::VirtioRng));
+    if !needs {
+        return Ok(out);
+    }
+    let routes = MsiRoutes::new(kvm.vm.clone());
+    let intx = pci.intx_router(kvm.vm.clone());
+    let (mut nblk, mut nrng) = (0, 0);
+    for d in &cfg.devices {
+        let Some(slot) = d.addr else { continue };
+        let (name, model, vectors, worker): (
+            String,
+            Box<dyn VirtioDeviceModel>,
+            u16,
+            Box<dyn QueueWorker>,
+        ) = match &d.kind {
+            DeviceKind::VirtioBlk {
+                drive,
+                num_queues,
+                serial,
+                ..
+            } => {
+                let dc = cfg
+                    .drives
+                    .iter()
+                    .find(|x| &x.id == drive)
+                    .ok_or_else(|| anyhow!("virtio-blk-pci: drive '{drive}' not found"))?;
+                let backend = open(drive)?;
+                let bcfg = BlkConfig {
+                    capacity: backend.info.size,
+                    read_only: backend.info.read_only,
+                    num_queues: *num_queues,
+                    queue_size: 256,
+                    serial: serial
+                        .clone()
+                        .or_else(|| dc.serial.clone())
+                        .unwrap_or_default(),
+                    discard: dc.discard,
+                };
+                let name = format!("virtio-blk{nblk}");
+                nblk += 1;
+                out.disks.push(VirtioDisk {
+                    drive: drive.clone(),
+                    qdev: d.id.clone().unwrap_or_else(|| {
+                        format!("/machine/peripheral-anon/device[{}]/virtio-backend", slot.0)
+                    }),
+                    backend: backend.clone(),
+                });
+                let worker = BlkWorker::new(backend, bcfg.clone());
+                (
+                    name,
+                    Box::new(Blk::new(bcfg)),
+                    num_queues + 1,
+                    Box::new(worker),
+                )
+            }
+            DeviceKind::VirtioRng => {
+                let name = format!("virtio-rng{nrng}");
+                nrng += 1;
+                (name, Box::new(Rng), 2, Box::new(RngWorker))
+            }
+            _ => continue,
+        };
+        let msix = KvmMsix::new(routes.clone(), usize::from(vectors), &name)?;
+        let mut model = VirtioPci::new(model, vectors, pci.intx(&intx, slot.0, 1), Arc::new(msix));
+        if let Some(id) = &d.id {
+            model.set_id(id);
+        }
+        let legacy = model.legacy_bar_size() > 0;
+        let host = VirtioPciHost::start(&name, model, kvm.vm.clone(), mem.clone(), worker)
+            .with_context(|| format!("{name}: starting its worker"))?;
+        pci.add_function(slot, host.function());
+        let [lbar, mbar, modern] = host.bars();
+        if legacy {
+            pci.bind_bar(slot, LEGACY_BAR, &name, BarTarget::Io(lbar));
+        }
+        pci.bind_bar(
+            slot,
+            MSIX_BAR,
+            &format!("{name}-msix"),
+            BarTarget::Mmio(mbar),
+        );
+        pci.bind_bar(
+            slot,
+            MODERN_BAR,
+            &format!("{name}-modern"),
+            BarTarget::Mmio(modern),
+        );
+        out.hosts.push(host);
+    }
+    Ok(out)
+}
