@@ -423,6 +423,12 @@ pub fn build(
         vcpus: cfg.smp.cpus as usize,
         mem: mem.clone(),
         coalesced: coalesced.clone(),
+        virtio_disks: devices
+            .virtio
+            .disks
+            .iter()
+            .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
+            .collect(),
     });
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();

@@ -102,7 +102,12 @@ fn start(
     let kernel = demo.then(demo::kernel);
     let vm = match machine::build(cfg, kernel, &rt, &registry) {
         Ok(vm) => vm,
-        Err(e) => return Err(fail(daemon, e)),
+        Err(e) => {
+            // Do not wait for actors already started (a serial console blocked reading
+            // an open stdin would hold the exit forever).
+            rt.shutdown_background();
+            return Err(fail(daemon, e));
+        }
     };
     if demo {
         demo::print_banner(

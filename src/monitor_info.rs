@@ -32,6 +32,8 @@ pub struct PcInfo {
     pub vcpus: usize,
     pub mem: vm_memory::GuestMemoryMmap,
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
+    /// virtio-blk devices: (drive id, qdev path, backend).
+    pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
 }
 
 /// QEMU's QOM type names for the functions troupe models.
@@ -54,13 +56,41 @@ fn ide_qdev(index: u32) -> String {
     format!("/machine/unattached/device[{}]", 23 + index)
 }
 
+/// One drive as the block queries show it.
+struct BlockDev<'a> {
+    drive: &'a DriveConfig,
+    backend: Option<&'a actors::block::BlockHandle>,
+    qdev: String,
+    node: String,
+}
+
 impl PcInfo {
-    fn ide_drives(&self) -> impl Iterator<Item = (usize, &DriveConfig)> {
-        self.drives
+    /// IDE drives in index order, then virtio-blk drives in device order.
+    fn block_devices(&self) -> Vec<BlockDev<'_>> {
+        let mut v: Vec<BlockDev<'_>> = self
+            .drives
             .iter()
             .filter(|d| d.interface == DriveInterface::Ide)
             .filter_map(|d| d.index.map(|i| (i as usize, d)))
             .filter(|(i, _)| *i < 4)
+            .map(|(i, d)| BlockDev {
+                drive: d,
+                backend: self.ide.backend(i),
+                qdev: ide_qdev(i as u32),
+                node: format!("#block{}", 100 + i),
+            })
+            .collect();
+        for (n, (id, qdev, b)) in self.virtio_disks.iter().enumerate() {
+            if let Some(d) = self.drives.iter().find(|d| &d.id == id) {
+                v.push(BlockDev {
+                    drive: d,
+                    backend: Some(b),
+                    qdev: qdev.clone(),
+                    node: format!("#block{}", 200 + n),
+                });
+            }
+        }
+        v
     }
 }
 
@@ -121,21 +151,23 @@ impl MachineInfo for PcInfo {
 
     fn query_block(&self) -> Value {
         let list: Vec<Value> = self
-            .ide_drives()
-            .map(|(i, d)| {
+            .block_devices()
+            .into_iter()
+            .map(|bd| {
+                let d = bd.drive;
                 let cdrom = d.media == Media::Cdrom;
                 let mut v = json!({
                     "io-status": "ok",
                     "device": d.id,
                     "locked": false,
                     "removable": cdrom,
-                    "qdev": ide_qdev(i as u32),
+                    "qdev": bd.qdev,
                     "type": "unknown",
                 });
                 if cdrom {
                     v["tray_open"] = json!(false);
                 }
-                if let (Some(b), Some(file)) = (self.ide.backend(i), &d.file) {
+                if let (Some(b), Some(file)) = (bd.backend, &d.file) {
                     let file = file.display().to_string();
                     let actual = std::fs::metadata(&file).map(|m| {
                         use std::os::unix::fs::MetadataExt;
@@ -144,11 +176,11 @@ impl MachineInfo for PcInfo {
                     v["inserted"] = json!({
                         "iops_rd": 0, "detect_zeroes": "off",
                         "image": {"virtual-size": b.info.size, "filename": file,
-                                  "format": "raw", "actual-size": actual.unwrap_or(0),
+                                  "format": b.format.name(), "actual-size": actual.unwrap_or(0),
                                   "dirty-flag": false},
                         "iops_wr": 0, "ro": b.info.read_only,
-                        "node-name": format!("#block{}", 100 + i),
-                        "backing_file_depth": 0, "drv": "raw", "iops": 0, "bps_wr": 0,
+                        "node-name": bd.node,
+                        "backing_file_depth": 0, "drv": b.format.name(), "iops": 0, "bps_wr": 0,
                         "write_threshold": 0, "encrypted": false, "bps": 0, "bps_rd": 0,
                         "cache": {
                             "no-flush": d.cache == CacheMode::Unsafe,
@@ -167,9 +199,11 @@ impl MachineInfo for PcInfo {
     fn query_blockstats(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let list: Vec<Value> = self
-            .ide_drives()
-            .map(|(i, d)| {
-                let (rb, wb, ro, wo, fo, failed) = match self.ide.backend(i) {
+            .block_devices()
+            .into_iter()
+            .map(|bd| {
+                let d = bd.drive;
+                let (rb, wb, ro, wo, fo, failed) = match bd.backend {
                     Some(b) => {
                         let s = &b.stats;
                         (
@@ -185,7 +219,7 @@ impl MachineInfo for PcInfo {
                 };
                 json!({
                     "device": d.id,
-                    "node-name": format!("#block{}", 100 + i),
+                    "node-name": bd.node,
                     "stats": {
                         "unmap_operations": 0, "unmap_merged": 0, "flush_total_time_ns": 0,
                         "wr_highest_offset": 0, "wr_total_time_ns": 0, "failed_wr_operations": 0,
@@ -199,7 +233,7 @@ impl MachineInfo for PcInfo {
                         "rd_operations": ro, "invalid_wr_operations": 0,
                         "invalid_rd_operations": 0,
                     },
-                    "qdev": ide_qdev(i as u32),
+                    "qdev": bd.qdev,
                 })
             })
             .collect();

@@ -454,7 +454,13 @@ impl VirtioPci {
                         1 => &mut q.avail,
                         _ => &mut q.used,
                     };
-                    *r = if high { set_high(*r) } else { set_low(*r) };
+                    *r = if data.len() == 8 && !high {
+                        u64::from_le_bytes(data.try_into().unwrap_or_default())
+                    } else if high {
+                        set_high(*r)
+                    } else {
+                        set_low(*r)
+                    };
                 }
             }
             DEVICE_CFG..NOTIFY_CFG => {

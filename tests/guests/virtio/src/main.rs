@@ -1,0 +1,353 @@
+//! virtio: a ring-3 driver for virtio-blk and virtio-rng over the PCI transport, with
+//! checks. Polls (no interrupts); modern interface by default, `legacy` for the I/O BAR.
+//!
+//! Command line:
+//! - `dev=blk` (default) with `op=`:
+//!   - `check` (default): capacity, GET_ID, write a pattern over `sectors=N` (default
+//!     2048) with `seed=N`, flush, read back, write-zeroes, discard (if offered), an
+//!     out-of-range read (IOERR expected). Prints `vblk: all checks passed`, exit 0.
+//!   - `write`: write the pattern, flush, print `vblk: wrote N sectors, flushed`; with
+//!     `hold` spin forever (the test kills the VMM), else exit 0.
+//!   - `verify`: read and check the pattern: `vblk: verified N sectors`, exit 0.
+//!   - `readonly`: a write must fail (`vblk: write status=1`), a read must work.
+//! - `fault=loop|oob|direction|badidx`: offer a malformed chain, expect NEEDS_RESET, reset,
+//!   prove the device works again (`vblk: recovered after reset`).
+//! - `dev=rng`: read 64 bytes of entropy: `vrng: got 64 bytes, N distinct`.
+//!
+//! Pattern: byte `i` of sector `s` is `(s * 7 + i + seed) % 251`.
+//! Exit codes: 0 success, 1 a check failed, 2 no device.
+
+#![no_std]
+#![no_main]
+
+mod transport;
+
+use guestlib::phys::read_u8;
+use guestlib::{println, BootInfo};
+use transport::{w32, w64, Virtio, F_NEXT, F_WRITE, NEEDS_RESET, RING_BASE, VERSION_1};
+
+guestlib::entry!(main);
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+/// Data buffers: 1 MiB above the rings.
+const DATA: u64 = RING_BASE + 0x10_0000;
+const CHUNK: u64 = 128;
+
+pub fn pattern(sector: u64, i: u64, seed: u64) -> u8 {
+    ((sector * 7 + i + seed) % 251) as u8
+}
+
+struct Blk {
+    v: Virtio,
+    hdr: u64,
+}
+
+impl Blk {
+    /// One request: header, optional data buffer, status. Returns (status, used len).
+    fn request(&mut self, ty: u32, sector: u64, len: u32, device_writes: bool) -> Option<(u8, u32)> {
+        let (hdr, status) = (self.hdr, self.hdr + 16);
+        w32(hdr, ty);
+        w32(hdr + 4, 0);
+        w64(hdr + 8, sector);
+        // SAFETY: the status byte is free RAM owned by this driver.
+        unsafe { core::ptr::write_volatile(status as *mut u8, 0xff) };
+        if len > 0 {
+            self.v.set_desc(0, hdr, 16, F_NEXT, 1);
+            let f = if device_writes { F_NEXT | F_WRITE } else { F_NEXT };
+            self.v.set_desc(1, DATA, len, f, 2);
+            self.v.set_desc(2, status, 1, F_WRITE, 0);
+        } else {
+            self.v.set_desc(0, hdr, 16, F_NEXT, 2);
+            self.v.set_desc(2, status, 1, F_WRITE, 0);
+        }
+        self.v.offer(0);
+        let (_, used) = self.v.wait_used(10_000)?;
+        Some((read_u8(status), used))
+    }
+
+    fn fill(&self, sector: u64, n: u64, seed: u64) {
+        for s in 0..n {
+            for i in 0..512 {
+                // SAFETY: DATA.. is free RAM owned by this driver.
+                unsafe {
+                    core::ptr::write_volatile(
+                        (DATA + s * 512 + i) as *mut u8,
+                        pattern(sector + s, i, seed),
+                    )
+                };
+            }
+        }
+    }
+
+    fn check(&self, sector: u64, n: u64, seed: u64) -> Result<(), u64> {
+        for s in 0..n {
+            for i in 0..512 {
+                if read_u8(DATA + s * 512 + i) != pattern(sector + s, i, seed) {
+                    return Err(sector + s);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_pattern(&mut self, sectors: u64, seed: u64) -> bool {
+        let mut s = 0;
+        while s < sectors {
+            let n = CHUNK.min(sectors - s);
+            self.fill(s, n, seed);
+            match self.request(T_OUT, s, (n * 512) as u32, false) {
+                Some((0, _)) => {}
+                r => {
+                    println!("vblk: write at sector {s} failed: {r:?}");
+                    return false;
+                }
+            }
+            s += n;
+        }
+        match self.request(T_FLUSH, 0, 0, false) {
+            Some((0, _)) => true,
+            r => {
+                println!("vblk: flush failed: {r:?}");
+                false
+            }
+        }
+    }
+
+    fn verify_pattern(&mut self, sectors: u64, seed: u64) -> bool {
+        let mut s = 0;
+        while s < sectors {
+            let n = CHUNK.min(sectors - s);
+            match self.request(T_IN, s, (n * 512) as u32, true) {
+                Some((0, used)) if u64::from(used) == n * 512 + 1 => {}
+                r => {
+                    println!("vblk: read at sector {s} failed: {r:?}");
+                    return false;
+                }
+            }
+            if let Err(bad) = self.check(s, n, seed) {
+                println!("vblk: mismatch at sector {bad}");
+                return false;
+            }
+            s += n;
+        }
+        true
+    }
+
+    fn zeros(&mut self, sector: u64, n: u64) -> bool {
+        if !matches!(self.request(T_IN, sector, (n * 512) as u32, true), Some((0, _))) {
+            return false;
+        }
+        (0..n * 512).all(|i| read_u8(DATA + i) == 0)
+    }
+
+    /// One discard/write-zeroes segment.
+    fn segment(&mut self, ty: u32, sector: u64, n: u32) -> Option<(u8, u32)> {
+        w64(DATA, sector);
+        w32(DATA + 8, n);
+        w32(DATA + 12, 0);
+        let (hdr, status) = (self.hdr, self.hdr + 16);
+        w32(hdr, ty);
+        w64(hdr + 8, 0);
+        self.v.set_desc(0, hdr, 16, F_NEXT, 1);
+        self.v.set_desc(1, DATA, 16, F_NEXT, 2);
+        self.v.set_desc(2, status, 1, F_WRITE, 0);
+        self.v.offer(0);
+        self.v.wait_used(10_000)?;
+        Some((read_u8(status), 1))
+    }
+}
+
+fn spin_forever() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+fn rng(legacy: bool) -> u32 {
+    let Some(mut v) = Virtio::find(&[0x1005, 0x1044], legacy) else {
+        println!("vrng: no virtio-rng");
+        return 2;
+    };
+    if let Err(e) = v.init(VERSION_1, 64) {
+        println!("vrng: init: {e}");
+        return 1;
+    }
+    let buf = v.ring_end();
+    v.set_desc(0, buf, 64, F_WRITE, 0);
+    v.offer(0);
+    let Some((_, len)) = v.wait_used(5000) else {
+        println!("vrng: timeout");
+        return 1;
+    };
+    let mut seen = [false; 256];
+    for i in 0..u64::from(len) {
+        seen[read_u8(buf + i) as usize] = true;
+    }
+    let distinct = seen.iter().filter(|s| **s).count();
+    println!("vrng: got {len} bytes, {distinct} distinct");
+    u32::from(!(len == 64 && distinct > 16))
+}
+
+fn main(boot: &BootInfo) -> u32 {
+    let legacy = boot.arg("legacy").is_some();
+    if boot.arg("dev") == Some("rng") {
+        return rng(legacy);
+    }
+    let Some(v) = Virtio::find(&[0x1001, 0x1042], legacy) else {
+        println!("vblk: no virtio-blk");
+        return 2;
+    };
+    let hdr = RING_BASE + 0xf_0000;
+    let mut b = Blk { v, hdr };
+    let want = VERSION_1 | F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_BLK_SIZE | F_RO;
+    let feats = match b.v.init(want, 128) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("vblk: init: {e}");
+            return 1;
+        }
+    };
+    let capacity = u64::from(b.v.config32(0)) | (u64::from(b.v.config32(4)) << 32);
+    println!(
+        "vblk: capacity {capacity} sectors, features {feats:#x}, {} interface",
+        if b.v.is_legacy() { "legacy" } else { "modern" }
+    );
+    let sectors = boot.arg_u64("sectors").unwrap_or(2048).min(capacity);
+    let seed = boot.arg_u64("seed").unwrap_or(0);
+
+    if let Some(kind) = boot.arg("fault") {
+        return fault(&mut b, kind, want);
+    }
+    match boot.arg("op").unwrap_or("check") {
+        "write" => {
+            if !b.write_pattern(sectors, seed) {
+                return 1;
+            }
+            println!("vblk: wrote {sectors} sectors, flushed");
+            if boot.arg("hold").is_some() {
+                spin_forever();
+            }
+            0
+        }
+        "verify" => {
+            if !b.verify_pattern(sectors, seed) {
+                return 1;
+            }
+            println!("vblk: verified {sectors} sectors");
+            0
+        }
+        "readonly" => {
+            b.fill(0, 1, seed);
+            let w = b.request(T_OUT, 0, 512, false);
+            println!("vblk: write status={}", w.map_or(255, |r| r.0));
+            let r = b.request(T_IN, 0, 512, true);
+            println!("vblk: read status={}", r.map_or(255, |r| r.0));
+            u32::from(!(feats & F_RO != 0 && w.map(|r| r.0) == Some(1) && r.map(|r| r.0) == Some(0)))
+        }
+        _ => check(&mut b, feats, capacity, sectors, seed),
+    }
+}
+
+fn check(b: &mut Blk, feats: u64, capacity: u64, sectors: u64, seed: u64) -> u32 {
+    match b.request(T_GET_ID, 0, 20, true) {
+        Some((0, _)) => {
+            let mut id = [0u8; 20];
+            for (i, c) in id.iter_mut().enumerate() {
+                *c = read_u8(DATA + i as u64);
+            }
+            let n = id.iter().position(|c| *c == 0).unwrap_or(20);
+            println!("vblk: id '{}'", core::str::from_utf8(&id[..n]).unwrap_or("?"));
+        }
+        r => {
+            println!("vblk: GET_ID failed: {r:?}");
+            return 1;
+        }
+    }
+    if !b.write_pattern(sectors, seed) || !b.verify_pattern(sectors, seed) {
+        return 1;
+    }
+    println!("vblk: wrote, flushed and read back {sectors} sectors");
+    if feats & F_WRITE_ZEROES != 0 && sectors >= 16 {
+        let r = b.segment(T_WRITE_ZEROES, 8, 8);
+        if r.map(|r| r.0) != Some(0) || !b.zeros(8, 8) {
+            println!("vblk: write-zeroes failed: {r:?}");
+            return 1;
+        }
+        println!("vblk: write-zeroes ok");
+    }
+    if feats & F_DISCARD != 0 && sectors >= 8 {
+        let r = b.segment(T_DISCARD, 0, 8);
+        if r.map(|r| r.0) != Some(0) {
+            println!("vblk: discard failed: {r:?}");
+            return 1;
+        }
+        println!("vblk: discard ok");
+    }
+    let r = b.request(T_IN, capacity, 512, true);
+    println!("vblk: out-of-range read status={}", r.map_or(255, |r| r.0));
+    if r.map(|r| r.0) != Some(1) {
+        return 1;
+    }
+    // Restore the pattern over what write-zeroes and discard changed.
+    if !b.write_pattern(16.min(sectors), seed) {
+        return 1;
+    }
+    println!("vblk: all checks passed");
+    0
+}
+
+fn fault(b: &mut Blk, kind: &str, want: u64) -> u32 {
+    let (hdr, status) = (b.hdr, b.hdr + 16);
+    w32(hdr, T_IN);
+    w64(hdr + 8, 0);
+    match kind {
+        "loop" => {
+            b.v.set_desc(0, hdr, 16, F_NEXT, 1);
+            b.v.set_desc(1, DATA, 512, F_NEXT, 0);
+        }
+        "oob" => {
+            b.v.set_desc(0, hdr, 16, F_NEXT, 1);
+            b.v.set_desc(1, 0x7_0000_0000, 512, F_NEXT | F_WRITE, 2);
+            b.v.set_desc(2, status, 1, F_WRITE, 0);
+        }
+        "direction" => {
+            b.v.set_desc(0, status, 1, F_NEXT | F_WRITE, 1);
+            b.v.set_desc(1, hdr, 16, 0, 0);
+        }
+        _ => {
+            // A head index past the queue.
+            let size = b.v.size;
+            b.v.set_desc(0, hdr, 16, F_NEXT, size + 5);
+        }
+    }
+    b.v.offer(0);
+    let d = guestlib::time::Deadline::after_ms(3000);
+    while b.v.status() & NEEDS_RESET == 0 {
+        if d.expired() {
+            println!("vblk: no NEEDS_RESET after a malformed chain ({kind})");
+            return 1;
+        }
+        core::hint::spin_loop();
+    }
+    println!("vblk: device needs reset (status={:#x})", b.v.status());
+    if b.v.init(want, 128).is_err() {
+        return 1;
+    }
+    b.fill(0, 1, 0);
+    if !matches!(b.request(T_IN, 0, 512, true), Some((0, 513))) {
+        println!("vblk: no I/O after reset");
+        return 1;
+    }
+    println!("vblk: recovered after reset");
+    0
+}

@@ -1,0 +1,295 @@
+//! A polling virtio PCI driver core for ring 3: finds the device, speaks the modern
+//! (capability) or the legacy (I/O BAR) interface, and runs one split queue whose rings
+//! live at a fixed physical address. No interrupts: completions are polled.
+
+use core::sync::atomic::{compiler_fence, Ordering};
+use guestlib::io::{inb, inl, inw, outb, outl, outw};
+use guestlib::pci;
+use guestlib::phys::{mmio_read32, mmio_write32, read_u16, read_u32};
+use guestlib::time::Deadline;
+
+pub const F_NEXT: u16 = 1;
+pub const F_WRITE: u16 = 2;
+pub const F_INDIRECT: u16 = 4;
+pub const VERSION_1: u64 = 1 << 32;
+pub const NEEDS_RESET: u8 = 0x40;
+
+/// Where this driver's queue lives (free RAM above the guest image with -m >= 64M).
+pub const RING_BASE: u64 = 0x0300_0000;
+
+fn w8(addr: u64, v: u8) {
+    // SAFETY: identity-mapped, user-accessible MMIO or free RAM chosen by this driver.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
+}
+fn r8(addr: u64) -> u8 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+fn r16(addr: u64) -> u16 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
+}
+fn w16(addr: u64, v: u16) {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
+}
+pub fn w32(addr: u64, v: u32) {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+/// A 64-bit register as two 32-bit writes (what the virtio spec asks of drivers).
+fn w64_split(addr: u64, v: u64) {
+    w32(addr, v as u32);
+    w32(addr + 4, (v >> 32) as u32);
+}
+pub fn w64(addr: u64, v: u64) {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+enum Regs {
+    Modern {
+        common: u64,
+        notify: u64,
+        notify_mult: u32,
+        isr: u64,
+        device: u64,
+    },
+    Legacy {
+        io: u16,
+    },
+}
+
+pub struct Virtio {
+    regs: Regs,
+    pub size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+    notify_addr: u64,
+}
+
+fn cfg8(d: u8, f: u8, reg: u8) -> u8 {
+    (pci::read32(d, f, reg & !3) >> (8 * (reg & 3))) as u8
+}
+
+impl Virtio {
+    /// Find `(vendor 0x1af4, one of ids)`; `legacy` picks the I/O BAR interface.
+    pub fn find(ids: &[u16], legacy: bool) -> Option<Virtio> {
+        let (d, f) = ids.iter().find_map(|&id| pci::find(0x1af4, id))?;
+        let cmd = pci::read32(d, f, 0x04);
+        pci::write32(d, f, 0x04, cmd | 0x7);
+        let regs = if legacy {
+            let mut bar = pci::read32(d, f, 0x10) & !3;
+            if bar == 0 {
+                pci::write32(d, f, 0x10, 0xc000);
+                bar = pci::read32(d, f, 0x10) & !3;
+            }
+            Regs::Legacy { io: bar as u16 }
+        } else {
+            let base = pci::mem_bar(d, f, 4, 0xe100_0000);
+            let (mut common, mut notify, mut isr, mut device, mut mult) = (0, 0, 0, 0, 0);
+            let mut cap = cfg8(d, f, 0x34);
+            while cap != 0 {
+                if cfg8(d, f, cap) == 0x09 && cfg8(d, f, cap + 4) == 4 {
+                    let off = u64::from(pci::read32(d, f, cap + 8));
+                    match cfg8(d, f, cap + 3) {
+                        1 => common = base + off,
+                        2 => {
+                            notify = base + off;
+                            mult = pci::read32(d, f, cap + 16);
+                        }
+                        3 => isr = base + off,
+                        4 => device = base + off,
+                        _ => {}
+                    }
+                }
+                cap = cfg8(d, f, cap + 1);
+            }
+            if common == 0 || notify == 0 {
+                return None;
+            }
+            Regs::Modern {
+                common,
+                notify,
+                notify_mult: mult,
+                isr,
+                device,
+            }
+        };
+        Some(Virtio {
+            regs,
+            size: 0,
+            desc: 0,
+            avail: 0,
+            used: 0,
+            avail_idx: 0,
+            used_seen: 0,
+            notify_addr: 0,
+        })
+    }
+
+    pub fn is_legacy(&self) -> bool {
+        matches!(self.regs, Regs::Legacy { .. })
+    }
+
+    pub fn status(&self) -> u8 {
+        match self.regs {
+            Regs::Modern { common, .. } => r8(common + 0x14),
+            Regs::Legacy { io } => inb(io + 0x12),
+        }
+    }
+
+    fn set_status(&self, v: u8) {
+        match self.regs {
+            Regs::Modern { common, .. } => w8(common + 0x14, v),
+            Regs::Legacy { io } => outb(io + 0x12, v),
+        }
+    }
+
+    /// Read the ISR (clears it).
+    pub fn isr(&self) -> u8 {
+        match self.regs {
+            Regs::Modern { isr, .. } => r8(isr),
+            Regs::Legacy { io } => inb(io + 0x13),
+        }
+    }
+
+    /// Device configuration, 32 bits at `off`.
+    pub fn config32(&self, off: u64) -> u32 {
+        match self.regs {
+            Regs::Modern { device, .. } => mmio_read32(device + off),
+            Regs::Legacy { io } => inl(io + 0x14 + off as u16),
+        }
+    }
+
+    /// Reset, negotiate `want` (intersected with what the device offers), set up queue 0
+    /// with at most `max` entries, DRIVER_OK. Returns the negotiated features.
+    pub fn init(&mut self, want: u64, max: u16) -> Result<u64, &'static str> {
+        self.set_status(0);
+        self.set_status(1);
+        self.set_status(3);
+        let feats = match self.regs {
+            Regs::Modern { common, .. } => {
+                mmio_write32(common, 0);
+                let lo = mmio_read32(common + 4);
+                mmio_write32(common, 1);
+                let hi = mmio_read32(common + 4);
+                let f = ((u64::from(hi) << 32) | u64::from(lo)) & want;
+                mmio_write32(common + 8, 0);
+                mmio_write32(common + 0xc, f as u32);
+                mmio_write32(common + 8, 1);
+                mmio_write32(common + 0xc, (f >> 32) as u32);
+                self.set_status(3 | 8);
+                if self.status() & 8 == 0 {
+                    return Err("FEATURES_OK not accepted");
+                }
+                f
+            }
+            Regs::Legacy { io } => {
+                let f = u64::from(inl(io)) & want;
+                outl(io + 4, f as u32);
+                f
+            }
+        };
+        let base = RING_BASE;
+        match self.regs {
+            Regs::Modern {
+                common,
+                notify,
+                notify_mult,
+                ..
+            } => {
+                w16(common + 0x16, 0);
+                let m = r16(common + 0x18);
+                let size = m.min(max);
+                w16(common + 0x18, size);
+                self.size = size;
+                self.layout(base);
+                w64_split(common + 0x20, self.desc);
+                w64_split(common + 0x28, self.avail);
+                w64_split(common + 0x30, self.used);
+                let off = r16(common + 0x1e);
+                self.notify_addr = notify + u64::from(off) * u64::from(notify_mult);
+                w16(common + 0x1c, 1);
+            }
+            Regs::Legacy { io } => {
+                outw(io + 0x0e, 0);
+                self.size = inw(io + 0x0c);
+                self.layout(base);
+                outl(io + 0x08, (base >> 12) as u32);
+            }
+        }
+        self.set_status(self.status() | 4);
+        Ok(feats)
+    }
+
+    fn layout(&mut self, base: u64) {
+        let n = u64::from(self.size);
+        self.desc = base;
+        self.avail = base + 16 * n;
+        self.used = (self.avail + 6 + 2 * n + 4095) & !4095;
+        let mut a = base;
+        while a < self.used + 6 + 8 * n {
+            w64(a, 0);
+            a += 8;
+        }
+        self.avail_idx = 0;
+        self.used_seen = 0;
+    }
+
+    /// Address just past the rings (free for buffers up to RING_BASE + 1 MiB).
+    pub fn ring_end(&self) -> u64 {
+        (self.used + 6 + 8 * u64::from(self.size) + 4095) & !4095
+    }
+
+    /// Descriptor table address (for hostile tests that write raw descriptors).
+    pub fn desc_table(&self) -> u64 {
+        self.desc
+    }
+
+    pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = self.desc + 16 * u64::from(i);
+        w64(d, addr);
+        w32(d + 8, len);
+        w16(d + 12, flags);
+        w16(d + 14, next);
+    }
+
+    /// Offer the chain starting at `head` and notify the device.
+    pub fn offer(&mut self, head: u16) {
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
+        w16(slot, head);
+        compiler_fence(Ordering::SeqCst);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        w16(self.avail + 2, self.avail_idx);
+        compiler_fence(Ordering::SeqCst);
+        self.kick();
+    }
+
+    pub fn kick(&self) {
+        match self.regs {
+            Regs::Modern { .. } => w16(self.notify_addr, 0),
+            Regs::Legacy { io } => outw(io + 0x10, 0),
+        }
+    }
+
+    /// Wait for the next used element: (head, len), or None after `ms` milliseconds.
+    pub fn wait_used(&mut self, ms: u64) -> Option<(u16, u32)> {
+        let d = Deadline::after_ms(ms);
+        loop {
+            compiler_fence(Ordering::SeqCst);
+            if read_u16(self.used + 2) != self.used_seen {
+                let e = self.used + 4 + 8 * u64::from(self.used_seen % self.size);
+                self.used_seen = self.used_seen.wrapping_add(1);
+                return Some((read_u32(e) as u16, read_u32(e + 4)));
+            }
+            if d.expired() {
+                return None;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}

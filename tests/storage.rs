@@ -1,0 +1,440 @@
+//! Storage through the doors a user uses: `-drive if=virtio` on raw and qcow2 images
+//! (made and checked with `qemu-img`), driven by the ring-3 virtio test guest
+//! (`tests/guests/virtio`) and by SeaBIOS + GRUB; durability across SIGKILL; `-snapshot`;
+//! image locking against another troupe and against QEMU; bad images and hostile rings.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{code, guest, TempDir, Vm};
+
+const T: Duration = Duration::from_secs(120);
+const DEBUG_EXIT: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+/// What the guest's exit code 0 looks like through isa-debug-exit.
+const PASS: i32 = 1;
+
+/// The guest's pattern: byte `i` of sector `s` is `(s * 7 + i + seed) % 251`.
+fn pattern(sectors: u64, seed: u64) -> Vec<u8> {
+    (0..sectors * 512)
+        .map(|o| (((o / 512) * 7 + o % 512 + seed) % 251) as u8)
+        .collect()
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The virtio guest with `append`, serial on stdout, and `extra` options (drives).
+fn vguest(append: &str, extra: &[&str]) -> Vm {
+    let k = guest("virtio");
+    let mut args = vec![
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-device",
+        DEBUG_EXIT,
+        "-kernel",
+        s(&k),
+        "-append",
+        append,
+    ];
+    args.extend_from_slice(extra);
+    Vm::troupe(&args)
+}
+
+fn run_guest(append: &str, extra: &[&str]) -> (i32, String, String) {
+    let (st, out, err) = vguest(append, extra).run(T);
+    (code(st), out, err)
+}
+
+/// Read `len` bytes of the guest-visible disk through `qemu-img convert` to raw.
+fn disk_bytes(dir: &TempDir, img: &Path, len: usize) -> Vec<u8> {
+    let out = dir.path("converted.raw");
+    qemu_img(&["convert", "-O", "raw", s(img), s(&out)]);
+    let mut b = std::fs::read(&out).unwrap();
+    b.truncate(len);
+    b
+}
+
+fn assert_clean(img: &Path) {
+    let out = qemu_img(&["check", s(img)]);
+    assert!(
+        out.contains("No errors were found"),
+        "qemu-img check: {out}"
+    );
+}
+
+#[test]
+fn the_guest_driver_passes_its_checks_on_raw_and_qcow2_modern_and_legacy() {
+    let dir = TempDir::new("vblk");
+    let raw = dir.path("d.raw");
+    qemu_img(&["create", "-q", "-f", "raw", s(&raw), "16M"]);
+    let q = dir.path("d.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&q), "16M"]);
+    for (img, fmt) in [(&raw, "raw"), (&q, "qcow2")] {
+        for iface in ["", "legacy"] {
+            let drive = format!(
+                "file={},if=virtio,format={fmt},discard=unmap,serial=disk-{fmt}",
+                s(img)
+            );
+            let (c, out, err) =
+                run_guest(&format!("{iface} sectors=4096 seed=3"), &["-drive", &drive]);
+            assert_eq!(c, PASS, "{fmt} {iface}: stdout: {out}\nstderr: {err}");
+            assert!(out.contains(&format!("vblk: id 'disk-{fmt}'")), "{out}");
+            assert!(
+                out.contains("write-zeroes ok") && out.contains("discard ok"),
+                "{out}"
+            );
+            assert!(out.contains("out-of-range read status=1"), "{out}");
+        }
+    }
+    assert_clean(&q);
+    // What the guest left is exactly its pattern, as qemu-img reads it.
+    assert_eq!(disk_bytes(&dir, &q, 4096 * 512), pattern(4096, 3));
+    assert_eq!(
+        std::fs::read(&raw).unwrap()[..4096 * 512],
+        pattern(4096, 3)[..]
+    );
+}
+
+#[test]
+fn a_pattern_written_by_the_guest_is_what_qemu_img_compare_and_convert_see() {
+    let dir = TempDir::new("vblk-pattern");
+    let want = pattern(8192, 11);
+    let expect = dir.path("expect.raw");
+    let mut full = want.clone();
+    full.resize(16 << 20, 0);
+    std::fs::write(&expect, &full).unwrap();
+    for fmt in ["raw", "qcow2"] {
+        let img = dir.path(&format!("w.{fmt}"));
+        qemu_img(&["create", "-q", "-f", fmt, s(&img), "16M"]);
+        let drive = format!(
+            "file={},if=virtio,format={fmt},cache=none,aio=io_uring",
+            s(&img)
+        );
+        let (c, out, err) = run_guest("op=write sectors=8192 seed=11", &["-drive", &drive]);
+        assert_eq!(c, PASS, "{fmt}: {out}\n{err}");
+        assert!(out.contains("vblk: wrote 8192 sectors, flushed"), "{out}");
+        if fmt == "qcow2" {
+            assert_clean(&img);
+        }
+        let cmp = qemu_img(&["compare", "-f", fmt, "-F", "raw", s(&img), s(&expect)]);
+        assert!(cmp.contains("Images are identical"), "{fmt}: {cmp}");
+        assert_eq!(disk_bytes(&dir, &img, want.len()), want, "{fmt}");
+    }
+}
+
+#[test]
+fn compressed_clusters_and_a_backing_chain_made_by_qemu_img_read_back_right() {
+    let dir = TempDir::new("vblk-chain");
+    let base = dir.path("base.raw");
+    let mut data = pattern(8192, 5);
+    data.resize(8 << 20, 0);
+    std::fs::write(&base, &data).unwrap();
+    // Compressed clusters.
+    let comp = dir.path("comp.qcow2");
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        s(&base),
+        s(&comp),
+    ]);
+    let drive = format!("file={},if=virtio,format=qcow2,readonly=on", s(&comp));
+    let (c, out, err) = run_guest("op=verify sectors=8192 seed=5", &["-drive", &drive]);
+    assert_eq!(c, PASS, "compressed: {out}\n{err}");
+    assert!(out.contains("vblk: verified 8192 sectors"), "{out}");
+    // A qcow2 overlay on the raw base, and an overlay on that overlay.
+    let mid = dir.path("mid.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&base),
+        "-F",
+        "raw",
+        s(&mid),
+    ]);
+    let top = dir.path("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&mid),
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    let drive = format!("file={},if=virtio", s(&top));
+    let (c, out, err) = run_guest("op=verify sectors=8192 seed=5", &["-drive", &drive]);
+    assert_eq!(c, PASS, "chain: {out}\n{err}");
+    // Writes land in the top image only.
+    let (c, out, err) = run_guest("op=write sectors=100 seed=9", &["-drive", &drive]);
+    assert_eq!(c, PASS, "{out}\n{err}");
+    assert_clean(&top);
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        data,
+        "the backing file is untouched"
+    );
+    let seen = disk_bytes(&dir, &top, 8192 * 512);
+    assert_eq!(seen[..100 * 512], pattern(100, 9)[..]);
+    assert_eq!(seen[100 * 512..], data[100 * 512..8192 * 512]);
+}
+
+fn durability(cache: &str, fmt: &str) {
+    let dir = TempDir::new("vblk-kill");
+    let img = dir.path(&format!("k.{fmt}"));
+    qemu_img(&["create", "-q", "-f", fmt, s(&img), "16M"]);
+    let drive = format!("file={},if=virtio,format={fmt},cache={cache}", s(&img));
+    let mut vm = vguest("op=write sectors=6000 seed=21 hold", &["-drive", &drive]).spawn();
+    vm.expect_stdout("vblk: wrote 6000 sectors, flushed", T);
+    vm.kill(); // SIGKILL: no chance to write anything back
+    if fmt == "qcow2" {
+        assert_clean(&img);
+    }
+    assert_eq!(
+        disk_bytes(&dir, &img, 6000 * 512),
+        pattern(6000, 21),
+        "cache={cache} {fmt}: flushed data is on the image after SIGKILL"
+    );
+}
+
+#[test]
+fn flushed_writes_survive_sigkill_with_cache_none_and_writeback() {
+    for (cache, fmt) in [
+        ("none", "qcow2"),
+        ("writeback", "qcow2"),
+        ("none", "raw"),
+        ("writeback", "raw"),
+    ] {
+        durability(cache, fmt);
+    }
+}
+
+#[test]
+fn snapshot_leaves_the_image_byte_for_byte_untouched() {
+    let dir = TempDir::new("vblk-snap");
+    for fmt in ["raw", "qcow2"] {
+        let img = dir.path(&format!("s.{fmt}"));
+        qemu_img(&["create", "-q", "-f", fmt, s(&img), "8M"]);
+        let before = std::fs::read(&img).unwrap();
+        let drive = format!("file={},if=virtio,format={fmt}", s(&img));
+        // The guest writes, flushes and reads back its own writes...
+        let (c, out, err) = run_guest("sectors=2048 seed=1", &["-snapshot", "-drive", &drive]);
+        assert_eq!(c, PASS, "{fmt}: {out}\n{err}");
+        // ... and the image never sees them.
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "{fmt} image changed under -snapshot"
+        );
+        let drive = format!("{drive},snapshot=on");
+        let (c, _, err) = run_guest("op=write sectors=64", &["-drive", &drive]);
+        assert_eq!(c, PASS, "{err}");
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "{fmt} changed under snapshot=on"
+        );
+    }
+}
+
+#[test]
+fn a_read_only_drive_fails_guest_writes_and_the_vm_runs_on() {
+    let dir = TempDir::new("vblk-ro");
+    let img = dir.path("ro.raw");
+    std::fs::write(&img, vec![0x5a; 1 << 20]).unwrap();
+    let drive = format!("file={},if=virtio,format=raw,readonly=on", s(&img));
+    let (c, out, err) = run_guest("op=readonly", &["-drive", &drive]);
+    assert!(out.contains("vblk: write status=1"), "{out}\n{err}");
+    assert!(out.contains("vblk: read status=0"), "{out}");
+    assert_eq!(c, PASS, "{out}\n{err}");
+    assert_eq!(std::fs::read(&img).unwrap(), vec![0x5a; 1 << 20]);
+}
+
+#[test]
+fn malformed_rings_set_needs_reset_and_the_device_recovers() {
+    let dir = TempDir::new("vblk-fault");
+    let img = dir.path("f.raw");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!("file={},if=virtio,format=raw", s(&img));
+    for (fault, msg) in [
+        ("loop", "loops or is longer"),
+        ("oob", "outside guest RAM"),
+        (
+            "direction",
+            "device-readable buffer follows a device-writable",
+        ),
+        ("badidx", "outside the table"),
+    ] {
+        let (c, out, err) = run_guest(&format!("fault={fault}"), &["-drive", &drive]);
+        assert!(
+            out.contains("vblk: device needs reset"),
+            "{fault}: {out}\n{err}"
+        );
+        assert!(
+            out.contains("vblk: recovered after reset"),
+            "{fault}: {out}\n{err}"
+        );
+        assert!(err.contains(msg), "{fault}: the error is logged: {err}");
+        assert_eq!(
+            err.matches("needs reset").count(),
+            1,
+            "{fault}: logged once: {err}"
+        );
+        assert_eq!(c, PASS, "{fault}: {out}\n{err}");
+    }
+}
+
+#[test]
+fn bad_images_are_refused_at_start_with_clear_errors() {
+    let dir = TempDir::new("vblk-bad");
+    // A corrupt qcow2 header (cluster_bits = 99).
+    let bad = dir.path("bad.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&bad), "1M"]);
+    let mut b = std::fs::read(&bad).unwrap();
+    b[20..24].copy_from_slice(&99u32.to_be_bytes());
+    std::fs::write(&bad, &b).unwrap();
+    // A missing backing file.
+    let orphan = dir.path("orphan.qcow2");
+    let gone = dir.path("gone.raw");
+    std::fs::write(&gone, [0u8; 512]).unwrap();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&gone),
+        "-F",
+        "raw",
+        s(&orphan),
+        "1M",
+    ]);
+    std::fs::remove_file(&gone).unwrap();
+    for (img, needle) in [(&bad, "bad.qcow2"), (&orphan, "gone.raw")] {
+        let drive = format!("file={},if=virtio", s(img));
+        let (st, out, err) = vguest("", &["-drive", &drive]).run(T);
+        assert!(
+            !st.success() && !out.contains("vblk:"),
+            "refused before the guest ran: {out}"
+        );
+        assert!(
+            err.contains("troupe:") && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_image_in_use_is_locked_against_another_troupe_and_against_qemu() {
+    let dir = TempDir::new("vblk-lock");
+    let img = dir.path("l.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    let drive = format!("file={},if=virtio,format=qcow2", s(&img));
+    let vm = vguest("op=write sectors=16 hold", &["-drive", &drive]).spawn();
+    vm.expect_stdout("vblk: wrote 16 sectors, flushed", T);
+    let (st, out, err) = vguest("", &["-drive", &drive]).run(T);
+    assert!(!st.success() && !out.contains("vblk:"), "{out}");
+    assert!(
+        err.contains("Failed to get \"write\" lock"),
+        "second troupe: {err}"
+    );
+    let (st, _, err) = Vm::qemu(&["-nodefaults", "-display", "none", "-drive", &drive]).run(T);
+    assert!(!st.success(), "QEMU must not open it");
+    assert!(err.contains("lock"), "QEMU's refusal: {err}");
+    drop(vm);
+    // And the other way round: QEMU holds it, troupe is refused.
+    let mut q = Vm::qemu(&["-nodefaults", "-display", "none", "-S", "-drive", &drive]).spawn();
+    std::thread::sleep(Duration::from_secs(2));
+    let (st, out, err) = vguest("", &["-drive", &drive]).run(T);
+    assert!(!st.success() && !out.contains("vblk:"), "{out}");
+    assert!(
+        err.contains("Failed to get \"write\" lock"),
+        "troupe next to QEMU: {err}"
+    );
+    q.kill();
+}
+
+#[test]
+fn virtio_rng_gives_the_guest_entropy() {
+    for iface in ["", "legacy"] {
+        let (c, out, err) = run_guest(&format!("dev=rng {iface}"), &["-device", "virtio-rng-pci"]);
+        assert!(out.contains("vrng: got 64 bytes"), "{out}\n{err}");
+        assert_eq!(c, PASS, "{out}\n{err}");
+    }
+}
+
+fn grub_disk(dir: &TempDir) -> PathBuf {
+    common::grub_rescue_iso(
+        dir,
+        "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=60\nmenuentry \"troupe virtio disk\" { reboot }\n",
+    )
+}
+
+#[test]
+fn seabios_boots_grub_from_virtio_raw_and_from_a_qcow2_overlay() {
+    let dir = TempDir::new("vblk-grub");
+    let iso = grub_disk(&dir);
+    let ov = dir.path("ov.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&iso),
+        "-F",
+        "raw",
+        s(&ov),
+    ]);
+    let raw = format!("file={},if=virtio,format=raw", s(&iso));
+    let qcow = format!("file={},if=virtio", s(&ov));
+    let vms: Vec<_> = [raw, qcow]
+        .iter()
+        .map(|d| {
+            Vm::troupe(&[
+                "-nodefaults",
+                "-display",
+                "none",
+                "-m",
+                "256",
+                "-serial",
+                "stdio",
+                "-drive",
+                d,
+            ])
+            .spawn()
+        })
+        .collect();
+    for vm in &vms {
+        vm.expect_stdout("troupe virtio disk", Duration::from_secs(150));
+    }
+    drop(vms);
+    assert_clean(&ov);
+}
