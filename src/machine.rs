@@ -270,7 +270,8 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         match &d.kind {
             DeviceKind::IsaDebugExit { .. }
             | DeviceKind::VirtioBlk { .. }
-            | DeviceKind::VirtioRng => {}
+            | DeviceKind::VirtioRng
+            | DeviceKind::VirtioTablet => {}
             DeviceKind::Nic { netdev, .. } if netdev.as_deref() == Some("#net0") => {}
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }
@@ -355,7 +356,18 @@ pub fn build(
     // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
     // stand-in took the console's input).
     if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
-        console.input.set_target(Arc::new(devices.input.clone()));
+        match &devices.virtio.tablet {
+            // With a tablet the pointer is absolute: keys still go to the i8042.
+            Some(t) => {
+                console
+                    .input
+                    .set_target(Arc::new(actors::virtio::input::KeyboardAndTablet {
+                        keyboard: devices.input.clone(),
+                        tablet: t.clone(),
+                    }))
+            }
+            None => console.input.set_target(Arc::new(devices.input.clone())),
+        }
     }
 
     let topo = Topology::from_smp(&cfg.smp);

@@ -1096,6 +1096,56 @@ fn pointer_events_reach_a_guest_reading_the_ps2_mouse() {
     );
 }
 
+/// With `-device virtio-tablet-pci` the pointer is absolute: a VNC position reaches the
+/// ring-3 virtio-input driver of the virtio test guest as ABS_X/ABS_Y scaled to 0..0x7fff
+/// (x * 0x7fff / width, as QEMU scales), and a click as BTN_LEFT down and up.
+#[test]
+fn pointer_positions_reach_a_guest_reading_the_virtio_tablet_exactly() {
+    let d = free_display();
+    let vnc = format!("127.0.0.1:{d}");
+    let k = guest("virtio");
+    let vm = Vm::troupe(&[
+        "-nodefaults",
+        "-vga",
+        "std",
+        "-serial",
+        "stdio",
+        "-vnc",
+        &vnc,
+        "-device",
+        "virtio-tablet-pci",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "dev=input clicks=1 wait=60",
+    ])
+    .spawn();
+    vm.expect_stdout("vinput: name 'QEMU Virtio Tablet'", Duration::from_secs(20));
+    vm.expect_stdout("vinput: ready", Duration::from_secs(20));
+    let mut c = Raw::connect(5900 + d);
+    c.init();
+    // The text-mode screen is 720x400.
+    c.pointer(0, 360, 200);
+    vm.expect_stdout(
+        "vinput: x=16383 y=16383 buttons=0x0",
+        Duration::from_secs(10),
+    );
+    c.pointer(0, 719, 0);
+    vm.expect_stdout("vinput: x=32721 y=0 buttons=0x0", Duration::from_secs(10));
+    c.pointer(1, 180, 100);
+    vm.expect_stdout("vinput: x=8191 y=8191 buttons=0x1", Duration::from_secs(10));
+    c.pointer(0, 180, 100);
+    vm.expect_stdout("vinput: click at x=8191 y=8191", Duration::from_secs(10));
+    let mut vm = vm;
+    assert_eq!(
+        common::code(vm.wait(Duration::from_secs(10))),
+        1,
+        "the guest saw its click"
+    );
+}
+
 /// Passwords from the monitor, as users set them: `-vnc ...,password=on` refuses everyone
 /// until `change vnc password` (typed at the `Password:` prompt) sets one; vncdotool then
 /// gets in with it; `expire_password vnc now` locks it out again; `set_password` works too.

@@ -31,6 +31,8 @@ pub struct VirtioDisk {
 pub struct VirtioDevices {
     pub hosts: Vec<Arc<VirtioPciHost>>,
     pub disks: Vec<VirtioDisk>,
+    /// The `virtio-tablet-pci`, if any: where absolute pointer events go.
+    pub tablet: Option<actors::virtio::input::TabletSink>,
 }
 
 impl VirtioDevices {
@@ -49,16 +51,19 @@ pub fn build(
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
     let mut out = VirtioDevices::default();
-    let needs = cfg
-        .devices
-        .iter()
-        .any(|d| matches!(d.kind, DeviceKind::VirtioBlk { .. } | DeviceKind::VirtioRng));
+    let needs = cfg.devices.iter().any(|d| {
+        matches!(
+            d.kind,
+            DeviceKind::VirtioBlk { .. } | DeviceKind::VirtioRng | DeviceKind::VirtioTablet
+        )
+    });
     if !needs {
         return Ok(out);
     }
     let routes = MsiRoutes::new(kvm.vm.clone());
     let intx = pci.intx_router(kvm.vm.clone());
     let (mut nblk, mut nrng) = (0, 0);
+    let mut tablet_queue = None;
     for d in &cfg.devices {
         let Some(slot) = d.addr else { continue };
         let (name, model, vectors, worker): (
@@ -112,6 +117,19 @@ pub fn build(
                 nrng += 1;
                 (name, Box::new(Rng), 2, Box::new(RngWorker))
             }
+            DeviceKind::VirtioTablet => {
+                if tablet_queue.is_some() || out.tablet.is_some() {
+                    return Err(anyhow!("only one virtio-tablet-pci is supported"));
+                }
+                let (worker, pending) = actors::virtio::input::tablet();
+                tablet_queue = Some(pending);
+                (
+                    "virtio-tablet0".to_string(),
+                    Box::new(devices::virtio::input::Tablet::new()),
+                    2,
+                    Box::new(worker),
+                )
+            }
             _ => continue,
         };
         let msix = KvmMsix::new(routes.clone(), usize::from(vectors), &name)?;
@@ -139,6 +157,9 @@ pub fn build(
             &format!("{name}-modern"),
             BarTarget::Mmio(modern),
         );
+        if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
+            out.tablet = Some(actors::virtio::input::TabletSink::new(&p, host.waker()));
+        }
         out.hosts.push(host);
     }
     Ok(out)

@@ -109,7 +109,7 @@ mod tests {
         };
         let c = ExitCounters::default();
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x3f8, &[b'h']), &buses, &c),
+            handle_exit(VcpuExit::IoOut(0x3f8, b"h"), &buses, &c),
             ExitOutcome::Continue
         );
         let mut d = [0u8; 1];

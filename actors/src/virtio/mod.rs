@@ -9,6 +9,7 @@
 //! mutex, like every other device.
 
 pub mod blk;
+pub mod input;
 pub mod msi;
 pub mod rng;
 mod worker;
@@ -74,6 +75,11 @@ impl VirtioPciHost {
     /// The PCI function to put on the bus.
     pub fn function(&self) -> Arc<Mutex<dyn PciFunction>> {
         self.model.clone()
+    }
+
+    /// Writing to it makes the worker call its `wake` (for sources of device events).
+    pub fn waker(&self) -> Arc<EventFd> {
+        self.worker.wake.clone()
     }
 
     pub fn model(&self) -> &Arc<Mutex<VirtioPci>> {

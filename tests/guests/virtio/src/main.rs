@@ -13,6 +13,10 @@
 //! - `fault=loop|oob|direction|badidx`: offer a malformed chain, expect NEEDS_RESET, reset,
 //!   prove the device works again (`vblk: recovered after reset`).
 //! - `dev=rng`: read 64 bytes of entropy: `vrng: got 64 bytes, N distinct`.
+//! - `dev=input`: a virtio tablet: prints its name, `vinput: ready`, then one line per
+//!   report (`vinput: x=X y=Y buttons=B`, on each EV_SYN) and `vinput: click at x=X y=Y`
+//!   when the left button is released; exits 0 after `clicks=N` clicks (default 1), 1
+//!   after `wait=SECONDS` (default 60) without them.
 //!
 //! Pattern: byte `i` of sector `s` is `(s * 7 + i + seed) % 251`.
 //! Exit codes: 0 success, 1 a check failed, 2 no device.
@@ -54,7 +58,13 @@ struct Blk {
 
 impl Blk {
     /// One request: header, optional data buffer, status. Returns (status, used len).
-    fn request(&mut self, ty: u32, sector: u64, len: u32, device_writes: bool) -> Option<(u8, u32)> {
+    fn request(
+        &mut self,
+        ty: u32,
+        sector: u64,
+        len: u32,
+        device_writes: bool,
+    ) -> Option<(u8, u32)> {
         let (hdr, status) = (self.hdr, self.hdr + 16);
         w32(hdr, ty);
         w32(hdr + 4, 0);
@@ -63,7 +73,11 @@ impl Blk {
         unsafe { core::ptr::write_volatile(status as *mut u8, 0xff) };
         if len > 0 {
             self.v.set_desc(0, hdr, 16, F_NEXT, 1);
-            let f = if device_writes { F_NEXT | F_WRITE } else { F_NEXT };
+            let f = if device_writes {
+                F_NEXT | F_WRITE
+            } else {
+                F_NEXT
+            };
             self.v.set_desc(1, DATA, len, f, 2);
             self.v.set_desc(2, status, 1, F_WRITE, 0);
         } else {
@@ -144,7 +158,10 @@ impl Blk {
     }
 
     fn zeros(&mut self, sector: u64, n: u64) -> bool {
-        if !matches!(self.request(T_IN, sector, (n * 512) as u32, true), Some((0, _))) {
+        if !matches!(
+            self.request(T_IN, sector, (n * 512) as u32, true),
+            Some((0, _))
+        ) {
             return false;
         }
         (0..n * 512).all(|i| read_u8(DATA + i) == 0)
@@ -198,7 +215,75 @@ fn rng(legacy: bool) -> u32 {
     u32::from(!(len == 64 && distinct > 16))
 }
 
+fn input(boot: &BootInfo) -> u32 {
+    let Some(mut v) = Virtio::find(&[0x1052], false) else {
+        println!("vinput: no virtio-input");
+        return 2;
+    };
+    if let Err(e) = v.init(VERSION_1, 64) {
+        println!("vinput: init: {e}");
+        return 1;
+    }
+    v.set_config8(0, 1); // ID_NAME
+    v.set_config8(1, 0);
+    let n = usize::from(v.config8(2)).min(64);
+    let mut name = [0u8; 64];
+    for (i, c) in name[..n].iter_mut().enumerate() {
+        *c = v.config8(8 + i as u64);
+    }
+    println!(
+        "vinput: name '{}'",
+        core::str::from_utf8(&name[..n]).unwrap_or("?")
+    );
+    let buf = v.ring_end();
+    let slots = v.size.min(32);
+    for i in 0..slots {
+        v.set_desc(i, buf + 8 * u64::from(i), 8, F_WRITE, 0);
+        v.offer_quietly(i);
+    }
+    v.kick();
+    println!("vinput: ready");
+    let want = boot.arg_u64("clicks").unwrap_or(1);
+    let d = guestlib::time::Deadline::after_ms(boot.arg_u64("wait").unwrap_or(60) * 1000);
+    let (mut x, mut y, mut buttons, mut clicks) = (0u32, 0u32, 0u32, 0u64);
+    while clicks < want {
+        let Some((head, _)) = v.wait_used(100) else {
+            if d.expired() {
+                println!("vinput: timeout after {clicks} clicks");
+                return 1;
+            }
+            continue;
+        };
+        let e = buf + 8 * u64::from(head);
+        let (ty, code) = (guestlib::phys::read_u16(e), guestlib::phys::read_u16(e + 2));
+        let value = guestlib::phys::read_u32(e + 4);
+        v.offer(head);
+        match (ty, code) {
+            (3, 0) => x = value,
+            (3, 1) => y = value,
+            (1, 0x110..=0x112) => {
+                let bit = 1 << (code - 0x110);
+                if value != 0 {
+                    buttons |= bit;
+                } else {
+                    if bit == 1 && buttons & 1 != 0 {
+                        clicks += 1;
+                        println!("vinput: click at x={x} y={y}");
+                    }
+                    buttons &= !bit;
+                }
+            }
+            (0, _) => println!("vinput: x={x} y={y} buttons={buttons:#x}"),
+            _ => {}
+        }
+    }
+    0
+}
+
 fn main(boot: &BootInfo) -> u32 {
+    if boot.arg("dev") == Some("input") {
+        return input(boot);
+    }
     let legacy = boot.arg("legacy").is_some();
     if boot.arg("dev") == Some("rng") {
         return rng(legacy);
@@ -252,7 +337,9 @@ fn main(boot: &BootInfo) -> u32 {
             println!("vblk: write status={}", w.map_or(255, |r| r.0));
             let r = b.request(T_IN, 0, 512, true);
             println!("vblk: read status={}", r.map_or(255, |r| r.0));
-            u32::from(!(feats & F_RO != 0 && w.map(|r| r.0) == Some(1) && r.map(|r| r.0) == Some(0)))
+            u32::from(
+                !(feats & F_RO != 0 && w.map(|r| r.0) == Some(1) && r.map(|r| r.0) == Some(0)),
+            )
         }
         _ => check(&mut b, feats, capacity, sectors, seed),
     }
@@ -266,7 +353,10 @@ fn check(b: &mut Blk, feats: u64, capacity: u64, sectors: u64, seed: u64) -> u32
                 *c = read_u8(DATA + i as u64);
             }
             let n = id.iter().position(|c| *c == 0).unwrap_or(20);
-            println!("vblk: id '{}'", core::str::from_utf8(&id[..n]).unwrap_or("?"));
+            println!(
+                "vblk: id '{}'",
+                core::str::from_utf8(&id[..n]).unwrap_or("?")
+            );
         }
         r => {
             println!("vblk: GET_ID failed: {r:?}");

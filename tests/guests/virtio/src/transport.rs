@@ -165,6 +165,21 @@ impl Virtio {
         }
     }
 
+    /// Device configuration byte at `off` (modern interface).
+    pub fn config8(&self, off: u64) -> u8 {
+        match self.regs {
+            Regs::Modern { device, .. } => r8(device + off),
+            Regs::Legacy { io } => inb(io + 0x14 + off as u16),
+        }
+    }
+
+    pub fn set_config8(&self, off: u64, v: u8) {
+        match self.regs {
+            Regs::Modern { device, .. } => w8(device + off, v),
+            Regs::Legacy { io } => outb(io + 0x14 + off as u16, v),
+        }
+    }
+
     /// Reset, negotiate `want` (intersected with what the device offers), set up queue 0
     /// with at most `max` entries, DRIVER_OK. Returns the negotiated features.
     pub fn init(&mut self, want: u64, max: u16) -> Result<u64, &'static str> {
@@ -260,13 +275,18 @@ impl Virtio {
 
     /// Offer the chain starting at `head` and notify the device.
     pub fn offer(&mut self, head: u16) {
+        self.offer_quietly(head);
+        self.kick();
+    }
+
+    /// Offer the chain starting at `head` without notifying (batch, then [`Self::kick`]).
+    pub fn offer_quietly(&mut self, head: u16) {
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
         w16(slot, head);
         compiler_fence(Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         w16(self.avail + 2, self.avail_idx);
         compiler_fence(Ordering::SeqCst);
-        self.kick();
     }
 
     pub fn kick(&self) {
