@@ -463,9 +463,10 @@ pub enum CacheMode {
 /// `aio=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AioMode {
-    /// A thread pool (QEMU default).
+    /// A thread pool (QEMU's default).
     Threads,
-    /// io_uring.
+    /// io_uring (troupe's default, for raw images; qcow2 and `snapshot=on` use the
+    /// thread pool).
     IoUring,
     /// Linux AIO: served by io_uring here (same semantics for O_DIRECT). Only with
     /// `cache=none|directsync`, as in QEMU.

@@ -202,7 +202,9 @@ const GRUB_T: Duration = Duration::from_secs(240);
 #[test]
 fn grub_from_cd_first_with_order_dc_and_serial_input_picks_the_second_entry() {
     let m = media();
-    let hd = format!("file={},format=raw,if=ide,index=0", m.hd);
+    // The media are shared by tests running in parallel: each VM writes to its own
+    // temporary overlay (two writers of one image are refused, as by QEMU).
+    let hd = format!("file={},format=raw,if=ide,index=0,snapshot=on", m.hd);
     let mut r = Vm::troupe(&[
         "-nographic",
         "-m",
@@ -241,6 +243,7 @@ fn grub_from_a_positional_hard_disk_first_with_order_cd() {
         &m.cd,
         "-boot",
         "order=cd",
+        "-snapshot",
         &m.hd,
     ])
     .run(GRUB_T);

@@ -345,3 +345,73 @@ pub fn monitor(env: &Env) -> Result<Vec<Row>> {
         },
     ])
 }
+
+/// One `vblk-bench: NAME VALUE UNIT` line of the virtio guest.
+fn bench_value(output: &str, name: &str) -> Result<f64> {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&format!("vblk-bench: {name} ")))
+        .ok_or_else(|| anyhow!("no `vblk-bench: {name}` in: {output}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .get(words.len().saturating_sub(2))
+        .ok_or_else(|| anyhow!("bad line {line}"))?
+        .parse()
+        .context("bench value")
+}
+
+/// virtio-blk on a raw image with `cache=none,aio=io_uring`, driven by the ring-3 virtio
+/// test guest (`op=bench`): sequential 1 MiB writes and reads, random 4 KiB reads at queue
+/// depth 1 and 32. Same guest, same image, QEMU `-M pc`.
+pub fn storage(env: &Env) -> Result<Vec<Row>> {
+    let k = env.guest("virtio.elf");
+    let dir = std::env::temp_dir().join(format!("troupe-bench-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let img = dir.join("bench.raw");
+    std::fs::File::create(&img)?.set_len(256 << 20)?;
+    let drive = format!(
+        "file={},if=virtio,format=raw,cache=none,aio=io_uring",
+        img.display()
+    );
+    let append = "op=bench mib=128 secs=3";
+    const KEYS: [&str; 4] = ["seqwrite", "seqread", "randread qd1", "randread qd32"];
+    let measure = |vmm: &Vmm, base: Vec<&str>| -> Result<Vec<f64>> {
+        let mut args: Vec<&str> = base;
+        args.push("-drive");
+        args.push(&drive);
+        let mut all: Vec<Vec<f64>> = vec![Vec::new(); KEYS.len()];
+        for _ in 0..env.runs.min(3) {
+            let t = timed_run(vmm.command(&args), &[], Duration::from_secs(180))?;
+            for (i, key) in KEYS.iter().enumerate() {
+                all[i].push(bench_value(&t.output, key).with_context(|| vmm.name.clone())?);
+            }
+        }
+        Ok(all
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect())
+    };
+    let t = measure(&Vmm::troupe(&env.troupe), troupe_args(&k, append, "256"))?;
+    let q = measure(&Vmm::qemu("pc"), qemu_args(&k, append, "256"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let what = [
+        "virtio-blk sequential 1 MiB writes (raw, cache=none, io_uring)",
+        "virtio-blk sequential 1 MiB reads",
+        "virtio-blk random 4 KiB reads, queue depth 1",
+        "virtio-blk random 4 KiB reads, queue depth 32",
+    ];
+    let units = ["MB/s", "MB/s", "IOPS", "IOPS"];
+    Ok((0..4)
+        .map(|i| Row {
+            what: what[i].into(),
+            troupe: t[i],
+            qemu: q[i],
+            qemu_name: "`-M pc`".into(),
+            unit: units[i],
+            target: Target::AtLeastRatio(1.0),
+        })
+        .collect())
+}

@@ -27,6 +27,31 @@ pub enum BlockOp {
         offset: u64,
         len: u64,
     },
+    /// Read straight into guest buffers (no copy through the request).
+    ReadV {
+        offset: u64,
+        bufs: Vec<HostBuf>,
+    },
+    /// Write straight from guest buffers.
+    WriteV {
+        offset: u64,
+        bufs: Vec<HostBuf>,
+    },
+}
+
+/// A guest buffer by host address: inside one guest RAM region, which stays mapped for
+/// the life of the VM. The front end that builds it has checked the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostBuf {
+    pub addr: usize,
+    pub len: usize,
+}
+
+impl HostBuf {
+    /// Total length of `bufs`.
+    pub fn total(bufs: &[HostBuf]) -> u64 {
+        bufs.iter().map(|b| b.len as u64).sum()
+    }
 }
 
 /// A request tagged with the front end's id.
@@ -122,6 +147,8 @@ impl MemDisk {
                     Ok(Vec::new())
                 }
             }
+            // The in-memory test disk takes only copying requests.
+            BlockOp::ReadV { .. } | BlockOp::WriteV { .. } => Err(BlockError::Io),
         };
         BlockCompletion { id: r.id, result }
     }

@@ -386,6 +386,12 @@ fn open_drive(d: &crate::config::DriveConfig) -> Result<BlockHandle> {
             write_through: matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
             direct: matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
             snapshot: d.snapshot,
+            aio: match d.aio {
+                crate::config::AioMode::Threads => actors::block::Aio::Threads,
+                crate::config::AioMode::IoUring | crate::config::AioMode::Native => {
+                    actors::block::Aio::IoUring
+                }
+            },
         },
     )
     .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))

@@ -74,15 +74,93 @@ pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
     if layout.total() > MAX_RAM {
         return Err(MemoryError::TooLarge { size: size_mib });
     }
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .ranges()
-        .into_iter()
-        .map(|(a, s)| (GuestAddress(a), s as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
+    let mut regions = Vec::new();
+    for (addr, size) in layout.ranges() {
+        let host = map_aligned(size as usize).map_err(|source| MemoryError::Allocate {
+            size: size_mib,
+            source: vm_memory::mmap::FromRangesError::MmapRegion(
+                vm_memory::mmap::MmapRegionError::Mmap(source),
+            ),
+        })?;
+        // SAFETY: `host` is a fresh private anonymous mapping of `size` bytes that lives for
+        // the rest of the process (guest RAM is never unmapped).
+        let region = unsafe {
+            vm_memory::mmap::MmapRegionBuilder::new(size as usize)
+                .with_raw_mmap_pointer(host)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+                .build()
+        }
+        .map_err(|e| MemoryError::Allocate {
+            size: size_mib,
+            source: vm_memory::mmap::FromRangesError::MmapRegion(e),
+        })?;
+        let r = vm_memory::GuestRegionMmap::new(region, GuestAddress(addr)).ok_or(
+            MemoryError::Allocate {
+                size: size_mib,
+                source: vm_memory::mmap::FromRangesError::InvalidGuestRegion,
+            },
+        )?;
+        regions.push(r);
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Allocate {
         size: size_mib,
-        source,
-    })
+        source: vm_memory::mmap::FromRangesError::Collection(e),
+    })?;
+    // Transparent huge pages for guest RAM, as QEMU asks for them: fewer TLB misses in
+    // the guest, and O_DIRECT block I/O into guest memory pins 2 MiB pages, not 4 KiB.
+    for region in mem.iter() {
+        // SAFETY: the range is exactly one mapping owned by `mem`; MADV_HUGEPAGE changes
+        // only how the kernel backs it.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                "madvise(MADV_HUGEPAGE): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(mem)
+}
+
+/// A private anonymous mapping of `size` bytes starting on a 2 MiB boundary, so that
+/// transparent huge pages can back all of it (QEMU aligns guest RAM the same way).
+fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
+    const ALIGN: usize = 2 << 20;
+    let total = size + ALIGN;
+    // SAFETY: a new anonymous mapping; no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = p as usize;
+    let aligned = start.next_multiple_of(ALIGN);
+    // SAFETY: both ranges lie inside the mapping just made and outside [aligned, +size).
+    unsafe {
+        if aligned > start {
+            libc::munmap(p, aligned - start);
+        }
+        let end = aligned + size;
+        if start + total > end {
+            libc::munmap(end as *mut libc::c_void, start + total - end);
+        }
+    }
+    Ok(aligned as *mut u8)
 }
 
 /// Register RAM with KVM, leaving out the VGA window and the PAM segments

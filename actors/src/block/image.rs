@@ -13,21 +13,22 @@ use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
 
-/// What the backend thread does I/O on.
-pub trait Image: Send {
+/// What the backend's I/O threads work on; several requests may be in flight at once.
+pub trait Image: Send + Sync {
     fn size(&self) -> u64;
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Make every completed write durable.
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&self) -> io::Result<()>;
     /// Deallocate; reads back as zeros.
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
 /// A raw or qcow2 image opened through imago.
 pub struct Imago {
-    access: FormatAccess<ImagoFile>,
+    /// Reads, writes and flushes share it; discard needs it alone.
+    access: std::sync::RwLock<FormatAccess<ImagoFile>>,
     /// O_DIRECT: buffers go through an aligned bounce buffer.
     direct: bool,
 }
@@ -51,49 +52,60 @@ impl Imago {
                     .open(gate)?,
             )
         };
-        Ok(Self { access, direct })
+        Ok(Self {
+            access: std::sync::RwLock::new(access),
+            direct,
+        })
+    }
+
+    fn get(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<ImagoFile>> {
+        self.access.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn bounce(&self, len: usize) -> io::Result<IoBuffer> {
-        IoBuffer::new(len, self.access.mem_align().max(4096))
+        IoBuffer::new(len, self.get().mem_align().max(4096))
     }
 }
 
 impl Image for Imago {
     fn size(&self) -> u64 {
-        self.access.size()
+        self.get().size()
     }
 
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         if self.direct {
             let mut b = self.bounce(buf.len())?;
-            self.access.read(&mut b, offset)?;
+            self.get().read(&mut b, offset)?;
             buf.copy_from_slice(b.as_ref().into_slice());
             return Ok(());
         }
-        self.access.read(buf, offset)
+        self.get().read(buf, offset)
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if self.direct {
             let mut b = self.bounce(data.len())?;
             b.as_mut().into_slice().copy_from_slice(data);
-            return self.access.write(&b, offset);
+            return self.get().write(&b, offset);
         }
-        self.access.write(data, offset)
+        self.get().write(data, offset)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.access.flush()?;
-        self.access.sync()
+    fn flush(&self) -> io::Result<()> {
+        let a = self.get();
+        a.flush()?;
+        a.sync()
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.access.discard_to_zero(offset, len)
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.access
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .discard_to_zero(offset, len)
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.access.write_zeroes(offset, len)
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.get().write_zeroes(offset, len)
     }
 }
 
@@ -104,8 +116,9 @@ const SECTOR: u64 = 512;
 pub struct Overlay {
     base: Box<dyn Image>,
     top: File,
-    /// One bit per 512-byte sector: written since start.
-    written: Vec<u64>,
+    /// One bit per 512-byte sector: written since start. Held across each request, so
+    /// requests on the overlay are served one at a time.
+    written: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Overlay {
@@ -120,52 +133,24 @@ impl Overlay {
         Ok(Self {
             base,
             top,
-            written: vec![0; sectors.div_ceil(64) as usize],
+            written: std::sync::Mutex::new(vec![0; sectors.div_ceil(64) as usize]),
         })
     }
 
-    fn is_written(&self, s: u64) -> bool {
-        self.written[(s / 64) as usize] & (1 << (s % 64)) != 0
+    fn map(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn mark(&mut self, offset: u64, len: u64) {
-        for s in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
-            self.written[(s / 64) as usize] |= 1 << (s % 64);
-        }
-    }
-
-    /// Write whole sectors: a partial sector is completed from what reads see now.
-    fn write_sectors(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let start = offset / SECTOR * SECTOR;
-        let end = (offset + data.len() as u64).div_ceil(SECTOR) * SECTOR;
-        if start == offset && end == offset + data.len() as u64 {
-            self.top.write_all_at(data, offset)?;
-        } else {
-            let mut buf = vec![0u8; (end - start) as usize];
-            self.read(start, &mut buf)?;
-            let at = (offset - start) as usize;
-            buf[at..at + data.len()].copy_from_slice(data);
-            self.top.write_all_at(&buf, start)?;
-        }
-        self.mark(start, end - start);
-        Ok(())
-    }
-}
-
-impl Image for Overlay {
-    fn size(&self) -> u64 {
-        self.base.size()
-    }
-
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_locked(&self, map: &[u64], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let is_written = |s: u64| map[(s / 64) as usize] & (1 << (s % 64)) != 0;
         let mut pos = 0usize;
         while pos < buf.len() {
             let at = offset + pos as u64;
             let s = at / SECTOR;
-            let top = self.is_written(s);
+            let top = is_written(s);
             // Extend the run while sectors come from the same place.
             let mut end = ((s + 1) * SECTOR - offset).min(buf.len() as u64) as usize;
-            while end < buf.len() && self.is_written((offset + end as u64) / SECTOR) == top {
+            while end < buf.len() && is_written((offset + end as u64) / SECTOR) == top {
                 end = (end + SECTOR as usize).min(buf.len());
             }
             if top {
@@ -178,20 +163,51 @@ impl Image for Overlay {
         Ok(())
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    /// Write whole sectors: a partial sector is completed from what reads see now.
+    fn write_sectors(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut map = self.map();
+        let start = offset / SECTOR * SECTOR;
+        let end = (offset + data.len() as u64).div_ceil(SECTOR) * SECTOR;
+        if start == offset && end == offset + data.len() as u64 {
+            self.top.write_all_at(data, offset)?;
+        } else {
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.read_locked(&map, start, &mut buf)?;
+            let at = (offset - start) as usize;
+            buf[at..at + data.len()].copy_from_slice(data);
+            self.top.write_all_at(&buf, start)?;
+        }
+        for s in start / SECTOR..end / SECTOR {
+            map[(s / 64) as usize] |= 1 << (s % 64);
+        }
+        Ok(())
+    }
+}
+
+impl Image for Overlay {
+    fn size(&self) -> u64 {
+        self.base.size()
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let map = self.map();
+        self.read_locked(&map, offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.write_sectors(offset, data)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         // The overlay is thrown away at exit: nothing to make durable.
         Ok(())
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.write_zeroes(offset, len)
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; 64 * 1024];
         let mut done = 0;
         while done < len {

@@ -13,6 +13,7 @@
 
 mod image;
 mod lock;
+pub mod uring;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use devices::block::{BlockCompletion, BlockError, BlockInfo, BlockOp, BlockRequest};
+use devices::block::{BlockCompletion, BlockError, BlockInfo, BlockOp, BlockRequest, HostBuf};
 use image::Image;
 
 /// Image formats.
@@ -54,7 +55,21 @@ pub struct BlockOptions {
     pub direct: bool,
     /// `snapshot=on`: writes go to a temporary overlay.
     pub snapshot: bool,
+    /// How I/O is issued.
+    pub aio: Aio,
 }
+
+/// I/O engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aio {
+    /// A pool of I/O threads (qcow2 always; raw with `aio=threads`).
+    Threads,
+    /// io_uring for raw images (falls back to threads where the kernel has none).
+    IoUring,
+}
+
+/// I/O threads per drive with the thread-pool engine.
+const POOL_THREADS: usize = 4;
 
 impl BlockOptions {
     /// Raw, writable, page cache: what tests mostly want.
@@ -67,6 +82,7 @@ impl BlockOptions {
             write_through: false,
             direct: false,
             snapshot: false,
+            aio: Aio::Threads,
         }
     }
 }
@@ -113,6 +129,11 @@ pub struct BlockJob {
 #[derive(Clone)]
 pub struct BlockHandle {
     tx: crossbeam_channel::Sender<BlockJob>,
+    /// Rung after each job for engines that sleep in io_uring.
+    doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>,
+    /// io_uring drives: how a front end makes an engine of its own (and the image lock
+    /// it keeps while it does).
+    uring: Option<(Arc<uring::UringSpec>, Arc<lock::ImageLock>)>,
     pub info: BlockInfo,
     pub path: PathBuf,
     pub format: Format,
@@ -128,6 +149,35 @@ impl BlockHandle {
                 id: job.request.id,
                 result: Err(BlockError::Io),
             });
+            return;
+        }
+        if let Some(d) = &self.doorbell {
+            let _ = d.write(1);
+        }
+    }
+
+    /// A ring of the caller's own on this drive (io_uring drives only): the caller submits
+    /// and reaps on its own thread, with no hop through the block actor.
+    pub fn own_engine(&self) -> Option<OwnEngine> {
+        let (spec, lock) = self.uring.as_ref()?;
+        match spec.engine() {
+            Ok(engine) => Some(OwnEngine {
+                engine,
+                _lock: lock.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!("{}: io_uring: {e}", self.path.display());
+                None
+            }
+        }
+    }
+
+    /// Which engine serves this drive.
+    pub fn engine(&self) -> Aio {
+        if self.doorbell.is_some() {
+            Aio::IoUring
+        } else {
+            Aio::Threads
         }
     }
 }
@@ -164,135 +214,350 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
     }
     drop(probe);
     let writable = !opts.read_only && !opts.snapshot;
-    let lock = lock::lock(&opts.path, writable)?;
+    let lock = Arc::new(lock::lock(&opts.path, writable)?);
+    let stats = Arc::new(BlockStats::default());
+    let (tx, rx) = crossbeam_channel::bounded::<BlockJob>(256);
+    let probed_raw = opts.format.is_none() && format == Format::Raw;
+    let spawn_err = |source| OpenError::Open {
+        path: opts.path.clone(),
+        source,
+    };
+    if format == Format::Raw && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
+        let size = std::fs::metadata(&opts.path).map_err(open_err)?.len();
+        let spec = Arc::new(uring::UringSpec {
+            rules: Arc::new(Rules {
+                opts: opts.clone(),
+                size,
+                probed_raw,
+            }),
+            stats: stats.clone(),
+        });
+        // The block actor's own ring, for front ends that hand it jobs (IDE).
+        let engine = spec.engine().map_err(open_err)?;
+        let doorbell =
+            Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(open_err)?);
+        let bell = doorbell.clone();
+        let held = lock.clone();
+        std::thread::Builder::new()
+            .name(format!("troupe-blk-{id}"))
+            .spawn(move || {
+                let _lock = held;
+                uring::run(engine, rx, bell)
+            })
+            .map_err(spawn_err)?;
+        return Ok(BlockHandle {
+            tx,
+            doorbell: Some(doorbell),
+            uring: Some((spec, lock)),
+            info: BlockInfo {
+                size,
+                read_only: opts.read_only,
+            },
+            path: opts.path,
+            format,
+            stats,
+        });
+    }
     let img = image::Imago::open(&opts.path, format == Format::Qcow2, writable, opts.direct)
         .map_err(|source| OpenError::Format {
             path: opts.path.clone(),
             format: format.name(),
             source,
         })?;
-    let img: Box<dyn Image> = if opts.snapshot {
-        Box::new(image::Overlay::new(Box::new(img)).map_err(open_err)?)
+    let img: Arc<dyn Image> = if opts.snapshot {
+        Arc::new(image::Overlay::new(Box::new(img)).map_err(open_err)?)
     } else {
-        Box::new(img)
+        Arc::new(img)
     };
     let size = img.size();
-    let info = BlockInfo {
-        size,
-        read_only: opts.read_only,
-    };
-    let stats = Arc::new(BlockStats::default());
-    let (tx, rx) = crossbeam_channel::bounded::<BlockJob>(256);
-    let st = stats.clone();
-    let mut backend = Backend {
-        img,
-        size,
+    let rules = Arc::new(Rules {
         opts: opts.clone(),
-        probed_raw: opts.format.is_none() && format == Format::Raw,
-        _lock: lock,
-    };
-    std::thread::Builder::new()
-        .name(format!("troupe-blk-{id}"))
-        .spawn(move || {
-            for job in rx {
-                let result = backend.serve(job.request.op, &st);
-                if result.is_err() {
-                    st.failed_ops.fetch_add(1, Ordering::Relaxed);
+        size,
+        probed_raw,
+    });
+    for n in 0..POOL_THREADS {
+        let (rx, img, rules, st, lock) = (
+            rx.clone(),
+            img.clone(),
+            rules.clone(),
+            stats.clone(),
+            lock.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("troupe-blk-{id}-{n}"))
+            .spawn(move || {
+                let _lock = lock;
+                for job in rx {
+                    let r = rules
+                        .check(&job.request.op)
+                        .and_then(|()| serve_image(img.as_ref(), &rules, &job.request.op));
+                    account(&st, &job.request.op, &r);
+                    (job.done)(BlockCompletion {
+                        id: job.request.id,
+                        result: r,
+                    });
                 }
-                (job.done)(BlockCompletion {
-                    id: job.request.id,
-                    result,
-                });
-            }
-            // Every front end is gone: write back cached qcow2 metadata.
-            let _ = backend.img.flush();
-        })
-        .map_err(open_err)?;
+                // Every front end is gone: write back cached qcow2 metadata.
+                let _ = img.flush();
+            })
+            .map_err(spawn_err)?;
+    }
     Ok(BlockHandle {
         tx,
-        info,
+        doorbell: None,
+        uring: None,
+        info: BlockInfo {
+            size,
+            read_only: opts.read_only,
+        },
         path: opts.path,
         format,
         stats,
     })
 }
 
-struct Backend {
-    img: Box<dyn Image>,
-    size: u64,
-    opts: BlockOptions,
-    probed_raw: bool,
-    _lock: lock::ImageLock,
+/// An io_uring engine owned by a front end (see [`BlockHandle::own_engine`]).
+pub struct OwnEngine {
+    pub engine: uring::Engine,
+    _lock: Arc<lock::ImageLock>,
 }
 
-impl Backend {
-    fn check(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+/// What every engine checks before doing a request.
+pub(crate) struct Rules {
+    opts: BlockOptions,
+    size: u64,
+    probed_raw: bool,
+}
+
+impl Rules {
+    fn range(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
             _ => Err(BlockError::OutOfRange),
         }
     }
 
-    fn io_err(&self, what: &str, e: std::io::Error) -> BlockError {
-        tracing::warn!("{} {what}: {e}", self.opts.path.display());
-        BlockError::Io
-    }
-
-    fn serve(&mut self, op: BlockOp, st: &BlockStats) -> Result<Vec<u8>, BlockError> {
+    fn check(&self, op: &BlockOp) -> Result<(), BlockError> {
+        let writes = !matches!(
+            op,
+            BlockOp::Read { .. } | BlockOp::ReadV { .. } | BlockOp::Flush
+        );
+        if writes && self.opts.read_only {
+            return Err(BlockError::ReadOnly);
+        }
         match op {
-            BlockOp::Read { offset, len } => {
-                self.check(offset, len as u64)?;
-                let mut buf = vec![0u8; len];
-                self.img
-                    .read(offset, &mut buf)
-                    .map_err(|e| self.io_err("read", e))?;
-                st.rd_ops.fetch_add(1, Ordering::Relaxed);
-                st.rd_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                Ok(buf)
-            }
+            BlockOp::Read { offset, len } => self.range(*offset, *len as u64),
             BlockOp::Write { offset, data } => {
-                if self.opts.read_only {
-                    return Err(BlockError::ReadOnly);
-                }
-                self.check(offset, data.len() as u64)?;
+                self.range(*offset, data.len() as u64)?;
                 // A probed-raw image must not grow a format header (QEMU's rule): that
                 // would let the guest turn its disk into a qcow2 pointing at host files.
-                if self.probed_raw && offset == 0 && data.starts_with(QCOW2_MAGIC) {
+                if self.probed_raw && *offset == 0 && data.starts_with(QCOW2_MAGIC) {
                     tracing::warn!(target: "guest_errors", "refusing a qcow2 header on probed-raw {}", self.opts.path.display());
                     return Err(BlockError::Io);
                 }
-                self.img
-                    .write(offset, &data)
-                    .map_err(|e| self.io_err("write", e))?;
-                if self.opts.write_through {
-                    self.img.flush().map_err(|e| self.io_err("flush", e))?;
-                }
-                st.wr_ops.fetch_add(1, Ordering::Relaxed);
-                st.wr_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(Vec::new())
+                Ok(())
             }
-            BlockOp::Flush => {
-                st.flush_ops.fetch_add(1, Ordering::Relaxed);
-                if !self.opts.ignore_flush && !self.opts.read_only {
-                    self.img.flush().map_err(|e| self.io_err("flush", e))?;
-                }
-                Ok(Vec::new())
-            }
+            BlockOp::Flush => Ok(()),
             BlockOp::Discard { offset, len } | BlockOp::WriteZeroes { offset, len } => {
-                if self.opts.read_only {
-                    return Err(BlockError::ReadOnly);
+                self.range(*offset, *len)
+            }
+            BlockOp::ReadV { offset, bufs } => self.range(*offset, HostBuf::total(bufs)),
+            BlockOp::WriteV { offset, bufs } => {
+                self.range(*offset, HostBuf::total(bufs))?;
+                if self.probed_raw && *offset == 0 {
+                    let mut head = [0u8; 4];
+                    let mut n = 0;
+                    for b in bufs {
+                        // SAFETY: HostBuf ranges are guest RAM, mapped for the VM's life.
+                        let src = unsafe { host_slice(b) };
+                        let k = (4 - n).min(src.len());
+                        head[n..n + k].copy_from_slice(&src[..k]);
+                        n += k;
+                        if n == 4 {
+                            break;
+                        }
+                    }
+                    if &head == QCOW2_MAGIC {
+                        tracing::warn!(target: "guest_errors", "refusing a qcow2 header on probed-raw {}", self.opts.path.display());
+                        return Err(BlockError::Io);
+                    }
                 }
-                self.check(offset, len)?;
-                let r = if matches!(op, BlockOp::Discard { .. }) {
-                    self.img.discard(offset, len)
-                } else {
-                    self.img.write_zeroes(offset, len)
-                };
-                r.map_err(|e| self.io_err("discard/write-zeroes", e))?;
-                Ok(Vec::new())
+                Ok(())
             }
         }
     }
+}
+
+/// A guest buffer as a byte slice.
+///
+/// # Safety
+/// `b` must describe mapped guest RAM (what front ends put in `ReadV`/`WriteV`); the
+/// guest may change it concurrently, as with any DMA.
+pub(crate) unsafe fn host_slice<'a>(b: &HostBuf) -> &'a mut [u8] {
+    // SAFETY: per the function's contract.
+    unsafe { std::slice::from_raw_parts_mut(b.addr as *mut u8, b.len) }
+}
+
+/// Count a finished request for `info blockstats`.
+pub(crate) fn account(st: &BlockStats, op: &BlockOp, r: &Result<Vec<u8>, BlockError>) {
+    if r.is_err() {
+        st.failed_ops.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    match op {
+        BlockOp::Read { len, .. } => {
+            st.rd_ops.fetch_add(1, Ordering::Relaxed);
+            st.rd_bytes.fetch_add(*len as u64, Ordering::Relaxed);
+        }
+        BlockOp::Write { data, .. } => {
+            st.wr_ops.fetch_add(1, Ordering::Relaxed);
+            st.wr_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        BlockOp::ReadV { bufs, .. } => {
+            st.rd_ops.fetch_add(1, Ordering::Relaxed);
+            st.rd_bytes
+                .fetch_add(HostBuf::total(bufs), Ordering::Relaxed);
+        }
+        BlockOp::WriteV { bufs, .. } => {
+            st.wr_ops.fetch_add(1, Ordering::Relaxed);
+            st.wr_bytes
+                .fetch_add(HostBuf::total(bufs), Ordering::Relaxed);
+        }
+        BlockOp::Flush => {
+            st.flush_ops.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> BlockError {
+    tracing::warn!("{} {what}: {e}", path.display());
+    BlockError::Io
+}
+
+/// One checked request on an image (thread-pool engine).
+fn serve_image(img: &dyn Image, rules: &Rules, op: &BlockOp) -> Result<Vec<u8>, BlockError> {
+    let path = &rules.opts.path;
+    match op {
+        BlockOp::Read { offset, len } => {
+            let mut buf = vec![0u8; *len];
+            img.read(*offset, &mut buf)
+                .map_err(|e| io_err(path, "read", e))?;
+            Ok(buf)
+        }
+        BlockOp::Write { offset, data } => {
+            img.write(*offset, data)
+                .map_err(|e| io_err(path, "write", e))?;
+            if rules.opts.write_through {
+                img.flush().map_err(|e| io_err(path, "flush", e))?;
+            }
+            Ok(Vec::new())
+        }
+        BlockOp::Flush => {
+            if !rules.opts.ignore_flush && !rules.opts.read_only {
+                img.flush().map_err(|e| io_err(path, "flush", e))?;
+            }
+            Ok(Vec::new())
+        }
+        BlockOp::Discard { offset, len } => {
+            img.discard(*offset, *len)
+                .map_err(|e| io_err(path, "discard", e))?;
+            Ok(Vec::new())
+        }
+        BlockOp::WriteZeroes { offset, len } => {
+            img.write_zeroes(*offset, *len)
+                .map_err(|e| io_err(path, "write-zeroes", e))?;
+            Ok(Vec::new())
+        }
+        BlockOp::ReadV { offset, bufs } => {
+            let mut at = *offset;
+            for b in bufs {
+                // SAFETY: guest RAM named by the front end (see `host_slice`).
+                img.read(at, unsafe { host_slice(b) })
+                    .map_err(|e| io_err(path, "read", e))?;
+                at += b.len as u64;
+            }
+            Ok(Vec::new())
+        }
+        BlockOp::WriteV { offset, bufs } => {
+            let mut at = *offset;
+            for b in bufs {
+                // SAFETY: as above.
+                img.write(at, unsafe { host_slice(b) })
+                    .map_err(|e| io_err(path, "write", e))?;
+                at += b.len as u64;
+            }
+            if rules.opts.write_through {
+                img.flush().map_err(|e| io_err(path, "flush", e))?;
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// One checked request on a raw file with plain system calls (what io_uring leaves to the
+/// thread: unaligned O_DIRECT requests, discard, write-zeroes, ignored flushes).
+fn serve_sync(f: &File, op: &BlockOp) -> Result<Vec<u8>, BlockError> {
+    let io = |_| BlockError::Io;
+    match op {
+        BlockOp::Read { offset, len } => {
+            let mut buf = vec![0u8; *len];
+            f.read_exact_at(&mut buf, *offset).map_err(io)?;
+            Ok(buf)
+        }
+        BlockOp::Write { offset, data } => {
+            f.write_all_at(data, *offset).map_err(io)?;
+            Ok(Vec::new())
+        }
+        BlockOp::Flush => Ok(Vec::new()),
+        BlockOp::Discard { offset, len } | BlockOp::WriteZeroes { offset, len } => {
+            punch_or_zero(f, *offset, *len).map_err(io)?;
+            Ok(Vec::new())
+        }
+        BlockOp::ReadV { offset, bufs } => {
+            let mut at = *offset;
+            for b in bufs {
+                // SAFETY: guest RAM named by the front end (see `host_slice`).
+                f.read_exact_at(unsafe { host_slice(b) }, at).map_err(io)?;
+                at += b.len as u64;
+            }
+            Ok(Vec::new())
+        }
+        BlockOp::WriteV { offset, bufs } => {
+            let mut at = *offset;
+            for b in bufs {
+                // SAFETY: as above.
+                f.write_all_at(unsafe { host_slice(b) }, at).map_err(io)?;
+                at += b.len as u64;
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Deallocate a range (reads back zeros); falls back to writing zeros.
+fn punch_or_zero(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor with a valid range.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 64 * 1024];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Whether `path` looks like a qcow2 image (for format probing at the edge).
@@ -322,9 +587,28 @@ mod tests {
     }
 
     #[test]
-    fn raw_reads_writes_flushes_and_checks_ranges() {
-        let p = tmp("rw", &[1u8; 4096]);
-        let h = open("t", BlockOptions::raw(p.clone())).unwrap();
+    fn raw_reads_writes_flushes_and_checks_ranges_on_every_engine() {
+        for (aio, direct) in [
+            (Aio::Threads, false),
+            (Aio::IoUring, false),
+            (Aio::IoUring, true),
+        ] {
+            raw_engine(aio, direct);
+        }
+    }
+
+    fn raw_engine(aio: Aio, direct: bool) {
+        let p = tmp(&format!("rw-{aio:?}-{direct}"), &[1u8; 4096]);
+        let h = open(
+            "t",
+            BlockOptions {
+                aio,
+                direct,
+                ..BlockOptions::raw(p.clone())
+            },
+        )
+        .unwrap();
+        assert_eq!(h.engine(), aio);
         assert_eq!(h.info.size, 4096);
         run(
             &h,

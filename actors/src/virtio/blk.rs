@@ -5,18 +5,22 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crossbeam_channel::{Receiver, Sender};
-use devices::block::{BlockCompletion, BlockRequest};
+use devices::block::{BlockCompletion, BlockOp, BlockRequest, HostBuf};
 use devices::virtio::blk::{self, BlkConfig, Immediate, Parsed};
 use devices::virtio::chain::Chain;
 
 use super::{Ctx, QueueWorker};
-use crate::block::{BlockHandle, BlockJob};
+use crate::block::{BlockHandle, BlockJob, OwnEngine};
 
 pub struct BlkWorker {
     backend: BlockHandle,
+    /// io_uring drives: the worker's own ring (no thread hop to the block actor).
+    engine: Option<OwnEngine>,
     cfg: BlkConfig,
     next_id: u64,
-    pending: HashMap<u64, (usize, Chain)>,
+    /// Requests at the backend: queue, chain, and for requests that move data straight
+    /// to or from guest memory the bytes the device writes into the chain (0 for writes).
+    pending: HashMap<u64, (usize, Chain, Option<u64>)>,
     done_tx: Sender<BlockCompletion>,
     done_rx: Receiver<BlockCompletion>,
 }
@@ -25,6 +29,7 @@ impl BlkWorker {
     pub fn new(backend: BlockHandle, cfg: BlkConfig) -> Self {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         Self {
+            engine: backend.own_engine(),
             backend,
             cfg,
             next_id: 0,
@@ -55,42 +60,94 @@ impl QueueWorker for BlkWorker {
                 Ok(Parsed::Backend(op)) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.pending.insert(id, (q, chain));
+                    let direct = match &op {
+                        BlockOp::ReadV { bufs, .. } => Some(HostBuf::total(bufs)),
+                        BlockOp::WriteV { .. } => Some(0),
+                        _ => None,
+                    };
+                    self.pending.insert(id, (q, chain, direct));
                     let tx = self.done_tx.clone();
-                    let wake = ctx.wake.clone();
-                    self.backend.submit(BlockJob {
-                        request: BlockRequest { id, op },
-                        done: Box::new(move |c| {
-                            let _ = tx.send(c);
-                            let _ = wake.write(1);
+                    match &mut self.engine {
+                        // Answers come back on this thread (reap, or at once).
+                        Some(e) => e.engine.submit(BlockJob {
+                            request: BlockRequest { id, op },
+                            done: Box::new(move |c| {
+                                let _ = tx.send(c);
+                            }),
                         }),
-                    });
+                        None => {
+                            let wake = ctx.wake.clone();
+                            self.backend.submit(BlockJob {
+                                request: BlockRequest { id, op },
+                                done: Box::new(move |c| {
+                                    let _ = tx.send(c);
+                                    let _ = wake.write(1);
+                                }),
+                            });
+                        }
+                    }
                 }
             }
         }
         if used {
             ctx.notify(q);
         }
+        self.complete(ctx);
     }
 
     fn wake(&mut self, ctx: &mut Ctx) {
+        if let Some(e) = &mut self.engine {
+            e.engine.reap();
+        }
+        self.complete(ctx);
+    }
+
+    fn reset(&mut self) {
+        // Requests in flight may still write guest memory: wait for them (as QEMU drains).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.pending.is_empty() && std::time::Instant::now() < deadline {
+            if let Some(e) = &mut self.engine {
+                e.engine.reap();
+            }
+            match self
+                .done_rx
+                .recv_timeout(std::time::Duration::from_millis(1))
+            {
+                Ok(c) => {
+                    self.pending.remove(&c.id);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        self.pending.clear();
+    }
+
+    fn event_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.engine.as_ref().map(|e| e.engine.completion_fd())
+    }
+}
+
+impl BlkWorker {
+    /// Answer the chains whose requests finished.
+    fn complete(&mut self, ctx: &mut Ctx) {
         let mut touched = BTreeSet::new();
         while let Ok(c) = self.done_rx.try_recv() {
-            let Some((q, chain)) = self.pending.remove(&c.id) else {
+            let Some((q, chain, direct)) = self.pending.remove(&c.id) else {
                 continue; // answered after a reset: dropped
             };
             let status = blk::status_of(&c.result);
-            let data = c.result.as_deref().unwrap_or(&[]);
-            let len = blk::complete(&ctx.mem, &chain, data, status);
+            let len = match (&c.result, direct) {
+                // The data went straight to guest memory.
+                (Ok(_), Some(n)) => blk::complete_direct(&ctx.mem, &chain, n, status),
+                (Err(_), Some(_)) => blk::complete_direct(&ctx.mem, &chain, 0, status),
+                (r, None) => blk::complete(&ctx.mem, &chain, r.as_deref().unwrap_or(&[]), status),
+            };
             ctx.add_used(q, chain.head, len);
             touched.insert(q);
         }
         for q in touched {
             ctx.notify(q);
         }
-    }
-
-    fn reset(&mut self) {
-        self.pending.clear();
     }
 }

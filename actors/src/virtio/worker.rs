@@ -21,8 +21,14 @@ pub trait QueueWorker: Send + 'static {
     fn process(&mut self, q: usize, ctx: &mut Ctx);
     /// The wake eventfd fired: collect completions from backends.
     fn wake(&mut self, _ctx: &mut Ctx) {}
-    /// The driver reset the device: forget requests in flight.
+    /// The driver reset the device: finish or forget requests in flight (none may touch
+    /// guest memory after this returns).
     fn reset(&mut self) {}
+    /// A descriptor the worker thread should also wait on (an io_uring completion
+    /// eventfd); [`Self::wake`] runs when it is readable.
+    fn event_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Control messages for the worker thread.
@@ -145,6 +151,7 @@ impl WorkerHandle {
 }
 
 const WAKE_TOKEN: u64 = u64::MAX;
+const EXTRA_TOKEN: u64 = u64::MAX - 1;
 
 /// Start the worker thread `troupe-<name>`.
 pub(crate) fn spawn(
@@ -169,6 +176,13 @@ pub(crate) fn spawn(
         std::os::fd::AsRawFd::as_raw_fd(wake.as_ref()),
         EpollEvent::new(EventSet::IN, WAKE_TOKEN),
     )?;
+    if let Some(fd) = worker.event_fd() {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, EXTRA_TOKEN),
+        )?;
+    }
     let mut ctx = Ctx {
         mem,
         queues: Vec::new(),
@@ -212,6 +226,8 @@ pub(crate) fn spawn(
                                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                             }
                         }
+                        worker.wake(&mut ctx);
+                    } else if token == EXTRA_TOKEN {
                         worker.wake(&mut ctx);
                     } else if let Some(fd) = notify.get(token as usize) {
                         let _ = fd.read();

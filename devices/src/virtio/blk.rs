@@ -6,7 +6,7 @@ use vm_memory::GuestMemory;
 
 use super::chain::Chain;
 use super::VirtioDeviceModel;
-use crate::block::{BlockError, BlockOp};
+use crate::block::{BlockError, BlockOp, HostBuf};
 
 pub const F_SIZE_MAX: u64 = 1 << 1;
 pub const F_SEG_MAX: u64 = 1 << 2;
@@ -169,14 +169,24 @@ pub fn parse<M: GuestMemory>(
             if len % SECTOR != 0 || !in_range(offset, len) {
                 return ioerr;
             }
+            if ty == T_OUT && cfg.read_only {
+                return ioerr;
+            }
+            // Straight to and from guest memory when every buffer lies in one region.
+            if let Some(bufs) =
+                host_bufs(mem, chain, ty == T_IN, if ty == T_IN { 0 } else { 16 }, len)
+            {
+                return Ok(Parsed::Backend(if ty == T_IN {
+                    BlockOp::ReadV { offset, bufs }
+                } else {
+                    BlockOp::WriteV { offset, bufs }
+                }));
+            }
             if ty == T_IN {
                 return Ok(Parsed::Backend(BlockOp::Read {
                     offset,
                     len: len as usize,
                 }));
-            }
-            if cfg.read_only {
-                return ioerr;
             }
             let mut data = vec![0u8; len as usize];
             chain.read_at(mem, 16, &mut data);
@@ -217,6 +227,48 @@ pub fn parse<M: GuestMemory>(
         }
         _ => Ok(Parsed::Immediate(Immediate::Status(S_UNSUPP))),
     }
+}
+
+/// The host addresses of `len` bytes of the chain's writable (or readable) buffers,
+/// starting `skip` bytes in (a buffer that straddles guest RAM regions becomes several);
+/// None if some part is not guest RAM.
+fn host_bufs<M: GuestMemory>(
+    mem: &M,
+    chain: &Chain,
+    write: bool,
+    skip: u64,
+    len: u64,
+) -> Option<Vec<HostBuf>> {
+    let mut out = Vec::new();
+    for (addr, n) in chain.ranges(write, skip, len) {
+        if n == 0 {
+            continue;
+        }
+        let access = if write {
+            vm_memory::Permissions::Write
+        } else {
+            vm_memory::Permissions::Read
+        };
+        for s in mem
+            .get_slices(vm_memory::GuestAddress(addr), n, access)
+            .ok()?
+        {
+            let s = s.ok()?;
+            out.push(HostBuf {
+                addr: s.ptr_guard_mut().as_ptr() as usize,
+                len: s.len(),
+            });
+        }
+    }
+    Some(out)
+}
+
+/// Answer a request whose data went straight to guest memory: the status byte after
+/// `data_len` bytes. Returns the used length.
+pub fn complete_direct<M: GuestMemory>(mem: &M, chain: &Chain, data_len: u64, status: u8) -> u32 {
+    let status_at = chain.writable_len() - 1;
+    chain.write_at(mem, status_at, &[status]);
+    (data_len + 1) as u32
 }
 
 /// Write a request's answer into its chain: data (reads, GET_ID) then the status byte

@@ -153,7 +153,7 @@ impl Chain {
 
     /// The guest ranges of `len` bytes starting `skip` bytes into the readable (or
     /// writable) buffers.
-    fn ranges(&self, write: bool, mut skip: u64, mut len: u64) -> Vec<(u64, usize)> {
+    pub fn ranges(&self, write: bool, mut skip: u64, mut len: u64) -> Vec<(u64, usize)> {
         let mut out = Vec::new();
         for d in self.descs.iter().filter(|d| d.write == write) {
             if len == 0 {

@@ -75,7 +75,7 @@ fn parse_node(opts: &mut Opts, prefix: &str, name: String) -> Result<BlockNode, 
             let filename = opts.required(&key("filename"))?;
             let aio = opts
                 .choice(&key("aio"), AIO_MODES)?
-                .unwrap_or(AioMode::Threads);
+                .unwrap_or(AioMode::IoUring);
             NodeKind::File {
                 filename: PathBuf::from(filename),
                 aio,

@@ -179,7 +179,7 @@ pub fn parse_drive(mut opts: Opts) -> Result<DriveSpec, DriveError> {
     let cache = opts
         .choice("cache", CACHE_MODES)?
         .unwrap_or(CacheMode::Writeback);
-    let aio = opts.choice("aio", AIO_MODES)?.unwrap_or(AioMode::Threads);
+    let aio = opts.choice("aio", AIO_MODES)?.unwrap_or(AioMode::IoUring);
     let readonly = opts.flag("readonly")?.unwrap_or(false);
     let snapshot = opts.flag("snapshot")?.unwrap_or(false);
     let discard = opts.choice("discard", DISCARD)?.unwrap_or(false);

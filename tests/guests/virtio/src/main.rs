@@ -10,6 +10,10 @@
 //!     `hold` spin forever (the test kills the VMM), else exit 0.
 //!   - `verify`: read and check the pattern: `vblk: verified N sectors`, exit 0.
 //!   - `readonly`: a write must fail (`vblk: write status=1`), a read must work.
+//!   - `bench`: sequential 1 MiB writes then reads over `mib=N` MiB (default 64), then
+//!     random 4 KiB reads for `secs=N` seconds (default 3) at queue depth 1 and 32:
+//!     `vblk-bench: seqwrite X MB/s`, `seqread X MB/s`, `randread qd1 N IOPS`,
+//!     `randread qd32 N IOPS`.
 //! - `fault=loop|oob|direction|badidx`: offer a malformed chain, expect NEEDS_RESET, reset,
 //!   prove the device works again (`vblk: recovered after reset`).
 //! - `dev=rng`: read 64 bytes of entropy: `vrng: got 64 bytes, N distinct`.
@@ -331,6 +335,7 @@ fn main(boot: &BootInfo) -> u32 {
             println!("vblk: verified {sectors} sectors");
             0
         }
+        "bench" => bench(&mut b, capacity, boot),
         "readonly" => {
             b.fill(0, 1, seed);
             let w = b.request(T_OUT, 0, 512, false);
@@ -439,5 +444,87 @@ fn fault(b: &mut Blk, kind: &str, want: u64) -> u32 {
         return 1;
     }
     println!("vblk: recovered after reset");
+    0
+}
+
+/// Throughput and IOPS, measured in the guest with the TSC.
+fn bench(b: &mut Blk, capacity: u64, boot: &BootInfo) -> u32 {
+    use guestlib::time::now_ns;
+    let mib = boot.arg_u64("mib").unwrap_or(64).min(capacity / 2048);
+    let secs = boot.arg_u64("secs").unwrap_or(3);
+    for (name, ty, dev_writes) in [("seqwrite", T_OUT, false), ("seqread", T_IN, true)] {
+        let t0 = now_ns();
+        for m in 0..mib {
+            if !matches!(b.request(ty, m * 2048, 1 << 20, dev_writes), Some((0, _))) {
+                println!("vblk-bench: {name} failed at MiB {m}");
+                return 1;
+            }
+        }
+        if ty == T_OUT && !matches!(b.request(T_FLUSH, 0, 0, false), Some((0, _))) {
+            return 1;
+        }
+        let ns = (now_ns() - t0).max(1);
+        let mbps = mib * (1 << 20) * 1000 / ns; // bytes per µs = MB/s
+        println!("vblk-bench: {name} {mbps} MB/s");
+    }
+    // Random 4 KiB reads within the written area.
+    let span = (mib * 256).max(1);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % span) * 8
+    };
+    for qd in [1u16, 32] {
+        let slots = qd.min(b.v.size / 3);
+        let hdr0 = b.hdr;
+        let submit = |b: &mut Blk, k: u16, sector: u64| {
+            let hdr = hdr0 + 32 * u64::from(k);
+            w32(hdr, T_IN);
+            w32(hdr + 4, 0);
+            w64(hdr + 8, sector);
+            let d = 3 * k;
+            b.v.set_desc(d, hdr, 16, F_NEXT, d + 1);
+            b.v.set_desc(
+                d + 1,
+                DATA + 4096 * u64::from(k),
+                4096,
+                F_NEXT | F_WRITE,
+                d + 2,
+            );
+            b.v.set_desc(d + 2, hdr + 16, 1, F_WRITE, 0);
+            b.v.offer_quietly(d);
+        };
+        for k in 0..slots {
+            submit(b, k, rnd());
+        }
+        b.v.kick();
+        let t0 = now_ns();
+        let end = t0 + secs * 1_000_000_000;
+        let mut done = 0u64;
+        loop {
+            let Some((head, _)) = b.v.wait_used(5000) else {
+                println!("vblk-bench: randread qd{qd} timed out");
+                return 1;
+            };
+            done += 1;
+            let now = now_ns();
+            if now < end {
+                submit(b, head / 3, rnd());
+                b.v.kick();
+            } else {
+                // Drain what is still in flight.
+                for _ in 1..slots {
+                    if b.v.wait_used(5000).is_none() {
+                        return 1;
+                    }
+                }
+                let iops = done * 1_000_000_000 / (now - t0).max(1);
+                println!("vblk-bench: randread qd{qd} {iops} IOPS");
+                break;
+            }
+        }
+    }
     0
 }
