@@ -271,7 +271,9 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             DeviceKind::IsaDebugExit { .. }
             | DeviceKind::VirtioBlk { .. }
             | DeviceKind::VirtioRng
-            | DeviceKind::VirtioTablet => {}
+            | DeviceKind::VirtioTablet
+            | DeviceKind::VirtioSerial
+            | DeviceKind::VirtConsole { .. } => {}
             DeviceKind::Nic { netdev, .. } if netdev.as_deref() == Some("#net0") => {}
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }
@@ -330,6 +332,24 @@ pub fn build(
         serial_handles.push(h.clone());
         serials.push((h, rx));
     }
+    // virtconsole ports: each gets its chardev (by device index).
+    let mut consoles = Vec::new();
+    for (i, d) in cfg.devices.iter().enumerate() {
+        let crate::config::DeviceKind::VirtConsole { chardev, .. } = &d.kind else {
+            continue;
+        };
+        let Some(backend) = chardev_backend(cfg, &CharBackend::Named(chardev.clone()))? else {
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let name = format!("virtconsole{}.chardev", consoles.len());
+        let h = rt
+            .block_on(spawn_chardev(rt.handle(), registry, &name, backend, tx))
+            .with_context(|| format!("virtconsole: chardev '{chardev}'"))?;
+        lock(&chardev_labels).push((chardev.clone(), h.label.clone()));
+        serial_handles.push(h.clone());
+        consoles.push((i, h, rx));
+    }
     let bios = match &cfg.boot {
         BootConfig::Firmware { bios } if kernel_override.is_none() => {
             let b = Arc::new(Bios::load(bios)?);
@@ -347,6 +367,7 @@ pub fn build(
         mmio: mmio.clone(),
         events: events.clone(),
         serials,
+        consoles,
         rt: rt.handle().clone(),
         registry: registry.clone(),
         bios,

@@ -1,7 +1,9 @@
-//! Storage through the doors a user uses: `-drive if=virtio` on raw and qcow2 images
-//! (made and checked with `qemu-img`), driven by the ring-3 virtio test guest
-//! (`tests/guests/virtio`) and by SeaBIOS + GRUB; durability across SIGKILL; `-snapshot`;
-//! image locking against another troupe and against QEMU; bad images and hostile rings.
+//! Storage, and the other virtio devices on the same transport, through the doors a user
+//! uses: `-drive if=virtio` and `-blockdev` on raw and qcow2 images (made and checked with
+//! `qemu-img`), driven by the ring-3 virtio test guest (`tests/guests/virtio`) and by
+//! SeaBIOS + GRUB; durability across SIGKILL; `-snapshot`; image locking against another
+//! troupe and against QEMU; bad images and hostile rings; `info block`; virtio-rng; a
+//! virtconsole on a socket chardev.
 
 mod common;
 
@@ -105,6 +107,11 @@ fn the_guest_driver_passes_its_checks_on_raw_and_qcow2_modern_and_legacy() {
                 "{out}"
             );
             assert!(out.contains("out-of-range read status=1"), "{out}");
+            assert!(
+                out.contains("vblk: isr=0x1 then 0x0"),
+                "INTx and ISR: {out}"
+            );
+            assert!(out.contains("vblk: indirect read ok"), "{out}");
         }
     }
     assert_clean(&q);
@@ -437,4 +444,100 @@ fn seabios_boots_grub_from_virtio_raw_and_from_a_qcow2_overlay() {
     }
     drop(vms);
     assert_clean(&ov);
+}
+
+#[test]
+fn a_virtconsole_talks_to_its_socket_chardev_both_ways() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = TempDir::new("vcon");
+    for iface in ["", "legacy"] {
+        let sock = dir.path(&format!("con{iface}.sock"));
+        let chardev = format!("socket,id=c0,path={},server=on,wait=on", s(&sock));
+        let mut vm = vguest(
+            &format!("dev=console {iface}"),
+            &[
+                "-chardev",
+                &chardev,
+                "-device",
+                "virtio-serial-pci",
+                "-device",
+                "virtconsole,chardev=c0",
+            ],
+        )
+        .spawn();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            match std::os::unix::net::UnixStream::connect(&sock) {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => panic!("connect: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "hello from virtconsole\n", "{iface}");
+        (&conn).write_all(b"ping\n").unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "echo: ping\n", "{iface}");
+        vm.expect_stdout("vcon: got 'ping'", T);
+        assert_eq!(code(vm.wait(T)), PASS, "{iface}");
+    }
+}
+
+#[test]
+fn blockdev_and_device_virtio_blk_pci_show_in_info_block() {
+    let dir = TempDir::new("vblk-info");
+    let q = dir.path("bd.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&q), "8M"]);
+    let blockdev = format!(
+        "driver=qcow2,node-name=d0,file.driver=file,file.filename={}",
+        s(&q)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let vm = vguest(
+        "op=write sectors=64 hold",
+        &[
+            "-blockdev",
+            &blockdev,
+            "-device",
+            "virtio-blk-pci,drive=d0,id=vd0,serial=bd",
+            "-monitor",
+            &mon,
+        ],
+    )
+    .spawn();
+    vm.expect_stdout("vblk: wrote 64 sectors, flushed", T);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(b"info block\r\ninfo blockstats\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("flush_operations") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "monitor closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains(&format!("d0 (#block200): {} (qcow2)", s(&q))),
+        "{text}"
+    );
+    assert!(text.contains("Attached to:      vd0"), "{text}");
+    // The guest wrote 64 sectors: the counters show it.
+    let stats = text
+        .lines()
+        .find(|l| l.starts_with("d0: rd_bytes="))
+        .expect("d0's blockstats");
+    assert!(stats.contains("wr_bytes=32768"), "{stats}");
+    assert!(!stats.contains("flush_operations=0 "), "{stats}");
 }

@@ -92,6 +92,8 @@ pub struct PlatformParts<'a> {
     pub mmio: Arc<Bus>,
     pub events: EventTx,
     pub serials: Vec<(ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
+    /// `virtconsole` ports: (index in `cfg.devices`, chardev, its input).
+    pub consoles: Vec<(usize, ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
     pub rt: tokio::runtime::Handle,
     pub registry: Registry,
     /// The firmware image (None: direct boot, shadow RAM always on).
@@ -133,6 +135,7 @@ impl DeviceSet {
             mmio,
             events,
             serials,
+            consoles,
             rt,
             registry,
             bios,
@@ -250,7 +253,7 @@ impl DeviceSet {
             crate::config::VgaKind::None => None,
         };
 
-        let virtio = virtio::build(cfg, &kvm, &mem, &pci, &mut |id| {
+        let virtio = virtio::build(cfg, &kvm, &mem, &pci, consoles, rt, &mut |id| {
             let d = cfg
                 .drives
                 .iter()

@@ -48,13 +48,23 @@ pub fn build(
     kvm: &KvmVm,
     mem: &GuestMemoryMmap,
     pci: &Arc<PciPlatform>,
+    consoles: Vec<(
+        usize,
+        actors::chardev::ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    )>,
+    rt: &tokio::runtime::Handle,
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
+    let mut consoles: Vec<_> = consoles.into_iter().map(Some).collect();
     let mut out = VirtioDevices::default();
     let needs = cfg.devices.iter().any(|d| {
         matches!(
             d.kind,
-            DeviceKind::VirtioBlk { .. } | DeviceKind::VirtioRng | DeviceKind::VirtioTablet
+            DeviceKind::VirtioBlk { .. }
+                | DeviceKind::VirtioRng
+                | DeviceKind::VirtioTablet
+                | DeviceKind::VirtioSerial
         )
     });
     if !needs {
@@ -64,7 +74,8 @@ pub fn build(
     let intx = pci.intx_router(kvm.vm.clone());
     let (mut nblk, mut nrng) = (0, 0);
     let mut tablet_queue = None;
-    for d in &cfg.devices {
+    let mut console_input = None;
+    for (index, d) in cfg.devices.iter().enumerate() {
         let Some(slot) = d.addr else { continue };
         let (name, model, vectors, worker): (
             String,
@@ -117,6 +128,32 @@ pub fn build(
                 nrng += 1;
                 (name, Box::new(Rng), 2, Box::new(RngWorker))
             }
+            DeviceKind::VirtioSerial => {
+                // Its console port, if a virtconsole names this controller.
+                let mut ports = consoles.iter_mut().filter(|c| {
+                    c.as_ref().is_some_and(|(i, _, _)| {
+                        matches!(cfg.devices[*i].kind, DeviceKind::VirtConsole { controller, .. } if controller == index)
+                    })
+                });
+                let port = ports.next().and_then(|c| c.take());
+                if ports.next().is_some() {
+                    return Err(anyhow!(
+                        "virtio-serial-pci: troupe supports one virtconsole per controller"
+                    ));
+                }
+                let sink: Box<dyn devices::ByteSink> = match &port {
+                    Some((_, h, _)) => h.sink(),
+                    None => Box::new(Discard),
+                };
+                let (worker, input) = actors::virtio::console::console(sink);
+                console_input = port.map(|(_, _, rx)| (rx, input));
+                (
+                    format!("virtio-serial{index}"),
+                    Box::new(devices::virtio::console::Console),
+                    2,
+                    Box::new(worker),
+                )
+            }
             DeviceKind::VirtioTablet => {
                 if tablet_queue.is_some() || out.tablet.is_some() {
                     return Err(anyhow!("only one virtio-tablet-pci is supported"));
@@ -157,10 +194,20 @@ pub fn build(
             &format!("{name}-modern"),
             BarTarget::Mmio(modern),
         );
+        if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
+            actors::virtio::console::feed_input(rt, rx, input, host.waker());
+        }
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
             out.tablet = Some(actors::virtio::input::TabletSink::new(&p, host.waker()));
         }
         out.hosts.push(host);
     }
     Ok(out)
+}
+
+/// Where a console controller without a port sends its (absent) output.
+struct Discard;
+
+impl devices::ByteSink for Discard {
+    fn write_bytes(&mut self, _data: &[u8]) {}
 }

@@ -9,6 +9,7 @@
 //! mutex, like every other device.
 
 pub mod blk;
+pub mod console;
 pub mod input;
 pub mod msi;
 pub mod rng;

@@ -11,6 +11,7 @@
 
 pub mod blk;
 pub mod chain;
+pub mod console;
 pub mod input;
 pub mod pci;
 pub mod rng;

@@ -60,8 +60,23 @@ enum Regs {
     },
 }
 
+/// One queue's ring state (the current queue's lives in [`Virtio`]'s fields).
+#[derive(Clone, Copy, Default)]
+struct RingState {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+    notify_addr: u64,
+}
+
 pub struct Virtio {
     regs: Regs,
+    /// Saved state of the queues that are not selected.
+    saved: [RingState; 2],
+    cur: usize,
     pub size: u16,
     desc: u64,
     avail: u64,
@@ -121,6 +136,8 @@ impl Virtio {
         };
         Some(Virtio {
             regs,
+            saved: [RingState::default(); 2],
+            cur: 0,
             size: 0,
             desc: 0,
             avail: 0,
@@ -183,6 +200,12 @@ impl Virtio {
     /// Reset, negotiate `want` (intersected with what the device offers), set up queue 0
     /// with at most `max` entries, DRIVER_OK. Returns the negotiated features.
     pub fn init(&mut self, want: u64, max: u16) -> Result<u64, &'static str> {
+        self.init_queues(want, max, 1)
+    }
+
+    /// As [`Self::init`], with queues `0..queues` (at most 2), each 64 KiB apart from
+    /// RING_BASE; queue 0 is selected afterwards.
+    pub fn init_queues(&mut self, want: u64, max: u16, queues: usize) -> Result<u64, &'static str> {
         self.set_status(0);
         self.set_status(1);
         self.set_status(3);
@@ -209,7 +232,43 @@ impl Virtio {
                 f
             }
         };
-        let base = RING_BASE;
+        for qi in 0..queues {
+            self.cur = qi;
+            self.setup_queue(qi as u16, RING_BASE + 0x1_0000 * qi as u64, max);
+            self.saved[qi] = self.state();
+        }
+        self.select(0);
+        self.set_status(self.status() | 4);
+        Ok(feats)
+    }
+
+    fn state(&self) -> RingState {
+        RingState {
+            size: self.size,
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+            avail_idx: self.avail_idx,
+            used_seen: self.used_seen,
+            notify_addr: self.notify_addr,
+        }
+    }
+
+    /// Make queue `qi` the one `set_desc`, `offer`, `kick` and `wait_used` work on.
+    pub fn select(&mut self, qi: usize) {
+        self.saved[self.cur] = self.state();
+        let r = self.saved[qi];
+        self.cur = qi;
+        self.size = r.size;
+        self.desc = r.desc;
+        self.avail = r.avail;
+        self.used = r.used;
+        self.avail_idx = r.avail_idx;
+        self.used_seen = r.used_seen;
+        self.notify_addr = r.notify_addr;
+    }
+
+    fn setup_queue(&mut self, qi: u16, base: u64, max: u16) {
         match self.regs {
             Regs::Modern {
                 common,
@@ -217,7 +276,7 @@ impl Virtio {
                 notify_mult,
                 ..
             } => {
-                w16(common + 0x16, 0);
+                w16(common + 0x16, qi);
                 let m = r16(common + 0x18);
                 let size = m.min(max);
                 w16(common + 0x18, size);
@@ -231,14 +290,13 @@ impl Virtio {
                 w16(common + 0x1c, 1);
             }
             Regs::Legacy { io } => {
-                outw(io + 0x0e, 0);
+                outw(io + 0x0e, qi);
                 self.size = inw(io + 0x0c);
                 self.layout(base);
                 outl(io + 0x08, (base >> 12) as u32);
+                self.notify_addr = u64::from(qi);
             }
         }
-        self.set_status(self.status() | 4);
-        Ok(feats)
     }
 
     fn layout(&mut self, base: u64) {
@@ -258,11 +316,6 @@ impl Virtio {
     /// Address just past the rings (free for buffers up to RING_BASE + 1 MiB).
     pub fn ring_end(&self) -> u64 {
         (self.used + 6 + 8 * u64::from(self.size) + 4095) & !4095
-    }
-
-    /// Descriptor table address (for hostile tests that write raw descriptors).
-    pub fn desc_table(&self) -> u64 {
-        self.desc
     }
 
     pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
@@ -291,8 +344,8 @@ impl Virtio {
 
     pub fn kick(&self) {
         match self.regs {
-            Regs::Modern { .. } => w16(self.notify_addr, 0),
-            Regs::Legacy { io } => outw(io + 0x10, 0),
+            Regs::Modern { .. } => w16(self.notify_addr, self.cur as u16),
+            Regs::Legacy { io } => outw(io + 0x10, self.notify_addr as u16),
         }
     }
 
