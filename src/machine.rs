@@ -260,11 +260,25 @@ fn chardev_backend(cfg: &VmConfig, b: &CharBackend) -> Result<Option<Backend>> {
 /// user did not ask for them.
 fn check_supported(cfg: &VmConfig) -> Result<()> {
     use crate::config::DeviceKind;
+    use crate::config::{NetdevKind, NicModel};
+    let is_tap = |id: &str| {
+        cfg.netdevs
+            .iter()
+            .any(|n| n.id == id && matches!(n.kind, NetdevKind::Tap { .. }))
+    };
     for n in &cfg.netdevs {
-        if n.id != "#net0" {
-            return Err(anyhow!("-netdev {}: networking is not available yet", n.id));
+        if matches!(n.kind, NetdevKind::Tap { .. }) {
+            continue;
         }
-        tracing::info!("skipping QEMU's default network (not available yet)");
+        if n.id != "#net0" {
+            return Err(anyhow!(
+                "-netdev {}: only tap networking is available yet (user, bridge, socket and hubport are not)",
+                n.id
+            ));
+        }
+        tracing::info!(
+            "skipping QEMU's default network (user-mode networking is not available yet)"
+        );
     }
     for d in &cfg.devices {
         match &d.kind {
@@ -275,6 +289,16 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             | DeviceKind::VirtioSerial
             | DeviceKind::VirtConsole { .. } => {}
             DeviceKind::Nic { netdev, .. } if netdev.as_deref() == Some("#net0") => {}
+            DeviceKind::Nic {
+                model: NicModel::VirtioNet,
+                netdev: Some(id),
+                ..
+            } if is_tap(id) => {}
+            DeviceKind::Nic { model, .. } => {
+                return Err(anyhow!(
+                    "-device {model:?}: only virtio-net-pci on a tap netdev is available yet"
+                ))
+            }
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }
     }

@@ -19,6 +19,7 @@ pub mod events;
 pub mod host;
 pub mod irq;
 pub mod monitor;
+pub mod net;
 pub mod runtime;
 pub mod supervisor;
 pub mod vcpu;

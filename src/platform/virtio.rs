@@ -65,6 +65,7 @@ pub fn build(
                 | DeviceKind::VirtioRng
                 | DeviceKind::VirtioTablet
                 | DeviceKind::VirtioSerial
+                | DeviceKind::Nic { .. }
         )
     });
     if !needs {
@@ -72,7 +73,7 @@ pub fn build(
     }
     let routes = MsiRoutes::new(kvm.vm.clone());
     let intx = pci.intx_router(kvm.vm.clone());
-    let (mut nblk, mut nrng) = (0, 0);
+    let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;
     for (index, d) in cfg.devices.iter().enumerate() {
@@ -152,6 +153,41 @@ pub fn build(
                     Box::new(devices::virtio::console::Console),
                     2,
                     Box::new(worker),
+                )
+            }
+            DeviceKind::Nic {
+                model: crate::config::NicModel::VirtioNet,
+                netdev: Some(id),
+                mac,
+                ..
+            } if id != "#net0" => {
+                let nd = cfg
+                    .netdevs
+                    .iter()
+                    .find(|n| &n.id == id)
+                    .ok_or_else(|| anyhow!("virtio-net-pci: netdev '{id}' not found"))?;
+                let crate::config::NetdevKind::Tap {
+                    ifname, fd, script, ..
+                } = &nd.kind
+                else {
+                    return Err(anyhow!("-netdev {id}: only tap is available yet"));
+                };
+                let tap = match fd {
+                    Some(fd) => actors::net::tap::from_fd(*fd),
+                    None => actors::net::tap::open(ifname.as_deref()),
+                }
+                .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                if let (Some(script), None) = (script, fd) {
+                    actors::net::tap::run_script(script, &tap.name)
+                        .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                }
+                let name = format!("virtio-net{nnet}");
+                nnet += 1;
+                (
+                    name,
+                    Box::new(devices::virtio::net::Net::new(*mac)),
+                    3,
+                    Box::new(actors::virtio::net::NetWorker::new(tap)),
                 )
             }
             DeviceKind::VirtioTablet => {

@@ -12,6 +12,7 @@ pub mod blk;
 pub mod console;
 pub mod input;
 pub mod msi;
+pub mod net;
 pub mod rng;
 mod worker;
 

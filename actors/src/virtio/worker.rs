@@ -44,6 +44,8 @@ pub(crate) enum Ctl {
 /// (for interrupts and NEEDS_RESET).
 pub struct Ctx {
     pub mem: GuestMemoryMmap,
+    /// What the driver negotiated (set at activation).
+    pub features: u64,
     queues: Vec<Queue>,
     model: Arc<Mutex<VirtioPci>>,
     /// Write to it to make the worker call [`QueueWorker::wake`].
@@ -185,6 +187,7 @@ pub(crate) fn spawn(
     }
     let mut ctx = Ctx {
         mem,
+        features: 0,
         queues: Vec::new(),
         model,
         wake: wake.clone(),
@@ -241,6 +244,7 @@ pub(crate) fn spawn(
 
 fn activate(ctx: &mut Ctx, cfgs: &[QueueConfig], features: u64) {
     ctx.failed = false;
+    ctx.features = features;
     ctx.queues.clear();
     for (i, c) in cfgs.iter().enumerate() {
         let Ok(mut q) = Queue::new(c.max_size) else {

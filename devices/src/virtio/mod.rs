@@ -13,6 +13,7 @@ pub mod blk;
 pub mod chain;
 pub mod console;
 pub mod input;
+pub mod net;
 pub mod pci;
 pub mod rng;
 

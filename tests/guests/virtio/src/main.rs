@@ -20,6 +20,8 @@
 //! - `dev=console`: a virtio console: sends `hello from virtconsole` on it, prints
 //!   `vcon: sent greeting`, waits (`wait=SECONDS`, default 30) for a line of input on it,
 //!   prints `vcon: got 'LINE'` and sends back `echo: LINE`; exit 0.
+//! - `dev=net`: a virtio-net driver that answers ARP and ping and pings `peer=` (see
+//!   `net.rs`).
 //! - `dev=input`: a virtio tablet: prints its name, `vinput: ready`, then one line per
 //!   report (`vinput: x=X y=Y buttons=B`, on each EV_SYN) and `vinput: click at x=X y=Y`
 //!   when the left button is released; exits 0 after `clicks=N` clicks (default 1), 1
@@ -31,6 +33,7 @@
 #![no_std]
 #![no_main]
 
+mod net;
 mod transport;
 
 use guestlib::phys::read_u8;
@@ -361,6 +364,9 @@ fn main(boot: &BootInfo) -> u32 {
     }
     if boot.arg("dev") == Some("console") {
         return console(boot);
+    }
+    if boot.arg("dev") == Some("net") {
+        return net::run(boot);
     }
     let legacy = boot.arg("legacy").is_some();
     if boot.arg("dev") == Some("rng") {
