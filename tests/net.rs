@@ -1,6 +1,8 @@
-//! Networking through the doors a user uses: `-netdev tap` + `-device virtio-net-pci` with
-//! the ring-3 virtio test guest's driver (ARP, ping both ways) inside a network namespace
-//! the test creates (traffic never leaves it); bad network options refused at start.
+//! Networking through the doors a user uses, with the ring-3 virtio test guest's driver
+//! (DHCP, ARP, ping, a small TCP): `-netdev user` (slirp: DHCP lease, the gateway, a TCP
+//! server on the host's loopback, `hostfwd` into the guest, `restrict=on`), and
+//! `-netdev tap` inside a network namespace the test creates (traffic never leaves it);
+//! bad network options refused at start.
 
 mod common;
 
@@ -105,7 +107,7 @@ fn a_tap_in_a_namespace_carries_ping_both_ways() {
         );
         // ... and the guest pinged the host side.
         vm.expect_stdout("vnet: reply from 10.9.0.1 seq=3", T);
-        vm.expect_stdout("vnet: answered 3 echo requests", T);
+        vm.expect_stdout("vnet: done, answered 3 echo requests", T);
         assert_eq!(code(vm.wait(T)), PASS, "{iface}: {}", vm.stderr.text());
     }
 }
@@ -116,11 +118,11 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
         (
             vec![
                 "-netdev",
-                "user,id=u0",
+                "bridge,id=b0,br=br0",
                 "-device",
-                "virtio-net-pci,netdev=u0",
+                "virtio-net-pci,netdev=b0",
             ],
-            "only tap networking is available yet",
+            "only tap and user networking are available yet",
         ),
         (
             vec![
@@ -129,7 +131,7 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
                 "-device",
                 "e1000,netdev=t0",
             ],
-            "only virtio-net-pci on a tap netdev",
+            "only virtio-net-pci on a tap or user netdev",
         ),
     ] {
         let mut all = vec!["-nodefaults", "-display", "none"];
@@ -138,4 +140,93 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
         assert!(!st.success());
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn user_guest(append: &str, netdev: &str) -> Vm {
+    let k = guest("virtio");
+    Vm::troupe(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        append,
+        "-netdev",
+        netdev,
+        "-device",
+        "virtio-net-pci,netdev=u0",
+    ])
+}
+
+#[test]
+fn user_networking_gives_dhcp_the_gateway_the_host_and_hostfwd() {
+    use std::io::{Read, Write};
+    // A TCP server on the host's loopback, reached by the guest through 10.0.2.2.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let served = std::thread::spawn(move || {
+        let (mut c, _) = server.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap();
+        c.write_all(b"hello from host\n").unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let hport = free_port();
+    let append = format!("dev=net dhcp count=2 tcp=10.0.2.2:{port} listen=7 wait=60");
+    let netdev = format!("user,id=u0,hostfwd=tcp:127.0.0.1:{hport}-:7");
+    let mut vm = user_guest(&append, &netdev).spawn();
+    vm.expect_stdout("vnet: dhcp lease 10.0.2.15 router 10.0.2.2", T);
+    vm.expect_stdout("vnet: reply from 10.0.2.2 seq=2", T);
+    vm.expect_stdout("vnet: tcp got 'hello from host'", T);
+    assert_eq!(served.join().unwrap(), "hello from guest\n");
+    // hostfwd: the host connects to its loopback port and reaches the guest's port 7.
+    vm.expect_stdout("vnet: listening on 7", T);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", hport)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"ping\n").unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "echo: ping\n");
+    vm.expect_stdout("vnet: served 'ping'", T);
+    assert_eq!(code(vm.wait(T)), PASS, "{}", vm.stderr.text());
+}
+
+#[test]
+fn restrict_on_keeps_the_guest_in_and_hostfwd_errors_are_clear() {
+    // With restrict=on the guest still gets a lease but cannot open a connection out.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    // (No router option in a restricted lease: the gateway is named.)
+    let append = format!("dev=net dhcp peer=10.0.2.2 count=0 tcp=10.0.2.2:{port} wait=30");
+    let (st, out, err) = user_guest(&append, "user,id=u0,restrict=on").run(T);
+    assert!(out.contains("vnet: dhcp lease 10.0.2.15"), "{out}\n{err}");
+    assert!(out.contains("vnet: tcp connect failed"), "{out}\n{err}");
+    assert_ne!(code(st), PASS);
+    // A host port that is taken: a clear error at start, naming the rule.
+    let taken = server.local_addr().unwrap().port();
+    let netdev = format!("user,id=u0,hostfwd=tcp:127.0.0.1:{taken}-:22");
+    let (st, out, err) = user_guest("dev=net", &netdev).run(T);
+    assert!(!st.success() && !out.contains("vnet:"), "{out}");
+    assert!(
+        err.contains("could not set up host forwarding rule") && err.contains(&taken.to_string()),
+        "{err}"
+    );
+    // Bad hostfwd syntax is refused by the command line.
+    let (st, _, err) = user_guest("dev=net", "user,id=u0,hostfwd=tcp:nonsense").run(T);
+    assert!(!st.success());
+    assert!(err.contains("hostfwd"), "{err}");
 }

@@ -166,28 +166,62 @@ pub fn build(
                     .iter()
                     .find(|n| &n.id == id)
                     .ok_or_else(|| anyhow!("virtio-net-pci: netdev '{id}' not found"))?;
-                let crate::config::NetdevKind::Tap {
-                    ifname, fd, script, ..
-                } = &nd.kind
-                else {
-                    return Err(anyhow!("-netdev {id}: only tap is available yet"));
-                };
-                let tap = match fd {
-                    Some(fd) => actors::net::tap::from_fd(*fd),
-                    None => actors::net::tap::open(ifname.as_deref()),
-                }
-                .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
-                if let (Some(script), None) = (script, fd) {
-                    actors::net::tap::run_script(script, &tap.name)
+                let backend = match &nd.kind {
+                    crate::config::NetdevKind::Tap {
+                        ifname, fd, script, ..
+                    } => {
+                        let tap = match fd {
+                            Some(fd) => actors::net::tap::from_fd(*fd),
+                            None => actors::net::tap::open(ifname.as_deref()),
+                        }
                         .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
-                }
+                        if let (Some(script), None) = (script, fd) {
+                            actors::net::tap::run_script(script, &tap.name)
+                                .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                        }
+                        actors::virtio::net::Backend::Tap(tap)
+                    }
+                    crate::config::NetdevKind::User(u) => {
+                        if !u.guestfwd.is_empty() {
+                            return Err(anyhow!("-netdev {id}: guestfwd is not available yet"));
+                        }
+                        let opts = actors::net::slirp::SlirpOptions {
+                            net: u.net.0,
+                            prefix: u.net.1,
+                            host: u.host,
+                            dhcpstart: u.dhcpstart,
+                            dns: u.dns,
+                            restrict: u.restrict,
+                            hostname: u.hostname.clone(),
+                            domainname: u.domainname.clone(),
+                            tftp: u.tftp.as_ref().map(|p| p.display().to_string()),
+                            bootfile: u.bootfile.clone(),
+                            hostfwd: u
+                                .hostfwd
+                                .iter()
+                                .map(|f| {
+                                    let guest = if f.guest_addr.is_unspecified() {
+                                        u.dhcpstart
+                                    } else {
+                                        f.guest_addr
+                                    };
+                                    (f.udp, f.host_addr, f.host_port, guest, f.guest_port)
+                                })
+                                .collect(),
+                        };
+                        let port = actors::net::slirp::start(id, opts)
+                            .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                        actors::virtio::net::Backend::User(port)
+                    }
+                    _ => return Err(anyhow!("-netdev {id}: only tap and user are available yet")),
+                };
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
                 (
                     name,
                     Box::new(devices::virtio::net::Net::new(*mac)),
                     3,
-                    Box::new(actors::virtio::net::NetWorker::new(tap)),
+                    Box::new(actors::virtio::net::NetWorker::new(backend)),
                 )
             }
             DeviceKind::VirtioTablet => {

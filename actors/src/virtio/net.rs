@@ -1,6 +1,7 @@
-//! The virtio-net worker with a tap backend: transmit chains go to the tap as frames;
-//! frames from the tap fill the receive buffers the driver posted. The tap is another
-//! descriptor in the worker's epoll, so one thread moves frames both ways. A frame that
+//! The virtio-net worker: transmit chains go to the backend (a tap, or the slirp thread of
+//! user-mode networking) as frames; frames from the backend fill the receive buffers the
+//! driver posted. The backend's descriptor (the tap, or slirp's "frames ready" eventfd)
+//! is another entry in the worker's epoll, so one thread moves frames both ways. A frame that
 //! finds no receive buffer is dropped and counted (the guest is not keeping up), as is a
 //! transmit the tap refuses.
 
@@ -12,7 +13,14 @@ use std::sync::Arc;
 use devices::virtio::net::header_len;
 
 use super::{Ctx, QueueWorker};
+use crate::net::slirp::SlirpPort;
 use crate::net::tap::Tap;
+
+/// Where the NIC's frames go.
+pub enum Backend {
+    Tap(Tap),
+    User(SlirpPort),
+}
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -29,15 +37,15 @@ pub struct NetStats {
 }
 
 pub struct NetWorker {
-    tap: Tap,
+    backend: Backend,
     buf: Vec<u8>,
     pub stats: Arc<NetStats>,
 }
 
 impl NetWorker {
-    pub fn new(tap: Tap) -> Self {
+    pub fn new(backend: Backend) -> Self {
         Self {
-            tap,
+            backend,
             buf: vec![0u8; MAX_FRAME],
             stats: Arc::default(),
         }
@@ -46,15 +54,26 @@ impl NetWorker {
     fn receive(&mut self, ctx: &mut Ctx) {
         let hdr = header_len(ctx.features);
         let mut used = false;
+        if let Backend::User(port) = &self.backend {
+            port.ack();
+        }
         loop {
-            let n = match self.tap.file.read(&mut self.buf[hdr..]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("tap {}: {e}", self.tap.name);
-                    break;
+            let n = match &mut self.backend {
+                Backend::Tap(tap) => match tap.file.read(&mut self.buf[hdr..]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!("tap {}: {e}", tap.name);
+                        break;
+                    }
+                },
+                Backend::User(port) => {
+                    let Some(f) = port.recv() else { break };
+                    let n = f.len().min(self.buf.len() - hdr);
+                    self.buf[hdr..hdr + n].copy_from_slice(&f[..n]);
+                    n
                 }
             };
             let Some(chain) = ctx.pop(RX) else {
@@ -91,15 +110,22 @@ impl NetWorker {
             if total > hdr && total - hdr <= MAX_FRAME as u64 {
                 let n = (total - hdr) as usize;
                 let got = chain.read_at(&ctx.mem, hdr, &mut self.buf[..n]);
-                // A tap takes a frame whole or not at all.
-                match self.tap.file.write(&self.buf[..got]) {
-                    Ok(n) if n == got => {
-                        self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                let sent = match &mut self.backend {
+                    // A tap takes a frame whole or not at all.
+                    Backend::Tap(tap) => {
+                        matches!(tap.file.write(&self.buf[..got]), Ok(n) if n == got)
                     }
-                    _ => {
-                        self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                    Backend::User(port) => {
+                        port.send(&self.buf[..got]);
+                        true
                     }
-                }
+                };
+                let counter = if sent {
+                    &self.stats.tx_frames
+                } else {
+                    &self.stats.tx_dropped
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             } else {
                 // Empty or oversized: dropped, the chain is still returned.
                 self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +153,9 @@ impl QueueWorker for NetWorker {
     }
 
     fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.tap.file.as_raw_fd())
+        Some(match &self.backend {
+            Backend::Tap(tap) => tap.file.as_raw_fd(),
+            Backend::User(port) => port.ready.as_raw_fd(),
+        })
     }
 }

@@ -1,12 +1,22 @@
-//! `dev=net`: a virtio-net driver with just enough IPv4 to be pinged and to ping: it
-//! answers ARP requests for its address and ICMP echo requests, resolves `peer=` by ARP
-//! and sends it `count=N` (default 3) echo requests.
+//! `dev=net`: a virtio-net driver with just enough IPv4 for the network tests. It always
+//! answers ARP requests for its address and ICMP echo requests. In order, it then:
 //!
-//! Prints `vnet: mac XX:..`, `vnet: reply from PEER seq=N` for each answer, and exits 0
-//! once every request was answered and `answer=N` (default 0) echo requests from others
-//! were answered (`vnet: answered N echo requests`); 1 after `wait=SECONDS` (default 30).
+//! 1. takes its address from `ip=` (default 10.9.0.2), or with `dhcp` from a DHCP server
+//!    (`vnet: dhcp lease A router R`);
+//! 2. resolves `peer=` (default 10.9.0.1; the router with `dhcp`) by ARP and sends it
+//!    `count=N` (default 3) echo requests (`vnet: reply from P seq=N`);
+//! 3. with `tcp=IP:PORT`, connects (through the peer), sends `hello from guest\n` and
+//!    prints what comes back until the server closes (`vnet: tcp got 'TEXT'`), or
+//!    `vnet: tcp connect failed`;
+//! 4. with `listen=PORT`, accepts one TCP connection, reads a line, answers
+//!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
+//! 5. waits until `answer=N` (default 0) echo requests were answered.
+//!
+//! Prints `vnet: done, answered N echo requests` and exits 0; 1 on a failed step or after
+//! `wait=SECONDS` (default 30) in total.
 
 use guestlib::phys::{copy_to, read_u8};
+use guestlib::time::{now_ns, Deadline};
 use guestlib::{println, BootInfo};
 
 use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
@@ -17,6 +27,12 @@ const RXB: u64 = RING_BASE + 0x8_0000;
 const TXB: u64 = RING_BASE + 0xc_0000;
 const NRX: u16 = 16;
 const BUF: u64 = 2048;
+const ETH_IP: u16 = 0x0800;
+const ETH_ARP: u16 = 0x0806;
+const TCP_FIN: u8 = 1;
+const TCP_SYN: u8 = 2;
+const TCP_PSH: u8 = 8;
+const TCP_ACK: u8 = 16;
 
 fn parse_ip(s: &str) -> Option<[u8; 4]> {
     let mut ip = [0u8; 4];
@@ -27,15 +43,28 @@ fn parse_ip(s: &str) -> Option<[u8; 4]> {
     Some(ip)
 }
 
-fn csum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
+fn sum(data: &[u8], mut acc: u32) -> u32 {
     for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
     }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
     }
-    !(sum as u16)
+    !(acc as u16)
+}
+
+/// A received IPv4 packet (what `poll` does not answer itself).
+struct Packet {
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    proto: u8,
+    /// The IP payload.
+    data: [u8; 1500],
+    len: usize,
 }
 
 struct Nic {
@@ -43,16 +72,22 @@ struct Nic {
     hdr: usize,
     mac: [u8; 6],
     ip: [u8; 4],
+    answered: u64,
+    arp_seen: Option<([u8; 4], [u8; 6])>,
 }
 
 impl Nic {
-    fn send(&mut self, frame: &[u8]) {
+    fn send(&mut self, dst: [u8; 6], ty: u16, payload: &[u8]) {
         let mut b = [0u8; 1600];
-        let n = self.hdr + frame.len();
-        b[self.hdr..n].copy_from_slice(frame);
-        if self.hdr == 12 {
+        let h = self.hdr;
+        if h == 12 {
             b[10] = 1;
         }
+        b[h..h + 6].copy_from_slice(&dst);
+        b[h + 6..h + 12].copy_from_slice(&self.mac);
+        b[h + 12..h + 14].copy_from_slice(&ty.to_be_bytes());
+        b[h + 14..h + 14 + payload.len()].copy_from_slice(payload);
+        let n = h + (14 + payload.len()).max(60);
         copy_to(TXB, &b[..n]);
         self.v.select(1);
         self.v.set_desc(0, TXB, n as u32, 0, 0);
@@ -61,51 +96,403 @@ impl Nic {
         self.v.select(0);
     }
 
-    fn eth(&self, dst: [u8; 6], ty: u16, payload: &[u8], out: &mut [u8]) -> usize {
-        out[..6].copy_from_slice(&dst);
-        out[6..12].copy_from_slice(&self.mac);
-        out[12..14].copy_from_slice(&ty.to_be_bytes());
-        out[14..14 + payload.len()].copy_from_slice(payload);
-        (14 + payload.len()).max(60)
-    }
-
     fn arp(&mut self, op: u16, dst_mac: [u8; 6], dst_ip: [u8; 4]) {
         let mut a = [0u8; 28];
-        a[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 0]);
+        a[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
         a[6..8].copy_from_slice(&op.to_be_bytes());
         a[8..14].copy_from_slice(&self.mac);
         a[14..18].copy_from_slice(&self.ip);
-        a[18..24].copy_from_slice(&if op == 1 { [0; 6] } else { dst_mac });
+        a[18..24].copy_from_slice(&dst_mac);
         a[24..28].copy_from_slice(&dst_ip);
-        let mut f = [0u8; 64];
-        let eth_dst = if op == 1 { [0xff; 6] } else { dst_mac };
-        let n = self.eth(eth_dst, 0x0806, &a, &mut f);
-        self.send(&f[..n]);
+        let eth = if op == 1 { [0xff; 6] } else { dst_mac };
+        self.send(eth, ETH_ARP, &a);
     }
 
-    /// An IPv4 ICMP packet (type, code 0, id, seq, data) to (mac, ip).
-    fn icmp(&mut self, mac: [u8; 6], ip: [u8; 4], ty: u8, id: u16, seq: u16, data: &[u8]) {
+    /// An IPv4 packet with `proto` and `payload` (whose checksum the caller filled in).
+    fn ip_send(&mut self, mac: [u8; 6], dst: [u8; 4], src: [u8; 4], proto: u8, payload: &[u8]) {
         let mut p = [0u8; 1500];
-        let ilen = 8 + data.len();
-        let total = 20 + ilen;
+        let total = 20 + payload.len();
         p[0] = 0x45;
         p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         p[8] = 64;
-        p[9] = 1;
-        p[12..16].copy_from_slice(&self.ip);
-        p[16..20].copy_from_slice(&ip);
-        let c = csum(&p[..20]);
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        let c = fold(sum(&p[..20], 0));
         p[10..12].copy_from_slice(&c.to_be_bytes());
-        p[20] = ty;
-        p[24..26].copy_from_slice(&id.to_be_bytes());
-        p[26..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..28 + data.len()].copy_from_slice(data);
-        let c = csum(&p[20..20 + ilen]);
-        p[22..24].copy_from_slice(&c.to_be_bytes());
-        let mut f = [0u8; 1600];
-        let n = self.eth(mac, 0x0800, &p[..total], &mut f);
-        self.send(&f[..n]);
+        p[20..total].copy_from_slice(payload);
+        self.send(mac, ETH_IP, &p[..total]);
     }
+
+    fn icmp(&mut self, mac: [u8; 6], ip: [u8; 4], ty: u8, id: u16, seq: u16, data: &[u8]) {
+        let mut m = [0u8; 1480];
+        m[0] = ty;
+        m[4..6].copy_from_slice(&id.to_be_bytes());
+        m[6..8].copy_from_slice(&seq.to_be_bytes());
+        m[8..8 + data.len()].copy_from_slice(data);
+        let n = 8 + data.len();
+        let c = fold(sum(&m[..n], 0));
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        self.ip_send(mac, ip, self.ip, 1, &m[..n]);
+    }
+
+    /// UDP or TCP with the pseudo-header checksum at `csum_at` within `seg`.
+    fn l4(
+        &mut self,
+        mac: [u8; 6],
+        dst: [u8; 4],
+        src: [u8; 4],
+        proto: u8,
+        seg: &mut [u8],
+        csum_at: usize,
+    ) {
+        let mut pseudo = [0u8; 12];
+        pseudo[..4].copy_from_slice(&src);
+        pseudo[4..8].copy_from_slice(&dst);
+        pseudo[9] = proto;
+        pseudo[10..12].copy_from_slice(&(seg.len() as u16).to_be_bytes());
+        seg[csum_at..csum_at + 2].fill(0);
+        let c = fold(sum(seg, sum(&pseudo, 0)));
+        seg[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        self.ip_send(mac, dst, src, proto, seg);
+    }
+
+    /// Wait up to `ms` for a packet; answers ARP and pings on the way.
+    fn poll(&mut self, ms: u64) -> Option<Packet> {
+        let d = Deadline::after_ms(ms);
+        loop {
+            let got = self.v.wait_used(5);
+            let Some((head, len)) = got else {
+                if d.expired() {
+                    return None;
+                }
+                continue;
+            };
+            let at = RXB + BUF * u64::from(head) + self.hdr as u64;
+            let n = (len as usize).saturating_sub(self.hdr).min(1514);
+            let mut f = [0u8; 1514];
+            for (i, b) in f[..n].iter_mut().enumerate() {
+                *b = read_u8(at + i as u64);
+            }
+            self.v.offer(head);
+            if n < 34 {
+                continue;
+            }
+            let ty = u16::from_be_bytes([f[12], f[13]]);
+            let src_mac: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
+            if ty == ETH_ARP && n >= 42 {
+                let sender: [u8; 4] = f[28..32].try_into().unwrap_or([0; 4]);
+                self.arp_seen = Some((sender, src_mac));
+                if u16::from_be_bytes([f[20], f[21]]) == 1 && f[38..42] == self.ip {
+                    self.arp(2, src_mac, sender);
+                }
+                continue;
+            }
+            if ty != ETH_IP {
+                continue;
+            }
+            let ihl = usize::from(f[14] & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([f[16], f[17]])).min(n - 14);
+            if total < ihl {
+                continue;
+            }
+            let dst: [u8; 4] = f[30..34].try_into().unwrap_or([0; 4]);
+            let mut p = Packet {
+                src_mac,
+                src: f[26..30].try_into().unwrap_or([0; 4]),
+                proto: f[23],
+                data: [0; 1500],
+                len: total - ihl,
+            };
+            p.data[..p.len].copy_from_slice(&f[14 + ihl..14 + total]);
+            if p.proto == 1 && dst == self.ip && p.len >= 8 && p.data[0] == 8 {
+                let (id, seq) = (
+                    u16::from_be_bytes([p.data[4], p.data[5]]),
+                    u16::from_be_bytes([p.data[6], p.data[7]]),
+                );
+                let body: [u8; 1400] = {
+                    let mut b = [0u8; 1400];
+                    let k = (p.len - 8).min(1400);
+                    b[..k].copy_from_slice(&p.data[8..8 + k]);
+                    b
+                };
+                let k = (p.len - 8).min(1400);
+                self.icmp(src_mac, p.src, 0, id, seq, &body[..k]);
+                self.answered += 1;
+                continue;
+            }
+            return Some(p);
+        }
+    }
+
+    fn resolve(&mut self, ip: [u8; 4], d: &Deadline) -> Option<[u8; 6]> {
+        loop {
+            if let Some((i, m)) = self.arp_seen {
+                if i == ip {
+                    return Some(m);
+                }
+            }
+            if d.expired() {
+                return None;
+            }
+            self.arp(1, [0; 6], ip);
+            let _ = self.poll(200);
+        }
+    }
+}
+
+fn dhcp(nic: &mut Nic, d: &Deadline) -> Option<([u8; 4], [u8; 4])> {
+    let xid = 0x7472_6f75u32;
+    let msg = |nic: &mut Nic, ty: u8, req: Option<([u8; 4], [u8; 4])>| {
+        let mut u = [0u8; 8 + 300];
+        u[0..2].copy_from_slice(&68u16.to_be_bytes());
+        u[2..4].copy_from_slice(&67u16.to_be_bytes());
+        u[4..6].copy_from_slice(&(308u16).to_be_bytes());
+        let b = &mut u[8..];
+        b[0] = 1;
+        b[1] = 1;
+        b[2] = 6;
+        b[4..8].copy_from_slice(&xid.to_be_bytes());
+        b[10] = 0x80; // broadcast reply
+        b[28..34].copy_from_slice(&nic.mac);
+        b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        let mut o = 240;
+        b[o..o + 3].copy_from_slice(&[53, 1, ty]);
+        o += 3;
+        if let Some((ip, server)) = req {
+            b[o..o + 6].copy_from_slice(&[50, 4, ip[0], ip[1], ip[2], ip[3]]);
+            b[o + 6..o + 12].copy_from_slice(&[54, 4, server[0], server[1], server[2], server[3]]);
+            o += 12;
+        }
+        b[o] = 255;
+        nic.l4([0xff; 6], [255; 4], [0; 4], 17, &mut u, 6);
+    };
+    let parse = |p: &Packet, want: u8| -> Option<([u8; 4], [u8; 4], [u8; 4])> {
+        if p.proto != 17 || p.len < 8 + 240 || p.data[2..4] != 68u16.to_be_bytes() {
+            return None;
+        }
+        let b = &p.data[8..p.len];
+        if b[4..8] != xid.to_be_bytes() {
+            return None;
+        }
+        let yi: [u8; 4] = b[16..20].try_into().ok()?;
+        let (mut ty, mut server, mut router) = (0, [0; 4], [0; 4]);
+        let mut o = 240;
+        while o + 1 < b.len() && b[o] != 255 {
+            if b[o] == 0 {
+                o += 1;
+                continue;
+            }
+            let (code, len) = (b[o], usize::from(b[o + 1]));
+            let v = b.get(o + 2..o + 2 + len)?;
+            match code {
+                53 => ty = v[0],
+                54 if len == 4 => server.copy_from_slice(v),
+                3 if len >= 4 => router.copy_from_slice(&v[..4]),
+                _ => {}
+            }
+            o += 2 + len;
+        }
+        (ty == want).then_some((yi, server, router))
+    };
+    let mut offer = None;
+    while offer.is_none() {
+        if d.expired() {
+            return None;
+        }
+        msg(nic, 1, None);
+        let t = Deadline::after_ms(500);
+        while !t.expired() {
+            if let Some(p) = nic.poll(100) {
+                if let Some(o) = parse(&p, 2) {
+                    offer = Some(o);
+                    break;
+                }
+            }
+        }
+    }
+    let (ip, server, _) = offer?;
+    loop {
+        if d.expired() {
+            return None;
+        }
+        msg(nic, 3, Some((ip, server)));
+        let t = Deadline::after_ms(500);
+        while !t.expired() {
+            if let Some(p) = nic.poll(100) {
+                if let Some((yi, _, router)) = parse(&p, 5) {
+                    return Some((yi, router));
+                }
+            }
+        }
+    }
+}
+
+/// One TCP connection (no retransmission: the peers here are local and lossless).
+struct Tcp {
+    mac: [u8; 6],
+    remote: [u8; 4],
+    rport: u16,
+    lport: u16,
+    snd_nxt: u32,
+    rcv_nxt: u32,
+}
+
+impl Tcp {
+    fn send(&mut self, nic: &mut Nic, flags: u8, data: &[u8]) {
+        let mut s = [0u8; 1480];
+        s[0..2].copy_from_slice(&self.lport.to_be_bytes());
+        s[2..4].copy_from_slice(&self.rport.to_be_bytes());
+        s[4..8].copy_from_slice(&self.snd_nxt.to_be_bytes());
+        s[8..12].copy_from_slice(&self.rcv_nxt.to_be_bytes());
+        s[12] = 5 << 4;
+        s[13] = flags;
+        s[14..16].copy_from_slice(&8192u16.to_be_bytes());
+        s[20..20 + data.len()].copy_from_slice(data);
+        let n = 20 + data.len();
+        let ip = nic.ip;
+        nic.l4(self.mac, self.remote, ip, 6, &mut s[..n], 16);
+        self.snd_nxt = self
+            .snd_nxt
+            .wrapping_add(data.len() as u32 + u32::from(flags & (TCP_SYN | TCP_FIN) != 0));
+    }
+
+    /// The next segment of this connection: (flags, seq, payload).
+    fn recv(&self, nic: &mut Nic, ms: u64) -> Option<(u8, u32, [u8; 1400], usize)> {
+        let d = Deadline::after_ms(ms);
+        while !d.expired() {
+            let Some(p) = nic.poll(50) else { continue };
+            if p.proto != 6 || p.src != self.remote || p.len < 20 {
+                continue;
+            }
+            let sp = u16::from_be_bytes([p.data[0], p.data[1]]);
+            let dp = u16::from_be_bytes([p.data[2], p.data[3]]);
+            if dp != self.lport || (self.rport != 0 && sp != self.rport) {
+                continue;
+            }
+            let off = usize::from(p.data[12] >> 4) * 4;
+            let seq = u32::from_be_bytes(p.data[4..8].try_into().unwrap_or([0; 4]));
+            let mut body = [0u8; 1400];
+            let k = p.len.saturating_sub(off).min(1400);
+            body[..k].copy_from_slice(&p.data[off..off + k]);
+            return Some((p.data[13], seq, body, k));
+        }
+        None
+    }
+}
+
+fn tcp_client(nic: &mut Nic, mac: [u8; 6], to: &str, d: &Deadline) -> bool {
+    let Some((ip, port)) = to.split_once(':') else {
+        return false;
+    };
+    let (Some(remote), Ok(rport)) = (parse_ip(ip), port.parse::<u16>()) else {
+        return false;
+    };
+    let mut c = Tcp {
+        mac,
+        remote,
+        rport,
+        lport: 40000 + (now_ns() % 20000) as u16,
+        snd_nxt: 0x1000,
+        rcv_nxt: 0,
+    };
+    c.send(nic, TCP_SYN, &[]);
+    match c.recv(nic, 3000) {
+        Some((f, seq, _, _)) if f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
+            c.rcv_nxt = seq.wrapping_add(1);
+        }
+        _ => {
+            println!("vnet: tcp connect failed");
+            return false;
+        }
+    }
+    c.send(nic, TCP_ACK | TCP_PSH, b"hello from guest\n");
+    let mut got = [0u8; 512];
+    let mut n = 0;
+    while !d.expired() {
+        let Some((f, seq, body, k)) = c.recv(nic, 1000) else {
+            continue;
+        };
+        if seq == c.rcv_nxt && k > 0 {
+            let k2 = k.min(got.len() - n);
+            got[n..n + k2].copy_from_slice(&body[..k2]);
+            n += k2;
+            c.rcv_nxt = c.rcv_nxt.wrapping_add(k as u32);
+            c.send(nic, TCP_ACK, &[]);
+        }
+        if f & TCP_FIN != 0 {
+            c.rcv_nxt = c.rcv_nxt.wrapping_add(1);
+            c.send(nic, TCP_ACK | TCP_FIN, &[]);
+            let text = core::str::from_utf8(&got[..n]).unwrap_or("?");
+            println!("vnet: tcp got '{}'", text.trim_end());
+            return true;
+        }
+    }
+    false
+}
+
+fn tcp_server(nic: &mut Nic, lport: u16, d: &Deadline) -> bool {
+    let mut c = Tcp {
+        mac: [0; 6],
+        remote: [0; 4],
+        rport: 0,
+        lport,
+        snd_nxt: 0x2000,
+        rcv_nxt: 0,
+    };
+    // Wait for a SYN from anyone.
+    loop {
+        if d.expired() {
+            return false;
+        }
+        let Some(p) = nic.poll(100) else { continue };
+        if p.proto == 6
+            && p.len >= 20
+            && u16::from_be_bytes([p.data[2], p.data[3]]) == lport
+            && p.data[13] & TCP_SYN != 0
+        {
+            c.mac = p.src_mac;
+            c.remote = p.src;
+            c.rport = u16::from_be_bytes([p.data[0], p.data[1]]);
+            c.rcv_nxt =
+                u32::from_be_bytes(p.data[4..8].try_into().unwrap_or([0; 4])).wrapping_add(1);
+            break;
+        }
+    }
+    c.send(nic, TCP_SYN | TCP_ACK, &[]);
+    let mut line = [0u8; 256];
+    let mut n = 0;
+    while !d.expired() {
+        let Some((_, seq, body, k)) = c.recv(nic, 1000) else {
+            continue;
+        };
+        if seq != c.rcv_nxt || k == 0 {
+            continue;
+        }
+        let k2 = k.min(line.len() - n);
+        line[n..n + k2].copy_from_slice(&body[..k2]);
+        n += k2;
+        c.rcv_nxt = c.rcv_nxt.wrapping_add(k as u32);
+        if line[..n].contains(&b'\n') {
+            let text = core::str::from_utf8(&line[..n]).unwrap_or("?").trim_end();
+            let mut out = [0u8; 300];
+            out[..6].copy_from_slice(b"echo: ");
+            out[6..6 + text.len()].copy_from_slice(text.as_bytes());
+            out[6 + text.len()] = b'\n';
+            c.send(nic, TCP_ACK | TCP_PSH, &out[..7 + text.len()]);
+            c.send(nic, TCP_ACK | TCP_FIN, &[]);
+            println!("vnet: served '{text}'");
+            // Take the peer's FIN and acknowledge it.
+            if let Some((f, _, _, _)) = c.recv(nic, 2000) {
+                if f & TCP_FIN != 0 {
+                    c.rcv_nxt = c.rcv_nxt.wrapping_add(1);
+                    c.send(nic, TCP_ACK, &[]);
+                }
+            }
+            return true;
+        }
+    }
+    false
 }
 
 pub fn run(boot: &BootInfo) -> u32 {
@@ -124,7 +511,7 @@ pub fn run(boot: &BootInfo) -> u32 {
     for (i, m) in mac.iter_mut().enumerate() {
         *m = v.config8(i as u64);
     }
-    let link = u16::from(v.config8(6)) | (u16::from(v.config8(7)) << 8);
+    let link = v.config8(6) & 1 != 0;
     println!(
         "vnet: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {}",
         mac[0],
@@ -133,106 +520,87 @@ pub fn run(boot: &BootInfo) -> u32 {
         mac[3],
         mac[4],
         mac[5],
-        if link & 1 != 0 { "up" } else { "down" }
+        if link { "up" } else { "down" }
     );
-    let ip = boot.arg("ip").and_then(parse_ip).unwrap_or([10, 9, 0, 2]);
-    let peer = boot.arg("peer").and_then(parse_ip).unwrap_or([10, 9, 0, 1]);
-    let count = boot.arg_u64("count").unwrap_or(3) as u16;
-    let answer = boot.arg_u64("answer").unwrap_or(0);
     let hdr = if feats & VERSION_1 != 0 { 12 } else { 10 };
     for i in 0..NRX {
         v.set_desc(i, RXB + BUF * u64::from(i), BUF as u32, F_WRITE, 0);
         v.offer_quietly(i);
     }
     v.kick();
-    let mut nic = Nic { v, hdr, mac, ip };
-    let d = guestlib::time::Deadline::after_ms(boot.arg_u64("wait").unwrap_or(30) * 1000);
-    let mut peer_mac: Option<[u8; 6]> = None;
-    let (mut next_seq, mut replies, mut answered) = (1u16, 0u16, 0u64);
-    let mut last_tx = 0u64;
-    loop {
-        if replies >= count && answered >= answer {
-            println!("vnet: answered {answered} echo requests");
-            return 0;
+    let d = Deadline::after_ms(boot.arg_u64("wait").unwrap_or(30) * 1000);
+    let mut nic = Nic {
+        v,
+        hdr,
+        mac,
+        ip: boot.arg("ip").and_then(parse_ip).unwrap_or([10, 9, 0, 2]),
+        answered: 0,
+        arp_seen: None,
+    };
+    let mut peer = boot.arg("peer").and_then(parse_ip).unwrap_or([10, 9, 0, 1]);
+    if boot.arg("dhcp").is_some() {
+        let Some((ip, router)) = dhcp(&mut nic, &d) else {
+            println!("vnet: no dhcp lease");
+            return 1;
+        };
+        nic.ip = ip;
+        if boot.arg("peer").is_none() {
+            peer = router;
         }
-        if d.expired() {
-            println!("vnet: timeout ({replies}/{count} replies, {answered} answered)");
+        println!(
+            "vnet: dhcp lease {}.{}.{}.{} router {}.{}.{}.{}",
+            ip[0], ip[1], ip[2], ip[3], router[0], router[1], router[2], router[3]
+        );
+    }
+    let Some(peer_mac) = nic.resolve(peer, &d) else {
+        println!("vnet: peer does not answer ARP");
+        return 1;
+    };
+    let count = boot.arg_u64("count").unwrap_or(3) as u16;
+    for seq in 1..=count {
+        let mut ok = false;
+        for _ in 0..10 {
+            nic.icmp(peer_mac, peer, 8, 0x7472, seq, b"troupe ping");
+            if let Some(p) = nic.poll(300) {
+                if p.proto == 1
+                    && p.src == peer
+                    && p.data[0] == 0
+                    && p.data[6..8] == seq.to_be_bytes()
+                {
+                    ok = true;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            println!("vnet: no reply for seq={seq}");
             return 1;
         }
-        // Every 200 ms: ARP for the peer until known, then the next echo request.
-        let now = guestlib::time::now_ns();
-        if now - last_tx > 200_000_000 {
-            last_tx = now;
-            match peer_mac {
-                None => nic.arp(1, [0; 6], peer),
-                Some(m) if next_seq <= count && next_seq == replies + 1 => {
-                    nic.icmp(m, peer, 8, 0x7472, next_seq, b"troupe ping");
-                    next_seq += 1;
-                }
-                Some(m) if next_seq == replies + 1 => {
-                    let _ = m;
-                }
-                Some(m) => {
-                    // Lost: ask again for the same sequence number.
-                    nic.icmp(m, peer, 8, 0x7472, next_seq - 1, b"troupe ping");
-                }
-            }
-        }
-        let Some((head, len)) = nic.v.wait_used(20) else {
-            continue;
-        };
-        let at = RXB + BUF * u64::from(head) + hdr as u64;
-        let n = (len as usize).saturating_sub(hdr).min(1514);
-        let mut f = [0u8; 1514];
-        for (i, b) in f[..n].iter_mut().enumerate() {
-            *b = read_u8(at + i as u64);
-        }
-        nic.v.offer(head);
-        if n < 42 {
-            continue;
-        }
-        let ty = u16::from_be_bytes([f[12], f[13]]);
-        let src_mac: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
-        if ty == 0x0806 && f[38..42] == ip {
-            let op = u16::from_be_bytes([f[20], f[21]]);
-            let sender_ip: [u8; 4] = f[28..32].try_into().unwrap_or([0; 4]);
-            if op == 1 {
-                nic.arp(2, src_mac, sender_ip);
-            }
-            if sender_ip == peer {
-                peer_mac = Some(src_mac);
-            }
-        } else if ty == 0x0800 && f[23] == 1 && f[30..34] == ip {
-            let ihl = usize::from(f[14] & 0xf) * 4;
-            let total = usize::from(u16::from_be_bytes([f[16], f[17]])).min(n - 14);
-            let icmp = &f[14 + ihl..14 + total];
-            let src_ip: [u8; 4] = f[26..30].try_into().unwrap_or([0; 4]);
-            if icmp.len() < 8 {
-                continue;
-            }
-            let id = u16::from_be_bytes([icmp[4], icmp[5]]);
-            let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-            match icmp[0] {
-                8 => {
-                    let data: [u8; 1400] = {
-                        let mut d = [0u8; 1400];
-                        let k = (icmp.len() - 8).min(1400);
-                        d[..k].copy_from_slice(&icmp[8..8 + k]);
-                        d
-                    };
-                    let k = (icmp.len() - 8).min(1400);
-                    nic.icmp(src_mac, src_ip, 0, id, seq, &data[..k]);
-                    answered += 1;
-                }
-                0 if src_ip == peer && id == 0x7472 && seq == replies + 1 => {
-                    replies += 1;
-                    println!(
-                        "vnet: reply from {}.{}.{}.{} seq={seq}",
-                        peer[0], peer[1], peer[2], peer[3]
-                    );
-                }
-                _ => {}
-            }
+        println!(
+            "vnet: reply from {}.{}.{}.{} seq={seq}",
+            peer[0], peer[1], peer[2], peer[3]
+        );
+    }
+    if let Some(to) = boot.arg("tcp") {
+        if !tcp_client(&mut nic, peer_mac, to, &d) {
+            return 1;
         }
     }
+    if let Some(port) = boot.arg_u64("listen") {
+        println!("vnet: listening on {port}");
+        if !tcp_server(&mut nic, port as u16, &d) {
+            println!("vnet: nobody connected");
+            return 1;
+        }
+    }
+    let answer = boot.arg_u64("answer").unwrap_or(0);
+    while nic.answered < answer {
+        if d.expired() {
+            println!("vnet: timeout, answered {} echo requests", nic.answered);
+            return 1;
+        }
+        let _ = nic.poll(100);
+    }
+    println!("vnet: done, answered {} echo requests", nic.answered);
+    0
 }

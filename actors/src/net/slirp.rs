@@ -1,0 +1,397 @@
+//! The user-mode network backend: libslirp (the library QEMU uses) on a thread of its own.
+//! It owns the `Slirp` instance, polls the host sockets slirp asks for plus a wake eventfd,
+//! runs slirp's timers, feeds it the guest's frames and hands slirp's frames to the NIC.
+//! Both directions go through bounded channels: a full queue drops the frame and counts it
+//! (no unbounded memory when one side stops reading).
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use libslirp_sys as sys;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Frames queued in each direction.
+const QUEUE: usize = 256;
+
+/// What user networking needs (from `-netdev user,...`).
+#[derive(Debug, Clone)]
+pub struct SlirpOptions {
+    pub net: Ipv4Addr,
+    pub prefix: u8,
+    pub host: Ipv4Addr,
+    pub dhcpstart: Ipv4Addr,
+    pub dns: Ipv4Addr,
+    pub restrict: bool,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    pub tftp: Option<String>,
+    pub bootfile: Option<String>,
+    /// (udp, host addr, host port, guest addr, guest port).
+    pub hostfwd: Vec<(bool, Ipv4Addr, u16, Ipv4Addr, u16)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlirpError {
+    #[error("could not start user-mode networking (slirp)")]
+    Init,
+    #[error("could not set up host forwarding rule '{0}' (port in use or not permitted)")]
+    HostFwd(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+pub struct SlirpStats {
+    pub to_guest_dropped: AtomicU64,
+    pub to_slirp_dropped: AtomicU64,
+}
+
+/// The NIC's end of a slirp backend.
+pub struct SlirpPort {
+    to_slirp: Sender<Vec<u8>>,
+    slirp_wake: Arc<EventFd>,
+    from_slirp: Receiver<Vec<u8>>,
+    /// Readable when frames for the guest are queued.
+    pub ready: Arc<EventFd>,
+    pub stats: Arc<SlirpStats>,
+}
+
+impl SlirpPort {
+    /// A frame from the guest.
+    pub fn send(&self, frame: &[u8]) {
+        match self.to_slirp.try_send(frame.to_vec()) {
+            Ok(()) => {
+                let _ = self.slirp_wake.write(1);
+            }
+            Err(_) => {
+                self.stats.to_slirp_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Clear the "frames ready" signal; call before draining with [`Self::recv`], so a
+    /// frame queued meanwhile signals again.
+    pub fn ack(&self) {
+        let _ = self.ready.read();
+    }
+
+    /// The next frame for the guest, if any.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        self.from_slirp.try_recv().ok()
+    }
+}
+
+struct Timer {
+    cb: sys::SlirpTimerCb,
+    opaque: *mut c_void,
+    expire_ms: Option<i64>,
+}
+
+/// State the C callbacks reach through their opaque pointer (lives on the slirp thread).
+struct State {
+    start: Instant,
+    to_guest: Sender<Vec<u8>>,
+    ready: Arc<EventFd>,
+    stats: Arc<SlirpStats>,
+    /// Boxed: slirp holds pointers to the timers, which must not move when the list grows.
+    #[allow(clippy::vec_box)]
+    timers: Vec<Box<Timer>>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+unsafe extern "C" fn send_packet(buf: *const c_void, len: usize, opaque: *mut c_void) -> isize {
+    // SAFETY: opaque is the State this thread owns; buf/len come from slirp.
+    let st = unsafe { &mut *(opaque as *mut State) };
+    // SAFETY: slirp passes a valid buffer of `len` bytes.
+    let frame = unsafe { std::slice::from_raw_parts(buf as *const u8, len) }.to_vec();
+    match st.to_guest.try_send(frame) {
+        Ok(()) => {
+            let _ = st.ready.write(1);
+        }
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            st.stats.to_guest_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    len as isize
+}
+
+unsafe extern "C" fn guest_error(msg: *const c_char, _opaque: *mut c_void) {
+    // SAFETY: slirp passes a NUL-terminated string.
+    let m = unsafe { std::ffi::CStr::from_ptr(msg) };
+    tracing::warn!(target: "guest_errors", "slirp: {}", m.to_string_lossy());
+}
+
+unsafe extern "C" fn clock_get_ns(opaque: *mut c_void) -> i64 {
+    // SAFETY: opaque is our State.
+    let st = unsafe { &*(opaque as *const State) };
+    st.start.elapsed().as_nanos() as i64
+}
+
+unsafe extern "C" fn timer_new(
+    cb: sys::SlirpTimerCb,
+    cb_opaque: *mut c_void,
+    opaque: *mut c_void,
+) -> *mut c_void {
+    // SAFETY: opaque is our State.
+    let st = unsafe { &mut *(opaque as *mut State) };
+    let mut t = Box::new(Timer {
+        cb,
+        opaque: cb_opaque,
+        expire_ms: None,
+    });
+    let p: *mut Timer = t.as_mut();
+    st.timers.push(t);
+    p as *mut c_void
+}
+
+unsafe extern "C" fn timer_free(timer: *mut c_void, opaque: *mut c_void) {
+    // SAFETY: opaque is our State.
+    let st = unsafe { &mut *(opaque as *mut State) };
+    st.timers
+        .retain(|t| !std::ptr::eq(t.as_ref(), timer as *const Timer));
+}
+
+unsafe extern "C" fn timer_mod(timer: *mut c_void, expire_ms: i64, _opaque: *mut c_void) {
+    // SAFETY: timer came from timer_new and is still in the State's list.
+    let t = unsafe { &mut *(timer as *mut Timer) };
+    t.expire_ms = Some(expire_ms);
+}
+
+unsafe extern "C" fn register_poll_fd(_fd: c_int, _opaque: *mut c_void) {}
+unsafe extern "C" fn unregister_poll_fd(_fd: c_int, _opaque: *mut c_void) {}
+unsafe extern "C" fn notify(_opaque: *mut c_void) {}
+
+unsafe extern "C" fn add_poll(fd: c_int, events: c_int, opaque: *mut c_void) -> c_int {
+    // SAFETY: opaque is our State.
+    let st = unsafe { &mut *(opaque as *mut State) };
+    let mut ev = 0;
+    if events & sys::SLIRP_POLL_IN != 0 {
+        ev |= libc::POLLIN;
+    }
+    if events & sys::SLIRP_POLL_OUT != 0 {
+        ev |= libc::POLLOUT;
+    }
+    if events & sys::SLIRP_POLL_PRI != 0 {
+        ev |= libc::POLLPRI;
+    }
+    st.pollfds.push(libc::pollfd {
+        fd,
+        events: ev,
+        revents: 0,
+    });
+    (st.pollfds.len() - 1) as c_int
+}
+
+unsafe extern "C" fn get_revents(idx: c_int, opaque: *mut c_void) -> c_int {
+    // SAFETY: opaque is our State.
+    let st = unsafe { &*(opaque as *const State) };
+    let Some(p) = st.pollfds.get(idx as usize) else {
+        return 0;
+    };
+    let mut r = 0;
+    if p.revents & libc::POLLIN != 0 {
+        r |= sys::SLIRP_POLL_IN;
+    }
+    if p.revents & libc::POLLOUT != 0 {
+        r |= sys::SLIRP_POLL_OUT;
+    }
+    if p.revents & libc::POLLPRI != 0 {
+        r |= sys::SLIRP_POLL_PRI;
+    }
+    if p.revents & libc::POLLERR != 0 {
+        r |= sys::SLIRP_POLL_ERR;
+    }
+    if p.revents & libc::POLLHUP != 0 {
+        r |= sys::SLIRP_POLL_HUP;
+    }
+    r
+}
+
+static CALLBACKS: sys::SlirpCb = sys::SlirpCb {
+    send_packet: Some(send_packet),
+    guest_error: Some(guest_error),
+    clock_get_ns: Some(clock_get_ns),
+    timer_new: Some(timer_new),
+    timer_free: Some(timer_free),
+    timer_mod: Some(timer_mod),
+    register_poll_fd: Some(register_poll_fd),
+    unregister_poll_fd: Some(unregister_poll_fd),
+    notify: Some(notify),
+};
+
+fn addr(a: Ipv4Addr) -> sys::in_addr {
+    sys::in_addr::from(a)
+}
+
+fn cstr(s: &Option<String>) -> Option<CString> {
+    s.as_ref().and_then(|s| CString::new(s.as_str()).ok())
+}
+
+fn ptr(c: &Option<CString>) -> *const c_char {
+    c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+/// Start the slirp thread (`troupe-slirp-<id>`); returns the NIC's end once slirp is up
+/// and every `hostfwd` rule is bound (or the error saying which one could not be).
+pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
+    let (to_slirp_tx, to_slirp_rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE);
+    let (to_guest_tx, to_guest_rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE);
+    let slirp_wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    let ready = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    let stats = Arc::new(SlirpStats::default());
+    let (up_tx, up_rx) = crossbeam_channel::bounded::<Result<(), SlirpError>>(1);
+    let (wake, rdy, st) = (slirp_wake.clone(), ready.clone(), stats.clone());
+    std::thread::Builder::new()
+        .name(format!("troupe-slirp-{id}"))
+        .spawn(move || {
+            let mut state = Box::new(State {
+                start: Instant::now(),
+                to_guest: to_guest_tx,
+                ready: rdy,
+                stats: st,
+                timers: Vec::new(),
+                pollfds: Vec::new(),
+            });
+            let opaque = state.as_mut() as *mut State as *mut c_void;
+            let hostname = cstr(&opts.hostname);
+            let domain = cstr(&opts.domainname);
+            let tftp = cstr(&opts.tftp);
+            let bootfile = cstr(&opts.bootfile);
+            let mask = if opts.prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(opts.prefix))
+            };
+            let cfg = sys::SlirpConfig {
+                version: 1,
+                restricted: c_int::from(opts.restrict),
+                in_enabled: true,
+                vnetwork: addr(opts.net),
+                vnetmask: addr(Ipv4Addr::from(mask)),
+                vhost: addr(opts.host),
+                in6_enabled: false,
+                vprefix_addr6: sys::in6_addr { s6_addr: [0; 16] },
+                vprefix_len: 0,
+                vhost6: sys::in6_addr { s6_addr: [0; 16] },
+                vhostname: ptr(&hostname),
+                tftp_server_name: std::ptr::null(),
+                tftp_path: ptr(&tftp),
+                bootfile: ptr(&bootfile),
+                vdhcp_start: addr(opts.dhcpstart),
+                vnameserver: addr(opts.dns),
+                vnameserver6: sys::in6_addr { s6_addr: [0; 16] },
+                vdnssearch: std::ptr::null_mut(),
+                vdomainname: ptr(&domain),
+                if_mtu: 0,
+                if_mru: 0,
+                disable_host_loopback: false,
+                enable_emu: false,
+                outbound_addr: std::ptr::null(),
+                outbound_addr6: std::ptr::null(),
+                disable_dns: false,
+                disable_dhcp: false,
+            };
+            // SAFETY: cfg, CALLBACKS and the opaque State outlive the Slirp instance (all
+            // live until this thread ends; slirp is never cleaned up before).
+            let slirp = unsafe { sys::slirp_new(&cfg, &CALLBACKS, opaque) };
+            if slirp.is_null() {
+                let _ = up_tx.send(Err(SlirpError::Init));
+                return;
+            }
+            for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
+                // SAFETY: slirp is live; plain values.
+                let r = unsafe {
+                    sys::slirp_add_hostfwd(
+                        slirp,
+                        c_int::from(udp),
+                        addr(ha),
+                        c_int::from(hp),
+                        addr(ga),
+                        c_int::from(gp),
+                    )
+                };
+                if r < 0 {
+                    let rule = format!("{}:{ha}:{hp}-{ga}:{gp}", if udp { "udp" } else { "tcp" });
+                    let _ = up_tx.send(Err(SlirpError::HostFwd(rule)));
+                    return;
+                }
+            }
+            let _ = up_tx.send(Ok(()));
+            drop(up_tx);
+            loop {
+                // Frames from the guest.
+                let _ = wake.read();
+                loop {
+                    match to_slirp_rx.try_recv() {
+                        // SAFETY: slirp is live; the frame buffer is valid for its length.
+                        Ok(f) => unsafe { sys::slirp_input(slirp, f.as_ptr(), f.len() as c_int) },
+                        Err(crossbeam_channel::TryRecvError::Empty) => break,
+                        // The NIC is gone: the VM is shutting down.
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                    }
+                }
+                // Poll slirp's sockets and our wake-up.
+                let mut timeout: u32 = 1000;
+                state.pollfds.clear();
+                state.pollfds.push(libc::pollfd {
+                    fd: wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                // SAFETY: slirp is live; add_poll gets our State through opaque.
+                unsafe { sys::slirp_pollfds_fill(slirp, &mut timeout, Some(add_poll), opaque) };
+                let now_ms = state.start.elapsed().as_millis() as i64;
+                for t in &state.timers {
+                    if let Some(e) = t.expire_ms {
+                        timeout = timeout.min((e - now_ms).clamp(0, 1000) as u32);
+                    }
+                }
+                // SAFETY: pollfds is a valid array of its length.
+                let r = unsafe {
+                    libc::poll(
+                        state.pollfds.as_mut_ptr(),
+                        state.pollfds.len() as libc::nfds_t,
+                        timeout as c_int,
+                    )
+                };
+                // SAFETY: slirp is live; get_revents reads the State's pollfds.
+                unsafe {
+                    sys::slirp_pollfds_poll(slirp, c_int::from(r < 0), Some(get_revents), opaque)
+                };
+                // Timers due.
+                let now_ms = state.start.elapsed().as_millis() as i64;
+                let due: Vec<(sys::SlirpTimerCb, *mut c_void)> = state
+                    .timers
+                    .iter_mut()
+                    .filter(|t| t.expire_ms.is_some_and(|e| e <= now_ms))
+                    .map(|t| {
+                        t.expire_ms = None;
+                        (t.cb, t.opaque)
+                    })
+                    .collect();
+                for (cb, o) in due {
+                    if let Some(cb) = cb {
+                        // SAFETY: slirp's own callback with its own opaque.
+                        unsafe { cb(o) };
+                    }
+                }
+            }
+        })?;
+    match up_rx.recv() {
+        Ok(Ok(())) => Ok(SlirpPort {
+            to_slirp: to_slirp_tx,
+            slirp_wake,
+            from_slirp: to_guest_rx,
+            ready,
+            stats,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(SlirpError::Init),
+    }
+}
