@@ -290,9 +290,11 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
                 netdev: Some(id),
                 ..
             } if is_served(id) => {}
-            DeviceKind::Nic { model, .. } => return Err(anyhow!(
+            DeviceKind::Nic { model, .. } => {
+                return Err(anyhow!(
                 "-device {model:?}: only virtio-net-pci on a tap or user netdev is available yet"
-            )),
+            ))
+            }
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }
     }
@@ -480,6 +482,7 @@ pub fn build(
             .iter()
             .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
             .collect(),
+        nics: devices.virtio.nics.clone(),
     });
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();

@@ -34,6 +34,8 @@ pub struct PcInfo {
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
     /// virtio-blk devices: (drive id, qdev path, backend).
     pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
+    /// virtio-net NICs.
+    pub nics: Vec<crate::platform::virtio::VirtioNic>,
 }
 
 /// QEMU's QOM type names for the functions troupe models.
@@ -312,7 +314,33 @@ impl MachineInfo for PcInfo {
     }
 
     fn network(&self) -> String {
-        "Error: networking is not available yet in troupe\n".into()
+        let mut out = String::new();
+        for (i, n) in self.nics.iter().enumerate() {
+            let m = n.mac;
+            out.push_str(&format!(
+                "{}: index=0,type=nic,model=virtio-net-pci,macaddr={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
+                n.name, m[0], m[1], m[2], m[3], m[4], m[5]
+            ));
+            out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
+            if !n.link.load(std::sync::atomic::Ordering::Relaxed) {
+                out.push_str("    link down\n");
+            }
+        }
+        out
+    }
+
+    fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
+        let nic = self
+            .nics
+            .iter()
+            .find(|n| n.name == name || n.netdev == name)
+            .ok_or_else(|| format!("Device '{name}' not found"))?;
+        nic.link.store(up, std::sync::atomic::Ordering::Relaxed);
+        let mut m = nic.host.model().lock().unwrap_or_else(|e| e.into_inner());
+        if m.device_mut().set_link(up) {
+            m.signal_config();
+        }
+        Ok(())
     }
 
     fn roms(&self) -> String {

@@ -230,3 +230,68 @@ fn restrict_on_keeps_the_guest_in_and_hostfwd_errors_are_clear() {
     assert!(!st.success());
     assert!(err.contains("hostfwd"), "{err}");
 }
+
+#[test]
+fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let k = guest("virtio");
+    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let mut vm = Vm::troupe(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        &mon,
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "dev=net dhcp count=1 linkwatch wait=60",
+        "-netdev",
+        "user,id=u0",
+        "-device",
+        "virtio-net-pci,netdev=u0,mac=52:54:00:12:34:77",
+    ])
+    .spawn();
+    vm.expect_stdout("vnet: watching the link", T);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The banner's prompt comes first; then one prompt after each command's output.
+    let mut prompts_due = 2;
+    let mut cmd = |c: &mut std::net::TcpStream, line: &str| -> String {
+        c.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let want = std::mem::replace(&mut prompts_due, 1);
+        while got.windows(7).filter(|w| w == b"(qemu) ").count() < want {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let net = cmd(&mut c, "info network");
+    assert!(
+        net.contains(
+            "virtio-net-pci.0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:77"
+        ),
+        "{net}"
+    );
+    assert!(
+        net.contains(" \\ u0: index=0,type=user,net=10.0.2.0,restrict=off"),
+        "{net}"
+    );
+    cmd(&mut c, "set_link u0 off");
+    vm.expect_stdout("vnet: link down", T);
+    vm.expect_stdout("vnet: no reply while link down", T);
+    assert!(cmd(&mut c, "info network").contains("link down"));
+    let err = cmd(&mut c, "set_link nosuch off");
+    assert!(err.contains("Device 'nosuch' not found"), "{err}");
+    cmd(&mut c, "set_link virtio-net-pci.0 on");
+    vm.expect_stdout("vnet: reply after link up", T);
+    assert_eq!(code(vm.wait(T)), PASS);
+}

@@ -33,6 +33,20 @@ pub struct VirtioDevices {
     pub disks: Vec<VirtioDisk>,
     /// The `virtio-tablet-pci`, if any: where absolute pointer events go.
     pub tablet: Option<actors::virtio::input::TabletSink>,
+    pub nics: Vec<VirtioNic>,
+}
+
+/// A virtio-net NIC and its backend (for `info network` and `set_link`).
+#[derive(Clone)]
+pub struct VirtioNic {
+    /// QEMU's client name: the device id, else `virtio-net-pci.N`.
+    pub name: String,
+    pub mac: [u8; 6],
+    pub netdev: String,
+    /// `type=...,...` as `info network` shows the backend.
+    pub backend: String,
+    pub link: Arc<std::sync::atomic::AtomicBool>,
+    pub host: Arc<VirtioPciHost>,
 }
 
 impl VirtioDevices {
@@ -76,6 +90,13 @@ pub fn build(
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;
+    let mut nic_info: Option<(
+        String,
+        [u8; 6],
+        String,
+        String,
+        Arc<std::sync::atomic::AtomicBool>,
+    )> = None;
     for (index, d) in cfg.devices.iter().enumerate() {
         let Some(slot) = d.addr else { continue };
         let (name, model, vectors, worker): (
@@ -160,7 +181,7 @@ pub fn build(
                 netdev: Some(id),
                 mac,
                 ..
-            } if id != "#net0" => {
+            } => {
                 let nd = cfg
                     .netdevs
                     .iter()
@@ -215,13 +236,41 @@ pub fn build(
                     }
                     _ => return Err(anyhow!("-netdev {id}: only tap and user are available yet")),
                 };
+                let desc = match &nd.kind {
+                    crate::config::NetdevKind::Tap {
+                        ifname,
+                        script,
+                        downscript,
+                        ..
+                    } => format!(
+                        "type=tap,ifname={},script={},downscript={}",
+                        ifname.as_deref().unwrap_or(""),
+                        script
+                            .as_ref()
+                            .map_or("no".into(), |p| p.display().to_string()),
+                        downscript
+                            .as_ref()
+                            .map_or("no".into(), |p| p.display().to_string()),
+                    ),
+                    crate::config::NetdevKind::User(u) => format!(
+                        "type=user,net={},restrict={}",
+                        u.net.0,
+                        if u.restrict { "on" } else { "off" }
+                    ),
+                    _ => String::new(),
+                };
+                let worker = actors::virtio::net::NetWorker::new(backend);
+                let client =
+                    d.id.clone()
+                        .unwrap_or_else(|| format!("virtio-net-pci.{nnet}"));
+                nic_info = Some((client, *mac, id.clone(), desc, worker.link.clone()));
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
                 (
                     name,
                     Box::new(devices::virtio::net::Net::new(*mac)),
                     3,
-                    Box::new(actors::virtio::net::NetWorker::new(backend)),
+                    Box::new(worker),
                 )
             }
             DeviceKind::VirtioTablet => {
@@ -266,6 +315,16 @@ pub fn build(
         );
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
             actors::virtio::console::feed_input(rt, rx, input, host.waker());
+        }
+        if let Some((name, mac, netdev, backend, link)) = nic_info.take() {
+            out.nics.push(VirtioNic {
+                name,
+                mac,
+                netdev,
+                backend,
+                link,
+                host: host.clone(),
+            });
         }
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
             out.tablet = Some(actors::virtio::input::TabletSink::new(&p, host.waker()));

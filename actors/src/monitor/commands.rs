@@ -365,8 +365,14 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "device_add" | "device_del" => Err(not_available("device hotplug")),
-        "netdev_add" | "netdev_del" | "set_link" | "query-rx-filter" => {
-            Err(not_available("networking"))
+        "set_link" => {
+            let name = s(args, "name").unwrap_or_default();
+            let up = args.get("up").and_then(Value::as_bool).unwrap_or(true);
+            ctx.info.set_link(name, up).map_err(CmdError::Generic)?;
+            Ok(json!({}))
+        }
+        "netdev_add" | "netdev_del" | "query-rx-filter" => {
+            Err(not_available("network backend hotplug"))
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
         "migrate" => Err(not_available("migration")),

@@ -395,8 +395,15 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             "Error: device hotplug is not available yet in troupe\n".into()
         }
         "migrate" => "Error: migration is not available yet in troupe\n".into(),
-        "netdev_add" | "netdev_del" | "hostfwd_add" | "hostfwd_remove" | "set_link" => {
-            "Error: networking is not available yet in troupe\n".into()
+        "set_link" => match rest.get(1).copied() {
+            Some(state @ ("on" | "off")) => match ctx.info.set_link(rest[0], state == "on") {
+                Ok(()) => String::new(),
+                Err(e) => format!("Error: {e}\n"),
+            },
+            _ => "Error: Invalid parameter 'up'\n".into(),
+        },
+        "netdev_add" | "netdev_del" | "hostfwd_add" | "hostfwd_remove" => {
+            "Error: this network command is not available yet in troupe\n".into()
         }
         other => format!("unknown command: '{other}'\n"),
     };
@@ -553,7 +560,7 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         "pic" => ctx.info.pic(),
         "irq" => ctx.info.irq(),
         "network" => ctx.info.network(),
-        "usernet" => "Error: user-mode networking is not available yet in troupe\n".into(),
+        "usernet" => "Error: info usernet is not available yet in troupe\n".into(),
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
         "migrate" => MIGRATE_GLOBALS.to_string(),
         "mice" => exec_text(ctx, "query-mice", json!({}), |v| {

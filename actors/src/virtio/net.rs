@@ -38,6 +38,8 @@ pub struct NetStats {
 
 pub struct NetWorker {
     backend: Backend,
+    /// Link up (`set_link`): while down, frames are dropped both ways.
+    pub link: Arc<std::sync::atomic::AtomicBool>,
     buf: Vec<u8>,
     pub stats: Arc<NetStats>,
 }
@@ -46,6 +48,7 @@ impl NetWorker {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
+            link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             buf: vec![0u8; MAX_FRAME],
             stats: Arc::default(),
         }
@@ -76,6 +79,10 @@ impl NetWorker {
                     n
                 }
             };
+            if !self.link.load(Ordering::Relaxed) {
+                self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let Some(chain) = ctx.pop(RX) else {
                 self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -107,7 +114,8 @@ impl NetWorker {
         let mut used = false;
         while let Some(chain) = ctx.pop(TX) {
             let total = chain.readable_len();
-            if total > hdr && total - hdr <= MAX_FRAME as u64 {
+            let up = self.link.load(Ordering::Relaxed);
+            if up && total > hdr && total - hdr <= MAX_FRAME as u64 {
                 let n = (total - hdr) as usize;
                 let got = chain.read_at(&ctx.mem, hdr, &mut self.buf[..n]);
                 let sent = match &mut self.backend {
@@ -127,7 +135,7 @@ impl NetWorker {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             } else {
-                // Empty or oversized: dropped, the chain is still returned.
+                // Link down, empty or oversized: dropped, the chain is still returned.
                 self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
             }
             ctx.add_used(TX, chain.head, 0);

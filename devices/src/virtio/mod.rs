@@ -58,6 +58,11 @@ pub trait VirtioDeviceModel: Send {
     fn config_write(&mut self, _offset: usize, _data: &[u8]) {}
     /// (PCI class, subclass) as QEMU gives this device type.
     fn pci_class(&self) -> (u8, u8);
+    /// `set_link` on a NIC: change the link status the driver reads; false when the
+    /// device has no link.
+    fn set_link(&mut self, _up: bool) -> bool {
+        false
+    }
 }
 
 /// Copy `data.len()` bytes of `bytes` at `offset` into `data`, zeros past the end.

@@ -27,11 +27,6 @@ impl Net {
         Self { mac, link_up: true }
     }
 
-    /// `set_link`: the driver sees the new status (the caller signals a config change).
-    pub fn set_link(&mut self, up: bool) {
-        self.link_up = up;
-    }
-
     pub fn link_up(&self) -> bool {
         self.link_up
     }
@@ -62,5 +57,10 @@ impl VirtioDeviceModel for Net {
     }
     fn pci_class(&self) -> (u8, u8) {
         (0x02, 0x00)
+    }
+    /// The driver sees the new status (the caller signals a configuration change).
+    fn set_link(&mut self, up: bool) -> bool {
+        self.link_up = up;
+        true
     }
 }

@@ -10,7 +10,10 @@
 //!    `vnet: tcp connect failed`;
 //! 4. with `listen=PORT`, accepts one TCP connection, reads a line, answers
 //!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
-//! 5. waits until `answer=N` (default 0) echo requests were answered.
+//! 5. waits until `answer=N` (default 0) echo requests were answered;
+//! 6. with `linkwatch`, watches the link status in the configuration space: prints
+//!    `vnet: link down` (and, after a ping that gets no answer, `vnet: no reply while link
+//!    down`), then `vnet: link up` and `vnet: reply after link up` once a ping works again.
 //!
 //! Prints `vnet: done, answered N echo requests` and exits 0; 1 on a failed step or after
 //! `wait=SECONDS` (default 30) in total.
@@ -601,6 +604,53 @@ pub fn run(boot: &BootInfo) -> u32 {
         }
         let _ = nic.poll(100);
     }
+    if boot.arg("linkwatch").is_some() && !linkwatch(&mut nic, peer, peer_mac, &d) {
+        return 1;
+    }
     println!("vnet: done, answered {} echo requests", nic.answered);
     0
+}
+
+fn ping_once(nic: &mut Nic, mac: [u8; 6], peer: [u8; 4], seq: u16, ms: u64) -> bool {
+    nic.icmp(mac, peer, 8, 0x7472, seq, b"troupe ping");
+    let d = Deadline::after_ms(ms);
+    while !d.expired() {
+        if let Some(p) = nic.poll(50) {
+            if p.proto == 1 && p.src == peer && p.data[0] == 0 && p.data[6..8] == seq.to_be_bytes()
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn linkwatch(nic: &mut Nic, peer: [u8; 4], mac: [u8; 6], d: &Deadline) -> bool {
+    println!("vnet: watching the link");
+    while nic.v.config8(6) & 1 != 0 {
+        if d.expired() {
+            return false;
+        }
+        let _ = nic.poll(20);
+    }
+    println!("vnet: link down");
+    if ping_once(nic, mac, peer, 100, 1000) {
+        println!("vnet: a reply came while the link was down");
+        return false;
+    }
+    println!("vnet: no reply while link down");
+    while nic.v.config8(6) & 1 == 0 {
+        if d.expired() {
+            return false;
+        }
+        let _ = nic.poll(20);
+    }
+    println!("vnet: link up");
+    for seq in 101..111 {
+        if ping_once(nic, mac, peer, seq, 500) {
+            println!("vnet: reply after link up");
+            return true;
+        }
+    }
+    false
 }
