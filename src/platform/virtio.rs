@@ -36,6 +36,15 @@ pub struct VirtioDevices {
     pub nics: Vec<VirtioNic>,
 }
 
+/// A NIC's description before its host exists: (name, mac, netdev, backend, link).
+type NicParts = (
+    String,
+    [u8; 6],
+    String,
+    String,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
 /// A virtio-net NIC and its backend (for `info network` and `set_link`).
 #[derive(Clone)]
 pub struct VirtioNic {
@@ -90,13 +99,7 @@ pub fn build(
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;
-    let mut nic_info: Option<(
-        String,
-        [u8; 6],
-        String,
-        String,
-        Arc<std::sync::atomic::AtomicBool>,
-    )> = None;
+    let mut nic_info: Option<NicParts> = None;
     for (index, d) in cfg.devices.iter().enumerate() {
         let Some(slot) = d.addr else { continue };
         let (name, model, vectors, worker): (
