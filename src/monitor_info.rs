@@ -329,6 +329,59 @@ impl MachineInfo for PcInfo {
         out
     }
 
+    fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String> {
+        let (netdev, rule) = match args {
+            [rule] => (None, *rule),
+            [netdev, rule] => (Some(*netdev), *rule),
+            _ => return Err("invalid format".into()),
+        };
+        let nic = self
+            .nics
+            .iter()
+            .find(|n| n.slirp.is_some() && netdev.is_none_or(|id| n.netdev == id))
+            .ok_or_else(|| match netdev {
+                Some(id) => format!("unknown netdev '{id}' (or not user-mode networking)"),
+                None => "no user-mode network backend to forward to".into(),
+            })?;
+        let Some((ctl, dhcpstart)) = &nic.slirp else {
+            return Err("no user-mode network backend to forward to".into());
+        };
+        if add {
+            let f = crate::cli::netdev::parse_hostfwd(rule).map_err(|e| e.to_string())?;
+            let guest = if f.guest_addr.is_unspecified() {
+                *dhcpstart
+            } else {
+                f.guest_addr
+            };
+            if ctl.add_hostfwd(f.udp, f.host_addr, f.host_port, guest, f.guest_port) {
+                Ok(String::new())
+            } else {
+                Err(format!("could not set up host forwarding rule '{rule}'"))
+            }
+        } else {
+            // [tcp|udp]:[hostaddr]:hostport
+            let bad = || "invalid format".to_string();
+            let (proto, rest) = rule.split_once(':').ok_or_else(bad)?;
+            let udp = match proto {
+                "" | "tcp" => false,
+                "udp" => true,
+                _ => return Err(bad()),
+            };
+            let (ha, hp) = rest.split_once(':').ok_or_else(bad)?;
+            let ha: std::net::Ipv4Addr = if ha.is_empty() {
+                std::net::Ipv4Addr::UNSPECIFIED
+            } else {
+                ha.parse().map_err(|_| bad())?
+            };
+            let hp: u16 = hp.parse().map_err(|_| bad())?;
+            if ctl.remove_hostfwd(udp, ha, hp) {
+                Ok(format!("host forwarding rule for {rule} removed\n"))
+            } else {
+                Err(format!("could not remove host forwarding rule {rule}"))
+            }
+        }
+    }
+
     fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
         let nic = self
             .nics

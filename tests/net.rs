@@ -231,9 +231,85 @@ fn restrict_on_keeps_the_guest_in_and_hostfwd_errors_are_clear() {
     assert!(err.contains("hostfwd"), "{err}");
 }
 
+/// Runs one HMP command on a monitor connection and returns what came back up to the
+/// next prompt (the banner's prompt is taken with the first command).
+fn hmp() -> impl FnMut(&mut std::net::TcpStream, &str) -> String {
+    use std::io::{Read, Write};
+    let mut prompts_due = 2;
+    move |c: &mut std::net::TcpStream, line: &str| {
+        c.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let want = std::mem::replace(&mut prompts_due, 1);
+        while got.windows(7).filter(|w| w == b"(qemu) ").count() < want {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
+#[test]
+fn hostfwd_add_and_remove_at_run_time() {
+    use std::io::{Read, Write};
+    let (port, hport) = (free_port(), free_port());
+    let k = guest("virtio");
+    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let mut vm = Vm::troupe(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        &mon,
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        "dev=net dhcp count=1 listen=7 wait=60",
+        "-netdev",
+        "user,id=u0",
+        "-device",
+        "virtio-net-pci,netdev=u0",
+    ])
+    .spawn();
+    vm.expect_stdout("vnet: listening on 7", T);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut cmd = hmp();
+    let out = cmd(&mut c, &format!("hostfwd_add u0 tcp:127.0.0.1:{hport}-:7"));
+    assert!(!out.contains("could not"), "{out}");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", hport)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"runtime\n").unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "echo: runtime\n");
+    vm.expect_stdout("vnet: served 'runtime'", T);
+    let out = cmd(&mut c, &format!("hostfwd_remove u0 tcp:127.0.0.1:{hport}"));
+    assert!(
+        out.contains(&format!(
+            "host forwarding rule for tcp:127.0.0.1:{hport} removed"
+        )),
+        "{out}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", hport)).is_err(),
+        "the rule is gone"
+    );
+    let out = cmd(&mut c, "hostfwd_add u0 tcp:nonsense");
+    assert!(
+        out.contains("invalid host forwarding rule 'tcp:nonsense'"),
+        "{out}"
+    );
+    assert_eq!(code(vm.wait(T)), PASS);
+}
+
 #[test]
 fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
-    use std::io::{Read, Write};
     let port = free_port();
     let k = guest("virtio");
     let mon = format!("tcp:127.0.0.1:{port},server,nowait");
@@ -260,20 +336,7 @@ fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
     vm.expect_stdout("vnet: watching the link", T);
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The banner's prompt comes first; then one prompt after each command's output.
-    let mut prompts_due = 2;
-    let mut cmd = |c: &mut std::net::TcpStream, line: &str| -> String {
-        c.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let want = std::mem::replace(&mut prompts_due, 1);
-        while got.windows(7).filter(|w| w == b"(qemu) ").count() < want {
-            let n = c.read(&mut buf).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
-    };
+    let mut cmd = hmp();
     let net = cmd(&mut c, "info network");
     assert!(
         net.contains(

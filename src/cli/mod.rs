@@ -23,7 +23,7 @@ mod help;
 mod host;
 pub mod hotplug;
 mod machine;
-mod netdev;
+pub mod netdev;
 mod options;
 mod state;
 mod table;

@@ -36,14 +36,14 @@ pub struct VirtioDevices {
     pub nics: Vec<VirtioNic>,
 }
 
-/// A NIC's description before its host exists: (name, mac, netdev, backend, link).
-type NicParts = (
-    String,
-    [u8; 6],
-    String,
-    String,
-    Arc<std::sync::atomic::AtomicBool>,
-);
+/// What is known of a NIC before its host runs.
+struct VirtioNicParts {
+    name: String,
+    mac: [u8; 6],
+    netdev: String,
+    backend: String,
+    slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
+}
 
 /// A virtio-net NIC and its backend (for `info network` and `set_link`).
 #[derive(Clone)]
@@ -55,6 +55,9 @@ pub struct VirtioNic {
     /// `type=...,...` as `info network` shows the backend.
     pub backend: String,
     pub link: Arc<std::sync::atomic::AtomicBool>,
+    /// User-mode backends: run-time hostfwd changes, and the first DHCP address (where a
+    /// rule with no guest address points).
+    pub slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
     pub host: Arc<VirtioPciHost>,
 }
 
@@ -99,7 +102,8 @@ pub fn build(
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;
-    let mut nic_info: Option<NicParts> = None;
+    let mut nic_info: Option<(VirtioNicParts, Arc<std::sync::atomic::AtomicBool>)> = None;
+    let mut slirp_ctl = None;
     for (index, d) in cfg.devices.iter().enumerate() {
         let Some(slot) = d.addr else { continue };
         let (name, model, vectors, worker): (
@@ -235,6 +239,7 @@ pub fn build(
                         };
                         let port = actors::net::slirp::start(id, opts)
                             .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                        slirp_ctl = Some((port.control.clone(), u.dhcpstart));
                         actors::virtio::net::Backend::User(port)
                     }
                     _ => return Err(anyhow!("-netdev {id}: only tap and user are available yet")),
@@ -266,7 +271,16 @@ pub fn build(
                 let client =
                     d.id.clone()
                         .unwrap_or_else(|| format!("virtio-net-pci.{nnet}"));
-                nic_info = Some((client, *mac, id.clone(), desc, worker.link.clone()));
+                nic_info = Some((
+                    VirtioNicParts {
+                        name: client,
+                        mac: *mac,
+                        netdev: id.clone(),
+                        backend: desc,
+                        slirp: slirp_ctl.take(),
+                    },
+                    worker.link.clone(),
+                ));
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
                 (
@@ -319,13 +333,14 @@ pub fn build(
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
             actors::virtio::console::feed_input(rt, rx, input, host.waker());
         }
-        if let Some((name, mac, netdev, backend, link)) = nic_info.take() {
+        if let Some((p, link)) = nic_info.take() {
             out.nics.push(VirtioNic {
-                name,
-                mac,
-                netdev,
-                backend,
+                name: p.name,
+                mac: p.mac,
+                netdev: p.netdev,
+                backend: p.backend,
                 link,
+                slirp: p.slirp,
                 host: host.clone(),
             });
         }

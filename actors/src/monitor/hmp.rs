@@ -402,8 +402,14 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             },
             _ => "Error: Invalid parameter 'up'\n".into(),
         },
-        "netdev_add" | "netdev_del" | "hostfwd_add" | "hostfwd_remove" => {
-            "Error: this network command is not available yet in troupe\n".into()
+        "hostfwd_add" | "hostfwd_remove" => {
+            match ctx.info.hostfwd(&rest, canonical == "hostfwd_add") {
+                Ok(t) => t,
+                Err(e) => format!("{e}\n"),
+            }
+        }
+        "netdev_add" | "netdev_del" => {
+            "Error: network backend hotplug is not available yet in troupe\n".into()
         }
         other => format!("unknown command: '{other}'\n"),
     };

@@ -50,6 +50,9 @@ pub trait MachineInfo: Send + Sync {
     fn network(&self) -> String;
     /// `set_link NAME on|off` (a NIC or its netdev): Err is the message to show.
     fn set_link(&self, name: &str, up: bool) -> Result<(), String>;
+    /// `hostfwd_add [netdev] RULE` / `hostfwd_remove [netdev] RULE`: Ok is the text to
+    /// show, Err the error message.
+    fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String>;
     /// `info roms` text.
     fn roms(&self) -> String;
     /// `info qtree` text.

@@ -52,8 +52,57 @@ pub struct SlirpStats {
     pub to_slirp_dropped: AtomicU64,
 }
 
+/// Run-time changes (the monitor's `hostfwd_add` / `hostfwd_remove`).
+enum Ctl {
+    AddFwd {
+        rule: (bool, Ipv4Addr, u16, Ipv4Addr, u16),
+        reply: Sender<bool>,
+    },
+    RemoveFwd {
+        rule: (bool, Ipv4Addr, u16),
+        reply: Sender<bool>,
+    },
+}
+
+/// Changes a running slirp instance (cheap to clone).
+#[derive(Clone)]
+pub struct SlirpControl {
+    tx: Sender<Ctl>,
+    wake: Arc<EventFd>,
+}
+
+impl SlirpControl {
+    fn ask(&self, make: impl FnOnce(Sender<bool>) -> Ctl) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(make(tx)).is_err() {
+            return false;
+        }
+        let _ = self.wake.write(1);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or(false)
+    }
+
+    /// Forward host (addr, port) to guest (addr, port); false if it cannot be bound.
+    pub fn add_hostfwd(&self, udp: bool, ha: Ipv4Addr, hp: u16, ga: Ipv4Addr, gp: u16) -> bool {
+        self.ask(|reply| Ctl::AddFwd {
+            rule: (udp, ha, hp, ga, gp),
+            reply,
+        })
+    }
+
+    /// Remove the forwarding of host (addr, port); false if there was none.
+    pub fn remove_hostfwd(&self, udp: bool, ha: Ipv4Addr, hp: u16) -> bool {
+        self.ask(|reply| Ctl::RemoveFwd {
+            rule: (udp, ha, hp),
+            reply,
+        })
+    }
+}
+
 /// The NIC's end of a slirp backend.
 pub struct SlirpPort {
+    /// Run-time changes to this backend.
+    pub control: SlirpControl,
     to_slirp: Sender<Vec<u8>>,
     slirp_wake: Arc<EventFd>,
     from_slirp: Receiver<Vec<u8>>,
@@ -246,6 +295,7 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
     let ready = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let stats = Arc::new(SlirpStats::default());
     let (up_tx, up_rx) = crossbeam_channel::bounded::<Result<(), SlirpError>>(1);
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
     let (wake, rdy, st) = (slirp_wake.clone(), ready.clone(), stats.clone());
     std::thread::Builder::new()
         .name(format!("troupe-slirp-{id}"))
@@ -327,6 +377,42 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
             loop {
                 // Frames from the guest.
                 let _ = wake.read();
+                while let Ok(c) = ctl_rx.try_recv() {
+                    match c {
+                        Ctl::AddFwd {
+                            rule: (udp, ha, hp, ga, gp),
+                            reply,
+                        } => {
+                            // SAFETY: slirp is live; plain values.
+                            let r = unsafe {
+                                sys::slirp_add_hostfwd(
+                                    slirp,
+                                    c_int::from(udp),
+                                    addr(ha),
+                                    c_int::from(hp),
+                                    addr(ga),
+                                    c_int::from(gp),
+                                )
+                            };
+                            let _ = reply.send(r >= 0);
+                        }
+                        Ctl::RemoveFwd {
+                            rule: (udp, ha, hp),
+                            reply,
+                        } => {
+                            // SAFETY: slirp is live; plain values.
+                            let r = unsafe {
+                                sys::slirp_remove_hostfwd(
+                                    slirp,
+                                    c_int::from(udp),
+                                    addr(ha),
+                                    c_int::from(hp),
+                                )
+                            };
+                            let _ = reply.send(r >= 0);
+                        }
+                    }
+                }
                 loop {
                     match to_slirp_rx.try_recv() {
                         // SAFETY: slirp is live; the frame buffer is valid for its length.
@@ -385,6 +471,10 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
         })?;
     match up_rx.recv() {
         Ok(Ok(())) => Ok(SlirpPort {
+            control: SlirpControl {
+                tx: ctl_tx,
+                wake: slirp_wake.clone(),
+            },
             to_slirp: to_slirp_tx,
             slirp_wake,
             from_slirp: to_guest_rx,

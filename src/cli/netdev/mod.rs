@@ -6,6 +6,7 @@
 
 mod legacy;
 mod user;
+pub use user::parse_hostfwd;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
