@@ -261,7 +261,12 @@ fn chardev_backend(cfg: &VmConfig, b: &CharBackend) -> Result<Option<Backend>> {
 fn check_supported(cfg: &VmConfig) -> Result<()> {
     use crate::config::DeviceKind;
     use crate::config::{NetdevKind, NicModel};
-    let served = |k: &NetdevKind| matches!(k, NetdevKind::Tap { .. } | NetdevKind::User(_));
+    let served = |k: &NetdevKind| {
+        matches!(
+            k,
+            NetdevKind::Tap { .. } | NetdevKind::User(_) | NetdevKind::Bridge { .. }
+        )
+    };
     let is_served = |id: &str| cfg.netdevs.iter().any(|n| n.id == id && served(&n.kind));
     for n in &cfg.netdevs {
         if n.id == "#net0" {
@@ -271,7 +276,7 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         }
         if !served(&n.kind) {
             return Err(anyhow!(
-                "-netdev {}: only tap and user networking are available yet (bridge, socket and hubport are not)",
+                "-netdev {}: only tap, bridge and user networking are available yet (socket and hubport are not)",
                 n.id
             ));
         }
@@ -292,7 +297,7 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             } if is_served(id) => {}
             DeviceKind::Nic { model, .. } => {
                 return Err(anyhow!(
-                "-device {model:?}: only virtio-net-pci on a tap or user netdev is available yet"
+                "-device {model:?}: only virtio-net-pci (on tap, bridge or user) is available yet"
             ))
             }
             other => return Err(anyhow!("-device {other:?}: not available yet")),

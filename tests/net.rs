@@ -1,7 +1,8 @@
 //! Networking through the doors a user uses, with the ring-3 virtio test guest's driver
 //! (DHCP, ARP, ping, a small TCP): `-netdev user` (slirp: DHCP lease, the gateway, a TCP
 //! server on the host's loopback, `hostfwd` into the guest, `restrict=on`), and
-//! `-netdev tap` inside a network namespace the test creates (traffic never leaves it);
+//! `-netdev tap` and `-netdev bridge` inside a network namespace the test creates (traffic
+//! never leaves it);
 //! bad network options refused at start.
 
 mod common;
@@ -20,7 +21,10 @@ struct NetNs(String);
 impl NetNs {
     fn new(tag: &str) -> Self {
         let name = format!("troupe-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         let st = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -118,11 +122,11 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
         (
             vec![
                 "-netdev",
-                "bridge,id=b0,br=br0",
+                "socket,id=s0,listen=127.0.0.1:1",
                 "-device",
-                "virtio-net-pci,netdev=b0",
+                "virtio-net-pci,netdev=s0",
             ],
-            "only tap and user networking are available yet",
+            "only tap, bridge and user networking are available yet",
         ),
         (
             vec![
@@ -131,7 +135,7 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
                 "-device",
                 "e1000,netdev=t0",
             ],
-            "only virtio-net-pci on a tap or user netdev",
+            "only virtio-net-pci (on tap, bridge or user) is available yet",
         ),
     ] {
         let mut all = vec!["-nodefaults", "-display", "none"];
@@ -357,4 +361,77 @@ fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
     cmd(&mut c, "set_link virtio-net-pci.0 on");
     vm.expect_stdout("vnet: reply after link up", T);
     assert_eq!(code(vm.wait(T)), PASS);
+}
+
+#[test]
+fn two_vms_on_one_bridge_reach_each_other_and_the_acl_is_honoured() {
+    let ns = NetNs::new("br");
+    ns.ip(&["link", "add", "tbr0", "type", "bridge"]);
+    ns.ip(&["link", "set", "tbr0", "up"]);
+    ns.ip(&["link", "add", "tbr1", "type", "bridge"]);
+    let dir = common::TempDir::new("bridge-acl");
+    let acl = dir.path("bridge.conf");
+    std::fs::write(&acl, "allow tbr0\n").unwrap();
+    let k = guest("virtio");
+    let vm = |ip: &str, peer: &str, br: &str, mac: &str| {
+        let append = format!("dev=net ip={ip} peer={peer} count=3 answer=3 wait=60");
+        let netdev = format!("bridge,id=n0,br={br}");
+        let device = format!("virtio-net-pci,netdev=n0,mac={mac}");
+        ns.troupe(&[
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+            k.to_str().unwrap(),
+            "-append",
+            &append,
+            "-netdev",
+            &netdev,
+            "-device",
+            &device,
+        ])
+        .env("TROUPE_BRIDGE_CONF", acl.to_str().unwrap())
+    };
+    let mut a = vm("10.9.1.2", "10.9.1.3", "tbr0", "52:54:00:00:00:0a").spawn();
+    let mut b = vm("10.9.1.3", "10.9.1.2", "tbr0", "52:54:00:00:00:0b").spawn();
+    a.expect_stdout("vnet: reply from 10.9.1.3 seq=3", T);
+    b.expect_stdout("vnet: reply from 10.9.1.2 seq=3", T);
+    assert_eq!(code(a.wait(T)), PASS, "{}", a.stderr.text());
+    assert_eq!(code(b.wait(T)), PASS, "{}", b.stderr.text());
+    // A bridge the ACL does not list is refused, naming the file.
+    let (st, out, err) = vm("10.9.1.4", "10.9.1.2", "tbr1", "52:54:00:00:00:0c").run(T);
+    assert!(!st.success() && !out.contains("vnet:"), "{out}");
+    assert!(
+        err.contains("access denied by acl file") && err.contains("tbr1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn boot_n_runs_the_nics_ipxe_rom_and_an_empty_romfile_disables_it() {
+    let firmware = |device: &str| {
+        Vm::troupe(&[
+            "-nographic",
+            "-m",
+            "256",
+            "-boot",
+            "n",
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            device,
+        ])
+        .spawn()
+    };
+    // Debian's ipxe-qemu efi-virtio.rom, as QEMU loads it: its banner on the serial console.
+    let vm = firmware("virtio-net-pci,netdev=n0");
+    vm.expect_stdout("iPXE initialising devices", Duration::from_secs(150));
+    drop(vm);
+    let vm = firmware("virtio-net-pci,netdev=n0,romfile=");
+    let out = vm.expect_stdout("No bootable device", Duration::from_secs(150));
+    assert!(!out.contains("iPXE"), "{out}");
 }

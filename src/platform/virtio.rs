@@ -104,6 +104,7 @@ pub fn build(
     let mut console_input = None;
     let mut nic_info: Option<(VirtioNicParts, Arc<std::sync::atomic::AtomicBool>)> = None;
     let mut slirp_ctl = None;
+    let mut nic_rom: Option<Vec<u8>> = None;
     for (index, d) in cfg.devices.iter().enumerate() {
         let Some(slot) = d.addr else { continue };
         let (name, model, vectors, worker): (
@@ -187,6 +188,7 @@ pub fn build(
                 model: crate::config::NicModel::VirtioNet,
                 netdev: Some(id),
                 mac,
+                romfile,
                 ..
             } => {
                 let nd = cfg
@@ -242,7 +244,16 @@ pub fn build(
                         slirp_ctl = Some((port.control.clone(), u.dhcpstart));
                         actors::virtio::net::Backend::User(port)
                     }
-                    _ => return Err(anyhow!("-netdev {id}: only tap and user are available yet")),
+                    crate::config::NetdevKind::Bridge { br, .. } => {
+                        let tap = actors::net::bridge::open(br)
+                            .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                        actors::virtio::net::Backend::Tap(tap)
+                    }
+                    _ => {
+                        return Err(anyhow!(
+                            "-netdev {id}: only tap, bridge and user are available yet"
+                        ))
+                    }
                 };
                 let desc = match &nd.kind {
                     crate::config::NetdevKind::Tap {
@@ -260,6 +271,9 @@ pub fn build(
                             .as_ref()
                             .map_or("no".into(), |p| p.display().to_string()),
                     ),
+                    crate::config::NetdevKind::Bridge { br, .. } => {
+                        format!("type=tap,helper=bridge,br={br}")
+                    }
                     crate::config::NetdevKind::User(u) => format!(
                         "type=user,net={},restrict={}",
                         u.net.0,
@@ -267,6 +281,7 @@ pub fn build(
                     ),
                     _ => String::new(),
                 };
+                nic_rom = load_rom(romfile.as_deref())?;
                 let worker = actors::virtio::net::NetWorker::new(backend);
                 let client =
                     d.id.clone()
@@ -311,6 +326,16 @@ pub fn build(
             model.set_id(id);
         }
         let legacy = model.legacy_bar_size() > 0;
+        let rom = nic_rom.take().map(|mut r| {
+            let c = devices::pci::PciFunction::config(&model);
+            patch_rom_ids(&mut r, c.vendor(), c.device());
+            let size = (r.len() as u64).next_power_of_two().max(0x1000);
+            model.add_rom(size);
+            let mut buf = actors::host::mem::HostBuffer::new(size as usize);
+            buf.as_mut_slice().fill(0xff);
+            buf.as_mut_slice()[..r.len()].copy_from_slice(&r);
+            Arc::new(buf)
+        });
         let host = VirtioPciHost::start(&name, model, kvm.vm.clone(), mem.clone(), worker)
             .with_context(|| format!("{name}: starting its worker"))?;
         pci.add_function(slot, host.function());
@@ -330,6 +355,9 @@ pub fn build(
             &format!("{name}-modern"),
             BarTarget::Mmio(modern),
         );
+        if let Some(buf) = rom {
+            pci.bind_bar(slot, 6, &format!("{name}.rom"), BarTarget::Rom(buf));
+        }
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
             actors::virtio::console::feed_input(rt, rx, input, host.waker());
         }
@@ -357,4 +385,60 @@ struct Discard;
 
 impl devices::ByteSink for Discard {
     fn write_bytes(&mut self, _data: &[u8]) {}
+}
+
+/// Where QEMU's NIC boot ROMs live on Debian (package ipxe-qemu), and QEMU's data dir.
+const ROM_DIRS: [&str; 2] = ["/usr/lib/ipxe/qemu", "/usr/share/qemu"];
+const VIRTIO_NET_ROM: &str = "efi-virtio.rom";
+
+/// A NIC's boot ROM: QEMU's default (`romfile` not given; skipped with a warning when it
+/// is not installed), none (`romfile=`), or the named file (a bare name is looked up where
+/// QEMU looks).
+fn load_rom(romfile: Option<&str>) -> Result<Option<Vec<u8>>> {
+    let (name, explicit) = match romfile {
+        Some("") => return Ok(None),
+        Some(n) => (n, true),
+        None => (VIRTIO_NET_ROM, false),
+    };
+    let candidates: Vec<std::path::PathBuf> = if name.contains('/') {
+        vec![name.into()]
+    } else {
+        ROM_DIRS
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .collect()
+    };
+    for c in &candidates {
+        if let Ok(b) = std::fs::read(c) {
+            return Ok(Some(b));
+        }
+    }
+    if explicit {
+        return Err(anyhow!("failed to find romfile \"{name}\""));
+    }
+    actors::report!(
+        "troupe: warning: NIC boot ROM {name} not found (install ipxe-qemu); no network boot"
+    );
+    Ok(None)
+}
+
+/// Make a boot ROM's PCI data structure name this device (as QEMU does): firmware runs a
+/// ROM only when its ids match, and one iPXE image serves several device ids. The header's
+/// checksum byte (offset 6) absorbs the change.
+fn patch_rom_ids(rom: &mut [u8], vendor: u16, device: u16) {
+    if rom.len() < 0x1a || rom[0] != 0x55 || rom[1] != 0xaa {
+        return;
+    }
+    let p = usize::from(u16::from_le_bytes([rom[0x18], rom[0x19]]));
+    if p + 8 > rom.len() || &rom[p..p + 4] != b"PCIR" {
+        return;
+    }
+    let mut delta: u8 = 0;
+    for (at, v) in [(p + 4, vendor), (p + 6, device)] {
+        for (i, b) in v.to_le_bytes().into_iter().enumerate() {
+            delta = delta.wrapping_add(b).wrapping_sub(rom[at + i]);
+            rom[at + i] = b;
+        }
+    }
+    rom[6] = rom[6].wrapping_sub(delta);
 }

@@ -1,5 +1,6 @@
-//! NIC backends: where a NIC's frames go on the host. Only tap so far; bridge and
-//! user-mode (slirp) come later.
+//! NIC backends: where a NIC's frames go on the host — a tap ([`tap`]), a tap added to a
+//! host bridge ([`bridge`]), or user-mode networking on libslirp ([`slirp`]).
 
+pub mod bridge;
 pub mod slirp;
 pub mod tap;

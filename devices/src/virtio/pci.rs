@@ -234,6 +234,12 @@ impl VirtioPci {
         }
     }
 
+    /// Give the function an expansion ROM BAR of `size` bytes (a NIC's boot ROM).
+    pub fn add_rom(&mut self, size: u64) {
+        self.space.add_rom(size);
+        self.initial.add_rom(size);
+    }
+
     pub fn set_id(&mut self, id: &str) {
         self.id = id.to_string();
     }
