@@ -322,7 +322,9 @@ impl MachineInfo for PcInfo {
                 n.name, m[0], m[1], m[2], m[3], m[4], m[5]
             ));
             out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
-            if !n.link.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(e) = &*n.error.lock().unwrap_or_else(|p| p.into_inner()) {
+                out.push_str(&format!("    error: {e}\n"));
+            } else if !n.link.load(std::sync::atomic::Ordering::Relaxed) {
                 out.push_str("    link down\n");
             }
         }

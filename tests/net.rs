@@ -435,3 +435,41 @@ fn boot_n_runs_the_nics_ipxe_rom_and_an_empty_romfile_disables_it() {
     let out = vm.expect_stdout("No bootable device", Duration::from_secs(150));
     assert!(!out.contains("iPXE"), "{out}");
 }
+
+#[test]
+fn a_tap_deleted_under_a_running_vm_takes_the_link_down_and_the_vm_runs_on() {
+    let ns = NetNs::new("tapdel");
+    let k = guest("virtio");
+    let mut vm = ns
+        .troupe(&[
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+            k.to_str().unwrap(),
+            "-append",
+            "dev=net ip=10.9.2.2 peer=10.9.2.1 count=1 linkwatch wait=20",
+            "-netdev",
+            "tap,id=n0,ifname=tdel0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
+        .spawn();
+    vm.expect_stdout("vnet: mac", T);
+    ns.ip(&["addr", "replace", "10.9.2.1/24", "dev", "tdel0"]);
+    ns.ip(&["link", "set", "tdel0", "up"]);
+    vm.expect_stdout("vnet: watching the link", T);
+    ns.ip(&["link", "del", "tdel0"]);
+    vm.expect_stdout("vnet: link down", T);
+    vm.expect_stdout("vnet: no reply while link down", T);
+    // The guest gives up waiting for the link on its own: the VM ran on until it chose to
+    // exit (status 3 = guest exit code 1).
+    assert_eq!(code(vm.wait(T)), 3);
+    let err = vm.stderr.text();
+    assert!(err.contains("tap tdel0:") && err.contains("link down"), "{err}");
+    assert_eq!(err.matches("link down").count(), 1, "reported once: {err}");
+}

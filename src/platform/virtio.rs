@@ -55,6 +55,8 @@ pub struct VirtioNic {
     /// `type=...,...` as `info network` shows the backend.
     pub backend: String,
     pub link: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the backend stopped (a deleted tap), if it did.
+    pub error: Arc<std::sync::Mutex<Option<String>>>,
     /// User-mode backends: run-time hostfwd changes, and the first DHCP address (where a
     /// rule with no guest address points).
     pub slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
@@ -102,7 +104,11 @@ pub fn build(
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;
-    let mut nic_info: Option<(VirtioNicParts, Arc<std::sync::atomic::AtomicBool>)> = None;
+    type NicFlags = (
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<std::sync::Mutex<Option<String>>>,
+    );
+    let mut nic_info: Option<(VirtioNicParts, NicFlags)> = None;
     let mut slirp_ctl = None;
     let mut nic_rom: Option<Vec<u8>> = None;
     for (index, d) in cfg.devices.iter().enumerate() {
@@ -294,7 +300,7 @@ pub fn build(
                         backend: desc,
                         slirp: slirp_ctl.take(),
                     },
-                    worker.link.clone(),
+                    (worker.link.clone(), worker.error.clone()),
                 ));
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
@@ -361,13 +367,14 @@ pub fn build(
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
             actors::virtio::console::feed_input(rt, rx, input, host.waker());
         }
-        if let Some((p, link)) = nic_info.take() {
+        if let Some((p, (link, error))) = nic_info.take() {
             out.nics.push(VirtioNic {
                 name: p.name,
                 mac: p.mac,
                 netdev: p.netdev,
                 backend: p.backend,
                 link,
+                error,
                 slirp: p.slirp,
                 host: host.clone(),
             });

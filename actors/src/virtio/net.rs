@@ -20,6 +20,8 @@ use crate::net::tap::Tap;
 pub enum Backend {
     Tap(Tap),
     User(SlirpPort),
+    /// The backend failed (its tap was deleted): frames are dropped, the link is down.
+    Gone,
 }
 
 const RX: usize = 0;
@@ -40,6 +42,8 @@ pub struct NetWorker {
     backend: Backend,
     /// Link up (`set_link`): while down, frames are dropped both ways.
     pub link: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the backend stopped working, for `info network`.
+    pub error: Arc<std::sync::Mutex<Option<String>>>,
     buf: Vec<u8>,
     pub stats: Arc<NetStats>,
 }
@@ -49,6 +53,7 @@ impl NetWorker {
         Self {
             backend,
             link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            error: Arc::default(),
             buf: vec![0u8; MAX_FRAME],
             stats: Arc::default(),
         }
@@ -68,10 +73,18 @@ impl NetWorker {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::warn!("tap {}: {e}", tap.name);
+                        // The interface is gone: report once, take the link down, and
+                        // close the descriptor (which also leaves the worker's epoll).
+                        let why = format!("tap {}: {e}; link down", tap.name);
+                        crate::report!("troupe: {why}");
+                        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        self.backend = Backend::Gone;
+                        self.link.store(false, Ordering::Relaxed);
+                        ctx.set_link(false);
                         break;
                     }
                 },
+                Backend::Gone => break,
                 Backend::User(port) => {
                     let Some(f) = port.recv() else { break };
                     let n = f.len().min(self.buf.len() - hdr);
@@ -127,6 +140,7 @@ impl NetWorker {
                         port.send(&self.buf[..got]);
                         true
                     }
+                    Backend::Gone => false,
                 };
                 let counter = if sent {
                     &self.stats.tx_frames
@@ -161,9 +175,10 @@ impl QueueWorker for NetWorker {
     }
 
     fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(match &self.backend {
-            Backend::Tap(tap) => tap.file.as_raw_fd(),
-            Backend::User(port) => port.ready.as_raw_fd(),
-        })
+        match &self.backend {
+            Backend::Tap(tap) => Some(tap.file.as_raw_fd()),
+            Backend::User(port) => Some(port.ready.as_raw_fd()),
+            Backend::Gone => None,
+        }
     }
 }

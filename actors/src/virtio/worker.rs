@@ -120,6 +120,15 @@ impl Ctx {
         }
     }
 
+    /// Change the device's link status (a NIC whose backend went away) and tell the
+    /// driver through a configuration-change interrupt.
+    pub fn set_link(&mut self, up: bool) {
+        let mut m = lock(&self.model);
+        if m.device_mut().set_link(up) {
+            m.signal_config();
+        }
+    }
+
     /// The driver broke the ring: stop serving it, set NEEDS_RESET, log once.
     pub fn fail(&mut self, why: &str) {
         if self.failed {
