@@ -470,6 +470,9 @@ fn a_tap_deleted_under_a_running_vm_takes_the_link_down_and_the_vm_runs_on() {
     // exit (status 3 = guest exit code 1).
     assert_eq!(code(vm.wait(T)), 3);
     let err = vm.stderr.text();
-    assert!(err.contains("tap tdel0:") && err.contains("link down"), "{err}");
+    assert!(
+        err.contains("tap tdel0:") && err.contains("link down"),
+        "{err}"
+    );
     assert_eq!(err.matches("link down").count(), 1, "reported once: {err}");
 }

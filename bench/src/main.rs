@@ -97,10 +97,11 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned();
     type Group = fn(&Env) -> Result<Vec<Row>>;
-    let groups: [(&str, Group); 7] = [
+    let groups: [(&str, Group); 8] = [
         ("boot", rows::boot),
         ("pio", rows::pio),
         ("storage", rows::storage),
+        ("network", rows::network),
         ("memory", rows::memory),
         ("monitor", rows::monitor),
         ("vnc", vnc::rows),
@@ -109,7 +110,7 @@ fn main() -> Result<()> {
     if let Some(o) = &only {
         anyhow::ensure!(
             groups.iter().any(|g| g.0 == o),
-            "--only {o}: groups are boot, pio, storage, memory, monitor, vnc, firmware"
+            "--only {o}: groups are boot, pio, storage, network, memory, monitor, vnc, firmware"
         );
         anyhow::ensure!(
             !args.iter().any(|a| a == "--write"),

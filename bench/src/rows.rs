@@ -415,3 +415,51 @@ pub fn storage(env: &Env) -> Result<Vec<Row>> {
         })
         .collect())
 }
+
+/// Guest → gateway ping round trip over user-mode networking (virtio-net, the virtio
+/// guest's driver, median of 50), troupe and QEMU `-M pc` with the same options.
+pub fn network(env: &Env) -> Result<Vec<Row>> {
+    let k = env.guest("virtio.elf");
+    let append = "dev=net dhcp count=50 wait=60";
+    let net = [
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        "virtio-net-pci,netdev=n0,romfile=",
+    ];
+    let measure = |vmm: &Vmm, mut args: Vec<&str>| -> Result<f64> {
+        args.extend_from_slice(&net);
+        let mut all = Vec::new();
+        for _ in 0..env.runs.min(3) {
+            let t = timed_run(vmm.command(&args), &[], TIMEOUT)?;
+            let mut rtts: Vec<f64> = t
+                .output
+                .lines()
+                .filter_map(|l| l.split("rtt_ns=").nth(1))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .collect();
+            anyhow::ensure!(
+                rtts.len() >= 40,
+                "{}: too few replies: {}",
+                vmm.name,
+                t.output
+            );
+            // The first few include ARP and slirp's warm-up.
+            rtts.drain(..5);
+            rtts.sort_by(f64::total_cmp);
+            all.push(rtts[rtts.len() / 2]);
+        }
+        all.sort_by(f64::total_cmp);
+        Ok(all[all.len() / 2])
+    };
+    let t = measure(&Vmm::troupe(&env.troupe), troupe_args(&k, append, "128"))?;
+    let q = measure(&Vmm::qemu("pc"), qemu_args(&k, append, "128"))?;
+    Ok(vec![Row {
+        what: "virtio-net ping round trip to the user-mode gateway (slirp)".into(),
+        troupe: t / 1e3,
+        qemu: q / 1e3,
+        qemu_name: "`-M pc`".into(),
+        unit: "µs",
+        target: Target::AtMostRatio(1.0),
+    }])
+}

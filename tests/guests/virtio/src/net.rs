@@ -4,7 +4,7 @@
 //! 1. takes its address from `ip=` (default 10.9.0.2), or with `dhcp` from a DHCP server
 //!    (`vnet: dhcp lease A router R`);
 //! 2. resolves `peer=` (default 10.9.0.1; the router with `dhcp`) by ARP and sends it
-//!    `count=N` (default 3) echo requests (`vnet: reply from P seq=N`);
+//!    `count=N` (default 3) echo requests (`vnet: reply from P seq=N rtt_ns=T`);
 //! 3. with `tcp=IP:PORT`, connects (through the peer), sends `hello from guest\n` and
 //!    prints what comes back until the server closes (`vnet: tcp got 'TEXT'`), or
 //!    `vnet: tcp connect failed`;
@@ -562,7 +562,9 @@ pub fn run(boot: &BootInfo) -> u32 {
     let count = boot.arg_u64("count").unwrap_or(3) as u16;
     for seq in 1..=count {
         let mut ok = false;
+        let mut t0 = 0;
         for _ in 0..10 {
+            t0 = now_ns();
             nic.icmp(peer_mac, peer, 8, 0x7472, seq, b"troupe ping");
             if let Some(p) = nic.poll(300) {
                 if p.proto == 1
@@ -580,8 +582,12 @@ pub fn run(boot: &BootInfo) -> u32 {
             return 1;
         }
         println!(
-            "vnet: reply from {}.{}.{}.{} seq={seq}",
-            peer[0], peer[1], peer[2], peer[3]
+            "vnet: reply from {}.{}.{}.{} seq={seq} rtt_ns={}",
+            peer[0],
+            peer[1],
+            peer[2],
+            peer[3],
+            now_ns() - t0
         );
     }
     if let Some(to) = boot.arg("tcp") {
