@@ -76,28 +76,19 @@ impl Drop for NetNs {
 #[test]
 fn a_tap_in_a_namespace_carries_ping_both_ways() {
     let ns = NetNs::new("tap");
-    let k = guest("virtio");
     for iface in ["", "legacy"] {
         let append = format!("dev=net {iface} ip=10.9.0.2 peer=10.9.0.1 count=3 answer=3 wait=60");
-        let mut vm = ns
-            .troupe(&[
-                "-nodefaults",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-device",
-                "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                "-kernel",
-                k.to_str().unwrap(),
-                "-append",
-                &append,
+        let mut vm = net_guest(
+            Some(&ns),
+            &append,
+            &[
                 "-netdev",
                 "tap,id=n0,ifname=ttap0,script=no,downscript=no",
                 "-device",
                 "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
-            ])
-            .spawn();
+            ],
+        )
+        .spawn();
         vm.expect_stdout("vnet: mac 52:54:00:12:34:56 link up", T);
         ns.ip(&["addr", "replace", "10.9.0.1/24", "dev", "ttap0"]);
         ns.ip(&["link", "set", "ttap0", "up"]);
@@ -155,8 +146,17 @@ fn free_port() -> u16 {
 }
 
 fn user_guest(append: &str, netdev: &str) -> Vm {
+    net_guest(
+        None,
+        append,
+        &["-netdev", netdev, "-device", "virtio-net-pci,netdev=u0"],
+    )
+}
+
+/// The virtio test guest with `append` and `extra` options (inside `ns` when given).
+fn net_guest(ns: Option<&NetNs>, append: &str, extra: &[&str]) -> Vm {
     let k = guest("virtio");
-    Vm::troupe(&[
+    let mut args = vec![
         "-nodefaults",
         "-display",
         "none",
@@ -168,11 +168,12 @@ fn user_guest(append: &str, netdev: &str) -> Vm {
         k.to_str().unwrap(),
         "-append",
         append,
-        "-netdev",
-        netdev,
-        "-device",
-        "virtio-net-pci,netdev=u0",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    match ns {
+        Some(ns) => ns.troupe(&args),
+        None => Vm::troupe(&args),
+    }
 }
 
 #[test]
@@ -258,27 +259,19 @@ fn hmp() -> impl FnMut(&mut std::net::TcpStream, &str) -> String {
 fn hostfwd_add_and_remove_at_run_time() {
     use std::io::{Read, Write};
     let (port, hport) = (free_port(), free_port());
-    let k = guest("virtio");
     let mon = format!("tcp:127.0.0.1:{port},server,nowait");
-    let mut vm = Vm::troupe(&[
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        &mon,
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-kernel",
-        k.to_str().unwrap(),
-        "-append",
+    let mut vm = net_guest(
+        None,
         "dev=net dhcp count=1 listen=7 wait=60",
-        "-netdev",
-        "user,id=u0",
-        "-device",
-        "virtio-net-pci,netdev=u0",
-    ])
+        &[
+            "-monitor",
+            &mon,
+            "-netdev",
+            "user,id=u0",
+            "-device",
+            "virtio-net-pci,netdev=u0",
+        ],
+    )
     .spawn();
     vm.expect_stdout("vnet: listening on 7", T);
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -315,27 +308,19 @@ fn hostfwd_add_and_remove_at_run_time() {
 #[test]
 fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
     let port = free_port();
-    let k = guest("virtio");
     let mon = format!("tcp:127.0.0.1:{port},server,nowait");
-    let mut vm = Vm::troupe(&[
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        &mon,
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-kernel",
-        k.to_str().unwrap(),
-        "-append",
+    let mut vm = net_guest(
+        None,
         "dev=net dhcp count=1 linkwatch wait=60",
-        "-netdev",
-        "user,id=u0",
-        "-device",
-        "virtio-net-pci,netdev=u0,mac=52:54:00:12:34:77",
-    ])
+        &[
+            "-monitor",
+            &mon,
+            "-netdev",
+            "user,id=u0",
+            "-device",
+            "virtio-net-pci,netdev=u0,mac=52:54:00:12:34:77",
+        ],
+    )
     .spawn();
     vm.expect_stdout("vnet: watching the link", T);
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -372,28 +357,15 @@ fn two_vms_on_one_bridge_reach_each_other_and_the_acl_is_honoured() {
     let dir = common::TempDir::new("bridge-acl");
     let acl = dir.path("bridge.conf");
     std::fs::write(&acl, "allow tbr0\n").unwrap();
-    let k = guest("virtio");
     let vm = |ip: &str, peer: &str, br: &str, mac: &str| {
         let append = format!("dev=net ip={ip} peer={peer} count=3 answer=3 wait=60");
         let netdev = format!("bridge,id=n0,br={br}");
         let device = format!("virtio-net-pci,netdev=n0,mac={mac}");
-        ns.troupe(&[
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-kernel",
-            k.to_str().unwrap(),
-            "-append",
+        net_guest(
+            Some(&ns),
             &append,
-            "-netdev",
-            &netdev,
-            "-device",
-            &device,
-        ])
+            &["-netdev", &netdev, "-device", &device],
+        )
         .env("TROUPE_BRIDGE_CONF", acl.to_str().unwrap())
     };
     let mut a = vm("10.9.1.2", "10.9.1.3", "tbr0", "52:54:00:00:00:0a").spawn();
@@ -439,26 +411,17 @@ fn boot_n_runs_the_nics_ipxe_rom_and_an_empty_romfile_disables_it() {
 #[test]
 fn a_tap_deleted_under_a_running_vm_takes_the_link_down_and_the_vm_runs_on() {
     let ns = NetNs::new("tapdel");
-    let k = guest("virtio");
-    let mut vm = ns
-        .troupe(&[
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-kernel",
-            k.to_str().unwrap(),
-            "-append",
-            "dev=net ip=10.9.2.2 peer=10.9.2.1 count=1 linkwatch wait=20",
+    let mut vm = net_guest(
+        Some(&ns),
+        "dev=net ip=10.9.2.2 peer=10.9.2.1 count=1 linkwatch wait=20",
+        &[
             "-netdev",
             "tap,id=n0,ifname=tdel0,script=no,downscript=no",
             "-device",
             "virtio-net-pci,netdev=n0",
-        ])
-        .spawn();
+        ],
+    )
+    .spawn();
     vm.expect_stdout("vnet: mac", T);
     ns.ip(&["addr", "replace", "10.9.2.1/24", "dev", "tdel0"]);
     ns.ip(&["link", "set", "tdel0", "up"]);

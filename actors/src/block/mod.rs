@@ -388,6 +388,21 @@ impl Rules {
     }
 }
 
+/// Run `io(image offset, buffer)` over each guest buffer in turn.
+fn each_buf(
+    offset: u64,
+    bufs: &[HostBuf],
+    mut io: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut at = offset;
+    for b in bufs {
+        // SAFETY: guest RAM named by the front end (see `host_slice`).
+        io(at, unsafe { host_slice(b) })?;
+        at += b.len as u64;
+    }
+    Ok(())
+}
+
 /// A guest buffer as a byte slice.
 ///
 /// # Safety
@@ -470,23 +485,13 @@ fn serve_image(img: &dyn Image, rules: &Rules, op: &BlockOp) -> Result<Vec<u8>, 
             Ok(Vec::new())
         }
         BlockOp::ReadV { offset, bufs } => {
-            let mut at = *offset;
-            for b in bufs {
-                // SAFETY: guest RAM named by the front end (see `host_slice`).
-                img.read(at, unsafe { host_slice(b) })
-                    .map_err(|e| io_err(path, "read", e))?;
-                at += b.len as u64;
-            }
+            each_buf(*offset, bufs, |at, b| img.read(at, b))
+                .map_err(|e| io_err(path, "read", e))?;
             Ok(Vec::new())
         }
         BlockOp::WriteV { offset, bufs } => {
-            let mut at = *offset;
-            for b in bufs {
-                // SAFETY: as above.
-                img.write(at, unsafe { host_slice(b) })
-                    .map_err(|e| io_err(path, "write", e))?;
-                at += b.len as u64;
-            }
+            each_buf(*offset, bufs, |at, b| img.write(at, b))
+                .map_err(|e| io_err(path, "write", e))?;
             if rules.opts.write_through {
                 img.flush().map_err(|e| io_err(path, "flush", e))?;
             }
@@ -515,21 +520,11 @@ fn serve_sync(f: &File, op: &BlockOp) -> Result<Vec<u8>, BlockError> {
             Ok(Vec::new())
         }
         BlockOp::ReadV { offset, bufs } => {
-            let mut at = *offset;
-            for b in bufs {
-                // SAFETY: guest RAM named by the front end (see `host_slice`).
-                f.read_exact_at(unsafe { host_slice(b) }, at).map_err(io)?;
-                at += b.len as u64;
-            }
+            each_buf(*offset, bufs, |at, b| f.read_exact_at(b, at)).map_err(io)?;
             Ok(Vec::new())
         }
         BlockOp::WriteV { offset, bufs } => {
-            let mut at = *offset;
-            for b in bufs {
-                // SAFETY: as above.
-                f.write_all_at(unsafe { host_slice(b) }, at).map_err(io)?;
-                at += b.len as u64;
-            }
+            each_buf(*offset, bufs, |at, b| f.write_all_at(b, at)).map_err(io)?;
             Ok(Vec::new())
         }
     }

@@ -278,6 +278,28 @@ fn addr(a: Ipv4Addr) -> sys::in_addr {
     sys::in_addr::from(a)
 }
 
+/// Bind one forwarding rule; false if slirp could not (port in use, not permitted).
+///
+/// # Safety
+/// `slirp` must be a live instance used only from this thread.
+unsafe fn add_fwd(
+    slirp: *mut sys::Slirp,
+    (udp, ha, hp, ga, gp): (bool, Ipv4Addr, u16, Ipv4Addr, u16),
+) -> bool {
+    // SAFETY: per the function's contract; plain values.
+    let r = unsafe {
+        sys::slirp_add_hostfwd(
+            slirp,
+            c_int::from(udp),
+            addr(ha),
+            c_int::from(hp),
+            addr(ga),
+            c_int::from(gp),
+        )
+    };
+    r >= 0
+}
+
 fn cstr(s: &Option<String>) -> Option<CString> {
     s.as_ref().and_then(|s| CString::new(s.as_str()).ok())
 }
@@ -355,18 +377,8 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 return;
             }
             for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
-                // SAFETY: slirp is live; plain values.
-                let r = unsafe {
-                    sys::slirp_add_hostfwd(
-                        slirp,
-                        c_int::from(udp),
-                        addr(ha),
-                        c_int::from(hp),
-                        addr(ga),
-                        c_int::from(gp),
-                    )
-                };
-                if r < 0 {
+                // SAFETY: slirp is live and this is its thread.
+                if !unsafe { add_fwd(slirp, (udp, ha, hp, ga, gp)) } {
                     let rule = format!("{}:{ha}:{hp}-{ga}:{gp}", if udp { "udp" } else { "tcp" });
                     let _ = up_tx.send(Err(SlirpError::HostFwd(rule)));
                     return;
@@ -379,22 +391,9 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 let _ = wake.read();
                 while let Ok(c) = ctl_rx.try_recv() {
                     match c {
-                        Ctl::AddFwd {
-                            rule: (udp, ha, hp, ga, gp),
-                            reply,
-                        } => {
-                            // SAFETY: slirp is live; plain values.
-                            let r = unsafe {
-                                sys::slirp_add_hostfwd(
-                                    slirp,
-                                    c_int::from(udp),
-                                    addr(ha),
-                                    c_int::from(hp),
-                                    addr(ga),
-                                    c_int::from(gp),
-                                )
-                            };
-                            let _ = reply.send(r >= 0);
+                        Ctl::AddFwd { rule, reply } => {
+                            // SAFETY: slirp is live and this is its thread.
+                            let _ = reply.send(unsafe { add_fwd(slirp, rule) });
                         }
                         Ctl::RemoveFwd {
                             rule: (udp, ha, hp),
