@@ -10,17 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, guest, Running, TempDir, Vm};
+use common::{code, free_port, guest, Running, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The demo guest (prints a banner on each boot, then runs until told) with 2 vCPUs and
 /// `extra` options.

@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{code, guest, troupe_bin, Vm};
+use common::{code, free_port, guest, troupe_bin, Vm};
 
 const T: Duration = Duration::from_secs(90);
 const PASS: i32 = 1;
@@ -135,14 +135,6 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
         assert!(!st.success());
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn user_guest(append: &str, netdev: &str) -> Vm {

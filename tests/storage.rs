@@ -497,11 +497,7 @@ fn blockdev_and_device_virtio_blk_pci_show_in_info_block() {
         "driver=qcow2,node-name=d0,file.driver=file,file.filename={}",
         s(&q)
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mon = format!("tcp:127.0.0.1:{port},server,nowait");
     let vm = vguest(
         "op=write sectors=64 hold",

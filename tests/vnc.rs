@@ -23,8 +23,7 @@ use common::{guest, Running, TempDir, Vm};
 /// A display number whose port is free right now.
 fn free_display() -> u16 {
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
+        let p = common::free_port();
         if p > 5900 && p < 65000 {
             return p - 5900;
         }
@@ -74,10 +73,7 @@ struct VncVm {
 fn start(opts: &str, websocket: bool) -> VncVm {
     let d = free_display();
     let port = 5900 + d;
-    let ws_port = websocket.then(|| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    });
+    let ws_port = websocket.then(common::free_port);
     let mut vnc = format!("127.0.0.1:{d}{opts}");
     if let Some(w) = ws_port {
         vnc.push_str(&format!(",websocket={w}"));
@@ -1153,11 +1149,7 @@ fn pointer_positions_reach_a_guest_reading_the_virtio_tablet_exactly() {
 fn monitor_sets_and_expires_the_vnc_password() {
     require_vncdotool();
     let d = free_display();
-    let mon_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let mon_port = common::free_port();
     let vnc = format!("127.0.0.1:{d},password=on");
     let mon = format!("tcp:127.0.0.1:{mon_port},server,nowait");
     let k = guest("demo");

@@ -23,6 +23,25 @@ pub fn require_kvm() {
     );
 }
 
+/// A TCP port on 127.0.0.1 that is free now and that this test process has not handed
+/// out before: tests run in parallel, and the kernel may give a just-released port to the
+/// next bind, so two tests could otherwise pick one port and talk to each other's VM.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
+}
+
 /// The troupe binary under test.
 pub fn troupe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_troupe"))
