@@ -401,6 +401,16 @@ fn mode_switch_sends_desktop_size_at_once_and_clients_follow() {
 #[test]
 fn a_change_reaches_an_idle_client_within_30_ms() {
     let vm = start("", false);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        change_reaches_idle_client(&vm)
+    }));
+    if let Err(e) = r {
+        eprintln!("troupe stderr:\n{}", vm.vm.stderr.text());
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn change_reaches_idle_client(vm: &VncVm) {
     let mut c = vm.connect();
     c.init();
     c.encodings(&[0]);
