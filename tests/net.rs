@@ -148,20 +148,7 @@ fn user_guest(append: &str, netdev: &str) -> Vm {
 /// The virtio test guest with `append` and `extra` options (inside `ns` when given).
 fn net_guest(ns: Option<&NetNs>, append: &str, extra: &[&str]) -> Vm {
     let k = guest("virtio");
-    let mut args = vec![
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-kernel",
-        k.to_str().unwrap(),
-        "-append",
-        append,
-    ];
-    args.extend_from_slice(extra);
+    let args = common::guest_args(k.to_str().unwrap(), append, extra);
     match ns {
         Some(ns) => ns.troupe(&args),
         None => Vm::troupe(&args),

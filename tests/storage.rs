@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::{code, guest, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(120);
-const DEBUG_EXIT: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 /// What the guest's exit code 0 looks like through isa-debug-exit.
 const PASS: i32 = 1;
 
@@ -46,21 +45,7 @@ fn s(p: &Path) -> &str {
 /// The virtio guest with `append`, serial on stdout, and `extra` options (drives).
 fn vguest(append: &str, extra: &[&str]) -> Vm {
     let k = guest("virtio");
-    let mut args = vec![
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-device",
-        DEBUG_EXIT,
-        "-kernel",
-        s(&k),
-        "-append",
-        append,
-    ];
-    args.extend_from_slice(extra);
-    Vm::troupe(&args)
+    Vm::troupe(&common::guest_args(s(&k), append, extra))
 }
 
 fn run_guest(append: &str, extra: &[&str]) -> (i32, String, String) {

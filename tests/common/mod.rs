@@ -54,6 +54,26 @@ pub fn guest(name: &str) -> PathBuf {
     p
 }
 
+/// The command line of a test guest run to its own exit: no default devices, no display,
+/// serial on stdout, isa-debug-exit at 0xf4, then `extra`.
+pub fn guest_args<'a>(kernel: &'a str, append: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        kernel,
+        "-append",
+        append,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A scratch directory removed at drop.
 pub struct TempDir(pub PathBuf);
 
