@@ -247,7 +247,7 @@ fn input(boot: &BootInfo) -> u32 {
         core::str::from_utf8(&name[..n]).unwrap_or("?")
     );
     let buf = v.ring_end();
-    let slots = v.size.min(32);
+    let slots = v.size().min(32);
     for i in 0..slots {
         v.set_desc(i, buf + 8 * u64::from(i), 8, F_WRITE, 0);
         v.offer_quietly(i);
@@ -532,7 +532,7 @@ fn fault(b: &mut Blk, kind: &str, want: u64) -> u32 {
         }
         _ => {
             // A head index past the queue.
-            let size = b.v.size;
+            let size = b.v.size();
             b.v.set_desc(0, hdr, 16, F_NEXT, size + 5);
         }
     }
@@ -588,7 +588,7 @@ fn bench(b: &mut Blk, capacity: u64, boot: &BootInfo) -> u32 {
         (x % span) * 8
     };
     for qd in [1u16, 32] {
-        let slots = qd.min(b.v.size / 3);
+        let slots = qd.min(b.v.size() / 3);
         let hdr0 = b.hdr;
         let submit = |b: &mut Blk, k: u16, sector: u64| {
             let hdr = hdr0 + 32 * u64::from(k);

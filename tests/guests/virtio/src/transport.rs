@@ -60,9 +60,9 @@ enum Regs {
     },
 }
 
-/// One queue's ring state (the current queue's lives in [`Virtio`]'s fields).
+/// One queue's ring state.
 #[derive(Clone, Copy, Default)]
-struct RingState {
+struct Ring {
     size: u16,
     desc: u64,
     avail: u64,
@@ -74,16 +74,9 @@ struct RingState {
 
 pub struct Virtio {
     regs: Regs,
-    /// Saved state of the queues that are not selected.
-    saved: [RingState; 2],
+    rings: [Ring; 2],
+    /// The queue `set_desc`, `offer`, `kick` and `wait_used` work on.
     cur: usize,
-    pub size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-    notify_addr: u64,
 }
 
 fn cfg8(d: u8, f: u8, reg: u8) -> u8 {
@@ -136,15 +129,8 @@ impl Virtio {
         };
         Some(Virtio {
             regs,
-            saved: [RingState::default(); 2],
+            rings: [Ring::default(); 2],
             cur: 0,
-            size: 0,
-            desc: 0,
-            avail: 0,
-            used: 0,
-            avail_idx: 0,
-            used_seen: 0,
-            notify_addr: 0,
         })
     }
 
@@ -235,37 +221,28 @@ impl Virtio {
         for qi in 0..queues {
             self.cur = qi;
             self.setup_queue(qi as u16, RING_BASE + 0x1_0000 * qi as u64, max);
-            self.saved[qi] = self.state();
         }
         self.select(0);
         self.set_status(self.status() | 4);
         Ok(feats)
     }
 
-    fn state(&self) -> RingState {
-        RingState {
-            size: self.size,
-            desc: self.desc,
-            avail: self.avail,
-            used: self.used,
-            avail_idx: self.avail_idx,
-            used_seen: self.used_seen,
-            notify_addr: self.notify_addr,
-        }
-    }
-
     /// Make queue `qi` the one `set_desc`, `offer`, `kick` and `wait_used` work on.
     pub fn select(&mut self, qi: usize) {
-        self.saved[self.cur] = self.state();
-        let r = self.saved[qi];
         self.cur = qi;
-        self.size = r.size;
-        self.desc = r.desc;
-        self.avail = r.avail;
-        self.used = r.used;
-        self.avail_idx = r.avail_idx;
-        self.used_seen = r.used_seen;
-        self.notify_addr = r.notify_addr;
+    }
+
+    fn ring(&self) -> &Ring {
+        &self.rings[self.cur]
+    }
+
+    fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.rings[self.cur]
+    }
+
+    /// Entries in the selected queue.
+    pub fn size(&self) -> u16 {
+        self.ring().size
     }
 
     fn setup_queue(&mut self, qi: u16, base: u64, max: u16) {
@@ -277,49 +254,39 @@ impl Virtio {
                 ..
             } => {
                 w16(common + 0x16, qi);
-                let m = r16(common + 0x18);
-                let size = m.min(max);
+                let size = r16(common + 0x18).min(max);
                 w16(common + 0x18, size);
-                self.size = size;
-                self.layout(base);
-                w64_split(common + 0x20, self.desc);
-                w64_split(common + 0x28, self.avail);
-                w64_split(common + 0x30, self.used);
+                let r = layout(base, size);
+                w64_split(common + 0x20, r.desc);
+                w64_split(common + 0x28, r.avail);
+                w64_split(common + 0x30, r.used);
                 let off = r16(common + 0x1e);
-                self.notify_addr = notify + u64::from(off) * u64::from(notify_mult);
+                *self.ring_mut() = Ring {
+                    notify_addr: notify + u64::from(off) * u64::from(notify_mult),
+                    ..r
+                };
                 w16(common + 0x1c, 1);
             }
             Regs::Legacy { io } => {
                 outw(io + 0x0e, qi);
-                self.size = inw(io + 0x0c);
-                self.layout(base);
+                let r = layout(base, inw(io + 0x0c));
                 outl(io + 0x08, (base >> 12) as u32);
-                self.notify_addr = u64::from(qi);
+                *self.ring_mut() = Ring {
+                    notify_addr: u64::from(qi),
+                    ..r
+                };
             }
         }
     }
 
-    fn layout(&mut self, base: u64) {
-        let n = u64::from(self.size);
-        self.desc = base;
-        self.avail = base + 16 * n;
-        self.used = (self.avail + 6 + 2 * n + 4095) & !4095;
-        let mut a = base;
-        while a < self.used + 6 + 8 * n {
-            w64(a, 0);
-            a += 8;
-        }
-        self.avail_idx = 0;
-        self.used_seen = 0;
-    }
-
     /// Address just past the rings (free for buffers up to RING_BASE + 1 MiB).
     pub fn ring_end(&self) -> u64 {
-        (self.used + 6 + 8 * u64::from(self.size) + 4095) & !4095
+        let r = self.ring();
+        (r.used + 6 + 8 * u64::from(r.size) + 4095) & !4095
     }
 
     pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = self.desc + 16 * u64::from(i);
+        let d = self.ring().desc + 16 * u64::from(i);
         w64(d, addr);
         w32(d + 8, len);
         w16(d + 12, flags);
@@ -334,29 +301,30 @@ impl Virtio {
 
     /// Offer the chain starting at `head` without notifying (batch, then [`Self::kick`]).
     pub fn offer_quietly(&mut self, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
-        w16(slot, head);
+        let r = self.ring_mut();
+        w16(r.avail + 4 + 2 * u64::from(r.avail_idx % r.size), head);
         compiler_fence(Ordering::SeqCst);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        w16(self.avail + 2, self.avail_idx);
+        r.avail_idx = r.avail_idx.wrapping_add(1);
+        w16(r.avail + 2, r.avail_idx);
         compiler_fence(Ordering::SeqCst);
     }
 
     pub fn kick(&self) {
         match self.regs {
-            Regs::Modern { .. } => w16(self.notify_addr, self.cur as u16),
-            Regs::Legacy { io } => outw(io + 0x10, self.notify_addr as u16),
+            Regs::Modern { .. } => w16(self.ring().notify_addr, self.cur as u16),
+            Regs::Legacy { io } => outw(io + 0x10, self.ring().notify_addr as u16),
         }
     }
 
     /// Wait for the next used element: (head, len), or None after `ms` milliseconds.
     pub fn wait_used(&mut self, ms: u64) -> Option<(u16, u32)> {
         let d = Deadline::after_ms(ms);
+        let r = self.ring_mut();
         loop {
             compiler_fence(Ordering::SeqCst);
-            if read_u16(self.used + 2) != self.used_seen {
-                let e = self.used + 4 + 8 * u64::from(self.used_seen % self.size);
-                self.used_seen = self.used_seen.wrapping_add(1);
+            if read_u16(r.used + 2) != r.used_seen {
+                let e = r.used + 4 + 8 * u64::from(r.used_seen % r.size);
+                r.used_seen = r.used_seen.wrapping_add(1);
                 return Some((read_u32(e) as u16, read_u32(e + 4)));
             }
             if d.expired() {
@@ -364,5 +332,25 @@ impl Virtio {
             }
             core::hint::spin_loop();
         }
+    }
+}
+
+/// A zeroed split ring of `size` entries at `base`: descriptors, then the available ring,
+/// then the used ring on the next 4 KiB boundary (the legacy layout, used for both).
+fn layout(base: u64, size: u16) -> Ring {
+    let n = u64::from(size);
+    let avail = base + 16 * n;
+    let used = (avail + 6 + 2 * n + 4095) & !4095;
+    let mut a = base;
+    while a < used + 6 + 8 * n {
+        w64(a, 0);
+        a += 8;
+    }
+    Ring {
+        size,
+        desc: base,
+        avail,
+        used,
+        ..Ring::default()
     }
 }
