@@ -116,15 +116,30 @@ fn a_pattern_written_by_the_guest_is_what_qemu_img_compare_and_convert_see() {
     let mut full = want.clone();
     full.resize(16 << 20, 0);
     std::fs::write(&expect, &full).unwrap();
-    for fmt in ["raw", "qcow2"] {
-        let img = dir.path(&format!("w.{fmt}"));
-        qemu_img(&["create", "-q", "-f", fmt, s(&img), "16M"]);
+    // qcow2 in both versions: v3 (compat=1.1, qemu-img's default) and v2 (compat=0.10).
+    for (fmt, opts) in [
+        ("raw", ""),
+        ("qcow2", "compat=1.1"),
+        ("qcow2", "compat=0.10"),
+    ] {
+        let img = dir.path(&format!("w-{opts}.{fmt}"));
+        let mut create = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            create.extend(["-o", opts]);
+        }
+        create.extend([s(&img), "16M"]);
+        qemu_img(&create);
+        if fmt == "qcow2" {
+            let info = qemu_img(&["info", s(&img)]);
+            let compat = opts.trim_start_matches("compat=");
+            assert!(info.contains(&format!("compat: {compat}")), "{info}");
+        }
         let drive = format!(
             "file={},if=virtio,format={fmt},cache=none,aio=io_uring",
             s(&img)
         );
         let (c, out, err) = run_guest("op=write sectors=8192 seed=11", &["-drive", &drive]);
-        assert_eq!(c, PASS, "{fmt}: {out}\n{err}");
+        assert_eq!(c, PASS, "{fmt} {opts}: {out}\n{err}");
         assert!(out.contains("vblk: wrote 8192 sectors, flushed"), "{out}");
         if fmt == "qcow2" {
             assert_clean(&img);
@@ -133,6 +148,50 @@ fn a_pattern_written_by_the_guest_is_what_qemu_img_compare_and_convert_see() {
         assert!(cmp.contains("Images are identical"), "{fmt}: {cmp}");
         assert_eq!(disk_bytes(&dir, &img, want.len()), want, "{fmt}");
     }
+}
+
+#[test]
+fn multiqueue_and_event_idx_work_as_the_guest_negotiates_them() {
+    let dir = TempDir::new("vblk-mq");
+    let raw = dir.path("d.raw");
+    qemu_img(&["create", "-q", "-f", "raw", s(&raw), "16M"]);
+    let blockdev = format!(
+        "driver=raw,node-name=d0,file.driver=file,file.filename={}",
+        s(&raw)
+    );
+    let (c, out, err) = run_guest(
+        "op=mq sectors=1024 seed=5",
+        &[
+            "-blockdev",
+            &blockdev,
+            "-device",
+            "virtio-blk-pci,drive=d0,num-queues=2",
+        ],
+    );
+    assert_eq!(c, PASS, "mq: {out}\n{err}");
+    assert!(
+        out.contains("vblk: mq negotiated=true num_queues=2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("vblk: wrote on queue 1, read back on queue 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("vblk: wrote on queue 0, read back on queue 1"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&raw).unwrap()[..1024 * 512],
+        pattern(1024, 6)[..]
+    );
+    let drive = format!("file={},if=virtio,format=raw", s(&raw));
+    let (c, out, err) = run_guest("op=evidx", &["-drive", &drive]);
+    assert_eq!(c, PASS, "evidx: {out}\n{err}");
+    assert!(
+        out.contains("vblk: evidx suppressed=true raised=true avail_event=3 avail=3"),
+        "{out}"
+    );
 }
 
 #[test]

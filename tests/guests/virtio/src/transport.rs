@@ -316,6 +316,32 @@ impl Virtio {
         }
     }
 
+    /// EVENT_IDX: ask for an interrupt only once the used index passes `idx` (the
+    /// `used_event` word after the available ring).
+    pub fn set_used_event(&self, idx: u16) {
+        let r = self.ring();
+        w16(r.avail + 4 + 2 * u64::from(r.size), idx);
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// EVENT_IDX: the available index after which the device wants a notification (the
+    /// `avail_event` word after the used ring).
+    pub fn avail_event(&self) -> u16 {
+        let r = self.ring();
+        compiler_fence(Ordering::SeqCst);
+        read_u16(r.used + 4 + 8 * u64::from(r.size))
+    }
+
+    /// Used elements consumed so far on the selected queue.
+    pub fn used_seen(&self) -> u16 {
+        self.ring().used_seen
+    }
+
+    /// Chains offered so far on the selected queue.
+    pub fn avail_idx(&self) -> u16 {
+        self.ring().avail_idx
+    }
+
     /// Wait for the next used element: (head, len), or None after `ms` milliseconds.
     pub fn wait_used(&mut self, ms: u64) -> Option<(u16, u32)> {
         let d = Deadline::after_ms(ms);
