@@ -331,6 +331,21 @@ impl MachineInfo for PcInfo {
         out
     }
 
+    fn usernet(&self) -> String {
+        // As QEMU: "Hub -1 (ID):" (no hub) and libslirp's own table.
+        let mut out = String::new();
+        for n in &self.nics {
+            if let Some((ctl, _)) = &n.slirp {
+                out.push_str(&format!("Hub -1 ({}):\n", n.netdev));
+                match ctl.connection_info() {
+                    Some(t) => out.push_str(&t),
+                    None => out.push_str("  (the user-mode backend is not answering)\n"),
+                }
+            }
+        }
+        out
+    }
+
     fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String> {
         let (netdev, rule) = match args {
             [rule] => (None, *rule),

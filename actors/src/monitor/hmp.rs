@@ -566,7 +566,7 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         "pic" => ctx.info.pic(),
         "irq" => ctx.info.irq(),
         "network" => ctx.info.network(),
-        "usernet" => "Error: info usernet is not available yet in troupe\n".into(),
+        "usernet" => ctx.info.usernet(),
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
         "migrate" => MIGRATE_GLOBALS.to_string(),
         "mice" => exec_text(ctx, "query-mice", json!({}), |v| {

@@ -48,6 +48,8 @@ pub trait MachineInfo: Send + Sync {
     fn query_chardev(&self) -> Value;
     /// `info network` text.
     fn network(&self) -> String;
+    /// `info usernet` text: each user-mode backend's connections and forwardings.
+    fn usernet(&self) -> String;
     /// `set_link NAME on|off` (a NIC or its netdev): Err is the message to show.
     fn set_link(&self, name: &str, up: bool) -> Result<(), String>;
     /// `hostfwd_add [netdev] RULE` / `hostfwd_remove [netdev] RULE`: Ok is the text to

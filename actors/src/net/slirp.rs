@@ -62,6 +62,8 @@ enum Ctl {
         rule: (bool, Ipv4Addr, u16),
         reply: Sender<bool>,
     },
+    /// libslirp's connection table, as `info usernet` prints it.
+    Info { reply: Sender<String> },
 }
 
 /// Changes a running slirp instance (cheap to clone).
@@ -88,6 +90,15 @@ impl SlirpControl {
             rule: (udp, ha, hp, ga, gp),
             reply,
         })
+    }
+
+    /// libslirp's table of sockets and forwardings (the body of `info usernet`), or None
+    /// if the backend does not answer.
+    pub fn connection_info(&self) -> Option<String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(Ctl::Info { reply: tx }).ok()?;
+        let _ = self.wake.write(1);
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
     }
 
     /// Remove the forwarding of host (addr, port); false if there was none.
@@ -152,6 +163,12 @@ struct State {
     #[allow(clippy::vec_box)]
     timers: Vec<Box<Timer>>,
     pollfds: Vec<libc::pollfd>,
+}
+
+#[link(name = "glib-2.0")]
+unsafe extern "C" {
+    /// libslirp returns g_malloc'd strings (slirp_connection_info).
+    fn g_free(p: *mut c_void);
 }
 
 unsafe extern "C" fn send_packet(buf: *const c_void, len: usize, opaque: *mut c_void) -> isize {
@@ -409,6 +426,22 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                                 )
                             };
                             let _ = reply.send(r >= 0);
+                        }
+                        Ctl::Info { reply } => {
+                            // SAFETY: slirp is live; the result is a g_malloc'd C string
+                            // we own and free.
+                            let text = unsafe {
+                                let p = sys::slirp_connection_info(slirp);
+                                if p.is_null() {
+                                    String::new()
+                                } else {
+                                    let t =
+                                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+                                    g_free(p.cast());
+                                    t
+                                }
+                            };
+                            let _ = reply.send(text);
                         }
                     }
                 }
