@@ -180,6 +180,8 @@ pub struct Vm {
     pub console: Console,
     /// Monitors started (where they listen), for the demo's banner.
     pub monitors: Vec<monitor::StartedMonitor>,
+    /// Tap `downscript=`s to run as the VM ends: (script, ifname).
+    pub downscripts: Vec<(std::path::PathBuf, String)>,
 }
 
 /// Which host cores each vCPU gets.
@@ -384,7 +386,7 @@ pub fn build(
         _ => None,
     };
     let coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>> = Arc::default();
-    let devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
+    let mut devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
         cfg,
         kvm: kvm.clone(),
         mem: mem.clone(),
@@ -399,6 +401,7 @@ pub fn build(
         display: console.writer.clone(),
         coalesced: coalesced.clone(),
     })?;
+    let downscripts = std::mem::take(&mut devices.virtio.downscripts);
     // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
     // stand-in took the console's input).
     if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
@@ -581,6 +584,7 @@ pub fn build(
         kvm,
         console,
         monitors,
+        downscripts,
     })
 }
 
@@ -726,6 +730,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         console,
         // Held until the vCPU threads are joined.
         kvm: _kvm,
+        downscripts,
         ..
     } = vm;
     let sig_handle = handle.clone();
@@ -773,6 +778,12 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         let all = futures_flush(&chardevs);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     });
+    // As QEMU: each tap's down script gets the interface name as the VM ends.
+    for (script, ifname) in &downscripts {
+        if let Err(e) = actors::net::tap::run_script(script, ifname) {
+            actors::report!("troupe: {e}");
+        }
+    }
     if let ExitReason::ActorFailed(r) = &reason {
         actors::report!("troupe: stopping the VM: {r}");
     }

@@ -34,6 +34,8 @@ pub struct VirtioDevices {
     /// The `virtio-tablet-pci`, if any: where absolute pointer events go.
     pub tablet: Option<actors::virtio::input::TabletSink>,
     pub nics: Vec<VirtioNic>,
+    /// `downscript=` of each tap opened: (script, ifname), run when the VM ends.
+    pub downscripts: Vec<(std::path::PathBuf, String)>,
 }
 
 /// What is known of a NIC before its host runs.
@@ -204,7 +206,11 @@ pub fn build(
                     .ok_or_else(|| anyhow!("virtio-net-pci: netdev '{id}' not found"))?;
                 let backend = match &nd.kind {
                     crate::config::NetdevKind::Tap {
-                        ifname, fd, script, ..
+                        ifname,
+                        fd,
+                        script,
+                        downscript,
+                        ..
                     } => {
                         let tap = match fd {
                             Some(fd) => actors::net::tap::from_fd(*fd),
@@ -214,6 +220,9 @@ pub fn build(
                         if let (Some(script), None) = (script, fd) {
                             actors::net::tap::run_script(script, &tap.name)
                                 .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                        }
+                        if let (Some(down), None) = (downscript, fd) {
+                            out.downscripts.push((down.clone(), tap.name.clone()));
                         }
                         actors::virtio::net::Backend::Tap(tap)
                     }
