@@ -76,22 +76,48 @@ impl Drop for NetNs {
 #[test]
 fn a_tap_in_a_namespace_carries_ping_both_ways() {
     let ns = NetNs::new("tap");
-    for iface in ["", "legacy"] {
+    // The second round sets the tap up with QEMU-style script= and downscript= instead.
+    let dir = common::TempDir::new("tap-scripts");
+    let (up, down, log) = (dir.path("up.sh"), dir.path("down.sh"), dir.path("log"));
+    let script = |p: &std::path::Path, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(p, format!("#!/bin/sh\nset -e\n{body}")).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let log_s = log.to_str().unwrap();
+    script(
+        &up,
+        &format!("ip addr replace 10.9.0.1/24 dev \"$1\"\nip link set \"$1\" up\necho \"up $1\" >> {log_s}\n"),
+    );
+    script(&down, &format!("echo \"down $1\" >> {log_s}\n"));
+    let scripted = format!(
+        "tap,id=n0,ifname=ttap0,script={},downscript={}",
+        up.display(),
+        down.display()
+    );
+    for (iface, netdev) in [
+        ("", "tap,id=n0,ifname=ttap0,script=no,downscript=no"),
+        ("legacy", scripted.as_str()),
+    ] {
         let append = format!("dev=net {iface} ip=10.9.0.2 peer=10.9.0.1 count=3 answer=3 wait=60");
         let mut vm = net_guest(
             Some(&ns),
             &append,
             &[
                 "-netdev",
-                "tap,id=n0,ifname=ttap0,script=no,downscript=no",
+                netdev,
                 "-device",
                 "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
             ],
         )
         .spawn();
         vm.expect_stdout("vnet: mac 52:54:00:12:34:56 link up", T);
-        ns.ip(&["addr", "replace", "10.9.0.1/24", "dev", "ttap0"]);
-        ns.ip(&["link", "set", "ttap0", "up"]);
+        if iface.is_empty() {
+            ns.ip(&["addr", "replace", "10.9.0.1/24", "dev", "ttap0"]);
+            ns.ip(&["link", "set", "ttap0", "up"]);
+        } else {
+            assert_eq!(std::fs::read_to_string(&log).unwrap(), "up ttap0\n");
+        }
         // The host side pings the guest...
         let out = ns.run("ping", &["-c", "3", "-W", "5", "10.9.0.2"]);
         assert!(
@@ -105,6 +131,11 @@ fn a_tap_in_a_namespace_carries_ping_both_ways() {
         vm.expect_stdout("vnet: done, answered 3 echo requests", T);
         assert_eq!(code(vm.wait(T)), PASS, "{iface}: {}", vm.stderr.text());
     }
+    // The down script ran once, as the VM ended, with the interface's name.
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "up ttap0\ndown ttap0\n"
+    );
 }
 
 #[test]
@@ -258,6 +289,20 @@ fn hostfwd_add_and_remove_at_run_time() {
     let mut cmd = hmp();
     let out = cmd(&mut c, &format!("hostfwd_add u0 tcp:127.0.0.1:{hport}-:7"));
     assert!(!out.contains("could not"), "{out}");
+    // info usernet lists the forwarding as QEMU does: libslirp's own table under the hub line.
+    let out = cmd(&mut c, "info usernet");
+    assert!(out.contains("Hub -1 (u0):"), "{out}");
+    let hp = hport.to_string();
+    assert!(
+        out.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first() == Some(&"TCP[HOST_FORWARD]")
+                && w[1..]
+                    .windows(4)
+                    .any(|x| x == ["127.0.0.1", &hp, "10.0.2.15", "7"])
+        }),
+        "{out}"
+    );
     let mut s = std::net::TcpStream::connect(("127.0.0.1", hport)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"runtime\n").unwrap();
