@@ -368,34 +368,42 @@ pub fn storage(env: &Env) -> Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(format!("troupe-bench-blk-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let img = dir.join("bench.raw");
-    std::fs::File::create(&img)?.set_len(256 << 20)?;
+    // Every block written out before either VMM runs: a sparse file would make whichever
+    // VMM writes first pay for the file system's block allocation.
+    std::fs::write(&img, vec![0x5au8; 256 << 20])?;
     let drive = format!(
         "file={},if=virtio,format=raw,cache=none,aio=io_uring",
         img.display()
     );
     let append = "op=bench mib=128 secs=3";
     const KEYS: [&str; 4] = ["seqwrite", "seqread", "randread qd1", "randread qd32"];
-    let measure = |vmm: &Vmm, base: Vec<&str>| -> Result<Vec<f64>> {
-        let mut args: Vec<&str> = base;
+    let one = |vmm: &Vmm, base: &[&str], all: &mut Vec<Vec<f64>>| -> Result<()> {
+        let mut args = base.to_vec();
         args.push("-drive");
         args.push(&drive);
-        let mut all: Vec<Vec<f64>> = vec![Vec::new(); KEYS.len()];
-        for _ in 0..env.runs.min(3) {
-            let t = timed_run(vmm.command(&args), &[], Duration::from_secs(180))?;
-            for (i, key) in KEYS.iter().enumerate() {
-                all[i].push(bench_value(&t.output, key).with_context(|| vmm.name.clone())?);
-            }
+        let t = timed_run(vmm.command(&args), &[], Duration::from_secs(180))?;
+        for (i, key) in KEYS.iter().enumerate() {
+            all[i].push(bench_value(&t.output, key).with_context(|| vmm.name.clone())?);
         }
-        Ok(all
-            .into_iter()
+        Ok(())
+    };
+    let medians = |all: Vec<Vec<f64>>| -> Vec<f64> {
+        all.into_iter()
             .map(|mut v| {
                 v.sort_by(f64::total_cmp);
                 v[v.len() / 2]
             })
-            .collect())
+            .collect()
     };
-    let t = measure(&Vmm::troupe(&env.troupe), troupe_args(&k, append, "256"))?;
-    let q = measure(&Vmm::qemu("pc"), qemu_args(&k, append, "256"))?;
+    let (troupe, qemu) = (Vmm::troupe(&env.troupe), Vmm::qemu("pc"));
+    let (targs, qargs) = (troupe_args(&k, append, "256"), qemu_args(&k, append, "256"));
+    let (mut tall, mut qall) = (vec![Vec::new(); KEYS.len()], vec![Vec::new(); KEYS.len()]);
+    // Runs alternate between the VMMs so both see the same page cache and disk state.
+    for _ in 0..env.runs.min(3) {
+        one(&troupe, &targs, &mut tall)?;
+        one(&qemu, &qargs, &mut qall)?;
+    }
+    let (t, q) = (medians(tall), medians(qall));
     let _ = std::fs::remove_dir_all(&dir);
     let what = [
         "virtio-blk sequential 1 MiB writes (raw, cache=none, io_uring)",
