@@ -316,7 +316,8 @@ impl MachineInfo for PcInfo {
     fn network(&self) -> String {
         let mut out = String::new();
         for (i, n) in self.nics.iter().enumerate() {
-            let m = n.mac;
+            // The address in use: the driver may have changed it (MAC_ADDR_SET).
+            let m = devices::virtio::net::lock_filter(&n.filter).mac;
             out.push_str(&format!(
                 "{}: index=0,type=nic,model=virtio-net-pci,macaddr={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
                 n.name, m[0], m[1], m[2], m[3], m[4], m[5]
@@ -329,6 +330,57 @@ impl MachineInfo for PcInfo {
             }
         }
         out
+    }
+
+    fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String> {
+        if let Some(n) = name {
+            if !self.nics.iter().any(|c| c.name == n) {
+                return Err(if self.nics.iter().any(|c| c.netdev == n) {
+                    format!("net client({n}) isn't a NIC")
+                } else {
+                    format!("Invalid net client name: {n}")
+                });
+            }
+        }
+        let mac = |m: &[u8; 6]| {
+            format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )
+        };
+        let mode = |all: bool, none: bool| {
+            if none {
+                "none"
+            } else if all {
+                "all"
+            } else {
+                "normal"
+            }
+        };
+        Ok(Value::Array(
+            self.nics
+                .iter()
+                .filter(|c| name.is_none_or(|n| c.name == n))
+                .map(|c| {
+                    let f = devices::virtio::net::lock_filter(&c.filter);
+                    json!({
+                        "name": c.name,
+                        "promiscuous": f.promisc,
+                        "multicast": mode(f.allmulti, f.nomulti),
+                        "unicast": mode(f.alluni, f.nouni),
+                        // No VLAN filtering is offered: every VLAN passes.
+                        "vlan": "all",
+                        "broadcast-allowed": !f.nobcast,
+                        "multicast-overflow": f.multi_overflow,
+                        "unicast-overflow": f.uni_overflow,
+                        "main-mac": mac(&f.mac),
+                        "vlan-table": [],
+                        "unicast-table": f.unicast.iter().map(mac).collect::<Vec<_>>(),
+                        "multicast-table": f.multicast.iter().map(mac).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        ))
     }
 
     fn usernet(&self) -> String {

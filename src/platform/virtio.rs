@@ -41,10 +41,10 @@ pub struct VirtioDevices {
 /// What is known of a NIC before its host runs.
 struct VirtioNicParts {
     name: String,
-    mac: [u8; 6],
     netdev: String,
     backend: String,
     slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
+    filter: devices::virtio::net::SharedRxFilter,
 }
 
 /// A virtio-net NIC and its backend (for `info network` and `set_link`).
@@ -52,7 +52,6 @@ struct VirtioNicParts {
 pub struct VirtioNic {
     /// QEMU's client name: the device id, else `virtio-net-pci.N`.
     pub name: String,
-    pub mac: [u8; 6],
     pub netdev: String,
     /// `type=...,...` as `info network` shows the backend.
     pub backend: String,
@@ -62,6 +61,8 @@ pub struct VirtioNic {
     /// User-mode backends: run-time hostfwd changes, and the first DHCP address (where a
     /// rule with no guest address points).
     pub slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
+    /// The receive filter and MAC the driver set (`query-rx-filter`).
+    pub filter: devices::virtio::net::SharedRxFilter,
     pub host: Arc<VirtioPciHost>,
 }
 
@@ -297,17 +298,20 @@ pub fn build(
                     _ => String::new(),
                 };
                 nic_rom = load_rom(romfile.as_deref())?;
-                let worker = actors::virtio::net::NetWorker::new(backend);
+                let filter: devices::virtio::net::SharedRxFilter = Arc::new(std::sync::Mutex::new(
+                    devices::virtio::net::RxFilter::new(*mac),
+                ));
+                let worker = actors::virtio::net::NetWorker::new(backend, filter.clone());
                 let client =
                     d.id.clone()
                         .unwrap_or_else(|| format!("virtio-net-pci.{nnet}"));
                 nic_info = Some((
                     VirtioNicParts {
                         name: client,
-                        mac: *mac,
                         netdev: id.clone(),
                         backend: desc,
                         slirp: slirp_ctl.take(),
+                        filter: filter.clone(),
                     },
                     (worker.link.clone(), worker.error.clone()),
                 ));
@@ -315,8 +319,9 @@ pub fn build(
                 nnet += 1;
                 (
                     name,
-                    Box::new(devices::virtio::net::Net::new(*mac)),
-                    3,
+                    Box::new(devices::virtio::net::Net::new(filter)),
+                    // QEMU's count: a vector per queue of the pair, config, control.
+                    4,
                     Box::new(worker),
                 )
             }
@@ -379,12 +384,12 @@ pub fn build(
         if let Some((p, (link, error))) = nic_info.take() {
             out.nics.push(VirtioNic {
                 name: p.name,
-                mac: p.mac,
                 netdev: p.netdev,
                 backend: p.backend,
                 link,
                 error,
                 slirp: p.slirp,
+                filter: p.filter,
                 host: host.clone(),
             });
         }

@@ -371,9 +371,11 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             ctx.info.set_link(name, up).map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
-        "netdev_add" | "netdev_del" | "query-rx-filter" => {
-            Err(not_available("network backend hotplug"))
-        }
+        "query-rx-filter" => ctx
+            .info
+            .query_rx_filter(s(args, "name"))
+            .map_err(CmdError::Generic),
+        "netdev_add" | "netdev_del" => Err(not_available("network backend hotplug")),
         "blockdev-add" => Err(not_available("blockdev-add")),
         "migrate" => Err(not_available("migration")),
         other => Err(CmdError::CommandNotFound(format!(

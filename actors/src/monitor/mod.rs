@@ -48,6 +48,8 @@ pub trait MachineInfo: Send + Sync {
     fn query_chardev(&self) -> Value;
     /// `info network` text.
     fn network(&self) -> String;
+    /// `query-rx-filter [name]`: each NIC's receive filter; Err is QEMU's message.
+    fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String>;
     /// `info usernet` text: each user-mode backend's connections and forwardings.
     fn usernet(&self) -> String;
     /// `set_link NAME on|off` (a NIC or its netdev): Err is the message to show.

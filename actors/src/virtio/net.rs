@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use devices::virtio::net::header_len;
+use devices::virtio::net::{header_len, lock_filter, SharedRxFilter};
 
 use super::{Ctx, QueueWorker};
 use crate::net::slirp::SlirpPort;
@@ -26,6 +26,7 @@ pub enum Backend {
 
 const RX: usize = 0;
 const TX: usize = 1;
+const CTRL: usize = 2;
 /// Largest frame taken from the guest or the tap (64 KiB + header room).
 const MAX_FRAME: usize = 65_562;
 
@@ -46,11 +47,14 @@ pub struct NetWorker {
     pub error: Arc<std::sync::Mutex<Option<String>>>,
     buf: Vec<u8>,
     pub stats: Arc<NetStats>,
+    /// The receive filter the driver sets through the control queue.
+    filter: SharedRxFilter,
 }
 
 impl NetWorker {
-    pub fn new(backend: Backend) -> Self {
+    pub fn new(backend: Backend, filter: SharedRxFilter) -> Self {
         Self {
+            filter,
             backend,
             link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             error: Arc::default(),
@@ -94,6 +98,14 @@ impl NetWorker {
             };
             if !self.link.load(Ordering::Relaxed) {
                 self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Frames the driver's receive filter turns away are not counted as drops.
+            let accepted = match <[u8; 6]>::try_from(self.buf.get(hdr..hdr + 6).unwrap_or(&[])) {
+                Ok(dst) => n >= 14 && lock_filter(&self.filter).accepts(&dst),
+                Err(_) => false,
+            };
+            if !accepted {
                 continue;
             }
             let Some(chain) = ctx.pop(RX) else {
@@ -159,15 +171,41 @@ impl NetWorker {
             ctx.notify(TX);
         }
     }
+
+    /// Control queue: `class, command, data...` readable, one ack byte writable.
+    fn control(&mut self, ctx: &mut Ctx) {
+        let mut used = false;
+        while let Some(chain) = ctx.pop(CTRL) {
+            let n = chain.readable_len().min(4096) as usize;
+            let mut cmd = vec![0u8; n];
+            let got = chain.read_at(&ctx.mem, 0, &mut cmd);
+            let ack = match &cmd[..got] {
+                [class, c, data @ ..] if chain.writable_len() >= 1 => {
+                    lock_filter(&self.filter).command(*class, *c, data)
+                }
+                _ => devices::virtio::net::ctrl::ERR,
+            };
+            let w = chain.write_at(&ctx.mem, 0, &[ack]);
+            ctx.add_used(CTRL, chain.head, w as u32);
+            used = true;
+        }
+        if used {
+            ctx.notify(CTRL);
+        }
+    }
 }
 
 impl QueueWorker for NetWorker {
     fn process(&mut self, q: usize, ctx: &mut Ctx) {
-        if q == TX {
-            self.transmit(ctx);
-        } else {
-            self.receive(ctx);
+        match q {
+            TX => self.transmit(ctx),
+            CTRL => self.control(ctx),
+            _ => self.receive(ctx),
         }
+    }
+
+    fn reset(&mut self) {
+        lock_filter(&self.filter).reset();
     }
 
     fn wake(&mut self, ctx: &mut Ctx) {

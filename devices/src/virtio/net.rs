@@ -1,12 +1,198 @@
-//! virtio-net: MAC and link status in the configuration space, one receive and one
-//! transmit queue. Frames carry the virtio-net header (12 bytes with VERSION_1, 10 for a
-//! legacy driver); troupe offers no offloads yet, so the header is all zeros both ways.
+//! virtio-net: MAC and link status in the configuration space; a receive queue, a
+//! transmit queue and a control queue. Frames carry the virtio-net header (12 bytes with
+//! VERSION_1, 10 for a legacy driver); troupe offers no offloads yet, so the header is all
+//! zeros both ways. The control queue sets the receive filter ([`RxFilter`]: promiscuous
+//! and all/no-multicast/unicast/broadcast modes, the MAC table, the MAC address itself) and
+//! acknowledges announcements, with QEMU's semantics: after reset the filter is
+//! promiscuous, as drivers without a control queue expect.
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::VirtioDeviceModel;
 
 pub const F_MAC: u64 = 1 << 5;
 pub const F_STATUS: u64 = 1 << 16;
+pub const F_CTRL_VQ: u64 = 1 << 17;
+pub const F_CTRL_RX: u64 = 1 << 18;
+pub const F_CTRL_RX_EXTRA: u64 = 1 << 20;
+pub const F_GUEST_ANNOUNCE: u64 = 1 << 21;
+pub const F_CTRL_MAC_ADDR: u64 = 1 << 23;
 pub const STATUS_LINK_UP: u16 = 1;
+pub const STATUS_ANNOUNCE: u16 = 2;
+
+/// Control queue classes and commands (virtio 1.x 5.1.6.5).
+pub mod ctrl {
+    pub const CLASS_RX: u8 = 0;
+    pub const RX_PROMISC: u8 = 0;
+    pub const RX_ALLMULTI: u8 = 1;
+    pub const RX_ALLUNI: u8 = 2;
+    pub const RX_NOMULTI: u8 = 3;
+    pub const RX_NOUNI: u8 = 4;
+    pub const RX_NOBCAST: u8 = 5;
+    pub const CLASS_MAC: u8 = 1;
+    pub const MAC_TABLE_SET: u8 = 0;
+    pub const MAC_ADDR_SET: u8 = 1;
+    pub const CLASS_ANNOUNCE: u8 = 3;
+    pub const ANNOUNCE_ACK: u8 = 0;
+    pub const OK: u8 = 0;
+    pub const ERR: u8 = 1;
+}
+
+/// MAC table entries (unicast and multicast together) before a table overflows into
+/// "accept all of that kind", as QEMU.
+pub const MAC_TABLE_ENTRIES: usize = 64;
+
+/// The receive filter and the addresses the driver set through the control queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxFilter {
+    /// The address in use (the configured one until the driver sets another).
+    pub mac: [u8; 6],
+    configured_mac: [u8; 6],
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub alluni: bool,
+    pub nomulti: bool,
+    pub nouni: bool,
+    pub nobcast: bool,
+    pub unicast: Vec<[u8; 6]>,
+    pub multicast: Vec<[u8; 6]>,
+    pub uni_overflow: bool,
+    pub multi_overflow: bool,
+    /// STATUS_ANNOUNCE is set until the driver acknowledges.
+    pub announce: bool,
+}
+
+impl RxFilter {
+    pub fn new(mac: [u8; 6]) -> Self {
+        Self {
+            mac,
+            configured_mac: mac,
+            promisc: true,
+            allmulti: false,
+            alluni: false,
+            nomulti: false,
+            nouni: false,
+            nobcast: false,
+            unicast: Vec::new(),
+            multicast: Vec::new(),
+            uni_overflow: false,
+            multi_overflow: false,
+            announce: false,
+        }
+    }
+
+    /// Device reset: back to the promiscuous compatibility mode and the configured MAC.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.configured_mac);
+    }
+
+    /// Whether a frame for destination `dst` reaches the driver.
+    pub fn accepts(&self, dst: &[u8; 6]) -> bool {
+        if self.promisc {
+            return true;
+        }
+        if dst[0] & 1 != 0 {
+            if *dst == [0xff; 6] {
+                return !self.nobcast;
+            }
+            if self.nomulti {
+                return false;
+            }
+            self.allmulti || self.multi_overflow || self.multicast.contains(dst)
+        } else {
+            if self.nouni {
+                return false;
+            }
+            self.alluni || self.uni_overflow || *dst == self.mac || self.unicast.contains(dst)
+        }
+    }
+
+    /// One control-queue command: `data` is what follows the class and command bytes.
+    /// Returns the ack byte ([`ctrl::OK`] or [`ctrl::ERR`]).
+    pub fn command(&mut self, class: u8, cmd: u8, data: &[u8]) -> u8 {
+        let ok = match class {
+            ctrl::CLASS_RX => match data {
+                [on] => {
+                    let on = *on != 0;
+                    match cmd {
+                        ctrl::RX_PROMISC => self.promisc = on,
+                        ctrl::RX_ALLMULTI => self.allmulti = on,
+                        ctrl::RX_ALLUNI => self.alluni = on,
+                        ctrl::RX_NOMULTI => self.nomulti = on,
+                        ctrl::RX_NOUNI => self.nouni = on,
+                        ctrl::RX_NOBCAST => self.nobcast = on,
+                        _ => return ctrl::ERR,
+                    }
+                    true
+                }
+                _ => false,
+            },
+            ctrl::CLASS_MAC => match cmd {
+                ctrl::MAC_ADDR_SET => match <[u8; 6]>::try_from(data) {
+                    Ok(mac) => {
+                        self.mac = mac;
+                        true
+                    }
+                    Err(_) => false,
+                },
+                ctrl::MAC_TABLE_SET => self.set_table(data),
+                _ => false,
+            },
+            ctrl::CLASS_ANNOUNCE if cmd == ctrl::ANNOUNCE_ACK && data.is_empty() => {
+                self.announce = false;
+                true
+            }
+            _ => false,
+        };
+        if ok {
+            ctrl::OK
+        } else {
+            ctrl::ERR
+        }
+    }
+
+    /// MAC_TABLE_SET: `le32 n` and n unicast addresses, then the same for multicast; the
+    /// whole command must be exactly that long. A table past the limit overflows.
+    fn set_table(&mut self, data: &[u8]) -> bool {
+        fn table(data: &[u8]) -> Option<(Vec<[u8; 6]>, &[u8])> {
+            let n = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
+            let end = n.checked_mul(6)?.checked_add(4)?;
+            let macs = data.get(4..end)?;
+            Some((
+                macs.chunks_exact(6)
+                    .map(|c| c.try_into().unwrap_or_default())
+                    .collect(),
+                &data[end..],
+            ))
+        }
+        let Some((uni, rest)) = table(data) else {
+            return false;
+        };
+        let Some((multi, rest)) = table(rest) else {
+            return false;
+        };
+        if !rest.is_empty() {
+            return false;
+        }
+        self.uni_overflow = uni.len() > MAC_TABLE_ENTRIES;
+        self.unicast = if self.uni_overflow { Vec::new() } else { uni };
+        self.multi_overflow = self.unicast.len() + multi.len() > MAC_TABLE_ENTRIES;
+        self.multicast = if self.multi_overflow {
+            Vec::new()
+        } else {
+            multi
+        };
+        true
+    }
+}
+
+/// The filter shared by the device model (configuration space), the NIC's worker (the
+/// receive path and the control queue) and the monitor (`query-rx-filter`).
+pub type SharedRxFilter = Arc<Mutex<RxFilter>>;
+
+pub fn lock_filter(f: &SharedRxFilter) -> MutexGuard<'_, RxFilter> {
+    f.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The virtio-net header length for the negotiated features.
 pub fn header_len(driver_features: u64) -> usize {
@@ -18,13 +204,16 @@ pub fn header_len(driver_features: u64) -> usize {
 }
 
 pub struct Net {
-    mac: [u8; 6],
+    filter: SharedRxFilter,
     link_up: bool,
 }
 
 impl Net {
-    pub fn new(mac: [u8; 6]) -> Self {
-        Self { mac, link_up: true }
+    pub fn new(filter: SharedRxFilter) -> Self {
+        Self {
+            filter,
+            link_up: true,
+        }
     }
 
     pub fn link_up(&self) -> bool {
@@ -37,10 +226,17 @@ impl VirtioDeviceModel for Net {
         super::device_type::NET
     }
     fn features(&self) -> u64 {
-        F_MAC | F_STATUS
+        F_MAC
+            | F_STATUS
+            | F_CTRL_VQ
+            | F_CTRL_RX
+            | F_CTRL_RX_EXTRA
+            | F_GUEST_ANNOUNCE
+            | F_CTRL_MAC_ADDR
     }
     fn queue_sizes(&self) -> Vec<u16> {
-        vec![256, 256]
+        // receive, transmit, control
+        vec![256, 256, 64]
     }
     fn config_len(&self) -> usize {
         // mac, status, max_virtqueue_pairs, mtu.
@@ -48,8 +244,12 @@ impl VirtioDeviceModel for Net {
     }
     fn config_read(&self, offset: usize, data: &mut [u8]) {
         let mut s = [0u8; 12];
-        s[..6].copy_from_slice(&self.mac);
-        let status = if self.link_up { STATUS_LINK_UP } else { 0 };
+        let f = lock_filter(&self.filter);
+        s[..6].copy_from_slice(&f.mac);
+        let mut status = if self.link_up { STATUS_LINK_UP } else { 0 };
+        if f.announce {
+            status |= STATUS_ANNOUNCE;
+        }
         s[6..8].copy_from_slice(&status.to_le_bytes());
         s[8..10].copy_from_slice(&1u16.to_le_bytes());
         s[10..12].copy_from_slice(&1500u16.to_le_bytes());
@@ -62,5 +262,119 @@ impl VirtioDeviceModel for Net {
     fn set_link(&mut self, up: bool) -> bool {
         self.link_up = up;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    const OTHER: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x99];
+    const MCAST: [u8; 6] = [0x01, 0, 0x5e, 0, 0, 1];
+
+    fn table(uni: &[[u8; 6]], multi: &[[u8; 6]]) -> Vec<u8> {
+        let mut d = Vec::new();
+        for t in [uni, multi] {
+            d.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            for m in t {
+                d.extend_from_slice(m);
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn after_reset_everything_passes_then_the_driver_narrows_it() {
+        let mut f = RxFilter::new(MAC);
+        assert!(f.accepts(&OTHER) && f.accepts(&MCAST));
+        assert_eq!(f.command(ctrl::CLASS_RX, ctrl::RX_PROMISC, &[0]), ctrl::OK);
+        assert!(f.accepts(&MAC) && f.accepts(&[0xff; 6]));
+        assert!(!f.accepts(&OTHER) && !f.accepts(&MCAST));
+        let t = table(&[OTHER], &[MCAST]);
+        assert_eq!(
+            f.command(ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, &t),
+            ctrl::OK
+        );
+        assert!(f.accepts(&OTHER) && f.accepts(&MCAST));
+        assert_eq!(f.command(ctrl::CLASS_RX, ctrl::RX_NOBCAST, &[1]), ctrl::OK);
+        assert!(!f.accepts(&[0xff; 6]));
+        assert_eq!(f.command(ctrl::CLASS_RX, ctrl::RX_NOUNI, &[1]), ctrl::OK);
+        assert!(!f.accepts(&MAC));
+        f.reset();
+        assert_eq!(f, RxFilter::new(MAC));
+    }
+
+    #[test]
+    fn mac_addr_set_changes_the_address_until_reset() {
+        let mut f = RxFilter::new(MAC);
+        assert_eq!(
+            f.command(ctrl::CLASS_MAC, ctrl::MAC_ADDR_SET, &OTHER),
+            ctrl::OK
+        );
+        f.promisc = false;
+        assert!(f.accepts(&OTHER) && !f.accepts(&MAC));
+        f.reset();
+        assert_eq!(f.mac, MAC);
+    }
+
+    #[test]
+    fn malformed_commands_are_refused_and_change_nothing() {
+        let mut f = RxFilter::new(MAC);
+        let before = f.clone();
+        let mut long = table(&[OTHER], &[]);
+        long.push(0);
+        for (class, cmd, data) in [
+            (ctrl::CLASS_RX, ctrl::RX_PROMISC, &[][..]),
+            (ctrl::CLASS_RX, ctrl::RX_PROMISC, &[0, 0][..]),
+            (ctrl::CLASS_RX, 9, &[0][..]),
+            (ctrl::CLASS_MAC, ctrl::MAC_ADDR_SET, &[1, 2, 3][..]),
+            (
+                ctrl::CLASS_MAC,
+                ctrl::MAC_TABLE_SET,
+                &[0xff, 0xff, 0xff, 0xff][..],
+            ),
+            (ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, &long[..]),
+            (7, 0, &[][..]),
+        ] {
+            assert_eq!(
+                f.command(class, cmd, data),
+                ctrl::ERR,
+                "{class} {cmd} {data:?}"
+            );
+        }
+        assert_eq!(f, before);
+    }
+
+    #[test]
+    fn a_table_past_the_limit_overflows_into_accept_all() {
+        let mut f = RxFilter::new(MAC);
+        f.promisc = false;
+        let many: Vec<[u8; 6]> = (0..65u8).map(|i| [0x52, 0, 0, 0, 1, i]).collect();
+        let t = table(&many, &[MCAST]);
+        assert_eq!(
+            f.command(ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, &t),
+            ctrl::OK
+        );
+        assert!(f.uni_overflow && f.unicast.is_empty());
+        assert!(f.accepts(&[0x52, 0, 0, 0, 9, 9]));
+        assert!(!f.multi_overflow && f.accepts(&MCAST));
+    }
+
+    #[test]
+    fn the_announce_bit_shows_in_status_until_acknowledged() {
+        let shared: SharedRxFilter = Arc::new(Mutex::new(RxFilter::new(MAC)));
+        let n = Net::new(shared.clone());
+        let status = |n: &Net| {
+            let mut b = [0u8; 2];
+            n.config_read(6, &mut b);
+            u16::from_le_bytes(b)
+        };
+        assert_eq!(status(&n), STATUS_LINK_UP);
+        lock_filter(&shared).announce = true;
+        assert_eq!(status(&n), STATUS_LINK_UP | STATUS_ANNOUNCE);
+        let ack = lock_filter(&shared).command(ctrl::CLASS_ANNOUNCE, ctrl::ANNOUNCE_ACK, &[]);
+        assert_eq!(ack, ctrl::OK);
+        assert_eq!(status(&n), STATUS_LINK_UP);
     }
 }
