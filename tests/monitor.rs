@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, free_port, guest, Running, TempDir, Vm};
+use common::{code, connect, free_port, guest, Qmp, Running, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -58,20 +58,6 @@ fn guest_with_monitor(name: &str, append: &str) -> (Running, u16) {
     (vm, port)
 }
 
-fn connect(port: u16) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                return s;
-            }
-            Err(e) if Instant::now() > deadline => panic!("connect {port}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
 /// Read until `needle` has been seen; returns everything read.
 fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
@@ -112,46 +98,6 @@ impl Hmp {
         let text = String::from_utf8_lossy(&raw).into_owned();
         let body = text.split_once("\r\n").map(|x| x.1).unwrap_or("");
         body.trim_end_matches("(qemu) ").to_string()
-    }
-}
-
-/// A raw QMP client (newline-free framing, like `qemu.qmp`).
-struct Qmp(BufReader<TcpStream>);
-
-impl Qmp {
-    fn open(port: u16) -> Self {
-        let mut q = Self(BufReader::new(connect(port)));
-        let g = q.line();
-        assert!(
-            g.starts_with(
-                "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}"
-            ),
-            "{g}"
-        );
-        q
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.0.read_line(&mut l).unwrap();
-        assert!(l.ends_with("\r\n"), "QMP lines end with CR LF: {l:?}");
-        l
-    }
-
-    fn send(&mut self, raw: &[u8]) {
-        self.0.get_mut().write_all(raw).unwrap();
-    }
-
-    /// Send and return the next non-event line.
-    fn ask(&mut self, raw: &str) -> serde_json::Value {
-        self.send(raw.as_bytes());
-        loop {
-            let l = self.line();
-            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-            if v.get("event").is_none() {
-                return v;
-            }
-        }
     }
 }
 

@@ -138,6 +138,98 @@ fn a_tap_in_a_namespace_carries_ping_both_ways() {
     );
 }
 
+/// Send one frame with ethertype 0x88b5 to `dst` out of `ifname` in `ns` (a raw packet
+/// socket, from Python).
+fn send_probe(ns: &NetNs, ifname: &str, dst: &str, text: &str) {
+    let code = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('{ifname}', 0))\n\
+         dst = bytes.fromhex('{}')\n\
+         s.send(dst + bytes.fromhex('020000000001') + b'\\x88\\xb5' + b'{text}'.ljust(46, b'\\0'))\n",
+        dst.replace(':', "")
+    );
+    let out = ns.run("python3", &["-c", &code]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_control_queue_sets_the_receive_filter_and_query_rx_filter_shows_it() {
+    let ns = NetNs::new("rxf");
+    let port = free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let mut vm = net_guest(
+        Some(&ns),
+        "dev=net rxfilter wait=60",
+        &[
+            "-netdev",
+            "tap,id=n0,ifname=rtap0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:12:34:56",
+            "-qmp",
+            &qmp,
+        ],
+    )
+    .spawn();
+    vm.expect_stdout("vnet: rx filter acks 0 0 0 1", T);
+    vm.expect_stdout("vnet: mac now 52:54:00:ab:cd:ef", T);
+    ns.ip(&["link", "set", "rtap0", "up"]);
+    // The QMP port is inside the namespace: ask from there.
+    let ask = "import socket,json\n\
+               s = socket.create_connection(('127.0.0.1', PORT)); f = s.makefile()\n\
+               f.readline(); s.sendall(b'{\"execute\": \"qmp_capabilities\"}'); f.readline()\n\
+               s.sendall(b'{\"execute\": \"query-rx-filter\", \"arguments\": {\"name\": \"nic0\"}}')\n\
+               print(f.readline())\n"
+        .replace("PORT", &port.to_string());
+    let out = ns.run("python3", &["-c", &ask]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        v["return"],
+        serde_json::json!([{
+            "name": "nic0",
+            "promiscuous": false,
+            "multicast": "normal",
+            "unicast": "normal",
+            "vlan": "all",
+            "broadcast-allowed": true,
+            "multicast-overflow": false,
+            "unicast-overflow": false,
+            "main-mac": "52:54:00:ab:cd:ef",
+            "vlan-table": [],
+            "unicast-table": ["02:00:00:00:00:aa"],
+            "multicast-table": [],
+        }]),
+        "{text}"
+    );
+    // Frames to the old address, to an address not in the table and to a multicast group
+    // stay out; the table's address, the new own address and broadcast get in.
+    for (dst, text) in [
+        ("52:54:00:12:34:56", "old-mac"),
+        ("02:00:00:00:00:bb", "not-in-table"),
+        ("01:00:5e:00:00:01", "multicast"),
+        ("02:00:00:00:00:aa", "table"),
+        ("52:54:00:ab:cd:ef", "own"),
+        ("ff:ff:ff:ff:ff:ff", "broadcast"),
+        ("52:54:00:ab:cd:ef", "end"),
+    ] {
+        send_probe(&ns, "rtap0", dst, text);
+    }
+    assert_eq!(code(vm.wait(T)), PASS, "{}", vm.stderr.text());
+    let out = vm.stdout.text();
+    let probes: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("vnet: probe "))
+        .map(|l| l.trim().trim_matches('\''))
+        .collect();
+    assert_eq!(probes, ["table", "own", "broadcast", "end"]);
+}
+
 #[test]
 fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
     for (args, needle) in [

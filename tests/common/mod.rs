@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -326,4 +327,61 @@ pub fn grub_rescue_iso(dir: &TempDir, cfg: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     iso
+}
+
+#[allow(dead_code)] // not every test binary talks to a monitor
+pub fn connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
+            Err(e) if Instant::now() > deadline => panic!("connect {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A raw QMP client (newline-free framing, like `qemu.qmp`).
+#[allow(dead_code)]
+pub struct Qmp(BufReader<TcpStream>);
+
+#[allow(dead_code)]
+impl Qmp {
+    pub fn open(port: u16) -> Self {
+        let mut q = Self(BufReader::new(connect(port)));
+        let g = q.line();
+        assert!(
+            g.starts_with(
+                "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}"
+            ),
+            "{g}"
+        );
+        q
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.0.read_line(&mut l).unwrap();
+        assert!(l.ends_with("\r\n"), "QMP lines end with CR LF: {l:?}");
+        l
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.0.get_mut().write_all(raw).unwrap();
+    }
+
+    /// Send and return the next non-event line.
+    pub fn ask(&mut self, raw: &str) -> serde_json::Value {
+        self.send(raw.as_bytes());
+        loop {
+            let l = self.line();
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
 }

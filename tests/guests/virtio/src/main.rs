@@ -10,7 +10,8 @@
 //!     `hold` spin forever (the test kills the VMM), else exit 0.
 //!   - `verify`: read and check the pattern: `vblk: verified N sectors`, exit 0.
 //!   - `readonly`: a write must fail (`vblk: write status=1`), a read must work.
-//!   - `bench`: sequential 1 MiB writes then reads over `mib=N` MiB (default 64), then
+//!   - `bench`: sequential 1 MiB writes then reads over `mib=N` MiB (default 64),
+//!     `passes=N` times over (default 1), then
 //!     random 4 KiB reads for `secs=N` seconds (default 3) at queue depth 1 and 32:
 //!     `vblk-bench: seqwrite X MB/s`, `seqread X MB/s`, `randread qd1 N IOPS`,
 //!     `randread qd32 N IOPS`.
@@ -647,9 +648,11 @@ fn bench(b: &mut Blk, capacity: u64, boot: &BootInfo) -> u32 {
     use guestlib::time::now_ns;
     let mib = boot.arg_u64("mib").unwrap_or(64).min(capacity / 2048);
     let secs = boot.arg_u64("secs").unwrap_or(3);
+    let passes = boot.arg_u64("passes").unwrap_or(1).max(1);
     for (name, ty, dev_writes) in [("seqwrite", T_OUT, false), ("seqread", T_IN, true)] {
         let t0 = now_ns();
-        for m in 0..mib {
+        for m in 0..mib * passes {
+            let m = m % mib;
             if !matches!(b.request(ty, m * 2048, 1 << 20, dev_writes), Some((0, _))) {
                 println!("vblk-bench: {name} failed at MiB {m}");
                 return 1;
@@ -659,7 +662,7 @@ fn bench(b: &mut Blk, capacity: u64, boot: &BootInfo) -> u32 {
             return 1;
         }
         let ns = (now_ns() - t0).max(1);
-        let mbps = mib * (1 << 20) * 1000 / ns; // bytes per µs = MB/s
+        let mbps = mib * passes * (1 << 20) * 1000 / ns; // bytes per µs = MB/s
         println!("vblk-bench: {name} {mbps} MB/s");
     }
     // Random 4 KiB reads within the written area.

@@ -15,6 +15,9 @@
 //!    `vnet: link down` (and, after a ping that gets no answer, `vnet: no reply while link
 //!    down`), then `vnet: link up` and `vnet: reply after link up` once a ping works again.
 //!
+//! With `rxfilter`, it instead sets a receive filter through the control queue and prints
+//! the probe frames that pass it (see [`rx_filter`]).
+//!
 //! Prints `vnet: done, answered N echo requests` and exits 0; 1 on a failed step or after
 //! `wait=SECONDS` (default 30) in total.
 
@@ -26,6 +29,13 @@ use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
 
 const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
+const F_CTRL_VQ: u64 = 1 << 17;
+const F_CTRL_RX: u64 = 1 << 18;
+const F_CTRL_MAC_ADDR: u64 = 1 << 23;
+/// Control commands are built here.
+const CTRLB: u64 = RING_BASE + 0x7_0000;
+/// The ethertype of the test's probe frames (IEEE local experimental).
+const ETH_PROBE: u16 = 0x88b5;
 const RXB: u64 = RING_BASE + 0x8_0000;
 const TXB: u64 = RING_BASE + 0xc_0000;
 const NRX: u16 = 16;
@@ -503,7 +513,16 @@ pub fn run(boot: &BootInfo) -> u32 {
         println!("vnet: no virtio-net");
         return 2;
     };
-    let feats = match v.init_queues(VERSION_1 | F_MAC | F_STATUS, 64, 2) {
+    let rxfilter = boot.arg("rxfilter").is_some();
+    let (want, queues) = if rxfilter {
+        (
+            VERSION_1 | F_MAC | F_STATUS | F_CTRL_VQ | F_CTRL_RX | F_CTRL_MAC_ADDR,
+            3,
+        )
+    } else {
+        (VERSION_1 | F_MAC | F_STATUS, 2)
+    };
+    let feats = match v.init_queues(want, 64, queues) {
         Ok(f) => f,
         Err(e) => {
             println!("vnet: init: {e}");
@@ -540,6 +559,9 @@ pub fn run(boot: &BootInfo) -> u32 {
         answered: 0,
         arp_seen: None,
     };
+    if rxfilter {
+        return rx_filter(&mut nic, feats, &d);
+    }
     let mut peer = boot.arg("peer").and_then(parse_ip).unwrap_or([10, 9, 0, 1]);
     if boot.arg("dhcp").is_some() {
         let Some((ip, router)) = dhcp(&mut nic, &d) else {
@@ -615,6 +637,85 @@ pub fn run(boot: &BootInfo) -> u32 {
     }
     println!("vnet: done, answered {} echo requests", nic.answered);
     0
+}
+
+/// One control-queue command; returns the device's ack byte (0 OK, 1 error).
+fn control(nic: &mut Nic, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
+    let mut b = [0u8; 64];
+    b[0] = class;
+    b[1] = cmd;
+    b[2..2 + data.len()].copy_from_slice(data);
+    copy_to(CTRLB, &b[..2 + data.len()]);
+    let ack = CTRLB + 0x100;
+    copy_to(ack, &[0xff]);
+    nic.v.select(2);
+    nic.v
+        .set_desc(0, CTRLB, 2 + data.len() as u32, crate::transport::F_NEXT, 1);
+    nic.v.set_desc(1, ack, 1, F_WRITE, 0);
+    nic.v.offer(0);
+    let done = nic.v.wait_used(2000);
+    nic.v.select(0);
+    done.map(|_| read_u8(ack))
+}
+
+/// `rxfilter`: through the control queue, leave promiscuous mode, put 02:00:00:00:00:aa
+/// in the unicast MAC table, change the NIC's own address to 52:54:00:ab:cd:ef, and try a
+/// command the device does not know (`vnet: rx filter acks A B C D`). Then print the
+/// payload of every probe frame (ethertype 0x88b5) that arrives (`vnet: probe 'TEXT'`)
+/// until one says `end`.
+fn rx_filter(nic: &mut Nic, feats: u64, d: &Deadline) -> u32 {
+    let need = F_CTRL_VQ | F_CTRL_RX | F_CTRL_MAC_ADDR;
+    if feats & need != need {
+        println!("vnet: control queue features not offered ({feats:#x})");
+        return 1;
+    }
+    let promisc_off = control(nic, 0, 0, &[0]);
+    let mut table = [0u8; 4 + 6 + 4];
+    table[..4].copy_from_slice(&1u32.to_le_bytes());
+    table[4..10].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+    let table_set = control(nic, 1, 0, &table);
+    let addr_set = control(nic, 1, 1, &[0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+    let unknown = control(nic, 0, 9, &[1]);
+    let ack = |a: Option<u8>| a.map_or(255, u32::from);
+    println!(
+        "vnet: rx filter acks {} {} {} {}",
+        ack(promisc_off),
+        ack(table_set),
+        ack(addr_set),
+        ack(unknown)
+    );
+    let mut m = [0u8; 6];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = nic.v.config8(i as u64);
+    }
+    println!(
+        "vnet: mac now {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    while !d.expired() {
+        let Some((head, len)) = nic.v.wait_used(50) else {
+            continue;
+        };
+        let at = RXB + BUF * u64::from(head) + nic.hdr as u64;
+        let n = (len as usize).saturating_sub(nic.hdr).min(80);
+        let mut f = [0u8; 80];
+        for (i, b) in f[..n].iter_mut().enumerate() {
+            *b = read_u8(at + i as u64);
+        }
+        nic.v.offer(head);
+        if n < 14 || u16::from_be_bytes([f[12], f[13]]) != ETH_PROBE {
+            continue;
+        }
+        let text = &f[14..n];
+        let text = &text[..text.iter().position(|c| *c == 0).unwrap_or(text.len())];
+        let text = core::str::from_utf8(text).unwrap_or("?");
+        println!("vnet: probe '{text}'");
+        if text == "end" {
+            return 0;
+        }
+    }
+    println!("vnet: no end probe");
+    1
 }
 
 fn ping_once(nic: &mut Nic, mac: [u8; 6], peer: [u8; 4], seq: u16, ms: u64) -> bool {

@@ -74,7 +74,7 @@ struct Ring {
 
 pub struct Virtio {
     regs: Regs,
-    rings: [Ring; 2],
+    rings: [Ring; 3],
     /// The queue `set_desc`, `offer`, `kick` and `wait_used` work on.
     cur: usize,
 }
@@ -129,7 +129,7 @@ impl Virtio {
         };
         Some(Virtio {
             regs,
-            rings: [Ring::default(); 2],
+            rings: [Ring::default(); 3],
             cur: 0,
         })
     }
@@ -189,7 +189,7 @@ impl Virtio {
         self.init_queues(want, max, 1)
     }
 
-    /// As [`Self::init`], with queues `0..queues` (at most 2), each 64 KiB apart from
+    /// As [`Self::init`], with queues `0..queues` (at most 3), each 64 KiB apart from
     /// RING_BASE; queue 0 is selected afterwards.
     pub fn init_queues(&mut self, want: u64, max: u16, queues: usize) -> Result<u64, &'static str> {
         self.set_status(0);
