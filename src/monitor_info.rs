@@ -328,6 +328,19 @@ impl MachineInfo for PcInfo {
             } else if !n.link.load(std::sync::atomic::Ordering::Relaxed) {
                 out.push_str("    link down\n");
             }
+            // Not in QEMU's output: frames troupe had to drop (no receive buffer, link
+            // down, a frame too big, a backend that refused one), shown once there are any.
+            let (rx, tx) = (
+                n.stats
+                    .rx_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                n.stats
+                    .tx_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            if rx + tx > 0 {
+                out.push_str(&format!("    dropped: rx {rx}, tx {tx}\n"));
+            }
         }
         out
     }

@@ -45,6 +45,7 @@ struct VirtioNicParts {
     backend: String,
     slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
     filter: devices::virtio::net::SharedRxFilter,
+    stats: Arc<actors::virtio::net::NetStats>,
 }
 
 /// A virtio-net NIC and its backend (for `info network` and `set_link`).
@@ -63,6 +64,8 @@ pub struct VirtioNic {
     pub slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
     /// The receive filter and MAC the driver set (`query-rx-filter`).
     pub filter: devices::virtio::net::SharedRxFilter,
+    /// Frames moved and dropped (`info network` shows drops).
+    pub stats: Arc<actors::virtio::net::NetStats>,
     pub host: Arc<VirtioPciHost>,
 }
 
@@ -312,6 +315,7 @@ pub fn build(
                         backend: desc,
                         slirp: slirp_ctl.take(),
                         filter: filter.clone(),
+                        stats: worker.stats.clone(),
                     },
                     (worker.link.clone(), worker.error.clone()),
                 ));
@@ -390,6 +394,7 @@ pub fn build(
                 error,
                 slirp: p.slirp,
                 filter: p.filter,
+                stats: p.stats,
                 host: host.clone(),
             });
         }
