@@ -15,6 +15,9 @@
 //!    `vnet: link down` (and, after a ping that gets no answer, `vnet: no reply while link
 //!    down`), then `vnet: link up` and `vnet: reply after link up` once a ping works again.
 //!
+//! `stall` posts its receive buffers and then never reads them (`vnet: stalled, not
+//! reading`) until `wait=` passes.
+//! `fault=big|loop` first offers a bad transmit chain (see [`tx_fault`]).
 //! With `rxfilter`, it instead sets a receive filter through the control queue and prints
 //! the probe frames that pass it (see [`rx_filter`]).
 //!
@@ -545,11 +548,12 @@ pub fn run(boot: &BootInfo) -> u32 {
         if link { "up" } else { "down" }
     );
     let hdr = if feats & VERSION_1 != 0 { 12 } else { 10 };
-    for i in 0..NRX {
-        v.set_desc(i, RXB + BUF * u64::from(i), BUF as u32, F_WRITE, 0);
-        v.offer_quietly(i);
+    post_rx(&mut v);
+    if let Some(kind) = boot.arg("fault") {
+        if !tx_fault(&mut v, kind, hdr, want, queues) {
+            return 1;
+        }
     }
-    v.kick();
     let d = Deadline::after_ms(boot.arg_u64("wait").unwrap_or(30) * 1000);
     let mut nic = Nic {
         v,
@@ -561,6 +565,14 @@ pub fn run(boot: &BootInfo) -> u32 {
     };
     if rxfilter {
         return rx_filter(&mut nic, feats, &d);
+    }
+    if boot.arg("stall").is_some() {
+        // A guest that stops taking frames: the device must drop and count, not queue.
+        println!("vnet: stalled, not reading");
+        while !d.expired() {
+            core::hint::spin_loop();
+        }
+        return 0;
     }
     let mut peer = boot.arg("peer").and_then(parse_ip).unwrap_or([10, 9, 0, 1]);
     if boot.arg("dhcp").is_some() {
@@ -637,6 +649,64 @@ pub fn run(boot: &BootInfo) -> u32 {
     }
     println!("vnet: done, answered {} echo requests", nic.answered);
     0
+}
+
+/// Offer the receive buffers on queue 0.
+fn post_rx(v: &mut Virtio) {
+    for i in 0..NRX {
+        v.set_desc(i, RXB + BUF * u64::from(i), BUF as u32, F_WRITE, 0);
+        v.offer_quietly(i);
+    }
+    v.kick();
+}
+
+/// `fault=big`: transmit a 70 000-byte frame (more than any frame can be); the device must
+/// return the chain and go on working (`vnet: oversized frame returned`).
+/// `fault=loop`: offer a transmit chain whose descriptors loop; the device must set
+/// NEEDS_RESET, and work again after a reset (`vnet: recovered after reset`).
+fn tx_fault(v: &mut Virtio, kind: &str, hdr: usize, want: u64, queues: usize) -> bool {
+    use crate::transport::{F_NEXT, NEEDS_RESET};
+    v.select(1);
+    let big = TXB + 0x1000;
+    match kind {
+        "big" => {
+            copy_to(TXB, &[0u8; 12][..hdr]);
+            let mut frame = [0u8; 64];
+            frame[..6].copy_from_slice(&[0xff; 6]);
+            frame[12..14].copy_from_slice(&ETH_PROBE.to_be_bytes());
+            copy_to(big, &frame);
+            v.set_desc(0, TXB, hdr as u32, F_NEXT, 1);
+            v.set_desc(1, big, 70_000, 0, 0);
+            v.offer(0);
+            let ok = v.wait_used(2000).is_some();
+            v.select(0);
+            println!(
+                "vnet: oversized frame {}",
+                if ok { "returned" } else { "never returned" }
+            );
+            ok
+        }
+        _ => {
+            v.set_desc(0, TXB, hdr as u32, F_NEXT, 1);
+            v.set_desc(1, big, 64, F_NEXT, 0);
+            v.offer(0);
+            let d = Deadline::after_ms(3000);
+            while v.status() & NEEDS_RESET == 0 {
+                if d.expired() {
+                    println!("vnet: no NEEDS_RESET after a looping chain");
+                    return false;
+                }
+                core::hint::spin_loop();
+            }
+            println!("vnet: device needs reset (status={:#x})", v.status());
+            if v.init_queues(want, 64, queues).is_err() {
+                return false;
+            }
+            post_rx(v);
+            println!("vnet: recovered after reset");
+            true
+        }
+    }
 }
 
 /// One control-queue command; returns the device's ack byte (0 OK, 1 error).
