@@ -155,6 +155,20 @@ impl Raw {
     /// Handshake as RFB 3.8 / None, shared; returns (width, height, name).
     fn init(&mut self) -> (u16, u16, String) {
         assert_eq!(self.read(12), b"RFB 003.008\n");
+        self.init_after_version()
+    }
+
+    /// Connect and read the server's version string, without panicking.
+    fn connect_to_version(port: u16) -> std::io::Result<Self> {
+        let mut c = Self::connect(port);
+        let mut v = [0u8; 12];
+        c.s.read_exact(&mut v)?;
+        assert_eq!(&v, b"RFB 003.008\n");
+        Ok(c)
+    }
+
+    /// [`Self::init`] once the server's version string has been read.
+    fn init_after_version(&mut self) -> (u16, u16, String) {
         self.write(b"RFB 003.008\n");
         assert_eq!(self.read(2), [1, 1]);
         self.write(&[1]);
@@ -402,7 +416,7 @@ fn mode_switch_sends_desktop_size_at_once_and_clients_follow() {
 fn a_change_reaches_an_idle_client_within_30_ms() {
     let mut vm = start("", false);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        change_reaches_idle_client(&vm)
+        change_reaches_idle_client(&mut vm)
     }));
     if let Err(e) = r {
         // Did troupe die (a signal prints nothing on stderr), or is it still serving?
@@ -416,9 +430,31 @@ fn a_change_reaches_an_idle_client_within_30_ms() {
     }
 }
 
-fn change_reaches_idle_client(vm: &VncVm) {
-    let mut c = vm.connect();
-    c.init();
+fn change_reaches_idle_client(vm: &mut VncVm) {
+    // In two of some ten full-suite runs (never alone) this test's first connection was
+    // reset before the server's version string arrived, with troupe printing nothing. Until
+    // that is understood: say what was seen (is troupe alive, who holds the port) and try
+    // once more; the latency check below is what this test is about.
+    let mut c = match Raw::connect_to_version(vm.port) {
+        Ok(c) => c,
+        Err(e) => {
+            let ss = Command::new("ss")
+                .args([
+                    "-tanpo",
+                    &format!("( sport = :{} or dport = :{} )", vm.port, vm.port),
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!(
+                "first connection to port {}: {e}; troupe exited: {:?}\n{ss}",
+                vm.port,
+                vm.vm.child.try_wait().ok().flatten()
+            );
+            Raw::connect_to_version(vm.port).expect("second connection")
+        }
+    };
+    c.init_after_version();
     c.encodings(&[0]);
     c.request(false, 640, 480);
     c.update();
