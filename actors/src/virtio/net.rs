@@ -5,24 +5,14 @@
 //! finds no receive buffer is dropped and counted (the guest is not keeping up), as is a
 //! transmit the tap refuses.
 
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use devices::virtio::net::{header_len, lock_filter, SharedRxFilter};
 
 use super::{Ctx, QueueWorker};
-use crate::net::slirp::SlirpPort;
-use crate::net::tap::Tap;
-
-/// Where the NIC's frames go.
-pub enum Backend {
-    Tap(Tap),
-    User(SlirpPort),
-    /// The backend failed (its tap was deleted): frames are dropped, the link is down.
-    Gone,
-}
+pub use crate::net::backend::Backend;
+use crate::net::backend::Recv;
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -66,34 +56,17 @@ impl NetWorker {
     fn receive(&mut self, ctx: &mut Ctx) {
         let hdr = header_len(ctx.features);
         let mut used = false;
-        if let Backend::User(port) = &self.backend {
-            port.ack();
-        }
+        self.backend.ack();
         loop {
-            let n = match &mut self.backend {
-                Backend::Tap(tap) => match tap.file.read(&mut self.buf[hdr..]) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        // The interface is gone: report once, take the link down, and
-                        // close the descriptor (which also leaves the worker's epoll).
-                        let why = format!("tap {}: {e}; link down", tap.name);
-                        crate::report!("troupe: {why}");
-                        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                        self.backend = Backend::Gone;
-                        self.link.store(false, Ordering::Relaxed);
-                        ctx.set_link(false);
-                        break;
-                    }
-                },
-                Backend::Gone => break,
-                Backend::User(port) => {
-                    let Some(f) = port.recv() else { break };
-                    let n = f.len().min(self.buf.len() - hdr);
-                    self.buf[hdr..hdr + n].copy_from_slice(&f[..n]);
-                    n
+            let n = match self.backend.recv(&mut self.buf[hdr..]) {
+                Recv::Frame(n) => n,
+                Recv::Empty => break,
+                Recv::Failed(why) => {
+                    crate::report!("troupe: {why}");
+                    *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    self.link.store(false, Ordering::Relaxed);
+                    ctx.set_link(false);
+                    break;
                 }
             };
             if !self.link.load(Ordering::Relaxed) {
@@ -143,17 +116,7 @@ impl NetWorker {
             if up && total > hdr && total - hdr <= MAX_FRAME as u64 {
                 let n = (total - hdr) as usize;
                 let got = chain.read_at(&ctx.mem, hdr, &mut self.buf[..n]);
-                let sent = match &mut self.backend {
-                    // A tap takes a frame whole or not at all.
-                    Backend::Tap(tap) => {
-                        matches!(tap.file.write(&self.buf[..got]), Ok(n) if n == got)
-                    }
-                    Backend::User(port) => {
-                        port.send(&self.buf[..got]);
-                        true
-                    }
-                    Backend::Gone => false,
-                };
+                let sent = self.backend.send(&self.buf[..got]);
                 let counter = if sent {
                     &self.stats.tx_frames
                 } else {
@@ -213,10 +176,6 @@ impl QueueWorker for NetWorker {
     }
 
     fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        match &self.backend {
-            Backend::Tap(tap) => Some(tap.file.as_raw_fd()),
-            Backend::User(port) => Some(port.ready.as_raw_fd()),
-            Backend::Gone => None,
-        }
+        self.backend.fd()
     }
 }
