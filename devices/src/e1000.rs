@@ -1,0 +1,745 @@
+//! e1000: the Intel 82540EM gigabit NIC that QEMU gives `-net nic` by default (PCI
+//! 8086:100e), as a state machine over guest memory.
+//!
+//! Modelled: the register file behind BAR0 (and its IOADDR/IODATA window in BAR1), the
+//! EEPROM read through EERD (MAC address, QEMU's word layout and checksum), the PHY through
+//! MDIC, interrupt causes (ICR/ICS/IMS/IMC) on the INTx line, the receive filter (unicast
+//! and multicast promiscuous, broadcast, the receive-address table, the multicast hash
+//! table), legacy receive descriptors (frames spread over several buffers when needed), and
+//! transmit with legacy descriptors and the context/data descriptor pair with IP and
+//! TCP/UDP checksum insertion. Not modelled: TCP segmentation offload (a TSO data
+//! descriptor is sent as one frame), VLAN filtering, the microwire EEPROM interface through
+//! EECD (drivers that bit-bang the EEPROM see zeros), interrupt moderation timers
+//! (interrupts are raised at once).
+//!
+//! Contract with the host: MMIO/PIO go to [`E1000::read`] / [`E1000::write`]; a write may
+//! return frames to transmit ([`E1000::write`]'s result), which the host sends to the
+//! backend; frames from the backend go to [`E1000::receive`]. Both may raise INTx.
+
+use std::sync::Arc;
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
+
+use crate::pci::{BarDef, BarKind, ConfigSpace, Ids, PciFunction};
+use crate::IrqLine;
+
+pub const VENDOR: u16 = 0x8086;
+pub const DEVICE: u16 = 0x100e;
+/// BAR0: the registers (128 KiB); BAR1: the I/O window (IOADDR at 0, IODATA at 4).
+pub const MMIO_BAR: usize = 0;
+pub const IO_BAR: usize = 1;
+const MMIO_SIZE: u64 = 0x2_0000;
+const IO_SIZE: u64 = 0x40;
+/// Largest frame the transmit path assembles; longer ones are dropped.
+pub const MAX_TX_FRAME: usize = 0x1_0000;
+
+/// Register offsets (Intel 8254x manual, 13.4).
+mod reg {
+    pub const CTRL: usize = 0x0000;
+    pub const STATUS: usize = 0x0008;
+    pub const EECD: usize = 0x0010;
+    pub const EERD: usize = 0x0014;
+    pub const MDIC: usize = 0x0020;
+    pub const ICR: usize = 0x00c0;
+    pub const ICS: usize = 0x00c8;
+    pub const IMS: usize = 0x00d0;
+    pub const IMC: usize = 0x00d8;
+    pub const RCTL: usize = 0x0100;
+    pub const TCTL: usize = 0x0400;
+    pub const LEDCTL: usize = 0x0e00;
+    pub const PBA: usize = 0x1000;
+    pub const RDBAL: usize = 0x2800;
+    pub const RDBAH: usize = 0x2804;
+    pub const RDLEN: usize = 0x2808;
+    pub const RDH: usize = 0x2810;
+    pub const RDT: usize = 0x2818;
+    pub const TDBAL: usize = 0x3800;
+    pub const TDBAH: usize = 0x3804;
+    pub const TDLEN: usize = 0x3808;
+    pub const TDH: usize = 0x3810;
+    pub const TDT: usize = 0x3818;
+    /// Statistics: clear on read.
+    pub const STATS: std::ops::Range<usize> = 0x4000..0x4100;
+    pub const GPRC: usize = 0x4074;
+    pub const GPTC: usize = 0x4080;
+    pub const GORCL: usize = 0x4088;
+    pub const GOTCL: usize = 0x4090;
+    pub const TPR: usize = 0x40d0;
+    pub const TPT: usize = 0x40d4;
+    pub const MTA: usize = 0x5200;
+    pub const RA: usize = 0x5400;
+}
+
+const CTRL_SLU: u32 = 1 << 6;
+const CTRL_RST: u32 = 1 << 26;
+const STATUS_LU: u32 = 1 << 1;
+const EERD_START: u32 = 1;
+const EERD_DONE: u32 = 1 << 4;
+const MDIC_READY: u32 = 1 << 28;
+const MDIC_INT: u32 = 1 << 29;
+const MDIC_ERROR: u32 = 1 << 30;
+const RCTL_EN: u32 = 1 << 1;
+const RCTL_UPE: u32 = 1 << 3;
+const RCTL_MPE: u32 = 1 << 4;
+const RCTL_LPE: u32 = 1 << 5;
+const RCTL_BAM: u32 = 1 << 15;
+const RCTL_BSEX: u32 = 1 << 25;
+const RCTL_SECRC: u32 = 1 << 26;
+const TCTL_EN: u32 = 1 << 1;
+const RAH_AV: u32 = 1 << 31;
+
+/// Interrupt causes.
+pub const ICR_TXDW: u32 = 1;
+pub const ICR_TXQE: u32 = 1 << 1;
+pub const ICR_LSC: u32 = 1 << 2;
+pub const ICR_RXDMT0: u32 = 1 << 4;
+pub const ICR_RXO: u32 = 1 << 6;
+pub const ICR_RXT0: u32 = 1 << 7;
+pub const ICR_MDAC: u32 = 1 << 9;
+const ICR_INT_ASSERTED: u32 = 1 << 31;
+
+/// Transmit descriptor command bits.
+const TXD_EOP: u8 = 1;
+const TXD_IC: u8 = 1 << 2;
+const TXD_RS: u8 = 1 << 3;
+const TXD_RPS: u8 = 1 << 4;
+const TXD_DEXT: u8 = 1 << 5;
+/// Data descriptor option bits (POPTS).
+const POPTS_IXSM: u8 = 1;
+const POPTS_TXSM: u8 = 2;
+
+/// The PHY's registers at address 1 (an M88E1011 as QEMU models it), link up.
+fn phy_init() -> [u16; 32] {
+    let mut p = [0u16; 32];
+    p[0] = 0x1140; // BMCR: 1000 Mb/s, full duplex, autonegotiation
+    p[1] = 0x796d; // BMSR: link up, autonegotiation complete
+    p[2] = 0x0141; // PHY ID
+    p[3] = 0x0c20;
+    p[4] = 0x0de1; // autonegotiation advertisement
+    p[5] = 0x41e1; // link partner ability
+    p[6] = 0x0001;
+    p[9] = 0x0e00; // 1000BASE-T control
+    p[10] = 0x3c00; // 1000BASE-T status
+    p[15] = 0x3000;
+    p[16] = 0x0360; // PHY specific control
+    p[17] = 0xac00; // PHY specific status: 1000 Mb/s, full duplex, link
+    p[20] = 0x0d60;
+    p
+}
+
+/// QEMU's EEPROM image for the 82540EM, with the MAC in words 0..3 and the checksum
+/// (all 64 words sum to 0xBABA) in word 63.
+fn eeprom(mac: [u8; 6]) -> [u16; 64] {
+    let mut e: [u16; 64] = [
+        0x0000, 0x0000, 0x0000, 0x0000, 0xffff, 0x0000, 0x0000, 0x0000, //
+        0x3000, 0x1000, 0x6403, DEVICE, 0x8086, DEVICE, 0x8086, 0x3040, //
+        0x0008, 0x2000, 0x7e14, 0x0048, 0x1000, 0x00d8, 0x0000, 0x2700, //
+        0x6cc9, 0x3150, 0x0722, 0x040b, 0x0984, 0x0000, 0xc000, 0x0706, //
+        0x1008, 0x0000, 0x0f04, 0x7fff, 0x4d01, 0xffff, 0xffff, 0xffff, //
+        0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, //
+        0x0100, 0x4000, 0x121c, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, //
+        0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0x0000,
+    ];
+    for i in 0..3 {
+        e[i] = u16::from_le_bytes([mac[2 * i], mac[2 * i + 1]]);
+    }
+    let sum = e[..63].iter().fold(0u16, |a, w| a.wrapping_add(*w));
+    e[63] = 0xbaba_u16.wrapping_sub(sum);
+    e
+}
+
+/// The transmit context set by a context descriptor (checksum offsets).
+#[derive(Debug, Clone, Copy, Default)]
+struct TxContext {
+    ipcss: usize,
+    ipcso: usize,
+    ipcse: usize,
+    tucss: usize,
+    tucso: usize,
+    tucse: usize,
+}
+
+/// Counters the host reads for `info network`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct E1000Stats {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// Frames that found no free receive descriptor (or receive off, or link down).
+    pub rx_dropped: u64,
+    /// Transmits too long to be a frame.
+    pub tx_dropped: u64,
+}
+
+pub struct E1000 {
+    space: ConfigSpace,
+    initial: ConfigSpace,
+    regs: Vec<u32>,
+    phy: [u16; 32],
+    eeprom: [u16; 64],
+    mac: [u8; 6],
+    irq: Arc<dyn IrqLine>,
+    link_up: bool,
+    /// The I/O window's address register.
+    ioaddr: u32,
+    ctx: TxContext,
+    /// The frame being assembled from data descriptors, and its checksum options.
+    tx_frame: Vec<u8>,
+    tx_popts: u8,
+    tx_legacy_css: Option<(usize, usize)>,
+    pub stats: E1000Stats,
+    id: String,
+}
+
+impl E1000 {
+    pub fn new(mac: [u8; 6], irq: Arc<dyn IrqLine>) -> Self {
+        let mut space = ConfigSpace::new(Ids {
+            vendor: VENDOR,
+            device: DEVICE,
+            revision: 3,
+            class: (0x02, 0x00, 0x00),
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x1100,
+            header_type: 0,
+        });
+        space.add_bar(
+            MMIO_BAR,
+            BarDef {
+                kind: BarKind::Mem32 { prefetch: false },
+                size: MMIO_SIZE,
+            },
+        );
+        space.add_bar(
+            IO_BAR,
+            BarDef {
+                kind: BarKind::Io,
+                size: IO_SIZE,
+            },
+        );
+        space.set_interrupt_pin(1);
+        let mut e = Self {
+            initial: space.clone(),
+            space,
+            regs: vec![0; MMIO_SIZE as usize / 4],
+            phy: phy_init(),
+            eeprom: eeprom(mac),
+            mac,
+            irq,
+            link_up: true,
+            ioaddr: 0,
+            ctx: TxContext::default(),
+            tx_frame: Vec::new(),
+            tx_popts: 0,
+            tx_legacy_css: None,
+            stats: E1000Stats::default(),
+            id: String::new(),
+        };
+        e.reset_regs();
+        e
+    }
+
+    pub fn set_id(&mut self, id: &str) {
+        self.id = id.to_string();
+    }
+
+    /// Room for an option ROM in the configuration space (BAR 6).
+    pub fn add_rom(&mut self, size: u64) {
+        self.space.add_rom(size);
+        self.initial.add_rom(size);
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn r(&self, off: usize) -> u32 {
+        self.regs[off / 4]
+    }
+
+    fn set(&mut self, off: usize, v: u32) {
+        self.regs[off / 4] = v;
+    }
+
+    /// Power-on (and CTRL.RST) register values, as QEMU has them.
+    fn reset_regs(&mut self) {
+        self.regs.fill(0);
+        self.set(reg::CTRL, 0x0014_0240 | CTRL_SLU); // SWDPIN0/2, 1000 Mb/s, set link up
+        let lu = if self.link_up { STATUS_LU } else { 0 };
+        // FD, LU, 1000 Mb/s, ASDV, GIO master enable
+        self.set(
+            reg::STATUS,
+            0x8000_0000 | 0x0008_0000 | 0x0000_0300 | 0x80 | 1 | lu,
+        );
+        self.set(reg::EECD, 0x0000_0110); // EEPROM present, flash writes disabled
+        self.set(reg::LEDCTL, 0x0704_8402);
+        self.set(reg::PBA, 0x0010_0030);
+        let m = self.mac;
+        self.set(reg::RA, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+        self.set(
+            reg::RA + 4,
+            u32::from(u16::from_le_bytes([m[4], m[5]])) | RAH_AV,
+        );
+        self.phy = phy_init();
+        if !self.link_up {
+            self.phy[1] &= !0x0024;
+        }
+        self.ctx = TxContext::default();
+        self.tx_frame.clear();
+        self.tx_popts = 0;
+        self.tx_legacy_css = None;
+        self.update_irq();
+    }
+
+    fn update_irq(&mut self) {
+        let pending = self.r(reg::ICR) & self.r(reg::IMS) & !ICR_INT_ASSERTED;
+        self.irq.set_level(pending != 0);
+    }
+
+    fn raise(&mut self, cause: u32) {
+        let icr = self.r(reg::ICR) | cause | ICR_INT_ASSERTED;
+        self.set(reg::ICR, icr);
+        self.update_irq();
+    }
+
+    /// `set_link` from the monitor (or a backend that went away).
+    pub fn set_link(&mut self, up: bool) {
+        self.link_up = up;
+        let s = self.r(reg::STATUS);
+        self.set(reg::STATUS, if up { s | STATUS_LU } else { s & !STATUS_LU });
+        if up {
+            self.phy[1] |= 0x0024;
+        } else {
+            self.phy[1] &= !0x0024;
+        }
+        self.raise(ICR_LSC);
+    }
+
+    /// A read of BAR0 at `offset`.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let off = offset as usize & !3;
+        let v = if off + 4 > MMIO_SIZE as usize {
+            0
+        } else {
+            self.read_reg(off)
+        };
+        let bytes = v.to_le_bytes();
+        let shift = offset as usize & 3;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(shift + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn read_reg(&mut self, off: usize) -> u32 {
+        match off {
+            reg::ICR => {
+                let v = self.r(reg::ICR);
+                self.set(reg::ICR, 0);
+                self.update_irq();
+                v
+            }
+            reg::IMC | reg::ICS => 0,
+            o if reg::STATS.contains(&o) => {
+                let v = self.r(o);
+                self.set(o, 0);
+                v
+            }
+            o => self.r(o),
+        }
+    }
+
+    /// A write to BAR0 at `offset`. Returns the frames the guest transmitted, for the
+    /// backend (empty for most registers).
+    pub fn write<M: GuestMemory>(&mut self, mem: &M, offset: u64, data: &[u8]) -> Vec<Vec<u8>> {
+        let off = offset as usize & !3;
+        if off + 4 > MMIO_SIZE as usize || data.is_empty() {
+            return Vec::new();
+        }
+        // Sub-dword writes merge into the register.
+        let mut bytes = self.r(off).to_le_bytes();
+        let shift = offset as usize & 3;
+        for (i, b) in data.iter().enumerate() {
+            if let Some(x) = bytes.get_mut(shift + i) {
+                *x = *b;
+            }
+        }
+        self.write_reg(mem, off, u32::from_le_bytes(bytes))
+    }
+
+    fn write_reg<M: GuestMemory>(&mut self, mem: &M, off: usize, v: u32) -> Vec<Vec<u8>> {
+        match off {
+            reg::CTRL => {
+                if v & CTRL_RST != 0 {
+                    self.reset_regs();
+                } else {
+                    self.set(reg::CTRL, v);
+                }
+            }
+            reg::STATUS | reg::ICR => {}
+            reg::EERD => {
+                let addr = ((v >> 8) & 0xff) as usize;
+                let out = if v & EERD_START == 0 {
+                    v
+                } else {
+                    let word = self.eeprom.get(addr).copied().unwrap_or(0);
+                    (u32::from(word) << 16) | EERD_DONE | (v & 0xff00) | EERD_START
+                };
+                self.set(reg::EERD, out);
+            }
+            reg::MDIC => {
+                let (phy, r, op) = ((v >> 21) & 0x1f, ((v >> 16) & 0x1f) as usize, (v >> 26) & 3);
+                let mut out = v & !(MDIC_READY | MDIC_ERROR);
+                if phy != 1 {
+                    out |= MDIC_ERROR;
+                } else if op == 2 {
+                    out = (out & !0xffff) | u32::from(self.phy[r]);
+                } else if op == 1 && r != 1 && r != 2 && r != 3 {
+                    self.phy[r] = v as u16;
+                }
+                self.set(reg::MDIC, out | MDIC_READY);
+                if v & MDIC_INT != 0 {
+                    self.raise(ICR_MDAC);
+                }
+            }
+            reg::ICS => self.raise(v),
+            reg::IMS => {
+                let ims = self.r(reg::IMS) | v;
+                self.set(reg::IMS, ims);
+                self.update_irq();
+            }
+            reg::IMC => {
+                let ims = self.r(reg::IMS) & !v;
+                self.set(reg::IMS, ims);
+                self.update_irq();
+            }
+            reg::RDLEN | reg::TDLEN => self.set(off, v & 0xf_ff80),
+            reg::RDH | reg::RDT | reg::TDH => self.set(off, v & 0xffff),
+            reg::TDT => {
+                self.set(off, v & 0xffff);
+                return self.transmit(mem);
+            }
+            reg::TCTL => {
+                self.set(off, v);
+                return self.transmit(mem);
+            }
+            o if reg::STATS.contains(&o) => {}
+            o => self.set(o, v),
+        }
+        Vec::new()
+    }
+
+    /// BAR1: IOADDR at 0 selects a register, IODATA at 4 reads or writes it.
+    pub fn io_read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = match offset {
+            0 => self.ioaddr,
+            4 => self.read_reg(self.ioaddr as usize & 0x1_fffc),
+            _ => 0,
+        };
+        let b = v.to_le_bytes();
+        for (i, x) in data.iter_mut().enumerate() {
+            *x = b.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    pub fn io_write<M: GuestMemory>(&mut self, mem: &M, offset: u64, data: &[u8]) -> Vec<Vec<u8>> {
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        let v = u32::from_le_bytes(b);
+        match offset {
+            0 => self.ioaddr = v,
+            4 => return self.write_reg(mem, self.ioaddr as usize & 0x1_fffc, v),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn ring_len(&self, len_reg: usize) -> u32 {
+        self.r(len_reg) / 16
+    }
+
+    fn ring_base(&self, lo: usize, hi: usize) -> u64 {
+        (u64::from(self.r(hi)) << 32) | u64::from(self.r(lo) & !0xf)
+    }
+
+    /// Serve transmit descriptors from TDH up to TDT.
+    fn transmit<M: GuestMemory>(&mut self, mem: &M) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.r(reg::TCTL) & TCTL_EN == 0 {
+            return out;
+        }
+        let n = self.ring_len(reg::TDLEN);
+        let base = self.ring_base(reg::TDBAL, reg::TDBAH);
+        if n == 0 {
+            return out;
+        }
+        let mut cause = 0;
+        let start = self.r(reg::TDH);
+        let mut served = 0;
+        while self.r(reg::TDH) != self.r(reg::TDT) && served < n {
+            let head = self.r(reg::TDH);
+            if head >= n {
+                // A head past the ring: the guest programmed nonsense; stop here.
+                break;
+            }
+            let at = GuestAddress(base + 16 * u64::from(head));
+            let mut d = [0u8; 16];
+            if mem.read_slice(&mut d, at).is_err() {
+                break;
+            }
+            if let Some(frame) = self.tx_descriptor(mem, &d) {
+                out.push(frame);
+            }
+            if d[11] & (TXD_RS | TXD_RPS) != 0 {
+                // Descriptor done: DD in the status byte.
+                let _ = mem.write_slice(&[d[12] | 1], at.unchecked_add(12));
+                cause |= ICR_TXDW;
+            }
+            self.set(reg::TDH, (head + 1) % n);
+            served += 1;
+            if self.r(reg::TDH) == start {
+                break;
+            }
+        }
+        if served > 0 {
+            self.raise(cause | ICR_TXQE);
+        }
+        out
+    }
+
+    /// One transmit descriptor: a context descriptor updates the offload context; data and
+    /// legacy descriptors add their buffer; the last one (EOP) yields the frame.
+    fn tx_descriptor<M: GuestMemory>(&mut self, mem: &M, d: &[u8; 16]) -> Option<Vec<u8>> {
+        let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+        let cmd = d[11];
+        let extended = cmd & TXD_DEXT != 0;
+        let dtyp = (d[10] >> 4) & 0xf;
+        if extended && dtyp == 0 {
+            self.ctx = TxContext {
+                ipcss: usize::from(d[0]),
+                ipcso: usize::from(d[1]),
+                ipcse: usize::from(u16::from_le_bytes([d[2], d[3]])),
+                tucss: usize::from(d[4]),
+                tucso: usize::from(d[5]),
+                tucse: usize::from(u16::from_le_bytes([d[6], d[7]])),
+            };
+            return None;
+        }
+        let len = if extended {
+            (u32::from_le_bytes([d[8], d[9], d[10], 0]) & 0xf_ffff) as usize
+        } else {
+            usize::from(u16::from_le_bytes([d[8], d[9]]))
+        };
+        if extended {
+            self.tx_popts |= d[13];
+        } else if cmd & TXD_IC != 0 {
+            self.tx_legacy_css = Some((usize::from(d[13]), usize::from(d[10])));
+        }
+        if self.tx_frame.len() + len <= MAX_TX_FRAME {
+            let at = self.tx_frame.len();
+            self.tx_frame.resize(at + len, 0);
+            if mem
+                .read_slice(&mut self.tx_frame[at..], GuestAddress(addr))
+                .is_err()
+            {
+                self.tx_frame.truncate(at);
+            }
+        } else {
+            // Too long to be a frame: keep the state, drop it at EOP.
+            self.tx_frame.resize(MAX_TX_FRAME + 1, 0);
+        }
+        if cmd & TXD_EOP == 0 {
+            return None;
+        }
+        let mut frame = std::mem::take(&mut self.tx_frame);
+        let (popts, legacy) = (self.tx_popts, self.tx_legacy_css.take());
+        self.tx_popts = 0;
+        if frame.len() > MAX_TX_FRAME || frame.len() < 14 {
+            self.stats.tx_dropped += 1;
+            return None;
+        }
+        if extended {
+            let c = self.ctx;
+            if popts & POPTS_IXSM != 0 {
+                put_checksum(&mut frame, c.ipcss, c.ipcse, c.ipcso, false);
+            }
+            if popts & POPTS_TXSM != 0 {
+                put_checksum(&mut frame, c.tucss, c.tucse, c.tucso, true);
+            }
+        } else if let Some((css, cso)) = legacy {
+            put_checksum(&mut frame, css, 0, cso, false);
+        }
+        self.stats.tx_frames += 1;
+        let g = self.r(reg::GPTC).wrapping_add(1);
+        self.set(reg::GPTC, g);
+        let t = self.r(reg::TPT).wrapping_add(1);
+        self.set(reg::TPT, t);
+        let o = self.r(reg::GOTCL).wrapping_add(frame.len() as u32);
+        self.set(reg::GOTCL, o);
+        Some(frame)
+    }
+
+    /// Receive buffer size from RCTL.BSIZE/BSEX.
+    fn rx_buf_size(&self) -> usize {
+        let rctl = self.r(reg::RCTL);
+        let base = match (rctl >> 16) & 3 {
+            0 => 2048,
+            1 => 1024,
+            2 => 512,
+            _ => 256,
+        };
+        if rctl & RCTL_BSEX != 0 && base != 2048 {
+            base * 16
+        } else {
+            base
+        }
+    }
+
+    /// QEMU's e1000 receive filter.
+    fn accepts(&self, f: &[u8]) -> bool {
+        let rctl = self.r(reg::RCTL);
+        let multicast = f[0] & 1 != 0;
+        if rctl & RCTL_UPE != 0 {
+            return true;
+        }
+        if multicast && rctl & RCTL_MPE != 0 {
+            return true;
+        }
+        if f[..6] == [0xff; 6] && rctl & RCTL_BAM != 0 {
+            return true;
+        }
+        for i in 0..16 {
+            let (lo, hi) = (self.r(reg::RA + 8 * i), self.r(reg::RA + 8 * i + 4));
+            if hi & RAH_AV == 0 {
+                continue;
+            }
+            let mut ra = [0u8; 6];
+            ra[..4].copy_from_slice(&lo.to_le_bytes());
+            ra[4..].copy_from_slice(&hi.to_le_bytes()[..2]);
+            if f[..6] == ra {
+                return true;
+            }
+        }
+        if !multicast {
+            return false;
+        }
+        let shift = [4, 3, 2, 0][((rctl >> 12) & 3) as usize];
+        let h = ((usize::from(f[5]) << 8 | usize::from(f[4])) >> shift) & 0xfff;
+        self.r(reg::MTA + 4 * (h >> 5)) & (1 << (h & 31)) != 0
+    }
+
+    /// A frame from the backend. Returns false when it was dropped for want of receive
+    /// descriptors (or receive is off, or the link is down); frames the filter rejects
+    /// count as delivered.
+    pub fn receive<M: GuestMemory>(&mut self, mem: &M, frame: &[u8]) -> bool {
+        let rctl = self.r(reg::RCTL);
+        if !self.link_up || rctl & RCTL_EN == 0 {
+            self.stats.rx_dropped += 1;
+            return false;
+        }
+        let mut f = frame.to_vec();
+        if f.len() < 60 {
+            f.resize(60, 0);
+        }
+        if f.len() > 1522 && rctl & RCTL_LPE == 0 {
+            return true;
+        }
+        if !self.accepts(&f) {
+            return true;
+        }
+        // With CRC stripping off, the length includes a (zero) frame check sequence.
+        if rctl & RCTL_SECRC == 0 {
+            f.extend_from_slice(&[0; 4]);
+        }
+        let n = self.ring_len(reg::RDLEN);
+        let base = self.ring_base(reg::RDBAL, reg::RDBAH);
+        let size = self.rx_buf_size();
+        let (head, tail) = (self.r(reg::RDH), self.r(reg::RDT));
+        let free = if n == 0 || head >= n || tail >= n {
+            0
+        } else {
+            (tail + n - head) % n
+        };
+        if (free as usize) * size < f.len() {
+            self.stats.rx_dropped += 1;
+            self.raise(ICR_RXO);
+            return false;
+        }
+        let mut head = head;
+        for (i, chunk) in f.chunks(size).enumerate() {
+            let at = GuestAddress(base + 16 * u64::from(head));
+            let mut d = [0u8; 16];
+            if mem.read_slice(&mut d, at).is_err() {
+                break;
+            }
+            let buf = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+            let _ = mem.write_slice(chunk, GuestAddress(buf));
+            let last = (i + 1) * size >= f.len();
+            d[8..10].copy_from_slice(&(chunk.len() as u16).to_le_bytes());
+            d[10..12].fill(0);
+            d[12] = if last { 0x3 } else { 0x1 }; // DD, EOP on the last
+            d[13] = 0;
+            let _ = mem.write_slice(&d[8..16], at.unchecked_add(8));
+            head = (head + 1) % n;
+        }
+        self.set(reg::RDH, head);
+        self.stats.rx_frames += 1;
+        let g = self.r(reg::GPRC).wrapping_add(1);
+        self.set(reg::GPRC, g);
+        let t = self.r(reg::TPR).wrapping_add(1);
+        self.set(reg::TPR, t);
+        let o = self.r(reg::GORCL).wrapping_add(f.len() as u32);
+        self.set(reg::GORCL, o);
+        let mut cause = ICR_RXT0;
+        // Fewer free descriptors than RCTL.RDMTS says (1/2, 1/4 or 1/8 of the ring).
+        let left = (self.r(reg::RDT) + n - head) % n;
+        if left <= n >> (1 + ((rctl >> 8) & 3)) {
+            cause |= ICR_RXDMT0;
+        }
+        self.raise(cause);
+        true
+    }
+}
+
+/// Store the Internet checksum of `frame[start..end]` (to the end when `end` is 0) at
+/// `at`, big-endian. `transport`: a zero result is sent as 0xffff (UDP's rule).
+fn put_checksum(frame: &mut [u8], start: usize, end: usize, at: usize, transport: bool) {
+    let end = if end == 0 || end >= frame.len() {
+        frame.len()
+    } else {
+        end + 1
+    };
+    if start >= end || at + 2 > frame.len() {
+        return;
+    }
+    let mut sum: u32 = 0;
+    for c in frame[start..end].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut c = !(sum as u16);
+    if transport && c == 0 {
+        c = 0xffff;
+    }
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+impl PciFunction for E1000 {
+    fn config(&self) -> &ConfigSpace {
+        &self.space
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.space
+    }
+    fn reset(&mut self) {
+        self.space = self.initial.clone();
+        self.reset_regs();
+        self.stats = E1000Stats::default();
+    }
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;

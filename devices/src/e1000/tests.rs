@@ -1,0 +1,254 @@
+use super::*;
+use crate::testing::FakeIrq;
+use vm_memory::GuestMemoryMmap;
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const TX_RING: u64 = 0x1000;
+const RX_RING: u64 = 0x2000;
+const RX_BUFS: u64 = 0x10000;
+const TX_BUF: u64 = 0x8000;
+
+fn mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+}
+
+fn w(e: &mut E1000, m: &GuestMemoryMmap, off: usize, v: u32) -> Vec<Vec<u8>> {
+    e.write(m, off as u64, &v.to_le_bytes())
+}
+
+fn r(e: &mut E1000, off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    e.read(off as u64, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// A NIC with 8 receive buffers of 2 KiB posted and an 8-entry transmit ring, enabled.
+fn nic() -> (E1000, Arc<FakeIrq>, GuestMemoryMmap) {
+    let irq = Arc::new(FakeIrq::default());
+    let mut e = E1000::new(MAC, irq.clone());
+    let m = mem();
+    for i in 0..8u64 {
+        m.write_obj(RX_BUFS + 2048 * i, GuestAddress(RX_RING + 16 * i))
+            .unwrap();
+    }
+    w(&mut e, &m, reg::RDBAL, RX_RING as u32);
+    w(&mut e, &m, reg::RDLEN, 8 * 16);
+    w(&mut e, &m, reg::RDH, 0);
+    w(&mut e, &m, reg::RDT, 7);
+    w(&mut e, &m, reg::RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
+    w(&mut e, &m, reg::TDBAL, TX_RING as u32);
+    w(&mut e, &m, reg::TDLEN, 8 * 16);
+    w(&mut e, &m, reg::TCTL, TCTL_EN);
+    w(&mut e, &m, reg::IMS, ICR_RXT0 | ICR_TXDW | ICR_LSC);
+    (e, irq, m)
+}
+
+fn tx_desc(m: &GuestMemoryMmap, i: u64, addr: u64, len: u16, cmd: u8) {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..10].copy_from_slice(&len.to_le_bytes());
+    d[11] = cmd;
+    m.write_slice(&d, GuestAddress(TX_RING + 16 * i)).unwrap();
+}
+
+#[test]
+fn eeprom_gives_the_mac_and_a_valid_checksum_through_eerd() {
+    let (mut e, _, m) = nic();
+    let mut words = Vec::new();
+    for a in 0..64u32 {
+        w(&mut e, &m, reg::EERD, (a << 8) | EERD_START);
+        let v = r(&mut e, reg::EERD);
+        assert_ne!(v & EERD_DONE, 0);
+        words.push((v >> 16) as u16);
+    }
+    assert_eq!(&words[..3], &[0x5452, 0x1200, 0x5634]);
+    let sum = words.iter().fold(0u16, |a, x| a.wrapping_add(*x));
+    assert_eq!(sum, 0xbaba);
+    // The receive address register holds the MAC too, marked valid.
+    assert_eq!(r(&mut e, reg::RA), 0x1200_5452);
+    assert_eq!(r(&mut e, reg::RA + 4), 0x8000_5634);
+}
+
+#[test]
+fn the_phy_answers_at_address_1_only() {
+    let (mut e, _, m) = nic();
+    w(&mut e, &m, reg::MDIC, (2 << 26) | (1 << 21) | (2 << 16));
+    let v = r(&mut e, reg::MDIC);
+    assert_eq!(v & 0xffff, 0x0141);
+    assert_ne!(v & MDIC_READY, 0);
+    w(&mut e, &m, reg::MDIC, (2 << 26) | (3 << 21) | (2 << 16));
+    assert_ne!(r(&mut e, reg::MDIC) & MDIC_ERROR, 0);
+}
+
+#[test]
+fn a_frame_in_two_buffers_is_sent_whole_and_the_descriptors_are_written_back() {
+    let (mut e, irq, m) = nic();
+    let frame: Vec<u8> = (0..100u8).collect();
+    m.write_slice(&frame[..40], GuestAddress(TX_BUF)).unwrap();
+    m.write_slice(&frame[40..], GuestAddress(TX_BUF + 0x100))
+        .unwrap();
+    tx_desc(&m, 0, TX_BUF, 40, 0);
+    tx_desc(&m, 1, TX_BUF + 0x100, 60, TXD_EOP | TXD_RS);
+    let out = w(&mut e, &m, reg::TDT, 2);
+    assert_eq!(out, vec![frame]);
+    assert_eq!(r(&mut e, reg::TDH), 2);
+    let status: u8 = m.read_obj(GuestAddress(TX_RING + 16 + 12)).unwrap();
+    assert_eq!(status & 1, 1, "DD on the RS descriptor");
+    assert!(irq.is_high());
+    assert_eq!(
+        r(&mut e, reg::ICR) & (ICR_TXDW | ICR_TXQE),
+        ICR_TXDW | ICR_TXQE
+    );
+    assert!(!irq.is_high(), "reading ICR clears it");
+}
+
+#[test]
+fn checksum_offload_fills_in_ip_and_tcp_checksums() {
+    let (mut e, _, m) = nic();
+    // Ethernet + IPv4 (20) + TCP (20) + 4 bytes of data; the driver put the pseudo-header
+    // sum in the TCP checksum field, as Linux does.
+    let mut f = vec![0u8; 14 + 20 + 20 + 4];
+    f[12..14].copy_from_slice(&[8, 0]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&44u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 2, 15]);
+    f[30..34].copy_from_slice(&[10, 0, 2, 2]);
+    f[34 + 12] = 5 << 4;
+    f[54..58].copy_from_slice(b"ping");
+    m.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
+    // Context: IP header 14..33, checksum at 24; TCP from 34 to the end, checksum at 50.
+    let mut c = [0u8; 16];
+    c[0] = 14;
+    c[1] = 24;
+    c[2..4].copy_from_slice(&33u16.to_le_bytes());
+    c[4] = 34;
+    c[5] = 50;
+    c[11] = TXD_DEXT;
+    m.write_slice(&c, GuestAddress(TX_RING)).unwrap();
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&TX_BUF.to_le_bytes());
+    d[8..10].copy_from_slice(&(f.len() as u16).to_le_bytes());
+    d[10] = 1 << 4; // DTYP data
+    d[11] = TXD_DEXT | TXD_EOP;
+    d[13] = POPTS_IXSM | POPTS_TXSM;
+    m.write_slice(&d, GuestAddress(TX_RING + 16)).unwrap();
+    let out = w(&mut e, &m, reg::TDT, 2);
+    let sent = &out[0];
+    let fold = |data: &[u8]| {
+        let mut s: u32 = data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    };
+    assert_eq!(fold(&sent[14..34]), 0xffff, "IP header sums to all ones");
+    assert_eq!(
+        fold(&sent[34..]),
+        0xffff,
+        "TCP segment (with its seed) sums to all ones"
+    );
+}
+
+#[test]
+fn received_frames_fill_descriptors_and_raise_rxt0() {
+    let (mut e, irq, m) = nic();
+    let mut f = vec![0u8; 3000];
+    f[..6].copy_from_slice(&MAC);
+    f[100] = 0xab;
+    w(
+        &mut e,
+        &m,
+        reg::RCTL,
+        RCTL_EN | RCTL_BAM | RCTL_SECRC | RCTL_LPE,
+    );
+    assert!(e.receive(&m, &f));
+    // 3000 bytes in 2 KiB buffers: two descriptors, EOP on the second.
+    let d0: [u8; 16] = m.read_obj(GuestAddress(RX_RING)).unwrap();
+    let d1: [u8; 16] = m.read_obj(GuestAddress(RX_RING + 16)).unwrap();
+    assert_eq!(u16::from_le_bytes([d0[8], d0[9]]), 2048);
+    assert_eq!(d0[12], 1);
+    assert_eq!(u16::from_le_bytes([d1[8], d1[9]]), 952);
+    assert_eq!(d1[12], 3);
+    assert_eq!(m.read_obj::<u8>(GuestAddress(RX_BUFS + 100)).unwrap(), 0xab);
+    assert_eq!(r(&mut e, reg::RDH), 2);
+    assert!(irq.is_high());
+    assert_ne!(r(&mut e, reg::ICR) & ICR_RXT0, 0);
+}
+
+#[test]
+fn the_filter_takes_own_broadcast_and_hashed_multicast_and_drops_the_rest() {
+    let (mut e, _, m) = nic();
+    let frame = |dst: [u8; 6]| {
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(&dst);
+        f
+    };
+    let rdh = |e: &mut E1000| r(e, reg::RDH);
+    assert!(e.receive(&m, &frame([2, 0, 0, 0, 0, 9])));
+    assert_eq!(rdh(&mut e), 0, "another unicast address: filtered");
+    assert!(e.receive(&m, &frame(MAC)));
+    assert!(e.receive(&m, &frame([0xff; 6])));
+    assert_eq!(rdh(&mut e), 2);
+    let mc = [0x01, 0, 0x5e, 0, 0, 0xfb];
+    assert!(e.receive(&m, &frame(mc)));
+    assert_eq!(rdh(&mut e), 2, "multicast without its hash bit: filtered");
+    // MO=0: hash = bits 47:36 of the address.
+    let h = ((usize::from(mc[5]) << 8 | usize::from(mc[4])) >> 4) & 0xfff;
+    w(&mut e, &m, reg::MTA + 4 * (h >> 5), 1 << (h & 31));
+    assert!(e.receive(&m, &frame(mc)));
+    assert_eq!(rdh(&mut e), 3);
+    w(&mut e, &m, reg::RCTL, RCTL_EN | RCTL_UPE | RCTL_SECRC);
+    assert!(e.receive(&m, &frame([2, 0, 0, 0, 0, 9])));
+    assert_eq!(rdh(&mut e), 4, "unicast promiscuous");
+}
+
+#[test]
+fn with_no_free_descriptor_a_frame_is_dropped_counted_and_rxo_raised() {
+    let (mut e, _, m) = nic();
+    let mut f = vec![0u8; 64];
+    f[..6].copy_from_slice(&MAC);
+    for _ in 0..7 {
+        assert!(e.receive(&m, &f));
+    }
+    assert!(!e.receive(&m, &f));
+    assert_eq!(e.stats.rx_dropped, 1);
+    assert_eq!(e.stats.rx_frames, 7);
+    assert_ne!(r(&mut e, reg::ICR) & ICR_RXO, 0);
+}
+
+#[test]
+fn an_oversized_transmit_is_dropped_and_a_bogus_ring_does_not_spin() {
+    let (mut e, _, m) = nic();
+    // 2 x 40 000 bytes with one EOP: more than a frame can be.
+    tx_desc(&m, 0, TX_BUF, 40_000, 0);
+    tx_desc(&m, 1, TX_BUF, 40_000, TXD_EOP);
+    assert!(w(&mut e, &m, reg::TDT, 2).is_empty());
+    assert_eq!(e.stats.tx_dropped, 1);
+    // TDT past the ring: the device stops at the ring's end instead of looping.
+    assert!(w(&mut e, &m, reg::TDT, 1000).is_empty());
+}
+
+#[test]
+fn link_down_clears_status_lu_and_raises_lsc() {
+    let (mut e, irq, _) = nic();
+    e.set_link(false);
+    assert_eq!(r(&mut e, reg::STATUS) & STATUS_LU, 0);
+    assert!(irq.is_high());
+    assert_ne!(r(&mut e, reg::ICR) & ICR_LSC, 0);
+    e.set_link(true);
+    assert_ne!(r(&mut e, reg::STATUS) & STATUS_LU, 0);
+}
+
+#[test]
+fn ctrl_rst_restores_power_on_registers() {
+    let (mut e, _, m) = nic();
+    w(&mut e, &m, reg::CTRL, CTRL_RST);
+    assert_eq!(r(&mut e, reg::RCTL), 0);
+    assert_eq!(r(&mut e, reg::IMS), 0);
+    assert_ne!(r(&mut e, reg::STATUS) & STATUS_LU, 0);
+}
