@@ -257,9 +257,7 @@ fn chardev_backend(cfg: &VmConfig, b: &CharBackend) -> Result<Option<Backend>> {
     }))
 }
 
-/// Refuse what the command line asked for but this build cannot do yet, naming it; QEMU's
-/// implicit defaults (its e1000 NIC, its empty CD-ROM drive) are skipped instead, since the
-/// user did not ask for them.
+/// Refuse what the command line asked for but this build cannot do yet, naming it.
 fn check_supported(cfg: &VmConfig) -> Result<()> {
     use crate::config::DeviceKind;
     use crate::config::{NetdevKind, NicModel};
@@ -271,11 +269,6 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     };
     let is_served = |id: &str| cfg.netdevs.iter().any(|n| n.id == id && served(&n.kind));
     for n in &cfg.netdevs {
-        if n.id == "#net0" {
-            // QEMU's implicit default network: an e1000 troupe does not have yet.
-            tracing::info!("skipping QEMU's default network (e1000 is not available yet)");
-            continue;
-        }
         if !served(&n.kind) {
             return Err(anyhow!(
                 "-netdev {}: only tap, bridge and user networking are available yet (socket and hubport are not)",
@@ -291,16 +284,15 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             | DeviceKind::VirtioTablet
             | DeviceKind::VirtioSerial
             | DeviceKind::VirtConsole { .. } => {}
-            DeviceKind::Nic { netdev, .. } if netdev.as_deref() == Some("#net0") => {}
             DeviceKind::Nic {
-                model: NicModel::VirtioNet,
+                model: NicModel::VirtioNet | NicModel::E1000,
                 netdev: Some(id),
                 ..
             } if is_served(id) => {}
             DeviceKind::Nic { model, .. } => {
                 return Err(anyhow!(
-                "-device {model:?}: only virtio-net-pci (on tap, bridge or user) is available yet"
-            ))
+                    "-device {model:?}: a NIC needs a tap, bridge or user backend (netdev=)"
+                ))
             }
             other => return Err(anyhow!("-device {other:?}: not available yet")),
         }

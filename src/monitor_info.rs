@@ -12,6 +12,7 @@ use devices::pci::{BarKind, PciDeviceInfo};
 use serde_json::{json, Value};
 
 use crate::config::{CacheMode, DriveConfig, DriveInterface, Media};
+use crate::platform::nic::NicKind;
 use crate::platform::pci::PciPlatform;
 use crate::vm::kvm::KvmVm;
 
@@ -35,7 +36,7 @@ pub struct PcInfo {
     /// virtio-blk devices: (drive id, qdev path, backend).
     pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
     /// virtio-net NICs.
-    pub nics: Vec<crate::platform::virtio::VirtioNic>,
+    pub nics: Vec<crate::platform::nic::Nic>,
 }
 
 /// QEMU's QOM type names for the functions troupe models.
@@ -316,11 +317,11 @@ impl MachineInfo for PcInfo {
     fn network(&self) -> String {
         let mut out = String::new();
         for (i, n) in self.nics.iter().enumerate() {
-            // The address in use: the driver may have changed it (MAC_ADDR_SET).
-            let m = devices::virtio::net::lock_filter(&n.filter).mac;
+            // The address in use: a virtio driver may have changed it (MAC_ADDR_SET).
+            let m = n.mac();
             out.push_str(&format!(
-                "{}: index=0,type=nic,model=virtio-net-pci,macaddr={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
-                n.name, m[0], m[1], m[2], m[3], m[4], m[5]
+                "{}: index=0,type=nic,model={},macaddr={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
+                n.name, n.model, m[0], m[1], m[2], m[3], m[4], m[5]
             ));
             out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
             if let Some(e) = &*n.error.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -330,14 +331,7 @@ impl MachineInfo for PcInfo {
             }
             // Not in QEMU's output: frames troupe had to drop (no receive buffer, link
             // down, a frame too big, a backend that refused one), shown once there are any.
-            let (rx, tx) = (
-                n.stats
-                    .rx_dropped
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                n.stats
-                    .tx_dropped
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
+            let (rx, tx) = n.dropped();
             if rx + tx > 0 {
                 out.push_str(&format!("    dropped: rx {rx}, tx {tx}\n"));
             }
@@ -347,12 +341,20 @@ impl MachineInfo for PcInfo {
 
     fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String> {
         if let Some(n) = name {
-            if !self.nics.iter().any(|c| c.name == n) {
-                return Err(if self.nics.iter().any(|c| c.netdev == n) {
-                    format!("net client({n}) isn't a NIC")
-                } else {
-                    format!("Invalid net client name: {n}")
-                });
+            match self.nics.iter().find(|c| c.name == n) {
+                Some(c) if !matches!(c.kind, NicKind::Virtio { .. }) => {
+                    return Err(format!(
+                        "net client({n}) doesn't support rx-filter querying"
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(if self.nics.iter().any(|c| c.netdev == n) {
+                        format!("net client({n}) isn't a NIC")
+                    } else {
+                        format!("Invalid net client name: {n}")
+                    })
+                }
             }
         }
         let mac = |m: &[u8; 6]| {
@@ -374,8 +376,12 @@ impl MachineInfo for PcInfo {
             self.nics
                 .iter()
                 .filter(|c| name.is_none_or(|n| c.name == n))
-                .map(|c| {
-                    let f = devices::virtio::net::lock_filter(&c.filter);
+                .filter_map(|c| match &c.kind {
+                    NicKind::Virtio { filter, .. } => Some((c, filter)),
+                    NicKind::E1000(_) => None,
+                })
+                .map(|(c, filter)| {
+                    let f = devices::virtio::net::lock_filter(filter);
                     json!({
                         "name": c.name,
                         "promiscuous": f.promisc,
@@ -470,11 +476,7 @@ impl MachineInfo for PcInfo {
             .iter()
             .find(|n| n.name == name || n.netdev == name)
             .ok_or_else(|| format!("Device '{name}' not found"))?;
-        nic.link.store(up, std::sync::atomic::Ordering::Relaxed);
-        let mut m = nic.host.model().lock().unwrap_or_else(|e| e.into_inner());
-        if m.device_mut().set_link(up) {
-            m.signal_config();
-        }
+        nic.set_link(up);
         Ok(())
     }
 

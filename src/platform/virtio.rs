@@ -33,40 +33,22 @@ pub struct VirtioDevices {
     pub disks: Vec<VirtioDisk>,
     /// The `virtio-tablet-pci`, if any: where absolute pointer events go.
     pub tablet: Option<actors::virtio::input::TabletSink>,
-    pub nics: Vec<VirtioNic>,
+    /// Every NIC, virtio-net and e1000 (built here for their shared backends and ROMs).
+    pub nics: Vec<super::nic::Nic>,
     /// `downscript=` of each tap opened: (script, ifname), run when the VM ends.
     pub downscripts: Vec<(std::path::PathBuf, String)>,
 }
 
-/// What is known of a NIC before its host runs.
+/// What is known of a virtio NIC before its host runs.
 struct VirtioNicParts {
     name: String,
     netdev: String,
     backend: String,
-    slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
+    slirp: Option<super::nic::SlirpHandle>,
     filter: devices::virtio::net::SharedRxFilter,
     stats: Arc<actors::virtio::net::NetStats>,
-}
-
-/// A virtio-net NIC and its backend (for `info network` and `set_link`).
-#[derive(Clone)]
-pub struct VirtioNic {
-    /// QEMU's client name: the device id, else `virtio-net-pci.N`.
-    pub name: String,
-    pub netdev: String,
-    /// `type=...,...` as `info network` shows the backend.
-    pub backend: String,
-    pub link: Arc<std::sync::atomic::AtomicBool>,
-    /// Why the backend stopped (a deleted tap), if it did.
-    pub error: Arc<std::sync::Mutex<Option<String>>>,
-    /// User-mode backends: run-time hostfwd changes, and the first DHCP address (where a
-    /// rule with no guest address points).
-    pub slirp: Option<(actors::net::slirp::SlirpControl, std::net::Ipv4Addr)>,
-    /// The receive filter and MAC the driver set (`query-rx-filter`).
-    pub filter: devices::virtio::net::SharedRxFilter,
-    /// Frames moved and dropped (`info network` shows drops).
-    pub stats: Arc<actors::virtio::net::NetStats>,
-    pub host: Arc<VirtioPciHost>,
+    link: Arc<std::sync::atomic::AtomicBool>,
+    error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl VirtioDevices {
@@ -110,15 +92,38 @@ pub fn build(
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;
-    type NicFlags = (
-        Arc<std::sync::atomic::AtomicBool>,
-        Arc<std::sync::Mutex<Option<String>>>,
-    );
-    let mut nic_info: Option<(VirtioNicParts, NicFlags)> = None;
-    let mut slirp_ctl = None;
+    let mut nic_info: Option<VirtioNicParts> = None;
+    let mut ne1000 = 0;
     let mut nic_rom: Option<Vec<u8>> = None;
     for (index, d) in cfg.devices.iter().enumerate() {
         let Some(slot) = d.addr else { continue };
+        if let DeviceKind::Nic {
+            model: crate::config::NicModel::E1000,
+            netdev: Some(id),
+            mac,
+            romfile,
+            ..
+        } = &d.kind
+        {
+            let nic = super::nic::build_e1000(
+                super::nic::E1000Parts {
+                    cfg,
+                    id: d.id.as_deref(),
+                    index: ne1000,
+                    netdev: id,
+                    mac: *mac,
+                    romfile: romfile.as_deref(),
+                    slot,
+                    mem,
+                    pci,
+                    intx: &intx,
+                },
+                &mut out.downscripts,
+            )?;
+            ne1000 += 1;
+            out.nics.push(nic);
+            continue;
+        }
         let (name, model, vectors, worker): (
             String,
             Box<dyn VirtioDeviceModel>,
@@ -203,104 +208,9 @@ pub fn build(
                 romfile,
                 ..
             } => {
-                let nd = cfg
-                    .netdevs
-                    .iter()
-                    .find(|n| &n.id == id)
-                    .ok_or_else(|| anyhow!("virtio-net-pci: netdev '{id}' not found"))?;
-                let backend = match &nd.kind {
-                    crate::config::NetdevKind::Tap {
-                        ifname,
-                        fd,
-                        script,
-                        downscript,
-                        ..
-                    } => {
-                        let tap = match fd {
-                            Some(fd) => actors::net::tap::from_fd(*fd),
-                            None => actors::net::tap::open(ifname.as_deref()),
-                        }
-                        .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
-                        if let (Some(script), None) = (script, fd) {
-                            actors::net::tap::run_script(script, &tap.name)
-                                .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
-                        }
-                        if let (Some(down), None) = (downscript, fd) {
-                            out.downscripts.push((down.clone(), tap.name.clone()));
-                        }
-                        actors::virtio::net::Backend::Tap(tap)
-                    }
-                    crate::config::NetdevKind::User(u) => {
-                        if !u.guestfwd.is_empty() {
-                            return Err(anyhow!("-netdev {id}: guestfwd is not available yet"));
-                        }
-                        let opts = actors::net::slirp::SlirpOptions {
-                            net: u.net.0,
-                            prefix: u.net.1,
-                            host: u.host,
-                            dhcpstart: u.dhcpstart,
-                            dns: u.dns,
-                            restrict: u.restrict,
-                            hostname: u.hostname.clone(),
-                            domainname: u.domainname.clone(),
-                            tftp: u.tftp.as_ref().map(|p| p.display().to_string()),
-                            bootfile: u.bootfile.clone(),
-                            hostfwd: u
-                                .hostfwd
-                                .iter()
-                                .map(|f| {
-                                    let guest = if f.guest_addr.is_unspecified() {
-                                        u.dhcpstart
-                                    } else {
-                                        f.guest_addr
-                                    };
-                                    (f.udp, f.host_addr, f.host_port, guest, f.guest_port)
-                                })
-                                .collect(),
-                        };
-                        let port = actors::net::slirp::start(id, opts)
-                            .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
-                        slirp_ctl = Some((port.control.clone(), u.dhcpstart));
-                        actors::virtio::net::Backend::User(port)
-                    }
-                    crate::config::NetdevKind::Bridge { br, .. } => {
-                        let tap = actors::net::bridge::open(br)
-                            .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
-                        actors::virtio::net::Backend::Tap(tap)
-                    }
-                    _ => {
-                        return Err(anyhow!(
-                            "-netdev {id}: only tap, bridge and user are available yet"
-                        ))
-                    }
-                };
-                let desc = match &nd.kind {
-                    crate::config::NetdevKind::Tap {
-                        ifname,
-                        script,
-                        downscript,
-                        ..
-                    } => format!(
-                        "type=tap,ifname={},script={},downscript={}",
-                        ifname.as_deref().unwrap_or(""),
-                        script
-                            .as_ref()
-                            .map_or("no".into(), |p| p.display().to_string()),
-                        downscript
-                            .as_ref()
-                            .map_or("no".into(), |p| p.display().to_string()),
-                    ),
-                    crate::config::NetdevKind::Bridge { br, .. } => {
-                        format!("type=tap,helper=bridge,br={br}")
-                    }
-                    crate::config::NetdevKind::User(u) => format!(
-                        "type=user,net={},restrict={}",
-                        u.net.0,
-                        if u.restrict { "on" } else { "off" }
-                    ),
-                    _ => String::new(),
-                };
-                nic_rom = load_rom(romfile.as_deref())?;
+                let (backend, desc, slirp) =
+                    super::nic::open_backend(cfg, id, "virtio-net-pci", &mut out.downscripts)?;
+                nic_rom = super::nic::load_rom(romfile.as_deref(), VIRTIO_NET_ROM)?;
                 let filter: devices::virtio::net::SharedRxFilter = Arc::new(std::sync::Mutex::new(
                     devices::virtio::net::RxFilter::new(*mac),
                 ));
@@ -308,17 +218,16 @@ pub fn build(
                 let client =
                     d.id.clone()
                         .unwrap_or_else(|| format!("virtio-net-pci.{nnet}"));
-                nic_info = Some((
-                    VirtioNicParts {
-                        name: client,
-                        netdev: id.clone(),
-                        backend: desc,
-                        slirp: slirp_ctl.take(),
-                        filter: filter.clone(),
-                        stats: worker.stats.clone(),
-                    },
-                    (worker.link.clone(), worker.error.clone()),
-                ));
+                nic_info = Some(VirtioNicParts {
+                    name: client,
+                    netdev: id.clone(),
+                    backend: desc,
+                    slirp,
+                    filter: filter.clone(),
+                    stats: worker.stats.clone(),
+                    link: worker.link.clone(),
+                    error: worker.error.clone(),
+                });
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
                 (
@@ -352,7 +261,7 @@ pub fn build(
         let legacy = model.legacy_bar_size() > 0;
         let rom = nic_rom.take().map(|mut r| {
             let c = devices::pci::PciFunction::config(&model);
-            patch_rom_ids(&mut r, c.vendor(), c.device());
+            super::nic::patch_rom_ids(&mut r, c.vendor(), c.device());
             let size = (r.len() as u64).next_power_of_two().max(0x1000);
             model.add_rom(size);
             let mut buf = actors::host::mem::HostBuffer::new(size as usize);
@@ -385,17 +294,20 @@ pub fn build(
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
             actors::virtio::console::feed_input(rt, rx, input, host.waker());
         }
-        if let Some((p, (link, error))) = nic_info.take() {
-            out.nics.push(VirtioNic {
+        if let Some(p) = nic_info.take() {
+            out.nics.push(super::nic::Nic {
                 name: p.name,
+                model: "virtio-net-pci",
                 netdev: p.netdev,
                 backend: p.backend,
-                link,
-                error,
+                link: p.link,
+                error: p.error,
                 slirp: p.slirp,
-                filter: p.filter,
-                stats: p.stats,
-                host: host.clone(),
+                kind: super::nic::NicKind::Virtio {
+                    host: host.clone(),
+                    filter: p.filter,
+                    stats: p.stats,
+                },
             });
         }
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
@@ -413,58 +325,4 @@ impl devices::ByteSink for Discard {
     fn write_bytes(&mut self, _data: &[u8]) {}
 }
 
-/// Where QEMU's NIC boot ROMs live on Debian (package ipxe-qemu), and QEMU's data dir.
-const ROM_DIRS: [&str; 2] = ["/usr/lib/ipxe/qemu", "/usr/share/qemu"];
 const VIRTIO_NET_ROM: &str = "efi-virtio.rom";
-
-/// A NIC's boot ROM: QEMU's default (`romfile` not given; skipped with a warning when it
-/// is not installed), none (`romfile=`), or the named file (a bare name is looked up where
-/// QEMU looks).
-fn load_rom(romfile: Option<&str>) -> Result<Option<Vec<u8>>> {
-    let (name, explicit) = match romfile {
-        Some("") => return Ok(None),
-        Some(n) => (n, true),
-        None => (VIRTIO_NET_ROM, false),
-    };
-    let candidates: Vec<std::path::PathBuf> = if name.contains('/') {
-        vec![name.into()]
-    } else {
-        ROM_DIRS
-            .iter()
-            .map(|d| std::path::Path::new(d).join(name))
-            .collect()
-    };
-    for c in &candidates {
-        if let Ok(b) = std::fs::read(c) {
-            return Ok(Some(b));
-        }
-    }
-    if explicit {
-        return Err(anyhow!("failed to find romfile \"{name}\""));
-    }
-    actors::report!(
-        "troupe: warning: NIC boot ROM {name} not found (install ipxe-qemu); no network boot"
-    );
-    Ok(None)
-}
-
-/// Make a boot ROM's PCI data structure name this device (as QEMU does): firmware runs a
-/// ROM only when its ids match, and one iPXE image serves several device ids. The header's
-/// checksum byte (offset 6) absorbs the change.
-fn patch_rom_ids(rom: &mut [u8], vendor: u16, device: u16) {
-    if rom.len() < 0x1a || rom[0] != 0x55 || rom[1] != 0xaa {
-        return;
-    }
-    let p = usize::from(u16::from_le_bytes([rom[0x18], rom[0x19]]));
-    if p + 8 > rom.len() || &rom[p..p + 4] != b"PCIR" {
-        return;
-    }
-    let mut delta: u8 = 0;
-    for (at, v) in [(p + 4, vendor), (p + 6, device)] {
-        for (i, b) in v.to_le_bytes().into_iter().enumerate() {
-            delta = delta.wrapping_add(b).wrapping_sub(rom[at + i]);
-            rom[at + i] = b;
-        }
-    }
-    rom[6] = rom[6].wrapping_sub(delta);
-}

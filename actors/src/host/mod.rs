@@ -2,6 +2,7 @@
 //! the model directly under the device's own lock), and connect it to its backends through
 //! typed messages.
 
+pub mod e1000;
 pub mod ide;
 pub mod input;
 pub mod mem;

@@ -1,0 +1,164 @@
+//! The e1000 host: the model (`devices::e1000`) on the PCI bus under its mutex, and a
+//! receive thread for its backend.
+//!
+//! Data path: the guest writes TDT → vCPU exit → [`E1000Host`]'s BAR handler runs the
+//! model's transmit on the vCPU thread and sends the frames to the backend. The backend's
+//! descriptor (the tap, or slirp's "frames ready" eventfd) wakes the receive thread
+//! (`troupe-<name>`), which hands each frame to the model; the model fills receive
+//! descriptors and raises INTx. As with virtio-net, a frame that finds no receive
+//! descriptor is dropped and counted, so a guest that stops reading costs no memory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::e1000::E1000;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::bus::{lock, BusHandler};
+use crate::net::backend::{Backend, Recv};
+
+/// One e1000 and its backend.
+pub struct E1000Host {
+    name: String,
+    model: Arc<Mutex<E1000>>,
+    mem: GuestMemoryMmap,
+    backend: Arc<Mutex<Backend>>,
+    /// Link up (`set_link`): while down, frames are dropped both ways.
+    pub link: Arc<AtomicBool>,
+    /// Why the backend stopped working, for `info network`.
+    pub error: Arc<Mutex<Option<String>>>,
+}
+
+impl E1000Host {
+    /// Put `model` in service with `backend`, starting the receive thread.
+    pub fn start(
+        name: &str,
+        model: E1000,
+        mem: GuestMemoryMmap,
+        backend: Backend,
+    ) -> std::io::Result<Arc<Self>> {
+        let host = Arc::new(Self {
+            name: name.to_string(),
+            model: Arc::new(Mutex::new(model)),
+            mem,
+            backend: Arc::new(Mutex::new(backend)),
+            link: Arc::new(AtomicBool::new(true)),
+            error: Arc::default(),
+        });
+        let fd = lock(&host.backend).fd();
+        if let Some(fd) = fd {
+            let epoll = Epoll::new()?;
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))?;
+            let h = host.clone();
+            std::thread::Builder::new()
+                .name(format!("troupe-{name}"))
+                .spawn(move || h.receive_loop(&epoll))?;
+        }
+        Ok(host)
+    }
+
+    pub fn model(&self) -> &Arc<Mutex<E1000>> {
+        &self.model
+    }
+
+    /// The PCI function to put on the bus.
+    pub fn function(&self) -> Arc<Mutex<dyn devices::pci::PciFunction>> {
+        self.model.clone()
+    }
+
+    /// Handlers for BAR0 (registers) and BAR1 (the I/O window).
+    pub fn bars(self: &Arc<Self>) -> [Arc<dyn BusHandler>; 2] {
+        [Arc::new(Mmio(self.clone())), Arc::new(Io(self.clone()))]
+    }
+
+    /// `set_link`: the guest sees STATUS.LU change (and an LSC interrupt).
+    pub fn set_link(&self, up: bool) {
+        self.link.store(up, Ordering::Relaxed);
+        lock(&self.model).set_link(up);
+    }
+
+    /// Dropped frames (receive, transmit) for `info network`.
+    pub fn dropped(&self) -> (u64, u64) {
+        let s = lock(&self.model).stats;
+        (s.rx_dropped, s.tx_dropped)
+    }
+
+    fn send(&self, frames: Vec<Vec<u8>>) {
+        if frames.is_empty() {
+            return;
+        }
+        let up = self.link.load(Ordering::Relaxed);
+        let mut b = lock(&self.backend);
+        let mut refused = 0;
+        for f in frames {
+            if !up || !b.send(&f) {
+                refused += 1;
+            }
+        }
+        drop(b);
+        if refused > 0 {
+            lock(&self.model).stats.tx_dropped += refused;
+        }
+    }
+
+    fn receive_loop(&self, epoll: &Epoll) {
+        let mut events = vec![EpollEvent::default(); 4];
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match epoll.wait(-1, &mut events) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("{}: epoll: {e}", self.name);
+                    return;
+                }
+            }
+            let mut b = lock(&self.backend);
+            b.ack();
+            loop {
+                match b.recv(&mut buf) {
+                    Recv::Frame(n) => {
+                        let mut m = lock(&self.model);
+                        if self.link.load(Ordering::Relaxed) {
+                            m.receive(&self.mem, &buf[..n]);
+                        } else {
+                            m.stats.rx_dropped += 1;
+                        }
+                    }
+                    Recv::Empty => break,
+                    Recv::Failed(why) => {
+                        crate::report!("troupe: {why}");
+                        *lock(&self.error) = Some(why);
+                        self.set_link(false);
+                        // The descriptor is closed: nothing more will wake this thread.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Mmio(Arc<E1000Host>);
+struct Io(Arc<E1000Host>);
+
+impl BusHandler for Mmio {
+    fn read(&self, _b: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.0.model).read(offset, data);
+    }
+    fn write(&self, _b: u64, offset: u64, data: &[u8]) {
+        let frames = lock(&self.0.model).write(&self.0.mem, offset, data);
+        self.0.send(frames);
+    }
+}
+
+impl BusHandler for Io {
+    fn read(&self, _b: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.0.model).io_read(offset, data);
+    }
+    fn write(&self, _b: u64, offset: u64, data: &[u8]) {
+        let frames = lock(&self.0.model).io_write(&self.0.mem, offset, data);
+        self.0.send(frames);
+    }
+}

@@ -1,0 +1,325 @@
+//! What NIC models share: opening a `-netdev` backend (tap, bridge, user), QEMU's NIC
+//! boot ROMs, and the record the monitor keeps of each NIC (`info network`, `set_link`,
+//! `hostfwd_*`, `info usernet`, `query-rx-filter`) whatever its model. The e1000 is built
+//! here; virtio-net is built with the other virtio devices (`virtio.rs`).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use actors::host::e1000::E1000Host;
+use actors::net::backend::Backend;
+use actors::net::slirp::SlirpControl;
+use actors::virtio::VirtioPciHost;
+use anyhow::{anyhow, Context, Result};
+use vm_memory::GuestMemoryMmap;
+
+use super::pci::{BarTarget, IntxRouter, PciPlatform};
+use crate::config::VmConfig;
+use devices::pci::Slot;
+
+/// A user-mode backend: run-time hostfwd changes, and the first DHCP address (where a
+/// rule with no guest address points).
+pub type SlirpHandle = (SlirpControl, std::net::Ipv4Addr);
+
+/// The model behind a NIC.
+#[derive(Clone)]
+pub enum NicKind {
+    Virtio {
+        host: Arc<VirtioPciHost>,
+        /// The receive filter and MAC the driver set (`query-rx-filter`).
+        filter: devices::virtio::net::SharedRxFilter,
+        stats: Arc<actors::virtio::net::NetStats>,
+    },
+    E1000(Arc<E1000Host>),
+}
+
+/// A NIC and its backend, as the monitor sees it.
+#[derive(Clone)]
+pub struct Nic {
+    /// QEMU's client name: the device id, else `MODEL.N`.
+    pub name: String,
+    /// `virtio-net-pci` or `e1000`.
+    pub model: &'static str,
+    pub netdev: String,
+    /// `type=...,...` as `info network` shows the backend.
+    pub backend: String,
+    pub link: Arc<AtomicBool>,
+    /// Why the backend stopped (a deleted tap), if it did.
+    pub error: Arc<Mutex<Option<String>>>,
+    pub slirp: Option<SlirpHandle>,
+    pub kind: NicKind,
+}
+
+impl Nic {
+    /// The address in use (a virtio driver may have changed it).
+    pub fn mac(&self) -> [u8; 6] {
+        match &self.kind {
+            NicKind::Virtio { filter, .. } => devices::virtio::net::lock_filter(filter).mac,
+            NicKind::E1000(h) => actors::bus::lock(h.model()).mac(),
+        }
+    }
+
+    /// Frames dropped (receive, transmit).
+    pub fn dropped(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.kind {
+            NicKind::Virtio { stats, .. } => (
+                stats.rx_dropped.load(Relaxed),
+                stats.tx_dropped.load(Relaxed),
+            ),
+            NicKind::E1000(h) => h.dropped(),
+        }
+    }
+
+    /// `set_link`: what the guest's driver sees changes, and frames stop or flow.
+    pub fn set_link(&self, up: bool) {
+        match &self.kind {
+            NicKind::Virtio { host, .. } => {
+                self.link.store(up, std::sync::atomic::Ordering::Relaxed);
+                let mut m = host.model().lock().unwrap_or_else(|e| e.into_inner());
+                if m.device_mut().set_link(up) {
+                    m.signal_config();
+                }
+            }
+            NicKind::E1000(h) => h.set_link(up),
+        }
+    }
+}
+
+/// Open the backend of `-netdev` `id` for a NIC of `model`: the backend, how `info network`
+/// describes it, and the user-mode handle if it is slirp. Tap `downscript=`s to run at
+/// exit are added to `downscripts`.
+pub fn open_backend(
+    cfg: &VmConfig,
+    id: &str,
+    model: &str,
+    downscripts: &mut Vec<(std::path::PathBuf, String)>,
+) -> Result<(Backend, String, Option<SlirpHandle>)> {
+    let mut slirp = None;
+    let nd = cfg
+        .netdevs
+        .iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| anyhow!("{model}: netdev '{id}' not found"))?;
+    let backend = match &nd.kind {
+        crate::config::NetdevKind::Tap {
+            ifname,
+            fd,
+            script,
+            downscript,
+            ..
+        } => {
+            let tap = match fd {
+                Some(fd) => actors::net::tap::from_fd(*fd),
+                None => actors::net::tap::open(ifname.as_deref()),
+            }
+            .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            if let (Some(script), None) = (script, fd) {
+                actors::net::tap::run_script(script, &tap.name)
+                    .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            }
+            if let (Some(down), None) = (downscript, fd) {
+                downscripts.push((down.clone(), tap.name.clone()));
+            }
+            Backend::Tap(tap)
+        }
+        crate::config::NetdevKind::User(u) => {
+            if !u.guestfwd.is_empty() {
+                return Err(anyhow!("-netdev {id}: guestfwd is not available yet"));
+            }
+            let opts = actors::net::slirp::SlirpOptions {
+                net: u.net.0,
+                prefix: u.net.1,
+                host: u.host,
+                dhcpstart: u.dhcpstart,
+                dns: u.dns,
+                restrict: u.restrict,
+                hostname: u.hostname.clone(),
+                domainname: u.domainname.clone(),
+                tftp: u.tftp.as_ref().map(|p| p.display().to_string()),
+                bootfile: u.bootfile.clone(),
+                hostfwd: u
+                    .hostfwd
+                    .iter()
+                    .map(|f| {
+                        let guest = if f.guest_addr.is_unspecified() {
+                            u.dhcpstart
+                        } else {
+                            f.guest_addr
+                        };
+                        (f.udp, f.host_addr, f.host_port, guest, f.guest_port)
+                    })
+                    .collect(),
+            };
+            let port =
+                actors::net::slirp::start(id, opts).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            slirp = Some((port.control.clone(), u.dhcpstart));
+            Backend::User(port)
+        }
+        crate::config::NetdevKind::Bridge { br, .. } => {
+            let tap = actors::net::bridge::open(br).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            Backend::Tap(tap)
+        }
+        _ => {
+            return Err(anyhow!(
+                "-netdev {id}: only tap, bridge and user are available yet"
+            ))
+        }
+    };
+    let desc = match &nd.kind {
+        crate::config::NetdevKind::Tap {
+            ifname,
+            script,
+            downscript,
+            ..
+        } => format!(
+            "type=tap,ifname={},script={},downscript={}",
+            ifname.as_deref().unwrap_or(""),
+            script
+                .as_ref()
+                .map_or("no".into(), |p| p.display().to_string()),
+            downscript
+                .as_ref()
+                .map_or("no".into(), |p| p.display().to_string()),
+        ),
+        crate::config::NetdevKind::Bridge { br, .. } => {
+            format!("type=tap,helper=bridge,br={br}")
+        }
+        crate::config::NetdevKind::User(u) => format!(
+            "type=user,net={},restrict={}",
+            u.net.0,
+            if u.restrict { "on" } else { "off" }
+        ),
+        _ => String::new(),
+    };
+    Ok((backend, desc, slirp))
+}
+
+/// Where QEMU's NIC boot ROMs live on Debian (package ipxe-qemu), and QEMU's data dir.
+const ROM_DIRS: [&str; 2] = ["/usr/lib/ipxe/qemu", "/usr/share/qemu"];
+
+/// A NIC's boot ROM: QEMU's default (`romfile` not given; skipped with a warning when it
+/// is not installed), none (`romfile=`), or the named file (a bare name is looked up where
+/// QEMU looks).
+pub fn load_rom(romfile: Option<&str>, default: &str) -> Result<Option<Vec<u8>>> {
+    let (name, explicit) = match romfile {
+        Some("") => return Ok(None),
+        Some(n) => (n, true),
+        None => (default, false),
+    };
+    let candidates: Vec<std::path::PathBuf> = if name.contains('/') {
+        vec![name.into()]
+    } else {
+        ROM_DIRS
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .collect()
+    };
+    for c in &candidates {
+        if let Ok(b) = std::fs::read(c) {
+            return Ok(Some(b));
+        }
+    }
+    if explicit {
+        return Err(anyhow!("failed to find romfile \"{name}\""));
+    }
+    actors::report!(
+        "troupe: warning: NIC boot ROM {name} not found (install ipxe-qemu); no network boot"
+    );
+    Ok(None)
+}
+
+/// Make a boot ROM's PCI data structure name this device (as QEMU does): firmware runs a
+/// ROM only when its ids match, and one iPXE image serves several device ids. The header's
+/// checksum byte (offset 6) absorbs the change.
+pub fn patch_rom_ids(rom: &mut [u8], vendor: u16, device: u16) {
+    if rom.len() < 0x1a || rom[0] != 0x55 || rom[1] != 0xaa {
+        return;
+    }
+    let p = usize::from(u16::from_le_bytes([rom[0x18], rom[0x19]]));
+    if p + 8 > rom.len() || &rom[p..p + 4] != b"PCIR" {
+        return;
+    }
+    let mut delta: u8 = 0;
+    for (at, v) in [(p + 4, vendor), (p + 6, device)] {
+        for (i, b) in v.to_le_bytes().into_iter().enumerate() {
+            delta = delta.wrapping_add(b).wrapping_sub(rom[at + i]);
+            rom[at + i] = b;
+        }
+    }
+    rom[6] = rom[6].wrapping_sub(delta);
+}
+
+/// QEMU's boot ROM for the e1000 (Debian's ipxe-qemu).
+const E1000_ROM: &str = "efi-e1000.rom";
+
+/// What an e1000 is built from.
+pub struct E1000Parts<'a> {
+    pub cfg: &'a VmConfig,
+    /// `-device e1000,id=`.
+    pub id: Option<&'a str>,
+    /// How many e1000s came before (QEMU names them `e1000.N`).
+    pub index: usize,
+    pub netdev: &'a str,
+    pub mac: [u8; 6],
+    pub romfile: Option<&'a str>,
+    pub slot: Slot,
+    pub mem: &'a GuestMemoryMmap,
+    pub pci: &'a Arc<PciPlatform>,
+    pub intx: &'a Arc<IntxRouter>,
+}
+
+/// An e1000 on `slot`: its backend, its model with INTx A, BAR0/BAR1 and the boot ROM.
+pub fn build_e1000(
+    p: E1000Parts<'_>,
+    downscripts: &mut Vec<(std::path::PathBuf, String)>,
+) -> Result<Nic> {
+    let (backend, desc, slirp) = open_backend(p.cfg, p.netdev, "e1000", downscripts)?;
+    let rom = load_rom(p.romfile, E1000_ROM)?;
+    let mut model = devices::e1000::E1000::new(p.mac, p.pci.intx(p.intx, p.slot.0, 1));
+    if let Some(id) = p.id {
+        model.set_id(id);
+    }
+    let rom = rom.map(|mut r| {
+        patch_rom_ids(&mut r, devices::e1000::VENDOR, devices::e1000::DEVICE);
+        let size = (r.len() as u64).next_power_of_two().max(0x1000);
+        model.add_rom(size);
+        let mut buf = actors::host::mem::HostBuffer::new(size as usize);
+        buf.as_mut_slice().fill(0xff);
+        buf.as_mut_slice()[..r.len()].copy_from_slice(&r);
+        Arc::new(buf)
+    });
+    let thread = format!("e1000-{}", p.index);
+    let host = E1000Host::start(&thread, model, p.mem.clone(), backend)
+        .with_context(|| format!("{thread}: starting its receive thread"))?;
+    p.pci.add_function(p.slot, host.function());
+    let [mmio, io] = host.bars();
+    p.pci.bind_bar(
+        p.slot,
+        devices::e1000::MMIO_BAR,
+        &format!("{thread}-mmio"),
+        BarTarget::Mmio(mmio),
+    );
+    p.pci.bind_bar(
+        p.slot,
+        devices::e1000::IO_BAR,
+        &format!("{thread}-io"),
+        BarTarget::Io(io),
+    );
+    if let Some(buf) = rom {
+        p.pci
+            .bind_bar(p.slot, 6, &format!("{thread}.rom"), BarTarget::Rom(buf));
+    }
+    Ok(Nic {
+        name: p
+            .id
+            .map_or_else(|| format!("e1000.{}", p.index), str::to_string),
+        model: "e1000",
+        netdev: p.netdev.to_string(),
+        backend: desc,
+        link: host.link.clone(),
+        error: host.error.clone(),
+        slirp,
+        kind: NicKind::E1000(host),
+    })
+}
