@@ -1,5 +1,5 @@
-//! Networking through the doors a user uses, with the ring-3 virtio test guest's driver
-//! (DHCP, ARP, ping, a small TCP): `-netdev user` (slirp: DHCP lease, the gateway, a TCP
+//! Networking through the doors a user uses, with the ring-3 virtio test guest's drivers
+//! (virtio-net and e1000, under DHCP, ARP, ping, a small TCP): `-netdev user` (slirp: DHCP lease, the gateway, a TCP
 //! server on the host's loopback, `hostfwd` into the guest, `restrict=on`), and
 //! `-netdev tap` and `-netdev bridge` inside a network namespace the test creates (traffic
 //! never leaves it);
@@ -95,24 +95,19 @@ fn a_tap_in_a_namespace_carries_ping_both_ways() {
         up.display(),
         down.display()
     );
-    for (iface, netdev) in [
-        ("", "tap,id=n0,ifname=ttap0,script=no,downscript=no"),
-        ("legacy", scripted.as_str()),
+    let plain = "tap,id=n0,ifname=ttap0,script=no,downscript=no";
+    // virtio-net modern, legacy (set up by the scripts), and an e1000.
+    for (iface, netdev, model) in [
+        ("", plain, "virtio-net-pci"),
+        ("legacy", scripted.as_str(), "virtio-net-pci"),
+        ("nic=e1000", plain, "e1000"),
     ] {
         let append = format!("dev=net {iface} ip=10.9.0.2 peer=10.9.0.1 count=3 answer=3 wait=60");
-        let mut vm = net_guest(
-            Some(&ns),
-            &append,
-            &[
-                "-netdev",
-                netdev,
-                "-device",
-                "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
-            ],
-        )
-        .spawn();
-        vm.expect_stdout("vnet: mac 52:54:00:12:34:56 link up", T);
-        if iface.is_empty() {
+        let device = format!("{model},netdev=n0,mac=52:54:00:12:34:56,romfile=");
+        let mut vm =
+            net_guest(Some(&ns), &append, &["-netdev", netdev, "-device", &device]).spawn();
+        vm.expect_stdout("mac 52:54:00:12:34:56 link up", T);
+        if netdev == plain {
             ns.ip(&["addr", "replace", "10.9.0.1/24", "dev", "ttap0"]);
             ns.ip(&["link", "set", "ttap0", "up"]);
         } else {
@@ -370,13 +365,8 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
             "only tap, bridge and user networking are available yet",
         ),
         (
-            vec![
-                "-netdev",
-                "tap,id=t0,ifname=x,script=no",
-                "-device",
-                "e1000,netdev=t0",
-            ],
-            "only virtio-net-pci (on tap, bridge or user) is available yet",
+            vec!["-device", "e1000"],
+            "a NIC needs a tap, bridge or user backend (netdev=)",
         ),
     ] {
         let mut all = vec!["-nodefaults", "-display", "none"];
@@ -407,6 +397,33 @@ fn net_guest(ns: Option<&NetNs>, append: &str, extra: &[&str]) -> Vm {
 
 #[test]
 fn user_networking_gives_dhcp_the_gateway_the_host_and_hostfwd() {
+    user_mode_story("", |netdev| {
+        vec![
+            "-netdev".to_string(),
+            format!("user,id=u0,{netdev}"),
+            "-device".into(),
+            "virtio-net-pci,netdev=u0".into(),
+        ]
+    });
+}
+
+#[test]
+fn an_e1000_from_the_old_net_nic_form_gets_the_same_user_mode_story() {
+    // `-net nic` with no model is QEMU's default NIC, the e1000.
+    user_mode_story("nic=e1000", |netdev| {
+        vec![
+            "-net".to_string(),
+            "nic".into(),
+            "-net".into(),
+            format!("user,{netdev}"),
+        ]
+    });
+}
+
+/// DHCP, ping the gateway, a TCP connection to a server on the host's loopback through
+/// 10.0.2.2, and a hostfwd rule into the guest's TCP server; `net(hostfwd)` gives the
+/// network options with `hostfwd` in the user backend.
+fn user_mode_story(nic: &str, net: impl Fn(&str) -> Vec<String>) {
     use std::io::{Read, Write};
     // A TCP server on the host's loopback, reached by the guest through 10.0.2.2.
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -420,9 +437,10 @@ fn user_networking_gives_dhcp_the_gateway_the_host_and_hostfwd() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     });
     let hport = free_port();
-    let append = format!("dev=net dhcp count=2 tcp=10.0.2.2:{port} listen=7 wait=60");
-    let netdev = format!("user,id=u0,hostfwd=tcp:127.0.0.1:{hport}-:7");
-    let mut vm = user_guest(&append, &netdev).spawn();
+    let append = format!("dev=net {nic} dhcp count=2 tcp=10.0.2.2:{port} listen=7 wait=60");
+    let args = net(&format!("hostfwd=tcp:127.0.0.1:{hport}-:7"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = net_guest(None, &append, &args).spawn();
     vm.expect_stdout("vnet: dhcp lease 10.0.2.15 router 10.0.2.2", T);
     vm.expect_stdout("vnet: reply from 10.0.2.2 seq=2", T);
     vm.expect_stdout("vnet: tcp got 'hello from host'", T);
@@ -550,18 +568,26 @@ fn hostfwd_add_and_remove_at_run_time() {
 
 #[test]
 fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
+    // virtio-net shows the link in its STATUS field, the e1000 in STATUS.LU.
+    for (model, nic) in [("virtio-net-pci", ""), ("e1000", "nic=e1000")] {
+        set_link_story(model, nic);
+    }
+}
+
+fn set_link_story(model: &str, nic: &str) {
     let port = free_port();
     let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let device = format!("{model},netdev=u0,mac=52:54:00:12:34:77,romfile=");
     let mut vm = net_guest(
         None,
-        "dev=net dhcp count=1 linkwatch wait=60",
+        &format!("dev=net {nic} dhcp count=1 linkwatch wait=60"),
         &[
             "-monitor",
             &mon,
             "-netdev",
             "user,id=u0",
             "-device",
-            "virtio-net-pci,netdev=u0,mac=52:54:00:12:34:77",
+            &device,
         ],
     )
     .spawn();
@@ -571,9 +597,9 @@ fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
     let mut cmd = hmp();
     let net = cmd(&mut c, "info network");
     assert!(
-        net.contains(
-            "virtio-net-pci.0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:77"
-        ),
+        net.contains(&format!(
+            "{model}.0: index=0,type=nic,model={model},macaddr=52:54:00:12:34:77"
+        )),
         "{net}"
     );
     assert!(
@@ -586,9 +612,9 @@ fn set_link_off_shows_link_down_to_the_guest_and_passes_no_frames() {
     assert!(cmd(&mut c, "info network").contains("link down"));
     let err = cmd(&mut c, "set_link nosuch off");
     assert!(err.contains("Device 'nosuch' not found"), "{err}");
-    cmd(&mut c, "set_link virtio-net-pci.0 on");
+    cmd(&mut c, &format!("set_link {model}.0 on"));
     vm.expect_stdout("vnet: reply after link up", T);
-    assert_eq!(code(vm.wait(T)), PASS);
+    assert_eq!(code(vm.wait(T)), PASS, "{model}");
 }
 
 #[test]
@@ -642,10 +668,12 @@ fn boot_n_runs_the_nics_ipxe_rom_and_an_empty_romfile_disables_it() {
         ])
         .spawn()
     };
-    // Debian's ipxe-qemu efi-virtio.rom, as QEMU loads it: its banner on the serial console.
-    let vm = firmware("virtio-net-pci,netdev=n0");
-    vm.expect_stdout("iPXE initialising devices", Duration::from_secs(150));
-    drop(vm);
+    // Debian's ipxe-qemu efi-virtio.rom and efi-e1000.rom, as QEMU loads them: the banner
+    // on the serial console.
+    for device in ["virtio-net-pci,netdev=n0", "e1000,netdev=n0"] {
+        let vm = firmware(device);
+        vm.expect_stdout("iPXE initialising devices", Duration::from_secs(150));
+    }
     let vm = firmware("virtio-net-pci,netdev=n0,romfile=");
     let out = vm.expect_stdout("No bootable device", Duration::from_secs(150));
     assert!(!out.contains("iPXE"), "{out}");

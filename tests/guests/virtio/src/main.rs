@@ -38,6 +38,7 @@
 #![no_std]
 #![no_main]
 
+mod e1000;
 mod net;
 mod transport;
 

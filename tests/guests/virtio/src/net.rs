@@ -28,6 +28,7 @@ use guestlib::phys::{copy_to, read_u8};
 use guestlib::time::{now_ns, Deadline};
 use guestlib::{println, BootInfo};
 
+use crate::e1000::E1000;
 use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
 
 const F_MAC: u64 = 1 << 5;
@@ -83,9 +84,63 @@ struct Packet {
     len: usize,
 }
 
+/// The device under the stack: virtio-net (with its header length) or an e1000.
+enum Port {
+    Virtio { v: Virtio, hdr: usize },
+    E1000(E1000),
+}
+
+impl Port {
+    /// Transmit one Ethernet frame.
+    fn send(&mut self, frame: &[u8]) {
+        match self {
+            Port::Virtio { v, hdr } => {
+                let h = *hdr;
+                let mut b = [0u8; 1600];
+                if h == 12 {
+                    b[10] = 1; // num_buffers
+                }
+                b[h..h + frame.len()].copy_from_slice(frame);
+                copy_to(TXB, &b[..h + frame.len()]);
+                v.select(1);
+                v.set_desc(0, TXB, (h + frame.len()) as u32, 0, 0);
+                v.offer(0);
+                let _ = v.wait_used(2000);
+                v.select(0);
+            }
+            Port::E1000(e) => {
+                e.send(frame);
+            }
+        }
+    }
+
+    /// The next received frame into `f` (its length), waiting up to `ms`.
+    fn recv(&mut self, f: &mut [u8], ms: u64) -> Option<usize> {
+        match self {
+            Port::Virtio { v, hdr } => {
+                let (head, len) = v.wait_used(ms)?;
+                let at = RXB + BUF * u64::from(head) + *hdr as u64;
+                let n = (len as usize).saturating_sub(*hdr).min(f.len());
+                for (i, b) in f[..n].iter_mut().enumerate() {
+                    *b = read_u8(at + i as u64);
+                }
+                v.offer(head);
+                Some(n)
+            }
+            Port::E1000(e) => e.recv(f, ms),
+        }
+    }
+
+    fn link_up(&self) -> bool {
+        match self {
+            Port::Virtio { v, .. } => v.config8(6) & 1 != 0,
+            Port::E1000(e) => e.link_up(),
+        }
+    }
+}
+
 struct Nic {
-    v: Virtio,
-    hdr: usize,
+    port: Port,
     mac: [u8; 6],
     ip: [u8; 4],
     answered: u64,
@@ -94,22 +149,13 @@ struct Nic {
 
 impl Nic {
     fn send(&mut self, dst: [u8; 6], ty: u16, payload: &[u8]) {
-        let mut b = [0u8; 1600];
-        let h = self.hdr;
-        if h == 12 {
-            b[10] = 1;
-        }
-        b[h..h + 6].copy_from_slice(&dst);
-        b[h + 6..h + 12].copy_from_slice(&self.mac);
-        b[h + 12..h + 14].copy_from_slice(&ty.to_be_bytes());
-        b[h + 14..h + 14 + payload.len()].copy_from_slice(payload);
-        let n = h + (14 + payload.len()).max(60);
-        copy_to(TXB, &b[..n]);
-        self.v.select(1);
-        self.v.set_desc(0, TXB, n as u32, 0, 0);
-        self.v.offer(0);
-        let _ = self.v.wait_used(2000);
-        self.v.select(0);
+        let mut b = [0u8; 1514];
+        b[..6].copy_from_slice(&dst);
+        b[6..12].copy_from_slice(&self.mac);
+        b[12..14].copy_from_slice(&ty.to_be_bytes());
+        b[14..14 + payload.len()].copy_from_slice(payload);
+        let n = (14 + payload.len()).max(60);
+        self.port.send(&b[..n]);
     }
 
     fn arp(&mut self, op: u16, dst_mac: [u8; 6], dst_ip: [u8; 4]) {
@@ -177,20 +223,13 @@ impl Nic {
     fn poll(&mut self, ms: u64) -> Option<Packet> {
         let d = Deadline::after_ms(ms);
         loop {
-            let got = self.v.wait_used(5);
-            let Some((head, len)) = got else {
+            let mut f = [0u8; 1514];
+            let Some(n) = self.port.recv(&mut f, 5) else {
                 if d.expired() {
                     return None;
                 }
                 continue;
             };
-            let at = RXB + BUF * u64::from(head) + self.hdr as u64;
-            let n = (len as usize).saturating_sub(self.hdr).min(1514);
-            let mut f = [0u8; 1514];
-            for (i, b) in f[..n].iter_mut().enumerate() {
-                *b = read_u8(at + i as u64);
-            }
-            self.v.offer(head);
             if n < 34 {
                 continue;
             }
@@ -511,10 +550,12 @@ fn tcp_server(nic: &mut Nic, lport: u16, d: &Deadline) -> bool {
     false
 }
 
-pub fn run(boot: &BootInfo) -> u32 {
+/// The virtio-net device set up for the stack (or the exit code when the run ends here:
+/// no device, a failed step, or the `rxfilter` check done).
+fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     let Some(mut v) = Virtio::find(&[0x1000, 0x1041], boot.arg("legacy").is_some()) else {
         println!("vnet: no virtio-net");
-        return 2;
+        return Err(2);
     };
     let rxfilter = boot.arg("rxfilter").is_some();
     let (want, queues) = if rxfilter {
@@ -529,7 +570,7 @@ pub fn run(boot: &BootInfo) -> u32 {
         Ok(f) => f,
         Err(e) => {
             println!("vnet: init: {e}");
-            return 1;
+            return Err(1);
         }
     };
     let mut mac = [0u8; 6];
@@ -537,35 +578,61 @@ pub fn run(boot: &BootInfo) -> u32 {
         *m = v.config8(i as u64);
     }
     let link = v.config8(6) & 1 != 0;
-    println!(
-        "vnet: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {}",
-        mac[0],
-        mac[1],
-        mac[2],
-        mac[3],
-        mac[4],
-        mac[5],
-        if link { "up" } else { "down" }
-    );
+    print_mac("vnet: mac", mac, link);
     let hdr = if feats & VERSION_1 != 0 { 12 } else { 10 };
     post_rx(&mut v);
     if let Some(kind) = boot.arg("fault") {
         if !tx_fault(&mut v, kind, hdr, want, queues) {
-            return 1;
+            return Err(1);
         }
     }
+    if rxfilter {
+        return Err(rx_filter(&mut v, hdr, feats, d));
+    }
+    Ok((Port::Virtio { v, hdr }, mac))
+}
+
+fn print_mac(what: &str, m: [u8; 6], link: bool) {
+    println!(
+        "{what} {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {}",
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
+        if link { "up" } else { "down" }
+    );
+}
+
+pub fn run(boot: &BootInfo) -> u32 {
     let d = Deadline::after_ms(boot.arg_u64("wait").unwrap_or(30) * 1000);
+    let opened = if boot.arg("nic") == Some("e1000") {
+        match E1000::open() {
+            Some(e) => {
+                print_mac("vnet: e1000 mac", e.mac, e.link_up());
+                let mac = e.mac;
+                Ok((Port::E1000(e), mac))
+            }
+            None => {
+                println!("vnet: no e1000");
+                Err(2)
+            }
+        }
+    } else {
+        open_virtio(boot, &d)
+    };
+    let (port, mac) = match opened {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
     let mut nic = Nic {
-        v,
-        hdr,
+        port,
         mac,
         ip: boot.arg("ip").and_then(parse_ip).unwrap_or([10, 9, 0, 2]),
         answered: 0,
         arp_seen: None,
     };
-    if rxfilter {
-        return rx_filter(&mut nic, feats, &d);
-    }
     if boot.arg("stall").is_some() {
         // A guest that stops taking frames: the device must drop and count, not queue.
         println!("vnet: stalled, not reading");
@@ -710,7 +777,7 @@ fn tx_fault(v: &mut Virtio, kind: &str, hdr: usize, want: u64, queues: usize) ->
 }
 
 /// One control-queue command; returns the device's ack byte (0 OK, 1 error).
-fn control(nic: &mut Nic, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
+fn control(v: &mut Virtio, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
     let mut b = [0u8; 64];
     b[0] = class;
     b[1] = cmd;
@@ -718,13 +785,12 @@ fn control(nic: &mut Nic, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
     copy_to(CTRLB, &b[..2 + data.len()]);
     let ack = CTRLB + 0x100;
     copy_to(ack, &[0xff]);
-    nic.v.select(2);
-    nic.v
-        .set_desc(0, CTRLB, 2 + data.len() as u32, crate::transport::F_NEXT, 1);
-    nic.v.set_desc(1, ack, 1, F_WRITE, 0);
-    nic.v.offer(0);
-    let done = nic.v.wait_used(2000);
-    nic.v.select(0);
+    v.select(2);
+    v.set_desc(0, CTRLB, 2 + data.len() as u32, crate::transport::F_NEXT, 1);
+    v.set_desc(1, ack, 1, F_WRITE, 0);
+    v.offer(0);
+    let done = v.wait_used(2000);
+    v.select(0);
     done.map(|_| read_u8(ack))
 }
 
@@ -733,19 +799,19 @@ fn control(nic: &mut Nic, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
 /// command the device does not know (`vnet: rx filter acks A B C D`). Then print the
 /// payload of every probe frame (ethertype 0x88b5) that arrives (`vnet: probe 'TEXT'`)
 /// until one says `end`.
-fn rx_filter(nic: &mut Nic, feats: u64, d: &Deadline) -> u32 {
+fn rx_filter(v: &mut Virtio, hdr: usize, feats: u64, d: &Deadline) -> u32 {
     let need = F_CTRL_VQ | F_CTRL_RX | F_CTRL_MAC_ADDR;
     if feats & need != need {
         println!("vnet: control queue features not offered ({feats:#x})");
         return 1;
     }
-    let promisc_off = control(nic, 0, 0, &[0]);
+    let promisc_off = control(v, 0, 0, &[0]);
     let mut table = [0u8; 4 + 6 + 4];
     table[..4].copy_from_slice(&1u32.to_le_bytes());
     table[4..10].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
-    let table_set = control(nic, 1, 0, &table);
-    let addr_set = control(nic, 1, 1, &[0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
-    let unknown = control(nic, 0, 9, &[1]);
+    let table_set = control(v, 1, 0, &table);
+    let addr_set = control(v, 1, 1, &[0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+    let unknown = control(v, 0, 9, &[1]);
     let ack = |a: Option<u8>| a.map_or(255, u32::from);
     println!(
         "vnet: rx filter acks {} {} {} {}",
@@ -756,23 +822,23 @@ fn rx_filter(nic: &mut Nic, feats: u64, d: &Deadline) -> u32 {
     );
     let mut m = [0u8; 6];
     for (i, b) in m.iter_mut().enumerate() {
-        *b = nic.v.config8(i as u64);
+        *b = v.config8(i as u64);
     }
     println!(
         "vnet: mac now {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     );
     while !d.expired() {
-        let Some((head, len)) = nic.v.wait_used(50) else {
+        let Some((head, len)) = v.wait_used(50) else {
             continue;
         };
-        let at = RXB + BUF * u64::from(head) + nic.hdr as u64;
-        let n = (len as usize).saturating_sub(nic.hdr).min(80);
+        let at = RXB + BUF * u64::from(head) + hdr as u64;
+        let n = (len as usize).saturating_sub(hdr).min(80);
         let mut f = [0u8; 80];
         for (i, b) in f[..n].iter_mut().enumerate() {
             *b = read_u8(at + i as u64);
         }
-        nic.v.offer(head);
+        v.offer(head);
         if n < 14 || u16::from_be_bytes([f[12], f[13]]) != ETH_PROBE {
             continue;
         }
@@ -804,7 +870,7 @@ fn ping_once(nic: &mut Nic, mac: [u8; 6], peer: [u8; 4], seq: u16, ms: u64) -> b
 
 fn linkwatch(nic: &mut Nic, peer: [u8; 4], mac: [u8; 6], d: &Deadline) -> bool {
     println!("vnet: watching the link");
-    while nic.v.config8(6) & 1 != 0 {
+    while nic.port.link_up() {
         if d.expired() {
             return false;
         }
@@ -816,7 +882,7 @@ fn linkwatch(nic: &mut Nic, peer: [u8; 4], mac: [u8; 6], d: &Deadline) -> bool {
         return false;
     }
     println!("vnet: no reply while link down");
-    while nic.v.config8(6) & 1 == 0 {
+    while !nic.port.link_up() {
         if d.expired() {
             return false;
         }
