@@ -339,6 +339,42 @@ impl MachineInfo for PcInfo {
         out
     }
 
+    fn announce_self(&self, a: actors::monitor::Announce) -> Result<(), String> {
+        let nics: Vec<crate::platform::nic::Nic> = self
+            .nics
+            .iter()
+            .filter(|n| {
+                a.interfaces
+                    .as_ref()
+                    .is_none_or(|l| l.iter().any(|i| *i == n.name))
+            })
+            .cloned()
+            .collect();
+        if let Some(l) = &a.interfaces {
+            if let Some(bad) = l.iter().find(|i| !self.nics.iter().any(|n| n.name == **i)) {
+                return Err(format!("Invalid net client name: {bad}"));
+            }
+        }
+        std::thread::Builder::new()
+            .name("troupe-announce".into())
+            .spawn(move || {
+                // As QEMU: the first round at once, then after `initial`, each gap one
+                // `step` longer, at most `max`.
+                let mut gap = a.initial_ms.min(a.max_ms);
+                for r in 0..a.rounds {
+                    if r > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(gap));
+                        gap = (gap + a.step_ms).min(a.max_ms);
+                    }
+                    for n in &nics {
+                        n.announce();
+                    }
+                }
+            })
+            .map_err(|e| format!("announce-self: {e}"))?;
+        Ok(())
+    }
+
     fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String> {
         if let Some(n) = name {
             match self.nics.iter().find(|c| c.name == n) {

@@ -29,6 +29,8 @@ pub enum NicKind {
         /// The receive filter and MAC the driver set (`query-rx-filter`).
         filter: devices::virtio::net::SharedRxFilter,
         stats: Arc<actors::virtio::net::NetStats>,
+        /// Frames the VMM sends itself (announcements), picked up when the worker wakes.
+        inject: Arc<Mutex<Vec<Vec<u8>>>>,
     },
     E1000(Arc<E1000Host>),
 }
@@ -68,6 +70,32 @@ impl Nic {
                 stats.tx_dropped.load(Relaxed),
             ),
             NicKind::E1000(h) => h.dropped(),
+        }
+    }
+
+    /// One round of `announce-self`: QEMU's RARP announcement out of the NIC, and for a
+    /// virtio driver that negotiated GUEST_ANNOUNCE, the ANNOUNCE status bit and a
+    /// configuration interrupt (the driver acknowledges on its control queue).
+    pub fn announce(&self) {
+        use devices::virtio::net::{F_CTRL_VQ, F_GUEST_ANNOUNCE};
+        let frame = devices::virtio::net::announce_frame(self.mac());
+        match &self.kind {
+            NicKind::Virtio {
+                host,
+                filter,
+                inject,
+                ..
+            } => {
+                inject.lock().unwrap_or_else(|e| e.into_inner()).push(frame);
+                let _ = host.waker().write(1);
+                let mut m = host.model().lock().unwrap_or_else(|e| e.into_inner());
+                let both = F_CTRL_VQ | F_GUEST_ANNOUNCE;
+                if m.driver_features() & both == both {
+                    devices::virtio::net::lock_filter(filter).announce = true;
+                    m.signal_config();
+                }
+            }
+            NicKind::E1000(h) => h.send(vec![frame]),
         }
     }
 

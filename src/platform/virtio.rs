@@ -49,6 +49,7 @@ struct VirtioNicParts {
     stats: Arc<actors::virtio::net::NetStats>,
     link: Arc<std::sync::atomic::AtomicBool>,
     error: Arc<std::sync::Mutex<Option<String>>>,
+    inject: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl VirtioDevices {
@@ -227,6 +228,7 @@ pub fn build(
                     stats: worker.stats.clone(),
                     link: worker.link.clone(),
                     error: worker.error.clone(),
+                    inject: worker.inject.clone(),
                 });
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
@@ -307,6 +309,7 @@ pub fn build(
                     host: host.clone(),
                     filter: p.filter,
                     stats: p.stats,
+                    inject: p.inject,
                 },
             });
         }

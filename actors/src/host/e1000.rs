@@ -84,7 +84,8 @@ impl E1000Host {
         (s.rx_dropped, s.tx_dropped)
     }
 
-    fn send(&self, frames: Vec<Vec<u8>>) {
+    /// Send frames to the backend (the guest's, or the VMM's own announcements).
+    pub fn send(&self, frames: Vec<Vec<u8>>) {
         if frames.is_empty() {
             return;
         }

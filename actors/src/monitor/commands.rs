@@ -154,6 +154,17 @@ const COMMANDS: &[(&str, &[Param])] = &[
         &[("name", Ty::Str, true), ("up", Ty::Bool, true)],
     ),
     ("query-rx-filter", &[("name", Ty::Str, false)]),
+    (
+        "announce-self",
+        &[
+            ("initial", Ty::Int, false),
+            ("max", Ty::Int, false),
+            ("rounds", Ty::Int, false),
+            ("step", Ty::Int, false),
+            ("interfaces", Ty::Any, false),
+            ("id", Ty::Str, false),
+        ],
+    ),
 ];
 
 /// Events troupe emits (for `query-events`).
@@ -369,6 +380,37 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             let name = s(args, "name").unwrap_or_default();
             let up = args.get("up").and_then(Value::as_bool).unwrap_or(true);
             ctx.info.set_link(name, up).map_err(CmdError::Generic)?;
+            Ok(json!({}))
+        }
+        "announce-self" => {
+            // QEMU's defaults (its announce-* migration parameters).
+            let int = |k: &str, d: u64| args.get(k).and_then(Value::as_u64).unwrap_or(d);
+            let interfaces = match args.get("interfaces") {
+                None => None,
+                Some(Value::Array(a)) => Some(
+                    a.iter()
+                        .map(|v| v.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            CmdError::generic("Invalid parameter type for 'interfaces', expected: array of strings")
+                        })?,
+                ),
+                Some(_) => {
+                    return Err(CmdError::generic(
+                        "Invalid parameter type for 'interfaces', expected: array",
+                    ))
+                }
+            };
+            let schedule = crate::monitor::Announce {
+                initial_ms: int("initial", 50),
+                max_ms: int("max", 550),
+                rounds: int("rounds", 5),
+                step_ms: int("step", 100),
+                interfaces,
+            };
+            ctx.info
+                .announce_self(schedule)
+                .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "query-rx-filter" => ctx

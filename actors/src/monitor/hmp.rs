@@ -54,6 +54,11 @@ impl HmpReply {
 
 /// (names, args help, help text). Names separated by `|` are aliases.
 const COMMANDS: &[(&str, &str, &str)] = &[
+    (
+        "announce_self",
+        "[interfaces] [id]",
+        "Trigger GARP/RARP announcements",
+    ),
     ("c|cont", "", "resume emulation"),
     (
         "change",
@@ -395,6 +400,19 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             "Error: device hotplug is not available yet in troupe\n".into()
         }
         "migrate" => "Error: migration is not available yet in troupe\n".into(),
+        "announce_self" => {
+            let mut args = serde_json::Map::new();
+            if let Some(list) = rest.first() {
+                args.insert(
+                    "interfaces".into(),
+                    json!(list.split(',').collect::<Vec<_>>()),
+                );
+            }
+            match crate::monitor::commands::execute(ctx, "announce-self", &args).await {
+                Ok(_) => String::new(),
+                Err(e) => format!("Error: {}\n", e.desc()),
+            }
+        }
         "set_link" => match rest.get(1).copied() {
             Some(state @ ("on" | "off")) => match ctx.info.set_link(rest[0], state == "on") {
                 Ok(()) => String::new(),

@@ -33,6 +33,18 @@ pub use server::{start, MonitorBackend, MonitorSpec, Protocol, StartedMonitor};
 pub const QEMU_VERSION: (u32, u32, u32) = (7, 2, 22);
 pub const PACKAGE: &str = concat!("troupe ", env!("CARGO_PKG_VERSION"));
 
+/// When `announce-self` sends announcements: `rounds` times, the first at once, the next
+/// after `initial_ms`, each later gap `step_ms` longer than the one before, at most
+/// `max_ms`; only on the NICs in `interfaces` when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub rounds: u64,
+    pub step_ms: u64,
+    pub interfaces: Option<Vec<String>>,
+}
+
 /// What the machine knows that the monitor reports (implemented by the binary, which
 /// knows the PCI topology, drives and memory map).
 pub trait MachineInfo: Send + Sync {
@@ -48,6 +60,9 @@ pub trait MachineInfo: Send + Sync {
     fn query_chardev(&self) -> Value;
     /// `info network` text.
     fn network(&self) -> String;
+    /// `announce-self`: send each NIC's announcement (and ask virtio drivers that can to
+    /// announce themselves) on `schedule`; returns at once.
+    fn announce_self(&self, schedule: Announce) -> Result<(), String>;
     /// `query-rx-filter [name]`: each NIC's receive filter; Err is QEMU's message.
     fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String>;
     /// `info usernet` text: each user-mode backend's connections and forwardings.

@@ -39,12 +39,15 @@ pub struct NetWorker {
     pub stats: Arc<NetStats>,
     /// The receive filter the driver sets through the control queue.
     filter: SharedRxFilter,
+    /// Frames the VMM itself sends on this NIC (announcements), sent at the next wake.
+    pub inject: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl NetWorker {
     pub fn new(backend: Backend, filter: SharedRxFilter) -> Self {
         Self {
             filter,
+            inject: Arc::default(),
             backend,
             link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             error: Arc::default(),
@@ -172,6 +175,15 @@ impl QueueWorker for NetWorker {
     }
 
     fn wake(&mut self, ctx: &mut Ctx) {
+        let frames = std::mem::take(&mut *self.inject.lock().unwrap_or_else(|p| p.into_inner()));
+        for f in frames {
+            let counter = if self.link.load(Ordering::Relaxed) && self.backend.send(&f) {
+                &self.stats.tx_frames
+            } else {
+                &self.stats.tx_dropped
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         self.receive(ctx);
     }
 

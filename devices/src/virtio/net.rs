@@ -186,6 +186,19 @@ impl RxFilter {
     }
 }
 
+/// The frame QEMU sends to announce a NIC (after migration, or on `announce-self`): a
+/// broadcast RARP "reverse request" naming the NIC's MAC, padded to 60 bytes.
+pub fn announce_frame(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 3]);
+    f[22..28].copy_from_slice(&mac);
+    f[32..38].copy_from_slice(&mac);
+    f
+}
+
 /// The filter shared by the device model (configuration space), the NIC's worker (the
 /// receive path and the control queue) and the monitor (`query-rx-filter`).
 pub type SharedRxFilter = Arc<Mutex<RxFilter>>;
