@@ -57,6 +57,25 @@ impl NetNs {
             .unwrap()
     }
 
+    /// One QMP command to a troupe listening on `port` inside the namespace (asked from
+    /// there, by Python): the reply.
+    fn qmp(&self, port: u16, cmd: &str) -> serde_json::Value {
+        let ask = format!(
+            "import socket\n\
+             s = socket.create_connection(('127.0.0.1', {port})); f = s.makefile()\n\
+             f.readline(); s.sendall(b'{{\"execute\": \"qmp_capabilities\"}}'); f.readline()\n\
+             s.sendall({cmd:?}.encode())\n\
+             while True:\n\
+             \x20   l = f.readline()\n\
+             \x20   if '\"event\"' not in l: break\n\
+             print(l)\n"
+        );
+        let out = self.run("python3", &["-c", &ask]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+
     /// troupe inside the namespace.
     fn troupe(&self, args: &[&str]) -> Vm {
         let bin = troupe_bin();
@@ -173,17 +192,11 @@ fn the_control_queue_sets_the_receive_filter_and_query_rx_filter_shows_it() {
     vm.expect_stdout("vnet: rx filter acks 0 0 0 1", T);
     vm.expect_stdout("vnet: mac now 52:54:00:ab:cd:ef", T);
     ns.ip(&["link", "set", "rtap0", "up"]);
-    // The QMP port is inside the namespace: ask from there.
-    let ask = "import socket,json\n\
-               s = socket.create_connection(('127.0.0.1', PORT)); f = s.makefile()\n\
-               f.readline(); s.sendall(b'{\"execute\": \"qmp_capabilities\"}'); f.readline()\n\
-               s.sendall(b'{\"execute\": \"query-rx-filter\", \"arguments\": {\"name\": \"nic0\"}}')\n\
-               print(f.readline())\n"
-        .replace("PORT", &port.to_string());
-    let out = ns.run("python3", &["-c", &ask]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let v = ns.qmp(
+        port,
+        r#"{"execute": "query-rx-filter", "arguments": {"name": "nic0"}}"#,
+    );
+    let text = v.to_string();
     assert_eq!(
         v["return"],
         serde_json::json!([{
@@ -233,6 +246,69 @@ fn dropped(info: &str) -> (u64, u64) {
         .unwrap_or_else(|| panic!("no drop counters in: {info}"));
     let (rx, tx) = l.split_once(", tx ").unwrap();
     (rx.trim().parse().unwrap(), tx.trim().parse().unwrap())
+}
+
+#[test]
+fn announce_self_sends_rarp_on_every_nic_and_a_virtio_driver_is_asked_to_announce() {
+    let ns = NetNs::new("ann");
+    let port = free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    // virtio-net on atap0 (its driver negotiates GUEST_ANNOUNCE), an e1000 on atap1.
+    let mut vm = net_guest(
+        Some(&ns),
+        "dev=net announce wait=60",
+        &[
+            "-netdev",
+            "tap,id=n0,ifname=atap0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=",
+            "-netdev",
+            "tap,id=n1,ifname=atap1,script=no,downscript=no",
+            "-device",
+            "e1000,netdev=n1,mac=52:54:00:12:34:57,romfile=",
+            "-qmp",
+            &qmp,
+        ],
+    )
+    .spawn();
+    vm.expect_stdout("vnet: waiting for an announce request", T);
+    ns.ip(&["link", "set", "atap0", "up"]);
+    ns.ip(&["link", "set", "atap1", "up"]);
+    // Every RARP frame seen on the namespace's interfaces for 2.5 s.
+    let capture = "import socket, time\n\
+                   s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))\n\
+                   s.settimeout(0.2)\n\
+                   end = time.time() + 2.5\n\
+                   while time.time() < end:\n\
+                   \x20   try:\n\
+                   \x20       d, a = s.recvfrom(2048)\n\
+                   \x20   except socket.timeout:\n\
+                   \x20       continue\n\
+                   \x20   print(a[0], d[:6].hex(), d[6:12].hex(), d[20:22].hex(), d[22:28].hex(), flush=True)\n";
+    let sniffer = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", capture])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = ns.qmp(
+        port,
+        r#"{"execute": "announce-self", "arguments": {"rounds": 3, "initial": 50, "step": 50, "max": 200}}"#,
+    );
+    assert_eq!(r, serde_json::json!({"return": {}}));
+    vm.expect_stdout("vnet: announce requested", T);
+    vm.expect_stdout("vnet: announce acknowledged", T);
+    let seen = String::from_utf8(sniffer.wait_with_output().unwrap().stdout).unwrap();
+    for (ifname, mac) in [("atap0", "525400123456"), ("atap1", "525400123457")] {
+        // Broadcast, from the NIC: a RARP reverse request naming the NIC.
+        let want = format!("{ifname} ffffffffffff {mac} 0003 {mac}");
+        assert_eq!(
+            seen.lines().filter(|l| *l == want).count(),
+            3,
+            "{want}:\n{seen}"
+        );
+    }
+    assert_eq!(code(vm.wait(T)), PASS, "{}", vm.stderr.text());
 }
 
 #[test]

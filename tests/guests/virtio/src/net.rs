@@ -10,11 +10,15 @@
 //!    `vnet: tcp connect failed`;
 //! 4. with `listen=PORT`, accepts one TCP connection, reads a line, answers
 //!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
+//! 4b. with `tcpsend=IP:PORT mb=N` / `tcprecv=PORT`, a bulk TCP transfer out or in
+//!    (see `bulk.rs`);
 //! 5. waits until `answer=N` (default 0) echo requests were answered;
 //! 6. with `linkwatch`, watches the link status in the configuration space: prints
 //!    `vnet: link down` (and, after a ping that gets no answer, `vnet: no reply while link
 //!    down`), then `vnet: link up` and `vnet: reply after link up` once a ping works again.
 //!
+//! `announce` waits for the device's announce request and acknowledges it (see
+//! [`watch_announce`]).
 //! `stall` posts its receive buffers and then never reads them (`vnet: stalled, not
 //! reading`) until `wait=` passes.
 //! `fault=big|loop` first offers a bad transmit chain (see [`tx_fault`]).
@@ -28,6 +32,8 @@ use guestlib::phys::{copy_to, read_u8};
 use guestlib::time::{now_ns, Deadline};
 use guestlib::{println, BootInfo};
 
+mod bulk;
+
 use crate::e1000::E1000;
 use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
 
@@ -35,6 +41,7 @@ const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
 const F_CTRL_VQ: u64 = 1 << 17;
 const F_CTRL_RX: u64 = 1 << 18;
+const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const F_CTRL_MAC_ADDR: u64 = 1 << 23;
 /// Control commands are built here.
 const CTRLB: u64 = RING_BASE + 0x7_0000;
@@ -224,7 +231,7 @@ impl Nic {
         let d = Deadline::after_ms(ms);
         loop {
             let mut f = [0u8; 1514];
-            let Some(n) = self.port.recv(&mut f, 5) else {
+            let Some(n) = self.port.recv(&mut f, ms.min(5)) else {
                 if d.expired() {
                     return None;
                 }
@@ -402,7 +409,8 @@ impl Tcp {
         s[8..12].copy_from_slice(&self.rcv_nxt.to_be_bytes());
         s[12] = 5 << 4;
         s[13] = flags;
-        s[14..16].copy_from_slice(&8192u16.to_be_bytes());
+        // As much as the receive ring holds.
+        s[14..16].copy_from_slice(&((NRX as u16 - 1) * 1460).to_be_bytes());
         s[20..20 + data.len()].copy_from_slice(data);
         let n = 20 + data.len();
         let ip = nic.ip;
@@ -412,27 +420,70 @@ impl Tcp {
             .wrapping_add(data.len() as u32 + u32::from(flags & (TCP_SYN | TCP_FIN) != 0));
     }
 
+    /// (flags, seq, ack, window) of `p` if it belongs to this connection.
+    fn accepts(&self, p: &Packet) -> Option<(u8, u32, u32, u16)> {
+        if p.proto != 6 || p.src != self.remote || p.len < 20 {
+            return None;
+        }
+        let sp = u16::from_be_bytes([p.data[0], p.data[1]]);
+        let dp = u16::from_be_bytes([p.data[2], p.data[3]]);
+        if dp != self.lport || (self.rport != 0 && sp != self.rport) {
+            return None;
+        }
+        let word = |i: usize| u32::from_be_bytes(p.data[i..i + 4].try_into().unwrap_or([0; 4]));
+        let win = u16::from_be_bytes([p.data[14], p.data[15]]);
+        Some((p.data[13], word(4), word(8), win))
+    }
+
     /// The next segment of this connection: (flags, seq, payload).
-    fn recv(&self, nic: &mut Nic, ms: u64) -> Option<(u8, u32, [u8; 1400], usize)> {
+    fn recv(&self, nic: &mut Nic, ms: u64) -> Option<(u8, u32, [u8; 1460], usize)> {
         let d = Deadline::after_ms(ms);
         while !d.expired() {
-            let Some(p) = nic.poll(50) else { continue };
-            if p.proto != 6 || p.src != self.remote || p.len < 20 {
+            let Some(p) = nic.poll(50.min(ms)) else {
                 continue;
-            }
-            let sp = u16::from_be_bytes([p.data[0], p.data[1]]);
-            let dp = u16::from_be_bytes([p.data[2], p.data[3]]);
-            if dp != self.lport || (self.rport != 0 && sp != self.rport) {
+            };
+            let Some((flags, seq, _, _)) = self.accepts(&p) else {
                 continue;
-            }
+            };
             let off = usize::from(p.data[12] >> 4) * 4;
-            let seq = u32::from_be_bytes(p.data[4..8].try_into().unwrap_or([0; 4]));
-            let mut body = [0u8; 1400];
-            let k = p.len.saturating_sub(off).min(1400);
+            let mut body = [0u8; 1460];
+            let k = p.len.saturating_sub(off).min(1460);
             body[..k].copy_from_slice(&p.data[off..off + k]);
-            return Some((p.data[13], seq, body, k));
+            return Some((flags, seq, body, k));
         }
         None
+    }
+
+    /// Wait for a SYN to `lport` from anyone and answer it: the connection, half open.
+    fn accept(nic: &mut Nic, lport: u16, d: &Deadline) -> Option<Tcp> {
+        let mut c = Tcp {
+            mac: [0; 6],
+            remote: [0; 4],
+            rport: 0,
+            lport,
+            snd_nxt: 0x2000,
+            rcv_nxt: 0,
+        };
+        loop {
+            if d.expired() {
+                return None;
+            }
+            let Some(p) = nic.poll(100) else { continue };
+            if p.proto == 6
+                && p.len >= 20
+                && u16::from_be_bytes([p.data[2], p.data[3]]) == lport
+                && p.data[13] & TCP_SYN != 0
+            {
+                c.mac = p.src_mac;
+                c.remote = p.src;
+                c.rport = u16::from_be_bytes([p.data[0], p.data[1]]);
+                c.rcv_nxt =
+                    u32::from_be_bytes(p.data[4..8].try_into().unwrap_or([0; 4])).wrapping_add(1);
+                break;
+            }
+        }
+        c.send(nic, TCP_SYN | TCP_ACK, &[]);
+        Some(c)
     }
 }
 
@@ -487,34 +538,9 @@ fn tcp_client(nic: &mut Nic, mac: [u8; 6], to: &str, d: &Deadline) -> bool {
 }
 
 fn tcp_server(nic: &mut Nic, lport: u16, d: &Deadline) -> bool {
-    let mut c = Tcp {
-        mac: [0; 6],
-        remote: [0; 4],
-        rport: 0,
-        lport,
-        snd_nxt: 0x2000,
-        rcv_nxt: 0,
+    let Some(mut c) = Tcp::accept(nic, lport, d) else {
+        return false;
     };
-    // Wait for a SYN from anyone.
-    loop {
-        if d.expired() {
-            return false;
-        }
-        let Some(p) = nic.poll(100) else { continue };
-        if p.proto == 6
-            && p.len >= 20
-            && u16::from_be_bytes([p.data[2], p.data[3]]) == lport
-            && p.data[13] & TCP_SYN != 0
-        {
-            c.mac = p.src_mac;
-            c.remote = p.src;
-            c.rport = u16::from_be_bytes([p.data[0], p.data[1]]);
-            c.rcv_nxt =
-                u32::from_be_bytes(p.data[4..8].try_into().unwrap_or([0; 4])).wrapping_add(1);
-            break;
-        }
-    }
-    c.send(nic, TCP_SYN | TCP_ACK, &[]);
     let mut line = [0u8; 256];
     let mut n = 0;
     while !d.expired() {
@@ -558,9 +584,15 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
         return Err(2);
     };
     let rxfilter = boot.arg("rxfilter").is_some();
+    let announce = boot.arg("announce").is_some();
     let (want, queues) = if rxfilter {
         (
             VERSION_1 | F_MAC | F_STATUS | F_CTRL_VQ | F_CTRL_RX | F_CTRL_MAC_ADDR,
+            3,
+        )
+    } else if announce {
+        (
+            VERSION_1 | F_MAC | F_STATUS | F_CTRL_VQ | F_GUEST_ANNOUNCE,
             3,
         )
     } else {
@@ -588,6 +620,9 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     }
     if rxfilter {
         return Err(rx_filter(&mut v, hdr, feats, d));
+    }
+    if announce {
+        return Err(watch_announce(&mut v, feats, d));
     }
     Ok((Port::Virtio { v, hdr }, mac))
 }
@@ -693,6 +728,17 @@ pub fn run(boot: &BootInfo) -> u32 {
     }
     if let Some(to) = boot.arg("tcp") {
         if !tcp_client(&mut nic, peer_mac, to, &d) {
+            return 1;
+        }
+    }
+    if let Some(to) = boot.arg("tcpsend") {
+        if !bulk::send(&mut nic, peer_mac, to, boot.arg_u64("mb").unwrap_or(16), &d) {
+            return 1;
+        }
+    }
+    if let Some(port) = boot.arg_u64("tcprecv") {
+        println!("vnet: receiving on {port}");
+        if !bulk::receive(&mut nic, port as u16, &d) {
             return 1;
         }
     }
@@ -852,6 +898,37 @@ fn rx_filter(v: &mut Virtio, hdr: usize, feats: u64, d: &Deadline) -> u32 {
     }
     println!("vnet: no end probe");
     1
+}
+
+/// `announce`: with GUEST_ANNOUNCE, wait for the device to set the ANNOUNCE status bit
+/// (`vnet: announce requested`), acknowledge it on the control queue and see the bit
+/// clear (`vnet: announce acknowledged`).
+fn watch_announce(v: &mut Virtio, feats: u64, d: &Deadline) -> u32 {
+    if feats & (F_CTRL_VQ | F_GUEST_ANNOUNCE) != F_CTRL_VQ | F_GUEST_ANNOUNCE {
+        println!("vnet: GUEST_ANNOUNCE not offered");
+        return 1;
+    }
+    println!("vnet: waiting for an announce request");
+    while v.config8(6) & 2 == 0 {
+        if d.expired() {
+            println!("vnet: no announce request");
+            return 1;
+        }
+        core::hint::spin_loop();
+    }
+    println!("vnet: announce requested");
+    let ack = control(v, 3, 0, &[]);
+    if ack != Some(0) || v.config8(6) & 2 != 0 {
+        println!("vnet: announce ack {ack:?}, status {:#x}", v.config8(6));
+        return 1;
+    }
+    println!("vnet: announce acknowledged");
+    // Stay up a moment: the later rounds go out while the VM runs.
+    let t = Deadline::after_ms(1500);
+    while !t.expired() {
+        core::hint::spin_loop();
+    }
+    0
 }
 
 fn ping_once(nic: &mut Nic, mac: [u8; 6], peer: [u8; 4], seq: u16, ms: u64) -> bool {
