@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use devices::virtio::net::{header_len, lock_filter, SharedRxFilter};
+use devices::virtio::chain::Chain;
+use devices::virtio::net::{header_len, lock_filter, SharedRxFilter, F_MRG_RXBUF};
 
 use super::{Ctx, QueueWorker};
 pub use crate::net::backend::Backend;
@@ -41,6 +42,9 @@ pub struct NetWorker {
     filter: SharedRxFilter,
     /// Frames the VMM itself sends on this NIC (announcements), sent at the next wake.
     pub inject: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Receive buffers taken from the ring for a merged frame that did not fit; used first
+    /// for the next frame (a ring cannot take a buffer back).
+    rx_spare: std::collections::VecDeque<Chain>,
 }
 
 impl NetWorker {
@@ -48,6 +52,7 @@ impl NetWorker {
         Self {
             filter,
             inject: Arc::default(),
+            rx_spare: std::collections::VecDeque::new(),
             backend,
             link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             error: Arc::default(),
@@ -84,16 +89,20 @@ impl NetWorker {
             if !accepted {
                 continue;
             }
+            // No offloads: an all-zero header but for num_buffers.
+            self.buf[..hdr].fill(0);
+            let len = hdr + n;
+            if ctx.features & F_MRG_RXBUF != 0 {
+                used |= self.receive_merged(ctx, len);
+                continue;
+            }
+            if hdr == 12 {
+                self.buf[10] = 1;
+            }
             let Some(chain) = ctx.pop(RX) else {
                 self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            // No offloads: an all-zero header (num_buffers = 1 with VERSION_1).
-            self.buf[..hdr].fill(0);
-            if hdr == 12 {
-                self.buf[10] = 1;
-            }
-            let len = hdr + n;
             if (chain.writable_len() as usize) < len {
                 self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 ctx.add_used(RX, chain.head, 0);
@@ -108,6 +117,37 @@ impl NetWorker {
         if used {
             ctx.notify(RX);
         }
+    }
+
+    /// MRG_RXBUF: spread the `len` bytes in `buf` (header first) over as many receive
+    /// buffers as it takes, with their count in the header. A frame that does not fit in
+    /// what the driver posted is dropped; the buffers taken wait for the next frame.
+    /// Returns whether buffers were used.
+    fn receive_merged(&mut self, ctx: &mut Ctx, len: usize) -> bool {
+        let mut room = 0usize;
+        let mut chains = Vec::new();
+        while room < len {
+            let Some(c) = self.rx_spare.pop_front().or_else(|| ctx.pop(RX)) else {
+                break;
+            };
+            room += c.writable_len() as usize;
+            chains.push(c);
+        }
+        if room < len {
+            self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
+            self.rx_spare.extend(chains);
+            return false;
+        }
+        self.buf[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        let mut off = 0;
+        for c in chains {
+            let take = (c.writable_len() as usize).min(len - off);
+            let w = c.write_at(&ctx.mem, 0, &self.buf[off..off + take]);
+            ctx.add_used(RX, c.head, w as u32);
+            off += take;
+        }
+        self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     fn transmit(&mut self, ctx: &mut Ctx) {
@@ -172,6 +212,8 @@ impl QueueWorker for NetWorker {
 
     fn reset(&mut self) {
         lock_filter(&self.filter).reset();
+        // Buffers of the old ring are no longer the driver's to give.
+        self.rx_spare.clear();
     }
 
     fn wake(&mut self, ctx: &mut Ctx) {

@@ -1,6 +1,7 @@
 //! virtio-net: MAC and link status in the configuration space; a receive queue, a
-//! transmit queue and a control queue. Frames carry the virtio-net header (12 bytes with
-//! VERSION_1, 10 for a legacy driver); troupe offers no offloads yet, so the header is all
+//! transmit queue and a control queue; with MRG_RXBUF a frame may fill several receive
+//! buffers (`num_buffers` in its header says how many). Frames carry the virtio-net header
+//! (12 bytes with VERSION_1 or MRG_RXBUF, else 10); troupe offers no offloads yet, so the header is all
 //! zeros both ways. The control queue sets the receive filter ([`RxFilter`]: promiscuous
 //! and all/no-multicast/unicast/broadcast modes, the MAC table, the MAC address itself) and
 //! acknowledges announcements, with QEMU's semantics: after reset the filter is
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::VirtioDeviceModel;
 
 pub const F_MAC: u64 = 1 << 5;
+pub const F_MRG_RXBUF: u64 = 1 << 15;
 pub const F_STATUS: u64 = 1 << 16;
 pub const F_CTRL_VQ: u64 = 1 << 17;
 pub const F_CTRL_RX: u64 = 1 << 18;
@@ -207,9 +209,10 @@ pub fn lock_filter(f: &SharedRxFilter) -> MutexGuard<'_, RxFilter> {
     f.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The virtio-net header length for the negotiated features.
+/// The virtio-net header length for the negotiated features (with `num_buffers` when
+/// VERSION_1 or MRG_RXBUF).
 pub fn header_len(driver_features: u64) -> usize {
-    if driver_features & super::features::VERSION_1 != 0 {
+    if driver_features & (super::features::VERSION_1 | F_MRG_RXBUF) != 0 {
         12
     } else {
         10
@@ -240,6 +243,7 @@ impl VirtioDeviceModel for Net {
     }
     fn features(&self) -> u64 {
         F_MAC
+            | F_MRG_RXBUF
             | F_STATUS
             | F_CTRL_VQ
             | F_CTRL_RX
