@@ -484,6 +484,30 @@ fn user_networking_gives_dhcp_the_gateway_the_host_and_hostfwd() {
 }
 
 #[test]
+fn with_mrg_rxbuf_frames_spread_over_small_receive_buffers() {
+    // The guest posts 256-byte buffers: DHCP answers and TCP segments arrive in several.
+    for iface in ["mrg", "mrg legacy"] {
+        let out = user_mode_story(iface, |netdev| {
+            vec![
+                "-netdev".to_string(),
+                format!("user,id=u0,{netdev}"),
+                "-device".into(),
+                "virtio-net-pci,netdev=u0".into(),
+            ]
+        });
+        let merged: u64 = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("vnet: ")?
+                    .strip_suffix(" frames arrived in several buffers")
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(merged > 0, "{iface}: {out}");
+    }
+}
+
+#[test]
 fn an_e1000_from_the_old_net_nic_form_gets_the_same_user_mode_story() {
     // `-net nic` with no model is QEMU's default NIC, the e1000.
     user_mode_story("nic=e1000", |netdev| {
@@ -499,7 +523,7 @@ fn an_e1000_from_the_old_net_nic_form_gets_the_same_user_mode_story() {
 /// DHCP, ping the gateway, a TCP connection to a server on the host's loopback through
 /// 10.0.2.2, and a hostfwd rule into the guest's TCP server; `net(hostfwd)` gives the
 /// network options with `hostfwd` in the user backend.
-fn user_mode_story(nic: &str, net: impl Fn(&str) -> Vec<String>) {
+fn user_mode_story(nic: &str, net: impl Fn(&str) -> Vec<String>) -> String {
     use std::io::{Read, Write};
     // A TCP server on the host's loopback, reached by the guest through 10.0.2.2.
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -531,6 +555,7 @@ fn user_mode_story(nic: &str, net: impl Fn(&str) -> Vec<String>) {
     assert_eq!(got, "echo: ping\n");
     vm.expect_stdout("vnet: served 'ping'", T);
     assert_eq!(code(vm.wait(T)), PASS, "{}", vm.stderr.text());
+    vm.stdout.text()
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //!
 //! `announce` waits for the device's announce request and acknowledges it (see
 //! [`watch_announce`]).
+//! `mrg` negotiates MRG_RXBUF and posts 256-byte receive buffers, so that most frames
+//! arrive spread over several.
 //! `stall` posts its receive buffers and then never reads them (`vnet: stalled, not
 //! reading`) until `wait=` passes.
 //! `fault=big|loop` first offers a bad transmit chain (see [`tx_fault`]).
@@ -38,6 +40,9 @@ use crate::e1000::E1000;
 use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
 
 const F_MAC: u64 = 1 << 5;
+const F_MRG_RXBUF: u64 = 1 << 15;
+/// Receive buffer size with MRG_RXBUF: small, so that frames span several.
+const MRG_BUF: u32 = 256;
 const F_STATUS: u64 = 1 << 16;
 const F_CTRL_VQ: u64 = 1 << 17;
 const F_CTRL_RX: u64 = 1 << 18;
@@ -93,7 +98,14 @@ struct Packet {
 
 /// The device under the stack: virtio-net (with its header length) or an e1000.
 enum Port {
-    Virtio { v: Virtio, hdr: usize },
+    /// `mrg`: MRG_RXBUF negotiated (a frame may span several receive buffers).
+    /// `merged` counts frames that came in more than one buffer.
+    Virtio {
+        v: Virtio,
+        hdr: usize,
+        mrg: bool,
+        merged: u64,
+    },
     E1000(E1000),
 }
 
@@ -101,7 +113,7 @@ impl Port {
     /// Transmit one Ethernet frame.
     fn send(&mut self, frame: &[u8]) {
         match self {
-            Port::Virtio { v, hdr } => {
+            Port::Virtio { v, hdr, .. } => {
                 let h = *hdr;
                 let mut b = [0u8; 1600];
                 if h == 12 {
@@ -124,14 +136,39 @@ impl Port {
     /// The next received frame into `f` (its length), waiting up to `ms`.
     fn recv(&mut self, f: &mut [u8], ms: u64) -> Option<usize> {
         match self {
-            Port::Virtio { v, hdr } => {
+            Port::Virtio {
+                v,
+                hdr,
+                mrg,
+                merged,
+            } => {
                 let (head, len) = v.wait_used(ms)?;
-                let at = RXB + BUF * u64::from(head) + *hdr as u64;
-                let n = (len as usize).saturating_sub(*hdr).min(f.len());
+                let base = RXB + BUF * u64::from(head);
+                let at = base + *hdr as u64;
+                let mut n = (len as usize).saturating_sub(*hdr).min(f.len());
                 for (i, b) in f[..n].iter_mut().enumerate() {
                     *b = read_u8(at + i as u64);
                 }
                 v.offer(head);
+                // The rest of a merged frame is in the next num_buffers - 1 buffers.
+                let more = if *mrg {
+                    guestlib::phys::read_u16(base + 10).saturating_sub(1)
+                } else {
+                    0
+                };
+                if more > 0 {
+                    *merged += 1;
+                }
+                for _ in 0..more {
+                    let (head, len) = v.wait_used(100)?;
+                    let at = RXB + BUF * u64::from(head);
+                    let k = (len as usize).min(f.len() - n);
+                    for (i, b) in f[n..n + k].iter_mut().enumerate() {
+                        *b = read_u8(at + i as u64);
+                    }
+                    n += k;
+                    v.offer(head);
+                }
                 Some(n)
             }
             Port::E1000(e) => e.recv(f, ms),
@@ -585,6 +622,11 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     };
     let rxfilter = boot.arg("rxfilter").is_some();
     let announce = boot.arg("announce").is_some();
+    let mrg = if boot.arg("mrg").is_some() {
+        F_MRG_RXBUF
+    } else {
+        0
+    };
     let (want, queues) = if rxfilter {
         (
             VERSION_1 | F_MAC | F_STATUS | F_CTRL_VQ | F_CTRL_RX | F_CTRL_MAC_ADDR,
@@ -598,7 +640,7 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     } else {
         (VERSION_1 | F_MAC | F_STATUS, 2)
     };
-    let feats = match v.init_queues(want, 64, queues) {
+    let feats = match v.init_queues(want | mrg, 64, queues) {
         Ok(f) => f,
         Err(e) => {
             println!("vnet: init: {e}");
@@ -611,8 +653,17 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     }
     let link = v.config8(6) & 1 != 0;
     print_mac("vnet: mac", mac, link);
-    let hdr = if feats & VERSION_1 != 0 { 12 } else { 10 };
-    post_rx(&mut v);
+    let hdr = if feats & (VERSION_1 | F_MRG_RXBUF) != 0 {
+        12
+    } else {
+        10
+    };
+    let mrg = feats & F_MRG_RXBUF != 0;
+    if boot.arg("mrg").is_some() && !mrg {
+        println!("vnet: MRG_RXBUF not offered");
+        return Err(1);
+    }
+    post_rx(&mut v, mrg);
     if let Some(kind) = boot.arg("fault") {
         if !tx_fault(&mut v, kind, hdr, want, queues) {
             return Err(1);
@@ -624,7 +675,15 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     if announce {
         return Err(watch_announce(&mut v, feats, d));
     }
-    Ok((Port::Virtio { v, hdr }, mac))
+    Ok((
+        Port::Virtio {
+            v,
+            hdr,
+            mrg,
+            merged: 0,
+        },
+        mac,
+    ))
 }
 
 fn print_mac(what: &str, m: [u8; 6], link: bool) {
@@ -760,14 +819,21 @@ pub fn run(boot: &BootInfo) -> u32 {
     if boot.arg("linkwatch").is_some() && !linkwatch(&mut nic, peer, peer_mac, &d) {
         return 1;
     }
+    if let Port::Virtio {
+        mrg: true, merged, ..
+    } = nic.port
+    {
+        println!("vnet: {merged} frames arrived in several buffers");
+    }
     println!("vnet: done, answered {} echo requests", nic.answered);
     0
 }
 
 /// Offer the receive buffers on queue 0.
-fn post_rx(v: &mut Virtio) {
+fn post_rx(v: &mut Virtio, mrg: bool) {
+    let len = if mrg { MRG_BUF } else { BUF as u32 };
     for i in 0..NRX {
-        v.set_desc(i, RXB + BUF * u64::from(i), BUF as u32, F_WRITE, 0);
+        v.set_desc(i, RXB + BUF * u64::from(i), len, F_WRITE, 0);
         v.offer_quietly(i);
     }
     v.kick();
@@ -815,7 +881,7 @@ fn tx_fault(v: &mut Virtio, kind: &str, hdr: usize, want: u64, queues: usize) ->
             if v.init_queues(want, 64, queues).is_err() {
                 return false;
             }
-            post_rx(v);
+            post_rx(v, false);
             println!("vnet: recovered after reset");
             true
         }
