@@ -375,7 +375,8 @@ pub fn storage(env: &Env) -> Result<Vec<Row>> {
         "file={},if=virtio,format=raw,cache=none,aio=io_uring",
         img.display()
     );
-    let append = "op=bench mib=128 secs=3";
+    // 2 GiB each way (8 passes over 256 MiB), so a sweep lasts long enough to measure.
+    let append = "op=bench mib=256 passes=8 secs=3";
     const KEYS: [&str; 4] = ["seqwrite", "seqread", "randread qd1", "randread qd32"];
     let one = |vmm: &Vmm, base: &[&str], all: &mut Vec<Vec<f64>>| -> Result<()> {
         let mut args = base.to_vec();
@@ -462,12 +463,130 @@ pub fn network(env: &Env) -> Result<Vec<Row>> {
     };
     let t = measure(&Vmm::troupe(&env.troupe), troupe_args(&k, append, "128"))?;
     let q = measure(&Vmm::qemu("pc"), qemu_args(&k, append, "128"))?;
-    Ok(vec![Row {
+    let mut rows = vec![Row {
         what: "virtio-net ping round trip to the user-mode gateway (slirp)".into(),
         troupe: t / 1e3,
         qemu: q / 1e3,
         qemu_name: "`-M pc`".into(),
         unit: "µs",
         target: Target::AtMostRatio(1.0),
-    }])
+    }];
+    rows.extend(tcp_throughput(env)?);
+    Ok(rows)
+}
+
+/// Bytes per microsecond (MB/s) from the guest's `vnet: tcp sent|received B bytes in T ns`.
+fn guest_mbps(output: &str, verb: &str) -> Result<f64> {
+    let l = output
+        .lines()
+        .find_map(|l| l.split(&format!("vnet: tcp {verb} ")).nth(1))
+        .with_context(|| format!("no 'tcp {verb}' line in: {output}"))?;
+    let mut w = l.split_whitespace();
+    let bytes: f64 = w.next().context("bytes")?.parse()?;
+    let ns: f64 = w.nth(2).context("ns")?.parse()?;
+    Ok(bytes * 1e3 / ns.max(1.0))
+}
+
+/// Bulk TCP through user-mode networking (virtio-net, the virtio guest's go-back-N TCP):
+/// 32 MiB guest → a host socket on 127.0.0.1 (through 10.0.2.2), and 32 MiB from a host
+/// socket → the guest through `hostfwd`. Median of the runs, as the guest measures it.
+fn tcp_throughput(env: &Env) -> Result<Vec<Row>> {
+    use std::io::{Read, Write};
+    let k = env.guest("virtio.elf");
+    const MB: usize = 32;
+    let out = |vmm: &Vmm, base: Vec<&str>| -> Result<f64> {
+        let sink = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = sink.local_addr()?.port();
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = sink.accept() {
+                let mut buf = vec![0u8; 1 << 16];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+        let append = format!("dev=net dhcp count=0 tcpsend=10.0.2.2:{port} mb={MB} wait=120");
+        let mut args = base;
+        args.extend(["-append", append.as_str()]);
+        args.extend([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+        let t = timed_run(vmm.command(&args), &[], Duration::from_secs(180))?;
+        guest_mbps(&t.output, "sent").with_context(|| vmm.name.clone())
+    };
+    let into = |vmm: &Vmm, base: Vec<&str>| -> Result<f64> {
+        let hport = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let sender = std::thread::spawn(move || {
+            let data = vec![0x42u8; MB << 20];
+            // slirp takes the connection at once; until the guest listens it is dropped.
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(300));
+                if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", hport)) {
+                    if c.write_all(&data).is_ok() {
+                        let _ = c.shutdown(std::net::Shutdown::Write);
+                        let mut rest = Vec::new();
+                        let _ = c.read_to_end(&mut rest);
+                        return;
+                    }
+                }
+            }
+        });
+        let append = "dev=net dhcp count=0 tcprecv=5001 wait=120".to_string();
+        let netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{hport}-:5001");
+        let mut args = base;
+        args.extend(["-append", append.as_str()]);
+        args.extend([
+            "-netdev",
+            netdev.as_str(),
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+        let t = timed_run(vmm.command(&args), &[], Duration::from_secs(180))?;
+        let _ = sender.join();
+        guest_mbps(&t.output, "received").with_context(|| vmm.name.clone())
+    };
+    let (troupe, qemu) = (Vmm::troupe(&env.troupe), Vmm::qemu("pc"));
+    let base = |q: bool| -> Vec<&str> {
+        let mut a = if q {
+            qemu_args(&k, "", "128")
+        } else {
+            troupe_args(&k, "", "128")
+        };
+        // The append given here replaces the empty one.
+        if let Some(i) = a.iter().position(|x| *x == "-append") {
+            a.drain(i..i + 2);
+        }
+        a
+    };
+    let mut rows = Vec::new();
+    for (what, f) in [
+        (
+            "virtio-net TCP guest → host over user-mode (slirp), 32 MiB",
+            &out as &dyn Fn(&Vmm, Vec<&str>) -> Result<f64>,
+        ),
+        (
+            "virtio-net TCP host → guest over user-mode (slirp, hostfwd), 32 MiB",
+            &into,
+        ),
+    ] {
+        let (mut t, mut q) = (Vec::new(), Vec::new());
+        for _ in 0..env.runs.min(3) {
+            t.push(f(&troupe, base(false))?);
+            q.push(f(&qemu, base(true))?);
+        }
+        t.sort_by(f64::total_cmp);
+        q.sort_by(f64::total_cmp);
+        rows.push(Row {
+            what: what.into(),
+            troupe: t[t.len() / 2],
+            qemu: q[q.len() / 2],
+            qemu_name: "`-M pc`".into(),
+            unit: "MB/s",
+            target: Target::AtLeastRatio(1.0),
+        });
+    }
+    Ok(rows)
 }
