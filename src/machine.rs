@@ -369,6 +369,28 @@ pub fn build(
         serial_handles.push(h.clone());
         consoles.push((i, h, rx));
     }
+    // guestfwd= targets of user-mode netdevs: each chardev with its input, by id.
+    let mut guestfwds = std::collections::HashMap::new();
+    for nd in &cfg.netdevs {
+        let crate::config::NetdevKind::User(u) = &nd.kind else {
+            continue;
+        };
+        for (_, _, chardev) in &u.guestfwd {
+            if guestfwds.contains_key(chardev) {
+                continue;
+            }
+            let Some(backend) = chardev_backend(cfg, &CharBackend::Named(chardev.clone()))? else {
+                continue;
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let name = format!("guestfwd.{chardev}");
+            let h = rt
+                .block_on(spawn_chardev(rt.handle(), registry, &name, backend, tx))
+                .with_context(|| format!("-netdev {}: guestfwd chardev '{chardev}'", nd.id))?;
+            lock(&chardev_labels).push((chardev.clone(), h.label.clone()));
+            guestfwds.insert(chardev.clone(), (h, rx));
+        }
+    }
     let bios = match &cfg.boot {
         BootConfig::Firmware { bios } if kernel_override.is_none() => {
             let b = Arc::new(Bios::load(bios)?);
@@ -387,6 +409,7 @@ pub fn build(
         events: events.clone(),
         serials,
         consoles,
+        guestfwds,
         rt: rt.handle().clone(),
         registry: registry.clone(),
         bios,

@@ -95,6 +95,8 @@ pub struct PlatformParts<'a> {
     pub serials: Vec<(ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
     /// `virtconsole` ports: (index in `cfg.devices`, chardev, its input).
     pub consoles: Vec<(usize, ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
+    /// Chardevs named by `guestfwd=` rules, with their input, by id.
+    pub guestfwds: nic::GuestFwdChardevs,
     pub rt: tokio::runtime::Handle,
     pub registry: Registry,
     /// The firmware image (None: direct boot, shadow RAM always on).
@@ -137,6 +139,7 @@ impl DeviceSet {
             events,
             serials,
             consoles,
+            mut guestfwds,
             rt,
             registry,
             bios,
@@ -254,14 +257,23 @@ impl DeviceSet {
             crate::config::VgaKind::None => None,
         };
 
-        let virtio = virtio::build(cfg, &kvm, &mem, &pci, consoles, rt, &mut |id| {
-            let d = cfg
-                .drives
-                .iter()
-                .find(|d| d.id == id)
-                .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
-            open_drive(d)
-        })?;
+        let virtio = virtio::build(
+            cfg,
+            &kvm,
+            &mem,
+            &pci,
+            consoles,
+            &mut guestfwds,
+            rt,
+            &mut |id| {
+                let d = cfg
+                    .drives
+                    .iter()
+                    .find(|d| d.id == id)
+                    .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
+                open_drive(d)
+            },
+        )?;
 
         for d in &cfg.devices {
             if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {

@@ -114,15 +114,41 @@ impl Nic {
     }
 }
 
+/// Chardevs named by `guestfwd=` rules, with their input, by id (taken by the backend
+/// that uses them).
+pub type GuestFwdChardevs = std::collections::HashMap<
+    String,
+    (
+        actors::chardev::ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    ),
+>;
+
+/// What opening a NIC backend takes.
+pub struct BackendParts<'a> {
+    pub cfg: &'a VmConfig,
+    /// The `-netdev` id.
+    pub id: &'a str,
+    /// The NIC model, for messages.
+    pub model: &'a str,
+    pub guestfwds: &'a mut GuestFwdChardevs,
+    pub rt: &'a tokio::runtime::Handle,
+}
+
 /// Open the backend of `-netdev` `id` for a NIC of `model`: the backend, how `info network`
 /// describes it, and the user-mode handle if it is slirp. Tap `downscript=`s to run at
 /// exit are added to `downscripts`.
 pub fn open_backend(
-    cfg: &VmConfig,
-    id: &str,
-    model: &str,
+    p: BackendParts<'_>,
     downscripts: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Result<(Backend, String, Option<SlirpHandle>)> {
+    let BackendParts {
+        cfg,
+        id,
+        model,
+        guestfwds,
+        rt,
+    } = p;
     let mut slirp = None;
     let nd = cfg
         .netdevs
@@ -152,8 +178,25 @@ pub fn open_backend(
             Backend::Tap(tap)
         }
         crate::config::NetdevKind::User(u) => {
-            if !u.guestfwd.is_empty() {
-                return Err(anyhow!("-netdev {id}: guestfwd is not available yet"));
+            // Each guestfwd: guest bytes to its chardev, chardev input to the guest.
+            let mut guestfwd = Vec::new();
+            let mut inputs = Vec::new();
+            for (addr, port, chardev) in &u.guestfwd {
+                let (h, input) = guestfwds.remove(chardev).ok_or_else(|| {
+                    anyhow!("-netdev {id}: guestfwd chardev '{chardev}' not found")
+                })?;
+                let (tx, mut out) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+                rt.spawn(async move {
+                    while let Some(b) = out.recv().await {
+                        h.write(b).await;
+                    }
+                });
+                guestfwd.push(actors::net::slirp::GuestFwd {
+                    addr: *addr,
+                    port: *port,
+                    to_chardev: tx,
+                });
+                inputs.push((*addr, *port, input));
             }
             let opts = actors::net::slirp::SlirpOptions {
                 net: u.net.0,
@@ -178,9 +221,20 @@ pub fn open_backend(
                         (f.udp, f.host_addr, f.host_port, guest, f.guest_port)
                     })
                     .collect(),
+                guestfwd,
             };
             let port =
                 actors::net::slirp::start(id, opts).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            for (addr, gport, mut input) in inputs {
+                let ctl = port.control.clone();
+                rt.spawn(async move {
+                    while let Some(ev) = input.recv().await {
+                        if let actors::chardev::FrontendEvent::Input(data) = ev {
+                            ctl.guestfwd_input(addr, gport, data);
+                        }
+                    }
+                });
+            }
             slirp = Some((port.control.clone(), u.dhcpstart));
             Backend::User(port)
         }
@@ -295,6 +349,8 @@ pub struct E1000Parts<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub pci: &'a Arc<PciPlatform>,
     pub intx: &'a Arc<IntxRouter>,
+    pub guestfwds: &'a mut GuestFwdChardevs,
+    pub rt: &'a tokio::runtime::Handle,
 }
 
 /// An e1000 on `slot`: its backend, its model with INTx A, BAR0/BAR1 and the boot ROM.
@@ -302,7 +358,16 @@ pub fn build_e1000(
     p: E1000Parts<'_>,
     downscripts: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Result<Nic> {
-    let (backend, desc, slirp) = open_backend(p.cfg, p.netdev, "e1000", downscripts)?;
+    let (backend, desc, slirp) = open_backend(
+        BackendParts {
+            cfg: p.cfg,
+            id: p.netdev,
+            model: "e1000",
+            guestfwds: p.guestfwds,
+            rt: p.rt,
+        },
+        downscripts,
+    )?;
     let rom = load_rom(p.romfile, E1000_ROM)?;
     let mut model = devices::e1000::E1000::new(p.mac, p.pci.intx(p.intx, p.slot.0, 1));
     if let Some(id) = p.id {

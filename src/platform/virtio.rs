@@ -70,6 +70,7 @@ pub fn build(
         actors::chardev::ChardevHandle,
         tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
     )>,
+    guestfwds: &mut super::nic::GuestFwdChardevs,
     rt: &tokio::runtime::Handle,
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
@@ -118,6 +119,8 @@ pub fn build(
                     mem,
                     pci,
                     intx: &intx,
+                    guestfwds,
+                    rt,
                 },
                 &mut out.downscripts,
             )?;
@@ -209,8 +212,16 @@ pub fn build(
                 romfile,
                 ..
             } => {
-                let (backend, desc, slirp) =
-                    super::nic::open_backend(cfg, id, "virtio-net-pci", &mut out.downscripts)?;
+                let (backend, desc, slirp) = super::nic::open_backend(
+                    super::nic::BackendParts {
+                        cfg,
+                        id,
+                        model: "virtio-net-pci",
+                        guestfwds,
+                        rt,
+                    },
+                    &mut out.downscripts,
+                )?;
                 nic_rom = super::nic::load_rom(romfile.as_deref(), VIRTIO_NET_ROM)?;
                 let filter: devices::virtio::net::SharedRxFilter = Arc::new(std::sync::Mutex::new(
                     devices::virtio::net::RxFilter::new(*mac),

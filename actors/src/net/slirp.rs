@@ -33,6 +33,43 @@ pub struct SlirpOptions {
     pub bootfile: Option<String>,
     /// (udp, host addr, host port, guest addr, guest port).
     pub hostfwd: Vec<(bool, Ipv4Addr, u16, Ipv4Addr, u16)>,
+    pub guestfwd: Vec<GuestFwd>,
+}
+
+/// `guestfwd=tcp:ADDR:PORT-chardev:ID`: a guest connection to ADDR:PORT goes to a chardev.
+/// Bytes from the guest go out through `to_chardev` (a bounded channel: a chardev that does
+/// not keep up holds the slirp thread back, as QEMU's blocking write does); bytes for the
+/// guest come in through [`SlirpControl::guestfwd_input`].
+#[derive(Debug, Clone)]
+pub struct GuestFwd {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub to_chardev: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// Most bytes held for a guestfwd connection the guest is not reading (or has not opened
+/// yet); beyond it, input is dropped with a warning.
+const GUESTFWD_PENDING: usize = 1 << 20;
+
+/// What a guestfwd's write callback gets as its opaque pointer.
+struct GuestFwdSink {
+    to_chardev: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// Bytes the guest sent on a guestfwd connection.
+unsafe extern "C" fn guestfwd_write(buf: *const c_void, len: usize, opaque: *mut c_void) -> isize {
+    // SAFETY: opaque is the GuestFwdSink registered with this callback, alive as long as
+    // the slirp instance; buf holds len bytes for the duration of the call.
+    let (sink, data) = unsafe {
+        (
+            &*(opaque as *const GuestFwdSink),
+            std::slice::from_raw_parts(buf as *const u8, len),
+        )
+    };
+    match sink.to_chardev.blocking_send(data.to_vec()) {
+        Ok(()) => len as isize,
+        Err(_) => -1,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +78,8 @@ pub enum SlirpError {
     Init,
     #[error("could not set up host forwarding rule '{0}' (port in use or not permitted)")]
     HostFwd(String),
+    #[error("could not set up guest forwarding rule for {0}")]
+    GuestFwd(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +103,12 @@ enum Ctl {
     },
     /// libslirp's connection table, as `info usernet` prints it.
     Info { reply: Sender<String> },
+    /// Bytes from a guestfwd's chardev, for the guest.
+    GuestFwdIn {
+        addr: Ipv4Addr,
+        port: u16,
+        data: Vec<u8>,
+    },
 }
 
 /// Changes a running slirp instance (cheap to clone).
@@ -99,6 +144,13 @@ impl SlirpControl {
         self.tx.send(Ctl::Info { reply: tx }).ok()?;
         let _ = self.wake.write(1);
         rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    /// Bytes from the chardev of the guestfwd rule for (addr, port), for the guest.
+    pub fn guestfwd_input(&self, addr: Ipv4Addr, port: u16, data: Vec<u8>) {
+        if self.tx.send(Ctl::GuestFwdIn { addr, port, data }).is_ok() {
+            let _ = self.wake.write(1);
+        }
     }
 
     /// Remove the forwarding of host (addr, port); false if there was none.
@@ -401,6 +453,36 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                     return;
                 }
             }
+            let sinks: Vec<Box<GuestFwdSink>> = opts
+                .guestfwd
+                .iter()
+                .map(|g| {
+                    Box::new(GuestFwdSink {
+                        to_chardev: g.to_chardev.clone(),
+                    })
+                })
+                .collect();
+            for (g, sink) in opts.guestfwd.iter().zip(&sinks) {
+                let mut a = addr(g.addr);
+                let opaque = sink.as_ref() as *const GuestFwdSink as *mut c_void;
+                // SAFETY: slirp is live and this is its thread; the sink outlives slirp (both
+                // live until this thread ends).
+                let r = unsafe {
+                    sys::slirp_add_guestfwd(
+                        slirp,
+                        Some(guestfwd_write),
+                        opaque,
+                        &mut a,
+                        c_int::from(g.port),
+                    )
+                };
+                if r < 0 {
+                    let _ = up_tx.send(Err(SlirpError::GuestFwd(format!("{}:{}", g.addr, g.port))));
+                    return;
+                }
+            }
+            // Bytes for the guest on guestfwd connections, until it can take them.
+            let mut pending: Vec<(Ipv4Addr, u16, Vec<u8>)> = Vec::new();
             let _ = up_tx.send(Ok(()));
             drop(up_tx);
             loop {
@@ -427,6 +509,19 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                             };
                             let _ = reply.send(r >= 0);
                         }
+                        Ctl::GuestFwdIn {
+                            addr: a,
+                            port,
+                            data,
+                        } => match pending.iter_mut().find(|p| p.0 == a && p.1 == port) {
+                            Some(p) if p.2.len() + data.len() > GUESTFWD_PENDING => {
+                                tracing::warn!(
+                                    "guestfwd {a}:{port}: the guest is not reading; input dropped"
+                                );
+                            }
+                            Some(p) => p.2.extend_from_slice(&data),
+                            None => pending.push((a, port, data)),
+                        },
                         Ctl::Info { reply } => {
                             // SAFETY: slirp is live; the result is a g_malloc'd C string
                             // we own and free.
@@ -454,8 +549,29 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                         Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                     }
                 }
-                // Poll slirp's sockets and our wake-up.
-                let mut timeout: u32 = 1000;
+                // Guestfwd input, as much as each guest socket takes now.
+                for (a, port, data) in pending.iter_mut() {
+                    // SAFETY: slirp is live and this is its thread.
+                    let room =
+                        unsafe { sys::slirp_socket_can_recv(slirp, addr(*a), c_int::from(*port)) };
+                    let n = room.min(data.len()).min(c_int::MAX as usize);
+                    if n > 0 {
+                        // SAFETY: as above; data holds at least n bytes.
+                        unsafe {
+                            sys::slirp_socket_recv(
+                                slirp,
+                                addr(*a),
+                                c_int::from(*port),
+                                data.as_ptr(),
+                                n as c_int,
+                            )
+                        };
+                        data.drain(..n);
+                    }
+                }
+                pending.retain(|p| !p.2.is_empty());
+                // Poll slirp's sockets and our wake-up (soon again while input waits).
+                let mut timeout: u32 = if pending.is_empty() { 1000 } else { 10 };
                 state.pollfds.clear();
                 state.pollfds.push(libc::pollfd {
                     fd: wake.as_raw_fd(),
