@@ -6,7 +6,8 @@
 //! 2. resolves `peer=` (default 10.9.0.1; the router with `dhcp`) by ARP and sends it
 //!    `count=N` (default 3) echo requests (`vnet: reply from P seq=N rtt_ns=T`);
 //! 3. with `tcp=IP:PORT`, connects (through the peer), sends `hello from guest\n` and
-//!    prints what comes back until the server closes (`vnet: tcp got 'TEXT'`), or
+//!    prints what comes back until the server closes, or with `line` until the first
+//!    newline (`vnet: tcp got 'TEXT'`), or
 //!    `vnet: tcp connect failed`;
 //! 4. with `listen=PORT`, accepts one TCP connection, reads a line, answers
 //!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
@@ -524,7 +525,8 @@ impl Tcp {
     }
 }
 
-fn tcp_client(nic: &mut Nic, mac: [u8; 6], to: &str, d: &Deadline) -> bool {
+/// `line`: stop at the first full line instead of waiting for the server to close.
+fn tcp_client(nic: &mut Nic, mac: [u8; 6], to: &str, line: bool, d: &Deadline) -> bool {
     let Some((ip, port)) = to.split_once(':') else {
         return false;
     };
@@ -562,6 +564,12 @@ fn tcp_client(nic: &mut Nic, mac: [u8; 6], to: &str, d: &Deadline) -> bool {
             n += k2;
             c.rcv_nxt = c.rcv_nxt.wrapping_add(k as u32);
             c.send(nic, TCP_ACK, &[]);
+            if line && got[..n].contains(&b'\n') {
+                let text = core::str::from_utf8(&got[..n]).unwrap_or("?");
+                println!("vnet: tcp got '{}'", text.trim_end());
+                c.send(nic, TCP_ACK | TCP_FIN, &[]);
+                return true;
+            }
         }
         if f & TCP_FIN != 0 {
             c.rcv_nxt = c.rcv_nxt.wrapping_add(1);
@@ -786,7 +794,7 @@ pub fn run(boot: &BootInfo) -> u32 {
         );
     }
     if let Some(to) = boot.arg("tcp") {
-        if !tcp_client(&mut nic, peer_mac, to, &d) {
+        if !tcp_client(&mut nic, peer_mac, to, boot.arg("line").is_some(), &d) {
             return 1;
         }
     }
