@@ -343,11 +343,7 @@ impl MachineInfo for PcInfo {
         let nics: Vec<crate::platform::nic::Nic> = self
             .nics
             .iter()
-            .filter(|n| {
-                a.interfaces
-                    .as_ref()
-                    .is_none_or(|l| l.iter().any(|i| *i == n.name))
-            })
+            .filter(|n| a.interfaces.as_ref().is_none_or(|l| l.contains(&n.name)))
             .cloned()
             .collect();
         if let Some(l) = &a.interfaces {

@@ -472,6 +472,177 @@ pub fn network(env: &Env) -> Result<Vec<Row>> {
         target: Target::AtMostRatio(1.0),
     }];
     rows.extend(tcp_throughput(env)?);
+    rows.extend(tap(env)?);
+    Ok(rows)
+}
+
+/// A network namespace for the tap rows, deleted at drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Result<Self> {
+        let name = format!("troupe-bench-{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "ip netns add {name} (the tap rows need root)");
+        Ok(Self(name))
+    }
+
+    fn cmd(&self, prog: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.0, prog]);
+        c
+    }
+
+    /// Once `ifname` exists, give it 10.9.0.1/24 and bring it up (from a thread).
+    fn configure_when_up(&self, ifname: &'static str) -> std::thread::JoinHandle<()> {
+        let ns = self.0.clone();
+        std::thread::spawn(move || {
+            let ip = |args: &[&str]| {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "ip"])
+                    .args(args)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            for _ in 0..600 {
+                if ip(&["addr", "replace", "10.9.0.1/24", "dev", ifname]) {
+                    ip(&["link", "set", ifname, "up"]);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Over a tap in a network namespace (virtio-net, vhost off in both): the guest pings the
+/// host side (median of 50 round trips) and moves 32 MiB each way over TCP to and from a
+/// Python socket in the namespace.
+fn tap(env: &Env) -> Result<Vec<Row>> {
+    let k = env.guest("virtio.elf");
+    let ns = Netns::new()?;
+    let net = [
+        "-netdev",
+        "tap,id=n0,ifname=btap0,script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=n0,romfile=",
+    ];
+    // One run of `vmm` with `append`, in the namespace; `side` runs meanwhile.
+    let run = |vmm: &Vmm, append: &str, side: Option<&str>| -> Result<String> {
+        let base = if vmm.name == "troupe" {
+            troupe_args(&k, append, "128")
+        } else {
+            qemu_args(&k, append, "128")
+        };
+        let mut cmd = ns.cmd(vmm.program.to_str().unwrap_or_default());
+        cmd.args(&vmm.base_args).args(&base).args(net);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let conf = ns.configure_when_up("btap0");
+        let helper = side
+            .map(|code| ns.cmd("python3").args(["-c", code]).spawn())
+            .transpose()?;
+        let t = timed_run(cmd, &[], Duration::from_secs(180));
+        let _ = conf.join();
+        if let Some(mut h) = helper {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        Ok(t?.output)
+    };
+    let rtt = |out: &str| -> Result<f64> {
+        let mut v: Vec<f64> = out
+            .lines()
+            .filter_map(|l| l.split("rtt_ns=").nth(1))
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        anyhow::ensure!(v.len() >= 40, "too few replies: {out}");
+        v.drain(..5);
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2] / 1e3)
+    };
+    const SINK: &str = "import socket\n\
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        l.bind(('0.0.0.0', 5001)); l.listen(1); c, _ = l.accept()\n\
+        while c.recv(1 << 16): pass\n";
+    // Connect once the guest can be up (QEMU's firmware takes ~3 s before the kernel),
+    // with a long connect timeout: a SYN the guest answers late must not be one whose
+    // socket already gave up.
+    const SOURCE: &str = "import socket, time\n\
+        data = bytes(32 << 20)\n\
+        time.sleep(4)\n\
+        for i in range(30):\n\
+        \x20   try:\n\
+        \x20       c = socket.create_connection(('10.9.0.2', 5001), timeout=10); break\n\
+        \x20   except OSError: time.sleep(0.5)\n\
+        c.settimeout(60); c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1)\n";
+    let (troupe, qemu) = (Vmm::troupe(&env.troupe), Vmm::qemu("pc"));
+    type Measure<'a> = (&'a str, &'a str, Option<&'a str>, &'static str, Target);
+    let cases: [Measure; 3] = [
+        (
+            "virtio-net ping round trip over a tap (host side in a namespace)",
+            "dev=net ip=10.9.0.2 peer=10.9.0.1 count=50 wait=60",
+            None,
+            "µs",
+            Target::AtMostRatio(1.0),
+        ),
+        (
+            "virtio-net TCP guest → host over a tap, 32 MiB",
+            "dev=net ip=10.9.0.2 peer=10.9.0.1 count=0 tcpsend=10.9.0.1:5001 mb=32 wait=120",
+            Some(SINK),
+            "MB/s",
+            Target::AtLeastRatio(1.0),
+        ),
+        (
+            "virtio-net TCP host → guest over a tap, 32 MiB",
+            "dev=net ip=10.9.0.2 peer=10.9.0.1 count=0 tcprecv=5001 wait=120",
+            Some(SOURCE),
+            "MB/s",
+            Target::AtLeastRatio(1.0),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (what, append, side, unit, target) in cases {
+        let figure = |out: &str| match unit {
+            "µs" => rtt(out),
+            _ => guest_mbps(
+                out,
+                if side == Some(SINK) {
+                    "sent"
+                } else {
+                    "received"
+                },
+            ),
+        };
+        let (mut t, mut q) = (Vec::new(), Vec::new());
+        for _ in 0..env.runs.min(3) {
+            t.push(figure(&run(&troupe, append, side)?).context("troupe")?);
+            q.push(figure(&run(&qemu, append, side)?).context("QEMU")?);
+        }
+        t.sort_by(f64::total_cmp);
+        q.sort_by(f64::total_cmp);
+        rows.push(Row {
+            what: what.into(),
+            troupe: t[t.len() / 2],
+            qemu: q[q.len() / 2],
+            qemu_name: "`-M pc`".into(),
+            unit,
+            target,
+        });
+    }
     Ok(rows)
 }
 

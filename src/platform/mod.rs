@@ -262,8 +262,10 @@ impl DeviceSet {
             &kvm,
             &mem,
             &pci,
-            consoles,
-            &mut guestfwds,
+            virtio::Frontends {
+                consoles,
+                guestfwds: &mut guestfwds,
+            },
             rt,
             &mut |id| {
                 let d = cfg

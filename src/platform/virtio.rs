@@ -60,20 +60,30 @@ impl VirtioDevices {
     }
 }
 
+/// The chardevs virtio consoles and user-mode `guestfwd=` rules talk to.
+pub struct Frontends<'a> {
+    /// `virtconsole` ports: (index in `cfg.devices`, chardev, its input).
+    pub consoles: Vec<(
+        usize,
+        actors::chardev::ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    )>,
+    pub guestfwds: &'a mut super::nic::GuestFwdChardevs,
+}
+
 pub fn build(
     cfg: &VmConfig,
     kvm: &KvmVm,
     mem: &GuestMemoryMmap,
     pci: &Arc<PciPlatform>,
-    consoles: Vec<(
-        usize,
-        actors::chardev::ChardevHandle,
-        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
-    )>,
-    guestfwds: &mut super::nic::GuestFwdChardevs,
+    frontends: Frontends<'_>,
     rt: &tokio::runtime::Handle,
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
+    let Frontends {
+        consoles,
+        guestfwds,
+    } = frontends;
     let mut consoles: Vec<_> = consoles.into_iter().map(Some).collect();
     let mut out = VirtioDevices::default();
     let needs = cfg.devices.iter().any(|d| {

@@ -1,5 +1,6 @@
-//! `dev=net`: a virtio-net driver with just enough IPv4 for the network tests. It always
-//! answers ARP requests for its address and ICMP echo requests. In order, it then:
+//! `dev=net`: a virtio-net driver (or, with `nic=e1000`, an e1000 one) with just enough
+//! IPv4 for the network tests. It always answers ARP requests for its address and ICMP
+//! echo requests. In order, it then:
 //!
 //! 1. takes its address from `ip=` (default 10.9.0.2), or with `dhcp` from a DHCP server
 //!    (`vnet: dhcp lease A router R`);
@@ -9,12 +10,12 @@
 //!    prints what comes back until the server closes, or with `line` until the first
 //!    newline (`vnet: tcp got 'TEXT'`), or
 //!    `vnet: tcp connect failed`;
-//! 4. with `listen=PORT`, accepts one TCP connection, reads a line, answers
-//!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
-//! 4b. with `tcpsend=IP:PORT mb=N` / `tcprecv=PORT`, a bulk TCP transfer out or in
+//! 4. with `tcpsend=IP:PORT mb=N` / `tcprecv=PORT`, a bulk TCP transfer out or in
 //!    (see `bulk.rs`);
-//! 5. waits until `answer=N` (default 0) echo requests were answered;
-//! 6. with `linkwatch`, watches the link status in the configuration space: prints
+//! 5. with `listen=PORT`, accepts one TCP connection, reads a line, answers
+//!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
+//! 6. waits until `answer=N` (default 0) echo requests were answered;
+//! 7. with `linkwatch`, watches the link status in the configuration space: prints
 //!    `vnet: link down` (and, after a ping that gets no answer, `vnet: no reply while link
 //!    down`), then `vnet: link up` and `vnet: reply after link up` once a ping works again.
 //!
@@ -445,12 +446,19 @@ impl Tcp {
         s[2..4].copy_from_slice(&self.rport.to_be_bytes());
         s[4..8].copy_from_slice(&self.snd_nxt.to_be_bytes());
         s[8..12].copy_from_slice(&self.rcv_nxt.to_be_bytes());
-        s[12] = 5 << 4;
         s[13] = flags;
-        // As much as the receive ring holds.
-        s[14..16].copy_from_slice(&((NRX as u16 - 1) * 1460).to_be_bytes());
-        s[20..20 + data.len()].copy_from_slice(data);
-        let n = 20 + data.len();
+        // As much as the receive ring holds, in full-size segments: a SYN says MSS 1460
+        // (without it the peer would send 536-byte segments, more than the ring has slots).
+        s[14..16].copy_from_slice(&((NRX - 1) * 1460).to_be_bytes());
+        let hl = if flags & TCP_SYN != 0 {
+            s[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+            24
+        } else {
+            20
+        };
+        s[12] = ((hl / 4) as u8) << 4;
+        s[hl..hl + data.len()].copy_from_slice(data);
+        let n = hl + data.len();
         let ip = nic.ip;
         nic.l4(self.mac, self.remote, ip, 6, &mut s[..n], 16);
         self.snd_nxt = self
