@@ -314,25 +314,9 @@ fn announce_self_sends_rarp_on_every_nic_and_a_virtio_driver_is_asked_to_announc
 #[test]
 fn oversized_and_malformed_transmits_are_dropped_and_the_nic_works_on() {
     // A 70 000-byte frame: returned to the guest, counted, and pings still work.
-    let port = free_port();
-    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
-    let mut vm = net_guest(
-        None,
-        "dev=net fault=big dhcp count=2 answer=1 wait=60",
-        &[
-            "-monitor",
-            &mon,
-            "-netdev",
-            "user,id=u0",
-            "-device",
-            "virtio-net-pci,netdev=u0",
-        ],
-    )
-    .spawn();
+    let (mut vm, mut c) = monitored_user_guest("dev=net fault=big dhcp count=2 answer=1 wait=60");
     vm.expect_stdout("vnet: oversized frame returned", T);
     vm.expect_stdout("vnet: reply from 10.0.2.2 seq=2", T);
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let info = hmp()(&mut c, "info network");
     assert_eq!(dropped(&info).1, 1, "{info}");
     vm.kill();
@@ -459,6 +443,27 @@ fn user_guest(append: &str, netdev: &str) -> Vm {
         append,
         &["-netdev", netdev, "-device", "virtio-net-pci,netdev=u0"],
     )
+}
+
+/// The virtio guest with `append` on a virtio-net NIC with user-mode networking (netdev
+/// `u0`), and a connection to its HMP monitor.
+fn monitored_user_guest(append: &str) -> (common::Running, std::net::TcpStream) {
+    let port = free_port();
+    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let vm = net_guest(
+        None,
+        append,
+        &[
+            "-monitor",
+            &mon,
+            "-netdev",
+            "user,id=u0",
+            "-device",
+            "virtio-net-pci,netdev=u0",
+        ],
+    )
+    .spawn();
+    (vm, common::connect(port))
 }
 
 /// The virtio test guest with `append` and `extra` options (inside `ns` when given).
@@ -649,24 +654,9 @@ fn hmp() -> impl FnMut(&mut std::net::TcpStream, &str) -> String {
 #[test]
 fn hostfwd_add_and_remove_at_run_time() {
     use std::io::{Read, Write};
-    let (port, hport) = (free_port(), free_port());
-    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
-    let mut vm = net_guest(
-        None,
-        "dev=net dhcp count=1 listen=7 wait=60",
-        &[
-            "-monitor",
-            &mon,
-            "-netdev",
-            "user,id=u0",
-            "-device",
-            "virtio-net-pci,netdev=u0",
-        ],
-    )
-    .spawn();
+    let hport = free_port();
+    let (mut vm, mut c) = monitored_user_guest("dev=net dhcp count=1 listen=7 wait=60");
     vm.expect_stdout("vnet: listening on 7", T);
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut cmd = hmp();
     let out = cmd(&mut c, &format!("hostfwd_add u0 tcp:127.0.0.1:{hport}-:7"));
     assert!(!out.contains("could not"), "{out}");

@@ -632,18 +632,29 @@ fn tap(env: &Env) -> Result<Vec<Row>> {
             t.push(figure(&run(&troupe, append, side)?).context("troupe")?);
             q.push(figure(&run(&qemu, append, side)?).context("QEMU")?);
         }
-        t.sort_by(f64::total_cmp);
-        q.sort_by(f64::total_cmp);
-        rows.push(Row {
-            what: what.into(),
-            troupe: t[t.len() / 2],
-            qemu: q[q.len() / 2],
-            qemu_name: "`-M pc`".into(),
-            unit,
-            target,
-        });
+        rows.push(median_row(what, t, q, unit, target));
     }
     Ok(rows)
+}
+
+/// A row of the medians of troupe's and QEMU `-M pc`'s runs.
+fn median_row(
+    what: &str,
+    mut t: Vec<f64>,
+    mut q: Vec<f64>,
+    unit: &'static str,
+    target: Target,
+) -> Row {
+    t.sort_by(f64::total_cmp);
+    q.sort_by(f64::total_cmp);
+    Row {
+        what: what.into(),
+        troupe: t[t.len() / 2],
+        qemu: q[q.len() / 2],
+        qemu_name: "`-M pc`".into(),
+        unit,
+        target,
+    }
 }
 
 /// Bytes per microsecond (MB/s) from the guest's `vnet: tcp sent|received B bytes in T ns`.
@@ -748,16 +759,7 @@ fn tcp_throughput(env: &Env) -> Result<Vec<Row>> {
             t.push(f(&troupe, base(false))?);
             q.push(f(&qemu, base(true))?);
         }
-        t.sort_by(f64::total_cmp);
-        q.sort_by(f64::total_cmp);
-        rows.push(Row {
-            what: what.into(),
-            troupe: t[t.len() / 2],
-            qemu: q[q.len() / 2],
-            qemu_name: "`-M pc`".into(),
-            unit: "MB/s",
-            target: Target::AtLeastRatio(1.0),
-        });
+        rows.push(median_row(what, t, q, "MB/s", Target::AtLeastRatio(1.0)));
     }
     Ok(rows)
 }

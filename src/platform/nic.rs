@@ -332,6 +332,21 @@ pub fn patch_rom_ids(rom: &mut [u8], vendor: u16, device: u16) {
     rom[6] = rom[6].wrapping_sub(delta);
 }
 
+/// A NIC boot ROM as its BAR shows it: ids patched for this device, padded with 0xff to a
+/// power of two (at least 4 KiB). Returns (BAR size, contents).
+pub fn rom_image(
+    mut rom: Vec<u8>,
+    vendor: u16,
+    device: u16,
+) -> (u64, Arc<actors::host::mem::HostBuffer>) {
+    patch_rom_ids(&mut rom, vendor, device);
+    let size = (rom.len() as u64).next_power_of_two().max(0x1000);
+    let mut buf = actors::host::mem::HostBuffer::new(size as usize);
+    buf.as_mut_slice().fill(0xff);
+    buf.as_mut_slice()[..rom.len()].copy_from_slice(&rom);
+    (size, Arc::new(buf))
+}
+
 /// QEMU's boot ROM for the e1000 (Debian's ipxe-qemu).
 const E1000_ROM: &str = "efi-e1000.rom";
 
@@ -373,14 +388,10 @@ pub fn build_e1000(
     if let Some(id) = p.id {
         model.set_id(id);
     }
-    let rom = rom.map(|mut r| {
-        patch_rom_ids(&mut r, devices::e1000::VENDOR, devices::e1000::DEVICE);
-        let size = (r.len() as u64).next_power_of_two().max(0x1000);
+    let rom = rom.map(|r| {
+        let (size, buf) = rom_image(r, devices::e1000::VENDOR, devices::e1000::DEVICE);
         model.add_rom(size);
-        let mut buf = actors::host::mem::HostBuffer::new(size as usize);
-        buf.as_mut_slice().fill(0xff);
-        buf.as_mut_slice()[..r.len()].copy_from_slice(&r);
-        Arc::new(buf)
+        buf
     });
     let thread = format!("e1000-{}", p.index);
     let host = E1000Host::start(&thread, model, p.mem.clone(), backend)

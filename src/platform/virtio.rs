@@ -282,15 +282,11 @@ pub fn build(
             model.set_id(id);
         }
         let legacy = model.legacy_bar_size() > 0;
-        let rom = nic_rom.take().map(|mut r| {
+        let rom = nic_rom.take().map(|r| {
             let c = devices::pci::PciFunction::config(&model);
-            super::nic::patch_rom_ids(&mut r, c.vendor(), c.device());
-            let size = (r.len() as u64).next_power_of_two().max(0x1000);
+            let (size, buf) = super::nic::rom_image(r, c.vendor(), c.device());
             model.add_rom(size);
-            let mut buf = actors::host::mem::HostBuffer::new(size as usize);
-            buf.as_mut_slice().fill(0xff);
-            buf.as_mut_slice()[..r.len()].copy_from_slice(&r);
-            Arc::new(buf)
+            buf
         });
         let host = VirtioPciHost::start(&name, model, kvm.vm.clone(), mem.clone(), worker)
             .with_context(|| format!("{name}: starting its worker"))?;
