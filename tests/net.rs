@@ -428,6 +428,24 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
             vec!["-device", "e1000"],
             "a NIC needs a tap, bridge or user backend (netdev=)",
         ),
+        (
+            vec![
+                "-netdev",
+                "tap,id=t0,ifname=x,script=no,vnet_hdr=on",
+                "-device",
+                "virtio-net-pci,netdev=t0",
+            ],
+            "-netdev t0: vnet_hdr=on is not available yet",
+        ),
+        (
+            vec![
+                "-netdev",
+                "tap,id=t0,ifname=x,script=no,queues=2",
+                "-device",
+                "virtio-net-pci,netdev=t0",
+            ],
+            "-netdev t0: queues=2: multiqueue taps are not available yet",
+        ),
     ] {
         let mut all = vec!["-nodefaults", "-display", "none"];
         all.extend_from_slice(&args);
