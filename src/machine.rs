@@ -284,14 +284,15 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             | DeviceKind::VirtioTablet
             | DeviceKind::VirtioSerial
             | DeviceKind::VirtConsole { .. } => {}
+            // Without netdev= the NIC runs with no peer, as in QEMU (with its warning).
             DeviceKind::Nic {
                 model: NicModel::VirtioNet | NicModel::E1000,
-                netdev: Some(id),
+                netdev,
                 ..
-            } if is_served(id) => {}
+            } if netdev.as_deref().is_none_or(is_served) => {}
             DeviceKind::Nic { model, .. } => {
                 return Err(anyhow!(
-                    "-device {model:?}: a NIC needs a tap, bridge or user backend (netdev=)"
+                    "-device {model:?}: its netdev is not a tap, bridge or user backend"
                 ))
             }
             other => return Err(anyhow!("-device {other:?}: not available yet")),

@@ -323,7 +323,9 @@ impl MachineInfo for PcInfo {
                 "{}: index=0,type=nic,model={},macaddr={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
                 n.name, n.model, m[0], m[1], m[2], m[3], m[4], m[5]
             ));
-            out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
+            if !n.netdev.is_empty() {
+                out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
+            }
             if let Some(e) = &*n.error.lock().unwrap_or_else(|p| p.into_inner()) {
                 out.push_str(&format!("    error: {e}\n"));
             } else if !n.link.load(std::sync::atomic::Ordering::Relaxed) {

@@ -127,8 +127,8 @@ pub type GuestFwdChardevs = std::collections::HashMap<
 /// What opening a NIC backend takes.
 pub struct BackendParts<'a> {
     pub cfg: &'a VmConfig,
-    /// The `-netdev` id.
-    pub id: &'a str,
+    /// The `-netdev` id; None for a NIC with no backend (its frames go nowhere).
+    pub id: Option<&'a str>,
     /// The NIC model, for messages.
     pub model: &'a str,
     pub guestfwds: &'a mut GuestFwdChardevs,
@@ -149,6 +149,9 @@ pub fn open_backend(
         guestfwds,
         rt,
     } = p;
+    let Some(id) = id else {
+        return Ok((Backend::Gone, String::new(), None));
+    };
     let mut slirp = None;
     let nd = cfg
         .netdevs
@@ -368,7 +371,8 @@ pub struct E1000Parts<'a> {
     pub id: Option<&'a str>,
     /// How many e1000s came before (QEMU names them `e1000.N`).
     pub index: usize,
-    pub netdev: &'a str,
+    /// None: no backend (QEMU warns and runs the NIC without a peer).
+    pub netdev: Option<&'a str>,
     pub mac: [u8; 6],
     pub romfile: Option<&'a str>,
     pub slot: Slot,
@@ -394,6 +398,11 @@ pub fn build_e1000(
         },
         downscripts,
     )?;
+    let name =
+        p.id.map_or_else(|| format!("e1000.{}", p.index), str::to_string);
+    if p.netdev.is_none() {
+        actors::report!("troupe: warning: nic {name} has no peer");
+    }
     let rom = load_rom(p.romfile, E1000_ROM)?;
     let mut model = devices::e1000::E1000::new(p.mac, p.pci.intx(p.intx, p.slot.0, 1));
     if let Some(id) = p.id {
@@ -426,11 +435,9 @@ pub fn build_e1000(
             .bind_bar(p.slot, 6, &format!("{thread}.rom"), BarTarget::Rom(buf));
     }
     Ok(Nic {
-        name: p
-            .id
-            .map_or_else(|| format!("e1000.{}", p.index), str::to_string),
+        name,
         model: "e1000",
-        netdev: p.netdev.to_string(),
+        netdev: p.netdev.unwrap_or_default().to_string(),
         backend: desc,
         link: host.link.clone(),
         error: host.error.clone(),

@@ -111,7 +111,7 @@ pub fn build(
         let Some(slot) = d.addr else { continue };
         if let DeviceKind::Nic {
             model: crate::config::NicModel::E1000,
-            netdev: Some(id),
+            netdev,
             mac,
             romfile,
             ..
@@ -122,7 +122,7 @@ pub fn build(
                     cfg,
                     id: d.id.as_deref(),
                     index: ne1000,
-                    netdev: id,
+                    netdev: netdev.as_deref(),
                     mac: *mac,
                     romfile: romfile.as_deref(),
                     slot,
@@ -217,7 +217,7 @@ pub fn build(
             }
             DeviceKind::Nic {
                 model: crate::config::NicModel::VirtioNet,
-                netdev: Some(id),
+                netdev,
                 mac,
                 romfile,
                 ..
@@ -225,7 +225,7 @@ pub fn build(
                 let (backend, desc, slirp) = super::nic::open_backend(
                     super::nic::BackendParts {
                         cfg,
-                        id,
+                        id: netdev.as_deref(),
                         model: "virtio-net-pci",
                         guestfwds,
                         rt,
@@ -240,9 +240,12 @@ pub fn build(
                 let client =
                     d.id.clone()
                         .unwrap_or_else(|| format!("virtio-net-pci.{nnet}"));
+                if netdev.is_none() {
+                    actors::report!("troupe: warning: nic {client} has no peer");
+                }
                 nic_info = Some(VirtioNicParts {
                     name: client,
-                    netdev: id.clone(),
+                    netdev: netdev.clone().unwrap_or_default(),
                     backend: desc,
                     slirp,
                     filter: filter.clone(),
