@@ -343,7 +343,7 @@ fn oversized_and_malformed_transmits_are_dropped_and_the_nic_works_on() {
 fn a_guest_that_stops_reading_gets_frames_dropped_and_counted_with_memory_bounded() {
     let ns = NetNs::new("flood");
     let port = free_port();
-    let mon = format!("tcp:127.0.0.1:{port},server,nowait");
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
     let mut vm = net_guest(
         Some(&ns),
         "dev=net stall wait=120",
@@ -352,24 +352,16 @@ fn a_guest_that_stops_reading_gets_frames_dropped_and_counted_with_memory_bounde
             "tap,id=n0,ifname=ftap0,script=no,downscript=no",
             "-device",
             "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
-            "-monitor",
-            &mon,
+            "-qmp",
+            &qmp,
         ],
     )
     .spawn();
     vm.expect_stdout("vnet: stalled, not reading", T);
     ns.ip(&["link", "set", "ftap0", "up"]);
     // `ip netns exec` execs troupe in place: same pid.
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
     let pid = vm.pid();
-    let before = rss(pid);
+    let before = common::rss_kib(pid);
     // 200 000 full-size frames, as fast as Python can write them.
     let flood = "import socket\n\
                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
@@ -389,16 +381,12 @@ fn a_guest_that_stops_reading_gets_frames_dropped_and_counted_with_memory_bounde
         String::from_utf8_lossy(&out.stderr)
     );
     let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let grown = rss(pid).saturating_sub(before);
-    // The monitor listens inside the namespace; ask from there.
-    let ask = format!(
-        "import socket,time\n\
-         s = socket.create_connection(('127.0.0.1', {port}))\n\
-         time.sleep(0.5); s.recv(65536)\n\
-         s.sendall(b'info network\\n'); time.sleep(0.5)\n\
-         print(s.recv(65536).decode())\n"
+    let grown = common::rss_kib(pid).saturating_sub(before);
+    let r = ns.qmp(
+        port,
+        r#"{"execute": "human-monitor-command", "arguments": {"command-line": "info network"}}"#,
     );
-    let info = String::from_utf8_lossy(&ns.run("python3", &["-c", &ask]).stdout).into_owned();
+    let info = r["return"].as_str().unwrap_or_default().to_string();
     let (rx, _) = dropped(&info);
     eprintln!("flood: sent {sent}, dropped {rx}, grew {grown} KiB");
     assert!(rx > 0 && rx <= sent, "sent {sent}, dropped {rx}: {info}");

@@ -385,3 +385,14 @@ impl Qmp {
         }
     }
 }
+
+/// Resident memory of process `pid`, KiB.
+#[allow(dead_code)] // not every test binary measures memory
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
