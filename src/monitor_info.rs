@@ -318,10 +318,11 @@ impl MachineInfo for PcInfo {
         let mut out = String::new();
         for (i, n) in self.nics.iter().enumerate() {
             // The address in use: a virtio driver may have changed it (MAC_ADDR_SET).
-            let m = n.mac();
             out.push_str(&format!(
-                "{}: index=0,type=nic,model={},macaddr={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\n",
-                n.name, n.model, m[0], m[1], m[2], m[3], m[4], m[5]
+                "{}: index=0,type=nic,model={},macaddr={}\n",
+                n.name,
+                n.model,
+                fmt_mac(&n.mac())
             ));
             if !n.netdev.is_empty() {
                 out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
@@ -391,12 +392,6 @@ impl MachineInfo for PcInfo {
                 }
             }
         }
-        let mac = |m: &[u8; 6]| {
-            format!(
-                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            )
-        };
         let mode = |all: bool, none: bool| {
             if none {
                 "none"
@@ -426,10 +421,10 @@ impl MachineInfo for PcInfo {
                         "broadcast-allowed": !f.nobcast,
                         "multicast-overflow": f.multi_overflow,
                         "unicast-overflow": f.uni_overflow,
-                        "main-mac": mac(&f.mac),
+                        "main-mac": fmt_mac(&f.mac),
                         "vlan-table": [],
-                        "unicast-table": f.unicast.iter().map(mac).collect::<Vec<_>>(),
-                        "multicast-table": f.multicast.iter().map(mac).collect::<Vec<_>>(),
+                        "unicast-table": f.unicast.iter().map(fmt_mac).collect::<Vec<_>>(),
+                        "multicast-table": f.multicast.iter().map(fmt_mac).collect::<Vec<_>>(),
                     })
                 })
                 .collect(),
@@ -667,4 +662,12 @@ fn pic_text(kvm: &KvmVm) -> String {
     s.push_str(&dump("  IRR", io.irr));
     s.push_str(&dump("  Remote IRR", remote_irr));
     s
+}
+
+/// A MAC address as QEMU prints it (`52:54:00:12:34:56`).
+fn fmt_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
