@@ -150,26 +150,29 @@ impl NetWorker {
         true
     }
 
+    /// Count one frame sent to the backend, or dropped.
+    fn count_tx(&self, sent: bool) {
+        let counter = if sent {
+            &self.stats.tx_frames
+        } else {
+            &self.stats.tx_dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn transmit(&mut self, ctx: &mut Ctx) {
         let hdr = header_len(ctx.features) as u64;
         let mut used = false;
         while let Some(chain) = ctx.pop(TX) {
             let total = chain.readable_len();
             let up = self.link.load(Ordering::Relaxed);
-            if up && total > hdr && total - hdr <= MAX_FRAME as u64 {
+            // Link down, empty or oversized: dropped, the chain is still returned.
+            let sent = up && total > hdr && total - hdr <= MAX_FRAME as u64 && {
                 let n = (total - hdr) as usize;
                 let got = chain.read_at(&ctx.mem, hdr, &mut self.buf[..n]);
-                let sent = self.backend.send(&self.buf[..got]);
-                let counter = if sent {
-                    &self.stats.tx_frames
-                } else {
-                    &self.stats.tx_dropped
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            } else {
-                // Link down, empty or oversized: dropped, the chain is still returned.
-                self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+                self.backend.send(&self.buf[..got])
+            };
+            self.count_tx(sent);
             ctx.add_used(TX, chain.head, 0);
             used = true;
         }
@@ -219,12 +222,8 @@ impl QueueWorker for NetWorker {
     fn wake(&mut self, ctx: &mut Ctx) {
         let frames = std::mem::take(&mut *self.inject.lock().unwrap_or_else(|p| p.into_inner()));
         for f in frames {
-            let counter = if self.link.load(Ordering::Relaxed) && self.backend.send(&f) {
-                &self.stats.tx_frames
-            } else {
-                &self.stats.tx_dropped
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            let sent = self.link.load(Ordering::Relaxed) && self.backend.send(&f);
+            self.count_tx(sent);
         }
         self.receive(ctx);
     }
