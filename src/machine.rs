@@ -352,21 +352,29 @@ pub fn build(
         serial_handles.push(h.clone());
         serials.push((h, rx));
     }
+    // A named chardev for a front end (actor `name`), listed for `info chardev`; None when
+    // the id names no backend to open.
+    let front_end = |chardev: &str, name: &str| -> Result<Option<(ChardevHandle, _)>> {
+        let Some(backend) = chardev_backend(cfg, &CharBackend::Named(chardev.to_string()))? else {
+            return Ok(None);
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let h = rt.block_on(spawn_chardev(rt.handle(), registry, name, backend, tx))?;
+        lock(&chardev_labels).push((chardev.to_string(), h.label.clone()));
+        Ok(Some((h, rx)))
+    };
     // virtconsole ports: each gets its chardev (by device index).
     let mut consoles = Vec::new();
     for (i, d) in cfg.devices.iter().enumerate() {
         let crate::config::DeviceKind::VirtConsole { chardev, .. } = &d.kind else {
             continue;
         };
-        let Some(backend) = chardev_backend(cfg, &CharBackend::Named(chardev.clone()))? else {
+        let name = format!("virtconsole{}.chardev", consoles.len());
+        let Some((h, rx)) = front_end(chardev, &name)
+            .with_context(|| format!("virtconsole: chardev '{chardev}'"))?
+        else {
             continue;
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let name = format!("virtconsole{}.chardev", consoles.len());
-        let h = rt
-            .block_on(spawn_chardev(rt.handle(), registry, &name, backend, tx))
-            .with_context(|| format!("virtconsole: chardev '{chardev}'"))?;
-        lock(&chardev_labels).push((chardev.clone(), h.label.clone()));
         serial_handles.push(h.clone());
         consoles.push((i, h, rx));
     }
@@ -380,16 +388,12 @@ pub fn build(
             if guestfwds.contains_key(chardev) {
                 continue;
             }
-            let Some(backend) = chardev_backend(cfg, &CharBackend::Named(chardev.clone()))? else {
-                continue;
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
             let name = format!("guestfwd.{chardev}");
-            let h = rt
-                .block_on(spawn_chardev(rt.handle(), registry, &name, backend, tx))
-                .with_context(|| format!("-netdev {}: guestfwd chardev '{chardev}'", nd.id))?;
-            lock(&chardev_labels).push((chardev.clone(), h.label.clone()));
-            guestfwds.insert(chardev.clone(), (h, rx));
+            if let Some(fe) = front_end(chardev, &name)
+                .with_context(|| format!("-netdev {}: guestfwd chardev '{chardev}'", nd.id))?
+            {
+                guestfwds.insert(chardev.clone(), fe);
+            }
         }
     }
     let bios = match &cfg.boot {
