@@ -328,7 +328,7 @@ pub fn load_rom(romfile: Option<&str>, default: &str) -> Result<Option<Vec<u8>>>
 /// Make a boot ROM's PCI data structure name this device (as QEMU does): firmware runs a
 /// ROM only when its ids match, and one iPXE image serves several device ids. The header's
 /// checksum byte (offset 6) absorbs the change.
-pub fn patch_rom_ids(rom: &mut [u8], vendor: u16, device: u16) {
+fn patch_rom_ids(rom: &mut [u8], vendor: u16, device: u16) {
     if rom.len() < 0x1a || rom[0] != 0x55 || rom[1] != 0xaa {
         return;
     }

@@ -12,8 +12,7 @@ use devices::virtio::chain::Chain;
 use devices::virtio::net::{header_len, lock_filter, SharedRxFilter, F_MRG_RXBUF};
 
 use super::{Ctx, QueueWorker};
-pub use crate::net::backend::Backend;
-use crate::net::backend::Recv;
+use crate::net::backend::{Backend, Recv};
 
 const RX: usize = 0;
 const TX: usize = 1;
