@@ -8,7 +8,7 @@ use actors::chardev::{ChardevHandle, FrontendEvent};
 use actors::events::EventTx;
 use actors::host::ide::{IdeBusMasterPort, IdeCommandPort, IdeControlPort, IdeHost};
 use actors::host::input::{start_input, I8042Port, InputHandle};
-use actors::host::rtc::start_rtc;
+use actors::host::rtc::{start_rtc, RtcPort};
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::Registry;
@@ -111,7 +111,7 @@ pub struct PlatformParts<'a> {
 /// Every platform device, kept for reset and power-button requests.
 pub struct DeviceSet {
     serials: Vec<Arc<SerialPort>>,
-    rtc: Arc<Locked<Rtc>>,
+    rtc: Arc<RtcPort>,
     i8042: Arc<I8042Port>,
     pm: Arc<Mutex<AcpiPm>>,
     /// PCI: the chipset, BAR mappings, INTx routing, PAM.
@@ -307,7 +307,7 @@ impl DeviceSet {
         for s in &self.serials {
             lock(s.model()).reset();
         }
-        lock(&self.rtc.0).reset();
+        lock(&self.rtc.model).reset();
         lock(self.i8042.model()).reset();
         lock(&self.pm).reset();
         lock(&self.fw_cfg).reset();

@@ -6,24 +6,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::rtc::Rtc;
+use devices::BusDevice;
 
-use crate::bus::{lock, Locked};
+use tokio::sync::Notify;
+
+use crate::bus::{lock, BusHandler};
 use crate::runtime::{spawn_supervised, Placement, Registry, Restart};
 
-/// How long the timer sleeps when no RTC interrupt is enabled (it re-checks, since the
-/// guest may enable one at any time).
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Ports 0x70–0x71: the model behind its mutex; a write wakes the timer actor, since it
+/// may enable an interrupt (or change when the next one is due).
+pub struct RtcPort {
+    pub model: Arc<Mutex<Rtc>>,
+    wake: Arc<Notify>,
+}
 
-/// Start the RTC's timer actor; returns the bus handler for ports 0x70–0x71.
+impl BusHandler for RtcPort {
+    fn read(&self, _base: u64, offset: u64, data: &mut [u8]) {
+        lock(&self.model).read(offset, data);
+    }
+    fn write(&self, _base: u64, offset: u64, data: &[u8]) {
+        lock(&self.model).write(offset, data);
+        self.wake.notify_one();
+    }
+}
+
+/// Start the RTC's timer actor; returns the bus handler for ports 0x70–0x71. With no
+/// interrupt enabled the actor sleeps until the guest writes a register.
 pub fn start_rtc(
     rt: &tokio::runtime::Handle,
     registry: &Registry,
     model: Rtc,
     monotonic_ns: impl Fn() -> u64 + Send + Sync + 'static,
-) -> Arc<Locked<Rtc>> {
+) -> Arc<RtcPort> {
     let model = Arc::new(Mutex::new(model));
+    let wake = Arc::new(Notify::new());
     let entry = registry.register("rtc", "rtc", Placement::Runtime, || 0);
     let m = model.clone();
+    let w = wake.clone();
     let now = Arc::new(monotonic_ns);
     spawn_supervised(
         rt,
@@ -31,20 +50,26 @@ pub fn start_rtc(
         Restart::Always,
         move || {
             let m = m.clone();
+            let w = w.clone();
             let now = now.clone();
             async move {
                 loop {
                     let next = lock(&m).next_event_ns();
-                    let wait = match next {
-                        Some(t) => Duration::from_nanos(t.saturating_sub(now())),
-                        None => IDLE_POLL,
-                    };
-                    tokio::time::sleep(wait.min(IDLE_POLL)).await;
+                    match next {
+                        Some(t) => {
+                            let wait = Duration::from_nanos(t.saturating_sub(now()));
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = w.notified() => {}
+                            }
+                        }
+                        None => w.notified().await,
+                    }
                     lock(&m).tick();
                 }
             }
         },
         |_| {},
     );
-    Locked::new(model)
+    Arc::new(RtcPort { model, wake })
 }
