@@ -535,7 +535,10 @@ pub fn build(
         )
         .context("mapping KVM's coalesced MMIO ring")?;
         kvm.vm
-            .register_coalesced_mmio(kvm_ioctls::IoEventAddress::Mmio(0xa_0000), 0x2_0000)
+            .register_coalesced_mmio(
+                kvm_ioctls::IoEventAddress::Mmio(crate::platform::vga::LEGACY_WINDOW.0),
+                crate::platform::vga::LEGACY_WINDOW.1,
+            )
             .map_err(|e| anyhow!("KVM_REGISTER_COALESCED_MMIO: {e}"))?;
         let r = Arc::new(r);
         let _ = coalesced.set(r.clone());

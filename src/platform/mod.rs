@@ -248,7 +248,6 @@ impl DeviceSet {
                 pio: &pio,
                 mmio: &mmio,
                 kvm: &kvm,
-                rt,
                 registry,
                 display,
                 direct_boot,

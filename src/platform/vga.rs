@@ -8,9 +8,11 @@ use std::sync::Arc;
 use actors::bus::Bus;
 use actors::display::DisplayWriter;
 use actors::host::mem::HostBuffer;
-use actors::host::vga::{start_refresh, RomBar, VbePort, VgaHost, VgaIoPort, VgaMmio, VgaWindow};
+use actors::host::vga::{
+    start_refresh, RefreshHooks, RomBar, VbePort, VgaHost, VgaIoPort, VgaMmio, VgaWindow,
+};
 use actors::runtime::Registry;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use devices::pci::{BarDef, BarKind, ConfigSpace, Ids, PlainFunction};
 use devices::vga::{Vga, VRAM_SIZE};
 
@@ -19,13 +21,14 @@ use crate::vm::kvm::KvmVm;
 
 pub const VGA_SLOT: (u8, u8) = (2, 0);
 pub const VGA_BIOS: &str = "/usr/share/seabios/vgabios-stdvga.bin";
+/// The legacy VGA memory window, 0xA0000–0xBFFFF: base and size.
+pub const LEGACY_WINDOW: (u64, u32) = (0xa_0000, 0x2_0000);
 
 pub struct VgaParts<'a> {
     pub pci: &'a Arc<PciPlatform>,
     pub pio: &'a Arc<Bus>,
     pub mmio: &'a Arc<Bus>,
     pub kvm: &'a Arc<KvmVm>,
-    pub rt: &'a tokio::runtime::Handle,
     pub registry: &'a Registry,
     pub display: DisplayWriter,
     /// No firmware will run the VGA BIOS: troupe sets text mode 3 itself.
@@ -152,8 +155,8 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
     p.pio
         .insert(0x1ce, 2, "vbe", Arc::new(VbePort(host.clone())))?;
     p.mmio.insert(
-        0xa_0000,
-        0x2_0000,
+        LEGACY_WINDOW.0,
+        u64::from(LEGACY_WINDOW.1),
         "vga-lowmem",
         Arc::new(VgaWindow(host.clone())),
     )?;
@@ -161,30 +164,49 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
     let pci = p.pci.clone();
     let vm = p.kvm.vm.clone();
     let ring = p.coalesced.clone();
-    let flush: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+    let flush = move || {
         if let Some(r) = ring.get() {
             r.drain();
         }
-    });
-    let lfb_dirty: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+    };
+    let lfb_dirty = move || {
         let Some((slot, region)) = pci.ram_bar_slot(VGA_SLOT, 0) else {
             return false;
         };
         vm.get_dirty_log(slot, region.size as usize)
             .map(|bits| bits.iter().any(|w| *w != 0))
             .unwrap_or(true)
-    });
+    };
+    let vm = p.kvm.vm.clone();
+    let ring = p.coalesced.clone();
+    let coalesce = move |on: bool| {
+        // The ring (and the zone machine.rs registers with it) exists once the vCPUs do.
+        if ring.get().is_none() {
+            return false;
+        }
+        let zone = kvm_ioctls::IoEventAddress::Mmio(LEGACY_WINDOW.0);
+        let r = if on {
+            vm.register_coalesced_mmio(zone, LEGACY_WINDOW.1)
+        } else {
+            vm.unregister_coalesced_mmio(zone, LEGACY_WINDOW.1)
+        };
+        r.map_err(|e| tracing::warn!("VGA window coalescing on={on}: {e}"))
+            .is_ok()
+    };
     // TEST HARNESS ONLY: with TROUPE_TEST_DISPLAY the console shows a synthetic pattern
     // instead of the VGA (see machine.rs).
     if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
         start_refresh(
-            p.rt,
             p.registry,
             host.clone(),
             p.display.clone(),
-            lfb_dirty,
-            flush,
-        );
+            RefreshHooks {
+                lfb_dirty: Box::new(lfb_dirty),
+                flush: Box::new(flush),
+                coalesce: Box::new(coalesce),
+            },
+        )
+        .context("starting the VGA refresh thread")?;
     }
     let d = Display {
         host,

@@ -5,9 +5,11 @@
 //! Refresh: every [`REFRESH`] the actor checks whether the picture can have changed — the
 //! model's generation counter (register and legacy-window writes) or dirty pages in the
 //! framebuffer slot (guest writes to the LFB never exit) — and only then renders and sends
-//! the rows that differ. A guest write thus reaches VNC clients within one interval.
+//! the rows that differ. A guest write thus reaches VNC clients within one interval. An
+//! idle text screen costs nothing: see [`start_refresh`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use devices::vga::render::Mode;
@@ -16,7 +18,7 @@ use devices::vga::Vga;
 use crate::bus::{lock, BusHandler};
 use crate::display::{DisplayWriter, Rect};
 use crate::host::mem::HostBuffer;
-use crate::runtime::{spawn_supervised, Placement, Registry, Restart};
+use crate::runtime::{ActorState, Placement, Registry};
 
 /// How often the refresh actor looks for changes.
 pub const REFRESH: Duration = Duration::from_millis(15);
@@ -25,6 +27,10 @@ pub const REFRESH: Duration = Duration::from_millis(15);
 pub struct VgaHost {
     model: Mutex<Vga>,
     vram: HostBuffer,
+    /// Set while the refresh actor sleeps until the guest next writes (see [`Refresher::idle`]).
+    idle: AtomicBool,
+    /// "A write happened", with the refresh actor waiting on the condvar while idle.
+    wake: (Mutex<bool>, Condvar),
 }
 
 impl VgaHost {
@@ -32,6 +38,8 @@ impl VgaHost {
         Arc::new(Self {
             model: Mutex::new(model),
             vram,
+            idle: AtomicBool::new(false),
+            wake: (Mutex::new(false), Condvar::new()),
         })
     }
 
@@ -55,6 +63,15 @@ impl VgaHost {
 
     pub fn reset(&self) {
         lock(&self.model).reset();
+        self.poke();
+    }
+
+    /// The guest (or a reset) changed something: wake the refresh actor if it is idle.
+    fn poke(&self) {
+        if self.idle.load(Ordering::SeqCst) {
+            *lock(&self.wake.0) = true;
+            self.wake.1.notify_one();
+        }
     }
 }
 
@@ -69,10 +86,13 @@ impl BusHandler for VgaIoPort {
         }
     }
     fn write(&self, base: u64, offset: u64, data: &[u8]) {
-        let mut m = lock(&self.0.model);
-        for (i, b) in data.iter().enumerate() {
-            m.io_write((base + offset) as u16 + i as u16, *b);
+        {
+            let mut m = lock(&self.0.model);
+            for (i, b) in data.iter().enumerate() {
+                m.io_write((base + offset) as u16 + i as u16, *b);
+            }
         }
+        self.0.poke();
     }
 }
 
@@ -91,6 +111,7 @@ impl BusHandler for VbePort {
         v[..n].copy_from_slice(&data[..n]);
         self.0
             .with(|m, vram| m.vbe_write(offset.min(1), u16::from_le_bytes(v), vram));
+        self.0.poke();
     }
 }
 
@@ -111,6 +132,7 @@ impl BusHandler for VgaWindow {
                 m.mem_write(offset + i as u64, *b, vram);
             }
         });
+        self.0.poke();
     }
 }
 
@@ -123,6 +145,7 @@ impl BusHandler for VgaMmio {
     }
     fn write(&self, _base: u64, offset: u64, data: &[u8]) {
         self.0.with(|m, vram| m.mmio_write(offset, data, vram));
+        self.0.poke();
     }
 }
 
@@ -138,60 +161,136 @@ impl BusHandler for RomBar {
     fn write(&self, _base: u64, _offset: u64, _data: &[u8]) {}
 }
 
-/// Start the refresh actor. `lfb_dirty` reports (and clears) whether the guest wrote the
-/// framebuffer slot since the last call.
+/// Quiet looks in a row after which the refresh actor goes idle (text and planar modes).
+const IDLE_AFTER: u32 = 10;
+
+/// Longest idle sleep: a look now and then even if no write woke the actor.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How the refresh actor reaches the rest of the VM.
+pub struct RefreshHooks {
+    /// Reports (and clears) whether the guest wrote the framebuffer slot since the last call.
+    pub lfb_dirty: Box<dyn Fn() -> bool + Send>,
+    /// Drains KVM's coalesced MMIO ring (legacy-window writes not yet applied).
+    pub flush: Box<dyn Fn() + Send>,
+    /// Turns coalescing of legacy-window writes on or off; returns false when it cannot
+    /// (no ring yet), and then the actor does not go idle.
+    pub coalesce: Box<dyn Fn(bool) -> bool + Send>,
+}
+
+/// Start the refresh actor on its own thread (`troupe-vga`), registered as actor `vga`.
+///
+/// While the picture changes it looks every [`REFRESH`]. After [`IDLE_AFTER`] quiet looks
+/// in a text or planar mode it goes idle: legacy-window writes stop being coalesced (so
+/// the next one exits to the vCPU thread, which wakes the actor through [`VgaHost::poke`])
+/// and the thread sleeps. An idle screen thus costs no wake-ups, and the first write after
+/// idling is shown at once. In VBE modes the guest writes the framebuffer without exits,
+/// so the actor keeps looking at the dirty log every interval. A panic while rendering is
+/// caught and the actor carries on with a fresh frame, as a restarted actor would.
 pub fn start_refresh(
-    rt: &tokio::runtime::Handle,
     registry: &Registry,
     host: Arc<VgaHost>,
     writer: DisplayWriter,
-    lfb_dirty: Arc<dyn Fn() -> bool + Send + Sync>,
-    flush: Arc<dyn Fn() + Send + Sync>,
-) {
+    hooks: RefreshHooks,
+) -> std::io::Result<()> {
     let entry = registry.register("vga", "display", Placement::Runtime, || 0);
-    spawn_supervised(
-        rt,
-        entry,
-        Restart::Always,
-        move || {
-            let host = host.clone();
-            let writer = writer.clone();
-            let lfb_dirty = lfb_dirty.clone();
-            let flush = flush.clone();
-            async move {
-                let mut last_gen = u64::MAX;
-                let mut last_mode = None;
-                let mut prev: Vec<u32> = Vec::new();
-                let mut frame: Vec<u32> = Vec::new();
-                let mut tick = tokio::time::interval(REFRESH);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    tick.tick().await;
-                    // Writes the guest made through the coalesced ring land first.
-                    flush();
-                    let (gen, mode) = {
-                        let m = lock(&host.model);
-                        (m.generation(), m.mode())
-                    };
-                    let dirty = matches!(mode, Mode::Vbe { .. }) && lfb_dirty();
-                    if gen == last_gen && !dirty && Some(mode) == last_mode {
-                        continue;
+    std::thread::Builder::new()
+        .name("troupe-vga".into())
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            entry.set_placement(Placement::Thread { tid, cores: None });
+            entry.set_state(ActorState::Running);
+            let _span = tracing::info_span!("actor", id = "vga", kind = "display").entered();
+            loop {
+                let mut r = Refresher::default();
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut quiet = 0u32;
+                    loop {
+                        std::thread::sleep(REFRESH);
+                        quiet = if r.look(&host, &writer, &hooks) {
+                            0
+                        } else {
+                            quiet + 1
+                        };
+                        if quiet >= IDLE_AFTER && r.can_idle() {
+                            r.idle(&host, &writer, &hooks);
+                            quiet = 0;
+                        }
                     }
-                    last_gen = gen;
-                    let mode = host.with(|m, vram| m.render(vram, &mut frame));
-                    let (w, h) = mode.size();
-                    if Some(mode.size()) != last_mode.map(|m: Mode| m.size()) {
-                        let _ = writer.resize(w, h);
-                        prev.clear();
-                    }
-                    last_mode = Some(mode);
-                    push_changed_rows(&writer, &prev, &frame, w, h);
-                    std::mem::swap(&mut prev, &mut frame);
+                }));
+                if run.is_err() {
+                    entry.note_restart();
+                    tracing::error!("VGA refresh panicked; starting over with a fresh frame");
                 }
             }
-        },
-        |_| {},
-    );
+        })
+        .map(|_| ())
+}
+
+/// The refresh actor's memory between looks: what was last sent.
+#[derive(Default)]
+struct Refresher {
+    last_gen: Option<u64>,
+    last_mode: Option<Mode>,
+    prev: Vec<u32>,
+    frame: Vec<u32>,
+}
+
+impl Refresher {
+    /// One look: apply queued writes, then render and send the changed rows if the picture
+    /// can have changed. Returns whether it could.
+    fn look(&mut self, host: &VgaHost, writer: &DisplayWriter, hooks: &RefreshHooks) -> bool {
+        (hooks.flush)();
+        let (gen, mode) = {
+            let m = lock(&host.model);
+            (m.generation(), m.mode())
+        };
+        let dirty = matches!(mode, Mode::Vbe { .. }) && (hooks.lfb_dirty)();
+        if Some(gen) == self.last_gen && !dirty && Some(mode) == self.last_mode {
+            return false;
+        }
+        self.last_gen = Some(gen);
+        let mode = host.with(|m, vram| m.render(vram, &mut self.frame));
+        let (w, h) = mode.size();
+        if Some(mode.size()) != self.last_mode.map(|m: Mode| m.size()) {
+            let _ = writer.resize(w, h);
+            self.prev.clear();
+        }
+        self.last_mode = Some(mode);
+        push_changed_rows(writer, &self.prev, &self.frame, w, h);
+        std::mem::swap(&mut self.prev, &mut self.frame);
+        true
+    }
+
+    /// Every write in this mode exits (or lands in the coalesced ring) — not so for VBE.
+    fn can_idle(&self) -> bool {
+        !matches!(self.last_mode, None | Some(Mode::Vbe { .. }))
+    }
+
+    /// Sleep until the guest writes, looking at once when it does (and every
+    /// [`IDLE_CHECK`] in case a change came some other way); return on the first change.
+    fn idle(&mut self, host: &VgaHost, writer: &DisplayWriter, hooks: &RefreshHooks) {
+        *lock(&host.wake.0) = false;
+        host.idle.store(true, Ordering::SeqCst);
+        // From here every write pokes; what the ring already held is applied by the look.
+        if (hooks.coalesce)(false) {
+            while !self.look(host, writer, hooks) {
+                let mut woke = lock(&host.wake.0);
+                if !*woke {
+                    woke = host
+                        .wake
+                        .1
+                        .wait_timeout(woke, IDLE_CHECK)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                *woke = false;
+            }
+            (hooks.coalesce)(true);
+        }
+        host.idle.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Send the bands of rows that differ from the previous frame.

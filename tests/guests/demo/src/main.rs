@@ -1,7 +1,8 @@
 //! demo: the guest `troupe` boots when run without arguments. Starts every vCPU, each
 //! counting in ring 3; the BSP draws a VGA text screen (0xB8000, 80x25) with a title, the
 //! CMOS RTC clock, per-vCPU counters, keys typed on the PS/2 keyboard and bytes received
-//! on COM1, redrawn four times a second. Bytes received on COM1 are echoed back.
+//! on COM1, redrawn four times a second and at once when a key is typed. Bytes received on
+//! COM1 are echoed back.
 //!
 //! Command line: `redraw_ms=N` (default 250).
 //! Serial output: `troupe demo guest: <n> vCPU(s), <m> MiB`, then
@@ -375,7 +376,12 @@ fn main(boot: &BootInfo) -> u32 {
         }
         if has_kbd {
             if let Some(code) = i8042::try_read_kbd() {
+                let typed = kbd.total;
                 kbd.feed(code);
+                if kbd.total != typed {
+                    // Show a typed key at once, not at the next redraw.
+                    next = 0;
+                }
             }
         }
         let now = guestlib::cpu::rdtsc();
