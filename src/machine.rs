@@ -511,6 +511,10 @@ pub fn build(
             .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
             .collect(),
         nics: devices.virtio.nics.clone(),
+        hot: std::sync::Mutex::new(crate::platform::hotnet::HotNetdevs::new(
+            cfg.clone(),
+            rt.handle().clone(),
+        )),
     });
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();

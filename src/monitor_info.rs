@@ -37,6 +37,8 @@ pub struct PcInfo {
     pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
     /// virtio-net NICs.
     pub nics: Vec<crate::platform::nic::Nic>,
+    /// Backends added with `netdev_add`.
+    pub hot: Mutex<crate::platform::hotnet::HotNetdevs>,
 }
 
 /// QEMU's QOM type names for the functions troupe models.
@@ -68,6 +70,26 @@ struct BlockDev<'a> {
 }
 
 impl PcInfo {
+    fn hot(&self) -> std::sync::MutexGuard<'_, crate::platform::hotnet::HotNetdevs> {
+        self.hot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every user-mode backend by netdev id: the NICs' (in order), then those added with
+    /// `netdev_add`.
+    fn slirps(&self) -> Vec<(String, crate::platform::nic::SlirpHandle)> {
+        let mut v: Vec<(String, crate::platform::nic::SlirpHandle)> = self
+            .nics
+            .iter()
+            .filter_map(|n| n.slirp.clone().map(|s| (n.netdev.clone(), s)))
+            .collect();
+        v.extend(
+            self.hot()
+                .slirps()
+                .map(|(id, s)| (id.to_string(), s.clone())),
+        );
+        v
+    }
+
     /// IDE drives in index order, then virtio-blk drives in device order.
     fn block_devices(&self) -> Vec<BlockDev<'_>> {
         let mut v: Vec<BlockDev<'_>> = self
@@ -339,7 +361,16 @@ impl MachineInfo for PcInfo {
                 out.push_str(&format!("    dropped: rx {rx}, tx {tx}\n"));
             }
         }
+        out.push_str(&self.hot().network());
         out
+    }
+
+    fn netdev_add(&self, spec: &str) -> Result<(), String> {
+        self.hot().add(spec)
+    }
+
+    fn netdev_del(&self, id: &str) -> Result<(), String> {
+        self.hot().del(id)
     }
 
     fn announce_self(&self, a: actors::monitor::Announce) -> Result<(), String> {
@@ -434,13 +465,11 @@ impl MachineInfo for PcInfo {
     fn usernet(&self) -> String {
         // As QEMU: "Hub -1 (ID):" (no hub) and libslirp's own table.
         let mut out = String::new();
-        for n in &self.nics {
-            if let Some((ctl, _)) = &n.slirp {
-                out.push_str(&format!("Hub -1 ({}):\n", n.netdev));
-                match ctl.connection_info() {
-                    Some(t) => out.push_str(&t),
-                    None => out.push_str("  (the user-mode backend is not answering)\n"),
-                }
+        for (netdev, (ctl, _)) in self.slirps() {
+            out.push_str(&format!("Hub -1 ({netdev}):\n"));
+            match ctl.connection_info() {
+                Some(t) => out.push_str(&t),
+                None => out.push_str("  (the user-mode backend is not answering)\n"),
             }
         }
         out
@@ -452,17 +481,15 @@ impl MachineInfo for PcInfo {
             [netdev, rule] => (Some(*netdev), *rule),
             _ => return Err("invalid format".into()),
         };
-        let nic = self
-            .nics
-            .iter()
-            .find(|n| n.slirp.is_some() && netdev.is_none_or(|id| n.netdev == id))
+        let (_, (ctl, dhcpstart)) = self
+            .slirps()
+            .into_iter()
+            .find(|(id, _)| netdev.is_none_or(|n| n == id))
             .ok_or_else(|| match netdev {
                 Some(id) => format!("unknown netdev '{id}' (or not user-mode networking)"),
                 None => "no user-mode network backend to forward to".into(),
             })?;
-        let Some((ctl, dhcpstart)) = &nic.slirp else {
-            return Err("no user-mode network backend to forward to".into());
-        };
+        let dhcpstart = &dhcpstart;
         if add {
             let f = crate::cli::netdev::parse_hostfwd(rule).map_err(|e| e.to_string())?;
             let guest = if f.guest_addr.is_unspecified() {

@@ -889,3 +889,122 @@ fn a_tap_deleted_under_a_running_vm_takes_the_link_down_and_the_vm_runs_on() {
     );
     assert_eq!(err.matches("link down").count(), 1, "reported once: {err}");
 }
+
+/// `netdev_add` opens a backend in a running VM and `netdev_del` closes it (QMP and HMP):
+/// a user-mode backend's hostfwd port answers and then stops, a tap appears on the host
+/// and goes (its down script runs), `info network` lists what was added; a duplicate id or
+/// a port in use is refused with the VM running on. (No NIC uses them yet: NICs come with
+/// hotplug.)
+#[test]
+fn netdev_add_and_netdev_del_open_and_close_backends_at_run_time() {
+    let ns = NetNs::new("hotnet");
+    let dir = common::TempDir::new("hotnet");
+    let marker = dir.path("down");
+    let down = dir.path("down.sh");
+    std::fs::write(
+        &down,
+        format!("#!/bin/sh\necho \"$1\" > {}\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&down, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (qp, hp) = (free_port(), free_port());
+    let spin = guest("spin");
+    let qmp = format!("tcp:127.0.0.1:{qp},server,nowait");
+    let mut vm = ns
+        .troupe(&[
+            "-nodefaults",
+            "-serial",
+            "null",
+            "-m",
+            "64",
+            "-kernel",
+            spin.to_str().unwrap(),
+            "-qmp",
+            &qmp,
+        ])
+        .spawn();
+    let ask = |cmd: &str| {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let r = std::panic::catch_unwind(|| ns.qmp(qp, cmd));
+            match r {
+                Ok(v) => return v,
+                Err(e) if std::time::Instant::now() > deadline => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    let hmp = |line: &str| {
+        let v = ask(&serde_json::json!({"execute": "human-monitor-command",
+                                "arguments": {"command-line": line}})
+        .to_string());
+        v["return"].as_str().unwrap_or_default().to_string()
+    };
+    let connects = |port: u16| {
+        let out = ns.run(
+            "python3",
+            &[
+                "-c",
+                &format!("import socket\nprint(socket.socket().connect_ex(('127.0.0.1', {port})))"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "0"
+    };
+    let fwd = format!("tcp:127.0.0.1:{hp}-:22");
+    let add_user = |id: &str| {
+        ask(&serde_json::json!({"execute": "netdev_add", "arguments":
+            {"type": "user", "id": id, "hostfwd": [{"str": fwd}]}})
+        .to_string())
+    };
+    assert_eq!(add_user("hn0")["return"], serde_json::json!({}));
+    assert!(connects(hp), "the hostfwd port answers");
+    let v = ask(&serde_json::json!({"execute": "netdev_add", "arguments":
+        {"type": "tap", "id": "ht0", "ifname": "trhot0", "script": "no",
+         "downscript": down.to_str().unwrap()}})
+    .to_string());
+    assert_eq!(v["return"], serde_json::json!({}), "{v}");
+    assert!(ns.run("ip", &["link", "show", "trhot0"]).status.success());
+    let net = hmp("info network");
+    assert!(
+        net.contains("hn0: index=0,type=user,net=10.0.2.0,restrict=off")
+            && net.contains("ht0: index=0,type=tap,ifname=trhot0"),
+        "{net}"
+    );
+    // Refused, and the VM runs on: a duplicate id, a forwarding port already taken.
+    let e = add_user("hn0");
+    assert!(
+        e["error"]["desc"].as_str().unwrap().contains("duplicate"),
+        "{e}"
+    );
+    let e = add_user("hn1");
+    assert!(
+        e["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("could not set up host forwarding rule"),
+        "{e}"
+    );
+    assert!(hmp("info status").contains("running"));
+    // Removing closes them.
+    let del = |id: &str| {
+        ask(&serde_json::json!({"execute": "netdev_del", "arguments": {"id": id}}).to_string())
+    };
+    assert_eq!(del("hn0")["return"], serde_json::json!({}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while connects(hp) {
+        assert!(std::time::Instant::now() < deadline, "port {hp} still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(del("ht0")["return"], serde_json::json!({}));
+    assert!(!ns.run("ip", &["link", "show", "trhot0"]).status.success());
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "trhot0");
+    let e = del("hn0");
+    assert_eq!(e["error"]["desc"], "Device 'hn0' not found", "{e}");
+    // HMP: the same commands.
+    assert_eq!(hmp("netdev_add user,id=hn2"), "");
+    assert!(hmp("info network").contains("hn2: index=0,type=user"));
+    assert_eq!(hmp("netdev_del hn2"), "");
+    assert!(!hmp("info network").contains("hn2"));
+    assert!(hmp("netdev_del hn2").contains("Error: Device 'hn2' not found"));
+    vm.kill();
+}

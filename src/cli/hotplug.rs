@@ -1,8 +1,7 @@
 //! The command-line rules for devices and backends added to a running VM (`device_add`,
 //! `netdev_add` from the monitor): same syntax, checked against the VM's current config.
-//! The monitor's `device_add`/`netdev_add` answer "not available yet" until hotplug lands
-//! (issue "hotplug and live migration"); until then only the tests call these.
-#![cfg_attr(not(test), allow(dead_code))]
+//! `netdev_add` uses them (platform/hotnet.rs); the monitor's `device_add` answers "not
+//! available yet" until device hotplug lands, and only the tests call its parser.
 
 use super::chardev;
 use super::device::{self, DeviceError, DeviceSet};
@@ -26,6 +25,7 @@ pub enum DeviceAdd {
 /// same rules as the command line: the next free PCI slot and MAC, unused `drive=`,
 /// `netdev=` and `chardev=`, unique id and bootindex. Errors print as
 /// `SPEC: reason`. A virtio-blk's `bootindex` is not copied into the drive here.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn parse_device_add(spec: &str, config: &VmConfig) -> Result<DeviceAdd, CliError> {
     let o = Opts::parse(spec, Some("driver")).map_err(|e| invalid(spec, e))?;
     match o.peek("driver") {

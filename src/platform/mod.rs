@@ -29,6 +29,7 @@ use pci::{GpePort, PciPlatform};
 use vm_memory::GuestMemoryMmap;
 
 pub mod fw_cfg;
+pub mod hotnet;
 pub mod nic;
 pub mod pci;
 pub mod vga;

@@ -152,12 +152,24 @@ pub fn open_backend(
     let Some(id) = id else {
         return Ok((Backend::Gone, String::new(), None));
     };
-    let mut slirp = None;
     let nd = cfg
         .netdevs
         .iter()
         .find(|n| n.id == id)
         .ok_or_else(|| anyhow!("{model}: netdev '{id}' not found"))?;
+    open_netdev(nd, guestfwds, rt, downscripts)
+}
+
+/// Open the backend `nd` describes (at start for a NIC, or for `netdev_add`): see
+/// [`open_backend`].
+pub fn open_netdev(
+    nd: &crate::config::NetdevConfig,
+    guestfwds: &mut GuestFwdChardevs,
+    rt: &tokio::runtime::Handle,
+    downscripts: &mut Vec<(std::path::PathBuf, String)>,
+) -> Result<(Backend, String, Option<SlirpHandle>)> {
+    let id = nd.id.as_str();
+    let mut slirp = None;
     let backend = match &nd.kind {
         crate::config::NetdevKind::Tap {
             ifname,

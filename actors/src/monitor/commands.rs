@@ -224,6 +224,43 @@ fn s<'a>(args: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     args.get(k).and_then(Value::as_str)
 }
 
+/// QMP `netdev_add` arguments as the `-netdev` option string: `type` first, then `id`,
+/// then the rest; booleans as on/off, lists (`hostfwd: [{"str": ...}]`) as repeated keys,
+/// commas doubled as the option syntax wants.
+fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
+    let esc = |v: &str| v.replace(',', ",,");
+    let scalar = |k: &str, v: &Value| -> Result<String, CmdError> {
+        match v {
+            Value::String(t) => Ok(esc(t)),
+            Value::Bool(b) => Ok(if *b { "on" } else { "off" }.to_string()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Object(o) => match o.get("str") {
+                Some(Value::String(t)) => Ok(esc(t)),
+                _ => Err(CmdError::generic(format!(
+                    "Invalid parameter type for '{k}', expected: string"
+                ))),
+            },
+            _ => Err(CmdError::generic(format!(
+                "Invalid parameter type for '{k}', expected: string"
+            ))),
+        }
+    };
+    let mut spec = esc(s(args, "type").unwrap_or_default());
+    let mut keys: Vec<&String> = args.keys().filter(|k| *k != "type").collect();
+    keys.sort_by_key(|k| *k != "id");
+    for k in keys {
+        match &args[k] {
+            Value::Array(items) => {
+                for v in items {
+                    spec.push_str(&format!(",{k}={}", scalar(k, v)?));
+                }
+            }
+            v => spec.push_str(&format!(",{k}={}", scalar(k, v)?)),
+        }
+    }
+    Ok(spec)
+}
+
 fn not_available(what: &str) -> CmdError {
     CmdError::generic(format!("{what} is not available yet in troupe"))
 }
@@ -417,7 +454,25 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             .info
             .query_rx_filter(s(args, "name"))
             .map_err(CmdError::Generic),
-        "netdev_add" | "netdev_del" => Err(not_available("network backend hotplug")),
+        "netdev_add" => {
+            let spec = netdev_spec(args)?;
+            let info = ctx.info.clone();
+            // Opening a backend may run a tap's script: off the runtime's threads.
+            tokio::task::spawn_blocking(move || info.netdev_add(&spec))
+                .await
+                .map_err(actor_gone)?
+                .map_err(CmdError::Generic)?;
+            Ok(json!({}))
+        }
+        "netdev_del" => {
+            let id = s(args, "id").unwrap_or_default().to_string();
+            let info = ctx.info.clone();
+            tokio::task::spawn_blocking(move || info.netdev_del(&id))
+                .await
+                .map_err(actor_gone)?
+                .map_err(CmdError::Generic)?;
+            Ok(json!({}))
+        }
         "blockdev-add" => Err(not_available("blockdev-add")),
         "migrate" => Err(not_available("migration")),
         other => Err(CmdError::CommandNotFound(format!(
@@ -616,6 +671,26 @@ mod tests {
 
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn netdev_add_arguments_become_the_netdev_option_string() {
+        let a = args(json!({
+            "hostfwd": [{"str": "tcp::2222-:22"}, "udp::53-:53"],
+            "restrict": true,
+            "type": "user",
+            "hostname": "a,b",
+            "id": "n1",
+        }));
+        assert_eq!(
+            netdev_spec(&a).unwrap(),
+            "user,id=n1,hostfwd=tcp::2222-:22,hostfwd=udp::53-:53,restrict=on,hostname=a,,b"
+        );
+        let bad = args(json!({"type": "user", "id": "n1", "net": {"x": 1}}));
+        assert_eq!(
+            netdev_spec(&bad).unwrap_err().desc(),
+            "Invalid parameter type for 'net', expected: string"
+        );
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub trait MachineInfo: Send + Sync {
     /// `hostfwd_add [netdev] RULE` / `hostfwd_remove [netdev] RULE`: Ok is the text to
     /// show, Err the error message.
     fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String>;
+    /// `netdev_add SPEC` (the `-netdev` syntax): Err is the message to show.
+    fn netdev_add(&self, spec: &str) -> Result<(), String>;
+    /// `netdev_del ID`: Err is the message to show.
+    fn netdev_del(&self, id: &str) -> Result<(), String>;
     /// `info roms` text.
     fn roms(&self) -> String;
     /// `info qtree` text.

@@ -163,6 +163,16 @@ impl SlirpControl {
 }
 
 /// The NIC's end of a slirp backend.
+/// Owns a live Slirp instance on its thread; cleans it up when dropped.
+struct SlirpGuard(*mut sys::Slirp);
+
+impl Drop for SlirpGuard {
+    fn drop(&mut self) {
+        // SAFETY: the instance came from slirp_new on this thread and is used no more.
+        unsafe { sys::slirp_cleanup(self.0) };
+    }
+}
+
 pub struct SlirpPort {
     /// Run-time changes to this backend.
     pub control: SlirpControl,
@@ -172,6 +182,15 @@ pub struct SlirpPort {
     /// Readable when frames for the guest are queued.
     pub ready: Arc<EventFd>,
     pub stats: Arc<SlirpStats>,
+}
+
+impl Drop for SlirpPort {
+    fn drop(&mut self) {
+        // Disconnect the frame channel first, then wake the thread so it sees that now.
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.to_slirp, closed));
+        let _ = self.slirp_wake.write(1);
+    }
 }
 
 impl SlirpPort {
@@ -438,21 +457,6 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 disable_dns: false,
                 disable_dhcp: false,
             };
-            // SAFETY: cfg, CALLBACKS and the opaque State outlive the Slirp instance (all
-            // live until this thread ends; slirp is never cleaned up before).
-            let slirp = unsafe { sys::slirp_new(&cfg, &CALLBACKS, opaque) };
-            if slirp.is_null() {
-                let _ = up_tx.send(Err(SlirpError::Init));
-                return;
-            }
-            for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
-                // SAFETY: slirp is live and this is its thread.
-                if !unsafe { add_fwd(slirp, (udp, ha, hp, ga, gp)) } {
-                    let rule = format!("{}:{ha}:{hp}-{ga}:{gp}", if udp { "udp" } else { "tcp" });
-                    let _ = up_tx.send(Err(SlirpError::HostFwd(rule)));
-                    return;
-                }
-            }
             let sinks: Vec<Box<GuestFwdSink>> = opts
                 .guestfwd
                 .iter()
@@ -462,6 +466,24 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                     })
                 })
                 .collect();
+            // SAFETY: cfg, CALLBACKS, the opaque State and the guestfwd sinks outlive the
+            // Slirp instance: the guard below, declared after them, is dropped first.
+            let slirp = unsafe { sys::slirp_new(&cfg, &CALLBACKS, opaque) };
+            if slirp.is_null() {
+                let _ = up_tx.send(Err(SlirpError::Init));
+                return;
+            }
+            // On every way out of this thread (a rule that cannot bind, the NIC's end
+            // dropped by netdev_del or at exit) the instance goes, closing its sockets.
+            let _cleanup = SlirpGuard(slirp);
+            for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
+                // SAFETY: slirp is live and this is its thread.
+                if !unsafe { add_fwd(slirp, (udp, ha, hp, ga, gp)) } {
+                    let rule = format!("{}:{ha}:{hp}-{ga}:{gp}", if udp { "udp" } else { "tcp" });
+                    let _ = up_tx.send(Err(SlirpError::HostFwd(rule)));
+                    return;
+                }
+            }
             for (g, sink) in opts.guestfwd.iter().zip(&sinks) {
                 let mut a = addr(g.addr);
                 let opaque = sink.as_ref() as *const GuestFwdSink as *mut c_void;
