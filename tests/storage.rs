@@ -116,13 +116,15 @@ fn a_pattern_written_by_the_guest_is_what_qemu_img_compare_and_convert_see() {
     let mut full = want.clone();
     full.resize(16 << 20, 0);
     std::fs::write(&expect, &full).unwrap();
-    // qcow2 in both versions: v3 (compat=1.1, qemu-img's default) and v2 (compat=0.10).
-    for (fmt, opts) in [
-        ("raw", ""),
-        ("qcow2", "compat=1.1"),
-        ("qcow2", "compat=0.10"),
+    // qcow2 in both versions: v3 (compat=1.1, qemu-img's default) and v2 (compat=0.10);
+    // on io_uring (the block actor's own executor) and on the thread pool.
+    for (fmt, opts, aio) in [
+        ("raw", "", "io_uring"),
+        ("qcow2", "compat=1.1", "io_uring"),
+        ("qcow2", "compat=1.1", "threads"),
+        ("qcow2", "compat=0.10", "io_uring"),
     ] {
-        let img = dir.path(&format!("w-{opts}.{fmt}"));
+        let img = dir.path(&format!("w-{opts}-{aio}.{fmt}"));
         let mut create = vec!["create", "-q", "-f", fmt];
         if !opts.is_empty() {
             create.extend(["-o", opts]);
@@ -135,11 +137,11 @@ fn a_pattern_written_by_the_guest_is_what_qemu_img_compare_and_convert_see() {
             assert!(info.contains(&format!("compat: {compat}")), "{info}");
         }
         let drive = format!(
-            "file={},if=virtio,format={fmt},cache=none,aio=io_uring",
+            "file={},if=virtio,format={fmt},cache=none,aio={aio}",
             s(&img)
         );
         let (c, out, err) = run_guest("op=write sectors=8192 seed=11", &["-drive", &drive]);
-        assert_eq!(c, PASS, "{fmt} {opts}: {out}\n{err}");
+        assert_eq!(c, PASS, "{fmt} {opts} {aio}: {out}\n{err}");
         assert!(out.contains("vblk: wrote 8192 sectors, flushed"), "{out}");
         if fmt == "qcow2" {
             assert_clean(&img);
@@ -580,4 +582,28 @@ fn blockdev_and_device_virtio_blk_pci_show_in_info_block() {
         .expect("d0's blockstats");
     assert!(stats.contains("wr_bytes=32768"), "{stats}");
     assert!(!stats.contains("flush_operations=0 "), "{stats}");
+}
+
+/// A qcow2 image on io_uring with the guest keeping 32 requests in flight (the block actor's
+/// executor at full depth, doorbell and completions interleaving): every request completes.
+/// Sequential 1 MiB writes and reads first, then random 4 KiB reads at depth 1 and 32.
+#[test]
+fn a_qcow2_image_on_io_uring_serves_32_requests_in_flight() {
+    let dir = TempDir::new("vblk-deep");
+    let img = dir.path("deep.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "64M"]);
+    let drive = format!(
+        "file={},if=virtio,format=qcow2,cache=none,aio=io_uring",
+        s(&img)
+    );
+    let (c, out, err) = run_guest("op=bench mib=16 passes=2 secs=1", &["-drive", &drive]);
+    assert_eq!(c, PASS, "{out}\n{err}");
+    for what in ["seqwrite", "seqread", "randread qd1", "randread qd32"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("vblk-bench: {what} ")) && !l.contains("timed out")),
+            "{what}: {out}"
+        );
+    }
+    assert_clean(&img);
 }

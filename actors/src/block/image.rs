@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use futures::executor::block_on;
 use imago::file::File as ImagoFile;
 use imago::io_buffers::IoBuffer;
 use imago::qcow2::Qcow2;
@@ -25,7 +26,9 @@ pub trait Image: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
-/// A raw or qcow2 image opened through imago.
+/// A raw or qcow2 image opened through imago, for the thread pool (`aio=threads`, and the
+/// base of a `snapshot=on` overlay): imago's API is async, and each call runs to its end
+/// here with `block_on` (imago's own file storage does plain blocking system calls).
 pub struct Imago {
     /// Reads, writes and flushes share it; discard needs it alone.
     access: std::sync::RwLock<FormatAccess<ImagoFile>>,
@@ -38,19 +41,19 @@ impl Imago {
         let sopts = StorageOpenOptions::new().write(writable).direct(direct);
         let gate = PermissiveImplicitOpenGate::default();
         let access = if qcow2 {
-            FormatAccess::new(
+            FormatAccess::new(block_on(
                 Qcow2::<ImagoFile>::builder_path(path)
                     .storage_open_options(sopts)
                     .write(writable)
-                    .open(gate)?,
-            )
+                    .open(gate),
+            )?)
         } else {
-            FormatAccess::new(
+            FormatAccess::new(block_on(
                 Raw::<ImagoFile>::builder_path(path)
                     .storage_open_options(sopts)
                     .write(writable)
-                    .open(gate)?,
-            )
+                    .open(gate),
+            )?)
         };
         Ok(Self {
             access: std::sync::RwLock::new(access),
@@ -75,37 +78,49 @@ impl Image for Imago {
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         if self.direct {
             let mut b = self.bounce(buf.len())?;
-            self.get().read(&mut b, offset)?;
+            block_on(self.get().read(&mut b, offset))?;
             buf.copy_from_slice(b.as_ref().into_slice());
             return Ok(());
         }
-        self.get().read(buf, offset)
+        block_on(self.get().read(buf, offset))
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if self.direct {
             let mut b = self.bounce(data.len())?;
             b.as_mut().into_slice().copy_from_slice(data);
-            return self.get().write(&b, offset);
+            return block_on(self.get().write(&b, offset));
         }
-        self.get().write(data, offset)
+        block_on(self.get().write(data, offset))
     }
 
     fn flush(&self) -> io::Result<()> {
         let a = self.get();
-        a.flush()?;
-        a.sync()
+        block_on(async {
+            a.flush().await?;
+            a.sync().await
+        })
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.access
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .discard_to_zero(offset, len)
+        block_on(
+            self.access
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .discard_to_zero(offset, len),
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.get().write_zeroes(offset, len)
+        block_on(self.get().write_zeroes(offset, len))
+    }
+}
+
+impl Drop for Imago {
+    fn drop(&mut self) {
+        // imago keeps qcow2 metadata (L2 tables, refcounts) cached: write it back.
+        let a = self.access.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = block_on(a.flush());
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod image;
 mod lock;
+mod qcow2_uring;
 pub mod uring;
 
 use std::fs::File;
@@ -249,6 +250,55 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
             tx,
             doorbell: Some(doorbell),
             uring: Some((spec, lock)),
+            info: BlockInfo {
+                size,
+                read_only: opts.read_only,
+            },
+            path: opts.path,
+            format,
+            stats,
+        });
+    }
+    if format == Format::Qcow2 && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
+        // The image is opened on the block actor's thread: its ring is that thread's.
+        let doorbell =
+            Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(open_err)?);
+        let (bell, held, st) = (doorbell.clone(), lock.clone(), stats.clone());
+        let (up_tx, up_rx) = std::sync::mpsc::channel();
+        let o = opts.clone();
+        std::thread::Builder::new()
+            .name(format!("troupe-blk-{id}"))
+            .spawn(move || {
+                let _lock = held;
+                let q = match qcow2_uring::open(&o.path, writable, o.direct) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        let _ = up_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let rules = Arc::new(Rules {
+                    opts: o,
+                    size: q.size(),
+                    probed_raw,
+                });
+                let _ = up_tx.send(Ok(q.size()));
+                q.run(rules, st, rx, bell);
+            })
+            .map_err(spawn_err)?;
+        let size = up_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the block thread ended"))
+            .and_then(|r| r)
+            .map_err(|source| OpenError::Format {
+                path: opts.path.clone(),
+                format: format.name(),
+                source,
+            })?;
+        return Ok(BlockHandle {
+            tx,
+            doorbell: Some(doorbell),
+            uring: None,
             info: BlockInfo {
                 size,
                 read_only: opts.read_only,
