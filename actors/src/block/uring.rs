@@ -212,6 +212,16 @@ impl Engine {
     }
 
     /// Answer every completed request; then start queued ones.
+    /// Requests submitted and not yet complete.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Completions are waiting to be reaped.
+    pub fn ready(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
     pub fn reap(&mut self) {
         let _ = self.done.read();
         loop {

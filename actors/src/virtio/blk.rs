@@ -123,6 +123,20 @@ impl QueueWorker for BlkWorker {
         self.pending.clear();
     }
 
+    fn busy(&mut self) -> bool {
+        self.engine
+            .as_ref()
+            .is_some_and(|e| e.engine.in_flight() > 0)
+    }
+
+    fn poll(&mut self, ctx: &mut Ctx) -> bool {
+        let ready = self.engine.as_mut().is_some_and(|e| e.engine.ready());
+        if ready {
+            self.wake(ctx);
+        }
+        ready
+    }
+
     fn event_fd(&self) -> Option<std::os::fd::RawFd> {
         self.engine.as_ref().map(|e| e.engine.completion_fd())
     }
