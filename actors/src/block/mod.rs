@@ -223,6 +223,24 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
         path: opts.path.clone(),
         source,
     };
+    let format_err = |source| OpenError::Format {
+        path: opts.path.clone(),
+        format: format.name(),
+        source,
+    };
+    // The handle, once the drive's engine runs.
+    let handle = |tx, doorbell, uring, size| BlockHandle {
+        tx,
+        doorbell,
+        uring,
+        info: BlockInfo {
+            size,
+            read_only: opts.read_only,
+        },
+        path: opts.path.clone(),
+        format,
+        stats: stats.clone(),
+    };
     if format == Format::Raw && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
         let size = std::fs::metadata(&opts.path).map_err(open_err)?.len();
         let spec = Arc::new(uring::UringSpec {
@@ -246,18 +264,7 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
                 uring::run(engine, rx, bell)
             })
             .map_err(spawn_err)?;
-        return Ok(BlockHandle {
-            tx,
-            doorbell: Some(doorbell),
-            uring: Some((spec, lock)),
-            info: BlockInfo {
-                size,
-                read_only: opts.read_only,
-            },
-            path: opts.path,
-            format,
-            stats,
-        });
+        return Ok(handle(tx, Some(doorbell), Some((spec, lock)), size));
     }
     if format == Format::Qcow2 && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
         // The image is opened on the block actor's thread: its ring is that thread's.
@@ -290,30 +297,11 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
             .recv()
             .map_err(|_| std::io::Error::other("the block thread ended"))
             .and_then(|r| r)
-            .map_err(|source| OpenError::Format {
-                path: opts.path.clone(),
-                format: format.name(),
-                source,
-            })?;
-        return Ok(BlockHandle {
-            tx,
-            doorbell: Some(doorbell),
-            uring: None,
-            info: BlockInfo {
-                size,
-                read_only: opts.read_only,
-            },
-            path: opts.path,
-            format,
-            stats,
-        });
+            .map_err(format_err)?;
+        return Ok(handle(tx, Some(doorbell), None, size));
     }
     let img = image::Imago::open(&opts.path, format == Format::Qcow2, writable, opts.direct)
-        .map_err(|source| OpenError::Format {
-            path: opts.path.clone(),
-            format: format.name(),
-            source,
-        })?;
+        .map_err(format_err)?;
     let img: Arc<dyn Image> = if opts.snapshot {
         Arc::new(image::Overlay::new(Box::new(img)).map_err(open_err)?)
     } else {
@@ -352,18 +340,7 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
             })
             .map_err(spawn_err)?;
     }
-    Ok(BlockHandle {
-        tx,
-        doorbell: None,
-        uring: None,
-        info: BlockInfo {
-            size,
-            read_only: opts.read_only,
-        },
-        path: opts.path,
-        format,
-        stats,
-    })
+    Ok(handle(tx, None, None, size))
 }
 
 /// An io_uring engine owned by a front end (see [`BlockHandle::own_engine`]).
