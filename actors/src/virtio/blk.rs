@@ -126,7 +126,7 @@ impl QueueWorker for BlkWorker {
     fn busy(&mut self) -> bool {
         self.engine
             .as_ref()
-            .is_some_and(|e| e.engine.in_flight() > 0)
+            .is_some_and(|e| e.engine.small_in_flight())
     }
 
     fn poll(&mut self, ctx: &mut Ctx) -> bool {
