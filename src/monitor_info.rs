@@ -489,11 +489,10 @@ impl MachineInfo for PcInfo {
                 Some(id) => format!("unknown netdev '{id}' (or not user-mode networking)"),
                 None => "no user-mode network backend to forward to".into(),
             })?;
-        let dhcpstart = &dhcpstart;
         if add {
             let f = crate::cli::netdev::parse_hostfwd(rule).map_err(|e| e.to_string())?;
             let guest = if f.guest_addr.is_unspecified() {
-                *dhcpstart
+                dhcpstart
             } else {
                 f.guest_addr
             };

@@ -211,7 +211,6 @@ impl Engine {
         }
     }
 
-    /// Answer every completed request; then start queued ones.
     /// Requests are in flight and each is small (≤ 64 KiB): their completions come within
     /// tens of microseconds, worth looking for before sleeping. (A 1 MiB transfer takes
     /// hundreds; spinning for it only takes a core from the vCPU.)
@@ -236,6 +235,7 @@ impl Engine {
         !self.ring.completion().is_empty()
     }
 
+    /// Answer every completed request; then start queued ones.
     pub fn reap(&mut self) {
         let _ = self.done.read();
         loop {

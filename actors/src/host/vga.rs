@@ -183,8 +183,9 @@ pub struct RefreshHooks {
 /// While the picture changes it looks every [`REFRESH`]. After [`IDLE_AFTER`] quiet looks
 /// in a text or planar mode it goes idle: legacy-window writes stop being coalesced (so
 /// the next one exits to the vCPU thread, which wakes the actor through [`VgaHost::poke`])
-/// and the thread sleeps. An idle screen thus costs no wake-ups, and the first write after
-/// idling is shown at once. In VBE modes the guest writes the framebuffer without exits,
+/// and the thread sleeps (looking once every [`IDLE_CHECK`]). An idle screen thus costs a
+/// wake-up a second instead of one every interval, and the first write after idling is
+/// shown at once. In VBE modes the guest writes the framebuffer without exits,
 /// so the actor keeps looking at the dirty log every interval. A panic while rendering is
 /// caught and the actor carries on with a fresh frame, as a restarted actor would.
 pub fn start_refresh(

@@ -261,6 +261,21 @@ fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
     Ok(spec)
 }
 
+/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the machine, off the runtime's
+/// threads (opening a backend may run a tap's script). Err is the message to show.
+pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Result<(), String> {
+    let info = ctx.info.clone();
+    tokio::task::spawn_blocking(move || {
+        if add {
+            info.netdev_add(&arg)
+        } else {
+            info.netdev_del(&arg)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the monitor's worker failed: {e}")))
+}
+
 fn not_available(what: &str) -> CmdError {
     CmdError::generic(format!("{what} is not available yet in troupe"))
 }
@@ -454,22 +469,14 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             .info
             .query_rx_filter(s(args, "name"))
             .map_err(CmdError::Generic),
-        "netdev_add" => {
-            let spec = netdev_spec(args)?;
-            let info = ctx.info.clone();
-            // Opening a backend may run a tap's script: off the runtime's threads.
-            tokio::task::spawn_blocking(move || info.netdev_add(&spec))
+        "netdev_add" | "netdev_del" => {
+            let arg = if name == "netdev_add" {
+                netdev_spec(args)?
+            } else {
+                s(args, "id").unwrap_or_default().to_string()
+            };
+            netdev_change(ctx, name == "netdev_add", arg)
                 .await
-                .map_err(actor_gone)?
-                .map_err(CmdError::Generic)?;
-            Ok(json!({}))
-        }
-        "netdev_del" => {
-            let id = s(args, "id").unwrap_or_default().to_string();
-            let info = ctx.info.clone();
-            tokio::task::spawn_blocking(move || info.netdev_del(&id))
-                .await
-                .map_err(actor_gone)?
                 .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }

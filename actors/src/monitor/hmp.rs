@@ -428,19 +428,9 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         }
         "netdev_add" | "netdev_del" => {
             let arg = rest.first().copied().unwrap_or_default().to_string();
-            let info = ctx.info.clone();
             let add = canonical == "netdev_add";
-            let r = tokio::task::spawn_blocking(move || {
-                if add {
-                    info.netdev_add(&arg)
-                } else {
-                    info.netdev_del(&arg)
-                }
-            })
-            .await;
-            match r {
-                Ok(Ok(())) => String::new(),
-                Ok(Err(e)) => format!("Error: {e}\n"),
+            match crate::monitor::commands::netdev_change(ctx, add, arg).await {
+                Ok(()) => String::new(),
                 Err(e) => format!("Error: {e}\n"),
             }
         }

@@ -162,7 +162,6 @@ impl SlirpControl {
     }
 }
 
-/// The NIC's end of a slirp backend.
 /// Owns a live Slirp instance on its thread; cleans it up when dropped.
 struct SlirpGuard(*mut sys::Slirp);
 
@@ -173,6 +172,7 @@ impl Drop for SlirpGuard {
     }
 }
 
+/// The NIC's end of a slirp backend.
 pub struct SlirpPort {
     /// Run-time changes to this backend.
     pub control: SlirpControl,
