@@ -529,7 +529,7 @@ impl Drop for Netns {
 
 /// Over a tap in a network namespace (virtio-net, vhost off in both): the guest pings the
 /// host side (median of 50 round trips) and moves 32 MiB each way over TCP to and from a
-/// Python socket in the namespace.
+/// Python socket in the namespace, without and with checksum/segmentation offloads.
 fn tap(env: &Env) -> Result<Vec<Row>> {
     let k = env.guest("virtio.elf");
     let ns = Netns::new()?;
@@ -591,7 +591,7 @@ fn tap(env: &Env) -> Result<Vec<Row>> {
         c.settimeout(60); c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1)\n";
     let (troupe, qemu) = (Vmm::troupe(&env.troupe), Vmm::qemu("pc"));
     type Measure<'a> = (&'a str, &'a str, Option<&'a str>, &'static str, Target);
-    let cases: [Measure; 3] = [
+    let cases: [Measure; 5] = [
         (
             "virtio-net ping round trip over a tap (host side in a namespace)",
             "dev=net ip=10.9.0.2 peer=10.9.0.1 count=50 wait=60",
@@ -609,6 +609,20 @@ fn tap(env: &Env) -> Result<Vec<Row>> {
         (
             "virtio-net TCP host → guest over a tap, 32 MiB",
             "dev=net ip=10.9.0.2 peer=10.9.0.1 count=0 tcprecv=5001 wait=120",
+            Some(SOURCE),
+            "MB/s",
+            Target::AtLeastRatio(1.0),
+        ),
+        (
+            "virtio-net TCP guest → host over a tap, checksum and TSO offloads, 32 MiB",
+            "dev=net offload ip=10.9.0.2 peer=10.9.0.1 count=0 tcpsend=10.9.0.1:5001 mb=32 wait=120",
+            Some(SINK),
+            "MB/s",
+            Target::AtLeastRatio(1.0),
+        ),
+        (
+            "virtio-net TCP host → guest over a tap, checksum and GSO offloads, 32 MiB",
+            "dev=net offload ip=10.9.0.2 peer=10.9.0.1 count=0 tcprecv=5001 wait=120",
             Some(SOURCE),
             "MB/s",
             Target::AtLeastRatio(1.0),

@@ -179,11 +179,6 @@ pub fn open_netdev(
             vnet_hdr,
             queues,
         } => {
-            if *vnet_hdr == Some(true) {
-                return Err(anyhow!(
-                    "-netdev {id}: vnet_hdr=on is not available yet (troupe's taps carry no virtio-net header; use vnet_hdr=off or leave it out)"
-                ));
-            }
             if *queues > 1 {
                 return Err(anyhow!(
                     "-netdev {id}: queues={queues}: multiqueue taps are not available yet"
@@ -191,7 +186,7 @@ pub fn open_netdev(
             }
             let tap = match fd {
                 Some(fd) => actors::net::tap::from_fd(*fd),
-                None => actors::net::tap::open(ifname.as_deref()),
+                None => actors::net::tap::open(ifname.as_deref(), *vnet_hdr),
             }
             .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
             if let (Some(script), None) = (script, fd) {

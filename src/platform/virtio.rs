@@ -236,6 +236,7 @@ pub fn build(
                 let filter: devices::virtio::net::SharedRxFilter = Arc::new(std::sync::Mutex::new(
                     devices::virtio::net::RxFilter::new(*mac),
                 ));
+                let offloads = devices::virtio::net::offered_features(backend.offloads());
                 let worker = actors::virtio::net::NetWorker::new(backend, filter.clone());
                 let client =
                     d.id.clone()
@@ -258,7 +259,7 @@ pub fn build(
                 nnet += 1;
                 (
                     name,
-                    Box::new(devices::virtio::net::Net::new(filter)),
+                    Box::new(devices::virtio::net::Net::new(filter, offloads)),
                     // QEMU's count: a vector per queue of the pair, config, control.
                     4,
                     Box::new(worker),

@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::tap::{self, Tap, TapError};
+use super::tap::{self, ifreq, Tap, TapError};
 
 pub const DEFAULT_ACL: &str = "/etc/qemu/bridge.conf";
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
@@ -60,19 +60,6 @@ pub fn allowed(path: &Path, br: &str) -> Result<bool, BridgeError> {
     Ok(verdict)
 }
 
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data; all-zero is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    ifr
-}
-
 /// A tap added to bridge `br` and brought up, if the ACL allows `br`.
 pub fn open(br: &str) -> Result<Tap, BridgeError> {
     let acl = std::env::var("TROUPE_BRIDGE_CONF").unwrap_or_else(|_| DEFAULT_ACL.to_string());
@@ -82,7 +69,7 @@ pub fn open(br: &str) -> Result<Tap, BridgeError> {
             acl,
         });
     }
-    let t = tap::open(None)?;
+    let t = tap::open(None, None)?;
     let add_err = |source| BridgeError::AddIf {
         tap: t.name.clone(),
         br: br.to_string(),

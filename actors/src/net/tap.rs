@@ -1,6 +1,8 @@
 //! The tap backend: a host tap interface opened through /dev/net/tun (IFF_TAP, no packet
 //! information header), non-blocking, optionally set up by a QEMU-style script that is
-//! run with the interface name.
+//! run with the interface name. With `vnet_hdr` (IFF_VNET_HDR, used when the kernel has
+//! it unless `vnet_hdr=off`), every frame carries a virtio-net header, so checksum and
+//! segmentation offloads pass between the guest's virtio-net driver and the host stack.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -8,8 +10,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// TUNSETOFFLOAD bits.
+pub use devices::virtio::net::tun as offload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
@@ -29,33 +39,109 @@ pub enum TapError {
     },
     #[error("fd={0} is not an open file descriptor")]
     BadFd(i32),
+    #[error("vnet_hdr=on: this kernel's tap driver has no IFF_VNET_HDR")]
+    NoVnetHdr,
 }
 
 /// An open tap interface.
 pub struct Tap {
     pub file: File,
     pub name: String,
+    /// Frames carry a virtio-net header (IFF_VNET_HDR) of `vnet_len` bytes.
+    pub vnet_hdr: bool,
+    vnet_len: usize,
+    /// The offloads the kernel accepted when probed ([`offload`] bits).
+    pub offloads: u32,
 }
 
-/// Create (or attach to) tap `ifname` (None: the kernel picks `tapN`).
-pub fn open(ifname: Option<&str>) -> Result<Tap, TapError> {
+/// A zeroed ifreq naming `name`.
+pub(crate) fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    ifr
+}
+
+impl Tap {
+    fn new(file: File, name: String, vnet_hdr: bool) -> Self {
+        let mut t = Tap {
+            file,
+            name,
+            vnet_hdr,
+            vnet_len: 0,
+            offloads: 0,
+        };
+        if vnet_hdr {
+            t.vnet_len = 10;
+            // QEMU's probe: each offload the kernel takes, alone with checksums.
+            use offload::*;
+            for bit in [TSO4, TSO6, TSO_ECN, UFO] {
+                if t.set_offload(CSUM | bit).is_ok() {
+                    t.offloads |= CSUM | bit;
+                }
+            }
+            if t.set_offload(CSUM).is_ok() {
+                t.offloads |= CSUM;
+            }
+            let _ = t.set_offload(0);
+        }
+        t
+    }
+
+    /// The virtio-net header length on this tap (0 without IFF_VNET_HDR).
+    pub fn vnet_len(&self) -> usize {
+        self.vnet_len
+    }
+
+    /// Set the header length the kernel reads and writes (10, or 12 with num_buffers).
+    pub fn set_vnet_len(&mut self, len: usize) -> std::io::Result<()> {
+        let v = len as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads an int we own.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETVNETHDRSZ, &v) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.vnet_len = len;
+        Ok(())
+    }
+
+    /// Tell the kernel which unfinished frames (partial checksums, unsegmented TCP) the
+    /// reader takes ([`offload`] bits).
+    pub fn set_offload(&self, bits: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, bits as libc::c_ulong) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Create (or attach to) tap `ifname` (None: the kernel picks `tapN`). `vnet_hdr`: None
+/// uses the virtio-net header when the kernel has it, Some(true) requires it.
+pub fn open(ifname: Option<&str>, vnet_hdr: Option<bool>) -> Result<Tap, TapError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/net/tun")
         .map_err(TapError::Open)?;
-    // SAFETY: ifreq is plain data; all-zero is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     let want = ifname.unwrap_or("");
-    for (d, s) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(want.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+    let mut ifr = ifreq(want);
+    let mut features: libc::c_uint = 0;
+    // SAFETY: TUNGETFEATURES writes the unsigned int we own.
+    let has_vnet = unsafe { libc::ioctl(file.as_raw_fd(), TUNGETFEATURES, &mut features) } == 0
+        && features & IFF_VNET_HDR as libc::c_uint != 0;
+    let vnet = match vnet_hdr {
+        Some(true) if !has_vnet => return Err(TapError::NoVnetHdr),
+        Some(on) => on,
+        None => has_vnet,
+    };
+    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 };
     // SAFETY: TUNSETIFF reads and writes the ifreq we own, on an open tun descriptor.
     if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut ifr) } < 0 {
         return Err(TapError::SetIff {
@@ -69,7 +155,7 @@ pub fn open(ifname: Option<&str>) -> Result<Tap, TapError> {
         .take_while(|c| **c != 0)
         .map(|c| *c as u8 as char)
         .collect();
-    Ok(Tap { file, name })
+    Ok(Tap::new(file, name, vnet))
 }
 
 /// A tap descriptor the caller passed in (`fd=`).
@@ -85,10 +171,13 @@ pub fn from_fd(fd: i32) -> Result<Tap, TapError> {
         let fl = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
-    Ok(Tap {
-        file,
-        name: format!("fd{fd}"),
-    })
+    // As QEMU: the header is used if whoever opened the tap asked for it.
+    let mut ifr = ifreq("");
+    // SAFETY: TUNGETIFF writes the ifreq we own; it fails on a descriptor that is no tap.
+    let vnet = unsafe { libc::ioctl(fd, TUNGETIFF, &mut ifr) } == 0
+        // SAFETY: TUNGETIFF filled in the flags member.
+        && unsafe { ifr.ifr_ifru.ifru_flags } & IFF_VNET_HDR != 0;
+    Ok(Tap::new(file, format!("fd{fd}"), vnet))
 }
 
 /// Run `script IFNAME` (QEMU's up/down script convention) and wait for it.

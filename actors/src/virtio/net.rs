@@ -3,13 +3,17 @@
 //! driver posted. The backend's descriptor (the tap, or slirp's "frames ready" eventfd)
 //! is another entry in the worker's epoll, so one thread moves frames both ways. A frame that
 //! finds no receive buffer is dropped and counted (the guest is not keeping up), as is a
-//! transmit the tap refuses.
+//! transmit the tap refuses. On a tap with virtio-net headers, headers pass through
+//! unchanged both ways, so the checksum and segmentation offloads the driver negotiated
+//! are the host kernel's to finish (it also refuses a malformed header: a dropped frame).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use devices::virtio::chain::Chain;
-use devices::virtio::net::{header_len, lock_filter, SharedRxFilter, F_MRG_RXBUF};
+use devices::virtio::net::{
+    header_len, lock_filter, tun_offloads, SharedRxFilter, F_CSUM, F_GUEST_CSUM, F_MRG_RXBUF,
+};
 
 use super::{Ctx, QueueWorker};
 use crate::net::backend::{Backend, Recv};
@@ -17,8 +21,9 @@ use crate::net::backend::{Backend, Recv};
 const RX: usize = 0;
 const TX: usize = 1;
 const CTRL: usize = 2;
-/// Largest frame taken from the guest or the tap (64 KiB + header room).
-const MAX_FRAME: usize = 65_562;
+/// Largest frame taken from the guest or the tap: a 64 KiB segmentation-offload packet
+/// with its Ethernet and virtio-net headers.
+const MAX_FRAME: usize = 65_536 + 14 + 12;
 
 /// Counters for `info network`.
 #[derive(Debug, Default)]
@@ -55,7 +60,7 @@ impl NetWorker {
             backend,
             link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             error: Arc::default(),
-            buf: vec![0u8; MAX_FRAME],
+            buf: vec![0u8; MAX_FRAME + 12],
             stats: Arc::default(),
         }
     }
@@ -65,7 +70,7 @@ impl NetWorker {
         let mut used = false;
         self.backend.ack();
         loop {
-            let n = match self.backend.recv(&mut self.buf[hdr..]) {
+            let len = match self.backend.recv_with_header(&mut self.buf, hdr) {
                 Recv::Frame(n) => n,
                 Recv::Empty => break,
                 Recv::Failed(why) => {
@@ -82,21 +87,23 @@ impl NetWorker {
             }
             // Frames the driver's receive filter turns away are not counted as drops.
             let accepted = match <[u8; 6]>::try_from(self.buf.get(hdr..hdr + 6).unwrap_or(&[])) {
-                Ok(dst) => n >= 14 && lock_filter(&self.filter).accepts(&dst),
+                Ok(dst) => len >= hdr + 14 && lock_filter(&self.filter).accepts(&dst),
                 Err(_) => false,
             };
             if !accepted {
                 continue;
             }
-            // No offloads: an all-zero header but for num_buffers.
-            self.buf[..hdr].fill(0);
-            let len = hdr + n;
+            if ctx.features & F_GUEST_CSUM == 0 {
+                // A driver without offloads gets a zero header (the tap may still say
+                // "checksum verified").
+                self.buf[..10].fill(0);
+            }
             if ctx.features & F_MRG_RXBUF != 0 {
                 used |= self.receive_merged(ctx, len);
                 continue;
             }
             if hdr == 12 {
-                self.buf[10] = 1;
+                self.buf[10..12].copy_from_slice(&1u16.to_le_bytes());
             }
             let Some(chain) = ctx.pop(RX) else {
                 self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
@@ -167,9 +174,15 @@ impl NetWorker {
             let up = self.link.load(Ordering::Relaxed);
             // Link down, empty or oversized: dropped, the chain is still returned.
             let sent = up && total > hdr && total - hdr <= MAX_FRAME as u64 && {
-                let n = (total - hdr) as usize;
-                let got = chain.read_at(&ctx.mem, hdr, &mut self.buf[..n]);
-                self.backend.send(&self.buf[..got])
+                let got = chain.read_at(&ctx.mem, 0, &mut self.buf[..total as usize]);
+                if ctx.features & F_CSUM == 0 {
+                    // Nothing to finish: whatever the driver left in its header.
+                    self.buf[..10].fill(0);
+                }
+                got > hdr as usize
+                    && self
+                        .backend
+                        .send_with_header(&self.buf[..got], hdr as usize)
             };
             self.count_tx(sent);
             ctx.add_used(TX, chain.head, 0);
@@ -209,6 +222,13 @@ impl QueueWorker for NetWorker {
             TX => self.transmit(ctx),
             CTRL => self.control(ctx),
             _ => self.receive(ctx),
+        }
+    }
+
+    fn activate(&mut self, ctx: &Ctx) {
+        let (hdr, bits) = (header_len(ctx.features), tun_offloads(ctx.features));
+        if !self.backend.set_vnet(hdr, bits) {
+            crate::report!("troupe: virtio-net: the tap refused offloads {bits:#x}");
         }
     }
 

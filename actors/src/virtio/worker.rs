@@ -26,6 +26,9 @@ pub trait QueueWorker: Send + 'static {
     fn process(&mut self, q: usize, ctx: &mut Ctx);
     /// The wake eventfd fired: collect completions from backends.
     fn wake(&mut self, _ctx: &mut Ctx) {}
+    /// The driver set DRIVER_OK with `ctx.features` negotiated: set up the backend for
+    /// them (before any queue is processed).
+    fn activate(&mut self, _ctx: &Ctx) {}
     /// The driver reset the device: finish or forget requests in flight (none may touch
     /// guest memory after this returns).
     fn reset(&mut self) {}
@@ -257,6 +260,7 @@ pub(crate) fn spawn(
                             match rx.try_recv() {
                                 Ok(Ctl::Activate { queues, features }) => {
                                     activate(&mut ctx, &queues, features);
+                                    worker.activate(&ctx);
                                     for q in 0..ctx.queues.len() {
                                         worker.process(q, &mut ctx);
                                     }

@@ -1,8 +1,10 @@
 //! virtio-net: MAC and link status in the configuration space; a receive queue, a
 //! transmit queue and a control queue; with MRG_RXBUF a frame may fill several receive
 //! buffers (`num_buffers` in its header says how many). Frames carry the virtio-net header
-//! (12 bytes with VERSION_1 or MRG_RXBUF, else 10); troupe offers no offloads yet, so the header is all
-//! zeros both ways. The control queue sets the receive filter ([`RxFilter`]: promiscuous
+//! (12 bytes with VERSION_1 or MRG_RXBUF, else 10). Checksum and segmentation offloads
+//! (CSUM, TSO4/6, ECN, UFO, both ways) are offered when the backend carries them (a tap
+//! with virtio-net headers, [`offered_features`]); the header then passes between the
+//! driver and the host unchanged; elsewhere it is all zeros. The control queue sets the receive filter ([`RxFilter`]: promiscuous
 //! and all/no-multicast/unicast/broadcast modes, the MAC table, the MAC address itself) and
 //! acknowledges announcements, with QEMU's semantics: after reset the filter is
 //! promiscuous, as drivers without a control queue expect.
@@ -11,7 +13,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::VirtioDeviceModel;
 
+pub const F_CSUM: u64 = 1;
+pub const F_GUEST_CSUM: u64 = 1 << 1;
 pub const F_MAC: u64 = 1 << 5;
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+pub const F_GUEST_TSO6: u64 = 1 << 8;
+pub const F_GUEST_ECN: u64 = 1 << 9;
+pub const F_GUEST_UFO: u64 = 1 << 10;
+pub const F_HOST_TSO4: u64 = 1 << 11;
+pub const F_HOST_TSO6: u64 = 1 << 12;
+pub const F_HOST_ECN: u64 = 1 << 13;
+pub const F_HOST_UFO: u64 = 1 << 14;
 pub const F_MRG_RXBUF: u64 = 1 << 15;
 pub const F_STATUS: u64 = 1 << 16;
 pub const F_CTRL_VQ: u64 = 1 << 17;
@@ -219,16 +231,62 @@ pub fn header_len(driver_features: u64) -> usize {
     }
 }
 
+/// Offloads as the Linux tun driver names them (TUNSETOFFLOAD bits): what a backend can
+/// carry, and what the host may hand a reader unfinished.
+pub mod tun {
+    pub const CSUM: u32 = 0x01;
+    pub const TSO4: u32 = 0x02;
+    pub const TSO6: u32 = 0x04;
+    pub const TSO_ECN: u32 = 0x08;
+    pub const UFO: u32 = 0x10;
+}
+
+/// Each tun offload bit with the features it allows, driver to host and host to driver.
+const OFFLOADS: [(u32, u64, u64); 5] = [
+    (tun::CSUM, F_CSUM, F_GUEST_CSUM),
+    (tun::TSO4, F_HOST_TSO4, F_GUEST_TSO4),
+    (tun::TSO6, F_HOST_TSO6, F_GUEST_TSO6),
+    (tun::TSO_ECN, F_HOST_ECN, F_GUEST_ECN),
+    (tun::UFO, F_HOST_UFO, F_GUEST_UFO),
+];
+
+/// The offload features to offer on a backend that carries `tun_bits` (none without
+/// checksum offload, which all the others build on).
+pub fn offered_features(tun_bits: u32) -> u64 {
+    if tun_bits & tun::CSUM == 0 {
+        return 0;
+    }
+    OFFLOADS
+        .iter()
+        .filter(|(bit, ..)| tun_bits & bit != 0)
+        .fold(0, |f, (_, host, guest)| f | host | guest)
+}
+
+/// What the host may send the driver unfinished, from what it negotiated (TUNSETOFFLOAD
+/// bits; nothing without GUEST_CSUM).
+pub fn tun_offloads(driver_features: u64) -> u32 {
+    if driver_features & F_GUEST_CSUM == 0 {
+        return 0;
+    }
+    OFFLOADS
+        .iter()
+        .filter(|(_, _, guest)| driver_features & guest != 0)
+        .fold(0, |b, (bit, ..)| b | bit)
+}
+
 pub struct Net {
     filter: SharedRxFilter,
     link_up: bool,
+    /// Offload features offered ([`offered_features`] of the backend).
+    offloads: u64,
 }
 
 impl Net {
-    pub fn new(filter: SharedRxFilter) -> Self {
+    pub fn new(filter: SharedRxFilter, offloads: u64) -> Self {
         Self {
             filter,
             link_up: true,
+            offloads,
         }
     }
 
@@ -242,7 +300,8 @@ impl VirtioDeviceModel for Net {
         super::device_type::NET
     }
     fn features(&self) -> u64 {
-        F_MAC
+        self.offloads
+            | F_MAC
             | F_MRG_RXBUF
             | F_STATUS
             | F_CTRL_VQ
@@ -299,6 +358,22 @@ mod tests {
             }
         }
         d
+    }
+
+    #[test]
+    fn offloads_follow_what_the_backend_carries_and_the_driver_takes() {
+        assert_eq!(offered_features(tun::TSO4), 0, "no TSO without checksums");
+        let f = offered_features(tun::CSUM | tun::TSO4 | tun::UFO);
+        assert_eq!(
+            f,
+            F_CSUM | F_GUEST_CSUM | F_HOST_TSO4 | F_GUEST_TSO4 | F_HOST_UFO | F_GUEST_UFO
+        );
+        // The host sends segments unfinished only to a driver that takes checksums so.
+        assert_eq!(tun_offloads(F_GUEST_TSO4 | F_CSUM | F_HOST_TSO4), 0);
+        assert_eq!(
+            tun_offloads(F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO6),
+            tun::CSUM | tun::TSO4
+        );
     }
 
     #[test]
@@ -381,7 +456,7 @@ mod tests {
     #[test]
     fn the_announce_bit_shows_in_status_until_acknowledged() {
         let shared: SharedRxFilter = Arc::new(Mutex::new(RxFilter::new(MAC)));
-        let n = Net::new(shared.clone());
+        let n = Net::new(shared.clone(), 0);
         let status = |n: &Net| {
             let mut b = [0u8; 2];
             n.config_read(6, &mut b);

@@ -23,6 +23,11 @@
 //! [`watch_announce`]).
 //! `mrg` negotiates MRG_RXBUF and posts 256-byte receive buffers, so that most frames
 //! arrive spread over several.
+//! `offload` negotiates CSUM, GUEST_CSUM, HOST_TSO4 and GUEST_TSO4 (with MRG_RXBUF) or
+//! stops (`vnet: offloads not offered`): `tcpsend` then hands the device TCP segments of
+//! up to 16 MSS with a partial checksum for the host to cut and finish, and the guest
+//! takes segments the host left whole; the run ends with `vnet: offload: sent N tso
+//! segments, received G gso frames, P with partial checksums`.
 //! `stall` posts its receive buffers and then never reads them (`vnet: stalled, not
 //! reading`) until `wait=` passes.
 //! `fault=big|loop` first offers a bad transmit chain (see [`tx_fault`]).
@@ -41,7 +46,12 @@ mod bulk;
 use crate::e1000::E1000;
 use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
 
+const F_CSUM: u64 = 1;
+const F_GUEST_CSUM: u64 = 1 << 1;
 const F_MAC: u64 = 1 << 5;
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_HOST_TSO4: u64 = 1 << 11;
+const OFFLOADS: u64 = F_CSUM | F_GUEST_CSUM | F_HOST_TSO4 | F_GUEST_TSO4;
 const F_MRG_RXBUF: u64 = 1 << 15;
 /// Receive buffer size with MRG_RXBUF: small, so that frames span several.
 const MRG_BUF: u32 = 256;
@@ -93,9 +103,11 @@ struct Packet {
     src_mac: [u8; 6],
     src: [u8; 4],
     proto: u8,
-    /// The IP payload.
+    /// The start of the IP payload (`len` bytes of it).
     data: [u8; 1500],
     len: usize,
+    /// The whole IP payload's length (more than `len` for a segment the host left whole).
+    full: usize,
 }
 
 /// The device under the stack: virtio-net (with its header length) or an e1000.
@@ -107,11 +119,31 @@ enum Port {
         hdr: usize,
         mrg: bool,
         merged: u64,
+        offload: Option<Offload>,
     },
     E1000(E1000),
 }
 
+/// `offload`: counts of what the host and the device handed over unfinished.
+#[derive(Default, Clone, Copy)]
+struct Offload {
+    tso_out: u64,
+    gso_in: u64,
+    partial_in: u64,
+}
+
 impl Port {
+    /// Transmit the frame (virtio-net header included) of `len` bytes already at TXB.
+    fn send_prepared(&mut self, len: usize) {
+        if let Port::Virtio { v, .. } = self {
+            v.select(1);
+            v.set_desc(0, TXB, len as u32, 0, 0);
+            v.offer(0);
+            let _ = v.wait_used(2000);
+            v.select(0);
+        }
+    }
+
     /// Transmit one Ethernet frame.
     fn send(&mut self, frame: &[u8]) {
         match self {
@@ -135,7 +167,8 @@ impl Port {
         }
     }
 
-    /// The next received frame into `f` (its length), waiting up to `ms`.
+    /// The next received frame into `f` (as much as fits), waiting up to `ms`: its whole
+    /// length.
     fn recv(&mut self, f: &mut [u8], ms: u64) -> Option<usize> {
         match self {
             Port::Virtio {
@@ -143,11 +176,17 @@ impl Port {
                 hdr,
                 mrg,
                 merged,
+                offload,
             } => {
                 let (head, len) = v.wait_used(ms)?;
                 let base = RXB + BUF * u64::from(head);
+                if let Some(o) = offload {
+                    o.partial_in += u64::from(read_u8(base) & 1);
+                    o.gso_in += u64::from(read_u8(base + 1) != 0);
+                }
                 let at = base + *hdr as u64;
-                let mut n = (len as usize).saturating_sub(*hdr).min(f.len());
+                let mut whole = (len as usize).saturating_sub(*hdr);
+                let mut n = whole.min(f.len());
                 for (i, b) in f[..n].iter_mut().enumerate() {
                     *b = read_u8(at + i as u64);
                 }
@@ -169,9 +208,10 @@ impl Port {
                         *b = read_u8(at + i as u64);
                     }
                     n += k;
+                    whole += len as usize;
                     v.offer(head);
                 }
-                Some(n)
+                Some(whole)
             }
             Port::E1000(e) => e.recv(f, ms),
         }
@@ -279,6 +319,7 @@ impl Nic {
             if n < 34 {
                 continue;
             }
+            let (n, whole) = (n.min(f.len()), n);
             let ty = u16::from_be_bytes([f[12], f[13]]);
             let src_mac: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
             if ty == ETH_ARP && n >= 42 {
@@ -293,7 +334,8 @@ impl Nic {
                 continue;
             }
             let ihl = usize::from(f[14] & 0xf) * 4;
-            let total = usize::from(u16::from_be_bytes([f[16], f[17]])).min(n - 14);
+            let ip_len = usize::from(u16::from_be_bytes([f[16], f[17]])).min(whole - 14);
+            let total = ip_len.min(n - 14);
             if total < ihl {
                 continue;
             }
@@ -304,6 +346,7 @@ impl Nic {
                 proto: f[23],
                 data: [0; 1500],
                 len: total - ihl,
+                full: ip_len - ihl,
             };
             p.data[..p.len].copy_from_slice(&f[14 + ihl..14 + total]);
             if p.proto == 1 && dst == self.ip && p.len >= 8 && p.data[0] == 8 {
@@ -481,7 +524,8 @@ impl Tcp {
         Some((p.data[13], word(4), word(8), win))
     }
 
-    /// The next segment of this connection: (flags, seq, payload).
+    /// The next segment of this connection: (flags, seq, the payload's start, the
+    /// payload's length).
     fn recv(&self, nic: &mut Nic, ms: u64) -> Option<(u8, u32, [u8; 1460], usize)> {
         let d = Deadline::after_ms(ms);
         while !d.expired() {
@@ -495,7 +539,7 @@ impl Tcp {
             let mut body = [0u8; 1460];
             let k = p.len.saturating_sub(off).min(1460);
             body[..k].copy_from_slice(&p.data[off..off + k]);
-            return Some((flags, seq, body, k));
+            return Some((flags, seq, body, p.full.saturating_sub(off)));
         }
         None
     }
@@ -638,8 +682,12 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
     };
     let rxfilter = boot.arg("rxfilter").is_some();
     let announce = boot.arg("announce").is_some();
+    let offload = boot.arg("offload").is_some();
     let mrg = if boot.arg("mrg").is_some() {
         F_MRG_RXBUF
+    } else if offload {
+        // Segments the host leaves whole span several buffers.
+        F_MRG_RXBUF | OFFLOADS
     } else {
         0
     };
@@ -679,7 +727,20 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
         println!("vnet: MRG_RXBUF not offered");
         return Err(1);
     }
-    post_rx(&mut v, mrg);
+    if offload && feats & (OFFLOADS | F_MRG_RXBUF) != OFFLOADS | F_MRG_RXBUF {
+        println!("vnet: offloads not offered ({feats:#x})");
+        return Err(1);
+    }
+    post_rx(
+        &mut v,
+        if offload {
+            BUF as u32
+        } else if mrg {
+            MRG_BUF
+        } else {
+            BUF as u32
+        },
+    );
     if let Some(kind) = boot.arg("fault") {
         if !tx_fault(&mut v, kind, hdr, want, queues) {
             return Err(1);
@@ -697,6 +758,7 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
             hdr,
             mrg,
             merged: 0,
+            offload: offload.then(Offload::default),
         },
         mac,
     ))
@@ -836,18 +898,26 @@ pub fn run(boot: &BootInfo) -> u32 {
         return 1;
     }
     if let Port::Virtio {
-        mrg: true, merged, ..
+        mrg: true,
+        merged,
+        offload,
+        ..
     } = nic.port
     {
         println!("vnet: {merged} frames arrived in several buffers");
+        if let Some(o) = offload {
+            println!(
+                "vnet: offload: sent {} tso segments, received {} gso frames, {} with partial checksums",
+                o.tso_out, o.gso_in, o.partial_in
+            );
+        }
     }
     println!("vnet: done, answered {} echo requests", nic.answered);
     0
 }
 
-/// Offer the receive buffers on queue 0.
-fn post_rx(v: &mut Virtio, mrg: bool) {
-    let len = if mrg { MRG_BUF } else { BUF as u32 };
+/// Offer the receive buffers, of `len` bytes, on queue 0.
+fn post_rx(v: &mut Virtio, len: u32) {
     for i in 0..NRX {
         v.set_desc(i, RXB + BUF * u64::from(i), len, F_WRITE, 0);
         v.offer_quietly(i);
@@ -897,7 +967,7 @@ fn tx_fault(v: &mut Virtio, kind: &str, hdr: usize, want: u64, queues: usize) ->
             if v.init_queues(want, 64, queues).is_err() {
                 return false;
             }
-            post_rx(v, false);
+            post_rx(v, BUF as u32);
             println!("vnet: recovered after reset");
             true
         }
