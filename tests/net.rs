@@ -974,7 +974,7 @@ fn a_tap_with_virtio_net_headers_carries_checksum_and_segmentation_offloads() {
 /// is gone; the host stack then drops them, having no use for their ethertype).
 #[test]
 fn a_flood_of_small_frames_reaches_the_host_whole() {
-    let ns = NetNs::new("flood");
+    let ns = NetNs::new("burst");
     ns.ip(&["tuntap", "add", "ftap0", "mode", "tap"]);
     ns.ip(&["addr", "replace", "10.9.4.1/24", "dev", "ftap0"]);
     ns.ip(&["link", "set", "ftap0", "up"]);

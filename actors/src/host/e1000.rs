@@ -97,6 +97,7 @@ impl E1000Host {
                 refused += 1;
             }
         }
+        b.settle();
         drop(b);
         if refused > 0 {
             lock(&self.model).stats.tx_dropped += refused;

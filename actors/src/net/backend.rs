@@ -110,6 +110,14 @@ impl Backend {
         }
     }
 
+    /// After a batch of [`Self::send`]s: a user-mode backend serves the host sockets the
+    /// frames made ready (see [`SlirpPort::settle`]).
+    pub fn settle(&self) {
+        if let Backend::User(port) = self {
+            port.settle();
+        }
+    }
+
     /// The offloads ([`super::tap::offload`] bits) a virtio-net device may offer on this
     /// backend: those of a tap with virtio-net headers; none elsewhere.
     pub fn offloads(&self) -> u32 {

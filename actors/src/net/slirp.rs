@@ -1,8 +1,14 @@
-//! The user-mode network backend: libslirp (the library QEMU uses) on a thread of its own.
-//! It owns the `Slirp` instance, polls the host sockets slirp asks for plus a wake eventfd,
-//! runs slirp's timers, feeds it the guest's frames and hands slirp's frames to the NIC.
-//! Both directions go through bounded channels: a full queue drops the frame and counts it
-//! (no unbounded memory when one side stops reading).
+//! The user-mode network backend: libslirp (the library QEMU uses) with a thread of its
+//! own. The thread creates the `Slirp` instance, polls the host sockets slirp asks for plus
+//! a wake eventfd, and runs slirp's timers. The guest's frames go into slirp on the NIC's
+//! own thread, under the lock every call into libslirp holds, so what slirp answers at
+//! once (ARP, pings to the gateway, TCP acknowledgements and the data they release) is
+//! queued for the guest before the NIC looks again, with no thread hop. After a batch of
+//! frames the NIC also looks at slirp's sockets once without waiting ([`SlirpPort::settle`]:
+//! data an acknowledgement made room for is read and sent at once) and wakes the slirp
+//! thread to poll any socket the frames opened. Frames for the guest go through a
+//! bounded channel: a full queue drops the frame and counts it (no unbounded memory when
+//! the guest stops reading).
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::net::Ipv4Addr;
@@ -162,13 +168,42 @@ impl SlirpControl {
     }
 }
 
-/// Owns a live Slirp instance on its thread; cleans it up when dropped.
-struct SlirpGuard(*mut sys::Slirp);
+/// The live instance, shared by the slirp thread and the NIC: every call into libslirp
+/// (and so every callback into [`State`]) happens with this locked.
+struct Shared {
+    /// Null once cleaned up.
+    slirp: *mut sys::Slirp,
+    /// The NIC's end is gone (netdev_del, or the VM ending): the thread cleans up.
+    closed: bool,
+    /// Counts the NIC's socket passes: slirp keeps each socket's place in the last poll
+    /// set filled, so the thread must not read results from a set filled before one.
+    generation: u64,
+    /// The poll set of the NIC's passes.
+    nic_polls: Vec<libc::pollfd>,
+}
+
+// SAFETY: the pointer is only used with the mutex around Shared held.
+unsafe impl Send for Shared {}
+
+type SharedSlirp = Arc<std::sync::Mutex<Shared>>;
+
+fn lock_shared(s: &SharedSlirp) -> std::sync::MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Cleans the instance up when the slirp thread leaves (closing its sockets), under the
+/// lock, so the NIC never reaches a freed instance.
+struct SlirpGuard(SharedSlirp);
 
 impl Drop for SlirpGuard {
     fn drop(&mut self) {
-        // SAFETY: the instance came from slirp_new on this thread and is used no more.
-        unsafe { sys::slirp_cleanup(self.0) };
+        let mut g = lock_shared(&self.0);
+        if !g.slirp.is_null() {
+            // SAFETY: the instance came from slirp_new and is used no more (the pointer is
+            // cleared under the same lock every user takes).
+            unsafe { sys::slirp_cleanup(g.slirp) };
+            g.slirp = std::ptr::null_mut();
+        }
     }
 }
 
@@ -176,7 +211,7 @@ impl Drop for SlirpGuard {
 pub struct SlirpPort {
     /// Run-time changes to this backend.
     pub control: SlirpControl,
-    to_slirp: Sender<Vec<u8>>,
+    shared: SharedSlirp,
     slirp_wake: Arc<EventFd>,
     from_slirp: Receiver<Vec<u8>>,
     /// Readable when frames for the guest are queued.
@@ -186,24 +221,54 @@ pub struct SlirpPort {
 
 impl Drop for SlirpPort {
     fn drop(&mut self) {
-        // Disconnect the frame channel first, then wake the thread so it sees that now.
-        let (closed, _) = crossbeam_channel::bounded(0);
-        drop(std::mem::replace(&mut self.to_slirp, closed));
+        lock_shared(&self.shared).closed = true;
         let _ = self.slirp_wake.write(1);
     }
 }
 
 impl SlirpPort {
-    /// A frame from the guest.
+    /// A frame from the guest, into slirp now (call [`Self::settle`] after a batch).
     pub fn send(&self, frame: &[u8]) {
-        match self.to_slirp.try_send(frame.to_vec()) {
-            Ok(()) => {
-                let _ = self.slirp_wake.write(1);
-            }
-            Err(_) => {
-                self.stats.to_slirp_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let g = lock_shared(&self.shared);
+        if g.slirp.is_null() {
+            self.stats.to_slirp_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        let len = frame.len().min(c_int::MAX as usize) as c_int;
+        // SAFETY: the instance is live (not cleared) and the lock is held; the frame is
+        // valid for its length during the call.
+        unsafe { sys::slirp_input(g.slirp, frame.as_ptr(), len) };
+    }
+
+    /// After a batch of frames from the guest: serve the host sockets that are ready now
+    /// (without waiting), then wake the slirp thread to poll the sockets as they are.
+    pub fn settle(&self) {
+        let mut g = lock_shared(&self.shared);
+        if g.slirp.is_null() {
+            return;
+        }
+        let slirp = g.slirp;
+        let mut polls = std::mem::take(&mut g.nic_polls);
+        polls.clear();
+        let mut timeout: u32 = 0;
+        let opaque = |p: &mut Vec<libc::pollfd>| p as *mut Vec<libc::pollfd> as *mut c_void;
+        // SAFETY: the instance is live and the lock held; add_poll gets this poll set.
+        unsafe { sys::slirp_pollfds_fill(slirp, &mut timeout, Some(add_poll), opaque(&mut polls)) };
+        // SAFETY: a valid array of its length; no waiting.
+        let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 0) };
+        // SAFETY: as above; get_revents reads this poll set.
+        unsafe {
+            sys::slirp_pollfds_poll(
+                slirp,
+                c_int::from(r < 0),
+                Some(get_revents),
+                opaque(&mut polls),
+            )
+        };
+        g.nic_polls = polls;
+        g.generation += 1;
+        drop(g);
+        let _ = self.slirp_wake.write(1);
     }
 
     /// Clear the "frames ready" signal; call before draining with [`Self::recv`], so a
@@ -224,7 +289,8 @@ struct Timer {
     expire_ms: Option<i64>,
 }
 
-/// State the C callbacks reach through their opaque pointer (lives on the slirp thread).
+/// State the C callbacks reach through their opaque pointer (owned by the slirp thread;
+/// the callbacks run with [`Shared`] locked, on whichever thread called into slirp).
 struct State {
     start: Instant,
     to_guest: Sender<Vec<u8>>,
@@ -233,7 +299,18 @@ struct State {
     /// Boxed: slirp holds pointers to the timers, which must not move when the list grows.
     #[allow(clippy::vec_box)]
     timers: Vec<Box<Timer>>,
-    pollfds: Vec<libc::pollfd>,
+}
+
+/// The State behind slirp's opaque pointer, freed when the thread ends (after the
+/// instance: declare it before the [`SlirpGuard`]). Reached only through the pointer, with
+/// [`Shared`] locked.
+struct StateBox(*mut State);
+
+impl Drop for StateBox {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::into_raw and the instance using it is gone.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
 }
 
 #[link(name = "glib-2.0")]
@@ -305,8 +382,8 @@ unsafe extern "C" fn unregister_poll_fd(_fd: c_int, _opaque: *mut c_void) {}
 unsafe extern "C" fn notify(_opaque: *mut c_void) {}
 
 unsafe extern "C" fn add_poll(fd: c_int, events: c_int, opaque: *mut c_void) -> c_int {
-    // SAFETY: opaque is our State.
-    let st = unsafe { &mut *(opaque as *mut State) };
+    // SAFETY: opaque is the slirp thread's poll set, passed to slirp_pollfds_fill.
+    let pollfds = unsafe { &mut *(opaque as *mut Vec<libc::pollfd>) };
     let mut ev = 0;
     if events & sys::SLIRP_POLL_IN != 0 {
         ev |= libc::POLLIN;
@@ -317,18 +394,18 @@ unsafe extern "C" fn add_poll(fd: c_int, events: c_int, opaque: *mut c_void) -> 
     if events & sys::SLIRP_POLL_PRI != 0 {
         ev |= libc::POLLPRI;
     }
-    st.pollfds.push(libc::pollfd {
+    pollfds.push(libc::pollfd {
         fd,
         events: ev,
         revents: 0,
     });
-    (st.pollfds.len() - 1) as c_int
+    (pollfds.len() - 1) as c_int
 }
 
 unsafe extern "C" fn get_revents(idx: c_int, opaque: *mut c_void) -> c_int {
-    // SAFETY: opaque is our State.
-    let st = unsafe { &*(opaque as *const State) };
-    let Some(p) = st.pollfds.get(idx as usize) else {
+    // SAFETY: opaque is the slirp thread's poll set, passed to slirp_pollfds_poll.
+    let pollfds = unsafe { &*(opaque as *const Vec<libc::pollfd>) };
+    let Some(p) = pollfds.get(idx as usize) else {
         return 0;
     };
     let mut r = 0;
@@ -399,7 +476,6 @@ fn ptr(c: &Option<CString>) -> *const c_char {
 /// Start the slirp thread (`troupe-slirp-<id>`); returns the NIC's end once slirp is up
 /// and every `hostfwd` rule is bound (or the error saying which one could not be).
 pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
-    let (to_slirp_tx, to_slirp_rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE);
     let (to_guest_tx, to_guest_rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE);
     let slirp_wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let ready = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
@@ -407,18 +483,26 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
     let (up_tx, up_rx) = crossbeam_channel::bounded::<Result<(), SlirpError>>(1);
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
     let (wake, rdy, st) = (slirp_wake.clone(), ready.clone(), stats.clone());
+    let shared: SharedSlirp = Arc::new(std::sync::Mutex::new(Shared {
+        slirp: std::ptr::null_mut(),
+        closed: false,
+        generation: 0,
+        nic_polls: Vec::new(),
+    }));
+    let shared_t = shared.clone();
     std::thread::Builder::new()
         .name(format!("troupe-slirp-{id}"))
         .spawn(move || {
-            let mut state = Box::new(State {
+            let state = StateBox(Box::into_raw(Box::new(State {
                 start: Instant::now(),
                 to_guest: to_guest_tx,
                 ready: rdy,
                 stats: st,
                 timers: Vec::new(),
-                pollfds: Vec::new(),
-            });
-            let opaque = state.as_mut() as *mut State as *mut c_void;
+            })));
+            let opaque = state.0 as *mut c_void;
+            let mut pollfds: Vec<libc::pollfd> = Vec::new();
+            let polls = |p: &mut Vec<libc::pollfd>| p as *mut Vec<libc::pollfd> as *mut c_void;
             let hostname = cstr(&opts.hostname);
             let domain = cstr(&opts.domainname);
             let tftp = cstr(&opts.tftp);
@@ -475,7 +559,8 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
             }
             // On every way out of this thread (a rule that cannot bind, the NIC's end
             // dropped by netdev_del or at exit) the instance goes, closing its sockets.
-            let _cleanup = SlirpGuard(slirp);
+            lock_shared(&shared_t).slirp = slirp;
+            let _cleanup = SlirpGuard(shared_t.clone());
             for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
                 // SAFETY: slirp is live and this is its thread.
                 if !unsafe { add_fwd(slirp, (udp, ha, hp, ga, gp)) } {
@@ -508,8 +593,12 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
             let _ = up_tx.send(Ok(()));
             drop(up_tx);
             loop {
-                // Frames from the guest.
                 let _ = wake.read();
+                let g = lock_shared(&shared_t);
+                if g.closed {
+                    // The NIC is gone: the VM is shutting down, or netdev_del.
+                    return;
+                }
                 while let Ok(c) = ctl_rx.try_recv() {
                     match c {
                         Ctl::AddFwd { rule, reply } => {
@@ -562,15 +651,6 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                         }
                     }
                 }
-                loop {
-                    match to_slirp_rx.try_recv() {
-                        // SAFETY: slirp is live; the frame buffer is valid for its length.
-                        Ok(f) => unsafe { sys::slirp_input(slirp, f.as_ptr(), f.len() as c_int) },
-                        Err(crossbeam_channel::TryRecvError::Empty) => break,
-                        // The NIC is gone: the VM is shutting down.
-                        Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-                    }
-                }
                 // Guestfwd input, as much as each guest socket takes now.
                 for (a, port, data) in pending.iter_mut() {
                     // SAFETY: slirp is live and this is its thread.
@@ -594,35 +674,63 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 pending.retain(|p| !p.2.is_empty());
                 // Poll slirp's sockets and our wake-up (soon again while input waits).
                 let mut timeout: u32 = if pending.is_empty() { 1000 } else { 10 };
-                state.pollfds.clear();
-                state.pollfds.push(libc::pollfd {
+                pollfds.clear();
+                pollfds.push(libc::pollfd {
                     fd: wake.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 });
-                // SAFETY: slirp is live; add_poll gets our State through opaque.
-                unsafe { sys::slirp_pollfds_fill(slirp, &mut timeout, Some(add_poll), opaque) };
-                let now_ms = state.start.elapsed().as_millis() as i64;
-                for t in &state.timers {
+                // SAFETY: slirp is live; add_poll gets the poll set.
+                unsafe {
+                    sys::slirp_pollfds_fill(
+                        slirp,
+                        &mut timeout,
+                        Some(add_poll),
+                        polls(&mut pollfds),
+                    )
+                };
+                // SAFETY: the State is only reached with Shared locked, as it is.
+                let st = unsafe { &*state.0 };
+                let now_ms = st.start.elapsed().as_millis() as i64;
+                for t in &st.timers {
                     if let Some(e) = t.expire_ms {
                         timeout = timeout.min((e - now_ms).clamp(0, 1000) as u32);
                     }
                 }
-                // SAFETY: pollfds is a valid array of its length.
+                // The NIC may call into slirp while this thread waits (the poll set is
+                // this thread's alone: callbacks on the NIC's thread never touch it).
+                let filled = g.generation;
+                drop(g);
+                // SAFETY: pollfds is a valid array of its length, used by this thread only.
                 let r = unsafe {
                     libc::poll(
-                        state.pollfds.as_mut_ptr(),
-                        state.pollfds.len() as libc::nfds_t,
+                        pollfds.as_mut_ptr(),
+                        pollfds.len() as libc::nfds_t,
                         timeout as c_int,
                     )
                 };
-                // SAFETY: slirp is live; get_revents reads the State's pollfds.
-                unsafe {
-                    sys::slirp_pollfds_poll(slirp, c_int::from(r < 0), Some(get_revents), opaque)
-                };
+                let g = lock_shared(&shared_t);
+                if g.closed {
+                    return;
+                }
+                // If the NIC made a pass meanwhile, this set's places are stale: what was
+                // ready still is, and the next round polls it again.
+                if g.generation == filled {
+                    // SAFETY: slirp is live; get_revents reads the poll set.
+                    unsafe {
+                        sys::slirp_pollfds_poll(
+                            slirp,
+                            c_int::from(r < 0),
+                            Some(get_revents),
+                            polls(&mut pollfds),
+                        )
+                    };
+                }
                 // Timers due.
-                let now_ms = state.start.elapsed().as_millis() as i64;
-                let due: Vec<(sys::SlirpTimerCb, *mut c_void)> = state
+                // SAFETY: as above, with Shared locked.
+                let st = unsafe { &mut *state.0 };
+                let now_ms = st.start.elapsed().as_millis() as i64;
+                let due: Vec<(sys::SlirpTimerCb, *mut c_void)> = st
                     .timers
                     .iter_mut()
                     .filter(|t| t.expire_ms.is_some_and(|e| e <= now_ms))
@@ -637,6 +745,7 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                         unsafe { cb(o) };
                     }
                 }
+                drop(g);
             }
         })?;
     match up_rx.recv() {
@@ -645,7 +754,7 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 tx: ctl_tx,
                 wake: slirp_wake.clone(),
             },
-            to_slirp: to_slirp_tx,
+            shared,
             slirp_wake,
             from_slirp: to_guest_rx,
             ready,

@@ -173,20 +173,23 @@ impl NetWorker {
             let total = chain.readable_len();
             let up = self.link.load(Ordering::Relaxed);
             // Link down, empty or oversized: dropped, the chain is still returned.
-            let sent = up && total > hdr && total - hdr <= MAX_FRAME as u64 && {
-                let got = chain.read_at(&ctx.mem, 0, &mut self.buf[..total as usize]);
-                if ctx.features & F_CSUM == 0 {
-                    // Nothing to finish: whatever the driver left in its header.
-                    self.buf[..10].fill(0);
-                }
-                got > hdr as usize
-                    && self
-                        .backend
-                        .send_with_header(&self.buf[..got], hdr as usize)
+            let got = if up && total > hdr && total - hdr <= MAX_FRAME as u64 {
+                chain.read_at(&ctx.mem, 0, &mut self.buf[..total as usize])
+            } else {
+                0
             };
-            self.count_tx(sent);
+            // The frame is copied: the driver has its buffer back while the backend works.
             ctx.add_used(TX, chain.head, 0);
             used = true;
+            if ctx.features & F_CSUM == 0 {
+                // Nothing to finish: whatever the driver left in its header.
+                self.buf[..10].fill(0);
+            }
+            let sent = got > hdr as usize
+                && self
+                    .backend
+                    .send_with_header(&self.buf[..got], hdr as usize);
+            self.count_tx(sent);
         }
         if used {
             ctx.notify(TX);
@@ -219,7 +222,13 @@ impl NetWorker {
 impl QueueWorker for NetWorker {
     fn process(&mut self, q: usize, ctx: &mut Ctx) {
         match q {
-            TX => self.transmit(ctx),
+            TX => {
+                self.transmit(ctx);
+                self.backend.settle();
+                // What the backend answered at once (user mode: slirp runs on this thread)
+                // goes to the guest now.
+                self.receive(ctx);
+            }
             CTRL => self.control(ctx),
             _ => self.receive(ctx),
         }
@@ -244,6 +253,7 @@ impl QueueWorker for NetWorker {
             let sent = self.link.load(Ordering::Relaxed) && self.backend.send(&f);
             self.count_tx(sent);
         }
+        self.backend.settle();
         self.receive(ctx);
     }
 
