@@ -526,6 +526,28 @@ pub enum NetdevKind {
     },
 }
 
+/// User-mode IPv6 (QEMU's defaults: fec0::/64, the host at ::2, DNS at ::3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIpv6 {
+    /// `ipv6-net=PREFIX/LEN` (LEN 0..=126).
+    pub net: (std::net::Ipv6Addr, u8),
+    /// `ipv6-host=`: the host/router address (default prefix + 2).
+    pub host: std::net::Ipv6Addr,
+    /// `ipv6-dns=`: the DNS forwarder (default prefix + 3).
+    pub dns: std::net::Ipv6Addr,
+}
+
+impl Default for UserIpv6 {
+    fn default() -> Self {
+        let at = |last: u16| std::net::Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, last);
+        Self {
+            net: (at(0), 64),
+            host: at(2),
+            dns: at(3),
+        }
+    }
+}
+
 /// `-netdev user,...` with QEMU's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserNetConfig {
@@ -537,8 +559,8 @@ pub struct UserNetConfig {
     pub dhcpstart: Ipv4Addr,
     /// `dns=`: the built-in DNS forwarder's address (default net + 3).
     pub dns: Ipv4Addr,
-    /// `ipv6=` (default on).
-    pub ipv6: bool,
+    /// `ipv6=on` (the default): the IPv6 side, with `ipv6-net=`, `ipv6-host=`, `ipv6-dns=`.
+    pub ipv6: Option<UserIpv6>,
     /// `hostname=`: sent to the guest by DHCP.
     pub hostname: Option<String>,
     /// `domainname=`: sent to the guest by DHCP.

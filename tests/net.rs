@@ -1003,6 +1003,46 @@ fn a_flood_of_small_frames_reaches_the_host_whole() {
     assert!((20_001..=20_004).contains(&got), "{got} frames: {out}");
 }
 
+/// User mode speaks IPv6 as QEMU's does: the guest's router solicitation gets slirp's
+/// advertisement of fec0::/64 (or the `ipv6-net=` prefix), and slirp's host answers echo
+/// requests at ::2 of it, which takes neighbour discovery both ways; `ipv6=off` turns it
+/// off.
+#[test]
+fn user_mode_offers_ipv6_with_qemus_prefix_or_the_one_given() {
+    for (netdev, prefix) in [
+        ("user,id=u0", Some("fec0:0:0:0:0:0:0:0/64")),
+        (
+            "user,id=u0,ipv6-net=fd00:1:2::/64",
+            Some("fd00:1:2:0:0:0:0:0/64"),
+        ),
+        ("user,id=u0,ipv6=off", None),
+    ] {
+        let mut vm = net_guest(
+            None,
+            "dev=net dhcp count=1 ping6 wait=20",
+            &["-netdev", netdev, "-device", "virtio-net-pci,netdev=u0"],
+        )
+        .spawn();
+        let status = vm.wait(T);
+        let out = vm.stdout.text();
+        match prefix {
+            Some(p) => {
+                assert_eq!(code(status), PASS, "{netdev}: {out}{}", vm.stderr.text());
+                assert!(out.contains(&format!("vnet: ipv6 prefix {p}")), "{out}");
+                let host = p.replace("0:0/64", "0:2");
+                assert!(
+                    out.contains(&format!("vnet: ipv6 reply from {host} seq=3")),
+                    "{out}"
+                );
+            }
+            None => {
+                assert_eq!(code(status), 3, "{out}");
+                assert!(out.contains("vnet: ipv6: no router advertisement"), "{out}");
+            }
+        }
+    }
+}
+
 /// `netdev_add` opens a backend in a running VM and `netdev_del` closes it (QMP and HMP):
 /// a user-mode backend's hostfwd port answers and then stops, a tap appears on the host
 /// and goes (its down script runs), `info network` lists what was added; a duplicate id or

@@ -136,6 +136,7 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "-netdev user,id=ID[,...]",
                 "user-mode network: net=, host=, dhcpstart=, dns=, ipv6=,",
             ),
+            ("", "ipv6-net=PREFIX/LEN, ipv6-host=, ipv6-dns=,"),
             ("", "hostname=, domainname=, restrict=, tftp=, bootfile=,"),
             ("", "hostfwd=[tcp|udp]:[HADDR]:HPORT-[GADDR]:GPORT,"),
             ("", "guestfwd=tcp:[ADDR]:PORT-chardev:ID"),

@@ -225,6 +225,7 @@ pub fn open_netdev(
                 host: u.host,
                 dhcpstart: u.dhcpstart,
                 dns: u.dns,
+                ipv6: u.ipv6.as_ref().map(|v| (v.net.0, v.net.1, v.host, v.dns)),
                 restrict: u.restrict,
                 hostname: u.hostname.clone(),
                 domainname: u.domainname.clone(),

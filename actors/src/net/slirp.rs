@@ -32,6 +32,13 @@ pub struct SlirpOptions {
     pub host: Ipv4Addr,
     pub dhcpstart: Ipv4Addr,
     pub dns: Ipv4Addr,
+    /// IPv6: (prefix, prefix length, host, DNS); None with `ipv6=off`.
+    pub ipv6: Option<(
+        std::net::Ipv6Addr,
+        u8,
+        std::net::Ipv6Addr,
+        std::net::Ipv6Addr,
+    )>,
     pub restrict: bool,
     pub hostname: Option<String>,
     pub domainname: Option<String>,
@@ -465,6 +472,12 @@ unsafe fn add_fwd(
     r >= 0
 }
 
+fn addr6(a: Option<std::net::Ipv6Addr>) -> sys::in6_addr {
+    sys::in6_addr {
+        s6_addr: a.map_or([0; 16], |a| a.octets()),
+    }
+}
+
 fn cstr(s: &Option<String>) -> Option<CString> {
     s.as_ref().and_then(|s| CString::new(s.as_str()).ok())
 }
@@ -507,6 +520,7 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
             let domain = cstr(&opts.domainname);
             let tftp = cstr(&opts.tftp);
             let bootfile = cstr(&opts.bootfile);
+            let v6 = opts.ipv6;
             let mask = if opts.prefix == 0 {
                 0
             } else {
@@ -519,17 +533,17 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 vnetwork: addr(opts.net),
                 vnetmask: addr(Ipv4Addr::from(mask)),
                 vhost: addr(opts.host),
-                in6_enabled: false,
-                vprefix_addr6: sys::in6_addr { s6_addr: [0; 16] },
-                vprefix_len: 0,
-                vhost6: sys::in6_addr { s6_addr: [0; 16] },
+                in6_enabled: v6.is_some(),
+                vprefix_addr6: addr6(v6.map(|v| v.0)),
+                vprefix_len: v6.map_or(0, |v| v.1),
+                vhost6: addr6(v6.map(|v| v.2)),
                 vhostname: ptr(&hostname),
                 tftp_server_name: std::ptr::null(),
                 tftp_path: ptr(&tftp),
                 bootfile: ptr(&bootfile),
                 vdhcp_start: addr(opts.dhcpstart),
                 vnameserver: addr(opts.dns),
-                vnameserver6: sys::in6_addr { s6_addr: [0; 16] },
+                vnameserver6: addr6(v6.map(|v| v.3)),
                 vdnssearch: std::ptr::null_mut(),
                 vdomainname: ptr(&domain),
                 if_mtu: 0,

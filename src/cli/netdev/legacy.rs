@@ -249,7 +249,7 @@ pub fn default_network() -> (NetdevConfig, MachineNic) {
         host: Ipv4Addr::new(10, 0, 2, 2),
         dhcpstart: Ipv4Addr::new(10, 0, 2, 15),
         dns: Ipv4Addr::new(10, 0, 2, 3),
-        ipv6: true,
+        ipv6: Some(Default::default()),
         hostname: None,
         domainname: None,
         restrict: false,

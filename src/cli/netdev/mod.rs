@@ -44,8 +44,8 @@ pub enum NetdevError {
     /// A backend option troupe doesn't implement.
     #[error("{0} is not supported by troupe")]
     Unsupported(&'static str),
-    /// Not an IPv4 address.
-    #[error("parameter '{key}' expects an IPv4 address, not '{value}'")]
+    /// Not an IPv4 (or, for the `ipv6-` keys, IPv6) address.
+    #[error("parameter '{key}' expects an {} address, not '{value}'", if key.starts_with("ipv6") { "IPv6" } else { "IPv4" })]
     Address {
         /// The key.
         key: &'static str,
@@ -61,6 +61,17 @@ pub enum NetdevError {
     /// `dns=` outside `net=`.
     #[error("DNS address {0} doesn't belong to network {1}")]
     DnsOutside(Ipv4Addr, String),
+    /// `ipv6-host=` or `ipv6-dns=` outside `ipv6-net=`.
+    #[error("IPv6 {what} {addr} doesn't belong to network {net}")]
+    Ipv6Outside {
+        /// "host" or "DNS".
+        what: &'static str,
+        addr: std::net::Ipv6Addr,
+        net: String,
+    },
+    /// `ipv6-net=` with a bad prefix or length.
+    #[error("invalid IPv6 network '{0}' (an IPv6 prefix, optionally /LEN with LEN in 0-126)")]
+    Ipv6Net(String),
     /// `dns=` equal to `host=`.
     #[error("DNS address {0} must be different from the host address")]
     DnsIsHost(Ipv4Addr),

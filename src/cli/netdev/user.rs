@@ -1,13 +1,13 @@
 //! `-netdev user`: slirp's settings with QEMU's 10.0.2.0/24 defaults and address checks
 //! (net/slirp.c `net_slirp_init`), and the `hostfwd=`/`guestfwd=` rules.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use super::NetdevError;
 use crate::cli::chardev::{parse_legacy, Legacy};
 use crate::cli::options::{parse_uint, Opts};
-use crate::config::{CharBackend, Chardev, HostFwd, UserNetConfig};
+use crate::config::{CharBackend, Chardev, HostFwd, UserIpv6, UserNetConfig};
 
 fn ipv4(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv4Addr>, NetdevError> {
     match opts.str(key) {
@@ -17,6 +17,62 @@ fn ipv4(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv4Addr>, NetdevEr
             .map(Some)
             .map_err(|_| NetdevError::Address { key, value: v }),
     }
+}
+
+fn ipv6(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv6Addr>, NetdevError> {
+    match opts.str(key) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| NetdevError::Address { key, value: v }),
+    }
+}
+
+/// Whether `a` is in `net`.
+fn in_net6(a: Ipv6Addr, (prefix, len): (Ipv6Addr, u8)) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(a) & mask == u128::from(prefix) & mask
+}
+
+/// `ipv6-net=`, `ipv6-host=`, `ipv6-dns=` (net/slirp.c's defaults and checks; the host and
+/// DNS default to the prefix with ::2 and ::3 in its last byte).
+fn parse_ipv6(opts: &mut Opts) -> Result<UserIpv6, NetdevError> {
+    let net = match opts.str("ipv6-net") {
+        None => UserIpv6::default().net,
+        Some(v) => {
+            let bad = || NetdevError::Ipv6Net(v.clone());
+            let (addr, len) = match v.split_once('/') {
+                Some((a, l)) => (a, l.parse::<u8>().map_err(|_| bad())?),
+                None => (v.as_str(), 64),
+            };
+            let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+            if len > 126 {
+                return Err(bad());
+            }
+            (addr, len)
+        }
+    };
+    let with_last = |b: u8| {
+        let mut o = net.0.octets();
+        o[15] |= b;
+        Ipv6Addr::from(o)
+    };
+    let net_text = format!("{}/{}", net.0, net.1);
+    let check = |what, addr: Ipv6Addr| {
+        if in_net6(addr, net) {
+            Ok(addr)
+        } else {
+            Err(NetdevError::Ipv6Outside {
+                what,
+                addr,
+                net: net_text.clone(),
+            })
+        }
+    };
+    let host = check("host", ipv6(opts, "ipv6-host")?.unwrap_or(with_last(2)))?;
+    let dns = check("DNS", ipv6(opts, "ipv6-dns")?.unwrap_or(with_last(3)))?;
+    Ok(UserIpv6 { net, host, dns })
 }
 
 /// The classful default mask slirp uses for `net=ADDR` without `/`.
@@ -110,7 +166,15 @@ pub(super) fn parse_user(
     if opts.flag("ipv4")? == Some(false) {
         return Err(NetdevError::Unsupported("ipv4=off"));
     }
-    let ipv6 = opts.flag("ipv6")?.unwrap_or(true);
+    let ipv6 = if opts.flag("ipv6")?.unwrap_or(true) {
+        Some(parse_ipv6(opts)?)
+    } else {
+        // QEMU reads none of the IPv6 options then.
+        for key in ["ipv6-net", "ipv6-host", "ipv6-dns"] {
+            let _ = opts.str(key);
+        }
+        None
+    };
     let hostname = opts.str("hostname");
     let domainname = opts.str("domainname");
     let restrict = opts.flag("restrict")?.unwrap_or(false);
@@ -287,7 +351,15 @@ mod tests {
         assert_eq!(u.host, Ipv4Addr::new(10, 0, 2, 2));
         assert_eq!(u.dns, Ipv4Addr::new(10, 0, 2, 3));
         assert_eq!(u.dhcpstart, Ipv4Addr::new(10, 0, 2, 15));
-        assert!(u.ipv6 && !u.restrict);
+        assert!(!u.restrict);
+        assert_eq!(
+            u.ipv6,
+            Some(UserIpv6 {
+                net: ("fec0::".parse().unwrap(), 64),
+                host: "fec0::2".parse().unwrap(),
+                dns: "fec0::3".parse().unwrap(),
+            })
+        );
         assert!(u.hostfwd.is_empty() && u.guestfwd.is_empty());
     }
 
@@ -303,7 +375,7 @@ mod tests {
         assert_eq!(u.host, Ipv4Addr::new(192, 168, 76, 1));
         assert_eq!(u.dns, Ipv4Addr::new(192, 168, 76, 53));
         assert_eq!(u.dhcpstart, Ipv4Addr::new(192, 168, 76, 100));
-        assert!(!u.ipv6 && u.restrict);
+        assert!(u.ipv6.is_none() && u.restrict);
         assert_eq!(u.hostname.as_deref(), Some("vm"));
         assert_eq!(u.domainname.as_deref(), Some("example.org"));
         assert_eq!(u.tftp, Some(PathBuf::from("/srv/tftp")));
@@ -401,6 +473,22 @@ mod tests {
             user(",ipv4=off"),
             Err("ipv4=off is not supported by troupe".into())
         );
+        let u = user(",ipv6-net=fd00:1::/48").unwrap().ipv6.unwrap();
+        assert_eq!(u.net, ("fd00:1::".parse().unwrap(), 48));
+        assert_eq!(u.host, "fd00:1::2".parse::<std::net::Ipv6Addr>().unwrap());
+        assert_eq!(
+            user(",ipv6-net=fd00::/127"),
+            Err("invalid IPv6 network 'fd00::/127' (an IPv6 prefix, optionally /LEN with LEN in 0-126)".into())
+        );
+        assert_eq!(
+            user(",ipv6-host=fd00::2"),
+            Err("IPv6 host fd00::2 doesn't belong to network fec0::/64".into())
+        );
+        assert_eq!(
+            user(",ipv6-dns=x"),
+            Err("parameter 'ipv6-dns' expects an IPv6 address, not 'x'".into())
+        );
+        assert!(user(",ipv6=off,ipv6-net=x").is_ok());
         assert!(user(",smb=/srv")
             .unwrap_err()
             .starts_with("parameter 'smb' is not supported"));

@@ -11,7 +11,8 @@
 //!    newline (`vnet: tcp got 'TEXT'`), or
 //!    `vnet: tcp connect failed`;
 //! 4. with `tcpsend=IP:PORT mb=N` / `tcprecv=PORT`, a bulk TCP transfer out or in
-//!    (see `bulk.rs`); with `flood=N` (virtio-net), N minimum-size frames to the peer
+//!    (see `bulk.rs`); with `ping6` (or `ping6=ADDR`), IPv6 router discovery and echo
+//!    requests (see `v6.rs`); with `flood=N` (virtio-net), N minimum-size frames to the peer
 //!    (see [`flood`]);
 //! 5. with `listen=PORT`, accepts one TCP connection, reads a line, answers
 //!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
@@ -43,6 +44,7 @@ use guestlib::time::{now_ns, Deadline};
 use guestlib::{println, BootInfo};
 
 mod bulk;
+mod v6;
 
 use crate::e1000::E1000;
 use crate::transport::{Virtio, F_WRITE, RING_BASE, VERSION_1};
@@ -863,6 +865,12 @@ pub fn run(boot: &BootInfo) -> u32 {
             peer[3],
             now_ns() - t0
         );
+    }
+    if boot.arg("ping6").is_some() {
+        let to = boot.arg("ping6").filter(|a| !a.is_empty());
+        if !v6::ping6(&mut nic, to, 3, &d) {
+            return 1;
+        }
     }
     if let Some(n) = boot.arg_u64("flood") {
         if !flood(&mut nic, peer_mac, n) {
