@@ -526,6 +526,15 @@ pub enum NetdevKind {
     },
 }
 
+/// virtio-net-pci's `mq=on|off` (default off, as QEMU: one queue pair whatever the tap
+/// has) and `vectors=` (MSI-X vectors; default two per queue pair of the backend, plus
+/// two).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NicQueues {
+    pub mq: bool,
+    pub vectors: Option<u16>,
+}
+
 /// User-mode IPv6 (QEMU's defaults: fec0::/64, the host at ::2, DNS at ::3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIpv6 {
@@ -640,6 +649,8 @@ pub enum DeviceKind {
         romfile: Option<String>,
         /// `bootindex=`.
         bootindex: Option<u32>,
+        /// virtio-net's `mq=` and `vectors=`.
+        queues: NicQueues,
     },
     /// `virtio-rng-pci` (entropy from the host's getrandom).
     VirtioRng,

@@ -179,14 +179,9 @@ pub fn open_netdev(
             vnet_hdr,
             queues,
         } => {
-            if *queues > 1 {
-                return Err(anyhow!(
-                    "-netdev {id}: queues={queues}: multiqueue taps are not available yet"
-                ));
-            }
             let tap = match fd {
                 Some(fd) => actors::net::tap::from_fd(*fd),
-                None => actors::net::tap::open(ifname.as_deref(), *vnet_hdr),
+                None => actors::net::tap::open(ifname.as_deref(), *vnet_hdr, *queues),
             }
             .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
             if let (Some(script), None) = (script, fd) {

@@ -220,6 +220,7 @@ pub fn build(
                 netdev,
                 mac,
                 romfile,
+                queues,
                 ..
             } => {
                 let (backend, desc, slirp) = super::nic::open_backend(
@@ -237,7 +238,16 @@ pub fn build(
                     devices::virtio::net::RxFilter::new(*mac),
                 ));
                 let offloads = devices::virtio::net::offered_features(backend.offloads());
-                let worker = actors::virtio::net::NetWorker::new(backend, filter.clone());
+                // A multiqueue tap's queues, one per pair with mq=on (QEMU: one pair
+                // without it, whatever the tap has).
+                let mut backends = backend.split_queues();
+                let tap_queues = backends.len() as u16;
+                if !queues.mq {
+                    backends.truncate(1);
+                }
+                let pairs = backends.len() as u16;
+                let vectors = queues.vectors.unwrap_or(2 * tap_queues + 2);
+                let worker = actors::virtio::net::NetWorker::new(backends, filter.clone());
                 let client =
                     d.id.clone()
                         .unwrap_or_else(|| format!("virtio-net-pci.{nnet}"));
@@ -259,9 +269,9 @@ pub fn build(
                 nnet += 1;
                 (
                     name,
-                    Box::new(devices::virtio::net::Net::new(filter, offloads)),
-                    // QEMU's count: a vector per queue of the pair, config, control.
-                    4,
+                    Box::new(devices::virtio::net::Net::new(filter, offloads, pairs)),
+                    // QEMU's count: a vector per queue of each pair, config, control.
+                    vectors,
                     Box::new(worker),
                 )
             }

@@ -118,6 +118,21 @@ impl Backend {
         }
     }
 
+    /// One backend per queue: a multiqueue tap's queues, else just this one.
+    pub fn split_queues(self) -> Vec<Backend> {
+        match self {
+            Backend::Tap(t) => t.split().into_iter().map(Backend::Tap).collect(),
+            other => vec![other],
+        }
+    }
+
+    /// Attach or detach this queue of a multiqueue tap (nothing elsewhere).
+    pub fn set_queue_enabled(&self, on: bool) {
+        if let Backend::Tap(t) = self {
+            let _ = super::tap::set_queue(&t.file, on);
+        }
+    }
+
     /// The offloads ([`super::tap::offload`] bits) a virtio-net device may offer on this
     /// backend: those of a tap with virtio-net headers; none elsewhere.
     pub fn offloads(&self) -> u32 {

@@ -69,7 +69,7 @@ pub fn open(br: &str) -> Result<Tap, BridgeError> {
             acl,
         });
     }
-    let t = tap::open(None, None)?;
+    let t = tap::open(None, None, 1)?;
     let add_err = |source| BridgeError::AddIf {
         tap: t.name.clone(),
         br: br.to_string(),

@@ -17,6 +17,10 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 
 /// TUNSETOFFLOAD bits.
 pub use devices::virtio::net::tun as offload;
@@ -52,6 +56,8 @@ pub struct Tap {
     vnet_len: usize,
     /// The offloads the kernel accepted when probed ([`offload`] bits).
     pub offloads: u32,
+    /// A multiqueue tap's other queues (detached until a NIC uses them).
+    pub more: Vec<File>,
 }
 
 /// A zeroed ifreq naming `name`.
@@ -76,6 +82,7 @@ impl Tap {
             vnet_hdr,
             vnet_len: 0,
             offloads: 0,
+            more: Vec::new(),
         };
         if vnet_hdr {
             t.vnet_len = 10;
@@ -92,6 +99,27 @@ impl Tap {
             let _ = t.set_offload(0);
         }
         t
+    }
+
+    /// One tap per queue (this one first), each with the same interface and settings.
+    pub fn split(mut self) -> Vec<Tap> {
+        let more = std::mem::take(&mut self.more);
+        let (name, vnet, len, offloads) = (
+            self.name.clone(),
+            self.vnet_hdr,
+            self.vnet_len,
+            self.offloads,
+        );
+        let mut all = vec![self];
+        all.extend(more.into_iter().map(|file| Tap {
+            file,
+            name: name.clone(),
+            vnet_hdr: vnet,
+            vnet_len: len,
+            offloads,
+            more: Vec::new(),
+        }));
+        all
     }
 
     /// The virtio-net header length on this tap (0 without IFF_VNET_HDR).
@@ -122,16 +150,21 @@ impl Tap {
 }
 
 /// Create (or attach to) tap `ifname` (None: the kernel picks `tapN`). `vnet_hdr`: None
-/// uses the virtio-net header when the kernel has it, Some(true) requires it.
-pub fn open(ifname: Option<&str>, vnet_hdr: Option<bool>) -> Result<Tap, TapError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(TapError::Open)?;
+/// uses the virtio-net header when the kernel has it, Some(true) requires it. With
+/// `queues` > 1 the tap is multiqueue (IFF_MULTI_QUEUE): one descriptor per queue, the
+/// first in `file`, the others in `more`; all but the first start detached, so the kernel
+/// steers nothing to a queue no one reads.
+pub fn open(ifname: Option<&str>, vnet_hdr: Option<bool>, queues: u32) -> Result<Tap, TapError> {
+    let tun = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)
+    };
+    let file = tun()?;
     let want = ifname.unwrap_or("");
-    let mut ifr = ifreq(want);
     let mut features: libc::c_uint = 0;
     // SAFETY: TUNGETFEATURES writes the unsigned int we own.
     let has_vnet = unsafe { libc::ioctl(file.as_raw_fd(), TUNGETFEATURES, &mut features) } == 0
@@ -141,21 +174,56 @@ pub fn open(ifname: Option<&str>, vnet_hdr: Option<bool>) -> Result<Tap, TapErro
         Some(on) => on,
         None => has_vnet,
     };
-    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 };
-    // SAFETY: TUNSETIFF reads and writes the ifreq we own, on an open tun descriptor.
-    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut ifr) } < 0 {
-        return Err(TapError::SetIff {
-            name: want.to_string(),
-            source: std::io::Error::last_os_error(),
-        });
+    let flags = IFF_TAP
+        | IFF_NO_PI
+        | if vnet { IFF_VNET_HDR } else { 0 }
+        | if queues > 1 { IFF_MULTI_QUEUE } else { 0 };
+    let set_iff = |f: &File, name: &str| -> Result<String, TapError> {
+        let mut ifr = ifreq(name);
+        ifr.ifr_ifru.ifru_flags = flags;
+        // SAFETY: TUNSETIFF reads and writes the ifreq we own, on an open tun descriptor.
+        if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &mut ifr) } < 0 {
+            return Err(TapError::SetIff {
+                name: name.to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(ifr
+            .ifr_name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8 as char)
+            .collect())
+    };
+    let name = set_iff(&file, want)?;
+    let mut more = Vec::new();
+    for _ in 1..queues {
+        let f = tun()?;
+        set_iff(&f, &name)?;
+        set_queue(&f, false).map_err(|source| TapError::SetIff {
+            name: name.clone(),
+            source,
+        })?;
+        more.push(f);
     }
-    let name: String = ifr
-        .ifr_name
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8 as char)
-        .collect();
-    Ok(Tap::new(file, name, vnet))
+    let mut t = Tap::new(file, name, vnet);
+    t.more = more;
+    Ok(t)
+}
+
+/// Attach (the kernel steers frames to it) or detach one queue of a multiqueue tap.
+pub fn set_queue(f: &File, attached: bool) -> std::io::Result<()> {
+    let mut ifr = ifreq("");
+    ifr.ifr_ifru.ifru_flags = if attached {
+        IFF_ATTACH_QUEUE
+    } else {
+        IFF_DETACH_QUEUE
+    };
+    // SAFETY: TUNSETQUEUE reads the ifreq we own.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETQUEUE, &mut ifr) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A tap descriptor the caller passed in (`fd=`).

@@ -137,8 +137,11 @@ impl QueueWorker for BlkWorker {
         ready
     }
 
-    fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.engine.as_ref().map(|e| e.engine.completion_fd())
+    fn event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.engine
+            .iter()
+            .map(|e| e.engine.completion_fd())
+            .collect()
     }
 }
 

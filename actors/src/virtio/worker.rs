@@ -42,10 +42,10 @@ pub trait QueueWorker: Send + 'static {
     fn poll(&mut self, _ctx: &mut Ctx) -> bool {
         false
     }
-    /// A descriptor the worker thread should also wait on (an io_uring completion
-    /// eventfd); [`Self::wake`] runs when it is readable.
-    fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
+    /// Descriptors the worker thread should also wait on (an io_uring completion
+    /// eventfd, a NIC's tap queues); [`Self::wake`] runs when one is readable.
+    fn event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
     }
 }
 
@@ -205,7 +205,7 @@ pub(crate) fn spawn(
         std::os::fd::AsRawFd::as_raw_fd(wake.as_ref()),
         EpollEvent::new(EventSet::IN, WAKE_TOKEN),
     )?;
-    if let Some(fd) = worker.event_fd() {
+    for fd in worker.event_fds() {
         epoll.ctl(
             ControlOperation::Add,
             fd,

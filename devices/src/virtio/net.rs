@@ -30,6 +30,7 @@ pub const F_CTRL_VQ: u64 = 1 << 17;
 pub const F_CTRL_RX: u64 = 1 << 18;
 pub const F_CTRL_RX_EXTRA: u64 = 1 << 20;
 pub const F_GUEST_ANNOUNCE: u64 = 1 << 21;
+pub const F_MQ: u64 = 1 << 22;
 pub const F_CTRL_MAC_ADDR: u64 = 1 << 23;
 pub const STATUS_LINK_UP: u16 = 1;
 pub const STATUS_ANNOUNCE: u16 = 2;
@@ -47,6 +48,8 @@ pub mod ctrl {
     pub const MAC_TABLE_SET: u8 = 0;
     pub const MAC_ADDR_SET: u8 = 1;
     pub const CLASS_ANNOUNCE: u8 = 3;
+    pub const CLASS_MQ: u8 = 4;
+    pub const MQ_VQ_PAIRS_SET: u8 = 0;
     pub const ANNOUNCE_ACK: u8 = 0;
     pub const OK: u8 = 0;
     pub const ERR: u8 = 1;
@@ -279,14 +282,27 @@ pub struct Net {
     link_up: bool,
     /// Offload features offered ([`offered_features`] of the backend).
     offloads: u64,
+    /// Queue pairs (more than one: MQ is offered).
+    pairs: u16,
+}
+
+/// The receive queue of pair `i` is `2i`, its transmit queue `2i + 1`; the control queue
+/// comes after the last pair with MQ negotiated, else it is queue 2.
+pub fn control_queue(driver_features: u64, pairs: u16) -> usize {
+    if driver_features & F_MQ != 0 {
+        2 * usize::from(pairs)
+    } else {
+        2
+    }
 }
 
 impl Net {
-    pub fn new(filter: SharedRxFilter, offloads: u64) -> Self {
+    pub fn new(filter: SharedRxFilter, offloads: u64, pairs: u16) -> Self {
         Self {
             filter,
             link_up: true,
             offloads,
+            pairs: pairs.max(1),
         }
     }
 
@@ -309,10 +325,13 @@ impl VirtioDeviceModel for Net {
             | F_CTRL_RX_EXTRA
             | F_GUEST_ANNOUNCE
             | F_CTRL_MAC_ADDR
+            | if self.pairs > 1 { F_MQ } else { 0 }
     }
     fn queue_sizes(&self) -> Vec<u16> {
-        // receive, transmit, control
-        vec![256, 256, 64]
+        // receive and transmit of each pair, control
+        let mut q = vec![256; 2 * usize::from(self.pairs)];
+        q.push(64);
+        q
     }
     fn config_len(&self) -> usize {
         // mac, status, max_virtqueue_pairs, mtu.
@@ -327,7 +346,7 @@ impl VirtioDeviceModel for Net {
             status |= STATUS_ANNOUNCE;
         }
         s[6..8].copy_from_slice(&status.to_le_bytes());
-        s[8..10].copy_from_slice(&1u16.to_le_bytes());
+        s[8..10].copy_from_slice(&self.pairs.to_le_bytes());
         s[10..12].copy_from_slice(&1500u16.to_le_bytes());
         super::read_bytes(&s, offset, data);
     }
@@ -456,7 +475,7 @@ mod tests {
     #[test]
     fn the_announce_bit_shows_in_status_until_acknowledged() {
         let shared: SharedRxFilter = Arc::new(Mutex::new(RxFilter::new(MAC)));
-        let n = Net::new(shared.clone(), 0);
+        let n = Net::new(shared.clone(), 0, 1);
         let status = |n: &Net| {
             let mut b = [0u8; 2];
             n.config_read(6, &mut b);

@@ -144,6 +144,8 @@ pub enum SpecKind {
         romfile: Option<String>,
         /// `bootindex=`.
         bootindex: Option<u32>,
+        /// `mq=`, `vectors=` (virtio-net-pci).
+        queues: crate::config::NicQueues,
     },
     /// `virtio-rng-pci`.
     VirtioRng,
@@ -235,6 +237,14 @@ pub fn parse_device(mut opts: Opts) -> Result<DeviceSpec, DeviceError> {
             mac: opts.str("mac").map(|m| parse_mac(&m)).transpose()?,
             romfile: opts.str("romfile"),
             bootindex: bootindex(&mut opts)?,
+            queues: if d.name == "e1000" {
+                crate::config::NicQueues::default()
+            } else {
+                crate::config::NicQueues {
+                    mq: opts.flag("mq")?.unwrap_or(false),
+                    vectors: opts.uint("vectors", 1, 2048)?.map(|v| v as u16),
+                }
+            },
         },
         "virtconsole" => SpecKind::VirtConsole {
             chardev: opts.required("chardev")?,
@@ -363,8 +373,26 @@ mod tests {
                 netdev: Some("n0".into()),
                 mac: Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]),
                 romfile: Some("".into()),
-                bootindex: Some(2)
+                bootindex: Some(2),
+                queues: Default::default(),
             }
+        );
+        match spec("virtio-net-pci,netdev=n0,mq=on,vectors=10")
+            .unwrap()
+            .kind
+        {
+            SpecKind::Nic { queues, .. } => assert_eq!(
+                queues,
+                crate::config::NicQueues {
+                    mq: true,
+                    vectors: Some(10)
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            spec("e1000,netdev=n0,mq=on").is_err(),
+            "mq= is virtio-net's"
         );
         assert_eq!(
             spec("virtio-blk-pci,drive=d0,num-queues=4,serial=abc,bootindex=1")

@@ -229,6 +229,7 @@ impl DeviceSet {
                 mac,
                 romfile,
                 bootindex,
+                queues,
             } => {
                 check_bootindex(self, bootindex)?;
                 if let Some(n) = &netdev {
@@ -248,6 +249,7 @@ impl DeviceSet {
                     mac: mac.unwrap_or_else(|| self.next_mac()),
                     romfile,
                     bootindex,
+                    queues,
                 }
             }
             SpecKind::VirtConsole { chardev } => {

@@ -449,6 +449,7 @@ impl State {
                     mac: nic.mac,
                     romfile: None,
                     bootindex: None,
+                    queues: Default::default(),
                 },
             };
             set.add(spec, drives, netdevs)

@@ -63,6 +63,7 @@ const F_CTRL_VQ: u64 = 1 << 17;
 const F_CTRL_RX: u64 = 1 << 18;
 const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const F_CTRL_MAC_ADDR: u64 = 1 << 23;
+const F_MQ: u64 = 1 << 22;
 /// Control commands are built here.
 const CTRLB: u64 = RING_BASE + 0x7_0000;
 /// The ethertype of the test's probe frames (IEEE local experimental).
@@ -114,6 +115,8 @@ struct Packet {
 }
 
 /// The device under the stack: virtio-net (with its header length) or an e1000.
+// One Port lives for the whole run (no allocator here to box the larger variant).
+#[allow(clippy::large_enum_variant)]
 enum Port {
     /// `mrg`: MRG_RXBUF negotiated (a frame may span several receive buffers).
     /// `merged` counts frames that came in more than one buffer.
@@ -683,6 +686,9 @@ fn open_virtio(boot: &BootInfo, d: &Deadline) -> Result<(Port, [u8; 6]), u32> {
         println!("vnet: no virtio-net");
         return Err(2);
     };
+    if boot.arg("mq").is_some() {
+        return Err(multiqueue(&mut v, boot, d));
+    }
     let rxfilter = boot.arg("rxfilter").is_some();
     let announce = boot.arg("announce").is_some();
     let offload = boot.arg("offload").is_some();
@@ -977,6 +983,106 @@ fn flood(nic: &mut Nic, peer: [u8; 6], n: u64) -> bool {
     true
 }
 
+/// `mq`: negotiate MQ, read the number of queue pairs from the configuration space
+/// (`vnet: mq pairs N`), turn them all on with VQ_PAIRS_SET and serve every pair: each
+/// receive queue counts the IPv4 UDP datagrams for `ip=` it gets, and the first on each
+/// pair is answered from that pair's transmit queue with `mq pair I` to port 7000 of the
+/// sender. Ends when every pair has had one (`vnet: mq rx [A, B, ...]`, exit 0), or at
+/// `wait=` (exit 1).
+fn multiqueue(v: &mut Virtio, boot: &BootInfo, d: &Deadline) -> u32 {
+    let pairs = u16::from_le_bytes([v.config8(8), v.config8(9)]).clamp(1, 3) as usize;
+    let want = VERSION_1 | F_MAC | F_STATUS | F_CTRL_VQ | F_MQ;
+    let feats = match v.init_queues(want, 64, 2 * pairs + 1) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("vnet: init: {e}");
+            return 1;
+        }
+    };
+    if feats & F_MQ == 0 {
+        println!("vnet: MQ not offered");
+        return 1;
+    }
+    println!("vnet: mq pairs {pairs}");
+    if control_at(v, 2 * pairs, 4, 0, &(pairs as u16).to_le_bytes()) != Some(0) {
+        println!("vnet: VQ_PAIRS_SET refused");
+        return 1;
+    }
+    let ip = boot.arg("ip").and_then(parse_ip).unwrap_or([10, 9, 0, 2]);
+    let mut mac = [0u8; 6];
+    for (i, m) in mac.iter_mut().enumerate() {
+        *m = v.config8(i as u64);
+    }
+    let buf = |pair: usize, i: u16| RXB + BUF * (pair as u64 * u64::from(NRX) + u64::from(i));
+    for pair in 0..pairs {
+        v.select(2 * pair);
+        for i in 0..NRX {
+            v.set_desc(i, buf(pair, i), BUF as u32, F_WRITE, 0);
+            v.offer_quietly(i);
+        }
+        v.kick();
+    }
+    let mut got = [0u64; 3];
+    let mut answered = [false; 3];
+    while !d.expired() {
+        for pair in 0..pairs {
+            v.select(2 * pair);
+            let Some((head, len)) = v.wait_used(0) else {
+                continue;
+            };
+            let at = buf(pair, head) + 12;
+            let mut f = [0u8; 64];
+            for (i, b) in f
+                .iter_mut()
+                .enumerate()
+                .take((len as usize).saturating_sub(12))
+            {
+                *b = read_u8(at + i as u64);
+            }
+            v.offer(head);
+            let udp_to_us = f[12..14] == ETH_IP.to_be_bytes() && f[23] == 17 && f[30..34] == ip;
+            if !udp_to_us {
+                continue;
+            }
+            got[pair] += 1;
+            if !answered[pair] {
+                answered[pair] = true;
+                // The answer: the sender's addresses swapped, UDP checksum 0 (none).
+                let mut r = [0u8; 12 + 42 + 9];
+                let e = &mut r[12..];
+                e[..6].copy_from_slice(&f[6..12]);
+                e[6..12].copy_from_slice(&mac);
+                e[12..14].copy_from_slice(&ETH_IP.to_be_bytes());
+                e[14] = 0x45;
+                e[16..18].copy_from_slice(&(20u16 + 8 + 9).to_be_bytes());
+                e[22] = 64;
+                e[23] = 17;
+                e[26..30].copy_from_slice(&ip);
+                e[30..34].copy_from_slice(&f[26..30]);
+                let c = fold(sum(&e[14..34], 0));
+                e[24..26].copy_from_slice(&c.to_be_bytes());
+                e[34..36].copy_from_slice(&f[36..38]);
+                e[36..38].copy_from_slice(&7000u16.to_be_bytes());
+                e[38..40].copy_from_slice(&(8u16 + 9).to_be_bytes());
+                e[42..50].copy_from_slice(b"mq pair ");
+                e[50] = b'0' + pair as u8;
+                let tx = TXB + 0x1000 * pair as u64;
+                copy_to(tx, &r);
+                v.select(2 * pair + 1);
+                v.set_desc(0, tx, r.len() as u32, 0, 0);
+                v.offer(0);
+                let _ = v.wait_used(2000);
+            }
+        }
+        if answered[..pairs].iter().all(|a| *a) {
+            println!("vnet: mq rx {:?}", &got[..pairs]);
+            return 0;
+        }
+    }
+    println!("vnet: mq: not every pair received (rx {:?})", &got[..pairs]);
+    1
+}
+
 /// Offer the receive buffers, of `len` bytes, on queue 0.
 fn post_rx(v: &mut Virtio, len: u32) {
     for i in 0..NRX {
@@ -1037,6 +1143,11 @@ fn tx_fault(v: &mut Virtio, kind: &str, hdr: usize, want: u64, queues: usize) ->
 
 /// One control-queue command; returns the device's ack byte (0 OK, 1 error).
 fn control(v: &mut Virtio, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
+    control_at(v, 2, class, cmd, data)
+}
+
+/// A control command on control queue `q`: the device's ack byte.
+fn control_at(v: &mut Virtio, q: usize, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
     let mut b = [0u8; 64];
     b[0] = class;
     b[1] = cmd;
@@ -1044,7 +1155,7 @@ fn control(v: &mut Virtio, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
     copy_to(CTRLB, &b[..2 + data.len()]);
     let ack = CTRLB + 0x100;
     copy_to(ack, &[0xff]);
-    v.select(2);
+    v.select(q);
     v.set_desc(0, CTRLB, 2 + data.len() as u32, crate::transport::F_NEXT, 1);
     v.set_desc(1, ack, 1, F_WRITE, 0);
     v.offer(0);

@@ -74,7 +74,7 @@ struct Ring {
 
 pub struct Virtio {
     regs: Regs,
-    rings: [Ring; 3],
+    rings: [Ring; 7],
     /// The queue `set_desc`, `offer`, `kick` and `wait_used` work on.
     cur: usize,
 }
@@ -129,7 +129,7 @@ impl Virtio {
         };
         Some(Virtio {
             regs,
-            rings: [Ring::default(); 3],
+            rings: [Ring::default(); 7],
             cur: 0,
         })
     }
