@@ -111,10 +111,15 @@ impl Backend {
     }
 
     /// After a batch of [`Self::send`]s: a user-mode backend serves the host sockets the
-    /// frames made ready (see [`SlirpPort::settle`]).
-    pub fn settle(&self) {
-        if let Backend::User(port) = self {
-            port.settle();
+    /// frames made ready (see [`SlirpPort::settle`]). True if it may have frames for the
+    /// guest already.
+    pub fn settle(&self) -> bool {
+        match self {
+            Backend::User(port) => {
+                port.settle();
+                true
+            }
+            _ => false,
         }
     }
 

@@ -262,10 +262,11 @@ impl QueueWorker for NetWorker {
         } else if q % 2 == 1 && q / 2 < self.active {
             let pair = q / 2;
             self.transmit(ctx, pair);
-            self.backends[pair].settle();
-            // What the backend answered at once (user mode: slirp runs on this thread)
-            // goes to the guest now.
-            self.receive_pair(ctx, pair);
+            // What a user-mode backend answered at once (slirp runs on this thread) goes
+            // to the guest now; a tap's answers wake the thread through its descriptor.
+            if self.backends[pair].settle() {
+                self.receive_pair(ctx, pair);
+            }
         } else if q.is_multiple_of(2) && q / 2 < self.active {
             self.receive_pair(ctx, q / 2);
         }
