@@ -182,6 +182,8 @@ pub struct Vm {
     pub monitors: Vec<monitor::StartedMonitor>,
     /// Tap `downscript=`s to run as the VM ends: (script, ifname).
     pub downscripts: Vec<(std::path::PathBuf, String)>,
+    /// Backends `netdev_add` opened, closed (their down scripts run) as the VM ends.
+    pub hot: Arc<crate::monitor_info::PcInfo>,
 }
 
 /// Which host cores each vCPU gets.
@@ -592,7 +594,7 @@ pub fn build(
         display: has_screen.then(|| console.display.clone()),
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
-        info,
+        info: info.clone(),
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);
@@ -612,6 +614,7 @@ pub fn build(
         console,
         monitors,
         downscripts,
+        hot: info,
     })
 }
 
@@ -757,7 +760,8 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         console,
         // Held until the vCPU threads are joined.
         kvm: _kvm,
-        downscripts,
+        mut downscripts,
+        hot,
         ..
     } = vm;
     let sig_handle = handle.clone();
@@ -805,7 +809,14 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         let all = futures_flush(&chardevs);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     });
-    // As QEMU: each tap's down script gets the interface name as the VM ends.
+    // As QEMU: each tap's down script gets the interface name as the VM ends (those
+    // netdev_add opened too).
+    downscripts.extend(
+        hot.hot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close_all(),
+    );
     for (script, ifname) in &downscripts {
         if let Err(e) = actors::net::tap::run_script(script, ifname) {
             actors::report!("troupe: {e}");

@@ -1229,5 +1229,13 @@ fn netdev_add_and_netdev_del_open_and_close_backends_at_run_time() {
     assert_eq!(hmp("netdev_del hn2"), "");
     assert!(!hmp("info network").contains("hn2"));
     assert!(hmp("netdev_del hn2").contains("Error: Device 'hn2' not found"));
-    vm.kill();
+    // A backend still there when the VM ends is closed, its down script run, as QEMU does.
+    let add = format!(
+        "netdev_add tap,id=ht1,ifname=trhot1,script=no,downscript={}",
+        down.display()
+    );
+    assert_eq!(hmp(&add), "");
+    let _ = ask(r#"{"execute": "quit"}"#);
+    let _ = vm.wait(T);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "trhot1");
 }

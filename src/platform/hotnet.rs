@@ -90,6 +90,14 @@ impl HotNetdevs {
         Ok(())
     }
 
+    /// Close every added backend (the VM is ending): the down scripts to run.
+    pub fn close_all(&mut self) -> Vec<(PathBuf, String)> {
+        self.added
+            .drain(..)
+            .filter_map(|a| a.downscript.clone())
+            .collect()
+    }
+
     /// `info network` lines for the added backends (QEMU lists a netdev no NIC uses on
     /// its own line).
     pub fn network(&self) -> String {
