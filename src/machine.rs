@@ -266,14 +266,17 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     let served = |k: &NetdevKind| {
         matches!(
             k,
-            NetdevKind::Tap { .. } | NetdevKind::User(_) | NetdevKind::Bridge { .. }
+            NetdevKind::Tap { .. }
+                | NetdevKind::User(_)
+                | NetdevKind::Bridge { .. }
+                | NetdevKind::Socket { .. }
         )
     };
     let is_served = |id: &str| cfg.netdevs.iter().any(|n| n.id == id && served(&n.kind));
     for n in &cfg.netdevs {
         if !served(&n.kind) {
             return Err(anyhow!(
-                "-netdev {}: only tap, bridge and user networking are available yet (socket and hubport are not)",
+                "-netdev {}: only tap, bridge, user and socket networking are available yet (hubport is not)",
                 n.id
             ));
         }

@@ -449,20 +449,20 @@ fn network_options_troupe_cannot_serve_yet_are_refused_at_start() {
         (
             vec![
                 "-netdev",
-                "socket,id=s0,listen=127.0.0.1:1",
-                "-device",
-                "virtio-net-pci,netdev=s0",
-            ],
-            "only tap, bridge and user networking are available yet",
-        ),
-        (
-            vec![
-                "-netdev",
                 "hubport,id=h0,hubid=0",
                 "-device",
                 "e1000,netdev=h0",
             ],
-            "only tap, bridge and user networking are available yet",
+            "only tap, bridge, user and socket networking are available yet (hubport is not)",
+        ),
+        (
+            vec![
+                "-netdev",
+                "socket,id=s0,mcast=230.0.0.1:1234",
+                "-device",
+                "e1000,netdev=s0",
+            ],
+            "socket mcast= is not supported by troupe",
         ),
     ] {
         let mut all = vec!["-nodefaults", "-display", "none"];
@@ -1111,6 +1111,78 @@ fn a_multiqueue_tap_serves_every_queue_pair_the_driver_turns_on() {
     .spawn();
     vm.expect_stdout("vnet: MQ not offered", T);
     assert_eq!(code(vm.wait(T)), 3);
+}
+
+/// `-netdev socket`: two VMs share a link over TCP (no root, no tap): one listens, the
+/// other connects, and the second pings the first. The frames are QEMU's (a length, then
+/// the frame), so the other end can be QEMU. Connecting to a port with no listener is a
+/// clear error at start.
+#[test]
+fn two_vms_share_a_link_over_netdev_socket_and_qemu_can_be_the_other_end() {
+    let k = guest("virtio");
+    let k = k.to_str().unwrap();
+    for other in ["troupe", "qemu"] {
+        let port = free_port();
+        let listen = format!("socket,id=s0,listen=127.0.0.1:{port}");
+        let connect = format!("socket,id=s0,connect=127.0.0.1:{port}");
+        let mut a = net_guest(
+            None,
+            "dev=net ip=10.9.8.1 peer=10.9.8.2 count=0 answer=3 wait=60",
+            &[
+                "-netdev",
+                &listen,
+                "-device",
+                "virtio-net-pci,netdev=s0,mac=52:54:00:00:08:01",
+            ],
+        )
+        .spawn();
+        a.expect_stdout("vnet: mac 52:54:00:00:08:01", T);
+        let b_args = common::guest_args(
+            k,
+            "dev=net ip=10.9.8.2 peer=10.9.8.1 count=3 wait=60",
+            &[
+                "-netdev",
+                &connect,
+                "-device",
+                "virtio-net-pci,netdev=s0,mac=52:54:00:00:08:02,romfile=",
+            ],
+        );
+        let mut b = if other == "qemu" {
+            let mut q = vec!["-M", "pc"];
+            q.extend(b_args);
+            Vm::qemu(&q).spawn()
+        } else {
+            Vm::troupe(&b_args).spawn()
+        };
+        b.expect_stdout("vnet: reply from 10.9.8.1 seq=3", T);
+        assert_eq!(code(a.wait(T)), PASS, "{other}: {}", a.stdout.text());
+        let _ = b.wait(T);
+        assert!(
+            a.stdout
+                .text()
+                .contains("vnet: done, answered 3 echo requests"),
+            "{other}: {}",
+            a.stdout.text()
+        );
+    }
+    let port = free_port();
+    let (st, _, err) = Vm::troupe(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-netdev",
+        &format!("socket,id=s0,connect=127.0.0.1:{port}"),
+        "-device",
+        "e1000,netdev=s0",
+    ])
+    .run(T);
+    assert!(!st.success());
+    assert!(
+        err.contains(&format!(
+            "-netdev s0: could not connect to 127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
 }
 
 /// `netdev_add` opens a backend in a running VM and `netdev_del` closes it (QMP and HMP):

@@ -259,9 +259,27 @@ pub fn open_netdev(
             let tap = actors::net::bridge::open(br).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
             Backend::Tap(tap)
         }
-        _ => {
+        crate::config::NetdevKind::Socket { listen, connect } => {
+            use actors::net::socket::Mode;
+            let (spec, listening) = match (listen, connect) {
+                (Some(l), _) => (l, true),
+                (None, Some(c)) => (c, false),
+                (None, None) => return Err(anyhow!("-netdev {id}: listen= or connect= needed")),
+            };
+            let addr = spec
+                .resolve()
+                .map_err(|e| anyhow!("-netdev {id}: {}:{}: {e}", spec.host, spec.port))?;
+            let mode = if listening {
+                Mode::Listen(addr)
+            } else {
+                Mode::Connect(addr)
+            };
+            let port = actors::net::socket::start(id, mode).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            Backend::Socket(port)
+        }
+        crate::config::NetdevKind::Hubport { .. } => {
             return Err(anyhow!(
-                "-netdev {id}: only tap, bridge and user are available yet"
+                "-netdev {id}: only tap, bridge, user and socket networking are available yet (hubport is not)"
             ))
         }
     };
@@ -289,6 +307,11 @@ pub fn open_netdev(
             u.net.0,
             if u.restrict { "on" } else { "off" }
         ),
+        crate::config::NetdevKind::Socket { listen, connect } => match (listen, connect) {
+            (Some(l), _) => format!("type=socket,listen={}:{}", l.host, l.port),
+            (_, Some(c)) => format!("type=socket,connect={}:{}", c.host, c.port),
+            _ => String::new(),
+        },
         _ => String::new(),
     };
     Ok((backend, desc, slirp))

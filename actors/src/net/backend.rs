@@ -13,6 +13,8 @@ use super::tap::Tap;
 pub enum Backend {
     Tap(Tap),
     User(SlirpPort),
+    /// `-netdev socket`: another VMM over TCP.
+    Socket(super::socket::SocketPort),
     /// The backend failed (its tap was deleted): frames are dropped, the link is down.
     Gone,
 }
@@ -31,8 +33,10 @@ impl Backend {
     /// Before draining with [`Self::recv`]: clear a user-mode backend's "frames ready"
     /// signal, so a frame queued meanwhile signals again.
     pub fn ack(&self) {
-        if let Backend::User(port) = self {
-            port.ack();
+        match self {
+            Backend::User(port) => port.ack(),
+            Backend::Socket(port) => port.ack(),
+            _ => {}
         }
     }
 
@@ -54,14 +58,8 @@ impl Backend {
                 }
             }
             Backend::Tap(_) => self.read_tap(&mut [std::io::IoSliceMut::new(buf)]),
-            Backend::User(port) => match port.recv() {
-                Some(f) => {
-                    let n = f.len().min(buf.len());
-                    buf[..n].copy_from_slice(&f[..n]);
-                    Recv::Frame(n)
-                }
-                None => Recv::Empty,
-            },
+            Backend::User(port) => copy_frame(port.recv(), buf),
+            Backend::Socket(port) => copy_frame(port.recv(), buf),
             Backend::Gone => Recv::Empty,
         }
     }
@@ -103,6 +101,10 @@ impl Backend {
                 matches!(tap.file.write_vectored(&bufs), Ok(n) if n == want)
             }
             Backend::User(port) => {
+                port.send(frame);
+                true
+            }
+            Backend::Socket(port) => {
                 port.send(frame);
                 true
             }
@@ -192,7 +194,20 @@ impl Backend {
         match self {
             Backend::Tap(tap) => Some(tap.file.as_raw_fd()),
             Backend::User(port) => Some(port.ready.as_raw_fd()),
+            Backend::Socket(port) => Some(port.ready.as_raw_fd()),
             Backend::Gone => None,
         }
+    }
+}
+
+/// A queued frame into `buf` (truncated to its length).
+fn copy_frame(f: Option<Vec<u8>>, buf: &mut [u8]) -> Recv {
+    match f {
+        Some(f) => {
+            let n = f.len().min(buf.len());
+            buf[..n].copy_from_slice(&f[..n]);
+            Recv::Frame(n)
+        }
+        None => Recv::Empty,
     }
 }
