@@ -7,8 +7,10 @@
 //! and multicast promiscuous, broadcast, the receive-address table, the multicast hash
 //! table), legacy receive descriptors (frames spread over several buffers when needed), and
 //! transmit with legacy descriptors and the context/data descriptor pair with IP and
-//! TCP/UDP checksum insertion. Not modelled: TCP segmentation offload (a TSO data
-//! descriptor is sent as one frame), VLAN filtering, the microwire EEPROM interface through
+//! TCP/UDP checksum insertion and TCP segmentation offload (TSE: the packet is cut into
+//! MSS-sized segments, each with its IP length and id, TCP sequence number and flags, and
+//! checksums fixed up, as QEMU's e1000 does). Not modelled: VLAN filtering, the microwire
+//! EEPROM interface through
 //! EECD (drivers that bit-bang the EEPROM see zeros), interrupt moderation timers
 //! (interrupts are raised at once).
 //!
@@ -104,6 +106,15 @@ const TXD_IC: u8 = 1 << 2;
 const TXD_RS: u8 = 1 << 3;
 const TXD_RPS: u8 = 1 << 4;
 const TXD_DEXT: u8 = 1 << 5;
+/// In an extended data descriptor: TCP segmentation.
+const TXD_TSE: u8 = 1 << 2;
+/// Context descriptor TUCMD bits: TCP (else UDP), IPv4 (else IPv6), segmentation.
+const TUCMD_TCP: u8 = 1;
+const TUCMD_IP: u8 = 1 << 1;
+const TUCMD_TSE: u8 = 1 << 2;
+/// The largest packet a driver may hand over for segmentation: 64 KiB of payload and
+/// its headers.
+const MAX_TSO: usize = 0x1_0000 + 256;
 /// Data descriptor option bits (POPTS).
 const POPTS_IXSM: u8 = 1;
 const POPTS_TXSM: u8 = 2;
@@ -148,7 +159,7 @@ fn eeprom(mac: [u8; 6]) -> [u16; 64] {
     e
 }
 
-/// The transmit context set by a context descriptor (checksum offsets).
+/// The transmit context set by a context descriptor (checksum offsets; segmentation).
 #[derive(Debug, Clone, Copy, Default)]
 struct TxContext {
     ipcss: usize,
@@ -157,6 +168,12 @@ struct TxContext {
     tucss: usize,
     tucso: usize,
     tucse: usize,
+    /// TUCMD: TCP (else UDP), IPv4 (else IPv6).
+    tcp: bool,
+    ipv4: bool,
+    /// Segmentation: the header length (copied in front of every segment) and MSS.
+    hdrlen: usize,
+    mss: usize,
 }
 
 /// Counters the host reads for `info network`.
@@ -185,6 +202,8 @@ pub struct E1000 {
     /// The frame being assembled from data descriptors, and its checksum options.
     tx_frame: Vec<u8>,
     tx_popts: u8,
+    /// The frame being assembled is to be segmented (a TSE data descriptor).
+    tx_tse: bool,
     tx_legacy_css: Option<(usize, usize)>,
     pub stats: E1000Stats,
     id: String,
@@ -229,6 +248,7 @@ impl E1000 {
             ctx: TxContext::default(),
             tx_frame: Vec::new(),
             tx_popts: 0,
+            tx_tse: false,
             tx_legacy_css: None,
             stats: E1000Stats::default(),
             id: String::new(),
@@ -285,6 +305,7 @@ impl E1000 {
         self.ctx = TxContext::default();
         self.tx_frame.clear();
         self.tx_popts = 0;
+        self.tx_tse = false;
         self.tx_legacy_css = None;
         self.update_irq();
     }
@@ -485,9 +506,7 @@ impl E1000 {
             if mem.read_slice(&mut d, at).is_err() {
                 break;
             }
-            if let Some(frame) = self.tx_descriptor(mem, &d) {
-                out.push(frame);
-            }
+            self.tx_descriptor(mem, &d, &mut out);
             if d[11] & (TXD_RS | TXD_RPS) != 0 {
                 // Descriptor done: DD in the status byte.
                 let _ = mem.write_slice(&[d[12] | 1], at.unchecked_add(12));
@@ -506,8 +525,9 @@ impl E1000 {
     }
 
     /// One transmit descriptor: a context descriptor updates the offload context; data and
-    /// legacy descriptors add their buffer; the last one (EOP) yields the frame.
-    fn tx_descriptor<M: GuestMemory>(&mut self, mem: &M, d: &[u8; 16]) -> Option<Vec<u8>> {
+    /// legacy descriptors add their buffer; the last one (EOP) adds the frame to `out` (or,
+    /// with segmentation, its segments).
+    fn tx_descriptor<M: GuestMemory>(&mut self, mem: &M, d: &[u8; 16], out: &mut Vec<Vec<u8>>) {
         let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
         let cmd = d[11];
         let extended = cmd & TXD_DEXT != 0;
@@ -520,8 +540,16 @@ impl E1000 {
                 tucss: usize::from(d[4]),
                 tucso: usize::from(d[5]),
                 tucse: usize::from(u16::from_le_bytes([d[6], d[7]])),
+                tcp: d[11] & TUCMD_TCP != 0,
+                ipv4: d[11] & TUCMD_IP != 0,
+                hdrlen: if d[11] & TUCMD_TSE != 0 {
+                    usize::from(d[13])
+                } else {
+                    0
+                },
+                mss: usize::from(u16::from_le_bytes([d[14], d[15]])),
             };
-            return None;
+            return;
         }
         let len = if extended {
             (u32::from_le_bytes([d[8], d[9], d[10], 0]) & 0xf_ffff) as usize
@@ -530,10 +558,12 @@ impl E1000 {
         };
         if extended {
             self.tx_popts |= d[13];
+            self.tx_tse |= cmd & TXD_TSE != 0 && self.ctx.hdrlen > 0;
         } else if cmd & TXD_IC != 0 {
             self.tx_legacy_css = Some((usize::from(d[13]), usize::from(d[10])));
         }
-        if self.tx_frame.len() + len <= MAX_TX_FRAME {
+        let limit = if self.tx_tse { MAX_TSO } else { MAX_TX_FRAME };
+        if self.tx_frame.len() + len <= limit {
             let at = self.tx_frame.len();
             self.tx_frame.resize(at + len, 0);
             if mem
@@ -544,17 +574,25 @@ impl E1000 {
             }
         } else {
             // Too long to be a frame: keep the state, drop it at EOP.
-            self.tx_frame.resize(MAX_TX_FRAME + 1, 0);
+            self.tx_frame.resize(limit + 1, 0);
         }
         if cmd & TXD_EOP == 0 {
-            return None;
+            return;
         }
         let mut frame = std::mem::take(&mut self.tx_frame);
         let (popts, legacy) = (self.tx_popts, self.tx_legacy_css.take());
+        let tse = std::mem::take(&mut self.tx_tse);
         self.tx_popts = 0;
-        if frame.len() > MAX_TX_FRAME || frame.len() < 14 {
+        if frame.len() > limit || frame.len() < 14 {
             self.stats.tx_dropped += 1;
-            return None;
+            return;
+        }
+        if tse {
+            for seg in segment(&frame, &self.ctx, popts) {
+                self.count_tx(seg.len());
+                out.push(seg);
+            }
+            return;
         }
         if extended {
             let c = self.ctx;
@@ -567,14 +605,19 @@ impl E1000 {
         } else if let Some((css, cso)) = legacy {
             put_checksum(&mut frame, css, 0, cso, false);
         }
+        self.count_tx(frame.len());
+        out.push(frame);
+    }
+
+    /// Count one frame sent (the statistics registers and `info network`).
+    fn count_tx(&mut self, len: usize) {
         self.stats.tx_frames += 1;
         let g = self.r(reg::GPTC).wrapping_add(1);
         self.set(reg::GPTC, g);
         let t = self.r(reg::TPT).wrapping_add(1);
         self.set(reg::TPT, t);
-        let o = self.r(reg::GOTCL).wrapping_add(frame.len() as u32);
+        let o = self.r(reg::GOTCL).wrapping_add(len as u32);
         self.set(reg::GOTCL, o);
-        Some(frame)
     }
 
     /// Receive buffer size from RCTL.BSIZE/BSEX.
@@ -701,6 +744,71 @@ impl E1000 {
 
 /// Store the Internet checksum of `frame[start..end]` (to the end when `end` is 0) at
 /// `at`, big-endian. `transport`: a zero result is sent as 0xffff (UDP's rule).
+fn be16(f: &[u8], at: usize) -> u16 {
+    f.get(at..at + 2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn put16(f: &mut [u8], at: usize, v: u16) {
+    if let Some(b) = f.get_mut(at..at + 2) {
+        b.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Segmentation: cut `pkt` (a header of `c.hdrlen` bytes, then the payload) into
+/// segments of at most `c.mss` payload bytes. Each gets the header with its IP length
+/// (and, for IPv4, an id one more than the last), its TCP sequence number advanced (FIN and
+/// PSH only on the last) or its UDP length, and the checksums `popts` asks for; the
+/// driver's TCP/UDP seed is the pseudo-header sum without the length, which is added here.
+fn segment(pkt: &[u8], c: &TxContext, popts: u8) -> Vec<Vec<u8>> {
+    let h = c.hdrlen.min(pkt.len());
+    let mss = c.mss.max(1);
+    let payload = &pkt[h..];
+    let count = payload.len().div_ceil(mss).max(1);
+    (0..count)
+        .map(|i| {
+            let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+            let mut f = Vec::with_capacity(h + chunk.len());
+            f.extend_from_slice(&pkt[..h]);
+            f.extend_from_slice(chunk);
+            let len = f.len();
+            if c.ipv4 {
+                put16(&mut f, c.ipcss + 2, (len - c.ipcss) as u16);
+                let id = be16(&f, c.ipcss + 4).wrapping_add(i as u16);
+                put16(&mut f, c.ipcss + 4, id);
+            } else {
+                put16(&mut f, c.ipcss + 4, len.saturating_sub(c.ipcss + 40) as u16);
+            }
+            let l4 = len.saturating_sub(c.tucss);
+            if c.tcp {
+                if let Some(seq) = f.get_mut(c.tucss + 4..c.tucss + 8) {
+                    let s = u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]])
+                        .wrapping_add((i * mss) as u32);
+                    seq.copy_from_slice(&s.to_be_bytes());
+                }
+                if i + 1 < count {
+                    if let Some(flags) = f.get_mut(c.tucss + 13) {
+                        *flags &= !0x09;
+                    }
+                }
+            } else {
+                put16(&mut f, c.tucss + 4, l4 as u16);
+            }
+            if popts & POPTS_TXSM != 0 {
+                let mut seed = u32::from(be16(&f, c.tucso)) + l4 as u32;
+                seed = (seed & 0xffff) + (seed >> 16);
+                put16(&mut f, c.tucso, seed as u16);
+                put_checksum(&mut f, c.tucss, 0, c.tucso, true);
+            }
+            if popts & POPTS_IXSM != 0 && c.ipv4 {
+                put16(&mut f, c.ipcso, 0);
+                put_checksum(&mut f, c.ipcss, c.ipcse, c.ipcso, false);
+            }
+            f
+        })
+        .collect()
+}
+
 fn put_checksum(frame: &mut [u8], start: usize, end: usize, at: usize, transport: bool) {
     let end = if end == 0 || end >= frame.len() {
         frame.len()

@@ -154,6 +154,98 @@ fn checksum_offload_fills_in_ip_and_tcp_checksums() {
     );
 }
 
+/// Ones'-complement sum of `data` folded to 16 bits (0xffff: a valid checksum inside).
+fn fold16(data: &[u8], seed: u32) -> u16 {
+    let mut s: u32 = seed
+        + data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum::<u32>();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+#[test]
+fn segmentation_offload_cuts_a_tcp_packet_into_mss_sized_frames() {
+    let (mut e, _, m) = nic();
+    // One 3000-byte TCP payload behind Ethernet + IPv4 + TCP headers, as Linux hands a
+    // TSO packet over: IP checksum 0, the TCP checksum seeded with the pseudo-header sum
+    // without the length; PSH and FIN set.
+    let (src, dst) = ([10, 0, 2, 15], [10, 0, 2, 2]);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let mut f = vec![0u8; 54];
+    f[12..14].copy_from_slice(&[8, 0]);
+    f[14] = 0x45;
+    f[18..20].copy_from_slice(&0x100u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    f[38..42].copy_from_slice(&1000u32.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x18 | 0x01; // ACK PSH FIN
+    let pseudo = fold16(&[&src[..], &dst[..], &[0, 6]].concat(), 0);
+    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    f.extend_from_slice(&payload);
+    m.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
+    // Context: IP 14..33 (checksum at 24), TCP from 34 (checksum at 50); TCP, IPv4, TSE;
+    // header 54 bytes, MSS 1000, payload length 3000.
+    let mut c = [0u8; 16];
+    c[0] = 14;
+    c[1] = 24;
+    c[2..4].copy_from_slice(&33u16.to_le_bytes());
+    c[4] = 34;
+    c[5] = 50;
+    c[8..11].copy_from_slice(&3000u32.to_le_bytes()[..3]);
+    c[11] = TXD_DEXT | 0x07;
+    c[13] = 54;
+    c[14..16].copy_from_slice(&1000u16.to_le_bytes());
+    m.write_slice(&c, GuestAddress(TX_RING)).unwrap();
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&TX_BUF.to_le_bytes());
+    d[8..11].copy_from_slice(&(f.len() as u32).to_le_bytes()[..3]);
+    d[10] |= 1 << 4; // DTYP data
+    d[11] = TXD_DEXT | TXD_EOP | 0x04; // TSE
+    d[13] = POPTS_IXSM | POPTS_TXSM;
+    m.write_slice(&d, GuestAddress(TX_RING + 16)).unwrap();
+    let out = w(&mut e, &m, reg::TDT, 2);
+    assert_eq!(out.len(), 3);
+    let mut joined = Vec::new();
+    for (i, seg) in out.iter().enumerate() {
+        assert_eq!(seg.len(), 54 + 1000);
+        assert_eq!(
+            u16::from_be_bytes([seg[16], seg[17]]),
+            1040,
+            "IP total length"
+        );
+        assert_eq!(
+            u16::from_be_bytes([seg[18], seg[19]]),
+            0x100 + i as u16,
+            "IP id"
+        );
+        assert_eq!(fold16(&seg[14..34], 0), 0xffff, "IP checksum");
+        let seq = u32::from_be_bytes(seg[38..42].try_into().unwrap());
+        assert_eq!(seq, 1000 + 1000 * i as u32);
+        let flags = if i == 2 { 0x19 } else { 0x10 };
+        assert_eq!(seg[47], flags, "PSH and FIN on the last segment only");
+        let tcp_len = ((seg.len() - 34) as u16).to_be_bytes();
+        let seed = u32::from(fold16(
+            &[&src[..], &dst[..], &[0, 6], &tcp_len[..]].concat(),
+            0,
+        ));
+        assert_eq!(
+            fold16(&seg[34..], seed),
+            0xffff,
+            "TCP checksum of segment {i}"
+        );
+        joined.extend_from_slice(&seg[54..]);
+    }
+    assert_eq!(joined, payload);
+    assert_eq!(e.stats.tx_frames, 3);
+}
+
 #[test]
 fn received_frames_fill_descriptors_and_raise_rxt0() {
     let (mut e, irq, m) = nic();
