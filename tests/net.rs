@@ -1185,6 +1185,36 @@ fn two_vms_share_a_link_over_netdev_socket_and_qemu_can_be_the_other_end() {
     );
 }
 
+/// Linux's e1000 driver reads the 82540EM's EEPROM bit by bit through EECD (microwire),
+/// not through EERD: the test guest's driver does the same and finds the MAC given on the
+/// command line and a valid checksum, then uses the NIC.
+#[test]
+fn the_e1000_eeprom_reads_bit_by_bit_through_eecd() {
+    let mut vm = net_guest(
+        None,
+        "dev=net nic=e1000 eeprom=microwire dhcp count=1 wait=30",
+        &[
+            "-netdev",
+            "user,id=u0",
+            "-device",
+            "e1000,netdev=u0,mac=52:54:00:12:34:77",
+        ],
+    )
+    .spawn();
+    let status = vm.wait(T);
+    let out = vm.stdout.text();
+    assert_eq!(code(status), PASS, "{out}{}", vm.stderr.text());
+    assert!(
+        out.contains("vnet: e1000 eeprom (microwire) checksum 0xbaba"),
+        "{out}"
+    );
+    assert!(
+        out.contains("vnet: e1000 mac 52:54:00:12:34:77 link up"),
+        "{out}"
+    );
+    assert!(out.contains("vnet: reply from 10.0.2.2 seq=1"), "{out}");
+}
+
 /// `netdev_add` opens a backend in a running VM and `netdev_del` closes it (QMP and HMP):
 /// a user-mode backend's hostfwd port answers and then stops, a tap appears on the host
 /// and goes (its down script runs), `info network` lists what was added; a duplicate id or

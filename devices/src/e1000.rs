@@ -2,16 +2,16 @@
 //! 8086:100e), as a state machine over guest memory.
 //!
 //! Modelled: the register file behind BAR0 (and its IOADDR/IODATA window in BAR1), the
-//! EEPROM read through EERD (MAC address, QEMU's word layout and checksum), the PHY through
+//! EEPROM read through EERD or bit by bit through EECD's microwire pins (as Linux's e1000
+//! driver reads it) (MAC address, QEMU's word layout and checksum), the PHY through
 //! MDIC, interrupt causes (ICR/ICS/IMS/IMC) on the INTx line, the receive filter (unicast
 //! and multicast promiscuous, broadcast, the receive-address table, the multicast hash
 //! table), legacy receive descriptors (frames spread over several buffers when needed), and
 //! transmit with legacy descriptors and the context/data descriptor pair with IP and
 //! TCP/UDP checksum insertion and TCP segmentation offload (TSE: the packet is cut into
 //! MSS-sized segments, each with its IP length and id, TCP sequence number and flags, and
-//! checksums fixed up, as QEMU's e1000 does). Not modelled: VLAN filtering, the microwire
-//! EEPROM interface through
-//! EECD (drivers that bit-bang the EEPROM see zeros), interrupt moderation timers
+//! checksums fixed up, as QEMU's e1000 does). Not modelled: VLAN filtering, EEPROM writes,
+//! interrupt moderation timers
 //! (interrupts are raised at once).
 //!
 //! Contract with the host: MMIO/PIO go to [`E1000::read`] / [`E1000::write`]; a write may
@@ -75,6 +75,18 @@ mod reg {
 const CTRL_SLU: u32 = 1 << 6;
 const CTRL_RST: u32 = 1 << 26;
 const STATUS_LU: u32 = 1 << 1;
+/// EECD: the microwire pins (clock, chip select, data in, data out), the access
+/// request and grant, EEPROM present.
+const EECD_SK: u32 = 1;
+const EECD_CS: u32 = 1 << 1;
+const EECD_DI: u32 = 1 << 2;
+const EECD_DO: u32 = 1 << 3;
+const EECD_FWE: u32 = 3 << 4;
+const EECD_REQ: u32 = 1 << 6;
+const EECD_GNT: u32 = 1 << 7;
+const EECD_PRES: u32 = 1 << 8;
+/// The microwire READ opcode (after the start bit: 1, 1, 0).
+const MICROWIRE_READ: u32 = 6;
 const EERD_START: u32 = 1;
 const EERD_DONE: u32 = 1 << 4;
 const MDIC_READY: u32 = 1 << 28;
@@ -159,6 +171,59 @@ fn eeprom(mac: [u8; 6]) -> [u16; 64] {
     e
 }
 
+/// A microwire EEPROM conversation: the pins last written, the bits clocked in (start
+/// bit, opcode, 6-bit address), and which bit of the data goes out next.
+#[derive(Debug, Clone, Copy, Default)]
+struct Microwire {
+    pins: u32,
+    bits_in: u32,
+    count_in: u32,
+    bit_out: u32,
+    reading: bool,
+}
+
+impl Microwire {
+    /// The driver wrote EECD (QEMU's model: a rising CS starts over, a rising SK clocks
+    /// DI in, a falling SK moves to the next bit out).
+    fn write(&mut self, v: u32) {
+        let old = self.pins;
+        self.pins = v & (EECD_SK | EECD_CS | EECD_DI | EECD_FWE | EECD_REQ);
+        if v & EECD_CS == 0 {
+            return;
+        }
+        if (v ^ old) & EECD_CS != 0 {
+            *self = Microwire {
+                pins: self.pins,
+                ..Default::default()
+            };
+        }
+        if (v ^ old) & EECD_SK == 0 {
+            return;
+        }
+        if v & EECD_SK == 0 {
+            self.bit_out = self.bit_out.wrapping_add(1);
+            return;
+        }
+        self.bits_in = (self.bits_in << 1) | u32::from(v & EECD_DI != 0);
+        self.count_in += 1;
+        if self.count_in == 9 && !self.reading {
+            self.bit_out = ((self.bits_in & 0x3f) << 4).wrapping_sub(1);
+            self.reading = (self.bits_in >> 6) & 7 == MICROWIRE_READ;
+        }
+    }
+
+    /// EECD as the driver reads it: present, granted, the pins, and DO (the data bit, or
+    /// high when not reading).
+    fn read(&self, eeprom: &[u16; 64]) -> u32 {
+        let mut v = EECD_PRES | EECD_GNT | self.pins;
+        let word = eeprom[((self.bit_out >> 4) & 0x3f) as usize];
+        if !self.reading || (word >> ((self.bit_out & 0xf) ^ 0xf)) & 1 != 0 {
+            v |= EECD_DO;
+        }
+        v
+    }
+}
+
 /// The transmit context set by a context descriptor (checksum offsets; segmentation).
 #[derive(Debug, Clone, Copy, Default)]
 struct TxContext {
@@ -193,6 +258,8 @@ pub struct E1000 {
     regs: Vec<u32>,
     phy: [u16; 32],
     eeprom: [u16; 64],
+    /// The microwire conversation through EECD.
+    wire: Microwire,
     mac: [u8; 6],
     irq: Arc<dyn IrqLine>,
     link_up: bool,
@@ -241,6 +308,7 @@ impl E1000 {
             regs: vec![0; MMIO_SIZE as usize / 4],
             phy: phy_init(),
             eeprom: eeprom(mac),
+            wire: Microwire::default(),
             mac,
             irq,
             link_up: true,
@@ -289,7 +357,11 @@ impl E1000 {
             reg::STATUS,
             0x8000_0000 | 0x0008_0000 | 0x0000_0300 | 0x80 | 1 | lu,
         );
-        self.set(reg::EECD, 0x0000_0110); // EEPROM present, flash writes disabled
+        // EEPROM present (in read), flash writes disabled.
+        self.wire = Microwire {
+            pins: 1 << 4,
+            ..Default::default()
+        };
         self.set(reg::LEDCTL, 0x0704_8402);
         self.set(reg::PBA, 0x0010_0030);
         let m = self.mac;
@@ -358,6 +430,7 @@ impl E1000 {
                 v
             }
             reg::IMC | reg::ICS => 0,
+            reg::EECD => self.wire.read(&self.eeprom),
             o if reg::STATS.contains(&o) => {
                 let v = self.r(o);
                 self.set(o, 0);
@@ -395,6 +468,7 @@ impl E1000 {
                 }
             }
             reg::STATUS | reg::ICR => {}
+            reg::EECD => self.wire.write(v),
             reg::EERD => {
                 let addr = ((v >> 8) & 0xff) as usize;
                 let out = if v & EERD_START == 0 {

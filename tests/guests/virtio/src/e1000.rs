@@ -1,5 +1,7 @@
-//! A polling ring-3 driver for the e1000 (82540EM): reset, MAC from the EEPROM (EERD),
-//! one receive ring of 2 KiB buffers and one transmit ring, legacy descriptors.
+//! A polling ring-3 driver for the e1000 (82540EM): reset, MAC from the EEPROM (EERD, or
+//! with `microwire` bit by bit through EECD as Linux's e1000 driver reads it, checking the
+//! whole EEPROM's checksum), one receive ring of 2 KiB buffers and one transmit ring,
+//! legacy descriptors.
 
 use guestlib::phys::{copy_to, mmio_read32, mmio_write32, read_u16, read_u8};
 use guestlib::time::Deadline;
@@ -9,6 +11,7 @@ use crate::transport::{w64, RING_BASE};
 
 const CTRL: u64 = 0x0;
 const STATUS: u64 = 0x8;
+const EECD: u64 = 0x10;
 const EERD: u64 = 0x14;
 const IMC: u64 = 0xd8;
 const RCTL: u64 = 0x100;
@@ -37,6 +40,8 @@ pub struct E1000 {
     rx_next: u16,
     tx_next: u16,
     pub mac: [u8; 6],
+    /// Read the EEPROM through EECD (else EERD).
+    microwire: bool,
 }
 
 impl E1000 {
@@ -48,7 +53,51 @@ impl E1000 {
         mmio_write32(self.regs + off, v)
     }
 
+    /// EEPROM word `addr` through EECD's microwire pins: request access, select, clock
+    /// out the READ opcode (1, 1, 0) and the 6-bit address, clock 16 data bits in.
+    fn eeprom_microwire(&self, addr: u32) -> Option<u16> {
+        const SK: u32 = 1;
+        const CS: u32 = 1 << 1;
+        const DI: u32 = 1 << 2;
+        const DO: u32 = 1 << 3;
+        const REQ: u32 = 1 << 6;
+        const GNT: u32 = 1 << 7;
+        let mut e = self.r(EECD) | REQ;
+        self.w(EECD, e);
+        let d = Deadline::after_ms(100);
+        while self.r(EECD) & GNT == 0 {
+            if d.expired() {
+                return None;
+            }
+        }
+        e = (e & !(DI | SK)) | CS;
+        self.w(EECD, e);
+        let command = (6 << 6) | (addr & 0x3f);
+        for i in (0..9).rev() {
+            e = if (command >> i) & 1 != 0 {
+                e | DI
+            } else {
+                e & !DI
+            };
+            self.w(EECD, e);
+            self.w(EECD, e | SK);
+            self.w(EECD, e);
+        }
+        e &= !DI;
+        let mut word = 0u16;
+        for _ in 0..16 {
+            self.w(EECD, e | SK);
+            word = (word << 1) | u16::from(self.r(EECD) & DO != 0);
+            self.w(EECD, e);
+        }
+        self.w(EECD, e & !(CS | REQ));
+        Some(word)
+    }
+
     fn eeprom(&self, word: u32) -> Option<u16> {
+        if self.microwire {
+            return self.eeprom_microwire(word);
+        }
         self.w(EERD, (word << 8) | 1);
         let d = Deadline::after_ms(100);
         while !d.expired() {
@@ -61,7 +110,7 @@ impl E1000 {
     }
 
     /// Find the first e1000, reset it and bring both rings up.
-    pub fn open() -> Option<E1000> {
+    pub fn open(microwire: bool) -> Option<E1000> {
         let (d, f) = pci::find(0x8086, 0x100e)?;
         let regs = pci::mem_bar(d, f, 0, 0xe200_0000);
         let cmd = pci::read32(d, f, 0x04);
@@ -71,6 +120,7 @@ impl E1000 {
             rx_next: 0,
             tx_next: 0,
             mac: [0; 6],
+            microwire,
         };
         e.w(CTRL, 1 << 26);
         let t = Deadline::after_ms(100);
@@ -79,6 +129,14 @@ impl E1000 {
         for i in 0..3 {
             let w = e.eeprom(i)?.to_le_bytes();
             e.mac[2 * i as usize..2 * i as usize + 2].copy_from_slice(&w);
+        }
+        if microwire {
+            // The 64 words sum to 0xbaba, as the driver checks.
+            let mut sum = 0u16;
+            for i in 0..64 {
+                sum = sum.wrapping_add(e.eeprom(i)?);
+            }
+            println!("vnet: e1000 eeprom (microwire) checksum {sum:#06x}");
         }
         let m = e.mac;
         let (ral, rah) = (e.r(RAL), e.r(RAH));

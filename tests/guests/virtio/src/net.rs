@@ -23,6 +23,8 @@
 //!
 //! `announce` waits for the device's announce request and acknowledges it (see
 //! [`watch_announce`]).
+//! With `nic=e1000 eeprom=microwire` the e1000 driver reads its EEPROM bit by bit through
+//! EECD (`vnet: e1000 eeprom (microwire) checksum 0xbaba`).
 //! `mrg` negotiates MRG_RXBUF and posts 256-byte receive buffers, so that most frames
 //! arrive spread over several.
 //! `offload` negotiates CSUM, GUEST_CSUM, HOST_TSO4 and GUEST_TSO4 (with MRG_RXBUF) or
@@ -789,7 +791,7 @@ fn print_mac(what: &str, m: [u8; 6], link: bool) {
 pub fn run(boot: &BootInfo) -> u32 {
     let d = Deadline::after_ms(boot.arg_u64("wait").unwrap_or(30) * 1000);
     let opened = if boot.arg("nic") == Some("e1000") {
-        match E1000::open() {
+        match E1000::open(boot.arg("eeprom") == Some("microwire")) {
             Some(e) => {
                 print_mac("vnet: e1000 mac", e.mac, e.link_up());
                 let mac = e.mac;
