@@ -102,6 +102,19 @@ fn a_frame_in_two_buffers_is_sent_whole_and_the_descriptors_are_written_back() {
     assert!(!irq.is_high(), "reading ICR clears it");
 }
 
+/// A context descriptor for Ethernet + IPv4 + TCP: the IP header at 14..33 with its
+/// checksum at 24, TCP from 34 to the end with its checksum at 50.
+fn tcp_context() -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 14;
+    c[1] = 24;
+    c[2..4].copy_from_slice(&33u16.to_le_bytes());
+    c[4] = 34;
+    c[5] = 50;
+    c[11] = TXD_DEXT;
+    c
+}
+
 #[test]
 fn checksum_offload_fills_in_ip_and_tcp_checksums() {
     let (mut e, _, m) = nic();
@@ -119,13 +132,7 @@ fn checksum_offload_fills_in_ip_and_tcp_checksums() {
     f[54..58].copy_from_slice(b"ping");
     m.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
     // Context: IP header 14..33, checksum at 24; TCP from 34 to the end, checksum at 50.
-    let mut c = [0u8; 16];
-    c[0] = 14;
-    c[1] = 24;
-    c[2..4].copy_from_slice(&33u16.to_le_bytes());
-    c[4] = 34;
-    c[5] = 50;
-    c[11] = TXD_DEXT;
+    let c = tcp_context();
     m.write_slice(&c, GuestAddress(TX_RING)).unwrap();
     let mut d = [0u8; 16];
     d[..8].copy_from_slice(&TX_BUF.to_le_bytes());
@@ -136,16 +143,7 @@ fn checksum_offload_fills_in_ip_and_tcp_checksums() {
     m.write_slice(&d, GuestAddress(TX_RING + 16)).unwrap();
     let out = w(&mut e, &m, reg::TDT, 2);
     let sent = &out[0];
-    let fold = |data: &[u8]| {
-        let mut s: u32 = data
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    };
+    let fold = |data: &[u8]| fold16(data, 0);
     assert_eq!(fold(&sent[14..34]), 0xffff, "IP header sums to all ones");
     assert_eq!(
         fold(&sent[34..]),
@@ -192,14 +190,9 @@ fn segmentation_offload_cuts_a_tcp_packet_into_mss_sized_frames() {
     m.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
     // Context: IP 14..33 (checksum at 24), TCP from 34 (checksum at 50); TCP, IPv4, TSE;
     // header 54 bytes, MSS 1000, payload length 3000.
-    let mut c = [0u8; 16];
-    c[0] = 14;
-    c[1] = 24;
-    c[2..4].copy_from_slice(&33u16.to_le_bytes());
-    c[4] = 34;
-    c[5] = 50;
+    let mut c = tcp_context();
     c[8..11].copy_from_slice(&3000u32.to_le_bytes()[..3]);
-    c[11] = TXD_DEXT | 0x07;
+    c[11] |= 0x07;
     c[13] = 54;
     c[14..16].copy_from_slice(&1000u16.to_le_bytes());
     m.write_slice(&c, GuestAddress(TX_RING)).unwrap();

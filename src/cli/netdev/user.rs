@@ -9,7 +9,11 @@ use crate::cli::chardev::{parse_legacy, Legacy};
 use crate::cli::options::{parse_uint, Opts};
 use crate::config::{CharBackend, Chardev, HostFwd, UserIpv6, UserNetConfig};
 
-fn ipv4(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv4Addr>, NetdevError> {
+/// `key=ADDR` parsed as an address of type `A` (IPv4 or IPv6).
+fn address<A: std::str::FromStr>(
+    opts: &mut Opts,
+    key: &'static str,
+) -> Result<Option<A>, NetdevError> {
     match opts.str(key) {
         None => Ok(None),
         Some(v) => v
@@ -19,14 +23,12 @@ fn ipv4(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv4Addr>, NetdevEr
     }
 }
 
+fn ipv4(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv4Addr>, NetdevError> {
+    address(opts, key)
+}
+
 fn ipv6(opts: &mut Opts, key: &'static str) -> Result<Option<Ipv6Addr>, NetdevError> {
-    match opts.str(key) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| NetdevError::Address { key, value: v }),
-    }
+    address(opts, key)
 }
 
 /// Whether `a` is in `net`.
