@@ -813,7 +813,13 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     });
     // As QEMU: each tap's down script gets the interface name as the VM ends (those
-    // netdev_add opened too).
+    // netdev_add opened too; not those netdev_del already closed).
+    downscripts.retain(|d| {
+        !hot.nics.iter().any(|n| {
+            n.detached.load(std::sync::atomic::Ordering::Relaxed)
+                && n.downscript.as_ref() == Some(d)
+        })
+    });
     downscripts.extend(
         hot.hot
             .lock()

@@ -80,6 +80,7 @@ impl PcInfo {
         let mut v: Vec<(String, crate::platform::nic::SlirpHandle)> = self
             .nics
             .iter()
+            .filter(|n| n.has_peer())
             .filter_map(|n| n.slirp.clone().map(|s| (n.netdev.clone(), s)))
             .collect();
         v.extend(
@@ -346,7 +347,7 @@ impl MachineInfo for PcInfo {
                 n.model,
                 fmt_mac(&n.mac())
             ));
-            if !n.netdev.is_empty() {
+            if n.has_peer() {
                 out.push_str(&format!(" \\ {}: index={i},{}\n", n.netdev, n.backend));
             }
             if let Some(e) = &*n.error.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -370,6 +371,16 @@ impl MachineInfo for PcInfo {
     }
 
     fn netdev_del(&self, id: &str) -> Result<(), String> {
+        // A NIC's backend given at start: closed, the NIC stays with no peer (its tap's
+        // down script runs now, not again at exit).
+        if let Some(n) = self.nics.iter().find(|n| n.has_peer() && n.netdev == id) {
+            n.detach();
+            self.hot().forget(id);
+            if let Some((script, ifname)) = &n.downscript {
+                actors::net::tap::run_script(script, ifname).map_err(|e| e.to_string())?;
+            }
+            return Ok(());
+        }
         self.hot().del(id)
     }
 
@@ -529,7 +540,7 @@ impl MachineInfo for PcInfo {
         let nic = self
             .nics
             .iter()
-            .find(|n| n.name == name || n.netdev == name)
+            .find(|n| n.name == name || (n.has_peer() && n.netdev == name))
             .ok_or_else(|| format!("Device '{name}' not found"))?;
         nic.set_link(up);
         Ok(())

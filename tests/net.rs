@@ -1215,6 +1215,123 @@ fn the_e1000_eeprom_reads_bit_by_bit_through_eecd() {
     assert!(out.contains("vnet: reply from 10.0.2.2 seq=1"), "{out}");
 }
 
+/// `netdev_del` of a NIC's backend given at start, as QEMU allows: the tap goes from the
+/// host (its down script runs then, not again at exit), a user-mode backend's forwarded
+/// port closes and its `hostfwd_add` finds nothing; the NICs stay, with no peer in `info
+/// network`; the id can be used again.
+#[test]
+fn netdev_del_closes_a_backend_given_at_start_and_leaves_the_nic() {
+    let ns = NetNs::new("delstart");
+    let dir = common::TempDir::new("delstart");
+    let marker = dir.path("down");
+    let down = dir.path("down.sh");
+    std::fs::write(
+        &down,
+        format!("#!/bin/sh\necho \"$1\" >> {}\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&down, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (qp, hp) = (free_port(), free_port());
+    let spin = guest("spin");
+    let qmp = format!("tcp:127.0.0.1:{qp},server,nowait");
+    let tap = format!(
+        "tap,id=n0,ifname=tdel1,script=no,downscript={}",
+        down.display()
+    );
+    let user = format!("user,id=u0,hostfwd=tcp:127.0.0.1:{hp}-:22");
+    let mut vm = ns
+        .troupe(&[
+            "-nodefaults",
+            "-serial",
+            "null",
+            "-m",
+            "64",
+            "-kernel",
+            spin.to_str().unwrap(),
+            "-qmp",
+            &qmp,
+            "-netdev",
+            &tap,
+            "-device",
+            "virtio-net-pci,netdev=n0,id=nic0",
+            "-netdev",
+            &user,
+            "-device",
+            "e1000,netdev=u0,id=nic1",
+        ])
+        .spawn();
+    let ask = |cmd: &str| {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            match std::panic::catch_unwind(|| ns.qmp(qp, cmd)) {
+                Ok(v) => return v,
+                Err(e) if std::time::Instant::now() > deadline => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    let hmp = |line: &str| {
+        let v = ask(&serde_json::json!({"execute": "human-monitor-command",
+                                "arguments": {"command-line": line}})
+        .to_string());
+        v["return"].as_str().unwrap_or_default().to_string()
+    };
+    let connects = || {
+        let out = ns.run(
+            "python3",
+            &[
+                "-c",
+                &format!("import socket\nprint(socket.socket().connect_ex(('127.0.0.1', {hp})))"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "0"
+    };
+    let del = |id: &str| {
+        ask(&serde_json::json!({"execute": "netdev_del", "arguments": {"id": id}}).to_string())
+    };
+    assert!(hmp("info network").contains(" \\ n0: index=0,type=tap,ifname=tdel1"));
+    assert!(ns.run("ip", &["link", "show", "tdel1"]).status.success());
+    assert!(connects());
+    assert_eq!(del("n0")["return"], serde_json::json!({}));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "tdel1\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ns.run("ip", &["link", "show", "tdel1"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "tdel1 still there");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(del("u0")["return"], serde_json::json!({}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while connects() {
+        assert!(std::time::Instant::now() < deadline, "port {hp} still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let net = hmp("info network");
+    assert!(
+        net.contains("nic0: index=0,type=nic,model=virtio-net-pci")
+            && net.contains("nic1: index=0,type=nic,model=e1000")
+            && !net.contains("n0:")
+            && !net.contains("u0:"),
+        "{net}"
+    );
+    let e = hmp("hostfwd_add u0 tcp::2222-:22");
+    assert!(e.contains("unknown netdev 'u0'"), "{e}");
+    assert_eq!(
+        del("n0")["error"]["desc"],
+        "Device 'n0' not found",
+        "deleted once"
+    );
+    // The id is free again.
+    assert_eq!(hmp("netdev_add user,id=n0"), "");
+    assert!(hmp("info status").contains("running"));
+    let _ = ask(r#"{"execute": "quit"}"#);
+    let _ = vm.wait(T);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "tdel1\n",
+        "the down script ran once"
+    );
+}
+
 /// `netdev_add` opens a backend in a running VM and `netdev_del` closes it (QMP and HMP):
 /// a user-mode backend's hostfwd port answers and then stops, a tap appears on the host
 /// and goes (its down script runs), `info network` lists what was added; a duplicate id or

@@ -72,13 +72,12 @@ impl HotNetdevs {
     /// runs; slirp's listeners close).
     pub fn del(&mut self, id: &str) -> Result<(), String> {
         let Some(i) = self.added.iter().position(|a| a.id == id) else {
-            return Err(if self.config.netdevs.iter().any(|n| n.id == id) {
-                format!(
-                    "netdev '{id}' was created at start: troupe cannot remove it while the VM runs yet"
-                )
+            // One given at start that no NIC uses was never opened: only its id goes.
+            return if self.forget(id) {
+                Ok(())
             } else {
-                format!("Device '{id}' not found")
-            });
+                Err(format!("Device '{id}' not found"))
+            };
         };
         let added = self.added.remove(i);
         self.config.netdevs.retain(|n| n.id != id);
@@ -88,6 +87,14 @@ impl HotNetdevs {
             actors::net::tap::run_script(&script, &ifname).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// A netdev given at start is gone (`netdev_del`): its id may be used again. False if
+    /// there was none.
+    pub fn forget(&mut self, id: &str) -> bool {
+        let n = self.config.netdevs.len();
+        self.config.netdevs.retain(|nd| nd.id != id);
+        self.config.netdevs.len() != n
     }
 
     /// Close every added backend (the VM is ending): the down scripts to run.

@@ -31,6 +31,8 @@ pub enum NicKind {
         stats: Arc<actors::virtio::net::NetStats>,
         /// Frames the VMM sends itself (announcements), picked up when the worker wakes.
         inject: Arc<Mutex<Vec<Vec<u8>>>>,
+        /// Tells the worker to drop its backends (`netdev_del`).
+        detach: Arc<AtomicBool>,
     },
     E1000(Arc<E1000Host>),
 }
@@ -50,6 +52,11 @@ pub struct Nic {
     pub error: Arc<Mutex<Option<String>>>,
     pub slirp: Option<SlirpHandle>,
     pub kind: NicKind,
+    /// The tap's down script and interface name, if it has one (run at `netdev_del` or
+    /// as the VM ends).
+    pub downscript: Option<(std::path::PathBuf, String)>,
+    /// `netdev_del` took the backend away: the NIC stays, with no peer.
+    pub detached: Arc<AtomicBool>,
 }
 
 impl Nic {
@@ -96,6 +103,25 @@ impl Nic {
                 }
             }
             NicKind::E1000(h) => h.send(vec![frame]),
+        }
+    }
+
+    /// Whether the NIC has a backend (it had one and `netdev_del` did not take it).
+    pub fn has_peer(&self) -> bool {
+        !self.netdev.is_empty() && !self.detached.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `netdev_del` of this NIC's backend: it is closed and the NIC stays, with no peer
+    /// (frames are dropped), as QEMU leaves it.
+    pub fn detach(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.detached.store(true, Relaxed);
+        match &self.kind {
+            NicKind::Virtio { host, detach, .. } => {
+                detach.store(true, Relaxed);
+                let _ = host.waker().write(1);
+            }
+            NicKind::E1000(h) => h.detach_backend(),
         }
     }
 
@@ -414,6 +440,7 @@ pub fn build_e1000(
     p: E1000Parts<'_>,
     downscripts: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Result<Nic> {
+    let before = downscripts.len();
     let (backend, desc, slirp) = open_backend(
         BackendParts {
             cfg: p.cfg,
@@ -469,5 +496,7 @@ pub fn build_e1000(
         error: host.error.clone(),
         slirp,
         kind: NicKind::E1000(host),
+        downscript: downscripts.get(before).cloned(),
+        detached: Arc::default(),
     })
 }

@@ -50,6 +50,8 @@ struct VirtioNicParts {
     link: Arc<std::sync::atomic::AtomicBool>,
     error: Arc<std::sync::Mutex<Option<String>>>,
     inject: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    detach: Arc<std::sync::atomic::AtomicBool>,
+    downscript: Option<(std::path::PathBuf, String)>,
 }
 
 impl VirtioDevices {
@@ -223,6 +225,7 @@ pub fn build(
                 queues,
                 ..
             } => {
+                let before = out.downscripts.len();
                 let (backend, desc, slirp) = super::nic::open_backend(
                     super::nic::BackendParts {
                         cfg,
@@ -264,6 +267,8 @@ pub fn build(
                     link: worker.link.clone(),
                     error: worker.error.clone(),
                     inject: worker.inject.clone(),
+                    detach: worker.detach.clone(),
+                    downscript: out.downscripts.get(before).cloned(),
                 });
                 let name = format!("virtio-net{nnet}");
                 nnet += 1;
@@ -341,7 +346,10 @@ pub fn build(
                     filter: p.filter,
                     stats: p.stats,
                     inject: p.inject,
+                    detach: p.detach,
                 },
+                downscript: p.downscript,
+                detached: Arc::default(),
             });
         }
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {

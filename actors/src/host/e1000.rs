@@ -84,6 +84,12 @@ impl E1000Host {
         (s.rx_dropped, s.tx_dropped)
     }
 
+    /// The backend goes (`netdev_del`): from now on the NIC has no peer and frames are
+    /// dropped. Closing it also takes its descriptor out of the receive thread's epoll.
+    pub fn detach_backend(&self) {
+        *lock(&self.backend) = Backend::Gone;
+    }
+
     /// Send frames to the backend (the guest's, or the VMM's own announcements).
     pub fn send(&self, frames: Vec<Vec<u8>>) {
         if frames.is_empty() {

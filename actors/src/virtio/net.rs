@@ -47,6 +47,9 @@ pub struct NetWorker {
     filter: SharedRxFilter,
     /// Frames the VMM itself sends on this NIC (announcements), sent at the next wake.
     pub inject: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Set (then a wake) by `netdev_del`: the backends go at the next wake, and the NIC
+    /// has no peer from then on.
+    pub detach: Arc<std::sync::atomic::AtomicBool>,
     /// Receive buffers taken from the ring for a merged frame that did not fit; used first
     /// for the next frame (a ring cannot take a buffer back).
     rx_spare: Vec<std::collections::VecDeque<Chain>>,
@@ -58,6 +61,7 @@ impl NetWorker {
         Self {
             filter,
             inject: Arc::default(),
+            detach: Arc::default(),
             rx_spare: backends.iter().map(|_| Default::default()).collect(),
             active: 1,
             backends,
@@ -291,6 +295,11 @@ impl QueueWorker for NetWorker {
     }
 
     fn wake(&mut self, ctx: &mut Ctx) {
+        if self.detach.swap(false, Ordering::Relaxed) {
+            // Dropping them closes the taps (and their epoll entries), ends a slirp
+            // instance or a socket connection.
+            self.backends.iter_mut().for_each(|b| *b = Backend::Gone);
+        }
         let frames = std::mem::take(&mut *self.inject.lock().unwrap_or_else(|p| p.into_inner()));
         for f in frames {
             let sent = self.link.load(Ordering::Relaxed) && self.backends[0].send(&f);
