@@ -39,7 +39,7 @@ pub enum SocketError {
 
 /// What the threads share: the connection in use, for the writer and for closing.
 struct Link {
-    stream: Mutex<Option<TcpStream>>,
+    stream: Mutex<Option<Arc<TcpStream>>>,
     listener: Option<TcpListener>,
     closed: AtomicBool,
 }
@@ -173,11 +173,9 @@ impl Reader {
     /// Frames from one peer until it goes (or breaks the framing).
     fn serve(&self, s: TcpStream) {
         let _ = s.set_nodelay(true);
-        match s.try_clone() {
-            Ok(w) => *lock(&self.link.stream) = Some(w),
-            Err(_) => return,
-        }
-        let mut r = std::io::BufReader::with_capacity(1 << 16, s);
+        let s = Arc::new(s);
+        *lock(&self.link.stream) = Some(s.clone());
+        let mut r = std::io::BufReader::with_capacity(1 << 16, &*s);
         loop {
             let mut len = [0u8; 4];
             if r.read_exact(&mut len).is_err() {
@@ -209,8 +207,8 @@ impl Reader {
 fn write_loop(frames: &Receiver<Vec<u8>>, link: &Link, dropped: &AtomicU64) {
     let mut out = Vec::with_capacity(4 + MAX_FRAME);
     while let Ok(f) = frames.recv() {
-        let mut stream = lock(&link.stream).as_ref().and_then(|s| s.try_clone().ok());
-        let Some(s) = stream.as_mut() else {
+        let stream = lock(&link.stream).clone();
+        let Some(s) = stream else {
             dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -227,7 +225,7 @@ fn write_loop(frames: &Receiver<Vec<u8>>, link: &Link, dropped: &AtomicU64) {
                 Err(_) => break,
             }
         }
-        if s.write_all(&out).is_err() {
+        if (&*s).write_all(&out).is_err() {
             dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
