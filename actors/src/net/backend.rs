@@ -144,7 +144,7 @@ impl Backend {
     /// backend: those of a tap with virtio-net headers; none elsewhere.
     pub fn offloads(&self) -> u32 {
         match self {
-            Backend::Tap(tap) if tap.vnet_hdr => tap.offloads,
+            Backend::Tap(tap) => tap.offloads,
             _ => 0,
         }
     }
@@ -154,7 +154,7 @@ impl Backend {
     /// now on. Returns false if the tap refused (then no offloads may be used).
     pub fn set_vnet(&mut self, hdr_len: usize, offload: u32) -> bool {
         match self {
-            Backend::Tap(tap) if tap.vnet_hdr => {
+            Backend::Tap(tap) if tap.vnet_hdr() => {
                 tap.set_vnet_len(hdr_len).is_ok() && tap.set_offload(offload).is_ok()
             }
             _ => true,

@@ -51,10 +51,10 @@ pub enum TapError {
 pub struct Tap {
     pub file: File,
     pub name: String,
-    /// Frames carry a virtio-net header (IFF_VNET_HDR) of `vnet_len` bytes.
-    pub vnet_hdr: bool,
+    /// Frames carry a virtio-net header (IFF_VNET_HDR) of this many bytes; 0 without.
     vnet_len: usize,
-    /// The offloads the kernel accepted when probed ([`offload`] bits).
+    /// The offloads the kernel accepted when probed ([`offload`] bits; none without
+    /// virtio-net headers).
     pub offloads: u32,
     /// A multiqueue tap's other queues (detached until a NIC uses them).
     pub more: Vec<File>,
@@ -79,7 +79,6 @@ impl Tap {
         let mut t = Tap {
             file,
             name,
-            vnet_hdr,
             vnet_len: 0,
             offloads: 0,
             more: Vec::new(),
@@ -104,22 +103,21 @@ impl Tap {
     /// One tap per queue (this one first), each with the same interface and settings.
     pub fn split(mut self) -> Vec<Tap> {
         let more = std::mem::take(&mut self.more);
-        let (name, vnet, len, offloads) = (
-            self.name.clone(),
-            self.vnet_hdr,
-            self.vnet_len,
-            self.offloads,
-        );
+        let (name, len, offloads) = (self.name.clone(), self.vnet_len, self.offloads);
         let mut all = vec![self];
         all.extend(more.into_iter().map(|file| Tap {
             file,
             name: name.clone(),
-            vnet_hdr: vnet,
             vnet_len: len,
             offloads,
             more: Vec::new(),
         }));
         all
+    }
+
+    /// Whether frames carry virtio-net headers (IFF_VNET_HDR).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_len > 0
     }
 
     /// The virtio-net header length on this tap (0 without IFF_VNET_HDR).
@@ -131,9 +129,7 @@ impl Tap {
     pub fn set_vnet_len(&mut self, len: usize) -> std::io::Result<()> {
         let v = len as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int we own.
-        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETVNETHDRSZ, &v) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        ioctl_done(unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETVNETHDRSZ, &v) })?;
         self.vnet_len = len;
         Ok(())
     }
@@ -142,10 +138,9 @@ impl Tap {
     /// reader takes ([`offload`] bits).
     pub fn set_offload(&self, bits: u32) -> std::io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, bits as libc::c_ulong) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        ioctl_done(unsafe {
+            libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, bits as libc::c_ulong)
+        })
     }
 }
 
@@ -220,10 +215,16 @@ pub fn set_queue(f: &File, attached: bool) -> std::io::Result<()> {
         IFF_DETACH_QUEUE
     };
     // SAFETY: TUNSETQUEUE reads the ifreq we own.
-    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETQUEUE, &mut ifr) } < 0 {
-        return Err(std::io::Error::last_os_error());
+    ioctl_done(unsafe { libc::ioctl(f.as_raw_fd(), TUNSETQUEUE, &mut ifr) })
+}
+
+/// An ioctl's return value as a result (the error from errno).
+fn ioctl_done(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
-    Ok(())
 }
 
 /// A tap descriptor the caller passed in (`fd=`).

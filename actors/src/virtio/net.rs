@@ -74,7 +74,7 @@ impl NetWorker {
 
     /// Frames from every pair's backend to its receive queue.
     fn receive(&mut self, ctx: &mut Ctx) {
-        for pair in 0..self.active.min(self.backends.len()) {
+        for pair in 0..self.active {
             self.receive_pair(ctx, pair);
         }
     }
@@ -219,8 +219,11 @@ impl NetWorker {
             return false;
         }
         self.active = n;
-        for (i, b) in self.backends.iter().enumerate() {
-            b.set_queue_enabled(i < n);
+        // Only a multiqueue tap has queues to attach and detach.
+        if self.backends.len() > 1 {
+            for (i, b) in self.backends.iter().enumerate() {
+                b.set_queue_enabled(i < n);
+            }
         }
         true
     }
