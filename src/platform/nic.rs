@@ -287,20 +287,16 @@ pub fn open_netdev(
         }
         crate::config::NetdevKind::Socket { listen, connect } => {
             use actors::net::socket::Mode;
-            let (spec, listening) = match (listen, connect) {
-                (Some(l), _) => (l, true),
-                (None, Some(c)) => (c, false),
+            let (spec, mode): (_, fn(std::net::SocketAddr) -> Mode) = match (listen, connect) {
+                (Some(l), _) => (l, Mode::Listen),
+                (None, Some(c)) => (c, Mode::Connect),
                 (None, None) => return Err(anyhow!("-netdev {id}: listen= or connect= needed")),
             };
             let addr = spec
                 .resolve()
                 .map_err(|e| anyhow!("-netdev {id}: {}:{}: {e}", spec.host, spec.port))?;
-            let mode = if listening {
-                Mode::Listen(addr)
-            } else {
-                Mode::Connect(addr)
-            };
-            let port = actors::net::socket::start(id, mode).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+            let port = actors::net::socket::start(id, mode(addr))
+                .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
             Backend::Socket(port)
         }
         crate::config::NetdevKind::Hubport { .. } => {

@@ -258,20 +258,12 @@ impl SlirpPort {
         let mut polls = std::mem::take(&mut g.nic_polls);
         polls.clear();
         let mut timeout: u32 = 0;
-        let opaque = |p: &mut Vec<libc::pollfd>| p as *mut Vec<libc::pollfd> as *mut c_void;
-        // SAFETY: the instance is live and the lock held; add_poll gets this poll set.
-        unsafe { sys::slirp_pollfds_fill(slirp, &mut timeout, Some(add_poll), opaque(&mut polls)) };
+        // SAFETY: the instance is live and the lock is held.
+        unsafe { fill_polls(slirp, &mut polls, &mut timeout) };
         // SAFETY: a valid array of its length; no waiting.
         let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 0) };
-        // SAFETY: as above; get_revents reads this poll set.
-        unsafe {
-            sys::slirp_pollfds_poll(
-                slirp,
-                c_int::from(r < 0),
-                Some(get_revents),
-                opaque(&mut polls),
-            )
-        };
+        // SAFETY: as above.
+        unsafe { serve_polls(slirp, &mut polls, r < 0) };
         g.nic_polls = polls;
         g.generation += 1;
         drop(g);
@@ -389,7 +381,7 @@ unsafe extern "C" fn unregister_poll_fd(_fd: c_int, _opaque: *mut c_void) {}
 unsafe extern "C" fn notify(_opaque: *mut c_void) {}
 
 unsafe extern "C" fn add_poll(fd: c_int, events: c_int, opaque: *mut c_void) -> c_int {
-    // SAFETY: opaque is the slirp thread's poll set, passed to slirp_pollfds_fill.
+    // SAFETY: opaque is the poll set fill_polls passed to slirp_pollfds_fill.
     let pollfds = unsafe { &mut *(opaque as *mut Vec<libc::pollfd>) };
     let mut ev = 0;
     if events & sys::SLIRP_POLL_IN != 0 {
@@ -410,7 +402,7 @@ unsafe extern "C" fn add_poll(fd: c_int, events: c_int, opaque: *mut c_void) -> 
 }
 
 unsafe extern "C" fn get_revents(idx: c_int, opaque: *mut c_void) -> c_int {
-    // SAFETY: opaque is the slirp thread's poll set, passed to slirp_pollfds_poll.
+    // SAFETY: opaque is the poll set serve_polls passed to slirp_pollfds_poll.
     let pollfds = unsafe { &*(opaque as *const Vec<libc::pollfd>) };
     let Some(p) = pollfds.get(idx as usize) else {
         return 0;
@@ -472,6 +464,28 @@ unsafe fn add_fwd(
     r >= 0
 }
 
+/// Add the sockets slirp wants polled to `polls`, lowering `timeout` (ms) to slirp's next
+/// deadline.
+///
+/// # Safety
+/// `slirp` must be live, with [`Shared`] locked.
+unsafe fn fill_polls(slirp: *mut sys::Slirp, polls: &mut Vec<libc::pollfd>, timeout: &mut u32) {
+    let opaque = polls as *mut Vec<libc::pollfd> as *mut c_void;
+    // SAFETY: per the function's contract; add_poll gets this poll set.
+    unsafe { sys::slirp_pollfds_fill(slirp, timeout, Some(add_poll), opaque) };
+}
+
+/// Let slirp serve the sockets `polls` (as [`fill_polls`] filled it, then polled) found
+/// ready; `failed`: the poll itself failed.
+///
+/// # Safety
+/// As [`fill_polls`], and no fill since the one that made `polls`.
+unsafe fn serve_polls(slirp: *mut sys::Slirp, polls: &mut Vec<libc::pollfd>, failed: bool) {
+    let opaque = polls as *mut Vec<libc::pollfd> as *mut c_void;
+    // SAFETY: per the function's contract; get_revents reads this poll set.
+    unsafe { sys::slirp_pollfds_poll(slirp, c_int::from(failed), Some(get_revents), opaque) };
+}
+
 fn addr6(a: Option<std::net::Ipv6Addr>) -> sys::in6_addr {
     sys::in6_addr {
         s6_addr: a.map_or([0; 16], |a| a.octets()),
@@ -515,7 +529,6 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
             })));
             let opaque = state.0 as *mut c_void;
             let mut pollfds: Vec<libc::pollfd> = Vec::new();
-            let polls = |p: &mut Vec<libc::pollfd>| p as *mut Vec<libc::pollfd> as *mut c_void;
             let hostname = cstr(&opts.hostname);
             let domain = cstr(&opts.domainname);
             let tftp = cstr(&opts.tftp);
@@ -694,15 +707,8 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                     events: libc::POLLIN,
                     revents: 0,
                 });
-                // SAFETY: slirp is live; add_poll gets the poll set.
-                unsafe {
-                    sys::slirp_pollfds_fill(
-                        slirp,
-                        &mut timeout,
-                        Some(add_poll),
-                        polls(&mut pollfds),
-                    )
-                };
+                // SAFETY: slirp is live and Shared locked.
+                unsafe { fill_polls(slirp, &mut pollfds, &mut timeout) };
                 // SAFETY: the State is only reached with Shared locked, as it is.
                 let st = unsafe { &*state.0 };
                 let now_ms = st.start.elapsed().as_millis() as i64;
@@ -730,15 +736,8 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
                 // If the NIC made a pass meanwhile, this set's places are stale: what was
                 // ready still is, and the next round polls it again.
                 if g.generation == filled {
-                    // SAFETY: slirp is live; get_revents reads the poll set.
-                    unsafe {
-                        sys::slirp_pollfds_poll(
-                            slirp,
-                            c_int::from(r < 0),
-                            Some(get_revents),
-                            polls(&mut pollfds),
-                        )
-                    };
+                    // SAFETY: slirp is live and Shared locked.
+                    unsafe { serve_polls(slirp, &mut pollfds, r < 0) };
                 }
                 // Timers due.
                 // SAFETY: as above, with Shared locked.
