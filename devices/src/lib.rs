@@ -25,7 +25,7 @@ pub mod virtio;
 
 use std::sync::Arc;
 
-pub use state::{Snapshot, StateError};
+pub use state::{check_roundtrip, restore_section, save_section, Section, Snapshot, StateError};
 
 /// A device that answers guest port or memory accesses in the range it was mapped at.
 ///
