@@ -581,8 +581,14 @@ pub fn build(
         monitor_attached: !cfg.monitors.is_empty(),
     };
     let guest_mem = machine.mem.clone();
-    let (supervisor, handle) =
-        Supervisor::new(sup_cfg, vcpus.clone(), Arc::new(machine), events_rx);
+    let controls = machine.devices.controls();
+    let (supervisor, handle) = Supervisor::new(
+        sup_cfg,
+        vcpus.clone(),
+        controls,
+        Arc::new(machine),
+        events_rx,
+    );
     for m in muxes.values() {
         m.set_supervisor(handle.clone());
     }

@@ -320,6 +320,14 @@ impl DeviceSet {
         Ok(())
     }
 
+    /// Every device actor the supervisor pauses and resumes with the VM, in the order
+    /// they were built: the RTC's timer, then the PCI devices' workers.
+    pub fn controls(&self) -> Vec<actors::runtime::ControlHandle> {
+        let mut c = vec![self.rtc.control.clone()];
+        c.extend(self.virtio.controls());
+        c
+    }
+
     /// `system_powerdown`: press the ACPI power button.
     pub fn power_button(&self) -> bool {
         lock(&self.pm).press_power_button();

@@ -60,6 +60,20 @@ impl VirtioDevices {
             h.reset();
         }
     }
+
+    /// The control mailboxes of the actors that touch guest memory outside the exit
+    /// path: each virtio device's worker and each e1000's receive thread.
+    pub fn controls(&self) -> Vec<actors::runtime::ControlHandle> {
+        let e1000s = self.nics.iter().filter_map(|n| match &n.kind {
+            super::nic::NicKind::E1000(h) => Some(h.control()),
+            super::nic::NicKind::Virtio { .. } => None,
+        });
+        self.hosts
+            .iter()
+            .map(|h| h.control())
+            .chain(e1000s)
+            .collect()
+    }
 }
 
 /// The chardevs virtio consoles and user-mode `guestfwd=` rules talk to.

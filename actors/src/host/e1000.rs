@@ -17,6 +17,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::bus::{lock, BusHandler};
 use crate::net::backend::{Backend, Recv};
+use crate::runtime::{ControlHandle, ThreadControl, Transition};
 
 /// One e1000 and its backend.
 pub struct E1000Host {
@@ -28,6 +29,9 @@ pub struct E1000Host {
     pub link: Arc<AtomicBool>,
     /// Why the backend stopped working, for `info network`.
     pub error: Arc<Mutex<Option<String>>>,
+    /// The receive thread's control mailbox (the only place the e1000 writes guest memory
+    /// from outside a vCPU exit).
+    control: ControlHandle,
 }
 
 impl E1000Host {
@@ -38,6 +42,14 @@ impl E1000Host {
         mem: GuestMemoryMmap,
         backend: Backend,
     ) -> std::io::Result<Arc<Self>> {
+        let fd = backend.fd();
+        let (thread_control, control) = match fd {
+            Some(_) => {
+                let (t, c) = ThreadControl::new(name)?;
+                (Some(t), c)
+            }
+            None => (None, ControlHandle::immediate(name)),
+        };
         let host = Arc::new(Self {
             name: name.to_string(),
             model: Arc::new(Mutex::new(model)),
@@ -45,17 +57,35 @@ impl E1000Host {
             backend: Arc::new(Mutex::new(backend)),
             link: Arc::new(AtomicBool::new(true)),
             error: Arc::default(),
+            control,
         });
-        let fd = lock(&host.backend).fd();
-        if let Some(fd) = fd {
-            let epoll = Epoll::new()?;
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))?;
-            let h = host.clone();
-            std::thread::Builder::new()
-                .name(format!("troupe-{name}"))
-                .spawn(move || h.receive_loop(&epoll))?;
+        match (fd, thread_control) {
+            (Some(fd), Some(mut thread_control)) => {
+                let epoll = Epoll::new()?;
+                epoll.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, BACKEND_TOKEN),
+                )?;
+                epoll.ctl(
+                    ControlOperation::Add,
+                    thread_control.fd(),
+                    EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
+                )?;
+                let h = host.clone();
+                std::thread::Builder::new()
+                    .name(format!("troupe-{name}"))
+                    .spawn(move || h.receive_loop(&epoll, &mut thread_control))?;
+            }
+            // No backend to receive from: nothing but vCPU exits reaches the model.
+            _ => {}
         }
         Ok(host)
+    }
+
+    /// The receive side's control mailbox (pause/resume with the VM).
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
     }
 
     pub fn model(&self) -> &Arc<Mutex<E1000>> {
@@ -110,17 +140,36 @@ impl E1000Host {
         }
     }
 
-    fn receive_loop(&self, epoll: &Epoll) {
+    fn receive_loop(&self, epoll: &Epoll, control: &mut ThreadControl) {
         let mut events = vec![EpollEvent::default(); 4];
         let mut buf = vec![0u8; 65_536];
         loop {
-            match epoll.wait(-1, &mut events) {
-                Ok(_) => {}
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!("{}: epoll: {e}", self.name);
                     return;
                 }
+            };
+            if events[..n].iter().any(|e| e.data() == CONTROL_TOKEN) {
+                // Paused, the backend's descriptor leaves the (level-triggered) set:
+                // frames wait in the backend, as on a stopped QEMU.
+                let alive = control.serve(|t| {
+                    if let Some(fd) = lock(&self.backend).fd() {
+                        let op = match t {
+                            Transition::Pause => ControlOperation::Delete,
+                            Transition::Resume => ControlOperation::Add,
+                        };
+                        let _ = epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, BACKEND_TOKEN));
+                    }
+                });
+                if !alive {
+                    return;
+                }
+            }
+            if control.paused() {
+                continue;
             }
             let mut b = lock(&self.backend);
             b.ack();
@@ -147,6 +196,9 @@ impl E1000Host {
         }
     }
 }
+
+const BACKEND_TOKEN: u64 = 0;
+const CONTROL_TOKEN: u64 = 1;
 
 struct Mmio(Arc<E1000Host>);
 struct Io(Arc<E1000Host>);

@@ -11,13 +11,15 @@ use devices::BusDevice;
 use tokio::sync::Notify;
 
 use crate::bus::{lock, BusHandler};
-use crate::runtime::{spawn_supervised, Placement, Registry, Restart};
+use crate::runtime::{spawn_supervised, Control, ControlHandle, Placement, Registry, Restart};
 
 /// Ports 0x70–0x71: the model behind its mutex; a write wakes the timer actor, since it
 /// may enable an interrupt (or change when the next one is due).
 pub struct RtcPort {
     pub model: Arc<Mutex<Rtc>>,
     wake: Arc<Notify>,
+    /// The timer actor's control mailbox: paused, it raises no interrupt.
+    pub control: ControlHandle,
 }
 
 impl BusHandler for RtcPort {
@@ -40,7 +42,10 @@ pub fn start_rtc(
 ) -> Arc<RtcPort> {
     let model = Arc::new(Mutex::new(model));
     let wake = Arc::new(Notify::new());
-    let entry = registry.register("rtc", "rtc", Placement::Runtime, || 0);
+    let (addr, mailbox) = crate::runtime::mailbox::<Control>("rtc", 8);
+    let depth = addr.clone();
+    let control = ControlHandle::new("rtc", move |c| addr.try_send(c));
+    let entry = registry.register("rtc", "rtc", Placement::Runtime, move || depth.depth());
     let m = model.clone();
     let w = wake.clone();
     let now = Arc::new(monotonic_ns);
@@ -52,18 +57,45 @@ pub fn start_rtc(
             let m = m.clone();
             let w = w.clone();
             let now = now.clone();
+            let mailbox = mailbox.clone();
             async move {
+                let mut mb = mailbox.open().await;
+                let mut paused = false;
                 loop {
-                    let next = lock(&m).next_event_ns();
-                    match next {
-                        Some(t) => {
-                            let wait = Duration::from_nanos(t.saturating_sub(now()));
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = w.notified() => {}
+                    let next = if paused {
+                        None
+                    } else {
+                        lock(&m).next_event_ns()
+                    };
+                    let wait = async {
+                        match next {
+                            Some(t) => {
+                                let wait = Duration::from_nanos(t.saturating_sub(now()));
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = w.notified() => {}
+                                }
                             }
+                            // Paused, a register write (a reset) must not start a tick.
+                            None if paused => std::future::pending().await,
+                            None => w.notified().await,
                         }
-                        None => w.notified().await,
+                    };
+                    tokio::select! {
+                        _ = wait => {}
+                        msg = mb.recv() => {
+                            match msg {
+                                // Ticks run to completion inside this task, so none
+                                // is half done here.
+                                Some(Control::Pause(reply)) => {
+                                    paused = true;
+                                    reply.send(());
+                                }
+                                Some(Control::Resume) => paused = false,
+                                None => return,
+                            }
+                            continue;
+                        }
                     }
                     lock(&m).tick();
                 }
@@ -71,5 +103,9 @@ pub fn start_rtc(
         },
         |_| {},
     );
-    Arc::new(RtcPort { model, wake })
+    Arc::new(RtcPort {
+        model,
+        wake,
+        control,
+    })
 }

@@ -7,11 +7,13 @@
 //! others to the supervisor. Every actor appears in the [`Registry`] (what `info actors`
 //! prints: kind, state, mailbox depth, restarts, host core).
 
+mod control;
 mod mailbox;
 mod registry;
 mod reply;
 mod spawn;
 
+pub use control::{Control, ControlHandle, ThreadControl, Transition};
 pub use mailbox::{mailbox, Addr, Mailbox};
 pub use registry::{ActorInfo, ActorState, Placement, Registry, RegistryEntry};
 pub use reply::{reply_channel, Reply, ReplyReceiver};

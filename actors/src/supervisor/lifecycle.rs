@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use crate::events::{EventRx, VmEvent};
-use crate::runtime::{reply_channel, ActorError, Addr, Mailbox, MessageKind, Reply};
+use crate::runtime::{reply_channel, ActorError, Addr, ControlHandle, Mailbox, MessageKind, Reply};
 use crate::vcpu::{VcpuBootState, VcpuHandle};
 
 /// QEMU's run states that troupe reaches.
@@ -213,6 +213,10 @@ pub struct Supervisor {
     state: RunState,
     cfg: SupervisorConfig,
     vcpus: Vec<VcpuHandle>,
+    /// Every device and backend actor that runs outside the vCPUs' exit path, in the
+    /// order they were built (a backend before the device that uses it): paused after
+    /// the vCPUs, last first; resumed before them, first first.
+    controls: Vec<ControlHandle>,
     machine: Arc<dyn Machine>,
     events: EventRx,
     mailbox: Mailbox<SupervisorMsg>,
@@ -223,6 +227,7 @@ impl Supervisor {
     pub fn new(
         cfg: SupervisorConfig,
         vcpus: Vec<VcpuHandle>,
+        controls: Vec<ControlHandle>,
         machine: Arc<dyn Machine>,
         events: EventRx,
     ) -> (Self, SupervisorHandle) {
@@ -233,6 +238,7 @@ impl Supervisor {
                 state: RunState::Prelaunch,
                 cfg,
                 vcpus,
+                controls,
                 machine,
                 events,
                 mailbox,
@@ -246,15 +252,46 @@ impl Supervisor {
         let _ = self.notify.send((SystemTime::now(), n));
     }
 
+    /// Quiesce the machine: the vCPUs first (no new guest requests), then every device
+    /// and backend, users before what they use. Returns once nothing writes guest memory,
+    /// raises an interrupt or touches an image.
     async fn pause_all(&mut self) {
         for v in &self.vcpus {
             if let Err(e) = v.pause().await {
                 tracing::warn!("pausing vcpu{}: {e}", v.index());
             }
         }
+        for c in self.controls.iter().rev() {
+            let mut waited = 0;
+            let pause = c.pause();
+            tokio::pin!(pause);
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), &mut pause).await {
+                    Ok(Ok(())) => break,
+                    // A dead actor writes nothing: quiescent.
+                    Ok(Err(e)) => {
+                        tracing::warn!("pausing {}: {e}", c.id());
+                        break;
+                    }
+                    Err(_) => {
+                        waited += 5;
+                        crate::report!(
+                            "troupe: {} has not paused after {waited} s (I/O in flight); still waiting",
+                            c.id()
+                        );
+                    }
+                }
+            }
+        }
     }
 
+    /// Let the machine go again: devices and backends first, the vCPUs last.
     fn resume_all(&self) {
+        for c in &self.controls {
+            if let Err(e) = c.resume() {
+                tracing::warn!("resuming {}: {e}", c.id());
+            }
+        }
         for v in &self.vcpus {
             if let Err(e) = v.resume() {
                 tracing::warn!("resuming vcpu{}: {e}", v.index());
@@ -464,7 +501,7 @@ mod tests {
             resets: AtomicUsize::new(0),
             button: true,
         });
-        let (sup, h) = Supervisor::new(cfg, vec![], m.clone(), rx);
+        let (sup, h) = Supervisor::new(cfg, vec![], vec![], m.clone(), rx);
         let j = tokio::spawn(sup.run());
         (h, tx, m, j)
     }
@@ -481,6 +518,39 @@ mod tests {
         h.cont().await.unwrap().unwrap();
         assert_eq!(sub.try_recv().unwrap().1, VmNotification::Resume);
         assert_eq!(h.status().await.unwrap(), RunState::Running);
+    }
+
+    #[tokio::test]
+    async fn stop_pauses_every_device_actor_and_cont_resumes_them_in_order() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let control = |id: &'static str| {
+            let log = log.clone();
+            ControlHandle::new(id, move |c| {
+                let what = match c {
+                    crate::runtime::Control::Pause(r) => {
+                        r.send(());
+                        "pause"
+                    }
+                    crate::runtime::Control::Resume => "resume",
+                };
+                log.lock().unwrap().push(format!("{what} {id}"));
+                Ok(())
+            })
+        };
+        let (_tx, rx) = event_channel();
+        let m = Arc::new(FakeMachine {
+            resets: AtomicUsize::new(0),
+            button: true,
+        });
+        let controls = vec![control("backend"), control("nic")];
+        let (sup, h) = Supervisor::new(SupervisorConfig::default(), vec![], controls, m, rx);
+        tokio::spawn(sup.run());
+        h.stop().await.unwrap().unwrap();
+        // Users pause before what they use; the stop is answered only once both have.
+        assert_eq!(*log.lock().unwrap(), ["pause nic", "pause backend"]);
+        log.lock().unwrap().clear();
+        h.cont().await.unwrap().unwrap();
+        assert_eq!(*log.lock().unwrap(), ["resume backend", "resume nic"]);
     }
 
     #[tokio::test]

@@ -123,6 +123,49 @@ impl QueueWorker for BlkWorker {
         self.pending.clear();
     }
 
+    fn quiesce(&mut self, ctx: &mut Ctx) {
+        // Every request at the backend completes and is reported to the driver now, so
+        // nothing is left to write guest memory or the image while the VM is stopped.
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        while !self.pending.is_empty() {
+            if let Some(e) = &mut self.engine {
+                e.engine.reap();
+            }
+            self.complete(ctx);
+            if self.pending.is_empty() {
+                break;
+            }
+            if !warned && started.elapsed() > std::time::Duration::from_secs(10) {
+                warned = true;
+                crate::report!(
+                    "troupe: {} requests still in flight after 10 s; waiting for them to stop the VM",
+                    self.pending.len()
+                );
+            }
+            match self.engine.as_ref().map(|e| e.engine.completion_fd()) {
+                Some(fd) => {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut pfd, 1, 1) };
+                }
+                None => {
+                    if let Ok(c) = self
+                        .done_rx
+                        .recv_timeout(std::time::Duration::from_millis(1))
+                    {
+                        // Put it back for complete() to answer in order.
+                        let _ = self.done_tx.send(c);
+                    }
+                }
+            }
+        }
+    }
+
     fn busy(&mut self) -> bool {
         self.engine
             .as_ref()

@@ -25,6 +25,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{lock, BusHandler};
+use crate::runtime::{ControlHandle, ThreadControl};
 pub use msi::{KvmMsix, MsiRoutes};
 pub use worker::{Ctx, QueueWorker};
 
@@ -41,6 +42,7 @@ pub struct VirtioPciHost {
     notify: Arc<Vec<EventFd>>,
     vm: Arc<VmFd>,
     worker: worker::WorkerHandle,
+    control: ControlHandle,
     installed: Mutex<Installed>,
 }
 
@@ -59,19 +61,33 @@ impl VirtioPciHost {
             .collect::<Result<_, _>>()?;
         let notify = Arc::new(notify);
         let model = Arc::new(Mutex::new(model));
-        let handle = worker::spawn(name, mem, model.clone(), notify.clone(), worker)?;
+        let (thread_control, control) = ThreadControl::new(name)?;
+        let handle = worker::spawn(
+            name,
+            mem,
+            model.clone(),
+            notify.clone(),
+            worker,
+            thread_control,
+        )?;
         Ok(Arc::new(Self {
             name: name.to_string(),
             model,
             notify,
             vm,
             worker: handle,
+            control,
             installed: Mutex::new(Installed::default()),
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The worker's control mailbox (pause/resume with the VM).
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
     }
 
     /// The PCI function to put on the bus.

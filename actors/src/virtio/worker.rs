@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
+use crate::runtime::{ThreadControl, Transition};
 
 /// How long a worker with requests in flight looks for their completion before sleeping.
 const POLL_FOR: std::time::Duration = std::time::Duration::from_micros(50);
@@ -32,6 +33,11 @@ pub trait QueueWorker: Send + 'static {
     /// The driver reset the device: finish or forget requests in flight (none may touch
     /// guest memory after this returns).
     fn reset(&mut self) {}
+    /// The VM is stopping: complete every request in flight and report it to the driver
+    /// (used ring, interrupt) before returning; nothing may reach guest memory afterwards
+    /// until the queues are processed again. Workers with no requests outstanding between
+    /// calls (their work is done within `process`/`wake`) have nothing to do.
+    fn quiesce(&mut self, _ctx: &mut Ctx) {}
     /// Requests are in flight on a backend whose completions come within microseconds (an
     /// io_uring on a local disk): the thread looks for them with [`Self::poll`] for a
     /// moment before it sleeps, saving a wake-up per request.
@@ -181,6 +187,30 @@ impl WorkerHandle {
 
 const WAKE_TOKEN: u64 = u64::MAX;
 const EXTRA_TOKEN: u64 = u64::MAX - 1;
+const CONTROL_TOKEN: u64 = u64::MAX - 2;
+
+/// Add (or take out) the descriptors that bring the guest's work and the backends' data:
+/// the queues' notify eventfds and the worker's extra descriptors. A paused worker is out
+/// of them, so what arrives meanwhile waits in the eventfds and the backends (the epoll
+/// set is level-triggered: left in, they would wake it in a loop).
+fn listen(epoll: &Epoll, notify: &[EventFd], extra: &[std::os::fd::RawFd], on: bool) {
+    let op = || {
+        if on {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        }
+    };
+    let queues = notify
+        .iter()
+        .enumerate()
+        .map(|(i, fd)| (std::os::fd::AsRawFd::as_raw_fd(fd), i as u64));
+    let extra = extra.iter().map(|&fd| (fd, EXTRA_TOKEN));
+    for (fd, token) in queues.chain(extra) {
+        // A backend closed by netdev_del is already out of the set: nothing to undo.
+        let _ = epoll.ctl(op(), fd, EpollEvent::new(EventSet::IN, token));
+    }
+}
 
 /// Start the worker thread `troupe-<name>`.
 pub(crate) fn spawn(
@@ -189,29 +219,22 @@ pub(crate) fn spawn(
     model: Arc<Mutex<VirtioPci>>,
     notify: Arc<Vec<EventFd>>,
     mut worker: Box<dyn QueueWorker>,
+    mut control: ThreadControl,
 ) -> std::io::Result<WorkerHandle> {
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let (tx, rx): (Sender<Ctl>, Receiver<Ctl>) = crossbeam_channel::unbounded();
     let epoll = Epoll::new()?;
-    for (i, fd) in notify.iter().enumerate() {
-        epoll.ctl(
-            ControlOperation::Add,
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            EpollEvent::new(EventSet::IN, i as u64),
-        )?;
-    }
+    listen(&epoll, &notify, &worker.event_fds(), true);
     epoll.ctl(
         ControlOperation::Add,
         std::os::fd::AsRawFd::as_raw_fd(wake.as_ref()),
         EpollEvent::new(EventSet::IN, WAKE_TOKEN),
     )?;
-    for fd in worker.event_fds() {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, EXTRA_TOKEN),
-        )?;
-    }
+    epoll.ctl(
+        ControlOperation::Add,
+        control.fd(),
+        EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
+    )?;
     let mut ctx = Ctx {
         mem,
         features: 0,
@@ -229,7 +252,7 @@ pub(crate) fn spawn(
             // that take longer than POLL_FOR, such as 1 MiB reads, are not spun for).
             let mut cool = 0u32;
             loop {
-                if ctx.active() && worker.busy() {
+                if ctx.active() && !control.paused() && worker.busy() {
                     if cool == 0 {
                         let until = std::time::Instant::now() + POLL_FOR;
                         let mut found = false;
@@ -254,7 +277,26 @@ pub(crate) fn spawn(
                 };
                 for ev in &events[..n] {
                     let token = ev.data();
-                    if token == WAKE_TOKEN {
+                    if token == CONTROL_TOKEN {
+                        let alive = control.serve(|t| match t {
+                            Transition::Pause => {
+                                worker.quiesce(&mut ctx);
+                                listen(&epoll, &notify, &worker.event_fds(), false);
+                            }
+                            Transition::Resume => {
+                                listen(&epoll, &notify, &worker.event_fds(), true);
+                                // Whatever the driver offered or a backend brought
+                                // while paused.
+                                for q in 0..ctx.queues.len() {
+                                    worker.process(q, &mut ctx);
+                                }
+                                worker.wake(&mut ctx);
+                            }
+                        });
+                        if !alive {
+                            return;
+                        }
+                    } else if token == WAKE_TOKEN {
                         let _ = ctx.wake.read();
                         loop {
                             match rx.try_recv() {
@@ -275,7 +317,13 @@ pub(crate) fn spawn(
                                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                             }
                         }
-                        worker.wake(&mut ctx);
+                        // Paused: backend data waits for the resume's wake.
+                        if !control.paused() {
+                            worker.wake(&mut ctx);
+                        }
+                    } else if control.paused() {
+                        // Taken out of the set at the pause; a stale event from the same
+                        // wait.
                     } else if token == EXTRA_TOKEN {
                         worker.wake(&mut ctx);
                     } else if let Some(fd) = notify.get(token as usize) {
