@@ -545,6 +545,10 @@ mod tests {
         let controls = vec![control("backend"), control("nic")];
         let (sup, h) = Supervisor::new(SupervisorConfig::default(), vec![], controls, m, rx);
         tokio::spawn(sup.run());
+        // Starting the VM resumes devices before vCPUs.
+        assert_eq!(h.status().await.unwrap(), RunState::Running);
+        assert_eq!(*log.lock().unwrap(), ["resume backend", "resume nic"]);
+        log.lock().unwrap().clear();
         h.stop().await.unwrap().unwrap();
         // Users pause before what they use; the stop is answered only once both have.
         assert_eq!(*log.lock().unwrap(), ["pause nic", "pause backend"]);
