@@ -975,7 +975,7 @@ impl Snapshot for E1000 {
         let mut regs = vec![0u32; self.regs.len()];
         for &(off, v) in &s.regs {
             let o = off as usize;
-            if o % 4 != 0 || o + 4 > MMIO_SIZE as usize {
+            if !o.is_multiple_of(4) || o + 4 > MMIO_SIZE as usize {
                 return Err(invalid(format!(
                     "register offset {off:#x} is not a register (aligned, below {MMIO_SIZE:#x})"
                 )));
@@ -995,9 +995,7 @@ impl Snapshot for E1000 {
         ] {
             let v = regs[off / 4];
             if v & !mask != 0 {
-                return Err(invalid(format!(
-                    "{name} {v:#x} has bits outside {mask:#x}"
-                )));
+                return Err(invalid(format!("{name} {v:#x} has bits outside {mask:#x}")));
             }
         }
         let limit = if s.tx_tse { MAX_TSO } else { MAX_TX_FRAME } + 1;

@@ -381,7 +381,12 @@ fn e1000_resumes_its_rings_after_restore() {
     // PHY register written, the I/O window pointed at RDH.
     assert!(e.receive(&m, &frame_to(MAC, 1)));
     w(&mut e, &m, reg::MTA + 8, 0x10);
-    w(&mut e, &m, reg::MDIC, (1 << 26) | (1 << 21) | (4 << 16) | 0x01e1);
+    w(
+        &mut e,
+        &m,
+        reg::MDIC,
+        (1 << 26) | (1 << 21) | (4 << 16) | 0x01e1,
+    );
     e.io_write(&m, 0, &(reg::RDH as u32).to_le_bytes());
     // The first 40 bytes of a frame handed over without EOP: the model holds them.
     let frame: Vec<u8> = (0..100u8).collect();
@@ -395,7 +400,10 @@ fn e1000_resumes_its_rings_after_restore() {
     let irq2 = Arc::new(FakeIrq::default());
     let m2 = copy_of(&m);
     let mut back = crate::check_roundtrip(&e, E1000::new(MAC, irq2.clone()));
-    assert!(irq2.is_high(), "the pending receive interrupt is asserted again");
+    assert!(
+        irq2.is_high(),
+        "the pending receive interrupt is asserted again"
+    );
     for off in [
         reg::CTRL,
         reg::STATUS,
@@ -440,7 +448,11 @@ fn e1000_resumes_its_rings_after_restore() {
     assert_eq!(desc(&m2), desc(&m));
     assert_eq!(r(&mut back, reg::ICR), r(&mut e, reg::ICR));
     w(&mut back, &m2, reg::MDIC, (2 << 26) | (1 << 21) | (4 << 16));
-    assert_eq!(r(&mut back, reg::MDIC) & 0xffff, 0x01e1, "the PHY write kept");
+    assert_eq!(
+        r(&mut back, reg::MDIC) & 0xffff,
+        0x01e1,
+        "the PHY write kept"
+    );
 }
 
 #[test]
@@ -460,12 +472,19 @@ fn hand_edited_e1000_sections_are_refused_naming_the_field() {
     let e = refused(&|s| s.kind = "e1000e".into());
     assert!(matches!(e, crate::StateError::Kind { .. }), "{e}");
     let e = refused(&|s| s.version = 2);
-    assert!(matches!(e, crate::StateError::Version { found: 2, .. }), "{e}");
+    assert!(
+        matches!(e, crate::StateError::Version { found: 2, .. }),
+        "{e}"
+    );
     let e = refused(&|s| {
         let regs = s.state["regs"].as_array_mut().unwrap();
         regs.push(serde_json::json!([reg::RDH, 0x1_0000]));
     });
-    assert!(e.to_string().contains("RDH 0x10000 has bits outside 0xffff"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("RDH 0x10000 has bits outside 0xffff"),
+        "{e}"
+    );
     let e = refused(&|s| {
         let regs = s.state["regs"].as_array_mut().unwrap();
         regs.push(serde_json::json!([0x2_0000, 1]));

@@ -514,9 +514,7 @@ mod tests {
         other.set_word(2, 0x1112);
         let err = space().restore(other.save()).unwrap_err().to_string();
         assert!(err.contains("read-only byte 0x02"), "{err}");
-        let short = ConfigSpaceState {
-            regs: vec![0; 64],
-        };
+        let short = ConfigSpaceState { regs: vec![0; 64] };
         let err = space().restore(short).unwrap_err().to_string();
         assert!(err.contains("64 bytes"), "{err}");
     }

@@ -226,10 +226,7 @@ macro_rules! config_space_snapshot {
                 }
             }
 
-            fn restore(
-                &mut self,
-                s: $crate::pci::FunctionState,
-            ) -> Result<(), $crate::StateError> {
+            fn restore(&mut self, s: $crate::pci::FunctionState) -> Result<(), $crate::StateError> {
                 $crate::Snapshot::restore(&mut self.space, s.config)
                     .map_err(|e| e.within(Self::KIND, "config"))
             }
@@ -347,7 +344,10 @@ mod tests {
 
     fn host_with_vga() -> PciHost {
         let mut h = PciHost::new();
-        h.add((2, 0), Arc::new(Mutex::new(PlainFunction::new(vga_space()))));
+        h.add(
+            (2, 0),
+            Arc::new(Mutex::new(PlainFunction::new(vga_space()))),
+        );
         h
     }
 

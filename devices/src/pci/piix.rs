@@ -181,7 +181,10 @@ mod tests {
         let err = crate::restore_section(&mut Piix3Isa::new(), &relabelled)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("piix3") && err.contains("config: read-only byte 0x02"), "{err}");
+        assert!(
+            err.contains("piix3") && err.contains("config: read-only byte 0x02"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -588,8 +588,14 @@ mod tests {
             let mut f = lock_filter(&shared);
             assert_eq!(f.command(ctrl::CLASS_RX, ctrl::RX_PROMISC, &[0]), ctrl::OK);
             let t = table(&[[0x52, 0x54, 0, 0, 0, 7]], &[MCAST]);
-            assert_eq!(f.command(ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, &t), ctrl::OK);
-            assert_eq!(f.command(ctrl::CLASS_MAC, ctrl::MAC_ADDR_SET, &OTHER), ctrl::OK);
+            assert_eq!(
+                f.command(ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, &t),
+                ctrl::OK
+            );
+            assert_eq!(
+                f.command(ctrl::CLASS_MAC, ctrl::MAC_ADDR_SET, &OTHER),
+                ctrl::OK
+            );
             f.announce = true;
         }
         n.set_link(false);
@@ -605,8 +611,18 @@ mod tests {
         assert_eq!(&space(&back)[..6], &OTHER);
         // ... and the same frames pass the restored filter (the one the actor shares).
         let restored = lock_filter(&fresh_filter).clone();
-        for dst in [MAC, OTHER, MCAST, [0x52, 0x54, 0, 0, 0, 7], [0x01, 0, 0x5e, 0, 0, 9]] {
-            assert_eq!(restored.accepts(&dst), lock_filter(&shared).accepts(&dst), "{dst:?}");
+        for dst in [
+            MAC,
+            OTHER,
+            MCAST,
+            [0x52, 0x54, 0, 0, 0, 7],
+            [0x01, 0, 0x5e, 0, 0, 9],
+        ] {
+            assert_eq!(
+                restored.accepts(&dst),
+                lock_filter(&shared).accepts(&dst),
+                "{dst:?}"
+            );
         }
         assert!(!restored.accepts(&MAC) && restored.accepts(&OTHER));
         // A device reset still goes back to the configured address.

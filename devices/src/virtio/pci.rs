@@ -745,8 +745,7 @@ impl Snapshot for VirtioPci {
                 )));
             }
         }
-        if s.status & status::FEATURES_OK != 0 && s.driver_features & !self.device_features() != 0
-        {
+        if s.status & status::FEATURES_OK != 0 && s.driver_features & !self.device_features() != 0 {
             return Err(invalid(format!(
                 "driver_features {:#x} were accepted but this device offers only {:#x}",
                 s.driver_features,
@@ -754,7 +753,10 @@ impl Snapshot for VirtioPci {
             )));
         }
         if s.isr & !3 != 0 {
-            return Err(invalid(format!("isr {:#x} has bits other than 0 and 1", s.isr)));
+            return Err(invalid(format!(
+                "isr {:#x} has bits other than 0 and 1",
+                s.isr
+            )));
         }
         let mut space = self.space.clone();
         space
@@ -788,8 +790,7 @@ impl Snapshot for VirtioPci {
             self.sink
                 .route(v as u16, u64::from(e[0]) | (u64::from(e[1]) << 32), e[2]);
         }
-        self.intx
-            .set_level(!self.msix_enabled() && self.isr != 0);
+        self.intx.set_level(!self.msix_enabled() && self.isr != 0);
         Ok(())
     }
 }

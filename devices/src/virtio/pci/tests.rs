@@ -125,7 +125,11 @@ fn running_nic() -> (VirtioPci, Arc<Sink>, Arc<FakeIrq>) {
     let (mut d, sink, irq) = nic();
     d.modern_write(0x14, &[status::ACKNOWLEDGE | status::DRIVER]);
     w32(&mut d, 0x08, 0);
-    w32(&mut d, 0x0c, (net::F_MAC | net::F_STATUS | net::F_CTRL_VQ) as u32);
+    w32(
+        &mut d,
+        0x0c,
+        (net::F_MAC | net::F_STATUS | net::F_CTRL_VQ) as u32,
+    );
     w32(&mut d, 0x08, 1);
     w32(&mut d, 0x0c, 1); // VERSION_1
     d.modern_write(
@@ -247,21 +251,37 @@ fn hand_edited_virtio_pci_sections_are_refused_naming_the_field() {
     assert!(matches!(e, StateError::Version { found: 2, .. }), "{e}");
     let e = refused(&mut target, &|s| s.state["queues"][0]["size"] = 300.into());
     assert!(
-        e.to_string().contains("queues[0].size 300 is not a power of two up to 256"),
+        e.to_string()
+            .contains("queues[0].size 300 is not a power of two up to 256"),
         "{e}"
     );
-    let e = refused(&mut target, &|s| s.state["queues"][1]["msix_vector"] = 9.into());
+    let e = refused(&mut target, &|s| {
+        s.state["queues"][1]["msix_vector"] = 9.into()
+    });
     assert!(e.to_string().contains("queues[1].msix_vector 9"), "{e}");
     let e = refused(&mut target, &|s| {
         s.state["msix_table"].as_array_mut().unwrap().pop();
     });
     assert!(e.to_string().contains("msix_table has 3 entries"), "{e}");
-    let e = refused(&mut target, &|s| s.state["queues"].as_array_mut().unwrap().truncate(2));
+    let e = refused(&mut target, &|s| {
+        s.state["queues"].as_array_mut().unwrap().truncate(2)
+    });
     assert!(e.to_string().contains("queues has 2 entries"), "{e}");
-    let e = refused(&mut target, &|s| s.state["driver_features"] = (1u64 << 40).into());
-    assert!(e.to_string().contains("driver_features 0x10000000000"), "{e}");
-    let e = refused(&mut target, &|s| s.state["device"]["kind"] = "virtio-blk".into());
-    assert!(e.to_string().contains("holds virtio-blk state, not virtio-net"), "{e}");
+    let e = refused(&mut target, &|s| {
+        s.state["driver_features"] = (1u64 << 40).into()
+    });
+    assert!(
+        e.to_string().contains("driver_features 0x10000000000"),
+        "{e}"
+    );
+    let e = refused(&mut target, &|s| {
+        s.state["device"]["kind"] = "virtio-blk".into()
+    });
+    assert!(
+        e.to_string()
+            .contains("holds virtio-blk state, not virtio-net"),
+        "{e}"
+    );
     let e = refused(&mut target, &|s| s.state["config"]["regs"][0] = 0x86.into());
     assert!(e.to_string().contains("config: read-only byte 0x00"), "{e}");
     // Nothing of a refused section was applied.
