@@ -143,7 +143,7 @@ impl PciFunction for Piix4Pm {
 
 // PIRQ routing and the PM/SMBus bases live in the configuration spaces.
 super::config_space_snapshot!(Piix3Isa, "piix3");
-super::config_space_snapshot!(Piix4Pm, "piix4-pm");
+super::config_space_snapshot!(Piix4Pm, "piix4-pm-pci");
 
 #[cfg(test)]
 mod tests {
