@@ -848,7 +848,7 @@ fn segment(pkt: &[u8], c: &TxContext, popts: u8) -> Vec<Vec<u8>> {
             f.extend_from_slice(chunk);
             let len = f.len();
             if c.ipv4 {
-                put16(&mut f, c.ipcss + 2, (len - c.ipcss) as u16);
+                put16(&mut f, c.ipcss + 2, len.saturating_sub(c.ipcss) as u16);
                 let id = be16(&f, c.ipcss + 4).wrapping_add(i as u16);
                 put16(&mut f, c.ipcss + 4, id);
             } else {

@@ -498,3 +498,25 @@ fn hand_edited_e1000_sections_are_refused_naming_the_field() {
     let e = crate::restore_section(&mut other, &section).unwrap_err();
     assert!(e.to_string().contains("mac is"), "{e}");
 }
+
+#[test]
+fn a_segmentation_context_pointing_past_the_packet_sends_without_underflow() {
+    let (mut e, _, m) = nic();
+    // IPv4 header "at" byte 200 of a 30-byte packet: nonsense from the guest, which must
+    // not bring the device model down.
+    let mut c = tcp_context();
+    c[0] = 200;
+    c[11] |= 0x07;
+    c[13] = 20;
+    c[14..16].copy_from_slice(&10u16.to_le_bytes());
+    m.write_slice(&c, GuestAddress(TX_RING)).unwrap();
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&TX_BUF.to_le_bytes());
+    d[8..10].copy_from_slice(&30u16.to_le_bytes());
+    d[10] = 1 << 4;
+    d[11] = TXD_DEXT | TXD_EOP | 0x04;
+    m.write_slice(&d, GuestAddress(TX_RING + 16)).unwrap();
+    let out = w(&mut e, &m, reg::TDT, 2);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].len(), 30);
+}
