@@ -294,9 +294,19 @@ mod tests {
         assert!(sci.is_high());
         p.gpe_write(0, &[0x02]);
         assert!(!sci.is_high());
-        let s = p.save();
-        let (mut q, _, _, _) = pm();
-        q.restore(s.clone()).unwrap();
-        assert_eq!(q.save(), s);
+    }
+
+    #[test]
+    fn an_enabled_event_pending_at_save_still_holds_sci_after_restore() {
+        let (mut p, _sci, _ev, _) = pm();
+        p.write(2, &PWRBTN_STS.to_le_bytes());
+        p.press_power_button();
+        p.gpe_write(2, &[0x02]);
+        let (fresh, sci2, _, _) = pm();
+        let mut q = crate::check_roundtrip(&p, fresh);
+        assert!(sci2.is_high());
+        assert_eq!(r16(&mut q, 0), r16(&mut p, 0));
+        q.write(0, &PWRBTN_STS.to_le_bytes());
+        assert!(!sci2.is_high());
     }
 }

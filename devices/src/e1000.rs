@@ -20,10 +20,11 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
-use crate::pci::{BarDef, BarKind, ConfigSpace, Ids, PciFunction};
-use crate::IrqLine;
+use crate::pci::{BarDef, BarKind, ConfigSpace, ConfigSpaceState, Ids, PciFunction};
+use crate::{IrqLine, Snapshot, StateError};
 
 pub const VENDOR: u16 = 0x8086;
 pub const DEVICE: u16 = 0x100e;
@@ -173,8 +174,8 @@ fn eeprom(mac: [u8; 6]) -> [u16; 64] {
 
 /// A microwire EEPROM conversation: the pins last written, the bits clocked in (start
 /// bit, opcode, 6-bit address), and which bit of the data goes out next.
-#[derive(Debug, Clone, Copy, Default)]
-struct Microwire {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Microwire {
     pins: u32,
     bits_in: u32,
     count_in: u32,
@@ -225,8 +226,8 @@ impl Microwire {
 }
 
 /// The transmit context set by a context descriptor (checksum offsets; segmentation).
-#[derive(Debug, Clone, Copy, Default)]
-struct TxContext {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TxContext {
     ipcss: usize,
     ipcso: usize,
     ipcse: usize,
@@ -847,7 +848,7 @@ fn segment(pkt: &[u8], c: &TxContext, popts: u8) -> Vec<Vec<u8>> {
             f.extend_from_slice(chunk);
             let len = f.len();
             if c.ipv4 {
-                put16(&mut f, c.ipcss + 2, (len - c.ipcss) as u16);
+                put16(&mut f, c.ipcss + 2, len.saturating_sub(c.ipcss) as u16);
                 let id = be16(&f, c.ipcss + 4).wrapping_add(i as u16);
                 put16(&mut f, c.ipcss + 4, id);
             } else {
@@ -904,6 +905,146 @@ fn put_checksum(frame: &mut [u8], start: usize, end: usize, at: usize, transport
         c = 0xffff;
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Everything the driver sees of an e1000 and everything it set: the PCI configuration
+/// space; the register file (ring bases, lengths, heads and tails, interrupt cause and
+/// mask, receive control and filter tables, statistics, every other register as written)
+/// as (offset, value) pairs of the registers that are not zero; the PHY registers; the
+/// microwire EEPROM conversation in progress; the I/O window's address; the transmit
+/// offload context and the frame being assembled from data descriptors not yet ended by
+/// EOP (with its options).
+///
+/// `mac` is the NIC's configured address (the EEPROM image is built from it) and must
+/// match the rebuilt NIC; the EEPROM itself is not saved (the guest cannot write it).
+/// Frames in flight are outside the model: a transmitted frame has left it, a received
+/// one is either in guest memory or not yet taken from the backend. The host's `info
+/// network` counters ([`E1000Stats`]) are not guest state and start again at zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct E1000State {
+    config: ConfigSpaceState,
+    mac: [u8; 6],
+    regs: Vec<(u32, u32)>,
+    phy: [u16; 32],
+    eecd: Microwire,
+    link_up: bool,
+    ioaddr: u32,
+    tx_context: TxContext,
+    tx_frame: Vec<u8>,
+    tx_popts: u8,
+    tx_tse: bool,
+    tx_legacy_css: Option<(usize, usize)>,
+}
+
+impl Snapshot for E1000 {
+    type State = E1000State;
+    const KIND: &'static str = "e1000";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> E1000State {
+        E1000State {
+            config: self.space.save(),
+            mac: self.mac,
+            regs: self
+                .regs
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0)
+                .map(|(i, v)| (4 * i as u32, *v))
+                .collect(),
+            phy: self.phy,
+            eecd: self.wire,
+            link_up: self.link_up,
+            ioaddr: self.ioaddr,
+            tx_context: self.ctx,
+            tx_frame: self.tx_frame.clone(),
+            tx_popts: self.tx_popts,
+            tx_tse: self.tx_tse,
+            tx_legacy_css: self.tx_legacy_css,
+        }
+    }
+
+    fn restore(&mut self, s: E1000State) -> Result<(), StateError> {
+        let invalid = |r: String| StateError::invalid(Self::KIND, r);
+        if s.mac != self.mac {
+            return Err(invalid(format!(
+                "mac is {:02x?} in the state but this NIC was built with {:02x?}",
+                s.mac, self.mac
+            )));
+        }
+        let mut regs = vec![0u32; self.regs.len()];
+        for &(off, v) in &s.regs {
+            let o = off as usize;
+            if !o.is_multiple_of(4) || o + 4 > MMIO_SIZE as usize {
+                return Err(invalid(format!(
+                    "register offset {off:#x} is not a register (aligned, below {MMIO_SIZE:#x})"
+                )));
+            }
+            regs[o / 4] = v;
+        }
+        // What the register interface masks, checked; a head or tail past the end of its
+        // ring is not refused: a guest can program one, and the model then serves nothing
+        // from that ring.
+        for (name, off, mask) in [
+            ("RDLEN", reg::RDLEN, 0xf_ff80),
+            ("TDLEN", reg::TDLEN, 0xf_ff80),
+            ("RDH", reg::RDH, 0xffff),
+            ("RDT", reg::RDT, 0xffff),
+            ("TDH", reg::TDH, 0xffff),
+            ("TDT", reg::TDT, 0xffff),
+        ] {
+            let v = regs[off / 4];
+            if v & !mask != 0 {
+                return Err(invalid(format!("{name} {v:#x} has bits outside {mask:#x}")));
+            }
+        }
+        let limit = if s.tx_tse { MAX_TSO } else { MAX_TX_FRAME } + 1;
+        if s.tx_frame.len() > limit {
+            return Err(invalid(format!(
+                "tx_frame holds {} bytes (at most {limit})",
+                s.tx_frame.len()
+            )));
+        }
+        let c = &s.tx_context;
+        for (name, v, max) in [
+            ("ipcss", c.ipcss, 0xff),
+            ("ipcso", c.ipcso, 0xff),
+            ("ipcse", c.ipcse, 0xffff),
+            ("tucss", c.tucss, 0xff),
+            ("tucso", c.tucso, 0xff),
+            ("tucse", c.tucse, 0xffff),
+            ("hdrlen", c.hdrlen, 0xff),
+            ("mss", c.mss, 0xffff),
+        ] {
+            if v > max {
+                return Err(invalid(format!("tx_context.{name} {v} is above {max}")));
+            }
+        }
+        if let Some((css, cso)) = s.tx_legacy_css {
+            if css > 0xff || cso > 0xff {
+                return Err(invalid(format!(
+                    "tx_legacy_css ({css}, {cso}) is not a pair of byte offsets"
+                )));
+            }
+        }
+        let mut space = self.space.clone();
+        space
+            .restore(s.config)
+            .map_err(|e| e.within(Self::KIND, "config"))?;
+        self.space = space;
+        self.regs = regs;
+        self.phy = s.phy;
+        self.wire = s.eecd;
+        self.link_up = s.link_up;
+        self.ioaddr = s.ioaddr;
+        self.ctx = s.tx_context;
+        self.tx_frame = s.tx_frame;
+        self.tx_popts = s.tx_popts;
+        self.tx_tse = s.tx_tse;
+        self.tx_legacy_css = s.tx_legacy_css;
+        self.update_irq();
+        Ok(())
+    }
 }
 
 impl PciFunction for E1000 {

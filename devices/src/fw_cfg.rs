@@ -398,6 +398,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_read_half_way_goes_on_after_restore() {
+        let mut f = cfg();
+        let key = f.key_of("bootorder").unwrap();
+        sel(&mut f, key);
+        assert_eq!(read(&mut f, 5), b"/pci@");
+        let mut back = crate::check_roundtrip(&f, cfg());
+        assert_eq!(read(&mut back, 8), b"i0cf8/id");
+        assert_eq!(read(&mut f, 8), b"i0cf8/id");
+    }
+
+    #[test]
     fn signature_features_and_items() {
         let mut f = cfg();
         sel(&mut f, SIGNATURE);

@@ -138,3 +138,42 @@ pub mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sections are matched to models by kind: two models sharing one would take each
+    /// other's state. Every model with a `Snapshot` is listed here.
+    #[test]
+    fn every_model_has_its_own_kind() {
+        let kinds = [
+            <acpi_pm::AcpiPm as Snapshot>::KIND,
+            <e1000::E1000 as Snapshot>::KIND,
+            <fw_cfg::FwCfg as Snapshot>::KIND,
+            <i8042::I8042 as Snapshot>::KIND,
+            <ide::Ide as Snapshot>::KIND,
+            <pci::ConfigSpace as Snapshot>::KIND,
+            <pci::PciHost as Snapshot>::KIND,
+            <pci::PlainFunction as Snapshot>::KIND,
+            <pci::i440fx::I440fx as Snapshot>::KIND,
+            <pci::piix::Piix3Isa as Snapshot>::KIND,
+            <pci::piix::Piix4Pm as Snapshot>::KIND,
+            <reset::ResetControl as Snapshot>::KIND,
+            <reset::Port92 as Snapshot>::KIND,
+            <rtc::Rtc as Snapshot>::KIND,
+            <serial::Serial as Snapshot>::KIND,
+            <vga::Vga as Snapshot>::KIND,
+            <virtio::pci::VirtioPci as Snapshot>::KIND,
+            <virtio::blk::Blk as Snapshot>::KIND,
+            <virtio::console::Console as Snapshot>::KIND,
+            <virtio::input::Tablet as Snapshot>::KIND,
+            <virtio::net::Net as Snapshot>::KIND,
+            <virtio::rng::Rng as Snapshot>::KIND,
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for k in kinds {
+            assert!(seen.insert(k), "two models save under kind {k:?}");
+        }
+    }
+}

@@ -31,6 +31,29 @@ pub enum StateError {
     Invalid { kind: &'static str, reason: String },
 }
 
+impl StateError {
+    /// A state of model `kind` that fails a check (`reason` names the field and value).
+    pub fn invalid(kind: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error as found in part `field` of model `kind`'s state (a nested
+    /// configuration space, a channel, a drive).
+    pub fn within(self, kind: &'static str, field: &str) -> Self {
+        let reason = match self {
+            Self::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        Self::Invalid {
+            kind,
+            reason: format!("{field}: {reason}"),
+        }
+    }
+}
+
 pub trait Snapshot {
     type State: Serialize + DeserializeOwned;
     /// Stable name of the model in a migration stream (`"serial"`, `"i8042"`).

@@ -337,3 +337,186 @@ fn ctrl_rst_restores_power_on_registers() {
     assert_eq!(r(&mut e, reg::IMS), 0);
     assert_ne!(r(&mut e, reg::STATUS) & STATUS_LU, 0);
 }
+
+/// Guest memory as it arrives at the destination: a copy of the source's.
+fn copy_of(m: &GuestMemoryMmap) -> GuestMemoryMmap {
+    let c = mem();
+    let mut buf = vec![0u8; 0x10_0000];
+    m.read_slice(&mut buf, GuestAddress(0)).unwrap();
+    c.write_slice(&buf, GuestAddress(0)).unwrap();
+    c
+}
+
+/// Drive EECD's microwire pins: chip select, then clock in `bits` (MSB first).
+fn eeprom_command(e: &mut E1000, m: &GuestMemoryMmap, bits: u32, count: u32) {
+    w(e, m, reg::EECD, EECD_CS);
+    for i in (0..count).rev() {
+        let di = if bits >> i & 1 != 0 { EECD_DI } else { 0 };
+        w(e, m, reg::EECD, EECD_CS | di);
+        w(e, m, reg::EECD, EECD_CS | di | EECD_SK);
+    }
+}
+
+/// Clock `n` data bits out of the EEPROM (MSB first).
+fn eeprom_bits(e: &mut E1000, m: &GuestMemoryMmap, n: u32) -> u16 {
+    let mut v = 0u16;
+    for _ in 0..n {
+        w(e, m, reg::EECD, EECD_CS);
+        v = v << 1 | u16::from(r(e, reg::EECD) & EECD_DO != 0);
+        w(e, m, reg::EECD, EECD_CS | EECD_SK);
+    }
+    v
+}
+
+fn frame_to(dst: [u8; 6], tag: u8) -> Vec<u8> {
+    let mut f = vec![tag; 64];
+    f[..6].copy_from_slice(&dst);
+    f
+}
+
+#[test]
+fn e1000_resumes_its_rings_after_restore() {
+    let (mut e, _, m) = nic();
+    // A frame received (RDH moves, RXT0 pending and asserted), a multicast hash bit set, a
+    // PHY register written, the I/O window pointed at RDH.
+    assert!(e.receive(&m, &frame_to(MAC, 1)));
+    w(&mut e, &m, reg::MTA + 8, 0x10);
+    w(
+        &mut e,
+        &m,
+        reg::MDIC,
+        (1 << 26) | (1 << 21) | (4 << 16) | 0x01e1,
+    );
+    e.io_write(&m, 0, &(reg::RDH as u32).to_le_bytes());
+    // The first 40 bytes of a frame handed over without EOP: the model holds them.
+    let frame: Vec<u8> = (0..100u8).collect();
+    m.write_slice(&frame, GuestAddress(TX_BUF)).unwrap();
+    tx_desc(&m, 0, TX_BUF, 40, 0);
+    assert!(w(&mut e, &m, reg::TDT, 1).is_empty());
+    // An EEPROM read of word 1 half done: READ opcode and address clocked in, 8 bits out.
+    eeprom_command(&mut e, &m, (MICROWIRE_READ << 6) | 1, 9);
+    let high = eeprom_bits(&mut e, &m, 8);
+
+    let irq2 = Arc::new(FakeIrq::default());
+    let m2 = copy_of(&m);
+    let mut back = crate::check_roundtrip(&e, E1000::new(MAC, irq2.clone()));
+    assert!(
+        irq2.is_high(),
+        "the pending receive interrupt is asserted again"
+    );
+    for off in [
+        reg::CTRL,
+        reg::STATUS,
+        reg::RCTL,
+        reg::TCTL,
+        reg::IMS,
+        reg::RDBAL,
+        reg::RDLEN,
+        reg::RDH,
+        reg::RDT,
+        reg::TDBAL,
+        reg::TDLEN,
+        reg::TDH,
+        reg::TDT,
+        reg::MTA + 8,
+        reg::RA,
+        reg::RA + 4,
+        reg::MDIC,
+        reg::EECD,
+    ] {
+        assert_eq!(r(&mut back, off), r(&mut e, off), "register {off:#x}");
+    }
+    let io = |e: &mut E1000| {
+        let mut b = [0u8; 4];
+        e.io_read(4, &mut b);
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(io(&mut back), 1, "the I/O window still reads RDH");
+    // The EEPROM read finishes where it stopped.
+    let low = eeprom_bits(&mut back, &m2, 8);
+    assert_eq!(high << 8 | low, 0x1200, "word 1: MAC bytes 2 and 3");
+    assert_eq!(eeprom_bits(&mut e, &m, 8), low);
+    // The next guest actions have the same effect on both: the frame's EOP descriptor
+    // sends the whole frame, the next received frame lands in descriptor 1.
+    for (nic, mem) in [(&mut e, &m), (&mut back, &m2)] {
+        tx_desc(mem, 1, TX_BUF + 40, 60, TXD_EOP | TXD_RS);
+        assert_eq!(w(nic, mem, reg::TDT, 2), vec![frame.clone()]);
+        assert!(nic.receive(mem, &frame_to([0xff; 6], 2)));
+        assert_eq!(r(nic, reg::RDH), 2);
+    }
+    let desc = |m: &GuestMemoryMmap| m.read_obj::<[u8; 16]>(GuestAddress(RX_RING + 16)).unwrap();
+    assert_eq!(desc(&m2), desc(&m));
+    assert_eq!(r(&mut back, reg::ICR), r(&mut e, reg::ICR));
+    w(&mut back, &m2, reg::MDIC, (2 << 26) | (1 << 21) | (4 << 16));
+    assert_eq!(
+        r(&mut back, reg::MDIC) & 0xffff,
+        0x01e1,
+        "the PHY write kept"
+    );
+}
+
+#[test]
+fn hand_edited_e1000_sections_are_refused_naming_the_field() {
+    let (e, _, _) = nic();
+    let section = crate::save_section("nic0", &e);
+    let fresh = || E1000::new(MAC, Arc::new(FakeIrq::default()));
+    let refused = |edit: &dyn Fn(&mut crate::Section)| {
+        let mut s = section.clone();
+        edit(&mut s);
+        let mut target = fresh();
+        let before = target.save();
+        let err = crate::restore_section(&mut target, &s).unwrap_err();
+        assert_eq!(target.save(), before, "a refused section changed the model");
+        err
+    };
+    let e = refused(&|s| s.kind = "e1000e".into());
+    assert!(matches!(e, crate::StateError::Kind { .. }), "{e}");
+    let e = refused(&|s| s.version = 2);
+    assert!(
+        matches!(e, crate::StateError::Version { found: 2, .. }),
+        "{e}"
+    );
+    let e = refused(&|s| {
+        let regs = s.state["regs"].as_array_mut().unwrap();
+        regs.push(serde_json::json!([reg::RDH, 0x1_0000]));
+    });
+    assert!(
+        e.to_string()
+            .contains("RDH 0x10000 has bits outside 0xffff"),
+        "{e}"
+    );
+    let e = refused(&|s| {
+        let regs = s.state["regs"].as_array_mut().unwrap();
+        regs.push(serde_json::json!([0x2_0000, 1]));
+    });
+    assert!(e.to_string().contains("register offset 0x20000"), "{e}");
+    let e = refused(&|s| s.state["tx_frame"] = serde_json::json!(vec![0u8; MAX_TX_FRAME + 2]));
+    assert!(e.to_string().contains("tx_frame holds 65538 bytes"), "{e}");
+    let e = refused(&|s| s.state["tx_context"]["hdrlen"] = 300.into());
+    assert!(e.to_string().contains("tx_context.hdrlen 300"), "{e}");
+    let mut other = E1000::new([2, 0, 0, 0, 0, 1], Arc::new(FakeIrq::default()));
+    let e = crate::restore_section(&mut other, &section).unwrap_err();
+    assert!(e.to_string().contains("mac is"), "{e}");
+}
+
+#[test]
+fn a_segmentation_context_pointing_past_the_packet_sends_without_underflow() {
+    let (mut e, _, m) = nic();
+    // IPv4 header "at" byte 200 of a 30-byte packet: nonsense from the guest, which must
+    // not bring the device model down.
+    let mut c = tcp_context();
+    c[0] = 200;
+    c[11] |= 0x07;
+    c[13] = 20;
+    c[14..16].copy_from_slice(&10u16.to_le_bytes());
+    m.write_slice(&c, GuestAddress(TX_RING)).unwrap();
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&TX_BUF.to_le_bytes());
+    d[8..10].copy_from_slice(&30u16.to_le_bytes());
+    d[10] = 1 << 4;
+    d[11] = TXD_DEXT | TXD_EOP | 0x04;
+    m.write_slice(&d, GuestAddress(TX_RING + 16)).unwrap();
+    let out = w(&mut e, &m, reg::TDT, 2);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].len(), 30);
+}

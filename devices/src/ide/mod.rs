@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::block::{BlockCompletion, BlockError, BlockInfo, BlockOp, BlockRequest};
-use crate::IrqLine;
+use crate::{IrqLine, Snapshot, StateError};
 
 // Status register.
 pub const BSY: u8 = 0x80;
@@ -840,6 +840,234 @@ impl Ide {
             d.status = BSY | DRDY;
             d.waiting = Some((id, w));
         }
+    }
+}
+
+/// The largest data buffer a drive holds: an ATAPI READ of 65536 blocks of 2 KiB.
+const MAX_BUF: usize = (1 << 16) * atapi::BLOCK as usize;
+
+/// One drive as the guest left it: status and error registers, the transfer in progress
+/// (PIO direction, DRQ block size, the data buffer and how far the guest has read or
+/// written it; an ATAPI packet being received), READ/WRITE MULTIPLE's block size, ATAPI
+/// sense data, a unit attention not yet reported, the tray lock and byte-count limit, and
+/// DMA data or a DMA write waiting for the guest to start the bus master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriveState {
+    /// A CD-ROM (checked against the rebuilt drive, not restored).
+    cdrom: bool,
+    status: u8,
+    error: u8,
+    buf: Vec<u8>,
+    pos: usize,
+    xfer: Xfer,
+    waiting: Option<Waiting>,
+    multiple: u8,
+    sense: (u8, u8, u8),
+    unit_attention: bool,
+    locked: bool,
+    byte_limit: usize,
+    dma_ready: bool,
+}
+
+/// One channel: the task file shared by its drives (with the LBA48 previous values), the
+/// selected drive, device control, whether its IRQ is asserted, its bus-master registers
+/// (command, status, PRD table address) and its two drive positions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelState {
+    selected: usize,
+    task_file: TaskFile,
+    devctl: u8,
+    irq_pending: bool,
+    bus_master: BusMaster,
+    drives: [Option<DriveState>; 2],
+}
+
+/// The controller: both channels.
+///
+/// Block requests the host has not completed are not state that can travel (the request
+/// lives in the drive's backend actor): the host completes every outstanding request
+/// before saving (the supervisor drains devices before it saves them), and a state that
+/// still waits for one is refused on restore, naming the drive. A DMA write waiting for
+/// the guest to start the bus master is not a request yet and travels. Which media are in
+/// the drives is host configuration: the destination opens the same images (a CD changed
+/// by the monitor included), and a drive position that is empty, or holds another kind of
+/// drive, is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdeState {
+    channels: [ChannelState; 2],
+}
+
+impl Drive {
+    fn save(&self) -> DriveState {
+        DriveState {
+            cdrom: self.cfg.cdrom,
+            status: self.status,
+            error: self.error,
+            buf: self.buf.clone(),
+            pos: self.pos,
+            xfer: self.xfer.clone(),
+            waiting: self.waiting.as_ref().map(|(_, w)| w.clone()),
+            multiple: self.multiple,
+            sense: self.sense,
+            unit_attention: self.unit_attention,
+            locked: self.locked,
+            byte_limit: self.byte_limit,
+            dma_ready: self.dma_ready,
+        }
+    }
+
+    /// Why `s` cannot be this drive's state, if it cannot.
+    fn check(&self, s: &DriveState) -> Result<(), String> {
+        let kind = |cd: bool| if cd { "a CD-ROM" } else { "a disk" };
+        if s.cdrom != self.cfg.cdrom {
+            return Err(format!(
+                "the state is of {} but this drive is {}",
+                kind(s.cdrom),
+                kind(self.cfg.cdrom)
+            ));
+        }
+        if s.buf.len() > MAX_BUF {
+            return Err(format!(
+                "buf holds {} bytes (at most {MAX_BUF})",
+                s.buf.len()
+            ));
+        }
+        match s.xfer {
+            Xfer::PioIn { chunk } | Xfer::PioOut { chunk, .. } => {
+                if chunk == 0 || chunk > 0x1_0000 {
+                    return Err(format!("xfer chunk {chunk} is not 1..=65536 bytes"));
+                }
+                if s.pos > s.buf.len() {
+                    return Err(format!(
+                        "pos {} is past the {}-byte buffer",
+                        s.pos,
+                        s.buf.len()
+                    ));
+                }
+            }
+            Xfer::Packet => {
+                if s.buf.len() >= 12 || s.pos > 1 {
+                    return Err(format!(
+                        "a packet being received holds {} bytes (less than 12) with pos {} \
+                         (0 or 1)",
+                        s.buf.len(),
+                        s.pos
+                    ));
+                }
+            }
+            Xfer::None => {
+                if s.pos > s.buf.len().max(1) {
+                    return Err(format!(
+                        "pos {} is past the {}-byte buffer",
+                        s.pos,
+                        s.buf.len()
+                    ));
+                }
+            }
+        }
+        match &s.waiting {
+            None => {}
+            Some(Waiting::DmaOutPending { len, .. }) if (1..=(1 << 16) * 512).contains(len) => {}
+            Some(Waiting::DmaOutPending { len, .. }) => {
+                return Err(format!("a DMA write of {len} bytes is waiting"));
+            }
+            Some(w) => {
+                return Err(format!(
+                    "a block request ({w:?}) was still in flight when it was saved; the \
+                     host must complete the drive's requests before saving"
+                ))
+            }
+        }
+        if !s.multiple.is_power_of_two() || s.multiple > 16 {
+            return Err(format!(
+                "multiple {} is not a power of two up to 16",
+                s.multiple
+            ));
+        }
+        if s.byte_limit > 0xfffe {
+            return Err(format!("byte_limit {} is above 0xfffe", s.byte_limit));
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, s: DriveState) {
+        self.status = s.status;
+        self.error = s.error;
+        self.buf = s.buf;
+        self.pos = s.pos;
+        self.xfer = s.xfer;
+        self.waiting = s.waiting.map(|w| (0, w));
+        self.multiple = s.multiple;
+        self.sense = s.sense;
+        self.unit_attention = s.unit_attention;
+        self.locked = s.locked;
+        self.byte_limit = s.byte_limit;
+        self.dma_ready = s.dma_ready;
+    }
+}
+
+impl Snapshot for Ide {
+    type State = IdeState;
+    const KIND: &'static str = "ide";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> IdeState {
+        let channel = |ch: &Channel| ChannelState {
+            selected: ch.selected,
+            task_file: ch.tf.clone(),
+            devctl: ch.devctl,
+            irq_pending: ch.irq_pending,
+            bus_master: ch.bm.clone(),
+            drives: [0, 1].map(|i| ch.drives[i].as_ref().map(Drive::save)),
+        };
+        IdeState {
+            channels: [channel(&self.channels[0]), channel(&self.channels[1])],
+        }
+    }
+
+    fn restore(&mut self, s: IdeState) -> Result<(), StateError> {
+        for (c, (mine, saved)) in self.channels.iter().zip(&s.channels).enumerate() {
+            let at = |what: String| StateError::invalid(Self::KIND, what);
+            if saved.selected > 1 {
+                return Err(at(format!("channels[{c}].selected is {}", saved.selected)));
+            }
+            for (i, (d, sd)) in mine.drives.iter().zip(&saved.drives).enumerate() {
+                let n = c * 2 + i;
+                match (d, sd) {
+                    (Some(d), Some(sd)) => d
+                        .check(sd)
+                        .map_err(|e| at(format!("channels[{c}].drives[{i}] (drive {n}): {e}")))?,
+                    (None, None) => {}
+                    (None, Some(_)) => {
+                        return Err(at(format!(
+                            "channels[{c}].drives[{i}]: the state has drive {n} but this \
+                             controller has none there"
+                        )))
+                    }
+                    (Some(_), None) => {
+                        return Err(at(format!(
+                            "channels[{c}].drives[{i}]: this controller has drive {n} but \
+                             the state has none there"
+                        )))
+                    }
+                }
+            }
+        }
+        for (ch, saved) in self.channels.iter_mut().zip(s.channels) {
+            ch.selected = saved.selected;
+            ch.tf = saved.task_file;
+            ch.devctl = saved.devctl;
+            ch.bm = saved.bus_master;
+            for (d, sd) in ch.drives.iter_mut().zip(saved.drives) {
+                if let (Some(d), Some(sd)) = (d, sd) {
+                    d.restore(sd);
+                }
+            }
+            ch.irq_pending = saved.irq_pending;
+            ch.irq.set_level(saved.irq_pending);
+        }
+        self.requests.clear();
+        Ok(())
     }
 }
 

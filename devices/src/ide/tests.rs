@@ -265,3 +265,136 @@ fn random_register_traffic_never_panics() {
         r.pump();
     }
 }
+
+/// A rig whose controller is `saved` restored into a fresh one (same disks, same IRQ
+/// lines, same guest memory contents as the source), as a destination would build it.
+fn restored(saved: &Rig) -> Rig {
+    let mut r = rig();
+    let fresh = std::mem::replace(&mut r.ide, rig().ide);
+    r.ide = crate::check_roundtrip(&saved.ide, fresh);
+    r.disks = saved.disks.clone();
+    let (from, to) = (saved.ide.mem.clone().unwrap(), r.ide.mem.clone().unwrap());
+    let mut all = vec![0u8; 0x10_0000];
+    from.read_slice(&mut all, GuestAddress(0)).unwrap();
+    to.write_slice(&all, GuestAddress(0)).unwrap();
+    r
+}
+
+#[test]
+fn ide_resumes_a_pio_read_mid_sector_and_a_pending_unit_attention_after_restore() {
+    let mut r = rig();
+    let want = r.disks[0].as_ref().unwrap().data[512 * 3..512 * 5].to_vec();
+    // READ SECTORS of 2 at LBA 3, and the guest has read 300 bytes of the first one.
+    r.out8(0, 2, 2);
+    r.out8(0, 3, 3);
+    r.out8(0, 6, 0xe0);
+    r.out8(0, 7, 0x20);
+    let head = r.read_bytes(0, 300);
+    // The CD-ROM's medium changed; the bus master of the secondary channel is programmed.
+    r.ide
+        .change_medium(2, r.disks[2].as_ref().map(|d| d.info()));
+    r.ide.bm_write(8 + 4, &0x2000u32.to_le_bytes());
+    r.ide.bm_write(8, &[BM_READ_TO_MEMORY]);
+
+    let mut back = restored(&r);
+    assert_eq!(back.irq14.is_high(), r.irq14.is_high());
+    assert!(back.irq14.is_high(), "the DRQ interrupt is still asserted");
+    let bm = |r: &mut Rig| {
+        let mut b = [0u8; 16];
+        r.ide.bm_read(0, &mut b);
+        b
+    };
+    assert_eq!(bm(&mut back), bm(&mut r));
+    for reg in 1..=7 {
+        assert_eq!(back.in8(0, reg), r.in8(0, reg), "primary register {reg}");
+    }
+    // The read goes on where it stopped, on both.
+    let tail = back.read_bytes(0, 1024 - 300);
+    assert_eq!(r.read_bytes(0, 1024 - 300), tail);
+    assert_eq!([head, tail].concat(), want);
+    assert_eq!(back.in8(0, 7) & (DRQ | BSY | ERR), 0);
+    // The CD-ROM reports the medium change first, then nothing, on both.
+    for rig in [&mut r, &mut back] {
+        packet(rig, [0; 12], 0xfffe);
+        assert_ne!(rig.in8(1, 7) & ERR, 0);
+        packet(rig, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+        let s = rig.read_bytes(1, 18);
+        assert_eq!((s[2], s[12]), (0x06, 0x28));
+        packet(rig, [0; 12], 0xfffe);
+        assert_eq!(rig.in8(1, 7) & ERR, 0);
+    }
+}
+
+#[test]
+fn a_dma_write_waiting_for_the_bus_master_completes_after_restore() {
+    let mut r = rig();
+    let mem = r.ide.mem.clone().unwrap();
+    let mut prd = 0x8000u32.to_le_bytes().to_vec();
+    prd.extend_from_slice(&512u16.to_le_bytes());
+    prd.extend_from_slice(&0x8000u16.to_le_bytes());
+    mem.write_slice(&prd, GuestAddress(0x1000)).unwrap();
+    mem.write_slice(&[0x5a; 512], GuestAddress(0x8000)).unwrap();
+    r.ide.bm_write(4, &0x1000u32.to_le_bytes());
+    // WRITE DMA of one sector at LBA 7; the guest has not started the engine yet.
+    r.out8(0, 2, 1);
+    r.out8(0, 3, 7);
+    r.out8(0, 6, 0xe0);
+    r.out8(0, 7, 0xca);
+    let mut back = restored(&r);
+    back.ide.bm_write(0, &[BM_START]);
+    back.pump();
+    assert_eq!(back.in8(0, 7) & (BSY | DRQ | ERR), 0);
+    assert_eq!(
+        &back.disks[0].as_ref().unwrap().data[7 * 512..8 * 512],
+        &[0x5a; 512][..]
+    );
+}
+
+#[test]
+fn an_ide_state_with_a_request_in_flight_or_a_wild_position_is_refused() {
+    let mut r = rig();
+    r.out8(0, 2, 1);
+    r.out8(0, 6, 0xe0);
+    cmd_write(&mut r.ide, 0, 7, &[0x20]); // READ SECTORS, not yet served by the host
+    let section = crate::save_section("ide0", &r.ide);
+    let e = crate::restore_section(&mut rig().ide, &section)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("drive 0") && e.contains("block request (AtaRead"),
+        "{e}"
+    );
+    r.pump();
+    let mut section = crate::save_section("ide0", &r.ide);
+    section.state["channels"][0]["drives"][0]["pos"] = 513.into();
+    let e = crate::restore_section(&mut rig().ide, &section)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pos 513 is past the 512-byte buffer"), "{e}");
+    // A controller whose secondary master is a disk, not a CD-ROM.
+    let section = crate::save_section("ide0", &r.ide);
+    let mut other = Ide::new(
+        [
+            Some(DriveConfig {
+                cdrom: false,
+                serial: "QM00001".into(),
+                medium: None,
+            }),
+            None,
+            Some(DriveConfig {
+                cdrom: false,
+                serial: "QM00003".into(),
+                medium: None,
+            }),
+            None,
+        ],
+        (Arc::new(FakeIrq::default()), Arc::new(FakeIrq::default())),
+    );
+    let e = crate::restore_section(&mut other, &section)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("drive 2") && e.contains("state is of a CD-ROM but this drive is a disk"),
+        "{e}"
+    );
+}

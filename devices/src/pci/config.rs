@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{Snapshot, StateError};
+
 pub const COMMAND: usize = 0x04;
 pub const STATUS: usize = 0x06;
 pub const BAR0: usize = 0x10;
@@ -328,6 +330,58 @@ impl ConfigSpace {
     }
 }
 
+/// The guest-visible side of a configuration space: its 256 bytes as the guest reads
+/// them (BARs as programmed, command/status, interrupt line, capability registers such as
+/// MSI-X message control, chipset registers).
+///
+/// What the guest cannot change (identity, BAR types and sizes, the capability chain, the
+/// write masks) is not restored but checked: it comes from the model as rebuilt on the
+/// destination, and a state whose read-only bits differ from it was saved by another
+/// function and is refused, naming the first byte that differs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSpaceState {
+    /// The 256 bytes of the space, in order.
+    pub regs: Vec<u8>,
+}
+
+impl Snapshot for ConfigSpace {
+    type State = ConfigSpaceState;
+    const KIND: &'static str = "pci-config";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> ConfigSpaceState {
+        ConfigSpaceState {
+            regs: self.regs.to_vec(),
+        }
+    }
+
+    fn restore(&mut self, s: ConfigSpaceState) -> Result<(), StateError> {
+        let regs: [u8; 256] = s.regs.as_slice().try_into().map_err(|_| {
+            StateError::invalid(
+                Self::KIND,
+                format!("regs holds {} bytes, not 256", s.regs.len()),
+            )
+        })?;
+        // Bits the guest can change: writable or write-1-to-clear.
+        let guest = |o: usize| self.wmask[o] | self.w1c[o];
+        if let Some(o) = (0..256).find(|&o| (regs[o] ^ self.regs[o]) & !guest(o) != 0) {
+            return Err(StateError::invalid(
+                Self::KIND,
+                format!(
+                    "read-only byte {o:#04x} is {:#04x} in the state but {:#04x} in this \
+                     function (saved by another device?)",
+                    regs[o], self.regs[o]
+                ),
+            ));
+        }
+        for (o, r) in regs.iter().enumerate() {
+            let m = guest(o);
+            self.regs[o] = (self.regs[o] & !m) | (r & m);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +489,34 @@ mod tests {
         c.set_word(STATUS, 0x2010);
         c.write(STATUS, &[0x00, 0x20]);
         assert_eq!(c.read16(STATUS), 0x0010);
+    }
+
+    #[test]
+    fn a_restored_space_decodes_the_bars_the_guest_programmed() {
+        let mut c = space();
+        c.write(BAR0, &0xfd00_0000u32.to_le_bytes());
+        c.write(BAR0 + 4, &0xc000u32.to_le_bytes());
+        c.write(BAR0 + 8, &0xfebf_0000u32.to_le_bytes());
+        c.write(BAR0 + 12, &1u32.to_le_bytes());
+        c.write(COMMAND, &[(CMD_MEM | CMD_IO) as u8, 0]);
+        c.write(INTERRUPT_LINE, &[11]);
+        let mut back = crate::check_roundtrip(&c, space());
+        assert_eq!(back.decoded_bars(), c.decoded_bars());
+        assert_eq!(back.interrupt_line(), 11);
+        // The write masks came with the rebuilt model: identity stays read-only.
+        back.write(0, &[0, 0, 0, 0]);
+        assert_eq!(back.read32(0), 0x1111_1234);
+    }
+
+    #[test]
+    fn a_space_saved_by_another_function_is_refused() {
+        let mut other = space();
+        other.set_word(2, 0x1112);
+        let err = space().restore(other.save()).unwrap_err().to_string();
+        assert!(err.contains("read-only byte 0x02"), "{err}");
+        let short = ConfigSpaceState { regs: vec![0; 64] };
+        let err = space().restore(short).unwrap_err().to_string();
+        assert!(err.contains("64 bytes"), "{err}");
     }
 
     #[test]

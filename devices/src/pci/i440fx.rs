@@ -69,9 +69,25 @@ impl PciFunction for I440fx {
     }
 }
 
+// The PAM and SMRAM registers live in the configuration space.
+super::config_space_snapshot!(I440fx, "i440fx");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_ram_settings_survive_restore() {
+        let mut h = I440fx::new();
+        h.config_write(PAM0, &[0x30]); // F0000 read/write (SeaBIOS shadowing itself)
+        h.config_write(PAM0 + 3, &[0x11]); // C8000 and CC000 read-only
+        let mut back = crate::check_roundtrip(&h, I440fx::new());
+        assert_eq!(back.pam(), h.pam());
+        assert_eq!((back.pam()[0], back.pam()[5], back.pam()[6]), (3, 1, 1));
+        // The reserved bits are still masked after restore.
+        back.config_write(PAM0, &[0x0f]);
+        assert_eq!(back.config().read8(PAM0), 0x00);
+    }
 
     #[test]
     fn pam_registers_map_to_segments() {

@@ -14,9 +14,11 @@ pub mod piix;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-pub use config::{BarDef, BarKind, ConfigSpace, Ids, Region};
+pub use config::{BarDef, BarKind, ConfigSpace, ConfigSpaceState, Ids, Region};
 
-use crate::BusDevice;
+use serde::{Deserialize, Serialize};
+
+use crate::{BusDevice, Snapshot, StateError};
 
 /// A PCI function: its configuration space plus device-specific reactions.
 pub trait PciFunction: Send {
@@ -172,6 +174,69 @@ impl BusDevice for PciHost {
     }
 }
 
+/// The host's own state: CONFIG_ADDRESS, which a guest may have written and not yet
+/// used (an interrupted read-modify-write of a configuration register).
+///
+/// The functions on the bus are not in it: each is saved by the model that owns it (a
+/// virtio transport, the e1000, the chipset functions), and the reset control register at
+/// 0xCF9 is saved as its own [`crate::reset::ResetControl`] section. Restore into a host
+/// rebuilt with the same functions in the same slots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PciHostState {
+    pub config_address: u32,
+}
+
+impl Snapshot for PciHost {
+    type State = PciHostState;
+    const KIND: &'static str = "pci-host";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> PciHostState {
+        PciHostState {
+            config_address: self.address,
+        }
+    }
+
+    fn restore(&mut self, s: PciHostState) -> Result<(), StateError> {
+        self.address = s.config_address;
+        self.written = None;
+        Ok(())
+    }
+}
+
+/// The state of a function whose only guest-visible state is its configuration space
+/// (the i440FX host bridge, the PIIX3 ISA bridge, the PIIX4 PM function, a
+/// [`PlainFunction`]): chipset registers such as PAM, PIRQ routing and PMBA live there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionState {
+    pub config: ConfigSpaceState,
+}
+
+/// `Snapshot` for a function whose state is its configuration space in field `space`.
+macro_rules! config_space_snapshot {
+    ($ty:ty, $kind:literal) => {
+        impl $crate::Snapshot for $ty {
+            type State = $crate::pci::FunctionState;
+            const KIND: &'static str = $kind;
+            const VERSION: u32 = 1;
+
+            fn save(&self) -> $crate::pci::FunctionState {
+                $crate::pci::FunctionState {
+                    config: $crate::Snapshot::save(&self.space),
+                }
+            }
+
+            fn restore(&mut self, s: $crate::pci::FunctionState) -> Result<(), $crate::StateError> {
+                $crate::Snapshot::restore(&mut self.space, s.config)
+                    .map_err(|e| e.within(Self::KIND, "config"))
+            }
+        }
+    };
+}
+pub(crate) use config_space_snapshot;
+
+config_space_snapshot!(PlainFunction, "pci-function");
+
 /// What `info pci` / `query-pci` show for one function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciDeviceInfo {
@@ -278,6 +343,15 @@ mod tests {
     use super::*;
 
     fn host_with_vga() -> PciHost {
+        let mut h = PciHost::new();
+        h.add(
+            (2, 0),
+            Arc::new(Mutex::new(PlainFunction::new(vga_space()))),
+        );
+        h
+    }
+
+    fn vga_space() -> ConfigSpace {
         let mut cs = ConfigSpace::new(Ids {
             vendor: 0x1234,
             device: 0x1111,
@@ -294,9 +368,7 @@ mod tests {
                 size: 16 << 20,
             },
         );
-        let mut h = PciHost::new();
-        h.add((2, 0), Arc::new(Mutex::new(PlainFunction::new(cs))));
-        h
+        cs
     }
 
     fn addr(h: &mut PciHost, dev: u32, reg: u32) {
@@ -366,6 +438,37 @@ mod tests {
             u32::from_le_bytes(d),
             0x8000_1000,
             "CONFIG_ADDRESS kept its value"
+        );
+    }
+
+    #[test]
+    fn a_selected_register_is_still_selected_after_restore() {
+        let mut h = host_with_vga();
+        addr(&mut h, 2, 0x10);
+        let mut back = crate::check_roundtrip(&h, host_with_vga());
+        // The guest's next access to CONFIG_DATA lands in the BAR it selected.
+        back.write(4, &0xfd00_0000u32.to_le_bytes());
+        assert_eq!(back.take_written(), Some((2, 0)));
+        let mut d = [0u8; 4];
+        back.read(4, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xfd00_0008);
+    }
+
+    #[test]
+    fn a_plain_function_keeps_the_bar_and_command_the_guest_set() {
+        let mut f = PlainFunction::new(vga_space());
+        f.config_write(0x10, &0xfd00_0000u32.to_le_bytes());
+        f.config_write(0x04, &[0x02, 0]);
+        let back = crate::check_roundtrip(&f, PlainFunction::new(vga_space()));
+        let before = describe((2, 0), &(Arc::new(Mutex::new(f)) as SharedFunction));
+        let after = describe((2, 0), &(Arc::new(Mutex::new(back)) as SharedFunction));
+        assert_eq!(after, before);
+        assert_eq!(
+            after.bars[0].2,
+            Some(Region {
+                addr: 0xfd00_0000,
+                size: 16 << 20
+            })
         );
     }
 

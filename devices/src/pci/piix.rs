@@ -141,9 +141,51 @@ impl PciFunction for Piix4Pm {
     }
 }
 
+// PIRQ routing and the PM/SMBus bases live in the configuration spaces.
+super::config_space_snapshot!(Piix3Isa, "piix3");
+super::config_space_snapshot!(Piix4Pm, "piix4-pm-pci");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pci_interrupt_routing_survives_restore() {
+        let mut isa = Piix3Isa::new();
+        isa.config_write(PIRQRC, &[10, 11, 0x8b, 5]);
+        let back = crate::check_roundtrip(&isa, Piix3Isa::new());
+        let routes = |f: &Piix3Isa| (0..4).map(|p| f.pirq_route(p)).collect::<Vec<_>>();
+        assert_eq!(routes(&back), routes(&isa));
+        assert_eq!(routes(&back), [Some(10), Some(11), None, Some(5)]);
+    }
+
+    #[test]
+    fn the_acpi_pm_block_stays_where_the_guest_put_it() {
+        let mut pm = Piix4Pm::new();
+        pm.config_write(PMBA, &0x601u32.to_le_bytes());
+        pm.config_write(PMREGMISC, &[1]);
+        let mut back = crate::check_roundtrip(&pm, Piix4Pm::new());
+        assert_eq!(back.pm_base(), Some(0x600));
+        back.config_write(PMREGMISC, &[0]);
+        assert_eq!(back.pm_base(), None);
+    }
+
+    #[test]
+    fn a_host_bridge_section_does_not_restore_into_the_isa_bridge() {
+        let section = crate::save_section("00:01.0", &Piix4Pm::new());
+        let err = crate::restore_section(&mut Piix3Isa::new(), &section).unwrap_err();
+        assert!(matches!(err, crate::StateError::Kind { .. }), "{err}");
+        // Even relabelled, the identity bytes give it away.
+        let mut relabelled = section;
+        relabelled.kind = "piix3".into();
+        let err = crate::restore_section(&mut Piix3Isa::new(), &relabelled)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("piix3") && err.contains("config: read-only byte 0x02"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn pirq_routing_follows_the_registers() {

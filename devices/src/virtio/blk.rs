@@ -2,11 +2,13 @@
 //! descriptor chain into a typed block request (and of its completion back into the
 //! guest's buffers). The I/O itself is done by the drive's block backend actor.
 
+use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemory;
 
 use super::chain::Chain;
 use super::VirtioDeviceModel;
 use crate::block::{BlockError, BlockOp, HostBuf};
+use crate::{Snapshot, StateError};
 
 pub const F_SIZE_MAX: u64 = 1 << 1;
 pub const F_SEG_MAX: u64 = 1 << 2;
@@ -78,6 +80,69 @@ impl Blk {
 
     pub fn config(&self) -> &BlkConfig {
         &self.cfg
+    }
+}
+
+/// What the driver of a virtio-blk sees of its disk: the configuration space and
+/// feature bits follow from these, and the driver sets nothing in it. Nothing is restored:
+/// the disk on the destination (rebuilt from its own command line over the same image)
+/// must show the guest the same, or the driver would find its disk changed under it
+/// (another size, writes refused, a queue gone); a state that differs is refused, naming
+/// the field.
+///
+/// Requests in flight are not here: the virtio-blk actor drains them to the backend before
+/// it is saved, and saves the queues' ring indices next to the transport's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlkState {
+    /// Bytes.
+    pub capacity: u64,
+    pub read_only: bool,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    /// The GET_ID answer.
+    pub serial: String,
+    pub discard: bool,
+}
+
+impl Snapshot for Blk {
+    type State = BlkState;
+    const KIND: &'static str = "virtio-blk";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> BlkState {
+        let c = &self.cfg;
+        BlkState {
+            capacity: c.capacity,
+            read_only: c.read_only,
+            num_queues: c.num_queues,
+            queue_size: c.queue_size,
+            serial: c.serial.clone(),
+            discard: c.discard,
+        }
+    }
+
+    fn restore(&mut self, s: BlkState) -> Result<(), StateError> {
+        let here = self.save();
+        let differs = |field: &str, saved: &dyn std::fmt::Debug, now: &dyn std::fmt::Debug| {
+            StateError::invalid(
+                Self::KIND,
+                format!("{field} is {saved:?} in the state but {now:?} on this disk"),
+            )
+        };
+        macro_rules! same {
+            ($f:ident) => {
+                if s.$f != here.$f {
+                    return Err(differs(stringify!($f), &s.$f, &here.$f));
+                }
+            };
+        }
+        same!(capacity);
+        same!(read_only);
+        same!(num_queues);
+        same!(queue_size);
+        same!(serial);
+        same!(discard);
+        Ok(())
     }
 }
 
@@ -285,5 +350,44 @@ pub fn status_of(r: &Result<Vec<u8>, BlockError>) -> u8 {
     match r {
         Ok(_) => S_OK,
         Err(_) => S_IOERR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(capacity: u64) -> BlkConfig {
+        BlkConfig {
+            capacity,
+            read_only: false,
+            num_queues: 2,
+            queue_size: 256,
+            serial: "disk0".into(),
+            discard: true,
+        }
+    }
+
+    fn config_space(b: &Blk) -> Vec<u8> {
+        let mut v = vec![0u8; b.config_len()];
+        b.config_read(0, &mut v);
+        v
+    }
+
+    #[test]
+    fn a_disk_restores_only_onto_a_disk_that_looks_the_same() {
+        let disk = Blk::new(cfg(1 << 30));
+        let back = crate::check_roundtrip(&disk, Blk::new(cfg(1 << 30)));
+        assert_eq!(config_space(&back), config_space(&disk));
+        assert_eq!(back.features(), disk.features());
+        // A destination whose image is another size would change the disk under the driver.
+        let err = Blk::new(cfg(2 << 30))
+            .restore(disk.save())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("capacity is 1073741824 in the state but 2147483648"),
+            "{err}"
+        );
     }
 }

@@ -43,9 +43,31 @@ pub mod device_type {
     pub const INPUT: u16 = 18;
 }
 
+use crate::{restore_section, save_section, Section, Snapshot, StateError};
+
+/// The object-safe face of a device type's [`Snapshot`], so that the transport can save
+/// and restore the device it holds as a `Box<dyn VirtioDeviceModel>`. Implemented for
+/// every `Snapshot`; being a supertrait of [`VirtioDeviceModel`], it makes a device type
+/// without a `Snapshot` a compile error.
+pub trait DeviceState {
+    /// The device's state as a section (id `device`, its own kind and version).
+    fn save_device(&self) -> Section;
+    /// Restore from a section saved by [`Self::save_device`] (kind and version checked).
+    fn restore_device(&mut self, section: &Section) -> Result<(), StateError>;
+}
+
+impl<T: Snapshot> DeviceState for T {
+    fn save_device(&self) -> Section {
+        save_section("device", self)
+    }
+    fn restore_device(&mut self, section: &Section) -> Result<(), StateError> {
+        restore_section(self, section)
+    }
+}
+
 /// What a device type tells the transport: its identity, features, queues and
 /// configuration space. Queue work is done by the device's actor, not here.
-pub trait VirtioDeviceModel: Send {
+pub trait VirtioDeviceModel: Send + DeviceState {
     fn device_type(&self) -> u16;
     /// Device-specific feature bits (the transport adds VERSION_1, INDIRECT_DESC, EVENT_IDX).
     fn features(&self) -> u64;

@@ -11,7 +11,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
+
 use super::VirtioDeviceModel;
+use crate::{Snapshot, StateError};
 
 pub const F_CSUM: u64 = 1;
 pub const F_GUEST_CSUM: u64 = 1 << 1;
@@ -311,6 +314,111 @@ impl Net {
     }
 }
 
+/// What the driver of a virtio-net sees and set: the link status and announce bit in
+/// the configuration space, and the receive filter it programmed through the control
+/// queue (modes, MAC tables, the MAC address in use).
+///
+/// `configured_mac` (the `mac=` of the command line, what a device reset returns to) and
+/// the number of queue pairs are not restored but must match the rebuilt NIC. Frames are
+/// not here: the NIC's actor finishes or drops the frames it holds before it is saved, and
+/// saves the queues' ring indices next to the transport's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetState {
+    pub link_up: bool,
+    pub pairs: u16,
+    pub configured_mac: [u8; 6],
+    /// The address in use.
+    pub mac: [u8; 6],
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub alluni: bool,
+    pub nomulti: bool,
+    pub nouni: bool,
+    pub nobcast: bool,
+    pub unicast: Vec<[u8; 6]>,
+    pub multicast: Vec<[u8; 6]>,
+    pub uni_overflow: bool,
+    pub multi_overflow: bool,
+    /// STATUS_ANNOUNCE shows until the driver acknowledges it.
+    pub announce: bool,
+}
+
+impl Snapshot for Net {
+    type State = NetState;
+    const KIND: &'static str = "virtio-net";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> NetState {
+        let f = lock_filter(&self.filter);
+        NetState {
+            link_up: self.link_up,
+            pairs: self.pairs,
+            configured_mac: f.configured_mac,
+            mac: f.mac,
+            promisc: f.promisc,
+            allmulti: f.allmulti,
+            alluni: f.alluni,
+            nomulti: f.nomulti,
+            nouni: f.nouni,
+            nobcast: f.nobcast,
+            unicast: f.unicast.clone(),
+            multicast: f.multicast.clone(),
+            uni_overflow: f.uni_overflow,
+            multi_overflow: f.multi_overflow,
+            announce: f.announce,
+        }
+    }
+
+    fn restore(&mut self, s: NetState) -> Result<(), StateError> {
+        let invalid = |r: String| StateError::invalid(Self::KIND, r);
+        if s.pairs != self.pairs {
+            return Err(invalid(format!(
+                "pairs is {} in the state but this NIC has {} queue pairs",
+                s.pairs, self.pairs
+            )));
+        }
+        let mut f = lock_filter(&self.filter);
+        if s.configured_mac != f.configured_mac {
+            return Err(invalid(format!(
+                "configured_mac is {} in the state but this NIC was built with {}",
+                mac_string(&s.configured_mac),
+                mac_string(&f.configured_mac)
+            )));
+        }
+        let entries = s.unicast.len() + s.multicast.len();
+        if entries > MAC_TABLE_ENTRIES {
+            return Err(invalid(format!(
+                "unicast and multicast hold {entries} MAC table entries (at most                  {MAC_TABLE_ENTRIES})"
+            )));
+        }
+        *f = RxFilter {
+            mac: s.mac,
+            configured_mac: s.configured_mac,
+            promisc: s.promisc,
+            allmulti: s.allmulti,
+            alluni: s.alluni,
+            nomulti: s.nomulti,
+            nouni: s.nouni,
+            nobcast: s.nobcast,
+            unicast: s.unicast,
+            multicast: s.multicast,
+            uni_overflow: s.uni_overflow,
+            multi_overflow: s.multi_overflow,
+            announce: s.announce,
+        };
+        drop(f);
+        self.link_up = s.link_up;
+        Ok(())
+    }
+}
+
+fn mac_string(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 impl VirtioDeviceModel for Net {
     fn device_type(&self) -> u16 {
         super::device_type::NET
@@ -470,6 +578,70 @@ mod tests {
         assert!(f.uni_overflow && f.unicast.is_empty());
         assert!(f.accepts(&[0x52, 0, 0, 0, 9, 9]));
         assert!(!f.multi_overflow && f.accepts(&MCAST));
+    }
+
+    #[test]
+    fn the_receive_filter_mac_and_link_survive_restore() {
+        let shared: SharedRxFilter = Arc::new(Mutex::new(RxFilter::new(MAC)));
+        let mut n = Net::new(shared.clone(), 0, 1);
+        {
+            let mut f = lock_filter(&shared);
+            assert_eq!(f.command(ctrl::CLASS_RX, ctrl::RX_PROMISC, &[0]), ctrl::OK);
+            let t = table(&[[0x52, 0x54, 0, 0, 0, 7]], &[MCAST]);
+            assert_eq!(
+                f.command(ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, &t),
+                ctrl::OK
+            );
+            assert_eq!(
+                f.command(ctrl::CLASS_MAC, ctrl::MAC_ADDR_SET, &OTHER),
+                ctrl::OK
+            );
+            f.announce = true;
+        }
+        n.set_link(false);
+        let fresh_filter: SharedRxFilter = Arc::new(Mutex::new(RxFilter::new(MAC)));
+        let back = crate::check_roundtrip(&n, Net::new(fresh_filter.clone(), 0, 1));
+        let space = |n: &Net| {
+            let mut b = [0u8; 12];
+            n.config_read(0, &mut b);
+            b
+        };
+        // The driver reads the same MAC and status (link down, announce pending) ...
+        assert_eq!(space(&back), space(&n));
+        assert_eq!(&space(&back)[..6], &OTHER);
+        // ... and the same frames pass the restored filter (the one the actor shares).
+        let restored = lock_filter(&fresh_filter).clone();
+        for dst in [
+            MAC,
+            OTHER,
+            MCAST,
+            [0x52, 0x54, 0, 0, 0, 7],
+            [0x01, 0, 0x5e, 0, 0, 9],
+        ] {
+            assert_eq!(
+                restored.accepts(&dst),
+                lock_filter(&shared).accepts(&dst),
+                "{dst:?}"
+            );
+        }
+        assert!(!restored.accepts(&MAC) && restored.accepts(&OTHER));
+        // A device reset still goes back to the configured address.
+        let mut reset = restored;
+        reset.reset();
+        assert_eq!(reset.mac, MAC);
+    }
+
+    #[test]
+    fn a_nic_built_with_another_mac_or_too_many_table_entries_is_refused() {
+        let n = Net::new(Arc::new(Mutex::new(RxFilter::new(MAC))), 0, 1);
+        let mut other = Net::new(Arc::new(Mutex::new(RxFilter::new(OTHER))), 0, 1);
+        let err = other.restore(n.save()).unwrap_err().to_string();
+        assert!(err.contains("configured_mac is 52:54:00:12:34:56"), "{err}");
+        let mut s = n.save();
+        s.unicast = vec![OTHER; MAC_TABLE_ENTRIES + 1];
+        let mut fresh = Net::new(Arc::new(Mutex::new(RxFilter::new(MAC))), 0, 1);
+        let err = fresh.restore(s).unwrap_err().to_string();
+        assert!(err.contains("65 MAC table entries"), "{err}");
     }
 
     #[test]

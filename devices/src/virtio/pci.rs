@@ -15,9 +15,11 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::{features, status, VirtioDeviceModel};
-use crate::pci::{BarDef, BarKind, ConfigSpace, Ids, PciFunction};
-use crate::IrqLine;
+use crate::pci::{BarDef, BarKind, ConfigSpace, ConfigSpaceState, Ids, PciFunction};
+use crate::{IrqLine, Section, Snapshot, StateError};
 
 /// "No vector" for MSI-X vector registers.
 pub const NO_VECTOR: u16 = 0xffff;
@@ -615,6 +617,181 @@ impl VirtioPci {
                 self.sink.fire(v as u16);
             }
         }
+    }
+}
+
+/// One queue as the driver configured it through the transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// The device's maximum (checked against the rebuilt device, not restored).
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub msix_vector: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+/// Everything the driver sees of a virtio PCI function: its configuration space (BARs,
+/// MSI-X enable and mask), the common configuration (feature selectors, negotiated
+/// features, device status, configuration generation, queue select, the configuration
+/// vector), each queue's configuration, the ISR, the MSI-X table and PBA, and the device
+/// type's own state as a nested section (`device`: `virtio-net`, `virtio-blk`...).
+///
+/// The transport does not walk the rings, so it does not know where the device stands in
+/// them. The actor that serves the queues (`actors::virtio`) must save, next to this
+/// section, each queue's next available index and next used index (`virtio_queue::Queue`
+/// `next_avail`/`next_used`) and whether event-idx suppression is on, after draining the
+/// requests in flight to their backends; on restore it activates the queues from
+/// [`VirtioPci::queues`] (when the status has DRIVER_OK) and sets those indices before it
+/// serves a notify. MSI-X routes are replayed to the [`MsixSink`] by the restore itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtioPciState {
+    pub config: ConfigSpaceState,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub status: u8,
+    pub config_generation: u8,
+    pub queue_sel: u16,
+    pub config_vector: u16,
+    pub queues: Vec<QueueState>,
+    pub isr: u8,
+    /// (address low, address high, data, vector control) per vector.
+    pub msix_table: Vec<[u32; 4]>,
+    pub msix_pending: Vec<bool>,
+    /// The device type's state.
+    pub device: Section,
+}
+
+impl Snapshot for VirtioPci {
+    type State = VirtioPciState;
+    const KIND: &'static str = "virtio-pci";
+    const VERSION: u32 = 1;
+
+    fn save(&self) -> VirtioPciState {
+        VirtioPciState {
+            config: self.space.save(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            queue_sel: self.queue_sel,
+            config_vector: self.config_vector,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueState {
+                    max_size: q.max_size,
+                    size: q.size,
+                    ready: q.ready,
+                    msix_vector: q.msix_vector,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                })
+                .collect(),
+            isr: self.isr,
+            msix_table: self.msix_table.clone(),
+            msix_pending: self.msix_pending.clone(),
+            device: self.device.save_device(),
+        }
+    }
+
+    fn restore(&mut self, s: VirtioPciState) -> Result<(), StateError> {
+        let invalid = |r: String| StateError::invalid(Self::KIND, r);
+        let vectors = self.msix_table.len();
+        if s.msix_table.len() != vectors || s.msix_pending.len() != vectors {
+            return Err(invalid(format!(
+                "msix_table has {} entries and msix_pending {} but this function has {vectors} \
+                 MSI-X vectors",
+                s.msix_table.len(),
+                s.msix_pending.len()
+            )));
+        }
+        let vector_ok = |v: u16| v == NO_VECTOR || usize::from(v) < vectors;
+        if !vector_ok(s.config_vector) {
+            return Err(invalid(format!(
+                "config_vector {} is past the {vectors} MSI-X vectors",
+                s.config_vector
+            )));
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(invalid(format!(
+                "queues has {} entries but this device has {} queues",
+                s.queues.len(),
+                self.queues.len()
+            )));
+        }
+        for (i, (q, mine)) in s.queues.iter().zip(&self.queues).enumerate() {
+            if q.max_size != mine.max_size {
+                return Err(invalid(format!(
+                    "queues[{i}].max_size is {} but this device's queue {i} holds {}",
+                    q.max_size, mine.max_size
+                )));
+            }
+            if !q.size.is_power_of_two() || q.size > q.max_size {
+                return Err(invalid(format!(
+                    "queues[{i}].size {} is not a power of two up to {}",
+                    q.size, q.max_size
+                )));
+            }
+            if !vector_ok(q.msix_vector) {
+                return Err(invalid(format!(
+                    "queues[{i}].msix_vector {} is past the {vectors} MSI-X vectors",
+                    q.msix_vector
+                )));
+            }
+        }
+        if s.status & status::FEATURES_OK != 0 && s.driver_features & !self.device_features() != 0 {
+            return Err(invalid(format!(
+                "driver_features {:#x} were accepted but this device offers only {:#x}",
+                s.driver_features,
+                self.device_features()
+            )));
+        }
+        if s.isr & !3 != 0 {
+            return Err(invalid(format!(
+                "isr {:#x} has bits other than 0 and 1",
+                s.isr
+            )));
+        }
+        let mut space = self.space.clone();
+        space
+            .restore(s.config)
+            .map_err(|e| e.within(Self::KIND, "config"))?;
+        self.device.restore_device(&s.device)?;
+        self.space = space;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.queue_sel = s.queue_sel;
+        self.config_vector = s.config_vector;
+        for (mine, q) in self.queues.iter_mut().zip(s.queues) {
+            *mine = QueueConfig {
+                max_size: q.max_size,
+                size: q.size,
+                ready: q.ready,
+                msix_vector: q.msix_vector,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+            };
+        }
+        self.isr = s.isr;
+        self.msix_table = s.msix_table;
+        self.msix_pending = s.msix_pending;
+        // The host's routes and the INTx line follow the restored registers.
+        for (v, e) in self.msix_table.iter().enumerate() {
+            self.sink
+                .route(v as u16, u64::from(e[0]) | (u64::from(e[1]) << 32), e[2]);
+        }
+        self.intx.set_level(!self.msix_enabled() && self.isr != 0);
+        Ok(())
     }
 }
 
