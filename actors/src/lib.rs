@@ -2,7 +2,8 @@
 //!
 //! - [`runtime`]: mailboxes, handles, request/reply, supervised spawning, the registry.
 //! - [`bus`]: PIO/MMIO address maps that vCPU exits dispatch through.
-//! - [`vcpu`]: pinned vCPU threads running `KVM_RUN`.
+//! - [`vcpu`]: pinned vCPU threads running `KVM_RUN`, and their saveable state.
+//! - [`kvm_state`]: the VM-wide KVM state (PICs, IOAPIC, PIT, kvmclock) as sections.
 //! - [`events`]: what devices and vCPUs tell the supervisor.
 //! - [`supervisor`]: the VM lifecycle.
 //! - [`chardev`]: character backends (stdio, files, sockets, pty).
@@ -18,6 +19,7 @@ pub mod display;
 pub mod events;
 pub mod host;
 pub mod irq;
+pub mod kvm_state;
 pub mod monitor;
 pub mod net;
 pub mod runtime;

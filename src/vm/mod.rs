@@ -7,3 +7,6 @@ pub mod kvm;
 pub mod memory;
 pub mod regs;
 pub mod topology;
+
+#[cfg(test)]
+mod state_tests;

@@ -7,10 +7,14 @@
 //! power-off, triple faults and KVM failures go to the supervisor as events.
 //!
 //! A vCPU starts paused; the supervisor resumes it when the VM starts running.
+//!
+//! While paused, a vCPU saves and restores its whole KVM state (`state.rs`) as a
+//! `devices::Section` for savevm and migration, served on its own thread like `Registers`.
 
 mod exit;
 pub mod kick;
 pub mod regs;
+pub mod state;
 mod thread;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -21,6 +25,7 @@ use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs, kvm_sregs};
 
 pub use exit::{handle_exit, Buses, ExitCounters, ExitOutcome};
 pub use regs::VcpuRegisters;
+pub use state::{FpuState, MsrValue, VcpuState};
 pub use thread::{allowed_cores as thread_allowed_cores, spawn_vcpu, VcpuContext};
 
 use crate::runtime::{reply_channel, ActorError, MessageKind, Reply};
@@ -55,6 +60,22 @@ pub enum VcpuError {
         #[source]
         source: std::io::Error,
     },
+    #[error("vCPU {cpu}: cannot {what} its state while it is running (pause it first)")]
+    NotPaused { cpu: u32, what: &'static str },
+    #[error("vCPU {cpu}: {source}")]
+    State {
+        cpu: u32,
+        #[source]
+        source: devices::StateError,
+    },
+    #[error("vCPU {cpu}: KVM_SET_MSRS refused MSR {index:#x} = {value:#x}")]
+    MsrRefused { cpu: u32, index: u32, value: u64 },
+    #[error("vCPU {cpu}: {count} MSRs do not fit in one KVM_GET/SET_MSRS call")]
+    TooManyMsrs { cpu: u32, count: usize },
+    #[error("vCPU {cpu}: a {bytes}-byte XSAVE area does not fit this host's ({host} bytes)")]
+    XsaveSize { cpu: u32, bytes: usize, host: usize },
+    #[error("vCPU {cpu}: the saved state has {what}, which this host's KVM cannot restore")]
+    Unsupported { cpu: u32, what: &'static str },
     #[error(transparent)]
     Actor(#[from] ActorError),
 }
@@ -75,6 +96,14 @@ pub enum VcpuMsg {
     SetAffinity(Vec<usize>, Reply<Result<(), VcpuError>>),
     /// Load a boot state (allowed while paused: the supervisor pauses first).
     Reset(Box<VcpuBootState>, Reply<Result<(), VcpuError>>),
+    /// Save the whole KVM state as a section `vcpu{N}` of kind [`state::KIND`]. Answered
+    /// only while paused (or stopped on a fault); a running vCPU answers `NotPaused`.
+    Save(Reply<Result<devices::Section, VcpuError>>),
+    /// Load a section saved by `Save` (from any vCPU of the same kind and version). Answered
+    /// only while paused or faulted (a restore clears a fault: the vCPU is then paused);
+    /// a running vCPU answers `NotPaused`. After an error other than `NotPaused` or `State`
+    /// the vCPU holds part of the new state and must be restored again or reset.
+    Restore(Box<devices::Section>, Reply<Result<(), VcpuError>>),
     /// End the thread.
     Stop,
 }
@@ -89,6 +118,8 @@ impl MessageKind for VcpuMsg {
             Self::TranslateGva(..) => "translate_gva",
             Self::SetAffinity(..) => "set_affinity",
             Self::Reset(..) => "reset",
+            Self::Save(_) => "save",
+            Self::Restore(..) => "restore",
             Self::Stop => "stop",
         }
     }
@@ -206,6 +237,20 @@ impl VcpuHandle {
     pub async fn reset(&self, state: VcpuBootState) -> Result<(), VcpuError> {
         let (tx, rx) = reply_channel(&self.id());
         self.post(VcpuMsg::Reset(Box::new(state), tx))?;
+        rx.recv().await?
+    }
+
+    /// The vCPU's state as a section (the vCPU must be paused).
+    pub async fn save(&self) -> Result<devices::Section, VcpuError> {
+        let (tx, rx) = reply_channel(&self.id());
+        self.post(VcpuMsg::Save(tx))?;
+        rx.recv().await?
+    }
+
+    /// Load a section saved by [`VcpuHandle::save`] (the vCPU must be paused).
+    pub async fn restore(&self, section: devices::Section) -> Result<(), VcpuError> {
+        let (tx, rx) = reply_channel(&self.id());
+        self.post(VcpuMsg::Restore(Box::new(section), tx))?;
         rx.recv().await?
     }
 

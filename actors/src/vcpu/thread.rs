@@ -13,6 +13,7 @@ use super::{
     exit::{handle_exit, Buses, ExitCounters, ExitOutcome},
     kick,
     regs::{code_line, VcpuRegisters},
+    state::{StateIo, VcpuState, KIND as STATE_KIND, VERSION as STATE_VERSION},
     Shared, VcpuBootState, VcpuError, VcpuHandle, VcpuMsg,
 };
 use crate::bus::Bus;
@@ -254,8 +255,57 @@ impl VcpuThread {
                     s => s,
                 }
             }
+            VcpuMsg::Save(reply) => {
+                reply.send(self.save_section(state));
+                state
+            }
+            VcpuMsg::Restore(section, reply) => {
+                let r = self.restore_section(state, &section);
+                let ok = r.is_ok();
+                reply.send(r);
+                match state {
+                    // A restored vCPU has a whole new state: the fault is gone with the old.
+                    RunState::Faulted if ok => RunState::Paused,
+                    s => s,
+                }
+            }
             VcpuMsg::Stop => RunState::Stopped,
         }
+    }
+
+    fn state_io(&self) -> StateIo<'_> {
+        StateIo {
+            fd: &self.fd,
+            cpu: self.index(),
+        }
+    }
+
+    fn save_section(&self, state: RunState) -> Result<devices::Section, VcpuError> {
+        let cpu = self.index();
+        if state == RunState::Running {
+            return Err(VcpuError::NotPaused { cpu, what: "save" });
+        }
+        let s = self.state_io().save()?;
+        devices::Section::new(&format!("vcpu{cpu}"), STATE_KIND, STATE_VERSION, &s)
+            .map_err(|source| VcpuError::State { cpu, source })
+    }
+
+    fn restore_section(
+        &self,
+        state: RunState,
+        section: &devices::Section,
+    ) -> Result<(), VcpuError> {
+        let cpu = self.index();
+        if state == RunState::Running {
+            return Err(VcpuError::NotPaused {
+                cpu,
+                what: "restore",
+            });
+        }
+        let s: VcpuState = section
+            .decode(STATE_KIND, STATE_VERSION)
+            .map_err(|source| VcpuError::State { cpu, source })?;
+        self.state_io().restore(&s)
     }
 
     fn run(&mut self) {
