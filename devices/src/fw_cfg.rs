@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
+use crate::memory::GuestMemoryMmap;
 use crate::{BusDevice, Snapshot, StateError};
 
 pub const SIGNATURE: u16 = 0x0000;

@@ -15,6 +15,7 @@ pub mod e1000;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
+pub mod memory;
 pub mod pci;
 pub mod reset;
 pub mod rtc;

@@ -13,13 +13,14 @@
 
 use actors::vcpu::VcpuBootState;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
 
 use super::{
     place_initrd, write, BootError, BootParams, BOOT_INFO_ADDR, CMDLINE_ADDR, CMDLINE_MAX,
     GDT_ADDR, HIGH_MEMORY, PAGE_TABLES_ADDR,
 };
 use crate::vm::regs::VcpuTemplate;
+use devices::memory::GuestMemoryMmap;
 
 const SETUP_HEADER_OFFSET: usize = 0x1f1;
 const HDRS: u32 = 0x5372_6448; // "HdrS"

@@ -17,9 +17,10 @@ pub mod multiboot;
 pub mod pvh;
 
 use actors::vcpu::VcpuBootState;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::vm::regs::{flat_gdt, VcpuTemplate};
+use devices::memory::GuestMemoryMmap;
 
 pub const GDT_ADDR: u64 = 0x500;
 pub const BOOT_INFO_ADDR: u64 = 0x6000;

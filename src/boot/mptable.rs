@@ -3,7 +3,7 @@
 //! the BIOS area (0xF0000–0xFFFFF) where the spec says to scan for the `_MP_` floating
 //! pointer; the ACPI tables describe the same machine.
 
-use vm_memory::GuestMemoryMmap;
+use devices::memory::GuestMemoryMmap;
 
 use super::{write, BootError};
 

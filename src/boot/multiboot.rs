@@ -3,7 +3,7 @@
 //! modules, memory map, boot loader name).
 
 use actors::vcpu::VcpuBootState;
-use vm_memory::GuestMemoryMmap;
+use devices::memory::GuestMemoryMmap;
 
 use super::{
     elf, load_elf_segments, place_initrd, write, zero, BootError, BootParams, BOOT_INFO_ADDR,

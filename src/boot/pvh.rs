@@ -2,7 +2,7 @@
 //! 32-bit flat protected mode with paging off and EBX pointing at the start info.
 
 use actors::vcpu::VcpuBootState;
-use vm_memory::GuestMemoryMmap;
+use devices::memory::GuestMemoryMmap;
 
 use super::{
     elf, load_elf_segments, place_initrd, write, BootError, BootParams, BOOT_INFO_ADDR,

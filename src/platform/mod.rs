@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use crate::config::{CacheMode, DeviceKind, DriveInterface, ImageFormat, Media, RtcBase, VmConfig};
 use crate::vm::firmware::Bios;
 use crate::vm::kvm::KvmVm;
+use devices::memory::GuestMemoryMmap;
 use pci::{GpePort, PciPlatform};
-use vm_memory::GuestMemoryMmap;
 
 pub mod fw_cfg;
 pub mod hotnet;

@@ -11,7 +11,7 @@ use actors::net::backend::Backend;
 use actors::net::slirp::SlirpControl;
 use actors::virtio::VirtioPciHost;
 use anyhow::{anyhow, Context, Result};
-use vm_memory::GuestMemoryMmap;
+use devices::memory::GuestMemoryMmap;
 
 use super::pci::{BarTarget, IntxRouter, PciPlatform};
 use crate::config::VmConfig;

@@ -9,11 +9,11 @@ use actors::virtio::blk::BlkWorker;
 use actors::virtio::rng::RngWorker;
 use actors::virtio::{KvmMsix, MsiRoutes, QueueWorker, VirtioPciHost};
 use anyhow::{anyhow, Context, Result};
+use devices::memory::GuestMemoryMmap;
 use devices::virtio::blk::{Blk, BlkConfig};
 use devices::virtio::pci::{VirtioPci, LEGACY_BAR, MODERN_BAR, MSIX_BAR};
 use devices::virtio::rng::Rng;
 use devices::virtio::VirtioDeviceModel;
-use vm_memory::GuestMemoryMmap;
 
 use super::pci::{BarTarget, PciPlatform};
 use crate::config::{DeviceKind, VmConfig};

@@ -5,9 +5,10 @@
 //! is 0xC0000–0xFFFFF, which `firmware::Shadow` maps per PAM segment; the host memory
 //! behind both still exists so device DMA into low RAM needs no special case.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::kvm::{KvmVm, VmError};
+use devices::memory::GuestMemoryMmap;
 
 /// Start of RAM above 4 GiB.
 pub const HIGH_RAM_START: u64 = 1 << 32;
@@ -85,17 +86,24 @@ pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
         // SAFETY: `host` is a fresh private anonymous mapping of `size` bytes that lives for
         // the rest of the process (guest RAM is never unmapped).
         let region = unsafe {
-            vm_memory::mmap::MmapRegionBuilder::new(size as usize)
-                .with_raw_mmap_pointer(host)
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
-                .build()
+            // A dirty bitmap sized to the region (the builder's default is empty, and would
+            // record nothing).
+            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+                size as usize,
+                <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(
+                    size as usize,
+                ),
+            )
+            .with_raw_mmap_pointer(host)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+            .build()
         }
         .map_err(|e| MemoryError::Allocate {
             size: size_mib,
             source: vm_memory::mmap::FromRangesError::MmapRegion(e),
         })?;
-        let r = vm_memory::GuestRegionMmap::new(region, GuestAddress(addr)).ok_or(
+        let r = devices::memory::GuestRegionMmap::new(region, GuestAddress(addr)).ok_or(
             MemoryError::Allocate {
                 size: size_mib,
                 source: vm_memory::mmap::FromRangesError::InvalidGuestRegion,
@@ -172,18 +180,18 @@ pub fn register(vm: &KvmVm, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
         let len = region.len();
         let host = region.as_ptr() as u64;
         if start <= hole.0 && start + len >= hole.1 {
-            vm.map_ram(start, hole.0 - start, host, false, "pc.ram")?;
+            vm.map_ram(start, hole.0 - start, host, false, super::kvm::RAM_SLOT)?;
             if start + len > hole.1 {
                 vm.map_ram(
                     hole.1,
                     start + len - hole.1,
                     host + (hole.1 - start),
                     false,
-                    "pc.ram",
+                    super::kvm::RAM_SLOT,
                 )?;
             }
         } else {
-            vm.map_ram(start, len, host, false, "pc.ram")?;
+            vm.map_ram(start, len, host, false, super::kvm::RAM_SLOT)?;
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ use actors::vcpu::{
 };
 use devices::{Section, StateError};
 use kvm_bindings::{kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::cpuid;
 use super::kvm::KvmVm;
@@ -28,6 +28,7 @@ use super::memory::{self, RamLayout};
 use super::regs::VcpuTemplate;
 use super::topology::Topology;
 use crate::config::{CpuConfig, CpuModel, SmpConfig};
+use devices::memory::GuestMemoryMmap;
 
 const PORT: u16 = 0x1234;
 const CODE: u64 = 0x1000;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::e1000::E1000;
-use vm_memory::GuestMemoryMmap;
+use devices::memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::bus::{lock, BusHandler};
@@ -59,26 +59,23 @@ impl E1000Host {
             error: Arc::default(),
             control,
         });
-        match (fd, thread_control) {
-            (Some(fd), Some(mut thread_control)) => {
-                let epoll = Epoll::new()?;
-                epoll.ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, BACKEND_TOKEN),
-                )?;
-                epoll.ctl(
-                    ControlOperation::Add,
-                    thread_control.fd(),
-                    EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
-                )?;
-                let h = host.clone();
-                std::thread::Builder::new()
-                    .name(format!("troupe-{name}"))
-                    .spawn(move || h.receive_loop(&epoll, &mut thread_control))?;
-            }
-            // No backend to receive from: nothing but vCPU exits reaches the model.
-            _ => {}
+        // With no backend to receive from, nothing but vCPU exits reaches the model.
+        if let (Some(fd), Some(mut thread_control)) = (fd, thread_control) {
+            let epoll = Epoll::new()?;
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, BACKEND_TOKEN),
+            )?;
+            epoll.ctl(
+                ControlOperation::Add,
+                thread_control.fd(),
+                EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
+            )?;
+            let h = host.clone();
+            std::thread::Builder::new()
+                .name(format!("troupe-{name}"))
+                .spawn(move || h.receive_loop(&epoll, &mut thread_control))?;
         }
         Ok(host)
     }

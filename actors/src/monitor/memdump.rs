@@ -1,9 +1,10 @@
 //! Guest memory for the monitor: `x`/`xp` dumps in QEMU's format, the `/fmt` argument,
 //! address expressions with `$reg`, and a page-table walker for `info mem` and `info tlb`.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::vcpu::VcpuRegisters;
+use devices::memory::GuestMemoryMmap;
 
 /// A parsed `/fmt`: count, format letter, unit size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

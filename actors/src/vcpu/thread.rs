@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, TryRecvError};
 use kvm_bindings::{kvm_mp_state, Msrs, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{
     exit::{handle_exit, Buses, ExitCounters, ExitOutcome},
@@ -18,6 +18,7 @@ use super::{
 };
 use crate::bus::Bus;
 use crate::events::{EventTx, VmEvent};
+use devices::memory::GuestMemoryMmap;
 
 /// What a vCPU thread needs from the machine.
 #[derive(Clone)]

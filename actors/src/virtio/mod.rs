@@ -18,10 +18,10 @@ mod worker;
 
 use std::sync::{Arc, Mutex};
 
+use devices::memory::GuestMemoryMmap;
 use devices::pci::PciFunction;
 use devices::virtio::pci::{Action, VirtioPci, LEGACY_NOTIFY, NOTIFY_CFG, NOTIFY_MULTIPLIER};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{lock, BusHandler};

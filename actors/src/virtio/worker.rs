@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
+use devices::memory::GuestMemoryMmap;
 use devices::virtio::chain::{walk, Chain};
 use devices::virtio::features::RING_EVENT_IDX;
 use devices::virtio::pci::{QueueConfig, VirtioPci};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 

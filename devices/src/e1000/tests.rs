@@ -1,6 +1,6 @@
 use super::*;
+use crate::memory::GuestMemoryMmap;
 use crate::testing::FakeIrq;
-use vm_memory::GuestMemoryMmap;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const TX_RING: u64 = 0x1000;

@@ -19,9 +19,10 @@ pub mod atapi;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::{BlockCompletion, BlockError, BlockInfo, BlockOp, BlockRequest};
+use crate::memory::GuestMemoryMmap;
 use crate::{IrqLine, Snapshot, StateError};
 
 // Status register.

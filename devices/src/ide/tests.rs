@@ -1,9 +1,10 @@
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::block::MemDisk;
+use crate::memory::GuestMemoryMmap;
 use crate::testing::FakeIrq;
 
 struct Rig {

@@ -319,6 +319,11 @@ fn host_bufs<M: GuestMemory>(
             .ok()?
         {
             let s = s.ok()?;
+            if write {
+                // The host's I/O writes these pages through the raw address, which the
+                // memory's dirty bitmap cannot see.
+                vm_memory::bitmap::Bitmap::mark_dirty(s.bitmap(), 0, s.len());
+            }
             out.push(HostBuf {
                 addr: s.ptr_guard_mut().as_ptr() as usize,
                 len: s.len(),
