@@ -19,7 +19,7 @@ use actors::runtime::Registry;
 use actors::supervisor::{ExitReason, Supervisor, SupervisorConfig, SupervisorHandle};
 use actors::vcpu::{spawn_vcpu, VcpuBootState, VcpuContext, VcpuHandle};
 use anyhow::{anyhow, Context, Result};
-use vm_memory::GuestMemoryMmap;
+use devices::memory::GuestMemoryMmap;
 
 use crate::boot::{self, BootParams, MemEntry};
 use crate::config::{BootConfig, CharBackend, MonitorMode, VcpuPin, VmConfig};
@@ -612,6 +612,7 @@ pub fn build(
             .collect(),
         keys: Arc::default(),
         buttons: Arc::default(),
+        dirty_rate: Arc::default(),
     };
     let monitors = start_monitors(cfg, rt, registry, ctx, &mut muxes, &chardev_labels)?;
     Ok(Vm {

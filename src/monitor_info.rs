@@ -31,7 +31,7 @@ pub struct PcInfo {
     /// (port, irq) of each serial port.
     pub serials: Vec<(u16, u32)>,
     pub vcpus: usize,
-    pub mem: vm_memory::GuestMemoryMmap,
+    pub mem: devices::memory::GuestMemoryMmap,
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
     /// virtio-blk devices: (drive id, qdev path, backend).
     pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
@@ -613,6 +613,44 @@ impl MachineInfo for PcInfo {
             r.drain();
         }
         self.mmio.read(addr, buf) || self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
+    fn dirty_log(&self, on: bool) -> Result<(), String> {
+        self.kvm.set_ram_dirty_log(on).map_err(|e| e.to_string())?;
+        if on {
+            // Start troupe's own record afresh too.
+            devices::memory::take_dirty(&self.mem);
+        }
+        Ok(())
+    }
+
+    fn dirty_pages(&self) -> Result<u64, String> {
+        // Pages a vCPU wrote (KVM's log) or troupe's devices wrote (the memory's bitmap),
+        // each counted once.
+        let vcpus = self.kvm.ram_dirty_log().map_err(|e| e.to_string())?;
+        let mut regions = devices::memory::take_dirty(&self.mem);
+        for (gpa, bits) in vcpus {
+            let Some((start, words)) = regions.iter_mut().rev().find(|(start, _)| *start <= gpa)
+            else {
+                continue;
+            };
+            let first = ((gpa - *start) / devices::memory::PAGE_SIZE) as usize;
+            for (i, w) in bits.iter().enumerate() {
+                for b in 0..64 {
+                    if w & (1 << b) != 0 {
+                        let page = first + i * 64 + b;
+                        if let Some(word) = words.get_mut(page / 64) {
+                            *word |= 1 << (page % 64);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(regions
+            .iter()
+            .flat_map(|(_, w)| w.iter())
+            .map(|w| u64::from(w.count_ones()))
+            .sum())
     }
 }
 

@@ -32,6 +32,9 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// The name of the slots holding guest RAM (QEMU's RAM block name).
+pub const RAM_SLOT: &str = "pc.ram";
+
 /// One KVM memory slot as troupe mapped it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
@@ -179,6 +182,47 @@ impl KvmVm {
         // SAFETY: a zero-sized region deletes the slot; no memory is referenced.
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (delete)"))
+    }
+
+    /// Turn KVM's dirty log on or off for guest RAM (`pc.ram` slots; the VGA
+    /// framebuffer keeps its own). Turning it on starts from a clean log.
+    pub fn set_ram_dirty_log(&self, on: bool) -> Result<(), VmError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for s in slots.iter_mut().filter(|s| s.name == RAM_SLOT) {
+            if s.dirty_log == on {
+                continue;
+            }
+            let region = kvm_userspace_memory_region {
+                slot: s.slot,
+                flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                guest_phys_addr: s.gpa,
+                memory_size: s.size,
+                userspace_addr: s.host,
+            };
+            // SAFETY: the same live mapping the slot was created with; only the flags
+            // change.
+            unsafe { self.vm.set_user_memory_region(region) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (dirty log)"))?;
+            s.dirty_log = on;
+        }
+        Ok(())
+    }
+
+    /// What vCPUs wrote to guest RAM since the dirty log was turned on or last read
+    /// (reading clears it): per RAM slot, its guest address and a bit per 4 KiB page.
+    pub fn ram_dirty_log(&self) -> Result<Vec<(u64, Vec<u64>)>, VmError> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter(|s| s.name == RAM_SLOT && s.dirty_log)
+            .map(|s| {
+                let bitmap = self
+                    .vm
+                    .get_dirty_log(s.slot, s.size as usize)
+                    .map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
+                Ok((s.gpa, bitmap))
+            })
+            .collect()
     }
 
     pub fn slots(&self) -> Vec<Slot> {

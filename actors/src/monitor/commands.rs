@@ -148,6 +148,15 @@ const COMMANDS: &[(&str, &[Param])] = &[
         &[("driver", Ty::Str, true), ("*", Ty::Any, false)],
     ),
     ("migrate", &[("uri", Ty::Str, true), ("*", Ty::Any, false)]),
+    (
+        "calc-dirty-rate",
+        &[
+            ("calc-time", Ty::Int, true),
+            ("sample-pages", Ty::Int, false),
+            ("mode", Ty::Str, false),
+        ],
+    ),
+    ("query-dirty-rate", &[]),
     ("balloon", &[("value", Ty::Int, true)]),
     (
         "set_link",
@@ -482,6 +491,27 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
         "migrate" => Err(not_available("migration")),
+        "calc-dirty-rate" => {
+            let mode = match s(args, "mode") {
+                None => super::dirty::Mode::PageSampling,
+                Some(m) => super::dirty::Mode::parse(m).ok_or_else(|| {
+                    CmdError::generic(format!("Parameter 'mode' does not accept value '{m}'"))
+                })?,
+            };
+            let secs = args.get("calc-time").and_then(Value::as_i64).unwrap_or(0);
+            super::dirty::start(
+                &tokio::runtime::Handle::current(),
+                &ctx.dirty_rate,
+                &ctx.mem,
+                &ctx.info,
+                u64::try_from(secs).unwrap_or(0),
+                args.get("sample-pages").and_then(Value::as_u64),
+                mode,
+            )
+            .map_err(|e| CmdError::generic(e.to_string()))?;
+            Ok(json!({}))
+        }
+        "query-dirty-rate" => Ok(super::dirty::query(&ctx.dirty_rate)),
         other => Err(CmdError::CommandNotFound(format!(
             "The command {other} has not been found"
         ))),

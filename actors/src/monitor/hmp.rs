@@ -95,6 +95,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "remove host-to-guest TCP or UDP redirection",
     ),
     (
+        "calc_dirty_rate",
+        "[-r] [-b] second [sample_pages_per_GB]",
+        "start a round of guest dirty rate measurement (using -r to\n\t\t\t specify dirty ring as the method of calculation and\n\t\t\t -b to specify dirty bitmap as method of calculation)",
+    ),
+    (
         "info",
         "[subcommand]",
         "show various information about the system state",
@@ -158,6 +163,7 @@ const INFO: &[(&str, &str, &str)] = &[
     ("blockstats", "", "show block device statistics"),
     ("chardev", "", "show the character devices"),
     ("cpus", "", "show infos for each CPU"),
+    ("dirty_rate", "", "show dirty rate information"),
     ("hotpluggable-cpus", "", "Show information about hotpluggable CPU objects"),
     ("irq", "", "show the interrupts statistics (if available)"),
     ("kvm", "", "show KVM information"),
@@ -338,6 +344,7 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         "screendump" => screendump(ctx, &rest).await,
         "x" | "xp" => dump_memory(ctx, s, canonical == "xp", &rest).await,
         "gva2gpa" => gva2gpa(ctx, s, rest[0]).await,
+        "calc_dirty_rate" => calc_dirty_rate(ctx, &rest).await,
         "cpu" => match rest[0].parse::<u32>() {
             Ok(n) if (n as usize) < ctx.topology.len() => {
                 s.cpu = n;
@@ -488,12 +495,51 @@ async fn registers(ctx: &MonitorContext, index: u32) -> Result<VcpuRegisters, St
         .map_err(|e| format!("Error: {e}\n"))
 }
 
+/// `calc_dirty_rate [-r] [-b] second [sample_pages_per_GB]`.
+async fn calc_dirty_rate(ctx: &MonitorContext, args: &[&str]) -> String {
+    use super::dirty::Mode;
+    let mut mode = Mode::PageSampling;
+    let mut rest = Vec::new();
+    for a in args {
+        match *a {
+            "-r" => mode = Mode::DirtyRing,
+            "-b" => mode = Mode::DirtyBitmap,
+            other => rest.push(other),
+        }
+    }
+    let Some(secs) = rest.first().and_then(|s| s.parse::<i64>().ok()) else {
+        return "calc_dirty_rate: missing argument\n".into();
+    };
+    if secs <= 0 {
+        return "Incorrect period length specified!\n".into();
+    }
+    let mut a = json!({"calc-time": secs, "mode": match mode {
+        Mode::PageSampling => "page-sampling",
+        Mode::DirtyBitmap => "dirty-bitmap",
+        Mode::DirtyRing => "dirty-ring",
+    }});
+    // QEMU passes sample pages on only in page-sampling mode.
+    if let (Mode::PageSampling, Some(n)) = (mode, rest.get(1)) {
+        match n.parse::<u64>() {
+            Ok(n) => a["sample-pages"] = json!(n),
+            Err(_) => return format!("calc_dirty_rate: invalid number '{n}'\n"),
+        }
+    }
+    exec_text(ctx, "calc-dirty-rate", a, |_| {
+        format!(
+            "Starting dirty rate measurement with period {secs} seconds\n[Please use 'info dirty_rate' to check results]\n"
+        )
+    })
+    .await
+}
+
 async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String {
     let Some(sub) = args.first() else {
         return help(Some("info"));
     };
     let extra = &args[1..];
     match *sub {
+        "dirty_rate" => super::dirty::hmp_text(&ctx.dirty_rate),
         "version" => exec_text(ctx, "query-version", json!({}), |v| {
             let q = &v["qemu"];
             format!(

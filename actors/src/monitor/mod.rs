@@ -8,6 +8,7 @@
 //! one client closing or misbehaving affects no other.
 
 pub mod commands;
+pub mod dirty;
 pub mod hmp;
 mod memdump;
 mod mux;
@@ -17,8 +18,8 @@ pub mod server;
 
 use std::sync::Arc;
 
+use devices::memory::GuestMemoryMmap;
 use serde_json::Value;
-use vm_memory::GuestMemoryMmap;
 
 use crate::display::input::InputSink;
 use crate::display::DisplayHandle;
@@ -88,6 +89,11 @@ pub trait MachineInfo: Send + Sync {
     /// such as the VGA's through their models, RAM directly; false when `addr` is neither
     /// (the caller shows all-ones, as QEMU reads unassigned memory).
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool;
+    /// Turn KVM's dirty log for guest RAM on (clearing it) or off (`calc-dirty-rate` in
+    /// dirty-bitmap mode).
+    fn dirty_log(&self, on: bool) -> Result<(), String>;
+    /// Guest RAM pages written since the dirty log was turned on or last read.
+    fn dirty_pages(&self) -> Result<u64, String>;
 }
 
 /// Changes the log filter: `log` passes directives that replace the added ones,
@@ -115,4 +121,6 @@ pub struct MonitorContext {
     pub keys: Arc<tokio::sync::Mutex<()>>,
     /// Mouse buttons currently held (`mouse_button`), shared by every session.
     pub buttons: Arc<std::sync::atomic::AtomicU8>,
+    /// The VM's dirty-rate measurement (`calc-dirty-rate`), shared by every session.
+    pub dirty_rate: dirty::SharedDirtyRate,
 }

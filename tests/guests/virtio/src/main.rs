@@ -9,6 +9,13 @@
 //!   - `write`: write the pattern, flush, print `vblk: wrote N sectors, flushed`; with
 //!     `hold` spin forever (the test kills the VMM), else exit 0.
 //!   - `verify`: read and check the pattern: `vblk: verified N sectors`, exit 0.
+//!   - `stream`: write round and round `sectors=N` sectors (default 64) one at a time,
+//!     each carrying the number of the write, and read the run back after every round:
+//!     each sector must hold the last number written to it (a lost write shows an older
+//!     one; a request carried out twice, late, shows an older one too). Prints `vblk:
+//!     streaming` then `vblk: round N ok` every 100 rounds; with `rtc`, the RTC's periodic
+//!     interrupt is on (1024 Hz, register C read after every request so IRQ 8 keeps rising;
+//!     interrupts stay masked in the CPU). Runs until killed; exit 1 on a mismatch.
 //!   - `readonly`: a write must fail (`vblk: write status=1`), a read must work.
 //!   - `bench`: sequential 1 MiB writes then reads over `mib=N` MiB (default 64),
 //!     `passes=N` times over (default 1), then
@@ -436,6 +443,11 @@ fn main(boot: &BootInfo) -> u32 {
             0
         }
         "bench" => bench(&mut b, capacity, boot),
+        "stream" => stream(
+            &mut b,
+            boot.arg_u64("sectors").unwrap_or(64).min(capacity),
+            boot.arg("rtc").is_some(),
+        ),
         "mq" => multiqueue(&mut b, feats, sectors, seed),
         "evidx" => event_idx(&mut b, feats),
         "readonly" => {
@@ -449,6 +461,74 @@ fn main(boot: &BootInfo) -> u32 {
             )
         }
         _ => check(&mut b, feats, capacity, sectors, seed),
+    }
+}
+
+/// Where `stream` keeps the number last written to each sector.
+const STREAM_SEQ: u64 = RING_BASE + 0x30_0000;
+
+fn rtc_reg(reg: u8) -> u8 {
+    guestlib::io::outb(0x70, reg);
+    guestlib::io::inb(0x71)
+}
+
+fn stream(b: &mut Blk, sectors: u64, rtc: bool) -> u32 {
+    let sectors = sectors.clamp(1, 4096);
+    if rtc {
+        // Rate 6: 1024 Hz; PIE in register B.
+        guestlib::io::outb(0x70, 0x0a);
+        guestlib::io::outb(0x71, 0x26);
+        let bv = rtc_reg(0x0b);
+        guestlib::io::outb(0x70, 0x0b);
+        guestlib::io::outb(0x71, bv | 0x40);
+    }
+    for s in 0..sectors {
+        w64(STREAM_SEQ + 8 * s, 0);
+    }
+    println!("vblk: streaming");
+    let mut seq = 0u64;
+    let mut round = 0u64;
+    loop {
+        for s in 0..sectors {
+            seq += 1;
+            w64(DATA, seq);
+            for i in 8..512 {
+                // SAFETY: DATA.. is free RAM owned by this driver.
+                unsafe { core::ptr::write_volatile((DATA + i) as *mut u8, pattern(seq, i, 0)) };
+            }
+            match b.request(T_OUT, s, 512, false) {
+                Some((0, _)) => w64(STREAM_SEQ + 8 * s, seq),
+                r => {
+                    println!("vblk: write {seq} to sector {s} failed: {r:?}");
+                    return 1;
+                }
+            }
+            if rtc {
+                rtc_reg(0x0c);
+            }
+        }
+        let mut s = 0;
+        while s < sectors {
+            let n = CHUNK.min(sectors - s);
+            if !matches!(b.request(T_IN, s, (n * 512) as u32, true), Some((0, _))) {
+                println!("vblk: read at sector {s} failed");
+                return 1;
+            }
+            for k in 0..n {
+                let at = DATA + k * 512;
+                let want = guestlib::phys::read_u64(STREAM_SEQ + 8 * (s + k));
+                let got = guestlib::phys::read_u64(at);
+                if got != want || (8..512).any(|i| read_u8(at + i) != pattern(got, i, 0)) {
+                    println!("vblk: sector {} holds write {got}, expected {want}", s + k);
+                    return 1;
+                }
+            }
+            s += n;
+        }
+        round += 1;
+        if round % 100 == 0 {
+            println!("vblk: round {round} ok");
+        }
     }
 }
 
