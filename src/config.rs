@@ -672,6 +672,30 @@ pub enum DeviceKind {
     VirtioKeyboard,
 }
 
+impl DeviceKind {
+    /// The `-device` driver name (QEMU's).
+    pub fn driver(&self) -> &'static str {
+        match self {
+            DeviceKind::IsaDebugExit { .. } => "isa-debug-exit",
+            DeviceKind::VirtioBlk { .. } => "virtio-blk-pci",
+            DeviceKind::Nic {
+                model: NicModel::E1000,
+                ..
+            } => "e1000",
+            DeviceKind::Nic {
+                model: NicModel::VirtioNet,
+                ..
+            } => "virtio-net-pci",
+            DeviceKind::VirtioRng => "virtio-rng-pci",
+            DeviceKind::VirtioSerial => "virtio-serial-pci",
+            DeviceKind::VirtConsole { .. } => "virtconsole",
+            DeviceKind::VirtioBalloon => "virtio-balloon-pci",
+            DeviceKind::VirtioTablet => "virtio-tablet-pci",
+            DeviceKind::VirtioKeyboard => "virtio-keyboard-pci",
+        }
+    }
+}
+
 /// NIC models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NicModel {

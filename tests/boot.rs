@@ -321,6 +321,128 @@ fn daemonize_detaches_after_start_and_pidfile_tracks_the_vm() {
 }
 
 #[test]
+fn incoming_migration_is_refused_before_the_guest_runs() {
+    let k = guest("hello");
+    let port = common::free_port();
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    for uri in [
+        tcp.as_str(),
+        "tcp::4444",
+        "unix:/tmp/troupe-migrate.sock",
+        "defer",
+    ] {
+        let (st, out, err) = troupe(&["-incoming", uri, "-kernel", k.to_str().unwrap()]).run(T);
+        assert_eq!(code(st), 1, "-incoming {uri}: stdout {out} stderr {err}");
+        assert_eq!(
+            err,
+            format!("troupe: -incoming {uri}: incoming migration is not available yet\n")
+        );
+        assert!(
+            !out.contains("hello from troupe test guest"),
+            "-incoming {uri}: the guest ran: {out}"
+        );
+    }
+    // A URI troupe cannot parse is still a command-line error of its own.
+    refused(&["-incoming", "exec:cat state"], "-incoming");
+}
+
+/// Start troupe stopped (`-S`) with `args` and a QMP monitor, read `info pci`, quit; returns
+/// the number of PCI functions, or the exit status and stderr when it did not start.
+fn pci_functions_of_a_started_vm(args: &[String]) -> Result<usize, String> {
+    let k = guest("hello");
+    let port = common::free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let mut all: Vec<String> = [
+        "-nodefaults",
+        "-S",
+        "-display",
+        "none",
+        "-serial",
+        "none",
+        "-qmp",
+        &qmp,
+        "-kernel",
+        k.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all.extend_from_slice(args);
+    let mut r = Vm::troupe(&all).spawn();
+    // A refused command line ends the process before QMP listens.
+    let deadline = std::time::Instant::now() + T;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(st) = r.child.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(20));
+            return Err(format!("{st}: {}", r.stderr.text()));
+        }
+        assert!(std::time::Instant::now() < deadline, "{}: no QMP", r.line);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut q = common::Qmp::open(port);
+    q.ask(r#"{"execute": "qmp_capabilities"}"#);
+    let pci =
+        q.ask(r#"{"execute": "human-monitor-command", "arguments": {"command-line": "info pci"}}"#);
+    let pci = pci["return"].as_str().unwrap_or_else(|| panic!("{pci}"));
+    q.send(br#"{"execute": "quit"}"#);
+    assert_eq!(code(r.wait(T)), 0, "{}: {}", r.line, r.stderr.text());
+    Ok(pci.matches("  Bus ").count())
+}
+
+/// What a driver needs beside itself to start: other options, and its own properties.
+fn device_needs(driver: &str, dir: &TempDir) -> (Vec<String>, String) {
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match driver {
+        "virtio-blk-pci" => {
+            let img = dir.path("blk.raw");
+            std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+            let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+            (s(&["-drive", &drive]), format!("{driver},drive=d0"))
+        }
+        "virtconsole" => (
+            s(&["-chardev", "null,id=c0", "-device", "virtio-serial-pci"]),
+            format!("{driver},chardev=c0"),
+        ),
+        "e1000" | "virtio-net-pci" => {
+            (s(&["-netdev", "user,id=n0"]), format!("{driver},netdev=n0"))
+        }
+        _ => (Vec::new(), driver.to_string()),
+    }
+}
+
+#[test]
+fn every_driver_device_help_lists_starts_and_the_others_are_refused() {
+    let (st, listing, err) = Vm::troupe(&["-device", "help"]).run(T);
+    assert_eq!(code(st), 0, "{err}");
+    let drivers: Vec<(&str, &str)> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("name \""))
+        .filter_map(|l| l.split_once("\", bus "))
+        .map(|(name, rest)| (name, rest.split(',').next().unwrap_or(rest)))
+        .collect();
+    assert!(drivers.len() >= 8, "{listing}");
+    let dir = TempDir::new("devhelp");
+    for (driver, bus) in drivers {
+        let (mut args, device) = device_needs(driver, &dir);
+        let before = pci_functions_of_a_started_vm(&args)
+            .unwrap_or_else(|e| panic!("{driver}'s prerequisites {args:?}: {e}"));
+        args.extend(["-device".to_string(), device]);
+        let after = pci_functions_of_a_started_vm(&args)
+            .unwrap_or_else(|e| panic!("-device help lists {driver}, but {args:?}: {e}"));
+        let added = usize::from(bus == "PCI");
+        assert_eq!(after, before + added, "{driver} on bus {bus}: info pci");
+    }
+    for driver in ["virtio-balloon-pci", "virtio-keyboard-pci"] {
+        assert!(!listing.contains(driver), "{listing}");
+        let err = pci_functions_of_a_started_vm(&["-device".into(), driver.into()]).unwrap_err();
+        assert!(
+            err.contains(&format!("troupe: -device {driver}: not available yet")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn daemonize_failure_is_reported_by_the_parent() {
     refused(
         &["-nodefaults", "-daemonize", "-kernel", "/etc/hostname"],

@@ -274,3 +274,82 @@ fn isolinux_prints_its_banner_then_the_emulation_failure_is_reported() {
     assert!(err.contains("KVM internal error. Suberror: 1"), "{err}");
     assert_ne!(code(st), 0);
 }
+
+// ---- -boot once= ----
+
+/// The serial output after the `n`th SeaBIOS banner (1-based), once it says where it boots
+/// from: "DVD/CD" or "Hard Disk".
+fn nth_boot_device(r: &common::Running, n: usize, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let out = r.stdout.text();
+        let said = out
+            .split("SeaBIOS (version")
+            .nth(n)
+            .and_then(|boot| boot.split_once("Booting from "))
+            .and_then(|(_, rest)| rest.split_once("..."));
+        if let Some((dev, _)) = said {
+            return dev.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: boot {n} did not say where it boots from within {timeout:?}:\n{out}\nstderr:\n{}",
+            r.line,
+            r.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `-boot once=d` on a machine with a GRUB CD and a GRUB disk (QEMU's default order "cad"
+/// after the first boot): the CD boots first, and every boot after a `system_reset` is the
+/// disk's. `vm` builds the command line for troupe or QEMU.
+fn boot_once_sequence(vm: fn(&[&str]) -> Vm) {
+    let m = media();
+    let hd = format!("file={},format=raw,if=ide,index=0,snapshot=on", m.hd);
+    let port = common::free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let r = vm(&[
+        "-nographic",
+        "-m",
+        "256",
+        "-net",
+        "none",
+        "-drive",
+        &hd,
+        "-cdrom",
+        &m.cd,
+        "-boot",
+        "once=d",
+        "-qmp",
+        &qmp,
+    ])
+    .spawn();
+    // Seconds alone; generous for a host busy with the GRUB tests running beside it.
+    let t = Duration::from_secs(120);
+    assert_eq!(nth_boot_device(&r, 1, t), "DVD/CD", "{}", r.line);
+    let mut q = common::Qmp::open(port);
+    assert_eq!(
+        q.ask(r#"{"execute": "qmp_capabilities"}"#)["return"],
+        serde_json::json!({})
+    );
+    for n in 2..=3 {
+        assert_eq!(
+            q.ask(r#"{"execute": "system_reset"}"#)["return"],
+            serde_json::json!({}),
+            "{}",
+            r.line
+        );
+        assert_eq!(nth_boot_device(&r, n, t), "Hard Disk", "{}", r.line);
+    }
+}
+
+#[test]
+fn boot_once_boots_the_cd_first_and_the_disk_after_each_system_reset() {
+    boot_once_sequence(|a| Vm::troupe(a));
+}
+
+#[test]
+fn qemu_boots_once_d_the_same_way() {
+    boot_once_sequence(|a| Vm::qemu(a));
+}

@@ -3,7 +3,9 @@
 //! `bench/RESULTS.md`).
 //!
 //! Run: `cargo build --release && cargo run --release -p bench -- --write`
+//! (`--help` lists the options and the groups of rows).
 
+mod cli;
 mod harness;
 mod rows;
 mod vnc;
@@ -11,6 +13,7 @@ mod vnc;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use cli::{Command, Group};
 
 /// Where things are.
 pub struct Env {
@@ -72,55 +75,78 @@ impl Row {
     }
 }
 
+/// Every group of rows, in table order.
+const GROUPS: &[Group] = &[
+    Group {
+        name: "boot",
+        rows: "process start to first serial byte and to guest exit (`hello`), QEMU microvm and pc",
+        run: rows::boot,
+    },
+    Group {
+        name: "pio",
+        rows: "port-I/O exit round trip in ring 0 and ring 3",
+        run: rows::pio,
+    },
+    Group {
+        name: "storage",
+        rows: "virtio-blk sequential 1 MiB writes and reads, random 4 KiB reads at depth 1 and 32",
+        run: rows::storage,
+    },
+    Group {
+        name: "network",
+        rows: "virtio-net ping and TCP both ways over user-mode networking and over a tap",
+        run: rows::network,
+    },
+    Group {
+        name: "memory",
+        rows: "VMM resident memory beyond guest RAM",
+        run: rows::memory,
+    },
+    Group {
+        name: "monitor",
+        rows: "HMP `info status` and QMP `query-status` round trips",
+        run: rows::monitor,
+    },
+    Group {
+        name: "vnc",
+        rows: "VNC first frame, screen write to client, bytes per update, idle CPU use",
+        run: vnc::rows,
+    },
+    Group {
+        name: "firmware",
+        rows: "process start to the SeaBIOS banner and to GRUB's menu from a CD-ROM",
+        run: rows::firmware,
+    },
+];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match cli::parse(&args, GROUPS) {
+        Ok(Command::Help) => {
+            print!("{}", cli::usage(GROUPS));
+            return Ok(());
+        }
+        Ok(Command::Run(o)) => o,
+        Err(e) => {
+            eprintln!("bench: {e} (see --help)");
+            std::process::exit(2);
+        }
+    };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let env = Env {
         troupe: root.join("target/release/troupe"),
         guests: root.join("target/guests/elf"),
-        runs: args
-            .iter()
-            .position(|a| a == "--runs")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5),
+        runs: opts.runs,
     };
     anyhow::ensure!(
         env.troupe.exists(),
         "{} is missing: run `cargo build --release` first",
         env.troupe.display()
     );
-    // `--only GROUP` runs one group (for a quick look; `--write` wants them all).
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    type Group = fn(&Env) -> Result<Vec<Row>>;
-    let groups: [(&str, Group); 8] = [
-        ("boot", rows::boot),
-        ("pio", rows::pio),
-        ("storage", rows::storage),
-        ("network", rows::network),
-        ("memory", rows::memory),
-        ("monitor", rows::monitor),
-        ("vnc", vnc::rows),
-        ("firmware", rows::firmware),
-    ];
-    if let Some(o) = &only {
-        anyhow::ensure!(
-            groups.iter().any(|g| g.0 == o),
-            "--only {o}: groups are boot, pio, storage, network, memory, monitor, vnc, firmware"
-        );
-        anyhow::ensure!(
-            !args.iter().any(|a| a == "--write"),
-            "--write needs every group"
-        );
-    }
     let mut rows = Vec::new();
-    for (name, f) in groups {
-        if only.as_deref().is_none_or(|o| o == name) {
-            rows.extend(f(&env).with_context(|| format!("{name} rows"))?);
+    for g in GROUPS {
+        if opts.only.as_deref().is_none_or(|o| o == g.name) {
+            rows.extend((g.run)(&env).with_context(|| format!("{} rows", g.name))?);
         }
     }
 
@@ -142,7 +168,7 @@ fn main() -> Result<()> {
         ));
     }
     println!("{table}");
-    if args.iter().any(|a| a == "--write") {
+    if opts.write {
         let host = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|c| {

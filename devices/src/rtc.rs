@@ -91,6 +91,9 @@ pub struct CmosConfig {
     pub cpus: u32,
     /// Boot devices in order as QEMU letters (`a` floppy, `c` disk, `d` CD, `n` network).
     pub boot_order: String,
+    /// `-boot once=`: the order for the first boot only; the first reset puts
+    /// [`CmosConfig::boot_order`] in its place (QEMU's `restore_boot_order`).
+    pub boot_once: Option<String>,
 }
 
 impl CmosConfig {
@@ -129,7 +132,8 @@ impl CmosConfig {
                 _ => 0,
             }
         };
-        let mut it = self.boot_order.chars();
+        let order = self.boot_once.as_deref().unwrap_or(&self.boot_order);
+        let mut it = order.chars();
         let (b1, b2, b3) = (code(it.next()), code(it.next()), code(it.next()));
         v.push((0x3d, (b2 << 4) | b1));
         v.push((0x38, (b3 << 4) | 1));
@@ -209,13 +213,20 @@ impl Rtc {
             last_update_secs: 0,
             config,
         };
-        r.reset();
+        r.power_on();
         r
+    }
+
+    /// A machine reset (the guest's or the monitor's `system_reset`): power-on state again,
+    /// except that a `-boot once=` order has served its boot and the normal order is back.
+    pub fn reset(&mut self) {
+        self.config.boot_once = None;
+        self.power_on();
     }
 
     /// Power-on state: register defaults and the machine's CMOS bytes; the time keeps
     /// running (a reset does not stop a battery-backed clock).
-    pub fn reset(&mut self) {
+    fn power_on(&mut self) {
         let offset = self.offset_secs;
         self.cmos = [0; 128];
         self.cmos[REG_A] = 0x26; // 32.768 kHz divider, 1024 Hz periodic rate
@@ -629,6 +640,7 @@ mod tests {
             ram_above_4g: 5 << 30,
             cpus: 4,
             boot_order: "dc".into(),
+            boot_once: None,
         });
         assert_eq!(
             u16::from(get(&mut r, 0x15)) | u16::from(get(&mut r, 0x16)) << 8,
@@ -647,6 +659,32 @@ mod tests {
         assert_eq!(get(&mut r, 0x5f), 3);
         assert_eq!(get(&mut r, 0x3d), 0x23, "CD first, then disk");
         assert_eq!(get(&mut r, 0x0d), D_VRT);
+    }
+
+    #[test]
+    fn boot_once_serves_the_first_boot_and_a_reset_restores_the_order() {
+        // -boot order=c,once=dn: CD then network first; after any reset, the disk.
+        let (mut r, _c, _irq) = rtc(CmosConfig {
+            boot_order: "c".into(),
+            boot_once: Some("dn".into()),
+            ..CmosConfig::default()
+        });
+        assert_eq!(get(&mut r, 0x3d), 0x43, "CD, then network");
+        assert_eq!(get(&mut r, 0x38), 0x01, "no third device; floppy check off");
+        r.reset();
+        assert_eq!(get(&mut r, 0x3d), 0x02, "disk only");
+        r.reset();
+        assert_eq!(get(&mut r, 0x3d), 0x02, "still the normal order");
+        // QEMU's default order "cad": disk, floppy, CD.
+        let (mut r, _c, _irq) = rtc(CmosConfig {
+            boot_order: "cad".into(),
+            boot_once: Some("d".into()),
+            ..CmosConfig::default()
+        });
+        assert_eq!(get(&mut r, 0x3d), 0x03);
+        r.reset();
+        assert_eq!(get(&mut r, 0x3d), 0x12);
+        assert_eq!(get(&mut r, 0x38), 0x31);
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl DeviceSet {
             ram_above_4g: layout.above_4g,
             cpus: cfg.smp.cpus,
             boot_order: cfg.boot_order.order.clone(),
+            boot_once: cfg.boot_order.once.clone(),
         };
         let clock = HostClock {
             offset_secs: rtc_offset(&cfg.rtc.base),

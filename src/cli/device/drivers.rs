@@ -12,6 +12,9 @@ pub(super) struct Driver {
     desc: &'static str,
     /// (property, type, description) beyond `id`.
     props: &'static [(&'static str, &'static str, &'static str)],
+    /// Whether the machine can start it yet. The others are parsed (their checks and slots
+    /// are QEMU's already) but `-device help` leaves them out and the machine refuses them.
+    available: bool,
 }
 
 const PCI_ADDR: (&str, &str, &str) = (
@@ -41,6 +44,7 @@ pub(super) const DRIVERS: &[Driver] = &[
             ("netdev", "<str>", "ID of a netdev to use as a backend"),
             ("romfile", "<str>", ""),
         ],
+        available: true,
     },
     Driver {
         name: "virtio-net-pci",
@@ -60,6 +64,7 @@ pub(super) const DRIVERS: &[Driver] = &[
             ("netdev", "<str>", "ID of a netdev to use as a backend"),
             ("romfile", "<str>", ""),
         ],
+        available: true,
     },
     Driver {
         name: "virtio-blk-pci",
@@ -79,6 +84,7 @@ pub(super) const DRIVERS: &[Driver] = &[
             ("num-queues", "<uint16>", "(default: number of vCPUs)"),
             ("serial", "<str>", ""),
         ],
+        available: true,
     },
     Driver {
         name: "virtio-keyboard-pci",
@@ -87,6 +93,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: false,
     },
     Driver {
         name: "virtio-tablet-pci",
@@ -95,6 +102,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: true,
     },
     Driver {
         name: "virtconsole",
@@ -110,6 +118,7 @@ pub(super) const DRIVERS: &[Driver] = &[
             ),
             ("chardev", "<str>", "ID of a chardev to use as a backend"),
         ],
+        available: true,
     },
     Driver {
         name: "virtio-serial-pci",
@@ -118,6 +127,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: true,
     },
     Driver {
         name: "isa-debug-exit",
@@ -129,6 +139,7 @@ pub(super) const DRIVERS: &[Driver] = &[
             ("iobase", "<uint32>", " (default: 1281)"),
             ("iosize", "<uint32>", " (default: 2)"),
         ],
+        available: true,
     },
     Driver {
         name: "virtio-balloon-pci",
@@ -137,6 +148,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: false,
     },
     Driver {
         name: "virtio-rng-pci",
@@ -145,6 +157,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: true,
     },
 ];
 
@@ -154,11 +167,16 @@ pub(super) fn find_driver(name: &str) -> Option<&'static Driver> {
         .find(|d| d.name == name || (!d.alias.is_empty() && d.alias == name))
 }
 
-/// `-device help`: the drivers troupe has, grouped like QEMU's listing.
+/// The drivers a machine can start, in listing order.
+fn available() -> impl Iterator<Item = &'static Driver> {
+    DRIVERS.iter().filter(|d| d.available)
+}
+
+/// `-device help`: the drivers troupe can start, grouped like QEMU's listing.
 pub fn device_help() -> String {
     let mut out = String::new();
     let mut categories: Vec<&str> = Vec::new();
-    for d in DRIVERS {
+    for d in available() {
         if !categories.contains(&d.category) {
             categories.push(d.category);
         }
@@ -168,7 +186,7 @@ pub fn device_help() -> String {
             out.push('\n');
         }
         out.push_str(&format!("{cat}:\n"));
-        for d in DRIVERS.iter().filter(|d| d.category == *cat) {
+        for d in available().filter(|d| d.category == *cat) {
             out.push_str(&format!("name \"{}\", bus {}", d.name, d.bus));
             if !d.alias.is_empty() {
                 out.push_str(&format!(", alias \"{}\"", d.alias));
@@ -185,6 +203,9 @@ pub fn device_help() -> String {
 /// `-device DRIVER,help`: the properties troupe accepts for `driver`.
 pub fn device_props_help(driver: &str) -> Result<String, DeviceError> {
     let d = find_driver(driver).ok_or_else(|| DeviceError::Unknown(driver.to_string()))?;
+    if !d.available {
+        return Err(DeviceError::NotAvailable(d.name));
+    }
     let mut out = format!("{} options:\n", d.name);
     let mut props: Vec<_> = d.props.to_vec();
     props.push(("id", "<str>", ""));
@@ -210,8 +231,10 @@ mod tests {
         assert!(h.contains("Network devices:\nname \"e1000\", bus PCI, alias \"e1000-82540em\", desc \"Intel Gigabit Ethernet\"\n"));
         assert!(h.contains("name \"virtio-net-pci\", bus PCI, alias \"virtio-net\"\n"));
         for d in DRIVERS {
-            assert!(h.contains(&format!("name \"{}\"", d.name)));
+            let listed = h.contains(&format!("name \"{}\"", d.name));
+            assert_eq!(listed, d.available, "{}", d.name);
         }
+        assert!(!h.contains("balloon"), "{h}");
         let p = device_props_help("isa-debug-exit").unwrap();
         assert_eq!(p, "isa-debug-exit options:\n  id=<str>\n  iobase=<uint32>        - (default: 1281)\n  iosize=<uint32>        - (default: 2)\n");
         let p = device_props_help("e1000").unwrap();
@@ -219,6 +242,10 @@ mod tests {
         assert!(device_props_help("virtio-net")
             .unwrap()
             .starts_with("virtio-net-pci options:"));
+        assert_eq!(
+            device_props_help("virtio-balloon").unwrap_err().to_string(),
+            "device 'virtio-balloon-pci' is not available yet"
+        );
         assert_eq!(
             device_props_help("nope").unwrap_err().to_string(),
             "device 'nope' is unknown or not supported by troupe (see -device help)"

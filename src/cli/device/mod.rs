@@ -34,6 +34,9 @@ pub enum DeviceError {
     /// A driver name troupe doesn't know.
     #[error("device '{0}' is unknown or not supported by troupe (see -device help)")]
     Unknown(String),
+    /// A driver troupe parses but cannot start yet.
+    #[error("device '{0}' is not available yet")]
+    NotAvailable(&'static str),
     /// `mac=`.
     #[error(transparent)]
     Mac(#[from] NetdevError),

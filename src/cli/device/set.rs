@@ -2,9 +2,7 @@
 //! against what already exists (drives, netdevs, ids, bootindexes, I/O ports).
 
 use super::{DeviceError, DeviceSpec, SpecKind, MAX_QUEUES};
-use crate::config::{
-    DeviceConfig, DeviceKind, DriveConfig, DriveInterface, NetdevConfig, NicModel, VgaKind,
-};
+use crate::config::{DeviceConfig, DeviceKind, DriveConfig, DriveInterface, NetdevConfig, VgaKind};
 
 /// The devices realized so far, with what they hold (slots, MACs, drives, netdevs,
 /// bootindexes), so the next one can be checked against them.
@@ -14,27 +12,6 @@ pub struct DeviceSet {
     pub devices: Vec<DeviceConfig>,
     vga: bool,
     cpus: u32,
-}
-
-fn driver_name(kind: &DeviceKind) -> &'static str {
-    match kind {
-        DeviceKind::IsaDebugExit { .. } => "isa-debug-exit",
-        DeviceKind::VirtioBlk { .. } => "virtio-blk-pci",
-        DeviceKind::Nic {
-            model: NicModel::E1000,
-            ..
-        } => "e1000",
-        DeviceKind::Nic {
-            model: NicModel::VirtioNet,
-            ..
-        } => "virtio-net-pci",
-        DeviceKind::VirtioRng => "virtio-rng-pci",
-        DeviceKind::VirtioSerial => "virtio-serial-pci",
-        DeviceKind::VirtConsole { .. } => "virtconsole",
-        DeviceKind::VirtioBalloon => "virtio-balloon-pci",
-        DeviceKind::VirtioTablet => "virtio-tablet-pci",
-        DeviceKind::VirtioKeyboard => "virtio-keyboard-pci",
-    }
 }
 
 impl DeviceSet {
@@ -70,8 +47,8 @@ impl DeviceSet {
             .iter()
             .find(|d| d.addr == Some((slot, func)))
             .map(|d| match &d.id {
-                Some(id) => format!("{} (id {id})", driver_name(&d.kind)),
-                None => driver_name(&d.kind).to_string(),
+                Some(id) => format!("{} (id {id})", d.kind.driver()),
+                None => d.kind.driver().to_string(),
             })
     }
 

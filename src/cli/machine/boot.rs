@@ -44,7 +44,11 @@ pub fn parse_boot(mut opts: Opts) -> Result<BootOrder, MachineError> {
     })
 }
 
-/// QEMU's boot letters for `pc`: a, b (floppy), c (disk), d (CD-ROM), n (network), each once.
+/// Most boot devices a PC's CMOS holds (bytes 0x3d and 0x38), as QEMU's `set_boot_dev`.
+const MAX_BOOT_DEVICES: usize = 3;
+
+/// QEMU's boot letters for `pc`: a, b (floppy), c (disk), d (CD-ROM), n (network), each once,
+/// at most three.
 fn check_boot_letters(letters: &str) -> Result<(), MachineError> {
     let mut seen = Vec::new();
     for c in letters.chars() {
@@ -55,6 +59,9 @@ fn check_boot_letters(letters: &str) -> Result<(), MachineError> {
             return Err(MachineError::BootTwice(c));
         }
         seen.push(c);
+    }
+    if seen.len() > MAX_BOOT_DEVICES {
+        return Err(MachineError::BootTooMany(letters.to_string()));
     }
     Ok(())
 }
@@ -192,6 +199,14 @@ mod tests {
         assert_eq!(
             boot("order=cc"),
             Err("boot device 'c' was given twice".into())
+        );
+        assert_eq!(
+            boot("order=cdna"),
+            Err("too many boot devices for PC: 'cdna' names more than 3".into())
+        );
+        assert_eq!(
+            boot("once=dcn,order=cdnb"),
+            Err("too many boot devices for PC: 'cdnb' names more than 3".into())
         );
         assert_eq!(
             boot("menu=maybe"),

@@ -155,6 +155,9 @@ pub enum MachineError {
     /// A `-boot` letter given twice.
     #[error("boot device '{0}' was given twice")]
     BootTwice(char),
+    /// More boot letters than the PC's CMOS holds.
+    #[error("too many boot devices for PC: '{0}' names more than 3")]
+    BootTooMany(String),
     /// `reboot-timeout` outside -1..=65535.
     #[error("reboot-timeout must be between -1 and 65535, not '{0}'")]
     RebootTimeout(String),
