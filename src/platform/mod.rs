@@ -322,9 +322,16 @@ impl DeviceSet {
     }
 
     /// Every device actor the supervisor pauses and resumes with the VM, in the order
-    /// they were built: the RTC's timer, then the PCI devices' workers.
+    /// they were built: the RTC's timer, the keyboard controller's and the serial ports'
+    /// input, then the PCI devices' workers.
     pub fn controls(&self) -> Vec<actors::runtime::ControlHandle> {
-        let mut c = vec![self.rtc.control.clone()];
+        let mut c = vec![self.rtc.control.clone(), self.i8042.control()];
+        c.extend(
+            self.serials
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.control(&format!("serial{i}"))),
+        );
         c.extend(self.virtio.controls());
         c
     }

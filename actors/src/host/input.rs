@@ -14,7 +14,10 @@ use devices::BusDevice;
 use tokio::sync::Notify;
 
 use crate::bus::{lock, BusHandler};
-use crate::runtime::{mailbox, spawn_supervised, Addr, MessageKind, Placement, Registry, Restart};
+use crate::runtime::{
+    mailbox, spawn_supervised, Addr, ControlHandle, MessageKind, PauseGate, Placement, Registry,
+    Restart,
+};
 
 /// Input for the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +85,18 @@ pub struct I8042Port {
     model: Arc<Mutex<I8042>>,
     waiting: AtomicBool,
     room: Notify,
+    /// Input reaches the model (and raises IRQ 1/12) only while the VM runs.
+    gate: Arc<PauseGate>,
 }
 
 impl I8042Port {
     pub fn model(&self) -> &Arc<Mutex<I8042>> {
         &self.model
+    }
+
+    /// The input actor's control (pause/resume with the VM).
+    pub fn control(&self) -> ControlHandle {
+        ControlHandle::gate("i8042", self.gate.clone())
     }
 }
 
@@ -117,6 +127,7 @@ pub fn start_input(
         model: model.clone(),
         waiting: AtomicBool::new(false),
         room: Notify::new(),
+        gate: Arc::default(),
     });
     let (addr, mb) = mailbox::<InputMsg>("i8042", 256);
     let a = addr.clone();
@@ -132,32 +143,38 @@ pub fn start_input(
             async move {
                 let mut mb = mb.open().await;
                 while let Some(msg) = mb.recv().await {
-                    // Hold the event until the device has room for it.
                     loop {
-                        let fits = {
-                            let dev = lock(&p.model);
-                            match msg {
+                        // Not while the VM is stopped: events wait in the mailbox.
+                        let step = p.gate.step().await;
+                        let applied = {
+                            let mut dev = lock(&p.model);
+                            let fits = match msg {
                                 InputMsg::Key { .. } => dev.key_fits(),
                                 InputMsg::Mouse { .. } => dev.mouse_fits(),
+                            };
+                            if fits {
+                                match msg {
+                                    InputMsg::Key { key, down } => dev.key_event(key, down),
+                                    InputMsg::Mouse {
+                                        dx,
+                                        dy,
+                                        dz,
+                                        buttons,
+                                    } => dev.mouse_event(dx, dy, dz, buttons),
+                                }
                             }
+                            fits
                         };
-                        if fits {
+                        drop(step);
+                        if applied {
+                            p.waiting.store(false, Ordering::Release);
                             break;
                         }
+                        // Hold the event until the device has room for it (a pause may
+                        // come meanwhile: no step is held while waiting).
                         p.waiting.store(true, Ordering::Release);
                         let _ = tokio::time::timeout(Duration::from_millis(20), p.room.notified())
                             .await;
-                    }
-                    p.waiting.store(false, Ordering::Release);
-                    let mut dev = lock(&p.model);
-                    match msg {
-                        InputMsg::Key { key, down } => dev.key_event(key, down),
-                        InputMsg::Mouse {
-                            dx,
-                            dy,
-                            dz,
-                            buttons,
-                        } => dev.mouse_event(dx, dy, dz, buttons),
                     }
                 }
             }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::bus::{lock, BusHandler};
 use crate::chardev::FrontendEvent;
-use crate::runtime::{spawn_supervised, Placement, Registry, Restart};
+use crate::runtime::{spawn_supervised, ControlHandle, PauseGate, Placement, Registry, Restart};
 
 /// The bus side of one UART.
 pub struct SerialPort {
@@ -26,11 +26,18 @@ pub struct SerialPort {
     /// The actor has input waiting for FIFO space.
     waiting: AtomicBool,
     space: Notify,
+    /// Input reaches the model (and raises its line) only while the VM runs.
+    gate: Arc<PauseGate>,
 }
 
 impl SerialPort {
     pub fn model(&self) -> &Arc<Mutex<Serial>> {
         &self.model
+    }
+
+    /// The input feeder's control (pause/resume with the VM).
+    pub fn control(&self, id: &str) -> ControlHandle {
+        ControlHandle::gate(id, self.gate.clone())
     }
 }
 
@@ -65,6 +72,7 @@ pub fn start_serial(
         model: Arc::new(Mutex::new(model)),
         waiting: AtomicBool::new(false),
         space: Notify::new(),
+        gate: Arc::default(),
     });
     let depth_port = port.clone();
     let entry = registry.register(id, "serial", Placement::Runtime, move || {
@@ -96,7 +104,9 @@ async fn feed(
                 None => return,
             }
         }
-        // Offer what we have.
+        // Offer what we have (not while the VM is stopped: bytes wait here, and the
+        // chardev's channel fills and holds back the backend).
+        let step = port.gate.step().await;
         let taken = {
             let (a, b) = pending.as_slices();
             let mut m = lock(&port.model);
@@ -107,6 +117,7 @@ async fn feed(
                 n
             }
         };
+        drop(step);
         pending.drain(..taken);
         if pending.is_empty() {
             port.waiting.store(false, Ordering::Release);

@@ -39,7 +39,15 @@ impl MessageKind for Control {
 #[derive(Clone)]
 pub struct ControlHandle {
     id: Arc<str>,
-    send: Arc<dyn Fn(Control) -> Result<(), ActorError> + Send + Sync>,
+    to: To,
+}
+
+#[derive(Clone)]
+enum To {
+    /// Messages posted to the actor's own mailbox.
+    Mailbox(Arc<dyn Fn(Control) -> Result<(), ActorError> + Send + Sync>),
+    /// A task that takes its steps through a [`PauseGate`].
+    Gate(Arc<PauseGate>),
 }
 
 impl std::fmt::Debug for ControlHandle {
@@ -57,7 +65,15 @@ impl ControlHandle {
     ) -> Self {
         Self {
             id: Arc::from(id),
-            send: Arc::new(send),
+            to: To::Mailbox(Arc::new(send)),
+        }
+    }
+
+    /// A handle for a task that takes each step through `gate`.
+    pub fn gate(id: &str, gate: Arc<PauseGate>) -> Self {
+        Self {
+            id: Arc::from(id),
+            to: To::Gate(gate),
         }
     }
 
@@ -78,14 +94,69 @@ impl ControlHandle {
 
     /// Ask the actor to pause and wait until it is quiescent.
     pub async fn pause(&self) -> Result<(), ActorError> {
-        let (tx, rx) = reply_channel(&self.id);
-        (self.send)(Control::Pause(tx))?;
-        rx.recv().await
+        match &self.to {
+            To::Mailbox(send) => {
+                let (tx, rx) = reply_channel(&self.id);
+                send(Control::Pause(tx))?;
+                rx.recv().await
+            }
+            To::Gate(g) => {
+                g.close().await;
+                Ok(())
+            }
+        }
     }
 
     /// Let the actor carry on.
     pub fn resume(&self) -> Result<(), ActorError> {
-        (self.send)(Control::Resume)
+        match &self.to {
+            To::Mailbox(send) => send(Control::Resume),
+            To::Gate(g) => {
+                g.open();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// For a task on the runtime whose only effect on the guest is a short synchronous step
+/// (hand input to a model, raise its line): the task takes every step through the gate,
+/// and a pause closes the gate once no step is under way.
+pub struct PauseGate {
+    open: tokio::sync::watch::Sender<bool>,
+    step: tokio::sync::RwLock<()>,
+}
+
+impl Default for PauseGate {
+    fn default() -> Self {
+        Self {
+            open: tokio::sync::watch::channel(true).0,
+            step: tokio::sync::RwLock::new(()),
+        }
+    }
+}
+
+impl PauseGate {
+    /// Wait until the VM runs, then hold off a pause until the returned guard is dropped.
+    pub async fn step(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        let mut open = self.open.subscribe();
+        loop {
+            let _ = open.wait_for(|o| *o).await;
+            let guard = self.step.read().await;
+            if *self.open.borrow() {
+                return guard;
+            }
+        }
+    }
+
+    async fn close(&self) {
+        self.open.send_replace(false);
+        // Steps under way finish; later ones wait for `open`.
+        drop(self.step.write().await);
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
     }
 }
 
@@ -202,6 +273,27 @@ mod tests {
         assert_eq!(quiesced.load(SeqCst), 1, "a second pause finds it paused");
         handle.resume().unwrap();
         assert!(!t.join().unwrap(), "running again after resume");
+    }
+
+    #[tokio::test]
+    async fn a_gate_pauses_between_steps() {
+        let gate = Arc::new(PauseGate::default());
+        let handle = ControlHandle::gate("feed", gate.clone());
+        let step = gate.step().await;
+        let pause = handle.pause();
+        tokio::pin!(pause);
+        // A step is under way: the pause waits for it.
+        assert!(futures::FutureExt::now_or_never(pause.as_mut()).is_none());
+        drop(step);
+        pause.await.unwrap();
+        let next = gate.step();
+        tokio::pin!(next);
+        assert!(
+            futures::FutureExt::now_or_never(next.as_mut()).is_none(),
+            "no step while paused"
+        );
+        handle.resume().unwrap();
+        drop(next.await);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ mod registry;
 mod reply;
 mod spawn;
 
-pub use control::{Control, ControlHandle, ThreadControl, Transition};
+pub use control::{Control, ControlHandle, PauseGate, ThreadControl, Transition};
 pub use mailbox::{mailbox, Addr, Mailbox};
 pub use registry::{ActorInfo, ActorState, Placement, Registry, RegistryEntry};
 pub use reply::{reply_channel, Reply, ReplyReceiver};
