@@ -41,12 +41,13 @@ pub enum KernelSource {
 }
 
 impl KernelSource {
-    fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>> {
+    /// The kernel image, if it fits in `ram` bytes of guest RAM.
+    fn read(&self, ram: u64) -> Result<std::borrow::Cow<'static, [u8]>> {
         match self {
             Self::Embedded(b) => Ok(std::borrow::Cow::Borrowed(b)),
-            Self::File(p) => std::fs::read(p)
+            Self::File(p) => crate::files::read_bounded(p, ram, "guest RAM")
                 .map(std::borrow::Cow::Owned)
-                .with_context(|| format!("-kernel {}: could not read", p.display())),
+                .map_err(|e| anyhow!("-kernel {}: {e}", p.display())),
         }
     }
 
@@ -124,11 +125,12 @@ impl PcMachine {
                 initrd,
                 cmdline,
             } => {
-                let image = kernel.read()?;
+                let ram = self.layout.below_4g + self.layout.above_4g;
+                let image = kernel.read(ram)?;
                 let initrd_bytes = match initrd {
                     Some(p) => Some(
-                        std::fs::read(p)
-                            .with_context(|| format!("-initrd {}: could not read", p.display()))?,
+                        crate::files::read_bounded(p, ram, "guest RAM")
+                            .map_err(|e| anyhow!("-initrd {}: {e}", p.display()))?,
                     ),
                     None => None,
                 };
