@@ -622,3 +622,65 @@ fn hmp_refuses_extra_words_unknown_log_items_and_addresses_past_the_top() {
     assert!(vm.child.try_wait().unwrap().is_none());
     vm.kill();
 }
+
+#[test]
+fn unused_chardevs_a_second_vnc_and_a_bad_tap_fd_are_checked_at_start() {
+    let dir = TempDir::new("harden-start");
+    let sock = format!(
+        "socket,id=c0,path={}/no/such/dir/sock,server=on,wait=off",
+        dir.0.display()
+    );
+    let port = free_port();
+    let vnc = format!("127.0.0.1:{}", port - 5900);
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        // A chardev nothing uses is still opened, as QEMU does.
+        (vec!["-chardev", &sock], vec!["c0", "/no/such/dir/sock"]),
+        (
+            vec!["-vnc", &vnc, "-vnc", &vnc],
+            vec!["Address already in use"],
+        ),
+        (
+            vec!["-netdev", "tap,id=n0,fd=999"],
+            vec!["n0: Can't use file descriptor 999: Bad file descriptor"],
+        ),
+    ];
+    for (extra, wanted) in cases {
+        let mut args = vec!["-S", "-display", "none", "-nodefaults"];
+        args.extend_from_slice(&extra);
+        let start = Instant::now();
+        let (st, _, err) = Vm::troupe(&args).run(REFUSE);
+        assert_eq!(code(st), 1, "{extra:?}: {err}");
+        assert!(start.elapsed() < REFUSE);
+        // One error line (a netdev with no NIC also gets QEMU's warning).
+        let errors: Vec<&str> = err.lines().filter(|l| !l.contains("warning:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        for w in wanted {
+            assert!(err.contains(w), "{extra:?}: {err}");
+        }
+        // QEMU refuses the same.
+        let (st, _, qerr) = Vm::qemu(&args).run(REFUSE);
+        assert_ne!(code(st), 0, "QEMU accepted {extra:?}: {qerr}");
+    }
+
+    // A good unused chardev is opened (its file created) and the VM runs.
+    let out = dir.path("unused.log");
+    let file = format!("file,id=c1,path={}", out.display());
+    let mut vm = Vm::troupe(&["-S", "-display", "none", "-nodefaults", "-chardev", &file]).spawn();
+    let deadline = Instant::now() + REFUSE;
+    while !out.exists() {
+        assert!(Instant::now() < deadline, "{} never created", out.display());
+        assert!(
+            vm.child.try_wait().unwrap().is_none(),
+            "{}",
+            vm.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "{}",
+        vm.stderr.text()
+    );
+    vm.kill();
+}

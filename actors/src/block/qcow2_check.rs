@@ -135,7 +135,7 @@ fn table_ok(offset: u64, entries: u64, entry_len: u64, cluster_size: u64) -> boo
     else {
         return false;
     };
-    (i64::MAX as u64 - size) >= offset && offset % cluster_size == 0
+    (i64::MAX as u64 - size) >= offset && offset.is_multiple_of(cluster_size)
 }
 
 /// Check one qcow2 image's header as QEMU's `qcow2_do_open` does. `writable`: it is
