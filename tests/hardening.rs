@@ -253,6 +253,45 @@ fn qcow2_headers_qemu_refuses_are_refused_before_anything_is_written() {
         refused(&img, &[], &["encrypted", wanted]);
     }
 
+    // Features QEMU handles but troupe cannot: refused, and never written (QEMU would
+    // open them, repairing a dirty image).
+    let dirty = image(&dir, "dirty.qcow2");
+    patch(&dirty, 72, &1u64.to_be_bytes());
+    // Autoclear bit 0 (bitmaps) too: imago clears autoclear bits when it opens an image.
+    patch(&dirty, 88, &1u64.to_be_bytes());
+    let el2 = dir.path("el2.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=2M,extended_l2=on",
+        s(&el2),
+        "64M",
+    ]);
+    patch(&el2, 88, &1u64.to_be_bytes());
+    for (img, wanted) in [
+        (&dirty, "qemu-img check -r all"),
+        (
+            &el2,
+            "qcow2 feature 'extended L2 entries' is not supported by troupe",
+        ),
+    ] {
+        let before = std::fs::read(img).unwrap();
+        let drive = format!("file={},if=virtio", s(img));
+        let (st, _, err) =
+            Vm::troupe(&["-S", "-display", "none", "-nodefaults", "-drive", &drive]).run(REFUSE);
+        assert_eq!(code(st), 1, "{err}");
+        assert!(err.contains(wanted), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            std::fs::read(img).unwrap() == before,
+            "{} was written",
+            img.display()
+        );
+    }
+
     // The checks pass a good image.
     let good = image(&dir, "good.qcow2");
     opens(&good);

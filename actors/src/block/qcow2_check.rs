@@ -28,6 +28,7 @@ const EXT_DATA_FILE: u32 = 0x4441_5441;
 /// Incompatible feature bits this format revision defines: dirty, corrupt, external data
 /// file, compression type, extended L2 entries.
 const KNOWN_INCOMPATIBLE: u64 = 0x1f;
+const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
@@ -62,6 +63,10 @@ pub enum Qcow2Error {
     Incompatible(u64),
     #[error("qcow2: Image is corrupt; cannot be opened read/write (incompatible_features bit 1)")]
     Corrupt,
+    #[error("the image was not closed cleanly and troupe cannot repair it: run 'qemu-img check -r all' (incompatible_features bit 0, dirty)")]
+    Dirty,
+    #[error("qcow2 feature '{name}' is not supported by troupe (incompatible_features bit {bit})")]
+    Unsupported { bit: u32, name: &'static str },
     #[error("'data-file' is required for this image (incompatible_features bit 2, and no external data file name extension)")]
     DataFileRequired,
     #[error("data-file-raw requires a data file (autoclear_features bit 1)")]
@@ -180,6 +185,21 @@ fn check_header(f: &File, writable: bool) -> Result<Checked, Qcow2Error> {
     }
     if incompatible & INCOMPAT_CORRUPT != 0 && writable {
         return Err(Qcow2Error::Corrupt);
+    }
+    // What QEMU can do but imago (and so troupe) cannot: refused here, before imago
+    // could rewrite the header of an image it then refuses.
+    let unsupported = incompatible & !INCOMPAT_DATA_FILE;
+    if unsupported & INCOMPAT_DIRTY != 0 {
+        return Err(Qcow2Error::Dirty);
+    }
+    if unsupported != 0 {
+        let bit = unsupported.trailing_zeros();
+        let name = match bit {
+            1 => "corrupt",
+            3 => "compression type",
+            _ => "extended L2 entries",
+        };
+        return Err(Qcow2Error::Unsupported { bit, name });
     }
     if refcount_order > 6 {
         return Err(Qcow2Error::RefcountOrder(refcount_order));
