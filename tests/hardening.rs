@@ -633,7 +633,11 @@ fn hmp_refuses_extra_words_unknown_log_items_and_addresses_past_the_top() {
     );
     assert_eq!(
         h.cmd("log guest_errors x"),
-        "log: extraneous characters at the end of line\r\n"
+        "log: extraneous characters at the end of line\r\nTry \"help log\" for more information\r\n"
+    );
+    assert_eq!(
+        h.cmd("stop now"),
+        "stop|s: extraneous characters at the end of line\r\nTry \"help stop\" for more information\r\n"
     );
     // An unknown item lists the known ones and turns nothing on.
     for bad in ["log bogus", "log guest_errors,bogus"] {

@@ -319,8 +319,12 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         return HmpReply::text(format!("{canonical}: missing argument\n"));
     }
     if rest.len() > max_args.max(required) && !matches!(canonical, "help" | "info") {
+        // QEMU names the command as its table does, the long name first (`stop|s`).
+        let mut all: Vec<&str> = names(entry.0).collect();
+        all.sort_by_key(|n| std::cmp::Reverse(n.len()));
         return HmpReply::text(format!(
-            "{canonical}: extraneous characters at the end of line\n"
+            "{}: extraneous characters at the end of line\nTry \"help {canonical}\" for more information\n",
+            all.join("|")
         ));
     }
     let simple = |name: &'static str| async move {
