@@ -41,12 +41,13 @@ pub enum KernelSource {
 }
 
 impl KernelSource {
-    fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>> {
+    /// The kernel image, if it fits in `ram` bytes of guest RAM.
+    fn read(&self, ram: u64) -> Result<std::borrow::Cow<'static, [u8]>> {
         match self {
             Self::Embedded(b) => Ok(std::borrow::Cow::Borrowed(b)),
-            Self::File(p) => std::fs::read(p)
+            Self::File(p) => crate::files::read_bounded(p, ram, "guest RAM")
                 .map(std::borrow::Cow::Owned)
-                .with_context(|| format!("-kernel {}: could not read", p.display())),
+                .map_err(|e| anyhow!("-kernel {}: {e}", p.display())),
         }
     }
 
@@ -124,11 +125,12 @@ impl PcMachine {
                 initrd,
                 cmdline,
             } => {
-                let image = kernel.read()?;
+                let ram = self.layout.below_4g + self.layout.above_4g;
+                let image = kernel.read(ram)?;
                 let initrd_bytes = match initrd {
                     Some(p) => Some(
-                        std::fs::read(p)
-                            .with_context(|| format!("-initrd {}: could not read", p.display()))?,
+                        crate::files::read_bounded(p, ram, "guest RAM")
+                            .map_err(|e| anyhow!("-initrd {}: {e}", p.display()))?,
                     ),
                     None => None,
                 };
@@ -184,6 +186,12 @@ pub struct Vm {
     pub downscripts: Vec<(std::path::PathBuf, String)>,
     /// Backends `netdev_add` opened, closed (their down scripts run) as the VM ends.
     pub hot: Arc<crate::monitor_info::PcInfo>,
+    /// `-chardev`s no front end uses, open for the VM's life as in QEMU (their input
+    /// waits unread).
+    pub idle_chardevs: Vec<(
+        ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    )>,
 }
 
 /// Which host cores each vCPU gets.
@@ -281,6 +289,17 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         ));
     }
     for n in &cfg.netdevs {
+        // An inherited tap fd is checked whether or not a NIC uses the netdev (as QEMU).
+        if let NetdevKind::Tap { fd: Some(fd), .. } = &n.kind {
+            // SAFETY: F_GETFD only reads the descriptor's flags; any int is safe to ask.
+            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                return Err(anyhow!(
+                    "-netdev tap,id={id},fd={fd}: {id}: Can't use file descriptor {fd}: {}",
+                    crate::cli::os_error_text(&std::io::Error::last_os_error()),
+                    id = n.id
+                ));
+            }
+        }
         if !served(&n.kind) {
             return Err(anyhow!(
                 "-netdev {}: only tap, bridge, user and socket networking are available yet (hubport is not)",
@@ -406,6 +425,14 @@ pub fn build(
             {
                 guestfwds.insert(chardev.clone(), fe);
             }
+        }
+    }
+    // QEMU opens every -chardev at start, used or not: a path that cannot be created or a
+    // port that cannot be bound is an error now, not when something first uses it.
+    let mut idle_chardevs = Vec::new();
+    for c in unused_chardevs(cfg) {
+        if let Some(fe) = front_end(&c.id, &c.id).with_context(|| format!("-chardev {}", c.id))? {
+            idle_chardevs.push(fe);
         }
     }
     let bios = match &cfg.boot {
@@ -632,7 +659,36 @@ pub fn build(
         monitors,
         downscripts,
         hot: info,
+        idle_chardevs,
     })
+}
+
+/// The `-chardev`s nothing refers to: no serial port, monitor, virtconsole or `guestfwd=`.
+fn unused_chardevs(cfg: &VmConfig) -> Vec<&crate::config::Chardev> {
+    let mut used: Vec<&str> = Vec::new();
+    for b in cfg
+        .serials
+        .iter()
+        .chain(cfg.monitors.iter().map(|m| &m.backend))
+    {
+        if let CharBackend::Named(id) = b {
+            used.push(id);
+        }
+    }
+    for d in &cfg.devices {
+        if let crate::config::DeviceKind::VirtConsole { chardev, .. } = &d.kind {
+            used.push(chardev);
+        }
+    }
+    for n in &cfg.netdevs {
+        if let crate::config::NetdevKind::User(u) = &n.kind {
+            used.extend(u.guestfwd.iter().map(|(_, _, c)| c.as_str()));
+        }
+    }
+    cfg.chardevs
+        .iter()
+        .filter(|c| !used.contains(&c.id.as_str()))
+        .collect()
 }
 
 /// The mux a backend refers to, if any: (key, the backend the mux opens).
@@ -779,6 +835,8 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         kvm: _kvm,
         mut downscripts,
         hot,
+        // Open until the VM ends.
+        idle_chardevs: _idle_chardevs,
         ..
     } = vm;
     let sig_handle = handle.clone();

@@ -9,6 +9,7 @@ mod cli;
 #[allow(dead_code)]
 mod config;
 mod demo;
+mod files;
 mod machine;
 mod monitor_info;
 mod platform;
@@ -19,7 +20,13 @@ mod vm;
 use actors::runtime::Registry;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match utf8_args(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            actors::report!("troupe: {e}");
+            std::process::exit(1);
+        }
+    };
     let demo = args.is_empty();
     let cfg = if demo {
         demo::config()
@@ -64,6 +71,37 @@ fn main() {
     };
     actors::chardev::tty::restore();
     std::process::exit(status);
+}
+
+/// An argument troupe cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("argument {index} ('{shown}') is not valid UTF-8: troupe takes option values, names and paths as UTF-8 text")]
+struct ArgError {
+    /// 1-based, as in `argv`.
+    index: usize,
+    /// The argument with each byte that is not UTF-8 written `\xNN`.
+    shown: String,
+}
+
+/// The arguments as text, or which one is not.
+fn utf8_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<String>, ArgError> {
+    use std::os::unix::ffi::OsStrExt;
+    args.enumerate()
+        .map(|(i, a)| {
+            a.into_string().map_err(|a| ArgError {
+                index: i + 1,
+                shown: a
+                    .as_bytes()
+                    .utf8_chunks()
+                    .map(|c| {
+                        let bad: String =
+                            c.invalid().iter().map(|b| format!("\\x{b:02x}")).collect();
+                        format!("{}{bad}", c.valid())
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 /// Build the VM, report readiness, run it; returns the process exit status.

@@ -325,7 +325,7 @@ fn bad_clients_get_clear_errors_and_the_vm_runs_on() {
     assert_eq!(h.cmd("info nosuch"), "unknown command: 'info nosuch'\r\n");
     assert_eq!(
         h.cmd("stop now"),
-        "stop: extraneous characters at the end of line\r\n"
+        "stop|s: extraneous characters at the end of line\r\nTry \"help stop\" for more information\r\n"
     );
     assert_eq!(h.cmd("sendkey"), "sendkey: missing argument\r\n");
     assert_eq!(h.cmd("sendkey nokey"), "invalid parameter: nokey\r\n");

@@ -42,6 +42,12 @@ pub enum DisplayError {
     /// `-display vnc` without `=`.
     #[error("VNC requires a display argument vnc=<display>")]
     VncNeedsDisplay,
+    /// A second `-vnc` on the address the first one listens on.
+    #[error("Failed to find an available port: Address already in use")]
+    VncAddressInUse,
+    /// A second `-vnc` elsewhere: troupe serves one VNC display.
+    #[error("troupe serves one VNC display, and '{0}' is already given")]
+    VncSecond(String),
     /// A GUI display.
     #[error("display '{0}' is not available in troupe: it has no GUI (use -vnc or -display none)")]
     Gui(String),

@@ -5,8 +5,9 @@
 //! host has (for `-m`), where the default firmware lives, and whether a file named on the
 //! command line can be opened. Tests build a [`Host`] by hand instead of detecting it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -97,7 +98,13 @@ pub fn os_error_text(e: &io::Error) -> String {
 /// Check that `path` is a regular file (or device) that can be opened for reading;
 /// returns its size in bytes.
 pub fn check_readable(path: &Path) -> Result<u64, FileError> {
-    let file = File::open(path).map_err(|e| FileError::Open(os_error_text(&e)))?;
+    // O_NONBLOCK: a FIFO is refused later for its unknown size, not waited on here (it
+    // changes nothing for files and block devices).
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| FileError::Open(os_error_text(&e)))?;
     let meta = file
         .metadata()
         .map_err(|e| FileError::Open(os_error_text(&e)))?;

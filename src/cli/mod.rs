@@ -35,7 +35,7 @@ pub use device::DeviceError;
 pub use display::DisplayError;
 pub use drive::DriveError;
 pub use general::GeneralError;
-pub use host::{FileError, Host};
+pub use host::{os_error_text, FileError, Host};
 pub use machine::MachineError;
 pub use netdev::NetdevError;
 pub use options::OptsError;

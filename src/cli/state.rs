@@ -269,7 +269,25 @@ impl State {
                     self.vnc = Some(v);
                 }
             },
-            Opt::Vnc => self.vnc = Some(display::parse_vnc(arg).map_err(|e| invalid(at, e))?),
+            Opt::Vnc => {
+                let new = display::parse_vnc(arg).map_err(|e| invalid(at, e))?;
+                // QEMU starts a server for each -vnc: a second one on the same address
+                // cannot bind, and troupe serves only one display.
+                if let (Some(Some(old)), Some(new)) = (&self.vnc, &new) {
+                    return Err(invalid(
+                        at,
+                        if old.listen == new.listen {
+                            display::DisplayError::VncAddressInUse
+                        } else {
+                            display::DisplayError::VncSecond(format!(
+                                "{}:{}",
+                                old.listen.host, old.display
+                            ))
+                        },
+                    ));
+                }
+                self.vnc = Some(new);
+            }
             Opt::Bios => self.bios = Some((at.to_string(), PathBuf::from(arg))),
             Opt::Kernel => self.kernel = Some((at.to_string(), PathBuf::from(arg))),
             Opt::Initrd => self.initrd = Some((at.to_string(), PathBuf::from(arg))),

@@ -342,6 +342,9 @@ pub fn open_netdev(
 /// Where QEMU's NIC boot ROMs live on Debian (package ipxe-qemu), and QEMU's data dir.
 const ROM_DIRS: [&str; 2] = ["/usr/lib/ipxe/qemu", "/usr/share/qemu"];
 
+/// The largest option ROM a NIC's ROM BAR is given.
+const MAX_ROM: u64 = 16 << 20;
+
 /// A NIC's boot ROM: QEMU's default (`romfile` not given; skipped with a warning when it
 /// is not installed), none (`romfile=`), or the named file (a bare name is looked up where
 /// QEMU looks).
@@ -360,8 +363,11 @@ pub fn load_rom(romfile: Option<&str>, default: &str) -> Result<Option<Vec<u8>>>
             .collect()
     };
     for c in &candidates {
-        if let Ok(b) = std::fs::read(c) {
-            return Ok(Some(b));
+        match crate::files::read_bounded(c, MAX_ROM, "a PCI option ROM") {
+            Ok(b) => return Ok(Some(b)),
+            // Missing here: try the next directory.
+            Err(crate::files::LoadError::Io { .. }) => {}
+            Err(e) => return Err(anyhow!("romfile: {e}")),
         }
     }
     if explicit {

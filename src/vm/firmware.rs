@@ -18,14 +18,16 @@ use super::kvm::{KvmVm, VmError};
 pub const SHADOW_START: u64 = 0xc_0000;
 pub const ISA_BIOS_START: u64 = 0xe_0000;
 pub const SHADOW_END: u64 = 0x10_0000;
+/// The largest firmware image: 16 MiB below 4 GiB.
+const MAX_BIOS: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmwareError {
-    #[error("-bios {path}: could not read: {source} (SeaBIOS is in the Debian package `seabios`)")]
+    #[error("-bios: {source} (SeaBIOS is in the Debian package `seabios`)")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::files::LoadError,
     },
     #[error("-bios {path}: {size} bytes is not a BIOS image size (a multiple of 64 KiB, at most 16 MiB)")]
     Size { path: PathBuf, size: usize },
@@ -40,11 +42,12 @@ pub struct Bios {
 
 impl Bios {
     pub fn load(path: &Path) -> Result<Self, FirmwareError> {
-        let data = std::fs::read(path).map_err(|source| FirmwareError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if data.is_empty() || data.len() % 0x1_0000 != 0 || data.len() > 16 << 20 {
+        let data = crate::files::read_bounded(path, MAX_BIOS, "the BIOS window below 4 GiB")
+            .map_err(|source| FirmwareError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if data.is_empty() || data.len() % 0x1_0000 != 0 || data.len() as u64 > MAX_BIOS {
             return Err(FirmwareError::Size {
                 path: path.to_path_buf(),
                 size: data.len(),

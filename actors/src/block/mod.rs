@@ -13,6 +13,7 @@
 
 mod image;
 mod lock;
+mod qcow2_check;
 mod qcow2_uring;
 pub mod uring;
 
@@ -107,6 +108,12 @@ pub enum OpenError {
     Empty { path: PathBuf },
     #[error(transparent)]
     Locked(#[from] lock::LockError),
+    /// A qcow2 image (`path`, the top of the chain or a backing file) QEMU would refuse.
+    #[error("Could not open '{path}': {reason}")]
+    Qcow2 {
+        path: PathBuf,
+        reason: qcow2_check::Qcow2Error,
+    },
 }
 
 /// I/O counters for `info blockstats`.
@@ -215,6 +222,11 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
     }
     drop(probe);
     let writable = !opts.read_only && !opts.snapshot;
+    if format == Format::Qcow2 {
+        // Before imago, which may write the header of an image it then refuses.
+        qcow2_check::check_chain(&opts.path, writable)
+            .map_err(|(path, reason)| OpenError::Qcow2 { path, reason })?;
+    }
     let lock = Arc::new(lock::lock(&opts.path, writable)?);
     let stats = Arc::new(BlockStats::default());
     let (tx, rx) = crossbeam_channel::bounded::<BlockJob>(256);

@@ -324,9 +324,13 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
     if rest.len() < required {
         return HmpReply::text(format!("{canonical}: missing argument\n"));
     }
-    if rest.len() > max_args.max(required) && !matches!(canonical, "help" | "info" | "log") {
+    if rest.len() > max_args.max(required) && !matches!(canonical, "help" | "info") {
+        // QEMU names the command as its table does, the long name first (`stop|s`).
+        let mut all: Vec<&str> = names(entry.0).collect();
+        all.sort_by_key(|n| std::cmp::Reverse(n.len()));
         return HmpReply::text(format!(
-            "{canonical}: extraneous characters at the end of line\n"
+            "{}: extraneous characters at the end of line\nTry \"help {canonical}\" for more information\n",
+            all.join("|")
         ));
     }
     let simple = |name: &'static str| async move {
@@ -538,6 +542,14 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         return help(Some("info"));
     };
     let extra = &args[1..];
+    // More words than the subcommand takes (QEMU's words).
+    if let Some((_, params, _)) = INFO.iter().find(|(n, ..)| n == sub) {
+        if extra.len() > params.split_whitespace().count() {
+            return format!(
+                "{sub}: extraneous characters at the end of line\nTry \"help info {sub}\" for more information\n"
+            );
+        }
+    }
     match *sub {
         "dirty_rate" => super::dirty::hmp_text(&ctx.dirty_rate),
         "version" => exec_text(ctx, "query-version", json!({}), |v| {
@@ -942,6 +954,9 @@ async fn screendump(ctx: &MonitorContext, args: &[&str]) -> String {
     exec_text(ctx, "screendump", Value::Object(a), |_| String::new()).await
 }
 
+/// The end of the widest physical address space x86 has (MAXPHYADDR 52).
+const MAX_PHYS_END: u64 = 1 << 52;
+
 async fn dump_memory(
     ctx: &MonitorContext,
     s: &mut HmpSession,
@@ -972,6 +987,13 @@ async fn dump_memory(
     };
     if phys {
         return memdump::dump(fmt, addr, |a, buf| {
+            // Nothing is beyond x86's widest physical address (52 bits), and nothing
+            // wraps round to address 0 past 2^64 (as QEMU).
+            if a.checked_add(buf.len() as u64)
+                .is_none_or(|end| end > MAX_PHYS_END)
+            {
+                return false;
+            }
             memdump::read_phys(ctx, a, buf);
             true
         });
@@ -987,6 +1009,12 @@ async fn dump_memory(
     while (bytes.len() as u64) < len {
         let page_left = 4096 - (a & 0xfff);
         let n = page_left.min(len - bytes.len() as u64) as usize;
+        if a.checked_add(n as u64).is_none() {
+            // The dump would run past 2^64: no wrap round to address 0 (as QEMU).
+            ok_until = bytes.len() as u64;
+            bytes.resize(len as usize, 0);
+            break;
+        }
         match v.translate_gva(a).await {
             Ok(Some(pa)) => {
                 let mut buf = vec![0u8; n];
@@ -1003,7 +1031,7 @@ async fn dump_memory(
     }
     memdump::dump(fmt, addr, |a, buf| {
         let off = a.wrapping_sub(addr);
-        if off + buf.len() as u64 > ok_until {
+        if a.checked_add(buf.len() as u64).is_none() || off + buf.len() as u64 > ok_until {
             return false;
         }
         buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
@@ -1031,13 +1059,36 @@ async fn gva2gpa(ctx: &MonitorContext, s: &HmpSession, arg: &str) -> String {
     }
 }
 
+/// What `log` can turn on: the items of `-d` that mean something under KVM, each a
+/// tracing target.
+const LOG_ITEMS: &[(&str, &str)] = &[
+    (
+        "guest_errors",
+        "log when the guest OS does something invalid (eg accessing a non-existent register)",
+    ),
+    ("unimp", "log unimplemented functionality"),
+    ("cpu_reset", "show CPU state before CPU resets"),
+];
+
 fn log(ctx: &MonitorContext, args: &[&str]) -> String {
     let Some(set) = &ctx.log else {
         return "Error: logging cannot be changed in this process\n".into();
     };
     let items = args.first().copied().unwrap_or("");
-    if items == "help" || items.is_empty() {
-        return "Log items (comma separated):\nnone      remove all logs\n<target>  any troupe tracing target (e.g. unimp, guest_errors, vcpu, vnc, monitor)\n".into();
+    // As QEMU: an unknown item lists the known ones and changes nothing.
+    if items == "help"
+        || items.is_empty()
+        || (items != "none"
+            && items
+                .split(',')
+                .any(|i| !LOG_ITEMS.iter().any(|(n, _)| *n == i)))
+    {
+        let mut out =
+            String::from("Log items (comma separated):\nnone            remove all logs\n");
+        for (name, desc) in LOG_ITEMS {
+            out.push_str(&format!("{name:<15} {desc}\n"));
+        }
+        return out;
     }
     let directives = if items == "none" {
         String::new()

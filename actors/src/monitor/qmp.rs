@@ -80,9 +80,13 @@ impl Framer {
                 b'"' => self.in_string = true,
                 b'{' | b'[' => {
                     self.depth += 1;
-                    if self.depth > MAX_DEPTH && self.overflow.is_none() {
-                        self.overflow = Some("JSON nesting depth limit exceeded");
+                    if self.depth > MAX_DEPTH {
+                        // As QEMU: answered at once, and what follows is a new message
+                        // (an unterminated run of brackets is never waited out).
+                        out.push(Frame::Error("JSON nesting depth limit exceeded".into()));
+                        self.depth = 0;
                         self.buf = Vec::new();
+                        self.overflow = None;
                     }
                 }
                 b'}' | b']' => {
@@ -192,12 +196,129 @@ pub struct Request {
     pub id: Option<Value>,
     pub command: String,
     pub args: Map<String, Value>,
+    /// Sent as `exec-oob` rather than `execute`.
+    pub oob: bool,
+}
+
+/// The text of a duplicate-key error from [`Strict`] (QEMU's words).
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// A JSON value parsed as QEMU's parser does: an object with a key twice is an error
+/// (serde_json's `Value` would keep the last one).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(Strict(e)) = seq.next_element()? {
+            v.push(e);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
+            let Strict(v) = map.next_value()?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// The first `\uXXXX` escape in a string of `bytes` that is half of a surrogate pair
+/// without its other half, as written.
+fn lone_surrogate(bytes: &[u8]) -> Option<String> {
+    let hex = |at: usize| {
+        let h = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(h).ok()?, 16)
+            .ok()
+            .map(|v| (v, String::from_utf8_lossy(h).into_owned()))
+    };
+    let escape_at = |at: usize| bytes.get(at..at + 2) == Some(&b"\\u"[..]);
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string && bytes.get(i + 1) == Some(&b'u') => {
+                let (v, text) = hex(i + 2)?;
+                match v {
+                    0xd800..=0xdbff => {
+                        let low = escape_at(i + 6)
+                            .then(|| hex(i + 8))
+                            .flatten()
+                            .filter(|(l, _)| (0xdc00..=0xdfff).contains(l));
+                        if low.is_none() {
+                            return Some(format!("\\u{text}"));
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    0xdc00..=0xdfff => return Some(format!("\\u{text}")),
+                    _ => {
+                        i += 6;
+                        continue;
+                    }
+                }
+            }
+            // Any other escape: skip the escaped byte (it may be a quote).
+            b'\\' if in_string => i += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Check a message's envelope, QEMU's way. On error, the id (if any) to echo.
 pub fn parse_request(bytes: &[u8]) -> Result<Request, (Option<Value>, CmdError)> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| (None, CmdError::Generic(format!("JSON parse error, {e}"))))?;
+    let parse_error = |d: String| (None, CmdError::Generic(format!("JSON parse error, {d}")));
+    if let Some(s) = lone_surrogate(bytes) {
+        return Err(parse_error(format!("{s} is not a valid Unicode character")));
+    }
+    let v: Value = match serde_json::from_slice::<Strict>(bytes) {
+        Ok(Strict(v)) => v,
+        Err(e) if e.is_data() && e.to_string().starts_with(DUPLICATE_KEY) => {
+            return Err(parse_error(DUPLICATE_KEY.into()))
+        }
+        Err(e) => return Err(parse_error(e.to_string())),
+    };
     let Value::Object(mut m) = v else {
         return Err((
             None,
@@ -206,10 +327,17 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, (Option<Value>, CmdError)>
     };
     let id = m.remove("id");
     let g = |d: String| (id.clone(), CmdError::Generic(d));
-    let command = match m.remove("execute").or_else(|| m.remove("exec-oob")) {
-        None => return Err(g("QMP input lacks member 'execute'".into())),
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(g("QMP input member 'execute' must be a string".into())),
+    let (command, oob) = match (m.remove("execute"), m.remove("exec-oob")) {
+        (Some(_), Some(_)) => {
+            return Err(g(
+                "QMP input member 'execute' clashes with 'exec-oob'".into()
+            ))
+        }
+        (None, None) => return Err(g("QMP input lacks member 'execute'".into())),
+        (Some(Value::String(s)), None) => (s, false),
+        (None, Some(Value::String(s))) => (s, true),
+        (Some(_), None) => return Err(g("QMP input member 'execute' must be a string".into())),
+        (None, Some(_)) => return Err(g("QMP input member 'exec-oob' must be a string".into())),
     };
     let args = match m.remove("arguments") {
         None => Map::new(),
@@ -219,7 +347,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, (Option<Value>, CmdError)>
     if let Some(k) = m.keys().next() {
         return Err(g(format!("QMP input member '{k}' is unexpected")));
     }
-    Ok(Request { id, command, args })
+    Ok(Request {
+        id,
+        command,
+        args,
+        oob,
+    })
 }
 
 /// The event envelope.
@@ -308,6 +441,59 @@ mod tests {
         assert!(e("{\"execute\": }").starts_with("JSON parse error"));
         let r = parse_request(br#"{"execute": "stop", "id": "a1"}"#).unwrap();
         assert_eq!((r.command.as_str(), r.id), ("stop", Some(json!("a1"))));
+    }
+
+    #[test]
+    fn duplicate_keys_and_lone_surrogates_are_refused_as_qemu_does() {
+        let e = |s: &str| {
+            parse_request(s.as_bytes())
+                .unwrap_err()
+                .1
+                .desc()
+                .to_string()
+        };
+        assert_eq!(
+            e(r#"{"execute": "stop", "execute": "cont"}"#),
+            "JSON parse error, duplicate key"
+        );
+        assert_eq!(
+            e(r#"{"execute": "x", "arguments": {"a": [{"b": 1, "b": 2}]}}"#),
+            "JSON parse error, duplicate key"
+        );
+        assert_eq!(
+            e(r#"{"execute": "x", "id": "\uDBFF"}"#),
+            "JSON parse error, \\uDBFF is not a valid Unicode character"
+        );
+        assert_eq!(
+            e(r#"{"execute": "x", "id": "\ud800\n"}"#),
+            "JSON parse error, \\ud800 is not a valid Unicode character"
+        );
+        // An escaped backslash before `u` is no escape.
+        let r = parse_request(br#"{"execute": "x", "id": "\\ud800"}"#).unwrap();
+        assert_eq!(r.id, Some(json!("\\ud800")));
+        let r =
+            parse_request(br#"{"execute": "x", "id": "\ud83d\ude00", "arguments": {"n": -1.5}}"#)
+                .unwrap();
+        assert_eq!(r.id, Some(json!("\u{1f600}")));
+        assert_eq!(r.args["n"], json!(-1.5));
+        assert!(!r.oob);
+        assert!(parse_request(br#"{"exec-oob": "x"}"#).unwrap().oob);
+    }
+
+    #[test]
+    fn depth_errors_come_as_the_limit_is_crossed() {
+        let mut f = Framer::default();
+        let mut out = Vec::new();
+        f.feed(&vec![b'['; MAX_DEPTH], &mut out);
+        assert!(out.is_empty());
+        f.feed(b"[", &mut out);
+        assert_eq!(
+            out,
+            vec![Frame::Error("JSON nesting depth limit exceeded".into())]
+        );
+        // What follows is a new message.
+        f.feed(br#"{"execute": "x"}"#, &mut out);
+        assert_eq!(out[1], Frame::Message(br#"{"execute": "x"}"#.to_vec()));
     }
 
     #[test]

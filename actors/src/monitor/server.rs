@@ -490,6 +490,8 @@ async fn serve_qmp(ctx: MonitorContext, s: Box<dyn Stream>, pretty: bool) {
         return;
     }
     let mut negotiated = false;
+    // The client enabled out-of-band execution in `qmp_capabilities`.
+    let mut oob = false;
     let mut framer = qmp::Framer::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut frames = Vec::new();
@@ -534,6 +536,11 @@ async fn serve_qmp(ctx: MonitorContext, s: Box<dyn Stream>, pretty: bool) {
                                 )
                             } else {
                                 negotiated = true;
+                                oob = req
+                                    .args
+                                    .get("enable")
+                                    .and_then(|e| e.as_array())
+                                    .is_some_and(|e| e.iter().any(|c| c == "oob"));
                                 // Events from before negotiation are not for this client.
                                 while events.try_recv().is_ok() {}
                                 qmp::return_reply(id, serde_json::json!({}))
@@ -545,6 +552,23 @@ async fn serve_qmp(ctx: MonitorContext, s: Box<dyn Stream>, pretty: bool) {
                                     "Expecting capabilities negotiation with 'qmp_capabilities'"
                                         .into(),
                                 ),
+                            )
+                        } else if req.oob && !oob {
+                            qmp::error_reply(
+                                id,
+                                &commands::CmdError::Generic(
+                                    "QMP input member 'exec-oob' is unexpected".into(),
+                                ),
+                            )
+                        } else if req.oob {
+                            // No troupe command runs out of band (QEMU's run only with
+                            // migration recovery).
+                            qmp::error_reply(
+                                id,
+                                &commands::CmdError::Generic(format!(
+                                    "The command {} does not support OOB",
+                                    req.command
+                                )),
                             )
                         } else if req.command == "human-monitor-command" {
                             human_monitor_command(&ctx, id, &req.args).await
@@ -589,14 +613,18 @@ async fn human_monitor_command(
         .and_then(|v| v.as_str())
         .unwrap_or_default();
     let mut session = HmpSession::new();
-    if let Some(cpu) = args.get("cpu-index").and_then(|v| v.as_u64()) {
-        if cpu as usize >= ctx.topology.len() {
-            return qmp::error_reply(
-                id,
-                &commands::CmdError::Generic(format!("CPU {cpu} not available")),
-            );
+    if let Some(cpu) = args.get("cpu-index") {
+        match cpu.as_u64().filter(|&c| (c as usize) < ctx.topology.len()) {
+            Some(c) => session.cpu = c as u32,
+            None => {
+                return qmp::error_reply(
+                    id,
+                    &commands::CmdError::Generic(
+                        "Parameter 'cpu-index' expects a CPU number".into(),
+                    ),
+                )
+            }
         }
-        session.cpu = cpu as u32;
     }
     let reply = hmp::run_line(ctx, &mut session, line).await;
     let text = String::from_utf8_lossy(&crlf(&reply.text)).into_owned();

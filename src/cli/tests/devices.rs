@@ -233,6 +233,16 @@ fn display_vnc_vga_keymap() {
     assert_eq!(c.display, DisplayKind::None);
     assert!(c.vnc.is_some());
     assert!(env.run(&["-vnc", ":1", "-vnc", "none"]).vnc.is_none());
+    assert!(env.run(&["-vnc", "none", "-vnc", ":1"]).vnc.is_some());
+    // QEMU starts a server for each -vnc: the second cannot bind the same address.
+    assert_eq!(
+        env.err(&["-vnc", "127.0.0.1:5", "-vnc", "127.0.0.1:5"]),
+        "-vnc 127.0.0.1:5: Failed to find an available port: Address already in use"
+    );
+    assert_eq!(
+        env.err(&["-vnc", "127.0.0.1:5", "-vnc", ":6"]),
+        "-vnc :6: troupe serves one VNC display, and '127.0.0.1:5' is already given"
+    );
     assert_eq!(
         env.err(&["-display", "gtk"]),
         "-display gtk: display 'gtk' is not available in troupe: it has no GUI (use -vnc or -display none)"
