@@ -10,6 +10,8 @@ mod cli;
 mod config;
 mod demo;
 mod machine;
+#[cfg(test)]
+mod machine_state_tests;
 mod monitor_info;
 mod platform;
 mod process;

@@ -240,6 +240,11 @@ impl ControlHandle {
         &self.id
     }
 
+    /// Deliver `c` (for a handle that wraps another, adding what it does around it).
+    pub fn send(&self, c: Control) -> Result<(), ActorError> {
+        (self.send)(c)
+    }
+
     /// Ask the actor to pause and wait until it is quiescent.
     pub async fn pause(&self) -> Result<(), ActorError> {
         let (tx, rx) = reply_channel(&self.id);

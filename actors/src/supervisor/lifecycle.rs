@@ -402,10 +402,8 @@ impl Supervisor {
             out.extend(sections.into_iter().map(|s| (Part::Control(i), s)));
         }
         for (i, v) in self.vcpus.iter().enumerate() {
-            let s = v
-                .save()
-                .await
-                .map_err(|e| format!("vcpu{}: {}", v.index(), error_chain(&e)))?;
+            // VcpuError's messages name the vCPU and carry their cause.
+            let s = v.save().await.map_err(|e| e.to_string())?;
             out.push((Part::Vcpu(i), s));
         }
         let vm = self
@@ -460,9 +458,7 @@ impl Supervisor {
                 Part::Vcpu(i) => {
                     let v = &self.vcpus[i];
                     for s in sections {
-                        v.restore(s.clone())
-                            .await
-                            .map_err(|e| format!("vcpu{}: {}", v.index(), error_chain(&e)))?;
+                        v.restore(s.clone()).await.map_err(|e| e.to_string())?;
                     }
                 }
                 Part::Vm => self
