@@ -310,7 +310,7 @@ impl DeviceSet {
             rtc.control.clone(),
             ControlHandle::models("i8042", vec![pci::part("i8042", i8042.model())], || {}),
             ControlHandle::models("fw_cfg", vec![pci::part("fw_cfg", &fw_cfg)], || {}),
-            ControlHandle::models("ide", vec![pci::part("ide", ide.model())], || {}),
+            ide.control(),
         ]);
         Ok(Self {
             models,

@@ -45,6 +45,7 @@ impl E1000Host {
         backend: Backend,
     ) -> std::io::Result<Arc<Self>> {
         let fd = backend.fd();
+        let model = Arc::new(Mutex::new(model));
         let (thread_control, control) = match fd {
             Some(_) => {
                 let (t, c) = ThreadControl::new(name)?;
@@ -52,15 +53,13 @@ impl E1000Host {
             }
             // No backend to receive from: nothing but vCPU exits reaches the model, which
             // saves and restores under its lock.
-            None => (None, ControlHandle::immediate(name)),
-        };
-        let model = Arc::new(Mutex::new(model));
-        let control = match thread_control {
-            Some(_) => control,
-            None => ControlHandle::models(
-                name,
-                vec![Box::new(ModelPart::new(name, model.clone()))],
-                || {},
+            None => (
+                None,
+                ControlHandle::models(
+                    name,
+                    vec![Box::new(ModelPart::new(name, model.clone()))],
+                    || {},
+                ),
             ),
         };
         let host = Arc::new(Self {
@@ -72,26 +71,24 @@ impl E1000Host {
             error: Arc::default(),
             control,
         });
-        match (fd, thread_control) {
-            (Some(fd), Some(mut thread_control)) => {
-                let epoll = Epoll::new()?;
-                epoll.ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, BACKEND_TOKEN),
-                )?;
-                epoll.ctl(
-                    ControlOperation::Add,
-                    thread_control.fd(),
-                    EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
-                )?;
-                let h = host.clone();
-                std::thread::Builder::new()
-                    .name(format!("troupe-{name}"))
-                    .spawn(move || h.receive_loop(&epoll, &mut thread_control))?;
-            }
-            // No backend to receive from: nothing but vCPU exits reaches the model.
-            _ => {}
+        // With no backend to receive from, nothing but vCPU exits reaches the model: no
+        // thread.
+        if let (Some(fd), Some(mut thread_control)) = (fd, thread_control) {
+            let epoll = Epoll::new()?;
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, BACKEND_TOKEN),
+            )?;
+            epoll.ctl(
+                ControlOperation::Add,
+                thread_control.fd(),
+                EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
+            )?;
+            let h = host.clone();
+            std::thread::Builder::new()
+                .name(format!("troupe-{name}"))
+                .spawn(move || h.receive_loop(&epoll, &mut thread_control))?;
         }
         Ok(host)
     }

@@ -438,4 +438,103 @@ mod tests {
         drop(ctl);
         assert_eq!(handle.pause().await, Err(ActorError::Gone("gone".into())));
     }
+
+    #[tokio::test]
+    async fn a_running_thread_refuses_save_and_restore_and_a_paused_one_answers() {
+        let (mut ctl, handle) = ThreadControl::new("dev0").unwrap();
+        let t = std::thread::spawn(move || {
+            let mut state = 7u32;
+            let mut pfd = libc::pollfd {
+                fd: ctl.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, 5000) };
+                let alive = ctl.serve(|t| {
+                    match t {
+                        Transition::Save(out) => {
+                            out.push(Section::new("dev0", "n", 1, &state).unwrap())
+                        }
+                        Transition::Restore(s) => {
+                            state = find_section(s, "dev0")?.decode("n", 1)?;
+                        }
+                        _ => {}
+                    }
+                    Ok(())
+                });
+                if !alive {
+                    return state;
+                }
+            }
+        });
+        let e = handle.save().await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "dev0: save is allowed only while the actor is paused"
+        );
+        handle.pause().await.unwrap();
+        let saved = handle.save().await.unwrap();
+        assert_eq!(saved[0].state, serde_json::json!(7));
+        let mut other = saved.clone();
+        other[0].state = serde_json::json!(9);
+        handle.restore(other).await.unwrap();
+        let mut wrong = saved.clone();
+        wrong[0].id = "dev1".into();
+        let e = handle.restore(wrong).await.unwrap_err();
+        assert!(matches!(e, ControlError::Restore { .. }), "{e}");
+        handle.resume().unwrap();
+        let e = handle.restore(saved).await.unwrap_err();
+        assert!(matches!(e, ControlError::NotPaused { .. }), "{e}");
+        drop(handle);
+        assert_eq!(t.join().unwrap(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_model_actor_checks_every_section_before_it_restores_any() {
+        #[derive(Default)]
+        struct Reg(u8);
+        impl Snapshot for Reg {
+            type State = u8;
+            const KIND: &'static str = "reg";
+            const VERSION: u32 = 1;
+            fn save(&self) -> u8 {
+                self.0
+            }
+            fn restore(&mut self, s: u8) -> Result<(), StateError> {
+                self.0 = s;
+                Ok(())
+            }
+        }
+        let a = Arc::new(Mutex::new(Reg(1)));
+        let b = Arc::new(Mutex::new(Reg(2)));
+        let h = ControlHandle::models(
+            "chip",
+            vec![
+                Box::new(ModelPart::new("chip/a", a.clone())),
+                Box::new(ModelPart::new("chip/b", b.clone())),
+            ],
+            || {},
+        );
+        assert!(matches!(
+            h.save().await,
+            Err(ControlError::NotPaused { .. })
+        ));
+        h.pause().await.unwrap();
+        let saved = h.save().await.unwrap();
+        a.lock().unwrap().0 = 5;
+        b.lock().unwrap().0 = 6;
+        // chip/b from another version: chip/a is not touched either.
+        let mut bad = saved.clone();
+        bad[1].version = 2;
+        let e = h.restore(bad).await.unwrap_err();
+        assert_eq!(
+            crate::supervisor::error_chain(&e),
+            "chip: its state was refused: reg: state version 2 is not supported (this build reads 1)"
+        );
+        assert_eq!((a.lock().unwrap().0, b.lock().unwrap().0), (5, 6));
+        h.restore(saved).await.unwrap();
+        assert_eq!((a.lock().unwrap().0, b.lock().unwrap().0), (1, 2));
+    }
 }

@@ -672,7 +672,7 @@ fn match_sections(
 }
 
 /// An error and its causes, one after the other (`a: b: c`).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
