@@ -80,6 +80,8 @@ pub struct PcMachine {
     plan: BootPlan,
     devices: crate::platform::DeviceSet,
     acpi: AcpiTables,
+    /// The VM (for its VM-wide state: irqchip, PIT, clock).
+    kvm: Arc<KvmVm>,
 }
 
 /// Where direct boot puts the ACPI RSDP and tables (the BIOS area, below the MP table).
@@ -169,6 +171,15 @@ impl actors::supervisor::Machine for PcMachine {
 
     fn power_button(&self) -> bool {
         self.devices.power_button()
+    }
+
+    fn save_vm_state(&self) -> Result<Vec<devices::Section>, String> {
+        // KvmStateError's messages carry their cause.
+        actors::kvm_state::save_vm_state(&self.kvm.vm).map_err(|e| e.to_string())
+    }
+
+    fn restore_vm_state(&self, sections: &[devices::Section]) -> Result<(), String> {
+        actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())
     }
 }
 
@@ -566,6 +577,7 @@ pub fn build(
         plan,
         devices,
         acpi,
+        kvm: kvm.clone(),
     };
     let states = machine.boot_states()?;
     let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;

@@ -11,6 +11,8 @@ mod config;
 mod demo;
 mod files;
 mod machine;
+#[cfg(test)]
+mod machine_state_tests;
 mod monitor_info;
 mod platform;
 mod process;

@@ -11,7 +11,7 @@ use actors::host::input::{start_input, I8042Port, InputHandle};
 use actors::host::rtc::{start_rtc, RtcPort};
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
-use actors::runtime::Registry;
+use actors::runtime::{ControlHandle, Registry};
 use anyhow::Result;
 use devices::acpi_pm::AcpiPm;
 use devices::fw_cfg::FwCfg;
@@ -111,6 +111,10 @@ pub struct PlatformParts<'a> {
 
 /// Every platform device, kept for reset and power-button requests.
 pub struct DeviceSet {
+    /// The control mailboxes of the chipset and the ISA devices, in dependency order:
+    /// those that run only on the vCPUs' exit path (answered under each model's lock)
+    /// and the RTC's timer actor.
+    models: Vec<ControlHandle>,
     serials: Vec<Arc<SerialPort>>,
     rtc: Arc<RtcPort>,
     i8042: Arc<I8042Port>,
@@ -181,8 +185,8 @@ impl DeviceSet {
         );
         pio.insert(0x70, 2, "rtc", rtc.clone())?;
         let shared: devices::SharedEvents = Arc::new(events.clone());
-        let port92 = Locked::new(Arc::new(Mutex::new(Port92::new(shared.clone()))));
-        pio.insert(0x92, 1, "port92", port92)?;
+        let port92 = Arc::new(Mutex::new(Port92::new(shared.clone())));
+        pio.insert(0x92, 1, "port92", Locked::new(port92.clone()))?;
         let (input, i8042) = start_input(
             rt,
             registry,
@@ -210,7 +214,7 @@ impl DeviceSet {
             crate::vm::memory::low_ram_host(&mem),
             bios,
             pm.clone(),
-            Box::new(ResetControl::new(shared.clone())),
+            ResetControl::new(shared.clone()),
         );
         pio.insert(0xcf8, 8, "pci-conf", pci.config_port())?;
 
@@ -289,7 +293,29 @@ impl DeviceSet {
             }
         }
         pci.reset()?;
+        // The actors made of models on the exit path, chipset first (see `controls`).
+        let mut models = vec![
+            pci.control(),
+            ControlHandle::models("acpi-pm", vec![pci::part("acpi-pm", &pm)], || {}),
+            ControlHandle::models("port92", vec![pci::part("port92", &port92)], || {}),
+        ];
+        for (i, s) in ports.iter().enumerate() {
+            let id = format!("serial{i}");
+            // Input from the chardev waits while the VM is stopped.
+            models.push(
+                ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
+                    .with_gate(s.gate()),
+            );
+        }
+        models.extend([
+            rtc.control.clone(),
+            ControlHandle::models("i8042", vec![pci::part("i8042", i8042.model())], || {})
+                .with_gate(i8042.gate()),
+            ControlHandle::models("fw_cfg", vec![pci::part("fw_cfg", &fw_cfg)], || {}),
+            ide.control(),
+        ]);
         Ok(Self {
+            models,
             serials: ports,
             rtc,
             i8042,
@@ -321,17 +347,19 @@ impl DeviceSet {
         Ok(())
     }
 
-    /// Every device actor the supervisor pauses and resumes with the VM, in the order
-    /// they were built: the RTC's timer, the keyboard controller's and the serial ports'
-    /// input, then the PCI devices' workers.
-    pub fn controls(&self) -> Vec<actors::runtime::ControlHandle> {
-        let mut c = vec![self.rtc.control.clone(), self.i8042.control()];
-        c.extend(
-            self.serials
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.control(&format!("serial{i}"))),
-        );
+    /// Every device actor the supervisor pauses, resumes, saves and restores with the VM,
+    /// in dependency order: the chipset (PCI host, bridges, PAM, PIRQ routing, PM base)
+    /// first, then the ISA devices (ACPI PM, port 0x92, the UARTs, the RTC's timer,
+    /// i8042, fw_cfg, IDE), the VGA, then the PCI devices' workers. Each saves its
+    /// sections under its own id: `pci/...`, `acpi-pm`, `port92`, `serial<N>`, `rtc`,
+    /// `i8042`, `fw_cfg`, `ide`, `vga` and `vga/pci`, and each virtio device's or NIC's
+    /// name (`virtio-blk0` and `virtio-blk0/queues`, `e1000-0`...). Guest RAM and the
+    /// VGA's video memory are not in any section: they travel as memory.
+    pub fn controls(&self) -> Vec<ControlHandle> {
+        let mut c = self.models.clone();
+        if let Some(v) = &self.vga {
+            c.push(v.control.clone());
+        }
         c.extend(self.virtio.controls());
         c
     }

@@ -6,15 +6,25 @@
 //! Data path: vCPU config access → [`PciConfigPort`] (locks the `PciHost` model) → after a
 //! write, [`PciPlatform::reconfigure`] re-decodes the function the guest touched and moves
 //! its bus mappings; the PAM and PM-base consequences are applied there too.
+//!
+//! State: the chipset saves as the `pci` actor ([`PciPlatform::control`]): sections
+//! `pci/host` (CONFIG_ADDRESS), `pci/i440fx`, `pci/piix3`, `pci/piix3-ide`,
+//! `pci/piix4-pm` (configuration spaces: PAM, PIRQ routing, PMBA live there) and
+//! `pci/rcr` (0xCF9). The other functions on the bus are saved by the devices that own
+//! them. Since those are restored after the chipset, the bus mappings follow the restored
+//! configuration spaces when the machine resumes, before any vCPU runs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actors::bus::{lock, Bus, BusHandler};
+use actors::runtime::{Control, ControlHandle, ModelPart, StatePart};
 use devices::acpi_pm::AcpiPm;
 use devices::pci::i440fx::I440fx;
 use devices::pci::piix::{piix3_ide_config, swizzle, Piix3Isa, Piix4Pm};
 use devices::pci::{describe, PciDeviceInfo, PciFunction, PciHost, PlainFunction, Region, Slot};
+use devices::reset::ResetControl;
 use devices::{BusDevice, IrqLine};
 use kvm_ioctls::VmFd;
 
@@ -54,6 +64,10 @@ pub struct PciPlatform {
     i440fx: Arc<Mutex<I440fx>>,
     piix3: Arc<Mutex<Piix3Isa>>,
     piix4: Arc<Mutex<Piix4Pm>>,
+    ide: Arc<Mutex<PlainFunction>>,
+    rcr: Arc<Mutex<ResetControl>>,
+    /// A restore changed configuration spaces: re-decode every function at the resume.
+    restored: AtomicBool,
     bindings: Mutex<HashMap<(Slot, usize), Binding>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -75,19 +89,18 @@ impl PciPlatform {
         ram_host: u64,
         bios: Option<Arc<Bios>>,
         pm: Arc<Mutex<AcpiPm>>,
-        rcr: Box<dyn BusDevice>,
+        rcr: ResetControl,
     ) -> Arc<Self> {
         let i440fx = Arc::new(Mutex::new(I440fx::new()));
         let piix3 = Arc::new(Mutex::new(Piix3Isa::new()));
         let piix4 = Arc::new(Mutex::new(Piix4Pm::new()));
+        let ide = Arc::new(Mutex::new(PlainFunction::new(piix3_ide_config())));
+        let rcr = Arc::new(Mutex::new(rcr));
         let mut host = PciHost::new();
-        host.set_reset_control(rcr);
+        host.set_reset_control(Box::new(SharedRcr(rcr.clone())));
         host.add(I440FX_SLOT, i440fx.clone());
         host.add(PIIX3_SLOT, piix3.clone());
-        host.add(
-            IDE_SLOT,
-            Arc::new(Mutex::new(PlainFunction::new(piix3_ide_config()))),
-        );
+        host.add(IDE_SLOT, ide.clone());
         host.add(PIIX4_PM_SLOT, piix4.clone());
         let ram_shadow = bios.is_none();
         Arc::new(Self {
@@ -95,6 +108,9 @@ impl PciPlatform {
             i440fx,
             piix3,
             piix4,
+            ide,
+            rcr,
+            restored: AtomicBool::new(false),
             bindings: Mutex::new(HashMap::new()),
             pio,
             mmio,
@@ -151,6 +167,45 @@ impl PciPlatform {
         }
         self.apply_pam()?;
         Ok(())
+    }
+
+    /// The chipset's control mailbox (see the module doc): answered under each function's
+    /// lock; the resume after a restore re-decodes every function on the bus.
+    pub fn control(self: &Arc<Self>) -> ControlHandle {
+        let parts: Vec<Box<dyn StatePart>> = vec![
+            part("pci/host", &self.host),
+            part("pci/i440fx", &self.i440fx),
+            part("pci/piix3", &self.piix3),
+            part("pci/piix3-ide", &self.ide),
+            part("pci/piix4-pm", &self.piix4),
+            part("pci/rcr", &self.rcr),
+        ];
+        let me = self.clone();
+        let inner = ControlHandle::models("pci", parts, move || {
+            me.restored.store(true, Ordering::SeqCst)
+        });
+        let me = self.clone();
+        ControlHandle::new("pci", move |c| {
+            let resume = matches!(c, Control::Resume);
+            inner.send(c)?;
+            if resume && me.restored.swap(false, Ordering::SeqCst) {
+                me.remap_all();
+            }
+            Ok(())
+        })
+    }
+
+    /// Make every mapping follow the configuration spaces (after they were restored).
+    fn remap_all(&self) {
+        let slots: Vec<Slot> = lock(&self.host).functions().map(|(s, _)| *s).collect();
+        for s in slots {
+            self.reconfigure(s);
+        }
+        // Reconfiguring the i440FX applies PAM only when it is on the bus; be sure.
+        if let Err(e) = self.apply_pam() {
+            tracing::error!("PAM remap after a restore failed: {e}");
+        }
+        self.remap_pm();
     }
 
     /// Re-decode `slot` after the guest changed its configuration.
@@ -327,6 +382,26 @@ impl BusHandler for PciConfigPort {
         if let Some(slot) = written {
             self.0.reconfigure(slot);
         }
+    }
+}
+
+/// A model behind its lock as one section of an actor's state.
+pub fn part<S: devices::Snapshot + Send + 'static>(
+    id: &str,
+    m: &Arc<Mutex<S>>,
+) -> Box<dyn StatePart> {
+    Box::new(ModelPart::new(id, m.clone()))
+}
+
+/// 0xCF9 as the host forwards it, shared with the chipset's state.
+struct SharedRcr(Arc<Mutex<ResetControl>>);
+
+impl BusDevice for SharedRcr {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.0).read(offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.0).write(offset, data);
     }
 }
 

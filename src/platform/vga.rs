@@ -5,16 +5,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use actors::bus::lock;
 use actors::bus::Bus;
 use actors::display::DisplayWriter;
 use actors::host::mem::HostBuffer;
 use actors::host::vga::{
     start_refresh, RefreshHooks, RomBar, VbePort, VgaHost, VgaIoPort, VgaMmio, VgaWindow,
 };
-use actors::runtime::Registry;
+use actors::runtime::{ControlHandle, Registry, StatePart};
 use anyhow::{anyhow, Context, Result};
 use devices::pci::{BarDef, BarKind, ConfigSpace, Ids, PlainFunction};
 use devices::vga::{Vga, VRAM_SIZE};
+use devices::{Section, Snapshot, StateError};
 
 use super::pci::{BarTarget, PciPlatform};
 use crate::vm::kvm::KvmVm;
@@ -37,9 +39,12 @@ pub struct VgaParts<'a> {
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
 }
 
-/// The VGA as the machine keeps it (for reset).
+/// The VGA as the machine keeps it (for reset, save and restore).
 pub struct Display {
     host: Arc<VgaHost>,
+    /// Its state: sections `vga` (the registers) and `vga/pci` (its configuration
+    /// space). The video memory is not in them: like RAM, it travels as memory.
+    pub control: ControlHandle,
     font: Option<Vec<u8>>,
     direct_boot: bool,
 }
@@ -52,6 +57,29 @@ impl Display {
                 self.host.with(|m, vram| m.bios_text_mode(vram, font));
             }
         }
+    }
+}
+
+/// The VGA's registers as the `vga` section (the model lives in its host without an
+/// `Arc` of its own).
+struct VgaPart(Arc<VgaHost>);
+
+impl StatePart for VgaPart {
+    fn id(&self) -> &str {
+        "vga"
+    }
+    fn save(&self) -> Section {
+        devices::save_section("vga", &*lock(self.0.model()))
+    }
+    fn check(&self, section: &Section) -> Result<(), StateError> {
+        section
+            .decode::<<Vga as Snapshot>::State>(Vga::KIND, Vga::VERSION)
+            .map(|_| ())
+    }
+    fn restore(&self, section: &Section) -> Result<(), StateError> {
+        devices::restore_section(&mut *lock(self.0.model()), section)?;
+        self.0.poke();
+        Ok(())
     }
 }
 
@@ -116,11 +144,17 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
     let rom_size = rom
         .as_ref()
         .map_or(0, |r| (r.len() as u64).next_power_of_two().max(0x800));
-    p.pci.add_function(
-        VGA_SLOT,
-        Arc::new(std::sync::Mutex::new(PlainFunction::new(config_space(
-            rom_size,
-        )))),
+    let function = Arc::new(std::sync::Mutex::new(PlainFunction::new(config_space(
+        rom_size,
+    ))));
+    p.pci.add_function(VGA_SLOT, function.clone());
+    let control = ControlHandle::models(
+        "vga",
+        vec![
+            Box::new(VgaPart(host.clone())),
+            super::pci::part("vga/pci", &function),
+        ],
+        || {},
     );
     p.pci.bind_bar(
         VGA_SLOT,
@@ -210,6 +244,7 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
     }
     let d = Display {
         host,
+        control,
         font,
         direct_boot: p.direct_boot,
     };

@@ -61,8 +61,10 @@ impl VirtioDevices {
         }
     }
 
-    /// The control mailboxes of the actors that touch guest memory outside the exit
-    /// path: each virtio device's worker and each e1000's receive thread.
+    /// The control mailboxes of the PCI devices built here: each virtio device's worker
+    /// (which also saves and restores the transport: sections `<name>` and
+    /// `<name>/queues`) and each e1000 (its receive thread, or its model alone when it
+    /// has no backend: section `e1000-<n>`).
     pub fn controls(&self) -> Vec<actors::runtime::ControlHandle> {
         let e1000s = self.nics.iter().filter_map(|n| match &n.kind {
             super::nic::NicKind::E1000(h) => Some(h.control()),

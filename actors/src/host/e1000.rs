@@ -17,7 +17,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::bus::{lock, BusHandler};
 use crate::net::backend::{Backend, Recv};
-use crate::runtime::{ControlHandle, ThreadControl, Transition};
+use crate::runtime::{
+    find_section, only_sections, ControlHandle, ModelPart, ThreadControl, Transition,
+};
 
 /// One e1000 and its backend.
 pub struct E1000Host {
@@ -43,23 +45,34 @@ impl E1000Host {
         backend: Backend,
     ) -> std::io::Result<Arc<Self>> {
         let fd = backend.fd();
+        let model = Arc::new(Mutex::new(model));
         let (thread_control, control) = match fd {
             Some(_) => {
                 let (t, c) = ThreadControl::new(name)?;
                 (Some(t), c)
             }
-            None => (None, ControlHandle::immediate(name)),
+            // No backend to receive from: nothing but vCPU exits reaches the model, which
+            // saves and restores under its lock.
+            None => (
+                None,
+                ControlHandle::models(
+                    name,
+                    vec![Box::new(ModelPart::new(name, model.clone()))],
+                    || {},
+                ),
+            ),
         };
         let host = Arc::new(Self {
             name: name.to_string(),
-            model: Arc::new(Mutex::new(model)),
+            model,
             mem,
             backend: Arc::new(Mutex::new(backend)),
             link: Arc::new(AtomicBool::new(true)),
             error: Arc::default(),
             control,
         });
-        // With no backend to receive from, nothing but vCPU exits reaches the model.
+        // With no backend to receive from, nothing but vCPU exits reaches the model: no
+        // thread.
         if let (Some(fd), Some(mut thread_control)) = (fd, thread_control) {
             let epoll = Epoll::new()?;
             epoll.ctl(
@@ -137,6 +150,12 @@ impl E1000Host {
         }
     }
 
+    /// Restore the model from its section (the receive thread, paused).
+    fn restore(&self, sections: &[devices::Section]) -> Result<(), devices::StateError> {
+        only_sections(sections, &[self.name.as_str()])?;
+        devices::restore_section(&mut *lock(&self.model), find_section(sections, &self.name)?)
+    }
+
     fn receive_loop(&self, epoll: &Epoll, control: &mut ThreadControl) {
         let mut events = vec![EpollEvent::default(); 4];
         let mut buf = vec![0u8; 65_536];
@@ -153,13 +172,19 @@ impl E1000Host {
                 // Paused, the backend's descriptor leaves the (level-triggered) set:
                 // frames wait in the backend, as on a stopped QEMU.
                 let alive = control.serve(|t| {
+                    let op = match t {
+                        Transition::Pause => ControlOperation::Delete,
+                        Transition::Resume => ControlOperation::Add,
+                        Transition::Save(out) => {
+                            out.push(devices::save_section(&self.name, &*lock(&self.model)));
+                            return Ok(());
+                        }
+                        Transition::Restore(sections) => return self.restore(sections),
+                    };
                     if let Some(fd) = lock(&self.backend).fd() {
-                        let op = match t {
-                            Transition::Pause => ControlOperation::Delete,
-                            Transition::Resume => ControlOperation::Add,
-                        };
                         let _ = epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, BACKEND_TOKEN));
                     }
+                    Ok(())
                 });
                 if !alive {
                     return;

@@ -2,6 +2,10 @@
 //! block backend per drive. After every guest access the host takes the model's block
 //! requests and submits them; completions run on the backend thread, lock the model,
 //! finish the command (moving data, raising IRQ 14/15) and submit whatever comes next.
+//!
+//! Control: paused, the controller answers once no block request is outstanding (the
+//! vCPUs are paused first, so none starts; those in flight complete and reach the guest),
+//! and saves and restores as the `ide` section under its lock.
 
 use std::sync::{Arc, Mutex};
 
@@ -9,11 +13,20 @@ use devices::ide::{cmd_read, cmd_write, ctl_read, ctl_write, Ide};
 
 use crate::block::{BlockHandle, BlockJob};
 use crate::bus::{lock, BusHandler};
+use crate::runtime::{reply_channel, Control, ControlHandle, ModelPart, Reply};
+
+/// Block requests submitted and not yet completed, and the pauses waiting for none.
+#[derive(Default)]
+struct Drain {
+    in_flight: usize,
+    waiters: Vec<Reply<()>>,
+}
 
 /// The controller and its drives' backends.
 pub struct IdeHost {
     model: Arc<Mutex<Ide>>,
     backends: [Option<BlockHandle>; 4],
+    drain: Mutex<Drain>,
 }
 
 impl IdeHost {
@@ -21,6 +34,32 @@ impl IdeHost {
         Arc::new(Self {
             model: Arc::new(Mutex::new(model)),
             backends,
+            drain: Mutex::default(),
+        })
+    }
+
+    /// The controller's control mailbox (see the module doc). Call once.
+    pub fn control(self: &Arc<Self>) -> ControlHandle {
+        let inner = ControlHandle::models(
+            "ide",
+            vec![Box::new(ModelPart::new("ide", self.model.clone()))],
+            || {},
+        );
+        let me = self.clone();
+        ControlHandle::new("ide", move |c| match c {
+            Control::Pause(reply) => {
+                // The inner handle answers at once; this one once drained.
+                let (tx, _rx) = reply_channel("ide");
+                inner.send(Control::Pause(tx))?;
+                let mut d = lock(&me.drain);
+                if d.in_flight == 0 {
+                    reply.send(());
+                } else {
+                    d.waiters.push(reply);
+                }
+                Ok(())
+            }
+            other => inner.send(other),
         })
     }
 
@@ -51,6 +90,7 @@ impl IdeHost {
                 continue;
             };
             let me = self.clone();
+            lock(&self.drain).in_flight += 1;
             b.submit(BlockJob {
                 request,
                 done: Box::new(move |c| {
@@ -60,6 +100,13 @@ impl IdeHost {
                         m.take_requests()
                     };
                     me.pump(more);
+                    let mut d = lock(&me.drain);
+                    d.in_flight -= 1;
+                    if d.in_flight == 0 {
+                        for w in d.waiters.drain(..) {
+                            w.send(());
+                        }
+                    }
                 }),
             });
         }

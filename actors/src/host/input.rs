@@ -15,8 +15,7 @@ use tokio::sync::Notify;
 
 use crate::bus::{lock, BusHandler};
 use crate::runtime::{
-    mailbox, spawn_supervised, Addr, ControlHandle, MessageKind, PauseGate, Placement, Registry,
-    Restart,
+    mailbox, spawn_supervised, Addr, MessageKind, PauseGate, Placement, Registry, Restart,
 };
 
 /// Input for the guest.
@@ -94,9 +93,10 @@ impl I8042Port {
         &self.model
     }
 
-    /// The input actor's control (pause/resume with the VM).
-    pub fn control(&self) -> ControlHandle {
-        ControlHandle::gate("i8042", self.gate.clone())
+    /// The gate the input actor takes its steps through (closed while the VM is
+    /// stopped).
+    pub fn gate(&self) -> Arc<PauseGate> {
+        self.gate.clone()
     }
 }
 
@@ -145,7 +145,10 @@ pub fn start_input(
                 while let Some(msg) = mb.recv().await {
                     loop {
                         // Not while the VM is stopped: events wait in the mailbox.
-                        let step = p.gate.step().await;
+                        p.gate.opened().await;
+                        let Some(step) = p.gate.try_step() else {
+                            continue;
+                        };
                         let applied = {
                             let mut dev = lock(&p.model);
                             let fits = match msg {

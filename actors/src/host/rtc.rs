@@ -1,6 +1,7 @@
 //! The RTC host: the MC146818 model on ports 0x70–0x71, and a timer actor that calls
 //! `Rtc::tick` when the model's next interrupt is due (periodic, update-ended, alarm), so
-//! IRQ 8 arrives on time even when the guest does not poll.
+//! IRQ 8 arrives on time even when the guest does not poll. The timer actor also answers
+//! the model's `Save`/`Restore` (section `rtc`), so no tick runs in the middle of one.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,26 @@ use devices::BusDevice;
 use tokio::sync::Notify;
 
 use crate::bus::{lock, BusHandler};
-use crate::runtime::{spawn_supervised, Control, ControlHandle, Placement, Registry, Restart};
+use crate::runtime::{
+    find_section, only_sections, spawn_supervised, Control, ControlError, ControlHandle, Placement,
+    Registry, Restart,
+};
+
+/// The actor's id, and its section's.
+const ID: &str = "rtc";
+
+fn not_paused(what: &'static str) -> ControlError {
+    ControlError::NotPaused {
+        actor: ID.into(),
+        what,
+    }
+}
+
+/// Restore the model from its section (the timer actor, paused: no tick runs meanwhile).
+fn restore(model: &Mutex<Rtc>, sections: &[devices::Section]) -> Result<(), devices::StateError> {
+    only_sections(sections, &[ID])?;
+    devices::restore_section(&mut *lock(model), find_section(sections, ID)?)
+}
 
 /// Ports 0x70–0x71: the model behind its mutex; a write wakes the timer actor, since it
 /// may enable an interrupt (or change when the next one is due).
@@ -42,10 +62,10 @@ pub fn start_rtc(
 ) -> Arc<RtcPort> {
     let model = Arc::new(Mutex::new(model));
     let wake = Arc::new(Notify::new());
-    let (addr, mailbox) = crate::runtime::mailbox::<Control>("rtc", 8);
+    let (addr, mailbox) = crate::runtime::mailbox::<Control>(ID, 8);
     let depth = addr.clone();
-    let control = ControlHandle::new("rtc", move |c| addr.try_send(c));
-    let entry = registry.register("rtc", "rtc", Placement::Runtime, move || depth.depth());
+    let control = ControlHandle::new(ID, move |c| addr.try_send(c));
+    let entry = registry.register(ID, "rtc", Placement::Runtime, move || depth.depth());
     let m = model.clone();
     let w = wake.clone();
     let now = Arc::new(monotonic_ns);
@@ -92,6 +112,18 @@ pub fn start_rtc(
                                     reply.send(());
                                 }
                                 Some(Control::Resume) => paused = false,
+                                Some(Control::Save(reply)) => reply.send(if paused {
+                                    Ok(vec![devices::save_section(ID, &*lock(&m))])
+                                } else {
+                                    Err(not_paused("save"))
+                                }),
+                                Some(Control::Restore(sections, reply)) => reply.send(if paused {
+                                    restore(&m, &sections).map_err(|source| {
+                                        ControlError::Restore { actor: ID.into(), source }
+                                    })
+                                } else {
+                                    Err(not_paused("restore"))
+                                }),
                                 None => return,
                             }
                             continue;

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::bus::{lock, BusHandler};
 use crate::chardev::FrontendEvent;
-use crate::runtime::{spawn_supervised, ControlHandle, PauseGate, Placement, Registry, Restart};
+use crate::runtime::{spawn_supervised, PauseGate, Placement, Registry, Restart};
 
 /// The bus side of one UART.
 pub struct SerialPort {
@@ -35,9 +35,10 @@ impl SerialPort {
         &self.model
     }
 
-    /// The input feeder's control (pause/resume with the VM).
-    pub fn control(&self, id: &str) -> ControlHandle {
-        ControlHandle::gate(id, self.gate.clone())
+    /// The gate the input feeder takes its steps through (closed while the VM is
+    /// stopped).
+    pub fn gate(&self) -> Arc<PauseGate> {
+        self.gate.clone()
     }
 }
 
@@ -106,7 +107,10 @@ async fn feed(
         }
         // Offer what we have (not while the VM is stopped: bytes wait here, and the
         // chardev's channel fills and holds back the backend).
-        let step = port.gate.step().await;
+        port.gate.opened().await;
+        let Some(step) = port.gate.try_step() else {
+            continue;
+        };
         let taken = {
             let (a, b) = pending.as_slices();
             let mut m = lock(&port.model);

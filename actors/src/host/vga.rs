@@ -67,7 +67,7 @@ impl VgaHost {
     }
 
     /// The guest (or a reset) changed something: wake the refresh actor if it is idle.
-    fn poke(&self) {
+    pub fn poke(&self) {
         if self.idle.load(Ordering::SeqCst) {
             *lock(&self.wake.0) = true;
             self.wake.1.notify_one();

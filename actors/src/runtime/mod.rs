@@ -13,7 +13,10 @@ mod registry;
 mod reply;
 mod spawn;
 
-pub use control::{Control, ControlHandle, PauseGate, ThreadControl, Transition};
+pub use control::{
+    find_section, only_sections, Control, ControlError, ControlHandle, ModelPart, PauseGate,
+    StatePart, ThreadControl, Transition,
+};
 pub use mailbox::{mailbox, Addr, Mailbox};
 pub use registry::{ActorInfo, ActorState, Placement, Registry, RegistryEntry};
 pub use reply::{reply_channel, Reply, ReplyReceiver};

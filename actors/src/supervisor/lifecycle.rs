@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use devices::SystemEvent;
+use devices::{Section, SystemEvent};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -52,6 +52,13 @@ pub trait Machine: Send + Sync + 'static {
     fn reset(&self) -> Result<Vec<VcpuBootState>, String>;
     /// Press the ACPI power button. False when the machine has no way to ask the guest.
     fn power_button(&self) -> bool;
+    /// The VM-wide state the hypervisor keeps outside the vCPUs and devices (the in-kernel
+    /// irqchip, PIT and clock: `kvm_state::save_vm_state`), as sections. Called with every
+    /// vCPU paused. Guest RAM is not part of it (a migration streams RAM on its own).
+    fn save_vm_state(&self) -> Result<Vec<Section>, String>;
+    /// Load what [`Machine::save_vm_state`] saved; called after the vCPUs are restored and
+    /// before they resume (the clock goes last).
+    fn restore_vm_state(&self, sections: &[Section]) -> Result<(), String>;
 }
 
 /// Broadcast to monitors (QMP events) as the lifecycle changes.
@@ -128,6 +135,10 @@ pub enum SupervisorMsg {
     Publish(VmNotification),
     /// The vCPU handles (for `info cpus`, `info registers`, pinning).
     Vcpus(Reply<Vec<VcpuHandle>>),
+    /// The whole machine's state but RAM (paused or prelaunch only).
+    SaveMachine(Reply<Result<Vec<Section>, String>>),
+    /// Replace the whole machine's state but RAM (paused or prelaunch only).
+    RestoreMachine(Vec<Section>, Reply<Result<(), String>>),
 }
 
 impl MessageKind for SupervisorMsg {
@@ -143,6 +154,8 @@ impl MessageKind for SupervisorMsg {
             Self::Subscribe(_) => "subscribe",
             Self::Publish(_) => "publish",
             Self::Vcpus(_) => "vcpus",
+            Self::SaveMachine(_) => "save-machine",
+            Self::RestoreMachine(..) => "restore-machine",
         }
     }
 }
@@ -184,6 +197,29 @@ impl SupervisorHandle {
     }
     pub async fn vcpus(&self) -> Result<Vec<VcpuHandle>, ActorError> {
         self.ask(SupervisorMsg::Vcpus).await
+    }
+    /// The state of every part of the stopped machine but guest RAM: each device actor's
+    /// sections (chipset first, then the devices, in the order they were built), each
+    /// vCPU's (`vcpu<N>`) and the VM-wide KVM state (`pic`, `ioapic`, `pit`, `kvmclock`),
+    /// in the order [`SupervisorHandle::restore_machine`] puts them back. Refused unless
+    /// the VM is paused or has not started (`-S`).
+    pub async fn save_machine(&self) -> Result<Vec<Section>, String> {
+        self.ask(SupervisorMsg::SaveMachine)
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    /// Put back a state [`SupervisorHandle::save_machine`] produced on a machine built
+    /// from the same configuration (guest RAM is the caller's to restore). Refused unless
+    /// the VM is paused or has not started. Every section must belong to this machine,
+    /// with the kind and version this build saves, and every part of the machine must
+    /// have its sections: otherwise the error names the section and nothing changes. The
+    /// devices are restored first, then the vCPUs, then the VM-wide state; should one
+    /// refuse its state even so, the state from before the restore is put back. `cont`
+    /// then runs the guest from the restored point.
+    pub async fn restore_machine(&self, sections: Vec<Section>) -> Result<(), String> {
+        self.ask(|r| SupervisorMsg::RestoreMachine(sections, r))
+            .await
+            .map_err(|e| e.to_string())?
     }
     pub fn publish(&self, n: VmNotification) {
         let _ = self.addr.try_send(SupervisorMsg::Publish(n));
@@ -341,6 +377,99 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Refuse to save or restore a machine that runs (or cannot be trusted to be
+    /// quiescent); quiesce the device actors of a VM that has not started yet.
+    async fn stopped_for(&mut self, what: &str) -> Result<(), String> {
+        match self.state {
+            RunState::Paused => Ok(()),
+            RunState::Prelaunch => {
+                // Built paused but never told: pausing is idempotent.
+                self.pause_all().await;
+                Ok(())
+            }
+            other => Err(format!(
+                "cannot {what} the machine while it is {}: stop it first",
+                other.hmp_name()
+            )),
+        }
+    }
+
+    /// Every part's sections, tagged with the part, in restore order.
+    async fn collect(&self) -> Result<Vec<(Part, Section)>, String> {
+        let mut out = Vec::new();
+        for (i, c) in self.controls.iter().enumerate() {
+            let sections = c.save().await.map_err(|e| error_chain(&e))?;
+            out.extend(sections.into_iter().map(|s| (Part::Control(i), s)));
+        }
+        for (i, v) in self.vcpus.iter().enumerate() {
+            // VcpuError's messages name the vCPU and carry their cause.
+            let s = v.save().await.map_err(|e| e.to_string())?;
+            out.push((Part::Vcpu(i), s));
+        }
+        let vm = self
+            .machine
+            .save_vm_state()
+            .map_err(|e| format!("VM-wide state: {e}"))?;
+        out.extend(vm.into_iter().map(|s| (Part::Vm, s)));
+        Ok(out)
+    }
+
+    async fn save_machine(&mut self) -> Result<Vec<Section>, String> {
+        self.stopped_for("save").await?;
+        Ok(self.collect().await?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    async fn restore_machine(&mut self, sections: Vec<Section>) -> Result<(), String> {
+        self.stopped_for("restore").await?;
+        // What this machine saves now: which part owns each id, with what kind and
+        // version. It is also what goes back should a part refuse its new state.
+        let before = self.collect().await?;
+        let incoming = group(&match_sections(&before, sections)?, self.parts());
+        if let Err(e) = self.apply(&incoming).await {
+            let backup = group(&before, self.parts());
+            return Err(match self.apply(&backup).await {
+                Ok(()) => format!("{e}; the machine's state from before the restore is back"),
+                Err(again) => format!(
+                    "{e}; putting back the state from before the restore failed too ({again}): \
+                     the machine needs a reset"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The parts in restore order: devices in build order, vCPUs, the VM-wide state.
+    fn parts(&self) -> Vec<Part> {
+        (0..self.controls.len())
+            .map(Part::Control)
+            .chain((0..self.vcpus.len()).map(Part::Vcpu))
+            .chain([Part::Vm])
+            .collect()
+    }
+
+    /// Give each part its sections (`by_part` follows [`Supervisor::parts`]).
+    async fn apply(&self, by_part: &[Vec<Section>]) -> Result<(), String> {
+        for (part, sections) in self.parts().into_iter().zip(by_part) {
+            match part {
+                Part::Control(i) => self.controls[i]
+                    .restore(sections.clone())
+                    .await
+                    .map_err(|e| error_chain(&e))?,
+                Part::Vcpu(i) => {
+                    let v = &self.vcpus[i];
+                    for s in sections {
+                        v.restore(s.clone()).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Part::Vm => self
+                    .machine
+                    .restore_vm_state(sections)
+                    .map_err(|e| format!("VM-wide state: {e}"))?,
+            }
+        }
+        Ok(())
+    }
+
     /// Run until the VM should end; returns why.
     pub async fn run(mut self) -> ExitReason {
         let mailbox = self.mailbox.clone();
@@ -462,9 +591,96 @@ impl Supervisor {
             SupervisorMsg::Subscribe(r) => r.send(self.notify.subscribe()),
             SupervisorMsg::Publish(n) => self.publish(n),
             SupervisorMsg::Vcpus(r) => r.send(self.vcpus.clone()),
+            SupervisorMsg::SaveMachine(r) => {
+                let res = self.save_machine().await;
+                r.send(res);
+            }
+            SupervisorMsg::RestoreMachine(sections, r) => {
+                let res = self.restore_machine(sections).await;
+                r.send(res);
+            }
         }
         None
     }
+}
+
+/// The part of the machine a section belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A device actor, by its place in `controls`.
+    Control(usize),
+    /// A vCPU, by index.
+    Vcpu(usize),
+    /// The VM-wide KVM state.
+    Vm,
+}
+
+/// `sections` grouped by part, in `parts` order.
+fn group(tagged: &[(Part, Section)], parts: Vec<Part>) -> Vec<Vec<Section>> {
+    parts
+        .into_iter()
+        .map(|p| {
+            tagged
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, s)| s.clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// Route `incoming` to the parts that saved the same ids in `current`, refusing (by name)
+/// a section this machine does not have, one of another kind or version, one given twice,
+/// and a part of the machine left without its section.
+fn match_sections(
+    current: &[(Part, Section)],
+    incoming: Vec<Section>,
+) -> Result<Vec<(Part, Section)>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut tagged = Vec::with_capacity(incoming.len());
+    for s in incoming {
+        if !seen.insert(s.id.clone()) {
+            return Err(format!("the saved state has two sections '{}'", s.id));
+        }
+        let Some((part, mine)) = current.iter().find(|(_, c)| c.id == s.id) else {
+            return Err(format!(
+                "section '{}' ({} state) does not belong to this machine: it has no '{}'",
+                s.id, s.kind, s.id
+            ));
+        };
+        if mine.kind != s.kind {
+            return Err(format!(
+                "section '{}' holds {} state, but this machine's '{}' is {}",
+                s.id, s.kind, s.id, mine.kind
+            ));
+        }
+        if mine.version != s.version {
+            return Err(format!(
+                "section '{}': {} state version {} is not supported (this build reads {})",
+                s.id, s.kind, s.version, mine.version
+            ));
+        }
+        tagged.push((*part, s));
+    }
+    if let Some((_, missing)) = current.iter().find(|(_, c)| !seen.contains(&c.id)) {
+        return Err(format!(
+            "the saved state has no section '{}' ({} state): this machine has one",
+            missing.id, missing.kind
+        ));
+    }
+    Ok(tagged)
+}
+
+/// An error and its causes, one after the other (`a: b: c`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]
@@ -476,6 +692,7 @@ mod tests {
     struct FakeMachine {
         resets: AtomicUsize,
         button: bool,
+        pit: std::sync::Mutex<u32>,
     }
 
     impl Machine for FakeMachine {
@@ -485,6 +702,22 @@ mod tests {
         }
         fn power_button(&self) -> bool {
             self.button
+        }
+        fn save_vm_state(&self) -> Result<Vec<Section>, String> {
+            Ok(vec![Section::new(
+                "pit",
+                "fake-pit",
+                1,
+                &*self.pit.lock().unwrap(),
+            )
+            .unwrap()])
+        }
+        fn restore_vm_state(&self, sections: &[Section]) -> Result<(), String> {
+            let v: u32 = sections[0]
+                .decode("fake-pit", 1)
+                .map_err(|e| e.to_string())?;
+            *self.pit.lock().unwrap() = v;
+            Ok(())
         }
     }
 
@@ -500,6 +733,7 @@ mod tests {
         let m = Arc::new(FakeMachine {
             resets: AtomicUsize::new(0),
             button: true,
+            pit: Default::default(),
         });
         let (sup, h) = Supervisor::new(cfg, vec![], vec![], m.clone(), rx);
         let j = tokio::spawn(sup.run());
@@ -532,6 +766,7 @@ mod tests {
                         "pause"
                     }
                     crate::runtime::Control::Resume => "resume",
+                    _ => "other",
                 };
                 log.lock().unwrap().push(format!("{what} {id}"));
                 Ok(())
@@ -541,6 +776,7 @@ mod tests {
         let m = Arc::new(FakeMachine {
             resets: AtomicUsize::new(0),
             button: true,
+            pit: Default::default(),
         });
         let controls = vec![control("backend"), control("nic")];
         let (sup, h) = Supervisor::new(SupervisorConfig::default(), vec![], controls, m, rx);
@@ -643,5 +879,154 @@ mod tests {
         let r = j.await.unwrap();
         assert_eq!(r, ExitReason::DebugExit(5));
         assert_eq!(r.status(), 11);
+    }
+
+    /// A register file with a rule: `limit` bounds `value`, like a model checking a
+    /// restored state.
+    #[derive(Default)]
+    struct Counter {
+        value: u32,
+        limit: u32,
+    }
+
+    impl devices::Snapshot for Counter {
+        type State = (u32, u32);
+        const KIND: &'static str = "counter";
+        const VERSION: u32 = 2;
+        fn save(&self) -> (u32, u32) {
+            (self.value, self.limit)
+        }
+        fn restore(&mut self, (value, limit): (u32, u32)) -> Result<(), devices::StateError> {
+            if value > limit {
+                return Err(devices::StateError::invalid(
+                    "counter",
+                    format!("value {value} is past limit {limit}"),
+                ));
+            }
+            *self = Self { value, limit };
+            Ok(())
+        }
+    }
+
+    type Model = Arc<std::sync::Mutex<Counter>>;
+
+    /// A supervisor over two model-only device actors ("chipset", "uart"), started paused.
+    fn machine_of_two() -> (SupervisorHandle, Model, Model, Arc<FakeMachine>) {
+        let (_tx, rx) = event_channel();
+        let m = Arc::new(FakeMachine {
+            resets: AtomicUsize::new(0),
+            button: true,
+            pit: Default::default(),
+        });
+        let a: Model = Arc::new(std::sync::Mutex::new(Counter {
+            value: 1,
+            limit: 10,
+        }));
+        let b: Model = Arc::new(std::sync::Mutex::new(Counter {
+            value: 2,
+            limit: 10,
+        }));
+        let part = |id: &str, c: &Model| -> Box<dyn crate::runtime::StatePart> {
+            Box::new(crate::runtime::ModelPart::new(id, c.clone()))
+        };
+        let controls = vec![
+            ControlHandle::models("chipset", vec![part("chipset", &a)], || {}),
+            ControlHandle::models("uart", vec![part("uart", &b)], || {}),
+        ];
+        let cfg = SupervisorConfig {
+            start_paused: true,
+            ..Default::default()
+        };
+        let (sup, h) = Supervisor::new(cfg, vec![], controls, m.clone(), rx);
+        tokio::spawn(sup.run());
+        (h, a, b, m)
+    }
+
+    fn set(c: &Model, value: u32) {
+        c.lock().unwrap().value = value;
+    }
+
+    fn get(c: &Model) -> u32 {
+        c.lock().unwrap().value
+    }
+
+    #[tokio::test]
+    async fn a_saved_machine_comes_back_whole_and_only_while_stopped() {
+        let (h, a, b, m) = machine_of_two();
+        *m.pit.lock().unwrap() = 7;
+        let saved = h.save_machine().await.unwrap();
+        let ids: Vec<&str> = saved.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["chipset", "uart", "pit"],
+            "devices in build order, then VM-wide"
+        );
+        h.cont().await.unwrap().unwrap();
+        let e = h.save_machine().await.unwrap_err();
+        assert!(e.contains("while it is running"), "{e}");
+        let e = h.restore_machine(saved.clone()).await.unwrap_err();
+        assert!(e.contains("while it is running"), "{e}");
+        set(&a, 5);
+        set(&b, 6);
+        *m.pit.lock().unwrap() = 9;
+        h.stop().await.unwrap().unwrap();
+        h.restore_machine(saved).await.unwrap();
+        assert_eq!((get(&a), get(&b), *m.pit.lock().unwrap()), (1, 2, 7));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_missing_or_other_version_section_is_refused_by_name_and_changes_nothing() {
+        let (h, a, b, _m) = machine_of_two();
+        let saved = h.save_machine().await.unwrap();
+        set(&a, 3);
+        set(&b, 4);
+        let refused = |e: String, what: &str| {
+            assert!(e.contains(what), "{e:?} does not say {what:?}");
+            assert_eq!((get(&a), get(&b)), (3, 4), "{what}: the machine changed");
+        };
+        let mut extra = saved.clone();
+        let mut nic = extra[1].clone();
+        nic.id = "nic0".into();
+        extra.push(nic);
+        refused(
+            h.restore_machine(extra).await.unwrap_err(),
+            "section 'nic0' (counter state) does not belong to this machine",
+        );
+        let missing: Vec<Section> = saved.iter().filter(|s| s.id != "uart").cloned().collect();
+        refused(
+            h.restore_machine(missing).await.unwrap_err(),
+            "the saved state has no section 'uart'",
+        );
+        let mut newer = saved.clone();
+        newer[1].version = 3;
+        refused(
+            h.restore_machine(newer).await.unwrap_err(),
+            "section 'uart': counter state version 3 is not supported (this build reads 2)",
+        );
+        let mut other = saved.clone();
+        other[0].kind = "i8042".into();
+        refused(
+            h.restore_machine(other).await.unwrap_err(),
+            "section 'chipset' holds i8042 state, but this machine's 'chipset' is counter",
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_refusing_its_state_puts_the_others_back() {
+        let (h, a, b, _m) = machine_of_two();
+        let mut saved = h.save_machine().await.unwrap();
+        set(&a, 3);
+        set(&b, 4);
+        // The chipset takes its state; the UART's breaks its own rule.
+        saved[1].state = serde_json::json!([11, 10]);
+        let e = h.restore_machine(saved).await.unwrap_err();
+        assert!(
+            e.contains(
+                "uart: its state was refused: counter: invalid state: value 11 is past limit 10"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("from before the restore is back"), "{e}");
+        assert_eq!((get(&a), get(&b)), (3, 4));
     }
 }

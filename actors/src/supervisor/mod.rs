@@ -12,6 +12,6 @@
 mod lifecycle;
 
 pub use lifecycle::{
-    ExitReason, Machine, RunState, Supervisor, SupervisorConfig, SupervisorHandle, SupervisorMsg,
-    VmNotification,
+    error_chain, ExitReason, Machine, RunState, Supervisor, SupervisorConfig, SupervisorHandle,
+    SupervisorMsg, VmNotification,
 };

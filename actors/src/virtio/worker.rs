@@ -1,6 +1,10 @@
 //! The thread that serves one virtio device's queues: it sleeps in epoll on the queues'
 //! ioeventfds (a driver's notify wakes it straight from KVM, never through a vCPU exit)
 //! and on a wake eventfd for control messages and backend completions.
+//!
+//! The worker also answers its device's `Save`/`Restore` (it owns the live queues): the
+//! transport as a `virtio-pci` section under the device's name, and where the device
+//! stands in each ring as a [`QUEUES_KIND`] section `<name>/queues`.
 
 use std::sync::{Arc, Mutex};
 
@@ -9,12 +13,37 @@ use devices::memory::GuestMemoryMmap;
 use devices::virtio::chain::{walk, Chain};
 use devices::virtio::features::RING_EVENT_IDX;
 use devices::virtio::pci::{QueueConfig, VirtioPci};
+use devices::{Section, Snapshot, StateError};
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
-use crate::runtime::{ThreadControl, Transition};
+use crate::runtime::{find_section, only_sections, ThreadControl, Transition};
+
+/// The kind of the worker's own section.
+pub const QUEUES_KIND: &str = "virtio-queues";
+/// Bumped whenever [`QueuesState`] changes shape.
+pub const QUEUES_VERSION: u32 = 1;
+
+/// Where the device stands in one live queue (virtio 1.2 §2.7: the driver's avail index
+/// and the used index are in guest memory; these are the device's own counters).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuePosition {
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+}
+
+/// The worker's state next to the transport's: the live queues' positions (empty while
+/// the driver has not set DRIVER_OK) and whether the device stopped serving them
+/// (NEEDS_RESET).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuesState {
+    pub queues: Vec<QueuePosition>,
+    pub failed: bool,
+}
 
 /// How long a worker with requests in flight looks for their completion before sleeping.
 const POLL_FOR: std::time::Duration = std::time::Duration::from_micros(50);
@@ -278,20 +307,27 @@ pub(crate) fn spawn(
                 for ev in &events[..n] {
                     let token = ev.data();
                     if token == CONTROL_TOKEN {
-                        let alive = control.serve(|t| match t {
-                            Transition::Pause => {
-                                worker.quiesce(&mut ctx);
-                                listen(&epoll, &notify, &worker.event_fds(), false);
-                            }
-                            Transition::Resume => {
-                                listen(&epoll, &notify, &worker.event_fds(), true);
-                                // Whatever the driver offered or a backend brought
-                                // while paused.
-                                for q in 0..ctx.queues.len() {
-                                    worker.process(q, &mut ctx);
+                        let alive = control.serve(|t| {
+                            match t {
+                                Transition::Pause => {
+                                    worker.quiesce(&mut ctx);
+                                    listen(&epoll, &notify, &worker.event_fds(), false);
                                 }
-                                worker.wake(&mut ctx);
+                                Transition::Resume => {
+                                    listen(&epoll, &notify, &worker.event_fds(), true);
+                                    // Whatever the driver offered or a backend brought
+                                    // while paused.
+                                    for q in 0..ctx.queues.len() {
+                                        worker.process(q, &mut ctx);
+                                    }
+                                    worker.wake(&mut ctx);
+                                }
+                                Transition::Save(out) => out.extend(save(&ctx)),
+                                Transition::Restore(sections) => {
+                                    restore(&mut ctx, worker.as_mut(), sections)?
+                                }
                             }
+                            Ok(())
                         });
                         if !alive {
                             return;
@@ -334,6 +370,89 @@ pub(crate) fn spawn(
             }
         })?;
     Ok(WorkerHandle { tx, wake })
+}
+
+/// The id of the worker's own section for device `name`.
+pub fn queues_section_id(name: &str) -> String {
+    format!("{name}/queues")
+}
+
+/// The transport's section and the worker's (the worker is paused: nothing in flight).
+fn save(ctx: &Ctx) -> [Section; 2] {
+    let transport = devices::save_section(&ctx.name, &*lock(&ctx.model));
+    let state = QueuesState {
+        queues: ctx
+            .queues
+            .iter()
+            .map(|q| QueuePosition {
+                next_avail: q.next_avail(),
+                next_used: q.next_used(),
+                event_idx: q.event_idx_enabled(),
+            })
+            .collect(),
+        failed: ctx.failed,
+    };
+    let own = Section::new(
+        &queues_section_id(&ctx.name),
+        QUEUES_KIND,
+        QUEUES_VERSION,
+        &state,
+    )
+    .unwrap_or_else(|e| panic!("{QUEUES_KIND}: state does not encode as a section: {e}"));
+    [transport, own]
+}
+
+/// Put back what [`save`] saved: the transport's registers, then (when the driver had set
+/// DRIVER_OK) the live queues as the transport describes them, at the saved positions
+/// (`VirtioPciState`'s contract). Both sections are decoded and checked against each
+/// other before anything changes.
+fn restore(
+    ctx: &mut Ctx,
+    worker: &mut dyn QueueWorker,
+    sections: &[Section],
+) -> Result<(), StateError> {
+    use devices::virtio::pci::VirtioPciState;
+    use devices::virtio::status::{DRIVER_OK, NEEDS_RESET};
+    let qid = queues_section_id(&ctx.name);
+    only_sections(sections, &[ctx.name.as_str(), qid.as_str()])?;
+    let transport: VirtioPciState =
+        find_section(sections, &ctx.name)?.decode(VirtioPci::KIND, VirtioPci::VERSION)?;
+    let own: QueuesState = find_section(sections, &qid)?.decode(QUEUES_KIND, QUEUES_VERSION)?;
+    let live = transport.status & DRIVER_OK != 0;
+    let expect = if live { transport.queues.len() } else { 0 };
+    if own.queues.len() != expect {
+        return Err(StateError::invalid(
+            QUEUES_KIND,
+            format!(
+                "section '{qid}' has {} queue positions but the transport (status {:#x}) has {expect} live queues",
+                own.queues.len(),
+                transport.status
+            ),
+        ));
+    }
+    let (queues, features) = {
+        let mut m = lock(&ctx.model);
+        m.restore(transport)?;
+        (m.queues().to_vec(), m.driver_features())
+    };
+    worker.reset();
+    ctx.queues.clear();
+    ctx.failed = false;
+    ctx.features = 0;
+    if live {
+        activate(ctx, &queues, features);
+        for (q, pos) in ctx.queues.iter_mut().zip(&own.queues) {
+            q.set_next_avail(pos.next_avail);
+            q.set_next_used(pos.next_used);
+            q.set_event_idx(pos.event_idx);
+        }
+        worker.activate(ctx);
+    }
+    // A device that had failed stays failed (its NEEDS_RESET is in the restored status).
+    if own.failed || lock(&ctx.model).status() & NEEDS_RESET != 0 {
+        ctx.failed = true;
+    }
+    Ok(())
 }
 
 fn activate(ctx: &mut Ctx, cfgs: &[QueueConfig], features: u64) {

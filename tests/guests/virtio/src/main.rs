@@ -28,7 +28,10 @@
 //!     `used_event` and the device's `avail_event` (INTx: run without MSI-X).
 //! - `fault=loop|oob|direction|badidx`: offer a malformed chain, expect NEEDS_RESET, reset,
 //!   prove the device works again (`vblk: recovered after reset`).
-//! - `dev=rng`: read 64 bytes of entropy: `vrng: got 64 bytes, N distinct`.
+//! - `dev=rng`: read 64 bytes of entropy: `vrng: got 64 bytes, N distinct`. With
+//!   `count=N`, N requests one after the other on the same queue (0: forever), each
+//!   printing `vrng: request <i> got <len> bytes` (i from 1): a sequence driven by the
+//!   device, for save/restore tests.
 //! - `dev=console`: a virtio console: sends `hello from virtconsole` on it, prints
 //!   `vcon: sent greeting`, waits (`wait=SECONDS`, default 30) for a line of input on it,
 //!   prints `vcon: got 'LINE'` and sends back `echo: LINE`; exit 0.
@@ -241,6 +244,38 @@ fn rng(legacy: bool) -> u32 {
     u32::from(!(len == 64 && distinct > 16))
 }
 
+/// `count` requests of 64 bytes (0: forever), one at a time, each reported.
+fn rng_count(legacy: bool, count: u64) -> u32 {
+    let Some(mut v) = Virtio::find(&[0x1005, 0x1044], legacy) else {
+        println!("vrng: no virtio-rng");
+        return 2;
+    };
+    if let Err(e) = v.init(VERSION_1, 64) {
+        println!("vrng: init: {e}");
+        return 1;
+    }
+    let buf = v.ring_end();
+    let mut i = 0u64;
+    while count == 0 || i < count {
+        i += 1;
+        // Each request on its own descriptor (of 8, in turn), so a device that lost its
+        // place in the rings answers with the wrong one.
+        let d = (i % 8) as u16;
+        v.set_desc(d, buf + 64 * u64::from(d), 64, F_WRITE, 0);
+        v.offer(d);
+        let Some((head, len)) = v.wait_used(5000) else {
+            println!("vrng: request {i} timed out");
+            return 1;
+        };
+        if head != d || len != 64 {
+            println!("vrng: request {i} on descriptor {d} came back as {head} with {len} bytes");
+            return 1;
+        }
+        println!("vrng: request {i} got {len} bytes");
+    }
+    0
+}
+
 fn input(boot: &BootInfo) -> u32 {
     let Some(mut v) = Virtio::find(&[0x1052], false) else {
         println!("vinput: no virtio-input");
@@ -385,7 +420,10 @@ fn main(boot: &BootInfo) -> u32 {
     }
     let legacy = boot.arg("legacy").is_some();
     if boot.arg("dev") == Some("rng") {
-        return rng(legacy);
+        return match boot.arg_u64("count") {
+            Some(n) => rng_count(legacy, n),
+            None => rng(legacy),
+        };
     }
     let Some(v) = Virtio::find(&[0x1001, 0x1042], legacy) else {
         println!("vblk: no virtio-blk");
