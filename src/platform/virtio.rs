@@ -80,6 +80,7 @@ pub fn build(
     pci: &Arc<PciPlatform>,
     frontends: Frontends<'_>,
     rt: &tokio::runtime::Handle,
+    registry: &actors::runtime::Registry,
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
     let Frontends {
@@ -133,6 +134,7 @@ pub fn build(
                     intx: &intx,
                     guestfwds,
                     rt,
+                    registry,
                 },
                 &mut out.downscripts,
             )?;
@@ -233,6 +235,7 @@ pub fn build(
                         model: "virtio-net-pci",
                         guestfwds,
                         rt,
+                        registry,
                     },
                     &mut out.downscripts,
                 )?;
@@ -307,8 +310,9 @@ pub fn build(
             model.add_rom(size);
             buf
         });
-        let host = VirtioPciHost::start(&name, model, kvm.vm.clone(), mem.clone(), worker)
-            .with_context(|| format!("{name}: starting its worker"))?;
+        let host =
+            VirtioPciHost::start(registry, &name, model, kvm.vm.clone(), mem.clone(), worker)
+                .with_context(|| format!("{name}: starting its worker"))?;
         pci.add_function(slot, host.function());
         let [lbar, mbar, modern] = host.bars();
         if legacy {
@@ -330,7 +334,7 @@ pub fn build(
             pci.bind_bar(slot, 6, &format!("{name}.rom"), BarTarget::Rom(buf));
         }
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
-            actors::virtio::console::feed_input(rt, rx, input, host.waker());
+            actors::virtio::console::feed_input(rt, registry, &name, rx, input, host.waker());
         }
         if let Some(p) = nic_info.take() {
             out.nics.push(super::nic::Nic {

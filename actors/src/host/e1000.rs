@@ -31,8 +31,13 @@ pub struct E1000Host {
 }
 
 impl E1000Host {
-    /// Put `model` in service with `backend`, starting the receive thread.
+    /// Put `model` in service with `backend`, starting the receive thread (actor `name`).
+    ///
+    /// The receive thread is not restartable: it works on the model's receive ring under
+    /// the device's lock, and a panic there may leave descriptors half written that no
+    /// rebuilt thread could account for; it stops the VM in internal-error.
     pub fn start(
+        registry: &crate::runtime::Registry,
         name: &str,
         model: E1000,
         mem: GuestMemoryMmap,
@@ -51,9 +56,11 @@ impl E1000Host {
             let epoll = Epoll::new()?;
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))?;
             let h = host.clone();
-            std::thread::Builder::new()
-                .name(format!("troupe-{name}"))
-                .spawn(move || h.receive_loop(&epoll))?;
+            crate::runtime::spawn_thread(
+                registry,
+                crate::runtime::ThreadSpec::new(name, "e1000-rx", crate::runtime::Restart::Never),
+                move || h.receive_loop(&epoll),
+            )?;
         }
         Ok(host)
     }
@@ -122,6 +129,7 @@ impl E1000Host {
                     return;
                 }
             }
+            crate::runtime::fault_point();
             let mut b = lock(&self.backend);
             b.ack();
             loop {

@@ -47,6 +47,7 @@ pub struct VirtioPciHost {
 impl VirtioPciHost {
     /// Start the worker thread (`troupe-<name>`) for `model`.
     pub fn start(
+        registry: &crate::runtime::Registry,
         name: &str,
         model: VirtioPci,
         vm: Arc<VmFd>,
@@ -59,7 +60,7 @@ impl VirtioPciHost {
             .collect::<Result<_, _>>()?;
         let notify = Arc::new(notify);
         let model = Arc::new(Mutex::new(model));
-        let handle = worker::spawn(name, mem, model.clone(), notify.clone(), worker)?;
+        let handle = worker::spawn(registry, name, mem, model.clone(), notify.clone(), worker)?;
         Ok(Arc::new(Self {
             name: name.to_string(),
             model,

@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
+use crate::runtime::{fault_point, once, spawn_thread, Registry, Restart, ThreadSpec};
 
 /// How long a worker with requests in flight looks for their completion before sleeping.
 const POLL_FOR: std::time::Duration = std::time::Duration::from_micros(50);
@@ -182,8 +183,13 @@ impl WorkerHandle {
 const WAKE_TOKEN: u64 = u64::MAX;
 const EXTRA_TOKEN: u64 = u64::MAX - 1;
 
-/// Start the worker thread `troupe-<name>`.
+/// Start the worker thread, actor `<name>` (thread `troupe-<name>`, shortened).
+///
+/// Not restartable: the worker owns the live queues (their indices into the guest's
+/// rings) and requests in flight on the backend; a rebuilt worker could not know which
+/// buffers the guest already got back, so a panic stops the VM in internal-error.
 pub(crate) fn spawn(
+    registry: &Registry,
     name: &str,
     mem: GuestMemoryMmap,
     model: Arc<Mutex<VirtioPci>>,
@@ -221,9 +227,14 @@ pub(crate) fn spawn(
         name: name.to_string(),
         failed: false,
     };
-    std::thread::Builder::new()
-        .name(format!("troupe-{name}"))
-        .spawn(move || {
+    let waker = wake.clone();
+    let spec = ThreadSpec::new(name, "virtio-worker", Restart::Never).wake(move || {
+        let _ = waker.write(1);
+    });
+    spawn_thread(
+        registry,
+        spec,
+        once(move || {
             let mut events = vec![EpollEvent::default(); 64];
             // Sleeps left before polling again after a poll that found nothing (requests
             // that take longer than POLL_FOR, such as 1 MiB reads, are not spun for).
@@ -252,6 +263,7 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
+                fault_point();
                 for ev in &events[..n] {
                     let token = ev.data();
                     if token == WAKE_TOKEN {
@@ -284,7 +296,8 @@ pub(crate) fn spawn(
                     }
                 }
             }
-        })?;
+        }),
+    )?;
     Ok(WorkerHandle { tx, wake })
 }
 
