@@ -792,6 +792,8 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
         sig_handle.signal(sig);
     };
     actors::runtime::spawn_task(rt.handle(), registry, "signals", "signals", None, signals);
+    // Test builds only (feature `fault-injection`): TROUPE_INJECT_PANIC=ID[@MS].
+    actors::runtime::fault::inject_from_env(rt.handle(), registry);
     let reason = rt.block_on(supervisor.run());
     if std::env::var_os("TROUPE_DUMP_REGS").is_some() {
         for v in &vcpus {

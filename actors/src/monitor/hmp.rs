@@ -791,8 +791,9 @@ fn blockstats_text(v: &Value) -> String {
 }
 
 /// `info actors`: every actor in the registry, then every other thread of the process (by
-/// its kernel thread id, from /proc/self/task): io_uring's kernel workers as such, anything
-/// else as `unregistered` (a thread started around the runtime's helper).
+/// its kernel thread id, from /proc/self/task): threads the kernel made in the process
+/// (io_uring, KVM workers) as such, anything else as `unregistered` (a thread started
+/// around the runtime's helper).
 async fn actors_text(ctx: &MonitorContext) -> String {
     let line = |id: &str, kind: &str, state: &str, depth: usize, restarts: u32, place: &str| {
         format!(
@@ -837,11 +838,7 @@ async fn actors_text(ctx: &MonitorContext) -> String {
                 if registered.contains(&tid) {
                     continue;
                 }
-                let kind = if crate::runtime::is_io_uring_kernel_thread(&comm) {
-                    "io-uring-kernel"
-                } else {
-                    "unregistered"
-                };
+                let kind = crate::runtime::kernel_thread_kind(&comm).unwrap_or("unregistered");
                 out.push_str(&line(&comm, kind, "-", 0, 0, &format!("thread {tid}")));
             }
         }

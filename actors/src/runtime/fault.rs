@@ -18,6 +18,16 @@ pub fn fault_point() {
     enabled::check_current();
 }
 
+/// With fault injection, `TROUPE_INJECT_PANIC=ID[@MS]` in the environment injects a panic
+/// into actor ID MS milliseconds (default 500) after the call: the way in for a VM with no
+/// monitor. Without the feature this does nothing.
+pub fn inject_from_env(rt: &tokio::runtime::Handle, registry: &super::Registry) {
+    #[cfg(feature = "fault-injection")]
+    enabled::inject_from_env(rt, registry);
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (rt, registry);
+}
+
 /// The future an actor task runs: with fault injection, one that panics at its next poll
 /// once armed; without, the future itself.
 #[cfg(not(feature = "fault-injection"))]
@@ -69,6 +79,23 @@ mod enabled {
             }
             Ok(())
         }
+    }
+
+    pub(crate) fn inject_from_env(rt: &tokio::runtime::Handle, registry: &Registry) {
+        let Ok(spec) = std::env::var("TROUPE_INJECT_PANIC") else {
+            return;
+        };
+        let (id, ms) = match spec.split_once('@') {
+            Some((id, ms)) => (id.to_string(), ms.parse().unwrap_or(500)),
+            None => (spec, 500),
+        };
+        let reg = registry.clone();
+        crate::runtime::spawn_task(rt, registry, "inject-panic", "test", None, async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            if let Err(e) = reg.inject_panic(&id) {
+                crate::report!("troupe: TROUPE_INJECT_PANIC: {e}");
+            }
+        });
     }
 
     pub(crate) fn check_current() {

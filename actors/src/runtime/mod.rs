@@ -22,7 +22,7 @@ pub use registry::{current, gettid, ActorInfo, ActorState, Placement, Registry, 
 pub use reply::{reply_channel, Reply, ReplyReceiver};
 pub use spawn::{spawn_supervised, spawn_task, ActorExit, Restart};
 pub use thread::{
-    is_io_uring_kernel_thread, once, process_threads, spawn_thread, thread_name, ThreadSpec,
+    kernel_thread_kind, once, process_threads, spawn_thread, thread_name, ThreadSpec,
 };
 
 /// Why talking to an actor failed.

@@ -199,15 +199,32 @@ pub fn process_threads() -> std::io::Result<Vec<(i32, String)>> {
     Ok(out)
 }
 
-/// Threads the kernel creates inside the process for io_uring (workers, SQ pollers).
-pub fn is_io_uring_kernel_thread(comm: &str) -> bool {
-    comm.starts_with("iou-wrk-") || comm.starts_with("iou-sqp-")
+/// What a thread the kernel itself created inside the process is (no code of ours runs
+/// on it, so it cannot register): io_uring's workers and SQ pollers (`io-uring-kernel`),
+/// KVM's NX huge page recovery worker (`kvm-kernel`, comm `kvm-nx-lpage-recovery`
+/// truncated to 15 bytes). None for any other name.
+pub fn kernel_thread_kind(comm: &str) -> Option<&'static str> {
+    if comm.starts_with("iou-wrk-") || comm.starts_with("iou-sqp-") {
+        Some("io-uring-kernel")
+    } else if comm.starts_with("kvm-nx-lpage-re") {
+        Some("kvm-kernel")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::{event_channel, VmEvent};
+
+    #[test]
+    fn kernel_made_threads_are_told_apart_from_strangers() {
+        assert_eq!(kernel_thread_kind("iou-wrk-4242"), Some("io-uring-kernel"));
+        assert_eq!(kernel_thread_kind("iou-sqp-4242"), Some("io-uring-kernel"));
+        assert_eq!(kernel_thread_kind("kvm-nx-lpage-re"), Some("kvm-kernel"));
+        assert_eq!(kernel_thread_kind("troupe-io"), None);
+    }
 
     #[test]
     fn names_fit_linux_and_stay_recognisable() {
