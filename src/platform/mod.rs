@@ -266,8 +266,7 @@ impl DeviceSet {
                 consoles,
                 guestfwds: &mut guestfwds,
             },
-            rt,
-            registry,
+            virtio::Actors { rt, registry },
             &mut |id| {
                 let d = cfg
                     .drives

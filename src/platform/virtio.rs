@@ -62,6 +62,12 @@ impl VirtioDevices {
     }
 }
 
+/// Where the devices' actors run and are listed.
+pub struct Actors<'a> {
+    pub rt: &'a tokio::runtime::Handle,
+    pub registry: &'a actors::runtime::Registry,
+}
+
 /// The chardevs virtio consoles and user-mode `guestfwd=` rules talk to.
 pub struct Frontends<'a> {
     /// `virtconsole` ports: (index in `cfg.devices`, chardev, its input).
@@ -79,14 +85,14 @@ pub fn build(
     mem: &GuestMemoryMmap,
     pci: &Arc<PciPlatform>,
     frontends: Frontends<'_>,
-    rt: &tokio::runtime::Handle,
-    registry: &actors::runtime::Registry,
+    run: Actors<'_>,
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
     let Frontends {
         consoles,
         guestfwds,
     } = frontends;
+    let Actors { rt, registry } = run;
     let mut consoles: Vec<_> = consoles.into_iter().map(Some).collect();
     let mut out = VirtioDevices::default();
     let needs = cfg.devices.iter().any(|d| {
