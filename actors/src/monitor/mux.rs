@@ -54,67 +54,61 @@ pub async fn spawn_mux(
     let supervisor: Arc<OnceLock<SupervisorHandle>> = Arc::new(OnceLock::new());
     let sup = supervisor.clone();
     let out = chardev.clone();
+    let mux = async move {
+        let (mut mon_r, mut mon_w) = tokio::io::split(mine);
+        let mut focus_monitor = false;
+        let mut escape = false;
+        let mut mon_open = true;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    let FrontendEvent::Input(bytes) = ev else {
+                        let _ = serial_tx.send(ev).await;
+                        continue;
+                    };
+                    let mut pass = Vec::with_capacity(bytes.len());
+                    for b in bytes {
+                        if escape {
+                            escape = false;
+                            match b {
+                                b'c' => {
+                                    // Whatever was typed for the old focus goes there first.
+                                    flush(&mut pass, focus_monitor, &serial_tx, &mut mon_w).await;
+                                    focus_monitor = !focus_monitor;
+                                    let _ = focus_tx.send(focus_monitor);
+                                }
+                                b'x' => {
+                                    out.write(b"QEMU: Terminated\n\r".to_vec()).await;
+                                    match sup.get() {
+                                        Some(s) => { let _ = s.quit().await; }
+                                        None => std::process::exit(0),
+                                    }
+                                }
+                                b'h' | b'?' => out.write(HELP.as_bytes().to_vec()).await,
+                                CTRL_A => pass.push(CTRL_A),
+                                // s (commit), t (timestamps), b (break): nothing to do here.
+                                _ => {}
+                            }
+                        } else if b == CTRL_A {
+                            escape = true;
+                        } else {
+                            pass.push(b);
+                        }
+                    }
+                    flush(&mut pass, focus_monitor, &serial_tx, &mut mon_w).await;
+                }
+                n = mon_r.read(&mut buf), if mon_open => match n {
+                    Ok(0) | Err(_) => mon_open = false,
+                    Ok(n) => out.write(buf[..n].to_vec()).await,
+                },
+            }
+        }
+    };
     // The mux owns both ends of its streams: not restartable; a panic ends it (listed as
     // actor `<id>.mux` while it runs).
-    spawn_task(
-        rt,
-        registry,
-        &format!("{id}.mux"),
-        "monitor-mux",
-        None,
-        async move {
-            let (mut mon_r, mut mon_w) = tokio::io::split(mine);
-            let mut focus_monitor = false;
-            let mut escape = false;
-            let mut mon_open = true;
-            let mut buf = vec![0u8; 4096];
-            loop {
-                tokio::select! {
-                    ev = rx.recv() => {
-                        let Some(ev) = ev else { break };
-                        let FrontendEvent::Input(bytes) = ev else {
-                            let _ = serial_tx.send(ev).await;
-                            continue;
-                        };
-                        let mut pass = Vec::with_capacity(bytes.len());
-                        for b in bytes {
-                            if escape {
-                                escape = false;
-                                match b {
-                                    b'c' => {
-                                        // Whatever was typed for the old focus goes there first.
-                                        flush(&mut pass, focus_monitor, &serial_tx, &mut mon_w).await;
-                                        focus_monitor = !focus_monitor;
-                                        let _ = focus_tx.send(focus_monitor);
-                                    }
-                                    b'x' => {
-                                        out.write(b"QEMU: Terminated\n\r".to_vec()).await;
-                                        match sup.get() {
-                                            Some(s) => { let _ = s.quit().await; }
-                                            None => std::process::exit(0),
-                                        }
-                                    }
-                                    b'h' | b'?' => out.write(HELP.as_bytes().to_vec()).await,
-                                    CTRL_A => pass.push(CTRL_A),
-                                    // s (commit), t (timestamps), b (break): nothing to do here.
-                                    _ => {}
-                                }
-                            } else if b == CTRL_A {
-                                escape = true;
-                            } else {
-                                pass.push(b);
-                            }
-                        }
-                        flush(&mut pass, focus_monitor, &serial_tx, &mut mon_w).await;
-                    }
-                    n = mon_r.read(&mut buf), if mon_open => match n {
-                        Ok(0) | Err(_) => mon_open = false,
-                        Ok(n) => out.write(buf[..n].to_vec()).await,
-                    },
-                }
-            }
-        },
-    );
+    spawn_task(rt, registry, &format!("{id}.mux"), "monitor-mux", None, mux);
     let label = chardev.label.clone();
     Ok(MuxHandle {
         chardev,

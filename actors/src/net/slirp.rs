@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use libslirp_sys as sys;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::runtime::{fault_point, spawn_thread, Registry, Restart, ThreadSpec};
+use crate::runtime::{fault_point, Registry, Restart, ThreadSpec};
 
 /// Frames queued in each direction.
 const QUEUE: usize = 256;
@@ -526,251 +526,252 @@ pub fn start(registry: &Registry, id: &str, opts: SlirpOptions) -> Result<SlirpP
     }));
     let shared_t = shared.clone();
     let waker = slirp_wake.clone();
-    let spec =
-        ThreadSpec::new(format!("slirp-{id}"), "nic-backend", Restart::Always).wake(move || {
+    ThreadSpec::new(format!("slirp-{id}"), "nic-backend", Restart::Always)
+        .wake(move || {
             let _ = waker.write(1);
-        });
-    spawn_thread(registry, spec, move || {
-        let state = StateBox(Box::into_raw(Box::new(State {
-            start: Instant::now(),
-            to_guest: to_guest_tx.clone(),
-            ready: rdy.clone(),
-            stats: st.clone(),
-            timers: Vec::new(),
-        })));
-        let opaque = state.0 as *mut c_void;
-        let mut pollfds: Vec<libc::pollfd> = Vec::new();
-        let hostname = cstr(&opts.hostname);
-        let domain = cstr(&opts.domainname);
-        let tftp = cstr(&opts.tftp);
-        let bootfile = cstr(&opts.bootfile);
-        let v6 = opts.ipv6;
-        let mask = if opts.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(opts.prefix))
-        };
-        let cfg = sys::SlirpConfig {
-            version: 1,
-            restricted: c_int::from(opts.restrict),
-            in_enabled: true,
-            vnetwork: addr(opts.net),
-            vnetmask: addr(Ipv4Addr::from(mask)),
-            vhost: addr(opts.host),
-            in6_enabled: v6.is_some(),
-            vprefix_addr6: addr6(v6.map(|v| v.0)),
-            vprefix_len: v6.map_or(0, |v| v.1),
-            vhost6: addr6(v6.map(|v| v.2)),
-            vhostname: ptr(&hostname),
-            tftp_server_name: std::ptr::null(),
-            tftp_path: ptr(&tftp),
-            bootfile: ptr(&bootfile),
-            vdhcp_start: addr(opts.dhcpstart),
-            vnameserver: addr(opts.dns),
-            vnameserver6: addr6(v6.map(|v| v.3)),
-            vdnssearch: std::ptr::null_mut(),
-            vdomainname: ptr(&domain),
-            if_mtu: 0,
-            if_mru: 0,
-            disable_host_loopback: false,
-            enable_emu: false,
-            outbound_addr: std::ptr::null(),
-            outbound_addr6: std::ptr::null(),
-            disable_dns: false,
-            disable_dhcp: false,
-        };
-        let sinks: Vec<Box<GuestFwdSink>> = opts
-            .guestfwd
-            .iter()
-            .map(|g| {
-                Box::new(GuestFwdSink {
-                    to_chardev: g.to_chardev.clone(),
-                })
-            })
-            .collect();
-        // SAFETY: cfg, CALLBACKS, the opaque State and the guestfwd sinks outlive the
-        // Slirp instance: the guard below, declared after them, is dropped first.
-        let slirp = unsafe { sys::slirp_new(&cfg, &CALLBACKS, opaque) };
-        if slirp.is_null() {
-            let _ = up_tx.send(Err(SlirpError::Init));
-            return;
-        }
-        // On every way out of this thread (a rule that cannot bind, the NIC's end
-        // dropped by netdev_del or at exit) the instance goes, closing its sockets.
-        lock_shared(&shared_t).slirp = slirp;
-        let _cleanup = SlirpGuard(shared_t.clone());
-        for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
-            // SAFETY: slirp is live and this is its thread.
-            if !unsafe { add_fwd(slirp, (udp, ha, hp, ga, gp)) } {
-                let rule = format!("{}:{ha}:{hp}-{ga}:{gp}", if udp { "udp" } else { "tcp" });
-                let _ = up_tx.send(Err(SlirpError::HostFwd(rule)));
-                return;
-            }
-        }
-        for (g, sink) in opts.guestfwd.iter().zip(&sinks) {
-            let mut a = addr(g.addr);
-            let opaque = sink.as_ref() as *const GuestFwdSink as *mut c_void;
-            // SAFETY: slirp is live and this is its thread; the sink outlives slirp (both
-            // live until this thread ends).
-            let r = unsafe {
-                sys::slirp_add_guestfwd(
-                    slirp,
-                    Some(guestfwd_write),
-                    opaque,
-                    &mut a,
-                    c_int::from(g.port),
-                )
+        })
+        .spawn(registry, move || {
+            let state = StateBox(Box::into_raw(Box::new(State {
+                start: Instant::now(),
+                to_guest: to_guest_tx.clone(),
+                ready: rdy.clone(),
+                stats: st.clone(),
+                timers: Vec::new(),
+            })));
+            let opaque = state.0 as *mut c_void;
+            let mut pollfds: Vec<libc::pollfd> = Vec::new();
+            let hostname = cstr(&opts.hostname);
+            let domain = cstr(&opts.domainname);
+            let tftp = cstr(&opts.tftp);
+            let bootfile = cstr(&opts.bootfile);
+            let v6 = opts.ipv6;
+            let mask = if opts.prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(opts.prefix))
             };
-            if r < 0 {
-                let _ = up_tx.send(Err(SlirpError::GuestFwd(format!("{}:{}", g.addr, g.port))));
-                return;
-            }
-        }
-        // Bytes for the guest on guestfwd connections, until it can take them.
-        let mut pending: Vec<(Ipv4Addr, u16, Vec<u8>)> = Vec::new();
-        let _ = up_tx.send(Ok(()));
-        loop {
-            let _ = wake.read();
-            fault_point();
-            let g = lock_shared(&shared_t);
-            if g.closed {
-                // The NIC is gone: the VM is shutting down, or netdev_del.
-                return;
-            }
-            while let Ok(c) = ctl_rx.try_recv() {
-                match c {
-                    Ctl::AddFwd { rule, reply } => {
-                        // SAFETY: slirp is live and this is its thread.
-                        let _ = reply.send(unsafe { add_fwd(slirp, rule) });
-                    }
-                    Ctl::RemoveFwd {
-                        rule: (udp, ha, hp),
-                        reply,
-                    } => {
-                        // SAFETY: slirp is live; plain values.
-                        let r = unsafe {
-                            sys::slirp_remove_hostfwd(
-                                slirp,
-                                c_int::from(udp),
-                                addr(ha),
-                                c_int::from(hp),
-                            )
-                        };
-                        let _ = reply.send(r >= 0);
-                    }
-                    Ctl::GuestFwdIn {
-                        addr: a,
-                        port,
-                        data,
-                    } => match pending.iter_mut().find(|p| p.0 == a && p.1 == port) {
-                        Some(p) if p.2.len() + data.len() > GUESTFWD_PENDING => {
-                            tracing::warn!(
-                                "guestfwd {a}:{port}: the guest is not reading; input dropped"
-                            );
-                        }
-                        Some(p) => p.2.extend_from_slice(&data),
-                        None => pending.push((a, port, data)),
-                    },
-                    Ctl::Info { reply } => {
-                        // SAFETY: slirp is live; the result is a g_malloc'd C string
-                        // we own and free.
-                        let text = unsafe {
-                            let p = sys::slirp_connection_info(slirp);
-                            if p.is_null() {
-                                String::new()
-                            } else {
-                                let t = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
-                                g_free(p.cast());
-                                t
-                            }
-                        };
-                        let _ = reply.send(text);
-                    }
-                }
-            }
-            // Guestfwd input, as much as each guest socket takes now.
-            for (a, port, data) in pending.iter_mut() {
-                // SAFETY: slirp is live and this is its thread.
-                let room =
-                    unsafe { sys::slirp_socket_can_recv(slirp, addr(*a), c_int::from(*port)) };
-                let n = room.min(data.len()).min(c_int::MAX as usize);
-                if n > 0 {
-                    // SAFETY: as above; data holds at least n bytes.
-                    unsafe {
-                        sys::slirp_socket_recv(
-                            slirp,
-                            addr(*a),
-                            c_int::from(*port),
-                            data.as_ptr(),
-                            n as c_int,
-                        )
-                    };
-                    data.drain(..n);
-                }
-            }
-            pending.retain(|p| !p.2.is_empty());
-            // Poll slirp's sockets and our wake-up (soon again while input waits).
-            let mut timeout: u32 = if pending.is_empty() { 1000 } else { 10 };
-            pollfds.clear();
-            pollfds.push(libc::pollfd {
-                fd: wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            // SAFETY: slirp is live and Shared locked.
-            unsafe { fill_polls(slirp, &mut pollfds, &mut timeout) };
-            // SAFETY: the State is only reached with Shared locked, as it is.
-            let st = unsafe { &*state.0 };
-            let now_ms = st.start.elapsed().as_millis() as i64;
-            for t in &st.timers {
-                if let Some(e) = t.expire_ms {
-                    timeout = timeout.min((e - now_ms).clamp(0, 1000) as u32);
-                }
-            }
-            // The NIC may call into slirp while this thread waits (the poll set is
-            // this thread's alone: callbacks on the NIC's thread never touch it).
-            let filled = g.generation;
-            drop(g);
-            // SAFETY: pollfds is a valid array of its length, used by this thread only.
-            let r = unsafe {
-                libc::poll(
-                    pollfds.as_mut_ptr(),
-                    pollfds.len() as libc::nfds_t,
-                    timeout as c_int,
-                )
+            let cfg = sys::SlirpConfig {
+                version: 1,
+                restricted: c_int::from(opts.restrict),
+                in_enabled: true,
+                vnetwork: addr(opts.net),
+                vnetmask: addr(Ipv4Addr::from(mask)),
+                vhost: addr(opts.host),
+                in6_enabled: v6.is_some(),
+                vprefix_addr6: addr6(v6.map(|v| v.0)),
+                vprefix_len: v6.map_or(0, |v| v.1),
+                vhost6: addr6(v6.map(|v| v.2)),
+                vhostname: ptr(&hostname),
+                tftp_server_name: std::ptr::null(),
+                tftp_path: ptr(&tftp),
+                bootfile: ptr(&bootfile),
+                vdhcp_start: addr(opts.dhcpstart),
+                vnameserver: addr(opts.dns),
+                vnameserver6: addr6(v6.map(|v| v.3)),
+                vdnssearch: std::ptr::null_mut(),
+                vdomainname: ptr(&domain),
+                if_mtu: 0,
+                if_mru: 0,
+                disable_host_loopback: false,
+                enable_emu: false,
+                outbound_addr: std::ptr::null(),
+                outbound_addr6: std::ptr::null(),
+                disable_dns: false,
+                disable_dhcp: false,
             };
-            let g = lock_shared(&shared_t);
-            if g.closed {
-                return;
-            }
-            // If the NIC made a pass meanwhile, this set's places are stale: what was
-            // ready still is, and the next round polls it again.
-            if g.generation == filled {
-                // SAFETY: slirp is live and Shared locked.
-                unsafe { serve_polls(slirp, &mut pollfds, r < 0) };
-            }
-            // Timers due.
-            // SAFETY: as above, with Shared locked.
-            let st = unsafe { &mut *state.0 };
-            let now_ms = st.start.elapsed().as_millis() as i64;
-            let due: Vec<(sys::SlirpTimerCb, *mut c_void)> = st
-                .timers
-                .iter_mut()
-                .filter(|t| t.expire_ms.is_some_and(|e| e <= now_ms))
-                .map(|t| {
-                    t.expire_ms = None;
-                    (t.cb, t.opaque)
+            let sinks: Vec<Box<GuestFwdSink>> = opts
+                .guestfwd
+                .iter()
+                .map(|g| {
+                    Box::new(GuestFwdSink {
+                        to_chardev: g.to_chardev.clone(),
+                    })
                 })
                 .collect();
-            for (cb, o) in due {
-                if let Some(cb) = cb {
-                    // SAFETY: slirp's own callback with its own opaque.
-                    unsafe { cb(o) };
+            // SAFETY: cfg, CALLBACKS, the opaque State and the guestfwd sinks outlive the
+            // Slirp instance: the guard below, declared after them, is dropped first.
+            let slirp = unsafe { sys::slirp_new(&cfg, &CALLBACKS, opaque) };
+            if slirp.is_null() {
+                let _ = up_tx.send(Err(SlirpError::Init));
+                return;
+            }
+            // On every way out of this thread (a rule that cannot bind, the NIC's end
+            // dropped by netdev_del or at exit) the instance goes, closing its sockets.
+            lock_shared(&shared_t).slirp = slirp;
+            let _cleanup = SlirpGuard(shared_t.clone());
+            for &(udp, ha, hp, ga, gp) in &opts.hostfwd {
+                // SAFETY: slirp is live and this is its thread.
+                if !unsafe { add_fwd(slirp, (udp, ha, hp, ga, gp)) } {
+                    let rule = format!("{}:{ha}:{hp}-{ga}:{gp}", if udp { "udp" } else { "tcp" });
+                    let _ = up_tx.send(Err(SlirpError::HostFwd(rule)));
+                    return;
                 }
             }
-            drop(g);
-        }
-    })?;
+            for (g, sink) in opts.guestfwd.iter().zip(&sinks) {
+                let mut a = addr(g.addr);
+                let opaque = sink.as_ref() as *const GuestFwdSink as *mut c_void;
+                // SAFETY: slirp is live and this is its thread; the sink outlives slirp (both
+                // live until this thread ends).
+                let r = unsafe {
+                    sys::slirp_add_guestfwd(
+                        slirp,
+                        Some(guestfwd_write),
+                        opaque,
+                        &mut a,
+                        c_int::from(g.port),
+                    )
+                };
+                if r < 0 {
+                    let _ = up_tx.send(Err(SlirpError::GuestFwd(format!("{}:{}", g.addr, g.port))));
+                    return;
+                }
+            }
+            // Bytes for the guest on guestfwd connections, until it can take them.
+            let mut pending: Vec<(Ipv4Addr, u16, Vec<u8>)> = Vec::new();
+            let _ = up_tx.send(Ok(()));
+            loop {
+                let _ = wake.read();
+                fault_point();
+                let g = lock_shared(&shared_t);
+                if g.closed {
+                    // The NIC is gone: the VM is shutting down, or netdev_del.
+                    return;
+                }
+                while let Ok(c) = ctl_rx.try_recv() {
+                    match c {
+                        Ctl::AddFwd { rule, reply } => {
+                            // SAFETY: slirp is live and this is its thread.
+                            let _ = reply.send(unsafe { add_fwd(slirp, rule) });
+                        }
+                        Ctl::RemoveFwd {
+                            rule: (udp, ha, hp),
+                            reply,
+                        } => {
+                            // SAFETY: slirp is live; plain values.
+                            let r = unsafe {
+                                sys::slirp_remove_hostfwd(
+                                    slirp,
+                                    c_int::from(udp),
+                                    addr(ha),
+                                    c_int::from(hp),
+                                )
+                            };
+                            let _ = reply.send(r >= 0);
+                        }
+                        Ctl::GuestFwdIn {
+                            addr: a,
+                            port,
+                            data,
+                        } => match pending.iter_mut().find(|p| p.0 == a && p.1 == port) {
+                            Some(p) if p.2.len() + data.len() > GUESTFWD_PENDING => {
+                                tracing::warn!(
+                                    "guestfwd {a}:{port}: the guest is not reading; input dropped"
+                                );
+                            }
+                            Some(p) => p.2.extend_from_slice(&data),
+                            None => pending.push((a, port, data)),
+                        },
+                        Ctl::Info { reply } => {
+                            // SAFETY: slirp is live; the result is a g_malloc'd C string
+                            // we own and free.
+                            let text = unsafe {
+                                let p = sys::slirp_connection_info(slirp);
+                                if p.is_null() {
+                                    String::new()
+                                } else {
+                                    let t =
+                                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+                                    g_free(p.cast());
+                                    t
+                                }
+                            };
+                            let _ = reply.send(text);
+                        }
+                    }
+                }
+                // Guestfwd input, as much as each guest socket takes now.
+                for (a, port, data) in pending.iter_mut() {
+                    // SAFETY: slirp is live and this is its thread.
+                    let room =
+                        unsafe { sys::slirp_socket_can_recv(slirp, addr(*a), c_int::from(*port)) };
+                    let n = room.min(data.len()).min(c_int::MAX as usize);
+                    if n > 0 {
+                        // SAFETY: as above; data holds at least n bytes.
+                        unsafe {
+                            sys::slirp_socket_recv(
+                                slirp,
+                                addr(*a),
+                                c_int::from(*port),
+                                data.as_ptr(),
+                                n as c_int,
+                            )
+                        };
+                        data.drain(..n);
+                    }
+                }
+                pending.retain(|p| !p.2.is_empty());
+                // Poll slirp's sockets and our wake-up (soon again while input waits).
+                let mut timeout: u32 = if pending.is_empty() { 1000 } else { 10 };
+                pollfds.clear();
+                pollfds.push(libc::pollfd {
+                    fd: wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                // SAFETY: slirp is live and Shared locked.
+                unsafe { fill_polls(slirp, &mut pollfds, &mut timeout) };
+                // SAFETY: the State is only reached with Shared locked, as it is.
+                let st = unsafe { &*state.0 };
+                let now_ms = st.start.elapsed().as_millis() as i64;
+                for t in &st.timers {
+                    if let Some(e) = t.expire_ms {
+                        timeout = timeout.min((e - now_ms).clamp(0, 1000) as u32);
+                    }
+                }
+                // The NIC may call into slirp while this thread waits (the poll set is
+                // this thread's alone: callbacks on the NIC's thread never touch it).
+                let filled = g.generation;
+                drop(g);
+                // SAFETY: pollfds is a valid array of its length, used by this thread only.
+                let r = unsafe {
+                    libc::poll(
+                        pollfds.as_mut_ptr(),
+                        pollfds.len() as libc::nfds_t,
+                        timeout as c_int,
+                    )
+                };
+                let g = lock_shared(&shared_t);
+                if g.closed {
+                    return;
+                }
+                // If the NIC made a pass meanwhile, this set's places are stale: what was
+                // ready still is, and the next round polls it again.
+                if g.generation == filled {
+                    // SAFETY: slirp is live and Shared locked.
+                    unsafe { serve_polls(slirp, &mut pollfds, r < 0) };
+                }
+                // Timers due.
+                // SAFETY: as above, with Shared locked.
+                let st = unsafe { &mut *state.0 };
+                let now_ms = st.start.elapsed().as_millis() as i64;
+                let due: Vec<(sys::SlirpTimerCb, *mut c_void)> = st
+                    .timers
+                    .iter_mut()
+                    .filter(|t| t.expire_ms.is_some_and(|e| e <= now_ms))
+                    .map(|t| {
+                        t.expire_ms = None;
+                        (t.cb, t.opaque)
+                    })
+                    .collect();
+                for (cb, o) in due {
+                    if let Some(cb) = cb {
+                        // SAFETY: slirp's own callback with its own opaque.
+                        unsafe { cb(o) };
+                    }
+                }
+                drop(g);
+            }
+        })?;
     match up_rx.recv() {
         Ok(Ok(())) => Ok(SlirpPort {
             control: SlirpControl {

@@ -59,6 +59,18 @@ impl ThreadSpec {
         self.depth = Some(Box::new(d));
         self
     }
+
+    /// [`spawn_thread`] with this spec (reads like `std::thread::Builder`).
+    pub fn spawn<F>(
+        self,
+        registry: &Registry,
+        body: F,
+    ) -> std::io::Result<std::thread::JoinHandle<()>>
+    where
+        F: FnMut() + Send + 'static,
+    {
+        spawn_thread(registry, self, body)
+    }
 }
 
 /// A body that runs `f` once (later runs do nothing): for vital actors that own their
