@@ -360,6 +360,9 @@ pub fn build(
     let pio = Arc::new(Bus::new("pio"));
     let mmio = Arc::new(Bus::new("mmio"));
     let (events, events_rx): (EventTx, _) = event_channel();
+    // A vital actor that panics (a vCPU, a block engine, a queue worker) tells the
+    // supervisor through the registry.
+    registry.set_failure_sink(events.clone());
     let mut serials = Vec::new();
     let mut serial_handles = Vec::new();
     let chardev_labels: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
@@ -561,9 +564,11 @@ pub fn build(
             .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
             .collect(),
         nics: devices.virtio.nics.clone(),
+        registry: registry.clone(),
         hot: std::sync::Mutex::new(crate::platform::hotnet::HotNetdevs::new(
             cfg.clone(),
             rt.handle().clone(),
+            registry.clone(),
         )),
     });
     let has_screen_device = devices.vga.is_some();
@@ -618,6 +623,7 @@ pub fn build(
             cores,
             state,
             ctx.clone(),
+            registry,
         )?);
     }
     let sup_cfg = SupervisorConfig {
@@ -836,7 +842,7 @@ async fn futures_flush(chardevs: &[ChardevHandle]) {
 }
 
 /// Run a built VM to the end; returns the process exit status.
-pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
+pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
     let Vm {
         supervisor,
         handle,
@@ -852,7 +858,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         ..
     } = vm;
     let sig_handle = handle.clone();
-    rt.spawn(async move {
+    let signals = async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
             signal(SignalKind::interrupt()),
@@ -868,7 +874,10 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime) -> i32 {
         };
         actors::report!("troupe: terminating on signal {sig}");
         sig_handle.signal(sig);
-    });
+    };
+    actors::runtime::spawn_task(rt.handle(), registry, "signals", "signals", None, signals);
+    // Test builds only (feature `fault-injection`): TROUPE_INJECT_PANIC=ID[@MS].
+    actors::runtime::fault::inject_from_env(rt.handle(), registry);
     let reason = rt.block_on(supervisor.run());
     if std::env::var_os("TROUPE_DUMP_REGS").is_some() {
         for v in &vcpus {
@@ -950,8 +959,12 @@ fn start_console(
     // TEST HARNESS ONLY: TROUPE_TEST_DISPLAY=static|animated shows a synthetic pattern
     // that echoes input on screen and stderr, standing in for the VGA model.
     if let Some(mode) = std::env::var_os("TROUPE_TEST_DISPLAY") {
-        let sink =
-            actors::display::testpattern::spawn(rt.handle(), writer.clone(), mode == "animated");
+        let sink = actors::display::testpattern::spawn(
+            rt.handle(),
+            registry,
+            writer.clone(),
+            mode == "animated",
+        );
         input.set_target(sink);
     }
     let vnc = match &cfg.vnc {

@@ -106,6 +106,40 @@ fn utf8_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<Strin
         .collect()
 }
 
+/// The shared tokio runtime. Its threads are actors too: each registers as it starts
+/// (`tokio-<tid>`, first as `tokio-blocking`; a thread that parks as a worker becomes
+/// `tokio-worker`) and is forgotten as it stops.
+fn runtime(registry: &Registry) -> std::io::Result<tokio::runtime::Runtime> {
+    use std::cell::Cell;
+    thread_local! {
+        /// This runtime thread has been seen parking as a worker.
+        static WORKER: Cell<bool> = const { Cell::new(false) };
+    }
+    let (start, stop) = (registry.clone(), registry.clone());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("troupe-io")
+        .enable_all()
+        .on_thread_start(move || {
+            let tid = actors::runtime::gettid();
+            start.register_current_thread(&format!("tokio-{tid}"), "tokio-blocking");
+        })
+        .on_thread_park(|| {
+            if !WORKER.with(Cell::get) {
+                WORKER.with(|w| w.set(true));
+                if let Some(e) = actors::runtime::current() {
+                    e.set_kind("tokio-worker");
+                }
+            }
+        })
+        .on_thread_stop(move || {
+            if let Some(e) = actors::runtime::current() {
+                stop.remove_entry(&e);
+            }
+        })
+        .build()
+}
+
 /// Build the VM, report readiness, run it; returns the process exit status.
 fn start(
     cfg: &config::VmConfig,
@@ -133,12 +167,9 @@ fn start(
         Ok(p) => p,
         Err(e) => return Err(fail(daemon, e)),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("troupe-io")
-        .enable_all()
-        .build()?;
     let registry = Registry::new();
+    registry.register_current_thread("main", "main");
+    let rt = runtime(&registry)?;
     let kernel = demo.then(demo::kernel);
     let vm = match machine::build(cfg, kernel, &rt, &registry) {
         Ok(vm) => vm,
@@ -159,7 +190,7 @@ fn start(
     if let Some(d) = daemon {
         d.ready();
     }
-    let status = machine::run(vm, &rt);
+    let status = machine::run(vm, &rt, &registry);
     rt.shutdown_background();
     Ok(status)
 }

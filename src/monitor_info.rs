@@ -39,6 +39,8 @@ pub struct PcInfo {
     pub nics: Vec<crate::platform::nic::Nic>,
     /// Backends added with `netdev_add`.
     pub hot: Mutex<crate::platform::hotnet::HotNetdevs>,
+    /// Where threads started on the monitor's behalf (announce-self) are listed.
+    pub registry: actors::runtime::Registry,
 }
 
 /// QEMU's QOM type names for the functions troupe models.
@@ -396,9 +398,17 @@ impl MachineInfo for PcInfo {
                 return Err(format!("Invalid net client name: {bad}"));
             }
         }
-        std::thread::Builder::new()
-            .name("troupe-announce".into())
-            .spawn(move || {
+        // Not vital (a panic does not stop the VM) and run once: run again, it would
+        // repeat announcements already sent.
+        let spec = actors::runtime::ThreadSpec::new(
+            "announce",
+            "announce",
+            actors::runtime::Restart::Always,
+        );
+        actors::runtime::spawn_thread(
+            &self.registry,
+            spec,
+            actors::runtime::once(move || {
                 // As QEMU: the first round at once, then after `initial`, each gap one
                 // `step` longer, at most `max`.
                 let mut gap = a.initial_ms.min(a.max_ms);
@@ -411,8 +421,9 @@ impl MachineInfo for PcInfo {
                         n.announce();
                     }
                 }
-            })
-            .map_err(|e| format!("announce-self: {e}"))?;
+            }),
+        )
+        .map_err(|e| format!("announce-self: {e}"))?;
         Ok(())
     }
 

@@ -19,8 +19,13 @@ pub enum VmEvent {
     /// A vCPU stopped on something KVM could not handle (internal error, failed entry).
     /// `report` is the QEMU-style text already printed on stderr.
     VcpuFault { cpu: u32, report: String },
-    /// A non-restartable actor failed; the VM must stop.
-    ActorFailed(String),
+    /// A non-restartable actor (vCPU, block engine, virtio queue worker, e1000 thread)
+    /// panicked with `reason`; the VM must stop.
+    ActorFailed {
+        id: String,
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 /// The posting end, cheap to clone into every device and vCPU.

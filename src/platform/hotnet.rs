@@ -27,14 +27,20 @@ struct Added {
 pub struct HotNetdevs {
     config: VmConfig,
     rt: tokio::runtime::Handle,
+    registry: actors::runtime::Registry,
     added: Vec<Added>,
 }
 
 impl HotNetdevs {
-    pub fn new(config: VmConfig, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        config: VmConfig,
+        rt: tokio::runtime::Handle,
+        registry: actors::runtime::Registry,
+    ) -> Self {
         Self {
             config,
             rt,
+            registry,
             added: Vec::new(),
         }
     }
@@ -54,6 +60,7 @@ impl HotNetdevs {
             &nd,
             &mut GuestFwdChardevs::new(),
             &self.rt,
+            &self.registry,
             &mut downscripts,
         )
         .map_err(|e| format!("{e:#}"))?;

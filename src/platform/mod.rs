@@ -223,7 +223,7 @@ impl DeviceSet {
         let fw_cfg = Arc::new(Mutex::new(fw));
         pio.insert(0x510, 12, "fwcfg", Locked::new(fw_cfg.clone()))?;
 
-        let ide = build_ide(cfg, &kvm, &mem)?;
+        let ide = build_ide(cfg, &kvm, &mem, registry)?;
         for (c, (cmd, ctl)) in [(0x1f0u64, 0x3f6u64), (0x170, 0x376)]
             .into_iter()
             .enumerate()
@@ -271,14 +271,14 @@ impl DeviceSet {
                 consoles,
                 guestfwds: &mut guestfwds,
             },
-            rt,
+            virtio::Actors { rt, registry },
             &mut |id| {
                 let d = cfg
                     .drives
                     .iter()
                     .find(|d| d.id == id)
                     .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
-                open_drive(d)
+                open_drive(registry, d)
             },
         )?;
 
@@ -388,7 +388,12 @@ fn rtc_offset(base: &RtcBase) -> i64 {
 }
 
 /// The PIIX3 IDE controller with the `if=ide` drives (index 0..3 = hda..hdd).
-fn build_ide(cfg: &VmConfig, kvm: &KvmVm, mem: &GuestMemoryMmap) -> Result<Arc<IdeHost>> {
+fn build_ide(
+    cfg: &VmConfig,
+    kvm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    registry: &Registry,
+) -> Result<Arc<IdeHost>> {
     use devices::ide::{DriveConfig, Ide};
     let mut drives: [Option<DriveConfig>; 4] = Default::default();
     let mut backends: [Option<BlockHandle>; 4] = Default::default();
@@ -403,7 +408,7 @@ fn build_ide(cfg: &VmConfig, kvm: &KvmVm, mem: &GuestMemoryMmap) -> Result<Arc<I
         let cdrom = d.media == Media::Cdrom;
         let backend = match &d.file {
             None => None,
-            Some(_) => Some(open_drive(d)?),
+            Some(_) => Some(open_drive(registry, d)?),
         };
         drives[n] = Some(DriveConfig {
             cdrom,
@@ -427,13 +432,14 @@ fn build_ide(cfg: &VmConfig, kvm: &KvmVm, mem: &GuestMemoryMmap) -> Result<Arc<I
 }
 
 /// Open a drive's image and start its block backend actor.
-fn open_drive(d: &crate::config::DriveConfig) -> Result<BlockHandle> {
+fn open_drive(registry: &Registry, d: &crate::config::DriveConfig) -> Result<BlockHandle> {
     let path = d
         .file
         .clone()
         .ok_or_else(|| anyhow::anyhow!("-drive {}: no medium", d.id))?;
     let cdrom = d.media == Media::Cdrom;
     actors::block::open(
+        registry,
         &d.id,
         BlockOptions {
             path,

@@ -159,6 +159,7 @@ pub struct BackendParts<'a> {
     pub model: &'a str,
     pub guestfwds: &'a mut GuestFwdChardevs,
     pub rt: &'a tokio::runtime::Handle,
+    pub registry: &'a actors::runtime::Registry,
 }
 
 /// Open the backend of `-netdev` `id` for a NIC of `model`: the backend, how `info network`
@@ -174,6 +175,7 @@ pub fn open_backend(
         model,
         guestfwds,
         rt,
+        registry,
     } = p;
     let Some(id) = id else {
         return Ok((Backend::Gone, String::new(), None));
@@ -183,7 +185,7 @@ pub fn open_backend(
         .iter()
         .find(|n| n.id == id)
         .ok_or_else(|| anyhow!("{model}: netdev '{id}' not found"))?;
-    open_netdev(nd, guestfwds, rt, downscripts)
+    open_netdev(nd, guestfwds, rt, registry, downscripts)
 }
 
 /// Open the backend `nd` describes (at start for a NIC, or for `netdev_add`): see
@@ -192,6 +194,7 @@ pub fn open_netdev(
     nd: &crate::config::NetdevConfig,
     guestfwds: &mut GuestFwdChardevs,
     rt: &tokio::runtime::Handle,
+    registry: &actors::runtime::Registry,
     downscripts: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Result<(Backend, String, Option<SlirpHandle>)> {
     let id = nd.id.as_str();
@@ -228,11 +231,18 @@ pub fn open_netdev(
                     anyhow!("-netdev {id}: guestfwd chardev '{chardev}' not found")
                 })?;
                 let (tx, mut out) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-                rt.spawn(async move {
-                    while let Some(b) = out.recv().await {
-                        h.write(b).await;
-                    }
-                });
+                actors::runtime::spawn_task(
+                    rt,
+                    registry,
+                    &format!("guestfwd-{id}-{port}.out"),
+                    "guestfwd",
+                    None,
+                    async move {
+                        while let Some(b) = out.recv().await {
+                            h.write(b).await;
+                        }
+                    },
+                );
                 guestfwd.push(actors::net::slirp::GuestFwd {
                     addr: *addr,
                     port: *port,
@@ -267,16 +277,23 @@ pub fn open_netdev(
                 guestfwd,
             };
             let port =
-                actors::net::slirp::start(id, opts).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
+                actors::net::slirp::start(registry, id, opts).map_err(|e| anyhow!("-netdev {id}: {e}"))?;
             for (addr, gport, mut input) in inputs {
                 let ctl = port.control.clone();
-                rt.spawn(async move {
-                    while let Some(ev) = input.recv().await {
-                        if let actors::chardev::FrontendEvent::Input(data) = ev {
-                            ctl.guestfwd_input(addr, gport, data);
+                actors::runtime::spawn_task(
+                    rt,
+                    registry,
+                    &format!("guestfwd-{id}-{gport}.in"),
+                    "guestfwd",
+                    None,
+                    async move {
+                        while let Some(ev) = input.recv().await {
+                            if let actors::chardev::FrontendEvent::Input(data) = ev {
+                                ctl.guestfwd_input(addr, gport, data);
+                            }
                         }
-                    }
-                });
+                    },
+                );
             }
             slirp = Some((port.control.clone(), u.dhcpstart));
             Backend::User(port)
@@ -295,7 +312,7 @@ pub fn open_netdev(
             let addr = spec
                 .resolve()
                 .map_err(|e| anyhow!("-netdev {id}: {}:{}: {e}", spec.host, spec.port))?;
-            let port = actors::net::socket::start(id, mode(addr))
+            let port = actors::net::socket::start(registry, id, mode(addr))
                 .map_err(|e| anyhow!("-netdev {id}: {e}"))?;
             Backend::Socket(port)
         }
@@ -435,6 +452,7 @@ pub struct E1000Parts<'a> {
     pub intx: &'a Arc<IntxRouter>,
     pub guestfwds: &'a mut GuestFwdChardevs,
     pub rt: &'a tokio::runtime::Handle,
+    pub registry: &'a actors::runtime::Registry,
 }
 
 /// An e1000 on `slot`: its backend, its model with INTx A, BAR0/BAR1 and the boot ROM.
@@ -450,6 +468,7 @@ pub fn build_e1000(
             model: "e1000",
             guestfwds: p.guestfwds,
             rt: p.rt,
+            registry: p.registry,
         },
         downscripts,
     )?;
@@ -469,7 +488,7 @@ pub fn build_e1000(
         buf
     });
     let thread = format!("e1000-{}", p.index);
-    let host = E1000Host::start(&thread, model, p.mem.clone(), backend)
+    let host = E1000Host::start(p.registry, &thread, model, p.mem.clone(), backend)
         .with_context(|| format!("{thread}: starting its receive thread"))?;
     p.pci.add_function(p.slot, host.function());
     let [mmio, io] = host.bars();

@@ -78,6 +78,12 @@ impl VirtioDevices {
     }
 }
 
+/// Where the devices' actors run and are listed.
+pub struct Actors<'a> {
+    pub rt: &'a tokio::runtime::Handle,
+    pub registry: &'a actors::runtime::Registry,
+}
+
 /// The chardevs virtio consoles and user-mode `guestfwd=` rules talk to.
 pub struct Frontends<'a> {
     /// `virtconsole` ports: (index in `cfg.devices`, chardev, its input).
@@ -95,13 +101,14 @@ pub fn build(
     mem: &GuestMemoryMmap,
     pci: &Arc<PciPlatform>,
     frontends: Frontends<'_>,
-    rt: &tokio::runtime::Handle,
+    run: Actors<'_>,
     open: &mut dyn FnMut(&str) -> Result<BlockHandle>,
 ) -> Result<VirtioDevices> {
     let Frontends {
         consoles,
         guestfwds,
     } = frontends;
+    let Actors { rt, registry } = run;
     let mut consoles: Vec<_> = consoles.into_iter().map(Some).collect();
     let mut out = VirtioDevices::default();
     let needs = cfg.devices.iter().any(|d| {
@@ -149,6 +156,7 @@ pub fn build(
                     intx: &intx,
                     guestfwds,
                     rt,
+                    registry,
                 },
                 &mut out.downscripts,
             )?;
@@ -249,6 +257,7 @@ pub fn build(
                         model: "virtio-net-pci",
                         guestfwds,
                         rt,
+                        registry,
                     },
                     &mut out.downscripts,
                 )?;
@@ -323,8 +332,9 @@ pub fn build(
             model.add_rom(size);
             buf
         });
-        let host = VirtioPciHost::start(&name, model, kvm.vm.clone(), mem.clone(), worker)
-            .with_context(|| format!("{name}: starting its worker"))?;
+        let host =
+            VirtioPciHost::start(registry, &name, model, kvm.vm.clone(), mem.clone(), worker)
+                .with_context(|| format!("{name}: starting its worker"))?;
         pci.add_function(slot, host.function());
         let [lbar, mbar, modern] = host.bars();
         if legacy {
@@ -346,7 +356,7 @@ pub fn build(
             pci.bind_bar(slot, 6, &format!("{name}.rom"), BarTarget::Rom(buf));
         }
         if let (DeviceKind::VirtioSerial, Some((rx, input))) = (&d.kind, console_input.take()) {
-            actors::virtio::console::feed_input(rt, rx, input, host.waker());
+            actors::virtio::console::feed_input(rt, registry, &name, rx, input, host.waker());
         }
         if let Some(p) = nic_info.take() {
             out.nics.push(super::nic::Nic {

@@ -128,7 +128,16 @@ impl CounterVm {
             events,
             coalesced: None,
         };
-        let vcpu = spawn_vcpu(fd, 0, topo.apic_id(0), None, boot, ctx).expect("vCPU thread");
+        let vcpu = spawn_vcpu(
+            fd,
+            0,
+            topo.apic_id(0),
+            None,
+            boot,
+            ctx,
+            &actors::runtime::Registry::new(),
+        )
+        .expect("vCPU thread");
         Self {
             _kvm: kvm,
             vcpu,

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::runtime::{fault_point, once, spawn_thread, Registry, Restart, ThreadSpec};
 use devices::block::{BlockCompletion, BlockError, BlockInfo, BlockOp, BlockRequest, HostBuf};
 use image::Image;
 
@@ -198,7 +199,12 @@ fn probe_qcow2(f: &File) -> bool {
 }
 
 /// Open an image and start its backend thread (named `troupe-blk-<id>`).
-pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
+///
+/// The engine threads (actors `blk-<id>`, or `blk-<id>-<n>` for the thread pool) are not
+/// restartable: they own requests in flight (io_uring entries pointing into their buffers,
+/// cached qcow2 metadata not yet written back), which a rebuilt engine could neither finish
+/// nor account for; a panic stops the VM in internal-error.
+pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
     let open_err = |source| OpenError::Open {
         path: opts.path.clone(),
         source,
@@ -269,13 +275,15 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
             Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(open_err)?);
         let bell = doorbell.clone();
         let held = lock.clone();
-        std::thread::Builder::new()
-            .name(format!("troupe-blk-{id}"))
-            .spawn(move || {
+        spawn_thread(
+            registry,
+            engine_spec(format!("blk-{id}"), &doorbell),
+            once(move || {
                 let _lock = held;
                 uring::run(engine, rx, bell)
-            })
-            .map_err(spawn_err)?;
+            }),
+        )
+        .map_err(spawn_err)?;
         return Ok(handle(tx, Some(doorbell), Some((spec, lock)), size));
     }
     if format == Format::Qcow2 && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
@@ -285,9 +293,10 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
         let (bell, held, st) = (doorbell.clone(), lock.clone(), stats.clone());
         let (up_tx, up_rx) = std::sync::mpsc::channel();
         let o = opts.clone();
-        std::thread::Builder::new()
-            .name(format!("troupe-blk-{id}"))
-            .spawn(move || {
+        spawn_thread(
+            registry,
+            engine_spec(format!("blk-{id}"), &doorbell),
+            once(move || {
                 let _lock = held;
                 let q = match qcow2_uring::open(&o.path, writable, o.direct) {
                     Ok(q) => q,
@@ -303,8 +312,9 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
                 });
                 let _ = up_tx.send(Ok(q.size()));
                 q.run(rules, st, rx, bell);
-            })
-            .map_err(spawn_err)?;
+            }),
+        )
+        .map_err(spawn_err)?;
         let size = up_rx
             .recv()
             .map_err(|_| std::io::Error::other("the block thread ended"))
@@ -333,11 +343,13 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
             stats.clone(),
             lock.clone(),
         );
-        std::thread::Builder::new()
-            .name(format!("troupe-blk-{id}-{n}"))
-            .spawn(move || {
+        spawn_thread(
+            registry,
+            ThreadSpec::new(format!("blk-{id}-{n}"), "block", Restart::Never),
+            once(move || {
                 let _lock = lock;
                 for job in rx {
+                    fault_point();
                     let r = rules
                         .check(&job.request.op)
                         .and_then(|()| serve_image(img.as_ref(), &rules, &job.request.op));
@@ -349,10 +361,19 @@ pub fn open(id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
                 }
                 // Every front end is gone: write back cached qcow2 metadata.
                 let _ = img.flush();
-            })
-            .map_err(spawn_err)?;
+            }),
+        )
+        .map_err(spawn_err)?;
     }
     Ok(handle(tx, None, None, size))
+}
+
+/// An io_uring engine thread's actor: its doorbell wakes it.
+fn engine_spec(id: String, doorbell: &Arc<vmm_sys_util::eventfd::EventFd>) -> ThreadSpec {
+    let bell = doorbell.clone();
+    ThreadSpec::new(id, "block", Restart::Never).wake(move || {
+        let _ = bell.write(1);
+    })
 }
 
 /// An io_uring engine owned by a front end (see [`BlockHandle::own_engine`]).
@@ -634,6 +655,7 @@ mod tests {
     fn raw_engine(aio: Aio, direct: bool) {
         let p = tmp(&format!("rw-{aio:?}-{direct}"), &[1u8; 4096]);
         let h = open(
+            &Registry::new(),
             "t",
             BlockOptions {
                 aio,
@@ -701,6 +723,7 @@ mod tests {
     fn read_only_and_probed_raw_rules() {
         let p = tmp("ro", &[0u8; 1024]);
         let ro = open(
+            &Registry::new(),
             "ro",
             BlockOptions {
                 read_only: true,
@@ -720,6 +743,7 @@ mod tests {
         );
         let p2 = tmp("probed", &[0u8; 1024]);
         let probed = open(
+            &Registry::new(),
             "p",
             BlockOptions {
                 format: None,
@@ -796,6 +820,7 @@ mod qcow2_tests {
             return;
         }
         let h = open(
+            &Registry::new(),
             "q",
             BlockOptions {
                 format: None,

@@ -375,6 +375,10 @@ impl Qcow2Uring {
                     tasks.push(serve(img, &rules, &stats, job, true));
                 }
             }
+            if tasks.is_empty() {
+                // Only with nothing in flight: the kernel must not write into freed buffers.
+                crate::runtime::fault_point();
+            }
             flag.0.store(false, Ordering::Release);
             while let Poll::Ready(Some(())) = tasks.poll_next_unpin(&mut cx) {}
             if closed && tasks.is_empty() && held.is_none() {

@@ -148,8 +148,12 @@ pub(super) fn run(
             }
         }
         engine.reap();
-        if closed && engine.busy() == 0 {
-            return;
+        if engine.busy() == 0 {
+            // Only with nothing in flight: the kernel must not write into freed buffers.
+            crate::runtime::fault_point();
+            if closed {
+                return;
+            }
         }
         match epoll.wait(if closed { 100 } else { -1 }, &mut events) {
             Ok(_) => {}

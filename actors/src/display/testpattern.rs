@@ -327,13 +327,14 @@ impl InputSink for PatternSink {
 /// Returns the input sink that echoes events.
 pub fn spawn(
     rt: &tokio::runtime::Handle,
+    registry: &crate::runtime::Registry,
     writer: DisplayWriter,
     animated: bool,
 ) -> Arc<dyn InputSink> {
     let (tx, mut rx) = mpsc::channel(1024);
     let mut tp = TestPattern::new(writer);
     tp.redraw();
-    rt.spawn(async move {
+    let task = async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -344,7 +345,8 @@ pub fn spawn(
                 _ = tick.tick(), if animated => tp.tick(),
             }
         }
-    });
+    };
+    crate::runtime::spawn_task(rt, registry, "testpattern", "display", None, task);
     Arc::new(PatternSink { tx })
 }
 

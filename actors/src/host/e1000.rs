@@ -37,8 +37,13 @@ pub struct E1000Host {
 }
 
 impl E1000Host {
-    /// Put `model` in service with `backend`, starting the receive thread.
+    /// Put `model` in service with `backend`, starting the receive thread (actor `name`).
+    ///
+    /// The receive thread is not restartable: it works on the model's receive ring under
+    /// the device's lock, and a panic there may leave descriptors half written that no
+    /// rebuilt thread could account for; it stops the VM in internal-error.
     pub fn start(
+        registry: &crate::runtime::Registry,
         name: &str,
         model: E1000,
         mem: GuestMemoryMmap,
@@ -86,9 +91,11 @@ impl E1000Host {
                 EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
             )?;
             let h = host.clone();
-            std::thread::Builder::new()
-                .name(format!("troupe-{name}"))
-                .spawn(move || h.receive_loop(&epoll, &mut thread_control))?;
+            crate::runtime::spawn_thread(
+                registry,
+                crate::runtime::ThreadSpec::new(name, "e1000-rx", crate::runtime::Restart::Never),
+                move || h.receive_loop(&epoll, &mut thread_control),
+            )?;
         }
         Ok(host)
     }
@@ -193,6 +200,7 @@ impl E1000Host {
             if control.paused() {
                 continue;
             }
+            crate::runtime::fault_point();
             let mut b = lock(&self.backend);
             b.ack();
             loop {

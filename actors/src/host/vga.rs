@@ -18,7 +18,7 @@ use devices::vga::Vga;
 use crate::bus::{lock, BusHandler};
 use crate::display::{DisplayWriter, Rect};
 use crate::host::mem::HostBuffer;
-use crate::runtime::{ActorState, Placement, Registry};
+use crate::runtime::{fault_point, spawn_thread, Registry, Restart, ThreadSpec};
 
 /// How often the refresh actor looks for changes.
 pub const REFRESH: Duration = Duration::from_millis(15);
@@ -186,47 +186,47 @@ pub struct RefreshHooks {
 /// and the thread sleeps (looking once every [`IDLE_CHECK`]). An idle screen thus costs a
 /// wake-up a second instead of one every interval, and the first write after idling is
 /// shown at once. In VBE modes the guest writes the framebuffer without exits,
-/// so the actor keeps looking at the dirty log every interval. A panic while rendering is
-/// caught and the actor carries on with a fresh frame, as a restarted actor would.
+/// so the actor keeps looking at the dirty log every interval. The actor is restartable:
+/// after a panic it starts over with a fresh frame.
 pub fn start_refresh(
     registry: &Registry,
     host: Arc<VgaHost>,
     writer: DisplayWriter,
     hooks: RefreshHooks,
 ) -> std::io::Result<()> {
-    let entry = registry.register("vga", "display", Placement::Runtime, || 0);
-    std::thread::Builder::new()
-        .name("troupe-vga".into())
-        .spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            entry.set_placement(Placement::Thread { tid, cores: None });
-            entry.set_state(ActorState::Running);
-            let _span = tracing::info_span!("actor", id = "vga", kind = "display").entered();
-            loop {
-                let mut r = Refresher::default();
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut quiet = 0u32;
-                    loop {
-                        std::thread::sleep(REFRESH);
-                        quiet = if r.look(&host, &writer, &hooks) {
-                            0
-                        } else {
-                            quiet + 1
-                        };
-                        if quiet >= IDLE_AFTER && r.can_idle() {
-                            r.idle(&host, &writer, &hooks);
-                            quiet = 0;
-                        }
-                    }
-                }));
-                if run.is_err() {
-                    entry.note_restart();
-                    tracing::error!("VGA refresh panicked; starting over with a fresh frame");
-                }
+    let h = host.clone();
+    let spec = ThreadSpec::new("vga", "display", Restart::Always).wake(move || {
+        *lock(&h.wake.0) = true;
+        h.wake.1.notify_one();
+    });
+    // Each run starts with a fresh frame (so the whole picture is sent again); the host,
+    // the display and the hooks are the same.
+    let mut restarted = false;
+    spawn_thread(registry, spec, move || {
+        if restarted {
+            // A run that panicked while idle left coalescing off: undo that.
+            if host.idle.swap(false, Ordering::SeqCst) {
+                (hooks.coalesce)(true);
             }
-        })
-        .map(|_| ())
+        }
+        restarted = true;
+        let mut r = Refresher::default();
+        let mut quiet = 0u32;
+        loop {
+            std::thread::sleep(REFRESH);
+            fault_point();
+            quiet = if r.look(&host, &writer, &hooks) {
+                0
+            } else {
+                quiet + 1
+            };
+            if quiet >= IDLE_AFTER && r.can_idle() {
+                r.idle(&host, &writer, &hooks);
+                quiet = 0;
+            }
+        }
+    })
+    .map(|_| ())
 }
 
 /// The refresh actor's memory between looks: what was last sent.
@@ -287,6 +287,8 @@ impl Refresher {
                         .0;
                 }
                 *woke = false;
+                drop(woke);
+                fault_point();
             }
             (hooks.coalesce)(true);
         }

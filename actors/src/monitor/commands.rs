@@ -12,6 +12,7 @@ use super::{MonitorContext, PACKAGE, QEMU_VERSION};
 use crate::display::input::{Buttons, InputEvent};
 use crate::display::keycodes::KeyCode;
 use crate::display::DumpFormat;
+use crate::runtime::spawn_task;
 use crate::supervisor::RunState;
 use crate::vnc::PasswordExpiry;
 
@@ -390,10 +391,17 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "quit" => {
             // The reply goes out first; the supervisor ends the process right after.
             let sup = ctx.supervisor.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let _ = sup.quit().await;
-            });
+            spawn_task(
+                &tokio::runtime::Handle::current(),
+                &ctx.registry,
+                "monitor.quit",
+                "monitor",
+                None,
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = sup.quit().await;
+                },
+            );
             Ok(json!({}))
         }
         "screendump" => {
@@ -500,10 +508,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             };
             let secs = args.get("calc-time").and_then(Value::as_i64).unwrap_or(0);
             super::dirty::start(
-                &tokio::runtime::Handle::current(),
-                &ctx.dirty_rate,
-                &ctx.mem,
-                &ctx.info,
+                ctx,
                 u64::try_from(secs).unwrap_or(0),
                 args.get("sample-pages").and_then(Value::as_u64),
                 mode,
@@ -610,13 +615,21 @@ pub async fn send_keys(ctx: &MonitorContext, keys: Vec<KeyValue>, hold_ms: u64) 
     for k in &keys {
         input.send(ev(*k, true));
     }
-    tokio::spawn(async move {
+    let release = async move {
         let _guard = guard;
         tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         for k in keys.iter().rev() {
             input.send(ev(*k, false));
         }
-    });
+    };
+    spawn_task(
+        &tokio::runtime::Handle::current(),
+        &ctx.registry,
+        "sendkey.release",
+        "monitor",
+        None,
+        release,
+    );
     Ok(json!({}))
 }
 

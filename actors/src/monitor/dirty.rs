@@ -5,7 +5,7 @@
 //! of guest RAM, chosen at random, at the start and the end of the period and counts the
 //! ones that changed; `dirty-bitmap` turns on KVM's dirty log for guest RAM for the period
 //! and counts every page a vCPU or a device wrote (the machine does that part, through
-//! [`MachineInfo::dirty_log`]). `dirty-ring` needs the ring enabled when the VM is
+//! [`super::MachineInfo::dirty_log`]). `dirty-ring` needs the ring enabled when the VM is
 //! created, which troupe does not do: refused with QEMU's message.
 //!
 //! The measurement runs as a task while the monitor goes on; one at a time per VM. HMP
@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-
-use super::MachineInfo;
 
 const PAGE: u64 = 4096;
 const DEFAULT_SAMPLE_PAGES: u64 = 512;
@@ -103,12 +101,9 @@ pub enum DirtyRateError {
     Machine(String),
 }
 
-/// Start measuring for `secs` seconds; returns at once (the work runs on `rt`).
+/// Start measuring for `secs` seconds; returns at once (the work runs as a task).
 pub fn start(
-    rt: &tokio::runtime::Handle,
-    state: &SharedDirtyRate,
-    mem: &devices::memory::GuestMemoryMmap,
-    info: &Arc<dyn MachineInfo>,
+    ctx: &super::MonitorContext,
     secs: u64,
     sample_pages: Option<u64>,
     mode: Mode,
@@ -123,12 +118,12 @@ pub fn start(
         return Err(DirtyRateError::NoRing);
     }
     {
-        let mut s = lock(state);
+        let mut s = lock(&ctx.dirty_rate);
         if s.started.is_some() && s.result.is_none() {
             return Err(DirtyRateError::Busy);
         }
         if mode == Mode::DirtyBitmap {
-            info.dirty_log(true).map_err(DirtyRateError::Machine)?;
+            ctx.info.dirty_log(true).map_err(DirtyRateError::Machine)?;
         }
         s.started = Some(Started {
             at: monotonic_secs(),
@@ -138,48 +133,56 @@ pub fn start(
         });
         s.result = None;
     }
-    let state = state.clone();
-    let info = info.clone();
-    let mem = mem.clone();
+    let state = ctx.dirty_rate.clone();
+    let info = ctx.info.clone();
+    let mem = ctx.mem.clone();
     let period = Duration::from_secs(secs);
     let samples = sample_pages.unwrap_or(DEFAULT_SAMPLE_PAGES);
-    rt.spawn(async move {
-        let result = match mode {
-            Mode::DirtyBitmap => {
-                tokio::time::sleep(period).await;
-                let pages = info.dirty_pages();
-                let _ = info.dirty_log(false);
-                pages.unwrap_or_else(|e| {
-                    tracing::warn!("dirty rate: {e}");
-                    0
-                })
+    let rt = tokio::runtime::Handle::current();
+    crate::runtime::spawn_task(
+        &rt,
+        &ctx.registry,
+        "dirty-rate",
+        "dirty-rate",
+        None,
+        async move {
+            let result = match mode {
+                Mode::DirtyBitmap => {
+                    tokio::time::sleep(period).await;
+                    let pages = info.dirty_pages();
+                    let _ = info.dirty_log(false);
+                    pages.unwrap_or_else(|e| {
+                        tracing::warn!("dirty rate: {e}");
+                        0
+                    })
+                }
+                _ => {
+                    let picked = pick_pages(&mem, samples);
+                    let before = hash_pages(&mem, &picked);
+                    tokio::time::sleep(period).await;
+                    let after = hash_pages(&mem, &picked);
+                    let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count() as u64;
+                    // Scale the sampled share up to all of guest RAM.
+                    let total: u64 = mem.iter().map(|r| r.len() / PAGE).sum();
+                    changed
+                        .saturating_mul(total)
+                        .checked_div(picked.len() as u64)
+                        .unwrap_or(0)
+                }
+            };
+            let rate_mbps = result * PAGE / (1 << 20) / period.as_secs().max(1);
+            let mut s = lock(&state);
+            if let Some(st) = &mut s.started {
+                if st.mode == Mode::DirtyBitmap {
+                    st.sample_pages = 0;
+                }
             }
-            _ => {
-                let picked = pick_pages(&mem, samples);
-                let before = hash_pages(&mem, &picked);
-                tokio::time::sleep(period).await;
-                let after = hash_pages(&mem, &picked);
-                let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count() as u64;
-                // Scale the sampled share up to all of guest RAM.
-                let total: u64 = mem.iter().map(|r| r.len() / PAGE).sum();
-                changed
-                    .saturating_mul(total)
-                    .checked_div(picked.len() as u64)
-                    .unwrap_or(0)
-            }
-        };
-        let rate_mbps = result * PAGE / (1 << 20) / period.as_secs().max(1);
-        let mut s = lock(&state);
-        if let Some(st) = &mut s.started {
-            if st.mode == Mode::DirtyBitmap {
-                st.sample_pages = 0;
-            }
-        }
-        s.result = Some(Measured {
-            rate_mbps,
-            pages: result,
-        });
-    });
+            s.result = Some(Measured {
+                rate_mbps,
+                pages: result,
+            });
+        },
+    );
     Ok(())
 }
 

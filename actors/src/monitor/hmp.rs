@@ -8,7 +8,7 @@ use super::commands::{self, execute, CmdError, KeyValue};
 use super::memdump::{self, DumpFormat};
 use super::MonitorContext;
 use crate::display::keycodes::KeyCode;
-use crate::runtime::Placement;
+use crate::runtime::{ActorState, Placement};
 use crate::vcpu::{VcpuHandle, VcpuRegisters};
 
 /// Per-session HMP state.
@@ -306,6 +306,10 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
     };
     let cmd = args[0].as_str();
     let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    #[cfg(feature = "fault-injection")]
+    if cmd == "inject-panic" {
+        return HmpReply::text(inject_panic(ctx, &rest));
+    }
     let Some(entry) = COMMANDS.iter().find(|c| names(c.0).any(|n| n == cmd)) else {
         return HmpReply::text(format!("unknown command: '{cmd}'\n"));
     };
@@ -844,48 +848,73 @@ fn blockstats_text(v: &Value) -> String {
     out
 }
 
+/// `info actors`: every actor in the registry, then every other thread of the process (by
+/// its kernel thread id, from /proc/self/task): threads the kernel made in the process
+/// (io_uring, KVM workers) as such, anything else as `unregistered` (a thread started
+/// around the runtime's helper).
 async fn actors_text(ctx: &MonitorContext) -> String {
+    let line = |id: &str, kind: &str, state: &str, depth: usize, restarts: u32, place: &str| {
+        format!(
+            "{id:<28} {kind:<16} {state:<10} {depth:>7} {restarts:>8}  {}\n",
+            place.trim_end()
+        )
+    };
     let mut out = format!(
-        "{:<28} {:<10} {:<10} {:>7} {:>8}  {}\n",
+        "{:<28} {:<16} {:<10} {:>7} {:>8}  {}\n",
         "actor", "kind", "state", "mailbox", "restarts", "runs on"
     );
-    let status = ctx.supervisor.status().await.ok();
-    if let Ok(vcpus) = ctx.supervisor.vcpus().await {
-        for v in vcpus {
-            let state = match status {
-                Some(crate::supervisor::RunState::Running) => "running",
-                _ => "paused",
-            };
-            out.push_str(&format!(
-                "{:<28} {:<10} {:<10} {:>7} {:>8}  thread {} {}\n",
-                format!("vcpu{}", v.index()),
-                "vcpu",
-                state,
-                v.depth(),
-                0,
-                v.thread_id(),
-                cores_text(v.cores().as_deref())
-            ));
-        }
-    }
+    let vm_running = matches!(
+        ctx.supervisor.status().await,
+        Ok(crate::supervisor::RunState::Running)
+    );
+    let mut registered = std::collections::HashSet::new();
     for a in ctx.registry.snapshot() {
         let place = match &a.placement {
             Placement::Runtime => "runtime".to_string(),
             Placement::Thread { tid, cores } => {
+                registered.insert(*tid);
                 format!("thread {tid} {}", cores_text(cores.as_deref()))
             }
         };
-        out.push_str(&format!(
-            "{:<28} {:<10} {:<10} {:>7} {:>8}  {}\n",
-            a.id,
+        // A vCPU thread runs the guest only while the VM does.
+        let state = match (a.kind, a.state) {
+            ("vcpu", ActorState::Running) if !vm_running => "paused",
+            (_, s) => s.as_str(),
+        };
+        out.push_str(&line(
+            &a.id,
             a.kind,
-            a.state.as_str(),
+            state,
             a.mailbox_depth,
             a.restarts,
-            place.trim_end()
+            &place,
         ));
     }
+    match crate::runtime::process_threads() {
+        Ok(threads) => {
+            for (tid, comm) in threads {
+                if registered.contains(&tid) {
+                    continue;
+                }
+                let kind = crate::runtime::kernel_thread_kind(&comm).unwrap_or("unregistered");
+                out.push_str(&line(&comm, kind, "-", 0, 0, &format!("thread {tid}")));
+            }
+        }
+        Err(e) => out.push_str(&format!("(cannot list the process's threads: {e})\n")),
+    }
     out
+}
+
+/// `inject-panic ACTOR-ID` (test builds only): make the actor panic at its next turn.
+#[cfg(feature = "fault-injection")]
+fn inject_panic(ctx: &MonitorContext, args: &[&str]) -> String {
+    match args {
+        [id] => match ctx.registry.inject_panic(id) {
+            Ok(()) => String::new(),
+            Err(e) => format!("Error: {e}\n"),
+        },
+        _ => "inject-panic: usage: inject-panic ACTOR-ID\n".into(),
+    }
 }
 
 fn cores_text(cores: Option<&[usize]>) -> String {

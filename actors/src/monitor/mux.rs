@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::chardev::{spawn_chardev, Backend, ChardevError, ChardevHandle, FrontendEvent};
-use crate::runtime::Registry;
+use crate::runtime::{spawn_task, Registry};
 use crate::supervisor::SupervisorHandle;
 
 const CTRL_A: u8 = 1;
@@ -54,7 +54,7 @@ pub async fn spawn_mux(
     let supervisor: Arc<OnceLock<SupervisorHandle>> = Arc::new(OnceLock::new());
     let sup = supervisor.clone();
     let out = chardev.clone();
-    rt.spawn(async move {
+    let mux = async move {
         let (mut mon_r, mut mon_w) = tokio::io::split(mine);
         let mut focus_monitor = false;
         let mut escape = false;
@@ -105,7 +105,10 @@ pub async fn spawn_mux(
                 },
             }
         }
-    });
+    };
+    // The mux owns both ends of its streams: not restartable; a panic ends it (listed as
+    // actor `<id>.mux` while it runs).
+    spawn_task(rt, registry, &format!("{id}.mux"), "monitor-mux", None, mux);
     let label = chardev.label.clone();
     Ok(MuxHandle {
         chardev,

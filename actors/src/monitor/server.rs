@@ -15,7 +15,7 @@ use super::readline::{Event, Readline};
 use super::{commands, MonitorContext, QEMU_VERSION};
 use crate::chardev::telnet::{escape_iac, SERVER_GREETING};
 use crate::chardev::{spawn_chardev, Backend, FrontendEvent, TelnetFilter};
-use crate::runtime::{spawn_supervised, ActorExit, Placement, Registry, Restart};
+use crate::runtime::{spawn_supervised, spawn_task, Placement, Registry, Restart};
 
 pub const PROMPT: &str = "(qemu) ";
 
@@ -187,7 +187,14 @@ pub async fn start(
             let h = spawn_chardev(rt, registry, &format!("{id}.chardev"), backend, tx).await?;
             let (mine, theirs) = tokio::io::duplex(1 << 16);
             let filename = h.label.clone();
-            rt.spawn(bridge(rx, h, theirs));
+            spawn_task(
+                rt,
+                registry,
+                &format!("{id}.bridge"),
+                "monitor",
+                None,
+                bridge(rx, h, theirs),
+            );
             server.spawn_session(Box::new(mine), false, None);
             Ok(StartedMonitor {
                 id,
@@ -288,16 +295,27 @@ impl Server {
     fn accept(&self, s: Box<dyn Stream>, telnet: bool) {
         if self.active.load(Ordering::Relaxed) >= MAX_SESSIONS {
             tracing::warn!(monitor = %self.id, "too many monitor connections; refusing one");
-            self.rt.spawn(async move {
-                let mut s = s;
-                let _ = s
-                    .write_all(
-                        format!("Error: too many monitor connections (at most {MAX_SESSIONS})\r\n")
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{}.refused{n}", self.id);
+            spawn_task(
+                &self.rt,
+                &self.registry,
+                &id,
+                "monitor-session",
+                None,
+                async move {
+                    let mut s = s;
+                    let _ = s
+                        .write_all(
+                            format!(
+                                "Error: too many monitor connections (at most {MAX_SESSIONS})\r\n"
+                            )
                             .as_bytes(),
-                    )
-                    .await;
-                let _ = s.shutdown().await;
-            });
+                        )
+                        .await;
+                    let _ = s.shutdown().await;
+                },
+            );
             return;
         }
         self.spawn_session(s, telnet, None);
@@ -311,38 +329,35 @@ impl Server {
     ) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}.session{n}", self.id);
-        let entry = self
-            .registry
-            .register(&id, "monitor-session", Placement::Runtime, || 0);
         self.active.fetch_add(1, Ordering::Relaxed);
-        let mut slot = Some((s, focus));
+        let active = Active(self.active.clone());
         let ctx = self.ctx.clone();
         let (protocol, pretty) = (self.protocol, self.pretty);
-        let registry = self.registry.clone();
-        let active = self.active.clone();
-        spawn_supervised(
+        // A session is its connection: a panic in it closes that connection only (the
+        // user opens a new one) and counts as a restart of the monitor that listens.
+        spawn_task(
             &self.rt,
-            entry,
-            Restart::Never,
-            move || {
-                let taken = slot.take();
-                let ctx = ctx.clone();
-                async move {
-                    let Some((s, focus)) = taken else { return };
-                    match protocol {
-                        Protocol::Hmp => serve_hmp(ctx, s, telnet, focus).await,
-                        Protocol::Qmp => serve_qmp(ctx, s, pretty).await,
-                    }
+            &self.registry,
+            &id,
+            "monitor-session",
+            Some(&self.id),
+            async move {
+                let _active = active;
+                match protocol {
+                    Protocol::Hmp => serve_hmp(ctx, s, telnet, focus).await,
+                    Protocol::Qmp => serve_qmp(ctx, s, pretty).await,
                 }
-            },
-            move |exit| {
-                if let ActorExit::Failed(r) = exit {
-                    tracing::error!("monitor session ended by a bug: {r}");
-                }
-                active.fetch_sub(1, Ordering::Relaxed);
-                registry.remove(&id);
             },
         );
+    }
+}
+
+/// One open session of a monitor, counted until the session ends (however it ends).
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

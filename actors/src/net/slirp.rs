@@ -21,6 +21,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use libslirp_sys as sys;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::runtime::{fault_point, Registry, Restart, ThreadSpec};
+
 /// Frames queued in each direction.
 const QUEUE: usize = 256;
 
@@ -500,9 +502,15 @@ fn ptr(c: &Option<CString>) -> *const c_char {
     c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
 }
 
-/// Start the slirp thread (`troupe-slirp-<id>`); returns the NIC's end once slirp is up
+/// Start the slirp thread (actor `slirp-<id>`); returns the NIC's end once slirp is up
 /// and every `hostfwd` rule is bound (or the error saying which one could not be).
-pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
+///
+/// The thread is restartable: a panic drops its slirp instance (closing its sockets: the
+/// guest's TCP connections through it are lost) and the thread builds a new one from the
+/// same options, on the same channels and eventfds the NIC holds, so frames flow again
+/// and every `hostfwd` rule is bound anew. Rules added at run time (`hostfwd_add`) are not
+/// carried over.
+pub fn start(registry: &Registry, id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
     let (to_guest_tx, to_guest_rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE);
     let slirp_wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let ready = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
@@ -517,14 +525,17 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
         nic_polls: Vec::new(),
     }));
     let shared_t = shared.clone();
-    std::thread::Builder::new()
-        .name(format!("troupe-slirp-{id}"))
-        .spawn(move || {
+    let waker = slirp_wake.clone();
+    ThreadSpec::new(format!("slirp-{id}"), "nic-backend", Restart::Always)
+        .wake(move || {
+            let _ = waker.write(1);
+        })
+        .spawn(registry, move || {
             let state = StateBox(Box::into_raw(Box::new(State {
                 start: Instant::now(),
-                to_guest: to_guest_tx,
-                ready: rdy,
-                stats: st,
+                to_guest: to_guest_tx.clone(),
+                ready: rdy.clone(),
+                stats: st.clone(),
                 timers: Vec::new(),
             })));
             let opaque = state.0 as *mut c_void;
@@ -618,9 +629,9 @@ pub fn start(id: &str, opts: SlirpOptions) -> Result<SlirpPort, SlirpError> {
             // Bytes for the guest on guestfwd connections, until it can take them.
             let mut pending: Vec<(Ipv4Addr, u16, Vec<u8>)> = Vec::new();
             let _ = up_tx.send(Ok(()));
-            drop(up_tx);
             loop {
                 let _ = wake.read();
+                fault_point();
                 let g = lock_shared(&shared_t);
                 if g.closed {
                     // The NIC is gone: the VM is shutting down, or netdev_del.

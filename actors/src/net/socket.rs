@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::runtime::{fault_point, spawn_thread, Registry, Restart, ThreadSpec};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Frames queued in each direction.
@@ -98,8 +100,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Open the socket (`listen=` binds now, `connect=` connects now) and start its threads.
-pub fn start(id: &str, mode: Mode) -> Result<SocketPort, SocketError> {
+/// Open the socket (`listen=` binds now, `connect=` connects now) and start its threads:
+/// actors `sock-<id>` (the reader) and `sockw-<id>` (the writer), both restartable. They
+/// hold nothing a restart loses but the connection a panic broke: the reader rebuilt
+/// accepts the next peer (`listen=`; a `connect=` reader has no next peer and ends), the
+/// writer takes the same queue up again.
+pub fn start(registry: &Registry, id: &str, mode: Mode) -> Result<SocketPort, SocketError> {
     let (listener, first) = match mode {
         Mode::Listen(a) => (
             Some(TcpListener::bind(a).map_err(|e| SocketError::Listen(a, e))?),
@@ -125,13 +131,25 @@ pub fn start(id: &str, mode: Mode) -> Result<SocketPort, SocketError> {
         dropped: dropped.clone(),
         link: link.clone(),
     };
-    std::thread::Builder::new()
-        .name(format!("troupe-sock-{id}"))
-        .spawn(move || reader.run(first))?;
+    let mut first = first;
+    let rl = link.clone();
+    spawn_thread(
+        registry,
+        ThreadSpec::new(format!("sock-{id}"), "nic-backend", Restart::Always).wake(move || {
+            // A reader waits in read or accept: shutting the connection down wakes it (the
+            // listener stays, so a rebuilt reader accepts the next peer).
+            if let Some(s) = lock(&rl.stream).as_ref() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }),
+        move || reader.run(first.take()),
+    )?;
     let (wl, wd) = (link.clone(), dropped.clone());
-    std::thread::Builder::new()
-        .name(format!("troupe-sockw-{id}"))
-        .spawn(move || write_loop(&for_peer, &wl, &wd))?;
+    spawn_thread(
+        registry,
+        ThreadSpec::new(format!("sockw-{id}"), "nic-backend", Restart::Always),
+        move || write_loop(&for_peer, &wl, &wd),
+    )?;
     Ok(SocketPort {
         ready,
         from_peer,
@@ -150,7 +168,7 @@ struct Reader {
 
 impl Reader {
     /// Serve `first` (connect=), or each peer the listener accepts in turn.
-    fn run(self, first: Option<TcpStream>) {
+    fn run(&self, first: Option<TcpStream>) {
         if let Some(s) = first {
             self.serve(s);
             return;
@@ -159,8 +177,12 @@ impl Reader {
             return;
         };
         while !self.link.closed.load(Ordering::Relaxed) {
+            fault_point();
             match l.accept() {
-                Ok((s, _)) => self.serve(s),
+                Ok((s, _)) => {
+                    self.serve(s);
+                    fault_point();
+                }
                 Err(_) if self.link.closed.load(Ordering::Relaxed) => return,
                 Err(e) => {
                     tracing::warn!("-netdev socket: accept: {e}");
@@ -207,6 +229,7 @@ impl Reader {
 fn write_loop(frames: &Receiver<Vec<u8>>, link: &Link, dropped: &AtomicU64) {
     let mut out = Vec::with_capacity(4 + MAX_FRAME);
     while let Ok(f) = frames.recv() {
+        fault_point();
         let stream = lock(&link.stream).clone();
         let Some(s) = stream else {
             dropped.fetch_add(1, Ordering::Relaxed);

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::registry::{ActorState, RegistryEntry};
+use super::fault::guard;
+use super::registry::{ActorState, Placement, Registry, RegistryEntry};
 
 /// What to do when an actor panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +34,7 @@ pub enum ActorExit {
 }
 
 /// Restarts in a row after which even a restartable actor is given up on.
-const MAX_RESTARTS: u32 = 100;
+pub(crate) const MAX_RESTARTS: u32 = 100;
 
 /// Spawn an actor under supervision. `factory` builds one incarnation (called again on
 /// every restart). `on_exit` is called once when the actor is finally done.
@@ -51,9 +52,11 @@ where
     let rt2 = rt.clone();
     rt.spawn(async move {
         loop {
-            let span = tracing::info_span!("actor", id = %entry.id, kind = entry.kind);
+            let span = tracing::info_span!("actor", id = %entry.id, kind = entry.kind());
             entry.set_state(ActorState::Running);
-            let res = rt2.spawn(factory().instrument(span)).await;
+            let res = rt2
+                .spawn(guard(entry.clone(), factory()).instrument(span))
+                .await;
             match res {
                 Ok(()) => {
                     entry.set_state(ActorState::Stopped);
@@ -72,7 +75,7 @@ where
                     }
                     tracing::error!(actor = %entry.id, "actor failed: {reason}");
                     entry.set_state(ActorState::Failed);
-                    on_exit(ActorExit::Failed(format!("{} ({}): {reason}", entry.id, entry.kind)));
+                    on_exit(ActorExit::Failed(format!("{} ({}): {reason}", entry.id, entry.kind())));
                     return;
                 }
             }
@@ -84,13 +87,76 @@ fn panic_reason(e: tokio::task::JoinError) -> String {
     if e.is_cancelled() {
         return "cancelled".into();
     }
-    let p = e.into_panic();
+    panic_text(e.into_panic().as_ref())
+}
+
+/// The message a panic carried.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else {
         "panic".into()
+    }
+}
+
+/// Run a task that is not restarted: a connection's session (a VNC client, a monitor
+/// session, a WebSocket pump) or a one-shot helper. It is listed as actor `id` of `kind`
+/// while it runs and forgotten when it ends. A panic ends only this task (its
+/// connection); it is logged, and when the task serves a connection of `parent` (the
+/// listener actor the client reconnects to), counted as a restart of the parent.
+pub fn spawn_task<Fut>(
+    rt: &tokio::runtime::Handle,
+    registry: &Registry,
+    id: &str,
+    kind: &'static str,
+    parent: Option<&str>,
+    fut: Fut,
+) -> tokio::task::JoinHandle<()>
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let entry = registry.register(id, kind, Placement::Runtime, || 0);
+    entry.set_state(ActorState::Running);
+    let span = tracing::info_span!("actor", id = %entry.id, kind);
+    let inner = rt.spawn(guard(entry.clone(), fut).instrument(span));
+    let mut watch = Watch {
+        inner,
+        registry: registry.clone(),
+        entry,
+    };
+    let parent = parent.map(str::to_string);
+    rt.spawn(async move {
+        let res = (&mut watch.inner).await;
+        if let Err(e) = res {
+            if e.is_panic() {
+                let reason = panic_reason(e);
+                crate::report!(
+                    "troupe: actor {} ({}) panicked: {reason}; its connection is closed",
+                    watch.entry.id,
+                    watch.entry.kind()
+                );
+                if let Some(p) = parent.as_deref().and_then(|p| watch.registry.get(p)) {
+                    p.note_restart();
+                }
+            }
+        }
+    })
+}
+
+/// A [`spawn_task`] task as its watcher holds it: aborted with the watcher (a kicked
+/// client's reader), and off the registry once over either way.
+struct Watch {
+    inner: tokio::task::JoinHandle<()>,
+    registry: Registry,
+    entry: Arc<RegistryEntry>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.inner.abort();
+        self.registry.remove_entry(&self.entry);
     }
 }
 
@@ -144,6 +210,38 @@ mod tests {
         assert_eq!(reg.snapshot()[0].restarts, 1);
         drop(addr);
         assert_eq!(done_rx.await.unwrap(), ActorExit::Finished);
+    }
+
+    #[tokio::test]
+    async fn a_connection_task_is_listed_while_it_runs_and_its_panic_counts_for_its_parent() {
+        let reg = Registry::new();
+        let parent = reg.register("srv", "test", Placement::Runtime, || 0);
+        let (go_tx, go_rx) = oneshot::channel::<bool>();
+        let rt = tokio::runtime::Handle::current();
+        let j = spawn_task(&rt, &reg, "srv.client0", "conn", Some("srv"), async move {
+            if go_rx.await.unwrap() {
+                panic!("client broke it");
+            }
+        });
+        assert!(reg.get("srv.client0").is_some());
+        go_tx.send(true).unwrap();
+        j.await.unwrap();
+        assert!(reg.get("srv.client0").is_none());
+        assert_eq!(parent.restarts(), 1);
+        // Aborting the handle ends the task and its line too.
+        let j = spawn_task(
+            &rt,
+            &reg,
+            "srv.client1",
+            "conn",
+            Some("srv"),
+            std::future::pending(),
+        );
+        assert!(reg.get("srv.client1").is_some());
+        j.abort();
+        let _ = j.await;
+        assert!(reg.get("srv.client1").is_none());
+        assert_eq!(parent.restarts(), 1);
     }
 
     #[tokio::test]

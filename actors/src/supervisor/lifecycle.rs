@@ -549,7 +549,23 @@ impl Supervisor {
                     Some(ExitReason::Fault(report))
                 }
             }
-            VmEvent::ActorFailed(reason) => Some(ExitReason::ActorFailed(reason)),
+            VmEvent::ActorFailed { id, kind, reason } => {
+                // As a vCPU fault: everything stops in internal-error, inspectable from a
+                // monitor; with none attached the process ends with status 1. A dead
+                // vCPU answers a pause at once (its mailbox is gone), so this cannot hang.
+                let report = format!("actor {id} ({kind}) failed: {reason}");
+                crate::report!("troupe: {report}; the VM is stopped (internal-error)");
+                if self.state != RunState::InternalError {
+                    self.pause_all().await;
+                    self.state = RunState::InternalError;
+                    self.publish(VmNotification::Stop);
+                }
+                if self.cfg.monitor_attached {
+                    None
+                } else {
+                    Some(ExitReason::ActorFailed(report))
+                }
+            }
         }
     }
 
@@ -869,6 +885,34 @@ mod tests {
         while h.status().await.unwrap() != RunState::InternalError {
             tokio::task::yield_now().await;
         }
+        h.quit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_vital_actor_stops_in_internal_error_or_exits_without_monitor() {
+        let failed = || VmEvent::ActorFailed {
+            id: "blk-d0".into(),
+            kind: "block",
+            reason: "boom".into(),
+        };
+        let (_h, tx, _m, j) = start(SupervisorConfig::default());
+        tx.post(failed());
+        let r = j.await.unwrap();
+        assert_eq!(
+            r,
+            ExitReason::ActorFailed("actor blk-d0 (block) failed: boom".into())
+        );
+        assert_eq!(r.status(), 1);
+
+        let (h, tx, _m, _j) = start(SupervisorConfig {
+            monitor_attached: true,
+            ..Default::default()
+        });
+        let mut sub = h.subscribe().await.unwrap();
+        tx.post(failed());
+        assert_eq!(sub.recv().await.unwrap().1, VmNotification::Stop);
+        assert_eq!(h.status().await.unwrap(), RunState::InternalError);
+        assert!(h.cont().await.unwrap().is_err());
         h.quit().await.unwrap();
     }
 

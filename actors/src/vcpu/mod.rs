@@ -187,15 +187,14 @@ impl VcpuHandle {
     }
 
     fn kick(&self) {
-        if !self.shared.alive.load(Ordering::Acquire) {
+        Self::kick_shared(&self.shared);
+    }
+
+    fn kick_shared(shared: &Shared) {
+        if !shared.alive.load(Ordering::Acquire) {
             return;
         }
-        if let Some(t) = *self
-            .shared
-            .pthread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
+        if let Some(t) = *shared.pthread.lock().unwrap_or_else(|e| e.into_inner()) {
             kick::kick(t);
         }
     }

@@ -18,7 +18,19 @@ use super::{
 };
 use crate::bus::Bus;
 use crate::events::{EventTx, VmEvent};
+use crate::runtime::{
+    current, fault_point, gettid, once, spawn_thread, Registry, Restart, ThreadSpec,
+};
 use devices::memory::GuestMemoryMmap;
+
+/// Clears `alive` when the vCPU thread's body ends, normally or by a panic.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
 
 /// What a vCPU thread needs from the machine.
 #[derive(Clone)]
@@ -47,8 +59,8 @@ struct VcpuThread {
     shared: Arc<Shared>,
 }
 
-/// Start the thread for vCPU `index` (named `troupe-vcpu{index}`), pinned to `cores`
-/// when given, in the paused state with `boot` loaded.
+/// Start the thread for vCPU `index` (actor `vcpu{index}`, thread `troupe-vcpu{index}`),
+/// pinned to `cores` when given, in the paused state with `boot` loaded.
 pub fn spawn_vcpu(
     fd: VcpuFd,
     index: u32,
@@ -56,6 +68,7 @@ pub fn spawn_vcpu(
     cores: Option<Vec<usize>>,
     boot: VcpuBootState,
     ctx: VcpuContext,
+    registry: &Registry,
 ) -> Result<VcpuHandle, VcpuError> {
     kick::install_handler().map_err(|source| VcpuError::Affinity {
         cpu: index,
@@ -81,28 +94,37 @@ pub fn spawn_vcpu(
     };
     t.load_boot_state(&boot)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let join = std::thread::Builder::new()
-        .name(format!("troupe-vcpu{index}"))
-        .spawn(move || {
+    // Not restartable: the thread owns the vCPU's fd and its place in the guest's
+    // execution; a panic stops the VM in internal-error (see the supervisor).
+    let kick_target = shared.clone();
+    let depth_tx = tx.clone();
+    let spec = ThreadSpec::new(format!("vcpu{index}"), "vcpu", Restart::Never)
+        .cores(cores.clone())
+        .wake(move || VcpuHandle::kick_shared(&kick_target))
+        .depth(move || depth_tx.len());
+    let join = spawn_thread(
+        registry,
+        spec,
+        once(move || {
             let pinned = match cores {
                 Some(c) => t.pin(c),
                 None => Ok(()),
             };
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
-            t.shared.tid.store(tid, Ordering::Release);
+            t.shared.tid.store(gettid(), Ordering::Release);
             let failed = pinned.is_err();
             let _ = ready_tx.send(pinned);
+            // Marks the thread dead however `run` ends (a panic included): kicks stop.
+            let _alive = AliveGuard(t.shared.clone());
             if !failed {
                 t.run();
             }
-            t.shared.alive.store(false, Ordering::Release);
-        })
-        .map_err(|source| VcpuError::Affinity {
-            cpu: index,
-            cores: vec![],
-            source,
-        })?;
+        }),
+    )
+    .map_err(|source| VcpuError::Affinity {
+        cpu: index,
+        cores: vec![],
+        source,
+    })?;
     {
         use std::os::unix::thread::JoinHandleExt;
         *shared.pthread.lock().unwrap_or_else(|e| e.into_inner()) = Some(join.as_pthread_t());
@@ -129,6 +151,9 @@ impl VcpuThread {
             source,
         })?;
         let pinned = if cores.is_empty() { None } else { Some(cores) };
+        if let Some(e) = current() {
+            e.set_cores(pinned.clone());
+        }
         *self.shared.cores.lock().unwrap_or_else(|e| e.into_inner()) = pinned;
         Ok(())
     }
@@ -211,6 +236,7 @@ impl VcpuThread {
 
     /// Serve one control message; returns the state to continue in.
     fn serve(&mut self, msg: VcpuMsg, state: RunState) -> RunState {
+        fault_point();
         let _span =
             tracing::debug_span!("msg", kind = crate::runtime::MessageKind::kind(&msg)).entered();
         match msg {
@@ -327,6 +353,7 @@ impl VcpuThread {
     }
 
     fn drain_mailbox(&mut self, mut state: RunState) -> RunState {
+        fault_point();
         loop {
             match self.rx.try_recv() {
                 Ok(msg) => state = self.serve(msg, state),

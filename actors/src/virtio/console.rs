@@ -35,14 +35,17 @@ pub fn console(sink: Box<dyn devices::ByteSink>) -> (ConsoleWorker, Arc<Mutex<Ve
 }
 
 /// Move chardev input into the console's queue and wake its worker (a task on the I/O
-/// runtime, one per console).
+/// runtime, one per console, actor `<name>.feed`).
 pub fn feed_input(
     rt: &tokio::runtime::Handle,
+    registry: &crate::runtime::Registry,
+    name: &str,
     mut rx: mpsc::Receiver<FrontendEvent>,
     input: Arc<Mutex<VecDeque<u8>>>,
     wake: Arc<EventFd>,
 ) {
-    rt.spawn(async move {
+    let id = format!("{name}.feed");
+    crate::runtime::spawn_task(rt, registry, &id, "console-feed", None, async move {
         while let Some(ev) = rx.recv().await {
             if let FrontendEvent::Input(bytes) = ev {
                 {

@@ -49,6 +49,7 @@ pub struct VirtioPciHost {
 impl VirtioPciHost {
     /// Start the worker thread (`troupe-<name>`) for `model`.
     pub fn start(
+        registry: &crate::runtime::Registry,
         name: &str,
         model: VirtioPci,
         vm: Arc<VmFd>,
@@ -63,6 +64,7 @@ impl VirtioPciHost {
         let model = Arc::new(Mutex::new(model));
         let (thread_control, control) = ThreadControl::new(name)?;
         let handle = worker::spawn(
+            registry,
             name,
             mem,
             model.clone(),

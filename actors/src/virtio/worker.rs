@@ -20,7 +20,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
-use crate::runtime::{find_section, only_sections, ThreadControl, Transition};
+use crate::runtime::{
+    fault_point, find_section, once, only_sections, spawn_thread, Registry, Restart, ThreadControl,
+    ThreadSpec, Transition,
+};
 
 /// The kind of the worker's own section.
 pub const QUEUES_KIND: &str = "virtio-queues";
@@ -241,8 +244,13 @@ fn listen(epoll: &Epoll, notify: &[EventFd], extra: &[std::os::fd::RawFd], on: b
     }
 }
 
-/// Start the worker thread `troupe-<name>`.
+/// Start the worker thread, actor `<name>` (thread `troupe-<name>`, shortened).
+///
+/// Not restartable: the worker owns the live queues (their indices into the guest's
+/// rings) and requests in flight on the backend; a rebuilt worker could not know which
+/// buffers the guest already got back, so a panic stops the VM in internal-error.
 pub(crate) fn spawn(
+    registry: &Registry,
     name: &str,
     mem: GuestMemoryMmap,
     model: Arc<Mutex<VirtioPci>>,
@@ -273,9 +281,14 @@ pub(crate) fn spawn(
         name: name.to_string(),
         failed: false,
     };
-    std::thread::Builder::new()
-        .name(format!("troupe-{name}"))
-        .spawn(move || {
+    let waker = wake.clone();
+    let spec = ThreadSpec::new(name, "virtio-worker", Restart::Never).wake(move || {
+        let _ = waker.write(1);
+    });
+    spawn_thread(
+        registry,
+        spec,
+        once(move || {
             let mut events = vec![EpollEvent::default(); 64];
             // Sleeps left before polling again after a poll that found nothing (requests
             // that take longer than POLL_FOR, such as 1 MiB reads, are not spun for).
@@ -304,6 +317,7 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
+                fault_point();
                 for ev in &events[..n] {
                     let token = ev.data();
                     if token == CONTROL_TOKEN {
@@ -368,7 +382,8 @@ pub(crate) fn spawn(
                     }
                 }
             }
-        })?;
+        }),
+    )?;
     Ok(WorkerHandle { tx, wake })
 }
 

@@ -21,6 +21,7 @@ use super::{websocket, ClientCtx, VncError, CUT_TEXT_LIMIT};
 use crate::display::input::{Buttons, InputEvent, InputSink};
 use crate::display::keycodes::KeyCode;
 use crate::display::{Cursor, DisplayHandle, Leds, Rect, Surface, TileMap};
+use crate::runtime::spawn_task;
 
 /// The whole handshake (version, security, ClientInit) must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,12 +34,22 @@ where
     let shared = ctx.shared.clone();
     let (id, kick) = shared.add_client(addr, websocket);
     let pressed = Arc::new(Mutex::new(HashSet::new()));
-    let input = ctx.input.clone();
+    // However the session ends (a panic included), the client leaves the list and its
+    // held keys are released.
+    let _leave = Leave {
+        shared: shared.clone(),
+        id,
+        pressed: pressed.clone(),
+        input: ctx.input.clone(),
+    };
     let run = async {
         if websocket {
-            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, websocket::accept(sock))
-                .await
-                .map_err(|_| VncError::HandshakeTimeout)??;
+            let s = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                websocket::accept(sock, &ctx.registry, &ctx.actor),
+            )
+            .await
+            .map_err(|_| VncError::HandshakeTimeout)??;
             session(s, id, &ctx, pressed.clone()).await
         } else {
             session(sock, id, &ctx, pressed.clone()).await
@@ -48,18 +59,31 @@ where
         r = run => r,
         _ = kick.notified() => Err(VncError::Share("disconnected by the server")),
     };
-    shared.remove_client(id);
-    // Keys held when the client went away are released, so the guest sees no stuck key.
-    let held: Vec<KeyCode> = lock(&pressed).drain().collect();
-    for key in held {
-        input.send(InputEvent::Key { key, down: false });
-    }
     match res {
         Ok(()) => tracing::debug!(client = %addr, "VNC client disconnected"),
         Err(VncError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             tracing::debug!(client = %addr, "VNC client closed the connection")
         }
         Err(e) => tracing::info!(client = %addr, "VNC client dropped: {e}"),
+    }
+}
+
+/// A client's way out: off the server's list, its held keys released.
+struct Leave {
+    shared: Arc<super::server::Shared>,
+    id: u64,
+    pressed: Arc<Mutex<HashSet<KeyCode>>>,
+    input: Arc<dyn InputSink>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.shared.remove_client(self.id);
+        // Keys held when the client went away are released, so the guest sees no stuck key.
+        let held: Vec<KeyCode> = lock(&self.pressed).drain().collect();
+        for key in held {
+            self.input.send(InputEvent::Key { key, down: false });
+        }
     }
 }
 
@@ -241,14 +265,21 @@ where
         req: Mutex::new(Requests::default()),
         notify: Notify::new(),
     });
-    let _reader = AbortOnDrop(tokio::spawn(read_loop(
-        rd,
-        slot.clone(),
-        ctx.input.clone(),
-        shared.keymap,
-        shared.display.clone(),
-        pressed,
-    )));
+    let _reader = AbortOnDrop(spawn_task(
+        &tokio::runtime::Handle::current(),
+        &ctx.registry,
+        &format!("{}.reader", ctx.actor),
+        "vnc-client",
+        None,
+        read_loop(
+            rd,
+            slot.clone(),
+            ctx.input.clone(),
+            shared.keymap,
+            shared.display.clone(),
+            pressed,
+        ),
+    ));
     let mut w = Writer {
         pf: PixelFormat::SERVER,
         encoding: PixelEncoding::Raw,

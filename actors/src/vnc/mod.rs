@@ -329,4 +329,8 @@ impl VncHandle {
 pub(crate) struct ClientCtx {
     pub shared: Arc<server::Shared>,
     pub input: Arc<dyn InputSink>,
+    /// Where the connection's helper tasks (reader, WebSocket pumps) are listed.
+    pub registry: crate::runtime::Registry,
+    /// This connection's actor id (`vnc.client<N>`).
+    pub actor: String,
 }

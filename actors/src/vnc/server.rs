@@ -16,7 +16,7 @@ use super::{
 };
 use crate::display::input::InputSink;
 use crate::display::DisplayHandle;
-use crate::runtime::{spawn_supervised, Placement, Registry, Restart};
+use crate::runtime::{spawn_supervised, spawn_task, Placement, Registry, Restart};
 
 /// Clients still in the handshake beyond this many: the oldest is dropped (QEMU does the
 /// same with its connection limit), so a flood of idle sockets cannot pile up.
@@ -55,6 +55,8 @@ pub struct Shared {
     password: Mutex<Password>,
     clients: Mutex<Vec<ClientEntry>>,
     next_id: AtomicU64,
+    /// Connections accepted so far (names each connection's actor).
+    connections: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -287,6 +289,7 @@ pub fn start(
         password: Mutex::new(Password::default()),
         clients: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         shutdown,
     });
     let _guard = rt.enter();
@@ -298,6 +301,7 @@ pub fn start(
     let entry = registry.register("vnc", "vnc", Placement::Runtime, || 0);
     let sh = shared.clone();
     let rt2 = rt.clone();
+    let reg = registry.clone();
     spawn_supervised(
         rt,
         entry,
@@ -309,10 +313,11 @@ pub fn start(
                 listener.clone(),
                 ws.clone(),
                 rt2.clone(),
+                reg.clone(),
             );
             async move {
-                let (sh, input, listener, ws, rt) = ctx;
-                accept_loop(sh, input, listener, ws, rt).await;
+                let (sh, input, listener, ws, rt, reg) = ctx;
+                accept_loop(sh, input, listener, ws, rt, reg).await;
             }
         },
         |_| {},
@@ -335,6 +340,7 @@ async fn accept_loop(
     listener: Arc<TcpListener>,
     ws: Option<Arc<TcpListener>>,
     rt: tokio::runtime::Handle,
+    registry: Registry,
 ) {
     let mut stop = shared.shutdown_rx();
     loop {
@@ -353,10 +359,26 @@ async fn accept_loop(
             }
         };
         let _ = sock.set_nodelay(true);
+        // Each connection is an actor of its own, listed while it lasts; a panic in one
+        // closes that connection only (the viewer reconnects) and counts as a restart
+        // of `vnc`.
+        let actor = format!(
+            "vnc.client{}",
+            shared.connections.fetch_add(1, Ordering::Relaxed)
+        );
         let ctx = ClientCtx {
             shared: shared.clone(),
             input: input.clone(),
+            registry: registry.clone(),
+            actor: actor.clone(),
         };
-        rt.spawn(super::client::serve(sock, addr, websocket, ctx));
+        spawn_task(
+            &rt,
+            &registry,
+            &actor,
+            "vnc-client",
+            Some("vnc"),
+            super::client::serve(sock, addr, websocket, ctx),
+        );
     }
 }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::mpsc;
 
 use super::VncError;
+use crate::runtime::spawn_task;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Longest handshake request accepted.
@@ -164,7 +165,11 @@ pub fn parse_request(req: &str) -> Result<Handshake, String> {
 }
 
 /// Do the handshake on `stream` and return a plain byte stream carrying the RFB session.
-pub async fn accept<S>(mut stream: S) -> Result<DuplexStream, VncError>
+pub async fn accept<S>(
+    mut stream: S,
+    registry: &crate::runtime::Registry,
+    actor: &str,
+) -> Result<DuplexStream, VncError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -198,8 +203,24 @@ where
     let (sock_r, sock_w) = tokio::io::split(stream);
     let (ours_r, ours_w) = tokio::io::split(ours);
     let (ctl_tx, ctl_rx) = mpsc::channel::<(u8, Vec<u8>)>(4);
-    tokio::spawn(write_pump(sock_w, ours_r, ctl_rx));
-    tokio::spawn(read_pump(sock_r, ours_w, ctl_tx));
+    let rt = tokio::runtime::Handle::current();
+    let pump = |dir: &str| format!("{actor}.ws-{dir}");
+    spawn_task(
+        &rt,
+        registry,
+        &pump("write"),
+        "websocket",
+        None,
+        write_pump(sock_w, ours_r, ctl_rx),
+    );
+    spawn_task(
+        &rt,
+        registry,
+        &pump("read"),
+        "websocket",
+        None,
+        read_pump(sock_r, ours_w, ctl_tx),
+    );
     Ok(app)
 }
 
@@ -387,7 +408,8 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_through_the_pumps() {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let srv = tokio::spawn(accept(server));
+        let reg = crate::runtime::Registry::new();
+        let srv = tokio::spawn(async move { accept(server, &reg, "vnc.client0").await });
         let (mut cr, mut cw) = tokio::io::split(client);
         cw.write_all(
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
