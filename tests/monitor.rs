@@ -161,7 +161,8 @@ fn telnet_session_under_expect_behaves_like_qemus_monitor() {
         }
         exp += &prompt;
     }
-    exp += "send \"quit\\r\"\nexpect eof\nputs \"\\nEXPECT-DONE\"\n";
+    // The session ends here; `quit` comes once the reset guest has printed its banner.
+    exp += "close\nputs \"\\nEXPECT-DONE\"\n";
     std::fs::write(&script, exp).unwrap();
     let out = Command::new("expect")
         .arg(&script)
@@ -186,6 +187,14 @@ fn telnet_session_under_expect_behaves_like_qemus_monitor() {
     tids.sort();
     assert_eq!(tids, vcpu_threads, "{transcript}");
     // `system_reset` restarted the guest (its banner again on serial); `quit` exits 0.
+    let deadline = std::time::Instant::now() + T;
+    while vm.stdout.text().matches("troupe demo guest: 2 vCPU(s)").count() < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = common::connect(port);
+    c.write_all(b"quit\r\n").unwrap();
     let st = vm.wait(T);
     assert_eq!(code(st), 0, "{}", vm.stderr.text());
     let serial = vm.stdout.text();
