@@ -19,6 +19,7 @@
 
 pub mod input;
 pub mod keycodes;
+pub mod console;
 pub mod png;
 mod surface;
 pub mod testpattern;
