@@ -114,7 +114,25 @@ pub fn parse_vnc(arg: &str) -> Result<Option<VncConfig>, DisplayError> {
         websocket,
         to,
         lossy,
+        announce: false,
     }))
+}
+
+/// QEMU's display when none is named and it has no GUI (vl.c: `localhost:0,to=99`).
+pub fn default_vnc() -> VncConfig {
+    VncConfig {
+        listen: SocketAddrSpec {
+            host: "127.0.0.1".into(),
+            port: 5900,
+        },
+        display: 0,
+        password: false,
+        share: VncShare::AllowExclusive,
+        websocket: None,
+        to: Some(99),
+        lossy: false,
+        announce: true,
+    }
 }
 
 /// What `-display` asked for.
