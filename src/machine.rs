@@ -606,9 +606,7 @@ pub fn build(
         name: cfg.name.clone(),
         uuid: cfg.uuid.clone(),
         // `sendkey` goes where VNC keys go: Ctrl+Alt+N switches consoles.
-        input: has_input.then(|| {
-            Arc::new(console.consoles.clone()) as Arc<dyn actors::display::input::InputSink>
-        }),
+        input: has_input.then(|| console.consoles.sendkey_sink()),
         display: has_screen.then(|| console.display.clone()),
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
@@ -934,9 +932,10 @@ fn start_console(
             actors::display::testpattern::spawn(rt.handle(), writer.clone(), mode == "animated");
         input.set_target(sink);
     }
+    consoles.set_guest_input(Arc::new(input.clone()));
     // Ctrl+Alt+1 is the guest's screen, when it has one.
     if cfg.vga != crate::config::VgaKind::None || test_display.is_some() {
-        consoles.add_graphic(display.clone(), Arc::new(input.clone()));
+        consoles.add_graphic(display.clone());
     }
     let mut vcs = HashMap::new();
     let texts = text_consoles(cfg);
@@ -982,10 +981,6 @@ fn start_console(
                 Arc::new(consoles.clone()),
             )
             .with_context(|| format!("-vnc {}:{}", v.listen.host, v.display))?;
-            if v.announce {
-                // QEMU's line for its default display, word for word.
-                actors::report!("VNC server running on {}", h.local_addr());
-            }
             Some(h)
         }
     };

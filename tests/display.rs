@@ -366,8 +366,6 @@ fn sendkey_switches_consoles_and_ctrl_page_up_scrolls_back() {
     rfb.until("the serial console", &font, |r| {
         font.shows(r, "demo: serial input is echoed")
     });
-    // sendkey holds Ctrl and Alt for its hold time (100 ms): type after it let go.
-    std::thread::sleep(Duration::from_millis(500));
     // Fill the 24-row serial console past its height, then look back.
     for i in 0..30 {
         rfb.type_line(&format!("line{i:02}"));

@@ -10,13 +10,13 @@
 //! [`devices::terminal::Terminal`]: bytes its chardev writes are fed to the terminal and the
 //! changed rows are drawn into its surface.
 //!
-//! Data path, in: the VNC server and the monitor's `sendkey` send [`InputEvent`]s to the
-//! [`ConsoleSet`]. Ctrl+Alt+N switches consoles (the N is not passed on); otherwise keys
-//! go to the active console: the guest's input devices for the graphic console, or, for a
+//! Data path, in: the VNC server sends [`InputEvent`]s to the [`ConsoleSet`]. Ctrl+Alt+N
+//! switches consoles (the N is not passed on); otherwise keys go to the active console: the guest's input devices for the graphic console, or, for a
 //! text console, the bytes a terminal would send (US layout), written into its chardev as
 //! if typed. Ctrl+Page Up/Down (and Ctrl+Up/Down) scroll a text console's scrollback. A
 //! key released goes to the guest only if the guest saw it pressed, so switching never
-//! leaves a key stuck there.
+//! leaves a key stuck there. The monitor's `sendkey` goes through
+//! [`ConsoleSet::sendkey_sink`]: Ctrl+Alt+N switches there too, other keys reach the guest.
 //!
 //! The chardev end of a text console is a [`VcPort`]: one end of an in-memory pipe that
 //! `crate::chardev` opens like any other backend (`Backend::Vc`), so serial ports,
@@ -70,7 +70,6 @@ enum TextInput {
 enum Console {
     Graphic {
         display: DisplayHandle,
-        input: Arc<dyn InputSink>,
     },
     Text {
         name: String,
@@ -124,6 +123,8 @@ impl Mods {
 
 struct SetShared {
     consoles: RwLock<Vec<Console>>,
+    /// The guest's input devices (keys for the graphic console, and for `sendkey`).
+    guest: RwLock<Option<Arc<dyn InputSink>>>,
     /// The active console's index; the compositor follows it.
     active: watch::Sender<usize>,
     mods: Mutex<Mods>,
@@ -152,6 +153,7 @@ impl ConsoleSet {
         let set = ConsoleSet {
             shared: Arc::new(SetShared {
                 consoles: RwLock::new(Vec::new()),
+                guest: RwLock::new(None),
                 active,
                 mods: Mutex::default(),
                 guest_pressed: Mutex::default(),
@@ -170,9 +172,25 @@ impl ConsoleSet {
         Ok((set, out_handle))
     }
 
-    /// Add the guest's screen (the VGA): its display and where its input goes.
-    pub fn add_graphic(&self, display: DisplayHandle, input: Arc<dyn InputSink>) {
-        self.push(Console::Graphic { display, input });
+    /// Where the guest's keys and pointer go (the i8042/tablet), with or without a screen.
+    pub fn set_guest_input(&self, input: Arc<dyn InputSink>) {
+        *self.shared.guest.write().unwrap_or_else(|p| p.into_inner()) = Some(input);
+    }
+
+    /// Add the guest's screen (the VGA).
+    pub fn add_graphic(&self, display: DisplayHandle) {
+        self.push(Console::Graphic { display });
+    }
+
+    /// The input sink for the monitor's `sendkey`: Ctrl+Alt+N switches consoles as on
+    /// VNC; every other key goes to the guest's keyboard whatever console is shown (as
+    /// QEMU's `sendkey` does). It tracks its own modifiers, apart from VNC clients'.
+    pub fn sendkey_sink(&self) -> Arc<dyn InputSink> {
+        Arc::new(SendkeySink {
+            set: self.clone(),
+            mods: Mutex::default(),
+            swallowed: Mutex::default(),
+        })
     }
 
     fn push(&self, c: Console) {
@@ -237,12 +255,13 @@ impl ConsoleSet {
         self.consoles().get(self.active()).cloned()
     }
 
-    /// The guest's input devices (the first graphic console's).
+    /// The guest's input devices.
     fn guest_input(&self) -> Option<Arc<dyn InputSink>> {
-        self.consoles().into_iter().find_map(|c| match c {
-            Console::Graphic { input, .. } => Some(input),
-            Console::Text { .. } => None,
-        })
+        self.shared
+            .guest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn key(&self, key: KeyCode, down: bool) {
@@ -272,18 +291,58 @@ impl ConsoleSet {
             }
         }
         match self.active_console() {
-            Some(Console::Graphic { input, .. }) => {
-                lock(&self.shared.guest_pressed).insert(key);
-                input.send(InputEvent::Key { key, down: true });
-            }
             Some(Console::Text { keys, .. }) => {
                 if let Some(msg) = text_key(key, mods) {
                     // A full mailbox drops the key, as a keyboard buffer overflows.
                     let _ = keys.try_send(msg);
                 }
             }
-            None => {}
+            // The guest's screen, or no console at all: the guest's keyboard.
+            Some(Console::Graphic { .. }) | None => {
+                if let Some(g) = self.guest_input() {
+                    lock(&self.shared.guest_pressed).insert(key);
+                    g.send(InputEvent::Key { key, down: true });
+                }
+            }
         }
+    }
+}
+
+/// See [`ConsoleSet::sendkey_sink`].
+struct SendkeySink {
+    set: ConsoleSet,
+    mods: Mutex<Mods>,
+    swallowed: Mutex<HashSet<KeyCode>>,
+}
+
+impl InputSink for SendkeySink {
+    fn send(&self, ev: InputEvent) {
+        if let InputEvent::Key { key, down } = ev {
+            let mods = {
+                let mut m = lock(&self.mods);
+                m.track(key, down);
+                *m
+            };
+            if !down && lock(&self.swallowed).remove(&key) {
+                return;
+            }
+            if down && mods.ctrl() && mods.alt() {
+                if let Some(n) = digit(key).filter(|n| *n >= 1) {
+                    lock(&self.swallowed).insert(key);
+                    if let Err(e) = self.set.select(n - 1) {
+                        tracing::debug!("sendkey ctrl-alt-{n}: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(g) = self.set.guest_input() {
+            g.send(ev);
+        }
+    }
+
+    fn absolute(&self) -> bool {
+        self.set.guest_input().is_some_and(|g| g.absolute())
     }
 }
 
@@ -293,8 +352,10 @@ impl InputSink for ConsoleSet {
             InputEvent::Key { key, down } => self.key(key, down),
             other => {
                 // Raw keys and the pointer mean something only on the guest's screen.
-                if let Some(Console::Graphic { input, .. }) = self.active_console() {
-                    input.send(other);
+                if !matches!(self.active_console(), Some(Console::Text { .. })) {
+                    if let Some(g) = self.guest_input() {
+                        g.send(other);
+                    }
                 }
             }
         }
@@ -531,7 +592,7 @@ pub fn spawn_text_console(
         stream: ours,
         keys: keys_rx,
     })));
-    let entry = registry.register(name, "text-console", Placement::Runtime, || 0);
+    let entry = registry.register(&format!("{name}.console"), "console", Placement::Runtime, || 0);
     spawn_supervised(
         rt,
         entry,

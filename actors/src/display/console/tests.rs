@@ -54,7 +54,8 @@ fn fixture() -> Fixture {
     let (guest_writer, guest_display) = new_display(32, 16).unwrap();
     guest_writer.update(Rect::new(0, 0, 2, 1), &[0x123456, 0xabcdef], 2);
     let guest = RecordingSink::new(false);
-    set.add_graphic(guest_display, Arc::new(guest.clone()));
+    set.set_guest_input(Arc::new(guest.clone()));
+    set.add_graphic(guest_display);
     let port = spawn_text_console(&rt, &registry, &set, "monitor", 4, 2, block_font()).unwrap();
     let vc = port.take().unwrap();
     assert!(port.take().is_none(), "a port opens once");
@@ -162,4 +163,46 @@ async fn a_key_held_while_switching_is_released_to_the_guest() {
         ]
     );
     assert!(f.set.select(5).is_err());
+}
+
+#[tokio::test]
+async fn sendkey_switches_with_ctrl_alt_n_and_types_into_the_guest() {
+    let f = fixture();
+    let sk = f.set.sendkey_sink();
+    f.set.select(1).unwrap();
+    // `sendkey a` on a text console still goes to the guest, as QEMU's does.
+    sk.send(InputEvent::Key {
+        key: KeyCode::A,
+        down: true,
+    });
+    assert_eq!(
+        f.guest.take(),
+        [InputEvent::Key {
+            key: KeyCode::A,
+            down: true
+        }]
+    );
+    sk.send(InputEvent::Key {
+        key: KeyCode::A,
+        down: false,
+    });
+    f.guest.take();
+    for (k, down) in [
+        (KeyCode::Ctrl, true),
+        (KeyCode::Alt, true),
+        (KeyCode::Digit1, true),
+        (KeyCode::Digit1, false),
+        (KeyCode::Alt, false),
+        (KeyCode::Ctrl, false),
+    ] {
+        sk.send(InputEvent::Key { key: k, down });
+    }
+    assert_eq!(f.set.active(), 0);
+    let digits = f
+        .guest
+        .take()
+        .into_iter()
+        .filter(|e| matches!(e, InputEvent::Key { key: KeyCode::Digit1, .. }))
+        .count();
+    assert_eq!(digits, 0, "the switching digit is not typed");
 }
