@@ -108,8 +108,7 @@ impl Rfb {
                                 for col in 0..w {
                                     let i = (row * w + col) * 4;
                                     let v = u32::from_le_bytes(px[i..i + 4].try_into().unwrap());
-                                    if let Some(p) = self.fb.get_mut((y + row) * self.w + x + col)
-                                    {
+                                    if let Some(p) = self.fb.get_mut((y + row) * self.w + x + col) {
                                         *p = v & 0xff_ffff;
                                     }
                                 }
@@ -259,7 +258,11 @@ fn announced_port(vm: &Running) -> u16 {
     loop {
         let err = vm.stderr.text();
         if let Some(at) = err.find(LINE) {
-            if let Some(line) = err[at..].split_inclusive('\n').next().filter(|l| l.ends_with('\n')) {
+            if let Some(line) = err[at..]
+                .split_inclusive('\n')
+                .next()
+                .filter(|l| l.ends_with('\n'))
+            {
                 let addr = line[LINE.len()..].trim_end();
                 let port = addr
                     .strip_prefix("127.0.0.1:")
@@ -312,7 +315,10 @@ fn no_display_option_gives_a_vnc_display_with_the_monitor_and_serial_consoles() 
     rfb.until("the (qemu) prompt", &font, |r| {
         r.w == 640 && r.h == 384 && font.shows(r, "(qemu)")
     });
-    assert!(font.shows(&rfb, "QEMU 7.2.22 monitor - type 'help' for more information"));
+    assert!(font.shows(
+        &rfb,
+        "QEMU 7.2.22 monitor - type 'help' for more information"
+    ));
     rfb.type_line("info status");
     rfb.until("VM status: running", &font, |r| {
         font.shows(r, "VM status: running")
@@ -403,4 +409,156 @@ fn two_vms_without_display_options_get_displays_0_and_1_or_the_next_free() {
     }
     a.kill();
     b.kill();
+}
+
+/// Xvfb on a free display number, killed at drop.
+struct Xvfb {
+    child: std::process::Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Self {
+        for n in 140..190 {
+            if std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            let display = format!(":{n}");
+            let child = std::process::Command::new("Xvfb")
+                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("Xvfb must be installed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                assert!(Instant::now() < deadline, "Xvfb {display} did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Self { child, display };
+        }
+        panic!("no free X display number");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pixels of a binary PPM (P6; ImageMagick writes maxval 65535 for an X screen) as
+/// (width, height, 0xRRGGBB values).
+fn read_ppm(path: &std::path::Path) -> (usize, usize, Vec<u32>) {
+    let b = std::fs::read(path).unwrap();
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while b[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let start = at;
+        while !b[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        fields.push(String::from_utf8_lossy(&b[start..at]).into_owned());
+    }
+    assert_eq!(fields[0], "P6");
+    let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    // Samples of two bytes (big-endian) above maxval 255: keep the high byte.
+    let step = if fields[3] == "255" { 1 } else { 2 };
+    let px = b[at + 1..]
+        .chunks(3 * step)
+        .take(w * h)
+        .map(|c| u32::from(c[0]) << 16 | u32::from(c[step]) << 8 | u32::from(c[2 * step]))
+        .collect();
+    (w, h, px)
+}
+
+/// Whether `want` (w x h pixels) appears in the screenshot, exactly but for at most 0.1%
+/// of its pixels (a viewer's pointer). Candidates are anchored on `want`'s first lit pixel,
+/// so a mostly black picture is not "found" in any black area.
+fn appears_in(shot: &(usize, usize, Vec<u32>), want: &[u32], w: usize, h: usize) -> bool {
+    let (sw, sh, spx) = shot;
+    let Some(first) = want.iter().position(|p| *p != 0) else {
+        return false;
+    };
+    let (fx, fy) = (first % w, first / w);
+    for (i, p) in spx.iter().enumerate() {
+        let (sx, sy) = (i % sw, i / sw);
+        if *p != want[first] || sx < fx || sy < fy {
+            continue;
+        }
+        let (ox, oy) = (sx - fx, sy - fy);
+        if ox + w > *sw || oy + h > *sh {
+            continue;
+        }
+        let bad = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|(x, y)| spx[(oy + y) * sw + ox + x] != want[y * w + x])
+            .count();
+        if bad * 1000 <= w * h {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn tigervnc_follows_the_switch_to_the_monitor_console() {
+    common::require_kvm();
+    let _one_at_a_time = DEFAULT_DISPLAYS.lock().unwrap_or_else(|p| p.into_inner());
+    let font = Font::load();
+    let vm = default_vm();
+    let port = announced_port(&vm);
+    let x = Xvfb::start();
+    let mut viewer = std::process::Command::new("vncviewer")
+        .env("DISPLAY", &x.display)
+        .args([
+            "-AutoSelect=0",
+            "-FullColor=1",
+            "-NoJPEG=1",
+            "-PreferredEncoding=ZRLE",
+            "-Shared=1",
+            "-RemoteResize=0",
+            "-DotWhenNoCursor=0",
+            &format!("127.0.0.1::{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vncviewer (TigerVNC) must be installed");
+    // A second client types Ctrl+Alt+2: the display switches for every client.
+    let mut rfb = Rfb::connect(port);
+    rfb.until("the guest's screen", &font, |r| r.w == 720);
+    rfb.chord(&[CTRL, ALT, u32::from(b'2')]);
+    rfb.until("the (qemu) prompt", &font, |r| {
+        r.w == 640 && font.shows(r, "(qemu)")
+    });
+    rfb.settle(Duration::from_millis(500));
+    let dir = common::TempDir::new("display-tiger");
+    let shot = dir.path("screen.ppm");
+    // TigerVNC shows a "Press F8" banner over the picture for a few seconds at start:
+    // poll until the monitor console is on the X screen, clean, or time is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let st = std::process::Command::new("import")
+            .env("DISPLAY", &x.display)
+            .args(["-window", "root", shot.to_str().unwrap()])
+            .status()
+            .expect("ImageMagick import");
+        if st.success() && appears_in(&read_ppm(&shot), &rfb.fb, rfb.w, rfb.h) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "TigerVNC never showed the monitor console"
+        );
+    }
+    let _ = viewer.kill();
+    let _ = viewer.wait();
 }

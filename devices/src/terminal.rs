@@ -65,7 +65,10 @@ impl Attr {
         } else {
             self.fg
         };
-        let (fg, bg) = (PALETTE[usize::from(fg & 15)], PALETTE[usize::from(self.bg & 15)]);
+        let (fg, bg) = (
+            PALETTE[usize::from(fg & 15)],
+            PALETTE[usize::from(self.bg & 15)],
+        );
         if self.reverse {
             (bg, fg)
         } else {
@@ -109,7 +112,9 @@ enum Parse {
         private: bool,
     },
     /// After ESC `]`: an OSC string, ignored up to BEL or ST.
-    Osc { esc: bool },
+    Osc {
+        esc: bool,
+    },
 }
 
 /// The terminal: screen, scrollback, cursor, parser state.

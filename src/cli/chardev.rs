@@ -70,7 +70,9 @@ pub enum ChardevError {
     #[error("duplicate chardev id '{0}'")]
     DuplicateId(String),
     /// A `vc` size that is not `W[C]xH[C]`.
-    #[error("invalid text console size '{0}' (expected WxH in pixels or COLSCxROWSC, like 80Cx24C)")]
+    #[error(
+        "invalid text console size '{0}' (expected WxH in pixels or COLSCxROWSC, like 80Cx24C)"
+    )]
     VcSize(String),
     /// A `vc` too small or too large to show.
     #[error("text console of {0}x{1} characters is out of range (1x1 to {max_cols}x{max_rows})", max_cols = VC_MAX.0, max_rows = VC_MAX.1)]
@@ -312,9 +314,7 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
         "vc" => {
             // QEMU: cols/rows in characters win over width/height in pixels.
             let num = |opts: &mut Opts, key: &str| -> Result<Option<u32>, ChardevError> {
-                Ok(opts
-                    .uint(key, 0, u64::from(u32::MAX))?
-                    .map(|v| v as u32))
+                Ok(opts.uint(key, 0, u64::from(u32::MAX))?.map(|v| v as u32))
             };
             let width = num(&mut opts, "width")?;
             let height = num(&mut opts, "height")?;
@@ -401,8 +401,7 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
 
 /// `-chardev help`.
 pub fn chardev_help() -> String {
-    "Available chardev backend types:\n  null\n  stdio\n  file\n  pty\n  socket\n  vc\n"
-        .to_string()
+    "Available chardev backend types:\n  null\n  stdio\n  file\n  pty\n  socket\n  vc\n".to_string()
 }
 
 /// `-mon [chardev=]ID[,mode=readline|control][,pretty=on|off]`.

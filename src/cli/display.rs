@@ -1,7 +1,9 @@
 //! What the user sees the guest through: `-vnc`, `-display`, `-vga`, `-k`.
 //!
-//! troupe has no GUI: the guest's screen is served over VNC or nowhere. GUI display
-//! backends and VGA models troupe lacks are refused by name.
+//! troupe has no GUI: the guest's screen is served over VNC or nowhere. With no display
+//! option it does what a QEMU built without a GUI does: VNC on `localhost:0,to=99`
+//! ([`default_vnc`]), announced on stderr. GUI display backends and VGA models troupe
+//! lacks are refused by name.
 
 use thiserror::Error;
 

@@ -592,7 +592,12 @@ pub fn spawn_text_console(
         stream: ours,
         keys: keys_rx,
     })));
-    let entry = registry.register(&format!("{name}.console"), "console", Placement::Runtime, || 0);
+    let entry = registry.register(
+        &format!("{name}.console"),
+        "console",
+        Placement::Runtime,
+        || 0,
+    );
     spawn_supervised(
         rt,
         entry,

@@ -17,9 +17,9 @@
 //!
 //! Input goes the other way (VNC → guest devices): see [`input`] and [`keycodes`].
 
+pub mod console;
 pub mod input;
 pub mod keycodes;
-pub mod console;
 pub mod png;
 mod surface;
 pub mod testpattern;

@@ -87,11 +87,7 @@ fn erase_in_line_and_display() {
 #[test]
 fn hmp_line_redraw_leaves_the_edited_line() {
     // What QEMU's readline sends to echo "in" then "inf": redraw with ESC[K and ESC[D.
-    let t = term(
-        20,
-        2,
-        b"(qemu) i\x1b[K\x1b[Din\x1b[K\x1b[D\x1b[Dinf\x1b[K",
-    );
+    let t = term(20, 2, b"(qemu) i\x1b[K\x1b[Din\x1b[K\x1b[D\x1b[Dinf\x1b[K");
     assert_eq!(text(&t), ["(qemu) inf", ""]);
     assert_eq!(t.cursor(), (10, 0));
 }

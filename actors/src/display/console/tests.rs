@@ -202,7 +202,15 @@ async fn sendkey_switches_with_ctrl_alt_n_and_types_into_the_guest() {
         .guest
         .take()
         .into_iter()
-        .filter(|e| matches!(e, InputEvent::Key { key: KeyCode::Digit1, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                InputEvent::Key {
+                    key: KeyCode::Digit1,
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(digits, 0, "the switching digit is not typed");
 }
