@@ -222,7 +222,7 @@ impl Font {
 
     /// The screen's rows (only for a text console's size: multiples of 8x16).
     fn text(&self, rfb: &Rfb) -> Vec<String> {
-        if rfb.w % 8 != 0 || rfb.h % 16 != 0 || rfb.w == 720 {
+        if !rfb.w.is_multiple_of(8) || !rfb.h.is_multiple_of(16) || rfb.w == 720 {
             return vec![format!("(not a text console: {}x{})", rfb.w, rfb.h)];
         }
         (0..rfb.h / 16)
