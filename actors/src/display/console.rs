@@ -639,51 +639,65 @@ struct TextConsole {
 impl TextConsole {
     async fn run(mut self) {
         let mut buf = vec![0u8; 4096];
-        self.draw();
+        // Typed bytes (and status replies) not yet taken by the chardev: bounded, so a
+        // program that never reads its input costs dropped keys, never a stalled screen.
+        let mut pending: Vec<u8> = Vec::new();
+        draw(&mut self.term, &self.writer, &self.font);
         let mut open = true;
+        let (mut rd, mut wr) = tokio::io::split(self.stream);
         loop {
             tokio::select! {
-                r = self.stream.read(&mut buf), if open => match r {
+                r = rd.read(&mut buf), if open => match r {
                     Ok(0) | Err(_) => open = false,
                     Ok(n) => {
                         self.term.feed(&buf[..n]);
-                        let replies = self.term.take_replies();
-                        if !replies.is_empty() {
-                            let _ = self.stream.write_all(&replies).await;
-                        }
-                        self.draw();
+                        queue(&mut pending, &self.term.take_replies());
+                        draw(&mut self.term, &self.writer, &self.font);
+                    }
+                },
+                w = wr.write(&pending), if open && !pending.is_empty() => match w {
+                    Ok(0) | Err(_) => open = false,
+                    Ok(n) => {
+                        pending.drain(..n);
                     }
                 },
                 msg = self.keys.recv() => match msg {
                     None => return,
                     Some(TextInput::Bytes(b)) => {
                         self.term.reset_view();
-                        self.draw();
-                        if open && self.stream.write_all(&b).await.is_err() {
-                            open = false;
-                        }
+                        draw(&mut self.term, &self.writer, &self.font);
+                        queue(&mut pending, &b);
                     }
                     Some(TextInput::Scroll(n)) => {
                         self.term.scroll_view(n);
-                        self.draw();
+                        draw(&mut self.term, &self.writer, &self.font);
                     }
                 },
             }
         }
     }
+}
 
-    fn draw(&mut self) {
-        let Self {
-            term, writer, font, ..
-        } = self;
-        writer.draw(|surface, damage| {
-            let stride = surface.width() as usize;
-            let width = surface.width();
-            for row in term.render(font, surface.pixels_mut(), stride) {
-                damage.add(Rect::new(0, row as u32 * CELL_H, width, CELL_H));
-            }
-        });
+/// Most typed bytes a text console holds for a chardev that is not reading.
+const PENDING_INPUT: usize = 4096;
+
+fn queue(pending: &mut Vec<u8>, bytes: &[u8]) {
+    if pending.len() + bytes.len() <= PENDING_INPUT {
+        pending.extend_from_slice(bytes);
+    } else {
+        tracing::debug!("text console input dropped: {} bytes", bytes.len());
     }
+}
+
+/// Draw the terminal's changed rows into its surface.
+fn draw(term: &mut Terminal, writer: &DisplayWriter, font: &[u8]) {
+    writer.draw(|surface, damage| {
+        let stride = surface.width() as usize;
+        let width = surface.width();
+        for row in term.render(font, surface.pixels_mut(), stride) {
+            damage.add(Rect::new(0, row as u32 * CELL_H, width, CELL_H));
+        }
+    });
 }
 
 #[cfg(test)]

@@ -214,3 +214,22 @@ async fn sendkey_switches_with_ctrl_alt_n_and_types_into_the_guest() {
         .count();
     assert_eq!(digits, 0, "the switching digit is not typed");
 }
+
+#[tokio::test]
+async fn a_program_that_never_reads_its_input_does_not_stall_the_screen() {
+    let mut f = fixture();
+    f.set.select(1).unwrap();
+    // Far more typing than any buffer holds (the pipe holds 64 KiB), and nobody reads it.
+    for _ in 0..400 {
+        for _ in 0..200 {
+            chord(&f.set, &[KeyCode::A]);
+        }
+        // Let the console take them (its mailbox holds 256 keys).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    f.vc.write_all(b"\x1b[32mZ").await.unwrap();
+    until(&f.out, |s| {
+        s.height() == 32 && s.pixel(0, 0) == devices::terminal::PALETTE[2]
+    })
+    .await;
+}
