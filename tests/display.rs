@@ -135,7 +135,11 @@ impl Rfb {
 
     /// Take updates until `f` holds; panics with `what` and the screen's text after 30 s.
     fn until(&mut self, what: &str, font: &Font, f: impl Fn(&Rfb) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.until_within(Duration::from_secs(30), what, font, f);
+    }
+
+    fn until_within(&mut self, limit: Duration, what: &str, font: &Font, f: impl Fn(&Rfb) -> bool) {
+        let deadline = Instant::now() + limit;
         self.s
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -238,7 +242,14 @@ impl Font {
                                 }
                             }
                         }
-                        *self.glyphs.get(&g).unwrap_or(&'?')
+                        // Reverse video (a highlighted menu entry, the cursor):
+                        // the glyph's complement.
+                        let inverse = g.map(|b| !b);
+                        *self
+                            .glyphs
+                            .get(&g)
+                            .or_else(|| self.glyphs.get(&inverse))
+                            .unwrap_or(&'?')
                     })
                     .collect();
                 line.trim_end().to_string()
@@ -561,4 +572,43 @@ fn tigervnc_follows_the_switch_to_the_monitor_console() {
     }
     let _ = viewer.kill();
     let _ = viewer.wait();
+}
+
+/// The book's first boot: only `-m` and `-cdrom`. GRUB (its menu on the screen and on
+/// COM1) is on the VNC display; on Ctrl+Alt+3 GRUB's serial console takes typed input.
+#[test]
+fn only_m_and_cdrom_a_grub_cd_on_the_default_display_with_its_serial_console() {
+    common::require_kvm();
+    let _one_at_a_time = DEFAULT_DISPLAYS.lock().unwrap_or_else(|p| p.into_inner());
+    let font = Font::load();
+    let dir = common::TempDir::new("display-grub");
+    let iso = common::grub_rescue_iso(
+        &dir,
+        "serial --unit=0 --speed=115200\n\
+         terminal_input serial console\n\
+         terminal_output serial console\n\
+         set timeout=-1\n\
+         menuentry \"troupe display test\" { halt }\n",
+    );
+    let mut vm = Vm::troupe(&["-m", "128", "-cdrom", iso.to_str().unwrap()]).spawn();
+    let port = announced_port(&vm);
+    let mut rfb = Rfb::connect(port);
+    rfb.chord(&[CTRL, ALT, u32::from(b'3')]);
+    // GRUB is emulated ring-0 code here: its menu takes a while.
+    rfb.until_within(
+        Duration::from_secs(120),
+        "GRUB's menu on the serial console",
+        &font,
+        |r| r.w == 640 && font.shows(r, "troupe display test"),
+    );
+    rfb.chord(&[u32::from(b'c')]);
+    rfb.until("GRUB's command line", &font, |r| font.shows(r, "grub>"));
+    rfb.type_line("echo typed-over-vnc");
+    rfb.until("GRUB's answer", &font, |r| {
+        font.text(r).iter().any(|l| l == "typed-over-vnc")
+    });
+    rfb.chord(&[CTRL, ALT, u32::from(b'2')]);
+    rfb.until("the monitor", &font, |r| font.shows(r, "(qemu)"));
+    rfb.type_line("quit");
+    assert_eq!(common::code(vm.wait(Duration::from_secs(20))), 0);
 }
