@@ -11,9 +11,9 @@
 //! changed rows are drawn into its surface.
 //!
 //! Data path, in: the VNC server sends [`InputEvent`]s to the [`ConsoleSet`]. Ctrl+Alt+N
-//! switches consoles (the N is not passed on); otherwise keys go to the active console: the guest's input devices for the graphic console, or, for a
-//! text console, the bytes a terminal would send (US layout), written into its chardev as
-//! if typed. Ctrl+Page Up/Down (and Ctrl+Up/Down) scroll a text console's scrollback. A
+//! switches consoles (the N is not passed on); otherwise keys go to the active console:
+//! the guest's input devices for the graphic console, or, for a text console, the bytes a
+//! terminal would send (US layout), written into its chardev as if typed. Ctrl+Page Up/Down (and Ctrl+Up/Down) scroll a text console's scrollback. A
 //! key released goes to the guest only if the guest saw it pressed, so switching never
 //! leaves a key stuck there. The monitor's `sendkey` goes through
 //! [`ConsoleSet::sendkey_sink`]: Ctrl+Alt+N switches there too, other keys reach the guest.
