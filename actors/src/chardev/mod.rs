@@ -3,8 +3,9 @@
 //! One actor per backend (`null`, `file:`, `stdio`, `pty`, `tcp:`/`telnet:` client or
 //! server, `unix:`, `vc`: a text console on the display). A front end (a UART host, a
 //! virtio console) sends [`ChardevMsg::Write`] with bytes the guest emitted and receives
-//! [`FrontendEvent`]s: bytes typed by the user, and connect/disconnect of a socket client. Like QEMU, a server backend serves one client
-//! at a time; output with nobody connected is dropped. Writes from vCPU threads use
+//! [`FrontendEvent`]s: bytes typed by the user, and connect/disconnect of a socket client.
+//! Like QEMU, a server backend serves one client at a time; output with nobody connected
+//! is dropped. Writes from vCPU threads use
 //! `try_send` through [`ChardevSink`], so a stuck terminal never stalls the guest.
 
 pub mod telnet;
