@@ -250,6 +250,22 @@ pub enum CharBackend {
     MuxStdio,
     /// `chardev:ID` — a named `-chardev` (exists in `chardevs`).
     Named(String),
+    /// A text console on the display (`vc`, `-chardev vc`; QEMU's default serial port and
+    /// monitor when there is a display).
+    Vc(VcSpec),
+}
+
+/// A text console: its size, and its place among the consoles (Ctrl+Alt+1 is the guest's
+/// screen, then text consoles in the order QEMU creates them: `-chardev`s, monitors,
+/// serial ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcSpec {
+    /// 0 for the first text console; set once the command line is complete.
+    pub index: usize,
+    /// Columns (8 pixels each).
+    pub cols: u32,
+    /// Rows (16 pixels each).
+    pub rows: u32,
 }
 
 /// A host:port as written (host may be empty = all addresses for servers, or a name).
@@ -330,6 +346,9 @@ pub struct VncConfig {
     pub to: Option<u16>,
     /// `lossy=on`: allow lossy encodings (Tight gradient/JPEG).
     pub lossy: bool,
+    /// QEMU's default display (no `-display`, `-vnc` or `-nographic`): announced on stderr
+    /// as `VNC server running on HOST:PORT`.
+    pub announce: bool,
 }
 
 /// `-vnc ...,share=`.
@@ -350,8 +369,8 @@ pub enum DisplayKind {
     None,
     /// `-display vnc=...`.
     Vnc,
-    /// troupe's default when nothing is said: like QEMU's default of a GUI, we have none,
-    /// so VGA exists and nobody looks unless `-vnc` is given.
+    /// Nothing said: as QEMU built without a GUI, a VNC server on localhost display 0 (or
+    /// the next free one) unless `-vnc` is given.
     Default,
 }
 

@@ -222,9 +222,14 @@ pub fn pin_plan(pin: &VcpuPin, cpus: u32) -> Result<Vec<Option<Vec<usize>>>> {
 
 /// Resolve a command-line character backend into an actors-level one (a `chardev:ID`
 /// through its `-chardev`).
-fn chardev_backend(cfg: &VmConfig, b: &CharBackend) -> Result<Option<Backend>> {
+fn chardev_backend(cfg: &VmConfig, console: &Console, b: &CharBackend) -> Result<Option<Backend>> {
     Ok(Some(match b {
         CharBackend::None => return Ok(None),
+        CharBackend::Vc(v) => Backend::Vc(
+            lock(&console.vcs)
+                .remove(&v.index)
+                .ok_or_else(|| anyhow!("text console {} is used twice", v.index + 1))?,
+        ),
         CharBackend::Null => Backend::Null,
         CharBackend::Stdio | CharBackend::MuxStdio => Backend::Stdio { signals: true },
         CharBackend::File(p) => Backend::File(p.clone()),
@@ -273,7 +278,7 @@ fn chardev_backend(cfg: &VmConfig, b: &CharBackend) -> Result<Option<Backend>> {
             if matches!(c.backend, CharBackend::Named(_)) {
                 return Err(anyhow!("chardev '{id}' refers to another chardev"));
             }
-            return chardev_backend(cfg, &c.backend);
+            return chardev_backend(cfg, console, &c.backend);
         }
     }))
 }
@@ -366,7 +371,7 @@ pub fn build(
     let mut serials = Vec::new();
     let mut serial_handles = Vec::new();
     let chardev_labels: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let mut muxes = start_muxes(cfg, rt, registry)?;
+    let mut muxes = start_muxes(cfg, &console, rt, registry)?;
     for (i, b) in cfg.serials.iter().enumerate() {
         if let Some((key, _)) = mux_key(cfg, b) {
             let Some(m) = muxes.get_mut(&key) else {
@@ -380,7 +385,7 @@ pub fn build(
             serials.push((m.chardev.clone(), rx));
             continue;
         }
-        let Some(backend) = chardev_backend(cfg, b)? else {
+        let Some(backend) = chardev_backend(cfg, &console, b)? else {
             continue;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -400,7 +405,9 @@ pub fn build(
     // A named chardev for a front end (actor `name`), listed for `info chardev`; None when
     // the id names no backend to open.
     let front_end = |chardev: &str, name: &str| -> Result<Option<(ChardevHandle, _)>> {
-        let Some(backend) = chardev_backend(cfg, &CharBackend::Named(chardev.to_string()))? else {
+        let Some(backend) =
+            chardev_backend(cfg, &console, &CharBackend::Named(chardev.to_string()))?
+        else {
             return Ok(None);
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -650,8 +657,8 @@ pub fn build(
         mem: guest_mem,
         name: cfg.name.clone(),
         uuid: cfg.uuid.clone(),
-        input: has_input
-            .then(|| Arc::new(console.input.clone()) as Arc<dyn actors::display::input::InputSink>),
+        // `sendkey` goes where VNC keys go: Ctrl+Alt+N switches consoles.
+        input: has_input.then(|| console.consoles.sendkey_sink()),
         display: has_screen.then(|| console.display.clone()),
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
@@ -666,7 +673,15 @@ pub fn build(
         buttons: Arc::default(),
         dirty_rate: Arc::default(),
     };
-    let monitors = start_monitors(cfg, rt, registry, ctx, &mut muxes, &chardev_labels)?;
+    let monitors = start_monitors(
+        cfg,
+        &console,
+        rt,
+        registry,
+        ctx,
+        &mut muxes,
+        &chardev_labels,
+    )?;
     Ok(Vm {
         supervisor,
         chardevs: serial_handles,
@@ -726,6 +741,7 @@ fn mux_key(cfg: &VmConfig, b: &CharBackend) -> Option<(String, CharBackend)> {
 /// `mux=on`).
 fn start_muxes(
     cfg: &VmConfig,
+    console: &Console,
     rt: &tokio::runtime::Runtime,
     registry: &Registry,
 ) -> Result<HashMap<String, MuxHandle>> {
@@ -741,7 +757,7 @@ fn start_muxes(
         if muxes.contains_key(&key) {
             continue;
         }
-        let Some(be) = chardev_backend(cfg, &backend)? else {
+        let Some(be) = chardev_backend(cfg, console, &backend)? else {
             continue;
         };
         let h = rt
@@ -755,6 +771,7 @@ fn start_muxes(
 /// Start every `-monitor`, `-qmp` and `-mon`.
 fn start_monitors(
     cfg: &VmConfig,
+    console: &Console,
     rt: &tokio::runtime::Runtime,
     registry: &Registry,
     ctx: MonitorContext,
@@ -806,7 +823,7 @@ fn start_monitors(
                     server: true,
                     wait,
                 } => MonitorBackend::Unix { path, wait },
-                other => match chardev_backend(cfg, &other)? {
+                other => match chardev_backend(cfg, console, &other)? {
                     Some(b) => MonitorBackend::Chardev(b),
                     None => continue,
                 },
@@ -935,16 +952,52 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
 
 // ---- Console: the display surface, input routing and the VNC server (issue #5) ----
 
-/// The guest console: the surface the VGA model renders into (`writer`), what consumers
-/// read (`display`, for the monitor's `screendump`), where input goes (`input`: the
-/// i8042/tablet host plugs itself in with `set_target`) and the VNC server (`vnc`, for
-/// `info vnc` and passwords).
+/// The consoles: the guest's screen (the surface the VGA model renders into, `writer`;
+/// what `screendump` reads, `display`; where its input goes, `input`: the i8042/tablet host
+/// plugs itself in with `set_target`), the text consoles (`vcs`: each `vc` chardev's end,
+/// by index, taken when its chardev opens), which one is shown (`consoles`, also where VNC
+/// keys and `sendkey` go) and the VNC server (`vnc`, for `info vnc` and passwords).
 #[allow(dead_code)] // display/writer/input are for the monitor and the VGA/i8042 hosts
 pub struct Console {
     pub display: actors::display::DisplayHandle,
     pub writer: actors::display::DisplayWriter,
     pub input: actors::display::input::InputRouter,
+    pub consoles: actors::display::console::ConsoleSet,
+    pub vcs: Mutex<HashMap<usize, actors::display::console::VcPort>>,
     pub vnc: Option<actors::vnc::VncHandle>,
+}
+
+/// Every text console of the command line: (index, name, spec), in console order.
+fn text_consoles(cfg: &VmConfig) -> Vec<(usize, String, crate::config::VcSpec)> {
+    let mut out = Vec::new();
+    for c in &cfg.chardevs {
+        if let CharBackend::Vc(v) = &c.backend {
+            out.push((v.index, c.id.clone(), *v));
+        }
+    }
+    for (n, m) in cfg.monitors.iter().enumerate() {
+        if let CharBackend::Vc(v) = &m.backend {
+            out.push((v.index, format!("compat_monitor{n}"), *v));
+        }
+    }
+    for (i, b) in cfg.serials.iter().enumerate() {
+        if let CharBackend::Vc(v) = b {
+            out.push((v.index, format!("serial{i}"), *v));
+        }
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out
+}
+
+/// The 8x16 font text consoles draw with: the VGA BIOS's.
+fn console_font() -> Result<Arc<Vec<u8>>> {
+    let path = crate::platform::vga::VGA_BIOS;
+    let rom = std::fs::read(path).with_context(|| {
+        format!("text consoles (vc) draw with the VGA BIOS font: cannot read {path} (it is in the Debian package `seabios`)")
+    })?;
+    let font = devices::vga::font_from_rom(&rom)
+        .ok_or_else(|| anyhow!("text consoles (vc): no 8x16 font found in {path}"))?;
+    Ok(Arc::new(font))
 }
 
 fn start_console(
@@ -952,13 +1005,16 @@ fn start_console(
     rt: &tokio::runtime::Runtime,
     registry: &Registry,
 ) -> Result<Console> {
+    use actors::display::console::{spawn_text_console, ConsoleSet};
     use actors::vnc::{SharePolicy, VncOptions};
     // QEMU's console starts at 640x480 until the guest sets a mode.
     let (writer, display) = actors::display::new_display(640, 480)?;
     let input = actors::display::input::InputRouter::new();
+    let (consoles, shown) = ConsoleSet::start(rt.handle(), registry)?;
     // TEST HARNESS ONLY: TROUPE_TEST_DISPLAY=static|animated shows a synthetic pattern
     // that echoes input on screen and stderr, standing in for the VGA model.
-    if let Some(mode) = std::env::var_os("TROUPE_TEST_DISPLAY") {
+    let test_display = std::env::var_os("TROUPE_TEST_DISPLAY");
+    if let Some(mode) = &test_display {
         let sink = actors::display::testpattern::spawn(
             rt.handle(),
             registry,
@@ -966,6 +1022,28 @@ fn start_console(
             mode == "animated",
         );
         input.set_target(sink);
+    }
+    consoles.set_guest_input(Arc::new(input.clone()));
+    // Ctrl+Alt+1 is the guest's screen, when it has one.
+    if cfg.vga != crate::config::VgaKind::None || test_display.is_some() {
+        consoles.add_graphic(display.clone());
+    }
+    let mut vcs = HashMap::new();
+    let texts = text_consoles(cfg);
+    if !texts.is_empty() {
+        let font = console_font()?;
+        for (index, name, v) in texts {
+            let port = spawn_text_console(
+                rt.handle(),
+                registry,
+                &consoles,
+                &name,
+                v.cols as usize,
+                v.rows as usize,
+                font.clone(),
+            )?;
+            vcs.insert(index, port);
+        }
     }
     let vnc = match &cfg.vnc {
         None => None,
@@ -990,8 +1068,8 @@ fn start_console(
                 rt.handle(),
                 registry,
                 o,
-                display.clone(),
-                Arc::new(input.clone()),
+                shown.clone(),
+                Arc::new(consoles.clone()),
             )
             .with_context(|| format!("-vnc {}:{}", v.listen.host, v.display))?;
             Some(h)
@@ -1001,6 +1079,8 @@ fn start_console(
         display,
         writer,
         input,
+        consoles,
+        vcs: Mutex::new(vcs),
         vnc,
     })
 }

@@ -180,6 +180,13 @@ fn start(
             return Err(fail(daemon, e));
         }
     };
+    // QEMU's line for its default display, word for word, once the VM is built (a VM that
+    // fails to build says only why).
+    if let (Some(v), Some(h)) = (&cfg.vnc, &vm.console.vnc) {
+        if v.announce {
+            actors::report!("VNC server running on {}", h.local_addr());
+        }
+    }
     if demo {
         demo::print_banner(
             cfg,

@@ -188,7 +188,12 @@ fn telnet_session_under_expect_behaves_like_qemus_monitor() {
     assert_eq!(tids, vcpu_threads, "{transcript}");
     // `system_reset` restarted the guest (its banner again on serial); `quit` exits 0.
     let deadline = std::time::Instant::now() + T;
-    while vm.stdout.text().matches("troupe demo guest: 2 vCPU(s)").count() < 2
+    while vm
+        .stdout
+        .text()
+        .matches("troupe demo guest: 2 vCPU(s)")
+        .count()
+        < 2
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(50));

@@ -21,6 +21,7 @@ pub mod reset;
 pub mod rtc;
 pub mod serial;
 pub mod state;
+pub mod terminal;
 pub mod vga;
 pub mod virtio;
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use super::options::{parse_uint, Opts, OptsError};
-use crate::config::{CharBackend, Chardev, MonitorConfig, MonitorMode, SocketAddrSpec};
+use crate::config::{CharBackend, Chardev, MonitorConfig, MonitorMode, SocketAddrSpec, VcSpec};
 
 /// Ways a character device can be wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -69,6 +69,57 @@ pub enum ChardevError {
     /// Two chardevs with one id.
     #[error("duplicate chardev id '{0}'")]
     DuplicateId(String),
+    /// A `vc` size that is not `W[C]xH[C]`.
+    #[error(
+        "invalid text console size '{0}' (expected WxH in pixels or COLSCxROWSC, like 80Cx24C)"
+    )]
+    VcSize(String),
+    /// A `vc` too small or too large to show.
+    #[error("text console of {0}x{1} characters is out of range (1x1 to {max_cols}x{max_rows})", max_cols = VC_MAX.0, max_rows = VC_MAX.1)]
+    VcRange(u32, u32),
+}
+
+/// The largest text console, in characters (8x16-pixel cells on an 8192-pixel surface).
+pub const VC_MAX: (u32, u32) = (1024, 512);
+
+/// QEMU's text console size when none is given: 640x480 pixels.
+pub const VC_DEFAULT: (u32, u32) = (80, 30);
+
+/// QEMU's default serial port and monitor consoles: `vc:80Cx24C`.
+pub fn default_vc() -> CharBackend {
+    CharBackend::Vc(VcSpec {
+        index: 0,
+        cols: 80,
+        rows: 24,
+    })
+}
+
+fn vc(cols: u32, rows: u32) -> Result<CharBackend, ChardevError> {
+    if cols == 0 || rows == 0 || cols > VC_MAX.0 || rows > VC_MAX.1 {
+        return Err(ChardevError::VcRange(cols, rows));
+    }
+    Ok(CharBackend::Vc(VcSpec {
+        index: 0,
+        cols,
+        rows,
+    }))
+}
+
+/// `vc:WxH` (pixels) or `vc:COLSCxROWSC` (characters), as `qemu_chr_parse_vc` reads it.
+fn legacy_vc(size: &str) -> Result<CharBackend, ChardevError> {
+    let bad = || ChardevError::VcSize(size.to_string());
+    let (w, h) = size.split_once('x').ok_or_else(bad)?;
+    let dim = |s: &str, cell: u32| -> Result<u32, ChardevError> {
+        let (n, chars) = match s.strip_suffix(['C', 'c']) {
+            Some(n) => (n, true),
+            None => (s, false),
+        };
+        let n = parse_uint(n)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(bad)?;
+        Ok(if chars { n } else { n / cell })
+    };
+    vc(dim(w, 8)?, dim(h, 16)?)
 }
 
 /// A legacy device string (`-serial`, `-monitor`, `-qmp`, `guestfwd=...-`).
@@ -84,10 +135,6 @@ pub enum Legacy {
 
 /// Backends QEMU has that troupe refuses, with a hint.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "vc",
-        ": troupe has no graphical console (use -nographic, -serial stdio or -vnc)",
-    ),
     ("udp", ""),
     ("pipe", ""),
     ("serial", ""),
@@ -130,8 +177,11 @@ pub fn parse_legacy(spec: &str) -> Result<Legacy, ChardevError> {
         "null" => CharBackend::Null,
         "stdio" => CharBackend::Stdio,
         "pty" => CharBackend::Pty,
+        "vc" => vc(VC_DEFAULT.0, VC_DEFAULT.1)?,
         _ => {
-            if let Some(id) = spec.strip_prefix("chardev:") {
+            if let Some(size) = spec.strip_prefix("vc:") {
+                legacy_vc(size)?
+            } else if let Some(id) = spec.strip_prefix("chardev:") {
                 CharBackend::Named(id.to_string())
             } else if let Some(path) = spec.strip_prefix("file:") {
                 if path.is_empty() {
@@ -261,6 +311,17 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
     let backend = match backend_name.as_str() {
         "null" => CharBackend::Null,
         "pty" => CharBackend::Pty,
+        "vc" => {
+            // QEMU: cols/rows in characters win over width/height in pixels.
+            let num = |opts: &mut Opts, key: &str| -> Result<Option<u32>, ChardevError> {
+                Ok(opts.uint(key, 0, u64::from(u32::MAX))?.map(|v| v as u32))
+            };
+            let width = num(&mut opts, "width")?;
+            let height = num(&mut opts, "height")?;
+            let cols = num(&mut opts, "cols")?.or(width.map(|w| w / 8));
+            let rows = num(&mut opts, "rows")?.or(height.map(|h| h / 16));
+            vc(cols.unwrap_or(VC_DEFAULT.0), rows.unwrap_or(VC_DEFAULT.1))?
+        }
         "stdio" => {
             signal = opts.flag("signal")?.unwrap_or(true);
             CharBackend::Stdio
@@ -340,7 +401,7 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
 
 /// `-chardev help`.
 pub fn chardev_help() -> String {
-    "Available chardev backend types:\n  null\n  stdio\n  file\n  pty\n  socket\n".to_string()
+    "Available chardev backend types:\n  null\n  stdio\n  file\n  pty\n  socket\n  vc\n".to_string()
 }
 
 /// `-mon [chardev=]ID[,mode=readline|control][,pretty=on|off]`.
@@ -509,14 +570,6 @@ mod tests {
             Err("'foo' is not a valid char driver (see -chardev help)".into())
         );
         assert_eq!(
-            legacy("vc"),
-            Err(
-                "the 'vc' character backend is not supported by troupe: troupe has no graphical \
-                 console (use -nographic, -serial stdio or -vnc)"
-                    .into()
-            )
-        );
-        assert_eq!(
             legacy("udp::4555"),
             Err("the 'udp' character backend is not supported by troupe".into())
         );
@@ -627,6 +680,46 @@ mod tests {
             chardev("file,id=f,path=/tmp/a,,b").unwrap().backend,
             CharBackend::File("/tmp/a,b".into())
         );
+    }
+
+    fn vc(cols: u32, rows: u32) -> CharBackend {
+        CharBackend::Vc(VcSpec {
+            index: 0,
+            cols,
+            rows,
+        })
+    }
+
+    #[test]
+    fn text_consoles_in_pixels_or_characters() {
+        // QEMU's default text console is 640x480 pixels: 80x30 cells of 8x16.
+        assert_eq!(legacy("vc"), Ok(Legacy::Backend(vc(80, 30))));
+        assert_eq!(legacy("vc:80Cx24C"), Ok(Legacy::Backend(vc(80, 24))));
+        assert_eq!(legacy("vc:800x600"), Ok(Legacy::Backend(vc(100, 37))));
+        assert_eq!(legacy("mon:vc"), Ok(Legacy::Mon(vc(80, 30))));
+        assert_eq!(
+            legacy("vc:80"),
+            Err("invalid text console size '80' (expected WxH in pixels or COLSCxROWSC, like 80Cx24C)".into())
+        );
+        assert_eq!(
+            legacy("vc:0Cx24C"),
+            Err("text console of 0x24 characters is out of range (1x1 to 1024x512)".into())
+        );
+        assert_eq!(chardev("vc,id=v").unwrap().backend, vc(80, 30));
+        assert_eq!(
+            chardev("vc,id=v,cols=100,rows=40").unwrap().backend,
+            vc(100, 40)
+        );
+        assert_eq!(
+            chardev("vc,id=v,width=1024,height=768").unwrap().backend,
+            vc(128, 48)
+        );
+        assert_eq!(
+            chardev("vc,id=v,width=1024,cols=90").unwrap().backend,
+            vc(90, 30)
+        );
+        assert!(chardev("vc,id=v,rows=100000").is_err());
+        assert!(chardev("vc,id=v,colour=red").is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What the user sees the guest through: `-vnc`, `-display`, `-vga`, `-k`.
 //!
-//! troupe has no GUI: the guest's screen is served over VNC or nowhere. GUI display
-//! backends and VGA models troupe lacks are refused by name.
+//! troupe has no GUI: the guest's screen is served over VNC or nowhere. With no display
+//! option it does what a QEMU built without a GUI does: VNC on `localhost:0,to=99`
+//! ([`default_vnc`]), announced on stderr. GUI display backends and VGA models troupe
+//! lacks are refused by name.
 
 use thiserror::Error;
 
@@ -120,7 +122,25 @@ pub fn parse_vnc(arg: &str) -> Result<Option<VncConfig>, DisplayError> {
         websocket,
         to,
         lossy,
+        announce: false,
     }))
+}
+
+/// QEMU's display when none is named and it has no GUI (vl.c: `localhost:0,to=99`).
+pub fn default_vnc() -> VncConfig {
+    VncConfig {
+        listen: SocketAddrSpec {
+            host: "127.0.0.1".into(),
+            port: 5900,
+        },
+        display: 0,
+        password: false,
+        share: VncShare::AllowExclusive,
+        websocket: None,
+        to: Some(99),
+        lossy: false,
+        announce: true,
+    }
 }
 
 /// What `-display` asked for.

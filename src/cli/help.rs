@@ -33,7 +33,9 @@ pub fn help() -> String {
     }
     out.push_str(
         "\nDuring emulation, with -nographic or -serial mon:stdio, Ctrl-a c switches between\n\
-         the serial console and the monitor, Ctrl-a x exits.\n",
+         the serial console and the monitor, Ctrl-a x exits. On the VNC display, Ctrl+Alt+1\n\
+         shows the guest's screen, Ctrl+Alt+2 and up the text consoles (the monitor, then\n\
+         the serial port, by default).\n",
     );
     out
 }
@@ -172,7 +174,7 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "null, stdio, file,path=, pty, socket (host=, port=, path=,",
             ),
             ("", "server=on, wait=off, telnet=on, nodelay=on); mux=on,"),
-            ("", "signal=off, logfile="),
+            ("", "signal=off, logfile=; vc[,cols=,rows=|,width=,height=]"),
             (
                 "-serial DEV",
                 "COM1..COM4 in order: stdio, null, none, file:PATH, pty,",
@@ -181,7 +183,11 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "",
                 "tcp:[HOST]:PORT[,server][,nowait][,nodelay], telnet:...,",
             ),
-            ("", "unix:PATH[,server][,nowait], mon:DEV, chardev:ID"),
+            (
+                "",
+                "unix:PATH[,server][,nowait], vc[:WxH], mon:DEV, chardev:ID",
+            ),
+            ("", "(default: a text console, vc, on the display)"),
             (
                 "-monitor DEV",
                 "an HMP monitor on DEV (same syntax as -serial), or none",
@@ -202,8 +208,9 @@ const SECTIONS: &[(&str, Lines)] = &[
             ),
             (
                 "-display none|vnc=DISPLAY",
-                "the display (troupe has no GUI)",
+                "the display (troupe has no GUI; default: VNC on",
             ),
+            ("", "127.0.0.1:5900, or the next free display up to :99)"),
             (
                 "-vnc [HOST]:N[,...]|none",
                 "VNC server on port 5900+N: password=on, lossy=on, to=N,",

@@ -83,19 +83,6 @@ impl StatePart for VgaPart {
     }
 }
 
-/// Find the 8x16 font in a VGA BIOS image (by the standard glyph for 'A').
-pub fn font_from_rom(rom: &[u8]) -> Option<Vec<u8>> {
-    const A: [u8; 16] = [
-        0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00, 0x00,
-        0x00,
-    ];
-    let at = rom.windows(16).position(|w| w == A)?;
-    let base = at.checked_sub(0x41 * 16)?;
-    let font = rom.get(base..base + 256 * 16)?;
-    // Glyph 0 is blank in every VGA font.
-    (font[..16].iter().all(|b| *b == 0)).then(|| font.to_vec())
-}
-
 fn config_space(rom_size: u64) -> ConfigSpace {
     let mut c = ConfigSpace::new(Ids {
         vendor: 0x1234,
@@ -139,7 +126,7 @@ pub fn build(p: &VgaParts<'_>) -> Result<Display> {
             ))
         }
     };
-    let font = rom.as_deref().and_then(font_from_rom);
+    let font = rom.as_deref().and_then(devices::vga::font_from_rom);
     let host = VgaHost::new(Vga::new(VRAM_SIZE), HostBuffer::new(VRAM_SIZE));
     let rom_size = rom
         .as_ref()
@@ -259,7 +246,7 @@ mod tests {
     #[test]
     fn the_system_vga_bios_has_a_font() {
         let rom = std::fs::read(VGA_BIOS).expect("seabios installed");
-        let f = font_from_rom(&rom).expect("8x16 font");
+        let f = devices::vga::font_from_rom(&rom).expect("8x16 font");
         assert_eq!(&f[0x42 * 16..0x42 * 16 + 4], &[0, 0, 0xfc, 0x66]);
     }
 }

@@ -1,10 +1,11 @@
 //! Character-device backends as actors: where a serial port's bytes go and come from.
 //!
 //! One actor per backend (`null`, `file:`, `stdio`, `pty`, `tcp:`/`telnet:` client or
-//! server, `unix:`). A front end (a UART host, a virtio console) sends [`ChardevMsg::Write`]
-//! with bytes the guest emitted and receives [`FrontendEvent`]s: bytes typed by the user,
-//! and connect/disconnect of a socket client. Like QEMU, a server backend serves one client
-//! at a time; output with nobody connected is dropped. Writes from vCPU threads use
+//! server, `unix:`, `vc`: a text console on the display). A front end (a UART host, a
+//! virtio console) sends [`ChardevMsg::Write`] with bytes the guest emitted and receives
+//! [`FrontendEvent`]s: bytes typed by the user, and connect/disconnect of a socket client.
+//! Like QEMU, a server backend serves one client at a time; output with nobody connected
+//! is dropped. Writes from vCPU threads use
 //! `try_send` through [`ChardevSink`], so a stuck terminal never stalls the guest.
 
 pub mod telnet;
@@ -51,10 +52,15 @@ pub enum Backend {
     UnixClient {
         path: PathBuf,
     },
+    /// A text console on the display (`vc`): see [`crate::display::console`].
+    Vc(crate::display::console::VcPort),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChardevError {
+    /// A text console's end was already opened by another chardev.
+    #[error("chardev {id}: text console {console} is already in use")]
+    VcTaken { id: String, console: String },
     #[error("chardev {id}: cannot open {what}: {source}")]
     Open {
         id: String,
@@ -190,6 +196,15 @@ pub async fn spawn_chardev(
     let mut telnet = false;
     match &backend {
         Backend::Null => label = "null".to_string(),
+        Backend::Vc(port) => {
+            let stream = port.take().ok_or_else(|| ChardevError::VcTaken {
+                id: id.to_string(),
+                console: port.name.clone(),
+            })?;
+            label = "vc".into();
+            let (r, w) = tokio::io::split(stream);
+            initial = Some((Box::new(r), Box::new(w)));
+        }
         Backend::Stdio { signals } => {
             tty::enter_raw_mode(*signals);
             label = "stdio".into();

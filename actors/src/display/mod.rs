@@ -17,6 +17,7 @@
 //!
 //! Input goes the other way (VNC → guest devices): see [`input`] and [`keycodes`].
 
+pub mod console;
 pub mod input;
 pub mod keycodes;
 pub mod png;

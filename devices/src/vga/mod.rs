@@ -660,3 +660,18 @@ impl Snapshot for Vga {
 
 #[cfg(test)]
 mod tests;
+
+/// Find the 8x16 font (256 glyphs of 16 bytes, code page 437) in a VGA BIOS image, by the
+/// standard glyph for 'A'. The VGA text mode gets it for direct boots, text consoles draw
+/// with it.
+pub fn font_from_rom(rom: &[u8]) -> Option<Vec<u8>> {
+    const A: [u8; 16] = [
+        0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00, 0x00,
+        0x00,
+    ];
+    let at = rom.windows(16).position(|w| w == A)?;
+    let base = at.checked_sub(0x41 * 16)?;
+    let font = rom.get(base..base + 256 * 16)?;
+    // Glyph 0 is blank in every VGA font.
+    (font[..16].iter().all(|b| *b == 0)).then(|| font.to_vec())
+}

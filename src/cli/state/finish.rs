@@ -1,6 +1,6 @@
-//! Turning what the command line said into a [`VmConfig`]: QEMU's defaults (COM1,
-//! `-nographic`'s multiplexed stdio monitor, the e1000 on user networking, the empty IDE
-//! CD-ROM, VGA), the creation-order work (IDE indexes, PCI slots, MAC addresses), every
+//! Turning what the command line said into a [`VmConfig`]: QEMU's defaults (the VNC
+//! display, COM1 and the monitor on its text consoles or `-nographic`'s multiplexed
+//! stdio, the e1000 on user networking, the empty IDE CD-ROM, VGA), the creation-order work (IDE indexes, PCI slots, MAC addresses), every
 //! cross-reference, and the file checks.
 //!
 //! [`State::finish`] runs the stages in dependency order: the machine (it decides how
@@ -124,7 +124,16 @@ impl State {
             serials: consoles.serials.into_iter().map(|(_, b)| b).collect(),
             chardevs: consoles.chardevs.into_iter().map(|(_, c)| c).collect(),
             monitors: consoles.monitors.into_iter().map(|(_, m)| m).collect(),
-            vnc: self.vnc.flatten(),
+            vnc: match self.vnc {
+                Some(v) => v,
+                // QEMU without a GUI: VNC on localhost:0,to=99 unless a display was named.
+                None if !self.nographic
+                    && matches!(self.display, None | Some(DisplayKind::Default)) =>
+                {
+                    Some(crate::cli::display::default_vnc())
+                }
+                None => None,
+            },
             display,
             nographic: self.nographic,
             vga,
@@ -286,7 +295,8 @@ impl State {
             }
             serials.push((at, backend));
         }
-        self.default_consoles(&mut serials, &mut monitors, &chardevs)?;
+        self.default_consoles(&mut serials, &mut monitors)?;
+        number_text_consoles(&mut chardevs, &mut monitors, &mut serials);
         for c in take(&mut self.extra_chardevs) {
             chardevs.push(("-netdev guestfwd=".into(), c));
         }
@@ -316,7 +326,6 @@ impl State {
         &self,
         serials: &mut Located<CharBackend>,
         monitors: &mut Located<MonitorConfig>,
-        chardevs: &Located<Chardev>,
     ) -> Result<(), CliError> {
         let default_serial = !self.serial_given && !self.nodefaults;
         let default_monitor = !self.monitor_given && !self.nodefaults;
@@ -333,22 +342,16 @@ impl State {
             } else if default_monitor {
                 monitors.push((here(), readline(CharBackend::Stdio)));
             }
-        } else if default_serial {
-            // QEMU's default is a serial console on its GUI; troupe has none and runs in a
-            // terminal, so COM1 is stdio — unless daemonized or stdio is taken by an explicit
-            // monitor or chardev, where the port exists and its output is discarded.
-            let stdio_taken = monitors
-                .iter()
-                .any(|(_, m)| m.backend == CharBackend::Stdio)
-                || chardevs
-                    .iter()
-                    .any(|(_, c)| c.backend == CharBackend::Stdio);
-            let backend = if self.daemonize || stdio_taken {
-                CharBackend::Null
-            } else {
-                CharBackend::Stdio
-            };
-            serials.push(("(default serial port)".into(), backend));
+        } else {
+            // Without -nographic QEMU puts them on text consoles of its display
+            // (`vc:80Cx24C`), the monitor first: Ctrl+Alt+2 and Ctrl+Alt+3 on the VNC
+            // display. So does `-display none`, where nobody can look at them.
+            if default_monitor {
+                monitors.push(("(default monitor)".into(), readline(chardev::default_vc())));
+            }
+            if default_serial {
+                serials.push(("(default serial port)".into(), chardev::default_vc()));
+            }
         }
         Ok(())
     }
@@ -544,6 +547,28 @@ fn unused_netdev_warnings(
         })
         .map(|id| format!("netdev {id} has no peer"))
         .collect()
+}
+
+/// Give each text console its place, in QEMU's creation order: chardevs (`-chardev`,
+/// and the ones behind `mon:`), then monitors, then serial ports. Ctrl+Alt+2 is the first
+/// (Ctrl+Alt+1 the guest's screen).
+fn number_text_consoles(
+    chardevs: &mut Located<Chardev>,
+    monitors: &mut Located<MonitorConfig>,
+    serials: &mut Located<CharBackend>,
+) {
+    let backends = chardevs
+        .iter_mut()
+        .map(|(_, c)| &mut c.backend)
+        .chain(monitors.iter_mut().map(|(_, m)| &mut m.backend))
+        .chain(serials.iter_mut().map(|(_, b)| b));
+    let vcs = backends.filter_map(|b| match b {
+        CharBackend::Vc(v) => Some(v),
+        _ => None,
+    });
+    for (i, v) in vcs.enumerate() {
+        v.index = i;
+    }
 }
 
 fn readline(backend: CharBackend) -> MonitorConfig {

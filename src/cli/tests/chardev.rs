@@ -109,14 +109,69 @@ fn serial_ports_in_order_and_none() {
     );
 }
 
+fn vc(index: usize, cols: u32, rows: u32) -> CharBackend {
+    CharBackend::Vc(crate::config::VcSpec { index, cols, rows })
+}
+
+/// What QEMU 7.2 (built without a GUI) does with each combination, checked with its
+/// `info chardev` and `info vnc`: the defaults are text consoles whenever there is no
+/// -nographic, even with -display none or -vnc.
 #[test]
-fn default_serial_yields_stdio_to_an_explicit_user() {
+fn default_serial_and_monitor_are_text_consoles_as_in_qemu() {
     let env = Env::new();
+    let default_vnc = Some(crate::cli::display::default_vnc());
     let c = env.run(&["-monitor", "stdio"]);
-    assert_eq!(c.serials, vec![CharBackend::Null]);
+    assert_eq!(c.serials, vec![vc(0, 80, 24)]);
     assert_eq!(c.monitors[0].backend, CharBackend::Stdio);
+    assert_eq!(c.vnc, default_vnc);
+    let c = env.run(&["-serial", "stdio"]);
+    assert_eq!(c.serials, vec![CharBackend::Stdio]);
+    assert_eq!(c.monitors[0].backend, vc(0, 80, 24));
     let c = env.run(&["-daemonize"]);
-    assert_eq!(c.serials, vec![CharBackend::Null]);
+    assert_eq!(c.serials, vec![vc(1, 80, 24)]);
+    for args in [
+        &["-display", "none"][..],
+        &["-vnc", ":1"],
+        &["-display", "vnc=:2"],
+        &["-vnc", "none"],
+    ] {
+        let c = env.run(args);
+        assert_eq!(c.monitors[0].backend, vc(0, 80, 24), "{args:?}");
+        assert_eq!(c.serials, vec![vc(1, 80, 24)], "{args:?}");
+        // Only the default display is announced; a named one is the user's.
+        assert!(c.vnc.as_ref().is_none_or(|v| !v.announce), "{args:?}");
+    }
+    assert_eq!(env.run(&["-display", "none"]).vnc, None);
+    assert_eq!(env.run(&["-vnc", "none"]).vnc, None);
+    assert_eq!(env.run(&["-display", "default"]).vnc, default_vnc);
+    let c = env.run(&["-nographic"]);
+    assert_eq!(c.vnc, None);
+    assert_eq!(c.serials, vec![CharBackend::MuxStdio]);
+    let c = env.run(&["-nodefaults"]);
+    assert!(c.serials.is_empty() && c.monitors.is_empty());
+    assert_eq!(c.vnc, default_vnc);
+}
+
+/// Ctrl+Alt+2 and up follow QEMU's creation order: chardevs, then monitors, then serials.
+#[test]
+fn text_consoles_are_numbered_in_qemus_order() {
+    let env = Env::new();
+    let c = env.run(&[
+        "-serial",
+        "vc:100Cx40C",
+        "-monitor",
+        "vc",
+        "-chardev",
+        "vc,id=extra,cols=20,rows=5",
+        "-serial",
+        "chardev:extra",
+    ]);
+    assert_eq!(c.chardevs[0].backend, vc(0, 20, 5));
+    assert_eq!(c.monitors[0].backend, vc(1, 80, 30));
+    assert_eq!(
+        c.serials,
+        vec![vc(2, 100, 40), CharBackend::Named("extra".into())]
+    );
 }
 
 #[test]

@@ -96,11 +96,29 @@ fn no_options_give_qemus_defaults() {
     );
     assert_eq!(c.boot_order.order, "cad");
     assert_eq!(c.vcpu_pin, VcpuPin::Auto);
-    assert_eq!(c.serials, vec![CharBackend::Stdio]);
-    assert!(c.monitors.is_empty() && c.chardevs.is_empty());
+    // QEMU without a GUI: VNC on localhost:0 (to=99), the monitor (Ctrl+Alt+2) and COM1
+    // (Ctrl+Alt+3) on 80x24 text consoles.
+    let vc = |index| {
+        CharBackend::Vc(crate::config::VcSpec {
+            index,
+            cols: 80,
+            rows: 24,
+        })
+    };
+    assert_eq!(c.serials, vec![vc(1)]);
+    assert_eq!(c.monitors.len(), 1);
+    assert_eq!(
+        (c.monitors[0].mode, &c.monitors[0].backend),
+        (MonitorMode::Readline, &vc(0))
+    );
+    assert!(c.chardevs.is_empty());
     assert_eq!(
         (c.vnc.clone(), c.display, c.vga),
-        (None, DisplayKind::Default, VgaKind::Std)
+        (
+            Some(crate::cli::display::default_vnc()),
+            DisplayKind::Default,
+            VgaKind::Std
+        )
     );
     assert_eq!(c.keymap, "en-us");
     assert_eq!(c.drives, vec![drive::default_cdrom()]);
@@ -356,7 +374,8 @@ fn the_design_docs_example_command_line_parses() {
     assert_eq!(c.cpu.features, vec![("aes".to_string(), true)]);
     assert_eq!(c.boot_order.order, "cd");
     assert_eq!(c.drives.len(), 2);
-    assert_eq!(c.serials, vec![CharBackend::Stdio]);
+    // -vnc :1 keeps QEMU's default COM1 on a text console of that display.
+    assert!(matches!(c.serials[..], [CharBackend::Vc(_)]));
     assert_eq!(
         c.monitors,
         vec![MonitorConfig {
