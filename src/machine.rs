@@ -556,11 +556,6 @@ pub fn build(
             (BootConfig::Firmware { bios }, BootPlan::Firmware) => Some(bios.clone()),
             _ => None,
         },
-        serials: crate::platform::COM_PORTS
-            .iter()
-            .take(cfg.serials.len())
-            .copied()
-            .collect(),
         vcpus: cfg.smp.cpus as usize,
         mem: mem.clone(),
         coalesced: coalesced.clone(),
@@ -581,7 +576,7 @@ pub fn build(
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
     let has_input = true;
-    let machine = PcMachine {
+    let mut machine = PcMachine {
         mem: mem.clone(),
         layout,
         apic_ids: (0..cfg.smp.cpus).map(|i| topo.apic_id(i)).collect(),
@@ -640,14 +635,9 @@ pub fn build(
         monitor_attached: !cfg.monitors.is_empty(),
     };
     let guest_mem = machine.mem.clone();
-    let controls = machine.devices.controls();
-    let (supervisor, handle) = Supervisor::new(
-        sup_cfg,
-        vcpus.clone(),
-        controls,
-        Arc::new(machine),
-        events_rx,
-    );
+    let tree = machine.devices.take_tree();
+    let (supervisor, handle) =
+        Supervisor::new(sup_cfg, vcpus.clone(), tree, Arc::new(machine), events_rx);
     for m in muxes.values() {
         m.set_supervisor(handle.clone());
     }

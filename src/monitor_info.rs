@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use actors::bus::Bus;
 use actors::host::ide::IdeHost;
 use actors::monitor::MachineInfo;
+use actors::supervisor::{DeviceTree, Node, SYSTEM_BUS};
 use devices::pci::{BarKind, PciDeviceInfo};
 use serde_json::{json, Value};
 
@@ -28,8 +29,6 @@ pub struct PcInfo {
     pub mmio: Arc<Bus>,
     pub chardevs: Arc<Mutex<Vec<ChardevEntry>>>,
     pub bios: Option<PathBuf>,
-    /// (port, irq) of each serial port.
-    pub serials: Vec<(u16, u32)>,
     pub vcpus: usize,
     pub mem: devices::memory::GuestMemoryMmap,
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
@@ -43,15 +42,77 @@ pub struct PcInfo {
     pub registry: actors::runtime::Registry,
 }
 
-/// QEMU's QOM type names for the functions troupe models.
-fn type_name(d: &PciDeviceInfo) -> &'static str {
-    match (d.vendor, d.device) {
-        (0x8086, 0x1237) => "i440FX",
-        (0x8086, 0x7000) => "PIIX3",
-        (0x8086, 0x7010) => "piix3-ide",
-        (0x8086, 0x7113) => "PIIX4_PM",
-        (0x1234, 0x1111) => "VGA",
-        _ => "pci-device",
+/// One bus of `info qtree` and everything under it, at `depth` levels of indentation:
+/// its devices newest first, as QEMU lists them.
+fn qtree_bus(
+    s: &mut String,
+    tree: &DeviceTree,
+    pci: &[PciDeviceInfo],
+    bus: &str,
+    kind: &str,
+    depth: usize,
+) {
+    let pad = "  ".repeat(depth);
+    s.push_str(&format!("{pad}bus: {bus}\n{pad}  type {kind}\n"));
+    for n in tree.children(bus).collect::<Vec<_>>().into_iter().rev() {
+        qtree_dev(s, tree, pci, n, depth + 1);
+    }
+}
+
+fn qtree_dev(s: &mut String, tree: &DeviceTree, pci: &[PciDeviceInfo], n: &Node, depth: usize) {
+    let pad = "  ".repeat(depth);
+    let id = if n.user_id { n.id.as_str() } else { "" };
+    s.push_str(&format!("{pad}dev: {}, id \"{id}\"\n", n.driver));
+    for (k, v) in &n.props {
+        s.push_str(&format!("{pad}  {k} = {v}\n"));
+    }
+    if let Some(d) = n
+        .pci_address()
+        .and_then(|a| pci.iter().find(|d| d.slot == a))
+    {
+        s.push_str(&format!(
+            "{pad}  class {}, addr 00:{:02x}.{:x}, pci id {:04x}:{:04x} (sub {:04x}:{:04x})\n",
+            d.class_name(),
+            d.slot.0,
+            d.slot.1,
+            d.vendor,
+            d.device,
+            d.subsystem_vendor,
+            d.subsystem
+        ));
+        // QEMU shows an unmapped BAR at all-ones.
+        let bar = |i: usize, kind: &BarKind, region: &Option<devices::pci::Region>, size: u64| {
+            let k = if matches!(kind, BarKind::Io) {
+                "i/o"
+            } else {
+                "mem"
+            };
+            let a = region.as_ref().map_or(u64::MAX, |r| r.addr);
+            format!(
+                "{pad}  bar {i}: {k} at 0x{a:x} [0x{:x}]\n",
+                a.wrapping_add(size - 1)
+            )
+        };
+        for (i, kind, region, size) in &d.bars {
+            s.push_str(&bar(*i, kind, region, *size));
+        }
+        if let Some((region, size)) = &d.rom {
+            s.push_str(&bar(6, &BarKind::Mem32 { prefetch: false }, region, *size));
+        }
+    }
+    for (bus, kind) in &n.buses {
+        qtree_bus(s, tree, pci, bus, kind, depth + 1);
+    }
+    // A virtio PCI proxy carries its virtio device on a bus of its own.
+    if let Some(base) = n
+        .driver
+        .strip_prefix("virtio-")
+        .and_then(|d| d.strip_suffix("-pci"))
+    {
+        let inner = "  ".repeat(depth + 1);
+        s.push_str(&format!(
+            "{inner}bus: virtio-bus\n{inner}  type virtio-pci-bus\n{inner}  dev: virtio-{base}-device, id \"\"\n"
+        ));
     }
 }
 
@@ -574,38 +635,10 @@ impl MachineInfo for PcInfo {
         }
     }
 
-    fn qtree(&self) -> String {
-        let mut s = String::from(
-            "bus: main-system-bus\n  type System\n  dev: i440FX-pcihost, id \"\"\n    bus: pci.0\n      type PCI\n",
-        );
-        for d in self.pci.info() {
-            s.push_str(&format!(
-                "      dev: {}, id \"{}\"\n        addr = {:02x}.{:x}\n        class {}, addr 00:{:02x}.{:x}, pci id {:04x}:{:04x} (sub {:04x}:{:04x})\n",
-                type_name(&d), d.id, d.slot.0, d.slot.1, d.class_name(), d.slot.0, d.slot.1,
-                d.vendor, d.device, d.subsystem_vendor, d.subsystem
-            ));
-            for (i, kind, region, size) in &d.bars {
-                let (k, a) = match (kind, region) {
-                    (BarKind::Io, Some(r)) => ("i/o", r.addr),
-                    (_, Some(r)) => ("mem", r.addr),
-                    (_, None) => continue,
-                };
-                s.push_str(&format!(
-                    "        bar {i}: {k} at 0x{a:x} [0x{:x}]\n",
-                    a + size - 1
-                ));
-            }
-            if type_name(&d) == "PIIX3" {
-                s.push_str("        bus: isa.0\n          type ISA\n");
-                for (i, (port, irq)) in self.serials.iter().enumerate() {
-                    s.push_str(&format!(
-                        "          dev: isa-serial, id \"\"\n            index = {i}\n            iobase = 0x{port:x}\n            irq = {irq}\n"
-                    ));
-                }
-                s.push_str("          dev: i8042, id \"\"\n            isa irqs 1,12\n");
-                s.push_str("          dev: mc146818rtc, id \"\"\n            base_year = 0\n            isa irq 8\n");
-            }
-        }
+    fn qtree(&self, tree: &DeviceTree) -> String {
+        let pci = self.pci.info();
+        let mut s = String::new();
+        qtree_bus(&mut s, tree, &pci, SYSTEM_BUS, "System", 0);
         s
     }
 

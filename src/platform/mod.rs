@@ -12,6 +12,7 @@ use actors::host::rtc::{start_rtc, RtcPort};
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::{ControlHandle, Registry};
+use actors::supervisor::{AnonIds, DeviceTree, Node, Resource};
 use anyhow::Result;
 use devices::acpi_pm::AcpiPm;
 use devices::fw_cfg::FwCfg;
@@ -32,6 +33,7 @@ pub mod fw_cfg;
 pub mod hotnet;
 pub mod nic;
 pub mod pci;
+pub mod tree;
 pub mod vga;
 pub mod virtio;
 
@@ -111,10 +113,9 @@ pub struct PlatformParts<'a> {
 
 /// Every platform device, kept for reset and power-button requests.
 pub struct DeviceSet {
-    /// The control mailboxes of the chipset and the ISA devices, in dependency order:
-    /// those that run only on the vCPUs' exit path (answered under each model's lock)
-    /// and the RTC's timer actor.
-    models: Vec<ControlHandle>,
+    /// Every device as a node, with its control mailbox, in dependency order; handed to
+    /// the supervisor with [`DeviceSet::take_tree`].
+    tree: DeviceTree,
     serials: Vec<Arc<SerialPort>>,
     rtc: Arc<RtcPort>,
     i8042: Arc<I8042Port>,
@@ -293,29 +294,176 @@ impl DeviceSet {
             }
         }
         pci.reset()?;
-        // The actors made of models on the exit path, chipset first (see `controls`).
-        let mut models = vec![
+        let mut tree = DeviceTree::new();
+        tree::chipset(
+            &mut tree,
+            &pci,
             pci.control(),
             ControlHandle::models("acpi-pm", vec![pci::part("acpi-pm", &pm)], || {}),
-            ControlHandle::models("port92", vec![pci::part("port92", &port92)], || {}),
-        ];
+        )?;
+        // The ISA devices, in the order their control mailboxes are paused back to front.
+        tree::add_device(
+            &mut tree,
+            &pci,
+            Node::new(tree::board_id("port92", None), "port92", "isa.0")
+                .with(Resource::IoPorts { base: 0x92, len: 1 })
+                .control(ControlHandle::models(
+                    "port92",
+                    vec![pci::part("port92", &port92)],
+                    || {},
+                )),
+        )?;
         for (i, s) in ports.iter().enumerate() {
             let id = format!("serial{i}");
+            let (port, irq) = COM_PORTS[i];
             // Input from the chardev waits while the VM is stopped.
-            models.push(
-                ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
-                    .with_gate(s.gate()),
-            );
+            let control = ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
+                .with_gate(s.gate());
+            tree::add_device(
+                &mut tree,
+                &pci,
+                Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0")
+                    .with(Resource::IoPorts { base: port, len: 8 })
+                    .with(Resource::Irq(irq))
+                    .prop("index", tree::num(i as u64))
+                    .prop("iobase", tree::num(u64::from(port)))
+                    .prop("irq", tree::num(u64::from(irq)))
+                    .control(control),
+            )?;
         }
-        models.extend([
-            rtc.control.clone(),
-            ControlHandle::models("i8042", vec![pci::part("i8042", i8042.model())], || {})
-                .with_gate(i8042.gate()),
-            ControlHandle::models("fw_cfg", vec![pci::part("fw_cfg", &fw_cfg)], || {}),
-            ide.control(),
-        ]);
+        tree::add_device(
+            &mut tree,
+            &pci,
+            Node::new(tree::board_id("mc146818rtc", None), "mc146818rtc", "isa.0")
+                .with(Resource::IoPorts { base: 0x70, len: 2 })
+                .with(Resource::Irq(8))
+                .prop("base_year", tree::num(0))
+                .prop("iobase", tree::num(0x70))
+                .prop("irq", tree::num(8))
+                .control(rtc.control.clone()),
+        )?;
+        tree::add_device(
+            &mut tree,
+            &pci,
+            Node::new(tree::board_id("i8042", None), "i8042", "isa.0")
+                .with(Resource::IoPorts { base: 0x60, len: 5 })
+                .with(Resource::Irq(1))
+                .with(Resource::Irq(12))
+                .prop("kbd-irq", tree::num(1))
+                .prop("mouse-irq", tree::num(12))
+                .control(
+                    ControlHandle::models("i8042", vec![pci::part("i8042", i8042.model())], || {})
+                        .with_gate(i8042.gate()),
+                ),
+        )?;
+        tree::add_device(
+            &mut tree,
+            &pci,
+            Node::new(
+                tree::board_id("fw_cfg_io", None),
+                "fw_cfg_io",
+                actors::supervisor::SYSTEM_BUS,
+            )
+            .with(Resource::IoPorts {
+                base: 0x510,
+                len: 12,
+            })
+            .control(ControlHandle::models(
+                "fw_cfg",
+                vec![pci::part("fw_cfg", &fw_cfg)],
+                || {},
+            )),
+        )?;
+        let mut ide_node = tree::pci_node(
+            tree::board_id("piix3-ide", None),
+            "piix3-ide",
+            pci::IDE_SLOT,
+        )
+        .providing("ide.0", "IDE")
+        .providing("ide.1", "IDE");
+        for (cmd, ctl, irq) in [(0x1f0, 0x3f6, 14), (0x170, 0x376, 15)] {
+            ide_node = ide_node
+                .with(Resource::IoPorts { base: cmd, len: 8 })
+                .with(Resource::IoPorts { base: ctl, len: 1 })
+                .with(Resource::Irq(irq));
+        }
+        tree::add_device(&mut tree, &pci, ide_node.control(ide.control()))?;
+        if let Some(v) = &vga {
+            tree::add_device(
+                &mut tree,
+                &pci,
+                tree::pci_node(tree::board_id("VGA", None), "VGA", vga::VGA_SLOT)
+                    .with(Resource::IoPorts {
+                        base: 0x3b0,
+                        len: 0x30,
+                    })
+                    .with(Resource::IoPorts {
+                        base: 0x1ce,
+                        len: 2,
+                    })
+                    .with(Resource::Memory {
+                        base: vga::LEGACY_WINDOW.0,
+                        len: u64::from(vga::LEGACY_WINDOW.1),
+                    })
+                    .control(v.control.clone()),
+            )?;
+        }
+        // The -device's, each under its id= or QEMU's name for an anonymous device.
+        let mut anon = AnonIds::default();
+        let names: Vec<(String, bool)> = cfg
+            .devices
+            .iter()
+            .map(|d| match &d.id {
+                Some(id) => (id.clone(), true),
+                None => (anon.take(), false),
+            })
+            .collect();
+        for p in &virtio.placed {
+            let d = &cfg.devices[p.device];
+            let Some(slot) = d.addr else { continue };
+            let (id, user) = names[p.device].clone();
+            let mut node = tree::pci_node(id, d.kind.driver(), slot)
+                .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1));
+            if user {
+                node = node.user();
+            }
+            if let Some(v) = p.vectors {
+                node = node
+                    .with(Resource::MsixVectors(v))
+                    .prop("vectors", tree::num(u64::from(v)));
+            }
+            if let DeviceKind::Nic {
+                netdev: Some(n), ..
+            } = &d.kind
+            {
+                node = node.prop("netdev", format!("\"{n}\""));
+            }
+            if let DeviceKind::VirtioBlk { drive, .. } = &d.kind {
+                node = node.prop("drive", format!("\"{drive}\""));
+            }
+            for a in &p.actors {
+                node = node.actor(a);
+            }
+            tree::add_device(&mut tree, &pci, node.control(p.control.clone()))?;
+        }
+        for (i, d) in cfg.devices.iter().enumerate() {
+            if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
+                let (id, user) = names[i].clone();
+                let mut node = Node::new(id, "isa-debug-exit", "isa.0")
+                    .with(Resource::IoPorts {
+                        base: iobase,
+                        len: iosize,
+                    })
+                    .prop("iobase", tree::num(u64::from(iobase)))
+                    .prop("iosize", tree::num(u64::from(iosize)));
+                if user {
+                    node = node.user();
+                }
+                tree::add_device(&mut tree, &pci, node)?;
+            }
+        }
         Ok(Self {
-            models,
+            tree,
             serials: ports,
             rtc,
             i8042,
@@ -347,21 +495,17 @@ impl DeviceSet {
         Ok(())
     }
 
-    /// Every device actor the supervisor pauses, resumes, saves and restores with the VM,
-    /// in dependency order: the chipset (PCI host, bridges, PAM, PIRQ routing, PM base)
-    /// first, then the ISA devices (ACPI PM, port 0x92, the UARTs, the RTC's timer,
-    /// i8042, fw_cfg, IDE), the VGA, then the PCI devices' workers. Each saves its
-    /// sections under its own id: `pci/...`, `acpi-pm`, `port92`, `serial<N>`, `rtc`,
-    /// `i8042`, `fw_cfg`, `ide`, `vga` and `vga/pci`, and each virtio device's or NIC's
-    /// name (`virtio-blk0` and `virtio-blk0/queues`, `e1000-0`...). Guest RAM and the
-    /// VGA's video memory are not in any section: they travel as memory.
-    pub fn controls(&self) -> Vec<ControlHandle> {
-        let mut c = self.models.clone();
-        if let Some(v) = &self.vga {
-            c.push(v.control.clone());
-        }
-        c.extend(self.virtio.controls());
-        c
+    /// The device tree, for the supervisor to own. Its control mailboxes, in order, are
+    /// every device actor the supervisor pauses, resumes, saves and restores with the VM:
+    /// the chipset (PCI host, bridges, PAM, PIRQ routing, PM base) first, then ACPI PM,
+    /// the ISA devices (port 0x92, the UARTs, the RTC's timer, i8042), fw_cfg, IDE, the
+    /// VGA, then the PCI devices' workers in command-line order. Each saves its sections
+    /// under its own id: `pci/...`, `acpi-pm`, `port92`, `serial<N>`, `rtc`, `i8042`,
+    /// `fw_cfg`, `ide`, `vga` and `vga/pci`, and each virtio device's or NIC's name
+    /// (`virtio-blk0` and `virtio-blk0/queues`, `e1000-0`...). Guest RAM and the VGA's
+    /// video memory are not in any section: they travel as memory.
+    pub fn take_tree(&mut self) -> DeviceTree {
+        std::mem::take(&mut self.tree)
     }
 
     /// `system_powerdown`: press the ACPI power button.

@@ -37,6 +37,19 @@ pub struct VirtioDevices {
     pub nics: Vec<super::nic::Nic>,
     /// `downscript=` of each tap opened: (script, ifname), run when the VM ends.
     pub downscripts: Vec<(std::path::PathBuf, String)>,
+    /// Each PCI device built here, in build order, for the device tree.
+    pub placed: Vec<Placed>,
+}
+
+/// What was built for one `-device`: the device tree's node is made from it.
+pub struct Placed {
+    /// Its index in `cfg.devices`.
+    pub device: usize,
+    pub control: actors::runtime::ControlHandle,
+    /// Registry ids of the other actors it uses (its block backend).
+    pub actors: Vec<String>,
+    /// MSI-X vectors (virtio devices).
+    pub vectors: Option<u16>,
 }
 
 /// What is known of a virtio NIC before its host runs.
@@ -59,22 +72,6 @@ impl VirtioDevices {
         for h in &self.hosts {
             h.reset();
         }
-    }
-
-    /// The control mailboxes of the PCI devices built here: each virtio device's worker
-    /// (which also saves and restores the transport: sections `<name>` and
-    /// `<name>/queues`) and each e1000 (its receive thread, or its model alone when it
-    /// has no backend: section `e1000-<n>`).
-    pub fn controls(&self) -> Vec<actors::runtime::ControlHandle> {
-        let e1000s = self.nics.iter().filter_map(|n| match &n.kind {
-            super::nic::NicKind::E1000(h) => Some(h.control()),
-            super::nic::NicKind::Virtio { .. } => None,
-        });
-        self.hosts
-            .iter()
-            .map(|h| h.control())
-            .chain(e1000s)
-            .collect()
     }
 }
 
@@ -161,9 +158,18 @@ pub fn build(
                 &mut out.downscripts,
             )?;
             ne1000 += 1;
+            if let super::nic::NicKind::E1000(h) = &nic.kind {
+                out.placed.push(Placed {
+                    device: index,
+                    control: h.control(),
+                    actors: Vec::new(),
+                    vectors: None,
+                });
+            }
             out.nics.push(nic);
             continue;
         }
+        let mut backend_actors = Vec::new();
         let (name, model, vectors, worker): (
             String,
             Box<dyn VirtioDeviceModel>,
@@ -182,6 +188,7 @@ pub fn build(
                     .find(|x| &x.id == drive)
                     .ok_or_else(|| anyhow!("virtio-blk-pci: drive '{drive}' not found"))?;
                 let backend = open(drive)?;
+                backend_actors.push(format!("blk-{drive}"));
                 let bcfg = BlkConfig {
                     capacity: backend.info.size,
                     read_only: backend.info.read_only,
@@ -378,6 +385,12 @@ pub fn build(
                 detached: Arc::default(),
             });
         }
+        out.placed.push(Placed {
+            device: index,
+            control: host.control(),
+            actors: backend_actors,
+            vectors: Some(vectors),
+        });
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
             out.tablet = Some(actors::virtio::input::TabletSink::new(&p, host.waker()));
         }

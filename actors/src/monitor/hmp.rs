@@ -646,7 +646,10 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             None => "Error: no VNC server is configured (start with -vnc)\n".into(),
         },
         "mtree" => ctx.info.mtree(extra.contains(&"-f")),
-        "qtree" => ctx.info.qtree(),
+        "qtree" => match ctx.supervisor.tree().await {
+            Ok(t) => ctx.info.qtree(&t),
+            Err(e) => format!("Error: {e}\n"),
+        },
         "roms" => ctx.info.roms(),
         "pic" => ctx.info.pic(),
         "irq" => ctx.info.irq(),
@@ -901,6 +904,24 @@ async fn actors_text(ctx: &MonitorContext) -> String {
             }
         }
         Err(e) => out.push_str(&format!("(cannot list the process's threads: {e})\n")),
+    }
+    // Which device of the tree each device actor runs, by actor id (model-only control
+    // mailboxes such as the chipset's are not actors and are not listed).
+    if let Ok(tree) = ctx.supervisor.tree().await {
+        let live: std::collections::HashSet<String> =
+            ctx.registry.snapshot().into_iter().map(|e| e.id).collect();
+        let mut owned: Vec<(&str, &crate::supervisor::Node)> = tree
+            .iter()
+            .flat_map(|n| n.actors.iter().map(move |a| (a.as_str(), n)))
+            .filter(|(a, _)| live.contains(*a))
+            .collect();
+        owned.sort_by_key(|(a, _)| *a);
+        if !owned.is_empty() {
+            out.push_str("device of each device actor:\n");
+        }
+        for (a, n) in owned {
+            out.push_str(&format!("  {a} -> {} ({})\n", n.id, n.driver));
+        }
     }
     out
 }

@@ -79,8 +79,9 @@ pub trait MachineInfo: Send + Sync {
     fn netdev_del(&self, id: &str) -> Result<(), String>;
     /// `info roms` text.
     fn roms(&self) -> String;
-    /// `info qtree` text.
-    fn qtree(&self) -> String;
+    /// `info qtree` text: `tree` (the supervisor's) in QEMU's shape, with what the
+    /// machine knows now of each device (its BARs' current addresses).
+    fn qtree(&self, tree: &crate::supervisor::DeviceTree) -> String;
     /// `info pic` text (the in-kernel PICs and IOAPIC).
     fn pic(&self) -> String;
     /// `info irq` text (interrupts raised per line).

@@ -7,8 +7,9 @@ use devices::{Section, SystemEvent};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
+use super::tree::DeviceTree;
 use crate::events::{EventRx, VmEvent};
-use crate::runtime::{reply_channel, ActorError, Addr, ControlHandle, Mailbox, MessageKind, Reply};
+use crate::runtime::{reply_channel, ActorError, Addr, Mailbox, MessageKind, Reply};
 use crate::vcpu::{VcpuBootState, VcpuHandle};
 
 /// QEMU's run states that troupe reaches.
@@ -135,6 +136,8 @@ pub enum SupervisorMsg {
     Publish(VmNotification),
     /// The vCPU handles (for `info cpus`, `info registers`, pinning).
     Vcpus(Reply<Vec<VcpuHandle>>),
+    /// The device tree as it is now (for `info qtree`, `info actors`).
+    Tree(Reply<DeviceTree>),
     /// The whole machine's state but RAM (paused or prelaunch only).
     SaveMachine(Reply<Result<Vec<Section>, String>>),
     /// Replace the whole machine's state but RAM (paused or prelaunch only).
@@ -154,6 +157,7 @@ impl MessageKind for SupervisorMsg {
             Self::Subscribe(_) => "subscribe",
             Self::Publish(_) => "publish",
             Self::Vcpus(_) => "vcpus",
+            Self::Tree(_) => "tree",
             Self::SaveMachine(_) => "save-machine",
             Self::RestoreMachine(..) => "restore-machine",
         }
@@ -197,6 +201,10 @@ impl SupervisorHandle {
     }
     pub async fn vcpus(&self) -> Result<Vec<VcpuHandle>, ActorError> {
         self.ask(SupervisorMsg::Vcpus).await
+    }
+    /// A copy of the device tree.
+    pub async fn tree(&self) -> Result<DeviceTree, ActorError> {
+        self.ask(SupervisorMsg::Tree).await
     }
     /// The state of every part of the stopped machine but guest RAM: each device actor's
     /// sections (chipset first, then the devices, in the order they were built), each
@@ -249,10 +257,10 @@ pub struct Supervisor {
     state: RunState,
     cfg: SupervisorConfig,
     vcpus: Vec<VcpuHandle>,
-    /// Every device and backend actor that runs outside the vCPUs' exit path, in the
-    /// order they were built (a backend before the device that uses it): paused after
-    /// the vCPUs, last first; resumed before them, first first.
-    controls: Vec<ControlHandle>,
+    /// Every device, in the order they were built (a device after what it uses); the
+    /// control mailboxes of its nodes are paused after the vCPUs, last first, and
+    /// resumed before them, first first; saved and restored in order.
+    tree: DeviceTree,
     machine: Arc<dyn Machine>,
     events: EventRx,
     mailbox: Mailbox<SupervisorMsg>,
@@ -263,7 +271,7 @@ impl Supervisor {
     pub fn new(
         cfg: SupervisorConfig,
         vcpus: Vec<VcpuHandle>,
-        controls: Vec<ControlHandle>,
+        tree: DeviceTree,
         machine: Arc<dyn Machine>,
         events: EventRx,
     ) -> (Self, SupervisorHandle) {
@@ -274,7 +282,7 @@ impl Supervisor {
                 state: RunState::Prelaunch,
                 cfg,
                 vcpus,
-                controls,
+                tree,
                 machine,
                 events,
                 mailbox,
@@ -297,7 +305,7 @@ impl Supervisor {
                 tracing::warn!("pausing vcpu{}: {e}", v.index());
             }
         }
-        for c in self.controls.iter().rev() {
+        for c in self.tree.controls().rev() {
             let mut waited = 0;
             let pause = c.pause();
             tokio::pin!(pause);
@@ -323,7 +331,7 @@ impl Supervisor {
 
     /// Let the machine go again: devices and backends first, the vCPUs last.
     fn resume_all(&self) {
-        for c in &self.controls {
+        for c in self.tree.controls() {
             if let Err(e) = c.resume() {
                 tracing::warn!("resuming {}: {e}", c.id());
             }
@@ -397,7 +405,7 @@ impl Supervisor {
     /// Every part's sections, tagged with the part, in restore order.
     async fn collect(&self) -> Result<Vec<(Part, Section)>, String> {
         let mut out = Vec::new();
-        for (i, c) in self.controls.iter().enumerate() {
+        for (i, c) in self.tree.controls().enumerate() {
             let sections = c.save().await.map_err(|e| error_chain(&e))?;
             out.extend(sections.into_iter().map(|s| (Part::Control(i), s)));
         }
@@ -440,7 +448,7 @@ impl Supervisor {
 
     /// The parts in restore order: devices in build order, vCPUs, the VM-wide state.
     fn parts(&self) -> Vec<Part> {
-        (0..self.controls.len())
+        (0..self.tree.controls().count())
             .map(Part::Control)
             .chain((0..self.vcpus.len()).map(Part::Vcpu))
             .chain([Part::Vm])
@@ -451,7 +459,11 @@ impl Supervisor {
     async fn apply(&self, by_part: &[Vec<Section>]) -> Result<(), String> {
         for (part, sections) in self.parts().into_iter().zip(by_part) {
             match part {
-                Part::Control(i) => self.controls[i]
+                Part::Control(i) => self
+                    .tree
+                    .controls()
+                    .nth(i)
+                    .ok_or_else(|| format!("device control {i} is gone"))?
                     .restore(sections.clone())
                     .await
                     .map_err(|e| error_chain(&e))?,
@@ -607,6 +619,7 @@ impl Supervisor {
             SupervisorMsg::Subscribe(r) => r.send(self.notify.subscribe()),
             SupervisorMsg::Publish(n) => self.publish(n),
             SupervisorMsg::Vcpus(r) => r.send(self.vcpus.clone()),
+            SupervisorMsg::Tree(r) => r.send(self.tree.clone()),
             SupervisorMsg::SaveMachine(r) => {
                 let res = self.save_machine().await;
                 r.send(res);
@@ -623,7 +636,7 @@ impl Supervisor {
 /// The part of the machine a section belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
-    /// A device actor, by its place in `controls`.
+    /// A device actor, by its place among the tree's control mailboxes.
     Control(usize),
     /// A vCPU, by index.
     Vcpu(usize),
@@ -703,7 +716,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::events::event_channel;
+    use crate::runtime::ControlHandle;
+    use crate::supervisor::tree::{Node, SYSTEM_BUS};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A tree of one device per control handle, in order, named after it.
+    fn tree_of(controls: Vec<ControlHandle>) -> DeviceTree {
+        let mut t = DeviceTree::new();
+        for c in controls {
+            let id = c.id().to_string();
+            t.insert(Node::new(&id, "test-device", SYSTEM_BUS).control(c))
+                .unwrap();
+        }
+        t
+    }
 
     struct FakeMachine {
         resets: AtomicUsize,
@@ -751,7 +777,7 @@ mod tests {
             button: true,
             pit: Default::default(),
         });
-        let (sup, h) = Supervisor::new(cfg, vec![], vec![], m.clone(), rx);
+        let (sup, h) = Supervisor::new(cfg, vec![], DeviceTree::new(), m.clone(), rx);
         let j = tokio::spawn(sup.run());
         (h, tx, m, j)
     }
@@ -794,7 +820,7 @@ mod tests {
             button: true,
             pit: Default::default(),
         });
-        let controls = vec![control("backend"), control("nic")];
+        let controls = tree_of(vec![control("backend"), control("nic")]);
         let (sup, h) = Supervisor::new(SupervisorConfig::default(), vec![], controls, m, rx);
         tokio::spawn(sup.run());
         // Starting the VM resumes devices before vCPUs.
@@ -973,10 +999,10 @@ mod tests {
         let part = |id: &str, c: &Model| -> Box<dyn crate::runtime::StatePart> {
             Box::new(crate::runtime::ModelPart::new(id, c.clone()))
         };
-        let controls = vec![
+        let controls = tree_of(vec![
             ControlHandle::models("chipset", vec![part("chipset", &a)], || {}),
             ControlHandle::models("uart", vec![part("uart", &b)], || {}),
-        ];
+        ]);
         let cfg = SupervisorConfig {
             start_paused: true,
             ..Default::default()

@@ -10,8 +10,10 @@
 //! `quit`, `(v << 1) | 1` for isa-debug-exit, 1 on a fatal fault).
 
 mod lifecycle;
+pub mod tree;
 
 pub use lifecycle::{
     error_chain, ExitReason, Machine, RunState, Supervisor, SupervisorConfig, SupervisorHandle,
     SupervisorMsg, VmNotification,
 };
+pub use tree::{AnonIds, BarSpace, DeviceTree, Node, Resource, TreeError, SYSTEM_BUS};
