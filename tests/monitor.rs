@@ -536,9 +536,30 @@ fn screendump_of_the_grub_menu_matches_qemus() {
             }
             .spawn();
             vm.expect_stdout("troupe screendump entry", Duration::from_secs(120));
-            std::thread::sleep(Duration::from_millis(1500));
+            // GRUB draws the menu on the screen after the serial line (later still on a
+            // loaded host): dump until two dumps a second apart agree but for GRUB's
+            // countdown, so the menu is whole.
             let mut h = Hmp::open(port);
-            let reply = h.cmd(&format!("screendump {}", out.display()));
+            let mut last: Option<Vec<u8>> = None;
+            let mut reply;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                std::thread::sleep(Duration::from_millis(1000));
+                reply = h.cmd(&format!("screendump {}", out.display()));
+                let (w, hgt, px) = ppm(&out);
+                let settled = last.as_ref().is_some_and(|prev| {
+                    let same = prev
+                        .chunks(3)
+                        .zip(px.chunks(3))
+                        .filter(|(a, b)| a == b)
+                        .count();
+                    same * 1000 >= (w * hgt) as usize * 998
+                });
+                if settled || Instant::now() > deadline {
+                    break;
+                }
+                last = Some(px);
+            }
             if !qemu {
                 assert_eq!(reply, "");
                 // PNG too, via `-f png`.
