@@ -13,43 +13,13 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, free_port, guest, troupe_bin, Running, TempDir, Vm};
+use common::{code, free_port, guest, Running, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(90);
 
-/// A network namespace (for the tap), deleted at drop.
-struct NetNs(String);
+use common::netns::NetNs;
 
 impl NetNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("troupe-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip (iproute2)");
-        assert!(st.success(), "ip netns add {name} (tests run as root)");
-        let ns = Self(name);
-        let st = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        ns
-    }
-
-    /// troupe inside the namespace (`ip netns exec` execs it in place: same pid).
-    fn troupe(&self, args: &[&str]) -> Vm {
-        let bin = troupe_bin();
-        let mut all = vec!["netns", "exec", &self.0, bin.to_str().unwrap()];
-        all.extend_from_slice(args);
-        common::require_kvm();
-        Vm::program("ip", &all)
-    }
-
     /// A TCP connection to 127.0.0.1:`port` inside the namespace, retried until something
     /// listens (a thread joins the namespace to open it; the socket stays in it).
     fn connect(&self, port: u16) -> TcpStream {
@@ -64,12 +34,6 @@ impl NetNs {
         })
         .join()
         .unwrap()
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 

@@ -10,53 +10,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{code, free_port, guest, troupe_bin, Vm};
+use common::{code, free_port, guest, Vm};
 
 const T: Duration = Duration::from_secs(90);
 const PASS: i32 = 1;
 
-/// A network namespace, deleted at drop.
-struct NetNs(String);
+use common::netns::NetNs;
 
 impl NetNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("troupe-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip (iproute2)");
-        assert!(st.success(), "ip netns add {name} (tests run as root)");
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip ARGS` inside the namespace; panics on failure.
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "ip"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, prog])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
     /// One QMP command to a troupe listening on `port` inside the namespace (asked from
     /// there, by Python): the reply.
     fn qmp(&self, port: u16, cmd: &str) -> serde_json::Value {
@@ -129,15 +90,6 @@ impl NetNs {
         args.extend_from_slice(extra);
         self.troupe(&args).spawn()
     }
-
-    /// troupe inside the namespace.
-    fn troupe(&self, args: &[&str]) -> Vm {
-        let bin = troupe_bin();
-        let mut all = vec!["netns", "exec", &self.0, bin.to_str().unwrap()];
-        all.extend_from_slice(args);
-        common::require_kvm();
-        Vm::program("ip", &all)
-    }
 }
 
 /// A down script in `dir` that appends its argument (the interface) to a marker file:
@@ -151,12 +103,6 @@ fn marker_script(dir: &common::TempDir) -> (std::path::PathBuf, std::path::PathB
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     (script, marker)
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 #[test]
