@@ -84,7 +84,8 @@ pub struct VmConfig {
     /// `-d ITEMS` (accepted log items, mapped onto tracing filters): any of
     /// `guest_errors`, `unimp`, `cpu_reset`.
     pub log_items: Vec<String>,
-    /// `-incoming URI` (live migration target): `tcp:[HOST]:PORT`, `unix:PATH` or `defer`.
+    /// `-incoming URI` (live migration target): `tcp:[HOST]:PORT`, `unix:PATH`, `exec:CMD`,
+    /// `fd:N`, `file:PATH` or `defer`.
     pub incoming: Option<String>,
     /// `-dump-acpi DIR`: troupe's own option, writes the ACPI tables it built, then runs on.
     pub dump_acpi: Option<PathBuf>,

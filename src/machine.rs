@@ -181,6 +181,31 @@ impl actors::supervisor::Machine for PcMachine {
     fn restore_vm_state(&self, sections: &[devices::Section]) -> Result<(), String> {
         actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())
     }
+
+    fn ram(&self) -> Option<GuestMemoryMmap> {
+        Some(self.mem.clone())
+    }
+
+    fn log_dirty(&self, on: bool) -> Result<(), String> {
+        self.kvm.set_ram_dirty_log(on).map_err(|e| e.to_string())?;
+        if on {
+            devices::memory::take_dirty(&self.mem);
+        }
+        Ok(())
+    }
+
+    fn take_dirty(&self) -> Result<Vec<(u64, Vec<u64>)>, String> {
+        crate::vm::dirty_pages(&self.kvm, &self.mem).map_err(|e| e.to_string())
+    }
+}
+
+/// The `-cpu` option as a migration's two sides compare it (`qemu64,+aes,-avx`).
+fn cpu_spec(c: &crate::config::CpuConfig) -> String {
+    let mut s = format!("{:?}", c.model).to_lowercase();
+    for (f, on) in &c.features {
+        s.push_str(&format!(",{}{f}", if *on { '+' } else { '-' }));
+    }
+    s
 }
 
 /// A built VM, ready to run.
@@ -297,13 +322,6 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         )
     };
     let is_served = |id: &str| cfg.netdevs.iter().any(|n| n.id == id && served(&n.kind));
-    // Parsed (a later issue serves it) but refused: a VM waiting for a migration that
-    // nothing will send must not boot its own guest instead.
-    if let Some(uri) = &cfg.incoming {
-        return Err(anyhow!(
-            "-incoming {uri}: incoming migration is not available yet"
-        ));
-    }
     for n in &cfg.netdevs {
         // An inherited tap fd is checked whether or not a NIC uses the netdev (as QEMU).
         if let NetdevKind::Tap { fd: Some(fd), .. } = &n.kind {
@@ -633,11 +651,14 @@ pub fn build(
         no_reboot: cfg.no_reboot,
         no_shutdown: cfg.no_shutdown,
         monitor_attached: !cfg.monitors.is_empty(),
+        incoming: cfg.incoming.clone(),
+        cpu: cpu_spec(&cfg.cpu),
     };
     let guest_mem = machine.mem.clone();
     let tree = machine.devices.take_tree();
     let (supervisor, handle) =
         Supervisor::new(sup_cfg, vcpus.clone(), tree, Arc::new(machine), events_rx);
+    let supervisor = supervisor.with_registry(registry.clone());
     for m in muxes.values() {
         m.set_supervisor(handle.clone());
     }
@@ -933,6 +954,9 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
     }
     if let ExitReason::ActorFailed(r) = &reason {
         actors::report!("troupe: stopping the VM: {r}");
+    }
+    if let ExitReason::IncomingFailed(r) = &reason {
+        actors::report!("troupe: load of migration failed: {r}");
     }
     if let ExitReason::Fault(_) = &reason {
         actors::report!("troupe: the VM stopped on a KVM failure (see above)");

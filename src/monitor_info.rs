@@ -669,27 +669,7 @@ impl MachineInfo for PcInfo {
     }
 
     fn dirty_pages(&self) -> Result<u64, String> {
-        // Pages a vCPU wrote (KVM's log) or troupe's devices wrote (the memory's bitmap),
-        // each counted once.
-        let vcpus = self.kvm.ram_dirty_log().map_err(|e| e.to_string())?;
-        let mut regions = devices::memory::take_dirty(&self.mem);
-        for (gpa, bits) in vcpus {
-            let Some((start, words)) = regions.iter_mut().rev().find(|(start, _)| *start <= gpa)
-            else {
-                continue;
-            };
-            let first = ((gpa - *start) / devices::memory::PAGE_SIZE) as usize;
-            for (i, w) in bits.iter().enumerate() {
-                for b in 0..64 {
-                    if w & (1 << b) != 0 {
-                        let page = first + i * 64 + b;
-                        if let Some(word) = words.get_mut(page / 64) {
-                            *word |= 1 << (page % 64);
-                        }
-                    }
-                }
-            }
-        }
+        let regions = crate::vm::dirty_pages(&self.kvm, &self.mem).map_err(|e| e.to_string())?;
         Ok(regions
             .iter()
             .flat_map(|(_, w)| w.iter())

@@ -44,7 +44,7 @@ impl CmdError {
         }
     }
 
-    fn generic(d: impl Into<String>) -> Self {
+    pub(crate) fn generic(d: impl Into<String>) -> Self {
         Self::Generic(d.into())
     }
 }
@@ -148,7 +148,25 @@ const COMMANDS: &[(&str, &[Param])] = &[
         "blockdev-add",
         &[("driver", Ty::Str, true), ("*", Ty::Any, false)],
     ),
-    ("migrate", &[("uri", Ty::Str, true), ("*", Ty::Any, false)]),
+    (
+        "migrate",
+        &[
+            ("uri", Ty::Str, true),
+            ("blk", Ty::Bool, false),
+            ("inc", Ty::Bool, false),
+            ("detach", Ty::Bool, false),
+            ("resume", Ty::Bool, false),
+        ],
+    ),
+    ("migrate_cancel", &[]),
+    ("migrate-incoming", &[("uri", Ty::Str, true)]),
+    ("migrate-set-parameters", &[("*", Ty::Any, false)]),
+    ("query-migrate-parameters", &[]),
+    (
+        "migrate-set-capabilities",
+        &[("capabilities", Ty::Any, true)],
+    ),
+    ("query-migrate-capabilities", &[]),
     (
         "calc-dirty-rate",
         &[
@@ -178,7 +196,15 @@ const COMMANDS: &[(&str, &[Param])] = &[
 ];
 
 /// Events troupe emits (for `query-events`).
-const EVENTS: &[&str] = &["STOP", "RESUME", "RESET", "SHUTDOWN", "POWERDOWN"];
+const EVENTS: &[&str] = &[
+    "STOP",
+    "RESUME",
+    "RESET",
+    "SHUTDOWN",
+    "POWERDOWN",
+    "MIGRATION",
+    "MIGRATION_PASS",
+];
 
 /// Command names, for `query-commands` and completion.
 pub fn command_names() -> impl Iterator<Item = &'static str> {
@@ -297,6 +323,9 @@ fn actor_gone<E: std::fmt::Display>(e: E) -> CmdError {
 /// Run one command. HMP calls this too, then formats the result.
 pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>) -> CmdResult {
     check_args(name, args)?;
+    if let Some(res) = super::migrate::qmp(ctx, name, args).await {
+        return res;
+    }
     match name {
         "qmp_capabilities" => Ok(json!({})),
         "query-version" => Ok(version()),
@@ -383,7 +412,6 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "query-balloon" | "balloon" => Err(CmdError::DeviceNotActive(
             "No balloon device has been activated".into(),
         )),
-        "query-migrate" => Ok(json!({})),
         "stop" => lifecycle(ctx.supervisor.stop().await),
         "cont" => lifecycle(ctx.supervisor.cont().await),
         "system_reset" => lifecycle(ctx.supervisor.reset().await),
@@ -498,7 +526,6 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
-        "migrate" => Err(not_available("migration")),
         "calc-dirty-rate" => {
             let mode = match s(args, "mode") {
                 None => super::dirty::Mode::PageSampling,

@@ -108,7 +108,23 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "migrate",
         "[-d] [-b] [-i] [-r] uri",
-        "migrate to URI (using -d to not wait for completion)",
+        "migrate to URI (using -d to not wait for completion)\n\t\t\t -b for migration without shared storage with full copy of disk\n\t\t\t -i for migration without shared storage with incremental copy of disk (base image shared between src and destination)\n\t\t\t -r to resume a paused migration",
+    ),
+    ("migrate_cancel", "", "cancel the current VM migration"),
+    (
+        "migrate_incoming",
+        "uri",
+        "Continue an incoming migration from an -incoming defer",
+    ),
+    (
+        "migrate_set_capability",
+        "capability state",
+        "Enable/Disable the usage of a capability for migration",
+    ),
+    (
+        "migrate_set_parameter",
+        "parameter value",
+        "Set the parameter for migration",
     ),
     (
         "mouse_button",
@@ -171,6 +187,8 @@ const INFO: &[(&str, &str, &str)] = &[
     ("mem", "", "show the active virtual memory mappings"),
     ("mice", "", "show which guest mouse is receiving events"),
     ("migrate", "", "show migration status"),
+    ("migrate_capabilities", "", "show current migration capabilities"),
+    ("migrate_parameters", "", "show current migration parameters"),
     ("mtree", "[-f] [-d] [-o] [-D]", "show memory tree (-f: dump flat view for address spaces;-d: dump dispatch tree, valid with -f only);-o: dump region owners/parents;-D: dump disabled regions"),
     ("name", "", "show the current VM name"),
     ("network", "", "show the network state"),
@@ -414,7 +432,13 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         "device_add" | "device_del" => {
             "Error: device hotplug is not available yet in troupe\n".into()
         }
-        "migrate" => "Error: migration is not available yet in troupe\n".into(),
+        "migrate"
+        | "migrate_cancel"
+        | "migrate_incoming"
+        | "migrate_set_parameter"
+        | "migrate_set_capability" => super::migrate::hmp(ctx, canonical, &rest)
+            .await
+            .unwrap_or_default(),
         "announce_self" => {
             let mut args = serde_json::Map::new();
             if let Some(list) = rest.first() {
@@ -656,7 +680,9 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         "network" => ctx.info.network(),
         "usernet" => ctx.info.usernet(),
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
-        "migrate" => MIGRATE_GLOBALS.to_string(),
+        "migrate" | "migrate_parameters" | "migrate_capabilities" => {
+            super::migrate::info(ctx, sub).await.unwrap_or_default()
+        }
         "mice" => exec_text(ctx, "query-mice", json!({}), |v| {
             v.as_array()
                 .into_iter()
@@ -721,8 +747,6 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         other => format!("unknown command: 'info {other}'\n"),
     }
 }
-
-const MIGRATE_GLOBALS: &str = "globals:\nstore-global-state: on\nonly-migratable: off\nsend-configuration: on\nsend-section-footer: on\ndecompress-error-check: on\nclear-bitmap-shift: 18\n";
 
 fn pci_text(v: &Value) -> String {
     let mut out = String::new();

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod dirty;
 pub mod hmp;
 mod memdump;
+pub mod migrate;
 mod mux;
 pub mod qmp;
 pub mod readline;
