@@ -197,6 +197,10 @@ impl actors::supervisor::Machine for PcMachine {
     fn take_dirty(&self) -> Result<Vec<(u64, Vec<u64>)>, String> {
         crate::vm::dirty_pages(&self.kvm, &self.mem).map_err(|e| e.to_string())
     }
+
+    fn device_ram(&self) -> Vec<Arc<dyn actors::migration::DeviceRam>> {
+        self.devices.vga.iter().map(|v| v.vram()).collect()
+    }
 }
 
 /// The `-cpu` option as a migration's two sides compare it (`qemu64,+aes,-avx`).

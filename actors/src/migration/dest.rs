@@ -18,7 +18,12 @@ pub struct Loaded {
 
 /// Read `inc` to its end marker: RAM straight into `ram`, device sections collected. The
 /// machine descriptions must match first (the error names the difference).
-pub fn receive(inc: Incoming, ram: &GuestMemoryMmap, mine: &MachineDesc) -> Result<Loaded, String> {
+pub fn receive(
+    inc: Incoming,
+    ram: &GuestMemoryMmap,
+    blocks: &[std::sync::Arc<dyn super::DeviceRam>],
+    mine: &MachineDesc,
+) -> Result<Loaded, String> {
     let Incoming {
         reader,
         answer,
@@ -49,6 +54,23 @@ pub fn receive(inc: Incoming, ram: &GuestMemoryMmap, mine: &MachineDesc) -> Resu
                     }
                 }
             }
+            Frame::BlockPages {
+                block,
+                offset,
+                data,
+            } => {
+                let b = block_at(blocks, block, offset, data.len())?;
+                b.write(offset as usize, data);
+            }
+            Frame::BlockZeros {
+                block,
+                offset,
+                count,
+            } => {
+                let len = count as usize * PAGE;
+                let b = block_at(blocks, block, offset, len)?;
+                b.write(offset as usize, &vec![0u8; len]);
+            }
             Frame::Section(s) => sections.push(*s),
             Frame::End => break,
         }
@@ -58,4 +80,22 @@ pub fn receive(inc: Incoming, ram: &GuestMemoryMmap, mine: &MachineDesc) -> Resu
         answer,
         bytes: r.read,
     })
+}
+
+fn block_at(
+    blocks: &[std::sync::Arc<dyn super::DeviceRam>],
+    block: u32,
+    offset: u64,
+    len: usize,
+) -> Result<&dyn super::DeviceRam, String> {
+    let b = blocks
+        .get(block as usize)
+        .ok_or_else(|| format!("device memory block {block} does not exist"))?;
+    if offset as usize + len > b.len() {
+        return Err(format!(
+            "{len} bytes at {offset:#x} lie outside device memory '{}'",
+            b.name()
+        ));
+    }
+    Ok(b.as_ref())
 }

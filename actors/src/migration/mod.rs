@@ -24,6 +24,21 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+/// Memory a device owns outside guest RAM (the VGA's video memory), which travels with the
+/// machine like RAM does.
+pub trait DeviceRam: Send + Sync {
+    /// Its name in the stream (`vga.vram`).
+    fn name(&self) -> String;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copy `buf.len()` bytes from `offset`.
+    fn read(&self, offset: usize, buf: &mut [u8]);
+    /// Store `data` at `offset`.
+    fn write(&self, offset: usize, data: &[u8]);
+}
+
 /// QEMU's migration states that troupe reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

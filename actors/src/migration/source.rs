@@ -19,6 +19,10 @@ pub type DirtyBitmap = Vec<(u64, Vec<u64>)>;
 /// What the source needs from the rest of troupe.
 pub trait SourceMachine {
     fn ram(&self) -> &GuestMemoryMmap;
+    /// Device memory outside RAM (video memory), in the machine description's order.
+    fn device_ram(&self) -> Vec<std::sync::Arc<dyn super::DeviceRam>> {
+        Vec::new()
+    }
     /// Start or stop recording guest RAM writes (turning it on starts afresh).
     fn log_dirty(&self, on: bool) -> Result<(), String>;
     /// Pages written since logging started or since the last call.
@@ -149,6 +153,50 @@ impl<M: SourceMachine> Sender<'_, M> {
         Ok(())
     }
 
+    /// Device memory block `index`: every page the first time (`shadow` empty), then only
+    /// the pages that differ from `shadow`, which is kept equal to what was sent. Device
+    /// memory has no dirty log of its own to share (the display refresh reads the video
+    /// memory's), so the copy is the record.
+    fn block(
+        &mut self,
+        index: u32,
+        b: &dyn super::DeviceRam,
+        shadow: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let first = shadow.is_empty();
+        if first {
+            shadow.resize(b.len(), 0);
+        }
+        let mut page = vec![0u8; PAGE];
+        let pages = b.len() / PAGE;
+        let mut i = 0;
+        while i < pages {
+            self.check()?;
+            b.read(i * PAGE, &mut page);
+            let old = &mut shadow[i * PAGE..(i + 1) * PAGE];
+            if !first && old[..] == page[..] {
+                i += 1;
+                continue;
+            }
+            old.copy_from_slice(&page);
+            let before = self.w.written;
+            let res = if is_zero(&page) {
+                self.w.block_zeros(index, (i * PAGE) as u64, 1)
+            } else {
+                self.w.block_pages(index, (i * PAGE) as u64, &page)
+            };
+            res.map_err(|e| self.io(e))?;
+            let n = self.w.written - before;
+            self.mig.with_progress(|p| p.transferred = self.w.written);
+            if self.paced {
+                let limit = self.mig.params().max_bandwidth;
+                self.pacer.sent(n, limit);
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
     /// Every page of guest RAM.
     fn all(&mut self) -> Result<(), Failure> {
         let regions: Vec<(u64, u64)> = self
@@ -270,6 +318,11 @@ fn precopy_and_switch<M: SourceMachine>(
     let mut pass_start = Instant::now();
     let mut pass_bytes = s.w.written;
     s.all()?;
+    let blocks = m.device_ram();
+    let mut shadows: Vec<Vec<u8>> = vec![Vec::new(); blocks.len()];
+    for (i, b) in blocks.iter().enumerate() {
+        s.block(i as u32, b.as_ref(), &mut shadows[i])?;
+    }
     let mut carried: DirtyBitmap;
     loop {
         s.check()?;
@@ -314,6 +367,10 @@ fn precopy_and_switch<M: SourceMachine>(
     merge(&mut carried, last);
     mig.with_progress(|p| p.remaining = count(&carried) * PAGE as u64);
     s.dirty(&carried).map_err(paused)?;
+    for (i, b) in blocks.iter().enumerate() {
+        s.block(i as u32, b.as_ref(), &mut shadows[i])
+            .map_err(paused)?;
+    }
     for sec in &sections {
         s.w.section(sec).map_err(|e| paused(s.io(e)))?;
     }

@@ -11,6 +11,8 @@
 //!   destination compares it with its own before any byte of RAM lands.
 //! - `R` RAM: guest address (u64 LE) then whole 4 KiB pages, up to [`MAX_RUN`] of them.
 //! - `Z` zero pages: guest address (u64 LE), page count (u32 LE).
+//! - `V` device memory (video RAM): block index (u32 LE, in the machine's `blocks`),
+//!   byte offset (u64 LE), whole pages; `W` zero pages of it: index, offset, count.
 //! - `S` one device-tree entry's saved state: a JSON [`Section`] (id, kind, version, state).
 //! - `E` end of stream (empty payload).
 //!
@@ -58,6 +60,9 @@ pub enum StreamError {
 pub struct MachineDesc {
     /// Guest RAM: (guest address, size) of each region.
     pub ram: Vec<(u64, u64)>,
+    /// Device memory outside RAM: (name, size).
+    #[serde(default)]
+    pub blocks: Vec<(String, u64)>,
     pub vcpus: u32,
     /// The `-cpu` model as given.
     pub cpu: String,
@@ -77,6 +82,19 @@ impl MachineDesc {
                 regions(&self.ram),
                 size(&dest.ram) >> 20,
                 regions(&dest.ram)
+            ));
+        }
+        if self.blocks != dest.blocks {
+            let show = |b: &[(String, u64)]| {
+                b.iter()
+                    .map(|(n, s)| format!("{n} {} MiB", s >> 20))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Some(format!(
+                "device memory differs: the source has [{}], this machine [{}]",
+                show(&self.blocks),
+                show(&dest.blocks)
             ));
         }
         if self.vcpus != dest.vcpus {
@@ -177,6 +195,23 @@ impl<W: Write> StreamWriter<W> {
         self.frame(b'Z', &[&gpa.to_le_bytes(), &count.to_le_bytes()])
     }
 
+    /// Whole pages of device memory block `block` from byte `offset`.
+    pub fn block_pages(&mut self, block: u32, offset: u64, data: &[u8]) -> Result<(), StreamError> {
+        self.frame(b'V', &[&block.to_le_bytes(), &offset.to_le_bytes(), data])
+    }
+
+    /// `count` zero pages of device memory block `block` from byte `offset`.
+    pub fn block_zeros(&mut self, block: u32, offset: u64, count: u32) -> Result<(), StreamError> {
+        self.frame(
+            b'W',
+            &[
+                &block.to_le_bytes(),
+                &offset.to_le_bytes(),
+                &count.to_le_bytes(),
+            ],
+        )
+    }
+
     /// One device-tree entry's state.
     pub fn section(&mut self, s: &Section) -> Result<(), StreamError> {
         let json = serde_json::to_vec(s).map_err(io::Error::other)?;
@@ -203,8 +238,24 @@ impl<W: Write> StreamWriter<W> {
 /// One frame as read.
 #[derive(Debug)]
 pub enum Frame<'a> {
-    Pages { gpa: u64, data: &'a [u8] },
-    Zeros { gpa: u64, count: u32 },
+    Pages {
+        gpa: u64,
+        data: &'a [u8],
+    },
+    Zeros {
+        gpa: u64,
+        count: u32,
+    },
+    BlockPages {
+        block: u32,
+        offset: u64,
+        data: &'a [u8],
+    },
+    BlockZeros {
+        block: u32,
+        offset: u64,
+        count: u32,
+    },
     Section(Box<Section>),
     End,
 }
@@ -253,7 +304,7 @@ impl<R: Read> StreamReader<R> {
         let mut head = [0u8; 5];
         read_exact(&mut self.input, &mut head, "between frames")?;
         let tag = head[0];
-        if !matches!(tag, b'M' | b'R' | b'Z' | b'S' | b'E') {
+        if !matches!(tag, b'M' | b'R' | b'Z' | b'V' | b'W' | b'S' | b'E') {
             return Err(StreamError::Tag(
                 if tag.is_ascii_graphic() {
                     tag as char
@@ -314,6 +365,26 @@ impl<R: Read> StreamReader<R> {
                     count: u32::from_le_bytes(b[8..].try_into().unwrap_or_default()),
                 }
             }
+            b'V' => {
+                if b.len() < 12 || !(b.len() - 12).is_multiple_of(PAGE) {
+                    return Err(bad("not whole pages"));
+                }
+                Frame::BlockPages {
+                    block: u32::from_le_bytes(b[..4].try_into().unwrap_or_default()),
+                    offset: u64::from_le_bytes(b[4..12].try_into().unwrap_or_default()),
+                    data: &b[12..],
+                }
+            }
+            b'W' => {
+                if b.len() != 16 {
+                    return Err(bad("wrong length"));
+                }
+                Frame::BlockZeros {
+                    block: u32::from_le_bytes(b[..4].try_into().unwrap_or_default()),
+                    offset: u64::from_le_bytes(b[4..12].try_into().unwrap_or_default()),
+                    count: u32::from_le_bytes(b[12..].try_into().unwrap_or_default()),
+                }
+            }
             b'S' => Frame::Section(Box::new(
                 serde_json::from_slice(b).map_err(|e| bad(&e.to_string()))?,
             )),
@@ -341,6 +412,7 @@ mod tests {
     fn desc() -> MachineDesc {
         MachineDesc {
             ram: vec![(0, 128 << 20)],
+            blocks: vec![("vga.vram".into(), 16 << 20)],
             vcpus: 2,
             cpu: "qemu64".into(),
             devices: vec![("serial0".into(), "isa-serial".into())],

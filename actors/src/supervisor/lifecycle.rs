@@ -85,6 +85,10 @@ pub trait Machine: Send + Sync + 'static {
     fn take_dirty(&self) -> Result<crate::migration::source::DirtyBitmap, String> {
         Err("this machine cannot log guest RAM writes".into())
     }
+    /// Device memory outside guest RAM that migrates with it (video memory).
+    fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
+        Vec::new()
+    }
 }
 
 /// Broadcast to monitors (QMP events) as the lifecycle changes.
@@ -423,6 +427,12 @@ impl Supervisor {
             .ok_or("this machine cannot be migrated")?;
         Ok(crate::migration::stream::MachineDesc {
             ram: ram.iter().map(|r| (r.start_addr().0, r.len())).collect(),
+            blocks: self
+                .machine
+                .device_ram()
+                .iter()
+                .map(|b| (b.name(), b.len() as u64))
+                .collect(),
             vcpus: self.vcpus.len() as u32,
             cpu: self.cfg.cpu.clone(),
             devices: self
@@ -563,6 +573,7 @@ impl Supervisor {
             .machine
             .ram()
             .ok_or("this machine cannot be migrated")?;
+        let blocks = self.machine.device_ram();
         let sup = self.handle.clone().ok_or("the supervisor has no handle")?;
         let rt = tokio::runtime::Handle::current();
         let mig = self.migration.clone();
@@ -589,7 +600,7 @@ impl Supervisor {
                             data: serde_json::json!({"status": "active"}).to_string(),
                         });
                     }
-                    let loaded = dest::receive(inc, &ram, &desc)?;
+                    let loaded = dest::receive(inc, &ram, &blocks, &desc)?;
                     let mut answer = loaded.answer;
                     let res = rt.block_on(sup.incoming_loaded(loaded.sections));
                     if let Some(a) = answer.as_mut() {
@@ -1506,6 +1517,9 @@ struct SupervisedSource {
 impl crate::migration::source::SourceMachine for SupervisedSource {
     fn ram(&self) -> &devices::memory::GuestMemoryMmap {
         &self.ram
+    }
+    fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
+        self.machine.device_ram()
     }
     fn log_dirty(&self, on: bool) -> Result<(), String> {
         self.machine.log_dirty(on)
