@@ -14,6 +14,7 @@
 mod image;
 mod lock;
 mod qcow2_check;
+pub mod qcow2_snapshot;
 mod qcow2_uring;
 pub mod uring;
 
