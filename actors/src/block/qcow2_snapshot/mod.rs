@@ -992,4 +992,4 @@ impl Qcow2Snapshots {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
