@@ -96,7 +96,8 @@ impl Imago {
         match Self::access(&self.path, self.qcow2, self.writable, self.direct) {
             Ok(new) => *a = new,
             Err(e) => {
-                self.broken.store(true, std::sync::atomic::Ordering::Release);
+                self.broken
+                    .store(true, std::sync::atomic::Ordering::Release);
                 return Err(e);
             }
         }

@@ -16,8 +16,8 @@ mod image;
 mod lock;
 mod qcow2_check;
 pub mod qcow2_snapshot;
-pub mod snapshot;
 mod qcow2_uring;
+pub mod snapshot;
 pub mod uring;
 
 use std::fs::File;

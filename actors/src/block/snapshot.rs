@@ -213,6 +213,25 @@ fn participants(disks: Disks<'_>) -> Result<(Vec<&BlockHandle>, usize), DiskSnap
     Ok((writable, 0))
 }
 
+/// `savevm`'s checks before any work: every writable drive can hold snapshots and one
+/// can take the VM state (QEMU's errors otherwise).
+pub fn check_snapshot_disks(disks: Disks<'_>) -> Result<(), DiskSnapshotError> {
+    participants(disks).map(|_| ())
+}
+
+/// The name `savevm` without a tag gives: `vm-YYYYMMDDHHMMSS`, local time.
+pub fn default_snapshot_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let d: String = local_date(now as u32)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!("vm-{d}")
+}
+
 /// `savevm NAME`'s disk half: replace any snapshot called `name` on every writable drive
 /// with a new one, the VM state (`vm_state`, from the migration stream) stored on the
 /// first. Call with the VM stopped. On failure, the snapshots already made are deleted.
@@ -314,9 +333,9 @@ pub async fn info_snapshots_text(disks: Disks<'_>) -> String {
         .iter()
         .filter(|(_, h)| !h.info.read_only && h.can_snapshot())
         .collect();
-    let Some((_, vm_disk)) = capable.first() else {
+    if capable.is_empty() {
         return format!("{}\n", DiskSnapshotError::NoVmStateDisk);
-    };
+    }
     let mut lists = Vec::new();
     for (id, h) in &capable {
         match h.snapshots().await {
@@ -327,10 +346,8 @@ pub async fn info_snapshots_text(disks: Disks<'_>) -> String {
     if lists.iter().all(|(_, l)| l.is_empty()) {
         return "There is no snapshot available.\n".into();
     }
-    let vm_list = match vm_disk.snapshots().await {
-        Ok(l) => l,
-        Err(e) => return format!("{}\n", crate::supervisor::error_chain(&e)),
-    };
+    // The drive that would take the VM state leads.
+    let vm_list = lists[0].1.clone();
     // A writable drive that cannot hold snapshots has none of them.
     let all_capable = disks
         .iter()
@@ -480,6 +497,11 @@ mod tests {
         ] {
             assert_eq!(size_to_str(v), s, "{v}");
         }
+        let name = default_snapshot_name();
+        assert!(
+            name.len() == 17 && name.starts_with("vm-20") && name[3..].parse::<u64>().is_ok(),
+            "{name}"
+        );
         assert_eq!(
             header_line(),
             "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n"
@@ -605,14 +627,24 @@ mod tests {
             // A copy of the file, with the snapshot applied by QEMU, has the old data.
             let copy = dir.path("copy.qcow2");
             std::fs::copy(&img, &copy).unwrap();
-            let (ok, out) = tool("qemu-img", &["snapshot", "-a", "s1", copy.to_str().unwrap()]);
+            let (ok, out) = tool(
+                "qemu-img",
+                &["snapshot", "-a", "s1", copy.to_str().unwrap()],
+            );
             assert!(ok, "{out}");
             check_clean(&copy);
             assert_eq!(guest_bytes(&copy)[..256 << 10], a[..]);
 
             // Saving again under the same name replaces the snapshot.
             assert!(matches!(
-                op(&h, SnapshotOp::Create { name: "s1".into(), vm_state: vm.clone(), vm_clock_ns: 8 }),
+                op(
+                    &h,
+                    SnapshotOp::Create {
+                        name: "s1".into(),
+                        vm_state: vm.clone(),
+                        vm_clock_ns: 8
+                    }
+                ),
                 SnapshotDone::Created(_)
             ));
             let SnapshotDone::Listed(l) = op(&h, SnapshotOp::List) else {
@@ -621,7 +653,10 @@ mod tests {
             assert_eq!(l.len(), 1);
             assert_eq!(l[0].vm_clock_ns, 8);
             write(&h, 0, pattern(14, 4096));
-            assert_eq!(op(&h, SnapshotOp::Load { name: "s1".into() }), SnapshotDone::Loaded(vm));
+            assert_eq!(
+                op(&h, SnapshotOp::Load { name: "s1".into() }),
+                SnapshotDone::Loaded(vm)
+            );
             assert_eq!(read(&h, 0, 256 << 10), now, "{aio:?}");
             let c = pattern(15, 8192);
             write(&h, 4096, c.clone());
@@ -665,33 +700,76 @@ mod tests {
         write(&d0, 0, vec![1; 4096]);
         write(&d1, 0, vec![2; 4096]);
         let vm = pattern(20, 5000);
-        block_on(create_snapshot_on_all_disks(&disks, "snap", vm.clone(), 2_000_000_000)).unwrap();
+        block_on(create_snapshot_on_all_disks(
+            &disks,
+            "snap",
+            vm.clone(),
+            2_000_000_000,
+        ))
+        .unwrap();
         let text = block_on(info_snapshots_text(&disks));
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("List of snapshots present on all disks:"));
-        assert_eq!(lines.next().map(|l| l.trim_end()), Some(header_line().trim_end()));
+        assert_eq!(
+            lines.next(),
+            Some("List of snapshots present on all disks:")
+        );
+        assert_eq!(
+            lines.next().map(|l| l.trim_end()),
+            Some(header_line().trim_end())
+        );
         let row = lines.next().unwrap();
-        assert!(row.starts_with("--        snap             4.88 KiB "), "{text}");
+        assert!(
+            row.starts_with("--        snap             4.88 KiB "),
+            "{text}"
+        );
         assert!(row.ends_with(" 00:00:02.000           "), "{text}");
         assert_eq!(lines.next(), None, "{text}");
         // Only the first drive holds the VM state.
-        let SnapshotDone::Listed(l) = op(&d1, SnapshotOp::List) else { panic!() };
+        let SnapshotDone::Listed(l) = op(&d1, SnapshotOp::List) else {
+            panic!()
+        };
         assert_eq!(l[0].vm_state_size, 0);
 
         write(&d0, 0, vec![3; 4096]);
         write(&d1, 0, vec![4; 4096]);
         let e = block_on(load_snapshot_from_disks(&disks, "nope")).unwrap_err();
-        assert_eq!(e.to_string(), "Snapshot 'nope' does not exist in one or more devices");
-        assert_eq!(block_on(load_snapshot_from_disks(&disks, "snap")).unwrap(), vm);
+        assert_eq!(
+            e.to_string(),
+            "Snapshot 'nope' does not exist in one or more devices"
+        );
+        assert_eq!(
+            block_on(load_snapshot_from_disks(&disks, "snap")).unwrap(),
+            vm
+        );
         assert_eq!(read(&d0, 0, 4096), vec![1; 4096]);
         assert_eq!(read(&d1, 0, 4096), vec![2; 4096]);
 
         // A snapshot only one drive has is partial; one without VM state cannot be loaded.
-        op(&d1, SnapshotOp::Create { name: "only1".into(), vm_state: Vec::new(), vm_clock_ns: 0 });
+        op(
+            &d1,
+            SnapshotOp::Create {
+                name: "only1".into(),
+                vm_state: Vec::new(),
+                vm_clock_ns: 0,
+            },
+        );
         let text = block_on(info_snapshots_text(&disks));
-        assert!(text.contains("\nList of partial (non-loadable) snapshots on 'd1':\nID "), "{text}");
-        assert!(text.contains("\n2         only1                 0 B "), "{text}");
-        op(&d0, SnapshotOp::Create { name: "only1".into(), vm_state: Vec::new(), vm_clock_ns: 0 });
+        assert!(
+            text.contains("\nList of partial (non-loadable) snapshots on 'd1':\nID "),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n2         only1                 0 B "),
+            "{text}"
+        );
+        op(
+            &d0,
+            SnapshotOp::Create {
+                name: "only1".into(),
+                vm_state: Vec::new(),
+                vm_clock_ns: 0,
+            },
+        );
         let e = block_on(load_snapshot_from_disks(&disks, "only1")).unwrap_err();
         assert!(matches!(e, DiskSnapshotError::DiskOnly(_)), "{e}");
 
@@ -704,11 +782,20 @@ mod tests {
         let mut with_raw = disks.clone();
         with_raw.push(("r0".to_string(), r));
         let e = block_on(create_snapshot_on_all_disks(&with_raw, "x", vec![1], 0)).unwrap_err();
-        assert_eq!(e.to_string(), "Device 'r0' is writable but does not support snapshots");
+        assert_eq!(
+            e.to_string(),
+            "Device 'r0' is writable but does not support snapshots"
+        );
         let e = block_on(delete_snapshot_on_all_disks(&with_raw, "only1")).unwrap_err();
-        assert_eq!(e.to_string(), "Device 'r0' is writable but does not support snapshots");
+        assert_eq!(
+            e.to_string(),
+            "Device 'r0' is writable but does not support snapshots"
+        );
         let text = block_on(info_snapshots_text(&with_raw));
-        assert!(text.starts_with("List of snapshots present on all disks:\nNone\n\nList of partial"), "{text}");
+        assert!(
+            text.starts_with("List of snapshots present on all disks:\nNone\n\nList of partial"),
+            "{text}"
+        );
         let only_raw = vec![with_raw[3].clone(), with_raw[2].clone()];
         assert_eq!(
             block_on(info_snapshots_text(&only_raw)),

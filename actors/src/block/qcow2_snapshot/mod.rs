@@ -372,7 +372,11 @@ impl Qcow2Snapshots {
             .map_err(|e| self.err(e))?
             .len()
             .div_ceil(cs) as usize;
-        let last = self.reftable.iter().rposition(|&o| o != 0).map_or(0, |i| i + 1);
+        let last = self
+            .reftable
+            .iter()
+            .rposition(|&o| o != 0)
+            .map_or(0, |i| i + 1);
         let mut rc = vec![0u64; file_clusters.max(1).min(last * per)];
         let mut block = vec![0u8; cs as usize];
         for (bi, &off) in self.reftable.iter().enumerate() {
@@ -438,7 +442,9 @@ impl Qcow2Snapshots {
             self.cur.resize(i + 1, 0);
         }
         let old = self.cur[i];
-        let new = old.checked_add_signed(delta).filter(|&n| n <= self.max_refcount());
+        let new = old
+            .checked_add_signed(delta)
+            .filter(|&n| n <= self.max_refcount());
         let Some(new) = new else {
             return Err(if delta < 0 {
                 self.corrupt(format!(
@@ -796,9 +802,9 @@ impl Qcow2Snapshots {
             let len = new.vm_state.len() as u64;
             let n = len.div_ceil(cs);
             let data = self.alloc(n)?;
-            let mut buf = new.vm_state.to_vec();
-            buf.resize((n * cs) as usize, 0);
-            self.write(&buf, data)?;
+            self.write(new.vm_state, data)?;
+            let tail = (n * cs - len) as usize;
+            self.write(&vec![0u8; tail], data + len)?;
             let per_l2 = cs / 8;
             let last_l1 = ((vm_off + len - 1) / cs / per_l2) as usize;
             if (last_l1 as u64 + 1) * 8 > MAX_L1_BYTES {

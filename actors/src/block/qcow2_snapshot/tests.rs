@@ -152,7 +152,9 @@ fn a_snapshot_is_listed_loaded_and_deleted_as_qemu_img_sees_it() {
         check_clean(&img);
         let listed = qemu_list(&img);
         assert!(
-            listed.lines().any(|l| l.contains(" s1 ") && l.contains("293 KiB")),
+            listed
+                .lines()
+                .any(|l| l.contains(" s1 ") && l.contains("293 KiB")),
             "{opts}: {listed}"
         );
         let before = guest_bytes(&img);
