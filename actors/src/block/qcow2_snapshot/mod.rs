@@ -286,7 +286,7 @@ impl Qcow2Snapshots {
         if nb == 0 {
             return Ok(());
         }
-        if self.snapshots_offset % self.cs() != 0 {
+        if !self.snapshots_offset.is_multiple_of(self.cs()) {
             return Err(self.corrupt(format!(
                 "snapshots_offset {:#x} is not cluster-aligned",
                 self.snapshots_offset
@@ -319,7 +319,7 @@ impl Qcow2Snapshots {
             };
             let l1_offset = be64(&hdr, 0);
             let l1_size = be32(&hdr, 8);
-            if l1_offset % self.cs() != 0 || u64::from(l1_size) * 8 > MAX_L1_BYTES {
+            if !l1_offset.is_multiple_of(self.cs()) || u64::from(l1_size) * 8 > MAX_L1_BYTES {
                 return Err(self.corrupt(format!(
                     "snapshot '{name}': L1 table at {l1_offset:#x} of {l1_size} entries"
                 )));
@@ -352,7 +352,7 @@ impl Qcow2Snapshots {
 
     fn read_refcounts(&mut self) -> Result<()> {
         let cs = self.cs();
-        if self.rt_offset % cs != 0 || self.rt_clusters == 0 {
+        if !self.rt_offset.is_multiple_of(cs) || self.rt_clusters == 0 {
             return Err(self.corrupt(format!(
                 "refcount table at {:#x} of {} clusters",
                 self.rt_offset, self.rt_clusters
@@ -383,7 +383,7 @@ impl Qcow2Snapshots {
             if off == 0 || bi * per >= rc.len() {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 return Err(self.corrupt(format!("refcount block at {off:#x}")));
             }
             self.read(&mut block, off)?;
@@ -614,7 +614,7 @@ impl Qcow2Snapshots {
     }
 
     fn read_l2(&self, offset: u64) -> Result<Vec<u64>> {
-        if offset % self.cs() != 0 {
+        if !offset.is_multiple_of(self.cs()) {
             return Err(self.corrupt(format!("L2 table at unaligned offset {offset:#x}")));
         }
         let mut b = vec![0u8; self.cs() as usize];
@@ -654,7 +654,7 @@ impl Qcow2Snapshots {
             }
             for e in self.read_l2(l2)? {
                 if let Some((off, len)) = self.l2_allocation(e) {
-                    if e & COMPRESSED == 0 && off % self.cs() != 0 {
+                    if e & COMPRESSED == 0 && !off.is_multiple_of(self.cs()) {
                         return Err(self.corrupt(format!("data cluster at {off:#x}")));
                     }
                     self.adjust_range(off, len, delta)?;
@@ -820,7 +820,7 @@ impl Qcow2Snapshots {
             for k in 0..n {
                 let g = vm_off / cs + k;
                 let (l1i, l2i) = ((g / per_l2) as usize, (g % per_l2) as usize);
-                if !private.contains_key(&l1i) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = private.entry(l1i) {
                     let shared = snap_l1[l1i] & OFFSET_MASK;
                     let t = if shared != 0 {
                         // The copy keeps the table's references; the table loses this one.
@@ -829,7 +829,7 @@ impl Qcow2Snapshots {
                     } else {
                         vec![0; per_l2 as usize]
                     };
-                    private.insert(l1i, t);
+                    slot.insert(t);
                 }
                 let t = private.get_mut(&l1i).expect("inserted above");
                 let old = std::mem::replace(&mut t[l2i], data + k * cs);
