@@ -128,6 +128,8 @@ pub struct Qcow2Snapshots {
     entries: Vec<Entry>,
     /// Bytes the snapshot table takes on disk now.
     table_len: u64,
+    /// The file's length when opened: nothing on disk may point past it.
+    file_len: u64,
     /// Reference counts by cluster index: as on disk when opened, and as they will be.
     orig: Vec<u64>,
     cur: Vec<u64>,
@@ -223,6 +225,7 @@ impl Qcow2Snapshots {
             refcount_bits,
             entries: Vec::new(),
             table_len: 0,
+            file_len: 0,
             orig: Vec::new(),
             cur: Vec::new(),
             reftable: Vec::new(),
@@ -366,12 +369,8 @@ impl Qcow2Snapshots {
         self.read(&mut rt, self.rt_offset)?;
         self.reftable = rt.chunks(8).map(|c| be64(c, 0) & !0x1ff).collect();
         let per = self.per_block();
-        let file_clusters = self
-            .file
-            .metadata()
-            .map_err(|e| self.err(e))?
-            .len()
-            .div_ceil(cs) as usize;
+        self.file_len = self.file.metadata().map_err(|e| self.err(e))?.len();
+        let file_clusters = self.file_len.div_ceil(cs) as usize;
         let last = self
             .reftable
             .iter()
@@ -438,6 +437,12 @@ impl Qcow2Snapshots {
 
     /// Add `delta` to the count of cluster `i`.
     fn adjust(&mut self, i: usize, delta: i64) -> Result<()> {
+        if i >= self.cur.len() && delta < 0 {
+            return Err(self.corrupt(format!(
+                "cluster {:#x} is referenced but has no refcount",
+                (i as u64) << self.cluster_bits
+            )));
+        }
         if i >= self.cur.len() {
             self.cur.resize(i + 1, 0);
         }
@@ -654,11 +659,18 @@ impl Qcow2Snapshots {
             }
             for e in self.read_l2(l2)? {
                 if let Some((off, len)) = self.l2_allocation(e) {
-                    if e & COMPRESSED == 0 && !off.is_multiple_of(self.cs()) {
-                        return Err(self.corrupt(format!("data cluster at {off:#x}")));
+                    if e & COMPRESSED == 0 && !off.is_multiple_of(self.cs())
+                        || off + len > self.file_len
+                    {
+                        return Err(self.corrupt(format!(
+                            "data cluster at {off:#x} (L2 entry {e:#x} in the table at {l2:#x})"
+                        )));
                     }
                     self.adjust_range(off, len, delta)?;
                 }
+            }
+            if l2 >= self.file_len {
+                return Err(self.corrupt(format!("L2 table at {l2:#x} past the end")));
             }
             self.adjust(l2 as usize >> self.cluster_bits, delta)?;
         }
@@ -959,7 +971,8 @@ impl Qcow2Snapshots {
     }
 
     fn read_vm_state(&self, l1: &[u64], len: u64) -> Result<Vec<u8>> {
-        if len > 1 << 40 {
+        // QEMU writes every byte of the VM state: it cannot be longer than the file.
+        if len > self.file_len {
             return Err(self.corrupt(format!("VM state of {len} bytes")));
         }
         let cs = self.cs();

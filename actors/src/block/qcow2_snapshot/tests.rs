@@ -306,3 +306,31 @@ fn unknown_names_and_full_refcounts_are_refused_and_leave_the_image_clean() {
         Err(SnapshotError::NotQcow2 { .. })
     ));
 }
+
+#[test]
+fn a_snapshot_pointing_past_the_file_is_refused_without_touching_the_image() {
+    let dir = Dir::new("corrupt");
+    let img = dir.path("d.qcow2");
+    create(&img, "1M", "");
+    qio(&img, &["write -P 0x21 0 64k"]);
+    let mut s = Qcow2Snapshots::open(&img, true).unwrap();
+    s.create(&new_snap("s", b"vm")).unwrap();
+    let l1 = s.entries[0].l1_offset;
+    drop(s);
+    // The snapshot's first L2 table, moved far past the end of the file.
+    let f = OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&0x00f0_0000_0000_0000u64.to_be_bytes(), l1)
+        .unwrap();
+    drop(f);
+    let before = std::fs::read(&img).unwrap();
+    let mut s = Qcow2Snapshots::open(&img, true).unwrap();
+    for e in [s.load("s").unwrap_err(), s.delete("s").unwrap_err()] {
+        assert!(matches!(e, SnapshotError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("past the end"), "{e}");
+    }
+    drop(s);
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the image was written"
+    );
+}
