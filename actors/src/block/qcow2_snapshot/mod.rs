@@ -15,8 +15,10 @@
 //! blocks written with, per cluster, the larger of the old and new counts, fsync, (3)
 //! COPIED flags cleared where a count grew, (4) the header's fields in one write, fsync,
 //! (5) refcount blocks written with the final counts, fsync, (6) COPIED flags set where a
-//! count fell to 1. A crash at any point leaves a consistent image, at worst with leaked
-//! clusters (which `qemu-img check -r leaks` reclaims), never a cluster used twice.
+//! count fell to 1. A crash at any point leaves the old state or the new one, at worst
+//! with leaked clusters and COPIED flags out of step with those too-high counts (QEMU's
+//! own order has the same windows; `qemu-img check -r all` repairs both), never a COPIED
+//! flag on a cluster two tables reach, nor a count below its references.
 //!
 //! Reference counts are read whole into memory (one `u64` per cluster of the file).
 
@@ -130,6 +132,9 @@ pub struct Qcow2Snapshots {
     table_len: u64,
     /// The file's length when opened: nothing on disk may point past it.
     file_len: u64,
+    /// Tests: stop (as a crash would) at this point of the next operation.
+    #[cfg(test)]
+    crash_at: Option<u32>,
     /// Reference counts by cluster index: as on disk when opened, and as they will be.
     orig: Vec<u64>,
     cur: Vec<u64>,
@@ -226,6 +231,8 @@ impl Qcow2Snapshots {
             entries: Vec::new(),
             table_len: 0,
             file_len: 0,
+            #[cfg(test)]
+            crash_at: None,
             orig: Vec::new(),
             cur: Vec::new(),
             reftable: Vec::new(),
@@ -240,6 +247,17 @@ impl Qcow2Snapshots {
         s.read_snapshot_table(nb)?;
         s.read_refcounts()?;
         Ok(s)
+    }
+
+    /// Where a test may stop an operation as a crash would (see the module comment for
+    /// the steps): 0 new clusters written, 1 counts grown, 2 COPIED flags cleared, 3
+    /// header written, 4 final counts written.
+    fn crash_point(&self, _step: u32) -> Result<()> {
+        #[cfg(test)]
+        if self.crash_at == Some(_step) {
+            return Err(self.err(io::Error::other(format!("simulated crash at step {_step}"))));
+        }
+        Ok(())
     }
 
     fn cs(&self) -> u64 {
@@ -887,16 +905,21 @@ impl Qcow2Snapshots {
             extra,
         });
         self.new_table()?;
+        self.crash_point(0)?;
 
         self.commit_grow()?;
+        self.crash_point(1)?;
         // The active tables now share everything: no COPIED flag may stay.
         let mut active = active;
         if self.fix_copied(&mut active, self.max_rc(), false)? {
             self.write_table(&active, self.l1_offset, 0)?;
         }
         self.sync()?;
+        self.crash_point(2)?;
         self.write_header()?;
+        self.crash_point(3)?;
         self.commit_final()?;
+        self.crash_point(4)?;
         Ok(info)
     }
 
@@ -910,8 +933,11 @@ impl Qcow2Snapshots {
         self.entries.remove(idx);
         self.new_table()?;
         self.commit_grow()?;
+        self.crash_point(1)?;
         self.write_header()?;
+        self.crash_point(3)?;
         self.commit_final()?;
+        self.crash_point(4)?;
         self.settle_copied()?;
         Ok(e.info)
     }
@@ -950,15 +976,19 @@ impl Qcow2Snapshots {
         self.write_table(&l1, off, bytes.next_multiple_of(cs))?;
         self.adjust_range(self.l1_offset, u64::from(self.l1_size) * 8, -1)?;
         self.commit_grow()?;
+        self.crash_point(1)?;
         // Shared tables must carry no COPIED flag before the header points at them.
         if self.fix_copied(&mut l1, self.max_rc(), false)? {
             self.write_table(&l1, off, 0)?;
         }
         self.sync()?;
+        self.crash_point(2)?;
         self.l1_offset = off;
         self.l1_size = l1.len() as u32;
         self.write_header()?;
+        self.crash_point(3)?;
         self.commit_final()?;
+        self.crash_point(4)?;
         self.settle_copied()?;
         self.read_vm_state(&snap_l1, e.info.vm_state_size)
     }
