@@ -812,3 +812,46 @@ fn info_snapshots_and_delvm_print_what_qemu_prints() {
     assert_eq!(troupe, hmp_session(true, &drives, &cmds));
     assert!(qemu_img(&["snapshot", "-l", s(&q)]).contains("again"));
 }
+
+/// While the guest streams writes to a qcow2 disk that has a snapshot (so its writes copy
+/// shared clusters first), `info snapshots` and `delvm` close and reopen the image under
+/// it: the guest's own checks find every sector as last written, and the image is clean.
+#[test]
+fn info_snapshots_and_delvm_under_a_writing_guest_lose_nothing() {
+    common::require_kvm();
+    let dir = TempDir::new("snap-live");
+    let img = dir.path("disk.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "16M"]);
+    qemu_img(&["snapshot", "-c", "base", s(&img)]);
+    let port = common::free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let drive = format!("file={},if=virtio,format=qcow2,id=d0", s(&img));
+    let mut vm = vguest(
+        "dev=blk op=stream sectors=64",
+        &["-m", "128", "-drive", &drive, "-qmp", &qmp],
+    )
+    .spawn();
+    vm.expect_stdout("vblk: round 100 ok", T);
+    let mut q = common::Qmp::open(port);
+    q.ask(r#"{"execute": "qmp_capabilities"}"#);
+    for _ in 0..3 {
+        let text = hmp(&mut q, "info snapshots");
+        assert!(text.contains("\r\n--        base "), "{text}");
+    }
+    let at = last_round(&vm.stdout.text());
+    assert_eq!(hmp(&mut q, "delvm base"), "");
+    assert_eq!(
+        hmp(&mut q, "info snapshots"),
+        "There is no snapshot available.\r\n"
+    );
+    vm.expect_stdout(&format!("vblk: round {} ok", at + 300), T);
+    let out = vm.stdout.text();
+    assert!(
+        !out.contains("expected") && !out.contains("failed"),
+        "{out}"
+    );
+    q.ask(r#"{"execute": "quit"}"#);
+    assert_eq!(code(vm.wait(T)), 0, "{}", vm.stderr.text());
+    assert_clean(&img);
+    assert!(!qemu_img(&["snapshot", "-l", s(&img)]).contains("base"));
+}
