@@ -285,6 +285,13 @@ impl MachineInfo for PcInfo {
         Value::Array(list)
     }
 
+    fn snapshot_disks(&self) -> Vec<(String, actors::block::BlockHandle)> {
+        self.block_devices()
+            .into_iter()
+            .filter_map(|bd| bd.backend.map(|b| (bd.drive.id.clone(), b.clone())))
+            .collect()
+    }
+
     fn query_blockstats(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let list: Vec<Value> = self

@@ -71,6 +71,7 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "driver[,prop=value][,...]",
         "add device, like -device on the command line",
     ),
+    ("delvm", "tag", "delete a VM snapshot from its tag"),
     ("device_del", "device", "remove device"),
     ("eject", "[-f] device", "eject a removable medium (use -f to force it)"),
     (
@@ -197,6 +198,7 @@ const INFO: &[(&str, &str, &str)] = &[
     ("qtree", "", "show device tree"),
     ("registers", "[-a]", "show the cpu registers (-a: all - show register info for all cpus)"),
     ("roms", "", "show roms"),
+    ("snapshots", "", "show the currently saved VM snapshots"),
     ("status", "", "show the current VM status (running|paused)"),
     ("tlb", "", "show virtual to physical memory mappings"),
     ("usernet", "", "show user network stack connection states"),
@@ -426,6 +428,13 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             },
             Err(e) => format!("{e}\n"),
         },
+        "delvm" => {
+            let disks = ctx.info.snapshot_disks();
+            match crate::block::snapshot::delete_snapshot_on_all_disks(&disks, rest[0]).await {
+                Ok(()) => String::new(),
+                Err(e) => format!("Error: {}\n", crate::supervisor::error_chain(&e)),
+            }
+        }
         "log" => log(ctx, &rest),
         "trace-event" => trace_event(ctx, &rest),
         "vcpu_pin" => vcpu_pin(ctx, rest[0], rest[1]).await,
@@ -675,6 +684,7 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             Err(e) => format!("Error: {e}\n"),
         },
         "roms" => ctx.info.roms(),
+        "snapshots" => crate::block::snapshot::info_snapshots_text(&ctx.info.snapshot_disks()).await,
         "pic" => ctx.info.pic(),
         "irq" => ctx.info.irq(),
         "network" => ctx.info.network(),

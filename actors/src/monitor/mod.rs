@@ -54,6 +54,9 @@ pub trait MachineInfo: Send + Sync {
     fn query_pci(&self) -> Value;
     /// `query-block` return value.
     fn query_block(&self) -> Value;
+    /// Every drive with a medium: (device id, backend), in `info block` order; what
+    /// `info snapshots`, `delvm` (and `savevm`/`loadvm`) work on.
+    fn snapshot_disks(&self) -> Vec<(String, crate::block::BlockHandle)>;
     /// `query-blockstats` return value.
     fn query_blockstats(&self) -> Value;
     /// `info mtree [-f]` text.
