@@ -138,6 +138,9 @@ pub struct BlockJob {
 #[derive(Clone)]
 pub struct BlockHandle {
     tx: crossbeam_channel::Sender<BlockJob>,
+    /// Dropped after `tx` (field order): when the last handle goes, the engine is woken
+    /// to see its mailbox closed, finish what it has and end (closing the image).
+    _closer: Option<Arc<WakeOnClose>>,
     /// Rung after each job for engines that sleep in io_uring.
     doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>,
     /// io_uring drives: how a front end makes an engine of its own (and the image lock
@@ -188,6 +191,15 @@ impl BlockHandle {
         } else {
             Aio::Threads
         }
+    }
+}
+
+/// Rings an io_uring engine's doorbell when dropped (see `BlockHandle::_closer`).
+struct WakeOnClose(Arc<vmm_sys_util::eventfd::EventFd>);
+
+impl Drop for WakeOnClose {
+    fn drop(&mut self) {
+        let _ = self.0.write(1);
     }
 }
 
@@ -247,8 +259,9 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
         source,
     };
     // The handle, once the drive's engine runs.
-    let handle = |tx, doorbell, uring, size| BlockHandle {
+    let handle = |tx, doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>, uring, size| BlockHandle {
         tx,
+        _closer: doorbell.clone().map(|d| Arc::new(WakeOnClose(d))),
         doorbell,
         uring,
         info: BlockInfo {
