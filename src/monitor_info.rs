@@ -9,8 +9,8 @@ use actors::bus::Bus;
 use actors::host::ide::IdeHost;
 use actors::monitor::commands::CmdError;
 use actors::monitor::{MachineInfo, MediaOp, MediaTarget};
-use devices::ide::MediaError;
 use actors::supervisor::{DeviceTree, Node, SYSTEM_BUS};
+use devices::ide::MediaError;
 use devices::pci::{BarKind, PciDeviceInfo};
 use serde_json::{json, Value};
 
@@ -206,7 +206,10 @@ fn media_error(name: &str, e: MediaError) -> CmdError {
 impl PcInfo {
     /// The drive a media command names: (its name for messages, the drive, its IDE
     /// position if it has one).
-    fn media_drive(&self, t: &MediaTarget) -> Result<(String, &DriveConfig, Option<usize>), CmdError> {
+    fn media_drive(
+        &self,
+        t: &MediaTarget,
+    ) -> Result<(String, &DriveConfig, Option<usize>), CmdError> {
         let name = match (&t.device, &t.id) {
             (Some(d), None) => d,
             // Front ends with qdev ids (-device ide-cd,id=) are not in troupe: no drive is
@@ -264,7 +267,8 @@ impl PcInfo {
                 )))
             }
             Err(
-                crate::cli::host::FileError::Open(why) | crate::cli::host::FileError::OpenWrite(why),
+                crate::cli::host::FileError::Open(why)
+                | crate::cli::host::FileError::OpenWrite(why),
             ) => return Err(err(format!("Could not open '{filename}': {why}"))),
         }
         let qcow2 = actors::block::is_qcow2(&path);

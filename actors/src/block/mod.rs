@@ -259,19 +259,20 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
         source,
     };
     // The handle, once the drive's engine runs.
-    let handle = |tx, doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>, uring, size| BlockHandle {
-        tx,
-        _closer: doorbell.clone().map(|d| Arc::new(WakeOnClose(d))),
-        doorbell,
-        uring,
-        info: BlockInfo {
-            size,
-            read_only: opts.read_only,
-        },
-        path: opts.path.clone(),
-        format,
-        stats: stats.clone(),
-    };
+    let handle =
+        |tx, doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>, uring, size| BlockHandle {
+            tx,
+            _closer: doorbell.clone().map(|d| Arc::new(WakeOnClose(d))),
+            doorbell,
+            uring,
+            info: BlockInfo {
+                size,
+                read_only: opts.read_only,
+            },
+            path: opts.path.clone(),
+            format,
+            stats: stats.clone(),
+        };
     if format == Format::Raw && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
         let size = std::fs::metadata(&opts.path).map_err(open_err)?.len();
         let spec = Arc::new(uring::UringSpec {

@@ -119,7 +119,11 @@ impl IdeHost {
     }
 
     /// Put `medium` into drive `n` (its tray open and empty).
-    pub fn insert_medium(self: &Arc<Self>, n: usize, medium: BlockHandle) -> Result<(), MediaError> {
+    pub fn insert_medium(
+        self: &Arc<Self>,
+        n: usize,
+        medium: BlockHandle,
+    ) -> Result<(), MediaError> {
         self.with(|m| {
             m.insert_medium(n, medium.info)?;
             lock(&self.backends)[n] = Some(medium);

@@ -335,7 +335,11 @@ pub async fn media(ctx: &MonitorContext, target: MediaTarget, op: MediaOp) -> Re
     let info = ctx.info.clone();
     tokio::task::spawn_blocking(move || info.media(&target, op))
         .await
-        .unwrap_or_else(|e| Err(CmdError::generic(format!("the monitor's worker failed: {e}"))))
+        .unwrap_or_else(|e| {
+            Err(CmdError::generic(format!(
+                "the monitor's worker failed: {e}"
+            )))
+        })
 }
 
 fn media_target(args: &Map<String, Value>) -> MediaTarget {
@@ -557,8 +561,12 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
-        "eject" | "blockdev-open-tray" | "blockdev-close-tray" | "blockdev-remove-medium"
-        | "blockdev-insert-medium" | "blockdev-change-medium" => {
+        "eject"
+        | "blockdev-open-tray"
+        | "blockdev-close-tray"
+        | "blockdev-remove-medium"
+        | "blockdev-insert-medium"
+        | "blockdev-change-medium" => {
             let force = args.get("force").and_then(Value::as_bool).unwrap_or(false);
             let op = match name {
                 "eject" => MediaOp::Eject { force },

@@ -678,7 +678,22 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             out
         }
         "pci" => exec_text(ctx, "query-pci", json!({}), pci_text).await,
-        "block" => exec_text(ctx, "query-block", json!({}), block_text).await,
+        "block" => {
+            // `info block [-n] [-v] [device]`: one device's entry when named.
+            let device = extra.iter().copied().find(|a| !a.starts_with('-'));
+            exec_text(ctx, "query-block", json!({}), |v| match device {
+                None => block_text(v),
+                Some(d) => block_text(&Value::Array(
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|b| b["device"] == d)
+                        .cloned()
+                        .collect(),
+                )),
+            })
+            .await
+        }
         "blockstats" => exec_text(ctx, "query-blockstats", json!({}), blockstats_text).await,
         "chardev" => exec_text(ctx, "query-chardev", json!({}), |v| {
             v.as_array()

@@ -348,7 +348,11 @@ impl Ide {
 
     /// Drive `n` if it is a CD-ROM.
     fn cd(&mut self, n: usize) -> Result<&mut Drive, MediaError> {
-        match self.channels.get_mut(n / 2).and_then(|c| c.drives[n % 2].as_mut()) {
+        match self
+            .channels
+            .get_mut(n / 2)
+            .and_then(|c| c.drives[n % 2].as_mut())
+        {
             None => Err(MediaError::NoDrive(n)),
             Some(d) if !d.cfg.cdrom => Err(MediaError::NotRemovable(n)),
             Some(d) => Ok(d),
@@ -1137,7 +1141,10 @@ impl Drive {
             ));
         }
         if s.media_changed > 2 {
-            return Err(format!("media_changed {} is not 0, 1 or 2", s.media_changed));
+            return Err(format!(
+                "media_changed {} is not 0, 1 or 2",
+                s.media_changed
+            ));
         }
         if s.byte_limit > 0xfffe {
             return Err(format!("byte_limit {} is above 0xfffe", s.byte_limit));

@@ -275,7 +275,11 @@ fn an_open_tray_is_not_ready_and_its_medium_can_be_swapped() {
     let mut r = rig();
     r.ide.open_tray(2, false).unwrap();
     assert!(r.ide.drive_info(2).unwrap().tray_open());
-    assert_eq!(media_event(&mut r), (0, 1), "tray open, no event while open");
+    assert_eq!(
+        media_event(&mut r),
+        (0, 1),
+        "tray open, no event while open"
+    );
     assert_eq!(tur(&mut r), Err(NOT_READY));
     packet(&mut r, [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 0xfffe);
     assert_eq!(sense(&mut r), NOT_READY, "READ(10) with the tray open");
@@ -313,7 +317,11 @@ fn a_locked_tray_stays_shut_unless_forced_and_the_guest_sees_an_eject_request() 
     assert!(r.irq15.is_high(), "the request interrupts");
     assert!(!r.ide.drive_info(2).unwrap().tray_open());
     assert!(r.ide.take_tray_moves().is_empty());
-    assert_eq!(media_event(&mut r), (1, 2), "eject requested, medium present");
+    assert_eq!(
+        media_event(&mut r),
+        (1, 2),
+        "eject requested, medium present"
+    );
     assert_eq!(tur(&mut r), Ok(()), "still readable");
     assert_eq!(
         r.ide.change_medium(2, None, false),
@@ -326,7 +334,11 @@ fn a_locked_tray_stays_shut_unless_forced_and_the_guest_sees_an_eject_request() 
     assert_eq!(r.ide.take_tray_moves(), [(2, true)]);
     packet(&mut r, [0x1b, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
     assert_eq!(r.ide.take_tray_moves(), [(2, false)]);
-    assert_eq!(tur(&mut r), Ok(()), "the guest's own tray moves are no media change");
+    assert_eq!(
+        tur(&mut r),
+        Ok(()),
+        "the guest's own tray moves are no media change"
+    );
     // Locked again: the guest cannot eject, the forced monitor can.
     packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
     packet(&mut r, [0x1b, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
@@ -346,10 +358,7 @@ fn media_operations_refuse_disks_missing_drives_and_wrong_tray_states() {
     assert_eq!(r.ide.open_tray(7, false), Err(MediaError::NoDrive(7)));
     assert_eq!(r.ide.remove_medium(2), Err(MediaError::TrayClosed(2)));
     let info = cd_info(&r);
-    assert_eq!(
-        r.ide.insert_medium(2, info),
-        Err(MediaError::TrayClosed(2))
-    );
+    assert_eq!(r.ide.insert_medium(2, info), Err(MediaError::TrayClosed(2)));
     r.ide.open_tray(2, false).unwrap();
     assert_eq!(
         r.ide.insert_medium(2, info),
