@@ -515,9 +515,10 @@ fn start_stop_unit(ide: &mut Ide, c: usize, b4: u8) {
         let key = if d.medium().is_some() { 0x02 } else { 0x05 };
         return check_condition(ide, c, (key, REMOVAL_PREVENTED, 0));
     }
-    if d.tray_open != !start {
-        d.tray_open = !start;
-        ide.tray_moves.push((n, !start));
+    let open = !start;
+    if d.tray_open != open {
+        d.tray_open = open;
+        ide.tray_moves.push((n, open));
     }
     ok(ide, c)
 }

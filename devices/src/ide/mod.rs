@@ -166,6 +166,11 @@ impl Drive {
         self.waiting = None;
         self.sense = (0, 0, 0);
         self.dma_ready = false;
+        // As QEMU's ide_reset: the tray closes and unlocks (no DEVICE_TRAY_MOVED), and a
+        // medium change not yet reported is dropped.
+        self.tray_open = false;
+        self.locked = false;
+        self.media_changed = 0;
     }
 
     /// What is in the drive (even with the tray open).

@@ -350,6 +350,24 @@ fn a_locked_tray_stays_shut_unless_forced_and_the_guest_sees_an_eject_request() 
 }
 
 #[test]
+fn a_reset_closes_and_unlocks_the_tray_as_qemu_does() {
+    let mut r = rig();
+    packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    r.ide.open_tray(2, true).unwrap();
+    r.ide.take_tray_moves();
+    r.ide.reset();
+    let d = r.ide.drive_info(2).unwrap();
+    assert!(!d.tray_open() && !d.locked());
+    assert!(r.ide.take_tray_moves().is_empty());
+    assert_eq!(tur(&mut r), Ok(()), "the disc is back in reach");
+    // DEVICE RESET too, from the guest.
+    packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    r.out8(1, 6, 0xa0);
+    r.out8(1, 7, 0x08);
+    assert!(!r.ide.drive_info(2).unwrap().locked());
+}
+
+#[test]
 fn media_operations_refuse_disks_missing_drives_and_wrong_tray_states() {
     let mut r = rig();
     assert_eq!(r.ide.open_tray(0, true), Err(MediaError::NotRemovable(0)));
