@@ -148,7 +148,10 @@ fn main(boot: &BootInfo) -> u32 {
                 }
                 let sense = [s[2] & 0x0f, s[12], s[13]];
                 if last_sense != Some(sense) {
-                    println!("atapi: sense {:02x}/{:02x}/{:02x}", sense[0], sense[1], sense[2]);
+                    println!(
+                        "atapi: sense {:02x}/{:02x}/{:02x}",
+                        sense[0], sense[1], sense[2]
+                    );
                     last_sense = Some(sense);
                 }
                 need_read = true;
