@@ -666,6 +666,7 @@ pub fn build(
     for m in muxes.values() {
         m.set_supervisor(handle.clone());
     }
+    info.ide.on_tray_moved(info.tray_listener(handle.clone()));
     let ctx = MonitorContext {
         supervisor: handle.clone(),
         registry: registry.clone(),

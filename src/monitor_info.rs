@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use actors::bus::Bus;
 use actors::host::ide::IdeHost;
-use actors::monitor::MachineInfo;
+use actors::monitor::commands::CmdError;
+use actors::monitor::{MachineInfo, MediaOp, MediaTarget};
 use actors::supervisor::{DeviceTree, Node, SYSTEM_BUS};
+use devices::ide::MediaError;
 use devices::pci::{BarKind, PciDeviceInfo};
 use serde_json::{json, Value};
 
@@ -127,9 +129,12 @@ fn ide_qdev(index: u32) -> String {
 /// One drive as the block queries show it.
 struct BlockDev<'a> {
     drive: &'a DriveConfig,
-    backend: Option<&'a actors::block::BlockHandle>,
+    /// The medium in it now (a CD-ROM's changes with `change`/`eject`).
+    backend: Option<actors::block::BlockHandle>,
     qdev: String,
     node: String,
+    /// IDE position (0..4), for the tray.
+    ide: Option<usize>,
 }
 
 impl PcInfo {
@@ -167,19 +172,137 @@ impl PcInfo {
                 backend: self.ide.backend(i),
                 qdev: ide_qdev(i as u32),
                 node: format!("#block{}", 100 + i),
+                ide: Some(i),
             })
             .collect();
         for (n, (id, qdev, b)) in self.virtio_disks.iter().enumerate() {
             if let Some(d) = self.drives.iter().find(|d| &d.id == id) {
                 v.push(BlockDev {
                     drive: d,
-                    backend: Some(b),
+                    backend: Some(b.clone()),
                     qdev: qdev.clone(),
                     node: format!("#block{}", 200 + n),
+                    ide: None,
                 });
             }
         }
         v
+    }
+}
+
+/// QEMU's message for a refused media operation on drive `name`.
+fn media_error(name: &str, e: MediaError) -> CmdError {
+    CmdError::Generic(match e {
+        MediaError::NoDrive(_) => return CmdError::DeviceNotFound(format!("Device '{name}' not found")),
+        MediaError::NotRemovable(_) => format!("Device '{name}' is not removable"),
+        MediaError::Locked(_) => format!(
+            "Device '{name}' is locked and force was not specified, wait for tray to open and try again"
+        ),
+        MediaError::TrayClosed(_) => format!("Tray of device '{name}' is not open"),
+        MediaError::MediumPresent(_) => format!("There already is a medium in device '{name}'"),
+    })
+}
+
+impl PcInfo {
+    /// The drive a media command names: (its name for messages, the drive, its IDE
+    /// position if it has one).
+    fn media_drive(
+        &self,
+        t: &MediaTarget,
+    ) -> Result<(String, &DriveConfig, Option<usize>), CmdError> {
+        let name = match (&t.device, &t.id) {
+            (Some(d), None) => d,
+            // Front ends with qdev ids (-device ide-cd,id=) are not in troupe: no drive is
+            // reachable by one, as in QEMU without them.
+            (None, Some(id)) => {
+                return Err(CmdError::DeviceNotFound(format!("Device '{id}' not found")))
+            }
+            _ => {
+                return Err(CmdError::Generic(
+                    "Need exactly one of 'device' and 'id'".into(),
+                ))
+            }
+        };
+        let d = self
+            .drives
+            .iter()
+            .find(|d| &d.id == name)
+            .ok_or_else(|| CmdError::DeviceNotFound(format!("Device '{name}' not found")))?;
+        let ide = (d.interface == DriveInterface::Ide)
+            .then(|| d.index.map(|i| i as usize))
+            .flatten()
+            .filter(|i| *i < 4);
+        Ok((name.clone(), d, ide))
+    }
+
+    /// Open `filename` as drive `d`'s new medium, with QEMU's messages for what fails.
+    fn open_medium(
+        &self,
+        d: &DriveConfig,
+        filename: &str,
+        format: Option<&str>,
+        read_only_mode: Option<&str>,
+    ) -> Result<actors::block::BlockHandle, CmdError> {
+        use actors::block::Format;
+        let err = |m: String| CmdError::Generic(m);
+        if let Some(m) = read_only_mode {
+            if !matches!(m, "retain" | "read-only" | "read-write") {
+                return Err(err(format!(
+                    "Parameter 'read-only-mode' does not accept value '{m}'"
+                )));
+            }
+        }
+        let format = match format {
+            None => None,
+            Some("raw") => Some(Format::Raw),
+            Some("qcow2") => Some(Format::Qcow2),
+            Some(f) => return Err(err(format!("Unknown driver '{f}'"))),
+        };
+        let path = std::path::PathBuf::from(filename);
+        match crate::cli::host::check_readable(&path) {
+            Ok(_) => {}
+            Err(crate::cli::host::FileError::Directory) => {
+                return Err(err(format!(
+                    "'file' driver requires '{filename}' to be a regular file"
+                )))
+            }
+            Err(
+                crate::cli::host::FileError::Open(why)
+                | crate::cli::host::FileError::OpenWrite(why),
+            ) => return Err(err(format!("Could not open '{filename}': {why}"))),
+        }
+        let qcow2 = actors::block::is_qcow2(&path);
+        if format == Some(Format::Qcow2) && !qcow2 {
+            return Err(err("Image is not in qcow2 format".into()));
+        }
+        let mut opts = crate::platform::drive_options(d, path);
+        // Probed here, so a raw image is not warned about: a CD-ROM never writes.
+        opts.format = Some(format.unwrap_or(if qcow2 { Format::Qcow2 } else { Format::Raw }));
+        opts.read_only = true;
+        actors::block::open(&self.registry, &d.id, opts).map_err(|e| err(e.to_string()))
+    }
+
+    /// Where drive `n`'s tray movements go: `DEVICE_TRAY_MOVED` through the supervisor.
+    pub fn tray_listener(
+        &self,
+        supervisor: actors::supervisor::SupervisorHandle,
+    ) -> actors::host::ide::TrayListener {
+        let names: Vec<(usize, String)> = self
+            .drives
+            .iter()
+            .filter(|d| d.interface == DriveInterface::Ide)
+            .filter_map(|d| d.index.map(|i| (i as usize, d.id.clone())))
+            .collect();
+        Box::new(move |n, open| {
+            let Some((_, name)) = names.iter().find(|(i, _)| *i == n) else {
+                return;
+            };
+            supervisor.publish(actors::supervisor::VmNotification::Other {
+                event: "DEVICE_TRAY_MOVED".into(),
+                data: json!({"device": name, "tray-open": open, "id": ide_qdev(n as u32)})
+                    .to_string(),
+            });
+        })
     }
 }
 
@@ -245,19 +368,23 @@ impl MachineInfo for PcInfo {
             .map(|bd| {
                 let d = bd.drive;
                 let cdrom = d.media == Media::Cdrom;
+                let (tray_open, locked) = bd
+                    .ide
+                    .and_then(|i| self.ide.tray(i))
+                    .unwrap_or((false, false));
                 let mut v = json!({
                     "io-status": "ok",
                     "device": d.id,
-                    "locked": false,
+                    "locked": locked,
                     "removable": cdrom,
                     "qdev": bd.qdev,
                     "type": "unknown",
                 });
                 if cdrom {
-                    v["tray_open"] = json!(false);
+                    v["tray_open"] = json!(tray_open);
                 }
-                if let (Some(b), Some(file)) = (bd.backend, &d.file) {
-                    let file = file.display().to_string();
+                if let Some(b) = &bd.backend {
+                    let file = b.path.display().to_string();
                     let actual = std::fs::metadata(&file).map(|m| {
                         use std::os::unix::fs::MetadataExt;
                         m.blocks() * 512
@@ -673,6 +800,43 @@ impl MachineInfo for PcInfo {
             devices::memory::take_dirty(&self.mem);
         }
         Ok(())
+    }
+
+    fn media(&self, target: &MediaTarget, op: MediaOp) -> Result<(), CmdError> {
+        let (name, d, ide) = self.media_drive(target)?;
+        let fail = |e| media_error(&name, e);
+        // A drive that is no IDE one (virtio-blk) is not removable either.
+        let n = ide.ok_or_else(|| fail(MediaError::NotRemovable(4)));
+        match op {
+            MediaOp::Eject { force } => {
+                let n = n?;
+                self.ide.open_tray(n, force).map_err(fail)?;
+                self.ide.remove_medium(n).map_err(fail)
+            }
+            MediaOp::OpenTray { force } => self.ide.open_tray(n?, force).map_err(fail),
+            MediaOp::CloseTray => self.ide.close_tray(n?).map_err(fail),
+            MediaOp::RemoveMedium => self.ide.remove_medium(n?).map_err(fail),
+            // No node can be made (blockdev-add is not in troupe yet), so none is found.
+            MediaOp::InsertMedium { node } => {
+                n?;
+                Err(CmdError::Generic(format!(
+                    "Cannot find device= nor node_name={node}"
+                )))
+            }
+            MediaOp::Change {
+                filename,
+                format,
+                read_only_mode,
+                force,
+            } => {
+                // As QEMU: the image is opened first, then the tray moves.
+                let medium =
+                    self.open_medium(d, &filename, format.as_deref(), read_only_mode.as_deref())?;
+                self.ide
+                    .change_medium(n?, Some(medium), force)
+                    .map_err(fail)
+            }
+        }
     }
 
     fn dirty_pages(&self) -> Result<u64, String> {

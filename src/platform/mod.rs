@@ -581,30 +581,35 @@ fn open_drive(registry: &Registry, d: &crate::config::DriveConfig) -> Result<Blo
         .file
         .clone()
         .ok_or_else(|| anyhow::anyhow!("-drive {}: no medium", d.id))?;
+    actors::block::open(registry, &d.id, drive_options(d, path))
+        .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
+}
+
+/// How drive `d`'s image at `path` is opened (the options given at start; a CD-ROM
+/// read-only, raw unless told).
+pub(crate) fn drive_options(
+    d: &crate::config::DriveConfig,
+    path: std::path::PathBuf,
+) -> BlockOptions {
     let cdrom = d.media == Media::Cdrom;
-    actors::block::open(
-        registry,
-        &d.id,
-        BlockOptions {
-            path,
-            read_only: d.readonly || cdrom,
-            format: match d.format {
-                Some(ImageFormat::Raw) => Some(actors::block::Format::Raw),
-                Some(ImageFormat::Qcow2) => Some(actors::block::Format::Qcow2),
-                None if cdrom => Some(actors::block::Format::Raw),
-                None => None,
-            },
-            ignore_flush: d.cache == CacheMode::Unsafe,
-            write_through: matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
-            direct: matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
-            snapshot: d.snapshot,
-            aio: match d.aio {
-                crate::config::AioMode::Threads => actors::block::Aio::Threads,
-                crate::config::AioMode::IoUring | crate::config::AioMode::Native => {
-                    actors::block::Aio::IoUring
-                }
-            },
+    BlockOptions {
+        path,
+        read_only: d.readonly || cdrom,
+        format: match d.format {
+            Some(ImageFormat::Raw) => Some(actors::block::Format::Raw),
+            Some(ImageFormat::Qcow2) => Some(actors::block::Format::Qcow2),
+            None if cdrom => Some(actors::block::Format::Raw),
+            None => None,
         },
-    )
-    .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
+        ignore_flush: d.cache == CacheMode::Unsafe,
+        write_through: matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
+        direct: matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
+        snapshot: d.snapshot,
+        aio: match d.aio {
+            crate::config::AioMode::Threads => actors::block::Aio::Threads,
+            crate::config::AioMode::IoUring | crate::config::AioMode::Native => {
+                actors::block::Aio::IoUring
+            }
+        },
+    }
 }

@@ -697,6 +697,64 @@ mod tests {
         c.result
     }
 
+    /// Whether this process has `path` open.
+    fn open_here(path: &Path) -> bool {
+        let want = std::fs::canonicalize(path).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|p| p == want)
+    }
+
+    #[test]
+    fn the_image_is_closed_once_the_last_handle_goes_on_every_engine() {
+        for (aio, format) in [
+            (Aio::Threads, Format::Raw),
+            (Aio::IoUring, Format::Raw),
+            (Aio::IoUring, Format::Qcow2),
+        ] {
+            let p = tmp(&format!("close-{aio:?}-{format:?}"), &[5u8; 4096]);
+            if format == Format::Qcow2 {
+                let q = p.with_extension("q");
+                let made = std::process::Command::new("qemu-img")
+                    .args(["convert", "-O", "qcow2"])
+                    .args([&p, &q])
+                    .status()
+                    .expect("qemu-img (qemu-utils)");
+                assert!(made.success());
+                std::fs::rename(&q, &p).unwrap();
+            }
+            let h = open(
+                &Registry::new(),
+                "t",
+                BlockOptions {
+                    aio,
+                    format: Some(format),
+                    ..BlockOptions::raw(p.clone())
+                },
+            )
+            .unwrap();
+            let other = h.clone();
+            assert_eq!(
+                run(&other, BlockOp::Read { offset: 0, len: 2 }).unwrap(),
+                [5, 5]
+            );
+            drop(h);
+            assert!(open_here(&p), "{aio:?} {format:?}: a handle is left");
+            drop(other);
+            // An io_uring engine sleeps in epoll: the last handle going must wake it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while open_here(&p) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{aio:?} {format:?}: the image stayed open with no handle left"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+
     #[test]
     fn raw_reads_writes_flushes_and_checks_ranges_on_every_engine() {
         for (aio, direct) in [

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::{MonitorContext, PACKAGE, QEMU_VERSION};
+use super::{MediaOp, MediaTarget, MonitorContext, PACKAGE, QEMU_VERSION};
 use crate::display::input::{Buttons, InputEvent};
 use crate::display::keycodes::KeyCode;
 use crate::display::DumpFormat;
@@ -168,6 +168,42 @@ const COMMANDS: &[(&str, &[Param])] = &[
     ),
     ("query-migrate-capabilities", &[]),
     (
+        "eject",
+        &[
+            ("device", Ty::Str, false),
+            ("id", Ty::Str, false),
+            ("force", Ty::Bool, false),
+        ],
+    ),
+    (
+        "blockdev-open-tray",
+        &[
+            ("device", Ty::Str, false),
+            ("id", Ty::Str, false),
+            ("force", Ty::Bool, false),
+        ],
+    ),
+    (
+        "blockdev-close-tray",
+        &[("device", Ty::Str, false), ("id", Ty::Str, false)],
+    ),
+    ("blockdev-remove-medium", &[("id", Ty::Str, true)]),
+    (
+        "blockdev-insert-medium",
+        &[("id", Ty::Str, true), ("node-name", Ty::Str, true)],
+    ),
+    (
+        "blockdev-change-medium",
+        &[
+            ("device", Ty::Str, false),
+            ("id", Ty::Str, false),
+            ("filename", Ty::Str, true),
+            ("format", Ty::Str, false),
+            ("force", Ty::Bool, false),
+            ("read-only-mode", Ty::Str, false),
+        ],
+    ),
+    (
         "calc-dirty-rate",
         &[
             ("calc-time", Ty::Int, true),
@@ -204,6 +240,7 @@ const EVENTS: &[&str] = &[
     "POWERDOWN",
     "MIGRATION",
     "MIGRATION_PASS",
+    "DEVICE_TRAY_MOVED",
 ];
 
 /// Command names, for `query-commands` and completion.
@@ -310,6 +347,26 @@ pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Resu
     })
     .await
     .unwrap_or_else(|e| Err(format!("the monitor's worker failed: {e}")))
+}
+
+/// A removable-media operation through the machine, off the runtime's threads (opening an
+/// image reads it).
+pub async fn media(ctx: &MonitorContext, target: MediaTarget, op: MediaOp) -> Result<(), CmdError> {
+    let info = ctx.info.clone();
+    tokio::task::spawn_blocking(move || info.media(&target, op))
+        .await
+        .unwrap_or_else(|e| {
+            Err(CmdError::generic(format!(
+                "the monitor's worker failed: {e}"
+            )))
+        })
+}
+
+fn media_target(args: &Map<String, Value>) -> MediaTarget {
+    MediaTarget {
+        device: s(args, "device").map(str::to_string),
+        id: s(args, "id").map(str::to_string),
+    }
 }
 
 fn not_available(what: &str) -> CmdError {
@@ -526,6 +583,30 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
+        "eject"
+        | "blockdev-open-tray"
+        | "blockdev-close-tray"
+        | "blockdev-remove-medium"
+        | "blockdev-insert-medium"
+        | "blockdev-change-medium" => {
+            let force = args.get("force").and_then(Value::as_bool).unwrap_or(false);
+            let op = match name {
+                "eject" => MediaOp::Eject { force },
+                "blockdev-open-tray" => MediaOp::OpenTray { force },
+                "blockdev-close-tray" => MediaOp::CloseTray,
+                "blockdev-remove-medium" => MediaOp::RemoveMedium,
+                "blockdev-insert-medium" => MediaOp::InsertMedium {
+                    node: s(args, "node-name").unwrap_or_default().to_string(),
+                },
+                _ => MediaOp::Change {
+                    filename: s(args, "filename").unwrap_or_default().to_string(),
+                    format: s(args, "format").map(str::to_string),
+                    read_only_mode: s(args, "read-only-mode").map(str::to_string),
+                    force,
+                },
+            };
+            media(ctx, media_target(args), op).await.map(|()| json!({}))
+        }
         "calc-dirty-rate" => {
             let mode = match s(args, "mode") {
                 None => super::dirty::Mode::PageSampling,

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::commands::{self, execute, CmdError, KeyValue};
 use super::memdump::{self, DumpFormat};
-use super::MonitorContext;
+use super::{MediaOp, MediaTarget, MonitorContext};
 use crate::display::keycodes::KeyCode;
 use crate::runtime::{ActorState, Placement};
 use crate::vcpu::{VcpuHandle, VcpuRegisters};
@@ -397,10 +397,10 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             } else if rest[0] == "vnc" {
                 "Error: changing the VNC listen address at run time is not available yet in troupe\n".into()
             } else {
-                "Error: changing removable media is not available yet in troupe (the CD-ROM's image is fixed at start)\n".into()
+                change_medium(ctx, &rest).await
             }
         }
-        "eject" => "Error: ejecting removable media is not available yet in troupe\n".into(),
+        "eject" => eject(ctx, &rest).await,
         "set_password" => match commands::set_password(ctx, rest[0], rest[1]) {
             Ok(_) => String::new(),
             Err(e) => err_text(&e),
@@ -485,6 +485,59 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         other => format!("unknown command: '{other}'\n"),
     };
     HmpReply::text(text)
+}
+
+/// `eject [-f] device`.
+async fn eject(ctx: &MonitorContext, rest: &[&str]) -> String {
+    let (force, rest) = match rest.split_first() {
+        Some((&"-f", r)) => (true, r),
+        _ => (false, rest),
+    };
+    let [device] = rest else {
+        return "eject: block device name expected\nTry \"help eject\" for more information\n"
+            .into();
+    };
+    let target = MediaTarget {
+        device: Some(device.to_string()),
+        id: None,
+    };
+    match commands::media(ctx, target, MediaOp::Eject { force }).await {
+        Ok(()) => String::new(),
+        Err(e) => err_text(&e),
+    }
+}
+
+/// `change device [-f] filename [format [read-only-mode]]` (QEMU takes `-f` right after
+/// the device).
+async fn change_medium(ctx: &MonitorContext, rest: &[&str]) -> String {
+    let (device, rest) = (rest[0], &rest[1..]);
+    let (force, rest) = match rest.split_first() {
+        Some((&"-f", r)) => (true, r),
+        _ => (false, rest),
+    };
+    let Some((filename, rest)) = rest.split_first() else {
+        return "change: filename expected\nTry \"help change\" for more information\n".into();
+    };
+    let read_only_mode = rest.get(1).map(|m| m.to_string());
+    if let Some(m) = &read_only_mode {
+        if !matches!(m.as_str(), "retain" | "read-only" | "read-write") {
+            return format!("Error: invalid parameter value: {m}\n");
+        }
+    }
+    let op = MediaOp::Change {
+        filename: filename.to_string(),
+        format: rest.first().map(|f| f.to_string()),
+        read_only_mode,
+        force,
+    };
+    let target = MediaTarget {
+        device: Some(device.to_string()),
+        id: None,
+    };
+    match commands::media(ctx, target, op).await {
+        Ok(()) => String::new(),
+        Err(e) => err_text(&e),
+    }
 }
 
 fn parse_int(a: &str) -> Result<i32, String> {
@@ -658,7 +711,22 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             out
         }
         "pci" => exec_text(ctx, "query-pci", json!({}), pci_text).await,
-        "block" => exec_text(ctx, "query-block", json!({}), block_text).await,
+        "block" => {
+            // `info block [-n] [-v] [device]`: one device's entry when named.
+            let device = extra.iter().copied().find(|a| !a.starts_with('-'));
+            exec_text(ctx, "query-block", json!({}), |v| match device {
+                None => block_text(v),
+                Some(d) => block_text(&Value::Array(
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|b| b["device"] == d)
+                        .cloned()
+                        .collect(),
+                )),
+            })
+            .await
+        }
         "blockstats" => exec_text(ctx, "query-blockstats", json!({}), blockstats_text).await,
         "chardev" => exec_text(ctx, "query-chardev", json!({}), |v| {
             v.as_array()

@@ -47,6 +47,38 @@ pub struct Announce {
     pub interfaces: Option<Vec<String>>,
 }
 
+/// Which drive a removable-media command names: QMP's `device` (the drive's id, e.g.
+/// `ide1-cd0`) or `id` (the qdev id of its front end), exactly one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaTarget {
+    pub device: Option<String>,
+    pub id: Option<String>,
+}
+
+/// A removable-media operation, as QMP names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaOp {
+    /// `eject`: open the tray (`force` past the guest's lock) and take the medium out.
+    Eject { force: bool },
+    /// `blockdev-open-tray`.
+    OpenTray { force: bool },
+    /// `blockdev-close-tray`.
+    CloseTray,
+    /// `blockdev-remove-medium` (the tray must be open).
+    RemoveMedium,
+    /// `blockdev-insert-medium` of a node made with `blockdev-add`.
+    InsertMedium { node: String },
+    /// `blockdev-change-medium` / HMP `change`: open `filename` (as `format`, probed if
+    /// None) and swap it in.
+    Change {
+        filename: String,
+        format: Option<String>,
+        /// `retain`, `read-only` or `read-write` (None: retain).
+        read_only_mode: Option<String>,
+        force: bool,
+    },
+}
+
 /// What the machine knows that the monitor reports (implemented by the binary, which
 /// knows the PCI topology, drives and memory map).
 pub trait MachineInfo: Send + Sync {
@@ -99,6 +131,9 @@ pub trait MachineInfo: Send + Sync {
     fn dirty_log(&self, on: bool) -> Result<(), String>;
     /// Guest RAM pages written since the dirty log was turned on or last read.
     fn dirty_pages(&self) -> Result<u64, String>;
+    /// A removable-media operation on `target` (may open an image: call off the
+    /// runtime's threads). Err is QEMU's error, class and message.
+    fn media(&self, target: &MediaTarget, op: MediaOp) -> Result<(), commands::CmdError>;
 }
 
 /// Changes the log filter: `log` passes directives that replace the added ones,
