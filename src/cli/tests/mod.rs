@@ -80,13 +80,7 @@ fn no_options_give_qemus_defaults() {
             maxcpus: 1
         }
     );
-    assert_eq!(
-        c.cpu,
-        CpuConfig {
-            model: CpuModel::Qemu64,
-            features: vec![]
-        }
-    );
+    assert_eq!(c.cpu, CpuConfig::model("qemu64"));
     assert_eq!(c.machine.kind, "pc-i440fx-7.2");
     assert_eq!(
         c.boot,
