@@ -226,13 +226,8 @@ impl Vcpu<'_> {
                 };
                 [eax, w[f::E8_EBX], ecx, 0]
             }
-            0x8000_000a => {
-                if has(w, f::E1_ECX, 2) {
-                    [1, 0x10, 0, w[f::SVM]]
-                } else {
-                    [0; 4]
-                }
-            }
+            // SVM revision 1, 16 ASIDs.
+            0x8000_000a if has(w, f::E1_ECX, 2) => [1, 0x10, 0, w[f::SVM]],
             0x8000_001d => {
                 let (_, _, amd) = self.caches();
                 let (cc, threads) = match sub {

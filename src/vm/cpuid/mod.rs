@@ -198,10 +198,12 @@ impl HostCpu {
                         }
                     }
                     (6, Reg::Eax) => v |= 1 << 2,
-                    (7, Reg::Edx) if sub == 0 => {
-                        if !self.msr_features.iter().any(|(m, _)| *m == 0x10a) {
-                            v &= !(1 << 29);
-                        }
+                    // Linux 4.17-4.20 report ARCH_CAPABILITIES on AMD hosts: trust it only
+                    // with the MSR.
+                    (7, Reg::Edx)
+                        if sub == 0 && !self.msr_features.iter().any(|(m, _)| *m == 0x10a) =>
+                    {
+                        v &= !(1 << 29);
                     }
                     (0x8000_0001, Reg::Ecx) => v |= 1 << 22,
                     (0x4000_0001, Reg::Edx) => v |= 1, // KVM_HINTS_REALTIME

@@ -155,8 +155,11 @@ fn topology(leaf: u32, name: &str) {
     }
 }
 
+/// Whether a subleaf ends its leaf's list.
+type EndOfList = fn([u32; 4]) -> bool;
+
 /// Leaves whose subleaves differ: how many to read and whether a zero type ends the list.
-fn subleaves(leaf: u32, r0: [u32; 4]) -> (u32, Option<fn([u32; 4]) -> bool>) {
+fn subleaves(leaf: u32, r0: [u32; 4]) -> (u32, Option<EndOfList>) {
     match leaf {
         4 | 0x8000_001d => (16, Some(|r| r[0] & 0x1f == 0)),
         0xb | 0x1f => (8, Some(|r| (r[2] >> 8) & 0xff == 0)),
