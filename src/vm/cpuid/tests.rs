@@ -159,3 +159,71 @@ fn every_model_resolves_and_fits_kvm() {
     assert_eq!(haswell.alias_of.as_deref(), Some("Haswell-v2"));
     assert_eq!(haswell.unavailable_features, ["aes"]);
 }
+
+/// QEMU's `query-cpu-definitions` on this host (`-machine none`, so no VM exists, as for
+/// [`HostCpu::probe`]).
+fn qemu_cpu_definitions() -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "none", "-accel", "kvm", "-nodefaults", "-display", "none"])
+        .args(["-qmp", "stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("these tests need qemu-system-x86_64 in PATH");
+    let mut input = qemu.stdin.take().unwrap();
+    let mut output = BufReader::new(qemu.stdout.take().unwrap());
+    writeln!(input, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
+    writeln!(input, r#"{{"execute":"query-cpu-definitions","id":1}}"#).unwrap();
+    let mut answer = serde_json::Value::Null;
+    let mut line = String::new();
+    while output.read_line(&mut line).unwrap() > 0 {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == 1 {
+            answer = v["return"].clone();
+            break;
+        }
+        line.clear();
+    }
+    drop(input);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    answer
+}
+
+#[test]
+fn models_and_their_unavailable_features_are_qemus() {
+    let host = HostCpu::probe().expect("these tests need /dev/kvm");
+    let ours: Vec<(String, String, Vec<String>)> = models(&host)
+        .into_iter()
+        .map(|m| {
+            (
+                m.name,
+                m.alias_of.unwrap_or_default(),
+                m.unavailable_features,
+            )
+        })
+        .collect();
+    let theirs: Vec<(String, String, Vec<String>)> = qemu_cpu_definitions()
+        .as_array()
+        .expect("query-cpu-definitions answer")
+        .iter()
+        .map(|d| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            (
+                text(&d["name"]),
+                text(&d["alias-of"]),
+                d["unavailable-features"]
+                    .as_array()
+                    .map(|a| a.iter().map(text).collect())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o, t);
+    }
+}
