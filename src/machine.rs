@@ -348,18 +348,25 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// The `-cpu` model as this host's KVM can give it; under `check` (QEMU's default) a
-/// warning names each requested feature left out, under `enforce` they are an error.
+/// The `-cpu` model as this host's KVM can give it. Under `enforce` a requested feature
+/// left out is an error (after a warning naming each, as QEMU prints them).
 fn resolve_cpu(cfg: &VmConfig, kvm: &KvmVm) -> Result<cpuid::ResolvedCpu> {
     let host = cpuid::HostCpu::read(&kvm.kvm)?;
     let cpu = cpuid::resolve(&cfg.cpu, &host)?;
-    if cfg.cpu.props.check || cfg.cpu.props.enforce {
-        for d in &cpu.dropped {
-            actors::report!("troupe: warning: {}", d.warning());
-        }
+    if cfg.cpu.props.enforce && !cpu.dropped.is_empty() {
+        warn_dropped_features(&cpu);
     }
     cpu.enforce(cfg.cpu.props.enforce)?;
     Ok(cpu)
+}
+
+/// Under `check` (QEMU's default) a warning names each requested feature left out. Printed
+/// once the machine is built, so a command line refused for another reason still gets one
+/// line naming that reason (QEMU would print the warnings first).
+fn warn_dropped_features(cpu: &cpuid::ResolvedCpu) {
+    for d in &cpu.dropped {
+        actors::report!("troupe: warning: {}", d.warning());
+    }
 }
 
 pub fn build(
@@ -686,6 +693,9 @@ pub fn build(
         &mut muxes,
         &chardev_labels,
     )?;
+    if cfg.cpu.props.check && !cfg.cpu.props.enforce {
+        warn_dropped_features(&cpu);
+    }
     Ok(Vm {
         supervisor,
         chardevs: serial_handles,

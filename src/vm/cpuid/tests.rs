@@ -1,4 +1,5 @@
 use super::*;
+use kvm_bindings::kvm_cpuid_entry2;
 
 /// A host whose KVM offers what a recent AMD host offers for the bits these tests use.
 fn fake_host(vendor: &[u8; 12]) -> HostCpu {
@@ -166,7 +167,15 @@ fn qemu_cpu_definitions() -> serde_json::Value {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-machine", "none", "-accel", "kvm", "-nodefaults", "-display", "none"])
+        .args([
+            "-machine",
+            "none",
+            "-accel",
+            "kvm",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
         .args(["-qmp", "stdio"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
