@@ -370,6 +370,27 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// The `-cpu` model as this host's KVM can give it. Under `enforce` a requested feature
+/// left out is an error (after a warning naming each, as QEMU prints them).
+fn resolve_cpu(cfg: &VmConfig, kvm: &KvmVm) -> Result<cpuid::ResolvedCpu> {
+    let host = cpuid::HostCpu::read(&kvm.kvm)?;
+    let cpu = cpuid::resolve(&cfg.cpu, &host)?;
+    if cfg.cpu.props.enforce && !cpu.dropped.is_empty() {
+        warn_dropped_features(&cpu);
+    }
+    cpu.enforce(cfg.cpu.props.enforce)?;
+    Ok(cpu)
+}
+
+/// Under `check` (QEMU's default) a warning names each requested feature left out. Printed
+/// once the machine is built, so a command line refused for another reason still gets one
+/// line naming that reason (QEMU would print the warnings first).
+fn warn_dropped_features(cpu: &cpuid::ResolvedCpu) {
+    for d in &cpu.dropped {
+        actors::report!("troupe: warning: {}", d.warning());
+    }
+}
+
 pub fn build(
     cfg: &VmConfig,
     kernel_override: Option<KernelSource>,
@@ -377,9 +398,9 @@ pub fn build(
     registry: &Registry,
 ) -> Result<Vm> {
     check_supported(cfg)?;
-    cpuid::check_features(&cfg.cpu)?;
     let console = start_console(cfg, rt, registry)?;
     let kvm = Arc::new(KvmVm::create()?);
+    let cpu = resolve_cpu(cfg, &kvm)?;
     let layout = RamLayout::pc(cfg.memory);
     let mem = memory::allocate(&layout)?;
     memory::register(&kvm, &mem)?;
@@ -527,7 +548,7 @@ pub fn build(
     for i in 0..cfg.smp.cpus {
         // KVM derives the local APIC id from the vCPU id: use the topology's APIC id.
         let fd = kvm.create_vcpu(topo.apic_id(i))?;
-        let table = cpuid::for_vcpu(&kvm.supported_cpuid, &cfg.cpu, &topo, i)?;
+        let table = cpu.table(&topo, i, fd.get_tsc_khz().ok())?;
         fd.set_cpuid2(&table)
             .map_err(|e| anyhow!("vCPU {i}: KVM_SET_CPUID2 failed: {e}"))?;
         templates.push(VcpuTemplate::capture(&fd)?);
@@ -698,6 +719,9 @@ pub fn build(
         &mut muxes,
         &chardev_labels,
     )?;
+    if cfg.cpu.props.check && !cfg.cpu.props.enforce {
+        warn_dropped_features(&cpu);
+    }
     Ok(Vm {
         supervisor,
         chardevs: serial_handles,
