@@ -205,9 +205,15 @@ impl actors::supervisor::Machine for PcMachine {
 
 /// The `-cpu` option as a migration's two sides compare it (`qemu64,+aes,-avx`).
 fn cpu_spec(c: &crate::config::CpuConfig) -> String {
-    let mut s = format!("{:?}", c.model).to_lowercase();
+    let mut s = c.model.clone();
     for (f, on) in &c.features {
-        s.push_str(&format!(",{}{f}", if *on { '+' } else { '-' }));
+        s.push_str(&format!(",{f}={}", if *on { "on" } else { "off" }));
+    }
+    for f in &c.plus {
+        s.push_str(&format!(",+{f}"));
+    }
+    for f in &c.minus {
+        s.push_str(&format!(",-{f}"));
     }
     s
 }
