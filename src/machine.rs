@@ -16,7 +16,9 @@ use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
 use actors::events::{event_channel, EventTx};
 use actors::monitor::{self, MonitorBackend, MonitorContext, MonitorSpec, MuxHandle, Protocol};
 use actors::runtime::Registry;
-use actors::supervisor::{ExitReason, Supervisor, SupervisorConfig, SupervisorHandle};
+use actors::supervisor::{
+    BackendKind, DeviceTree, ExitReason, Node, Supervisor, SupervisorConfig, SupervisorHandle,
+};
 use actors::vcpu::{spawn_vcpu, VcpuBootState, VcpuContext, VcpuHandle};
 use anyhow::{anyhow, Context, Result};
 use devices::memory::GuestMemoryMmap;
@@ -369,6 +371,12 @@ pub fn build(
     let (events, events_rx) = event_inbox(registry);
     let mut chardevs = open_chardevs(cfg, &console, rt, registry)?;
     let bios = load_firmware(cfg, kernel_override.is_some(), &kvm)?;
+    let tree = backends(&chardevs, &console)?;
+    let netdevs = crate::platform::hotnet::HotNetdevs::new(
+        cfg.clone(),
+        rt.handle().clone(),
+        registry.clone(),
+    );
     let coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>> = Arc::default();
     let mut devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
         cfg,
@@ -385,6 +393,8 @@ pub fn build(
         bios,
         display: console.writer.clone(),
         coalesced: coalesced.clone(),
+        tree,
+        netdevs: netdevs.clone(),
     })?;
     let downscripts = std::mem::take(&mut devices.virtio.downscripts);
     route_input(&console, &devices);
@@ -393,7 +403,6 @@ pub fn build(
     let plan = boot_plan(cfg, kernel_override);
     let acpi = acpi_tables(cfg, &plan, &devices)?;
     let info = Arc::new(crate::monitor_info::PcInfo {
-        pci: devices.pci.clone(),
         ide: devices.ide.clone(),
         drives: cfg.drives.clone(),
         kvm: kvm.clone(),
@@ -415,11 +424,7 @@ pub fn build(
             .collect(),
         nics: devices.virtio.nics.clone(),
         registry: registry.clone(),
-        hot: std::sync::Mutex::new(crate::platform::hotnet::HotNetdevs::new(
-            cfg.clone(),
-            rt.handle().clone(),
-            registry.clone(),
-        )),
+        hot: netdevs.clone(),
     });
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
@@ -450,13 +455,14 @@ pub fn build(
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
     let tree = machine.devices.take_tree();
-    let (supervisor, handle) = Supervisor::new(
+    let (mut supervisor, handle) = Supervisor::new(
         supervisor_config(cfg),
         vcpus.clone(),
         tree,
         Arc::new(machine),
         events_rx,
     );
+    supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug { netdevs }));
     for m in chardevs.muxes.values() {
         m.set_supervisor(handle.clone());
     }
@@ -553,6 +559,8 @@ struct Chardevs {
     handles: Vec<ChardevHandle>,
     /// (label, filename) of each, for `query-chardev`.
     labels: Arc<Mutex<Vec<(String, String)>>>,
+    /// (label, actor id) of each, for its node in the device tree.
+    actors: Vec<(String, String)>,
 }
 
 /// Open the chardevs: the muxes, each serial port's, each virtconsole's, the `guestfwd=`
@@ -568,6 +576,7 @@ fn open_chardevs(
     let mut serials = Vec::new();
     let mut serial_handles = Vec::new();
     let chardev_labels: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let node_actors: Mutex<Vec<(String, String)>> = Mutex::default();
     let mut muxes = start_muxes(cfg, console, rt, registry)?;
     for (i, b) in cfg.serials.iter().enumerate() {
         if let Some((key, _)) = mux_key(cfg, b) {
@@ -579,6 +588,7 @@ fn open_chardevs(
             })?;
             serial_handles.push(m.chardev.clone());
             lock(&chardev_labels).push((format!("serial{i}"), m.chardev.label.clone()));
+            lock(&node_actors).push((format!("serial{i}"), m.chardev.id.clone()));
             serials.push((m.chardev.clone(), rx));
             continue;
         }
@@ -596,6 +606,7 @@ fn open_chardevs(
             ))
             .with_context(|| format!("-serial #{i}"))?;
         lock(&chardev_labels).push((format!("serial{i}"), h.label.clone()));
+        lock(&node_actors).push((format!("serial{i}"), h.id.clone()));
         serial_handles.push(h.clone());
         serials.push((h, rx));
     }
@@ -610,6 +621,7 @@ fn open_chardevs(
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let h = rt.block_on(spawn_chardev(rt.handle(), registry, name, backend, tx))?;
         lock(&chardev_labels).push((chardev.to_string(), h.label.clone()));
+        lock(&node_actors).push((chardev.to_string(), h.id.clone()));
         Ok(Some((h, rx)))
     };
     // virtconsole ports: each gets its chardev (by device index).
@@ -651,6 +663,10 @@ fn open_chardevs(
             idle.push(fe);
         }
     }
+    let mut actors: Vec<(String, String)> = Vec::new();
+    for (label, h) in std::mem::take(&mut *lock(&node_actors)) {
+        actors.push((label, h));
+    }
     Ok(Chardevs {
         muxes,
         serials,
@@ -659,7 +675,35 @@ fn open_chardevs(
         idle,
         handles: serial_handles,
         labels: chardev_labels,
+        actors,
     })
+}
+
+/// The device tree's first nodes: the backends opened before any device, each chardev
+/// (`/chardevs/LABEL`) and the VNC server (`/display/vnc`).
+fn backends(chardevs: &Chardevs, console: &Console) -> Result<DeviceTree> {
+    let mut tree = DeviceTree::new();
+    let labels = lock(&chardevs.labels).clone();
+    for (label, actor) in &chardevs.actors {
+        if tree.get(&BackendKind::Chardev.id(label)).is_some() {
+            continue;
+        }
+        let filename = labels
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, f)| f.as_str())
+            .unwrap_or_default();
+        let driver = filename.split(':').next().unwrap_or_default();
+        tree.insert(
+            Node::backend(BackendKind::Chardev, label, driver)
+                .prop("filename", format!("\"{filename}\""))
+                .actor(actor),
+        )?;
+    }
+    if console.vnc.is_some() {
+        tree.insert(Node::backend(BackendKind::Display, "vnc", "vnc").actor("vnc"))?;
+    }
+    Ok(tree)
 }
 
 /// The firmware image mapped at the top of 4 GiB (None: direct boot).

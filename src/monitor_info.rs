@@ -8,20 +8,17 @@ use std::sync::{Arc, Mutex};
 use actors::bus::Bus;
 use actors::host::ide::IdeHost;
 use actors::monitor::MachineInfo;
-use actors::supervisor::{DeviceTree, Node, SYSTEM_BUS};
-use devices::pci::{BarKind, PciDeviceInfo};
+use actors::supervisor::{BackendKind, DeviceTree};
 use serde_json::{json, Value};
 
 use crate::config::{CacheMode, DriveConfig, DriveInterface, Media};
 use crate::platform::nic::NicKind;
-use crate::platform::pci::PciPlatform;
 use crate::vm::kvm::KvmVm;
 
 /// One chardev for `query-chardev` (label, filename).
 pub type ChardevEntry = (String, String);
 
 pub struct PcInfo {
-    pub pci: Arc<PciPlatform>,
     pub ide: Arc<IdeHost>,
     pub drives: Vec<DriveConfig>,
     pub kvm: Arc<KvmVm>,
@@ -36,88 +33,11 @@ pub struct PcInfo {
     pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
     /// virtio-net NICs.
     pub nics: Vec<crate::platform::nic::Nic>,
-    /// Backends added with `netdev_add`.
-    pub hot: Mutex<crate::platform::hotnet::HotNetdevs>,
+    /// The netdevs (those `netdev_add` opened, and the configuration new ones are
+    /// checked against).
+    pub hot: crate::platform::hotnet::SharedNetdevs,
     /// Where threads started on the monitor's behalf (announce-self) are listed.
     pub registry: actors::runtime::Registry,
-}
-
-/// One bus of `info qtree` and everything under it, at `depth` levels of indentation:
-/// its devices newest first, as QEMU lists them.
-fn qtree_bus(
-    s: &mut String,
-    tree: &DeviceTree,
-    pci: &[PciDeviceInfo],
-    bus: &str,
-    kind: &str,
-    depth: usize,
-) {
-    let pad = "  ".repeat(depth);
-    s.push_str(&format!("{pad}bus: {bus}\n{pad}  type {kind}\n"));
-    for n in tree.children(bus).collect::<Vec<_>>().into_iter().rev() {
-        qtree_dev(s, tree, pci, n, depth + 1);
-    }
-}
-
-fn qtree_dev(s: &mut String, tree: &DeviceTree, pci: &[PciDeviceInfo], n: &Node, depth: usize) {
-    let pad = "  ".repeat(depth);
-    let id = if n.user_id { n.id.as_str() } else { "" };
-    s.push_str(&format!("{pad}dev: {}, id \"{id}\"\n", n.driver));
-    for (k, v) in &n.props {
-        s.push_str(&format!("{pad}  {k} = {v}\n"));
-    }
-    if let Some(d) = n
-        .pci_address()
-        .and_then(|a| pci.iter().find(|d| d.slot == a))
-    {
-        s.push_str(&format!(
-            "{pad}  class {}, addr 00:{:02x}.{:x}, pci id {:04x}:{:04x} (sub {:04x}:{:04x})\n",
-            d.class_name(),
-            d.slot.0,
-            d.slot.1,
-            d.vendor,
-            d.device,
-            d.subsystem_vendor,
-            d.subsystem
-        ));
-        // QEMU shows an unmapped BAR at all-ones.
-        let bar = |i: usize, kind: &BarKind, region: &Option<devices::pci::Region>, size: u64| {
-            let k = if matches!(kind, BarKind::Io) {
-                "i/o"
-            } else {
-                "mem"
-            };
-            let a = region.as_ref().map_or(u64::MAX, |r| r.addr);
-            format!(
-                "{pad}  bar {i}: {k} at 0x{a:x} [0x{:x}]\n",
-                a.wrapping_add(size - 1)
-            )
-        };
-        for (i, kind, region, size) in &d.bars {
-            s.push_str(&bar(*i, kind, region, *size));
-        }
-        if let Some((region, size)) = &d.rom {
-            s.push_str(&bar(6, &BarKind::Mem32 { prefetch: false }, region, *size));
-        }
-    }
-    for (bus, kind) in &n.buses {
-        qtree_bus(s, tree, pci, bus, kind, depth + 1);
-    }
-    // A virtio PCI proxy carries its virtio device on a bus of its own.
-    if let Some(base) = n
-        .driver
-        .strip_prefix("virtio-")
-        .and_then(|d| d.strip_suffix("-pci"))
-    {
-        let inner = "  ".repeat(depth + 1);
-        s.push_str(&format!(
-            "{inner}bus: virtio-bus\n{inner}  type virtio-pci-bus\n{inner}  dev: virtio-{base}-device, id \"\"\n"
-        ));
-    }
-}
-
-fn class_code(d: &PciDeviceInfo) -> u32 {
-    (u32::from(d.class.0) << 8) | u32::from(d.class.1)
 }
 
 fn ide_qdev(index: u32) -> String {
@@ -184,60 +104,6 @@ impl PcInfo {
 }
 
 impl MachineInfo for PcInfo {
-    fn query_pci(&self) -> Value {
-        let devices: Vec<Value> = self
-            .pci
-            .info()
-            .iter()
-            .map(|d| {
-                let regions: Vec<Value> = d
-                    .bars
-                    .iter()
-                    .map(|(i, kind, region, size)| {
-                        let addr: Value = match region {
-                            Some(r) => json!(r.addr),
-                            None => json!(-1),
-                        };
-                        match kind {
-                            BarKind::Io => {
-                                json!({"bar": i, "size": size, "address": addr, "type": "io"})
-                            }
-                            BarKind::Mem32 { prefetch } | BarKind::Mem64 { prefetch } => json!({
-                                "prefetch": prefetch,
-                                "mem_type_64": matches!(kind, BarKind::Mem64 { .. }),
-                                "bar": i, "size": size, "address": addr, "type": "memory"
-                            }),
-                        }
-                    })
-                    .chain(d.rom.iter().map(|(region, size)| {
-                        let addr: Value = match region {
-                            Some(r) => json!(r.addr),
-                            None => json!(-1),
-                        };
-                        json!({"prefetch": false, "mem_type_64": false, "bar": 6,
-                               "size": size, "address": addr, "type": "memory"})
-                    }))
-                    .collect();
-                let mut v = json!({
-                    "irq_pin": d.irq_pin,
-                    "bus": 0,
-                    "qdev_id": d.id,
-                    "slot": d.slot.0,
-                    "class_info": {"class": class_code(d), "desc": d.class_name()},
-                    "id": {"device": d.device, "subsystem-vendor": d.subsystem_vendor,
-                           "vendor": d.vendor, "subsystem": d.subsystem},
-                    "function": d.slot.1,
-                    "regions": regions,
-                });
-                if d.irq_pin != 0 {
-                    v["irq"] = json!(d.irq_line);
-                }
-                v
-            })
-            .collect();
-        json!([{"bus": 0, "devices": devices}])
-    }
-
     fn query_block(&self) -> Value {
         let list: Vec<Value> = self
             .block_devices()
@@ -400,7 +266,7 @@ impl MachineInfo for PcInfo {
         )
     }
 
-    fn network(&self) -> String {
+    fn network(&self, tree: &DeviceTree) -> String {
         let mut out = String::new();
         for (i, n) in self.nics.iter().enumerate() {
             // The address in use: a virtio driver may have changed it (MAC_ADDR_SET).
@@ -425,26 +291,16 @@ impl MachineInfo for PcInfo {
                 out.push_str(&format!("    dropped: rx {rx}, tx {tx}\n"));
             }
         }
-        out.push_str(&self.hot().network());
-        out
-    }
-
-    fn netdev_add(&self, spec: &str) -> Result<(), String> {
-        self.hot().add(spec)
-    }
-
-    fn netdev_del(&self, id: &str) -> Result<(), String> {
-        // A NIC's backend given at start: closed, the NIC stays with no peer (its tap's
-        // down script runs now, not again at exit).
-        if let Some(n) = self.nics.iter().find(|n| n.has_peer() && n.netdev == id) {
-            n.detach();
-            self.hot().forget(id);
-            if let Some((script, ifname)) = &n.downscript {
-                actors::net::tap::run_script(script, ifname).map_err(|e| e.to_string())?;
+        // QEMU lists a netdev no NIC uses on its own line (one never opened is not shown).
+        for n in tree
+            .backends(BackendKind::Netdev)
+            .filter(|n| n.parent.is_none())
+        {
+            if let Some((_, desc)) = n.props.iter().find(|(k, _)| k == "desc") {
+                out.push_str(&format!("{}: index=0,{desc}\n", n.name()));
             }
-            return Ok(());
         }
-        self.hot().del(id)
+        out
     }
 
     fn announce_self(&self, a: actors::monitor::Announce) -> Result<(), String> {
@@ -633,13 +489,6 @@ impl MachineInfo for PcInfo {
             }
             None => String::new(),
         }
-    }
-
-    fn qtree(&self, tree: &DeviceTree) -> String {
-        let pci = self.pci.info();
-        let mut s = String::new();
-        qtree_bus(&mut s, tree, &pci, SYSTEM_BUS, "System", 0);
-        s
     }
 
     fn pic(&self) -> String {

@@ -12,7 +12,7 @@ use actors::host::rtc::{start_rtc, RtcPort};
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::{ControlHandle, Registry};
-use actors::supervisor::{AnonIds, DeviceTree, Node, Resource};
+use actors::supervisor::{AnonIds, BackendKind, DeviceTree, Node, Resource};
 use anyhow::Result;
 use devices::acpi_pm::AcpiPm;
 use devices::fw_cfg::FwCfg;
@@ -109,6 +109,10 @@ pub struct PlatformParts<'a> {
     /// Applies writes queued in KVM's coalesced MMIO ring (set once the vCPUs exist);
     /// the VGA refresh calls it before rendering.
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
+    /// The tree so far: the backends opened before the devices (chardevs, display).
+    pub tree: DeviceTree,
+    /// The netdevs, for their nodes' teardowns.
+    pub netdevs: hotnet::SharedNetdevs,
 }
 
 /// Every platform device, kept for reset and power-button requests.
@@ -147,6 +151,7 @@ struct Board<'a> {
     shared: devices::SharedEvents,
     rt: tokio::runtime::Handle,
     registry: Registry,
+    netdevs: hotnet::SharedNetdevs,
     tree: DeviceTree,
 }
 
@@ -176,6 +181,8 @@ impl DeviceSet {
             bios,
             display,
             coalesced,
+            tree,
+            netdevs,
         } = p;
         let direct_boot = bios.is_none();
         let shared: devices::SharedEvents = Arc::new(events.clone());
@@ -189,7 +196,8 @@ impl DeviceSet {
             shared,
             rt,
             registry,
-            tree: DeviceTree::new(),
+            netdevs,
+            tree,
         };
         let chipset = b.chipset(bios)?;
         b.legacy_ports()?;
@@ -262,6 +270,22 @@ impl Board<'_> {
     fn add(&mut self, c: &Chipset, node: Node) -> Result<()> {
         tree::add_device(&mut self.tree, &c.pci, node)?;
         Ok(())
+    }
+
+    /// Put a backend's node in the tree (before the device that uses it).
+    fn add_backend(&mut self, node: Node) -> Result<()> {
+        self.tree.insert(node)?;
+        Ok(())
+    }
+
+    /// `node` uses the backend `kind`/`name` if the tree has it.
+    fn using(&self, node: Node, kind: BackendKind, name: &str) -> Node {
+        let id = kind.id(name);
+        if self.tree.get(&id).is_some() {
+            node.uses(id)
+        } else {
+            node
+        }
     }
 
     /// An interrupt line of the in-kernel irqchip.
@@ -342,10 +366,14 @@ impl Board<'_> {
             // Input from the chardev waits while the VM is stopped.
             let control = ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
                 .with_gate(s.gate());
+            let node = self.using(
+                Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0"),
+                BackendKind::Chardev,
+                &id,
+            );
             self.add(
                 c,
-                Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0")
-                    .with(Resource::IoPorts { base: port, len: 8 })
+                node.with(Resource::IoPorts { base: port, len: 8 })
                     .with(Resource::Irq(irq))
                     .prop("index", tree::num(i as u64))
                     .prop("iobase", tree::num(u64::from(port)))
@@ -476,6 +504,17 @@ impl Board<'_> {
         )
         .providing("ide.0", "IDE")
         .providing("ide.1", "IDE");
+        for d in &self.cfg.drives {
+            let Some(b) = d
+                .index
+                .filter(|_| d.interface == DriveInterface::Ide)
+                .and_then(|i| ide.backend(i as usize))
+            else {
+                continue;
+            };
+            self.add_backend(block_node(&d.id, b))?;
+            node = node.uses(BackendKind::Block.id(&d.id));
+        }
         for (cmd, ctl, irq) in [(0x1f0, 0x3f6, 14), (0x170, 0x376, 15)] {
             node = node
                 .with(Resource::IoPorts { base: cmd, len: 8 })
@@ -573,12 +612,39 @@ impl Board<'_> {
                 open_drive(registry, d)
             },
         )?;
+        for n in hotnet::start_nodes(cfg, &virtio.nics, &self.netdevs) {
+            self.add_backend(n)?;
+        }
+        for disk in &virtio.disks {
+            self.add_backend(block_node(&disk.drive, &disk.backend))?;
+        }
         for p in &virtio.placed {
             let d = &cfg.devices[p.device];
             let Some(slot) = d.addr else { continue };
             let (id, user) = names[p.device].clone();
             let mut node = tree::pci_node(id, d.kind.driver(), slot)
                 .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1));
+            match &d.kind {
+                DeviceKind::Nic {
+                    netdev: Some(n), ..
+                } => node = self.using(node, BackendKind::Netdev, n),
+                DeviceKind::VirtioBlk { drive, .. } => {
+                    node = self.using(node, BackendKind::Block, drive)
+                }
+                _ => {}
+            }
+            if !p.msi_gsis.is_empty() {
+                node = node.with(Resource::MsiRoutes(p.msi_gsis.clone()));
+            }
+            if let Some(h) = &p.host {
+                node = node
+                    .with(Resource::Ioeventfds(h.queues() as u16))
+                    .placement(Arc::new(tree::PciPlacement {
+                        pci: c.pci.clone(),
+                        slot,
+                        virtio: Some(h.clone()),
+                    }));
+            }
             if user {
                 node = node.user();
             }
@@ -631,6 +697,13 @@ impl Board<'_> {
         }
         Ok(())
     }
+}
+
+/// The node of drive `id`'s image (`/block/ID`), run by its block engine.
+fn block_node(id: &str, b: &BlockHandle) -> Node {
+    Node::backend(BackendKind::Block, id, b.format.name())
+        .prop("file", format!("\"{}\"", b.path.display()))
+        .actor(&format!("blk-{id}"))
 }
 
 /// `-rtc base=`: seconds to add to the host's UTC clock.

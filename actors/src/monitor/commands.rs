@@ -271,19 +271,28 @@ fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
     Ok(spec)
 }
 
-/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the machine, off the runtime's
-/// threads (opening a backend may run a tap's script). Err is the message to show.
+/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the supervisor's device tree: the
+/// backend's node is added (the machine opens it) or removed (its teardown closes it).
+/// Err is the message to show.
 pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Result<(), String> {
-    let info = ctx.info.clone();
-    tokio::task::spawn_blocking(move || {
-        if add {
-            info.netdev_add(&arg)
-        } else {
-            info.netdev_del(&arg)
+    use crate::supervisor::{BackendKind, HotplugError, Plug, TreeError};
+    if add {
+        return ctx
+            .supervisor
+            .add_node(Plug::Netdev(arg))
+            .await
+            .map_err(|e| e.to_string());
+    }
+    match ctx
+        .supervisor
+        .remove_node(&BackendKind::Netdev.id(&arg))
+        .await
+    {
+        Err(HotplugError::Tree(TreeError::UnknownId(_))) => {
+            Err(format!("Device '{arg}' not found"))
         }
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the monitor's worker failed: {e}")))
+        r => r.map_err(|e| e.to_string()),
+    }
 }
 
 fn not_available(what: &str) -> CmdError {
@@ -351,7 +360,9 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 })
                 .collect(),
         )),
-        "query-pci" => Ok(ctx.info.query_pci()),
+        "query-pci" => Ok(super::tree_view::query_pci(
+            &ctx.supervisor.tree().await.map_err(actor_gone)?,
+        )),
         "query-block" => Ok(ctx.info.query_block()),
         "query-blockstats" => Ok(ctx.info.query_blockstats()),
         "query-vnc" => Ok(match &ctx.vnc {

@@ -181,6 +181,7 @@ const INFO: &[(&str, &str, &str)] = &[
     ("roms", "", "show roms"),
     ("status", "", "show the current VM status (running|paused)"),
     ("tlb", "", "show virtual to physical memory mappings"),
+    ("tree", "", "show every device and backend: parent, placement, actors [troupe]"),
     ("usernet", "", "show user network stack connection states"),
     ("uuid", "", "show the current VM UUID"),
     ("version", "", "show the version of QEMU"),
@@ -647,13 +648,17 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         },
         "mtree" => ctx.info.mtree(extra.contains(&"-f")),
         "qtree" => match ctx.supervisor.tree().await {
-            Ok(t) => ctx.info.qtree(&t),
+            Ok(t) => super::tree_view::qtree(&t),
+            Err(e) => format!("Error: {e}\n"),
+        },
+        "tree" => match ctx.supervisor.tree().await {
+            Ok(t) => super::tree_view::tree_text(&t),
             Err(e) => format!("Error: {e}\n"),
         },
         "roms" => ctx.info.roms(),
         "pic" => ctx.info.pic(),
         "irq" => ctx.info.irq(),
-        "network" => ctx.info.network(),
+        "network" => ctx.info.network(&ctx.supervisor.tree().await.unwrap_or_default()),
         "usernet" => ctx.info.usernet(),
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
         "migrate" => MIGRATE_GLOBALS.to_string(),
@@ -905,8 +910,8 @@ async fn actors_text(ctx: &MonitorContext) -> String {
         }
         Err(e) => out.push_str(&format!("(cannot list the process's threads: {e})\n")),
     }
-    // Which device of the tree each device actor runs, by actor id (model-only control
-    // mailboxes such as the chipset's are not actors and are not listed).
+    // Which node of the tree (device or backend) each actor runs, by actor id (model-only
+    // control mailboxes such as the chipset's are not actors and are not listed).
     if let Ok(tree) = ctx.supervisor.tree().await {
         let live: std::collections::HashSet<String> =
             ctx.registry.snapshot().into_iter().map(|e| e.id).collect();
@@ -917,7 +922,7 @@ async fn actors_text(ctx: &MonitorContext) -> String {
             .collect();
         owned.sort_by_key(|(a, _)| *a);
         if !owned.is_empty() {
-            out.push_str("device of each device actor:\n");
+            out.push_str("node of each device or backend actor:\n");
         }
         for (a, n) in owned {
             out.push_str(&format!("  {a} -> {} ({})\n", n.id, n.driver));

@@ -15,6 +15,7 @@ mod mux;
 pub mod qmp;
 pub mod readline;
 pub mod server;
+pub mod tree_view;
 
 use std::sync::Arc;
 
@@ -49,8 +50,6 @@ pub struct Announce {
 /// What the machine knows that the monitor reports (implemented by the binary, which
 /// knows the PCI topology, drives and memory map).
 pub trait MachineInfo: Send + Sync {
-    /// `query-pci` return value (a list with one bus).
-    fn query_pci(&self) -> Value;
     /// `query-block` return value.
     fn query_block(&self) -> Value;
     /// `query-blockstats` return value.
@@ -59,8 +58,9 @@ pub trait MachineInfo: Send + Sync {
     fn mtree(&self, flat: bool) -> String;
     /// `query-chardev` return value.
     fn query_chardev(&self) -> Value;
-    /// `info network` text.
-    fn network(&self) -> String;
+    /// `info network` text: each NIC with its backend, then each backend of `tree` (the
+    /// supervisor's) that no NIC uses.
+    fn network(&self, tree: &crate::supervisor::DeviceTree) -> String;
     /// `announce-self`: send each NIC's announcement (and ask virtio drivers that can to
     /// announce themselves) on `schedule`; returns at once.
     fn announce_self(&self, schedule: Announce) -> Result<(), String>;
@@ -73,15 +73,8 @@ pub trait MachineInfo: Send + Sync {
     /// `hostfwd_add [netdev] RULE` / `hostfwd_remove [netdev] RULE`: Ok is the text to
     /// show, Err the error message.
     fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String>;
-    /// `netdev_add SPEC` (the `-netdev` syntax): Err is the message to show.
-    fn netdev_add(&self, spec: &str) -> Result<(), String>;
-    /// `netdev_del ID`: Err is the message to show.
-    fn netdev_del(&self, id: &str) -> Result<(), String>;
     /// `info roms` text.
     fn roms(&self) -> String;
-    /// `info qtree` text: `tree` (the supervisor's) in QEMU's shape, with what the
-    /// machine knows now of each device (its BARs' current addresses).
-    fn qtree(&self, tree: &crate::supervisor::DeviceTree) -> String;
     /// `info pic` text (the in-kernel PICs and IOAPIC).
     fn pic(&self) -> String;
     /// `info irq` text (interrupts raised per line).
