@@ -14,6 +14,7 @@ use actors::bus::lock;
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
 use actors::events::{event_channel, EventTx};
+use actors::monitor::handles::{ChipsetHandle, DrivesHandle, NetHandle};
 use actors::monitor::{self, MonitorBackend, MonitorContext, MonitorSpec, MuxHandle, Protocol};
 use actors::runtime::Registry;
 use actors::supervisor::{
@@ -197,8 +198,9 @@ pub struct Vm {
     pub monitors: Vec<monitor::StartedMonitor>,
     /// Tap `downscript=`s to run as the VM ends: (script, ifname).
     pub downscripts: Vec<(std::path::PathBuf, String)>,
-    /// Backends `netdev_add` opened, closed (their down scripts run) as the VM ends.
-    pub hot: Arc<crate::monitor_info::PcInfo>,
+    /// The NICs and the backends `netdev_add` opened, closed (their down scripts run) as
+    /// the VM ends.
+    pub hot: Arc<crate::monitor_info::PcNet>,
     /// `-chardev`s no front end uses, open for the VM's life as in QEMU (their input
     /// waits unread).
     pub idle_chardevs: Vec<(
@@ -402,30 +404,40 @@ pub fn build(
     let (fds, templates) = create_vcpus(cfg, &kvm, &topo)?;
     let plan = boot_plan(cfg, kernel_override);
     let acpi = acpi_tables(cfg, &plan, &devices)?;
-    let info = Arc::new(crate::monitor_info::PcInfo {
-        ide: devices.ide.clone(),
-        drives: cfg.drives.clone(),
-        kvm: kvm.clone(),
-        pio: pio.clone(),
-        mmio: mmio.clone(),
-        chardevs: chardevs.labels.clone(),
-        bios: match (&cfg.boot, &plan) {
-            (BootConfig::Firmware { bios }, BootPlan::Firmware) => Some(bios.clone()),
-            _ => None,
-        },
-        vcpus: cfg.smp.cpus as usize,
-        mem: mem.clone(),
-        coalesced: coalesced.clone(),
-        virtio_disks: devices
-            .virtio
-            .disks
-            .iter()
-            .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
-            .collect(),
-        nics: devices.virtio.nics.clone(),
-        registry: registry.clone(),
-        hot: netdevs.clone(),
-    });
+    let sides = MachineSides {
+        drives: Arc::new(crate::monitor_info::PcDrives {
+            ide: devices.ide.clone(),
+            drives: cfg.drives.clone(),
+            virtio_disks: devices
+                .virtio
+                .disks
+                .iter()
+                .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
+                .collect(),
+        }),
+        chipset: Arc::new(crate::monitor_info::PcChipset {
+            kvm: kvm.clone(),
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            chardevs: chardevs.labels.clone(),
+            bios: match (&cfg.boot, &plan) {
+                (BootConfig::Firmware { bios }, BootPlan::Firmware) => Some(bios.clone()),
+                _ => None,
+            },
+            vcpus: cfg.smp.cpus as usize,
+        }),
+        net: Arc::new(crate::monitor_info::PcNet {
+            nics: devices.virtio.nics.clone(),
+            hot: netdevs.clone(),
+            registry: registry.clone(),
+        }),
+        memory: Arc::new(crate::monitor_info::PcMemory {
+            kvm: kvm.clone(),
+            mmio: mmio.clone(),
+            mem: mem.clone(),
+            coalesced: coalesced.clone(),
+        }),
+    };
     let has_screen_device = devices.vga.is_some();
     let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
     let has_input = true;
@@ -477,7 +489,10 @@ pub fn build(
         display: has_screen.then(|| console.display.clone()),
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
-        info: info.clone(),
+        info: sides.memory.clone(),
+        net: NetHandle::spawn(rt.handle(), registry, sides.net.clone()),
+        drives: DrivesHandle::spawn(rt.handle(), registry, sides.drives.clone()),
+        chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);
@@ -506,7 +521,7 @@ pub fn build(
         console,
         monitors,
         downscripts,
-        hot: info,
+        hot: sides.net,
         idle_chardevs: chardevs.idle,
     })
 }
@@ -704,6 +719,14 @@ fn backends(chardevs: &Chardevs, console: &Console) -> Result<DeviceTree> {
         tree.insert(Node::backend(BackendKind::Display, "vnc", "vnc").actor("vnc"))?;
     }
     Ok(tree)
+}
+
+/// The machine's sides the monitor's actors serve (see `monitor_info`).
+struct MachineSides {
+    drives: Arc<crate::monitor_info::PcDrives>,
+    chipset: Arc<crate::monitor_info::PcChipset>,
+    net: Arc<crate::monitor_info::PcNet>,
+    memory: Arc<crate::monitor_info::PcMemory>,
 }
 
 /// The firmware image mapped at the top of 4 GiB (None: direct boot).

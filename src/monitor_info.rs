@@ -1,12 +1,14 @@
-//! What the machine tells the monitor: PCI devices, drives, memory map, chardevs, ROMs,
-//! the device tree and the in-kernel interrupt controllers, in the shapes QEMU's QMP and
-//! HMP use.
+//! The machine's sides the monitor's actors serve, in the shapes QEMU's QMP and HMP use:
+//! the drives ([`PcDrives`]), the board: memory map, chardevs, ROMs, in-kernel interrupt
+//! controllers ([`PcChipset`]), the NICs and their backends ([`PcNet`]) and guest memory
+//! ([`PcMemory`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use actors::bus::Bus;
 use actors::host::ide::IdeHost;
+use actors::monitor::handles::{ChipsetService, DrivesService, NetService};
 use actors::monitor::MachineInfo;
 use actors::supervisor::{BackendKind, DeviceTree};
 use serde_json::{json, Value};
@@ -18,19 +20,26 @@ use crate::vm::kvm::KvmVm;
 /// One chardev for `query-chardev` (label, filename).
 pub type ChardevEntry = (String, String);
 
-pub struct PcInfo {
+/// The drives, for the drives actor.
+pub struct PcDrives {
     pub ide: Arc<IdeHost>,
     pub drives: Vec<DriveConfig>,
+    /// virtio-blk devices: (drive id, qdev path, backend).
+    pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
+}
+
+/// The board, for the chipset actor.
+pub struct PcChipset {
     pub kvm: Arc<KvmVm>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub chardevs: Arc<Mutex<Vec<ChardevEntry>>>,
     pub bios: Option<PathBuf>,
     pub vcpus: usize,
-    pub mem: devices::memory::GuestMemoryMmap,
-    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
-    /// virtio-blk devices: (drive id, qdev path, backend).
-    pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
+}
+
+/// The NICs and backends, for the network actor.
+pub struct PcNet {
     /// virtio-net NICs.
     pub nics: Vec<crate::platform::nic::Nic>,
     /// The netdevs (those `netdev_add` opened, and the configuration new ones are
@@ -38,6 +47,14 @@ pub struct PcInfo {
     pub hot: crate::platform::hotnet::SharedNetdevs,
     /// Where threads started on the monitor's behalf (announce-self) are listed.
     pub registry: actors::runtime::Registry,
+}
+
+/// Guest memory as the monitor reads it.
+pub struct PcMemory {
+    pub kvm: Arc<KvmVm>,
+    pub mmio: Arc<Bus>,
+    pub mem: devices::memory::GuestMemoryMmap,
+    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
 }
 
 fn ide_qdev(index: u32) -> String {
@@ -52,7 +69,7 @@ struct BlockDev<'a> {
     node: String,
 }
 
-impl PcInfo {
+impl PcNet {
     fn hot(&self) -> std::sync::MutexGuard<'_, crate::platform::hotnet::HotNetdevs> {
         self.hot.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -73,7 +90,9 @@ impl PcInfo {
         );
         v
     }
+}
 
+impl PcDrives {
     /// IDE drives in index order, then virtio-blk drives in device order.
     fn block_devices(&self) -> Vec<BlockDev<'_>> {
         let mut v: Vec<BlockDev<'_>> = self
@@ -103,7 +122,7 @@ impl PcInfo {
     }
 }
 
-impl MachineInfo for PcInfo {
+impl DrivesService for PcDrives {
     fn query_block(&self) -> Value {
         let list: Vec<Value> = self
             .block_devices()
@@ -194,6 +213,16 @@ impl MachineInfo for PcInfo {
             .collect();
         Value::Array(list)
     }
+}
+
+impl ChipsetService for PcChipset {
+    fn pic(&self) -> String {
+        pic_text(&self.kvm)
+    }
+
+    fn irq(&self) -> String {
+        actors::irq::irq_stats_text()
+    }
 
     fn mtree(&self, flat: bool) -> String {
         let mut mem: Vec<(u64, u64, String, &str)> = self
@@ -255,6 +284,23 @@ impl MachineInfo for PcInfo {
         s
     }
 
+    fn roms(&self) -> String {
+        match &self.bios {
+            Some(p) => {
+                let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!(
+                    "addr={:016x} size=0x{size:06x} mem=rom name=\"{name}\"\n",
+                    (1u64 << 32) - size
+                )
+            }
+            None => String::new(),
+        }
+    }
+
     fn query_chardev(&self) -> Value {
         let list = self.chardevs.lock().unwrap_or_else(|e| e.into_inner());
         Value::Array(
@@ -265,7 +311,9 @@ impl MachineInfo for PcInfo {
                 .collect(),
         )
     }
+}
 
+impl NetService for PcNet {
     fn network(&self, tree: &DeviceTree) -> String {
         let mut out = String::new();
         for (i, n) in self.nics.iter().enumerate() {
@@ -414,6 +462,16 @@ impl MachineInfo for PcInfo {
         out
     }
 
+    fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
+        let nic = self
+            .nics
+            .iter()
+            .find(|n| n.name == name || (n.has_peer() && n.netdev == name))
+            .ok_or_else(|| format!("Device '{name}' not found"))?;
+        nic.set_link(up);
+        Ok(())
+    }
+
     fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String> {
         let (netdev, rule) = match args {
             [rule] => (None, *rule),
@@ -463,42 +521,9 @@ impl MachineInfo for PcInfo {
             }
         }
     }
+}
 
-    fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
-        let nic = self
-            .nics
-            .iter()
-            .find(|n| n.name == name || (n.has_peer() && n.netdev == name))
-            .ok_or_else(|| format!("Device '{name}' not found"))?;
-        nic.set_link(up);
-        Ok(())
-    }
-
-    fn roms(&self) -> String {
-        match &self.bios {
-            Some(p) => {
-                let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                format!(
-                    "addr={:016x} size=0x{size:06x} mem=rom name=\"{name}\"\n",
-                    (1u64 << 32) - size
-                )
-            }
-            None => String::new(),
-        }
-    }
-
-    fn pic(&self) -> String {
-        pic_text(&self.kvm)
-    }
-
-    fn irq(&self) -> String {
-        actors::irq::irq_stats_text()
-    }
-
+impl MachineInfo for PcMemory {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
         use vm_memory::{Bytes, GuestAddress};
         // Writes still queued for the VGA window land first.

@@ -363,13 +363,13 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "query-pci" => Ok(super::tree_view::query_pci(
             &ctx.supervisor.tree().await.map_err(actor_gone)?,
         )),
-        "query-block" => Ok(ctx.info.query_block()),
-        "query-blockstats" => Ok(ctx.info.query_blockstats()),
+        "query-block" => ctx.drives.query_block().await.map_err(actor_gone),
+        "query-blockstats" => ctx.drives.query_blockstats().await.map_err(actor_gone),
         "query-vnc" => Ok(match &ctx.vnc {
             Some(v) => v.info().to_query_vnc(),
             None => json!({"enabled": false}),
         }),
-        "query-chardev" => Ok(ctx.info.query_chardev()),
+        "query-chardev" => ctx.chipset.query_chardev().await.map_err(actor_gone),
         "query-commands" => Ok(Value::Array(
             command_names().map(|n| json!({ "name": n })).collect(),
         )),
@@ -459,7 +459,10 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "set_link" => {
             let name = s(args, "name").unwrap_or_default();
             let up = args.get("up").and_then(Value::as_bool).unwrap_or(true);
-            ctx.info.set_link(name, up).map_err(CmdError::Generic)?;
+            ctx.net
+                .set_link(name, up)
+                .await
+                .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "announce-self" => {
@@ -488,14 +491,16 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 step_ms: int("step", 100),
                 interfaces,
             };
-            ctx.info
+            ctx.net
                 .announce_self(schedule)
+                .await
                 .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "query-rx-filter" => ctx
-            .info
+            .net
             .query_rx_filter(s(args, "name"))
+            .await
             .map_err(CmdError::Generic),
         "netdev_add" | "netdev_del" => {
             let arg = if name == "netdev_add" {

@@ -430,14 +430,14 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             }
         }
         "set_link" => match rest.get(1).copied() {
-            Some(state @ ("on" | "off")) => match ctx.info.set_link(rest[0], state == "on") {
+            Some(state @ ("on" | "off")) => match ctx.net.set_link(rest[0], state == "on").await {
                 Ok(()) => String::new(),
                 Err(e) => format!("Error: {e}\n"),
             },
             _ => "Error: Invalid parameter 'up'\n".into(),
         },
         "hostfwd_add" | "hostfwd_remove" => {
-            match ctx.info.hostfwd(&rest, canonical == "hostfwd_add") {
+            match ctx.net.hostfwd(&rest, canonical == "hostfwd_add").await {
                 Ok(t) => t,
                 Err(e) => format!("{e}\n"),
             }
@@ -646,7 +646,7 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             Some(v) => v.info().to_hmp(),
             None => "Error: no VNC server is configured (start with -vnc)\n".into(),
         },
-        "mtree" => ctx.info.mtree(extra.contains(&"-f")),
+        "mtree" => ctx.chipset.mtree(extra.contains(&"-f")).await,
         "qtree" => match ctx.supervisor.tree().await {
             Ok(t) => super::tree_view::qtree(&t),
             Err(e) => format!("Error: {e}\n"),
@@ -655,11 +655,15 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             Ok(t) => super::tree_view::tree_text(&t),
             Err(e) => format!("Error: {e}\n"),
         },
-        "roms" => ctx.info.roms(),
-        "pic" => ctx.info.pic(),
-        "irq" => ctx.info.irq(),
-        "network" => ctx.info.network(&ctx.supervisor.tree().await.unwrap_or_default()),
-        "usernet" => ctx.info.usernet(),
+        "roms" => ctx.chipset.roms().await,
+        "pic" => ctx.chipset.pic().await,
+        "irq" => ctx.chipset.irq().await,
+        "network" => {
+            ctx.net
+                .network(ctx.supervisor.tree().await.unwrap_or_default())
+                .await
+        }
+        "usernet" => ctx.net.usernet().await,
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
         "migrate" => MIGRATE_GLOBALS.to_string(),
         "mice" => exec_text(ctx, "query-mice", json!({}), |v| {
@@ -922,7 +926,7 @@ async fn actors_text(ctx: &MonitorContext) -> String {
             .collect();
         owned.sort_by_key(|(a, _)| *a);
         if !owned.is_empty() {
-            out.push_str("node of each device or backend actor:\n");
+            out.push_str("device of each device actor:\n");
         }
         for (a, n) in owned {
             out.push_str(&format!("  {a} -> {} ({})\n", n.id, n.driver));

@@ -9,6 +9,7 @@
 
 pub mod commands;
 pub mod dirty;
+pub mod handles;
 pub mod hmp;
 mod memdump;
 mod mux;
@@ -20,7 +21,6 @@ pub mod tree_view;
 use std::sync::Arc;
 
 use devices::memory::GuestMemoryMmap;
-use serde_json::Value;
 
 use crate::display::input::InputSink;
 use crate::display::DisplayHandle;
@@ -47,38 +47,10 @@ pub struct Announce {
     pub interfaces: Option<Vec<String>>,
 }
 
-/// What the machine knows that the monitor reports (implemented by the binary, which
-/// knows the PCI topology, drives and memory map).
+/// Guest memory as the monitor reads it (implemented by the binary, which knows the
+/// memory map). The rest of the machine is reached through actors: [`handles`] and the
+/// supervisor.
 pub trait MachineInfo: Send + Sync {
-    /// `query-block` return value.
-    fn query_block(&self) -> Value;
-    /// `query-blockstats` return value.
-    fn query_blockstats(&self) -> Value;
-    /// `info mtree [-f]` text.
-    fn mtree(&self, flat: bool) -> String;
-    /// `query-chardev` return value.
-    fn query_chardev(&self) -> Value;
-    /// `info network` text: each NIC with its backend, then each backend of `tree` (the
-    /// supervisor's) that no NIC uses.
-    fn network(&self, tree: &crate::supervisor::DeviceTree) -> String;
-    /// `announce-self`: send each NIC's announcement (and ask virtio drivers that can to
-    /// announce themselves) on `schedule`; returns at once.
-    fn announce_self(&self, schedule: Announce) -> Result<(), String>;
-    /// `query-rx-filter [name]`: each NIC's receive filter; Err is QEMU's message.
-    fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String>;
-    /// `info usernet` text: each user-mode backend's connections and forwardings.
-    fn usernet(&self) -> String;
-    /// `set_link NAME on|off` (a NIC or its netdev): Err is the message to show.
-    fn set_link(&self, name: &str, up: bool) -> Result<(), String>;
-    /// `hostfwd_add [netdev] RULE` / `hostfwd_remove [netdev] RULE`: Ok is the text to
-    /// show, Err the error message.
-    fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String>;
-    /// `info roms` text.
-    fn roms(&self) -> String;
-    /// `info pic` text (the in-kernel PICs and IOAPIC).
-    fn pic(&self) -> String;
-    /// `info irq` text (interrupts raised per line).
-    fn irq(&self) -> String;
     /// Read guest-physical memory as the CPU would see it (`xp`, `x`): device windows
     /// such as the VGA's through their models, RAM directly; false when `addr` is neither
     /// (the caller shows all-ones, as QEMU reads unassigned memory).
@@ -109,6 +81,12 @@ pub struct MonitorContext {
     /// Replace the log filter (`log`, `trace-event`).
     pub log: Option<LogSetter>,
     pub info: Arc<dyn MachineInfo>,
+    /// The NICs and network backends.
+    pub net: handles::NetHandle,
+    /// The drives.
+    pub drives: handles::DrivesHandle,
+    /// The board: interrupt controllers, memory map, ROMs, chardevs.
+    pub chipset: handles::ChipsetHandle,
     /// (socket, core, thread) of each vCPU, by index.
     pub topology: Vec<(u32, u32, u32)>,
     /// Serialises key sequences (`sendkey` holds keys for a while) so two never interleave.
