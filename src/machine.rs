@@ -14,7 +14,7 @@ use actors::bus::lock;
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
 use actors::events::{event_channel, EventTx};
-use actors::monitor::handles::{ChipsetHandle, DrivesHandle, NetHandle};
+use actors::monitor::handles::{ChipsetHandle, DrivesHandle, MemoryHandle, NetHandle};
 use actors::monitor::{self, MonitorBackend, MonitorContext, MonitorSpec, MuxHandle, Protocol};
 use actors::runtime::Registry;
 use actors::supervisor::{
@@ -193,6 +193,9 @@ pub struct Vm {
     pub handle: SupervisorHandle,
     pub vcpus: Vec<VcpuHandle>,
     pub kvm: Arc<KvmVm>,
+    /// Guest RAM (the machine-state tests read it).
+    #[allow(dead_code)]
+    pub mem: GuestMemoryMmap,
     pub console: Console,
     /// Monitors started (where they listen), for the demo's banner.
     pub monitors: Vec<monitor::StartedMonitor>,
@@ -489,7 +492,7 @@ pub fn build(
         display: has_screen.then(|| console.display.clone()),
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
-        info: sides.memory.clone(),
+        memory: MemoryHandle::spawn(rt.handle(), registry, sides.memory.clone()),
         net: NetHandle::spawn(rt.handle(), registry, sides.net.clone()),
         drives: DrivesHandle::spawn(rt.handle(), registry, sides.drives.clone()),
         chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
@@ -518,6 +521,7 @@ pub fn build(
         handle,
         vcpus,
         kvm,
+        mem: sides.memory.mem.clone(),
         console,
         monitors,
         downscripts,

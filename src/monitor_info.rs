@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use actors::bus::Bus;
 use actors::host::ide::IdeHost;
-use actors::monitor::handles::{ChipsetService, DrivesService, NetService};
-use actors::monitor::MachineInfo;
+use actors::monitor::handles::{ChipsetService, DrivesService, MemoryService, NetService};
 use actors::supervisor::{BackendKind, DeviceTree};
 use serde_json::{json, Value};
 
@@ -523,7 +522,7 @@ impl NetService for PcNet {
     }
 }
 
-impl MachineInfo for PcMemory {
+impl MemoryService for PcMemory {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
         use vm_memory::{Bytes, GuestAddress};
         // Writes still queued for the VGA window land first.

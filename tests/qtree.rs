@@ -287,7 +287,7 @@ fn netdev_add_and_netdev_del_add_and_remove_a_backend_node_and_what_it_opened() 
     let fwd = free_port();
     let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
     let k = guest("demo");
-    let mut vm = Vm::troupe(&[
+    let vm = Vm::troupe(&[
         "-m",
         "64",
         "-nodefaults",

@@ -529,6 +529,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 args.get("sample-pages").and_then(Value::as_u64),
                 mode,
             )
+            .await
             .map_err(|e| CmdError::generic(e.to_string()))?;
             Ok(json!({}))
         }

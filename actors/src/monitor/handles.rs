@@ -7,6 +7,8 @@
 //! - [`DrivesHandle`]: the drives (`query-block`, `query-blockstats`).
 //! - [`ChipsetHandle`]: the board (`info pic`, `info irq`, `info mtree`, `info roms`,
 //!   `query-chardev`).
+//! - [`MemoryHandle`]: guest memory as the CPU sees it (`xp`, `x`) and the dirty log
+//!   (`calc-dirty-rate` in dirty-bitmap mode).
 //!
 //! The binary implements each side's service trait (it knows the platform); the actor
 //! owns the service and runs one request at a time on the runtime, restarted if it
@@ -339,6 +341,98 @@ impl ChipsetHandle {
 
     pub async fn query_chardev(&self) -> Result<Value, ActorError> {
         ask(&self.addr, ChipsetMsg::QueryChardev).await
+    }
+}
+
+// ---- memory ----
+
+/// Guest memory, as the binary provides it.
+pub trait MemoryService: Send + Sync + 'static {
+    /// Read guest-physical memory as the CPU would see it: device windows such as the
+    /// VGA's through their models, RAM directly; false when `addr` is neither.
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool;
+    /// Turn KVM's dirty log for guest RAM on (clearing it) or off.
+    fn dirty_log(&self, on: bool) -> Result<(), String>;
+    /// Guest RAM pages written since the dirty log was turned on or last read.
+    fn dirty_pages(&self) -> Result<u64, String>;
+}
+
+/// Requests to the memory actor.
+pub enum MemoryMsg {
+    /// `len` bytes from guest-physical `addr`, byte by byte (a read may straddle
+    /// regions), all-ones where nothing is mapped (as QEMU reads unassigned memory).
+    ReadPhys {
+        addr: u64,
+        len: usize,
+        reply: Reply<Vec<u8>>,
+    },
+    DirtyLog(bool, Reply<Result<(), String>>),
+    DirtyPages(Reply<Result<u64, String>>),
+}
+
+impl MessageKind for MemoryMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::ReadPhys { .. } => "read-phys",
+            Self::DirtyLog(..) => "dirty-log",
+            Self::DirtyPages(_) => "dirty-pages",
+        }
+    }
+}
+
+fn serve_memory(s: &dyn MemoryService, m: MemoryMsg) {
+    match m {
+        MemoryMsg::ReadPhys { addr, len, reply } => {
+            let mut out = vec![0xffu8; len];
+            for (i, b) in out.iter_mut().enumerate() {
+                let mut one = [0xffu8];
+                if s.read_phys(addr.wrapping_add(i as u64), &mut one) {
+                    *b = one[0];
+                }
+            }
+            reply.send(out)
+        }
+        MemoryMsg::DirtyLog(on, r) => r.send(s.dirty_log(on)),
+        MemoryMsg::DirtyPages(r) => r.send(s.dirty_pages()),
+    }
+}
+
+/// The memory actor's address.
+#[derive(Clone)]
+pub struct MemoryHandle {
+    addr: Addr<MemoryMsg>,
+}
+
+impl MemoryHandle {
+    /// Start the memory actor (`memory`) over `service`.
+    pub fn spawn(
+        rt: &tokio::runtime::Handle,
+        registry: &Registry,
+        service: Arc<dyn MemoryService>,
+    ) -> Self {
+        Self {
+            addr: spawn_service(rt, registry, "memory", service, serve_memory),
+        }
+    }
+
+    /// `len` bytes from guest-physical `addr` (all-ones where nothing is mapped, or if
+    /// the actor does not answer).
+    pub async fn read_phys(&self, addr: u64, len: usize) -> Vec<u8> {
+        ask(&self.addr, |reply| MemoryMsg::ReadPhys { addr, len, reply })
+            .await
+            .unwrap_or_else(|_| vec![0xff; len])
+    }
+
+    pub async fn dirty_log(&self, on: bool) -> Result<(), String> {
+        ask(&self.addr, |r| MemoryMsg::DirtyLog(on, r))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    pub async fn dirty_pages(&self) -> Result<u64, String> {
+        ask(&self.addr, MemoryMsg::DirtyPages)
+            .await
+            .map_err(|e| e.to_string())?
     }
 }
 

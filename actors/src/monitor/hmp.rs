@@ -1045,16 +1045,31 @@ async fn dump_memory(
         Err(e) => return format!("{e}\n"),
     };
     if phys {
+        // Nothing is beyond x86's widest physical address (52 bits), and nothing wraps
+        // round to address 0 past 2^64 (as QEMU): read what is below that at once.
+        let total = fmt.count.saturating_mul(fmt.size as u64);
+        let end = addr.saturating_add(total).min(MAX_PHYS_END);
+        let bytes = if end > addr {
+            memdump::read_phys(ctx, addr, (end - addr) as usize).await
+        } else {
+            Vec::new()
+        };
         return memdump::dump(fmt, addr, |a, buf| {
-            // Nothing is beyond x86's widest physical address (52 bits), and nothing
-            // wraps round to address 0 past 2^64 (as QEMU).
             if a.checked_add(buf.len() as u64)
                 .is_none_or(|end| end > MAX_PHYS_END)
             {
                 return false;
             }
-            memdump::read_phys(ctx, a, buf);
-            true
+            let Some(from) = a.checked_sub(addr).map(|o| o as usize) else {
+                return false;
+            };
+            match bytes.get(from..from + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    true
+                }
+                None => false,
+            }
         });
     }
     // Virtual: translate each page through the current vCPU.
@@ -1076,9 +1091,7 @@ async fn dump_memory(
         }
         match v.translate_gva(a).await {
             Ok(Some(pa)) => {
-                let mut buf = vec![0u8; n];
-                memdump::read_phys(ctx, pa, &mut buf);
-                bytes.extend_from_slice(&buf);
+                bytes.extend_from_slice(&memdump::read_phys(ctx, pa, n).await);
             }
             _ => {
                 ok_until = bytes.len() as u64;

@@ -5,7 +5,9 @@
 //! JSON value shaped like QEMU's QMP reply); QMP ([`qmp`]) executes them directly and HMP
 //! ([`hmp`]) parses a command line, calls the same operations and formats their results
 //! as QEMU's HMP prints them. Every connection is its own supervised actor ([`server`]);
-//! one client closing or misbehaving affects no other.
+//! one client closing or misbehaving affects no other. The machine is reached through
+//! actors only: the supervisor (lifecycle, the device tree, `netdev_add`) and the
+//! [`handles`] of the machine's sides (network, drives, chipset, memory).
 
 pub mod commands;
 pub mod dirty;
@@ -47,21 +49,6 @@ pub struct Announce {
     pub interfaces: Option<Vec<String>>,
 }
 
-/// Guest memory as the monitor reads it (implemented by the binary, which knows the
-/// memory map). The rest of the machine is reached through actors: [`handles`] and the
-/// supervisor.
-pub trait MachineInfo: Send + Sync {
-    /// Read guest-physical memory as the CPU would see it (`xp`, `x`): device windows
-    /// such as the VGA's through their models, RAM directly; false when `addr` is neither
-    /// (the caller shows all-ones, as QEMU reads unassigned memory).
-    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool;
-    /// Turn KVM's dirty log for guest RAM on (clearing it) or off (`calc-dirty-rate` in
-    /// dirty-bitmap mode).
-    fn dirty_log(&self, on: bool) -> Result<(), String>;
-    /// Guest RAM pages written since the dirty log was turned on or last read.
-    fn dirty_pages(&self) -> Result<u64, String>;
-}
-
 /// Changes the log filter: `log` passes directives that replace the added ones,
 /// `trace-event` one `+target=level` to add.
 pub type LogSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -80,7 +67,8 @@ pub struct MonitorContext {
     pub vnc: Option<VncHandle>,
     /// Replace the log filter (`log`, `trace-event`).
     pub log: Option<LogSetter>,
-    pub info: Arc<dyn MachineInfo>,
+    /// Guest memory (`xp`, `x`) and the dirty log.
+    pub memory: handles::MemoryHandle,
     /// The NICs and network backends.
     pub net: handles::NetHandle,
     /// The drives.

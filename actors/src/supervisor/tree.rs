@@ -141,11 +141,10 @@ pub trait Placement: Send + Sync {
 /// Undoes what adding a node placed (closes a backend, unmaps BARs, frees routes); run
 /// once, by whoever took the node out of the tree. Err is the message for the user.
 #[derive(Clone)]
-pub struct Teardown(
-    std::sync::Arc<
-        std::sync::Mutex<Option<Box<dyn FnOnce() -> Result<(), String> + Send + 'static>>>,
-    >,
-);
+pub struct Teardown(std::sync::Arc<std::sync::Mutex<Option<TeardownFn>>>);
+
+/// What a [`Teardown`] runs.
+type TeardownFn = Box<dyn FnOnce() -> Result<(), String> + Send + 'static>;
 
 impl Teardown {
     pub fn new(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Self {
