@@ -334,32 +334,33 @@ fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
     Ok(spec)
 }
 
-/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the machine, off the runtime's
-/// threads (opening a backend may run a tap's script). Err is the message to show.
+/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the supervisor's device tree: the
+/// backend's node is added (the machine opens it) or removed (its teardown closes it).
+/// Err is the message to show.
 pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Result<(), String> {
-    let info = ctx.info.clone();
-    tokio::task::spawn_blocking(move || {
-        if add {
-            info.netdev_add(&arg)
-        } else {
-            info.netdev_del(&arg)
+    use crate::supervisor::{BackendKind, HotplugError, Plug, TreeError};
+    if add {
+        return ctx
+            .supervisor
+            .add_node(Plug::Netdev(arg))
+            .await
+            .map_err(|e| e.to_string());
+    }
+    match ctx
+        .supervisor
+        .remove_node(&BackendKind::Netdev.id(&arg))
+        .await
+    {
+        Err(HotplugError::Tree(TreeError::UnknownId(_))) => {
+            Err(format!("Device '{arg}' not found"))
         }
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the monitor's worker failed: {e}")))
+        r => r.map_err(|e| e.to_string()),
+    }
 }
 
-/// A removable-media operation through the machine, off the runtime's threads (opening an
-/// image reads it).
+/// A removable-media operation through the drives actor.
 pub async fn media(ctx: &MonitorContext, target: MediaTarget, op: MediaOp) -> Result<(), CmdError> {
-    let info = ctx.info.clone();
-    tokio::task::spawn_blocking(move || info.media(&target, op))
-        .await
-        .unwrap_or_else(|e| {
-            Err(CmdError::generic(format!(
-                "the monitor's worker failed: {e}"
-            )))
-        })
+    ctx.drives.media(target, op).await
 }
 
 fn media_target(args: &Map<String, Value>) -> MediaTarget {
@@ -437,14 +438,16 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 })
                 .collect(),
         )),
-        "query-pci" => Ok(ctx.info.query_pci()),
-        "query-block" => Ok(ctx.info.query_block()),
-        "query-blockstats" => Ok(ctx.info.query_blockstats()),
+        "query-pci" => Ok(super::tree_view::query_pci(
+            &ctx.supervisor.tree().await.map_err(actor_gone)?,
+        )),
+        "query-block" => ctx.drives.query_block().await.map_err(actor_gone),
+        "query-blockstats" => ctx.drives.query_blockstats().await.map_err(actor_gone),
         "query-vnc" => Ok(match &ctx.vnc {
             Some(v) => v.info().to_query_vnc(),
             None => json!({"enabled": false}),
         }),
-        "query-chardev" => Ok(ctx.info.query_chardev()),
+        "query-chardev" => ctx.chipset.query_chardev().await.map_err(actor_gone),
         "query-commands" => Ok(Value::Array(
             command_names().map(|n| json!({ "name": n })).collect(),
         )),
@@ -533,7 +536,10 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "set_link" => {
             let name = s(args, "name").unwrap_or_default();
             let up = args.get("up").and_then(Value::as_bool).unwrap_or(true);
-            ctx.info.set_link(name, up).map_err(CmdError::Generic)?;
+            ctx.net
+                .set_link(name, up)
+                .await
+                .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "announce-self" => {
@@ -562,14 +568,16 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 step_ms: int("step", 100),
                 interfaces,
             };
-            ctx.info
+            ctx.net
                 .announce_self(schedule)
+                .await
                 .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "query-rx-filter" => ctx
-            .info
+            .net
             .query_rx_filter(s(args, "name"))
+            .await
             .map_err(CmdError::Generic),
         "netdev_add" | "netdev_del" => {
             let arg = if name == "netdev_add" {
@@ -621,6 +629,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 args.get("sample-pages").and_then(Value::as_u64),
                 mode,
             )
+            .await
             .map_err(|e| CmdError::generic(e.to_string()))?;
             Ok(json!({}))
         }

@@ -201,6 +201,7 @@ const INFO: &[(&str, &str, &str)] = &[
     ("snapshots", "", "show the currently saved VM snapshots"),
     ("status", "", "show the current VM status (running|paused)"),
     ("tlb", "", "show virtual to physical memory mappings"),
+    ("tree", "", "show every device and backend: parent, placement, actors [troupe]"),
     ("usernet", "", "show user network stack connection states"),
     ("uuid", "", "show the current VM UUID"),
     ("version", "", "show the version of QEMU"),
@@ -429,7 +430,7 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             Err(e) => format!("{e}\n"),
         },
         "delvm" => {
-            let disks = ctx.info.snapshot_disks();
+            let disks = ctx.drives.snapshot_disks().await;
             match crate::block::snapshot::delete_snapshot_on_all_disks(&disks, rest[0]).await {
                 Ok(()) => String::new(),
                 Err(e) => format!("Error: {}\n", crate::supervisor::error_chain(&e)),
@@ -462,14 +463,14 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             }
         }
         "set_link" => match rest.get(1).copied() {
-            Some(state @ ("on" | "off")) => match ctx.info.set_link(rest[0], state == "on") {
+            Some(state @ ("on" | "off")) => match ctx.net.set_link(rest[0], state == "on").await {
                 Ok(()) => String::new(),
                 Err(e) => format!("Error: {e}\n"),
             },
             _ => "Error: Invalid parameter 'up'\n".into(),
         },
         "hostfwd_add" | "hostfwd_remove" => {
-            match ctx.info.hostfwd(&rest, canonical == "hostfwd_add") {
+            match ctx.net.hostfwd(&rest, canonical == "hostfwd_add").await {
                 Ok(t) => t,
                 Err(e) => format!("{e}\n"),
             }
@@ -746,17 +747,27 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             Some(v) => v.info().to_hmp(),
             None => "Error: no VNC server is configured (start with -vnc)\n".into(),
         },
-        "mtree" => ctx.info.mtree(extra.contains(&"-f")),
+        "mtree" => ctx.chipset.mtree(extra.contains(&"-f")).await,
         "qtree" => match ctx.supervisor.tree().await {
-            Ok(t) => ctx.info.qtree(&t),
+            Ok(t) => super::tree_view::qtree(&t),
             Err(e) => format!("Error: {e}\n"),
         },
-        "roms" => ctx.info.roms(),
-        "snapshots" => crate::block::snapshot::info_snapshots_text(&ctx.info.snapshot_disks()).await,
-        "pic" => ctx.info.pic(),
-        "irq" => ctx.info.irq(),
-        "network" => ctx.info.network(),
-        "usernet" => ctx.info.usernet(),
+        "tree" => match ctx.supervisor.tree().await {
+            Ok(t) => super::tree_view::tree_text(&t),
+            Err(e) => format!("Error: {e}\n"),
+        },
+        "roms" => ctx.chipset.roms().await,
+        "snapshots" => {
+            crate::block::snapshot::info_snapshots_text(&ctx.drives.snapshot_disks().await).await
+        }
+        "pic" => ctx.chipset.pic().await,
+        "irq" => ctx.chipset.irq().await,
+        "network" => {
+            ctx.net
+                .network(ctx.supervisor.tree().await.unwrap_or_default())
+                .await
+        }
+        "usernet" => ctx.net.usernet().await,
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
         "migrate" | "migrate_parameters" | "migrate_capabilities" => {
             super::migrate::info(ctx, sub).await.unwrap_or_default()
@@ -1007,8 +1018,8 @@ async fn actors_text(ctx: &MonitorContext) -> String {
         }
         Err(e) => out.push_str(&format!("(cannot list the process's threads: {e})\n")),
     }
-    // Which device of the tree each device actor runs, by actor id (model-only control
-    // mailboxes such as the chipset's are not actors and are not listed).
+    // Which node of the tree (device or backend) each actor runs, by actor id (model-only
+    // control mailboxes such as the chipset's are not actors and are not listed).
     if let Ok(tree) = ctx.supervisor.tree().await {
         let live: std::collections::HashSet<String> =
             ctx.registry.snapshot().into_iter().map(|e| e.id).collect();
@@ -1138,16 +1149,31 @@ async fn dump_memory(
         Err(e) => return format!("{e}\n"),
     };
     if phys {
+        // Nothing is beyond x86's widest physical address (52 bits), and nothing wraps
+        // round to address 0 past 2^64 (as QEMU): read what is below that at once.
+        let total = fmt.count.saturating_mul(fmt.size as u64);
+        let end = addr.saturating_add(total).min(MAX_PHYS_END);
+        let bytes = if end > addr {
+            memdump::read_phys(ctx, addr, (end - addr) as usize).await
+        } else {
+            Vec::new()
+        };
         return memdump::dump(fmt, addr, |a, buf| {
-            // Nothing is beyond x86's widest physical address (52 bits), and nothing
-            // wraps round to address 0 past 2^64 (as QEMU).
             if a.checked_add(buf.len() as u64)
                 .is_none_or(|end| end > MAX_PHYS_END)
             {
                 return false;
             }
-            memdump::read_phys(ctx, a, buf);
-            true
+            let Some(from) = a.checked_sub(addr).map(|o| o as usize) else {
+                return false;
+            };
+            match bytes.get(from..from + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    true
+                }
+                None => false,
+            }
         });
     }
     // Virtual: translate each page through the current vCPU.
@@ -1169,9 +1195,7 @@ async fn dump_memory(
         }
         match v.translate_gva(a).await {
             Ok(Some(pa)) => {
-                let mut buf = vec![0u8; n];
-                memdump::read_phys(ctx, pa, &mut buf);
-                bytes.extend_from_slice(&buf);
+                bytes.extend_from_slice(&memdump::read_phys(ctx, pa, n).await);
             }
             _ => {
                 ok_until = bytes.len() as u64;

@@ -7,6 +7,7 @@ use devices::{Section, SystemEvent};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
+use super::hotplug::{self, Hotplug, HotplugError, Plug};
 use super::tree::DeviceTree;
 use crate::events::{EventRx, VmEvent};
 use crate::runtime::{reply_channel, ActorError, Addr, Mailbox, MessageKind, Reply};
@@ -187,6 +188,11 @@ pub enum SupervisorMsg {
     IncomingFailed(String),
     /// The migration parameters, capabilities and progress (for the monitor).
     Migration(Reply<crate::migration::SharedMigration>),
+    /// Add a node to the device tree (`netdev_add`), built by the machine.
+    AddNode(Plug, Reply<Result<(), HotplugError>>),
+    /// Take a node (by tree id) out of the device tree and tear down what it placed
+    /// (`netdev_del`).
+    RemoveNode(String, Reply<Result<(), HotplugError>>),
 }
 
 impl MessageKind for SupervisorMsg {
@@ -212,6 +218,8 @@ impl MessageKind for SupervisorMsg {
             Self::IncomingLoaded(..) => "incoming-loaded",
             Self::IncomingFailed(_) => "incoming-failed",
             Self::Migration(_) => "migration",
+            Self::AddNode(..) => "add-node",
+            Self::RemoveNode(..) => "remove-node",
         }
     }
 }
@@ -316,6 +324,19 @@ impl SupervisorHandle {
             tracing::warn!("supervisor mailbox: {e}");
         }
     }
+    /// Add what `what` asks for to the machine, through its device tree.
+    pub async fn add_node(&self, what: Plug) -> Result<(), HotplugError> {
+        self.ask(|r| SupervisorMsg::AddNode(what, r))
+            .await
+            .map_err(|e| HotplugError::Failed(e.to_string()))?
+    }
+    /// Take node `id` (a tree id: `/netdevs/n0`) out of the machine.
+    pub async fn remove_node(&self, id: &str) -> Result<(), HotplugError> {
+        let id = id.to_string();
+        self.ask(|r| SupervisorMsg::RemoveNode(id, r))
+            .await
+            .map_err(|e| HotplugError::Failed(e.to_string()))?
+    }
     pub fn publish(&self, n: VmNotification) {
         let _ = self.addr.try_send(SupervisorMsg::Publish(n));
     }
@@ -353,6 +374,8 @@ pub struct Supervisor {
     /// resumed before them, first first; saved and restored in order.
     tree: DeviceTree,
     machine: Arc<dyn Machine>,
+    /// Builds what `netdev_add` asks for (None: nothing can be added).
+    hotplug: Option<Arc<dyn Hotplug>>,
     events: EventRx,
     mailbox: Mailbox<SupervisorMsg>,
     notify: broadcast::Sender<(SystemTime, VmNotification)>,
@@ -386,6 +409,7 @@ impl Supervisor {
                 vcpus,
                 tree,
                 machine,
+                hotplug: None,
                 events,
                 mailbox,
                 notify,
@@ -402,6 +426,11 @@ impl Supervisor {
     pub fn with_registry(mut self, registry: crate::runtime::Registry) -> Self {
         self.registry = registry;
         self
+    }
+
+    /// What builds the nodes `netdev_add` (later `device_add`) asks for.
+    pub fn set_hotplug(&mut self, h: Arc<dyn Hotplug>) {
+        self.hotplug = Some(h);
     }
 
     fn publish(&self, n: VmNotification) {
@@ -1032,6 +1061,14 @@ impl Supervisor {
                 return Some(ExitReason::IncomingFailed(why));
             }
             SupervisorMsg::Migration(r) => r.send(self.migration.clone()),
+            SupervisorMsg::AddNode(what, r) => {
+                let paused = self.state != RunState::Running;
+                let h = self.hotplug.as_ref();
+                r.send(hotplug::add(&mut self.tree, h, what, paused).await);
+            }
+            SupervisorMsg::RemoveNode(id, r) => {
+                r.send(hotplug::remove(&mut self.tree, &id).await.map(|_| ()));
+            }
         }
         None
     }
