@@ -321,29 +321,43 @@ fn daemonize_detaches_after_start_and_pidfile_tracks_the_vm() {
 }
 
 #[test]
-fn incoming_migration_is_refused_before_the_guest_runs() {
+fn a_vm_waiting_for_an_incoming_migration_does_not_run_its_own_guest() {
     let k = guest("hello");
     let port = common::free_port();
     let tcp = format!("tcp:127.0.0.1:{port}");
-    for uri in [
-        tcp.as_str(),
-        "tcp::4444",
-        "unix:/tmp/troupe-migrate.sock",
-        "defer",
+    let sock = std::env::temp_dir().join(format!("troupe-incoming-{}.sock", std::process::id()));
+    let unix = format!("unix:{}", sock.display());
+    for (uri, says) in [
+        (
+            tcp.as_str(),
+            Some(format!("waiting for an incoming migration on {tcp}")),
+        ),
+        (
+            unix.as_str(),
+            Some(format!("waiting for an incoming migration on {unix}")),
+        ),
+        ("defer", None),
     ] {
-        let (st, out, err) = troupe(&["-incoming", uri, "-kernel", k.to_str().unwrap()]).run(T);
-        assert_eq!(code(st), 1, "-incoming {uri}: stdout {out} stderr {err}");
-        assert_eq!(
-            err,
-            format!("troupe: -incoming {uri}: incoming migration is not available yet\n")
+        let mut vm = troupe(&["-incoming", uri, "-kernel", k.to_str().unwrap()]).spawn();
+        if let Some(says) = says {
+            vm.stderr
+                .wait_for(&says, T)
+                .unwrap_or_else(|e| panic!("-incoming {uri}: {e}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(
+            !vm.stdout.text().contains("hello from troupe test guest"),
+            "-incoming {uri}: the guest ran instead of waiting"
         );
         assert!(
-            !out.contains("hello from troupe test guest"),
-            "-incoming {uri}: the guest ran: {out}"
+            vm.child.try_wait().unwrap().is_none(),
+            "-incoming {uri}: it exited"
         );
+        vm.kill();
     }
-    // A URI troupe cannot parse is still a command-line error of its own.
-    refused(&["-incoming", "exec:cat state"], "-incoming");
+    let _ = std::fs::remove_file(&sock);
+    // Transports troupe lacks are command-line errors of their own.
+    refused(&["-incoming", "rdma:1.2.3.4:5"], "-incoming");
 }
 
 /// Start troupe stopped (`-S`) with `args` and a QMP monitor, read `info pci`, quit; returns

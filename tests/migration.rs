@@ -448,3 +448,67 @@ fn corrupt_and_truncated_streams_are_refused_with_the_reason() {
     assert_eq!(st, 1, "{err}");
     assert!(err.contains("not a troupe migration stream"), "{err}");
 }
+
+#[test]
+fn savevm_and_loadvm_take_a_running_guest_back_to_the_snapshot_as_qemu_img_sees_it() {
+    let dir = TempDir::new("mig-savevm");
+    let mut bare = start(&dir, "bare", 4, &[]);
+    assert_eq!(
+        bare.hmp("savevm s0"),
+        "Error: no block device can store vmstate for snapshot\r\n"
+    );
+    drop(bare);
+    let img = dir.path("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("64M")
+        .output()
+        .expect("qemu-img");
+    assert!(out.status.success());
+    let drive = format!("file={},if=virtio,format=qcow2", img.display());
+    let mut vm = start(&dir, "vm", 8, &["-drive", &drive]);
+    vm.keeps_counting(3, Duration::from_secs(20));
+    assert_eq!(vm.hmp("savevm s1"), "");
+    assert_eq!(vm.status(), "running");
+    let at_save = *vm.passes().last().unwrap();
+    let later = vm.keeps_counting(10, Duration::from_secs(30));
+    let before_load = *later.last().unwrap();
+    let lines_before = later.len();
+    assert!(vm.hmp("info snapshots").contains("s1"));
+    assert_eq!(vm.hmp("loadvm s1"), "");
+    assert_eq!(vm.status(), "running");
+    // The guest goes on from the snapshot: its count starts again near where it was saved,
+    // and the memory it checks is the snapshot's.
+    let after = vm.keeps_counting(5, Duration::from_secs(30));
+    let resumed = after[lines_before];
+    // (`at_save` was read just after `savevm`, when the guest may already have printed
+    // the pass it was in when saved.)
+    assert!(
+        resumed <= at_save + 1 && resumed < before_load,
+        "saved at {at_save}, loaded at {before_load}, went on at {resumed}"
+    );
+    assert_eq!(
+        vm.hmp("loadvm nosuch"),
+        "Error: Snapshot 'nosuch' does not exist in one or more devices\r\n"
+    );
+    assert_eq!(vm.status(), "running");
+    vm.ask("quit", serde_json::json!({}));
+    vm.vm.wait(Duration::from_secs(10));
+    let list = std::process::Command::new("qemu-img")
+        .args(["snapshot", "-l"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("s1"));
+    let check = std::process::Command::new("qemu-img")
+        .arg("check")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -410,6 +410,91 @@ fn precopy_and_switch<M: SourceMachine>(
     Ok(())
 }
 
+/// A byte sink several owners can read back.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stopped machine's RAM and device memory, for [`whole_state`].
+struct Stopped<'a> {
+    ram: &'a GuestMemoryMmap,
+    blocks: Vec<std::sync::Arc<dyn super::DeviceRam>>,
+}
+
+impl SourceMachine for Stopped<'_> {
+    fn ram(&self) -> &GuestMemoryMmap {
+        self.ram
+    }
+    fn device_ram(&self) -> Vec<std::sync::Arc<dyn super::DeviceRam>> {
+        self.blocks.clone()
+    }
+    fn log_dirty(&self, _on: bool) -> Result<(), String> {
+        Ok(())
+    }
+    fn take_dirty(&self) -> Result<DirtyBitmap, String> {
+        Ok(Vec::new())
+    }
+    fn switch_over(&self) -> Result<Vec<Section>, String> {
+        Err("a stopped machine's state is written whole".into())
+    }
+    fn event(&self, _name: &str, _data: serde_json::Value) {}
+}
+
+/// The whole state of a stopped machine as one stream (what `savevm` stores in a disk
+/// image): every RAM page, device memory, `sections`, the end marker.
+pub fn whole_state(
+    desc: &MachineDesc,
+    ram: &GuestMemoryMmap,
+    blocks: Vec<std::sync::Arc<dyn super::DeviceRam>>,
+    sections: &[Section],
+) -> Result<Vec<u8>, String> {
+    let buf = SharedBuf::default();
+    let w = StreamWriter::start(
+        Box::new(buf.clone()) as Box<dyn std::io::Write + Send>,
+        desc,
+    )
+    .map_err(|e| e.to_string())?;
+    let mig = Migration::default();
+    let m = Stopped { ram, blocks };
+    let mut s = Sender {
+        m: &m,
+        mig: &mig,
+        w,
+        buf: Vec::with_capacity(MAX_RUN * PAGE),
+        pacer: Pacer::new(),
+        paced: false,
+    };
+    let fail = |f: Failure| match f {
+        Failure::Failed(e) | Failure::FailedPaused(e) => e,
+        Failure::Cancelled => "cancelled".into(),
+    };
+    s.all().map_err(fail)?;
+    let blocks = m.device_ram();
+    for (i, b) in blocks.iter().enumerate() {
+        s.block(i as u32, b.as_ref(), &mut Vec::new())
+            .map_err(fail)?;
+    }
+    for sec in sections {
+        s.w.section(sec).map_err(|e| e.to_string())?;
+    }
+    s.w.finish().map_err(|e| e.to_string())?;
+    drop(s);
+    let out = std::mem::take(&mut *buf.0.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

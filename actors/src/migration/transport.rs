@@ -248,6 +248,17 @@ pub struct Incoming {
     pub child: Option<Reaped>,
 }
 
+impl Incoming {
+    /// A stream already in memory (`loadvm`'s VM state).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self {
+            reader: Box::new(io::Cursor::new(bytes)),
+            answer: None,
+            child: None,
+        }
+    }
+}
+
 impl Listening {
     /// Bind or open `uri` for an incoming migration.
     pub fn open(uri: &Uri) -> io::Result<Self> {

@@ -72,6 +72,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "add device, like -device on the command line",
     ),
     ("delvm", "tag", "delete a VM snapshot from its tag"),
+    (
+        "loadvm",
+        "tag",
+        "restore a VM snapshot from its tag",
+    ),
+    (
+        "savevm",
+        "[tag]",
+        "save a VM snapshot. If no tag is provided, a new snapshot is created",
+    ),
     ("device_del", "device", "remove device"),
     ("eject", "[-f] device", "eject a removable medium (use -f to force it)"),
     (
@@ -429,6 +439,8 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             },
             Err(e) => format!("{e}\n"),
         },
+        "savevm" => super::migrate::savevm(ctx, rest.first().copied()).await,
+        "loadvm" => super::migrate::loadvm(ctx, rest[0]).await,
         "delvm" => {
             let disks = ctx.drives.snapshot_disks().await;
             match crate::block::snapshot::delete_snapshot_on_all_disks(&disks, rest[0]).await {

@@ -255,6 +255,79 @@ pub async fn info(ctx: &MonitorContext, sub: &str) -> Option<String> {
     })
 }
 
+/// Stop the VM if it runs; returns whether it ran (to resume it after).
+async fn stop_for(ctx: &MonitorContext) -> Result<bool, String> {
+    let ran = ctx.supervisor.status().await.map_err(|e| e.to_string())?
+        == crate::supervisor::RunState::Running;
+    if ran {
+        ctx.supervisor.stop().await.map_err(|e| e.to_string())??;
+    }
+    Ok(ran)
+}
+
+async fn resume(ctx: &MonitorContext, ran: bool) {
+    if ran {
+        let _ = ctx.supervisor.cont().await;
+    }
+}
+
+/// HMP `savevm [TAG]`: the VM's whole state into the first qcow2 drive's snapshot, every
+/// drive snapshotted with it; a running VM pauses meanwhile.
+pub async fn savevm(ctx: &MonitorContext, tag: Option<&str>) -> String {
+    use crate::block::snapshot as snap;
+    let disks = ctx.drives.snapshot_disks().await;
+    if let Err(e) = snap::check_snapshot_disks(&disks) {
+        return format!("Error: {}\n", crate::supervisor::error_chain(&e));
+    }
+    let name = tag
+        .map(str::to_string)
+        .unwrap_or_else(snap::default_snapshot_name);
+    let ran = match stop_for(ctx).await {
+        Ok(r) => r,
+        Err(e) => return format!("Error: {e}\n"),
+    };
+    let res = match ctx.supervisor.vm_state().await {
+        Ok((state, clock)) => snap::create_snapshot_on_all_disks(&disks, &name, state, clock)
+            .await
+            .map_err(|e| crate::supervisor::error_chain(&e)),
+        Err(e) => Err(e),
+    };
+    resume(ctx, ran).await;
+    match res {
+        Ok(()) => String::new(),
+        Err(e) => format!("Error: {e}\n"),
+    }
+}
+
+/// HMP `loadvm TAG`: every drive back to the snapshot, the machine to its saved state.
+pub async fn loadvm(ctx: &MonitorContext, tag: &str) -> String {
+    use crate::block::snapshot as snap;
+    let disks = ctx.drives.snapshot_disks().await;
+    if let Err(e) = snap::check_snapshot_disks(&disks) {
+        return format!("Error: {}\n", crate::supervisor::error_chain(&e));
+    }
+    let ran = match stop_for(ctx).await {
+        Ok(r) => r,
+        Err(e) => return format!("Error: {e}\n"),
+    };
+    let state = match snap::load_snapshot_from_disks(&disks, tag).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing changed: the VM goes on as it was.
+            resume(ctx, ran).await;
+            return format!("Error: {}\n", crate::supervisor::error_chain(&e));
+        }
+    };
+    match ctx.supervisor.load_vm_state(state).await {
+        Ok(()) => {
+            resume(ctx, ran).await;
+            String::new()
+        }
+        // The disks are already back at the snapshot: the machine stays stopped.
+        Err(e) => format!("Error: Error while loading VM state: {e}\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

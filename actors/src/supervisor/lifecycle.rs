@@ -188,6 +188,10 @@ pub enum SupervisorMsg {
     IncomingFailed(String),
     /// The migration parameters, capabilities and progress (for the monitor).
     Migration(Reply<crate::migration::SharedMigration>),
+    /// `savevm`: the stopped machine's whole state as one stream, and the VM clock (ns).
+    VmState(Reply<Result<(Vec<u8>, u64), String>>),
+    /// `loadvm`: put back a state [`SupervisorMsg::VmState`] gave (the VM must be stopped).
+    LoadVmState(Vec<u8>, Reply<Result<(), String>>),
     /// Add a node to the device tree (`netdev_add`), built by the machine.
     AddNode(Plug, Reply<Result<(), HotplugError>>),
     /// Take a node (by tree id) out of the device tree and tear down what it placed
@@ -218,6 +222,8 @@ impl MessageKind for SupervisorMsg {
             Self::IncomingLoaded(..) => "incoming-loaded",
             Self::IncomingFailed(_) => "incoming-failed",
             Self::Migration(_) => "migration",
+            Self::VmState(_) => "vm-state",
+            Self::LoadVmState(..) => "load-vm-state",
             Self::AddNode(..) => "add-node",
             Self::RemoveNode(..) => "remove-node",
         }
@@ -313,6 +319,19 @@ impl SupervisorHandle {
             .await
             .map_err(|e| e.to_string())?
     }
+    /// The stopped machine's whole state (RAM, device memory, every part's sections) as
+    /// one migration stream, with the VM clock in ns (`savevm`).
+    pub async fn vm_state(&self) -> Result<(Vec<u8>, u64), String> {
+        self.ask(SupervisorMsg::VmState)
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    /// Put back what [`SupervisorHandle::vm_state`] gave (`loadvm`); the VM stays stopped.
+    pub async fn load_vm_state(&self, bytes: Vec<u8>) -> Result<(), String> {
+        self.ask(|r| SupervisorMsg::LoadVmState(bytes, r))
+            .await
+            .map_err(|e| e.to_string())?
+    }
     /// Migration parameters, capabilities and progress.
     pub async fn migration(&self) -> Result<crate::migration::SharedMigration, ActorError> {
         self.ask(SupervisorMsg::Migration).await
@@ -388,6 +407,8 @@ pub struct Supervisor {
     ran_before_switch: bool,
     /// Run the guest once an incoming migration is loaded (no `-S`, or `cont` since).
     autostart: bool,
+    /// When the machine was made (a snapshot's VM clock counts from it).
+    started: std::time::Instant,
 }
 
 impl Supervisor {
@@ -417,6 +438,7 @@ impl Supervisor {
                 registry: Default::default(),
                 handle: Some(handle.clone()),
                 ran_before_switch: false,
+                started: std::time::Instant::now(),
             },
             handle,
         )
@@ -471,6 +493,39 @@ impl Supervisor {
                 .map(|n| (n.id.clone(), n.driver.clone()))
                 .collect(),
         })
+    }
+
+    /// `savevm`'s VM state: everything of the stopped machine as one stream.
+    async fn vm_state(&mut self) -> Result<(Vec<u8>, u64), String> {
+        self.stopped_for("save").await?;
+        let desc = self.describe()?;
+        let sections: Vec<Section> = self.collect().await?.into_iter().map(|(_, s)| s).collect();
+        let ram = self.machine.ram().ok_or("this machine cannot be saved")?;
+        let bytes = crate::migration::source::whole_state(
+            &desc,
+            &ram,
+            self.machine.device_ram(),
+            &sections,
+        )?;
+        Ok((bytes, self.started.elapsed().as_nanos() as u64))
+    }
+
+    /// `loadvm`: read a whole-state stream back into the stopped machine.
+    async fn load_vm_state(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.stopped_for("restore").await?;
+        let desc = self.describe()?;
+        let ram = self
+            .machine
+            .ram()
+            .ok_or("this machine cannot be restored")?;
+        let blocks = self.machine.device_ram();
+        let loaded = crate::migration::dest::receive(
+            crate::migration::transport::Incoming::from_bytes(bytes),
+            &ram,
+            &blocks,
+            &desc,
+        )?;
+        self.restore_machine(loaded.sections).await
     }
 
     /// Start an outgoing migration on a thread of its own.
@@ -1061,6 +1116,14 @@ impl Supervisor {
                 return Some(ExitReason::IncomingFailed(why));
             }
             SupervisorMsg::Migration(r) => r.send(self.migration.clone()),
+            SupervisorMsg::VmState(r) => {
+                let res = self.vm_state().await;
+                r.send(res);
+            }
+            SupervisorMsg::LoadVmState(bytes, r) => {
+                let res = self.load_vm_state(bytes).await;
+                r.send(res);
+            }
             SupervisorMsg::AddNode(what, r) => {
                 let paused = self.state != RunState::Running;
                 let h = self.hotplug.as_ref();
@@ -1151,6 +1214,41 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// What the migration thread reaches through the supervisor.
+struct SupervisedSource {
+    machine: Arc<dyn Machine>,
+    ram: devices::memory::GuestMemoryMmap,
+    sup: SupervisorHandle,
+    rt: tokio::runtime::Handle,
+    mig: crate::migration::SharedMigration,
+}
+
+impl crate::migration::source::SourceMachine for SupervisedSource {
+    fn ram(&self) -> &devices::memory::GuestMemoryMmap {
+        &self.ram
+    }
+    fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
+        self.machine.device_ram()
+    }
+    fn log_dirty(&self, on: bool) -> Result<(), String> {
+        self.machine.log_dirty(on)
+    }
+    fn take_dirty(&self) -> Result<crate::migration::source::DirtyBitmap, String> {
+        self.machine.take_dirty()
+    }
+    fn switch_over(&self) -> Result<Vec<Section>, String> {
+        self.rt.block_on(self.sup.switch_over())
+    }
+    fn event(&self, name: &str, data: serde_json::Value) {
+        if self.mig.caps().events {
+            self.sup.publish(VmNotification::Other {
+                event: name.into(),
+                data: data.to_string(),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1539,40 +1637,5 @@ mod tests {
         );
         assert!(e.contains("from before the restore is back"), "{e}");
         assert_eq!((get(&a), get(&b)), (3, 4));
-    }
-}
-
-/// What the migration thread reaches through the supervisor.
-struct SupervisedSource {
-    machine: Arc<dyn Machine>,
-    ram: devices::memory::GuestMemoryMmap,
-    sup: SupervisorHandle,
-    rt: tokio::runtime::Handle,
-    mig: crate::migration::SharedMigration,
-}
-
-impl crate::migration::source::SourceMachine for SupervisedSource {
-    fn ram(&self) -> &devices::memory::GuestMemoryMmap {
-        &self.ram
-    }
-    fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
-        self.machine.device_ram()
-    }
-    fn log_dirty(&self, on: bool) -> Result<(), String> {
-        self.machine.log_dirty(on)
-    }
-    fn take_dirty(&self) -> Result<crate::migration::source::DirtyBitmap, String> {
-        self.machine.take_dirty()
-    }
-    fn switch_over(&self) -> Result<Vec<Section>, String> {
-        self.rt.block_on(self.sup.switch_over())
-    }
-    fn event(&self, name: &str, data: serde_json::Value) {
-        if self.mig.caps().events {
-            self.sup.publish(VmNotification::Other {
-                event: name.into(),
-                data: data.to_string(),
-            });
-        }
     }
 }
