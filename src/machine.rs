@@ -653,6 +653,9 @@ pub fn build(
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
         info: info.clone(),
+        catalog: Arc::new(crate::catalog::PcCatalog::new(Some(
+            kvm.supported_cpuid.clone(),
+        ))),
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);
@@ -729,7 +732,7 @@ fn mux_key(cfg: &VmConfig, b: &CharBackend) -> Option<(String, CharBackend)> {
 
 /// Open every chardev shared by a serial port and a monitor (`-nographic`, `mon:`,
 /// `mux=on`).
-fn start_muxes(
+pub(crate) fn start_muxes(
     cfg: &VmConfig,
     console: &Console,
     rt: &tokio::runtime::Runtime,
@@ -759,7 +762,7 @@ fn start_muxes(
 }
 
 /// Start every `-monitor`, `-qmp` and `-mon`.
-fn start_monitors(
+pub(crate) fn start_monitors(
     cfg: &VmConfig,
     console: &Console,
     rt: &tokio::runtime::Runtime,
@@ -990,7 +993,7 @@ fn console_font() -> Result<Arc<Vec<u8>>> {
     Ok(Arc::new(font))
 }
 
-fn start_console(
+pub(crate) fn start_console(
     cfg: &VmConfig,
     rt: &tokio::runtime::Runtime,
     registry: &Registry,

@@ -146,6 +146,8 @@ impl State {
             },
             Opt::Snapshot => self.snapshot = true,
             Opt::Nodefaults => self.nodefaults = true,
+            // QEMU: do not read its configuration files. troupe reads none at all.
+            Opt::NoUserConfig => {}
             Opt::Drive => {
                 let o = opts(None)?;
                 if o.help_requested() {

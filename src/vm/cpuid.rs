@@ -345,6 +345,72 @@ pub fn for_vcpu(
     })
 }
 
+// ---- What probing asks of the CPU models (query-cpu-model-expansion and friends) ----
+
+/// Other spellings in [`FEATURES`] of a feature listed under QEMU's canonical name.
+fn is_alias(name: &str) -> bool {
+    name.contains('_') || matches!(name, "sse3" | "xd")
+}
+
+/// The feature names `-cpu` takes, each once, as QEMU spells them.
+pub fn feature_names() -> impl Iterator<Item = &'static str> {
+    FEATURES.iter().map(|f| f.name).filter(|n| !is_alias(n))
+}
+
+/// Whether `entries` has feature `f` set.
+fn has(entries: &[kvm_cpuid_entry2], f: &Feature) -> bool {
+    entries
+        .iter()
+        .find(|e| e.function == f.leaf && e.index == f.subleaf)
+        .is_some_and(|e| {
+            let v = match f.reg {
+                Reg::Eax => e.eax,
+                Reg::Ebx => e.ebx,
+                Reg::Ecx => e.ecx,
+                Reg::Edx => e.edx,
+            };
+            v & (1 << f.bit) != 0
+        })
+}
+
+/// Each feature (canonical names) and whether a guest with `cpu` sees it on this host:
+/// read from the very CPUID table [`for_vcpu`] gives vCPU 0.
+pub fn feature_states(
+    supported: &CpuId,
+    cpu: &CpuConfig,
+) -> Result<Vec<(&'static str, bool)>, CpuidError> {
+    let topo = Topology::from_smp(&crate::config::SmpConfig {
+        cpus: 1,
+        sockets: 1,
+        cores: 1,
+        threads: 1,
+        maxcpus: 1,
+    });
+    let table = for_vcpu(supported, cpu, &topo, 0)?;
+    Ok(FEATURES
+        .iter()
+        .filter(|f| !is_alias(f.name))
+        .map(|f| (f.name, has(table.as_slice(), f)))
+        .collect())
+}
+
+/// Features of `model` this host's KVM cannot give a guest (`unavailable-features`):
+/// `host` and `max` are what KVM offers, so never any.
+pub fn unavailable_features(supported: &CpuId, model: CpuModel) -> Vec<&'static str> {
+    if model != CpuModel::Qemu64 {
+        return Vec::new();
+    }
+    FEATURES
+        .iter()
+        .filter(|f| !is_alias(f.name))
+        .filter(|f| qemu64_allowed(f.leaf, f.reg).is_some_and(|m| m & (1 << f.bit) != 0))
+        // Set from the -smp topology, not taken from the host.
+        .filter(|f| f.name != "ht")
+        .filter(|f| !has(supported.as_slice(), f))
+        .map(|f| f.name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

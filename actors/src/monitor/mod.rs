@@ -12,6 +12,7 @@ pub mod dirty;
 pub mod hmp;
 mod memdump;
 mod mux;
+pub mod probe;
 pub mod qmp;
 pub mod readline;
 pub mod server;
@@ -28,6 +29,7 @@ use crate::supervisor::SupervisorHandle;
 use crate::vnc::VncHandle;
 
 pub use mux::{spawn_mux, MuxHandle};
+pub use probe::{Catalog, CpuDefinition, QomType};
 pub use server::{start, MonitorBackend, MonitorSpec, Protocol, StartedMonitor};
 
 /// QEMU version troupe reports (tools check it), and troupe's own in `package`.
@@ -116,6 +118,8 @@ pub struct MonitorContext {
     /// Replace the log filter (`log`, `trace-event`).
     pub log: Option<LogSetter>,
     pub info: Arc<dyn MachineInfo>,
+    /// What the binary has (device and CPU models, machines, options), for probing.
+    pub catalog: Arc<dyn Catalog>,
     /// (socket, core, thread) of each vCPU, by index.
     pub topology: Vec<(u32, u32, u32)>,
     /// Serialises key sequences (`sendkey` holds keys for a while) so two never interleave.
