@@ -247,7 +247,7 @@ impl Catalog for PcCatalog {
             .collect();
         // A static expansion is the fixed `base` model plus every feature; a full one keeps
         // the model's name.
-        let name = if full { name } else { "base" };
+        let name = if full { name } else { BASE_MODEL };
         Ok(json!({"model": {"name": name, "props": props}}))
     }
 

@@ -108,7 +108,16 @@ impl State {
         at: &str,
         arg: &str,
     ) -> Result<Option<String>, CliError> {
-        let opts = |implied: Option<&str>| Opts::parse(arg, implied).map_err(|e| invalid(at, e));
+        // QEMU 7.2 takes a JSON object for -device and -blockdev (libvirt writes them so).
+        let json = matches!(opt, Opt::Device | Opt::Blockdev) && arg.trim_start().starts_with('{');
+        let opts = |implied: Option<&str>| {
+            if json {
+                Opts::from_json(arg)
+            } else {
+                Opts::parse(arg, implied)
+            }
+            .map_err(|e| invalid(at, e))
+        };
         match opt {
             Opt::Help => return Ok(Some(help::help())),
             Opt::Version => return Ok(Some(help::version())),
