@@ -145,6 +145,9 @@ impl State {
             Opt::Memory => self.memory.add(at, opts(Some("size"))?),
             Opt::Name => self.name.add(at, opts(Some("guest"))?),
             Opt::Rtc => self.rtc.add(at, opts(None)?),
+            Opt::Overcommit => {
+                general::parse_overcommit(opts(None)?).map_err(|e| invalid(at, e))?
+            }
             Opt::Boot => self.boot.add(at, opts(Some("order"))?),
             Opt::Uuid => {
                 self.uuid = Some(general::parse_uuid(arg).map_err(|e| invalid(at, e))?);
