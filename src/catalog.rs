@@ -2,16 +2,17 @@
 //! `device-list-properties`, `query-machines`, `query-cpu-definitions`,
 //! `query-cpu-model-expansion`, `query-command-line-options`): read from the tables the
 //! command line and the machine use (the `-device` driver table, the machine types, the
-//! option table, the CPUID feature table), so the answers cannot drift from what troupe
-//! does.
+//! option table, the CPU models and their feature table), so the answers cannot drift
+//! from what troupe does.
+
+use std::sync::OnceLock;
 
 use actors::monitor::{Catalog, CpuDefinition, QomType};
-use kvm_bindings::CpuId;
 use serde_json::{json, Map, Value};
 
 use crate::cli;
-use crate::config::{CpuConfig, CpuModel};
-use crate::vm::cpuid;
+use crate::config::CpuConfig;
+use crate::vm::cpuid::{self, HostCpu, ModelInfo};
 
 /// Devices of the `pc` machine itself (QEMU's type names, as `info qtree` shows them),
 /// with their parent type. `-device` cannot add these; they come with the machine.
@@ -49,13 +50,9 @@ const ABSTRACT: &[(&str, Option<&str>)] = &[
 /// The static model that static expansions are written in (QEMU's `base`).
 const BASE_MODEL: &str = "base";
 
-/// The CPU models `-cpu` takes: the one list the probing answers come from.
-pub fn cpu_models() -> [CpuModel; 3] {
-    [CpuModel::Qemu64, CpuModel::Host, CpuModel::Max]
-}
-
-fn cpu_typename(m: CpuModel) -> String {
-    format!("{}-x86_64-cpu", cpuid::model_name(m))
+/// A CPU model's QOM type (`qemu64` → `qemu64-x86_64-cpu`).
+fn cpu_typename(model: &str) -> String {
+    format!("{model}-x86_64-cpu")
 }
 
 /// Machine type name → QOM type (`pc-i440fx-7.2` → `pc-i440fx-7.2-machine`).
@@ -73,20 +70,24 @@ fn machine_properties() -> Vec<Value> {
     ]
 }
 
-/// The catalog of this build, on this host (`supported`: KVM's CPUID, when /dev/kvm opens).
+/// The catalog of this build, on this host (`host`: what its KVM can give a guest).
 pub struct PcCatalog {
-    supported: Option<CpuId>,
+    host: HostCpu,
+    /// Every CPU model `-cpu` takes with what this host lacks for each: worked out on the
+    /// first question (resolving every model takes a while; most VMs are never asked).
+    models: OnceLock<Vec<ModelInfo>>,
 }
 
 impl PcCatalog {
-    pub fn new(supported: Option<CpuId>) -> Self {
-        Self { supported }
+    pub fn new(host: HostCpu) -> Self {
+        Self {
+            host,
+            models: OnceLock::new(),
+        }
     }
 
-    fn model(&self, name: &str) -> Option<CpuModel> {
-        cpu_models()
-            .into_iter()
-            .find(|m| cpuid::model_name(*m) == name)
+    fn models(&self) -> &[ModelInfo] {
+        self.models.get_or_init(|| cpuid::models(&self.host))
     }
 }
 
@@ -97,7 +98,8 @@ impl Catalog for PcCatalog {
                 let mut m = json!({
                     "name": name, "cpu-max": cli::MAX_CPUS, "hotpluggable-cpus": true,
                     "numa-mem-supported": false, "deprecated": false,
-                    "default-cpu-type": cpu_typename(CpuModel::Qemu64), "default-ram-id": "pc.ram",
+                    "default-cpu-type": cpu_typename(&CpuConfig::default().model),
+                    "default-ram-id": "pc.ram",
                 });
                 if name == cli::DEFAULT_MACHINE {
                     m["alias"] = json!("pc");
@@ -145,8 +147,8 @@ impl Catalog for PcCatalog {
             v.push(t(machine_typename(&m), "generic-pc-machine", false));
         }
         v.push(t(machine_typename(cli::NONE_MACHINE), "machine", false));
-        for m in cpu_models() {
-            v.push(t(cpu_typename(m), "x86_64-cpu", false));
+        for m in self.models() {
+            v.push(t(m.typename.clone(), "x86_64-cpu", false));
         }
         v.push(t("kvm-accel".into(), "accel", false));
         v
@@ -171,7 +173,11 @@ impl Catalog for PcCatalog {
         }
         if ty.parent.as_deref() == Some("x86_64-cpu") {
             let mut v = vec![json!({"name": "type", "type": "string"})];
-            v.extend(cpuid::feature_names().map(|f| json!({"name": f, "type": "bool"})));
+            v.extend(
+                cpuid::feature_names()
+                    .into_iter()
+                    .map(|f| json!({"name": f, "type": "bool"})),
+            );
             return Some(v);
         }
         if typename.ends_with("-machine") {
@@ -182,21 +188,16 @@ impl Catalog for PcCatalog {
     }
 
     fn cpu_definitions(&self) -> Vec<CpuDefinition> {
-        cpu_models()
-            .into_iter()
+        self.models()
+            .iter()
             .map(|m| CpuDefinition {
-                name: cpuid::model_name(m).to_string(),
-                typename: cpu_typename(m),
-                unavailable_features: self
-                    .supported
-                    .as_ref()
-                    .map(|s| cpuid::unavailable_features(s, m))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect(),
-                migration_safe: m == CpuModel::Qemu64,
-                is_static: false,
+                name: m.name.clone(),
+                typename: m.typename.clone(),
+                unavailable_features: m.unavailable_features.clone(),
+                migration_safe: m.migration_safe,
+                is_static: m.is_static,
+                alias_of: m.alias_of.clone(),
+                deprecated: m.deprecated,
             })
             .collect()
     }
@@ -207,41 +208,26 @@ impl Catalog for PcCatalog {
         name: &str,
         props: &Map<String, Value>,
     ) -> Result<Value, String> {
-        // `base`: the static model static expansions are written in, with no feature of
-        // its own (libvirt expands `base` plus a feature list back to a full list).
-        let model = match self.model(name) {
-            Some(m) => Some(m),
-            None if name == BASE_MODEL => None,
-            None => return Err(format!("CPU model '{name}' not found")),
-        };
-        let typename = model.map_or_else(|| format!("{BASE_MODEL}-x86_64-cpu"), cpu_typename);
-        let names: Vec<&str> = cpuid::feature_names().collect();
-        let mut features = Vec::new();
+        if !cpuid::is_model(name) {
+            return Err(format!("CPU model '{name}' not found"));
+        }
+        let typename = cpu_typename(name);
+        let mut cpu = CpuConfig::model(name);
         for (k, v) in props {
-            if !names.contains(&k.as_str()) {
+            let Some(feature) = cpuid::canonical_feature(k) else {
                 return Err(format!("Property '{typename}.{k}' not found"));
-            }
+            };
             let Some(on) = v.as_bool() else {
                 return Err(format!(
                     "Invalid parameter type for '{k}', expected: boolean"
                 ));
             };
-            features.push((k.clone(), on));
+            cpu.features.push((feature.to_string(), on));
         }
-        let states = match model {
-            None => names
-                .iter()
-                .map(|n| (*n, features.iter().any(|(f, on)| f == n && *on)))
-                .collect(),
-            Some(model) => {
-                let Some(supported) = &self.supported else {
-                    return Err("KVM is not available: CPU models cannot be expanded".into());
-                };
-                let cpu = CpuConfig { model, features };
-                cpuid::feature_states(supported, &cpu).map_err(|e| e.to_string())?
-            }
-        };
-        let props: Map<String, Value> = states
+        // What a guest with this `-cpu` gets on this host (features KVM lacks left out).
+        let resolved = cpuid::resolve(&cpu, &self.host).map_err(|e| e.to_string())?;
+        let props: Map<String, Value> = resolved
+            .feature_states()
             .into_iter()
             .map(|(f, on)| (f.to_string(), json!(on)))
             .collect();
@@ -295,16 +281,9 @@ impl Catalog for PcCatalog {
 mod tests {
     use super::*;
 
-    /// KVM's supported CPUID, if /dev/kvm can be opened.
-    fn host_cpuid() -> Option<CpuId> {
-        let kvm = kvm_ioctls::Kvm::new().ok()?;
-        kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .ok()
-    }
-
     #[test]
     fn every_device_type_has_a_parent_chain_to_device_and_cpu_models_expand() {
-        let c = PcCatalog::new(host_cpuid());
+        let c = PcCatalog::new(HostCpu::probe().expect("these tests need /dev/kvm"));
         let types = c.types();
         for t in types.iter().filter(|t| !t.is_abstract) {
             let p = t.parent.as_deref().unwrap();
@@ -319,27 +298,33 @@ mod tests {
         assert_eq!(m[0]["name"], "pc-i440fx-7.2");
         assert_eq!(m[0]["alias"], "pc");
         assert!(m.as_array().unwrap().iter().any(|x| x["name"] == "none"));
+        // Every model `-cpu` takes, each a CPU type with the feature flags as properties.
         let defs = c.cpu_definitions();
-        assert_eq!(
-            defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
-            ["qemu64", "host", "max"]
-        );
-        if c.supported.is_some() {
-            let e = c.expand_cpu_model(false, "qemu64", &Map::new()).unwrap();
-            assert_eq!(e["model"]["name"], "base");
-            assert_eq!(e["model"]["props"]["lm"], true);
-            assert_eq!(e["model"]["props"]["avx"], false);
-            let mut off = Map::new();
-            off.insert("lm".into(), json!(false));
-            let e = c.expand_cpu_model(true, "qemu64", &off).unwrap();
-            assert_eq!(e["model"]["name"], "qemu64");
-            assert_eq!(e["model"]["props"]["lm"], false);
-            off.insert("hv-passthrough".into(), json!(true));
-            assert_eq!(
-                c.expand_cpu_model(true, "host", &off).unwrap_err(),
-                "Property 'host-x86_64-cpu.hv-passthrough' not found"
-            );
+        for name in ["qemu64", "host", "max", "base", "Haswell", "EPYC-Rome-v2"] {
+            let d = defs.iter().find(|d| d.name == name).expect(name);
+            assert!(types.iter().any(|t| t.name == d.typename), "{name}");
+            assert!(cpuid::is_model(name), "{name}");
         }
+        let haswell = defs.iter().find(|d| d.name == "Haswell").unwrap();
+        assert_eq!(haswell.alias_of.as_deref(), Some("Haswell-v1"));
+        let props = c.properties("Haswell-v1-x86_64-cpu").unwrap();
+        assert!(props.iter().any(|p| p["name"] == "avx2"));
+
+        let e = c.expand_cpu_model(false, "qemu64", &Map::new()).unwrap();
+        assert_eq!(e["model"]["name"], "base");
+        assert_eq!(e["model"]["props"]["lm"], true);
+        assert_eq!(e["model"]["props"]["avx"], false);
+        let mut off = Map::new();
+        off.insert("lm".into(), json!(false));
+        let e = c.expand_cpu_model(true, "qemu64", &off).unwrap();
+        assert_eq!(e["model"]["name"], "qemu64");
+        assert_eq!(e["model"]["props"]["lm"], false);
+        off.insert("hv-passthrough".into(), json!(true));
+        assert_eq!(
+            c.expand_cpu_model(true, "host", &off).unwrap_err(),
+            "Property 'host-x86_64-cpu.hv-passthrough' not found"
+        );
+        // `base` has nothing of its own: what is asked for (and the host has) is on.
         let mut on = Map::new();
         on.insert("sse2".into(), json!(true));
         let e = c.expand_cpu_model(true, "base", &on).unwrap();

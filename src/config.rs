@@ -84,7 +84,8 @@ pub struct VmConfig {
     /// `-d ITEMS` (accepted log items, mapped onto tracing filters): any of
     /// `guest_errors`, `unimp`, `cpu_reset`.
     pub log_items: Vec<String>,
-    /// `-incoming URI` (live migration target): `tcp:[HOST]:PORT`, `unix:PATH` or `defer`.
+    /// `-incoming URI` (live migration target): `tcp:[HOST]:PORT`, `unix:PATH`, `exec:CMD`,
+    /// `fd:N`, `file:PATH` or `defer`.
     pub incoming: Option<String>,
     /// `-dump-acpi DIR`: troupe's own option, writes the ACPI tables it built, then runs on.
     pub dump_acpi: Option<PathBuf>,
@@ -114,26 +115,74 @@ pub struct SmpConfig {
     pub maxcpus: u32,
 }
 
-/// `-cpu MODEL[,+feat|-feat|feat=on|off]...`.
+/// `-cpu MODEL[,+feat|-feat|feat=on|off|prop=value]...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuConfig {
-    /// The base model.
-    pub model: CpuModel,
-    /// Feature overrides in command-line order, names as QEMU spells them in `-cpu help`
-    /// (`_` spellings normalised to `-`, `sse4_1` to `sse4.1`):
-    /// `+aes` / `aes=on` → ("aes", true); `-x2apic` / `x2apic=off` → ("x2apic", false).
+    /// The model as the user named it (`qemu64`, `Haswell-noTSX`, `EPYC-Rome-v2`, `host`);
+    /// `vm::cpuid` resolves aliases and versions. The CLI accepts only names it knows.
+    pub model: String,
+    /// `feat=on|off` and bare `feat` settings in command-line order, names as QEMU spells
+    /// them in `-cpu help` (`_` spellings normalised to `-`, `sse4_1` to `sse4.1`).
     pub features: Vec<(String, bool)>,
+    /// `+feat` names: applied after `features`, as QEMU does.
+    pub plus: Vec<String>,
+    /// `-feat` names: applied last (they win over `+feat`), as QEMU does.
+    pub minus: Vec<String>,
+    /// The non-flag properties.
+    pub props: CpuProps,
 }
 
-/// The CPU models troupe provides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CpuModel {
-    /// Pass through what KVM supports on this host (`-cpu host`).
-    Host,
-    /// Everything KVM supports (same as host for KVM).
-    Max,
-    /// QEMU's conservative 64-bit model; the default, as in QEMU.
-    Qemu64,
+/// `-cpu` properties that are not feature flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuProps {
+    pub model_id: Option<String>,
+    /// 12 ASCII characters.
+    pub vendor: Option<String>,
+    pub family: Option<u32>,
+    pub model: Option<u32>,
+    pub stepping: Option<u32>,
+    pub level: Option<u32>,
+    pub xlevel: Option<u32>,
+    /// Warn about features the host's KVM cannot give (QEMU's default: on).
+    pub check: bool,
+    /// Refuse to start when a requested feature is unavailable.
+    pub enforce: bool,
+}
+
+impl Default for CpuProps {
+    fn default() -> Self {
+        Self {
+            model_id: None,
+            vendor: None,
+            family: None,
+            model: None,
+            stepping: None,
+            level: None,
+            xlevel: None,
+            check: true,
+            enforce: false,
+        }
+    }
+}
+
+impl CpuConfig {
+    /// `-cpu NAME` with no options.
+    pub fn model(name: &str) -> Self {
+        Self {
+            model: name.to_string(),
+            features: Vec::new(),
+            plus: Vec::new(),
+            minus: Vec::new(),
+            props: CpuProps::default(),
+        }
+    }
+}
+
+impl Default for CpuConfig {
+    /// QEMU's default CPU: `qemu64`.
+    fn default() -> Self {
+        Self::model("qemu64")
+    }
 }
 
 /// `-M/-machine TYPE[,accel=kvm]...` and `-accel`.

@@ -14,9 +14,12 @@ use actors::bus::lock;
 use actors::bus::Bus;
 use actors::chardev::{spawn_chardev, Backend, ChardevHandle};
 use actors::events::{event_channel, EventTx};
+use actors::monitor::handles::{ChipsetHandle, DrivesHandle, MemoryHandle, NetHandle};
 use actors::monitor::{self, MonitorBackend, MonitorContext, MonitorSpec, MuxHandle, Protocol};
 use actors::runtime::Registry;
-use actors::supervisor::{ExitReason, Supervisor, SupervisorConfig, SupervisorHandle};
+use actors::supervisor::{
+    BackendKind, DeviceTree, ExitReason, Node, Supervisor, SupervisorConfig, SupervisorHandle,
+};
 use actors::vcpu::{spawn_vcpu, VcpuBootState, VcpuContext, VcpuHandle};
 use anyhow::{anyhow, Context, Result};
 use devices::memory::GuestMemoryMmap;
@@ -181,6 +184,41 @@ impl actors::supervisor::Machine for PcMachine {
     fn restore_vm_state(&self, sections: &[devices::Section]) -> Result<(), String> {
         actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())
     }
+
+    fn ram(&self) -> Option<GuestMemoryMmap> {
+        Some(self.mem.clone())
+    }
+
+    fn log_dirty(&self, on: bool) -> Result<(), String> {
+        self.kvm.set_ram_dirty_log(on).map_err(|e| e.to_string())?;
+        if on {
+            devices::memory::take_dirty(&self.mem);
+        }
+        Ok(())
+    }
+
+    fn take_dirty(&self) -> Result<Vec<(u64, Vec<u64>)>, String> {
+        crate::vm::dirty_pages(&self.kvm, &self.mem).map_err(|e| e.to_string())
+    }
+
+    fn device_ram(&self) -> Vec<Arc<dyn actors::migration::DeviceRam>> {
+        self.devices.vga.iter().map(|v| v.vram()).collect()
+    }
+}
+
+/// The `-cpu` option as a migration's two sides compare it (`qemu64,+aes,-avx`).
+fn cpu_spec(c: &crate::config::CpuConfig) -> String {
+    let mut s = c.model.clone();
+    for (f, on) in &c.features {
+        s.push_str(&format!(",{f}={}", if *on { "on" } else { "off" }));
+    }
+    for f in &c.plus {
+        s.push_str(&format!(",+{f}"));
+    }
+    for f in &c.minus {
+        s.push_str(&format!(",-{f}"));
+    }
+    s
 }
 
 /// A built VM, ready to run.
@@ -190,13 +228,17 @@ pub struct Vm {
     pub handle: SupervisorHandle,
     pub vcpus: Vec<VcpuHandle>,
     pub kvm: Arc<KvmVm>,
+    /// Guest RAM (the machine-state tests read it).
+    #[allow(dead_code)]
+    pub mem: GuestMemoryMmap,
     pub console: Console,
     /// Monitors started (where they listen), for the demo's banner.
     pub monitors: Vec<monitor::StartedMonitor>,
     /// Tap `downscript=`s to run as the VM ends: (script, ifname).
     pub downscripts: Vec<(std::path::PathBuf, String)>,
-    /// Backends `netdev_add` opened, closed (their down scripts run) as the VM ends.
-    pub hot: Arc<crate::monitor_info::PcInfo>,
+    /// The NICs and the backends `netdev_add` opened, closed (their down scripts run) as
+    /// the VM ends.
+    pub hot: Arc<crate::monitor_info::PcNet>,
     /// `-chardev`s no front end uses, open for the VM's life as in QEMU (their input
     /// waits unread).
     pub idle_chardevs: Vec<(
@@ -297,13 +339,6 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         )
     };
     let is_served = |id: &str| cfg.netdevs.iter().any(|n| n.id == id && served(&n.kind));
-    // Parsed (a later issue serves it) but refused: a VM waiting for a migration that
-    // nothing will send must not boot its own guest instead.
-    if let Some(uri) = &cfg.incoming {
-        return Err(anyhow!(
-            "-incoming {uri}: incoming migration is not available yet"
-        ));
-    }
     for n in &cfg.netdevs {
         // An inherited tap fd is checked whether or not a NIC uses the netdev (as QEMU).
         if let NetdevKind::Tap { fd: Some(fd), .. } = &n.kind {
@@ -348,6 +383,31 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// The `-cpu` model as this host's KVM can give it. Under `enforce` a requested feature
+/// left out is an error (after a warning naming each, as QEMU prints them).
+fn resolve_cpu(cfg: &VmConfig, host: &cpuid::HostCpu) -> Result<cpuid::ResolvedCpu> {
+    let cpu = cpuid::resolve(&cfg.cpu, host)?;
+    if cfg.cpu.props.enforce && !cpu.dropped.is_empty() {
+        warn_dropped_features(&cpu);
+    }
+    cpu.enforce(cfg.cpu.props.enforce)?;
+    Ok(cpu)
+}
+
+/// Under `check` (QEMU's default) a warning names each requested feature left out. Printed
+/// once the machine is built, so a command line refused for another reason still gets one
+/// line naming that reason (QEMU would print the warnings first).
+fn warn_dropped_features(cpu: &cpuid::ResolvedCpu) {
+    for d in &cpu.dropped {
+        actors::report!("troupe: warning: {}", d.warning());
+    }
+}
+
+/// Build the VM, stage by stage, each stage attaching one kind of thing after what it
+/// needs: checks → consoles (display, VNC) → KVM VM → guest RAM → the supervisor's event
+/// inbox → chardevs → firmware → the board's devices → input routing → vCPUs (CPUID) →
+/// boot plan and ACPI tables → the monitor's view of the machine → boot state → vCPU
+/// threads → supervisor → monitors.
 pub fn build(
     cfg: &VmConfig,
     kernel_override: Option<KernelSource>,
@@ -355,23 +415,247 @@ pub fn build(
     registry: &Registry,
 ) -> Result<Vm> {
     check_supported(cfg)?;
-    cpuid::check_features(&cfg.cpu)?;
     let console = start_console(cfg, rt, registry)?;
-    let kvm = Arc::new(KvmVm::create()?);
-    let layout = RamLayout::pc(cfg.memory);
-    let mem = memory::allocate(&layout)?;
-    memory::register(&kvm, &mem)?;
-
+    let kvm = create_vm()?;
+    let host = cpuid::HostCpu::read(&kvm.kvm)?;
+    let cpu = resolve_cpu(cfg, &host)?;
+    let (layout, mem) = guest_memory(cfg, &kvm)?;
     let pio = Arc::new(Bus::new("pio"));
     let mmio = Arc::new(Bus::new("mmio"));
+    let (events, events_rx) = event_inbox(registry);
+    let mut chardevs = open_chardevs(cfg, &console, rt, registry)?;
+    let bios = load_firmware(cfg, kernel_override.is_some(), &kvm)?;
+    let tree = backends(&chardevs, &console)?;
+    let netdevs = crate::platform::hotnet::HotNetdevs::new(
+        cfg.clone(),
+        rt.handle().clone(),
+        registry.clone(),
+    );
+    let coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>> = Arc::default();
+    let mut devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
+        cfg,
+        kvm: kvm.clone(),
+        mem: mem.clone(),
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        events: events.clone(),
+        serials: std::mem::take(&mut chardevs.serials),
+        consoles: std::mem::take(&mut chardevs.consoles),
+        guestfwds: std::mem::take(&mut chardevs.guestfwds),
+        rt: rt.handle().clone(),
+        registry: registry.clone(),
+        bios,
+        display: console.writer.clone(),
+        coalesced: coalesced.clone(),
+        tree,
+        netdevs: netdevs.clone(),
+    })?;
+    let downscripts = std::mem::take(&mut devices.virtio.downscripts);
+    route_input(&console, &devices);
+    let topo = Topology::from_smp(&cfg.smp);
+    let (fds, templates) = create_vcpus(cfg, &kvm, &cpu, &topo)?;
+    let plan = boot_plan(cfg, kernel_override);
+    let acpi = acpi_tables(cfg, &plan, &devices)?;
+    let sides = MachineSides {
+        drives: Arc::new(crate::monitor_info::PcDrives {
+            ide: devices.ide.clone(),
+            drives: cfg.drives.clone(),
+            virtio_disks: devices
+                .virtio
+                .disks
+                .iter()
+                .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
+                .collect(),
+            registry: registry.clone(),
+        }),
+        chipset: Arc::new(crate::monitor_info::PcChipset {
+            kvm: kvm.clone(),
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            chardevs: chardevs.labels.clone(),
+            bios: match (&cfg.boot, &plan) {
+                (BootConfig::Firmware { bios }, BootPlan::Firmware) => Some(bios.clone()),
+                _ => None,
+            },
+            vcpus: cfg.smp.cpus as usize,
+        }),
+        net: Arc::new(crate::monitor_info::PcNet {
+            nics: devices.virtio.nics.clone(),
+            hot: netdevs.clone(),
+            registry: registry.clone(),
+        }),
+        memory: Arc::new(crate::monitor_info::PcMemory {
+            kvm: kvm.clone(),
+            mmio: mmio.clone(),
+            mem: mem.clone(),
+            coalesced: coalesced.clone(),
+        }),
+    };
+    let has_screen_device = devices.vga.is_some();
+    let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
+    let has_input = true;
+    let mut machine = PcMachine {
+        mem: mem.clone(),
+        layout,
+        apic_ids: (0..cfg.smp.cpus).map(|i| topo.apic_id(i)).collect(),
+        templates,
+        plan,
+        devices,
+        acpi,
+        kvm: kvm.clone(),
+    };
+    let states = machine.boot_states()?;
+    let ring = if has_screen_device {
+        coalesced_ring(&kvm, &fds, &mmio, &coalesced)?
+    } else {
+        None
+    };
+    let ctx = VcpuContext {
+        pio,
+        mmio,
+        mem,
+        events,
+        coalesced: ring,
+    };
+    let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
+    let guest_mem = machine.mem.clone();
+    let tree = machine.devices.take_tree();
+    let (mut supervisor, handle) = Supervisor::new(
+        supervisor_config(cfg),
+        vcpus.clone(),
+        tree,
+        Arc::new(machine),
+        events_rx,
+    );
+    supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug { netdevs }));
+    let supervisor = supervisor.with_registry(registry.clone());
+    sides
+        .drives
+        .ide
+        .on_tray_moved(sides.drives.tray_listener(handle.clone()));
+    for m in chardevs.muxes.values() {
+        m.set_supervisor(handle.clone());
+    }
+    let ctx = MonitorContext {
+        supervisor: handle.clone(),
+        registry: registry.clone(),
+        mem: guest_mem,
+        name: cfg.name.clone(),
+        uuid: cfg.uuid.clone(),
+        // `sendkey` goes where VNC keys go: Ctrl+Alt+N switches consoles.
+        input: has_input.then(|| console.consoles.sendkey_sink()),
+        display: has_screen.then(|| console.display.clone()),
+        vnc: console.vnc.clone(),
+        log: Some(Arc::new(crate::process::set_log_directives)),
+        memory: MemoryHandle::spawn(rt.handle(), registry, sides.memory.clone()),
+        net: NetHandle::spawn(rt.handle(), registry, sides.net.clone()),
+        drives: DrivesHandle::spawn(rt.handle(), registry, sides.drives.clone()),
+        chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
+        catalog: Arc::new(crate::catalog::PcCatalog::new(host)),
+        topology: (0..cfg.smp.cpus)
+            .map(|i| {
+                let p = topo.position(i);
+                (p.socket, p.core, p.thread)
+            })
+            .collect(),
+        keys: Arc::default(),
+        buttons: Arc::default(),
+        dirty_rate: Arc::default(),
+    };
+    let monitors = start_monitors(
+        cfg,
+        &console,
+        rt,
+        registry,
+        ctx,
+        &mut chardevs.muxes,
+        &chardevs.labels,
+    )?;
+    if cfg.cpu.props.check && !cfg.cpu.props.enforce {
+        warn_dropped_features(&cpu);
+    }
+    Ok(Vm {
+        supervisor,
+        chardevs: chardevs.handles,
+        handle,
+        vcpus,
+        kvm,
+        mem: sides.memory.mem.clone(),
+        console,
+        monitors,
+        downscripts,
+        hot: sides.net,
+        idle_chardevs: chardevs.idle,
+    })
+}
+
+/// The KVM VM, with its in-kernel irqchip and PIT.
+fn create_vm() -> Result<Arc<KvmVm>> {
+    Ok(Arc::new(KvmVm::create()?))
+}
+
+/// Guest RAM in the PC's layout (below and above the 4 GiB hole), registered with KVM.
+fn guest_memory(cfg: &VmConfig, kvm: &KvmVm) -> Result<(RamLayout, GuestMemoryMmap)> {
+    let layout = RamLayout::pc(cfg.memory);
+    let mem = memory::allocate(&layout)?;
+    memory::register(kvm, &mem)?;
+    Ok((layout, mem))
+}
+
+/// Where devices, vCPUs and failed actors tell the supervisor what happened: a vital
+/// actor that panics (a vCPU, a block engine, a queue worker) reports through the
+/// registry.
+fn event_inbox(registry: &Registry) -> (EventTx, actors::events::EventRx) {
     let (events, events_rx): (EventTx, _) = event_channel();
-    // A vital actor that panics (a vCPU, a block engine, a queue worker) tells the
-    // supervisor through the registry.
     registry.set_failure_sink(events.clone());
+    (events, events_rx)
+}
+
+/// Every chardev the command line opens, grouped by what uses it.
+struct Chardevs {
+    /// Chardevs shared by a serial port and a monitor, by id.
+    muxes: HashMap<String, MuxHandle>,
+    /// Each serial port's chardev and its input, in port order.
+    serials: Vec<(
+        ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    )>,
+    /// `virtconsole` ports: (index in `cfg.devices`, chardev, its input).
+    consoles: Vec<(
+        usize,
+        ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    )>,
+    /// `guestfwd=` targets of user-mode netdevs, by chardev id.
+    guestfwds: crate::platform::nic::GuestFwdChardevs,
+    /// `-chardev`s no front end uses (open for the VM's life, as in QEMU).
+    idle: Vec<(
+        ChardevHandle,
+        tokio::sync::mpsc::Receiver<actors::chardev::FrontendEvent>,
+    )>,
+    /// Every chardev the VM flushes as it ends (serial ports, virtconsoles).
+    handles: Vec<ChardevHandle>,
+    /// (label, filename) of each, for `query-chardev`.
+    labels: Arc<Mutex<Vec<(String, String)>>>,
+    /// (label, actor id) of each, for its node in the device tree.
+    actors: Vec<(String, String)>,
+}
+
+/// Open the chardevs: the muxes, each serial port's, each virtconsole's, the `guestfwd=`
+/// targets, then those nothing uses (QEMU opens every `-chardev` at start: a path that
+/// cannot be created or a port that cannot be bound is an error now, not when something
+/// first uses it).
+fn open_chardevs(
+    cfg: &VmConfig,
+    console: &Console,
+    rt: &tokio::runtime::Runtime,
+    registry: &Registry,
+) -> Result<Chardevs> {
     let mut serials = Vec::new();
     let mut serial_handles = Vec::new();
     let chardev_labels: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let mut muxes = start_muxes(cfg, &console, rt, registry)?;
+    let node_actors: Mutex<Vec<(String, String)>> = Mutex::default();
+    let mut muxes = start_muxes(cfg, console, rt, registry)?;
     for (i, b) in cfg.serials.iter().enumerate() {
         if let Some((key, _)) = mux_key(cfg, b) {
             let Some(m) = muxes.get_mut(&key) else {
@@ -382,10 +666,11 @@ pub fn build(
             })?;
             serial_handles.push(m.chardev.clone());
             lock(&chardev_labels).push((format!("serial{i}"), m.chardev.label.clone()));
+            lock(&node_actors).push((format!("serial{i}"), m.chardev.id.clone()));
             serials.push((m.chardev.clone(), rx));
             continue;
         }
-        let Some(backend) = chardev_backend(cfg, &console, b)? else {
+        let Some(backend) = chardev_backend(cfg, console, b)? else {
             continue;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -399,6 +684,7 @@ pub fn build(
             ))
             .with_context(|| format!("-serial #{i}"))?;
         lock(&chardev_labels).push((format!("serial{i}"), h.label.clone()));
+        lock(&node_actors).push((format!("serial{i}"), h.id.clone()));
         serial_handles.push(h.clone());
         serials.push((h, rx));
     }
@@ -406,13 +692,14 @@ pub fn build(
     // the id names no backend to open.
     let front_end = |chardev: &str, name: &str| -> Result<Option<(ChardevHandle, _)>> {
         let Some(backend) =
-            chardev_backend(cfg, &console, &CharBackend::Named(chardev.to_string()))?
+            chardev_backend(cfg, console, &CharBackend::Named(chardev.to_string()))?
         else {
             return Ok(None);
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let h = rt.block_on(spawn_chardev(rt.handle(), registry, name, backend, tx))?;
         lock(&chardev_labels).push((chardev.to_string(), h.label.clone()));
+        lock(&node_actors).push((chardev.to_string(), h.id.clone()));
         Ok(Some((h, rx)))
     };
     // virtconsole ports: each gets its chardev (by device index).
@@ -448,71 +735,117 @@ pub fn build(
             }
         }
     }
-    // QEMU opens every -chardev at start, used or not: a path that cannot be created or a
-    // port that cannot be bound is an error now, not when something first uses it.
-    let mut idle_chardevs = Vec::new();
+    let mut idle = Vec::new();
     for c in unused_chardevs(cfg) {
         if let Some(fe) = front_end(&c.id, &c.id).with_context(|| format!("-chardev {}", c.id))? {
-            idle_chardevs.push(fe);
+            idle.push(fe);
         }
     }
-    let bios = match &cfg.boot {
-        BootConfig::Firmware { bios } if kernel_override.is_none() => {
-            let b = Arc::new(Bios::load(bios)?);
-            b.map(&kvm)?;
-            Some(b)
-        }
-        _ => None,
-    };
-    let coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>> = Arc::default();
-    let mut devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
-        cfg,
-        kvm: kvm.clone(),
-        mem: mem.clone(),
-        pio: pio.clone(),
-        mmio: mmio.clone(),
-        events: events.clone(),
+    let mut actors: Vec<(String, String)> = Vec::new();
+    for (label, h) in std::mem::take(&mut *lock(&node_actors)) {
+        actors.push((label, h));
+    }
+    Ok(Chardevs {
+        muxes,
         serials,
         consoles,
         guestfwds,
-        rt: rt.handle().clone(),
-        registry: registry.clone(),
-        bios,
-        display: console.writer.clone(),
-        coalesced: coalesced.clone(),
-    })?;
-    let downscripts = std::mem::take(&mut devices.virtio.downscripts);
-    // Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
-    // stand-in took the console's input).
-    if std::env::var_os("TROUPE_TEST_DISPLAY").is_none() {
-        match &devices.virtio.tablet {
-            // With a tablet the pointer is absolute: keys still go to the i8042.
-            Some(t) => {
-                console
-                    .input
-                    .set_target(Arc::new(actors::virtio::input::KeyboardAndTablet {
-                        keyboard: devices.input.clone(),
-                        tablet: t.clone(),
-                    }))
-            }
-            None => console.input.set_target(Arc::new(devices.input.clone())),
-        }
-    }
+        idle,
+        handles: serial_handles,
+        labels: chardev_labels,
+        actors,
+    })
+}
 
-    let topo = Topology::from_smp(&cfg.smp);
+/// The device tree's first nodes: the backends opened before any device, each chardev
+/// (`/chardevs/LABEL`) and the VNC server (`/display/vnc`).
+fn backends(chardevs: &Chardevs, console: &Console) -> Result<DeviceTree> {
+    let mut tree = DeviceTree::new();
+    let labels = lock(&chardevs.labels).clone();
+    for (label, actor) in &chardevs.actors {
+        if tree.get(&BackendKind::Chardev.id(label)).is_some() {
+            continue;
+        }
+        let filename = labels
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, f)| f.as_str())
+            .unwrap_or_default();
+        let driver = filename.split(':').next().unwrap_or_default();
+        tree.insert(
+            Node::backend(BackendKind::Chardev, label, driver)
+                .prop("filename", format!("\"{filename}\""))
+                .actor(actor),
+        )?;
+    }
+    if console.vnc.is_some() {
+        tree.insert(Node::backend(BackendKind::Display, "vnc", "vnc").actor("vnc"))?;
+    }
+    Ok(tree)
+}
+
+/// The machine's sides the monitor's actors serve (see `monitor_info`).
+struct MachineSides {
+    drives: Arc<crate::monitor_info::PcDrives>,
+    chipset: Arc<crate::monitor_info::PcChipset>,
+    net: Arc<crate::monitor_info::PcNet>,
+    memory: Arc<crate::monitor_info::PcMemory>,
+}
+
+/// The firmware image mapped at the top of 4 GiB (None: direct boot).
+fn load_firmware(cfg: &VmConfig, kernel_override: bool, kvm: &KvmVm) -> Result<Option<Arc<Bios>>> {
+    match &cfg.boot {
+        BootConfig::Firmware { bios } if !kernel_override => {
+            let b = Arc::new(Bios::load(bios)?);
+            b.map(kvm)?;
+            Ok(Some(b))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Keyboard and mouse input from VNC clients go to the i8042 (unless the test pattern
+/// stand-in took the console's input); with a tablet the pointer is absolute and keys
+/// still go to the i8042.
+fn route_input(console: &Console, devices: &crate::platform::DeviceSet) {
+    if std::env::var_os("TROUPE_TEST_DISPLAY").is_some() {
+        return;
+    }
+    match &devices.virtio.tablet {
+        Some(t) => console
+            .input
+            .set_target(Arc::new(actors::virtio::input::KeyboardAndTablet {
+                keyboard: devices.input.clone(),
+                tablet: t.clone(),
+            })),
+        None => console.input.set_target(Arc::new(devices.input.clone())),
+    }
+}
+
+/// The vCPUs (KVM derives each local APIC id from the vCPU id: the topology's APIC id is
+/// used), each with its CPUID table, and the register template each resets to.
+fn create_vcpus(
+    cfg: &VmConfig,
+    kvm: &KvmVm,
+    cpu: &cpuid::ResolvedCpu,
+    topo: &Topology,
+) -> Result<(Vec<kvm_ioctls::VcpuFd>, Vec<VcpuTemplate>)> {
     let mut fds = Vec::new();
     let mut templates = Vec::new();
     for i in 0..cfg.smp.cpus {
-        // KVM derives the local APIC id from the vCPU id: use the topology's APIC id.
         let fd = kvm.create_vcpu(topo.apic_id(i))?;
-        let table = cpuid::for_vcpu(&kvm.supported_cpuid, &cfg.cpu, &topo, i)?;
+        let table = cpu.table(topo, i, fd.get_tsc_khz().ok())?;
         fd.set_cpuid2(&table)
             .map_err(|e| anyhow!("vCPU {i}: KVM_SET_CPUID2 failed: {e}"))?;
         templates.push(VcpuTemplate::capture(&fd)?);
         fds.push(fd);
     }
+    Ok((fds, templates))
+}
 
-    let plan = match (&cfg.boot, kernel_override) {
+/// How the BSP starts: the kernel given to `build` (the demo), `-kernel`, or firmware.
+fn boot_plan(cfg: &VmConfig, kernel_override: Option<KernelSource>) -> BootPlan {
+    match (&cfg.boot, kernel_override) {
         (_, Some(k)) => BootPlan::Direct {
             kernel: k,
             initrd: None,
@@ -531,7 +864,16 @@ pub fn build(
             cmdline: cmdline.clone(),
         },
         (BootConfig::Firmware { .. }, None) => BootPlan::Firmware,
-    };
+    }
+}
+
+/// The ACPI tables (dumped with `-dump-acpi`; handed to the firmware through fw_cfg,
+/// or placed in guest RAM by a direct boot).
+fn acpi_tables(
+    cfg: &VmConfig,
+    plan: &BootPlan,
+    devices: &crate::platform::DeviceSet,
+) -> Result<AcpiTables> {
     let acpi = AcpiTables::build(&acpi_config(cfg));
     if let Some(dir) = &cfg.dump_acpi {
         acpi.dump(dir, ACPI_RSDP_ADDR, ACPI_TABLES_ADDR)
@@ -544,77 +886,47 @@ pub fn build(
                 .map_err(|e| anyhow!("fw_cfg: {e}"))?;
         }
     }
-    let info = Arc::new(crate::monitor_info::PcInfo {
-        pci: devices.pci.clone(),
-        ide: devices.ide.clone(),
-        drives: cfg.drives.clone(),
-        kvm: kvm.clone(),
-        pio: pio.clone(),
-        mmio: mmio.clone(),
-        chardevs: chardev_labels.clone(),
-        bios: match (&cfg.boot, &plan) {
-            (BootConfig::Firmware { bios }, BootPlan::Firmware) => Some(bios.clone()),
-            _ => None,
-        },
-        vcpus: cfg.smp.cpus as usize,
-        mem: mem.clone(),
-        coalesced: coalesced.clone(),
-        virtio_disks: devices
-            .virtio
-            .disks
-            .iter()
-            .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
-            .collect(),
-        nics: devices.virtio.nics.clone(),
-        registry: registry.clone(),
-        hot: std::sync::Mutex::new(crate::platform::hotnet::HotNetdevs::new(
-            cfg.clone(),
-            rt.handle().clone(),
-            registry.clone(),
-        )),
-    });
-    let has_screen_device = devices.vga.is_some();
-    let has_screen = has_screen_device || std::env::var_os("TROUPE_TEST_DISPLAY").is_some();
-    let has_input = true;
-    let mut machine = PcMachine {
-        mem: mem.clone(),
-        layout,
-        apic_ids: (0..cfg.smp.cpus).map(|i| topo.apic_id(i)).collect(),
-        templates,
-        plan,
-        devices,
-        acpi,
-        kvm: kvm.clone(),
-    };
-    let states = machine.boot_states()?;
-    let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;
-    // Writes to the legacy VGA window go through KVM's coalesced MMIO ring instead of
-    // exiting one by one (as QEMU does); reads and every other exit apply them first.
-    let ring = if has_screen_device && kvm.vm.check_extension(kvm_ioctls::Cap::CoalescedMmio) {
-        let r = actors::coalesced::CoalescedRing::map(
-            std::os::fd::AsRawFd::as_raw_fd(&fds[0]),
-            mmio.clone(),
+    Ok(acpi)
+}
+
+/// Writes to the legacy VGA window go through KVM's coalesced MMIO ring instead of
+/// exiting one by one (as QEMU does); reads and every other exit apply them first. None
+/// when KVM has no ring.
+fn coalesced_ring(
+    kvm: &KvmVm,
+    fds: &[kvm_ioctls::VcpuFd],
+    mmio: &Arc<Bus>,
+    slot: &std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>,
+) -> Result<Option<Arc<actors::coalesced::CoalescedRing>>> {
+    if !kvm.vm.check_extension(kvm_ioctls::Cap::CoalescedMmio) {
+        return Ok(None);
+    }
+    let r = actors::coalesced::CoalescedRing::map(
+        std::os::fd::AsRawFd::as_raw_fd(&fds[0]),
+        mmio.clone(),
+    )
+    .context("mapping KVM's coalesced MMIO ring")?;
+    kvm.vm
+        .register_coalesced_mmio(
+            kvm_ioctls::IoEventAddress::Mmio(crate::platform::vga::LEGACY_WINDOW.0),
+            crate::platform::vga::LEGACY_WINDOW.1,
         )
-        .context("mapping KVM's coalesced MMIO ring")?;
-        kvm.vm
-            .register_coalesced_mmio(
-                kvm_ioctls::IoEventAddress::Mmio(crate::platform::vga::LEGACY_WINDOW.0),
-                crate::platform::vga::LEGACY_WINDOW.1,
-            )
-            .map_err(|e| anyhow!("KVM_REGISTER_COALESCED_MMIO: {e}"))?;
-        let r = Arc::new(r);
-        let _ = coalesced.set(r.clone());
-        Some(r)
-    } else {
-        None
-    };
-    let ctx = VcpuContext {
-        pio,
-        mmio,
-        mem,
-        events,
-        coalesced: ring,
-    };
+        .map_err(|e| anyhow!("KVM_REGISTER_COALESCED_MMIO: {e}"))?;
+    let r = Arc::new(r);
+    let _ = slot.set(r.clone());
+    Ok(Some(r))
+}
+
+/// One thread per vCPU, pinned as `-vcpu-pin` says, each starting from its boot state.
+fn spawn_vcpus(
+    cfg: &VmConfig,
+    topo: &Topology,
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    states: Vec<VcpuBootState>,
+    ctx: VcpuContext,
+    registry: &Registry,
+) -> Result<Vec<VcpuHandle>> {
+    let pins = pin_plan(&cfg.vcpu_pin, cfg.smp.cpus)?;
     let mut vcpus = Vec::new();
     for (i, ((fd, state), cores)) in fds.into_iter().zip(states).zip(pins).enumerate() {
         let i = i as u32;
@@ -628,65 +940,19 @@ pub fn build(
             registry,
         )?);
     }
-    let sup_cfg = SupervisorConfig {
+    Ok(vcpus)
+}
+
+/// The supervisor's policy from the command line.
+fn supervisor_config(cfg: &VmConfig) -> SupervisorConfig {
+    SupervisorConfig {
         start_paused: cfg.start_paused,
         no_reboot: cfg.no_reboot,
         no_shutdown: cfg.no_shutdown,
         monitor_attached: !cfg.monitors.is_empty(),
-    };
-    let guest_mem = machine.mem.clone();
-    let tree = machine.devices.take_tree();
-    let (supervisor, handle) =
-        Supervisor::new(sup_cfg, vcpus.clone(), tree, Arc::new(machine), events_rx);
-    for m in muxes.values() {
-        m.set_supervisor(handle.clone());
+        incoming: cfg.incoming.clone(),
+        cpu: cpu_spec(&cfg.cpu),
     }
-    let ctx = MonitorContext {
-        supervisor: handle.clone(),
-        registry: registry.clone(),
-        mem: guest_mem,
-        name: cfg.name.clone(),
-        uuid: cfg.uuid.clone(),
-        // `sendkey` goes where VNC keys go: Ctrl+Alt+N switches consoles.
-        input: has_input.then(|| console.consoles.sendkey_sink()),
-        display: has_screen.then(|| console.display.clone()),
-        vnc: console.vnc.clone(),
-        log: Some(Arc::new(crate::process::set_log_directives)),
-        info: info.clone(),
-        catalog: Arc::new(crate::catalog::PcCatalog::new(Some(
-            kvm.supported_cpuid.clone(),
-        ))),
-        topology: (0..cfg.smp.cpus)
-            .map(|i| {
-                let p = topo.position(i);
-                (p.socket, p.core, p.thread)
-            })
-            .collect(),
-        keys: Arc::default(),
-        buttons: Arc::default(),
-        dirty_rate: Arc::default(),
-    };
-    let monitors = start_monitors(
-        cfg,
-        &console,
-        rt,
-        registry,
-        ctx,
-        &mut muxes,
-        &chardev_labels,
-    )?;
-    Ok(Vm {
-        supervisor,
-        chardevs: serial_handles,
-        handle,
-        vcpus,
-        kvm,
-        console,
-        monitors,
-        downscripts,
-        hot: info,
-        idle_chardevs,
-    })
 }
 
 /// The `-chardev`s nothing refers to: no serial port, monitor, virtconsole or `guestfwd=`.
@@ -936,6 +1202,9 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
     }
     if let ExitReason::ActorFailed(r) = &reason {
         actors::report!("troupe: stopping the VM: {r}");
+    }
+    if let ExitReason::IncomingFailed(r) = &reason {
+        actors::report!("troupe: load of migration failed: {r}");
     }
     if let ExitReason::Fault(_) = &reason {
         actors::report!("troupe: the VM stopped on a KVM failure (see above)");

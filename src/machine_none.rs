@@ -10,7 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actors::events::event_channel;
-use actors::monitor::{Announce, MachineInfo, MonitorContext};
+use actors::monitor::commands::CmdError;
+use actors::monitor::handles::{
+    ChipsetHandle, ChipsetService, DrivesHandle, DrivesService, MemoryHandle, MemoryService,
+    NetHandle, NetService,
+};
+use actors::monitor::{Announce, MediaOp, MediaTarget, MonitorContext};
 use actors::runtime::Registry;
 use actors::supervisor::{DeviceTree, Machine, Supervisor, SupervisorConfig};
 use actors::vcpu::VcpuBootState;
@@ -20,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::catalog::PcCatalog;
 use crate::config::VmConfig;
+use crate::vm::cpuid::HostCpu;
 
 /// The machine the supervisor drives: nothing to reset, power off or save.
 struct NoMachine;
@@ -43,38 +49,11 @@ impl Machine for NoMachine {
     }
 }
 
-/// What the monitor reports of an empty machine.
-struct NoDevices {
-    chardevs: Arc<Mutex<Vec<(String, String)>>>,
-}
+/// No NIC, no network backend.
+struct NoNet;
 
-const NO_DEVICE: &str = "machine 'none' has no devices";
-
-impl MachineInfo for NoDevices {
-    fn query_pci(&self) -> Value {
-        json!([])
-    }
-    fn query_block(&self) -> Value {
-        json!([])
-    }
-    fn query_blockstats(&self) -> Value {
-        json!([])
-    }
-    fn mtree(&self, _flat: bool) -> String {
-        "address-space: memory\n  0000000000000000-ffffffffffffffff (prio 0, i/o): system\n\n"
-            .into()
-    }
-    fn query_chardev(&self) -> Value {
-        let list = self.chardevs.lock().unwrap_or_else(|p| p.into_inner());
-        Value::Array(
-            list.iter()
-                .map(|(label, filename)| {
-                    json!({"frontend-open": true, "filename": filename, "label": label})
-                })
-                .collect(),
-        )
-    }
-    fn network(&self) -> String {
+impl NetService for NoNet {
+    fn network(&self, _tree: &DeviceTree) -> String {
         String::new()
     }
     fn announce_self(&self, _schedule: Announce) -> Result<(), String> {
@@ -95,24 +74,68 @@ impl MachineInfo for NoDevices {
     fn hostfwd(&self, _args: &[&str], _add: bool) -> Result<String, String> {
         Err("invalid netdev: machine 'none' has no network".into())
     }
-    fn netdev_add(&self, _spec: &str) -> Result<(), String> {
-        Err(NO_DEVICE.into())
+}
+
+/// No drive.
+struct NoDrives;
+
+impl DrivesService for NoDrives {
+    fn query_block(&self) -> Value {
+        json!([])
     }
-    fn netdev_del(&self, id: &str) -> Result<(), String> {
-        Err(format!("Device '{id}' not found"))
+    fn query_blockstats(&self) -> Value {
+        json!([])
     }
-    fn roms(&self) -> String {
-        String::new()
+    fn snapshot_disks(&self) -> Vec<(String, actors::block::BlockHandle)> {
+        Vec::new()
     }
-    fn qtree(&self, _tree: &DeviceTree) -> String {
-        "bus: main-system-bus\n  type System\n".into()
+    fn media(&self, target: &MediaTarget, _op: MediaOp) -> Result<(), CmdError> {
+        let name = target
+            .device
+            .as_deref()
+            .or(target.id.as_deref())
+            .unwrap_or_default();
+        Err(CmdError::DeviceNotFound(format!(
+            "Device '{name}' not found"
+        )))
     }
+}
+
+/// A board with nothing on it but the chardevs of the monitors.
+struct NoChipset {
+    chardevs: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl ChipsetService for NoChipset {
     fn pic(&self) -> String {
         String::new()
     }
     fn irq(&self) -> String {
         String::new()
     }
+    fn mtree(&self, _flat: bool) -> String {
+        "address-space: memory\n  0000000000000000-ffffffffffffffff (prio 0, i/o): system\n\n"
+            .into()
+    }
+    fn roms(&self) -> String {
+        String::new()
+    }
+    fn query_chardev(&self) -> Value {
+        let list = self.chardevs.lock().unwrap_or_else(|p| p.into_inner());
+        Value::Array(
+            list.iter()
+                .map(|(label, filename)| {
+                    json!({"frontend-open": true, "filename": filename, "label": label})
+                })
+                .collect(),
+        )
+    }
+}
+
+/// No RAM.
+struct NoMemory;
+
+impl MemoryService for NoMemory {
     fn read_phys(&self, _addr: u64, _buf: &mut [u8]) -> bool {
         false
     }
@@ -146,6 +169,9 @@ fn check(cfg: &VmConfig) -> Result<()> {
     if cfg.vga != crate::config::VgaKind::None {
         return refuse("-vga");
     }
+    if cfg.incoming.is_some() {
+        return refuse("-incoming");
+    }
     Ok(())
 }
 
@@ -164,9 +190,7 @@ pub fn run(
     let _vm = kvm
         .create_vm()
         .map_err(|e| anyhow!("KVM_CREATE_VM failed: {e}"))?;
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .ok();
+    let host = HostCpu::read(&kvm)?;
     let console = crate::machine::start_console(cfg, rt, registry)?;
     let mut muxes = crate::machine::start_muxes(cfg, &console, rt, registry)?;
     let (_events, events_rx) = event_channel();
@@ -176,12 +200,15 @@ pub fn run(
             no_reboot: cfg.no_reboot,
             no_shutdown: cfg.no_shutdown,
             monitor_attached: !cfg.monitors.is_empty(),
+            incoming: None,
+            cpu: String::new(),
         },
         Vec::new(),
         DeviceTree::new(),
         Arc::new(NoMachine),
         events_rx,
     );
+    let supervisor = supervisor.with_registry(registry.clone());
     for m in muxes.values() {
         m.set_supervisor(handle.clone());
     }
@@ -196,10 +223,17 @@ pub fn run(
         display: None,
         vnc: console.vnc.clone(),
         log: Some(Arc::new(crate::process::set_log_directives)),
-        info: Arc::new(NoDevices {
-            chardevs: labels.clone(),
-        }),
-        catalog: Arc::new(PcCatalog::new(supported)),
+        memory: MemoryHandle::spawn(rt.handle(), registry, Arc::new(NoMemory)),
+        net: NetHandle::spawn(rt.handle(), registry, Arc::new(NoNet)),
+        drives: DrivesHandle::spawn(rt.handle(), registry, Arc::new(NoDrives)),
+        chipset: ChipsetHandle::spawn(
+            rt.handle(),
+            registry,
+            Arc::new(NoChipset {
+                chardevs: labels.clone(),
+            }),
+        ),
+        catalog: Arc::new(PcCatalog::new(host)),
         topology: Vec::new(),
         keys: Arc::default(),
         buttons: Arc::default(),

@@ -107,7 +107,7 @@ impl Running {
             vcpus,
             kvm,
             console,
-            hot,
+            mem,
             ..
         } = machine::build(&cfg, None, &rt, &Registry::new()).expect("the VM builds");
         // The supervisor runs as in the binary; the test talks to it through its handle.
@@ -116,7 +116,7 @@ impl Running {
             handle,
             vcpus,
             chardevs,
-            mem: hot.mem.clone(),
+            mem,
             _vm: (kvm, console),
             rt,
             serial,

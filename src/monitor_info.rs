@@ -1,123 +1,64 @@
-//! What the machine tells the monitor: PCI devices, drives, memory map, chardevs, ROMs,
-//! the device tree and the in-kernel interrupt controllers, in the shapes QEMU's QMP and
-//! HMP use.
+//! The machine's sides the monitor's actors serve, in the shapes QEMU's QMP and HMP use:
+//! the drives ([`PcDrives`]), the board: memory map, chardevs, ROMs, in-kernel interrupt
+//! controllers ([`PcChipset`]), the NICs and their backends ([`PcNet`]) and guest memory
+//! ([`PcMemory`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use actors::bus::Bus;
 use actors::host::ide::IdeHost;
-use actors::monitor::MachineInfo;
-use actors::supervisor::{DeviceTree, Node, SYSTEM_BUS};
-use devices::pci::{BarKind, PciDeviceInfo};
+use actors::monitor::commands::CmdError;
+use actors::monitor::handles::{ChipsetService, DrivesService, MemoryService, NetService};
+use actors::monitor::{MediaOp, MediaTarget};
+use actors::supervisor::{BackendKind, DeviceTree};
+use devices::ide::MediaError;
 use serde_json::{json, Value};
 
 use crate::config::{CacheMode, DriveConfig, DriveInterface, Media};
 use crate::platform::nic::NicKind;
-use crate::platform::pci::PciPlatform;
 use crate::vm::kvm::KvmVm;
 
 /// One chardev for `query-chardev` (label, filename).
 pub type ChardevEntry = (String, String);
 
-pub struct PcInfo {
-    pub pci: Arc<PciPlatform>,
+/// The drives, for the drives actor.
+pub struct PcDrives {
     pub ide: Arc<IdeHost>,
     pub drives: Vec<DriveConfig>,
+    /// virtio-blk devices: (drive id, qdev path, backend).
+    pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
+    /// Where the images `change` opens list their threads.
+    pub registry: actors::runtime::Registry,
+}
+
+/// The board, for the chipset actor.
+pub struct PcChipset {
     pub kvm: Arc<KvmVm>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub chardevs: Arc<Mutex<Vec<ChardevEntry>>>,
     pub bios: Option<PathBuf>,
     pub vcpus: usize,
-    pub mem: devices::memory::GuestMemoryMmap,
-    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
-    /// virtio-blk devices: (drive id, qdev path, backend).
-    pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
+}
+
+/// The NICs and backends, for the network actor.
+pub struct PcNet {
     /// virtio-net NICs.
     pub nics: Vec<crate::platform::nic::Nic>,
-    /// Backends added with `netdev_add`.
-    pub hot: Mutex<crate::platform::hotnet::HotNetdevs>,
+    /// The netdevs (those `netdev_add` opened, and the configuration new ones are
+    /// checked against).
+    pub hot: crate::platform::hotnet::SharedNetdevs,
     /// Where threads started on the monitor's behalf (announce-self) are listed.
     pub registry: actors::runtime::Registry,
 }
 
-/// One bus of `info qtree` and everything under it, at `depth` levels of indentation:
-/// its devices newest first, as QEMU lists them.
-fn qtree_bus(
-    s: &mut String,
-    tree: &DeviceTree,
-    pci: &[PciDeviceInfo],
-    bus: &str,
-    kind: &str,
-    depth: usize,
-) {
-    let pad = "  ".repeat(depth);
-    s.push_str(&format!("{pad}bus: {bus}\n{pad}  type {kind}\n"));
-    for n in tree.children(bus).collect::<Vec<_>>().into_iter().rev() {
-        qtree_dev(s, tree, pci, n, depth + 1);
-    }
-}
-
-fn qtree_dev(s: &mut String, tree: &DeviceTree, pci: &[PciDeviceInfo], n: &Node, depth: usize) {
-    let pad = "  ".repeat(depth);
-    let id = if n.user_id { n.id.as_str() } else { "" };
-    s.push_str(&format!("{pad}dev: {}, id \"{id}\"\n", n.driver));
-    for (k, v) in &n.props {
-        s.push_str(&format!("{pad}  {k} = {v}\n"));
-    }
-    if let Some(d) = n
-        .pci_address()
-        .and_then(|a| pci.iter().find(|d| d.slot == a))
-    {
-        s.push_str(&format!(
-            "{pad}  class {}, addr 00:{:02x}.{:x}, pci id {:04x}:{:04x} (sub {:04x}:{:04x})\n",
-            d.class_name(),
-            d.slot.0,
-            d.slot.1,
-            d.vendor,
-            d.device,
-            d.subsystem_vendor,
-            d.subsystem
-        ));
-        // QEMU shows an unmapped BAR at all-ones.
-        let bar = |i: usize, kind: &BarKind, region: &Option<devices::pci::Region>, size: u64| {
-            let k = if matches!(kind, BarKind::Io) {
-                "i/o"
-            } else {
-                "mem"
-            };
-            let a = region.as_ref().map_or(u64::MAX, |r| r.addr);
-            format!(
-                "{pad}  bar {i}: {k} at 0x{a:x} [0x{:x}]\n",
-                a.wrapping_add(size - 1)
-            )
-        };
-        for (i, kind, region, size) in &d.bars {
-            s.push_str(&bar(*i, kind, region, *size));
-        }
-        if let Some((region, size)) = &d.rom {
-            s.push_str(&bar(6, &BarKind::Mem32 { prefetch: false }, region, *size));
-        }
-    }
-    for (bus, kind) in &n.buses {
-        qtree_bus(s, tree, pci, bus, kind, depth + 1);
-    }
-    // A virtio PCI proxy carries its virtio device on a bus of its own.
-    if let Some(base) = n
-        .driver
-        .strip_prefix("virtio-")
-        .and_then(|d| d.strip_suffix("-pci"))
-    {
-        let inner = "  ".repeat(depth + 1);
-        s.push_str(&format!(
-            "{inner}bus: virtio-bus\n{inner}  type virtio-pci-bus\n{inner}  dev: virtio-{base}-device, id \"\"\n"
-        ));
-    }
-}
-
-fn class_code(d: &PciDeviceInfo) -> u32 {
-    (u32::from(d.class.0) << 8) | u32::from(d.class.1)
+/// Guest memory as the monitor reads it.
+pub struct PcMemory {
+    pub kvm: Arc<KvmVm>,
+    pub mmio: Arc<Bus>,
+    pub mem: devices::memory::GuestMemoryMmap,
+    pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
 }
 
 fn ide_qdev(index: u32) -> String {
@@ -127,12 +68,15 @@ fn ide_qdev(index: u32) -> String {
 /// One drive as the block queries show it.
 struct BlockDev<'a> {
     drive: &'a DriveConfig,
-    backend: Option<&'a actors::block::BlockHandle>,
+    /// The medium in it now (a CD-ROM's changes with `change`/`eject`).
+    backend: Option<actors::block::BlockHandle>,
     qdev: String,
     node: String,
+    /// IDE position (0..4), for the tray.
+    ide: Option<usize>,
 }
 
-impl PcInfo {
+impl PcNet {
     fn hot(&self) -> std::sync::MutexGuard<'_, crate::platform::hotnet::HotNetdevs> {
         self.hot.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -153,7 +97,9 @@ impl PcInfo {
         );
         v
     }
+}
 
+impl PcDrives {
     /// IDE drives in index order, then virtio-blk drives in device order.
     fn block_devices(&self) -> Vec<BlockDev<'_>> {
         let mut v: Vec<BlockDev<'_>> = self
@@ -167,15 +113,17 @@ impl PcInfo {
                 backend: self.ide.backend(i),
                 qdev: ide_qdev(i as u32),
                 node: format!("#block{}", 100 + i),
+                ide: Some(i),
             })
             .collect();
         for (n, (id, qdev, b)) in self.virtio_disks.iter().enumerate() {
             if let Some(d) = self.drives.iter().find(|d| &d.id == id) {
                 v.push(BlockDev {
                     drive: d,
-                    backend: Some(b),
+                    backend: Some(b.clone()),
                     qdev: qdev.clone(),
                     node: format!("#block{}", 200 + n),
+                    ide: None,
                 });
             }
         }
@@ -183,59 +131,158 @@ impl PcInfo {
     }
 }
 
-impl MachineInfo for PcInfo {
-    fn query_pci(&self) -> Value {
-        let devices: Vec<Value> = self
-            .pci
-            .info()
+/// QEMU's message for a refused media operation on drive `name`.
+fn media_error(name: &str, e: MediaError) -> CmdError {
+    CmdError::Generic(match e {
+        MediaError::NoDrive(_) => return CmdError::DeviceNotFound(format!("Device '{name}' not found")),
+        MediaError::NotRemovable(_) => format!("Device '{name}' is not removable"),
+        MediaError::Locked(_) => format!(
+            "Device '{name}' is locked and force was not specified, wait for tray to open and try again"
+        ),
+        MediaError::TrayClosed(_) => format!("Tray of device '{name}' is not open"),
+        MediaError::MediumPresent(_) => format!("There already is a medium in device '{name}'"),
+    })
+}
+
+impl PcDrives {
+    /// The drive a media command names: (its name for messages, the drive, its IDE
+    /// position if it has one).
+    fn media_drive(
+        &self,
+        t: &MediaTarget,
+    ) -> Result<(String, &DriveConfig, Option<usize>), CmdError> {
+        let name = match (&t.device, &t.id) {
+            (Some(d), None) => d,
+            // Front ends with qdev ids (-device ide-cd,id=) are not in troupe: no drive is
+            // reachable by one, as in QEMU without them.
+            (None, Some(id)) => {
+                return Err(CmdError::DeviceNotFound(format!("Device '{id}' not found")))
+            }
+            _ => {
+                return Err(CmdError::Generic(
+                    "Need exactly one of 'device' and 'id'".into(),
+                ))
+            }
+        };
+        let d = self
+            .drives
             .iter()
-            .map(|d| {
-                let regions: Vec<Value> = d
-                    .bars
-                    .iter()
-                    .map(|(i, kind, region, size)| {
-                        let addr: Value = match region {
-                            Some(r) => json!(r.addr),
-                            None => json!(-1),
-                        };
-                        match kind {
-                            BarKind::Io => {
-                                json!({"bar": i, "size": size, "address": addr, "type": "io"})
-                            }
-                            BarKind::Mem32 { prefetch } | BarKind::Mem64 { prefetch } => json!({
-                                "prefetch": prefetch,
-                                "mem_type_64": matches!(kind, BarKind::Mem64 { .. }),
-                                "bar": i, "size": size, "address": addr, "type": "memory"
-                            }),
-                        }
-                    })
-                    .chain(d.rom.iter().map(|(region, size)| {
-                        let addr: Value = match region {
-                            Some(r) => json!(r.addr),
-                            None => json!(-1),
-                        };
-                        json!({"prefetch": false, "mem_type_64": false, "bar": 6,
-                               "size": size, "address": addr, "type": "memory"})
-                    }))
-                    .collect();
-                let mut v = json!({
-                    "irq_pin": d.irq_pin,
-                    "bus": 0,
-                    "qdev_id": d.id,
-                    "slot": d.slot.0,
-                    "class_info": {"class": class_code(d), "desc": d.class_name()},
-                    "id": {"device": d.device, "subsystem-vendor": d.subsystem_vendor,
-                           "vendor": d.vendor, "subsystem": d.subsystem},
-                    "function": d.slot.1,
-                    "regions": regions,
-                });
-                if d.irq_pin != 0 {
-                    v["irq"] = json!(d.irq_line);
-                }
-                v
-            })
+            .find(|d| &d.id == name)
+            .ok_or_else(|| CmdError::DeviceNotFound(format!("Device '{name}' not found")))?;
+        let ide = (d.interface == DriveInterface::Ide)
+            .then(|| d.index.map(|i| i as usize))
+            .flatten()
+            .filter(|i| *i < 4);
+        Ok((name.clone(), d, ide))
+    }
+
+    /// Open `filename` as drive `d`'s new medium, with QEMU's messages for what fails.
+    fn open_medium(
+        &self,
+        d: &DriveConfig,
+        filename: &str,
+        format: Option<&str>,
+        read_only_mode: Option<&str>,
+    ) -> Result<actors::block::BlockHandle, CmdError> {
+        use actors::block::Format;
+        let err = |m: String| CmdError::Generic(m);
+        if let Some(m) = read_only_mode {
+            if !matches!(m, "retain" | "read-only" | "read-write") {
+                return Err(err(format!(
+                    "Parameter 'read-only-mode' does not accept value '{m}'"
+                )));
+            }
+        }
+        let format = match format {
+            None => None,
+            Some("raw") => Some(Format::Raw),
+            Some("qcow2") => Some(Format::Qcow2),
+            Some(f) => return Err(err(format!("Unknown driver '{f}'"))),
+        };
+        let path = std::path::PathBuf::from(filename);
+        match crate::cli::host::check_readable(&path) {
+            Ok(_) => {}
+            Err(crate::cli::host::FileError::Directory) => {
+                return Err(err(format!(
+                    "'file' driver requires '{filename}' to be a regular file"
+                )))
+            }
+            Err(
+                crate::cli::host::FileError::Open(why)
+                | crate::cli::host::FileError::OpenWrite(why),
+            ) => return Err(err(format!("Could not open '{filename}': {why}"))),
+        }
+        let qcow2 = actors::block::is_qcow2(&path);
+        if format == Some(Format::Qcow2) && !qcow2 {
+            return Err(err("Image is not in qcow2 format".into()));
+        }
+        let mut opts = crate::platform::drive_options(d, path);
+        // Probed here, so a raw image is not warned about: a CD-ROM never writes.
+        opts.format = Some(format.unwrap_or(if qcow2 { Format::Qcow2 } else { Format::Raw }));
+        opts.read_only = true;
+        actors::block::open(&self.registry, &d.id, opts).map_err(|e| err(e.to_string()))
+    }
+
+    /// Where drive `n`'s tray movements go: `DEVICE_TRAY_MOVED` through the supervisor.
+    pub fn tray_listener(
+        &self,
+        supervisor: actors::supervisor::SupervisorHandle,
+    ) -> actors::host::ide::TrayListener {
+        let names: Vec<(usize, String)> = self
+            .drives
+            .iter()
+            .filter(|d| d.interface == DriveInterface::Ide)
+            .filter_map(|d| d.index.map(|i| (i as usize, d.id.clone())))
             .collect();
-        json!([{"bus": 0, "devices": devices}])
+        Box::new(move |n, open| {
+            let Some((_, name)) = names.iter().find(|(i, _)| *i == n) else {
+                return;
+            };
+            supervisor.publish(actors::supervisor::VmNotification::Other {
+                event: "DEVICE_TRAY_MOVED".into(),
+                data: json!({"device": name, "tray-open": open, "id": ide_qdev(n as u32)})
+                    .to_string(),
+            });
+        })
+    }
+}
+
+impl DrivesService for PcDrives {
+    fn media(&self, target: &MediaTarget, op: MediaOp) -> Result<(), CmdError> {
+        let (name, d, ide) = self.media_drive(target)?;
+        let fail = |e| media_error(&name, e);
+        // A drive that is no IDE one (virtio-blk) is not removable either.
+        let n = ide.ok_or_else(|| fail(MediaError::NotRemovable(4)));
+        match op {
+            MediaOp::Eject { force } => {
+                let n = n?;
+                self.ide.open_tray(n, force).map_err(fail)?;
+                self.ide.remove_medium(n).map_err(fail)
+            }
+            MediaOp::OpenTray { force } => self.ide.open_tray(n?, force).map_err(fail),
+            MediaOp::CloseTray => self.ide.close_tray(n?).map_err(fail),
+            MediaOp::RemoveMedium => self.ide.remove_medium(n?).map_err(fail),
+            // No node can be made (blockdev-add is not in troupe yet), so none is found.
+            MediaOp::InsertMedium { node } => {
+                n?;
+                Err(CmdError::Generic(format!(
+                    "Cannot find device= nor node_name={node}"
+                )))
+            }
+            MediaOp::Change {
+                filename,
+                format,
+                read_only_mode,
+                force,
+            } => {
+                // As QEMU: the image is opened first, then the tray moves.
+                let medium =
+                    self.open_medium(d, &filename, format.as_deref(), read_only_mode.as_deref())?;
+                self.ide
+                    .change_medium(n?, Some(medium), force)
+                    .map_err(fail)
+            }
+        }
     }
 
     fn query_block(&self) -> Value {
@@ -245,19 +292,23 @@ impl MachineInfo for PcInfo {
             .map(|bd| {
                 let d = bd.drive;
                 let cdrom = d.media == Media::Cdrom;
+                let (tray_open, locked) = bd
+                    .ide
+                    .and_then(|i| self.ide.tray(i))
+                    .unwrap_or((false, false));
                 let mut v = json!({
                     "io-status": "ok",
                     "device": d.id,
-                    "locked": false,
+                    "locked": locked,
                     "removable": cdrom,
                     "qdev": bd.qdev,
                     "type": "unknown",
                 });
                 if cdrom {
-                    v["tray_open"] = json!(false);
+                    v["tray_open"] = json!(tray_open);
                 }
-                if let (Some(b), Some(file)) = (bd.backend, &d.file) {
-                    let file = file.display().to_string();
+                if let Some(b) = &bd.backend {
+                    let file = b.path.display().to_string();
                     let actual = std::fs::metadata(&file).map(|m| {
                         use std::os::unix::fs::MetadataExt;
                         m.blocks() * 512
@@ -283,6 +334,13 @@ impl MachineInfo for PcInfo {
             })
             .collect();
         Value::Array(list)
+    }
+
+    fn snapshot_disks(&self) -> Vec<(String, actors::block::BlockHandle)> {
+        self.block_devices()
+            .into_iter()
+            .filter_map(|bd| bd.backend.map(|b| (bd.drive.id.clone(), b.clone())))
+            .collect()
     }
 
     fn query_blockstats(&self) -> Value {
@@ -327,6 +385,16 @@ impl MachineInfo for PcInfo {
             })
             .collect();
         Value::Array(list)
+    }
+}
+
+impl ChipsetService for PcChipset {
+    fn pic(&self) -> String {
+        pic_text(&self.kvm)
+    }
+
+    fn irq(&self) -> String {
+        actors::irq::irq_stats_text()
     }
 
     fn mtree(&self, flat: bool) -> String {
@@ -389,6 +457,23 @@ impl MachineInfo for PcInfo {
         s
     }
 
+    fn roms(&self) -> String {
+        match &self.bios {
+            Some(p) => {
+                let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!(
+                    "addr={:016x} size=0x{size:06x} mem=rom name=\"{name}\"\n",
+                    (1u64 << 32) - size
+                )
+            }
+            None => String::new(),
+        }
+    }
+
     fn query_chardev(&self) -> Value {
         let list = self.chardevs.lock().unwrap_or_else(|e| e.into_inner());
         Value::Array(
@@ -399,8 +484,10 @@ impl MachineInfo for PcInfo {
                 .collect(),
         )
     }
+}
 
-    fn network(&self) -> String {
+impl NetService for PcNet {
+    fn network(&self, tree: &DeviceTree) -> String {
         let mut out = String::new();
         for (i, n) in self.nics.iter().enumerate() {
             // The address in use: a virtio driver may have changed it (MAC_ADDR_SET).
@@ -425,26 +512,16 @@ impl MachineInfo for PcInfo {
                 out.push_str(&format!("    dropped: rx {rx}, tx {tx}\n"));
             }
         }
-        out.push_str(&self.hot().network());
-        out
-    }
-
-    fn netdev_add(&self, spec: &str) -> Result<(), String> {
-        self.hot().add(spec)
-    }
-
-    fn netdev_del(&self, id: &str) -> Result<(), String> {
-        // A NIC's backend given at start: closed, the NIC stays with no peer (its tap's
-        // down script runs now, not again at exit).
-        if let Some(n) = self.nics.iter().find(|n| n.has_peer() && n.netdev == id) {
-            n.detach();
-            self.hot().forget(id);
-            if let Some((script, ifname)) = &n.downscript {
-                actors::net::tap::run_script(script, ifname).map_err(|e| e.to_string())?;
+        // QEMU lists a netdev no NIC uses on its own line (one never opened is not shown).
+        for n in tree
+            .backends(BackendKind::Netdev)
+            .filter(|n| n.parent.is_none())
+        {
+            if let Some((_, desc)) = n.props.iter().find(|(k, _)| k == "desc") {
+                out.push_str(&format!("{}: index=0,{desc}\n", n.name()));
             }
-            return Ok(());
         }
-        self.hot().del(id)
+        out
     }
 
     fn announce_self(&self, a: actors::monitor::Announce) -> Result<(), String> {
@@ -558,6 +635,16 @@ impl MachineInfo for PcInfo {
         out
     }
 
+    fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
+        let nic = self
+            .nics
+            .iter()
+            .find(|n| n.name == name || (n.has_peer() && n.netdev == name))
+            .ok_or_else(|| format!("Device '{name}' not found"))?;
+        nic.set_link(up);
+        Ok(())
+    }
+
     fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String> {
         let (netdev, rule) = match args {
             [rule] => (None, *rule),
@@ -607,49 +694,9 @@ impl MachineInfo for PcInfo {
             }
         }
     }
+}
 
-    fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
-        let nic = self
-            .nics
-            .iter()
-            .find(|n| n.name == name || (n.has_peer() && n.netdev == name))
-            .ok_or_else(|| format!("Device '{name}' not found"))?;
-        nic.set_link(up);
-        Ok(())
-    }
-
-    fn roms(&self) -> String {
-        match &self.bios {
-            Some(p) => {
-                let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                format!(
-                    "addr={:016x} size=0x{size:06x} mem=rom name=\"{name}\"\n",
-                    (1u64 << 32) - size
-                )
-            }
-            None => String::new(),
-        }
-    }
-
-    fn qtree(&self, tree: &DeviceTree) -> String {
-        let pci = self.pci.info();
-        let mut s = String::new();
-        qtree_bus(&mut s, tree, &pci, SYSTEM_BUS, "System", 0);
-        s
-    }
-
-    fn pic(&self) -> String {
-        pic_text(&self.kvm)
-    }
-
-    fn irq(&self) -> String {
-        actors::irq::irq_stats_text()
-    }
-
+impl MemoryService for PcMemory {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
         use vm_memory::{Bytes, GuestAddress};
         // Writes still queued for the VGA window land first.
@@ -669,27 +716,7 @@ impl MachineInfo for PcInfo {
     }
 
     fn dirty_pages(&self) -> Result<u64, String> {
-        // Pages a vCPU wrote (KVM's log) or troupe's devices wrote (the memory's bitmap),
-        // each counted once.
-        let vcpus = self.kvm.ram_dirty_log().map_err(|e| e.to_string())?;
-        let mut regions = devices::memory::take_dirty(&self.mem);
-        for (gpa, bits) in vcpus {
-            let Some((start, words)) = regions.iter_mut().rev().find(|(start, _)| *start <= gpa)
-            else {
-                continue;
-            };
-            let first = ((gpa - *start) / devices::memory::PAGE_SIZE) as usize;
-            for (i, w) in bits.iter().enumerate() {
-                for b in 0..64 {
-                    if w & (1 << b) != 0 {
-                        let page = first + i * 64 + b;
-                        if let Some(word) = words.get_mut(page / 64) {
-                            *word |= 1 << (page % 64);
-                        }
-                    }
-                }
-            }
-        }
+        let regions = crate::vm::dirty_pages(&self.kvm, &self.mem).map_err(|e| e.to_string())?;
         Ok(regions
             .iter()
             .flat_map(|(_, w)| w.iter())

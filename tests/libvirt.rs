@@ -378,7 +378,27 @@ fn libvirt_probe_gets_truthful_answers_over_qmp() {
         !groups.contains(&"sandbox") && !groups.contains(&"spice"),
         "{groups:?}"
     );
-    assert!(q.ok("query-migrate-capabilities", Value::Null).is_array());
+    // Migration capabilities are the migration's own, settable as on any machine (libvirt
+    // turns `events` on).
+    let events = |caps: Value| {
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["capability"] == "events")
+            .map(|c| c["state"].clone())
+    };
+    assert_eq!(
+        events(q.ok("query-migrate-capabilities", Value::Null)),
+        Some(json!(false))
+    );
+    q.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
+    assert_eq!(
+        events(q.ok("query-migrate-capabilities", Value::Null)),
+        Some(json!(true))
+    );
     for c in ["query-sev-capabilities", "query-sgx-capabilities"] {
         assert_eq!(q.ask(c, Value::Null).unwrap_err().0, "GenericError", "{c}");
     }

@@ -720,3 +720,138 @@ fn stop_quiesces_disk_writes_and_rtc_interrupts_until_cont() {
     assert!(irq_count(&mut q, 8) > irq, "IRQ 8 rises again after cont");
     vm.kill();
 }
+
+/// Run `cmds` through HMP (QMP's `human-monitor-command`) on troupe or QEMU (`qemu`)
+/// started paused with `drives`; each command's text, then the process has quit.
+fn hmp_session(qemu: bool, drives: &[String], cmds: &[&str]) -> Vec<String> {
+    let port = common::free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let mut args: Vec<&str> = vec!["-S", "-display", "none", "-nodefaults", "-qmp", &qmp];
+    for d in drives {
+        args.extend(["-drive", d.as_str()]);
+    }
+    let mut vm = if qemu {
+        Vm::qemu(&args)
+    } else {
+        Vm::troupe(&args)
+    }
+    .spawn();
+    let mut q = common::Qmp::open(port);
+    q.ask(r#"{"execute": "qmp_capabilities"}"#);
+    let out = cmds.iter().map(|c| hmp(&mut q, c)).collect();
+    q.ask(r#"{"execute": "quit"}"#);
+    assert_eq!(code(vm.wait(T)), 0, "{}", vm.stderr.text());
+    out
+}
+
+/// `info snapshots` and `delvm` on qcow2 drives print what QEMU 7.2 prints for the same
+/// images (snapshots made by `qemu-img`, on both drives and on one), and leave images
+/// `qemu-img check` finds clean; a writable raw drive refuses `delvm` as QEMU does.
+#[test]
+fn info_snapshots_and_delvm_print_what_qemu_prints() {
+    let dir = TempDir::new("snapshots");
+    let (a, b) = (dir.path("troupe-a.qcow2"), dir.path("troupe-b.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&a), "4M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&b), "4M"]);
+    qemu_img(&["snapshot", "-c", "both", s(&a)]);
+    qemu_img(&["snapshot", "-c", "both", s(&b)]);
+    qemu_img(&["snapshot", "-c", "onlya", s(&a)]);
+    // QEMU gets the same images, snapshot dates included.
+    std::fs::copy(&a, dir.path("qemu-a.qcow2")).unwrap();
+    std::fs::copy(&b, dir.path("qemu-b.qcow2")).unwrap();
+    let mut runs = Vec::new();
+    for who in ["troupe", "qemu"] {
+        let (a, b) = (
+            dir.path(&format!("{who}-a.qcow2")),
+            dir.path(&format!("{who}-b.qcow2")),
+        );
+        let drives = [
+            format!("file={},if=virtio,format=qcow2,id=d0", s(&a)),
+            format!("file={},if=virtio,format=qcow2,id=d1", s(&b)),
+        ];
+        let out = hmp_session(
+            who == "qemu",
+            &drives,
+            &[
+                "info snapshots",
+                "delvm both",
+                "info snapshots",
+                "delvm nosuch",
+                "delvm onlya",
+                "info snapshots",
+            ],
+        );
+        assert_clean(&a);
+        assert_clean(&b);
+        assert!(!qemu_img(&["snapshot", "-l", s(&a)]).contains("onlya"));
+        runs.push(out);
+    }
+    let (troupe, qemu) = (&runs[0], &runs[1]);
+    assert!(troupe[0].contains("\n--        both "), "{}", troupe[0]);
+    assert!(
+        troupe[0].contains("List of partial (non-loadable) snapshots on 'd0':"),
+        "{}",
+        troupe[0]
+    );
+    assert_eq!(troupe, qemu);
+
+    let raw = dir.path("r.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let q = dir.path("troupe-a.qcow2");
+    qemu_img(&["snapshot", "-c", "again", s(&q)]);
+    let drives = [
+        format!("file={},if=virtio,format=qcow2,id=d0", s(&q)),
+        format!("file={},if=virtio,format=raw,id=r0", s(&raw)),
+    ];
+    let cmds = ["info snapshots", "delvm again"];
+    let troupe = hmp_session(false, &drives, &cmds);
+    assert_eq!(
+        troupe[1],
+        "Error: Device 'r0' is writable but does not support snapshots\r\n"
+    );
+    assert_eq!(troupe, hmp_session(true, &drives, &cmds));
+    assert!(qemu_img(&["snapshot", "-l", s(&q)]).contains("again"));
+}
+
+/// While the guest streams writes to a qcow2 disk that has a snapshot (so its writes copy
+/// shared clusters first), `info snapshots` and `delvm` close and reopen the image under
+/// it: the guest's own checks find every sector as last written, and the image is clean.
+#[test]
+fn info_snapshots_and_delvm_under_a_writing_guest_lose_nothing() {
+    common::require_kvm();
+    let dir = TempDir::new("snap-live");
+    let img = dir.path("disk.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "16M"]);
+    qemu_img(&["snapshot", "-c", "base", s(&img)]);
+    let port = common::free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let drive = format!("file={},if=virtio,format=qcow2,id=d0", s(&img));
+    let mut vm = vguest(
+        "dev=blk op=stream sectors=64",
+        &["-m", "128", "-drive", &drive, "-qmp", &qmp],
+    )
+    .spawn();
+    vm.expect_stdout("vblk: round 100 ok", T);
+    let mut q = common::Qmp::open(port);
+    q.ask(r#"{"execute": "qmp_capabilities"}"#);
+    for _ in 0..3 {
+        let text = hmp(&mut q, "info snapshots");
+        assert!(text.contains("\r\n--        base "), "{text}");
+    }
+    let at = last_round(&vm.stdout.text());
+    assert_eq!(hmp(&mut q, "delvm base"), "");
+    assert_eq!(
+        hmp(&mut q, "info snapshots"),
+        "There is no snapshot available.\r\n"
+    );
+    vm.expect_stdout(&format!("vblk: round {} ok", at + 300), T);
+    let out = vm.stdout.text();
+    assert!(
+        !out.contains("expected") && !out.contains("failed"),
+        "{out}"
+    );
+    q.ask(r#"{"execute": "quit"}"#);
+    assert_eq!(code(vm.wait(T)), 0, "{}", vm.stderr.text());
+    assert_clean(&img);
+    assert!(!qemu_img(&["snapshot", "-l", s(&img)]).contains("base"));
+}

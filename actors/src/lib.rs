@@ -20,6 +20,7 @@ pub mod events;
 pub mod host;
 pub mod irq;
 pub mod kvm_state;
+pub mod migration;
 pub mod monitor;
 pub mod net;
 pub mod runtime;

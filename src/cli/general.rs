@@ -47,14 +47,14 @@ pub enum GeneralError {
     #[error("log item '{0}' only exists in QEMU's TCG emulator; troupe runs guests with KVM")]
     LogTcg(String),
     /// `-incoming` with a scheme troupe lacks.
-    #[error("migration transport '{0}' is not supported by troupe (tcp:, unix:, defer)")]
+    #[error("migration transport '{0}' is not supported by troupe (tcp:, unix:, exec:, fd:, file:, defer)")]
     IncomingScheme(String),
     /// `-overcommit KEY=on`: troupe neither locks guest memory nor passes CPU power
     /// management through.
     #[error("{0}=on is not supported by troupe (only {0}=off)")]
     Overcommit(&'static str),
     /// `-incoming` that isn't a URI.
-    #[error("invalid migration URI '{0}' (expected tcp:[HOST]:PORT, unix:PATH or defer)")]
+    #[error("invalid migration URI '{0}' (expected tcp:[HOST]:PORT, unix:PATH, exec:CMD, fd:N, file:PATH or defer)")]
     Incoming(String),
 }
 
@@ -205,7 +205,7 @@ pub fn log_help() -> String {
     out
 }
 
-/// `-incoming tcp:[HOST]:PORT|unix:PATH|defer`.
+/// `-incoming tcp:[HOST]:PORT|unix:PATH|exec:CMD|fd:N|file:PATH|defer`.
 pub fn parse_incoming(uri: &str) -> Result<String, GeneralError> {
     let bad = || GeneralError::Incoming(uri.to_string());
     if uri == "defer" {
@@ -223,8 +223,19 @@ pub fn parse_incoming(uri: &str) -> Result<String, GeneralError> {
         }
         return Ok(uri.to_string());
     }
+    if let Some(n) = uri.strip_prefix("fd:") {
+        return n.parse::<u32>().map(|_| uri.to_string()).map_err(|_| bad());
+    }
+    for scheme in ["exec:", "file:"] {
+        if let Some(rest) = uri.strip_prefix(scheme) {
+            if rest.trim().is_empty() {
+                return Err(bad());
+            }
+            return Ok(uri.to_string());
+        }
+    }
     match uri.split_once(':') {
-        Some((scheme, _)) if ["exec", "fd", "rdma", "file", "vsock"].contains(&scheme) => {
+        Some((scheme, _)) if ["rdma", "vsock", "x-rdma"].contains(&scheme) => {
             Err(GeneralError::IncomingScheme(scheme.to_string()))
         }
         _ => Err(bad()),
@@ -345,14 +356,27 @@ mod tests {
         assert_eq!(parse_incoming("unix:/tmp/mig"), Ok("unix:/tmp/mig".into()));
         assert_eq!(parse_incoming("defer"), Ok("defer".into()));
         assert_eq!(
-            parse_incoming("exec:cat state").unwrap_err().to_string(),
-            "migration transport 'exec' is not supported by troupe (tcp:, unix:, defer)"
+            parse_incoming("exec:cat state"),
+            Ok("exec:cat state".into())
         );
-        for bad in ["tcp:", "tcp:host", "tcp::99999", "foo", "unix:"] {
+        assert_eq!(parse_incoming("fd:5"), Ok("fd:5".into()));
+        assert_eq!(
+            parse_incoming("rdma:1.2.3.4:5").unwrap_err().to_string(),
+            "migration transport 'rdma' is not supported by troupe (tcp:, unix:, exec:, fd:, file:, defer)"
+        );
+        for bad in [
+            "tcp:",
+            "tcp:host",
+            "tcp::99999",
+            "foo",
+            "unix:",
+            "exec: ",
+            "fd:x",
+        ] {
             assert_eq!(
                 parse_incoming(bad).unwrap_err().to_string(),
                 format!(
-                    "invalid migration URI '{bad}' (expected tcp:[HOST]:PORT, unix:PATH or defer)"
+                    "invalid migration URI '{bad}' (expected tcp:[HOST]:PORT, unix:PATH, exec:CMD, fd:N, file:PATH or defer)"
                 )
             );
         }

@@ -267,8 +267,8 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "where the guest clock starts (clock=host, driftfix=none)",
             ),
             (
-                "-incoming tcp:[HOST]:PORT|unix:PATH|defer",
-                "wait for an incoming migration (not available yet: refused)",
+                "-incoming tcp:[HOST]:PORT|unix:PATH|exec:CMD|fd:N|file:PATH|defer",
+                "wait for an incoming migration instead of starting the guest",
             ),
             ("-D FILE", "write the log to FILE"),
             (

@@ -20,7 +20,7 @@ mod display;
 mod drive;
 mod general;
 mod help;
-mod host;
+pub(crate) mod host;
 pub mod hotplug;
 mod machine;
 pub mod netdev;

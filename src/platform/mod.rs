@@ -12,7 +12,7 @@ use actors::host::rtc::{start_rtc, RtcPort};
 use actors::host::serial::{start_serial, SerialPort};
 use actors::irq::KvmIrqLine;
 use actors::runtime::{ControlHandle, Registry};
-use actors::supervisor::{AnonIds, DeviceTree, Node, Resource};
+use actors::supervisor::{AnonIds, BackendKind, DeviceTree, Node, Resource};
 use anyhow::Result;
 use devices::acpi_pm::AcpiPm;
 use devices::fw_cfg::FwCfg;
@@ -109,6 +109,10 @@ pub struct PlatformParts<'a> {
     /// Applies writes queued in KVM's coalesced MMIO ring (set once the vCPUs exist);
     /// the VGA refresh calls it before rendering.
     pub coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
+    /// The tree so far: the backends opened before the devices (chardevs, display).
+    pub tree: DeviceTree,
+    /// The netdevs, for their nodes' teardowns.
+    pub netdevs: hotnet::SharedNetdevs,
 }
 
 /// Every platform device, kept for reset and power-button requests.
@@ -134,7 +138,33 @@ pub struct DeviceSet {
     pub virtio: virtio::VirtioDevices,
 }
 
+/// What every stage of [`DeviceSet::build`] reads: the configuration, the VM, the buses
+/// and where actors run; and the tree the stages add their nodes to, in build order.
+struct Board<'a> {
+    cfg: &'a VmConfig,
+    kvm: Arc<KvmVm>,
+    mem: GuestMemoryMmap,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    events: EventTx,
+    /// The same events as the device models post them.
+    shared: devices::SharedEvents,
+    rt: tokio::runtime::Handle,
+    registry: Registry,
+    netdevs: hotnet::SharedNetdevs,
+    tree: DeviceTree,
+}
+
+/// The chipset's parts the other stages use.
+struct Chipset {
+    pm: Arc<Mutex<AcpiPm>>,
+    pci: Arc<PciPlatform>,
+}
+
 impl DeviceSet {
+    /// The board, stage by stage, each device added to the tree as it is built (a device
+    /// after what it uses): chipset → ISA devices (port 0x92, UARTs, RTC, i8042) → fw_cfg
+    /// → IDE → VGA → the `-device`s → isa-debug-exit → every PCI function's power-on state.
     pub fn build(p: PlatformParts<'_>) -> Result<Self> {
         let PlatformParts {
             cfg,
@@ -151,324 +181,44 @@ impl DeviceSet {
             bios,
             display,
             coalesced,
+            tree,
+            netdevs,
         } = p;
         let direct_boot = bios.is_none();
-        let (rt, registry) = (&rt, &registry);
-        let mut ports = Vec::new();
-        for (i, (ch, input)) in serials.into_iter().enumerate().take(4) {
-            let (port, irq) = COM_PORTS[i];
-            let model = Serial::new(KvmIrqLine::new(kvm.vm.clone(), irq), ch.sink());
-            let host = start_serial(rt, registry, &format!("serial{i}"), model, input);
-            pio.insert(u64::from(port), 8, &format!("serial{i}"), host.clone())?;
-            ports.push(host);
-        }
-        pio.insert(0x80, 1, "ioport80", Arc::new(Sink80))?;
-        if tracing::enabled!(target: "debugcon", tracing::Level::DEBUG) {
-            pio.insert(0x402, 1, "debugcon", Arc::new(DebugCon::default()))?;
-        }
-
-        let layout = crate::vm::memory::RamLayout::pc(cfg.memory);
-        let cmos = CmosConfig {
-            ram_below_4g: layout.below_4g,
-            ram_above_4g: layout.above_4g,
-            cpus: cfg.smp.cpus,
-            boot_order: cfg.boot_order.order.clone(),
-            boot_once: cfg.boot_order.once.clone(),
-        };
-        let clock = HostClock {
-            offset_secs: rtc_offset(&cfg.rtc.base),
-        };
-        let rtc = start_rtc(
-            rt,
-            registry,
-            Rtc::new(cmos, Box::new(clock), KvmIrqLine::new(kvm.vm.clone(), 8)),
-            || HostClock { offset_secs: 0 }.monotonic_ns(),
-        );
-        pio.insert(0x70, 2, "rtc", rtc.clone())?;
         let shared: devices::SharedEvents = Arc::new(events.clone());
-        let port92 = Arc::new(Mutex::new(Port92::new(shared.clone())));
-        pio.insert(0x92, 1, "port92", Locked::new(port92.clone()))?;
-        let (input, i8042) = start_input(
+        let mut b = Board {
+            cfg,
+            kvm,
+            mem,
+            pio,
+            mmio,
+            events,
+            shared,
             rt,
             registry,
-            I8042::new(
-                KvmIrqLine::new(kvm.vm.clone(), 1),
-                KvmIrqLine::new(kvm.vm.clone(), 12),
-                shared.clone(),
-            ),
-        );
-        pio.insert(0x60, 5, "i8042", i8042.clone())?;
-
-        // ACPI PM (PIIX4): the block moves with PMBA; GPE0 is fixed at 0xafe0.
-        let pm = Arc::new(Mutex::new(AcpiPm::new(
-            KvmIrqLine::new(kvm.vm.clone(), 9),
-            shared.clone(),
-            Box::new(|| HostClock { offset_secs: 0 }.monotonic_ns()),
-        )));
-        pio.insert(0xafe0, 4, "acpi-gpe0", Arc::new(GpePort(pm.clone())))?;
-
-        // PCI: i440FX + PIIX; 0xCF9 (byte) is the PIIX reset control register.
-        let pci = PciPlatform::new(
-            kvm.clone(),
-            pio.clone(),
-            mmio.clone(),
-            crate::vm::memory::low_ram_host(&mem),
-            bios,
-            pm.clone(),
-            ResetControl::new(shared.clone()),
-        );
-        pio.insert(0xcf8, 8, "pci-conf", pci.config_port())?;
-
-        let mut fw = fw_cfg::build(cfg, &layout);
-        fw.set_memory(mem.clone());
-        let fw_cfg = Arc::new(Mutex::new(fw));
-        pio.insert(0x510, 12, "fwcfg", Locked::new(fw_cfg.clone()))?;
-
-        let ide = build_ide(cfg, &kvm, &mem, registry)?;
-        for (c, (cmd, ctl)) in [(0x1f0u64, 0x3f6u64), (0x170, 0x376)]
-            .into_iter()
-            .enumerate()
-        {
-            pio.insert(
-                cmd,
-                8,
-                &format!("ide{c}"),
-                Arc::new(IdeCommandPort(ide.clone(), c)),
-            )?;
-            pio.insert(
-                ctl,
-                1,
-                &format!("ide{c}-ctl"),
-                Arc::new(IdeControlPort(ide.clone(), c)),
-            )?;
-        }
-        pci.bind_bar(
-            pci::IDE_SLOT,
-            4,
-            "piix-bmdma",
-            pci::BarTarget::Io(Arc::new(IdeBusMasterPort(ide.clone()))),
-        );
-
-        let vga = match cfg.vga {
-            crate::config::VgaKind::Std => Some(vga::build(&vga::VgaParts {
-                pci: &pci,
-                pio: &pio,
-                mmio: &mmio,
-                kvm: &kvm,
-                registry,
-                display,
-                direct_boot,
-                coalesced: coalesced.clone(),
-            })?),
-            crate::config::VgaKind::None => None,
-        };
-
-        let virtio = virtio::build(
-            cfg,
-            &kvm,
-            &mem,
-            &pci,
-            virtio::Frontends {
-                consoles,
-                guestfwds: &mut guestfwds,
-            },
-            virtio::Actors { rt, registry },
-            &mut |id| {
-                let d = cfg
-                    .drives
-                    .iter()
-                    .find(|d| d.id == id)
-                    .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
-                open_drive(registry, d)
-            },
-        )?;
-
-        for d in &cfg.devices {
-            if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
-                pio.insert(
-                    u64::from(iobase),
-                    u64::from(iosize),
-                    "isa-debug-exit",
-                    Arc::new(DebugExit(events.clone())),
-                )?;
-            }
-        }
-        pci.reset()?;
-        let mut tree = DeviceTree::new();
-        tree::chipset(
-            &mut tree,
-            &pci,
-            pci.control(),
-            ControlHandle::models("acpi-pm", vec![pci::part("acpi-pm", &pm)], || {}),
-        )?;
-        // The ISA devices, in the order their control mailboxes are paused back to front.
-        tree::add_device(
-            &mut tree,
-            &pci,
-            Node::new(tree::board_id("port92", None), "port92", "isa.0")
-                .with(Resource::IoPorts { base: 0x92, len: 1 })
-                .control(ControlHandle::models(
-                    "port92",
-                    vec![pci::part("port92", &port92)],
-                    || {},
-                )),
-        )?;
-        for (i, s) in ports.iter().enumerate() {
-            let id = format!("serial{i}");
-            let (port, irq) = COM_PORTS[i];
-            // Input from the chardev waits while the VM is stopped.
-            let control = ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
-                .with_gate(s.gate());
-            tree::add_device(
-                &mut tree,
-                &pci,
-                Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0")
-                    .with(Resource::IoPorts { base: port, len: 8 })
-                    .with(Resource::Irq(irq))
-                    .prop("index", tree::num(i as u64))
-                    .prop("iobase", tree::num(u64::from(port)))
-                    .prop("irq", tree::num(u64::from(irq)))
-                    .control(control),
-            )?;
-        }
-        tree::add_device(
-            &mut tree,
-            &pci,
-            Node::new(tree::board_id("mc146818rtc", None), "mc146818rtc", "isa.0")
-                .with(Resource::IoPorts { base: 0x70, len: 2 })
-                .with(Resource::Irq(8))
-                .prop("base_year", tree::num(0))
-                .prop("iobase", tree::num(0x70))
-                .prop("irq", tree::num(8))
-                .control(rtc.control.clone()),
-        )?;
-        tree::add_device(
-            &mut tree,
-            &pci,
-            Node::new(tree::board_id("i8042", None), "i8042", "isa.0")
-                .with(Resource::IoPorts { base: 0x60, len: 5 })
-                .with(Resource::Irq(1))
-                .with(Resource::Irq(12))
-                .prop("kbd-irq", tree::num(1))
-                .prop("mouse-irq", tree::num(12))
-                .control(
-                    ControlHandle::models("i8042", vec![pci::part("i8042", i8042.model())], || {})
-                        .with_gate(i8042.gate()),
-                ),
-        )?;
-        tree::add_device(
-            &mut tree,
-            &pci,
-            Node::new(
-                tree::board_id("fw_cfg_io", None),
-                "fw_cfg_io",
-                actors::supervisor::SYSTEM_BUS,
-            )
-            .with(Resource::IoPorts {
-                base: 0x510,
-                len: 12,
-            })
-            .control(ControlHandle::models(
-                "fw_cfg",
-                vec![pci::part("fw_cfg", &fw_cfg)],
-                || {},
-            )),
-        )?;
-        let mut ide_node = tree::pci_node(
-            tree::board_id("piix3-ide", None),
-            "piix3-ide",
-            pci::IDE_SLOT,
-        )
-        .providing("ide.0", "IDE")
-        .providing("ide.1", "IDE");
-        for (cmd, ctl, irq) in [(0x1f0, 0x3f6, 14), (0x170, 0x376, 15)] {
-            ide_node = ide_node
-                .with(Resource::IoPorts { base: cmd, len: 8 })
-                .with(Resource::IoPorts { base: ctl, len: 1 })
-                .with(Resource::Irq(irq));
-        }
-        tree::add_device(&mut tree, &pci, ide_node.control(ide.control()))?;
-        if let Some(v) = &vga {
-            tree::add_device(
-                &mut tree,
-                &pci,
-                tree::pci_node(tree::board_id("VGA", None), "VGA", vga::VGA_SLOT)
-                    .with(Resource::IoPorts {
-                        base: 0x3b0,
-                        len: 0x30,
-                    })
-                    .with(Resource::IoPorts {
-                        base: 0x1ce,
-                        len: 2,
-                    })
-                    .with(Resource::Memory {
-                        base: vga::LEGACY_WINDOW.0,
-                        len: u64::from(vga::LEGACY_WINDOW.1),
-                    })
-                    .control(v.control.clone()),
-            )?;
-        }
-        // The -device's, each under its id= or QEMU's name for an anonymous device.
-        let mut anon = AnonIds::default();
-        let names: Vec<(String, bool)> = cfg
-            .devices
-            .iter()
-            .map(|d| match &d.id {
-                Some(id) => (id.clone(), true),
-                None => (anon.take(), false),
-            })
-            .collect();
-        for p in &virtio.placed {
-            let d = &cfg.devices[p.device];
-            let Some(slot) = d.addr else { continue };
-            let (id, user) = names[p.device].clone();
-            let mut node = tree::pci_node(id, d.kind.driver(), slot)
-                .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1));
-            if user {
-                node = node.user();
-            }
-            if let Some(v) = p.vectors {
-                node = node
-                    .with(Resource::MsixVectors(v))
-                    .prop("vectors", tree::num(u64::from(v)));
-            }
-            if let DeviceKind::Nic {
-                netdev: Some(n), ..
-            } = &d.kind
-            {
-                node = node.prop("netdev", format!("\"{n}\""));
-            }
-            if let DeviceKind::VirtioBlk { drive, .. } = &d.kind {
-                node = node.prop("drive", format!("\"{drive}\""));
-            }
-            for a in &p.actors {
-                node = node.actor(a);
-            }
-            tree::add_device(&mut tree, &pci, node.control(p.control.clone()))?;
-        }
-        for (i, d) in cfg.devices.iter().enumerate() {
-            if let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind {
-                let (id, user) = names[i].clone();
-                let mut node = Node::new(id, "isa-debug-exit", "isa.0")
-                    .with(Resource::IoPorts {
-                        base: iobase,
-                        len: iosize,
-                    })
-                    .prop("iobase", tree::num(u64::from(iobase)))
-                    .prop("iosize", tree::num(u64::from(iosize)));
-                if user {
-                    node = node.user();
-                }
-                tree::add_device(&mut tree, &pci, node)?;
-            }
-        }
-        Ok(Self {
+            netdevs,
             tree,
-            serials: ports,
+        };
+        let chipset = b.chipset(bios)?;
+        b.legacy_ports()?;
+        b.port92(&chipset)?;
+        let serials = b.serials(&chipset, serials)?;
+        let rtc = b.rtc(&chipset)?;
+        let (input, i8042) = b.i8042(&chipset)?;
+        let fw_cfg = b.fw_cfg(&chipset)?;
+        let ide = b.ide(&chipset)?;
+        let vga = b.vga(&chipset, display, direct_boot, coalesced)?;
+        let names = b.device_ids();
+        let virtio = b.pci_devices(&chipset, &names, consoles, &mut guestfwds)?;
+        b.debug_exits(&chipset, &names)?;
+        chipset.pci.reset()?;
+        Ok(Self {
+            tree: b.tree,
+            serials,
             rtc,
             i8042,
-            pm,
-            pci,
+            pm: chipset.pm,
+            pci: chipset.pci,
             fw_cfg,
             input,
             ide,
@@ -513,6 +263,447 @@ impl DeviceSet {
         lock(&self.pm).press_power_button();
         true
     }
+}
+
+impl Board<'_> {
+    /// Put `node` in the tree, with what the PCI bus decodes for it.
+    fn add(&mut self, c: &Chipset, node: Node) -> Result<()> {
+        tree::add_device(&mut self.tree, &c.pci, node)?;
+        Ok(())
+    }
+
+    /// Put a backend's node in the tree (before the device that uses it).
+    fn add_backend(&mut self, node: Node) -> Result<()> {
+        self.tree.insert(node)?;
+        Ok(())
+    }
+
+    /// `node` uses the backend `kind`/`name` if the tree has it.
+    fn using(&self, node: Node, kind: BackendKind, name: &str) -> Node {
+        let id = kind.id(name);
+        if self.tree.get(&id).is_some() {
+            node.uses(id)
+        } else {
+            node
+        }
+    }
+
+    /// An interrupt line of the in-kernel irqchip.
+    fn irq(&self, gsi: u32) -> Arc<dyn devices::IrqLine> {
+        KvmIrqLine::new(self.kvm.vm.clone(), gsi)
+    }
+
+    /// The i440FX host bridge and PIIX3/PIIX4: ACPI PM (the block moves with PMBA; GPE0 is
+    /// fixed at 0xafe0), the configuration ports, 0xCF9 (the PIIX reset control register).
+    fn chipset(&mut self, bios: Option<Arc<Bios>>) -> Result<Chipset> {
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            self.irq(9),
+            self.shared.clone(),
+            Box::new(|| HostClock { offset_secs: 0 }.monotonic_ns()),
+        )));
+        self.pio
+            .insert(0xafe0, 4, "acpi-gpe0", Arc::new(GpePort(pm.clone())))?;
+        let pci = PciPlatform::new(
+            self.kvm.clone(),
+            self.pio.clone(),
+            self.mmio.clone(),
+            crate::vm::memory::low_ram_host(&self.mem),
+            bios,
+            pm.clone(),
+            ResetControl::new(self.shared.clone()),
+        );
+        self.pio.insert(0xcf8, 8, "pci-conf", pci.config_port())?;
+        tree::chipset(
+            &mut self.tree,
+            &pci,
+            pci.control(),
+            ControlHandle::models("acpi-pm", vec![pci::part("acpi-pm", &pm)], || {}),
+        )?;
+        Ok(Chipset { pm, pci })
+    }
+
+    /// Port 0x80 (POST codes, ignored) and, when its log target is on, SeaBIOS's debug
+    /// console at 0x402.
+    fn legacy_ports(&mut self) -> Result<()> {
+        self.pio.insert(0x80, 1, "ioport80", Arc::new(Sink80))?;
+        if tracing::enabled!(target: "debugcon", tracing::Level::DEBUG) {
+            self.pio
+                .insert(0x402, 1, "debugcon", Arc::new(DebugCon::default()))?;
+        }
+        Ok(())
+    }
+
+    /// Port 0x92 (fast A20 and reset).
+    fn port92(&mut self, c: &Chipset) -> Result<()> {
+        let port92 = Arc::new(Mutex::new(Port92::new(self.shared.clone())));
+        self.pio
+            .insert(0x92, 1, "port92", Locked::new(port92.clone()))?;
+        self.add(
+            c,
+            Node::new(tree::board_id("port92", None), "port92", "isa.0")
+                .with(Resource::IoPorts { base: 0x92, len: 1 })
+                .control(ControlHandle::models(
+                    "port92",
+                    vec![pci::part("port92", &port92)],
+                    || {},
+                )),
+        )
+    }
+
+    /// The 16550 UARTs (COM1..COM4), each on its chardev.
+    fn serials(
+        &mut self,
+        c: &Chipset,
+        chardevs: Vec<(ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
+    ) -> Result<Vec<Arc<SerialPort>>> {
+        let mut ports = Vec::new();
+        for (i, (ch, input)) in chardevs.into_iter().enumerate().take(4) {
+            let (port, irq) = COM_PORTS[i];
+            let id = format!("serial{i}");
+            let model = Serial::new(self.irq(irq), ch.sink());
+            let s = start_serial(&self.rt, &self.registry, &id, model, input);
+            self.pio.insert(u64::from(port), 8, &id, s.clone())?;
+            // Input from the chardev waits while the VM is stopped.
+            let control = ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
+                .with_gate(s.gate());
+            let node = self.using(
+                Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0"),
+                BackendKind::Chardev,
+                &id,
+            );
+            self.add(
+                c,
+                node.with(Resource::IoPorts { base: port, len: 8 })
+                    .with(Resource::Irq(irq))
+                    .prop("index", tree::num(i as u64))
+                    .prop("iobase", tree::num(u64::from(port)))
+                    .prop("irq", tree::num(u64::from(irq)))
+                    .control(control),
+            )?;
+            ports.push(s);
+        }
+        Ok(ports)
+    }
+
+    /// The CMOS RTC (with the RAM size, CPU count and boot order SeaBIOS reads from it).
+    fn rtc(&mut self, c: &Chipset) -> Result<Arc<RtcPort>> {
+        let cfg = self.cfg;
+        let layout = crate::vm::memory::RamLayout::pc(cfg.memory);
+        let cmos = CmosConfig {
+            ram_below_4g: layout.below_4g,
+            ram_above_4g: layout.above_4g,
+            cpus: cfg.smp.cpus,
+            boot_order: cfg.boot_order.order.clone(),
+            boot_once: cfg.boot_order.once.clone(),
+        };
+        let clock = HostClock {
+            offset_secs: rtc_offset(&cfg.rtc.base),
+        };
+        let rtc = start_rtc(
+            &self.rt,
+            &self.registry,
+            Rtc::new(cmos, Box::new(clock), self.irq(8)),
+            || HostClock { offset_secs: 0 }.monotonic_ns(),
+        );
+        self.pio.insert(0x70, 2, "rtc", rtc.clone())?;
+        self.add(
+            c,
+            Node::new(tree::board_id("mc146818rtc", None), "mc146818rtc", "isa.0")
+                .with(Resource::IoPorts { base: 0x70, len: 2 })
+                .with(Resource::Irq(8))
+                .prop("base_year", tree::num(0))
+                .prop("iobase", tree::num(0x70))
+                .prop("irq", tree::num(8))
+                .control(rtc.control.clone()),
+        )?;
+        Ok(rtc)
+    }
+
+    /// The i8042 PS/2 keyboard and mouse controller; its handle is where guest input goes.
+    fn i8042(&mut self, c: &Chipset) -> Result<(InputHandle, Arc<I8042Port>)> {
+        let (input, i8042) = start_input(
+            &self.rt,
+            &self.registry,
+            I8042::new(self.irq(1), self.irq(12), self.shared.clone()),
+        );
+        self.pio.insert(0x60, 5, "i8042", i8042.clone())?;
+        self.add(
+            c,
+            Node::new(tree::board_id("i8042", None), "i8042", "isa.0")
+                .with(Resource::IoPorts { base: 0x60, len: 5 })
+                .with(Resource::Irq(1))
+                .with(Resource::Irq(12))
+                .prop("kbd-irq", tree::num(1))
+                .prop("mouse-irq", tree::num(12))
+                .control(
+                    ControlHandle::models("i8042", vec![pci::part("i8042", i8042.model())], || {})
+                        .with_gate(i8042.gate()),
+                ),
+        )?;
+        Ok((input, i8042))
+    }
+
+    /// fw_cfg at 0x510 (with DMA into guest RAM).
+    fn fw_cfg(&mut self, c: &Chipset) -> Result<Arc<Mutex<FwCfg>>> {
+        let layout = crate::vm::memory::RamLayout::pc(self.cfg.memory);
+        let mut fw = fw_cfg::build(self.cfg, &layout);
+        fw.set_memory(self.mem.clone());
+        let fw_cfg = Arc::new(Mutex::new(fw));
+        self.pio
+            .insert(0x510, 12, "fwcfg", Locked::new(fw_cfg.clone()))?;
+        self.add(
+            c,
+            Node::new(
+                tree::board_id("fw_cfg_io", None),
+                "fw_cfg_io",
+                actors::supervisor::SYSTEM_BUS,
+            )
+            .with(Resource::IoPorts {
+                base: 0x510,
+                len: 12,
+            })
+            .control(ControlHandle::models(
+                "fw_cfg",
+                vec![pci::part("fw_cfg", &fw_cfg)],
+                || {},
+            )),
+        )?;
+        Ok(fw_cfg)
+    }
+
+    /// The PIIX3 IDE controller: its legacy ports, its bus-master BAR, its drives.
+    fn ide(&mut self, c: &Chipset) -> Result<Arc<IdeHost>> {
+        let ide = build_ide(self.cfg, &self.kvm, &self.mem, &self.registry)?;
+        for (n, (cmd, ctl)) in [(0x1f0u64, 0x3f6u64), (0x170, 0x376)]
+            .into_iter()
+            .enumerate()
+        {
+            self.pio.insert(
+                cmd,
+                8,
+                &format!("ide{n}"),
+                Arc::new(IdeCommandPort(ide.clone(), n)),
+            )?;
+            self.pio.insert(
+                ctl,
+                1,
+                &format!("ide{n}-ctl"),
+                Arc::new(IdeControlPort(ide.clone(), n)),
+            )?;
+        }
+        c.pci.bind_bar(
+            pci::IDE_SLOT,
+            4,
+            "piix-bmdma",
+            pci::BarTarget::Io(Arc::new(IdeBusMasterPort(ide.clone()))),
+        );
+        let mut node = tree::pci_node(
+            tree::board_id("piix3-ide", None),
+            "piix3-ide",
+            pci::IDE_SLOT,
+        )
+        .providing("ide.0", "IDE")
+        .providing("ide.1", "IDE");
+        for d in &self.cfg.drives {
+            let Some(b) = d
+                .index
+                .filter(|_| d.interface == DriveInterface::Ide)
+                .and_then(|i| ide.backend(i as usize))
+            else {
+                continue;
+            };
+            self.add_backend(block_node(&d.id, &b))?;
+            node = node.uses(BackendKind::Block.id(&d.id));
+        }
+        for (cmd, ctl, irq) in [(0x1f0, 0x3f6, 14), (0x170, 0x376, 15)] {
+            node = node
+                .with(Resource::IoPorts { base: cmd, len: 8 })
+                .with(Resource::IoPorts { base: ctl, len: 1 })
+                .with(Resource::Irq(irq));
+        }
+        self.add(c, node.control(ide.control()))?;
+        Ok(ide)
+    }
+
+    /// The std VGA, unless `-vga none`.
+    fn vga(
+        &mut self,
+        c: &Chipset,
+        display: actors::display::DisplayWriter,
+        direct_boot: bool,
+        coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>>,
+    ) -> Result<Option<vga::Display>> {
+        if self.cfg.vga != crate::config::VgaKind::Std {
+            return Ok(None);
+        }
+        let v = vga::build(&vga::VgaParts {
+            pci: &c.pci,
+            pio: &self.pio,
+            mmio: &self.mmio,
+            kvm: &self.kvm,
+            registry: &self.registry,
+            display,
+            direct_boot,
+            coalesced,
+        })?;
+        self.add(
+            c,
+            tree::pci_node(tree::board_id("VGA", None), "VGA", vga::VGA_SLOT)
+                .with(Resource::IoPorts {
+                    base: 0x3b0,
+                    len: 0x30,
+                })
+                .with(Resource::IoPorts {
+                    base: 0x1ce,
+                    len: 2,
+                })
+                .with(Resource::Memory {
+                    base: vga::LEGACY_WINDOW.0,
+                    len: u64::from(vga::LEGACY_WINDOW.1),
+                })
+                .control(v.control.clone()),
+        )?;
+        Ok(Some(v))
+    }
+
+    /// Each `-device`'s tree id: its `id=` (true: the user's), or QEMU's name for an
+    /// anonymous device.
+    fn device_ids(&self) -> Vec<(String, bool)> {
+        let mut anon = AnonIds::default();
+        self.cfg
+            .devices
+            .iter()
+            .map(|d| match &d.id {
+                Some(id) => (id.clone(), true),
+                None => (anon.take(), false),
+            })
+            .collect()
+    }
+
+    /// The PCI `-device`s (virtio devices and NICs), in command-line order.
+    fn pci_devices(
+        &mut self,
+        c: &Chipset,
+        names: &[(String, bool)],
+        consoles: Vec<(usize, ChardevHandle, mpsc::Receiver<FrontendEvent>)>,
+        guestfwds: &mut nic::GuestFwdChardevs,
+    ) -> Result<virtio::VirtioDevices> {
+        let cfg = self.cfg;
+        let registry = &self.registry;
+        let virtio = virtio::build(
+            cfg,
+            &self.kvm,
+            &self.mem,
+            &c.pci,
+            virtio::Frontends {
+                consoles,
+                guestfwds,
+            },
+            virtio::Actors {
+                rt: &self.rt,
+                registry,
+            },
+            &mut |id| {
+                let d = cfg
+                    .drives
+                    .iter()
+                    .find(|d| d.id == id)
+                    .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
+                open_drive(registry, d)
+            },
+        )?;
+        for n in hotnet::start_nodes(cfg, &virtio.nics, &self.netdevs) {
+            self.add_backend(n)?;
+        }
+        for disk in &virtio.disks {
+            self.add_backend(block_node(&disk.drive, &disk.backend))?;
+        }
+        for p in &virtio.placed {
+            let d = &cfg.devices[p.device];
+            let Some(slot) = d.addr else { continue };
+            let (id, user) = names[p.device].clone();
+            let mut node = tree::pci_node(id, d.kind.driver(), slot)
+                .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1));
+            match &d.kind {
+                DeviceKind::Nic {
+                    netdev: Some(n), ..
+                } => node = self.using(node, BackendKind::Netdev, n),
+                DeviceKind::VirtioBlk { drive, .. } => {
+                    node = self.using(node, BackendKind::Block, drive)
+                }
+                _ => {}
+            }
+            if !p.msi_gsis.is_empty() {
+                node = node.with(Resource::MsiRoutes(p.msi_gsis.clone()));
+            }
+            if let Some(h) = &p.host {
+                node = node
+                    .with(Resource::Ioeventfds(h.queues() as u16))
+                    .placement(Arc::new(tree::PciPlacement {
+                        pci: c.pci.clone(),
+                        slot,
+                        virtio: Some(h.clone()),
+                    }));
+            }
+            if user {
+                node = node.user();
+            }
+            if let Some(v) = p.vectors {
+                node = node
+                    .with(Resource::MsixVectors(v))
+                    .prop("vectors", tree::num(u64::from(v)));
+            }
+            if let DeviceKind::Nic {
+                netdev: Some(n), ..
+            } = &d.kind
+            {
+                node = node.prop("netdev", format!("\"{n}\""));
+            }
+            if let DeviceKind::VirtioBlk { drive, .. } = &d.kind {
+                node = node.prop("drive", format!("\"{drive}\""));
+            }
+            for a in &p.actors {
+                node = node.actor(a);
+            }
+            self.add(c, node.control(p.control.clone()))?;
+        }
+        Ok(virtio)
+    }
+
+    /// Each `-device isa-debug-exit`: a guest write there ends the VM with a status.
+    fn debug_exits(&mut self, c: &Chipset, names: &[(String, bool)]) -> Result<()> {
+        for (i, d) in self.cfg.devices.iter().enumerate() {
+            let DeviceKind::IsaDebugExit { iobase, iosize } = d.kind else {
+                continue;
+            };
+            self.pio.insert(
+                u64::from(iobase),
+                u64::from(iosize),
+                "isa-debug-exit",
+                Arc::new(DebugExit(self.events.clone())),
+            )?;
+            let (id, user) = names[i].clone();
+            let mut node = Node::new(id, "isa-debug-exit", "isa.0")
+                .with(Resource::IoPorts {
+                    base: iobase,
+                    len: iosize,
+                })
+                .prop("iobase", tree::num(u64::from(iobase)))
+                .prop("iosize", tree::num(u64::from(iosize)));
+            if user {
+                node = node.user();
+            }
+            self.add(c, node)?;
+        }
+        Ok(())
+    }
+}
+
+/// The node of drive `id`'s image (`/block/ID`), run by its block engine.
+fn block_node(id: &str, b: &BlockHandle) -> Node {
+    Node::backend(BackendKind::Block, id, b.format.name())
+        .prop("file", format!("\"{}\"", b.path.display()))
+        .actor(&format!("blk-{id}"))
 }
 
 /// `-rtc base=`: seconds to add to the host's UTC clock.
@@ -581,30 +772,35 @@ fn open_drive(registry: &Registry, d: &crate::config::DriveConfig) -> Result<Blo
         .file
         .clone()
         .ok_or_else(|| anyhow::anyhow!("-drive {}: no medium", d.id))?;
+    actors::block::open(registry, &d.id, drive_options(d, path))
+        .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
+}
+
+/// How drive `d`'s image at `path` is opened (the options given at start; a CD-ROM
+/// read-only, raw unless told).
+pub(crate) fn drive_options(
+    d: &crate::config::DriveConfig,
+    path: std::path::PathBuf,
+) -> BlockOptions {
     let cdrom = d.media == Media::Cdrom;
-    actors::block::open(
-        registry,
-        &d.id,
-        BlockOptions {
-            path,
-            read_only: d.readonly || cdrom,
-            format: match d.format {
-                Some(ImageFormat::Raw) => Some(actors::block::Format::Raw),
-                Some(ImageFormat::Qcow2) => Some(actors::block::Format::Qcow2),
-                None if cdrom => Some(actors::block::Format::Raw),
-                None => None,
-            },
-            ignore_flush: d.cache == CacheMode::Unsafe,
-            write_through: matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
-            direct: matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
-            snapshot: d.snapshot,
-            aio: match d.aio {
-                crate::config::AioMode::Threads => actors::block::Aio::Threads,
-                crate::config::AioMode::IoUring | crate::config::AioMode::Native => {
-                    actors::block::Aio::IoUring
-                }
-            },
+    BlockOptions {
+        path,
+        read_only: d.readonly || cdrom,
+        format: match d.format {
+            Some(ImageFormat::Raw) => Some(actors::block::Format::Raw),
+            Some(ImageFormat::Qcow2) => Some(actors::block::Format::Qcow2),
+            None if cdrom => Some(actors::block::Format::Raw),
+            None => None,
         },
-    )
-    .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
+        ignore_flush: d.cache == CacheMode::Unsafe,
+        write_through: matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
+        direct: matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
+        snapshot: d.snapshot,
+        aio: match d.aio {
+            crate::config::AioMode::Threads => actors::block::Aio::Threads,
+            crate::config::AioMode::IoUring | crate::config::AioMode::Native => {
+                actors::block::Aio::IoUring
+            }
+        },
+    }
 }

@@ -356,6 +356,14 @@ impl PciPlatform {
         })
     }
 
+    /// `info pci` data of the function at `slot`.
+    pub fn info_of(&self, slot: Slot) -> Option<PciDeviceInfo> {
+        lock(&self.host)
+            .functions()
+            .find(|(s, _)| **s == slot)
+            .map(|(s, f)| describe(*s, f))
+    }
+
     /// `info pci` data, in slot order.
     pub fn info(&self) -> Vec<PciDeviceInfo> {
         lock(&self.host)

@@ -2,20 +2,54 @@
 //! the resources placed for it. [`add_device`] is the one way a device enters the tree,
 //! at build time and (later) by hotplug.
 
+use std::sync::Arc;
+
 use actors::runtime::ControlHandle;
-use actors::supervisor::{BarSpace, DeviceTree, Node, Resource, TreeError, SYSTEM_BUS};
-use devices::pci::BarKind;
+use actors::supervisor::{
+    BarSpace, DeviceTree, Ioeventfd, Node, Placement, Resource, TreeError, SYSTEM_BUS,
+};
+use actors::virtio::VirtioPciHost;
+use devices::pci::{BarKind, PciDeviceInfo, Slot};
 
 use super::pci::PciPlatform;
 
+/// Where a PCI function decodes now, asked of the PCI platform (and, for a virtio device,
+/// where its ioeventfds listen).
+pub struct PciPlacement {
+    pub pci: Arc<PciPlatform>,
+    pub slot: Slot,
+    pub virtio: Option<Arc<VirtioPciHost>>,
+}
+
+impl Placement for PciPlacement {
+    fn pci(&self) -> Option<PciDeviceInfo> {
+        self.pci.info_of(self.slot)
+    }
+
+    fn ioeventfds(&self) -> Vec<Ioeventfd> {
+        self.virtio
+            .as_ref()
+            .map(|h| h.ioeventfds())
+            .unwrap_or_default()
+    }
+}
+
 /// Put `node` in the tree. A PCI device (one with a [`Resource::PciFunction`]) gets the
-/// BARs, ROM and interrupt pin its function on the bus decodes added to its resources.
+/// BARs, ROM and interrupt pin its function on the bus decodes added to its resources,
+/// and (unless it has one) a placement that reads where they decode now.
 pub fn add_device(
     tree: &mut DeviceTree,
-    pci: &PciPlatform,
+    pci: &Arc<PciPlatform>,
     mut node: Node,
 ) -> Result<(), TreeError> {
     if let Some(slot) = node.pci_address() {
+        if node.placement.is_none() {
+            node.placement = Some(Arc::new(PciPlacement {
+                pci: pci.clone(),
+                slot,
+                virtio: None,
+            }));
+        }
         if let Some(f) = pci.info().into_iter().find(|f| f.slot == slot) {
             for (index, kind, _, size) in &f.bars {
                 node.resources.push(Resource::Bar {
@@ -64,7 +98,7 @@ pub fn pci_node(id: String, driver: &str, slot: (u8, u8)) -> Node {
 /// `isa.0`), and PIIX4 PM.
 pub fn chipset(
     tree: &mut DeviceTree,
-    pci: &PciPlatform,
+    pci: &Arc<PciPlatform>,
     control: ControlHandle,
     pm: ControlHandle,
 ) -> Result<(), TreeError> {

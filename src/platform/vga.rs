@@ -50,6 +50,11 @@ pub struct Display {
 }
 
 impl Display {
+    /// The video memory, which migrates like RAM.
+    pub fn vram(&self) -> Arc<dyn actors::migration::DeviceRam> {
+        self.host.clone()
+    }
+
     pub fn reset(&self) {
         self.host.reset();
         if self.direct_boot {

@@ -50,6 +50,10 @@ pub struct Placed {
     pub actors: Vec<String>,
     /// MSI-X vectors (virtio devices).
     pub vectors: Option<u16>,
+    /// The GSI routed to each MSI-X vector.
+    pub msi_gsis: Vec<u32>,
+    /// The virtio transport (for where its ioeventfds listen).
+    pub host: Option<Arc<VirtioPciHost>>,
 }
 
 /// What is known of a virtio NIC before its host runs.
@@ -164,12 +168,14 @@ pub fn build(
                     control: h.control(),
                     actors: Vec::new(),
                     vectors: None,
+                    msi_gsis: Vec::new(),
+                    host: None,
                 });
             }
             out.nics.push(nic);
             continue;
         }
-        let mut backend_actors = Vec::new();
+        let backend_actors = Vec::new();
         let (name, model, vectors, worker): (
             String,
             Box<dyn VirtioDeviceModel>,
@@ -188,7 +194,6 @@ pub fn build(
                     .find(|x| &x.id == drive)
                     .ok_or_else(|| anyhow!("virtio-blk-pci: drive '{drive}' not found"))?;
                 let backend = open(drive)?;
-                backend_actors.push(format!("blk-{drive}"));
                 let bcfg = BlkConfig {
                     capacity: backend.info.size,
                     read_only: backend.info.read_only,
@@ -328,6 +333,7 @@ pub fn build(
             _ => continue,
         };
         let msix = KvmMsix::new(routes.clone(), usize::from(vectors), &name)?;
+        let msi_gsis = msix.gsis();
         let mut model = VirtioPci::new(model, vectors, pci.intx(&intx, slot.0, 1), Arc::new(msix));
         if let Some(id) = &d.id {
             model.set_id(id);
@@ -390,6 +396,8 @@ pub fn build(
             control: host.control(),
             actors: backend_actors,
             vectors: Some(vectors),
+            msi_gsis,
+            host: Some(host.clone()),
         });
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
             out.tablet = Some(actors::virtio::input::TabletSink::new(&p, host.waker()));

@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
@@ -53,7 +53,6 @@ pub struct KvmVm {
     #[allow(dead_code)]
     pub kvm: Kvm,
     pub vm: Arc<VmFd>,
-    pub supported_cpuid: CpuId,
     slots: Mutex<Vec<Slot>>,
     max_slots: u32,
 }
@@ -87,14 +86,10 @@ impl KvmVm {
             ..Default::default()
         })
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let max_slots = kvm.get_nr_memslots() as u32;
         Ok(Self {
             kvm,
             vm: Arc::new(vm),
-            supported_cpuid,
             slots: Mutex::new(Vec::new()),
             max_slots,
         })

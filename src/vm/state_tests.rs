@@ -27,7 +27,7 @@ use super::kvm::KvmVm;
 use super::memory::{self, RamLayout};
 use super::regs::VcpuTemplate;
 use super::topology::Topology;
-use crate::config::{CpuConfig, CpuModel, SmpConfig};
+use crate::config::{CpuConfig, SmpConfig};
 use devices::memory::GuestMemoryMmap;
 
 const PORT: u16 = 0x1234;
@@ -103,12 +103,13 @@ impl CounterVm {
             maxcpus: 1,
         };
         let topo = Topology::from_smp(&smp);
-        let cpu = CpuConfig {
-            model: CpuModel::Qemu64,
-            features: vec![],
-        };
+        let cpu = CpuConfig::model("qemu64");
         let fd = kvm.create_vcpu(topo.apic_id(0)).expect("vCPU");
-        let table = cpuid::for_vcpu(&kvm.supported_cpuid, &cpu, &topo, 0).expect("CPUID");
+        let host = cpuid::HostCpu::read(&kvm.kvm).expect("host CPUID");
+        let table = cpuid::resolve(&cpu, &host)
+            .expect("qemu64")
+            .table(&topo, 0, None)
+            .expect("CPUID");
         fd.set_cpuid2(&table).expect("KVM_SET_CPUID2");
         let mut boot = VcpuTemplate::capture(&fd).expect("template").power_on(true);
         boot.regs.rip = CODE;

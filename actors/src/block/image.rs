@@ -30,14 +30,38 @@ pub trait Image: Send + Sync {
 /// base of a `snapshot=on` overlay): imago's API is async, and each call runs to its end
 /// here with `block_on` (imago's own file storage does plain blocking system calls).
 pub struct Imago {
-    /// Reads, writes and flushes share it; discard needs it alone.
+    /// Reads, writes and flushes share it; discard (and a snapshot operation) needs it
+    /// alone.
     access: std::sync::RwLock<FormatAccess<ImagoFile>>,
     /// O_DIRECT: buffers go through an aligned bounce buffer.
     direct: bool,
+    /// How it was opened (to reopen it after a snapshot operation).
+    path: std::path::PathBuf,
+    qcow2: bool,
+    writable: bool,
+    /// The image could not be reopened after a snapshot operation: every request fails
+    /// (the old metadata cache no longer describes the file).
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Imago {
     pub fn open(path: &Path, qcow2: bool, writable: bool, direct: bool) -> io::Result<Self> {
+        Ok(Self {
+            access: std::sync::RwLock::new(Self::access(path, qcow2, writable, direct)?),
+            direct,
+            path: path.to_path_buf(),
+            qcow2,
+            writable,
+            broken: false.into(),
+        })
+    }
+
+    fn access(
+        path: &Path,
+        qcow2: bool,
+        writable: bool,
+        direct: bool,
+    ) -> io::Result<FormatAccess<ImagoFile>> {
         let sopts = StorageOpenOptions::new().write(writable).direct(direct);
         let gate = PermissiveImplicitOpenGate::default();
         let access = if qcow2 {
@@ -55,10 +79,39 @@ impl Imago {
                     .open(gate),
             )?)
         };
-        Ok(Self {
-            access: std::sync::RwLock::new(access),
-            direct,
-        })
+        Ok(access)
+    }
+
+    /// Run `f` with the image closed to imago: the requests in flight finish first and
+    /// the cached metadata is written back; afterwards the image is opened afresh (what
+    /// `f` changed in the file is what imago sees).
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
+        let mut a = self.access.write().unwrap_or_else(|e| e.into_inner());
+        self.check()?;
+        block_on(async {
+            a.flush().await?;
+            a.sync().await
+        })?;
+        let r = f();
+        match Self::access(&self.path, self.qcow2, self.writable, self.direct) {
+            Ok(new) => *a = new,
+            Err(e) => {
+                self.broken
+                    .store(true, std::sync::atomic::Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(r)
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "{} could not be reopened after a snapshot operation",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     fn get(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<ImagoFile>> {
@@ -76,6 +129,7 @@ impl Image for Imago {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check()?;
         if self.direct {
             let mut b = self.bounce(buf.len())?;
             block_on(self.get().read(&mut b, offset))?;
@@ -86,6 +140,7 @@ impl Image for Imago {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check()?;
         if self.direct {
             let mut b = self.bounce(data.len())?;
             b.as_mut().into_slice().copy_from_slice(data);
@@ -95,6 +150,7 @@ impl Image for Imago {
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.check()?;
         let a = self.get();
         block_on(async {
             a.flush().await?;
@@ -103,6 +159,7 @@ impl Image for Imago {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check()?;
         block_on(
             self.access
                 .write()
@@ -112,13 +169,18 @@ impl Image for Imago {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check()?;
         block_on(self.get().write_zeroes(offset, len))
     }
 }
 
 impl Drop for Imago {
     fn drop(&mut self) {
-        // imago keeps qcow2 metadata (L2 tables, refcounts) cached: write it back.
+        // imago keeps qcow2 metadata (L2 tables, refcounts) cached: write it back (not
+        // a cache that no longer describes the file).
+        if *self.broken.get_mut() {
+            return;
+        }
         let a = self.access.get_mut().unwrap_or_else(|e| e.into_inner());
         let _ = block_on(a.flush());
     }

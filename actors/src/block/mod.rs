@@ -7,14 +7,17 @@
 //! interrupt; the virtio-blk one wakes the device's worker).
 //!
 //! Formats: raw and qcow2 through `imago` ([`image`]); `snapshot=on` keeps writes in a
-//! temporary overlay. Images are locked the way QEMU locks them ([`lock`]). Format
+//! temporary overlay. qcow2 internal snapshots (`savevm` and friends) are operations on a
+//! drive's actor ([`snapshot`]), done on the closed image ([`qcow2_snapshot`]). Images are locked the way QEMU locks them ([`lock`]). Format
 //! probing follows QEMU's safety rule: an image probed as raw gets a warning and its first
 //! sector may not be overwritten with a qcow2 header.
 
 mod image;
 mod lock;
 mod qcow2_check;
+pub mod qcow2_snapshot;
 mod qcow2_uring;
+pub mod snapshot;
 pub mod uring;
 
 use std::fs::File;
@@ -143,6 +146,10 @@ pub struct BlockHandle {
     /// io_uring drives: how a front end makes an engine of its own (and the image lock
     /// it keeps while it does).
     uring: Option<(Arc<uring::UringSpec>, Arc<lock::ImageLock>)>,
+    /// Snapshot operations, for drives that can hold snapshots ([`snapshot`]).
+    snap: Option<crossbeam_channel::Sender<snapshot::SnapshotJob>>,
+    /// The drive's id (in snapshot errors).
+    id: String,
     pub info: BlockInfo,
     pub path: PathBuf,
     pub format: Format,
@@ -187,6 +194,18 @@ impl BlockHandle {
             Aio::IoUring
         } else {
             Aio::Threads
+        }
+    }
+}
+
+impl Drop for BlockHandle {
+    /// An io_uring engine learns that its last front end is gone (and ends, letting the
+    /// image go) only when it wakes: drop this handle's sender, then ring.
+    fn drop(&mut self) {
+        if let Some(d) = &self.doorbell {
+            let (gone, _) = crossbeam_channel::bounded(0);
+            drop(std::mem::replace(&mut self.tx, gone));
+            let _ = d.write(1);
         }
     }
 }
@@ -246,11 +265,16 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
         format: format.name(),
         source,
     };
+    // Snapshot operations reach qcow2 drives the guest writes to.
+    let (snap_tx, snap_rx) = crossbeam_channel::bounded::<snapshot::SnapshotJob>(4);
+    let snap = (format == Format::Qcow2 && writable).then_some(snap_tx);
     // The handle, once the drive's engine runs.
     let handle = |tx, doorbell, uring, size| BlockHandle {
         tx,
         doorbell,
         uring,
+        snap: snap.clone(),
+        id: id.to_string(),
         info: BlockInfo {
             size,
             read_only: opts.read_only,
@@ -311,7 +335,7 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
                     probed_raw,
                 });
                 let _ = up_tx.send(Ok(q.size()));
-                q.run(rules, st, rx, bell);
+                q.run(rules, st, rx, snap_rx, bell);
             }),
         )
         .map_err(spawn_err)?;
@@ -324,10 +348,13 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
     }
     let img = image::Imago::open(&opts.path, format == Format::Qcow2, writable, opts.direct)
         .map_err(format_err)?;
-    let img: Arc<dyn Image> = if opts.snapshot {
-        Arc::new(image::Overlay::new(Box::new(img)).map_err(open_err)?)
+    // The image snapshot operations close and reopen (qcow2 drives the guest writes to).
+    let (img, snap_img): (Arc<dyn Image>, Option<Arc<image::Imago>>) = if opts.snapshot {
+        let overlay = image::Overlay::new(Box::new(img)).map_err(open_err)?;
+        (Arc::new(overlay), None)
     } else {
-        Arc::new(img)
+        let img = Arc::new(img);
+        (img.clone(), snap.is_some().then_some(img))
     };
     let size = img.size();
     let rules = Arc::new(Rules {
@@ -343,12 +370,41 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
             stats.clone(),
             lock.clone(),
         );
+        let snap_img = snap_img.clone();
+        let mut snap_rx = match snap_img {
+            Some(_) => snap_rx.clone(),
+            None => crossbeam_channel::never(),
+        };
         spawn_thread(
             registry,
             ThreadSpec::new(format!("blk-{id}-{n}"), "block", Restart::Never),
             once(move || {
                 let _lock = lock;
-                for job in rx {
+                loop {
+                    let job = crossbeam_channel::select! {
+                        recv(rx) -> job => match job {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        },
+                        recv(snap_rx) -> job => {
+                            let Ok(job) = job else {
+                                snap_rx = crossbeam_channel::never();
+                                continue;
+                            };
+                            if let Some(img) = &snap_img {
+                                let path = &rules.opts.path;
+                                let r = img
+                                    .exclusive(|| snapshot::perform(path, job.op))
+                                    .map_err(|source| qcow2_snapshot::SnapshotError::Io {
+                                        path: path.clone(),
+                                        source,
+                                    })
+                                    .and_then(|r| r);
+                                job.reply.send(r);
+                            }
+                            continue;
+                        }
+                    };
                     fault_point();
                     let r = rules
                         .check(&job.request.op)
@@ -639,6 +695,64 @@ mod tests {
         let c = rx.recv().unwrap();
         assert_eq!(c.id, 7);
         c.result
+    }
+
+    /// Whether this process has `path` open.
+    fn open_here(path: &Path) -> bool {
+        let want = std::fs::canonicalize(path).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|p| p == want)
+    }
+
+    #[test]
+    fn the_image_is_closed_once_the_last_handle_goes_on_every_engine() {
+        for (aio, format) in [
+            (Aio::Threads, Format::Raw),
+            (Aio::IoUring, Format::Raw),
+            (Aio::IoUring, Format::Qcow2),
+        ] {
+            let p = tmp(&format!("close-{aio:?}-{format:?}"), &[5u8; 4096]);
+            if format == Format::Qcow2 {
+                let q = p.with_extension("q");
+                let made = std::process::Command::new("qemu-img")
+                    .args(["convert", "-O", "qcow2"])
+                    .args([&p, &q])
+                    .status()
+                    .expect("qemu-img (qemu-utils)");
+                assert!(made.success());
+                std::fs::rename(&q, &p).unwrap();
+            }
+            let h = open(
+                &Registry::new(),
+                "t",
+                BlockOptions {
+                    aio,
+                    format: Some(format),
+                    ..BlockOptions::raw(p.clone())
+                },
+            )
+            .unwrap();
+            let other = h.clone();
+            assert_eq!(
+                run(&other, BlockOp::Read { offset: 0, len: 2 }).unwrap(),
+                [5, 5]
+            );
+            drop(h);
+            assert!(open_here(&p), "{aio:?} {format:?}: a handle is left");
+            drop(other);
+            // An io_uring engine sleeps in epoll: the last handle going must wake it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while open_here(&p) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{aio:?} {format:?}: the image stayed open with no handle left"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = std::fs::remove_file(&p);
+        }
     }
 
     #[test]

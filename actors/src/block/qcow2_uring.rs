@@ -33,6 +33,8 @@ use imago::{
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::qcow2_snapshot::SnapshotError;
+use super::snapshot::SnapshotJob;
 use super::{account, host_slice, io_err, BlockJob, BlockStats, Rules};
 use devices::block::{BlockCompletion, BlockError, BlockOp};
 
@@ -320,6 +322,16 @@ pub(super) fn open(path: &Path, writable: bool, direct: bool) -> io::Result<Qcow
             slots: HashMap::new(),
         })
     });
+    Ok(Qcow2Uring {
+        img: open_image(path, writable, direct)?,
+        path: path.to_path_buf(),
+        writable,
+        direct,
+    })
+}
+
+/// Open the image on this thread's ring (made by [`open`]).
+fn open_image(path: &Path, writable: bool, direct: bool) -> io::Result<FormatAccess<UringFile>> {
     let sopts = StorageOpenOptions::new().write(writable).direct(direct);
     let q = block_on(
         Qcow2::<UringFile>::builder_path(path)
@@ -327,14 +339,30 @@ pub(super) fn open(path: &Path, writable: bool, direct: bool) -> io::Result<Qcow
             .write(writable)
             .open(PermissiveImplicitOpenGate::default()),
     )?;
-    Ok(Qcow2Uring {
-        img: FormatAccess::new(q),
-    })
+    Ok(FormatAccess::new(q))
 }
 
 /// An open qcow2 image on this thread's ring.
 pub(super) struct Qcow2Uring {
     img: FormatAccess<UringFile>,
+    path: PathBuf,
+    writable: bool,
+    direct: bool,
+}
+
+/// Why [`serve_until`] returned.
+enum Stop {
+    /// Every front end is gone.
+    Closed,
+    /// A snapshot operation, with nothing in flight.
+    Snapshot(SnapshotJob),
+}
+
+fn flush_back(img: &FormatAccess<UringFile>) -> io::Result<()> {
+    block_on(async {
+        img.flush().await?;
+        img.sync().await
+    })
 }
 
 impl Qcow2Uring {
@@ -343,73 +371,123 @@ impl Qcow2Uring {
     }
 
     /// Serve jobs from `rx` until every front end is gone, then write cached metadata back.
+    /// A snapshot operation from `snap` waits for the requests in flight, then runs with
+    /// the image closed to imago (cached metadata written back first), which then reopens
+    /// it: imago's cache must not outlive what the operation changed in the file.
     pub fn run(
-        self,
+        mut self,
         rules: Arc<Rules>,
         stats: Arc<BlockStats>,
         rx: Receiver<BlockJob>,
+        mut snap: Receiver<SnapshotJob>,
         bell: Arc<EventFd>,
     ) {
-        let img = &self.img;
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
-        let waker = Waker::from(flag.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut tasks = FuturesUnordered::new();
-        // A discard waits here until nothing else is in flight.
-        let mut held: Option<BlockJob> = None;
-        let mut closed = false;
-        let mut bell_armed = false;
+        let path = rules.opts.path.clone();
         loop {
-            while held.is_none() && !closed && tasks.len() < DEPTH {
-                match rx.try_recv() {
-                    Ok(job) if matches!(job.request.op, BlockOp::Discard { .. }) => {
-                        held = Some(job)
+            match serve_until(&self.img, &rules, &stats, &rx, &mut snap, &bell) {
+                Stop::Closed => break,
+                Stop::Snapshot(job) => {
+                    if let Err(e) = flush_back(&self.img) {
+                        job.reply.send(Err(SnapshotError::Io {
+                            path: path.clone(),
+                            source: e,
+                        }));
+                        continue;
                     }
-                    Ok(job) => tasks.push(serve(img, &rules, &stats, job, false)),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => closed = true,
+                    let r = super::snapshot::perform(&path, job.op);
+                    match open_image(&self.path, self.writable, self.direct) {
+                        Ok(img) => {
+                            self.img = img;
+                            job.reply.send(r);
+                        }
+                        Err(e) => {
+                            // Without an image every request must fail: ending the
+                            // engine makes the handle fail them.
+                            tracing::error!("{}: reopening after a snapshot: {e}", path.display());
+                            job.reply.send(Err(SnapshotError::Io { path, source: e }));
+                            return;
+                        }
+                    }
                 }
-            }
-            if tasks.is_empty() {
-                if let Some(job) = held.take() {
-                    tasks.push(serve(img, &rules, &stats, job, true));
-                }
-            }
-            if tasks.is_empty() {
-                // Only with nothing in flight: the kernel must not write into freed buffers.
-                crate::runtime::fault_point();
-            }
-            flag.0.store(false, Ordering::Release);
-            while let Poll::Ready(Some(())) = tasks.poll_next_unpin(&mut cx) {}
-            if closed && tasks.is_empty() && held.is_none() {
-                break;
-            }
-            // Wait unless a future can go on without I/O (an imago lock came free). While
-            // taking requests, the doorbell's poll entry is in the ring too, so a new
-            // request ends the wait; a full queue (or a held discard) waits for I/O only.
-            let wait = !flag.0.load(Ordering::Acquire);
-            if wait && !bell_armed && tasks.len() < DEPTH && held.is_none() {
-                let e = opcode::PollAdd::new(types::Fd(bell.as_raw_fd()), libc::POLLIN as u32)
-                    .build()
-                    .user_data(BELL);
-                with_reactor(|r| push(r, &e));
-                bell_armed = true;
-            }
-            // The doorbell's completion may come with any turn: re-arm after each.
-            if turn(wait) {
-                let _ = bell.read();
-                bell_armed = false;
             }
         }
-        let r = block_on(async {
-            img.flush().await?;
-            img.sync().await
-        });
-        if let Err(e) = r {
-            tracing::warn!(
-                "{}: writing back qcow2 metadata: {e}",
-                rules.opts.path.display()
-            );
+        if let Err(e) = flush_back(&self.img) {
+            tracing::warn!("{}: writing back qcow2 metadata: {e}", path.display());
+        }
+    }
+}
+
+/// The engine's loop: serve guest jobs until the front ends are gone or a snapshot
+/// operation may run (nothing left in flight).
+fn serve_until(
+    img: &FormatAccess<UringFile>,
+    rules: &Rules,
+    stats: &BlockStats,
+    rx: &Receiver<BlockJob>,
+    snap: &mut Receiver<SnapshotJob>,
+    bell: &EventFd,
+) -> Stop {
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut tasks = FuturesUnordered::new();
+    // A discard waits here until nothing else is in flight.
+    let mut held: Option<BlockJob> = None;
+    // A snapshot operation waits, taking no new request, until nothing is in flight.
+    let mut pending: Option<SnapshotJob> = None;
+    let mut closed = false;
+    let mut bell_armed = false;
+    loop {
+        if pending.is_none() {
+            match snap.try_recv() {
+                Ok(job) => pending = Some(job),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => *snap = crossbeam_channel::never(),
+            }
+        }
+        while pending.is_none() && held.is_none() && !closed && tasks.len() < DEPTH {
+            match rx.try_recv() {
+                Ok(job) if matches!(job.request.op, BlockOp::Discard { .. }) => held = Some(job),
+                Ok(job) => tasks.push(serve(img, rules, stats, job, false)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        if tasks.is_empty() {
+            if let Some(job) = held.take() {
+                tasks.push(serve(img, rules, stats, job, true));
+            }
+        }
+        if tasks.is_empty() {
+            // Only with nothing in flight: the kernel must not write into freed buffers.
+            crate::runtime::fault_point();
+        }
+        flag.0.store(false, Ordering::Release);
+        while let Poll::Ready(Some(())) = tasks.poll_next_unpin(&mut cx) {}
+        if tasks.is_empty() && held.is_none() {
+            if let Some(job) = pending.take() {
+                // An armed doorbell poll stays in the ring: its completion is harmless.
+                return Stop::Snapshot(job);
+            }
+            if closed {
+                return Stop::Closed;
+            }
+        }
+        // Wait unless a future can go on without I/O (an imago lock came free). While
+        // taking requests, the doorbell's poll entry is in the ring too, so a new
+        // request ends the wait; a full queue (or a held discard) waits for I/O only.
+        let wait = !flag.0.load(Ordering::Acquire);
+        if wait && !bell_armed && tasks.len() < DEPTH && held.is_none() && pending.is_none() {
+            let e = opcode::PollAdd::new(types::Fd(bell.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(BELL);
+            with_reactor(|r| push(r, &e));
+            bell_armed = true;
+        }
+        // The doorbell's completion may come with any turn: re-arm after each.
+        if turn(wait) {
+            let _ = bell.read();
+            bell_armed = false;
         }
     }
 }

@@ -3,13 +3,20 @@
 //! requests and submits them; completions run on the backend thread, lock the model,
 //! finish the command (moving data, raising IRQ 14/15) and submit whatever comes next.
 //!
+//! Removable media: the monitor opens and closes a CD-ROM's tray and swaps its backend
+//! here ([`IdeHost::change_medium`] and friends), model and backend under the model's lock
+//! so no guest command sees one without the other; a request already submitted to the old
+//! backend still completes from it, and the old image is closed once its backend drains.
+//! Tray movements (the monitor's and the guest's START STOP UNIT) go to the listener set
+//! with [`IdeHost::on_tray_moved`] (`DEVICE_TRAY_MOVED`).
+//!
 //! Control: paused, the controller answers once no block request is outstanding (the
 //! vCPUs are paused first, so none starts; those in flight complete and reach the guest),
 //! and saves and restores as the `ide` section under its lock.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use devices::ide::{cmd_read, cmd_write, ctl_read, ctl_write, Ide};
+use devices::ide::{cmd_read, cmd_write, ctl_read, ctl_write, Ide, MediaError};
 
 use crate::block::{BlockHandle, BlockJob};
 use crate::bus::{lock, BusHandler};
@@ -22,19 +29,25 @@ struct Drain {
     waiters: Vec<Reply<()>>,
 }
 
+/// Told `(drive, tray open)` each time a tray moves.
+pub type TrayListener = Box<dyn Fn(usize, bool) + Send + Sync>;
+
 /// The controller and its drives' backends.
 pub struct IdeHost {
     model: Arc<Mutex<Ide>>,
-    backends: [Option<BlockHandle>; 4],
+    /// Locked after the model when both are (media changes); never the other way.
+    backends: Mutex<[Option<BlockHandle>; 4]>,
     drain: Mutex<Drain>,
+    tray_listener: OnceLock<TrayListener>,
 }
 
 impl IdeHost {
     pub fn new(model: Ide, backends: [Option<BlockHandle>; 4]) -> Arc<Self> {
         Arc::new(Self {
             model: Arc::new(Mutex::new(model)),
-            backends,
+            backends: Mutex::new(backends),
             drain: Mutex::default(),
+            tray_listener: OnceLock::new(),
         })
     }
 
@@ -67,14 +80,78 @@ impl IdeHost {
         &self.model
     }
 
-    pub fn backend(&self, n: usize) -> Option<&BlockHandle> {
-        self.backends.get(n).and_then(|b| b.as_ref())
+    /// Drive `n`'s backend now (None: no drive, or no medium in it).
+    pub fn backend(&self, n: usize) -> Option<BlockHandle> {
+        lock(&self.backends).get(n).cloned().flatten()
+    }
+
+    /// Where tray movements go (set once, when the supervisor exists).
+    pub fn on_tray_moved(&self, f: TrayListener) {
+        let _ = self.tray_listener.set(f);
+    }
+
+    /// Drive `n`'s tray: (open, locked by the guest); None if `n` is no CD-ROM.
+    pub fn tray(&self, n: usize) -> Option<(bool, bool)> {
+        let m = lock(&self.model);
+        m.drive_info(n)
+            .filter(|d| d.is_cdrom())
+            .map(|d| (d.tray_open(), d.locked()))
+    }
+
+    /// Open drive `n`'s tray (see [`Ide::open_tray`] for `force` and a locked tray).
+    pub fn open_tray(self: &Arc<Self>, n: usize, force: bool) -> Result<(), MediaError> {
+        self.with(|m| m.open_tray(n, force))
+    }
+
+    pub fn close_tray(self: &Arc<Self>, n: usize) -> Result<(), MediaError> {
+        self.with(|m| m.close_tray(n))
+    }
+
+    /// Take the medium out of drive `n` (its tray open); its backend is closed once the
+    /// requests already submitted to it finish.
+    pub fn remove_medium(self: &Arc<Self>, n: usize) -> Result<(), MediaError> {
+        let old = self.with(|m| {
+            m.remove_medium(n)?;
+            Ok(lock(&self.backends)[n].take())
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Put `medium` into drive `n` (its tray open and empty).
+    pub fn insert_medium(
+        self: &Arc<Self>,
+        n: usize,
+        medium: BlockHandle,
+    ) -> Result<(), MediaError> {
+        self.with(|m| {
+            m.insert_medium(n, medium.info)?;
+            lock(&self.backends)[n] = Some(medium);
+            Ok(())
+        })
+    }
+
+    /// `change`: open the tray (`force` as for [`IdeHost::open_tray`]), swap the medium
+    /// for `medium` (None: leave it empty), close the tray. On error nothing moved but
+    /// what [`Ide::open_tray`] says (a locked tray gets its eject request).
+    pub fn change_medium(
+        self: &Arc<Self>,
+        n: usize,
+        medium: Option<BlockHandle>,
+        force: bool,
+    ) -> Result<(), MediaError> {
+        let old = self.with(|m| {
+            m.change_medium(n, medium.as_ref().map(|b| b.info), force)?;
+            Ok(std::mem::replace(&mut lock(&self.backends)[n], medium))
+        })?;
+        drop(old);
+        Ok(())
     }
 
     /// Submit what the model asked for (call after releasing the model's lock).
     fn pump(self: &Arc<Self>, requests: Vec<(usize, devices::block::BlockRequest)>) {
         for (n, request) in requests {
-            let Some(b) = self.backends[n].as_ref() else {
+            let Some(b) = self.backend(n) else {
                 // No backend (empty drive): fail the request right away.
                 let mut m = lock(&self.model);
                 m.complete(
@@ -113,12 +190,17 @@ impl IdeHost {
     }
 
     fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Ide) -> R) -> R {
-        let (r, reqs) = {
+        let (r, reqs, moves) = {
             let mut m = lock(&self.model);
             let r = f(&mut m);
-            (r, m.take_requests())
+            (r, m.take_requests(), m.take_tray_moves())
         };
         self.pump(reqs);
+        if let Some(tell) = self.tray_listener.get() {
+            for (n, open) in moves {
+                tell(n, open);
+            }
+        }
         r
     }
 }

@@ -321,3 +321,27 @@ fn push_changed_rows(writer: &DisplayWriter, prev: &[u32], frame: &[u32], w: u32
         writer.update(rect, &frame[start * w..y * w], w);
     }
 }
+
+impl crate::migration::DeviceRam for VgaHost {
+    fn name(&self) -> String {
+        "vga.vram".into()
+    }
+    fn len(&self) -> usize {
+        self.vram.len()
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        let src = self.vram.as_slice();
+        let end = (offset + buf.len()).min(src.len());
+        if offset < end {
+            buf[..end - offset].copy_from_slice(&src[offset..end]);
+        }
+    }
+    fn write(&self, offset: usize, data: &[u8]) {
+        let dst = self.vram.as_mut_slice_shared();
+        let end = (offset + data.len()).min(dst.len());
+        if offset < end {
+            dst[offset..end].copy_from_slice(&data[..end - offset]);
+        }
+        self.poke();
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::{MonitorContext, PACKAGE, QEMU_VERSION};
+use super::{MediaOp, MediaTarget, MonitorContext, PACKAGE, QEMU_VERSION};
 use crate::display::input::{Buttons, InputEvent};
 use crate::display::keycodes::KeyCode;
 use crate::display::DumpFormat;
@@ -44,7 +44,7 @@ impl CmdError {
         }
     }
 
-    pub(super) fn generic(d: impl Into<String>) -> Self {
+    pub(crate) fn generic(d: impl Into<String>) -> Self {
         Self::Generic(d.into())
     }
 }
@@ -150,7 +150,61 @@ const COMMANDS: &[(&str, &[Param])] = &[
         "blockdev-add",
         &[("driver", Ty::Str, true), ("*", Ty::Any, false)],
     ),
-    ("migrate", &[("uri", Ty::Str, true), ("*", Ty::Any, false)]),
+    (
+        "migrate",
+        &[
+            ("uri", Ty::Str, true),
+            ("blk", Ty::Bool, false),
+            ("inc", Ty::Bool, false),
+            ("detach", Ty::Bool, false),
+            ("resume", Ty::Bool, false),
+        ],
+    ),
+    ("migrate_cancel", &[]),
+    ("migrate-incoming", &[("uri", Ty::Str, true)]),
+    ("migrate-set-parameters", &[("*", Ty::Any, false)]),
+    ("query-migrate-parameters", &[]),
+    (
+        "migrate-set-capabilities",
+        &[("capabilities", Ty::Any, true)],
+    ),
+    ("query-migrate-capabilities", &[]),
+    (
+        "eject",
+        &[
+            ("device", Ty::Str, false),
+            ("id", Ty::Str, false),
+            ("force", Ty::Bool, false),
+        ],
+    ),
+    (
+        "blockdev-open-tray",
+        &[
+            ("device", Ty::Str, false),
+            ("id", Ty::Str, false),
+            ("force", Ty::Bool, false),
+        ],
+    ),
+    (
+        "blockdev-close-tray",
+        &[("device", Ty::Str, false), ("id", Ty::Str, false)],
+    ),
+    ("blockdev-remove-medium", &[("id", Ty::Str, true)]),
+    (
+        "blockdev-insert-medium",
+        &[("id", Ty::Str, true), ("node-name", Ty::Str, true)],
+    ),
+    (
+        "blockdev-change-medium",
+        &[
+            ("device", Ty::Str, false),
+            ("id", Ty::Str, false),
+            ("filename", Ty::Str, true),
+            ("format", Ty::Str, false),
+            ("force", Ty::Bool, false),
+            ("read-only-mode", Ty::Str, false),
+        ],
+    ),
     (
         "calc-dirty-rate",
         &[
@@ -192,6 +246,18 @@ const SHUTDOWN_CAUSES: &[&str] = &[
     "guest-reset",
 ];
 
+/// A migration's states, as `MIGRATION` events spell them ([`crate::migration::Status`]).
+const MIGRATION_STATES: &[&str] = &[
+    "none",
+    "setup",
+    "active",
+    "device",
+    "completed",
+    "failed",
+    "cancelling",
+    "cancelled",
+];
+
 /// Events troupe emits (for `query-events` and the schema), with their data.
 const EVENTS: &[(&str, &[Param])] = &[
     ("STOP", &[]),
@@ -211,6 +277,16 @@ const EVENTS: &[(&str, &[Param])] = &[
         ],
     ),
     ("POWERDOWN", &[]),
+    ("MIGRATION", &[("status", Ty::Enum(MIGRATION_STATES), true)]),
+    ("MIGRATION_PASS", &[("pass", Ty::Int, true)]),
+    (
+        "DEVICE_TRAY_MOVED",
+        &[
+            ("device", Ty::Str, true),
+            ("tray-open", Ty::Bool, true),
+            ("id", Ty::Str, true),
+        ],
+    ),
 ];
 
 /// Every command with its parameters: this table's, then the probing ones.
@@ -322,19 +398,40 @@ fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
     Ok(spec)
 }
 
-/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the machine, off the runtime's
-/// threads (opening a backend may run a tap's script). Err is the message to show.
+/// `netdev_add SPEC` (`add`) or `netdev_del ID` through the supervisor's device tree: the
+/// backend's node is added (the machine opens it) or removed (its teardown closes it).
+/// Err is the message to show.
 pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Result<(), String> {
-    let info = ctx.info.clone();
-    tokio::task::spawn_blocking(move || {
-        if add {
-            info.netdev_add(&arg)
-        } else {
-            info.netdev_del(&arg)
+    use crate::supervisor::{BackendKind, HotplugError, Plug, TreeError};
+    if add {
+        return ctx
+            .supervisor
+            .add_node(Plug::Netdev(arg))
+            .await
+            .map_err(|e| e.to_string());
+    }
+    match ctx
+        .supervisor
+        .remove_node(&BackendKind::Netdev.id(&arg))
+        .await
+    {
+        Err(HotplugError::Tree(TreeError::UnknownId(_))) => {
+            Err(format!("Device '{arg}' not found"))
         }
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the monitor's worker failed: {e}")))
+        r => r.map_err(|e| e.to_string()),
+    }
+}
+
+/// A removable-media operation through the drives actor.
+pub async fn media(ctx: &MonitorContext, target: MediaTarget, op: MediaOp) -> Result<(), CmdError> {
+    ctx.drives.media(target, op).await
+}
+
+fn media_target(args: &Map<String, Value>) -> MediaTarget {
+    MediaTarget {
+        device: s(args, "device").map(str::to_string),
+        id: s(args, "id").map(str::to_string),
+    }
 }
 
 fn not_available(what: &str) -> CmdError {
@@ -348,6 +445,9 @@ fn actor_gone<E: std::fmt::Display>(e: E) -> CmdError {
 /// Run one command. HMP calls this too, then formats the result.
 pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>) -> CmdResult {
     check_args(name, args)?;
+    if let Some(res) = super::migrate::qmp(ctx, name, args).await {
+        return res;
+    }
     match name {
         "qmp_capabilities" => Ok(json!({})),
         "query-version" => Ok(version()),
@@ -402,14 +502,16 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 })
                 .collect(),
         )),
-        "query-pci" => Ok(ctx.info.query_pci()),
-        "query-block" => Ok(ctx.info.query_block()),
-        "query-blockstats" => Ok(ctx.info.query_blockstats()),
+        "query-pci" => Ok(super::tree_view::query_pci(
+            &ctx.supervisor.tree().await.map_err(actor_gone)?,
+        )),
+        "query-block" => ctx.drives.query_block().await.map_err(actor_gone),
+        "query-blockstats" => ctx.drives.query_blockstats().await.map_err(actor_gone),
         "query-vnc" => Ok(match &ctx.vnc {
             Some(v) => v.info().to_query_vnc(),
             None => json!({"enabled": false}),
         }),
-        "query-chardev" => Ok(ctx.info.query_chardev()),
+        "query-chardev" => ctx.chipset.query_chardev().await.map_err(actor_gone),
         "query-commands" => Ok(Value::Array(
             command_names().map(|n| json!({ "name": n })).collect(),
         )),
@@ -430,7 +532,6 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "query-balloon" | "balloon" => Err(CmdError::DeviceNotActive(
             "No balloon device has been activated".into(),
         )),
-        "query-migrate" => Ok(json!({})),
         "stop" => lifecycle(ctx.supervisor.stop().await),
         "cont" => lifecycle(ctx.supervisor.cont().await),
         "system_reset" => lifecycle(ctx.supervisor.reset().await),
@@ -495,7 +596,10 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "set_link" => {
             let name = s(args, "name").unwrap_or_default();
             let up = args.get("up").and_then(Value::as_bool).unwrap_or(true);
-            ctx.info.set_link(name, up).map_err(CmdError::Generic)?;
+            ctx.net
+                .set_link(name, up)
+                .await
+                .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "announce-self" => {
@@ -524,14 +628,16 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 step_ms: int("step", 100),
                 interfaces,
             };
-            ctx.info
+            ctx.net
                 .announce_self(schedule)
+                .await
                 .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
         "query-rx-filter" => ctx
-            .info
+            .net
             .query_rx_filter(s(args, "name"))
+            .await
             .map_err(CmdError::Generic),
         "netdev_add" | "netdev_del" => {
             let arg = if name == "netdev_add" {
@@ -545,7 +651,30 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
-        "migrate" => Err(not_available("migration")),
+        "eject"
+        | "blockdev-open-tray"
+        | "blockdev-close-tray"
+        | "blockdev-remove-medium"
+        | "blockdev-insert-medium"
+        | "blockdev-change-medium" => {
+            let force = args.get("force").and_then(Value::as_bool).unwrap_or(false);
+            let op = match name {
+                "eject" => MediaOp::Eject { force },
+                "blockdev-open-tray" => MediaOp::OpenTray { force },
+                "blockdev-close-tray" => MediaOp::CloseTray,
+                "blockdev-remove-medium" => MediaOp::RemoveMedium,
+                "blockdev-insert-medium" => MediaOp::InsertMedium {
+                    node: s(args, "node-name").unwrap_or_default().to_string(),
+                },
+                _ => MediaOp::Change {
+                    filename: s(args, "filename").unwrap_or_default().to_string(),
+                    format: s(args, "format").map(str::to_string),
+                    read_only_mode: s(args, "read-only-mode").map(str::to_string),
+                    force,
+                },
+            };
+            media(ctx, media_target(args), op).await.map(|()| json!({}))
+        }
         "calc-dirty-rate" => {
             let mode = match s(args, "mode") {
                 None => super::dirty::Mode::PageSampling,
@@ -560,6 +689,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 args.get("sample-pages").and_then(Value::as_u64),
                 mode,
             )
+            .await
             .map_err(|e| CmdError::generic(e.to_string()))?;
             Ok(json!({}))
         }
@@ -790,6 +920,23 @@ mod tests {
             netdev_spec(&bad).unwrap_err().desc(),
             "Invalid parameter type for 'net', expected: string"
         );
+    }
+
+    #[test]
+    fn migration_events_list_every_state_a_migration_reaches() {
+        use crate::migration::Status;
+        for st in [
+            Status::None,
+            Status::Setup,
+            Status::Active,
+            Status::Device,
+            Status::Completed,
+            Status::Failed,
+            Status::Cancelling,
+            Status::Cancelled,
+        ] {
+            assert!(MIGRATION_STATES.contains(&st.name()), "{}", st.name());
+        }
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! Two modes, as QEMU's: `page-sampling` (the default) hashes `sample-pages` pages per GiB
 //! of guest RAM, chosen at random, at the start and the end of the period and counts the
 //! ones that changed; `dirty-bitmap` turns on KVM's dirty log for guest RAM for the period
-//! and counts every page a vCPU or a device wrote (the machine does that part, through
-//! [`super::MachineInfo::dirty_log`]). `dirty-ring` needs the ring enabled when the VM is
-//! created, which troupe does not do: refused with QEMU's message.
+//! and counts every page a vCPU or a device wrote (the machine's memory actor does that
+//! part: [`super::handles::MemoryHandle::dirty_log`]). `dirty-ring` needs the ring enabled
+//! when the VM is created, which troupe does not do: refused with QEMU's message.
 //!
 //! The measurement runs as a task while the monitor goes on; one at a time per VM. HMP
 //! also prints `Dirty pages: N` in bitmap mode (troupe's addition): the rate is whole MB/s,
@@ -102,7 +102,7 @@ pub enum DirtyRateError {
 }
 
 /// Start measuring for `secs` seconds; returns at once (the work runs as a task).
-pub fn start(
+pub async fn start(
     ctx: &super::MonitorContext,
     secs: u64,
     sample_pages: Option<u64>,
@@ -117,24 +117,35 @@ pub fn start(
     if mode == Mode::DirtyRing {
         return Err(DirtyRateError::NoRing);
     }
-    {
-        let mut s = lock(&ctx.dirty_rate);
-        if s.started.is_some() && s.result.is_none() {
-            return Err(DirtyRateError::Busy);
-        }
-        if mode == Mode::DirtyBitmap {
-            ctx.info.dirty_log(true).map_err(DirtyRateError::Machine)?;
-        }
-        s.started = Some(Started {
+    let started = || {
+        Some(Started {
             at: monotonic_secs(),
             secs,
             sample_pages: sample_pages.unwrap_or(DEFAULT_SAMPLE_PAGES),
             mode,
-        });
-        s.result = None;
+        })
+    };
+    let previous = {
+        let mut s = lock(&ctx.dirty_rate);
+        if s.started.is_some() && s.result.is_none() {
+            return Err(DirtyRateError::Busy);
+        }
+        // Claimed (a second start is busy) before the dirty log is asked for.
+        let previous = (s.started.take(), s.result.take());
+        s.started = started();
+        previous
+    };
+    if mode == Mode::DirtyBitmap {
+        if let Err(e) = ctx.memory.dirty_log(true).await {
+            let mut s = lock(&ctx.dirty_rate);
+            (s.started, s.result) = previous;
+            return Err(DirtyRateError::Machine(e));
+        }
+        // The measurement starts with the log.
+        lock(&ctx.dirty_rate).started = started();
     }
     let state = ctx.dirty_rate.clone();
-    let info = ctx.info.clone();
+    let memory = ctx.memory.clone();
     let mem = ctx.mem.clone();
     let period = Duration::from_secs(secs);
     let samples = sample_pages.unwrap_or(DEFAULT_SAMPLE_PAGES);
@@ -149,8 +160,8 @@ pub fn start(
             let result = match mode {
                 Mode::DirtyBitmap => {
                     tokio::time::sleep(period).await;
-                    let pages = info.dirty_pages();
-                    let _ = info.dirty_log(false);
+                    let pages = memory.dirty_pages().await;
+                    let _ = memory.dirty_log(false).await;
                     pages.unwrap_or_else(|e| {
                         tracing::warn!("dirty rate: {e}");
                         0

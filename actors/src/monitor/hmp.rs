@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::commands::{self, execute, CmdError, KeyValue};
 use super::memdump::{self, DumpFormat};
-use super::MonitorContext;
+use super::{MediaOp, MediaTarget, MonitorContext};
 use crate::display::keycodes::KeyCode;
 use crate::runtime::{ActorState, Placement};
 use crate::vcpu::{VcpuHandle, VcpuRegisters};
@@ -71,6 +71,7 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "driver[,prop=value][,...]",
         "add device, like -device on the command line",
     ),
+    ("delvm", "tag", "delete a VM snapshot from its tag"),
     ("device_del", "device", "remove device"),
     ("eject", "[-f] device", "eject a removable medium (use -f to force it)"),
     (
@@ -108,7 +109,23 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "migrate",
         "[-d] [-b] [-i] [-r] uri",
-        "migrate to URI (using -d to not wait for completion)",
+        "migrate to URI (using -d to not wait for completion)\n\t\t\t -b for migration without shared storage with full copy of disk\n\t\t\t -i for migration without shared storage with incremental copy of disk (base image shared between src and destination)\n\t\t\t -r to resume a paused migration",
+    ),
+    ("migrate_cancel", "", "cancel the current VM migration"),
+    (
+        "migrate_incoming",
+        "uri",
+        "Continue an incoming migration from an -incoming defer",
+    ),
+    (
+        "migrate_set_capability",
+        "capability state",
+        "Enable/Disable the usage of a capability for migration",
+    ),
+    (
+        "migrate_set_parameter",
+        "parameter value",
+        "Set the parameter for migration",
     ),
     (
         "mouse_button",
@@ -171,6 +188,8 @@ const INFO: &[(&str, &str, &str)] = &[
     ("mem", "", "show the active virtual memory mappings"),
     ("mice", "", "show which guest mouse is receiving events"),
     ("migrate", "", "show migration status"),
+    ("migrate_capabilities", "", "show current migration capabilities"),
+    ("migrate_parameters", "", "show current migration parameters"),
     ("mtree", "[-f] [-d] [-o] [-D]", "show memory tree (-f: dump flat view for address spaces;-d: dump dispatch tree, valid with -f only);-o: dump region owners/parents;-D: dump disabled regions"),
     ("name", "", "show the current VM name"),
     ("network", "", "show the network state"),
@@ -179,8 +198,10 @@ const INFO: &[(&str, &str, &str)] = &[
     ("qtree", "", "show device tree"),
     ("registers", "[-a]", "show the cpu registers (-a: all - show register info for all cpus)"),
     ("roms", "", "show roms"),
+    ("snapshots", "", "show the currently saved VM snapshots"),
     ("status", "", "show the current VM status (running|paused)"),
     ("tlb", "", "show virtual to physical memory mappings"),
+    ("tree", "", "show every device and backend: parent, placement, actors [troupe]"),
     ("usernet", "", "show user network stack connection states"),
     ("uuid", "", "show the current VM UUID"),
     ("version", "", "show the version of QEMU"),
@@ -377,10 +398,10 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             } else if rest[0] == "vnc" {
                 "Error: changing the VNC listen address at run time is not available yet in troupe\n".into()
             } else {
-                "Error: changing removable media is not available yet in troupe (the CD-ROM's image is fixed at start)\n".into()
+                change_medium(ctx, &rest).await
             }
         }
-        "eject" => "Error: ejecting removable media is not available yet in troupe\n".into(),
+        "eject" => eject(ctx, &rest).await,
         "set_password" => match commands::set_password(ctx, rest[0], rest[1]) {
             Ok(_) => String::new(),
             Err(e) => err_text(&e),
@@ -408,13 +429,26 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             },
             Err(e) => format!("{e}\n"),
         },
+        "delvm" => {
+            let disks = ctx.drives.snapshot_disks().await;
+            match crate::block::snapshot::delete_snapshot_on_all_disks(&disks, rest[0]).await {
+                Ok(()) => String::new(),
+                Err(e) => format!("Error: {}\n", crate::supervisor::error_chain(&e)),
+            }
+        }
         "log" => log(ctx, &rest),
         "trace-event" => trace_event(ctx, &rest),
         "vcpu_pin" => vcpu_pin(ctx, rest[0], rest[1]).await,
         "device_add" | "device_del" => {
             "Error: device hotplug is not available yet in troupe\n".into()
         }
-        "migrate" => "Error: migration is not available yet in troupe\n".into(),
+        "migrate"
+        | "migrate_cancel"
+        | "migrate_incoming"
+        | "migrate_set_parameter"
+        | "migrate_set_capability" => super::migrate::hmp(ctx, canonical, &rest)
+            .await
+            .unwrap_or_default(),
         "announce_self" => {
             let mut args = serde_json::Map::new();
             if let Some(list) = rest.first() {
@@ -429,14 +463,14 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             }
         }
         "set_link" => match rest.get(1).copied() {
-            Some(state @ ("on" | "off")) => match ctx.info.set_link(rest[0], state == "on") {
+            Some(state @ ("on" | "off")) => match ctx.net.set_link(rest[0], state == "on").await {
                 Ok(()) => String::new(),
                 Err(e) => format!("Error: {e}\n"),
             },
             _ => "Error: Invalid parameter 'up'\n".into(),
         },
         "hostfwd_add" | "hostfwd_remove" => {
-            match ctx.info.hostfwd(&rest, canonical == "hostfwd_add") {
+            match ctx.net.hostfwd(&rest, canonical == "hostfwd_add").await {
                 Ok(t) => t,
                 Err(e) => format!("{e}\n"),
             }
@@ -452,6 +486,59 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         other => format!("unknown command: '{other}'\n"),
     };
     HmpReply::text(text)
+}
+
+/// `eject [-f] device`.
+async fn eject(ctx: &MonitorContext, rest: &[&str]) -> String {
+    let (force, rest) = match rest.split_first() {
+        Some((&"-f", r)) => (true, r),
+        _ => (false, rest),
+    };
+    let [device] = rest else {
+        return "eject: block device name expected\nTry \"help eject\" for more information\n"
+            .into();
+    };
+    let target = MediaTarget {
+        device: Some(device.to_string()),
+        id: None,
+    };
+    match commands::media(ctx, target, MediaOp::Eject { force }).await {
+        Ok(()) => String::new(),
+        Err(e) => err_text(&e),
+    }
+}
+
+/// `change device [-f] filename [format [read-only-mode]]` (QEMU takes `-f` right after
+/// the device).
+async fn change_medium(ctx: &MonitorContext, rest: &[&str]) -> String {
+    let (device, rest) = (rest[0], &rest[1..]);
+    let (force, rest) = match rest.split_first() {
+        Some((&"-f", r)) => (true, r),
+        _ => (false, rest),
+    };
+    let Some((filename, rest)) = rest.split_first() else {
+        return "change: filename expected\nTry \"help change\" for more information\n".into();
+    };
+    let read_only_mode = rest.get(1).map(|m| m.to_string());
+    if let Some(m) = &read_only_mode {
+        if !matches!(m.as_str(), "retain" | "read-only" | "read-write") {
+            return format!("Error: invalid parameter value: {m}\n");
+        }
+    }
+    let op = MediaOp::Change {
+        filename: filename.to_string(),
+        format: rest.first().map(|f| f.to_string()),
+        read_only_mode,
+        force,
+    };
+    let target = MediaTarget {
+        device: Some(device.to_string()),
+        id: None,
+    };
+    match commands::media(ctx, target, op).await {
+        Ok(()) => String::new(),
+        Err(e) => err_text(&e),
+    }
 }
 
 fn parse_int(a: &str) -> Result<i32, String> {
@@ -625,7 +712,22 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             out
         }
         "pci" => exec_text(ctx, "query-pci", json!({}), pci_text).await,
-        "block" => exec_text(ctx, "query-block", json!({}), block_text).await,
+        "block" => {
+            // `info block [-n] [-v] [device]`: one device's entry when named.
+            let device = extra.iter().copied().find(|a| !a.starts_with('-'));
+            exec_text(ctx, "query-block", json!({}), |v| match device {
+                None => block_text(v),
+                Some(d) => block_text(&Value::Array(
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|b| b["device"] == d)
+                        .cloned()
+                        .collect(),
+                )),
+            })
+            .await
+        }
         "blockstats" => exec_text(ctx, "query-blockstats", json!({}), blockstats_text).await,
         "chardev" => exec_text(ctx, "query-chardev", json!({}), |v| {
             v.as_array()
@@ -645,18 +747,31 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             Some(v) => v.info().to_hmp(),
             None => "Error: no VNC server is configured (start with -vnc)\n".into(),
         },
-        "mtree" => ctx.info.mtree(extra.contains(&"-f")),
+        "mtree" => ctx.chipset.mtree(extra.contains(&"-f")).await,
         "qtree" => match ctx.supervisor.tree().await {
-            Ok(t) => ctx.info.qtree(&t),
+            Ok(t) => super::tree_view::qtree(&t),
             Err(e) => format!("Error: {e}\n"),
         },
-        "roms" => ctx.info.roms(),
-        "pic" => ctx.info.pic(),
-        "irq" => ctx.info.irq(),
-        "network" => ctx.info.network(),
-        "usernet" => ctx.info.usernet(),
+        "tree" => match ctx.supervisor.tree().await {
+            Ok(t) => super::tree_view::tree_text(&t),
+            Err(e) => format!("Error: {e}\n"),
+        },
+        "roms" => ctx.chipset.roms().await,
+        "snapshots" => {
+            crate::block::snapshot::info_snapshots_text(&ctx.drives.snapshot_disks().await).await
+        }
+        "pic" => ctx.chipset.pic().await,
+        "irq" => ctx.chipset.irq().await,
+        "network" => {
+            ctx.net
+                .network(ctx.supervisor.tree().await.unwrap_or_default())
+                .await
+        }
+        "usernet" => ctx.net.usernet().await,
         "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
-        "migrate" => MIGRATE_GLOBALS.to_string(),
+        "migrate" | "migrate_parameters" | "migrate_capabilities" => {
+            super::migrate::info(ctx, sub).await.unwrap_or_default()
+        }
         "mice" => exec_text(ctx, "query-mice", json!({}), |v| {
             v.as_array()
                 .into_iter()
@@ -721,8 +836,6 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
         other => format!("unknown command: 'info {other}'\n"),
     }
 }
-
-const MIGRATE_GLOBALS: &str = "globals:\nstore-global-state: on\nonly-migratable: off\nsend-configuration: on\nsend-section-footer: on\ndecompress-error-check: on\nclear-bitmap-shift: 18\n";
 
 fn pci_text(v: &Value) -> String {
     let mut out = String::new();
@@ -905,8 +1018,8 @@ async fn actors_text(ctx: &MonitorContext) -> String {
         }
         Err(e) => out.push_str(&format!("(cannot list the process's threads: {e})\n")),
     }
-    // Which device of the tree each device actor runs, by actor id (model-only control
-    // mailboxes such as the chipset's are not actors and are not listed).
+    // Which node of the tree (device or backend) each actor runs, by actor id (model-only
+    // control mailboxes such as the chipset's are not actors and are not listed).
     if let Ok(tree) = ctx.supervisor.tree().await {
         let live: std::collections::HashSet<String> =
             ctx.registry.snapshot().into_iter().map(|e| e.id).collect();
@@ -1036,16 +1149,31 @@ async fn dump_memory(
         Err(e) => return format!("{e}\n"),
     };
     if phys {
+        // Nothing is beyond x86's widest physical address (52 bits), and nothing wraps
+        // round to address 0 past 2^64 (as QEMU): read what is below that at once.
+        let total = fmt.count.saturating_mul(fmt.size as u64);
+        let end = addr.saturating_add(total).min(MAX_PHYS_END);
+        let bytes = if end > addr {
+            memdump::read_phys(ctx, addr, (end - addr) as usize).await
+        } else {
+            Vec::new()
+        };
         return memdump::dump(fmt, addr, |a, buf| {
-            // Nothing is beyond x86's widest physical address (52 bits), and nothing
-            // wraps round to address 0 past 2^64 (as QEMU).
             if a.checked_add(buf.len() as u64)
                 .is_none_or(|end| end > MAX_PHYS_END)
             {
                 return false;
             }
-            memdump::read_phys(ctx, a, buf);
-            true
+            let Some(from) = a.checked_sub(addr).map(|o| o as usize) else {
+                return false;
+            };
+            match bytes.get(from..from + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    true
+                }
+                None => false,
+            }
         });
     }
     // Virtual: translate each page through the current vCPU.
@@ -1067,9 +1195,7 @@ async fn dump_memory(
         }
         match v.translate_gva(a).await {
             Ok(Some(pa)) => {
-                let mut buf = vec![0u8; n];
-                memdump::read_phys(ctx, pa, &mut buf);
-                bytes.extend_from_slice(&buf);
+                bytes.extend_from_slice(&memdump::read_phys(ctx, pa, n).await);
             }
             _ => {
                 ok_until = bytes.len() as u64;

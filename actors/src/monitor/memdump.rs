@@ -221,14 +221,8 @@ fn char_repr(c: u8) -> String {
 
 /// Physical read for `xp`: what the machine maps there, or all-ones where nothing is
 /// (as QEMU reads unassigned memory). Byte by byte, so a read may straddle regions.
-pub fn read_phys(ctx: &super::MonitorContext, addr: u64, buf: &mut [u8]) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        let mut one = [0xffu8];
-        if !ctx.info.read_phys(addr.wrapping_add(i as u64), &mut one) {
-            one[0] = 0xff;
-        }
-        *b = one[0];
-    }
+pub async fn read_phys(ctx: &super::MonitorContext, addr: u64, len: usize) -> Vec<u8> {
+    ctx.memory.read_phys(addr, len).await
 }
 
 /// One leaf mapping found by the page walker.

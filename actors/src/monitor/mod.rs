@@ -5,22 +5,26 @@
 //! JSON value shaped like QEMU's QMP reply); QMP ([`qmp`]) executes them directly and HMP
 //! ([`hmp`]) parses a command line, calls the same operations and formats their results
 //! as QEMU's HMP prints them. Every connection is its own supervised actor ([`server`]);
-//! one client closing or misbehaving affects no other.
+//! one client closing or misbehaving affects no other. The machine is reached through
+//! actors only: the supervisor (lifecycle, the device tree, `netdev_add`) and the
+//! [`handles`] of the machine's sides (network, drives, chipset, memory).
 
 pub mod commands;
 pub mod dirty;
+pub mod handles;
 pub mod hmp;
 mod memdump;
+pub mod migrate;
 mod mux;
 pub mod probe;
 pub mod qmp;
 pub mod readline;
 pub mod server;
+pub mod tree_view;
 
 use std::sync::Arc;
 
 use devices::memory::GuestMemoryMmap;
-use serde_json::Value;
 
 use crate::display::input::InputSink;
 use crate::display::DisplayHandle;
@@ -48,55 +52,36 @@ pub struct Announce {
     pub interfaces: Option<Vec<String>>,
 }
 
-/// What the machine knows that the monitor reports (implemented by the binary, which
-/// knows the PCI topology, drives and memory map).
-pub trait MachineInfo: Send + Sync {
-    /// `query-pci` return value (a list with one bus).
-    fn query_pci(&self) -> Value;
-    /// `query-block` return value.
-    fn query_block(&self) -> Value;
-    /// `query-blockstats` return value.
-    fn query_blockstats(&self) -> Value;
-    /// `info mtree [-f]` text.
-    fn mtree(&self, flat: bool) -> String;
-    /// `query-chardev` return value.
-    fn query_chardev(&self) -> Value;
-    /// `info network` text.
-    fn network(&self) -> String;
-    /// `announce-self`: send each NIC's announcement (and ask virtio drivers that can to
-    /// announce themselves) on `schedule`; returns at once.
-    fn announce_self(&self, schedule: Announce) -> Result<(), String>;
-    /// `query-rx-filter [name]`: each NIC's receive filter; Err is QEMU's message.
-    fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String>;
-    /// `info usernet` text: each user-mode backend's connections and forwardings.
-    fn usernet(&self) -> String;
-    /// `set_link NAME on|off` (a NIC or its netdev): Err is the message to show.
-    fn set_link(&self, name: &str, up: bool) -> Result<(), String>;
-    /// `hostfwd_add [netdev] RULE` / `hostfwd_remove [netdev] RULE`: Ok is the text to
-    /// show, Err the error message.
-    fn hostfwd(&self, args: &[&str], add: bool) -> Result<String, String>;
-    /// `netdev_add SPEC` (the `-netdev` syntax): Err is the message to show.
-    fn netdev_add(&self, spec: &str) -> Result<(), String>;
-    /// `netdev_del ID`: Err is the message to show.
-    fn netdev_del(&self, id: &str) -> Result<(), String>;
-    /// `info roms` text.
-    fn roms(&self) -> String;
-    /// `info qtree` text: `tree` (the supervisor's) in QEMU's shape, with what the
-    /// machine knows now of each device (its BARs' current addresses).
-    fn qtree(&self, tree: &crate::supervisor::DeviceTree) -> String;
-    /// `info pic` text (the in-kernel PICs and IOAPIC).
-    fn pic(&self) -> String;
-    /// `info irq` text (interrupts raised per line).
-    fn irq(&self) -> String;
-    /// Read guest-physical memory as the CPU would see it (`xp`, `x`): device windows
-    /// such as the VGA's through their models, RAM directly; false when `addr` is neither
-    /// (the caller shows all-ones, as QEMU reads unassigned memory).
-    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool;
-    /// Turn KVM's dirty log for guest RAM on (clearing it) or off (`calc-dirty-rate` in
-    /// dirty-bitmap mode).
-    fn dirty_log(&self, on: bool) -> Result<(), String>;
-    /// Guest RAM pages written since the dirty log was turned on or last read.
-    fn dirty_pages(&self) -> Result<u64, String>;
+/// Which drive a removable-media command names: QMP's `device` (the drive's id, e.g.
+/// `ide1-cd0`) or `id` (the qdev id of its front end), exactly one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaTarget {
+    pub device: Option<String>,
+    pub id: Option<String>,
+}
+
+/// A removable-media operation, as QMP names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaOp {
+    /// `eject`: open the tray (`force` past the guest's lock) and take the medium out.
+    Eject { force: bool },
+    /// `blockdev-open-tray`.
+    OpenTray { force: bool },
+    /// `blockdev-close-tray`.
+    CloseTray,
+    /// `blockdev-remove-medium` (the tray must be open).
+    RemoveMedium,
+    /// `blockdev-insert-medium` of a node made with `blockdev-add`.
+    InsertMedium { node: String },
+    /// `blockdev-change-medium` / HMP `change`: open `filename` (as `format`, probed if
+    /// None) and swap it in.
+    Change {
+        filename: String,
+        format: Option<String>,
+        /// `retain`, `read-only` or `read-write` (None: retain).
+        read_only_mode: Option<String>,
+        force: bool,
+    },
 }
 
 /// Changes the log filter: `log` passes directives that replace the added ones,
@@ -117,7 +102,14 @@ pub struct MonitorContext {
     pub vnc: Option<VncHandle>,
     /// Replace the log filter (`log`, `trace-event`).
     pub log: Option<LogSetter>,
-    pub info: Arc<dyn MachineInfo>,
+    /// Guest memory (`xp`, `x`) and the dirty log.
+    pub memory: handles::MemoryHandle,
+    /// The NICs and network backends.
+    pub net: handles::NetHandle,
+    /// The drives.
+    pub drives: handles::DrivesHandle,
+    /// The board: interrupt controllers, memory map, ROMs, chardevs.
+    pub chipset: handles::ChipsetHandle,
     /// What the binary has (device and CPU models, machines, options), for probing.
     pub catalog: Arc<dyn Catalog>,
     /// (socket, core, thread) of each vCPU, by index.

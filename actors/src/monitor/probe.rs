@@ -1,7 +1,7 @@
 //! What management tools ask before they use troupe as their emulator: libvirt starts it
 //! with `-machine none -S`, then asks QMP what it is (its schema, commands, QOM types and
-//! their properties, machines, CPU models, command-line options, migration capabilities,
-//! TPM/SEV/SGX support) and turns on only what the answers show.
+//! their properties, machines, CPU models, command-line options, migration
+//! capabilities, TPM/SEV/SGX support) and turns on only what the answers show.
 //!
 //! Every answer describes what troupe really has. The QMP schema (`query-qmp-schema`, in
 //! QEMU's introspection format) is generated from the same command table that checks
@@ -39,6 +39,9 @@ pub struct CpuDefinition {
     pub migration_safe: bool,
     /// Whether the model never changes with the machine type or accelerator.
     pub is_static: bool,
+    /// For an alias (`Haswell`), the versioned model it stands for (`Haswell-v1`).
+    pub alias_of: Option<String>,
+    pub deprecated: bool,
 }
 
 /// What the binary knows about itself that probing asks (it owns the device and CPU
@@ -65,12 +68,6 @@ pub trait Catalog: Send + Sync {
     /// `query-command-line-options` return value: each option troupe has with the
     /// parameters its option string takes.
     fn command_line_options(&self) -> Value;
-}
-
-/// Migration capabilities troupe has, with their current state (`query-migrate-capabilities`).
-/// Migration is not there yet, so none: the migration work extends this one function.
-pub fn migrate_capabilities() -> Vec<(&'static str, bool)> {
-    Vec::new()
 }
 
 /// Classes troupe does not have that libvirt 9.0 asks `qom-list-properties` about
@@ -101,7 +98,6 @@ pub(super) const COMMANDS: &[(&str, &[Param])] = &[
         ],
     ),
     ("query-command-line-options", &[("option", Ty::Str, false)]),
-    ("query-migrate-capabilities", &[]),
     ("query-tpm-models", &[]),
     ("query-tpm-types", &[]),
     ("query-sev-capabilities", &[]),
@@ -137,23 +133,21 @@ pub(super) fn execute(
             cat.cpu_definitions()
                 .into_iter()
                 .map(|d| {
-                    json!({
+                    let mut v = json!({
                         "name": d.name, "typename": d.typename,
                         "unavailable-features": d.unavailable_features,
                         "static": d.is_static, "migration-safe": d.migration_safe,
-                        "deprecated": false,
-                    })
+                        "deprecated": d.deprecated,
+                    });
+                    if let Some(a) = d.alias_of {
+                        v["alias-of"] = json!(a);
+                    }
+                    v
                 })
                 .collect(),
         )),
         "query-cpu-model-expansion" => expand(cat, args),
         "query-command-line-options" => command_line_options(cat, s("option")),
-        "query-migrate-capabilities" => Ok(Value::Array(
-            migrate_capabilities()
-                .into_iter()
-                .map(|(c, on)| json!({"capability": c, "state": on}))
-                .collect(),
-        )),
         // No TPM device or backend: QEMU built without TPM answers empty lists.
         "query-tpm-models" | "query-tpm-types" => Ok(json!([])),
         "query-sev-capabilities" => Err(CmdError::generic("SEV is not available in troupe")),
@@ -404,6 +398,31 @@ mod tests {
         assert_eq!(e["meta-type"], "enum");
         assert_eq!(e["values"], json!(["ppm", "png"]));
         assert_eq!(all["SHUTDOWN"]["meta-type"], "event");
+        // The migration commands and events are there, with their data.
+        for c in [
+            "migrate",
+            "migrate_cancel",
+            "migrate-incoming",
+            "migrate-set-parameters",
+            "query-migrate-parameters",
+            "migrate-set-capabilities",
+            "query-migrate-capabilities",
+        ] {
+            assert_eq!(all[c]["meta-type"], "command", "{c}");
+        }
+        let data = |event: &str| -> Vec<String> {
+            let e = &all[event];
+            assert_eq!(e["meta-type"], "event", "{event}");
+            all[e["arg-type"].as_str().unwrap()]["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(data("MIGRATION"), ["status"]);
+        assert_eq!(data("MIGRATION_PASS"), ["pass"]);
+        assert_eq!(data("DEVICE_TRAY_MOVED"), ["device", "tray-open", "id"]);
     }
 
     struct Cat;

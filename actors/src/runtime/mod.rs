@@ -25,6 +25,7 @@ pub use fault::fault_point;
 pub use mailbox::{mailbox, Addr, Mailbox};
 pub use registry::{current, gettid, ActorInfo, ActorState, Placement, Registry, RegistryEntry};
 pub use reply::{reply_channel, Reply, ReplyReceiver};
+pub(crate) use spawn::panic_text;
 pub use spawn::{spawn_supervised, spawn_task, ActorExit, Restart};
 pub use thread::{
     kernel_thread_kind, once, process_threads, spawn_thread, thread_name, ThreadSpec,

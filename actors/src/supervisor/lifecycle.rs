@@ -7,6 +7,7 @@ use devices::{Section, SystemEvent};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
+use super::hotplug::{self, Hotplug, HotplugError, Plug};
 use super::tree::DeviceTree;
 use crate::events::{EventRx, VmEvent};
 use crate::runtime::{reply_channel, ActorError, Addr, Mailbox, MessageKind, Reply};
@@ -20,6 +21,12 @@ pub enum RunState {
     Paused,
     Shutdown,
     InternalError,
+    /// Waiting for an incoming migration (`-incoming`).
+    InMigrate,
+    /// Paused for a migration's switch-over.
+    FinishMigrate,
+    /// The VM moved away (a completed outgoing migration).
+    PostMigrate,
 }
 
 impl RunState {
@@ -31,6 +38,9 @@ impl RunState {
             Self::Paused => "paused",
             Self::Shutdown => "shutdown",
             Self::InternalError => "internal-error",
+            Self::InMigrate => "inmigrate",
+            Self::FinishMigrate => "finish-migrate",
+            Self::PostMigrate => "postmigrate",
         }
     }
 
@@ -42,6 +52,9 @@ impl RunState {
             Self::Paused => "paused",
             Self::Shutdown => "paused (shutdown)",
             Self::InternalError => "paused (internal-error)",
+            Self::InMigrate => "paused (inmigrate)",
+            Self::FinishMigrate => "paused (finish-migrate)",
+            Self::PostMigrate => "paused (postmigrate)",
         }
     }
 }
@@ -60,6 +73,23 @@ pub trait Machine: Send + Sync + 'static {
     /// Load what [`Machine::save_vm_state`] saved; called after the vCPUs are restored and
     /// before they resume (the clock goes last).
     fn restore_vm_state(&self, sections: &[Section]) -> Result<(), String>;
+    /// Guest RAM, for a migration stream (None: this machine cannot migrate).
+    fn ram(&self) -> Option<devices::memory::GuestMemoryMmap> {
+        None
+    }
+    /// Start (afresh) or stop recording which guest RAM pages are written, by the vCPUs
+    /// and by troupe's own devices.
+    fn log_dirty(&self, _on: bool) -> Result<(), String> {
+        Err("this machine cannot log guest RAM writes".into())
+    }
+    /// The pages written since logging started or since the last call.
+    fn take_dirty(&self) -> Result<crate::migration::source::DirtyBitmap, String> {
+        Err("this machine cannot log guest RAM writes".into())
+    }
+    /// Device memory outside guest RAM that migrates with it (video memory).
+    fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
+        Vec::new()
+    }
 }
 
 /// Broadcast to monitors (QMP events) as the lifecycle changes.
@@ -103,6 +133,8 @@ pub enum ExitReason {
     ActorFailed(String),
     /// Host signal (SIGINT/SIGTERM) (status 0 like QEMU: "terminating on signal").
     Signal(i32),
+    /// An incoming migration could not be loaded (status 1).
+    IncomingFailed(String),
 }
 
 impl ExitReason {
@@ -110,7 +142,7 @@ impl ExitReason {
         match self {
             Self::PoweredOff | Self::Quit | Self::ResetNoReboot | Self::Signal(_) => 0,
             Self::DebugExit(v) => ((v << 1) | 1) as i32,
-            Self::Fault(_) | Self::ActorFailed(_) => 1,
+            Self::Fault(_) | Self::ActorFailed(_) | Self::IncomingFailed(_) => 1,
         }
     }
 }
@@ -142,6 +174,25 @@ pub enum SupervisorMsg {
     SaveMachine(Reply<Result<Vec<Section>, String>>),
     /// Replace the whole machine's state but RAM (paused or prelaunch only).
     RestoreMachine(Vec<Section>, Reply<Result<(), String>>),
+    /// `migrate URI`: start an outgoing migration (answers once it started).
+    Migrate(String, Reply<Result<(), String>>),
+    /// `migrate-incoming URI` after `-incoming defer`.
+    MigrateIncoming(String, Reply<Result<(), String>>),
+    /// From the migration thread: pause everything and hand over the machine's state.
+    SwitchOver(Reply<Result<Vec<Section>, String>>),
+    /// From the migration thread: how the outgoing migration ended.
+    MigrationEnded(Result<(), crate::migration::source::Failure>),
+    /// From the incoming thread: the stream is read; restore these and run.
+    IncomingLoaded(Vec<Section>, Reply<Result<(), String>>),
+    /// From the incoming thread: the stream could not be read.
+    IncomingFailed(String),
+    /// The migration parameters, capabilities and progress (for the monitor).
+    Migration(Reply<crate::migration::SharedMigration>),
+    /// Add a node to the device tree (`netdev_add`), built by the machine.
+    AddNode(Plug, Reply<Result<(), HotplugError>>),
+    /// Take a node (by tree id) out of the device tree and tear down what it placed
+    /// (`netdev_del`).
+    RemoveNode(String, Reply<Result<(), HotplugError>>),
 }
 
 impl MessageKind for SupervisorMsg {
@@ -160,6 +211,15 @@ impl MessageKind for SupervisorMsg {
             Self::Tree(_) => "tree",
             Self::SaveMachine(_) => "save-machine",
             Self::RestoreMachine(..) => "restore-machine",
+            Self::Migrate(..) => "migrate",
+            Self::MigrateIncoming(..) => "migrate-incoming",
+            Self::SwitchOver(_) => "switch-over",
+            Self::MigrationEnded(_) => "migration-ended",
+            Self::IncomingLoaded(..) => "incoming-loaded",
+            Self::IncomingFailed(_) => "incoming-failed",
+            Self::Migration(_) => "migration",
+            Self::AddNode(..) => "add-node",
+            Self::RemoveNode(..) => "remove-node",
         }
     }
 }
@@ -229,6 +289,54 @@ impl SupervisorHandle {
             .await
             .map_err(|e| e.to_string())?
     }
+    /// Start migrating the VM to `uri` (QEMU's URI syntax); Ok once it has started.
+    pub async fn migrate(&self, uri: &str) -> Result<(), String> {
+        let uri = uri.to_string();
+        self.ask(|r| SupervisorMsg::Migrate(uri, r))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    /// `migrate-incoming URI` for a VM started with `-incoming defer`.
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), String> {
+        let uri = uri.to_string();
+        self.ask(|r| SupervisorMsg::MigrateIncoming(uri, r))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    pub(crate) async fn switch_over(&self) -> Result<Vec<Section>, String> {
+        self.ask(SupervisorMsg::SwitchOver)
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    pub(crate) async fn incoming_loaded(&self, sections: Vec<Section>) -> Result<(), String> {
+        self.ask(|r| SupervisorMsg::IncomingLoaded(sections, r))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    /// Migration parameters, capabilities and progress.
+    pub async fn migration(&self) -> Result<crate::migration::SharedMigration, ActorError> {
+        self.ask(SupervisorMsg::Migration).await
+    }
+    pub(crate) fn post(&self, msg: SupervisorMsg) {
+        let addr = self.addr.clone();
+        // A message from a migration thread: the mailbox has room or the VM is ending.
+        if let Err(e) = addr.try_send(msg) {
+            tracing::warn!("supervisor mailbox: {e}");
+        }
+    }
+    /// Add what `what` asks for to the machine, through its device tree.
+    pub async fn add_node(&self, what: Plug) -> Result<(), HotplugError> {
+        self.ask(|r| SupervisorMsg::AddNode(what, r))
+            .await
+            .map_err(|e| HotplugError::Failed(e.to_string()))?
+    }
+    /// Take node `id` (a tree id: `/netdevs/n0`) out of the machine.
+    pub async fn remove_node(&self, id: &str) -> Result<(), HotplugError> {
+        let id = id.to_string();
+        self.ask(|r| SupervisorMsg::RemoveNode(id, r))
+            .await
+            .map_err(|e| HotplugError::Failed(e.to_string()))?
+    }
     pub fn publish(&self, n: VmNotification) {
         let _ = self.addr.try_send(SupervisorMsg::Publish(n));
     }
@@ -251,6 +359,10 @@ pub struct SupervisorConfig {
     pub no_shutdown: bool,
     /// A monitor is configured: faults leave the VM inspectable instead of exiting.
     pub monitor_attached: bool,
+    /// `-incoming URI` (or `defer`): wait for a migration instead of starting.
+    pub incoming: Option<String>,
+    /// The `-cpu` model with its options, which a migration's destination must match.
+    pub cpu: String,
 }
 
 pub struct Supervisor {
@@ -262,9 +374,20 @@ pub struct Supervisor {
     /// resumed before them, first first; saved and restored in order.
     tree: DeviceTree,
     machine: Arc<dyn Machine>,
+    /// Builds what `netdev_add` asks for (None: nothing can be added).
+    hotplug: Option<Arc<dyn Hotplug>>,
     events: EventRx,
     mailbox: Mailbox<SupervisorMsg>,
     notify: broadcast::Sender<(SystemTime, VmNotification)>,
+    /// Migration parameters, capabilities and progress (shared with the monitor).
+    migration: crate::migration::SharedMigration,
+    /// Where migration threads register.
+    registry: crate::runtime::Registry,
+    handle: Option<SupervisorHandle>,
+    /// The VM ran when a migration paused it for the switch-over (resume it on failure).
+    ran_before_switch: bool,
+    /// Run the guest once an incoming migration is loaded (no `-S`, or `cont` since).
+    autostart: bool,
 }
 
 impl Supervisor {
@@ -277,23 +400,283 @@ impl Supervisor {
     ) -> (Self, SupervisorHandle) {
         let (addr, mailbox) = crate::runtime::mailbox("supervisor", 256);
         let (notify, _) = broadcast::channel(256);
+        let handle = SupervisorHandle { addr };
         (
             Self {
                 state: RunState::Prelaunch,
+                autostart: !cfg.start_paused,
                 cfg,
                 vcpus,
                 tree,
                 machine,
+                hotplug: None,
                 events,
                 mailbox,
                 notify,
+                migration: Default::default(),
+                registry: Default::default(),
+                handle: Some(handle.clone()),
+                ran_before_switch: false,
             },
-            SupervisorHandle { addr },
+            handle,
         )
+    }
+
+    /// Register the threads the supervisor starts (migration streams) in `registry`.
+    pub fn with_registry(mut self, registry: crate::runtime::Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// What builds the nodes `netdev_add` (later `device_add`) asks for.
+    pub fn set_hotplug(&mut self, h: Arc<dyn Hotplug>) {
+        self.hotplug = Some(h);
     }
 
     fn publish(&self, n: VmNotification) {
         let _ = self.notify.send((SystemTime::now(), n));
+    }
+
+    /// A `MIGRATION` event with `status`, when the `events` capability asks for them.
+    fn migration_event(&self, status: crate::migration::Status) {
+        if self.migration.caps().events {
+            self.publish(VmNotification::Other {
+                event: "MIGRATION".into(),
+                data: serde_json::json!({ "status": status.name() }).to_string(),
+            });
+        }
+    }
+
+    /// What a migration's destination must match.
+    fn describe(&self) -> Result<crate::migration::stream::MachineDesc, String> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let ram = self
+            .machine
+            .ram()
+            .ok_or("this machine cannot be migrated")?;
+        Ok(crate::migration::stream::MachineDesc {
+            ram: ram.iter().map(|r| (r.start_addr().0, r.len())).collect(),
+            blocks: self
+                .machine
+                .device_ram()
+                .iter()
+                .map(|b| (b.name(), b.len() as u64))
+                .collect(),
+            vcpus: self.vcpus.len() as u32,
+            cpu: self.cfg.cpu.clone(),
+            devices: self
+                .tree
+                .iter()
+                .filter(|n| n.control.is_some())
+                .map(|n| (n.id.clone(), n.driver.clone()))
+                .collect(),
+        })
+    }
+
+    /// Start an outgoing migration on a thread of its own.
+    fn start_migration(&mut self, uri: &str) -> Result<(), String> {
+        use crate::migration::{source, transport::Uri, Progress, Status};
+        if self.migration.progress().status.running() {
+            return Err("There's a migration process in progress".into());
+        }
+        if self.state == RunState::PostMigrate {
+            return Err("Can't migrate the vm that was paused due to previous migration".into());
+        }
+        match self.state {
+            RunState::Running | RunState::Paused | RunState::Prelaunch => {}
+            RunState::InMigrate => return Err("Guest is waiting for an incoming migration".into()),
+            other => return Err(format!("cannot migrate a VM that is {}", other.hmp_name())),
+        }
+        let uri = Uri::parse(uri).map_err(|e| e.to_string())?;
+        let desc = self.describe()?;
+        let ram = self
+            .machine
+            .ram()
+            .ok_or("this machine cannot be migrated")?;
+        let mig = self.migration.clone();
+        mig.cancel.store(false, std::sync::atomic::Ordering::SeqCst);
+        mig.with_progress(|p| {
+            *p = Progress {
+                status: Status::Setup,
+                started: Some(std::time::Instant::now()),
+                ..Progress::default()
+            }
+        });
+        self.migration_event(Status::Setup);
+        let handle = self.handle.clone().ok_or("the supervisor has no handle")?;
+        let src = SupervisedSource {
+            machine: self.machine.clone(),
+            ram,
+            sup: handle,
+            rt: tokio::runtime::Handle::current(),
+            mig: mig.clone(),
+        };
+        crate::runtime::ThreadSpec::new(
+            "migration-out",
+            "migration",
+            crate::runtime::Restart::Never,
+        )
+        .spawn(
+            &self.registry,
+            crate::runtime::once(move || {
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    source::run(&src, &src.mig, &uri, &desc, &|_| None)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(source::Failure::Failed(format!(
+                        "the migration thread panicked: {}",
+                        crate::runtime::panic_text(p.as_ref())
+                    )))
+                });
+                *src.mig.cutter.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                src.sup.post(SupervisorMsg::MigrationEnded(res));
+            }),
+        )
+        .map_err(|e| format!("starting the migration thread: {e}"))?;
+        Ok(())
+    }
+
+    /// The migration thread's switch-over: pause everything, save it.
+    async fn switch_over(&mut self) -> Result<Vec<Section>, String> {
+        self.ran_before_switch = self.state == RunState::Running;
+        if self.ran_before_switch {
+            self.pause_all().await;
+            self.publish(VmNotification::Stop);
+        } else if self.state == RunState::Prelaunch {
+            self.pause_all().await;
+        }
+        self.state = RunState::FinishMigrate;
+        Ok(self.collect().await?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The outgoing migration ended: a completed one leaves the VM paused
+    /// (`postmigrate`); otherwise it goes on as before.
+    fn migration_ended(&mut self, res: Result<(), crate::migration::source::Failure>) {
+        use crate::migration::{source::Failure, Status};
+        let status = match &res {
+            Ok(()) => Status::Completed,
+            Err(Failure::Cancelled) => Status::Cancelled,
+            Err(_) => Status::Failed,
+        };
+        self.migration.with_progress(|p| {
+            p.status = status;
+            if let Err(Failure::Failed(e) | Failure::FailedPaused(e)) = &res {
+                p.error = Some(e.clone());
+            }
+            if p.total_time_ms.is_none() {
+                p.total_time_ms = p.started.map(|t| t.elapsed().as_millis() as u64);
+            }
+        });
+        match res {
+            Ok(()) => self.state = RunState::PostMigrate,
+            Err(e) => {
+                if let Failure::Failed(why) | Failure::FailedPaused(why) = &e {
+                    crate::report!("troupe: migration failed: {why}");
+                }
+                if self.state == RunState::FinishMigrate {
+                    if self.ran_before_switch {
+                        self.state = RunState::Running;
+                        self.publish(VmNotification::Resume);
+                        self.resume_all();
+                    } else {
+                        self.state = RunState::Paused;
+                    }
+                }
+            }
+        }
+        self.migration_event(status);
+    }
+
+    /// Wait for and read an incoming migration on a thread of its own.
+    fn start_incoming(&mut self, uri: &str) -> Result<(), String> {
+        use crate::migration::{dest, transport, Status};
+        let parsed = transport::Uri::parse(uri).map_err(|e| e.to_string())?;
+        let listening = transport::Listening::open(&parsed)
+            .map_err(|e| format!("cannot listen for the migration on {parsed}: {e}"))?;
+        if let Some(addr) = listening.address() {
+            crate::report!("troupe: waiting for an incoming migration on {addr}");
+        }
+        self.migration.set_listening(listening.address());
+        let desc = self.describe()?;
+        let ram = self
+            .machine
+            .ram()
+            .ok_or("this machine cannot be migrated")?;
+        let blocks = self.machine.device_ram();
+        let sup = self.handle.clone().ok_or("the supervisor has no handle")?;
+        let rt = tokio::runtime::Handle::current();
+        let mig = self.migration.clone();
+        mig.with_progress(|p| {
+            p.incoming = true;
+            p.started = Some(std::time::Instant::now());
+        });
+        crate::runtime::ThreadSpec::new(
+            "migration-in",
+            "migration",
+            crate::runtime::Restart::Never,
+        )
+        .spawn(
+            &self.registry,
+            crate::runtime::once(move || {
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let inc = listening
+                        .accept()
+                        .map_err(|e| format!("accepting the migration: {e}"))?;
+                    mig.with_progress(|p| p.status = Status::Active);
+                    if mig.caps().events {
+                        sup.publish(VmNotification::Other {
+                            event: "MIGRATION".into(),
+                            data: serde_json::json!({"status": "active"}).to_string(),
+                        });
+                    }
+                    let loaded = dest::receive(inc, &ram, &blocks, &desc)?;
+                    let mut answer = loaded.answer;
+                    let res = rt.block_on(sup.incoming_loaded(loaded.sections));
+                    if let Some(a) = answer.as_mut() {
+                        let _ = a.write_all(if res.is_ok() { b"Y" } else { b"N" });
+                        let _ = a.flush();
+                    }
+                    res
+                }))
+                .unwrap_or_else(|p| {
+                    Err(format!(
+                        "the incoming migration thread panicked: {}",
+                        crate::runtime::panic_text(p.as_ref())
+                    ))
+                });
+                if let Err(e) = res {
+                    sup.post(SupervisorMsg::IncomingFailed(e));
+                }
+            }),
+        )
+        .map_err(|e| format!("starting the incoming migration thread: {e}"))?;
+        Ok(())
+    }
+
+    /// The incoming stream is read: restore every part and run (or stay paused).
+    async fn incoming_loaded(&mut self, sections: Vec<Section>) -> Result<(), String> {
+        use crate::migration::Status;
+        if self.state != RunState::InMigrate {
+            return Err(format!(
+                "the VM is {}, not waiting for a migration",
+                self.state.hmp_name()
+            ));
+        }
+        self.pause_all().await;
+        self.restore_machine(sections).await?;
+        self.migration.with_progress(|p| {
+            p.status = Status::Completed;
+            p.total_time_ms = p.started.map(|t| t.elapsed().as_millis() as u64);
+        });
+        self.migration.set_listening(None);
+        self.state = RunState::Paused;
+        if self.autostart {
+            self.state = RunState::Running;
+            self.publish(VmNotification::Resume);
+            self.resume_all();
+        }
+        self.migration_event(Status::Completed);
+        Ok(())
     }
 
     /// Quiesce the machine: the vCPUs first (no new guest requests), then every device
@@ -360,6 +743,18 @@ impl Supervisor {
                 self.resume_all();
                 Ok(())
             }
+            // As QEMU: the VM runs as soon as the incoming migration is loaded.
+            RunState::InMigrate => {
+                self.autostart = true;
+                Ok(())
+            }
+            RunState::FinishMigrate => Err("a migration is switching over".into()),
+            RunState::PostMigrate => {
+                self.state = RunState::Running;
+                self.publish(VmNotification::Resume);
+                self.resume_all();
+                Ok(())
+            }
             RunState::InternalError => Err("Resetting the Virtual Machine is required".into()),
             RunState::Shutdown => Err("Resetting the Virtual Machine is required".into()),
         }
@@ -390,7 +785,7 @@ impl Supervisor {
     async fn stopped_for(&mut self, what: &str) -> Result<(), String> {
         match self.state {
             RunState::Paused => Ok(()),
-            RunState::Prelaunch => {
+            RunState::Prelaunch | RunState::InMigrate => {
                 // Built paused but never told: pausing is idempotent.
                 self.pause_all().await;
                 Ok(())
@@ -486,7 +881,15 @@ impl Supervisor {
     pub async fn run(mut self) -> ExitReason {
         let mailbox = self.mailbox.clone();
         let mut mb = mailbox.open().await;
-        if !self.cfg.start_paused {
+        if let Some(uri) = self.cfg.incoming.clone() {
+            self.state = RunState::InMigrate;
+            if uri != "defer" {
+                if let Err(e) = self.start_incoming(&uri) {
+                    self.finish().await;
+                    return ExitReason::IncomingFailed(e);
+                }
+            }
+        } else if !self.cfg.start_paused {
             self.state = RunState::Running;
             self.resume_all();
         }
@@ -627,6 +1030,44 @@ impl Supervisor {
             SupervisorMsg::RestoreMachine(sections, r) => {
                 let res = self.restore_machine(sections).await;
                 r.send(res);
+            }
+            SupervisorMsg::Migrate(uri, r) => r.send(self.start_migration(&uri)),
+            SupervisorMsg::MigrateIncoming(uri, r) => {
+                let res = if self.cfg.incoming.is_none() {
+                    Err("'-incoming' was not specified on the command line".into())
+                } else if self.state != RunState::InMigrate
+                    || self.cfg.incoming.as_deref() != Some("defer")
+                    || self.migration.progress().incoming
+                {
+                    Err("The incoming migration has already been started".into())
+                } else {
+                    self.start_incoming(&uri)
+                };
+                r.send(res);
+            }
+            SupervisorMsg::SwitchOver(r) => {
+                let res = self.switch_over().await;
+                r.send(res);
+            }
+            SupervisorMsg::MigrationEnded(res) => self.migration_ended(res),
+            SupervisorMsg::IncomingLoaded(sections, r) => {
+                let res = self.incoming_loaded(sections).await;
+                r.send(res);
+            }
+            SupervisorMsg::IncomingFailed(why) => {
+                self.migration
+                    .with_progress(|p| p.status = crate::migration::Status::Failed);
+                self.migration_event(crate::migration::Status::Failed);
+                return Some(ExitReason::IncomingFailed(why));
+            }
+            SupervisorMsg::Migration(r) => r.send(self.migration.clone()),
+            SupervisorMsg::AddNode(what, r) => {
+                let paused = self.state != RunState::Running;
+                let h = self.hotplug.as_ref();
+                r.send(hotplug::add(&mut self.tree, h, what, paused).await);
+            }
+            SupervisorMsg::RemoveNode(id, r) => {
+                r.send(hotplug::remove(&mut self.tree, &id).await.map(|_| ()));
             }
         }
         None
@@ -1098,5 +1539,40 @@ mod tests {
         );
         assert!(e.contains("from before the restore is back"), "{e}");
         assert_eq!((get(&a), get(&b)), (3, 4));
+    }
+}
+
+/// What the migration thread reaches through the supervisor.
+struct SupervisedSource {
+    machine: Arc<dyn Machine>,
+    ram: devices::memory::GuestMemoryMmap,
+    sup: SupervisorHandle,
+    rt: tokio::runtime::Handle,
+    mig: crate::migration::SharedMigration,
+}
+
+impl crate::migration::source::SourceMachine for SupervisedSource {
+    fn ram(&self) -> &devices::memory::GuestMemoryMmap {
+        &self.ram
+    }
+    fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
+        self.machine.device_ram()
+    }
+    fn log_dirty(&self, on: bool) -> Result<(), String> {
+        self.machine.log_dirty(on)
+    }
+    fn take_dirty(&self) -> Result<crate::migration::source::DirtyBitmap, String> {
+        self.machine.take_dirty()
+    }
+    fn switch_over(&self) -> Result<Vec<Section>, String> {
+        self.rt.block_on(self.sup.switch_over())
+    }
+    fn event(&self, name: &str, data: serde_json::Value) {
+        if self.mig.caps().events {
+            self.sup.publish(VmNotification::Other {
+                event: name.into(),
+                data: data.to_string(),
+            });
+        }
     }
 }

@@ -9,11 +9,16 @@
 //! `run` returns how the process should exit: QEMU's status codes (0 on power-off or
 //! `quit`, `(v << 1) | 1` for isa-debug-exit, 1 on a fatal fault).
 
+pub mod hotplug;
 mod lifecycle;
 pub mod tree;
 
+pub use hotplug::{Hotplug, HotplugError, Plug};
 pub use lifecycle::{
     error_chain, ExitReason, Machine, RunState, Supervisor, SupervisorConfig, SupervisorHandle,
     SupervisorMsg, VmNotification,
 };
-pub use tree::{AnonIds, BarSpace, DeviceTree, Node, Resource, TreeError, SYSTEM_BUS};
+pub use tree::{
+    AnonIds, BackendKind, BarSpace, DeviceTree, Ioeventfd, Node, Placement, Resource, Teardown,
+    TreeError, BACKENDS, SYSTEM_BUS,
+};

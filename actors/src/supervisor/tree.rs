@@ -7,11 +7,51 @@
 //! PIIX3 `isa.0`). `main-system-bus` always exists. Nodes are kept in insertion order,
 //! which the machine builder makes the dependency order (a device after what it uses):
 //! the supervisor pauses them last first and resumes them first first.
+//!
+//! Backends (a NIC's netdev, a drive's block image, a chardev, the VNC display) are nodes
+//! too, under [`BACKENDS`] with ids of QOM's path shape (`/netdevs/ID`, `/block/ID`,
+//! `/chardevs/ID`, `/display/vnc`); a device names the backends it uses
+//! ([`Node::uses`]), and each such backend's parent is that device. Adding a node
+//! ([`DeviceTree::insert`]) and removing one ([`DeviceTree::remove`], after which the
+//! caller runs the node's [`Teardown`]) is how the machine is built and changed.
 
 use crate::runtime::ControlHandle;
 
 /// The root bus every machine has.
 pub const SYSTEM_BUS: &str = "main-system-bus";
+
+/// Where backends hang (not a bus: `info qtree` does not show them).
+pub const BACKENDS: &str = "/backends";
+
+/// What kind of backend a node is, and the id space its name lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A NIC backend (`-netdev`, `netdev_add`).
+    Netdev,
+    /// A drive's image (`-drive`).
+    Block,
+    /// A character device (`-chardev`, `-serial`...).
+    Chardev,
+    /// Where the screen is shown (the VNC server).
+    Display,
+}
+
+impl BackendKind {
+    /// The folder of its ids (`/netdevs/n0`).
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::Netdev => "netdevs",
+            Self::Block => "block",
+            Self::Chardev => "chardevs",
+            Self::Display => "display",
+        }
+    }
+
+    /// The tree id of the backend the user calls `name`.
+    pub fn id(self, name: &str) -> String {
+        format!("/{}/{name}", self.folder())
+    }
+}
 
 /// Why the tree refused a change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +69,14 @@ pub enum TreeError {
         id: String,
         bus: String,
         child: String,
+    },
+    #[error("device '{id}' uses '{backend}', which is not a backend in the tree")]
+    UnknownBackend { id: String, backend: String },
+    #[error("backend '{backend}' (for '{id}') is already used by '{user}'")]
+    BackendInUse {
+        id: String,
+        backend: String,
+        user: String,
     },
 }
 
@@ -62,6 +110,60 @@ pub enum Resource {
     MsixVectors(u16),
     /// Fixed guest-physical memory: `len` bytes from `base`.
     Memory { base: u64, len: u64 },
+    /// GSIs routed to its MSI-X vectors (each with an irqfd).
+    MsiRoutes(Vec<u32>),
+    /// Queue notifications that are ioeventfds (where they sit follows the BARs: see
+    /// [`Placement::ioeventfds`]).
+    Ioeventfds(u16),
+}
+
+/// Where an ioeventfd listens now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ioeventfd {
+    /// Port I/O (true) or MMIO.
+    pub pio: bool,
+    pub addr: u64,
+    /// The value a write must carry to signal it (legacy virtio: the queue index).
+    pub datamatch: Option<u64>,
+    /// The queue it wakes.
+    pub queue: u16,
+}
+
+/// What a device decodes as the guest has programmed it, read when asked (BARs move when
+/// the firmware or the guest reprograms them, ioeventfds follow).
+pub trait Placement: Send + Sync {
+    /// Its PCI function as it decodes now: BAR addresses, INTx pin and line, ids.
+    fn pci(&self) -> Option<devices::pci::PciDeviceInfo>;
+    /// Its ioeventfds where they listen now.
+    fn ioeventfds(&self) -> Vec<Ioeventfd>;
+}
+
+/// Undoes what adding a node placed (closes a backend, unmaps BARs, frees routes); run
+/// once, by whoever took the node out of the tree. Err is the message for the user.
+#[derive(Clone)]
+pub struct Teardown(std::sync::Arc<std::sync::Mutex<Option<TeardownFn>>>);
+
+/// What a [`Teardown`] runs.
+type TeardownFn = Box<dyn FnOnce() -> Result<(), String> + Send + 'static>;
+
+impl Teardown {
+    pub fn new(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new(
+            f,
+        )))))
+    }
+
+    /// Run it (the first call only).
+    pub fn run(&self) -> Result<(), String> {
+        let f = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        f.map_or(Ok(()), |f| f())
+    }
+}
+
+impl std::fmt::Debug for Teardown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Teardown")
+    }
 }
 
 /// One device.
@@ -86,6 +188,22 @@ pub struct Node {
     /// How the supervisor pauses, resumes, saves and restores it; None for a device with
     /// no state of its own (or whose state another node's handle carries).
     pub control: Option<ControlHandle>,
+    /// A backend's kind (None: a device).
+    pub backend: Option<BackendKind>,
+    /// The backends (tree ids) a device uses.
+    pub uses: Vec<String>,
+    /// A backend's parent: the device using it (None: unattached).
+    pub parent: Option<String>,
+    /// What it decodes now (a PCI function's BARs, its ioeventfds).
+    pub placement: Option<std::sync::Arc<dyn Placement>>,
+    /// What closes what it placed, once it leaves the tree.
+    pub teardown: Option<Teardown>,
+}
+
+impl std::fmt::Debug for dyn Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Placement")
+    }
 }
 
 impl Node {
@@ -100,7 +218,49 @@ impl Node {
             props: Vec::new(),
             actors: Vec::new(),
             control: None,
+            backend: None,
+            uses: Vec::new(),
+            parent: None,
+            placement: None,
+            teardown: None,
         }
+    }
+
+    /// A backend the user calls `name` (`driver`: its type, `user`, `tap`, `qcow2`...).
+    pub fn backend(kind: BackendKind, name: &str, driver: impl Into<String>) -> Self {
+        let mut n = Self::new(kind.id(name), driver, BACKENDS);
+        n.backend = Some(kind);
+        n.user_id = true;
+        n
+    }
+
+    /// The name the user gave a backend (`n0` for `/netdevs/n0`), or the device's id.
+    pub fn name(&self) -> &str {
+        match self.backend {
+            Some(k) => self
+                .id
+                .strip_prefix('/')
+                .and_then(|r| r.strip_prefix(k.folder()))
+                .and_then(|r| r.strip_prefix('/'))
+                .unwrap_or(&self.id),
+            None => &self.id,
+        }
+    }
+
+    /// A device uses the backend with tree id `backend` (which must be in the tree).
+    pub fn uses(mut self, backend: impl Into<String>) -> Self {
+        self.uses.push(backend.into());
+        self
+    }
+
+    pub fn placement(mut self, p: std::sync::Arc<dyn Placement>) -> Self {
+        self.placement = Some(p);
+        self
+    }
+
+    pub fn teardown(mut self, t: Teardown) -> Self {
+        self.teardown = Some(t);
+        self
     }
 
     /// A device the user named with `id=`.
@@ -160,19 +320,21 @@ impl DeviceTree {
 
     fn bus_exists(&self, bus: &str) -> bool {
         bus == SYSTEM_BUS
+            || bus == BACKENDS
             || self
                 .nodes
                 .iter()
                 .any(|n| n.buses.iter().any(|(b, _)| b == bus))
     }
 
-    /// Add a device after every device already there. Refused if its id is taken, its
-    /// bus does not exist, or a bus it provides already does.
+    /// Add a node after every node already there. Refused if its id is taken, its bus
+    /// does not exist, a bus it provides already does, or a backend it uses is not in the
+    /// tree or has a user already; the backends it uses get it as their parent.
     pub fn insert(&mut self, node: Node) -> Result<(), TreeError> {
         if self.get(&node.id).is_some() {
             return Err(TreeError::DuplicateId(node.id));
         }
-        if !self.bus_exists(&node.bus) {
+        if !self.bus_exists(&node.bus) || (node.bus == BACKENDS) != node.backend.is_some() {
             return Err(TreeError::UnknownBus {
                 id: node.id,
                 bus: node.bus,
@@ -181,11 +343,38 @@ impl DeviceTree {
         if let Some((b, _)) = node.buses.iter().find(|(b, _)| self.bus_exists(b)) {
             return Err(TreeError::DuplicateBus(b.clone()));
         }
+        for b in &node.uses {
+            match self.get(b) {
+                Some(n) if n.backend.is_some() => {
+                    if let Some(user) = &n.parent {
+                        return Err(TreeError::BackendInUse {
+                            id: node.id.clone(),
+                            backend: b.clone(),
+                            user: user.clone(),
+                        });
+                    }
+                }
+                _ => {
+                    return Err(TreeError::UnknownBackend {
+                        id: node.id.clone(),
+                        backend: b.clone(),
+                    })
+                }
+            }
+        }
+        for n in self.nodes.iter_mut() {
+            if node.uses.contains(&n.id) {
+                n.parent = Some(node.id.clone());
+            }
+        }
         self.nodes.push(node);
         Ok(())
     }
 
-    /// Take a device out. Refused while a device sits on a bus it provides.
+    /// Take a node out; the caller then runs its [`Teardown`]. Refused while a device
+    /// sits on a bus it provides. A backend in use leaves its device with no backend
+    /// there (as `netdev_del` leaves a NIC with no peer); a device leaves the backends it
+    /// used unattached.
     pub fn remove(&mut self, id: &str) -> Result<Node, TreeError> {
         let i = self
             .nodes
@@ -201,7 +390,32 @@ impl DeviceTree {
                 });
             }
         }
-        Ok(self.nodes.remove(i))
+        let node = self.nodes.remove(i);
+        for n in self.nodes.iter_mut() {
+            n.uses.retain(|b| *b != node.id);
+            if n.parent.as_deref() == Some(id) {
+                n.parent = None;
+            }
+        }
+        Ok(node)
+    }
+
+    /// A node's parent: for a device, the device providing its bus; for a backend, the
+    /// device using it.
+    pub fn parent(&self, n: &Node) -> Option<&Node> {
+        match &n.parent {
+            Some(p) => self.get(p),
+            None if n.backend.is_none() => self
+                .nodes
+                .iter()
+                .find(|d| d.buses.iter().any(|(b, _)| *b == n.bus)),
+            None => None,
+        }
+    }
+
+    /// The backends of a kind, in insertion order.
+    pub fn backends(&self, kind: BackendKind) -> impl Iterator<Item = &Node> + '_ {
+        self.nodes.iter().filter(move |n| n.backend == Some(kind))
     }
 
     pub fn get(&self, id: &str) -> Option<&Node> {
@@ -346,6 +560,65 @@ mod tests {
         assert_eq!(c, ["virtio-blk0", "virtio-net0"]);
         assert_eq!(t.node_of_actor("virtio-net0").unwrap().id, "nic");
         assert!(t.node_of_actor("serial0").is_none());
+    }
+
+    #[test]
+    fn a_backend_gets_its_user_as_parent_and_outlives_it_or_leaves_it() {
+        let mut t = pc();
+        t.insert(Node::backend(BackendKind::Netdev, "n0", "user"))
+            .unwrap();
+        assert_eq!(t.get("/netdevs/n0").unwrap().name(), "n0");
+        // A device cannot use what is not a backend, nor a backend another device uses.
+        assert!(matches!(
+            t.insert(Node::new("nic9", "e1000", "pci.0").uses("/machine/PIIX3")),
+            Err(TreeError::UnknownBackend { .. })
+        ));
+        t.insert(Node::new("nic0", "e1000", "pci.0").uses("/netdevs/n0"))
+            .unwrap();
+        let n0 = t.get("/netdevs/n0").unwrap();
+        assert_eq!(t.parent(n0).unwrap().id, "nic0");
+        // A device's parent provides its bus.
+        assert_eq!(
+            t.parent(t.get("nic0").unwrap()).unwrap().id,
+            "/machine/i440FX-pcihost"
+        );
+        assert_eq!(
+            t.insert(Node::new("nic1", "e1000", "pci.0").uses("/netdevs/n0")),
+            Err(TreeError::BackendInUse {
+                id: "nic1".into(),
+                backend: "/netdevs/n0".into(),
+                user: "nic0".into()
+            })
+        );
+        // Backends are not on a bus: info qtree's walk does not meet them.
+        assert!(t.children(SYSTEM_BUS).all(|n| n.backend.is_none()));
+        assert!(
+            t.insert(Node::new("x", "user", BACKENDS)).is_err(),
+            "only backends hang there"
+        );
+        // The device goes: its backend stays, unattached.
+        t.remove("nic0").unwrap();
+        assert!(t.get("/netdevs/n0").unwrap().parent.is_none());
+        // The backend goes from under its device: the device uses nothing there.
+        t.insert(Node::new("nic0", "e1000", "pci.0").uses("/netdevs/n0"))
+            .unwrap();
+        let gone = t.remove("/netdevs/n0").unwrap();
+        assert_eq!(gone.parent.as_deref(), Some("nic0"));
+        assert!(t.get("nic0").unwrap().uses.is_empty());
+        assert_eq!(t.backends(BackendKind::Netdev).count(), 0);
+    }
+
+    #[test]
+    fn a_teardown_runs_once() {
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = n.clone();
+        let t = Teardown::new(move || {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err("closed".into())
+        });
+        assert_eq!(t.clone().run(), Err("closed".into()));
+        assert_eq!(t.run(), Ok(()));
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

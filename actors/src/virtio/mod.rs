@@ -152,6 +152,36 @@ impl VirtioPciHost {
         }
     }
 
+    /// Where its queue-notify ioeventfds listen now (they follow the BARs).
+    pub fn ioeventfds(&self) -> Vec<crate::supervisor::Ioeventfd> {
+        let inst = lock(&self.installed);
+        let mut out = Vec::new();
+        for q in 0..self.notify.len() as u16 {
+            if let Some(b) = inst.legacy {
+                out.push(crate::supervisor::Ioeventfd {
+                    pio: true,
+                    addr: b + LEGACY_NOTIFY,
+                    datamatch: Some(u64::from(q)),
+                    queue: q,
+                });
+            }
+            if let Some(b) = inst.modern {
+                out.push(crate::supervisor::Ioeventfd {
+                    pio: false,
+                    addr: b + NOTIFY_CFG + NOTIFY_MULTIPLIER * u64::from(q),
+                    datamatch: None,
+                    queue: q,
+                });
+            }
+        }
+        out
+    }
+
+    /// How many queue-notify ioeventfds it has (one per queue, at each BAR that decodes).
+    pub fn queues(&self) -> usize {
+        self.notify.len()
+    }
+
     fn moved(&self, legacy: bool, base: Option<u64>) {
         let mut inst = lock(&self.installed);
         let slot = if legacy {

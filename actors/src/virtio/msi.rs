@@ -138,6 +138,11 @@ impl KvmMsix {
             name: name.to_string(),
         })
     }
+
+    /// The GSI each vector is routed through, by vector.
+    pub fn gsis(&self) -> Vec<u32> {
+        self.vectors.iter().map(|(gsi, _)| *gsi).collect()
+    }
 }
 
 impl devices::virtio::pci::MsixSink for KvmMsix {

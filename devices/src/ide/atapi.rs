@@ -17,6 +17,10 @@ const INVALID_OPCODE: (u8, u8, u8) = (0x05, 0x20, 0x00);
 const INVALID_FIELD: (u8, u8, u8) = (0x05, 0x24, 0x00);
 const LBA_OUT_OF_RANGE: (u8, u8, u8) = (0x05, 0x21, 0x00);
 const MEDIUM_CHANGED: (u8, u8, u8) = (0x06, 0x28, 0x00);
+const UNIT_ATTENTION: u8 = 0x06;
+/// START STOP UNIT asked to eject a locked tray (MMC: MEDIUM REMOVAL PREVENTED; QEMU
+/// reports it with ascq 0).
+const REMOVAL_PREVENTED: u8 = 0x53;
 
 // Interrupt reason (in the sector count register).
 const IR_COD: u8 = 0x01;
@@ -113,9 +117,26 @@ pub(super) fn check_condition(ide: &mut Ide, c: usize, sense: (u8, u8, u8)) {
     ide.raise_irq(c);
 }
 
+/// CHECK CONDITION for the unit attention already in the sense data (QEMU's
+/// `ide_atapi_cmd_check_status`): the sense stays until REQUEST SENSE reads it.
+fn check_status(ide: &mut Ide, c: usize) {
+    if let Some(d) = ide.drive(c) {
+        d.status = DRDY | ERR;
+        d.error = (UNIT_ATTENTION << 4) | ABRT;
+        d.xfer = Xfer::None;
+        d.buf.clear();
+    }
+    ide.tf(c).nsector = IR_IO | IR_COD;
+    ide.raise_irq(c);
+}
+
 fn ok(ide: &mut Ide, c: usize) {
     if let Some(d) = ide.drive(c) {
-        d.sense = (0, 0, 0);
+        // A unit attention outlives the commands allowed past it (INQUIRY ...) until
+        // REQUEST SENSE reads it.
+        if d.sense.0 != UNIT_ATTENTION {
+            d.sense = (0, 0, 0);
+        }
         d.status = DRDY | DSC;
         d.error = 0;
         d.xfer = Xfer::None;
@@ -209,20 +230,40 @@ pub(super) fn read_done(ide: &mut Ide, c: usize, data: Vec<u8>, dma: bool) {
 /// Execute a command packet.
 pub(super) fn packet(ide: &mut Ide, c: usize, cdb: [u8; 12]) {
     let dma = ide.drive(c).is_some_and(|d| d.pos == 1);
-    let (medium, ua) = {
+    let op = cdb[0];
+    // REQUEST SENSE, INQUIRY, GET CONFIGURATION and GET EVENT STATUS NOTIFICATION run
+    // whatever the drive has to report; every other command first gets what is pending.
+    let allow_ua = matches!(op, 0x03 | 0x12 | 0x4a | 0x46);
+    let pending = {
         let Some(d) = ide.drive(c) else { return };
         d.pos = 0;
-        (d.medium(), d.unit_attention)
-    };
-    let op = cdb[0];
-    // Commands that report a pending medium change first (SPC: "unit attention").
-    let allow_ua = matches!(op, 0x03 | 0x12 | 0x4a | 0x46);
-    if ua && !allow_ua {
-        if let Some(d) = ide.drive(c) {
-            d.unit_attention = false;
+        if allow_ua {
+            None
+        } else if d.sense.0 == UNIT_ATTENTION {
+            // A unit attention stands until the host reads the sense.
+            Some(None)
+        } else if d.media_changed != 0 && !d.tray_open && d.cfg.medium.is_some() {
+            // A medium the monitor changed shows as gone, then as changed (for hosts that
+            // do not ask GET EVENT STATUS NOTIFICATION), as QEMU reports it.
+            if d.media_changed == 1 {
+                d.media_changed = 2;
+                Some(Some(NOT_READY))
+            } else {
+                d.media_changed = 0;
+                Some(Some(MEDIUM_CHANGED))
+            }
+        } else {
+            None
         }
-        return check_condition(ide, c, MEDIUM_CHANGED);
+    };
+    match pending {
+        Some(None) => return check_status(ide, c),
+        Some(Some(sense)) => return check_condition(ide, c, sense),
+        None => {}
     }
+    let Some(d) = ide.drive(c) else { return };
+    let medium = d.medium_present().then(|| d.medium()).flatten();
+    let (tray_open, inserted) = (d.tray_open, d.medium().is_some());
     let blocks = medium.map_or(0, |m| m.size / BLOCK);
     let need_medium = |ide: &mut Ide| -> bool {
         if medium.is_none() {
@@ -389,18 +430,36 @@ pub(super) fn packet(ide: &mut Ide, c: usize, cdb: [u8; 12]) {
             data_in(ide, c, d, alloc, dma);
         }
         0x4a => {
+            // Polled mode only; the media class is the one event class there is.
             if cdb[1] & 1 == 0 {
                 return check_condition(ide, c, INVALID_FIELD);
             }
             let alloc = be16(&cdb[7..9]);
-            let mut d = vec![0, 6, 4, 0x10];
-            let event = if ua { 2 } else { 0 };
-            if ua {
-                if let Some(dr) = ide.drive(c) {
-                    dr.unit_attention = false;
+            const MEDIA_CLASS: u8 = 4;
+            let mut d = vec![0, 2, 0x80, 1 << MEDIA_CLASS];
+            if cdb[4] & (1 << MEDIA_CLASS) != 0 {
+                let Some(dr) = ide.drive(c) else { return };
+                // Media status: 1 tray open, 2 medium present. Event: 2 new medium,
+                // 1 eject requested; neither is reported while the tray is open.
+                let status = if tray_open {
+                    1
+                } else if inserted {
+                    2
+                } else {
+                    0
+                };
+                let mut event = 0;
+                if !tray_open {
+                    if dr.new_media {
+                        dr.new_media = false;
+                        event = 2;
+                    } else if dr.eject_request {
+                        dr.eject_request = false;
+                        event = 1;
+                    }
                 }
+                d = vec![0, 6, MEDIA_CLASS, 1 << MEDIA_CLASS, event, status, 0, 0];
             }
-            d.extend_from_slice(&[event, if medium.is_some() { 2 } else { 0 }, 0, 0]);
             data_in(ide, c, d, alloc, dma);
         }
         0x51 => {
@@ -428,10 +487,38 @@ pub(super) fn packet(ide: &mut Ide, c: usize, cdb: [u8; 12]) {
             }
             ok(ide, c);
         }
-        0x1b | 0x2b | 0xbb | 0xa7 => ok(ide, c),
+        0x1b => start_stop_unit(ide, c, cdb[4]),
+        0x2b => {
+            if need_medium(ide) {
+                ok(ide, c)
+            }
+        }
+        0xbb | 0xa7 => ok(ide, c),
         _ => {
             tracing::debug!(target: "unimp", "atapi: command {op:#x} not supported");
             check_condition(ide, c, INVALID_OPCODE);
         }
     }
+}
+
+/// START STOP UNIT (MMC-3 6.40): with LoEj, start = 0 opens the tray and start = 1 closes
+/// it; a locked tray does not open (NOT READY with a medium, ILLEGAL REQUEST without).
+/// Power conditions only succeed.
+fn start_stop_unit(ide: &mut Ide, c: usize, b4: u8) {
+    let (start, loej) = (b4 & 1 != 0, b4 & 2 != 0);
+    if b4 & 0xf0 != 0 || !loej {
+        return ok(ide, c);
+    }
+    let n = c * 2 + ide.channels[c].selected;
+    let Some(d) = ide.drive(c) else { return };
+    if !start && !d.tray_open && d.locked {
+        let key = if d.medium().is_some() { 0x02 } else { 0x05 };
+        return check_condition(ide, c, (key, REMOVAL_PREVENTED, 0));
+    }
+    let open = !start;
+    if d.tray_open != open {
+        d.tray_open = open;
+        ide.tray_moves.push((n, open));
+    }
+    ok(ide, c)
 }

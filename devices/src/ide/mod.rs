@@ -114,9 +114,19 @@ pub struct Drive {
     pub(crate) multiple: u8,
     /// ATAPI sense data: (key, asc, ascq).
     pub(crate) sense: (u8, u8, u8),
-    /// A medium change the guest has not been told about (UNIT ATTENTION).
-    pub(crate) unit_attention: bool,
+    /// The monitor moved the tray and the guest has not been told (QEMU's
+    /// `cdrom_changed`): 1, the next command that is not allowed during a unit attention
+    /// reports NOT READY (medium not present); 2, it reports UNIT ATTENTION (medium may
+    /// have changed); 0, nothing to report.
+    pub(crate) media_changed: u8,
+    /// PREVENT ALLOW MEDIUM REMOVAL: the guest locked the tray.
     pub(crate) locked: bool,
+    /// The tray is open (CD-ROMs): no medium is readable, whatever is in it.
+    pub(crate) tray_open: bool,
+    /// GET EVENT STATUS NOTIFICATION media events not yet reported: a new medium, and an
+    /// eject request (the monitor asked to eject a locked tray).
+    pub(crate) new_media: bool,
+    pub(crate) eject_request: bool,
     /// ATAPI byte count limit for PIO transfers.
     pub(crate) byte_limit: usize,
     /// ATAPI data waiting to be moved by DMA.
@@ -135,8 +145,11 @@ impl Drive {
             waiting: None,
             multiple: 16,
             sense: (0, 0, 0),
-            unit_attention: false,
+            media_changed: 0,
             locked: false,
+            tray_open: false,
+            new_media: false,
+            eject_request: false,
             byte_limit: 0,
             dma_ready: false,
         };
@@ -153,11 +166,51 @@ impl Drive {
         self.waiting = None;
         self.sense = (0, 0, 0);
         self.dma_ready = false;
+        // As QEMU's ide_reset: the tray closes and unlocks (no DEVICE_TRAY_MOVED), and a
+        // medium change not yet reported is dropped.
+        self.tray_open = false;
+        self.locked = false;
+        self.media_changed = 0;
     }
 
+    /// What is in the drive (even with the tray open).
     pub fn medium(&self) -> Option<BlockInfo> {
         self.cfg.medium
     }
+
+    /// The guest can read a medium: the tray is closed on a non-empty one.
+    pub fn medium_present(&self) -> bool {
+        !self.tray_open && self.cfg.medium.is_some_and(|m| m.size > 0)
+    }
+
+    pub fn is_cdrom(&self) -> bool {
+        self.cfg.cdrom
+    }
+
+    pub fn tray_open(&self) -> bool {
+        self.tray_open
+    }
+
+    /// The guest locked the tray (PREVENT ALLOW MEDIUM REMOVAL).
+    pub fn locked(&self) -> bool {
+        self.locked
+    }
+}
+
+/// Why a removable-media operation on drive `n` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("there is no drive {0}")]
+    NoDrive(usize),
+    #[error("drive {0} is not removable")]
+    NotRemovable(usize),
+    /// The guest locked the tray: it was asked to open it (an eject request event).
+    #[error("drive {0} is locked and force was not specified")]
+    Locked(usize),
+    #[error("the tray of drive {0} is not open")]
+    TrayClosed(usize),
+    #[error("drive {0} already holds a medium")]
+    MediumPresent(usize),
 }
 
 /// The task-file registers of a channel (shared by its two drives), with LBA48's
@@ -238,6 +291,7 @@ pub struct Ide {
     requests: Vec<(usize, BlockRequest)>,
     next_id: u64,
     errors: u64,
+    tray_moves: Vec<(usize, bool)>,
 }
 
 impl Ide {
@@ -262,6 +316,7 @@ impl Ide {
             requests: Vec::new(),
             next_id: 1,
             errors: 0,
+            tray_moves: Vec::new(),
         };
         ide.reset();
         ide
@@ -296,12 +351,110 @@ impl Ide {
         self.channels[n / 2].drives[n % 2].as_ref()
     }
 
-    /// Replace the medium of drive `n` (CD-ROM change/eject): the guest sees UNIT ATTENTION.
-    pub fn change_medium(&mut self, n: usize, medium: Option<BlockInfo>) {
-        if let Some(d) = self.channels[n / 2].drives[n % 2].as_mut() {
-            d.cfg.medium = medium;
-            d.unit_attention = true;
+    /// Drive `n` if it is a CD-ROM.
+    fn cd(&mut self, n: usize) -> Result<&mut Drive, MediaError> {
+        match self
+            .channels
+            .get_mut(n / 2)
+            .and_then(|c| c.drives[n % 2].as_mut())
+        {
+            None => Err(MediaError::NoDrive(n)),
+            Some(d) if !d.cfg.cdrom => Err(MediaError::NotRemovable(n)),
+            Some(d) => Ok(d),
         }
+    }
+
+    /// The monitor moved drive `n`'s tray (QEMU's `change_media_cb`): the guest is told on
+    /// its next command (NOT READY, then UNIT ATTENTION once a medium is in and the tray
+    /// closed) and by a new-media event, and the channel interrupts.
+    fn tray_moved(&mut self, n: usize, open: bool) {
+        if let Some(d) = self.channels[n / 2].drives[n % 2].as_mut() {
+            let was = d.tray_open;
+            d.tray_open = open;
+            d.media_changed = 1;
+            d.new_media = true;
+            d.eject_request = false;
+            if was != open {
+                self.tray_moves.push((n, open));
+            }
+        }
+        self.raise_irq(n / 2);
+    }
+
+    /// Open drive `n`'s tray, as `eject` and `blockdev-open-tray` do. A tray the guest
+    /// locked stays shut unless `force`: the guest gets an eject request event and the
+    /// call fails with [`MediaError::Locked`]; `force` unlocks it first.
+    pub fn open_tray(&mut self, n: usize, force: bool) -> Result<(), MediaError> {
+        let d = self.cd(n)?;
+        if d.tray_open {
+            return Ok(());
+        }
+        let locked = d.locked;
+        if locked {
+            d.eject_request = true;
+            if force {
+                d.locked = false;
+            }
+            self.raise_irq(n / 2);
+        }
+        if locked && !force {
+            return Err(MediaError::Locked(n));
+        }
+        self.tray_moved(n, true);
+        Ok(())
+    }
+
+    /// Close drive `n`'s tray (`blockdev-close-tray`); closing a closed tray does nothing.
+    pub fn close_tray(&mut self, n: usize) -> Result<(), MediaError> {
+        if !self.cd(n)?.tray_open {
+            return Ok(());
+        }
+        self.tray_moved(n, false);
+        Ok(())
+    }
+
+    /// Take the medium out of drive `n`, whose tray must be open; what was in it.
+    pub fn remove_medium(&mut self, n: usize) -> Result<Option<BlockInfo>, MediaError> {
+        let d = self.cd(n)?;
+        if !d.tray_open {
+            return Err(MediaError::TrayClosed(n));
+        }
+        Ok(d.cfg.medium.take())
+    }
+
+    /// Put `medium` into drive `n`, whose tray must be open and empty.
+    pub fn insert_medium(&mut self, n: usize, medium: BlockInfo) -> Result<(), MediaError> {
+        let d = self.cd(n)?;
+        if !d.tray_open {
+            return Err(MediaError::TrayClosed(n));
+        }
+        if d.cfg.medium.is_some() {
+            return Err(MediaError::MediumPresent(n));
+        }
+        d.cfg.medium = Some(medium);
+        Ok(())
+    }
+
+    /// Swap drive `n`'s medium as `change` does: open the tray (`force` as for
+    /// [`Ide::open_tray`]), take the old medium out, put `medium` in, close the tray.
+    pub fn change_medium(
+        &mut self,
+        n: usize,
+        medium: Option<BlockInfo>,
+        force: bool,
+    ) -> Result<(), MediaError> {
+        self.open_tray(n, force)?;
+        self.remove_medium(n)?;
+        if let Some(m) = medium {
+            self.insert_medium(n, m)?;
+        }
+        self.close_tray(n)
+    }
+
+    /// Tray movements since the last call, `(drive, open)` in order (the monitor's or the
+    /// guest's own, START STOP UNIT), for `DEVICE_TRAY_MOVED`.
+    pub fn take_tray_moves(&mut self) -> Vec<(usize, bool)> {
+        std::mem::take(&mut self.tray_moves)
     }
 
     /// Guest-visible errors so far (bad PRDs, out-of-range requests).
@@ -850,7 +1003,8 @@ const MAX_BUF: usize = (1 << 16) * atapi::BLOCK as usize;
 /// One drive as the guest left it: status and error registers, the transfer in progress
 /// (PIO direction, DRQ block size, the data buffer and how far the guest has read or
 /// written it; an ATAPI packet being received), READ/WRITE MULTIPLE's block size, ATAPI
-/// sense data, a unit attention not yet reported, the tray lock and byte-count limit, and
+/// sense data, a medium change not yet reported (NOT READY, then UNIT ATTENTION), the tray
+/// (open, locked) and its media events, the byte-count limit, and
 /// DMA data or a DMA write waiting for the guest to start the bus master.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriveState {
@@ -864,8 +1018,11 @@ pub struct DriveState {
     waiting: Option<Waiting>,
     multiple: u8,
     sense: (u8, u8, u8),
-    unit_attention: bool,
+    media_changed: u8,
     locked: bool,
+    tray_open: bool,
+    new_media: bool,
+    eject_request: bool,
     byte_limit: usize,
     dma_ready: bool,
 }
@@ -910,8 +1067,11 @@ impl Drive {
             waiting: self.waiting.as_ref().map(|(_, w)| w.clone()),
             multiple: self.multiple,
             sense: self.sense,
-            unit_attention: self.unit_attention,
+            media_changed: self.media_changed,
             locked: self.locked,
+            tray_open: self.tray_open,
+            new_media: self.new_media,
+            eject_request: self.eject_request,
             byte_limit: self.byte_limit,
             dma_ready: self.dma_ready,
         }
@@ -985,6 +1145,12 @@ impl Drive {
                 s.multiple
             ));
         }
+        if s.media_changed > 2 {
+            return Err(format!(
+                "media_changed {} is not 0, 1 or 2",
+                s.media_changed
+            ));
+        }
         if s.byte_limit > 0xfffe {
             return Err(format!("byte_limit {} is above 0xfffe", s.byte_limit));
         }
@@ -1000,8 +1166,11 @@ impl Drive {
         self.waiting = s.waiting.map(|w| (0, w));
         self.multiple = s.multiple;
         self.sense = s.sense;
-        self.unit_attention = s.unit_attention;
+        self.media_changed = s.media_changed;
         self.locked = s.locked;
+        self.tray_open = s.tray_open;
+        self.new_media = s.new_media;
+        self.eject_request = s.eject_request;
         self.byte_limit = s.byte_limit;
         self.dma_ready = s.dma_ready;
     }
@@ -1010,7 +1179,8 @@ impl Drive {
 impl Snapshot for Ide {
     type State = IdeState;
     const KIND: &'static str = "ide";
-    const VERSION: u32 = 1;
+    /// 2: the tray (open, pending media-change report, media events) travels.
+    const VERSION: u32 = 2;
 
     fn save(&self) -> IdeState {
         let channel = |ch: &Channel| ChannelState {

@@ -215,17 +215,178 @@ fn read_toc_and_sense_after_errors() {
     assert_eq!((s[2], s[12]), (0x05, 0x20));
 }
 
-#[test]
-fn empty_drive_is_not_ready_and_a_new_medium_is_a_unit_attention() {
-    let mut r = rig();
-    r.ide.change_medium(2, None);
-    packet(&mut r, [0; 12], 0xfffe);
-    packet(&mut r, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
-    assert_eq!(r.read_bytes(1, 18)[2], 0x06, "medium changed first");
-    packet(&mut r, [0; 12], 0xfffe);
-    packet(&mut r, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+/// TEST UNIT READY: Ok, or the sense (key, asc) REQUEST SENSE then reads.
+fn tur(r: &mut Rig) -> Result<(), (u8, u8)> {
+    packet(r, [0; 12], 0xfffe);
+    if r.in8(1, 7) & ERR == 0 {
+        return Ok(());
+    }
+    Err(sense(r))
+}
+
+fn sense(r: &mut Rig) -> (u8, u8) {
+    packet(r, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
     let s = r.read_bytes(1, 18);
-    assert_eq!((s[2], s[12]), (0x02, 0x3a));
+    (s[2], s[12])
+}
+
+/// GET EVENT STATUS NOTIFICATION (polled, media class): (event code, media status).
+fn media_event(r: &mut Rig) -> (u8, u8) {
+    packet(r, [0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8, 0, 0, 0], 0xfffe);
+    let e = r.read_bytes(1, 8);
+    assert_eq!(&e[..4], &[0, 6, 4, 0x10], "media class header");
+    (e[4], e[5])
+}
+
+fn cd_info(r: &Rig) -> BlockInfo {
+    r.disks[2].as_ref().unwrap().info()
+}
+
+const NOT_READY: (u8, u8) = (0x02, 0x3a);
+const CHANGED: (u8, u8) = (0x06, 0x28);
+
+#[test]
+fn a_changed_medium_reads_as_gone_then_as_changed_once_with_one_new_media_event() {
+    let mut r = rig();
+    assert_eq!(tur(&mut r), Ok(()));
+    let info = cd_info(&r);
+    r.ide.change_medium(2, Some(info), false).unwrap();
+    assert_eq!(r.ide.take_tray_moves(), [(2, true), (2, false)]);
+    assert_eq!(media_event(&mut r), (2, 2), "new medium, present");
+    assert_eq!(media_event(&mut r), (0, 2), "reported once");
+    assert_eq!(tur(&mut r), Err(NOT_READY));
+    packet(&mut r, [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_ne!(r.in8(1, 7) & ERR, 0, "the unit attention comes next");
+    // It stands, with the unit-attention key in the error register, until the sense is
+    // read; INQUIRY still runs meanwhile.
+    assert_eq!(r.in8(1, 1) >> 4, 0x06);
+    packet(&mut r, [0x00; 12], 0xfffe);
+    assert_eq!(r.in8(1, 1) >> 4, 0x06);
+    packet(&mut r, [0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_eq!(&r.read_bytes(1, 36)[16..28], b"QEMU DVD-ROM");
+    assert_eq!(sense(&mut r), CHANGED);
+    assert_eq!(tur(&mut r), Ok(()));
+    assert_eq!(tur(&mut r), Ok(()));
+    assert!(r.ide.take_tray_moves().is_empty());
+}
+
+#[test]
+fn an_open_tray_is_not_ready_and_its_medium_can_be_swapped() {
+    let mut r = rig();
+    r.ide.open_tray(2, false).unwrap();
+    assert!(r.ide.drive_info(2).unwrap().tray_open());
+    assert_eq!(
+        media_event(&mut r),
+        (0, 1),
+        "tray open, no event while open"
+    );
+    assert_eq!(tur(&mut r), Err(NOT_READY));
+    packet(&mut r, [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 0xfffe);
+    assert_eq!(sense(&mut r), NOT_READY, "READ(10) with the tray open");
+    assert_eq!(r.ide.remove_medium(2), Ok(Some(cd_info(&r))));
+    r.ide.close_tray(2).unwrap();
+    assert_eq!(media_event(&mut r), (2, 0), "closed on nothing");
+    assert_eq!(tur(&mut r), Err(NOT_READY));
+    assert_eq!(tur(&mut r), Err(NOT_READY), "still empty");
+    // A bigger medium: READ CAPACITY shows it after the change is reported.
+    let big = BlockInfo {
+        size: 32 * 2048,
+        read_only: true,
+    };
+    r.ide.open_tray(2, false).unwrap();
+    r.ide.insert_medium(2, big).unwrap();
+    r.ide.close_tray(2).unwrap();
+    assert_eq!(
+        r.ide.take_tray_moves(),
+        [(2, true), (2, false), (2, true), (2, false)]
+    );
+    assert_eq!(tur(&mut r), Err(NOT_READY));
+    assert_eq!(tur(&mut r), Err(CHANGED));
+    packet(&mut r, [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_eq!(r.read_bytes(1, 8), [0, 0, 0, 31, 0, 0, 8, 0]);
+}
+
+#[test]
+fn a_locked_tray_stays_shut_unless_forced_and_the_guest_sees_an_eject_request() {
+    let mut r = rig();
+    packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert!(r.ide.drive_info(2).unwrap().locked());
+    r.in8(1, 7); // reading the status acknowledges the interrupt
+    assert!(!r.irq15.is_high());
+    assert_eq!(r.ide.open_tray(2, false), Err(MediaError::Locked(2)));
+    assert!(r.irq15.is_high(), "the request interrupts");
+    assert!(!r.ide.drive_info(2).unwrap().tray_open());
+    assert!(r.ide.take_tray_moves().is_empty());
+    assert_eq!(
+        media_event(&mut r),
+        (1, 2),
+        "eject requested, medium present"
+    );
+    assert_eq!(tur(&mut r), Ok(()), "still readable");
+    assert_eq!(
+        r.ide.change_medium(2, None, false),
+        Err(MediaError::Locked(2))
+    );
+    // The guest unlocks and opens the tray itself (START STOP UNIT, LoEj).
+    packet(&mut r, [0x1e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    packet(&mut r, [0x1b, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_eq!(r.in8(1, 7) & ERR, 0);
+    assert_eq!(r.ide.take_tray_moves(), [(2, true)]);
+    packet(&mut r, [0x1b, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_eq!(r.ide.take_tray_moves(), [(2, false)]);
+    assert_eq!(
+        tur(&mut r),
+        Ok(()),
+        "the guest's own tray moves are no media change"
+    );
+    // Locked again: the guest cannot eject, the forced monitor can.
+    packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    packet(&mut r, [0x1b, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    assert_eq!(sense(&mut r), (0x02, 0x53), "medium removal prevented");
+    r.ide.open_tray(2, true).unwrap();
+    let d = r.ide.drive_info(2).unwrap();
+    assert!(d.tray_open() && !d.locked());
+    assert_eq!(r.ide.take_tray_moves(), [(2, true)]);
+}
+
+#[test]
+fn a_reset_closes_and_unlocks_the_tray_as_qemu_does() {
+    let mut r = rig();
+    packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    r.ide.open_tray(2, true).unwrap();
+    r.ide.take_tray_moves();
+    r.ide.reset();
+    let d = r.ide.drive_info(2).unwrap();
+    assert!(!d.tray_open() && !d.locked());
+    assert!(r.ide.take_tray_moves().is_empty());
+    assert_eq!(tur(&mut r), Ok(()), "the disc is back in reach");
+    // DEVICE RESET too, from the guest.
+    packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
+    r.out8(1, 6, 0xa0);
+    r.out8(1, 7, 0x08);
+    assert!(!r.ide.drive_info(2).unwrap().locked());
+}
+
+#[test]
+fn media_operations_refuse_disks_missing_drives_and_wrong_tray_states() {
+    let mut r = rig();
+    assert_eq!(r.ide.open_tray(0, true), Err(MediaError::NotRemovable(0)));
+    assert_eq!(r.ide.close_tray(0), Err(MediaError::NotRemovable(0)));
+    assert_eq!(r.ide.open_tray(1, false), Err(MediaError::NoDrive(1)));
+    assert_eq!(r.ide.open_tray(7, false), Err(MediaError::NoDrive(7)));
+    assert_eq!(r.ide.remove_medium(2), Err(MediaError::TrayClosed(2)));
+    let info = cd_info(&r);
+    assert_eq!(r.ide.insert_medium(2, info), Err(MediaError::TrayClosed(2)));
+    r.ide.open_tray(2, false).unwrap();
+    assert_eq!(
+        r.ide.insert_medium(2, info),
+        Err(MediaError::MediumPresent(2))
+    );
+    // Opening an open tray and closing a closed one move nothing.
+    r.ide.open_tray(2, false).unwrap();
+    r.ide.close_tray(2).unwrap();
+    r.ide.close_tray(2).unwrap();
+    assert_eq!(r.ide.take_tray_moves(), [(2, true), (2, false)]);
 }
 
 #[test]
@@ -292,8 +453,8 @@ fn ide_resumes_a_pio_read_mid_sector_and_a_pending_unit_attention_after_restore(
     r.out8(0, 7, 0x20);
     let head = r.read_bytes(0, 300);
     // The CD-ROM's medium changed; the bus master of the secondary channel is programmed.
-    r.ide
-        .change_medium(2, r.disks[2].as_ref().map(|d| d.info()));
+    let info = cd_info(&r);
+    r.ide.change_medium(2, Some(info), false).unwrap();
     r.ide.bm_write(8 + 4, &0x2000u32.to_le_bytes());
     r.ide.bm_write(8, &[BM_READ_TO_MEMORY]);
 
@@ -314,15 +475,12 @@ fn ide_resumes_a_pio_read_mid_sector_and_a_pending_unit_attention_after_restore(
     assert_eq!(r.read_bytes(0, 1024 - 300), tail);
     assert_eq!([head, tail].concat(), want);
     assert_eq!(back.in8(0, 7) & (DRQ | BSY | ERR), 0);
-    // The CD-ROM reports the medium change first, then nothing, on both.
+    // The CD-ROM reports the medium change (gone, then changed), then nothing, on both.
     for rig in [&mut r, &mut back] {
-        packet(rig, [0; 12], 0xfffe);
-        assert_ne!(rig.in8(1, 7) & ERR, 0);
-        packet(rig, [0x03, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
-        let s = rig.read_bytes(1, 18);
-        assert_eq!((s[2], s[12]), (0x06, 0x28));
-        packet(rig, [0; 12], 0xfffe);
-        assert_eq!(rig.in8(1, 7) & ERR, 0);
+        assert_eq!(media_event(rig), (2, 2));
+        assert_eq!(tur(rig), Err(NOT_READY));
+        assert_eq!(tur(rig), Err(CHANGED));
+        assert_eq!(tur(rig), Ok(()));
     }
 }
 

@@ -120,7 +120,7 @@ pub enum MachineError {
         machine: String,
     },
     /// `-cpu` model.
-    #[error("unknown or unsupported CPU model '{0}' (troupe has host, max, qemu64)")]
+    #[error("unable to find CPU model '{0}' (see -cpu help)")]
     CpuModel(String),
     /// `-cpu ...,+feat` with an unknown feature.
     #[error("unknown CPU feature '{0}' (see -cpu help)")]
@@ -133,9 +133,19 @@ pub enum MachineError {
         /// What was written.
         value: String,
     },
-    /// A non-feature CPU property (vendor=, level=, hv-*, ...).
-    #[error("CPU property '{0}' is not supported by troupe (only feature flags are)")]
+    /// A CPU property troupe does not implement (hv-*, migratable=, ...).
+    #[error("CPU property '{0}' is not supported by troupe")]
     CpuProperty(String),
+    /// A CPU property with a value it cannot take.
+    #[error("CPU property '{property}' cannot be '{value}': {expected}")]
+    CpuPropertyValue {
+        /// The property.
+        property: String,
+        /// What was written.
+        value: String,
+        /// What it takes.
+        expected: &'static str,
+    },
     /// A machine type QEMU has but troupe does not emulate.
     #[error("machine type '{0}' is not supported by troupe: it emulates only pc (i440FX + PIIX)")]
     MachineRefused(String),

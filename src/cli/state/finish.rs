@@ -21,9 +21,9 @@ use crate::cli::{
     invalid, ChardevError, CliError, ConfigError, FileError, MachineError, NetdevError,
 };
 use crate::config::{
-    BootConfig, BootOrder, CharBackend, Chardev, CpuConfig, CpuModel, DeviceConfig, DeviceKind,
-    DisplayKind, DriveConfig, DriveInterface, MachineConfig, MonitorConfig, MonitorMode,
-    NetdevConfig, NetdevKind, RtcBase, RtcConfig, SmpConfig, VcpuPin, VgaKind, VmConfig,
+    BootConfig, BootOrder, CharBackend, Chardev, DeviceConfig, DeviceKind, DisplayKind,
+    DriveConfig, DriveInterface, MachineConfig, MonitorConfig, MonitorMode, NetdevConfig,
+    NetdevKind, RtcBase, RtcConfig, SmpConfig, VcpuPin, VgaKind, VmConfig,
 };
 
 /// Items paired with the option text that produced them, for error messages.
@@ -117,10 +117,7 @@ impl State {
             uuid: self.uuid,
             memory: m.memory,
             smp: m.smp,
-            cpu: self.cpu.unwrap_or(CpuConfig {
-                model: CpuModel::Qemu64,
-                features: Vec::new(),
-            }),
+            cpu: self.cpu.unwrap_or_default(),
             machine: m.machine,
             boot: m.boot,
             boot_order: m.boot_order,

@@ -63,11 +63,9 @@ fn machine_cpu_and_accel() {
         "host,+aes,-x2apic",
         "-enable-kvm",
     ]);
-    assert_eq!(c.cpu.model, CpuModel::Host);
-    assert_eq!(
-        c.cpu.features,
-        vec![("aes".to_string(), true), ("x2apic".to_string(), false)]
-    );
+    assert_eq!(c.cpu.model, "host");
+    assert_eq!(c.cpu.plus, vec!["aes".to_string()]);
+    assert_eq!(c.cpu.minus, vec!["x2apic".to_string()]);
     assert!(env.parse(&["-accel", "kvm", "-M", "pc"]).is_ok());
     assert_eq!(
         env.err(&["-accel", "tcg"]),

@@ -80,13 +80,7 @@ fn no_options_give_qemus_defaults() {
             maxcpus: 1
         }
     );
-    assert_eq!(
-        c.cpu,
-        CpuConfig {
-            model: CpuModel::Qemu64,
-            features: vec![]
-        }
-    );
+    assert_eq!(c.cpu, CpuConfig::model("qemu64"));
     assert_eq!(c.machine.kind, "pc-i440fx-7.2");
     assert_eq!(
         c.boot,
@@ -371,7 +365,7 @@ fn the_design_docs_example_command_line_parses() {
             maxcpus: 4
         }
     );
-    assert_eq!(c.cpu.features, vec![("aes".to_string(), true)]);
+    assert_eq!(c.cpu.plus, vec!["aes".to_string()]);
     assert_eq!(c.boot_order.order, "cd");
     assert_eq!(c.drives.len(), 2);
     // -vnc :1 keeps QEMU's default COM1 on a text console of that display.

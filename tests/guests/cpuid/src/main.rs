@@ -11,6 +11,10 @@
 //! `hypervisor_max_leaf: 0x…`, `kvm_features: eax=0x… edx=0x…`,
 //! `kvm_feature_names: <names>`, `tsc_khz_leaf: <n>` (0x40000010, if present),
 //! `cpuid: done`.
+//!
+//! With `raw` (or `raw=0`, `raw=3`, `raw=03`) it first dumps every leaf as
+//! `raw<ring> <leaf>.<sub>: <eax> <ebx> <ecx> <edx>` (8 hex digits each), read in ring 3
+//! and/or in ring 0.
 
 #![no_std]
 #![no_main]
@@ -151,7 +155,71 @@ fn topology(leaf: u32, name: &str) {
     }
 }
 
-fn main(_boot: &BootInfo) -> u32 {
+/// Whether a subleaf ends its leaf's list.
+type EndOfList = fn([u32; 4]) -> bool;
+
+/// Leaves whose subleaves differ: how many to read and whether a zero type ends the list.
+fn subleaves(leaf: u32, r0: [u32; 4]) -> (u32, Option<EndOfList>) {
+    match leaf {
+        4 | 0x8000_001d => (16, Some(|r| r[0] & 0x1f == 0)),
+        0xb | 0x1f => (8, Some(|r| (r[2] >> 8) & 0xff == 0)),
+        7 | 0x14 | 0x17 | 0x18 | 0x1d | 0x1e | 0x20 => (r0[0].clamp(0, 7) + 1, None),
+        0xd => (64, None),
+        0xf | 0x10 | 0x12 | 0x8000_0020 | 0x8000_0026 => (8, None),
+        _ => (1, None),
+    }
+}
+
+/// `raw<ring> <leaf>.<sub>: <eax> <ebx> <ecx> <edx>` for every leaf and subleaf the CPU
+/// lists (basic, hypervisor and extended ranges); all-zero subleaves past the first are
+/// left out.
+fn raw_dump(ring: u32, read: fn(u32, u32) -> [u32; 4]) {
+    let max_basic = read(0, 0)[0].min(0x40);
+    let max_hv = read(0x4000_0000, 0)[0].clamp(0x4000_0000, 0x4000_00ff);
+    let max_ext = read(0x8000_0000, 0)[0].clamp(0x8000_0000, 0x8000_0040);
+    let ranges = [
+        (0, max_basic),
+        (0x4000_0000, max_hv),
+        (0x8000_0000, max_ext),
+    ];
+    for (first, last) in ranges {
+        for leaf in first..=last {
+            let r0 = read(leaf, 0);
+            let (count, end) = subleaves(leaf, r0);
+            for sub in 0..count {
+                let r = if sub == 0 { r0 } else { read(leaf, sub) };
+                if sub > 0 {
+                    if let Some(end) = end {
+                        if end(r) {
+                            break;
+                        }
+                    } else if r == [0; 4] {
+                        continue;
+                    }
+                }
+                println!(
+                    "raw{ring} {leaf:08x}.{sub}: {:08x} {:08x} {:08x} {:08x}",
+                    r[0], r[1], r[2], r[3]
+                );
+            }
+        }
+    }
+}
+
+fn ring3_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let r = cpuid(leaf, sub);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+fn main(boot: &BootInfo) -> u32 {
+    if let Some(rings) = boot.arg("raw") {
+        if rings.contains('3') || rings.is_empty() {
+            raw_dump(3, ring3_cpuid);
+        }
+        if rings.contains('0') || rings.is_empty() {
+            raw_dump(0, guestlib::sys::cpuid_ring0);
+        }
+    }
     let l0 = cpuid(0, 0);
     let max_basic = l0.eax;
     let mut buf = [0u8; 48];

@@ -63,6 +63,9 @@ pub const SYS_NOP: u64 = 5;
 /// instruction emulator has no x87 support: KVM stops with an emulation failure, which is
 /// how tests check a VMM's internal-error report.
 pub const SYS_X87: u64 = 6;
+/// CPUID in ring 0: rdi = leaf, rsi = subleaf, rdx = 0 for `eax | ebx << 32`, else
+/// `ecx | edx << 32`.
+pub const SYS_CPUID: u64 = 7;
 
 global_asm!(
     r#"
@@ -250,6 +253,8 @@ guestlib_exc6:
     je guestlib_sys_nop
     cmp rax, {sys_x87}
     je guestlib_sys_x87
+    cmp rax, {sys_cpuid}
+    je guestlib_sys_cpuid
     cmp rax, {sys_rdmsr}
     je guestlib_sys_rdmsr
     cmp rax, {sys_wrmsr}
@@ -274,6 +279,27 @@ guestlib_sys_x87:
     fld1
     fstp st(0)
     xor eax, eax
+    iretq
+guestlib_sys_cpuid:
+    push rbx
+    push rcx
+    push rdx
+    mov eax, edi
+    mov ecx, esi
+    cpuid
+    cmp qword ptr [rsp], 0
+    jne guestlib_sys_cpuid_cd
+    shl rbx, 32
+    or rax, rbx
+    jmp guestlib_sys_cpuid_done
+guestlib_sys_cpuid_cd:
+    shl rdx, 32
+    mov eax, ecx
+    or rax, rdx
+guestlib_sys_cpuid_done:
+    pop rdx
+    pop rcx
+    pop rbx
     iretq
 guestlib_sys_out_loop:
     push rcx
@@ -554,6 +580,7 @@ guestlib_ustacks: .skip {max_cpus} * {ustack}
     sys_out_loop = const SYS_OUT_LOOP,
     sys_nop = const SYS_NOP,
     sys_x87 = const SYS_X87,
+    sys_cpuid = const SYS_CPUID,
     magic = const REQUEST_MAGIC,
 );
 

@@ -3,7 +3,8 @@
 //! Each one is an emulated ring-0 excursion on slow hosts: use sparingly.
 
 use crate::boot::{
-    REQUEST_MAGIC, SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR, SYS_X87,
+    REQUEST_MAGIC, SYS_CPUID, SYS_HALT, SYS_NOP, SYS_OUT_LOOP, SYS_RDMSR, SYS_READ_CR, SYS_WRMSR,
+    SYS_X87,
 };
 
 #[inline(always)]
@@ -63,4 +64,12 @@ pub fn nop() {
 /// cannot, the VMM reports a KVM emulation failure instead of returning.
 pub fn x87_in_ring0() {
     request(SYS_X87, 0, 0, 0);
+}
+
+/// CPUID `leaf`/`sub` executed in ring 0: `[eax, ebx, ecx, edx]`. Where ring-3 CPUID does
+/// not reach the hypervisor's table (PVM hosts), ring 0's does.
+pub fn cpuid_ring0(leaf: u32, sub: u32) -> [u32; 4] {
+    let ab = request(SYS_CPUID, leaf as u64, sub as u64, 0);
+    let cd = request(SYS_CPUID, leaf as u64, sub as u64, 1);
+    [ab as u32, (ab >> 32) as u32, cd as u32, (cd >> 32) as u32]
 }

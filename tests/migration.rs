@@ -1,0 +1,450 @@
+//! Live migration between two troupe processes, and to and from files, as a QEMU user
+//! drives it: the destination started with `-incoming`, `migrate` typed on the source's
+//! monitor, `info migrate` / `query-migrate` watched. The guest (`memtouch`) keeps
+//! rewriting a memory area and checking what it wrote before, so a page lost, stale or
+//! corrupted on the way is caught by the guest itself on the destination.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{code, free_port, guest, Qmp, Running, TempDir, Vm};
+use serde_json::Value;
+
+/// One troupe process running memtouch, with its QMP session and serial log.
+struct Side {
+    vm: Running,
+    qmp: Qmp,
+    serial: PathBuf,
+    /// Events seen so far, in order (`MIGRATION <status>`, `MIGRATION_PASS`, `STOP`...).
+    events: Vec<String>,
+}
+
+fn start(dir: &TempDir, name: &str, mib: u32, extra: &[&str]) -> Side {
+    let port = free_port();
+    let serial = dir.path(&format!("{name}.serial"));
+    let kernel = guest("memtouch");
+    let append = format!("mib={mib} report_ms=100");
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let ser = format!("file:{}", serial.display());
+    let mut args = vec![
+        "-nodefaults",
+        "-display",
+        "none",
+        "-m",
+        "128",
+        "-serial",
+        &ser,
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-device",
+        "virtio-rng-pci",
+        "-kernel",
+        kernel.to_str().unwrap(),
+        "-append",
+        &append,
+        "-qmp",
+        &qmp,
+    ];
+    args.extend_from_slice(extra);
+    let vm = Vm::troupe(&args).spawn();
+    let mut qmp = Qmp::open(port);
+    qmp.ask(r#"{"execute":"qmp_capabilities"}"#);
+    Side {
+        vm,
+        qmp,
+        serial,
+        events: Vec::new(),
+    }
+}
+
+impl Side {
+    /// Run a QMP command; events that come before its answer are recorded.
+    fn ask(&mut self, cmd: &str, args: Value) -> Value {
+        self.qmp.send(
+            serde_json::json!({"execute": cmd, "arguments": args})
+                .to_string()
+                .as_bytes(),
+        );
+        loop {
+            let v: Value = serde_json::from_str(&self.qmp.line()).unwrap();
+            match v["event"].as_str() {
+                Some("MIGRATION") => self.events.push(format!(
+                    "MIGRATION {}",
+                    v["data"]["status"].as_str().unwrap_or_default()
+                )),
+                Some(e) => self.events.push(e.to_string()),
+                None => return v,
+            }
+        }
+    }
+
+    fn hmp(&mut self, line: &str) -> String {
+        let v = self.ask(
+            "human-monitor-command",
+            serde_json::json!({"command-line": line}),
+        );
+        v["return"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{line}: {v}"))
+            .to_string()
+    }
+
+    fn status(&mut self) -> String {
+        self.ask("query-status", serde_json::json!({}))["return"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Wait until `query-migrate`'s status is one of `want`; returns the whole answer.
+    fn migration_ends(&mut self, want: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.ask("query-migrate", serde_json::json!({}))["return"].clone();
+            if want.contains(&v["status"].as_str().unwrap_or_default()) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "migration still {v} after {timeout:?}; stderr: {}",
+                self.vm.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn passes(&self) -> Vec<u64> {
+        passes(&self.serial)
+    }
+
+    /// Wait for `more` new pass lines past the last one seen now.
+    fn keeps_counting(&self, more: usize, timeout: Duration) -> Vec<u64> {
+        let from = self.passes().len();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.passes();
+            let text = std::fs::read_to_string(&self.serial).unwrap_or_default();
+            assert!(
+                !text.contains("MISMATCH"),
+                "the guest found bad memory:\n{text}"
+            );
+            if p.len() >= from + more {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guest stopped counting at {:?}; stderr: {}",
+                p.last(),
+                self.vm.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn passes(serial: &Path) -> Vec<u64> {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("memtouch: pass "))
+        .filter_map(|l| l.strip_suffix(" ok"))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The destination continues the source's sequence: its first pass comes after the
+/// source's last, and it keeps counting with nothing wrong in memory.
+fn continues(src: &Side, dst: &Side) {
+    let last_src = *src.passes().last().expect("the source ran");
+    let dst_passes = dst.keeps_counting(5, Duration::from_secs(20));
+    assert!(
+        dst_passes[0] >= last_src,
+        "the destination restarted instead of continuing: source reached {last_src}, destination began at {}",
+        dst_passes[0]
+    );
+    assert!(dst_passes.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn a_guest_rewriting_its_memory_moves_over_tcp_and_keeps_checking_it() {
+    let dir = TempDir::new("mig-tcp");
+    let port = free_port();
+    let mut src = start(&dir, "src", 32, &[]);
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let mut dst = start(&dir, "dst", 32, &["-incoming", &incoming]);
+    dst.vm
+        .stderr
+        .wait_for(
+            &format!("waiting for an incoming migration on {incoming}"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(dst.status(), "inmigrate");
+    assert!(dst
+        .hmp("info migrate")
+        .contains(&format!("socket address: [\r\n\t{incoming}\r\n]")));
+    for s in [&mut src, &mut dst] {
+        s.ask(
+            "migrate-set-capabilities",
+            serde_json::json!({"capabilities": [{"capability": "events", "state": true}]}),
+        );
+    }
+    src.keeps_counting(3, Duration::from_secs(20));
+    assert_eq!(src.hmp(&format!("migrate -d {incoming}")), "");
+    let done = src.migration_ends(&["completed", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["downtime"].as_u64().is_some(), "{done}");
+    assert!(
+        done["ram"]["transferred"].as_u64().unwrap() > 32 << 20,
+        "{done}"
+    );
+    assert_eq!(src.status(), "postmigrate");
+    let info = src.hmp("info migrate");
+    assert!(info.contains("Migration status: completed\r\n"), "{info}");
+    assert!(info.contains("\r\ndowntime: "), "{info}");
+    // The source's guest stopped; the destination's runs on from where it was.
+    let stopped = src.passes().len();
+    continues(&src, &dst);
+    assert_eq!(src.passes().len(), stopped, "the source's guest still runs");
+    assert_eq!(dst.status(), "running");
+    assert_eq!(
+        src.hmp(&format!("migrate -d {incoming}")),
+        "Error: Can't migrate the vm that was paused due to previous migration\r\n"
+    );
+    // Events, in QEMU's order, on both sides.
+    src.status();
+    let ev = src.events.clone();
+    let pos = |name: &str| {
+        ev.iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("{name} in {ev:?}"))
+    };
+    assert!(pos("MIGRATION setup") < pos("MIGRATION active"), "{ev:?}");
+    assert!(pos("MIGRATION active") < pos("STOP"), "{ev:?}");
+    assert!(pos("STOP") < pos("MIGRATION completed"), "{ev:?}");
+    assert!(ev.contains(&"MIGRATION_PASS".to_string()), "{ev:?}");
+    dst.status();
+    assert_eq!(
+        dst.events,
+        ["MIGRATION active", "RESUME", "MIGRATION completed"]
+    );
+}
+
+#[test]
+fn exec_and_file_streams_save_and_restore_a_running_guest() {
+    let dir = TempDir::new("mig-exec");
+    let mut src = start(&dir, "src", 8, &[]);
+    src.keeps_counting(3, Duration::from_secs(20));
+    let saved = dir.path("vm.mig");
+    // Without -d the monitor answers once it is done.
+    assert_eq!(
+        src.hmp(&format!("migrate \"exec:cat > {}\"", saved.display())),
+        ""
+    );
+    assert_eq!(
+        src.migration_ends(&["completed"], Duration::from_secs(1))["status"],
+        "completed"
+    );
+    assert_eq!(src.status(), "postmigrate");
+    src.ask("quit", serde_json::json!({}));
+    src.vm.wait(Duration::from_secs(10));
+
+    let incoming = format!("exec:cat {}", saved.display());
+    let mut mid = start(&dir, "mid", 8, &["-incoming", &incoming]);
+    continues(&src, &mid);
+    assert_eq!(mid.status(), "running");
+
+    // Again through file:, from the restored guest, into a third process.
+    let saved2 = dir.path("vm2.mig");
+    assert_eq!(mid.hmp(&format!("migrate file:{}", saved2.display())), "");
+    assert_eq!(mid.status(), "postmigrate");
+    let incoming = format!("file:{}", saved2.display());
+    let last = start(&dir, "last", 8, &["-incoming", &incoming]);
+    continues(&mid, &last);
+}
+
+#[test]
+fn a_destination_started_with_s_stays_paused_until_cont_and_defer_waits_for_migrate_incoming() {
+    let dir = TempDir::new("mig-defer");
+    let mut src = start(&dir, "src", 4, &[]);
+    src.keeps_counting(2, Duration::from_secs(20));
+    let mut dst = start(&dir, "dst", 4, &["-incoming", "defer", "-S"]);
+    assert_eq!(dst.status(), "inmigrate");
+    assert!(!dst.hmp("info migrate").contains("socket address"));
+    let path = dir.path("mig.sock");
+    let uri = format!("unix:{}", path.display());
+    assert_eq!(dst.hmp(&format!("migrate_incoming {uri}")), "");
+    assert_eq!(
+        dst.hmp(&format!("migrate_incoming {uri}")),
+        "Error: The incoming migration has already been started\r\n"
+    );
+    assert_eq!(src.hmp(&format!("migrate -d {uri}")), "");
+    src.migration_ends(&["completed"], Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dst.status() != "paused" {
+        assert!(Instant::now() < deadline, "destination: {}", dst.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = dst.passes().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(dst.passes().len(), before, "a -S destination ran by itself");
+    assert_eq!(dst.hmp("cont"), "");
+    continues(&src, &dst);
+}
+
+/// Start a long migration (bandwidth-limited so it is still going when the fault hits).
+fn slow_migration(src: &mut Side, uri: &str) {
+    assert_eq!(src.hmp("migrate_set_parameter max-bandwidth 8M"), "");
+    assert_eq!(src.hmp(&format!("migrate -d {uri}")), "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = src.ask("query-migrate", serde_json::json!({}))["return"].clone();
+        if v["status"] == "active" && v["ram"]["transferred"].as_u64().unwrap_or(0) > 4 << 20 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no active migration: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// After a fault the source runs on: its guest keeps counting and `info status` says so.
+fn source_survives(src: &mut Side) {
+    assert_eq!(src.status(), "running");
+    src.keeps_counting(5, Duration::from_secs(20));
+}
+
+#[test]
+fn faults_leave_the_source_running_and_the_destination_exits_with_the_reason() {
+    let dir = TempDir::new("mig-faults");
+    let mut src = start(&dir, "src", 32, &[]);
+    src.keeps_counting(2, Duration::from_secs(20));
+
+    // Nothing listens.
+    let closed = format!("tcp:127.0.0.1:{}", free_port());
+    assert_eq!(src.hmp(&format!("migrate -d {closed}")), "");
+    let v = src.migration_ends(&["failed"], Duration::from_secs(20));
+    assert!(
+        v["error-desc"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{v}"
+    );
+    assert!(src
+        .hmp("info migrate")
+        .contains("Migration status: failed (Failed to connect socket: Connection refused"));
+    source_survives(&mut src);
+
+    // A bad URI is refused at once.
+    assert_eq!(
+        src.hmp("migrate -d rdma:1.2.3.4:5"),
+        "Error: unknown migration protocol: rdma:1.2.3.4:5\r\n"
+    );
+
+    // The destination is killed mid-stream.
+    let port = free_port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    let mut dst = start(&dir, "dst1", 32, &["-incoming", &uri]);
+    slow_migration(&mut src, &uri);
+    dst.vm.kill();
+    let v = src.migration_ends(&["failed"], Duration::from_secs(20));
+    assert!(v["error-desc"].as_str().is_some(), "{v}");
+    source_survives(&mut src);
+
+    // migrate_cancel mid-pass: cancelled at the source, a clear error at the destination.
+    let port = free_port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    let mut dst = start(&dir, "dst2", 32, &["-incoming", &uri]);
+    slow_migration(&mut src, &uri);
+    assert_eq!(src.hmp("migrate_cancel"), "");
+    src.migration_ends(&["cancelled"], Duration::from_secs(20));
+    assert!(src
+        .hmp("info migrate")
+        .contains("Migration status: cancelled\r\n"));
+    let st = dst.vm.wait(Duration::from_secs(20));
+    assert_eq!(code(st), 1);
+    assert!(
+        dst.vm
+            .stderr
+            .text()
+            .contains("troupe: load of migration failed: "),
+        "{}",
+        dst.vm.stderr.text()
+    );
+    source_survives(&mut src);
+    assert_eq!(src.hmp("migrate_set_parameter max-bandwidth 128M"), "");
+
+    // A destination built differently refuses the stream, naming the difference; the
+    // source hears it and runs on.
+    let port = free_port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    let mut dst = start(&dir, "dst3", 32, &["-incoming", &uri, "-m", "256"]);
+    assert_eq!(src.hmp(&format!("migrate -d {uri}")), "");
+    let v = src.migration_ends(&["failed"], Duration::from_secs(30));
+    assert!(v["error-desc"].as_str().is_some(), "{v}");
+    let st = dst.vm.wait(Duration::from_secs(20));
+    assert_eq!(code(st), 1);
+    let err = dst.vm.stderr.text();
+    assert!(
+        err.contains("load of migration failed: the machines differ: guest RAM differs: the source has 128 MiB"),
+        "{err}"
+    );
+    source_survives(&mut src);
+}
+
+#[test]
+fn corrupt_and_truncated_streams_are_refused_with_the_reason() {
+    let dir = TempDir::new("mig-corrupt");
+    let mut src = start(&dir, "src", 4, &[]);
+    src.keeps_counting(2, Duration::from_secs(20));
+    let saved = dir.path("vm.mig");
+    assert_eq!(src.hmp(&format!("migrate file:{}", saved.display())), "");
+    let good = std::fs::read(&saved).unwrap();
+    drop(src);
+
+    let load = |name: &str, bytes: &[u8]| -> (i32, String) {
+        let f = dir.path(name);
+        std::fs::write(&f, bytes).unwrap();
+        let uri = format!("file:{}", f.display());
+        let kernel = guest("memtouch");
+        let args = [
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "128",
+            "-serial",
+            "null",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-device",
+            "virtio-rng-pci",
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-incoming",
+            &uri,
+        ];
+        let (st, _, err) = Vm::troupe(&args).run(Duration::from_secs(30));
+        (code(st), err)
+    };
+    let mut flipped = good.clone();
+    let at = good.len() / 2;
+    flipped[at] ^= 0x55;
+    let (st, err) = load("flipped", &flipped);
+    assert_eq!(st, 1, "{err}");
+    assert!(
+        err.contains("load of migration failed: checksum mismatch"),
+        "{err}"
+    );
+    let (st, err) = load("cut", &good[..good.len() / 3]);
+    assert_eq!(st, 1, "{err}");
+    assert!(
+        err.contains("load of migration failed: the stream ends early"),
+        "{err}"
+    );
+    let (st, err) = load("junk", b"this is not a migration stream at all");
+    assert_eq!(st, 1, "{err}");
+    assert!(err.contains("not a troupe migration stream"), "{err}");
+}
