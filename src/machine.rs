@@ -385,9 +385,8 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
 
 /// The `-cpu` model as this host's KVM can give it. Under `enforce` a requested feature
 /// left out is an error (after a warning naming each, as QEMU prints them).
-fn resolve_cpu(cfg: &VmConfig, kvm: &KvmVm) -> Result<cpuid::ResolvedCpu> {
-    let host = cpuid::HostCpu::read(&kvm.kvm)?;
-    let cpu = cpuid::resolve(&cfg.cpu, &host)?;
+fn resolve_cpu(cfg: &VmConfig, host: &cpuid::HostCpu) -> Result<cpuid::ResolvedCpu> {
+    let cpu = cpuid::resolve(&cfg.cpu, host)?;
     if cfg.cpu.props.enforce && !cpu.dropped.is_empty() {
         warn_dropped_features(&cpu);
     }
@@ -418,7 +417,8 @@ pub fn build(
     check_supported(cfg)?;
     let console = start_console(cfg, rt, registry)?;
     let kvm = create_vm()?;
-    let cpu = resolve_cpu(cfg, &kvm)?;
+    let host = cpuid::HostCpu::read(&kvm.kvm)?;
+    let cpu = resolve_cpu(cfg, &host)?;
     let (layout, mem) = guest_memory(cfg, &kvm)?;
     let pio = Arc::new(Bus::new("pio"));
     let mmio = Arc::new(Bus::new("mmio"));
@@ -551,6 +551,7 @@ pub fn build(
         net: NetHandle::spawn(rt.handle(), registry, sides.net.clone()),
         drives: DrivesHandle::spawn(rt.handle(), registry, sides.drives.clone()),
         chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
+        catalog: Arc::new(crate::catalog::PcCatalog::new(host)),
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);
@@ -997,7 +998,7 @@ fn mux_key(cfg: &VmConfig, b: &CharBackend) -> Option<(String, CharBackend)> {
 
 /// Open every chardev shared by a serial port and a monitor (`-nographic`, `mon:`,
 /// `mux=on`).
-fn start_muxes(
+pub(crate) fn start_muxes(
     cfg: &VmConfig,
     console: &Console,
     rt: &tokio::runtime::Runtime,
@@ -1027,7 +1028,7 @@ fn start_muxes(
 }
 
 /// Start every `-monitor`, `-qmp` and `-mon`.
-fn start_monitors(
+pub(crate) fn start_monitors(
     cfg: &VmConfig,
     console: &Console,
     rt: &tokio::runtime::Runtime,
@@ -1261,7 +1262,7 @@ fn console_font() -> Result<Arc<Vec<u8>>> {
     Ok(Arc::new(font))
 }
 
-fn start_console(
+pub(crate) fn start_console(
     cfg: &VmConfig,
     rt: &tokio::runtime::Runtime,
     registry: &Registry,

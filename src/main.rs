@@ -5,12 +5,14 @@
 //! for devices), then the actors crate runs it all.
 
 mod boot;
+mod catalog;
 mod cli;
 #[allow(dead_code)]
 mod config;
 mod demo;
 mod files;
 mod machine;
+mod machine_none;
 #[cfg(test)]
 mod machine_state_tests;
 mod monitor_info;
@@ -170,6 +172,24 @@ fn start(
     let registry = Registry::new();
     registry.register_current_thread("main", "main");
     let rt = runtime(&registry)?;
+    if cfg.machine.kind == cli::NONE_MACHINE {
+        let mut daemon = daemon;
+        let ready = || {
+            if let Some(d) = daemon.take() {
+                d.ready();
+            }
+        };
+        return match machine_none::run(cfg, &rt, &registry, ready) {
+            Ok(status) => {
+                rt.shutdown_background();
+                Ok(status)
+            }
+            Err(e) => {
+                rt.shutdown_background();
+                Err(fail(daemon, e))
+            }
+        };
+    }
     let kernel = demo.then(demo::kernel);
     let vm = match machine::build(cfg, kernel, &rt, &registry) {
         Ok(vm) => vm,

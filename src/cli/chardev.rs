@@ -417,6 +417,8 @@ pub fn parse_mon(mut opts: Opts) -> Result<MonitorConfig, ChardevError> {
         )?
         .unwrap_or(MonitorMode::Readline);
     let pretty = opts.flag("pretty")?.unwrap_or(false);
+    // `id=` names the option group, as in QEMU; nothing refers to a monitor by it.
+    opts.id("id")?;
     opts.finish()?;
     Ok(MonitorConfig {
         mode,

@@ -49,9 +49,26 @@ pub enum GeneralError {
     /// `-incoming` with a scheme troupe lacks.
     #[error("migration transport '{0}' is not supported by troupe (tcp:, unix:, exec:, fd:, file:, defer)")]
     IncomingScheme(String),
+    /// `-overcommit KEY=on`: troupe neither locks guest memory nor passes CPU power
+    /// management through.
+    #[error("{0}=on is not supported by troupe (only {0}=off)")]
+    Overcommit(&'static str),
     /// `-incoming` that isn't a URI.
     #[error("invalid migration URI '{0}' (expected tcp:[HOST]:PORT, unix:PATH, exec:CMD, fd:N, file:PATH or defer)")]
     Incoming(String),
+}
+
+/// `-overcommit [mem-lock=on|off][,cpu-pm=on|off]`: troupe never locks guest memory and
+/// never gives the guest the host CPUs' power management, which is what `off` asks (and
+/// what libvirt writes, `-overcommit mem-lock=off`); `on` is refused.
+pub fn parse_overcommit(mut opts: Opts) -> Result<(), GeneralError> {
+    for key in ["mem-lock", "cpu-pm"] {
+        if opts.flag(key)? == Some(true) {
+            return Err(GeneralError::Overcommit(key));
+        }
+    }
+    opts.finish()?;
+    Ok(())
 }
 
 /// `-name`: (guest name, process name, debug-threads).

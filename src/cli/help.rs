@@ -52,6 +52,7 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "-M, -machine [type=]pc[,accel=kvm]",
                 "the machine: pc (i440FX + PIIX) or pc-i440fx-X.Y; 'help' lists",
             ),
+            ("", "(none: the empty machine management tools probe with)"),
             (
                 "-accel kvm, -enable-kvm",
                 "use KVM (the only accelerator troupe has)",
@@ -89,6 +90,14 @@ const SECTIONS: &[(&str, Lines)] = &[
             (
                 "-nodefaults",
                 "no default serial port, monitor, NIC, CD-ROM drive or VGA",
+            ),
+            (
+                "-no-user-config",
+                "accepted: troupe reads no configuration files",
+            ),
+            (
+                "-overcommit mem-lock=off",
+                "accepted (guest RAM is never locked; cpu-pm=off too)",
             ),
         ],
     ),
@@ -335,6 +344,8 @@ mod tests {
             "-k ",
             "-snapshot",
             "-nodefaults",
+            "-no-user-config",
+            "-overcommit",
             "-drive",
             "-hda",
             "-cdrom",

@@ -40,6 +40,9 @@ pub use machine::MachineError;
 pub use netdev::NetdevError;
 pub use options::OptsError;
 
+pub use device::creatable as creatable_devices;
+pub use machine::{pc_machine_types, DEFAULT_MACHINE, MAX_CPUS, NONE_MACHINE};
+
 use crate::config::VmConfig;
 use state::State;
 use table::{OPTIONS, UNSUPPORTED};
@@ -130,6 +133,11 @@ fn invalid(at: &str, reason: impl Into<Reason>) -> CliError {
         at: at.to_string(),
         reason: reason.into(),
     }
+}
+
+/// Every option troupe takes (name without the dash), and whether it takes a value.
+pub fn options() -> impl Iterator<Item = (&'static str, bool)> {
+    OPTIONS.iter().map(|(n, _, arg)| (*n, *arg))
 }
 
 /// Parse `args` (without argv\[0\]) against the machine we run on.

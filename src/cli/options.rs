@@ -17,6 +17,12 @@ use thiserror::Error;
 /// Ways an option string or one of its values can be wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OptsError {
+    /// A JSON argument (`-device '{"driver": ...}'`) that is not a JSON object.
+    #[error("invalid JSON object: {0}")]
+    Json(String),
+    /// A JSON member whose value has no option-string form (`null`, a list).
+    #[error("parameter '{0}': only strings, numbers, booleans and objects are supported")]
+    JsonValue(String),
     /// `=value` with no key.
     #[error("empty parameter name before '={0}'")]
     EmptyKey(String),
@@ -118,6 +124,42 @@ pub fn is_help(value: &str) -> bool {
 }
 
 impl Opts {
+    /// A JSON object argument, as QEMU takes for `-device`, `-blockdev`, `-object`: each
+    /// member becomes a key (a nested object's members `outer.inner`, as the dotted
+    /// option-string keys), booleans `on`/`off`, numbers their decimal text.
+    pub fn from_json(s: &str) -> Result<Opts, OptsError> {
+        fn flatten(
+            prefix: &str,
+            m: &serde_json::Map<String, serde_json::Value>,
+            out: &mut Opts,
+        ) -> Result<(), OptsError> {
+            use serde_json::Value;
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    Value::String(t) => out.push(&key, t.clone()),
+                    Value::Bool(b) => out.push(&key, if *b { "on" } else { "off" }.to_string()),
+                    Value::Number(n) => out.push(&key, n.to_string()),
+                    Value::Object(inner) => flatten(&key, inner, out)?,
+                    Value::Null | Value::Array(_) => return Err(OptsError::JsonValue(key)),
+                }
+            }
+            Ok(())
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| OptsError::Json(e.to_string()))?;
+        let serde_json::Value::Object(m) = v else {
+            return Err(OptsError::Json("not an object".into()));
+        };
+        let mut opts = Opts::default();
+        flatten("", &m, &mut opts)?;
+        Ok(opts)
+    }
+
     /// Parse `s`. `implied` names the key of a first item written without `=`
     /// (`-netdev user,...` → `type=user`). Without one, such an item is a flag.
     pub fn parse(s: &str, implied: Option<&str>) -> Result<Opts, OptsError> {

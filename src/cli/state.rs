@@ -108,7 +108,16 @@ impl State {
         at: &str,
         arg: &str,
     ) -> Result<Option<String>, CliError> {
-        let opts = |implied: Option<&str>| Opts::parse(arg, implied).map_err(|e| invalid(at, e));
+        // QEMU 7.2 takes a JSON object for -device and -blockdev (libvirt writes them so).
+        let json = matches!(opt, Opt::Device | Opt::Blockdev) && arg.trim_start().starts_with('{');
+        let opts = |implied: Option<&str>| {
+            if json {
+                Opts::from_json(arg)
+            } else {
+                Opts::parse(arg, implied)
+            }
+            .map_err(|e| invalid(at, e))
+        };
         match opt {
             Opt::Help => return Ok(Some(help::help())),
             Opt::Version => return Ok(Some(help::version())),
@@ -136,6 +145,9 @@ impl State {
             Opt::Memory => self.memory.add(at, opts(Some("size"))?),
             Opt::Name => self.name.add(at, opts(Some("guest"))?),
             Opt::Rtc => self.rtc.add(at, opts(None)?),
+            Opt::Overcommit => {
+                general::parse_overcommit(opts(None)?).map_err(|e| invalid(at, e))?
+            }
             Opt::Boot => self.boot.add(at, opts(Some("order"))?),
             Opt::Uuid => {
                 self.uuid = Some(general::parse_uuid(arg).map_err(|e| invalid(at, e))?);
@@ -146,6 +158,8 @@ impl State {
             },
             Opt::Snapshot => self.snapshot = true,
             Opt::Nodefaults => self.nodefaults = true,
+            // QEMU: do not read its configuration files. troupe reads none at all.
+            Opt::NoUserConfig => {}
             Opt::Drive => {
                 let o = opts(None)?;
                 if o.help_requested() {

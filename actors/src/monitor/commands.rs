@@ -51,18 +51,20 @@ impl CmdError {
 
 pub type CmdResult = Result<Value, CmdError>;
 
-/// The type a parameter must have.
+/// The type a parameter must have (also what `query-qmp-schema` says of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
+pub(super) enum Ty {
     Str,
     Int,
     Bool,
+    /// One of these strings.
+    Enum(&'static [&'static str]),
     /// Anything (checked by the command).
     Any,
 }
 
 /// (name, type, required)
-type Param = (&'static str, Ty, bool);
+pub(super) type Param = (&'static str, Ty, bool);
 
 /// Every QMP command troupe knows, with its parameters. `qmp_capabilities` is served by
 /// the QMP session itself but listed here for `query-commands`.
@@ -101,7 +103,7 @@ const COMMANDS: &[(&str, &[Param])] = &[
             ("filename", Ty::Str, true),
             ("device", Ty::Str, false),
             ("head", Ty::Int, false),
-            ("format", Ty::Str, false),
+            ("format", Ty::Enum(&["ppm", "png"]), false),
         ],
     ),
     (
@@ -208,7 +210,11 @@ const COMMANDS: &[(&str, &[Param])] = &[
         &[
             ("calc-time", Ty::Int, true),
             ("sample-pages", Ty::Int, false),
-            ("mode", Ty::Str, false),
+            (
+                "mode",
+                Ty::Enum(&["page-sampling", "dirty-ring", "dirty-bitmap"]),
+                false,
+            ),
         ],
     ),
     ("query-dirty-rate", &[]),
@@ -231,26 +237,76 @@ const COMMANDS: &[(&str, &[Param])] = &[
     ),
 ];
 
-/// Events troupe emits (for `query-events`).
-const EVENTS: &[&str] = &[
-    "STOP",
-    "RESUME",
-    "RESET",
-    "SHUTDOWN",
-    "POWERDOWN",
-    "MIGRATION",
-    "MIGRATION_PASS",
-    "DEVICE_TRAY_MOVED",
+/// Why the VM shut down or reset, as the events' `reason` spells it.
+const SHUTDOWN_CAUSES: &[&str] = &[
+    "host-qmp-quit",
+    "host-qmp-system-reset",
+    "host-signal",
+    "guest-shutdown",
+    "guest-reset",
 ];
+
+/// A migration's states, as `MIGRATION` events spell them ([`crate::migration::Status`]).
+const MIGRATION_STATES: &[&str] = &[
+    "none",
+    "setup",
+    "active",
+    "device",
+    "completed",
+    "failed",
+    "cancelling",
+    "cancelled",
+];
+
+/// Events troupe emits (for `query-events` and the schema), with their data.
+const EVENTS: &[(&str, &[Param])] = &[
+    ("STOP", &[]),
+    ("RESUME", &[]),
+    (
+        "RESET",
+        &[
+            ("guest", Ty::Bool, true),
+            ("reason", Ty::Enum(SHUTDOWN_CAUSES), true),
+        ],
+    ),
+    (
+        "SHUTDOWN",
+        &[
+            ("guest", Ty::Bool, true),
+            ("reason", Ty::Enum(SHUTDOWN_CAUSES), true),
+        ],
+    ),
+    ("POWERDOWN", &[]),
+    ("MIGRATION", &[("status", Ty::Enum(MIGRATION_STATES), true)]),
+    ("MIGRATION_PASS", &[("pass", Ty::Int, true)]),
+    (
+        "DEVICE_TRAY_MOVED",
+        &[
+            ("device", Ty::Str, true),
+            ("tray-open", Ty::Bool, true),
+            ("id", Ty::Str, true),
+        ],
+    ),
+];
+
+/// Every command with its parameters: this table's, then the probing ones.
+pub(super) fn specs() -> impl Iterator<Item = &'static (&'static str, &'static [Param])> {
+    COMMANDS.iter().chain(super::probe::COMMANDS)
+}
+
+/// Every event with its data.
+pub(super) fn event_specs() -> impl Iterator<Item = &'static (&'static str, &'static [Param])> {
+    EVENTS.iter()
+}
 
 /// Command names, for `query-commands` and completion.
 pub fn command_names() -> impl Iterator<Item = &'static str> {
-    COMMANDS.iter().map(|(n, _)| *n)
+    specs().map(|(n, _)| *n)
 }
 
 fn ty_name(t: Ty) -> &'static str {
     match t {
-        Ty::Str => "string",
+        Ty::Str | Ty::Enum(_) => "string",
         Ty::Int => "int",
         Ty::Bool => "boolean",
         Ty::Any => "any",
@@ -259,7 +315,7 @@ fn ty_name(t: Ty) -> &'static str {
 
 /// Check `args` against the command's parameters, with QEMU's messages.
 pub fn check_args(name: &str, args: &Map<String, Value>) -> Result<(), CmdError> {
-    let Some((_, params)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+    let Some((_, params)) = specs().find(|(n, _)| *n == name) else {
         return Err(CmdError::CommandNotFound(format!(
             "The command {name} has not been found"
         )));
@@ -274,6 +330,7 @@ pub fn check_args(name: &str, args: &Map<String, Value>) -> Result<(), CmdError>
                     Ty::Str => v.is_string(),
                     Ty::Int => v.is_i64() || v.is_u64(),
                     Ty::Bool => v.is_boolean(),
+                    Ty::Enum(_) => v.is_string(),
                     Ty::Any => true,
                 };
                 if !ok {
@@ -281,6 +338,13 @@ pub fn check_args(name: &str, args: &Map<String, Value>) -> Result<(), CmdError>
                         "Invalid parameter type for '{k}', expected: {}",
                         ty_name(*ty)
                     )));
+                }
+                if let (Ty::Enum(values), Some(v)) = (ty, v.as_str()) {
+                    if !values.contains(&v) {
+                        return Err(CmdError::generic(format!(
+                            "Parameter '{k}' does not accept value '{v}'"
+                        )));
+                    }
                 }
             }
         }
@@ -452,7 +516,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             command_names().map(|n| json!({ "name": n })).collect(),
         )),
         "query-events" => Ok(Value::Array(
-            EVENTS.iter().map(|n| json!({ "name": n })).collect(),
+            EVENTS.iter().map(|(n, _)| json!({ "name": n })).collect(),
         )),
         "query-mice" => Ok(match &ctx.input {
             Some(i) => json!([{
@@ -464,11 +528,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             None => json!([]),
         }),
         "query-target" => Ok(json!({"arch": "x86_64"})),
-        "query-machines" => Ok(json!([
-            {"name": "pc", "alias": "pc", "is-default": true, "cpu-max": 255,
-             "hotpluggable-cpus": true, "numa-mem-supported": false, "deprecated": false,
-             "default-cpu-type": "qemu64-x86_64-cpu", "default-ram-id": "pc.ram", "acpi": true}
-        ])),
+        "query-machines" => Ok(ctx.catalog.machines()),
         "query-balloon" | "balloon" => Err(CmdError::DeviceNotActive(
             "No balloon device has been activated".into(),
         )),
@@ -634,9 +694,11 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "query-dirty-rate" => Ok(super::dirty::query(&ctx.dirty_rate)),
-        other => Err(CmdError::CommandNotFound(format!(
-            "The command {other} has not been found"
-        ))),
+        other => super::probe::execute(ctx, other, args).unwrap_or_else(|| {
+            Err(CmdError::CommandNotFound(format!(
+                "The command {other} has not been found"
+            )))
+        }),
     }
 }
 
@@ -858,6 +920,23 @@ mod tests {
             netdev_spec(&bad).unwrap_err().desc(),
             "Invalid parameter type for 'net', expected: string"
         );
+    }
+
+    #[test]
+    fn migration_events_list_every_state_a_migration_reaches() {
+        use crate::migration::Status;
+        for st in [
+            Status::None,
+            Status::Setup,
+            Status::Active,
+            Status::Device,
+            Status::Completed,
+            Status::Failed,
+            Status::Cancelling,
+            Status::Cancelled,
+        ] {
+            assert!(MIGRATION_STATES.contains(&st.name()), "{}", st.name());
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod hmp;
 mod memdump;
 pub mod migrate;
 mod mux;
+pub mod probe;
 pub mod qmp;
 pub mod readline;
 pub mod server;
@@ -32,6 +33,7 @@ use crate::supervisor::SupervisorHandle;
 use crate::vnc::VncHandle;
 
 pub use mux::{spawn_mux, MuxHandle};
+pub use probe::{Catalog, CpuDefinition, QomType};
 pub use server::{start, MonitorBackend, MonitorSpec, Protocol, StartedMonitor};
 
 /// QEMU version troupe reports (tools check it), and troupe's own in `package`.
@@ -108,6 +110,8 @@ pub struct MonitorContext {
     pub drives: handles::DrivesHandle,
     /// The board: interrupt controllers, memory map, ROMs, chardevs.
     pub chipset: handles::ChipsetHandle,
+    /// What the binary has (device and CPU models, machines, options), for probing.
+    pub catalog: Arc<dyn Catalog>,
     /// (socket, core, thread) of each vCPU, by index.
     pub topology: Vec<(u32, u32, u32)>,
     /// Serialises key sequences (`sendkey` holds keys for a while) so two never interleave.

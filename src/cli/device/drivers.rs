@@ -168,6 +168,14 @@ pub(super) fn find_driver(name: &str) -> Option<&'static Driver> {
 }
 
 /// The drivers a machine can start, in listing order.
+/// A property: (name, `<type>`, description).
+pub type Prop = (&'static str, &'static str, &'static str);
+
+/// The drivers `-device` can create: (name, bus, properties beyond `id`).
+pub fn creatable() -> impl Iterator<Item = (&'static str, &'static str, &'static [Prop])> {
+    available().map(|d| (d.name, d.bus, d.props))
+}
+
 fn available() -> impl Iterator<Item = &'static Driver> {
     DRIVERS.iter().filter(|d| d.available)
 }

@@ -19,7 +19,7 @@ use super::options::{Opts, OptsError};
 use crate::config::NicModel;
 use drivers::find_driver;
 
-pub use drivers::{device_help, device_props_help};
+pub use drivers::{creatable, device_help, device_props_help};
 pub use set::DeviceSet;
 
 /// The highest `num-queues` virtio-blk accepts (VIRTIO_QUEUE_MAX).

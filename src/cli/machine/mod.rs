@@ -36,7 +36,16 @@ const PC_VERSIONS: &[&str] = &[
 ];
 
 /// Machine types QEMU has that troupe refuses by name (prefixes).
-const OTHER_MACHINES: &[&str] = &["q35", "pc-q35-", "microvm", "isapc", "none", "x-remote"];
+const OTHER_MACHINES: &[&str] = &["q35", "pc-q35-", "microvm", "isapc", "x-remote"];
+
+/// The empty machine (no RAM unless `-m`, no vCPUs, no devices): what management tools
+/// start troupe as to ask it what it has.
+pub const NONE_MACHINE: &str = "none";
+
+/// The `pc-i440fx-*` machine types troupe has, newest first.
+pub fn pc_machine_types() -> impl Iterator<Item = String> {
+    PC_VERSIONS.iter().map(|v| format!("pc-i440fx-{v}"))
+}
 
 /// Ways the machine options can be wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -140,6 +149,11 @@ pub enum MachineError {
     /// A machine type QEMU has but troupe does not emulate.
     #[error("machine type '{0}' is not supported by troupe: it emulates only pc (i440FX + PIIX)")]
     MachineRefused(String),
+    /// `-m` with `-machine none`.
+    #[error(
+        "machine 'none' has no RAM (it is the empty machine management tools probe troupe with)"
+    )]
+    NoneMachineMemory,
     /// An unknown machine type.
     #[error("unsupported machine type '{0}' (use -machine help to list)")]
     MachineType(String),
@@ -288,6 +302,9 @@ fn canonical_machine(t: &str) -> Result<String, MachineError> {
     if t == "pc" {
         return Ok(DEFAULT_MACHINE.to_string());
     }
+    if t == NONE_MACHINE {
+        return Ok(t.to_string());
+    }
     if let Some(v) = t.strip_prefix("pc-i440fx-") {
         if PC_VERSIONS.contains(&v) {
             return Ok(t.to_string());
@@ -328,6 +345,7 @@ pub fn machine_help() -> String {
             "{name:<20} Standard PC (i440FX + PIIX, 1996){default}\n"
         ));
     }
+    out.push_str(&format!("{NONE_MACHINE:<20} empty machine\n"));
     out
 }
 

@@ -67,6 +67,10 @@ impl State {
     /// Apply defaults, realize devices in QEMU's order, check every reference and file.
     pub(in crate::cli) fn finish(mut self, host: &Host) -> Result<VmConfig, CliError> {
         let m = self.machine_part(host)?;
+        // The empty machine has no default devices (nor buses to put them on).
+        if m.machine.kind == machine::NONE_MACHINE {
+            self.nodefaults = true;
+        }
         let consoles = self.consoles()?;
         let mut net = self.networks()?;
         let Drives { mut drives, virtio } = self.assign_drives()?;
@@ -166,6 +170,9 @@ impl State {
             }
         }
         let memory = match take(&mut self.memory) {
+            m if m.given() && machine.kind == machine::NONE_MACHINE => {
+                return Err(invalid(&m.at(), MachineError::NoneMachineMemory));
+            }
             m if m.given() => {
                 let at = m.at();
                 machine::parse_memory(m.opts, host).map_err(|e| invalid(&at, e))?

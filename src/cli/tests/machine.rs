@@ -241,3 +241,55 @@ fn vcpu_pinning_is_checked_against_cpus_and_affinity() {
         "-vcpu-pin 1=1: vCPU 1 does not exist (-smp gives 1 vCPU(s), numbered from 0)"
     );
 }
+
+#[test]
+fn libvirts_probe_and_domain_options_that_troupe_takes() {
+    let env = Env::new();
+    // The probe: the empty machine, with no default devices even without -nodefaults.
+    let c = env.run(&[
+        "-S",
+        "-no-user-config",
+        "-nodefaults",
+        "-nographic",
+        "-machine",
+        "none,accel=kvm:tcg",
+    ]);
+    assert_eq!(c.machine.kind, "none");
+    let c = env.run(&["-machine", "none"]);
+    assert!(c.devices.is_empty() && c.drives.is_empty() && c.serials.is_empty());
+    assert!(env.print(&["-machine", "help"]).contains("\nnone "));
+    assert_eq!(
+        env.err(&["-machine", "none", "-m", "256"]),
+        "-m 256: machine 'none' has no RAM (it is the empty machine management tools probe troupe with)"
+    );
+    // From the command line libvirt 9.0 builds for a domain.
+    let c = env.run(&[
+        "-name",
+        "guest=small,debug-threads=on",
+        "-overcommit",
+        "mem-lock=off",
+        "-no-user-config",
+        "-chardev",
+        "socket,id=charmonitor,path=/tmp/troupe-cli-test-mon.sock,server=on,wait=off",
+        "-mon",
+        "chardev=charmonitor,id=monitor,mode=control",
+        "-rtc",
+        "base=utc",
+        "-no-shutdown",
+        "-boot",
+        "strict=on",
+    ]);
+    assert_eq!(c.name.as_deref(), Some("small"));
+    assert!(c.no_shutdown);
+    assert_eq!(
+        env.err(&["-overcommit", "mem-lock=on"]),
+        "-overcommit mem-lock=on: mem-lock=on is not supported by troupe (only mem-lock=off)"
+    );
+    assert_eq!(
+        env.err(&["-overcommit", "cpu-pm=on"]),
+        "-overcommit cpu-pm=on: cpu-pm=on is not supported by troupe (only cpu-pm=off)"
+    );
+    assert!(env
+        .err(&["-chardev", "null,id=m", "-mon", "chardev=m,id=9x"])
+        .contains("invalid id '9x'"));
+}

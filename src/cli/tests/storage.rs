@@ -165,3 +165,48 @@ fn virtio_blk_needs_an_unused_if_none_drive() {
         .iter()
         .any(|x| matches!(&x.kind, DeviceKind::VirtioBlk { drive, .. } if drive == "disk0")));
 }
+
+#[test]
+fn json_device_and_blockdev_arguments_mean_what_their_option_strings_mean() {
+    let env = Env::new();
+    let disk = TempFile::new(1 << 20);
+    let strings = env.run(&[
+        "-blockdev",
+        &format!("driver=file,node-name=f0,filename={}", disk.s()),
+        "-blockdev",
+        "driver=raw,node-name=disk0,file=f0,read-only=on",
+        "-device",
+        "virtio-blk-pci,drive=disk0,id=vd0,bootindex=1",
+    ]);
+    let json = env.run(&[
+        "-blockdev",
+        &format!(
+            r#"{{"driver": "file", "node-name": "f0", "filename": "{}"}}"#,
+            disk.s()
+        ),
+        "-blockdev",
+        r#"{"node-name": "disk0", "driver": "raw", "file": "f0", "read-only": true}"#,
+        "-device",
+        r#"{"driver": "virtio-blk-pci", "drive": "disk0", "id": "vd0", "bootindex": 1}"#,
+    ]);
+    assert_eq!(json.drives, strings.drives);
+    assert_eq!(json.devices, strings.devices);
+    // Nested objects are the dotted keys.
+    let nested = env.run(&[
+        "-blockdev",
+        &format!(
+            r#"{{"driver": "raw", "node-name": "disk0", "file": {{"driver": "file", "filename": "{}"}}}}"#,
+            disk.s()
+        ),
+        "-device",
+        r#"{"driver": "virtio-blk-pci", "drive": "disk0"}"#,
+    ]);
+    assert!(nested.drives.iter().any(|d| d.id == "disk0"));
+    assert_eq!(
+        env.err(&["-device", r#"{"driver": "virtio-rng-pci", "x": [1]}"#]),
+        r#"-device {"driver": "virtio-rng-pci", "x": [1]}: parameter 'x': only strings, numbers, booleans and objects are supported"#
+    );
+    assert!(env
+        .err(&["-device", r#"{"driver": "#])
+        .starts_with(r#"-device {"driver": : invalid JSON object: "#));
+}

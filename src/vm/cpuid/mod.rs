@@ -554,7 +554,6 @@ impl ResolvedCpu {
 }
 
 /// One model for QMP `query-cpu-definitions`.
-#[allow(dead_code)] // used by the QMP side
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
     /// `Haswell-v2`, `Haswell-noTSX`, `qemu64`, `host`.
@@ -573,7 +572,6 @@ pub struct ModelInfo {
 
 /// Every model `-cpu` accepts, in QEMU 7.2's `query-cpu-definitions` order, with what
 /// this host lacks for each (what QMP `query-cpu-definitions` answers).
-#[allow(dead_code)] // used by the QMP side
 pub fn models(host: &HostCpu) -> Vec<ModelInfo> {
     let mut out = Vec::new();
     let unavailable = |name: &str| {
@@ -611,6 +609,34 @@ pub fn models(host: &HostCpu) -> Vec<ModelInfo> {
         });
     }
     out
+}
+
+/// Every feature flag troupe models, each once by its canonical name, in QEMU's order:
+/// the boolean properties of a CPU type (`qom-list-properties`, `query-cpu-model-expansion`).
+pub fn feature_names() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for (_, _, name) in features::named_bits(&features::named_mask()) {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+impl ResolvedCpu {
+    /// Each of [`feature_names`] and whether this CPU has it: read from the feature words
+    /// its CPUID table is built from.
+    pub fn feature_states(&self) -> Vec<(&'static str, bool)> {
+        feature_names()
+            .into_iter()
+            .map(|name| {
+                let on = features::bits_named(name)
+                    .iter()
+                    .any(|&(w, bit)| self.features[w] & (1 << bit) != 0);
+                (name, on)
+            })
+            .collect()
+    }
 }
 
 /// `-cpu help`, as QEMU 7.2 prints it.

@@ -236,3 +236,29 @@ fn models_and_their_unavailable_features_are_qemus() {
         assert_eq!(o, t);
     }
 }
+
+#[test]
+fn feature_states_name_each_flag_once_and_follow_the_resolved_cpu() {
+    let names = feature_names();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "a flag listed twice");
+    // `-cpu` takes each of them.
+    for n in &names {
+        assert_eq!(canonical_feature(n), Some(*n), "{n}");
+    }
+    let host = fake_host(b"AuthenticAMD");
+    let mut cfg = CpuConfig::model("qemu64");
+    cfg.plus = vec!["avx2".into()];
+    cfg.minus = vec!["lm".into()];
+    let states = resolve(&cfg, &host).unwrap().feature_states();
+    assert_eq!(states.len(), names.len());
+    let on = |f: &str| states.iter().find(|(n, _)| *n == f).unwrap().1;
+    assert!(on("avx2") && on("sse2"));
+    assert!(!on("lm") && !on("avx512f"));
+    // A flag the host's KVM lacks stays off even when asked for.
+    cfg.plus.push("aes".into());
+    let states = resolve(&cfg, &host).unwrap().feature_states();
+    assert!(!states.iter().find(|(n, _)| *n == "aes").unwrap().1);
+}
