@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, free_port, guest, Running, TempDir, Vm};
+use common::{code, free_port, guest, Hmp, Running, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -51,28 +51,6 @@ fn retry_connect(port: u16) -> TcpStream {
     }
 }
 
-/// Read until `needle`; everything read.
-fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        match s.read(&mut buf) {
-            Ok(0) => panic!(
-                "connection closed before {:?}; got {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "waiting for {:?}: {e}; got {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    got
-}
-
 /// True once the peer has closed `s` (EOF or reset), within `T`.
 fn closed_by_peer(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(T)).unwrap();
@@ -84,25 +62,6 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
             Err(_) => return false,
         }
-    }
-}
-
-/// An HMP session on a plain (or telnet) TCP monitor.
-struct Hmp(TcpStream);
-
-impl Hmp {
-    fn on(mut s: TcpStream) -> Self {
-        read_until(&mut s, b"(qemu) ");
-        Self(s)
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.0.write_all(line.as_bytes()).unwrap();
-        self.0.write_all(b"\r\n").unwrap();
-        let raw = read_until(&mut self.0, b"\r\n(qemu) ");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let body = text.split_once("\r\n").map(|x| x.1).unwrap_or("");
-        body.trim_end_matches("(qemu) ").replace("\r\n", "\n")
     }
 }
 
@@ -414,30 +373,30 @@ fn a_panicking_restartable_actor_is_restarted() {
     };
 
     // The display refresh: a fresh frame, the same screen.
-    assert_eq!(hmp.cmd("inject-panic vga"), "");
-    wait_actors(|| hmp.cmd("info actors"), restarted("vga"));
+    assert_eq!(hmp.text("inject-panic vga"), "");
+    wait_actors(|| hmp.text("info actors"), restarted("vga"));
 
     // A VNC client: its connection closes; the viewer reconnects and sees the screen.
-    assert_eq!(hmp.cmd("inject-panic vnc.client0"), "");
+    assert_eq!(hmp.text("inject-panic vnc.client0"), "");
     assert!(
         closed_by_peer(&mut viewer),
         "the panicked client's connection closes"
     );
     let (_viewer, w, h) = vnc_client(retry_connect(5900 + d));
     assert!(w >= 640 && h >= 400, "{w}x{h}");
-    let text = wait_actors(|| hmp.cmd("info actors"), restarted("vnc"));
+    let text = wait_actors(|| hmp.text("info actors"), restarted("vnc"));
     let list = actors(&text);
     assert!(!list.iter().any(|(i, _)| i == "vnc.client0"), "{text}");
     assert_eq!(actor(&list, "vnc.client1", &text).state, "running");
 
     // A monitor session: it closes; a new one opens and answers.
     let mut second = Hmp::on(retry_connect(mon_port));
-    assert!(second.cmd("info status").contains("running"));
-    assert_eq!(hmp.cmd("inject-panic compat_monitor0.session1"), "");
+    assert!(second.text("info status").contains("running"));
+    assert_eq!(hmp.text("inject-panic compat_monitor0.session1"), "");
     assert!(closed_by_peer(&mut second.0));
     let mut third = Hmp::on(retry_connect(mon_port));
-    assert_eq!(third.cmd("info status"), "VM status: running\n");
-    let text = wait_actors(|| third.cmd("info actors"), restarted("compat_monitor0"));
+    assert_eq!(third.text("info status"), "VM status: running\n");
+    let text = wait_actors(|| third.text("info actors"), restarted("compat_monitor0"));
     assert!(
         !actors(&text)
             .iter()
@@ -446,13 +405,13 @@ fn a_panicking_restartable_actor_is_restarted() {
     );
 
     // The NIC backend: slirp starts over and binds the hostfwd rule again.
-    assert_eq!(hmp.cmd("inject-panic slirp-u0"), "");
-    let text = wait_actors(|| hmp.cmd("info actors"), restarted("slirp-u0"));
+    assert_eq!(hmp.text("inject-panic slirp-u0"), "");
+    let text = wait_actors(|| hmp.text("info actors"), restarted("slirp-u0"));
     let list = actors(&text);
     for id in ["vga", "vnc", "compat_monitor0", "slirp-u0"] {
         assert!(actor(&list, id, &text).restarts >= 1, "{id}:\n{text}");
     }
-    assert_eq!(hmp.cmd("info status"), "VM status: running\n");
+    assert_eq!(hmp.text("info status"), "VM status: running\n");
     // Traffic passes again: the host reaches the guest's port 7 through the new instance
     // (the guest serves that one connection, then ends its run as passed).
     let mut c = retry_connect(hfwd);
@@ -520,8 +479,8 @@ fn vital_story(id: &str) {
     vm.expect_stdout("demo: 2/2 vCPUs running", T);
     let mut hmp = Hmp::on(retry_connect(hp));
     let mut q = Qmp::on(retry_connect(qp));
-    assert_eq!(hmp.cmd("info status"), "VM status: running\n");
-    assert_eq!(hmp.cmd(&format!("inject-panic {id}")), "");
+    assert_eq!(hmp.text("info status"), "VM status: running\n");
+    assert_eq!(hmp.text(&format!("inject-panic {id}")), "");
     // QMP hears STOP.
     let deadline = Instant::now() + T;
     loop {
@@ -532,18 +491,18 @@ fn vital_story(id: &str) {
         assert!(Instant::now() < deadline, "no STOP event");
     }
     assert_eq!(
-        hmp.cmd("info status"),
+        hmp.text("info status"),
         "VM status: paused (internal-error)\n"
     );
     assert_eq!(
         q.ask(r#"{"execute": "query-status"}"#)["return"]["status"],
         "internal-error"
     );
-    let text = hmp.cmd("info actors");
+    let text = hmp.text("info actors");
     assert_eq!(actor(&actors(&text), id, &text).state, "failed", "{text}");
     // cont is refused, as QEMU refuses it after an internal error.
     assert!(hmp
-        .cmd("cont")
+        .text("cont")
         .contains("Resetting the Virtual Machine is required"));
     let err = vm
         .stderr

@@ -6,13 +6,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, connect, free_port, guest, Qmp, Running, TempDir, Vm};
+use common::{code, connect, free_port, guest, read_until, Hmp, Qmp, Running, TempDir, Vm};
 
 /// How long a refused start may take.
 const REFUSE: Duration = Duration::from_secs(10);
@@ -589,32 +588,6 @@ fn qmp_refuses_what_qemus_json_reader_refuses_and_the_vm_runs_on() {
     assert_eq!(status(&mut q), "running");
     assert!(vm.child.try_wait().unwrap().is_none());
     vm.kill();
-}
-
-/// A plain-TCP HMP client: send a line, get the text up to the next prompt.
-struct Hmp(TcpStream);
-
-impl Hmp {
-    fn cmd(&mut self, line: &str) -> String {
-        self.0.write_all(line.as_bytes()).unwrap();
-        self.0.write_all(b"\r\n").unwrap();
-        let raw = read_until(&mut self.0, b"\r\n(qemu) ");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let body = text.split_once("\r\n").map(|x| x.1).unwrap_or("");
-        body.trim_end_matches("(qemu) ").to_string()
-    }
-}
-
-fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => panic!("before {needle:?}: {:?}", String::from_utf8_lossy(&got)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    got
 }
 
 #[test]

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,47 +28,6 @@ fn iso(dir: &TempDir, volume: &str) -> PathBuf {
         .expect("xorriso (package xorriso) makes the test ISOs");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     out
-}
-
-fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        match s.read(&mut buf) {
-            Ok(0) => panic!(
-                "connection closed before {:?}; got {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "waiting for {:?}: {e}; got {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    got
-}
-
-/// A plain-TCP HMP client: send a line, get the text up to the next prompt.
-struct Hmp(TcpStream);
-
-impl Hmp {
-    fn open(port: u16) -> Self {
-        let mut s = connect(port);
-        read_until(&mut s, b"(qemu) ");
-        Self(s)
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.0.write_all(line.as_bytes()).unwrap();
-        self.0.write_all(b"\r\n").unwrap();
-        let raw = read_until(&mut self.0, b"\r\n(qemu) ");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let body = text.split_once("\r\n").map(|x| x.1).unwrap_or("");
-        body.trim_end_matches("(qemu) ").replace("\r\n", "\n")
-    }
 }
 
 /// QMP with the events kept: `ask` returns the reply and stores events on the way.
@@ -279,7 +236,7 @@ fn a_cd_changed_at_the_monitor_is_read_by_the_guest_and_the_old_image_is_closed(
         ("GenericError", "Image is not in qcow2 format")
     );
     assert!(q.tray_moves(0).is_empty());
-    let info = h.cmd("info block ide1-cd0");
+    let info = h.text("info block ide1-cd0");
     assert!(
         info.starts_with(&format!(
             "ide1-cd0 (#block102): {} (raw, read-only)\n",
@@ -317,7 +274,7 @@ fn a_cd_changed_at_the_monitor_is_read_by_the_guest_and_the_old_image_is_closed(
     );
     serial_wait(&vm, "atapi: volume BRAVO_VOL\natapi: sense 02/3a/00\n");
     assert_eq!(q.tray_moves(3)[2]["tray-open"], true);
-    let info = h.cmd("info block ide1-cd0");
+    let info = h.text("info block ide1-cd0");
     assert_eq!(
         info,
         format!(
@@ -341,12 +298,12 @@ fn a_cd_changed_at_the_monitor_is_read_by_the_guest_and_the_old_image_is_closed(
         "QMP's id is a qdev id; troupe's IDE drives have none"
     );
     assert_eq!(
-        h.cmd("info status"),
+        h.text("info status"),
         "VM status: running\n",
         "the guest runs on"
     );
     // Back to the first disc, through HMP this time.
-    assert_eq!(h.cmd(&format!("change ide1-cd0 {}", alpha.display())), "");
+    assert_eq!(h.text(&format!("change ide1-cd0 {}", alpha.display())), "");
     let serial = serial_wait(&vm, "atapi: sense 06/28/00\natapi: volume ALPHA_VOL\n");
     let news = after(&serial, "atapi: media event 2 status 0\n");
     assert_eq!(
@@ -354,7 +311,7 @@ fn a_cd_changed_at_the_monitor_is_read_by_the_guest_and_the_old_image_is_closed(
         "the medium already read as gone: {serial}"
     );
     assert_eq!(q.tray_moves(6).len(), 6);
-    assert_eq!(h.cmd("quit"), "");
+    assert_eq!(h.text("quit"), "");
 }
 
 #[test]
@@ -365,23 +322,23 @@ fn a_tray_the_guest_locked_opens_only_with_force_and_bad_input_leaves_the_vm_run
     serial_wait(&vm, "atapi: locked");
     let mut h = Hmp::open(hmp);
     assert!(h
-        .cmd("info block ide1-cd0")
+        .text("info block ide1-cd0")
         .contains("    Removable device: locked, tray closed\n"));
 
     assert_eq!(
-        h.cmd("eject ide1-cd0"),
+        h.text("eject ide1-cd0"),
         "Error: Device 'ide1-cd0' is locked and force was not specified, wait for tray to open and try again\n"
     );
     // The guest is asked to let go; the disc stays in, readable.
     serial_wait(&vm, "atapi: media event 1 status 2\n");
-    let info = h.cmd("info block ide1-cd0");
+    let info = h.text("info block ide1-cd0");
     assert!(
         info.contains(&format!("{} (raw, read-only)", alpha.display()))
             && info.contains("locked, tray closed"),
         "{info}"
     );
     assert_eq!(
-        h.cmd(&format!("change ide1-cd0 {}", bravo.display())),
+        h.text(&format!("change ide1-cd0 {}", bravo.display())),
         "Error: Device 'ide1-cd0' is locked and force was not specified, wait for tray to open and try again\n"
     );
     // Bad input, each refused with QEMU's message.
@@ -415,9 +372,9 @@ fn a_tray_the_guest_locked_opens_only_with_force_and_bad_input_leaves_the_vm_run
             "eject: block device name expected\nTry \"help eject\" for more information\n".into(),
         ),
     ] {
-        assert_eq!(h.cmd(&cmd), want, "{cmd}");
+        assert_eq!(h.text(&cmd), want, "{cmd}");
     }
-    assert_eq!(h.cmd("info status"), "VM status: running\n");
+    assert_eq!(h.text("info status"), "VM status: running\n");
     assert!(
         !vm.stdout.text().contains("atapi: sense"),
         "{}",
@@ -425,16 +382,16 @@ fn a_tray_the_guest_locked_opens_only_with_force_and_bad_input_leaves_the_vm_run
     );
 
     // Forced: the tray opens, unlocked, and the guest sees the medium gone.
-    assert_eq!(h.cmd("eject -f ide1-cd0"), "");
+    assert_eq!(h.text("eject -f ide1-cd0"), "");
     serial_wait(&vm, "atapi: sense 02/3a/00\n");
     assert!(h
-        .cmd("info block ide1-cd0")
+        .text("info block ide1-cd0")
         .starts_with("ide1-cd0: [not inserted]\n"));
     assert!(h
-        .cmd("info block ide1-cd0")
+        .text("info block ide1-cd0")
         .contains("Removable device: not locked, tray open\n"));
     // A new disc goes in; the guest reads it and ends.
-    assert_eq!(h.cmd(&format!("change ide1-cd0 {}", bravo.display())), "");
+    assert_eq!(h.text(&format!("change ide1-cd0 {}", bravo.display())), "");
     serial_wait(&vm, "atapi: volume BRAVO_VOL\natapi: stop\n");
     assert_eq!(code(vm.wait(T)), 1, "debug-exit 0");
 }

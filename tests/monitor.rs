@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, connect, free_port, guest, Qmp, Running, TempDir, Vm};
+use common::{code, connect, free_port, guest, read_until, Hmp, Qmp, Running, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -59,48 +58,6 @@ fn guest_with_monitor(name: &str, append: &str) -> (Running, u16) {
 }
 
 /// Read until `needle` has been seen; returns everything read.
-fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        match s.read(&mut buf) {
-            Ok(0) => panic!(
-                "connection closed before {:?}; got {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "waiting for {:?}: {e}; got {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    got
-}
-
-/// A plain-TCP HMP client: send a line, get the text up to the next prompt.
-struct Hmp(TcpStream);
-
-impl Hmp {
-    fn open(port: u16) -> Self {
-        let mut s = connect(port);
-        read_until(&mut s, b"(qemu) ");
-        Self(s)
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.0.write_all(line.as_bytes()).unwrap();
-        self.0.write_all(b"\r\n").unwrap();
-        let raw = read_until(&mut self.0, b"\r\n(qemu) ");
-        // Drop the echo (everything up to the first CR LF) and the prompt.
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let body = text.split_once("\r\n").map(|x| x.1).unwrap_or("");
-        body.trim_end_matches("(qemu) ").to_string()
-    }
-}
-
 fn error_desc(v: &serde_json::Value) -> (String, String) {
     (
         v["error"]["class"].as_str().unwrap_or("").to_string(),

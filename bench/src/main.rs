@@ -7,6 +7,7 @@
 
 mod cli;
 mod harness;
+mod migration;
 mod rows;
 mod vnc;
 
@@ -111,6 +112,11 @@ const GROUPS: &[Group] = &[
         name: "vnc",
         rows: "VNC first frame, screen write to client, bytes per update, idle CPU use",
         run: vnc::rows,
+    },
+    Group {
+        name: "migration",
+        rows: "live migration on loopback: total time and downtime (idle guest, guest rewriting 32 MiB), stream throughput",
+        run: migration::rows,
     },
     Group {
         name: "firmware",

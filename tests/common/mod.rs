@@ -398,3 +398,61 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// Read from `s` until `needle` has arrived; everything read. Panics (with what came) on EOF,
+/// an error or the stream's read timeout.
+#[allow(dead_code)] // not every test binary reads raw streams
+pub fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        match s.read(&mut buf) {
+            Ok(0) => panic!(
+                "connection closed before {:?}; got {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "waiting for {:?}: {e}; got {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    got
+}
+
+/// A plain-TCP (or telnet) HMP session: send a line, get the text up to the next prompt.
+#[allow(dead_code)] // not every test binary talks HMP
+pub struct Hmp(pub TcpStream);
+
+#[allow(dead_code)]
+impl Hmp {
+    /// A session on a connected stream, its banner read.
+    pub fn on(mut s: TcpStream) -> Self {
+        read_until(&mut s, b"(qemu) ");
+        Self(s)
+    }
+
+    /// Connect to a monitor on 127.0.0.1:`port`.
+    pub fn open(port: u16) -> Self {
+        Self::on(connect(port))
+    }
+
+    /// Run `line`; what it printed, lines ending in CR LF as on the wire (the echo and the
+    /// next prompt left out).
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.0.write_all(line.as_bytes()).unwrap();
+        self.0.write_all(b"\r\n").unwrap();
+        let raw = read_until(&mut self.0, b"\r\n(qemu) ");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let body = text.split_once("\r\n").map(|x| x.1).unwrap_or("");
+        body.trim_end_matches("(qemu) ").to_string()
+    }
+
+    /// [`Hmp::cmd`] with plain LF line ends.
+    pub fn text(&mut self, line: &str) -> String {
+        self.cmd(line).replace("\r\n", "\n")
+    }
+}
