@@ -97,38 +97,55 @@ fn migrate_once(
         .local_addr()?
         .port();
     let incoming = format!("tcp:127.0.0.1:{port}");
-    let start = |name: &str, extra: &[&str]| -> Result<(Kill, PathBuf)> {
-        let sock = dir.join(format!("{name}.qmp"));
-        let qmp = format!("unix:{},server=on,wait=off", sock.display());
-        let mut args: Vec<&str> = if troupe {
-            vec!["-nodefaults", "-display", "none", "-serial", "null"]
-        } else {
-            vec![]
+    // Each VM's serial console, watched for the guest's start line (QEMU boots SeaBIOS
+    // first) and drained so the guest never blocks on it.
+    let start =
+        |name: &str, extra: &[&str]| -> Result<(Kill, PathBuf, std::sync::mpsc::Receiver<()>)> {
+            let sock = dir.join(format!("{name}.qmp"));
+            let qmp = format!("unix:{},server=on,wait=off", sock.display());
+            let mut args: Vec<&str> = if troupe {
+                vec!["-nodefaults", "-display", "none", "-serial", "stdio"]
+            } else {
+                vec![]
+            };
+            args.extend([
+                "-m",
+                "128",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-kernel",
+                &kernel,
+                "-append",
+                append,
+                "-qmp",
+                &qmp,
+            ]);
+            args.extend_from_slice(extra);
+            let mut c = vmm.command(&args);
+            c.stdout(Stdio::piped()).stderr(Stdio::null());
+            let mut child = c.spawn()?;
+            let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("memtouch: start") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            Ok((Kill(child), sock, rx))
         };
-        args.extend([
-            "-m",
-            "128",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-kernel",
-            &kernel,
-            "-append",
-            append,
-            "-qmp",
-            &qmp,
-        ]);
-        args.extend_from_slice(extra);
-        let mut c = vmm.command(&args);
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        Ok((Kill(c.spawn()?), sock))
-    };
     let result = (|| -> Result<(f64, f64, f64)> {
-        let (_dst, dsock) = start("dst", &["-incoming", &incoming])?;
-        let (_src, ssock) = start("src", &[])?;
+        let (_dst, dsock, _) = start("dst", &["-incoming", &incoming])?;
+        let (_src, ssock, started) = start("src", &[])?;
         let mut d = Qmp::open(&dsock)?;
         let mut s = Qmp::open(&ssock)?;
-        // Let the guest reach its loop.
-        std::thread::sleep(Duration::from_millis(500));
+        started
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow!("{}: the guest did not start", vmm.name))?;
+        // Let it run its loop a while.
+        std::thread::sleep(Duration::from_millis(300));
         if unlimited {
             s.ask(
                 r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":10000000000}}"#,
