@@ -28,7 +28,7 @@ pub use reply::{reply_channel, Reply, ReplyReceiver};
 pub(crate) use spawn::panic_text;
 pub use spawn::{spawn_supervised, spawn_task, ActorExit, Restart};
 pub use thread::{
-    kernel_thread_kind, once, process_threads, spawn_thread, thread_name, ThreadSpec,
+    kernel_thread_kind, once, process_threads, run_blocking, spawn_thread, thread_name, ThreadSpec,
 };
 
 /// Why talking to an actor failed.

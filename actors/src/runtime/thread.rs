@@ -84,6 +84,31 @@ pub fn once(f: impl FnOnce() + Send + 'static) -> impl FnMut() + Send + 'static 
     }
 }
 
+/// Run `f`, which may block (a script, an image opened), on a one-shot thread actor `id` of
+/// `kind`, and wait for what it returns without holding up the runtime's threads. A panic in
+/// `f` comes back as its message (the actor is not vital: the caller reports it).
+pub async fn run_blocking<T: Send + 'static>(
+    registry: &Registry,
+    id: &str,
+    kind: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let who = id.to_string();
+    ThreadSpec::new(id, kind, Restart::Never)
+        .spawn(
+            registry,
+            once(move || {
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                    .map_err(|p| format!("{who} panicked: {}", panic_text(p.as_ref())));
+                let _ = tx.send(res);
+            }),
+        )
+        .map_err(|e| format!("starting {id}: {e}"))?;
+    rx.await
+        .map_err(|_| format!("{id} ended without an answer"))?
+}
+
 /// The thread name for actor `id`: `troupe-<id>`, or `t-<id>`, or `t-` with the id's
 /// head and tail around a `~`, whichever first fits Linux's 15 bytes.
 pub fn thread_name(id: &str) -> String {

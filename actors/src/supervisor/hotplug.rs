@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use super::tree::{DeviceTree, Node, TreeError};
+use crate::runtime::Registry;
 
 /// What to add to the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +40,13 @@ pub trait Hotplug: Send + Sync + 'static {
     fn plug(&self, what: &Plug, tree: &DeviceTree) -> Result<Node, String>;
 }
 
-/// Run something that may block (a tap's script) off the runtime's threads.
+/// Run something that may block (a tap's script) on a one-shot actor thread, off the
+/// runtime's threads.
 async fn blocking<T: Send + 'static>(
+    registry: &Registry,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, HotplugError> {
-    tokio::task::spawn_blocking(f)
+    crate::runtime::run_blocking(registry, "hotplug", "hotplug", f)
         .await
         .map_err(|e| HotplugError::Failed(format!("the hotplug worker failed: {e}")))?
         .map_err(HotplugError::Failed)
@@ -52,6 +55,7 @@ async fn blocking<T: Send + 'static>(
 /// Add what `what` asks for to the machine and its node to `tree`; `paused`: the VM is
 /// not running, so a node with a control mailbox starts paused.
 pub(super) async fn add(
+    registry: &Registry,
     tree: &mut DeviceTree,
     hotplug: Option<&Arc<dyn Hotplug>>,
     what: Plug,
@@ -61,7 +65,7 @@ pub(super) async fn add(
         .cloned()
         .ok_or(HotplugError::Unsupported("devices or backends"))?;
     let snapshot = tree.clone();
-    let node = blocking(move || h.plug(&what, &snapshot)).await?;
+    let node = blocking(registry, move || h.plug(&what, &snapshot)).await?;
     if let (true, Some(c)) = (paused, &node.control) {
         if let Err(e) = c.pause().await {
             tracing::warn!("pausing {}: {e}", c.id());
@@ -70,7 +74,7 @@ pub(super) async fn add(
     let teardown = node.teardown.clone();
     if let Err(e) = tree.insert(node) {
         if let Some(t) = teardown {
-            blocking(move || t.run()).await?;
+            blocking(registry, move || t.run()).await?;
         }
         return Err(e.into());
     }
@@ -78,7 +82,11 @@ pub(super) async fn add(
 }
 
 /// Take node `id` out of `tree` and undo what it placed.
-pub(super) async fn remove(tree: &mut DeviceTree, id: &str) -> Result<Node, HotplugError> {
+pub(super) async fn remove(
+    registry: &Registry,
+    tree: &mut DeviceTree,
+    id: &str,
+) -> Result<Node, HotplugError> {
     let node = tree.remove(id)?;
     if let Some(c) = &node.control {
         if let Err(e) = c.pause().await {
@@ -86,7 +94,7 @@ pub(super) async fn remove(tree: &mut DeviceTree, id: &str) -> Result<Node, Hotp
         }
     }
     if let Some(t) = node.teardown.clone() {
-        blocking(move || t.run()).await?;
+        blocking(registry, move || t.run()).await?;
     }
     Ok(node)
 }
@@ -122,13 +130,14 @@ mod tests {
         let open = Arc::new(AtomicUsize::new(0));
         let h: Arc<dyn Hotplug> = Arc::new(Fake(open.clone()));
         let mut t = DeviceTree::new();
-        add(&mut t, Some(&h), Plug::Netdev("n0".into()), false)
+        let r = Registry::new();
+        add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false)
             .await
             .unwrap();
         assert!(t.get("/netdevs/n0").is_some());
         assert_eq!(open.load(Ordering::SeqCst), 1);
         // A duplicate is built, refused by the tree and closed again.
-        let e = add(&mut t, Some(&h), Plug::Netdev("n0".into()), false).await;
+        let e = add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false).await;
         assert_eq!(
             e,
             Err(HotplugError::Tree(TreeError::DuplicateId(
@@ -136,17 +145,17 @@ mod tests {
             )))
         );
         assert_eq!(open.load(Ordering::SeqCst), 1);
-        let e = add(&mut t, Some(&h), Plug::Netdev("bad".into()), false).await;
+        let e = add(&r, &mut t, Some(&h), Plug::Netdev("bad".into()), false).await;
         assert_eq!(e, Err(HotplugError::Failed("cannot open bad".into())));
-        remove(&mut t, "/netdevs/n0").await.unwrap();
+        remove(&r, &mut t, "/netdevs/n0").await.unwrap();
         assert_eq!(open.load(Ordering::SeqCst), 0);
         assert!(t.is_empty());
         assert_eq!(
-            remove(&mut t, "/netdevs/n0").await.unwrap_err(),
+            remove(&r, &mut t, "/netdevs/n0").await.unwrap_err(),
             HotplugError::Tree(TreeError::UnknownId("/netdevs/n0".into()))
         );
         assert_eq!(
-            add(&mut t, None, Plug::Netdev("n1".into()), false).await,
+            add(&r, &mut t, None, Plug::Netdev("n1".into()), false).await,
             Err(HotplugError::Unsupported("devices or backends"))
         );
     }

@@ -237,6 +237,14 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
+    /// Ask for something that can itself fail: a supervisor gone and a refusal both come
+    /// back as the message to show.
+    async fn ask_for<T>(
+        &self,
+        f: impl FnOnce(Reply<Result<T, String>>) -> SupervisorMsg,
+    ) -> Result<T, String> {
+        self.ask(f).await.map_err(|e| e.to_string())?
+    }
     async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> SupervisorMsg) -> Result<T, ActorError> {
         let (tx, rx) = reply_channel(self.addr.id());
         self.addr.send(f(tx)).await?;
@@ -278,9 +286,7 @@ impl SupervisorHandle {
     /// in the order [`SupervisorHandle::restore_machine`] puts them back. Refused unless
     /// the VM is paused or has not started (`-S`).
     pub async fn save_machine(&self) -> Result<Vec<Section>, String> {
-        self.ask(SupervisorMsg::SaveMachine)
-            .await
-            .map_err(|e| e.to_string())?
+        self.ask_for(SupervisorMsg::SaveMachine).await
     }
     /// Put back a state [`SupervisorHandle::save_machine`] produced on a machine built
     /// from the same configuration (guest RAM is the caller's to restore). Refused unless
@@ -291,46 +297,35 @@ impl SupervisorHandle {
     /// refuse its state even so, the state from before the restore is put back. `cont`
     /// then runs the guest from the restored point.
     pub async fn restore_machine(&self, sections: Vec<Section>) -> Result<(), String> {
-        self.ask(|r| SupervisorMsg::RestoreMachine(sections, r))
+        self.ask_for(|r| SupervisorMsg::RestoreMachine(sections, r))
             .await
-            .map_err(|e| e.to_string())?
     }
     /// Start migrating the VM to `uri` (QEMU's URI syntax); Ok once it has started.
     pub async fn migrate(&self, uri: &str) -> Result<(), String> {
         let uri = uri.to_string();
-        self.ask(|r| SupervisorMsg::Migrate(uri, r))
-            .await
-            .map_err(|e| e.to_string())?
+        self.ask_for(|r| SupervisorMsg::Migrate(uri, r)).await
     }
     /// `migrate-incoming URI` for a VM started with `-incoming defer`.
     pub async fn migrate_incoming(&self, uri: &str) -> Result<(), String> {
         let uri = uri.to_string();
-        self.ask(|r| SupervisorMsg::MigrateIncoming(uri, r))
+        self.ask_for(|r| SupervisorMsg::MigrateIncoming(uri, r))
             .await
-            .map_err(|e| e.to_string())?
     }
     pub(crate) async fn switch_over(&self) -> Result<Vec<Section>, String> {
-        self.ask(SupervisorMsg::SwitchOver)
-            .await
-            .map_err(|e| e.to_string())?
+        self.ask_for(SupervisorMsg::SwitchOver).await
     }
     pub(crate) async fn incoming_loaded(&self, sections: Vec<Section>) -> Result<(), String> {
-        self.ask(|r| SupervisorMsg::IncomingLoaded(sections, r))
+        self.ask_for(|r| SupervisorMsg::IncomingLoaded(sections, r))
             .await
-            .map_err(|e| e.to_string())?
     }
     /// The stopped machine's whole state (RAM, device memory, every part's sections) as
     /// one migration stream, with the VM clock in ns (`savevm`).
     pub async fn vm_state(&self) -> Result<(Vec<u8>, u64), String> {
-        self.ask(SupervisorMsg::VmState)
-            .await
-            .map_err(|e| e.to_string())?
+        self.ask_for(SupervisorMsg::VmState).await
     }
     /// Put back what [`SupervisorHandle::vm_state`] gave (`loadvm`); the VM stays stopped.
     pub async fn load_vm_state(&self, bytes: Vec<u8>) -> Result<(), String> {
-        self.ask(|r| SupervisorMsg::LoadVmState(bytes, r))
-            .await
-            .map_err(|e| e.to_string())?
+        self.ask_for(|r| SupervisorMsg::LoadVmState(bytes, r)).await
     }
     /// Migration parameters, capabilities and progress.
     pub async fn migration(&self) -> Result<crate::migration::SharedMigration, ActorError> {
@@ -469,21 +464,18 @@ impl Supervisor {
         }
     }
 
-    /// What a migration's destination must match.
-    fn describe(&self) -> Result<crate::migration::stream::MachineDesc, String> {
+    /// What a migration's destination must match, together
+    /// with the guest RAM and device memory a stream carries.
+    fn describe(&self) -> Result<Movable, String> {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         let ram = self
             .machine
             .ram()
             .ok_or("this machine cannot be migrated")?;
-        Ok(crate::migration::stream::MachineDesc {
+        let blocks = self.machine.device_ram();
+        let desc = crate::migration::stream::MachineDesc {
             ram: ram.iter().map(|r| (r.start_addr().0, r.len())).collect(),
-            blocks: self
-                .machine
-                .device_ram()
-                .iter()
-                .map(|b| (b.name(), b.len() as u64))
-                .collect(),
+            blocks: blocks.iter().map(|b| (b.name(), b.len() as u64)).collect(),
             vcpus: self.vcpus.len() as u32,
             cpu: self.cfg.cpu.clone(),
             devices: self
@@ -492,33 +484,23 @@ impl Supervisor {
                 .filter(|n| n.control.is_some())
                 .map(|n| (n.id.clone(), n.driver.clone()))
                 .collect(),
-        })
+        };
+        Ok(Movable { desc, ram, blocks })
     }
 
     /// `savevm`'s VM state: everything of the stopped machine as one stream.
     async fn vm_state(&mut self) -> Result<(Vec<u8>, u64), String> {
         self.stopped_for("save").await?;
-        let desc = self.describe()?;
+        let Movable { desc, ram, blocks } = self.describe()?;
         let sections: Vec<Section> = self.collect().await?.into_iter().map(|(_, s)| s).collect();
-        let ram = self.machine.ram().ok_or("this machine cannot be saved")?;
-        let bytes = crate::migration::source::whole_state(
-            &desc,
-            &ram,
-            self.machine.device_ram(),
-            &sections,
-        )?;
+        let bytes = crate::migration::source::whole_state(&desc, &ram, blocks, &sections)?;
         Ok((bytes, self.started.elapsed().as_nanos() as u64))
     }
 
     /// `loadvm`: read a whole-state stream back into the stopped machine.
     async fn load_vm_state(&mut self, bytes: Vec<u8>) -> Result<(), String> {
         self.stopped_for("restore").await?;
-        let desc = self.describe()?;
-        let ram = self
-            .machine
-            .ram()
-            .ok_or("this machine cannot be restored")?;
-        let blocks = self.machine.device_ram();
+        let Movable { desc, ram, blocks } = self.describe()?;
         let loaded = crate::migration::dest::receive(
             crate::migration::transport::Incoming::from_bytes(bytes),
             &ram,
@@ -543,11 +525,7 @@ impl Supervisor {
             other => return Err(format!("cannot migrate a VM that is {}", other.hmp_name())),
         }
         let uri = Uri::parse(uri).map_err(|e| e.to_string())?;
-        let desc = self.describe()?;
-        let ram = self
-            .machine
-            .ram()
-            .ok_or("this machine cannot be migrated")?;
+        let Movable { desc, ram, .. } = self.describe()?;
         let mig = self.migration.clone();
         mig.cancel.store(false, std::sync::atomic::Ordering::SeqCst);
         mig.with_progress(|p| {
@@ -652,12 +630,7 @@ impl Supervisor {
             crate::report!("troupe: waiting for an incoming migration on {addr}");
         }
         self.migration.set_listening(listening.address());
-        let desc = self.describe()?;
-        let ram = self
-            .machine
-            .ram()
-            .ok_or("this machine cannot be migrated")?;
-        let blocks = self.machine.device_ram();
+        let Movable { desc, ram, blocks } = self.describe()?;
         let sup = self.handle.clone().ok_or("the supervisor has no handle")?;
         let rt = tokio::runtime::Handle::current();
         let mig = self.migration.clone();
@@ -1127,10 +1100,14 @@ impl Supervisor {
             SupervisorMsg::AddNode(what, r) => {
                 let paused = self.state != RunState::Running;
                 let h = self.hotplug.as_ref();
-                r.send(hotplug::add(&mut self.tree, h, what, paused).await);
+                r.send(hotplug::add(&self.registry, &mut self.tree, h, what, paused).await);
             }
             SupervisorMsg::RemoveNode(id, r) => {
-                r.send(hotplug::remove(&mut self.tree, &id).await.map(|_| ()));
+                r.send(
+                    hotplug::remove(&self.registry, &mut self.tree, &id)
+                        .await
+                        .map(|_| ()),
+                );
             }
         }
         None
@@ -1214,6 +1191,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// What a migration or snapshot stream carries of this machine: its description (which
+/// the other side must match), guest RAM and device memory.
+struct Movable {
+    desc: crate::migration::stream::MachineDesc,
+    ram: devices::memory::GuestMemoryMmap,
+    blocks: Vec<Arc<dyn crate::migration::DeviceRam>>,
 }
 
 /// What the migration thread reaches through the supervisor.
