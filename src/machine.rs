@@ -85,6 +85,8 @@ pub struct PcMachine {
     acpi: AcpiTables,
     /// The VM (for its VM-wide state: irqchip, PIT, clock).
     kvm: Arc<KvmVm>,
+    /// Where threads it starts register (announcements after a migration).
+    registry: Registry,
 }
 
 /// Where direct boot puts the ACPI RSDP and tables (the BIOS area, below the MP table).
@@ -174,6 +176,12 @@ impl actors::supervisor::Machine for PcMachine {
 
     fn power_button(&self) -> bool {
         self.devices.power_button()
+    }
+
+    fn announce(&self, a: actors::net::Announce) -> Result<(), String> {
+        let nics = self.devices.virtio.nics.clone();
+        crate::platform::nic::announce_on_schedule(&self.registry, nics, &a)
+            .map_err(|e| e.to_string())
     }
 
     fn save_vm_state(&self) -> Result<Vec<devices::Section>, String> {
@@ -503,6 +511,7 @@ pub fn build(
         devices,
         acpi,
         kvm: kvm.clone(),
+        registry: registry.clone(),
     };
     let states = machine.boot_states()?;
     let ring = if has_screen_device {

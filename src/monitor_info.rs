@@ -536,33 +536,8 @@ impl NetService for PcNet {
                 return Err(format!("Invalid net client name: {bad}"));
             }
         }
-        // Not vital (a panic does not stop the VM) and run once: run again, it would
-        // repeat announcements already sent.
-        let spec = actors::runtime::ThreadSpec::new(
-            "announce",
-            "announce",
-            actors::runtime::Restart::Always,
-        );
-        actors::runtime::spawn_thread(
-            &self.registry,
-            spec,
-            actors::runtime::once(move || {
-                // As QEMU: the first round at once, then after `initial`, each gap one
-                // `step` longer, at most `max`.
-                let mut gap = a.initial_ms.min(a.max_ms);
-                for r in 0..a.rounds {
-                    if r > 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(gap));
-                        gap = (gap + a.step_ms).min(a.max_ms);
-                    }
-                    for n in &nics {
-                        n.announce();
-                    }
-                }
-            }),
-        )
-        .map_err(|e| format!("announce-self: {e}"))?;
-        Ok(())
+        crate::platform::nic::announce_on_schedule(&self.registry, nics, &a)
+            .map_err(|e| format!("announce-self: {e}"))
     }
 
     fn query_rx_filter(&self, name: Option<&str>) -> Result<Value, String> {

@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::netns::NetNs;
 use common::{code, free_port, guest, Qmp, Running, TempDir, Vm};
 use serde_json::Value;
 
@@ -22,11 +23,30 @@ struct Side {
 }
 
 fn start(dir: &TempDir, name: &str, mib: u32, extra: &[&str]) -> Side {
-    let port = free_port();
-    let serial = dir.path(&format!("{name}.serial"));
-    let kernel = guest("memtouch");
     let append = format!("mib={mib} report_ms=100");
-    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    start_guest(dir, name, "memtouch", &append, extra)
+}
+
+/// One troupe process running test guest `kernel` with command line `append`.
+fn start_guest(dir: &TempDir, name: &str, kernel: &str, append: &str, extra: &[&str]) -> Side {
+    start_in(None, dir, name, kernel, append, extra)
+}
+
+/// One troupe process (inside network namespace `ns` if given) running test guest
+/// `kernel` with command line `append`; QMP on a Unix socket, which reaches into a
+/// namespace.
+fn start_in(
+    ns: Option<&NetNs>,
+    dir: &TempDir,
+    name: &str,
+    kernel: &str,
+    append: &str,
+    extra: &[&str],
+) -> Side {
+    let sock = dir.path(&format!("{name}.qmp"));
+    let serial = dir.path(&format!("{name}.serial"));
+    let kernel = guest(kernel);
+    let qmp = format!("unix:{},server,nowait", sock.display());
     let ser = format!("file:{}", serial.display());
     let mut args = vec![
         "-nodefaults",
@@ -43,13 +63,17 @@ fn start(dir: &TempDir, name: &str, mib: u32, extra: &[&str]) -> Side {
         "-kernel",
         kernel.to_str().unwrap(),
         "-append",
-        &append,
+        append,
         "-qmp",
         &qmp,
     ];
     args.extend_from_slice(extra);
-    let vm = Vm::troupe(&args).spawn();
-    let mut qmp = Qmp::open(port);
+    let vm = match ns {
+        Some(ns) => ns.troupe(&args),
+        None => Vm::troupe(&args),
+    }
+    .spawn();
+    let mut qmp = Qmp::open_unix(&sock);
     qmp.ask(r#"{"execute":"qmp_capabilities"}"#);
     Side {
         vm,
@@ -117,6 +141,45 @@ impl Side {
 
     fn passes(&self) -> Vec<u64> {
         passes(&self.serial)
+    }
+
+    fn serial_text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// The rounds the virtio guest's disk stream has checked (`vblk: round N ok`).
+    fn disk_rounds(&self) -> Vec<u64> {
+        self.serial_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("vblk: round "))
+            .filter_map(|l| l.strip_suffix(" ok"))
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    }
+
+    /// Wait until the disk stream has checked `more` rounds (of 100) past now; a sector
+    /// that does not hold its last write fails at once.
+    fn disk_keeps_checking(&self, more: usize, timeout: Duration) -> Vec<u64> {
+        let from = self.disk_rounds().len();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.serial_text();
+            assert!(
+                !text.contains("holds write") && !text.contains("failed"),
+                "the guest found its disk wrong:\n{text}"
+            );
+            let r = self.disk_rounds();
+            if r.len() >= from + more {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the disk stream stopped at {:?}:\n{text}\nstderr: {}",
+                r.last(),
+                self.vm.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Wait for `more` new pass lines past the last one seen now.
@@ -292,6 +355,163 @@ fn a_destination_started_with_s_stays_paused_until_cont_and_defer_waits_for_migr
     assert_eq!(dst.passes().len(), before, "a -S destination ran by itself");
     assert_eq!(dst.hmp("cont"), "");
     continues(&src, &dst);
+}
+
+/// A guest that keeps writing its virtio disk (`op=stream`: every sector numbered with the
+/// write that made it, the run read back and checked after every round) moves to a
+/// destination using the same image, qcow2 and raw. The destination opens the image
+/// without its lock while the source runs and takes it once the source has written
+/// everything back and let go; it rereads the qcow2 tables the source changed meanwhile.
+/// A write acknowledged on either side and missing from the image, or a stale one, is
+/// caught by the guest itself on the destination; afterwards `qemu-img check` is clean.
+#[test]
+fn a_guest_writing_its_disk_moves_and_finds_every_write_on_the_image() {
+    let dir = TempDir::new("mig-disk");
+    for format in ["qcow2", "raw"] {
+        let image = dir.path(&format!("disk.{format}"));
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", format])
+            .arg(&image)
+            .arg("16M")
+            .status()
+            .expect("qemu-img (qemu-utils)");
+        assert!(made.success());
+        let drive = format!("file={},if=virtio,format={format}", image.display());
+        let port = free_port();
+        let incoming = format!("tcp:127.0.0.1:{port}");
+        let args = ["-drive", drive.as_str()];
+        // The destination opens the image before the source's guest has written a
+        // byte: the qcow2 tables it reads then are all empty, so it must reread them.
+        let mut dargs = args.to_vec();
+        dargs.extend(["-incoming", incoming.as_str()]);
+        let mut dst = start_guest(
+            &dir,
+            &format!("dst-{format}"),
+            "virtio",
+            "op=stream sectors=64",
+            &dargs,
+        );
+        dst.vm
+            .stderr
+            .wait_for("waiting for an incoming migration", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{format}: the destination did not open the image: {e}"));
+        let mut src = start_guest(
+            &dir,
+            &format!("src-{format}"),
+            "virtio",
+            "op=stream sectors=64",
+            &args,
+        );
+        src.disk_keeps_checking(2, Duration::from_secs(60));
+        assert_eq!(src.hmp(&format!("migrate -d {incoming}")), "");
+        let done = src.migration_ends(&["completed", "failed"], Duration::from_secs(60));
+        assert_eq!(done["status"], "completed", "{format}: {done}");
+        let last_src = *src.disk_rounds().last().unwrap();
+        let rounds = dst.disk_keeps_checking(2, Duration::from_secs(60));
+        assert!(
+            rounds[0] > last_src,
+            "{format}: the destination's guest restarted"
+        );
+        // The source no longer holds the image; `cont` there is refused while the
+        // destination does.
+        let cont = src.hmp("cont");
+        assert!(
+            cont.contains("Failed to get \"write\" lock"),
+            "{format}: cont on the source: {cont:?}"
+        );
+        assert_eq!(src.status(), "postmigrate");
+        dst.ask("quit", serde_json::json!({}));
+        dst.vm.wait(Duration::from_secs(10));
+        src.ask("quit", serde_json::json!({}));
+        src.vm.wait(Duration::from_secs(10));
+        if format == "qcow2" {
+            let check = std::process::Command::new("qemu-img")
+                .args(["check", "-q"])
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "qemu-img check: {}",
+                String::from_utf8_lossy(&check.stdout)
+            );
+        }
+    }
+}
+
+/// A guest answering pings on a tap in a bridge moves to a destination whose tap is on
+/// the same bridge: the destination announces the guest (QEMU's RARP self-announcements
+/// after an incoming migration), the bridge learns its new port, and the pings go on
+/// being answered by the destination (the source is stopped).
+#[test]
+fn a_guest_answering_pings_moves_and_the_bridge_learns_its_new_port() {
+    let ns = NetNs::new("mig");
+    ns.ip(&["link", "add", "tbr0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.9.4.1/24", "dev", "tbr0"]);
+    ns.ip(&["link", "set", "tbr0", "up"]);
+    let dir = TempDir::new("mig-net");
+    let mac = "52:54:00:12:34:77";
+    let append = "dev=net ip=10.9.4.2 peer=10.9.4.1 count=1 answer=1000000 wait=600";
+    let side = |name: &str, tap: &str, extra: &[&str]| {
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let device = format!("virtio-net-pci,netdev=n0,mac={mac},romfile=");
+        let mut args = vec!["-netdev", netdev.as_str(), "-device", device.as_str()];
+        args.extend_from_slice(extra);
+        let side = start_in(Some(&ns), &dir, name, "virtio", append, &args);
+        ns.ip(&["link", "set", tap, "master", "tbr0"]);
+        ns.ip(&["link", "set", tap, "up"]);
+        side
+    };
+    let ping = |what: &str| {
+        let out = ns.run("ping", &["-c", "3", "-W", "3", "10.9.4.2"]);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    let mut src = side("src", "mtap0", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !src
+        .serial_text()
+        .contains("vnet: reply from 10.9.4.1 seq=1")
+    {
+        assert!(Instant::now() < deadline, "no link: {}", src.serial_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ping("before the migration");
+    let port = free_port();
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let mut dst = side("dst", "mtap1", &["-incoming", &incoming]);
+    dst.vm
+        .stderr
+        .wait_for("waiting for an incoming migration", Duration::from_secs(10))
+        .unwrap();
+    let fdb = || {
+        String::from_utf8_lossy(&ns.run("bridge", &["fdb", "show", "br", "tbr0"]).stdout)
+            .to_string()
+    };
+    assert!(fdb().contains(&format!("{mac} dev mtap0")), "{}", fdb());
+    assert_eq!(src.hmp(&format!("migrate -d {incoming}")), "");
+    let done = src.migration_ends(&["completed", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(src.status(), "postmigrate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fdb().contains(&format!("{mac} dev mtap1")) {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never learnt the guest's new port:\n{}",
+            fdb()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ping("after the migration");
+    assert_eq!(dst.status(), "running");
+    assert!(
+        !dst.serial_text().contains("panic"),
+        "{}",
+        dst.serial_text()
+    );
 }
 
 /// Start a long migration (bandwidth-limited so it is still going when the fault hits).

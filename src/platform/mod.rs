@@ -609,7 +609,7 @@ impl Board<'_> {
                     .iter()
                     .find(|d| d.id == id)
                     .ok_or_else(|| anyhow::anyhow!("drive '{id}' not found"))?;
-                open_drive(registry, d)
+                open_drive(registry, d, cfg.incoming.is_some())
             },
         )?;
         for n in hotnet::start_nodes(cfg, &virtio.nics, &self.netdevs) {
@@ -704,6 +704,7 @@ fn block_node(id: &str, b: &BlockHandle) -> Node {
     Node::backend(BackendKind::Block, id, b.format.name())
         .prop("file", format!("\"{}\"", b.path.display()))
         .actor(&format!("blk-{id}"))
+        .image(b.activation())
 }
 
 /// `-rtc base=`: seconds to add to the host's UTC clock.
@@ -743,7 +744,7 @@ fn build_ide(
         let cdrom = d.media == Media::Cdrom;
         let backend = match &d.file {
             None => None,
-            Some(_) => Some(open_drive(registry, d)?),
+            Some(_) => Some(open_drive(registry, d, cfg.incoming.is_some())?),
         };
         drives[n] = Some(DriveConfig {
             cdrom,
@@ -767,13 +768,25 @@ fn build_ide(
 }
 
 /// Open a drive's image and start its block backend actor.
-fn open_drive(registry: &Registry, d: &crate::config::DriveConfig) -> Result<BlockHandle> {
+/// Open drive `d`'s image; for a VM waiting for an incoming migration (`incoming`),
+/// inactive: the source still writes it, the supervisor activates it once the migration
+/// is in.
+fn open_drive(
+    registry: &Registry,
+    d: &crate::config::DriveConfig,
+    incoming: bool,
+) -> Result<BlockHandle> {
     let path = d
         .file
         .clone()
         .ok_or_else(|| anyhow::anyhow!("-drive {}: no medium", d.id))?;
-    actors::block::open(registry, &d.id, drive_options(d, path))
-        .map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
+    let opts = drive_options(d, path);
+    let opened = if incoming {
+        actors::block::open_inactive(registry, &d.id, opts)
+    } else {
+        actors::block::open(registry, &d.id, opts)
+    };
+    opened.map_err(|e| anyhow::anyhow!("-drive {}: {e}", d.id))
 }
 
 /// How drive `d`'s image at `path` is opened (the options given at start; a CD-ROM

@@ -521,3 +521,37 @@ pub fn build_e1000(
         detached: Arc::default(),
     })
 }
+
+/// `announce-self` (and the announcements after an incoming migration): `a.rounds`
+/// rounds on `nics`, the first at once, on a thread of its own. Not vital (a panic does
+/// not stop the VM) and run once: run again, it would repeat announcements already sent.
+pub fn announce_on_schedule(
+    registry: &actors::runtime::Registry,
+    nics: Vec<Nic>,
+    a: &actors::net::Announce,
+) -> std::io::Result<()> {
+    if nics.is_empty() || a.rounds == 0 {
+        return Ok(());
+    }
+    let gaps: Vec<std::time::Duration> = a.gaps().collect();
+    let spec =
+        actors::runtime::ThreadSpec::new("announce", "announce", actors::runtime::Restart::Always);
+    actors::runtime::spawn_thread(
+        registry,
+        spec,
+        actors::runtime::once(move || {
+            // As QEMU: the first round at once, then after `initial`, each gap one
+            // `step` longer, at most `max`.
+            for n in &nics {
+                n.announce();
+            }
+            for gap in gaps {
+                std::thread::sleep(gap);
+                for n in &nics {
+                    n.announce();
+                }
+            }
+        }),
+    )
+    .map(|_| ())
+}

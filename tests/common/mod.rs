@@ -346,14 +346,37 @@ pub fn connect(port: u16) -> TcpStream {
     }
 }
 
+/// A monitor connection: TCP, or a Unix socket (which reaches a troupe inside a network
+/// namespace).
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 /// A raw QMP client (newline-free framing, like `qemu.qmp`).
 #[allow(dead_code)]
-pub struct Qmp(BufReader<TcpStream>);
+pub struct Qmp(BufReader<Box<dyn Stream>>);
 
 #[allow(dead_code)]
 impl Qmp {
     pub fn open(port: u16) -> Self {
-        let mut q = Self(BufReader::new(connect(port)));
+        Self::greeted(Box::new(connect(port)))
+    }
+
+    /// QMP on the Unix socket at `path` (waiting for it to appear).
+    pub fn open_unix(path: &std::path::Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", path.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self::greeted(Box::new(s))
+    }
+
+    fn greeted(s: Box<dyn Stream>) -> Self {
+        let mut q = Self(BufReader::new(s));
         let g = q.line();
         assert!(
             g.starts_with(

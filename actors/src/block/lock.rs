@@ -52,9 +52,15 @@ fn take(f: &File, byte: i64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The locks held on one image for as long as the drive exists.
+/// The locks on one image, for as long as the drive exists. An image is *active* while it
+/// holds them; an incoming migration's destination opens its images inactive (no locks:
+/// the source still writes them) and activates them once the source has let go, as QEMU
+/// does.
 pub struct ImageLock {
-    _file: File,
+    file: File,
+    path: std::path::PathBuf,
+    write: bool,
+    held: std::sync::Mutex<bool>,
 }
 
 /// Why the image could not be locked (QEMU's wording).
@@ -68,38 +74,107 @@ pub struct LockError {
 
 /// Lock `path` for a reader (`write == false`) or a writer. Neither shares write or resize.
 pub fn lock(path: &Path, write: bool) -> Result<ImageLock, LockError> {
-    let err = |kind, bit| LockError {
-        kind,
-        perm: perm_name(bit),
-        path: path.display().to_string(),
-    };
-    let Ok(f) = File::open(path) else {
+    let l = unlocked(path, write)?;
+    l.acquire()?;
+    Ok(l)
+}
+
+/// Open `path` for locking later ([`ImageLock::acquire`]), taking no lock now.
+pub fn unlocked(path: &Path, write: bool) -> Result<ImageLock, LockError> {
+    let Ok(file) = File::open(path) else {
         // Opening the image itself reports the problem.
-        return Err(err("", CONSISTENT_READ));
+        return Err(LockError {
+            kind: "",
+            perm: perm_name(CONSISTENT_READ),
+            path: path.display().to_string(),
+        });
     };
-    let held: &[u32] = if write {
-        &[CONSISTENT_READ, WRITE]
-    } else {
-        &[CONSISTENT_READ]
-    };
-    let unshared = [WRITE, RESIZE];
-    for &p in held {
-        if held_elsewhere(&f, BASE_SHARED + i64::from(p)).unwrap_or(false) {
-            return Err(err("", p));
+    Ok(ImageLock {
+        file,
+        path: path.to_path_buf(),
+        write,
+        held: std::sync::Mutex::new(false),
+    })
+}
+
+impl ImageLock {
+    fn held(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take the locks (nothing to do if held): refused if another process holds what
+    /// this one needs or denies it.
+    pub fn acquire(&self) -> Result<(), LockError> {
+        let mut held = self.held();
+        if *held {
+            return Ok(());
         }
-    }
-    for p in unshared {
-        if held_elsewhere(&f, BASE_PERM + i64::from(p)).unwrap_or(false) {
-            return Err(err("shared ", p));
+        let err = |kind, bit| LockError {
+            kind,
+            perm: perm_name(bit),
+            path: self.path.display().to_string(),
+        };
+        let f = &self.file;
+        let perms: &[u32] = if self.write {
+            &[CONSISTENT_READ, WRITE]
+        } else {
+            &[CONSISTENT_READ]
+        };
+        let unshared = [WRITE, RESIZE];
+        for &p in perms {
+            if held_elsewhere(f, BASE_SHARED + i64::from(p)).unwrap_or(false) {
+                return Err(err("", p));
+            }
         }
+        for p in unshared {
+            if held_elsewhere(f, BASE_PERM + i64::from(p)).unwrap_or(false) {
+                return Err(err("shared ", p));
+            }
+        }
+        let taken = perms
+            .iter()
+            .map(|&p| (BASE_PERM + i64::from(p), "", p))
+            .chain(
+                unshared
+                    .iter()
+                    .map(|&p| (BASE_SHARED + i64::from(p), "shared ", p)),
+            )
+            .try_for_each(|(byte, kind, p)| take(f, byte).map_err(|_| err(kind, p)));
+        if let Err(e) = taken {
+            unlock_all(f);
+            return Err(e);
+        }
+        *held = true;
+        Ok(())
     }
-    for &p in held {
-        take(&f, BASE_PERM + i64::from(p)).map_err(|_| err("", p))?;
+
+    /// Let every lock go (the image stays open), after making what was written durable.
+    pub fn release(&self) -> std::io::Result<()> {
+        let mut held = self.held();
+        let synced = if self.write {
+            self.file.sync_all()
+        } else {
+            Ok(())
+        };
+        if *held {
+            unlock_all(&self.file);
+            *held = false;
+        }
+        synced
     }
-    for p in unshared {
-        take(&f, BASE_SHARED + i64::from(p)).map_err(|_| err("shared ", p))?;
+
+    /// Whether the locks are held (the image is active).
+    pub fn is_held(&self) -> bool {
+        *self.held()
     }
-    Ok(ImageLock { _file: f })
+}
+
+/// Drop this descriptor's locks on every permission byte.
+fn unlock_all(f: &File) {
+    let mut l = flock(libc::F_UNLCK, BASE_PERM);
+    l.l_len = BASE_SHARED + 100 - BASE_PERM;
+    // SAFETY: F_OFD_SETLK with a valid flock on an open descriptor.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &l) };
 }
 
 #[cfg(test)]
@@ -133,6 +208,26 @@ mod tests {
         assert!(lock(&p, true).is_err());
         drop(w);
         eventually_write(&p);
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn an_inactive_writer_takes_no_lock_until_activated_and_releases_on_demand() {
+        let p = std::env::temp_dir().join(format!("troupe-lock-act-{}", std::process::id()));
+        std::fs::write(&p, [0u8; 512]).unwrap();
+        let src = eventually_write(&p);
+        let dst = unlocked(&p, true).unwrap();
+        assert!(!dst.is_held());
+        let e = dst.acquire().err().unwrap().to_string();
+        assert!(e.starts_with("Failed to get \"write\" lock"), "{e}");
+        assert!(!dst.is_held(), "a refused acquire keeps nothing");
+        src.release().unwrap();
+        assert!(!src.is_held());
+        dst.acquire().unwrap();
+        assert!(dst.is_held());
+        assert!(src.acquire().is_err(), "the source cannot take it back");
+        dst.release().unwrap();
+        src.acquire().unwrap();
         let _ = std::fs::remove_file(p);
     }
 }

@@ -12,6 +12,7 @@
 //! probing follows QEMU's safety rule: an image probed as raw gets a warning and its first
 //! sector may not be overwritten with a qcow2 header.
 
+pub mod activation;
 mod image;
 mod lock;
 mod qcow2_check;
@@ -148,6 +149,8 @@ pub struct BlockHandle {
     uring: Option<(Arc<uring::UringSpec>, Arc<lock::ImageLock>)>,
     /// Snapshot operations, for drives that can hold snapshots ([`snapshot`]).
     snap: Option<crossbeam_channel::Sender<snapshot::SnapshotJob>>,
+    /// The image's locks (held while the image is active).
+    lock: Arc<lock::ImageLock>,
     /// The drive's id (in snapshot errors).
     id: String,
     pub info: BlockInfo,
@@ -224,6 +227,25 @@ fn probe_qcow2(f: &File) -> bool {
 /// cached qcow2 metadata not yet written back), which a rebuilt engine could neither finish
 /// nor account for; a panic stops the VM in internal-error.
 pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHandle, OpenError> {
+    open_as(registry, id, opts, true)
+}
+
+/// Open an image the way an incoming migration's destination does: inactive, taking no
+/// lock (the source still writes it) until [`Activation::activate`].
+pub fn open_inactive(
+    registry: &Registry,
+    id: &str,
+    opts: BlockOptions,
+) -> Result<BlockHandle, OpenError> {
+    open_as(registry, id, opts, false)
+}
+
+fn open_as(
+    registry: &Registry,
+    id: &str,
+    opts: BlockOptions,
+    active: bool,
+) -> Result<BlockHandle, OpenError> {
     let open_err = |source| OpenError::Open {
         path: opts.path.clone(),
         source,
@@ -252,7 +274,11 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
         qcow2_check::check_chain(&opts.path, writable)
             .map_err(|(path, reason)| OpenError::Qcow2 { path, reason })?;
     }
-    let lock = Arc::new(lock::lock(&opts.path, writable)?);
+    let lock = Arc::new(if active {
+        lock::lock(&opts.path, writable)?
+    } else {
+        lock::unlocked(&opts.path, writable)?
+    });
     let stats = Arc::new(BlockStats::default());
     let (tx, rx) = crossbeam_channel::bounded::<BlockJob>(256);
     let probed_raw = opts.format.is_none() && format == Format::Raw;
@@ -274,6 +300,7 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
         doorbell,
         uring,
         snap: snap.clone(),
+        lock: lock.clone(),
         id: id.to_string(),
         info: BlockInfo {
             size,
@@ -308,7 +335,7 @@ pub fn open(registry: &Registry, id: &str, opts: BlockOptions) -> Result<BlockHa
             }),
         )
         .map_err(spawn_err)?;
-        return Ok(handle(tx, Some(doorbell), Some((spec, lock)), size));
+        return Ok(handle(tx, Some(doorbell), Some((spec, lock.clone())), size));
     }
     if format == Format::Qcow2 && !opts.snapshot && opts.aio == Aio::IoUring && uring::available() {
         // The image is opened on the block actor's thread: its ring is that thread's.

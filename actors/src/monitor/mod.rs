@@ -40,17 +40,7 @@ pub use server::{start, MonitorBackend, MonitorSpec, Protocol, StartedMonitor};
 pub const QEMU_VERSION: (u32, u32, u32) = (7, 2, 22);
 pub const PACKAGE: &str = concat!("troupe ", env!("CARGO_PKG_VERSION"));
 
-/// When `announce-self` sends announcements: `rounds` times, the first at once, the next
-/// after `initial_ms`, each later gap `step_ms` longer than the one before, at most
-/// `max_ms`; only on the NICs in `interfaces` when given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announce {
-    pub initial_ms: u64,
-    pub max_ms: u64,
-    pub rounds: u64,
-    pub step_ms: u64,
-    pub interfaces: Option<Vec<String>>,
-}
+pub use crate::net::Announce;
 
 /// Which drive a removable-media command names: QMP's `device` (the drive's id, e.g.
 /// `ide1-cd0`) or `id` (the qdev id of its front end), exactly one of them.

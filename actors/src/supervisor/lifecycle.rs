@@ -90,6 +90,11 @@ pub trait Machine: Send + Sync + 'static {
     fn device_ram(&self) -> Vec<Arc<dyn crate::migration::DeviceRam>> {
         Vec::new()
     }
+    /// Tell the network where the guest is now (after an incoming migration): QEMU's
+    /// self-announcements out of every NIC on schedule `a`.
+    fn announce(&self, _a: crate::net::Announce) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Broadcast to monitors (QMP events) as the lifecycle changes.
@@ -579,12 +584,39 @@ impl Supervisor {
             self.pause_all().await;
         }
         self.state = RunState::FinishMigrate;
-        Ok(self.collect().await?.into_iter().map(|(_, s)| s).collect())
+        let sections = self.collect().await?.into_iter().map(|(_, s)| s).collect();
+        // The destination may write the images once it has the whole stream: write them
+        // back and let them go first.
+        self.inactivate_images().await?;
+        Ok(sections)
+    }
+
+    /// Hand every drive's image over: written back, locks released. A drive that
+    /// refuses leaves every image active again.
+    async fn inactivate_images(&self) -> Result<(), String> {
+        for img in self.tree.images() {
+            if let Err(e) = img.inactivate().await {
+                let _ = self.activate_images().await;
+                return Err(format!("drive {}: {e}", img.id()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Take every drive's image (back): locks taken, metadata reread.
+    async fn activate_images(&self) -> Result<(), String> {
+        let mut failed = None;
+        for img in self.tree.images() {
+            if let Err(e) = img.activate().await {
+                failed.get_or_insert(e.to_string());
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// The outgoing migration ended: a completed one leaves the VM paused
     /// (`postmigrate`); otherwise it goes on as before.
-    fn migration_ended(&mut self, res: Result<(), crate::migration::source::Failure>) {
+    async fn migration_ended(&mut self, res: Result<(), crate::migration::source::Failure>) {
         use crate::migration::{source::Failure, Status};
         let status = match &res {
             Ok(()) => Status::Completed,
@@ -607,6 +639,15 @@ impl Supervisor {
                     crate::report!("troupe: migration failed: {why}");
                 }
                 if self.state == RunState::FinishMigrate {
+                    // The images were let go at the switch-over: take them back.
+                    if let Err(why) = self.activate_images().await {
+                        crate::report!(
+                            "troupe: migration failed and the disks cannot be taken back: {why}"
+                        );
+                        self.state = RunState::PostMigrate;
+                        self.migration_event(status);
+                        return;
+                    }
                     if self.ran_before_switch {
                         self.state = RunState::Running;
                         self.publish(VmNotification::Resume);
@@ -691,12 +732,23 @@ impl Supervisor {
             ));
         }
         self.pause_all().await;
-        self.restore_machine(sections).await?;
+        // The source has let its images go: take them and reread them.
+        self.activate_images().await?;
+        if let Err(e) = self.restore_machine(sections).await {
+            // Let the source take them back.
+            let _ = self.inactivate_images().await;
+            return Err(e);
+        }
         self.migration.with_progress(|p| {
             p.status = Status::Completed;
             p.total_time_ms = p.started.map(|t| t.elapsed().as_millis() as u64);
         });
         self.migration.set_listening(None);
+        // As QEMU: the switches learn the guest's new port at once, running or not.
+        let announce = crate::net::Announce::after_migration(&self.migration.params());
+        if let Err(e) = self.machine.announce(announce) {
+            tracing::warn!("announcing the migrated guest: {e}");
+        }
         self.state = RunState::Paused;
         if self.autostart {
             self.state = RunState::Running;
@@ -762,7 +814,7 @@ impl Supervisor {
         }
     }
 
-    fn cont(&mut self) -> Result<(), String> {
+    async fn cont(&mut self) -> Result<(), String> {
         match self.state {
             RunState::Running => Ok(()),
             RunState::Paused | RunState::Prelaunch => {
@@ -778,6 +830,8 @@ impl Supervisor {
             }
             RunState::FinishMigrate => Err("a migration is switching over".into()),
             RunState::PostMigrate => {
+                // As QEMU: running again needs the images back.
+                self.activate_images().await?;
                 self.state = RunState::Running;
                 self.publish(VmNotification::Resume);
                 self.resume_all();
@@ -1019,7 +1073,7 @@ impl Supervisor {
                 self.stop().await;
                 r.send(Ok(()));
             }
-            SupervisorMsg::Cont(r) => r.send(self.cont()),
+            SupervisorMsg::Cont(r) => r.send(self.cont().await),
             SupervisorMsg::Reset(r) => {
                 let res = self.reset(false, "host-qmp-system-reset").await;
                 r.send(res);
@@ -1077,7 +1131,7 @@ impl Supervisor {
                 let res = self.switch_over().await;
                 r.send(res);
             }
-            SupervisorMsg::MigrationEnded(res) => self.migration_ended(res),
+            SupervisorMsg::MigrationEnded(res) => self.migration_ended(res).await,
             SupervisorMsg::IncomingLoaded(sections, r) => {
                 let res = self.incoming_loaded(sections).await;
                 r.send(res);

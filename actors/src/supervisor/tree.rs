@@ -198,6 +198,8 @@ pub struct Node {
     pub placement: Option<std::sync::Arc<dyn Placement>>,
     /// What closes what it placed, once it leaves the tree.
     pub teardown: Option<Teardown>,
+    /// A drive's image: how a migration hands it over (block backends only).
+    pub image: Option<crate::block::activation::Activation>,
 }
 
 impl std::fmt::Debug for dyn Placement {
@@ -223,6 +225,7 @@ impl Node {
             parent: None,
             placement: None,
             teardown: None,
+            image: None,
         }
     }
 
@@ -255,6 +258,12 @@ impl Node {
 
     pub fn placement(mut self, p: std::sync::Arc<dyn Placement>) -> Self {
         self.placement = Some(p);
+        self
+    }
+
+    /// The image a block backend hands over in a migration.
+    pub fn image(mut self, a: crate::block::activation::Activation) -> Self {
+        self.image = Some(a);
         self
     }
 
@@ -431,6 +440,11 @@ impl DeviceTree {
     /// use.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Node> {
         self.nodes.iter()
+    }
+
+    /// The drives' images, in dependency order.
+    pub fn images(&self) -> impl Iterator<Item = &crate::block::activation::Activation> {
+        self.nodes.iter().filter_map(|n| n.image.as_ref())
     }
 
     /// The control mailboxes in dependency order.

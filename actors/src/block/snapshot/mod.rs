@@ -34,6 +34,9 @@ pub enum SnapshotOp {
     Delete {
         name: String,
     },
+    /// Nothing but the close and reopen every operation does: cached metadata written
+    /// back, then read afresh (an incoming migration's image, once the source has let go).
+    Reopen,
 }
 
 /// What an operation gave.
@@ -43,6 +46,7 @@ pub enum SnapshotDone {
     Created(SnapshotInfo),
     Loaded(Vec<u8>),
     Deleted(Option<SnapshotInfo>),
+    Reopened,
 }
 
 /// A snapshot operation on its way to a block actor.
@@ -89,6 +93,12 @@ pub enum DiskSnapshotError {
         #[source]
         source: SnapshotError,
     },
+    #[error("Could not reopen '{device}'")]
+    Reopen {
+        device: String,
+        #[source]
+        source: SnapshotError,
+    },
     #[error("Device '{0}': its block backend has stopped")]
     Gone(String),
 }
@@ -131,7 +141,24 @@ pub(crate) fn perform(path: &Path, op: SnapshotOp) -> Result<SnapshotDone, Snaps
                 Ok(SnapshotDone::Deleted(None))
             }
         }
+        SnapshotOp::Reopen => Ok(SnapshotDone::Reopened),
     }
+}
+
+/// Send `op` to the block actor of drive `id` and wait for its answer; None if the actor
+/// is gone.
+pub(crate) async fn ask(
+    tx: &crossbeam_channel::Sender<SnapshotJob>,
+    doorbell: Option<&vmm_sys_util::eventfd::EventFd>,
+    id: &str,
+    op: SnapshotOp,
+) -> Option<Result<SnapshotDone, SnapshotError>> {
+    let (reply, rx) = reply_channel(&format!("blk-{id}"));
+    tx.send(SnapshotJob { op, reply }).ok()?;
+    if let Some(d) = doorbell {
+        let _ = d.write(1);
+    }
+    rx.recv().await.ok()
 }
 
 impl BlockHandle {
@@ -152,18 +179,11 @@ impl BlockHandle {
             SnapshotOp::Create { name, .. } => (1, name.clone()),
             SnapshotOp::Load { name } => (2, name.clone()),
             SnapshotOp::Delete { name } => (3, name.clone()),
+            SnapshotOp::Reopen => (4, String::new()),
         };
-        let (reply, rx) = reply_channel(&format!("blk-{}", self.id));
-        if tx.send(SnapshotJob { op, reply }).is_err() {
-            return Err(DiskSnapshotError::Gone(self.id.clone()));
-        }
-        if let Some(d) = &self.doorbell {
-            let _ = d.write(1);
-        }
-        let r = rx
-            .recv()
+        let r = ask(tx, self.doorbell.as_deref(), &self.id, op)
             .await
-            .map_err(|_| DiskSnapshotError::Gone(self.id.clone()))?;
+            .ok_or_else(|| DiskSnapshotError::Gone(self.id.clone()))?;
         let device = self.id.clone();
         r.map_err(|source| match what {
             0 => DiskSnapshotError::List { device, source },
@@ -177,6 +197,7 @@ impl BlockHandle {
                 device,
                 source,
             },
+            4 => DiskSnapshotError::Reopen { device, source },
             _ => DiskSnapshotError::Delete {
                 name,
                 device,
