@@ -514,6 +514,124 @@ fn a_guest_answering_pings_moves_and_the_bridge_learns_its_new_port() {
     );
 }
 
+/// A free VNC display number (port 5900 + N).
+fn free_display() -> u16 {
+    loop {
+        let p = free_port();
+        if p > 5900 && p < 65000 {
+            return p - 5900;
+        }
+    }
+}
+
+/// What a real VNC client (vncdotool) sees on `display`, saved as `out`.
+fn vnc_capture(display: u16, out: &Path) {
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vnc/vnc_client.py");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = std::process::Command::new("python3")
+            .arg(&helper)
+            .args(["capture", &format!("127.0.0.1::{}", 5900 + display), "raw"])
+            .arg(out)
+            .output()
+            .expect("python3");
+        if r.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vncdotool capture: {}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The RGB of a few pixels of a PNG, as "x,y=r,g,b" words.
+fn pixels(png: &Path, at: &[(u32, u32)]) -> String {
+    let code = format!(
+        "from PIL import Image\nimport sys\ni=Image.open(sys.argv[1]).convert('RGB')\nprint(i.size, ' '.join('%d,%d=%d,%d,%d' % ((x,y)+i.getpixel((x,y))) for x,y in {at:?}))"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .arg(png)
+        .output()
+        .expect("python3 with Pillow");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A guest that drew a picture in a VBE mode moves; a VNC client connecting to the
+/// destination sees the same picture the source showed, pixel for pixel.
+#[test]
+fn a_vnc_client_reconnects_to_the_destination_and_sees_the_same_picture() {
+    let dir = TempDir::new("mig-vnc");
+    let (d1, d2) = (free_display(), free_display());
+    let (v1, v2) = (format!("127.0.0.1:{d1}"), format!("127.0.0.1:{d2}"));
+    let port = free_port();
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let append = "hold=600";
+    let mut src = start_guest(&dir, "src", "vbe", append, &["-vga", "std", "-vnc", &v1]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !src.serial_text().contains("vbe: drawn 1024x768x32") {
+        assert!(Instant::now() < deadline, "{}", src.serial_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (a, b) = (dir.path("src.png"), dir.path("dst.png"));
+    let at = [(10, 10), (1000, 10), (10, 700), (1000, 700), (512, 384)];
+    // The screen is refreshed on a timer: wait until the client sees the picture.
+    let want = "(1024, 768) 10,10=255,0,0 1000,10=0,255,0 10,700=0,0,255 1000,700=255,255,255 512,384=255,255,0";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        vnc_capture(d1, &a);
+        let seen = pixels(&a, &at);
+        if seen == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the source shows {seen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut dst = start_guest(
+        &dir,
+        "dst",
+        "vbe",
+        append,
+        &["-vga", "std", "-vnc", &v2, "-incoming", &incoming],
+    );
+    dst.vm
+        .stderr
+        .wait_for("waiting for an incoming migration", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(src.hmp(&format!("migrate -d {incoming}")), "");
+    let done = src.migration_ends(&["completed", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(dst.status(), "running");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        vnc_capture(d2, &b);
+        let seen = pixels(&b, &at);
+        if seen == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the destination shows {seen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vnc/vnc_client.py");
+    let cmp = std::process::Command::new("python3")
+        .arg(helper)
+        .arg("compare")
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cmp.stdout);
+    assert!(text.starts_with("mismatch 0 of "), "{text}");
+}
+
 /// Start a long migration (bandwidth-limited so it is still going when the fault hits).
 fn slow_migration(src: &mut Side, uri: &str) {
     assert_eq!(src.hmp("migrate_set_parameter max-bandwidth 8M"), "");
