@@ -43,19 +43,8 @@ fn start_in(
     append: &str,
     extra: &[&str],
 ) -> Side {
-    let sock = dir.path(&format!("{name}.qmp"));
-    let serial = dir.path(&format!("{name}.serial"));
     let kernel = guest(kernel);
-    let qmp = format!("unix:{},server,nowait", sock.display());
-    let ser = format!("file:{}", serial.display());
     let mut args = vec![
-        "-nodefaults",
-        "-display",
-        "none",
-        "-m",
-        "128",
-        "-serial",
-        &ser,
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-device",
@@ -64,13 +53,31 @@ fn start_in(
         kernel.to_str().unwrap(),
         "-append",
         append,
+    ];
+    args.extend_from_slice(extra);
+    let serial = dir.path(&format!("{name}.serial"));
+    launch(ns, dir, name, &format!("file:{}", serial.display()), &args)
+}
+
+/// One troupe process with QMP on a Unix socket, COM1 on chardev `serial`, and `args`.
+fn launch(ns: Option<&NetNs>, dir: &TempDir, name: &str, serial: &str, args: &[&str]) -> Side {
+    let sock = dir.path(&format!("{name}.qmp"));
+    let qmp = format!("unix:{},server,nowait", sock.display());
+    let mut all = vec![
+        "-nodefaults",
+        "-display",
+        "none",
+        "-m",
+        "128",
+        "-serial",
+        serial,
         "-qmp",
         &qmp,
     ];
-    args.extend_from_slice(extra);
+    all.extend_from_slice(args);
     let vm = match ns {
-        Some(ns) => ns.troupe(&args),
-        None => Vm::troupe(&args),
+        Some(ns) => ns.troupe(&all),
+        None => Vm::troupe(&all),
     }
     .spawn();
     let mut qmp = Qmp::open_unix(&sock);
@@ -78,7 +85,7 @@ fn start_in(
     Side {
         vm,
         qmp,
-        serial,
+        serial: dir.path(&format!("{name}.serial")),
         events: Vec::new(),
     }
 }
@@ -630,6 +637,81 @@ fn a_vnc_client_reconnects_to_the_destination_and_sees_the_same_picture() {
         .unwrap();
     let text = String::from_utf8_lossy(&cmp.stdout);
     assert!(text.starts_with("mismatch 0 of "), "{text}");
+}
+
+/// GRUB waits at its menu on the serial console; the VM moves; a key typed on the
+/// destination's serial console picks an entry, and GRUB runs it there.
+#[test]
+fn a_grub_menu_moves_and_takes_its_choice_from_the_destinations_console() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("mig-grub");
+    let iso = common::grub_rescue_iso(
+        &dir,
+        "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=-1\nmenuentry \"stay here\" { echo stayed }\nmenuentry \"go on\" --hotkey=g { echo picked-on-the-destination; sleep 600 }\n",
+    );
+    let drive = format!("file={},if=virtio,format=raw,readonly=on", iso.display());
+    let console = |name: &str| {
+        let path = dir.path(&format!("{name}.con"));
+        (
+            path.clone(),
+            format!("unix:{},server=on,wait=off", path.display()),
+        )
+    };
+    let attach = |path: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(c) => {
+                    c.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    return c;
+                }
+                Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    };
+    // Read `con` until `needle` shows (GRUB under emulated ring 0 is slow here).
+    let read_until = |con: &mut std::os::unix::net::UnixStream, needle: &str, secs: u64| {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the console:\n{}",
+                String::from_utf8_lossy(&seen)
+            );
+            if let Ok(n) = con.read(&mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+    };
+    let (src_con, src_serial) = console("src");
+    let mut src = launch(None, &dir, "src", &src_serial, &["-drive", &drive]);
+    let mut c = attach(&src_con);
+    read_until(&mut c, "go on", 240);
+    let port = free_port();
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let (dst_con, dst_serial) = console("dst");
+    let mut dst = launch(
+        None,
+        &dir,
+        "dst",
+        &dst_serial,
+        &["-drive", &drive, "-incoming", &incoming],
+    );
+    dst.vm
+        .stderr
+        .wait_for("waiting for an incoming migration", Duration::from_secs(10))
+        .unwrap();
+    let mut d = attach(&dst_con);
+    assert_eq!(src.hmp(&format!("migrate -d {incoming}")), "");
+    let done = src.migration_ends(&["completed", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(dst.status(), "running");
+    d.write_all(b"g").unwrap();
+    read_until(&mut d, "picked-on-the-destination", 120);
 }
 
 /// Start a long migration (bandwidth-limited so it is still going when the fault hits).
