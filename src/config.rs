@@ -87,6 +87,8 @@ pub struct VmConfig {
     /// `-incoming URI` (live migration target): `tcp:[HOST]:PORT`, `unix:PATH`, `exec:CMD`,
     /// `fd:N`, `file:PATH` or `defer`.
     pub incoming: Option<String>,
+    /// `-loadvm TAG`: start from the snapshot TAG of the drives (as `loadvm` would).
+    pub loadvm: Option<String>,
     /// `-dump-acpi DIR`: troupe's own option, writes the ACPI tables it built, then runs on.
     pub dump_acpi: Option<PathBuf>,
     /// `-rtc base=utc|localtime|DATE,clock=host`.

@@ -247,6 +247,8 @@ pub struct Vm {
     /// The NICs and the backends `netdev_add` opened, closed (their down scripts run) as
     /// the VM ends.
     pub hot: Arc<crate::monitor_info::PcNet>,
+    /// `-loadvm TAG`: load it before the VM runs (then run unless `-S`).
+    pub loadvm: Option<(MonitorContext, String, bool)>,
     /// `-chardev`s no front end uses, open for the VM's life as in QEMU (their input
     /// waits unread).
     pub idle_chardevs: Vec<(
@@ -347,6 +349,11 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
         )
     };
     let is_served = |id: &str| cfg.netdevs.iter().any(|n| n.id == id && served(&n.kind));
+    if cfg.loadvm.is_some() && cfg.incoming.is_some() {
+        anyhow::bail!(
+            "-loadvm and -incoming cannot be used together: the VM's state comes from one of them"
+        );
+    }
     for n in &cfg.netdevs {
         // An inherited tap fd is checked whether or not a NIC uses the netdev (as QEMU).
         if let NetdevKind::Tap { fd: Some(fd), .. } = &n.kind {
@@ -570,7 +577,12 @@ pub fn build(
         keys: Arc::default(),
         buttons: Arc::default(),
         dirty_rate: Arc::default(),
+        jobs: Arc::default(),
     };
+    let loadvm = cfg
+        .loadvm
+        .clone()
+        .map(|tag| (ctx.clone(), tag, !cfg.start_paused));
     let monitors = start_monitors(
         cfg,
         &console,
@@ -595,6 +607,7 @@ pub fn build(
         downscripts,
         hot: sides.net,
         idle_chardevs: chardevs.idle,
+        loadvm,
     })
 }
 
@@ -955,7 +968,8 @@ fn spawn_vcpus(
 /// The supervisor's policy from the command line.
 fn supervisor_config(cfg: &VmConfig) -> SupervisorConfig {
     SupervisorConfig {
-        start_paused: cfg.start_paused,
+        // `-loadvm`: the snapshot is loaded before anything runs.
+        start_paused: cfg.start_paused || cfg.loadvm.is_some(),
         no_reboot: cfg.no_reboot,
         no_shutdown: cfg.no_shutdown,
         monitor_attached: !cfg.monitors.is_empty(),
@@ -1140,6 +1154,7 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
         hot,
         // Open until the VM ends.
         idle_chardevs: _idle_chardevs,
+        loadvm,
         ..
     } = vm;
     let sig_handle = handle.clone();
@@ -1163,6 +1178,20 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
     actors::runtime::spawn_task(rt.handle(), registry, "signals", "signals", None, signals);
     // Test builds only (feature `fault-injection`): TROUPE_INJECT_PANIC=ID[@MS].
     actors::runtime::fault::inject_from_env(rt.handle(), registry);
+    if let Some((ctx, tag, run)) = loadvm {
+        let sup = handle.clone();
+        let load = async move {
+            let disks = ctx.drives.snapshot_disks().await;
+            match actors::monitor::migrate::load_vm(&ctx, &disks, &tag).await {
+                Ok(()) if run => {
+                    let _ = sup.cont().await;
+                }
+                Ok(()) => {}
+                Err(e) => sup.start_failed(e),
+            }
+        };
+        actors::runtime::spawn_task(rt.handle(), registry, "loadvm", "loadvm", None, load);
+    }
     let reason = rt.block_on(supervisor.run());
     if std::env::var_os("TROUPE_DUMP_REGS").is_some() {
         for v in &vcpus {
@@ -1211,6 +1240,9 @@ pub fn run(vm: Vm, rt: &tokio::runtime::Runtime, registry: &Registry) -> i32 {
     }
     if let ExitReason::ActorFailed(r) = &reason {
         actors::report!("troupe: stopping the VM: {r}");
+    }
+    if let ExitReason::StartFailed(r) = &reason {
+        actors::report!("troupe: {r}");
     }
     if let ExitReason::IncomingFailed(r) = &reason {
         actors::report!("troupe: load of migration failed: {r}");

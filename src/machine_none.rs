@@ -172,6 +172,9 @@ fn check(cfg: &VmConfig) -> Result<()> {
     if cfg.incoming.is_some() {
         return refuse("-incoming");
     }
+    if cfg.loadvm.is_some() {
+        return refuse("-loadvm");
+    }
     Ok(())
 }
 
@@ -238,6 +241,7 @@ pub fn run(
         keys: Arc::default(),
         buttons: Arc::default(),
         dirty_rate: Arc::default(),
+        jobs: Arc::default(),
     };
     let _monitors =
         crate::machine::start_monitors(cfg, &console, rt, registry, ctx, &mut muxes, &labels)?;

@@ -934,3 +934,131 @@ fn savevm_and_loadvm_take_a_running_guest_back_to_the_snapshot_as_qemu_img_sees_
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// QMP's snapshot jobs and `-loadvm`: `snapshot-save` answers at once and runs as a job
+/// (JOB_STATUS_CHANGE created → running → waiting → pending → concluded, `query-jobs`,
+/// `job-dismiss`); a failing job concludes with its error; `snapshot-load` takes the guest
+/// back; `snapshot-delete` removes it; a new process started with `-loadvm` continues the
+/// snapshot, and `-loadvm` of a missing one ends with QEMU's message and status 1.
+#[test]
+fn snapshot_jobs_over_qmp_and_loadvm_at_start() {
+    let dir = TempDir::new("mig-jobs");
+    let img = dir.path("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("64M")
+        .output()
+        .expect("qemu-img");
+    assert!(out.status.success());
+    let drive = format!("file={},if=virtio,format=qcow2", img.display());
+    let mut vm = start(&dir, "vm", 8, &["-drive", &drive]);
+    vm.keeps_counting(3, Duration::from_secs(20));
+    let job = |vm: &mut Side, cmd: &str, args: Value| {
+        vm.events.clear();
+        assert_eq!(vm.ask(cmd, args.clone())["return"], serde_json::json!({}));
+        let id = "j1";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let jobs = vm.ask("query-jobs", serde_json::json!({}))["return"].clone();
+            let j = jobs
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["id"] == id))
+                .cloned()
+                .unwrap_or_else(|| panic!("{jobs}"));
+            if j["status"] == "concluded" {
+                assert_eq!(j["type"], cmd, "{j}");
+                let again = vm.ask(cmd, args.clone());
+                assert_eq!(
+                    again["error"]["desc"], "Job ID 'j1' already in use",
+                    "{again}"
+                );
+                assert_eq!(
+                    vm.ask("job-dismiss", serde_json::json!({"id": id}))["return"],
+                    serde_json::json!({})
+                );
+                assert_eq!(
+                    vm.ask("query-jobs", serde_json::json!({}))["return"],
+                    serde_json::json!([])
+                );
+                return j;
+            }
+            assert!(Instant::now() < deadline, "{j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let args = |tag: &str| serde_json::json!({"job-id": "j1", "tag": tag, "vmstate": "virtio0", "devices": ["virtio0"]});
+    assert_eq!(vm.hmp("stop"), "");
+    std::thread::sleep(Duration::from_millis(200));
+    let at_save = *vm.passes().last().unwrap();
+    let j = job(&mut vm, "snapshot-save", args("s1"));
+    assert!(j.get("error").is_none(), "{j}");
+    let statuses: Vec<&String> = vm
+        .events
+        .iter()
+        .filter(|e| *e == "JOB_STATUS_CHANGE")
+        .collect();
+    assert!(statuses.len() >= 5, "{:?}", vm.events);
+    assert!(vm.hmp("info snapshots").contains("s1"));
+    assert_eq!(vm.status(), "paused");
+    assert_eq!(vm.hmp("cont"), "");
+    let later = vm.keeps_counting(10, Duration::from_secs(30));
+    let before_load = *later.last().unwrap();
+    // A job that fails concludes with the reason.
+    let j = job(&mut vm, "snapshot-load", args("nosuch"));
+    assert_eq!(
+        j["error"], "Snapshot 'nosuch' does not exist in one or more devices",
+        "{j}"
+    );
+    let lines = vm.passes().len();
+    let j = job(&mut vm, "snapshot-load", args("s1"));
+    assert!(j.get("error").is_none(), "{j}");
+    let after = vm.keeps_counting(3, Duration::from_secs(30));
+    let resumed = after[lines];
+    assert!(
+        resumed > at_save && resumed < before_load,
+        "saved at {at_save}, loaded at {before_load}, went on at {resumed}"
+    );
+    let bad = vm.ask(
+        "snapshot-save",
+        serde_json::json!({"job-id": "j2", "tag": "s2", "vmstate": "nosuch", "devices": ["nosuch"]}),
+    );
+    assert_eq!(bad["return"], serde_json::json!({}), "{bad}");
+    vm.ask("quit", serde_json::json!({}));
+    vm.vm.wait(Duration::from_secs(10));
+
+    // A new process from the snapshot.
+    let mut again = start(&dir, "again", 8, &["-drive", &drive, "-loadvm", "s1"]);
+    let first = again.keeps_counting(3, Duration::from_secs(30))[0];
+    assert!(
+        first > at_save && first < before_load,
+        "saved at {at_save}, -loadvm began at {first}"
+    );
+    let j = job(
+        &mut again,
+        "snapshot-delete",
+        serde_json::json!({"job-id": "j1", "tag": "s1", "devices": ["virtio0"]}),
+    );
+    assert!(j.get("error").is_none(), "{j}");
+    assert!(!again.hmp("info snapshots").contains("s1"));
+    again.ask("quit", serde_json::json!({}));
+    again.vm.wait(Duration::from_secs(10));
+    let kernel = guest("memtouch");
+    let (st, _, err) = Vm::troupe(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-kernel",
+        kernel.to_str().unwrap(),
+        "-drive",
+        &drive,
+        "-loadvm",
+        "s1",
+    ])
+    .run(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("troupe: Snapshot 's1' does not exist in one or more devices"),
+        "{err}"
+    );
+}

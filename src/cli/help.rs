@@ -270,6 +270,7 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "-incoming tcp:[HOST]:PORT|unix:PATH|exec:CMD|fd:N|file:PATH|defer",
                 "wait for an incoming migration instead of starting the guest",
             ),
+            ("-loadvm TAG", "start from the VM snapshot TAG (savevm)"),
             ("-D FILE", "write the log to FILE"),
             (
                 "-d ITEM[,...]",

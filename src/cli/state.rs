@@ -91,6 +91,7 @@ pub(super) struct State {
     log_file: Option<PathBuf>,
     log_items: Vec<String>,
     incoming: Option<String>,
+    pub(super) loadvm: Option<String>,
     dump_acpi: Option<(String, PathBuf)>,
 }
 
@@ -325,6 +326,7 @@ impl State {
             Opt::Incoming => {
                 self.incoming = Some(general::parse_incoming(arg).map_err(|e| invalid(at, e))?);
             }
+            Opt::Loadvm => self.loadvm = Some(arg.to_string()),
             Opt::VcpuPin => self.vcpu_pin = Some((at.to_string(), arg.to_string())),
             Opt::DumpAcpi => self.dump_acpi = Some((at.to_string(), PathBuf::from(arg))),
         }

@@ -170,6 +170,34 @@ const COMMANDS: &[(&str, &[Param])] = &[
     ),
     ("query-migrate-capabilities", &[]),
     (
+        "snapshot-save",
+        &[
+            ("job-id", Ty::Str, true),
+            ("tag", Ty::Str, true),
+            ("vmstate", Ty::Str, true),
+            ("devices", Ty::Any, true),
+        ],
+    ),
+    (
+        "snapshot-load",
+        &[
+            ("job-id", Ty::Str, true),
+            ("tag", Ty::Str, true),
+            ("vmstate", Ty::Str, true),
+            ("devices", Ty::Any, true),
+        ],
+    ),
+    (
+        "snapshot-delete",
+        &[
+            ("job-id", Ty::Str, true),
+            ("tag", Ty::Str, true),
+            ("devices", Ty::Any, true),
+        ],
+    ),
+    ("query-jobs", &[]),
+    ("job-dismiss", &[("id", Ty::Str, true)]),
+    (
         "eject",
         &[
             ("device", Ty::Str, false),
@@ -279,6 +307,10 @@ const EVENTS: &[(&str, &[Param])] = &[
     ("POWERDOWN", &[]),
     ("MIGRATION", &[("status", Ty::Enum(MIGRATION_STATES), true)]),
     ("MIGRATION_PASS", &[("pass", Ty::Int, true)]),
+    (
+        "JOB_STATUS_CHANGE",
+        &[("id", Ty::Str, true), ("status", Ty::Str, true)],
+    ),
     (
         "DEVICE_TRAY_MOVED",
         &[
@@ -446,6 +478,9 @@ fn actor_gone<E: std::fmt::Display>(e: E) -> CmdError {
 pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>) -> CmdResult {
     check_args(name, args)?;
     if let Some(res) = super::migrate::qmp(ctx, name, args).await {
+        return res;
+    }
+    if let Some(res) = super::jobs::qmp(ctx, name, args).await {
         return res;
     }
     match name {

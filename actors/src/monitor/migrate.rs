@@ -274,58 +274,70 @@ async fn resume(ctx: &MonitorContext, ran: bool) {
 /// HMP `savevm [TAG]`: the VM's whole state into the first qcow2 drive's snapshot, every
 /// drive snapshotted with it; a running VM pauses meanwhile.
 pub async fn savevm(ctx: &MonitorContext, tag: Option<&str>) -> String {
-    use crate::block::snapshot as snap;
     let disks = ctx.drives.snapshot_disks().await;
-    if let Err(e) = snap::check_snapshot_disks(&disks) {
-        return format!("Error: {}\n", crate::supervisor::error_chain(&e));
-    }
     let name = tag
         .map(str::to_string)
-        .unwrap_or_else(snap::default_snapshot_name);
-    let ran = match stop_for(ctx).await {
-        Ok(r) => r,
-        Err(e) => return format!("Error: {e}\n"),
-    };
-    let res = match ctx.supervisor.vm_state().await {
-        Ok((state, clock)) => snap::create_snapshot_on_all_disks(&disks, &name, state, clock)
-            .await
-            .map_err(|e| crate::supervisor::error_chain(&e)),
-        Err(e) => Err(e),
-    };
-    resume(ctx, ran).await;
-    match res {
+        .unwrap_or_else(crate::block::snapshot::default_snapshot_name);
+    hmp_result(save_vm(ctx, &disks, &name).await)
+}
+
+/// HMP `loadvm TAG`: every drive back to the snapshot, the machine to its saved state.
+pub async fn loadvm(ctx: &MonitorContext, tag: &str) -> String {
+    let disks = ctx.drives.snapshot_disks().await;
+    hmp_result(load_vm(ctx, &disks, tag).await)
+}
+
+fn hmp_result(r: Result<(), String>) -> String {
+    match r {
         Ok(()) => String::new(),
         Err(e) => format!("Error: {e}\n"),
     }
 }
 
-/// HMP `loadvm TAG`: every drive back to the snapshot, the machine to its saved state.
-pub async fn loadvm(ctx: &MonitorContext, tag: &str) -> String {
+/// Save the VM as snapshot `name` on `disks` (the VM state on the first that can hold it);
+/// a running VM pauses meanwhile. Err is QEMU's message.
+pub async fn save_vm(
+    ctx: &MonitorContext,
+    disks: crate::block::snapshot::Disks<'_>,
+    name: &str,
+) -> Result<(), String> {
     use crate::block::snapshot as snap;
-    let disks = ctx.drives.snapshot_disks().await;
-    if let Err(e) = snap::check_snapshot_disks(&disks) {
-        return format!("Error: {}\n", crate::supervisor::error_chain(&e));
-    }
-    let ran = match stop_for(ctx).await {
-        Ok(r) => r,
-        Err(e) => return format!("Error: {e}\n"),
+    snap::check_snapshot_disks(disks).map_err(|e| crate::supervisor::error_chain(&e))?;
+    let ran = stop_for(ctx).await?;
+    let res = match ctx.supervisor.vm_state().await {
+        Ok((state, clock)) => snap::create_snapshot_on_all_disks(disks, name, state, clock)
+            .await
+            .map_err(|e| crate::supervisor::error_chain(&e)),
+        Err(e) => Err(e),
     };
-    let state = match snap::load_snapshot_from_disks(&disks, tag).await {
+    resume(ctx, ran).await;
+    res
+}
+
+/// Take `disks` and the machine back to snapshot `tag`. A snapshot that cannot be read
+/// changes nothing; a machine state that does not load leaves the VM stopped (the disks
+/// are back at the snapshot already).
+pub async fn load_vm(
+    ctx: &MonitorContext,
+    disks: crate::block::snapshot::Disks<'_>,
+    tag: &str,
+) -> Result<(), String> {
+    use crate::block::snapshot as snap;
+    snap::check_snapshot_disks(disks).map_err(|e| crate::supervisor::error_chain(&e))?;
+    let ran = stop_for(ctx).await?;
+    let state = match snap::load_snapshot_from_disks(disks, tag).await {
         Ok(s) => s,
         Err(e) => {
-            // Nothing changed: the VM goes on as it was.
             resume(ctx, ran).await;
-            return format!("Error: {}\n", crate::supervisor::error_chain(&e));
+            return Err(crate::supervisor::error_chain(&e));
         }
     };
-    match ctx.supervisor.load_vm_state(state).await {
-        Ok(()) => {
-            resume(ctx, ran).await;
-            String::new()
-        }
-        // The disks are already back at the snapshot: the machine stays stopped.
-        Err(e) => format!("Error: Error while loading VM state: {e}\n"),
-    }
+    ctx.supervisor
+        .load_vm_state(state)
+        .await
+        .map_err(|e| format!("Error while loading VM state: {e}"))?;
+    resume(ctx, ran).await;
+    Ok(())
 }
 
 #[cfg(test)]

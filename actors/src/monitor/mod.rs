@@ -13,6 +13,7 @@ pub mod commands;
 pub mod dirty;
 pub mod handles;
 pub mod hmp;
+pub mod jobs;
 mod memdump;
 pub mod migrate;
 mod mux;
@@ -110,4 +111,6 @@ pub struct MonitorContext {
     pub buttons: Arc<std::sync::atomic::AtomicU8>,
     /// The VM's dirty-rate measurement (`calc-dirty-rate`), shared by every session.
     pub dirty_rate: dirty::SharedDirtyRate,
+    /// Background jobs (`snapshot-save`...), shared by every session.
+    pub jobs: jobs::SharedJobs,
 }

@@ -140,6 +140,8 @@ pub enum ExitReason {
     Signal(i32),
     /// An incoming migration could not be loaded (status 1).
     IncomingFailed(String),
+    /// What the command line asked for at start failed (`-loadvm`; status 1).
+    StartFailed(String),
 }
 
 impl ExitReason {
@@ -147,7 +149,10 @@ impl ExitReason {
         match self {
             Self::PoweredOff | Self::Quit | Self::ResetNoReboot | Self::Signal(_) => 0,
             Self::DebugExit(v) => ((v << 1) | 1) as i32,
-            Self::Fault(_) | Self::ActorFailed(_) | Self::IncomingFailed(_) => 1,
+            Self::Fault(_)
+            | Self::ActorFailed(_)
+            | Self::IncomingFailed(_)
+            | Self::StartFailed(_) => 1,
         }
     }
 }
@@ -191,6 +196,8 @@ pub enum SupervisorMsg {
     IncomingLoaded(Vec<Section>, Reply<Result<(), String>>),
     /// From the incoming thread: the stream could not be read.
     IncomingFailed(String),
+    /// Starting as the command line asked failed: end the VM (status 1).
+    StartFailed(String),
     /// The migration parameters, capabilities and progress (for the monitor).
     Migration(Reply<crate::migration::SharedMigration>),
     /// `savevm`: the stopped machine's whole state as one stream, and the VM clock (ns).
@@ -226,6 +233,7 @@ impl MessageKind for SupervisorMsg {
             Self::MigrationEnded(_) => "migration-ended",
             Self::IncomingLoaded(..) => "incoming-loaded",
             Self::IncomingFailed(_) => "incoming-failed",
+            Self::StartFailed(_) => "start-failed",
             Self::Migration(_) => "migration",
             Self::VmState(_) => "vm-state",
             Self::LoadVmState(..) => "load-vm-state",
@@ -310,6 +318,11 @@ impl SupervisorHandle {
         let uri = uri.to_string();
         self.ask_for(|r| SupervisorMsg::Migrate(uri, r)).await
     }
+    /// Starting as the command line asked failed (`-loadvm`): the VM ends with `why`.
+    pub fn start_failed(&self, why: String) {
+        self.post(SupervisorMsg::StartFailed(why));
+    }
+
     /// `migrate-incoming URI` for a VM started with `-incoming defer`.
     pub async fn migrate_incoming(&self, uri: &str) -> Result<(), String> {
         let uri = uri.to_string();
@@ -1136,6 +1149,7 @@ impl Supervisor {
                 let res = self.incoming_loaded(sections).await;
                 r.send(res);
             }
+            SupervisorMsg::StartFailed(why) => return Some(ExitReason::StartFailed(why)),
             SupervisorMsg::IncomingFailed(why) => {
                 self.migration
                     .with_progress(|p| p.status = crate::migration::Status::Failed);

@@ -151,6 +151,7 @@ impl State {
             log_file: self.log_file,
             log_items: self.log_items,
             incoming: self.incoming,
+            loadvm: self.loadvm,
             dump_acpi,
             rtc: m.rtc,
             warnings,
