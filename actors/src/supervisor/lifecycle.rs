@@ -420,6 +420,8 @@ pub struct Supervisor {
     ran_before_switch: bool,
     /// Run the guest once an incoming migration is loaded (no `-S`, or `cont` since).
     autostart: bool,
+    /// A machine waiting for an incoming migration: its own state, saved while it waits.
+    waiting_state: Option<Vec<(Part, Section)>>,
     /// When the machine was made (a snapshot's VM clock counts from it).
     started: std::time::Instant,
 }
@@ -439,6 +441,7 @@ impl Supervisor {
             Self {
                 state: RunState::Prelaunch,
                 autostart: !cfg.start_paused,
+                waiting_state: None,
                 cfg,
                 vcpus,
                 tree,
@@ -894,15 +897,18 @@ impl Supervisor {
 
     /// Every part's sections, tagged with the part, in restore order.
     async fn collect(&self) -> Result<Vec<(Part, Section)>, String> {
+        // Every part saves at once (each on its own thread); the answers keep build order.
+        let controls = futures::future::join_all(self.tree.controls().map(|c| c.save()));
+        let vcpus = futures::future::join_all(self.vcpus.iter().map(|v| v.save()));
+        let (controls, vcpus) = tokio::join!(controls, vcpus);
         let mut out = Vec::new();
-        for (i, c) in self.tree.controls().enumerate() {
-            let sections = c.save().await.map_err(|e| error_chain(&e))?;
+        for (i, sections) in controls.into_iter().enumerate() {
+            let sections = sections.map_err(|e| error_chain(&e))?;
             out.extend(sections.into_iter().map(|s| (Part::Control(i), s)));
         }
-        for (i, v) in self.vcpus.iter().enumerate() {
+        for (i, s) in vcpus.into_iter().enumerate() {
             // VcpuError's messages name the vCPU and carry their cause.
-            let s = v.save().await.map_err(|e| e.to_string())?;
-            out.push((Part::Vcpu(i), s));
+            out.push((Part::Vcpu(i), s.map_err(|e| e.to_string())?));
         }
         let vm = self
             .machine
@@ -920,8 +926,13 @@ impl Supervisor {
     async fn restore_machine(&mut self, sections: Vec<Section>) -> Result<(), String> {
         self.stopped_for("restore").await?;
         // What this machine saves now: which part owns each id, with what kind and
-        // version. It is also what goes back should a part refuse its new state.
-        let before = self.collect().await?;
+        // version. It is also what goes back should a part refuse its new state. A
+        // machine waiting for a migration saved it while it waited (it has not run
+        // since), which keeps that out of the downtime.
+        let before = match self.waiting_state.take() {
+            Some(b) => b,
+            None => self.collect().await?,
+        };
         let incoming = group(&match_sections(&before, sections)?, self.parts());
         if let Err(e) = self.apply(&incoming).await {
             let backup = group(&before, self.parts());
@@ -978,6 +989,8 @@ impl Supervisor {
         let mut mb = mailbox.open().await;
         if let Some(uri) = self.cfg.incoming.clone() {
             self.state = RunState::InMigrate;
+            self.pause_all().await;
+            self.waiting_state = self.collect().await.ok();
             if uri != "defer" {
                 if let Err(e) = self.start_incoming(&uri) {
                     self.finish().await;
@@ -1166,11 +1179,14 @@ impl Supervisor {
                 r.send(res);
             }
             SupervisorMsg::AddNode(what, r) => {
+                // The parts changed: what was saved while waiting no longer lines up.
+                self.waiting_state = None;
                 let paused = self.state != RunState::Running;
                 let h = self.hotplug.as_ref();
                 r.send(hotplug::add(&self.registry, &mut self.tree, h, what, paused).await);
             }
             SupervisorMsg::RemoveNode(id, r) => {
+                self.waiting_state = None;
                 r.send(
                     hotplug::remove(&self.registry, &mut self.tree, &id)
                         .await
