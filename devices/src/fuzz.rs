@@ -691,6 +691,7 @@ mod tests {
             seeds: virtqueue_seeds(),
             dict: vec![vec![1, 0], vec![2, 0], vec![3, 0], vec![4, 0], vec![7, 0]],
             max_len: 0x4000,
+            threads: vec![],
         });
     }
 
@@ -702,6 +703,7 @@ mod tests {
             seeds: fw_cfg_seeds(),
             dict: vec![vec![0, 0x19, 0], vec![0, 0x20, 0], vec![0, 0x22, 0]],
             max_len: 4096,
+            threads: vec![],
         });
     }
 
@@ -713,6 +715,7 @@ mod tests {
             seeds: pci_config_seeds(),
             dict: vec![vec![0xff; 4], vec![0x10], vec![0x30], vec![0x34], vec![0x04]],
             max_len: 4096,
+            threads: vec![],
         });
     }
 
@@ -727,6 +730,7 @@ mod tests {
                 .map(|&c| vec![0, 7, c])
                 .collect(),
             max_len: 8192,
+            threads: vec![],
         });
     }
 
@@ -738,6 +742,7 @@ mod tests {
             seeds: e1000_seeds(),
             dict: vec![vec![0x18, 0x38], vec![0x10, 0x38], vec![0x18, 0x28], vec![0x08, 0x38]],
             max_len: 8192,
+            threads: vec![],
         });
     }
 }

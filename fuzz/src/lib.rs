@@ -23,7 +23,7 @@ use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One fuzz target and what to start from.
@@ -38,6 +38,9 @@ pub struct Target {
     pub dict: Vec<Vec<u8>>,
     /// Mutated inputs are cut to this length.
     pub max_len: usize,
+    /// Threads the code under test starts itself (an actor's own thread), by a part of
+    /// their name: a panic on one of them during the run counts as well.
+    pub threads: Vec<&'static str>,
 }
 
 /// What a run did.
@@ -253,6 +256,18 @@ pub fn input(t: &Target, seed: u64, i: u64) -> Vec<u8> {
     data
 }
 
+/// Runs watching threads by name: (name part, where a panic there is recorded).
+type Watches = Vec<(&'static str, Arc<Mutex<Option<String>>>)>;
+
+fn watches() -> &'static Mutex<Watches> {
+    static W: OnceLock<Mutex<Watches>> = OnceLock::new();
+    W.get_or_init(Mutex::default)
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 thread_local! {
     /// Set on the worker thread of a run: panics there are recorded, not printed.
     static FUZZING: Cell<bool> = const { Cell::new(false) };
@@ -281,8 +296,29 @@ fn install_hook() {
                 PANICKED.with(|p| {
                     p.borrow_mut().get_or_insert(format!("{msg}{at}"));
                 });
-            } else {
-                prev(info);
+                return;
+            }
+            let me = std::thread::current();
+            let name = me.name().unwrap_or_default();
+            let slot = locked(watches())
+                .iter()
+                .find(|(part, _)| name.contains(part))
+                .map(|(_, slot)| slot.clone());
+            match slot {
+                Some(slot) => {
+                    let msg = info
+                        .payload()
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(non-string panic)".into());
+                    let at = info
+                        .location()
+                        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                        .unwrap_or_default();
+                    locked(&slot).get_or_insert(format!("{msg}{at} (thread {name})"));
+                }
+                None => prev(info),
             }
         }));
     });
@@ -304,6 +340,15 @@ pub fn literal(data: &[u8]) -> String {
     }
     s.push('"');
     s
+}
+
+/// Ends a run's thread watches however the run ends.
+struct Unwatch(Arc<Mutex<Option<String>>>);
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        locked(watches()).retain(|(_, s)| !Arc::ptr_eq(s, &self.0));
+    }
 }
 
 enum Event {
@@ -338,11 +383,16 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
     assert!(!t.seeds.is_empty(), "fuzz {}: no seed inputs", t.name);
     install_hook();
     let t = Arc::new(t);
+    let slot = Arc::new(Mutex::new(None));
+    for part in &t.threads {
+        locked(watches()).push((part, slot.clone()));
+    }
+    let _unwatch = Unwatch(slot.clone());
     let current = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
     let started = Instant::now();
     {
-        let (t, current) = (t.clone(), current.clone());
+        let (t, current, slot) = (t.clone(), current.clone(), slot.clone());
         std::thread::Builder::new()
             .name(format!("fuzz-{}", t.name))
             .spawn(move || {
@@ -353,7 +403,9 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
                     let data = input(&t, cfg.seed, i);
                     PANICKED.with(|p| p.borrow_mut().take());
                     let caught = catch_unwind(AssertUnwindSafe(|| (t.run)(&data)));
-                    let seen = PANICKED.with(|p| p.borrow_mut().take());
+                    let seen = PANICKED
+                        .with(|p| p.borrow_mut().take())
+                        .or_else(|| locked(&slot).take());
                     if let Some(msg) = seen.or(caught.err().map(|_| "panicked".into())) {
                         let _ = tx.send(Event::Crash(i, msg));
                         return;
@@ -466,6 +518,7 @@ mod tests {
             seeds: vec![b"seed".to_vec(), vec![1, 2, 3]],
             dict: vec![b"BOOM".to_vec()],
             max_len: 64,
+            threads: vec![],
         }
     }
 
@@ -527,6 +580,26 @@ mod tests {
         .unwrap_err();
         let msg = err.downcast_ref::<String>().unwrap();
         assert!(msg.contains("input 0") && msg.contains("swallowed"), "{msg}");
+    }
+
+    #[test]
+    fn a_panic_on_a_watched_thread_counts() {
+        let err = catch_unwind(|| {
+            let mut t = quick(|d| {
+                if d == [1, 2, 3] {
+                    let _ = std::thread::Builder::new()
+                            .name("t-selftest-helper0".into())
+                        .spawn(|| panic!("in a helper"))
+                        .unwrap()
+                        .join();
+                }
+            });
+            t.threads = vec!["selftest-helper"];
+            fuzz_with(t, cfg(100))
+        })
+        .unwrap_err();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("input 1") && msg.contains("in a helper"), "{msg}");
     }
 
     #[test]
