@@ -13,7 +13,10 @@
 //!
 //! Knobs (environment): `TROUPE_FUZZ_MS` time per target (default 2000),
 //! `TROUPE_FUZZ_SEED` run seed (default fixed, so CI is reproducible),
-//! `TROUPE_FUZZ_TIMEOUT_MS` per-input timeout (default 5000).
+//! `TROUPE_FUZZ_TIMEOUT_MS` per-input timeout (default 5000), `TROUPE_FUZZ_TRACE=1`
+//! prints each input's number and writes the input to `troupe-fuzz-<name>-current.bin`
+//! in the temporary directory before it runs (to find an input that kills the process
+//! outright: a stack overflow or an allocation failure aborts before any report).
 //!
 //! Each run prints one line to stderr (not captured by the test harness):
 //! `fuzz <name>: <execs> execs in <secs> s (seed <seed>)`.
@@ -56,6 +59,7 @@ pub struct Config {
     pub budget: Duration,
     pub seed: u64,
     pub timeout: Duration,
+    pub trace: bool,
 }
 
 impl Config {
@@ -76,6 +80,7 @@ impl Config {
             budget: Duration::from_millis(num("TROUPE_FUZZ_MS", 2000)),
             seed: num("TROUPE_FUZZ_SEED", 0x7e0b_e5ee_d000_0001),
             timeout: Duration::from_millis(num("TROUPE_FUZZ_TIMEOUT_MS", 5000)),
+            trace: num("TROUPE_FUZZ_TRACE", 0) != 0,
         }
     }
 }
@@ -401,6 +406,11 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
                 while i < t.seeds.len() as u64 || started.elapsed() < cfg.budget {
                     current.store(i, Ordering::SeqCst);
                     let data = input(&t, cfg.seed, i);
+                    if cfg.trace {
+                        let _ = writeln!(std::io::stderr(), "fuzz {}: input {i}", t.name);
+                        let f = format!("troupe-fuzz-{}-current.bin", t.name);
+                        let _ = std::fs::write(std::env::temp_dir().join(f), &data);
+                    }
                     PANICKED.with(|p| p.borrow_mut().take());
                     let caught = catch_unwind(AssertUnwindSafe(|| (t.run)(&data)));
                     let seen = PANICKED
@@ -527,6 +537,7 @@ mod tests {
             budget: Duration::from_millis(ms),
             seed: 1,
             timeout: Duration::from_millis(500),
+            trace: false,
         }
     }
 
