@@ -16,6 +16,8 @@
 //! refresh timer backing off to 3 s).
 
 mod client;
+#[cfg(test)]
+mod fuzz;
 pub mod des;
 pub mod encode;
 pub mod keymap;
