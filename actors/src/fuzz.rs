@@ -384,6 +384,54 @@ fn migration_seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// Found by the qcow2 target: an image whose reference count table has no block for
+    /// the header's cluster (here: the table lies past the end of a truncated file, or
+    /// its first entry is 0) made imago's allocator recurse on the first write until the
+    /// drive's thread overflowed its stack, aborting troupe. A writable open is refused
+    /// with the reason; read-only, the image still reads.
+    #[test]
+    fn a_qcow2_image_without_a_refcount_block_for_its_header_is_refused_for_writing() {
+        let mut truncated = qcow2_image(2, None);
+        truncated.truncate(286);
+        let mut zeroed = qcow2_image(3, None);
+        zeroed[1024..1032].fill(0);
+        for (img, aio) in [(truncated, Aio::Threads), (zeroed.clone(), Aio::IoUring)] {
+            let path = scratch_path();
+            std::fs::write(&path, &img).unwrap();
+            let opts = BlockOptions {
+                format: Some(Format::Qcow2),
+                aio,
+                ..BlockOptions::raw(path.clone())
+            };
+            let err = block::open(&Registry::new(), "q2regress", opts).err().map(|e| e.to_string());
+            std::fs::remove_file(&path).unwrap();
+            let err = err.expect("a writable open is refused");
+            assert!(err.contains("the reference count table has no block"), "{err}");
+            assert!(err.contains("refcount_table_offset 0x400"), "{err}");
+        }
+        let path = scratch_path();
+        std::fs::write(&path, &zeroed).unwrap();
+        let opts = BlockOptions {
+            read_only: true,
+            format: Some(Format::Qcow2),
+            ..BlockOptions::raw(path.clone())
+        };
+        let h = block::open(&Registry::new(), "q2regress", opts).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        h.submit(BlockJob {
+            request: BlockRequest {
+                id: 1,
+                op: BlockOp::Read { offset: 0, len: 16 },
+            },
+            done: Box::new(move |c| {
+                let _ = tx.send(c);
+            }),
+        });
+        let got = rx.recv().unwrap().result.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(got, (0..16).collect::<Vec<u8>>());
+    }
+
     #[test]
     fn fuzz_qcow2_through_the_block_layer() {
         fuzz(Target {
