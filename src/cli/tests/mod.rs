@@ -5,6 +5,7 @@
 mod chardev;
 mod devices;
 mod machine;
+mod fuzz;
 mod storage;
 
 use std::net::Ipv4Addr;
