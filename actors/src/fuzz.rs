@@ -432,6 +432,32 @@ mod tests {
         assert_eq!(got, (0..16).collect::<Vec<u8>>());
     }
 
+    /// Found by the migration target: a device-memory frame whose offset plus length
+    /// wraps past 2^64 passed the bounds check (a panic in debug builds; in release, a
+    /// `W` frame of many pages then allocated their zeros before writing nothing).
+    #[test]
+    fn a_device_memory_frame_that_wraps_around_is_refused() {
+        for (tag, payload) in [
+            (b'W', [&0u32.to_le_bytes()[..], &(u64::MAX - 4095).to_le_bytes(), &1u32.to_le_bytes()].concat()),
+            (b'V', [&0u32.to_le_bytes()[..], &(u64::MAX - 4095).to_le_bytes(), &[7; 4096]].concat()),
+        ] {
+            let mut s = MAGIC.to_vec();
+            s.extend_from_slice(&VERSION.to_le_bytes());
+            frame(&mut s, b'M', &serde_json::to_vec(&machine()).unwrap(), true);
+            frame(&mut s, tag, &payload, true);
+            frame(&mut s, b'E', &[], true);
+            let ram = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 10)]).unwrap();
+            let vram: Arc<dyn DeviceRam> = Arc::new(FakeVram(std::sync::Mutex::new(vec![0; 64 << 10])));
+            let err = receive(Incoming::from_bytes(s), &ram, &[vram], &machine()).err();
+            assert_eq!(
+                err.as_deref(),
+                Some("4096 bytes at 0xfffffffffffff000 lie outside device memory 'vga.vram'"),
+                "frame {}",
+                tag as char
+            );
+        }
+    }
+
     #[test]
     fn fuzz_qcow2_through_the_block_layer() {
         fuzz(Target {
