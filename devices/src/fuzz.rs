@@ -1,7 +1,9 @@
 //! Fuzz targets for the device models a guest drives directly: the virtqueue descriptor
 //! walker (with virtio-blk's request decoding on top), fw_cfg and its DMA interface, PCI
 //! configuration space through 0xCF8/0xCFC (and the virtio-pci transport registers), the
-//! IDE/ATAPI command set with bus-master DMA, and the e1000's descriptor rings.
+//! IDE/ATAPI command set with bus-master DMA, the e1000's descriptor rings, the std VGA
+//! (ports, VBE, memory, rendering), and device state sections as a migration stream
+//! carries them, restored into their models.
 //!
 //! Each target is a `fn(&[u8])` in cargo-fuzz's shape. The structured ones read their
 //! input as a program with [`Cursor`]: an opcode byte, then its operands; besides
@@ -26,7 +28,8 @@ use crate::testing::FakeIrq;
 use crate::virtio::blk::{self, BlkConfig};
 use crate::virtio::chain::walk;
 use crate::virtio::pci::{MsixSink, VirtioPci};
-use crate::BusDevice;
+use crate::vga::Vga;
+use crate::{restore_section, save_section, BusDevice, Section, Snapshot};
 
 /// Guest RAM of every target: small, so random addresses hit it often.
 const RAM: u64 = 0x1_0000;
@@ -679,6 +682,348 @@ fn e1000_seeds() -> Vec<Vec<u8>> {
     vec![s, tx]
 }
 
+// ---------------------------------------------------------------------------------------
+// VGA
+
+/// The std VGA as a guest programs it: the legacy ports, the Bochs VBE registers (by port
+/// and through the MMIO BAR), the legacy memory window and the linear framebuffer, with
+/// the screen rendered every 64 accesses and at the end, as the display refresh does.
+pub fn vga(data: &[u8]) {
+    let mut v = Vga::new(1 << 20);
+    let mut vram = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    let mut c = Cursor::new(data);
+    let mut n = 0u32;
+    while !c.is_empty() {
+        match c.u8() % 9 {
+            0 | 1 => v.io_write(0x3b0 + u16::from(c.u8() % 0x30), c.u8()),
+            2 => {
+                let _ = v.io_read(0x3b0 + u16::from(c.u8() % 0x30));
+            }
+            3 => v.vbe_write(u64::from(c.u8() & 1), c.u16(), &mut vram),
+            4 => {
+                let _ = v.vbe_read(u64::from(c.u8() & 1));
+            }
+            5 => v.mem_write(u64::from(c.u32() % 0x2_0000), c.u8(), &mut vram),
+            6 => {
+                let _ = v.mem_read(u64::from(c.u32() % 0x2_0000), &vram);
+            }
+            7 => {
+                let (off, n) = (u64::from(c.u16() % 0x700), [1, 2, 4][usize::from(c.u8() % 3)]);
+                let val = c.u32().to_le_bytes();
+                if c.u8() & 1 == 0 {
+                    v.mmio_write(off, &val[..n], &mut vram);
+                } else {
+                    let mut b = vec![0u8; n];
+                    v.mmio_read(off, &mut b);
+                }
+            }
+            _ => {
+                let at = c.u32() as usize % vram.len();
+                let b = c.bytes(16);
+                let end = (at + b.len()).min(vram.len());
+                vram[at..end].copy_from_slice(&b[..end - at]);
+            }
+        }
+        n += 1;
+        if n % 64 == 0 {
+            let _ = v.render(&vram, &mut out);
+            let _ = v.text_cursor();
+        }
+    }
+    let _ = v.render(&vram, &mut out);
+}
+
+fn vga_seeds() -> Vec<Vec<u8>> {
+    let vbe = |index: u16, value: u16| {
+        let mut s = vec![3, 0];
+        s.extend_from_slice(&index.to_le_bytes());
+        s.extend_from_slice(&[3, 1]);
+        s.extend_from_slice(&value.to_le_bytes());
+        s
+    };
+    let io = |port: u16, val: u8| vec![0, (port - 0x3b0) as u8, val];
+    // VBE 640x480x32 with the LFB, then 800x600x8 and a virtual width; then text mode.
+    let mut gfx = Vec::new();
+    for (i, v) in [(4u16, 0u16), (1, 640), (2, 480), (3, 32), (4, 0x41)] {
+        gfx.extend(vbe(i, v));
+    }
+    for _ in 0..8 {
+        gfx.extend_from_slice(&[8, 0, 0x10, 0, 0]);
+        gfx.extend((0..16u8).map(|i| i.wrapping_mul(17)));
+    }
+    for (i, v) in [(4u16, 0u16), (1, 800), (2, 600), (3, 8), (6, 1024), (9, 7), (4, 0x41)] {
+        gfx.extend(vbe(i, v));
+    }
+    let mut text = Vec::new();
+    // Sequencer, CRTC and attribute registers of mode 3, a DAC entry, text in plane 0.
+    for (port, val) in [
+        (0x3c2, 0x67),
+        (0x3c4, 0x01),
+        (0x3c5, 0x00),
+        (0x3c4, 0x04),
+        (0x3c5, 0x02),
+        (0x3d4, 0x01),
+        (0x3d5, 0x4f),
+        (0x3d4, 0x0c),
+        (0x3d5, 0x00),
+        (0x3d4, 0x13),
+        (0x3d5, 0x28),
+        (0x3d4, 0x0a),
+        (0x3d5, 0x0d),
+        (0x3c0, 0x10),
+        (0x3c0, 0x0c),
+        (0x3c0, 0x20),
+        (0x3c8, 0x01),
+        (0x3c9, 0x3f),
+        (0x3c9, 0x00),
+        (0x3c9, 0x00),
+    ] {
+        text.extend(io(port, val));
+    }
+    for (i, ch) in b"troupe".iter().enumerate() {
+        text.extend_from_slice(&[5]);
+        text.extend_from_slice(&(0x1_8000u32 + 2 * i as u32).to_le_bytes());
+        text.push(*ch);
+    }
+    vec![gfx, text]
+}
+
+// ---------------------------------------------------------------------------------------
+// Device state from a migration stream
+
+struct FixedClock;
+
+impl crate::rtc::RtcClock for FixedClock {
+    fn now_unix(&self) -> i64 {
+        1_700_000_000
+    }
+    fn monotonic_ns(&self) -> u64 {
+        1_000_000_000
+    }
+}
+
+/// The models whose state a migration stream carries, each as the machine builds it.
+struct Models {
+    ide: Ide,
+    vga: Vga,
+    serial: crate::serial::Serial,
+    i8042: crate::i8042::I8042,
+    rtc: crate::rtc::Rtc,
+    fw_cfg: FwCfg,
+    e1000: E1000,
+    acpi: crate::acpi_pm::AcpiPm,
+    host: PciHost,
+    virtio: Arc<std::sync::Mutex<VirtioPci>>,
+}
+
+fn models(mem: &GuestMemoryMmap) -> Models {
+    let irq = || -> Arc<FakeIrq> { Arc::new(FakeIrq::default()) };
+    let events = Arc::new(crate::testing::FakeEvents::default());
+    let drive = |cdrom, size| DriveConfig {
+        cdrom,
+        serial: "QM00001".into(),
+        medium: Some(crate::block::BlockInfo {
+            size,
+            read_only: cdrom,
+        }),
+    };
+    let mut ide = Ide::new(
+        [Some(drive(false, 64 * 512)), None, Some(drive(true, 16 * 2048)), None],
+        (irq(), irq()),
+    );
+    ide.set_memory(mem.clone());
+    let mut fw_cfg = FwCfg::new();
+    fw_cfg.set_memory(mem.clone());
+    let _ = fw_cfg.add_file("bootorder", b"/pci@i0cf8/ide@1,1/drive@0/disk@0
+".to_vec());
+    let _ = fw_cfg.add_writable_file("etc/tpm/log", vec![0; 64]);
+    let (host, _, virtio) = pci_bus();
+    Models {
+        ide,
+        vga: Vga::new(1 << 20),
+        serial: crate::serial::Serial::new(irq(), Box::new(crate::testing::FakeSink::default())),
+        i8042: crate::i8042::I8042::new(irq(), irq(), events.clone()),
+        rtc: crate::rtc::Rtc::new(
+            crate::rtc::CmosConfig {
+                ram_below_4g: 64 << 20,
+                cpus: 1,
+                boot_order: "cd".into(),
+                ..Default::default()
+            },
+            Box::new(FixedClock),
+            irq(),
+        ),
+        fw_cfg,
+        e1000: E1000::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], irq()),
+        acpi: crate::acpi_pm::AcpiPm::new(irq(), events, Box::new(|| 1_000_000)),
+        host,
+        virtio,
+    }
+}
+
+/// A device-state section from a migration stream (or a `loadvm`), restored into the
+/// model of its kind as the supervisor does, then driven through that model's registers
+/// so that state the model accepted but cannot work with shows.
+pub fn device_state(data: &[u8]) {
+    let Ok(section) = serde_json::from_slice::<Section>(data) else {
+        return;
+    };
+    let mem = ram();
+    let mut m = models(&mem);
+    let mut b1 = [0u8; 1];
+    let mut b4 = [0u8; 4];
+    match section.kind.as_str() {
+        k if k == Ide::KIND => {
+            if restore_section(&mut m.ide, &section).is_ok() {
+                for ch in 0..2 {
+                    for reg in 0..8 {
+                        ide::cmd_read(&mut m.ide, ch, reg, &mut b1);
+                    }
+                    for _ in 0..600 {
+                        ide::cmd_read(&mut m.ide, ch, 0, &mut b4[..2]);
+                        ide::cmd_write(&mut m.ide, ch, 0, &[0x55, 0xaa]);
+                    }
+                    ide::ctl_read(&mut m.ide, ch, &mut b1);
+                }
+                for off in 0..16 {
+                    m.ide.bm_read(off, &mut b1);
+                }
+                m.ide.bm_write(0, &[1]);
+                m.ide.bm_write(8, &[1]);
+                let _ = m.ide.take_requests();
+            }
+        }
+        k if k == Vga::KIND => {
+            if restore_section(&mut m.vga, &section).is_ok() {
+                let mut vram = vec![0u8; 1 << 20];
+                let mut out = Vec::new();
+                let _ = m.vga.render(&vram, &mut out);
+                for port in 0x3b0..0x3e0 {
+                    let _ = m.vga.io_read(port);
+                }
+                for i in 0..16 {
+                    let _ = m.vga.vbe_read(1);
+                    m.vga.vbe_write(0, i, &mut vram);
+                }
+                m.vga.mem_write(0x1_8000, 0x41, &mut vram);
+                let _ = m.vga.mem_read(0x1_8000, &vram);
+                let _ = m.vga.render(&vram, &mut out);
+            }
+        }
+        k if k == <crate::serial::Serial as Snapshot>::KIND => {
+            if restore_section(&mut m.serial, &section).is_ok() {
+                let _ = m.serial.enqueue_input(b"abc");
+                for reg in 0..8 {
+                    m.serial.read(reg, &mut b1);
+                }
+                m.serial.write(0, b"x");
+            }
+        }
+        k if k == <crate::i8042::I8042 as Snapshot>::KIND => {
+            if restore_section(&mut m.i8042, &section).is_ok() {
+                m.i8042.mouse_event(3, -2, 1, 1);
+                for _ in 0..20 {
+                    m.i8042.read(4, &mut b1);
+                    m.i8042.read(0, &mut b1);
+                }
+                m.i8042.write(4, &[0x20]);
+                m.i8042.write(0, &[0xf4]);
+            }
+        }
+        k if k == <crate::rtc::Rtc as Snapshot>::KIND => {
+            if restore_section(&mut m.rtc, &section).is_ok() {
+                for i in 0..128u8 {
+                    m.rtc.write(0, &[i]);
+                    m.rtc.read(1, &mut b1);
+                }
+            }
+        }
+        k if k == FwCfg::KIND => {
+            if restore_section(&mut m.fw_cfg, &section).is_ok() {
+                for _ in 0..64 {
+                    m.fw_cfg.read(1, &mut b1);
+                }
+                let _ = mem.write_slice(&[0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 8, 0], GuestAddress(0x100));
+                m.fw_cfg.write(4, &0x100u64.to_be_bytes());
+            }
+        }
+        k if k == E1000::KIND => {
+            if restore_section(&mut m.e1000, &section).is_ok() {
+                for off in (0..0x6000).step_by(4) {
+                    m.e1000.read(off, &mut b4);
+                }
+                let _ = m.e1000.receive(&mem, &[0xff; 60]);
+                let _ = m.e1000.write(&mem, 0x3818, &1u32.to_le_bytes());
+            }
+        }
+        k if k == crate::acpi_pm::AcpiPm::KIND => {
+            if restore_section(&mut m.acpi, &section).is_ok() {
+                for off in 0..8 {
+                    m.acpi.read(off, &mut b1);
+                }
+                m.acpi.press_power_button();
+            }
+        }
+        k if k == PciHost::KIND => {
+            if restore_section(&mut m.host, &section).is_ok() {
+                m.host.read(4, &mut b4);
+            }
+        }
+        k if k == VirtioPci::KIND => {
+            let mut v = m.virtio.lock().unwrap_or_else(|p| p.into_inner());
+            if restore_section(&mut *v, &section).is_ok() {
+                for off in (0..0x4000).step_by(4) {
+                    v.modern_read(off, &mut b4);
+                }
+                for off in (0..0x1000).step_by(4) {
+                    v.msix_read(off, &mut b4);
+                }
+                let _ = v.queues().to_vec();
+                v.signal_queue(0);
+                v.signal_config();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn device_state_seeds() -> Vec<Vec<u8>> {
+    let mem = ram();
+    let mut m = models(&mem);
+    // Some state that is not power-on: a PIO read half done, a VBE mode, bytes queued.
+    ide::cmd_write(&mut m.ide, 0, 6, &[0xe0]);
+    ide::cmd_write(&mut m.ide, 0, 7, &[0xec]);
+    let mut b = [0u8; 2];
+    for _ in 0..10 {
+        ide::cmd_read(&mut m.ide, 0, 0, &mut b);
+    }
+    let mut vram = vec![0u8; 1 << 20];
+    for (i, v) in [(1u16, 640u16), (2, 480), (3, 16), (4, 0x41)] {
+        m.vga.vbe_write(0, i, &mut vram);
+        m.vga.vbe_write(1, v, &mut vram);
+    }
+    let _ = m.serial.enqueue_input(b"hello");
+    m.i8042.mouse_event(1, 1, 0, 0);
+    let v = m.virtio.lock().unwrap_or_else(|p| p.into_inner());
+    let sections = [
+        save_section("ide", &m.ide),
+        save_section("vga", &m.vga),
+        save_section("serial0", &m.serial),
+        save_section("i8042", &m.i8042),
+        save_section("rtc", &m.rtc),
+        save_section("fw_cfg", &m.fw_cfg),
+        save_section("nic0", &m.e1000),
+        save_section("pm", &m.acpi),
+        save_section("pci", &m.host),
+        save_section("rng0", &*v),
+    ];
+    sections
+        .iter()
+        .filter_map(|s| serde_json::to_vec(s).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,6 +1075,33 @@ mod tests {
                 .map(|&c| vec![0, 7, c])
                 .collect(),
             max_len: 8192,
+            threads: vec![],
+        });
+    }
+
+    #[test]
+    fn fuzz_vga() {
+        fuzz(Target {
+            name: "vga",
+            run: vga,
+            seeds: vga_seeds(),
+            dict: vec![vec![3, 0, 4, 0, 3, 1], vec![0x41, 0], vec![0x20, 0x03], vec![0x40, 0x1f]],
+            max_len: 4096,
+            threads: vec![],
+        });
+    }
+
+    #[test]
+    fn fuzz_device_state_sections() {
+        fuzz(Target {
+            name: "device_state",
+            run: device_state,
+            seeds: device_state_seeds(),
+            dict: ["0", "1", "255", "65535", "4294967295", "-1", "null", "[]", "true", "\"\""]
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
+            max_len: 1 << 16,
             threads: vec![],
         });
     }
