@@ -53,11 +53,11 @@ pub fn qcow2(data: &[u8]) {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let writable = data.len() % 2 == 0;
+    let writable = data.len().is_multiple_of(2);
     let opts = BlockOptions {
         read_only: !writable,
         format: Some(Format::Qcow2),
-        aio: if data.len() % 4 == 0 {
+        aio: if data.len().is_multiple_of(4) {
             Aio::IoUring
         } else {
             Aio::Threads
@@ -109,8 +109,10 @@ pub fn qcow2(data: &[u8]) {
 fn qcow2_image(version: u32, backing: Option<&str>) -> Vec<u8> {
     const C: usize = 512;
     let mut img = vec![0u8; 6 * C];
-    let be32 = |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_be_bytes());
-    let be64 = |img: &mut Vec<u8>, at: usize, v: u64| img[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    let be32 =
+        |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let be64 =
+        |img: &mut Vec<u8>, at: usize, v: u64| img[at..at + 8].copy_from_slice(&v.to_be_bytes());
     img[..4].copy_from_slice(b"QFI\xfb");
     be32(&mut img, 4, version);
     be32(&mut img, 20, 9); // cluster_bits
@@ -134,12 +136,12 @@ fn qcow2_image(version: u32, backing: Option<&str>) -> Vec<u8> {
         be32(&mut img, 16, b.len() as u32);
     }
     const COPIED: u64 = 1 << 63;
-    be64(&mut img, C, 4 * C as u64 | COPIED); // L1[0] -> L2 at cluster 4
+    be64(&mut img, C, (4 * C as u64) | COPIED); // L1[0] -> L2 at cluster 4
     be64(&mut img, 2 * C, 3 * C as u64); // refcount table -> block at cluster 3
     for i in 0..6 {
         img[3 * C + 2 * i + 1] = 1; // 16-bit refcounts of clusters 0..5
     }
-    be64(&mut img, 4 * C, 5 * C as u64 | COPIED); // L2[0] -> data at cluster 5
+    be64(&mut img, 4 * C, (5 * C as u64) | COPIED); // L2[0] -> data at cluster 5
     if version >= 3 {
         be64(&mut img, 4 * C + 8, 1); // L2[1]: reads as zeros
     }
@@ -192,7 +194,11 @@ pub fn hmp_line(data: &[u8]) {
             if let Some(Event::Line(line)) = rl.feed(b, &complete, &mut out) {
                 let _ = hmp::split_args(&line);
                 let password = line.trim() == "change vnc password";
-                rl.start(if password { "Password: " } else { "(qemu) " }, password, &mut out);
+                rl.start(
+                    if password { "Password: " } else { "(qemu) " },
+                    password,
+                    &mut out,
+                );
             }
         }
         let _ = escape_iac(&out);
@@ -236,7 +242,7 @@ pub fn qmp_stream(data: &[u8]) {
                 },
             },
         };
-        let _ = qmp::to_wire(&reply, data.len() % 2 == 0);
+        let _ = qmp::to_wire(&reply, data.len().is_multiple_of(2));
     }
 }
 
@@ -329,7 +335,11 @@ pub fn migration_stream(data: &[u8]) {
         }
         while !c.is_empty() {
             let t = c.u8();
-            let tag = if t >= 0x80 { t } else { b"MRZVWSE"[usize::from(t) % 7] };
+            let tag = if t >= 0x80 {
+                t
+            } else {
+                b"MRZVWSE"[usize::from(t) % 7]
+            };
             let len = usize::from(c.u16());
             let payload = c.bytes(len);
             frame(&mut s, tag, payload, !(c.is_empty() && flags & 8 != 0));
@@ -403,10 +413,15 @@ mod tests {
                 aio,
                 ..BlockOptions::raw(path.clone())
             };
-            let err = block::open(&Registry::new(), "q2regress", opts).err().map(|e| e.to_string());
+            let err = block::open(&Registry::new(), "q2regress", opts)
+                .err()
+                .map(|e| e.to_string());
             std::fs::remove_file(&path).unwrap();
             let err = err.expect("a writable open is refused");
-            assert!(err.contains("the reference count table has no block"), "{err}");
+            assert!(
+                err.contains("the reference count table has no block"),
+                "{err}"
+            );
             assert!(err.contains("refcount_table_offset 0x400"), "{err}");
         }
         let path = scratch_path();
@@ -438,16 +453,34 @@ mod tests {
     #[test]
     fn a_device_memory_frame_that_wraps_around_is_refused() {
         for (tag, payload) in [
-            (b'W', [&0u32.to_le_bytes()[..], &(u64::MAX - 4095).to_le_bytes(), &1u32.to_le_bytes()].concat()),
-            (b'V', [&0u32.to_le_bytes()[..], &(u64::MAX - 4095).to_le_bytes(), &[7; 4096]].concat()),
+            (
+                b'W',
+                [
+                    &0u32.to_le_bytes()[..],
+                    &(u64::MAX - 4095).to_le_bytes(),
+                    &1u32.to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            (
+                b'V',
+                [
+                    &0u32.to_le_bytes()[..],
+                    &(u64::MAX - 4095).to_le_bytes(),
+                    &[7; 4096],
+                ]
+                .concat(),
+            ),
         ] {
             let mut s = MAGIC.to_vec();
             s.extend_from_slice(&VERSION.to_le_bytes());
             frame(&mut s, b'M', &serde_json::to_vec(&machine()).unwrap(), true);
             frame(&mut s, tag, &payload, true);
             frame(&mut s, b'E', &[], true);
-            let ram = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 10)]).unwrap();
-            let vram: Arc<dyn DeviceRam> = Arc::new(FakeVram(std::sync::Mutex::new(vec![0; 64 << 10])));
+            let ram =
+                GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 10)]).unwrap();
+            let vram: Arc<dyn DeviceRam> =
+                Arc::new(FakeVram(std::sync::Mutex::new(vec![0; 64 << 10])));
             let err = receive(Incoming::from_bytes(s), &ram, &[vram], &machine()).err();
             assert_eq!(
                 err.as_deref(),
@@ -508,8 +541,23 @@ mod tests {
             run: qmp_stream,
             seeds: qmp_seeds(),
             dict: [
-                "{", "}", "[", "]", "\"", "\\u", "\\ud800", ":", ",", "\"execute\"", "\"arguments\"",
-                "\"id\"", "\"exec-oob\"", "null", "1e999", "-0", "\"qmp_capabilities\"",
+                "{",
+                "}",
+                "[",
+                "]",
+                "\"",
+                "\\u",
+                "\\ud800",
+                ":",
+                ",",
+                "\"execute\"",
+                "\"arguments\"",
+                "\"id\"",
+                "\"exec-oob\"",
+                "null",
+                "1e999",
+                "-0",
+                "\"qmp_capabilities\"",
             ]
             .iter()
             .map(|s| s.as_bytes().to_vec())

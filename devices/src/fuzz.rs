@@ -25,10 +25,10 @@ use crate::ide::{self, DriveConfig, Ide};
 use crate::memory::GuestMemoryMmap;
 use crate::pci::{self, BarDef, BarKind, ConfigSpace, Ids, PciFunction, PciHost, PlainFunction};
 use crate::testing::FakeIrq;
+use crate::vga::Vga;
 use crate::virtio::blk::{self, BlkConfig};
 use crate::virtio::chain::walk;
 use crate::virtio::pci::{MsixSink, VirtioPci};
-use crate::vga::Vga;
 use crate::{restore_section, save_section, BusDevice, Section, Snapshot};
 
 /// Guest RAM of every target: small, so random addresses hit it often.
@@ -82,7 +82,10 @@ pub fn virtqueue(data: &[u8]) {
     let next_avail = c.u16();
     let mem = ram();
     let contents = c.remaining();
-    let _ = mem.write_slice(&contents[..contents.len().min(RAM as usize)], GuestAddress(0));
+    let _ = mem.write_slice(
+        &contents[..contents.len().min(RAM as usize)],
+        GuestAddress(0),
+    );
     let Ok(mut q) = Queue::new(256) else {
         return;
     };
@@ -226,7 +229,13 @@ fn fw_cfg_seeds() -> Vec<Vec<u8>> {
     };
     vec![
         // Signature through the ports, then the file directory.
-        [vec![0, 0, 0], [2, 2].repeat(4), vec![0, 0x19, 0], [2, 3].repeat(8)].concat(),
+        [
+            vec![0, 0, 0],
+            [2, 2].repeat(4),
+            vec![0, 0x19, 0],
+            [2, 3].repeat(8),
+        ]
+        .concat(),
         // DMA: select+read the directory, skip, read; select+write the writable file.
         [
             dma((0x19 << 16) | 0x0a, 64, 0x800),
@@ -236,8 +245,12 @@ fn fw_cfg_seeds() -> Vec<Vec<u8>> {
         ]
         .concat(),
         // Split DMA address, high then low.
-        [vec![8, 0x00, 0x02, 16, 0, 0x20, 0, 0x0a, 0, 0, 0, 64], vec![0; 8], vec![4, 0, 0, 2]]
-            .concat(),
+        [
+            vec![8, 0x00, 0x02, 16, 0, 0x20, 0, 0x0a, 0, 0, 0, 64],
+            vec![0; 8],
+            vec![4, 0, 0, 2],
+        ]
+        .concat(),
     ]
 }
 
@@ -254,7 +267,11 @@ impl MsixSink for NoMsix {
 
 /// A bus like `-M pc`'s: the chipset functions, an e1000, a virtio-rng transport and a
 /// plain function with every BAR kind, a ROM and a capability list.
-fn pci_bus() -> (PciHost, Vec<pci::SharedFunction>, Arc<std::sync::Mutex<VirtioPci>>) {
+fn pci_bus() -> (
+    PciHost,
+    Vec<pci::SharedFunction>,
+    Arc<std::sync::Mutex<VirtioPci>>,
+) {
     let mut host = PciHost::new();
     let mut plain = ConfigSpace::new(Ids {
         vendor: 0x1234,
@@ -265,9 +282,27 @@ fn pci_bus() -> (PciHost, Vec<pci::SharedFunction>, Arc<std::sync::Mutex<VirtioP
         subsystem: 0x1100,
         header_type: 0,
     });
-    plain.add_bar(0, BarDef { kind: BarKind::Mem64 { prefetch: true }, size: 1 << 24 });
-    plain.add_bar(2, BarDef { kind: BarKind::Mem32 { prefetch: false }, size: 0x1000 });
-    plain.add_bar(3, BarDef { kind: BarKind::Io, size: 0x20 });
+    plain.add_bar(
+        0,
+        BarDef {
+            kind: BarKind::Mem64 { prefetch: true },
+            size: 1 << 24,
+        },
+    );
+    plain.add_bar(
+        2,
+        BarDef {
+            kind: BarKind::Mem32 { prefetch: false },
+            size: 0x1000,
+        },
+    );
+    plain.add_bar(
+        3,
+        BarDef {
+            kind: BarKind::Io,
+            size: 0x20,
+        },
+    );
     plain.add_rom(0x1_0000);
     plain.add_capability(0x05, &[0; 12]);
     plain.add_capability(0x11, &[0; 10]);
@@ -282,12 +317,24 @@ fn pci_bus() -> (PciHost, Vec<pci::SharedFunction>, Arc<std::sync::Mutex<VirtioP
         Arc::new(NoMsix),
     )));
     let fns: Vec<(pci::Slot, pci::SharedFunction)> = vec![
-        ((0, 0), Arc::new(std::sync::Mutex::new(pci::i440fx::I440fx::new()))),
-        ((1, 0), Arc::new(std::sync::Mutex::new(pci::piix::Piix3Isa::new()))),
-        ((1, 3), Arc::new(std::sync::Mutex::new(pci::piix::Piix4Pm::new()))),
+        (
+            (0, 0),
+            Arc::new(std::sync::Mutex::new(pci::i440fx::I440fx::new())),
+        ),
+        (
+            (1, 0),
+            Arc::new(std::sync::Mutex::new(pci::piix::Piix3Isa::new())),
+        ),
+        (
+            (1, 3),
+            Arc::new(std::sync::Mutex::new(pci::piix::Piix4Pm::new())),
+        ),
         ((2, 0), Arc::new(std::sync::Mutex::new(nic))),
         ((3, 0), virtio.clone()),
-        ((4, 0), Arc::new(std::sync::Mutex::new(PlainFunction::new(plain)))),
+        (
+            (4, 0),
+            Arc::new(std::sync::Mutex::new(PlainFunction::new(plain))),
+        ),
     ];
     let mut all = Vec::new();
     for (slot, f) in fns {
@@ -308,18 +355,28 @@ pub fn pci_config(data: &[u8]) {
             0 => {
                 // CONFIG_ADDRESS: enable, device 0..7, function 0..7, register.
                 let (dev, func, reg) = (c.u8() % 8, c.u8() % 8, c.u8());
-                let en = if c.u8() & 0x80 == 0 { 0x8000_0000u32 } else { 0 };
+                let en = if c.u8() & 0x80 == 0 {
+                    0x8000_0000u32
+                } else {
+                    0
+                };
                 let a = en | (u32::from(dev) << 11) | (u32::from(func) << 8) | u32::from(reg);
                 host.write(0, &a.to_le_bytes());
             }
             1 => host.write(0, &c.u32().to_le_bytes()),
             2 => {
-                let (off, n) = (4 + u64::from(c.u8() % 4), [1, 2, 4][usize::from(c.u8() % 3)]);
+                let (off, n) = (
+                    4 + u64::from(c.u8() % 4),
+                    [1, 2, 4][usize::from(c.u8() % 3)],
+                );
                 let mut b = vec![0u8; n];
                 host.read(off, &mut b);
             }
             3 | 4 => {
-                let (off, n) = (4 + u64::from(c.u8() % 4), [1, 2, 4][usize::from(c.u8() % 3)]);
+                let (off, n) = (
+                    4 + u64::from(c.u8() % 4),
+                    [1, 2, 4][usize::from(c.u8() % 3)],
+                );
                 let v = c.u32().to_le_bytes();
                 host.write(off, &v[..n]);
             }
@@ -433,7 +490,12 @@ pub fn ide(data: &[u8]) {
         medium: d.as_ref().map(MemDisk::info),
     };
     let mut ide = Ide::new(
-        [Some(drive(false, &disks[0])), None, Some(drive(true, &disks[2])), None],
+        [
+            Some(drive(false, &disks[0])),
+            None,
+            Some(drive(true, &disks[2])),
+            None,
+        ],
         (Arc::new(FakeIrq::default()), Arc::new(FakeIrq::default())),
     );
     ide.set_memory(mem.clone());
@@ -568,7 +630,10 @@ fn ide_seeds() -> Vec<Vec<u8>> {
 /// descriptors), frames arriving from the network into the receive ring, PCI config.
 pub fn e1000(data: &[u8]) {
     let mem = ram();
-    let mut e = E1000::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], Arc::new(FakeIrq::default()));
+    let mut e = E1000::new(
+        [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        Arc::new(FakeIrq::default()),
+    );
     let mut c = Cursor::new(data);
     while !c.is_empty() {
         match c.u8() % 8 {
@@ -638,7 +703,10 @@ fn e1000_seeds() -> Vec<Vec<u8>> {
     let mut s = Vec::new();
     // Receive ring at 0x1000 (4 buffers at 0x4000.. of 2 KiB), transmit ring at 0x2000.
     for i in 0..4u64 {
-        s.extend(poke(0x1000 + 16 * i as u16, &(0x4000 + 2048 * i).to_le_bytes()));
+        s.extend(poke(
+            0x1000 + 16 * i as u16,
+            &(0x4000 + 2048 * i).to_le_bytes(),
+        ));
     }
     // RDBAL, RDLEN, RDH, RDT, RCTL (EN|BAM|SECRC), TDBAL, TDLEN, TCTL (EN), IMS.
     for (r, v) in [
@@ -709,7 +777,10 @@ pub fn vga(data: &[u8]) {
                 let _ = v.mem_read(u64::from(c.u32() % 0x2_0000), &vram);
             }
             7 => {
-                let (off, n) = (u64::from(c.u16() % 0x700), [1, 2, 4][usize::from(c.u8() % 3)]);
+                let (off, n) = (
+                    u64::from(c.u16() % 0x700),
+                    [1, 2, 4][usize::from(c.u8() % 3)],
+                );
                 let val = c.u32().to_le_bytes();
                 if c.u8() & 1 == 0 {
                     v.mmio_write(off, &val[..n], &mut vram);
@@ -726,7 +797,7 @@ pub fn vga(data: &[u8]) {
             }
         }
         n += 1;
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             let _ = v.render(&vram, &mut out);
             let _ = v.text_cursor();
         }
@@ -752,7 +823,15 @@ fn vga_seeds() -> Vec<Vec<u8>> {
         gfx.extend_from_slice(&[8, 0, 0x10, 0, 0]);
         gfx.extend((0..16u8).map(|i| i.wrapping_mul(17)));
     }
-    for (i, v) in [(4u16, 0u16), (1, 800), (2, 600), (3, 8), (6, 1024), (9, 7), (4, 0x41)] {
+    for (i, v) in [
+        (4u16, 0u16),
+        (1, 800),
+        (2, 600),
+        (3, 8),
+        (6, 1024),
+        (9, 7),
+        (4, 0x41),
+    ] {
         gfx.extend(vbe(i, v));
     }
     let mut text = Vec::new();
@@ -829,14 +908,23 @@ fn models(mem: &GuestMemoryMmap) -> Models {
         }),
     };
     let mut ide = Ide::new(
-        [Some(drive(false, 64 * 512)), None, Some(drive(true, 16 * 2048)), None],
+        [
+            Some(drive(false, 64 * 512)),
+            None,
+            Some(drive(true, 16 * 2048)),
+            None,
+        ],
         (irq(), irq()),
     );
     ide.set_memory(mem.clone());
     let mut fw_cfg = FwCfg::new();
     fw_cfg.set_memory(mem.clone());
-    let _ = fw_cfg.add_file("bootorder", b"/pci@i0cf8/ide@1,1/drive@0/disk@0
-".to_vec());
+    let _ = fw_cfg.add_file(
+        "bootorder",
+        b"/pci@i0cf8/ide@1,1/drive@0/disk@0
+"
+        .to_vec(),
+    );
     let _ = fw_cfg.add_writable_file("etc/tpm/log", vec![0; 64]);
     let (host, _, virtio) = pci_bus();
     Models {
@@ -874,101 +962,94 @@ pub fn device_state(data: &[u8]) {
     let mut b1 = [0u8; 1];
     let mut b4 = [0u8; 4];
     match section.kind.as_str() {
-        k if k == Ide::KIND => {
-            if restore_section(&mut m.ide, &section).is_ok() {
-                for ch in 0..2 {
-                    for reg in 0..8 {
-                        ide::cmd_read(&mut m.ide, ch, reg, &mut b1);
-                    }
-                    for _ in 0..600 {
-                        ide::cmd_read(&mut m.ide, ch, 0, &mut b4[..2]);
-                        ide::cmd_write(&mut m.ide, ch, 0, &[0x55, 0xaa]);
-                    }
-                    ide::ctl_read(&mut m.ide, ch, &mut b1);
-                }
-                for off in 0..16 {
-                    m.ide.bm_read(off, &mut b1);
-                }
-                m.ide.bm_write(0, &[1]);
-                m.ide.bm_write(8, &[1]);
-                let _ = m.ide.take_requests();
-            }
-        }
-        k if k == Vga::KIND => {
-            if restore_section(&mut m.vga, &section).is_ok() {
-                let mut vram = vec![0u8; 1 << 20];
-                let mut out = Vec::new();
-                let _ = m.vga.render(&vram, &mut out);
-                for port in 0x3b0..0x3e0 {
-                    let _ = m.vga.io_read(port);
-                }
-                for i in 0..16 {
-                    let _ = m.vga.vbe_read(1);
-                    m.vga.vbe_write(0, i, &mut vram);
-                }
-                m.vga.mem_write(0x1_8000, 0x41, &mut vram);
-                let _ = m.vga.mem_read(0x1_8000, &vram);
-                let _ = m.vga.render(&vram, &mut out);
-            }
-        }
-        k if k == <crate::serial::Serial as Snapshot>::KIND => {
-            if restore_section(&mut m.serial, &section).is_ok() {
-                let _ = m.serial.enqueue_input(b"abc");
+        k if k == Ide::KIND && restore_section(&mut m.ide, &section).is_ok() => {
+            for ch in 0..2 {
                 for reg in 0..8 {
-                    m.serial.read(reg, &mut b1);
+                    ide::cmd_read(&mut m.ide, ch, reg, &mut b1);
                 }
-                m.serial.write(0, b"x");
+                for _ in 0..600 {
+                    ide::cmd_read(&mut m.ide, ch, 0, &mut b4[..2]);
+                    ide::cmd_write(&mut m.ide, ch, 0, &[0x55, 0xaa]);
+                }
+                ide::ctl_read(&mut m.ide, ch, &mut b1);
+            }
+            for off in 0..16 {
+                m.ide.bm_read(off, &mut b1);
+            }
+            m.ide.bm_write(0, &[1]);
+            m.ide.bm_write(8, &[1]);
+            let _ = m.ide.take_requests();
+        }
+        k if k == Vga::KIND && restore_section(&mut m.vga, &section).is_ok() => {
+            let mut vram = vec![0u8; 1 << 20];
+            let mut out = Vec::new();
+            let _ = m.vga.render(&vram, &mut out);
+            for port in 0x3b0..0x3e0 {
+                let _ = m.vga.io_read(port);
+            }
+            for i in 0..16 {
+                let _ = m.vga.vbe_read(1);
+                m.vga.vbe_write(0, i, &mut vram);
+            }
+            m.vga.mem_write(0x1_8000, 0x41, &mut vram);
+            let _ = m.vga.mem_read(0x1_8000, &vram);
+            let _ = m.vga.render(&vram, &mut out);
+        }
+        k if k == <crate::serial::Serial as Snapshot>::KIND
+            && restore_section(&mut m.serial, &section).is_ok() =>
+        {
+            let _ = m.serial.enqueue_input(b"abc");
+            for reg in 0..8 {
+                m.serial.read(reg, &mut b1);
+            }
+            m.serial.write(0, b"x");
+        }
+        k if k == <crate::i8042::I8042 as Snapshot>::KIND
+            && restore_section(&mut m.i8042, &section).is_ok() =>
+        {
+            m.i8042.mouse_event(3, -2, 1, 1);
+            for _ in 0..20 {
+                m.i8042.read(4, &mut b1);
+                m.i8042.read(0, &mut b1);
+            }
+            m.i8042.write(4, &[0x20]);
+            m.i8042.write(0, &[0xf4]);
+        }
+        k if k == <crate::rtc::Rtc as Snapshot>::KIND
+            && restore_section(&mut m.rtc, &section).is_ok() =>
+        {
+            for i in 0..128u8 {
+                m.rtc.write(0, &[i]);
+                m.rtc.read(1, &mut b1);
             }
         }
-        k if k == <crate::i8042::I8042 as Snapshot>::KIND => {
-            if restore_section(&mut m.i8042, &section).is_ok() {
-                m.i8042.mouse_event(3, -2, 1, 1);
-                for _ in 0..20 {
-                    m.i8042.read(4, &mut b1);
-                    m.i8042.read(0, &mut b1);
-                }
-                m.i8042.write(4, &[0x20]);
-                m.i8042.write(0, &[0xf4]);
+        k if k == FwCfg::KIND && restore_section(&mut m.fw_cfg, &section).is_ok() => {
+            for _ in 0..64 {
+                m.fw_cfg.read(1, &mut b1);
             }
+            let _ = mem.write_slice(
+                &[0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 8, 0],
+                GuestAddress(0x100),
+            );
+            m.fw_cfg.write(4, &0x100u64.to_be_bytes());
         }
-        k if k == <crate::rtc::Rtc as Snapshot>::KIND => {
-            if restore_section(&mut m.rtc, &section).is_ok() {
-                for i in 0..128u8 {
-                    m.rtc.write(0, &[i]);
-                    m.rtc.read(1, &mut b1);
-                }
+        k if k == E1000::KIND && restore_section(&mut m.e1000, &section).is_ok() => {
+            for off in (0..0x6000).step_by(4) {
+                m.e1000.read(off, &mut b4);
             }
+            let _ = m.e1000.receive(&mem, &[0xff; 60]);
+            let _ = m.e1000.write(&mem, 0x3818, &1u32.to_le_bytes());
         }
-        k if k == FwCfg::KIND => {
-            if restore_section(&mut m.fw_cfg, &section).is_ok() {
-                for _ in 0..64 {
-                    m.fw_cfg.read(1, &mut b1);
-                }
-                let _ = mem.write_slice(&[0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 8, 0], GuestAddress(0x100));
-                m.fw_cfg.write(4, &0x100u64.to_be_bytes());
+        k if k == crate::acpi_pm::AcpiPm::KIND
+            && restore_section(&mut m.acpi, &section).is_ok() =>
+        {
+            for off in 0..8 {
+                m.acpi.read(off, &mut b1);
             }
+            m.acpi.press_power_button();
         }
-        k if k == E1000::KIND => {
-            if restore_section(&mut m.e1000, &section).is_ok() {
-                for off in (0..0x6000).step_by(4) {
-                    m.e1000.read(off, &mut b4);
-                }
-                let _ = m.e1000.receive(&mem, &[0xff; 60]);
-                let _ = m.e1000.write(&mem, 0x3818, &1u32.to_le_bytes());
-            }
-        }
-        k if k == crate::acpi_pm::AcpiPm::KIND => {
-            if restore_section(&mut m.acpi, &section).is_ok() {
-                for off in 0..8 {
-                    m.acpi.read(off, &mut b1);
-                }
-                m.acpi.press_power_button();
-            }
-        }
-        k if k == PciHost::KIND => {
-            if restore_section(&mut m.host, &section).is_ok() {
-                m.host.read(4, &mut b4);
-            }
+        k if k == PciHost::KIND && restore_section(&mut m.host, &section).is_ok() => {
+            m.host.read(4, &mut b4);
         }
         k if k == VirtioPci::KIND => {
             let mut v = m.virtio.lock().unwrap_or_else(|p| p.into_inner());
@@ -1058,7 +1139,13 @@ mod tests {
             name: "pci_config",
             run: pci_config,
             seeds: pci_config_seeds(),
-            dict: vec![vec![0xff; 4], vec![0x10], vec![0x30], vec![0x34], vec![0x04]],
+            dict: vec![
+                vec![0xff; 4],
+                vec![0x10],
+                vec![0x30],
+                vec![0x34],
+                vec![0x04],
+            ],
             max_len: 4096,
             threads: vec![],
         });
@@ -1070,10 +1157,12 @@ mod tests {
             name: "ide_atapi",
             run: ide,
             seeds: ide_seeds(),
-            dict: [0xec, 0xa1, 0xa0, 0x20, 0x24, 0x30, 0x34, 0xc8, 0xca, 0x25, 0x29, 0xe7]
-                .iter()
-                .map(|&c| vec![0, 7, c])
-                .collect(),
+            dict: [
+                0xec, 0xa1, 0xa0, 0x20, 0x24, 0x30, 0x34, 0xc8, 0xca, 0x25, 0x29, 0xe7,
+            ]
+            .iter()
+            .map(|&c| vec![0, 7, c])
+            .collect(),
             max_len: 8192,
             threads: vec![],
         });
@@ -1085,7 +1174,12 @@ mod tests {
             name: "vga",
             run: vga,
             seeds: vga_seeds(),
-            dict: vec![vec![3, 0, 4, 0, 3, 1], vec![0x41, 0], vec![0x20, 0x03], vec![0x40, 0x1f]],
+            dict: vec![
+                vec![3, 0, 4, 0, 3, 1],
+                vec![0x41, 0],
+                vec![0x20, 0x03],
+                vec![0x40, 0x1f],
+            ],
             max_len: 4096,
             threads: vec![],
         });
@@ -1097,10 +1191,21 @@ mod tests {
             name: "device_state",
             run: device_state,
             seeds: device_state_seeds(),
-            dict: ["0", "1", "255", "65535", "4294967295", "-1", "null", "[]", "true", "\"\""]
-                .iter()
-                .map(|s| s.as_bytes().to_vec())
-                .collect(),
+            dict: [
+                "0",
+                "1",
+                "255",
+                "65535",
+                "4294967295",
+                "-1",
+                "null",
+                "[]",
+                "true",
+                "\"\"",
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
             max_len: 1 << 16,
             threads: vec![],
         });
@@ -1112,7 +1217,12 @@ mod tests {
             name: "e1000",
             run: e1000,
             seeds: e1000_seeds(),
-            dict: vec![vec![0x18, 0x38], vec![0x10, 0x38], vec![0x18, 0x28], vec![0x08, 0x38]],
+            dict: vec![
+                vec![0x18, 0x38],
+                vec![0x10, 0x38],
+                vec![0x18, 0x28],
+                vec![0x08, 0x38],
+            ],
             max_len: 8192,
             threads: vec![],
         });

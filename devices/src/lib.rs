@@ -12,9 +12,9 @@
 pub mod acpi_pm;
 pub mod block;
 pub mod e1000;
-pub mod fw_cfg;
 #[cfg(test)]
 mod fuzz;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
 pub mod memory;

@@ -441,9 +441,12 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
                 return Report { execs, elapsed };
             }
             Ok(Event::Crash(i, msg)) => fail(&t, &cfg, i, &format!("panicked: {msg}")),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                fail(&t, &cfg, current.load(Ordering::SeqCst), "killed its thread")
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => fail(
+                &t,
+                &cfg,
+                current.load(Ordering::SeqCst),
+                "killed its thread",
+            ),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let now = current.load(Ordering::SeqCst);
                 if now != last.0 {
@@ -550,7 +553,11 @@ mod tests {
         let b: Vec<_> = (2..200).map(|i| input(&t, 9, i)).collect();
         assert_eq!(a, b);
         let distinct: std::collections::HashSet<_> = a.iter().collect();
-        assert!(distinct.len() > 150, "only {} distinct mutants", distinct.len());
+        assert!(
+            distinct.len() > 150,
+            "only {} distinct mutants",
+            distinct.len()
+        );
         assert!(a.iter().all(|x| x.len() <= 64));
         assert!(a.iter().any(|x| x.windows(4).any(|w| w == b"BOOM")));
     }
@@ -590,7 +597,10 @@ mod tests {
         })
         .unwrap_err();
         let msg = err.downcast_ref::<String>().unwrap();
-        assert!(msg.contains("input 0") && msg.contains("swallowed"), "{msg}");
+        assert!(
+            msg.contains("input 0") && msg.contains("swallowed"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -599,7 +609,7 @@ mod tests {
             let mut t = quick(|d| {
                 if d == [1, 2, 3] {
                     let _ = std::thread::Builder::new()
-                            .name("t-selftest-helper0".into())
+                        .name("t-selftest-helper0".into())
                         .spawn(|| panic!("in a helper"))
                         .unwrap()
                         .join();
@@ -610,7 +620,10 @@ mod tests {
         })
         .unwrap_err();
         let msg = err.downcast_ref::<String>().unwrap();
-        assert!(msg.contains("input 1") && msg.contains("in a helper"), "{msg}");
+        assert!(
+            msg.contains("input 1") && msg.contains("in a helper"),
+            "{msg}"
+        );
     }
 
     #[test]

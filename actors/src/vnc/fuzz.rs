@@ -33,7 +33,9 @@ pub fn rfb(data: &[u8]) {
     let Ok((writer, display)) = new_display(64, 48) else {
         return;
     };
-    let pixels: Vec<u32> = (0..64 * 48u32).map(|i| i.wrapping_mul(0x0001_0307)).collect();
+    let pixels: Vec<u32> = (0..64 * 48u32)
+        .map(|i| i.wrapping_mul(0x0001_0307))
+        .collect();
     writer.update(Rect::new(0, 0, 64, 48), &pixels, 64);
     let mut opts = VncOptions::new("127.0.0.1", 0);
     opts.password = flags & 1 != 0;
@@ -113,7 +115,9 @@ fn session(encodings: &[i32], pf: Vec<u8>) -> Vec<u8> {
     s.extend(b"hello");
     s.extend([255, 0, 0, 1, 0, 0, 0, 0x62, 0, 0, 0, 0x30]);
     s.extend(msg_update(1, 8, 8, 16, 16));
-    s.extend([251, 0, 0, 64, 0, 48, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 64, 0, 48, 0, 0, 0, 0]);
+    s.extend([
+        251, 0, 0, 64, 0, 48, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 64, 0, 48, 0, 0, 0, 0,
+    ]);
     s
 }
 
@@ -146,10 +150,17 @@ fn rfb_seeds() -> Vec<Vec<u8>> {
         v38(session(&with(enc::ZLIB), rgb565)),
         v38(session(&with(enc::TIGHT_PNG), true_colour.clone())),
         // Lossy Tight (JPEG) on a tablet.
-        [b"\x0cRFB 003.008\n\x01\x01".to_vec(), session(&with(enc::TIGHT), true_colour.clone())]
-            .concat(),
+        [
+            b"\x0cRFB 003.008\n\x01\x01".to_vec(),
+            session(&with(enc::TIGHT), true_colour.clone()),
+        ]
+        .concat(),
         // RFB 3.3: the server picks the security type.
-        [b"\x00RFB 003.003\n\x00".to_vec(), session(&[enc::RAW], bgr233)].concat(),
+        [
+            b"\x00RFB 003.003\n\x00".to_vec(),
+            session(&[enc::RAW], bgr233),
+        ]
+        .concat(),
         // VNC authentication with a wrong response.
         [b"\x01RFB 003.008\n\x02".to_vec(), vec![0x5a; 16], vec![1]].concat(),
     ];

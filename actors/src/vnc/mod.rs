@@ -16,10 +16,10 @@
 //! refresh timer backing off to 3 s).
 
 mod client;
-#[cfg(test)]
-mod fuzz;
 pub mod des;
 pub mod encode;
+#[cfg(test)]
+mod fuzz;
 pub mod keymap;
 pub mod pixel;
 mod server;

@@ -16,7 +16,11 @@ fn files() -> &'static PathBuf {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("troupe-fuzz-cli-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
-        for (name, len) in [("disk.img", 1u64 << 20), ("cd.iso", 2048), ("bios.bin", 256 << 10)] {
+        for (name, len) in [
+            ("disk.img", 1u64 << 20),
+            ("cd.iso", 2048),
+            ("bios.bin", 256 << 10),
+        ] {
             if let Ok(f) = std::fs::File::create(dir.join(name)) {
                 let _ = f.set_len(len);
             }
@@ -140,9 +144,33 @@ fn fuzz_cli_parser() {
         .map(|(n, ..)| format!("\0-{n}\0").into_bytes())
         .collect();
     for w in [
-        ",", ",,", "=", "help", "?", "id=", "on", "off", "0x", "-1", "18446744073709551616",
-        ":", "::", "tcp:", "unix:", "mon:", "chardev:", "file=", "driver=", "netdev=", "drive=",
-        "bus=", "addr=", "if=", "media=cdrom", "format=qcow2", "@D/disk.img",
+        ",",
+        ",,",
+        "=",
+        "help",
+        "?",
+        "id=",
+        "on",
+        "off",
+        "0x",
+        "-1",
+        "18446744073709551616",
+        ":",
+        "::",
+        "tcp:",
+        "unix:",
+        "mon:",
+        "chardev:",
+        "file=",
+        "driver=",
+        "netdev=",
+        "drive=",
+        "bus=",
+        "addr=",
+        "if=",
+        "media=cdrom",
+        "format=qcow2",
+        "@D/disk.img",
     ] {
         dict.push(w.as_bytes().to_vec());
     }

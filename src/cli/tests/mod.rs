@@ -4,8 +4,8 @@
 
 mod chardev;
 mod devices;
-mod machine;
 mod fuzz;
+mod machine;
 mod storage;
 
 use std::net::Ipv4Addr;
