@@ -361,6 +361,18 @@ impl Snapshot for FwCfg {
         }
     }
     fn restore(&mut self, s: FwCfgState) -> Result<(), StateError> {
+        // The items are the machine's own (rebuilt before the restore): a position past
+        // the end of the selected one is not a state this device can be in.
+        let len = self.contents(s.selector).map_or(0, |c| c.len());
+        if s.offset as usize > len {
+            return Err(StateError::invalid(
+                Self::KIND,
+                format!(
+                    "offset {} is past the end of item {:#x} ({len} bytes)",
+                    s.offset, s.selector
+                ),
+            ));
+        }
         self.selector = s.selector;
         self.offset = s.offset;
         self.dma_addr = s.dma_addr;
@@ -548,12 +560,45 @@ mod tests {
                 u32::from_be_bytes(m.read_obj::<[u8; 4]>(GuestAddress(0x100)).unwrap()),
                 DMA_ERROR
             );
-            assert_eq!(m.read_obj::<[u8; 16]>(GuestAddress(0x8000)).unwrap(), [0xaa; 16]);
+            assert_eq!(
+                m.read_obj::<[u8; 16]>(GuestAddress(0x8000)).unwrap(),
+                [0xaa; 16]
+            );
         }
         // The directory was not consumed: a good read still starts at its beginning.
         put_req(&m, 0x100, DMA_READ, 4, 0x200);
         dma_at(&mut f, 0x100);
-        assert_eq!(m.read_obj::<[u8; 4]>(GuestAddress(0x200)).unwrap(), [0, 0, 0, 2]);
+        assert_eq!(
+            m.read_obj::<[u8; 4]>(GuestAddress(0x200)).unwrap(),
+            [0, 0, 0, 2]
+        );
+    }
+
+    /// Found by the device_state fuzz target: a restored offset past the end of the
+    /// selected item made the next DMA read slice out of range and panic.
+    #[test]
+    fn a_restored_offset_past_the_selected_item_is_refused() {
+        let m = mem();
+        let mut f = cfg();
+        f.set_memory(m.clone());
+        let bad = FwCfgState {
+            selector: NB_CPUS,
+            offset: 2550,
+            dma_addr: 0,
+        };
+        let err = f.restore(bad).unwrap_err().to_string();
+        assert!(err.contains("offset 2550 is past the end of item 0x5 (2 bytes)"), "{err}");
+        // The device is as it was, and a DMA read works.
+        put_req(&m, 0x100, (u32::from(NB_CPUS) << 16) | DMA_SELECT | DMA_READ, 2, 0x200);
+        dma_at(&mut f, 0x100);
+        assert_eq!(m.read_obj::<[u8; 2]>(GuestAddress(0x200)).unwrap(), [4, 0]);
+        // The end itself is a position a guest can reach, and restores.
+        let end = FwCfgState {
+            selector: NB_CPUS,
+            offset: 2,
+            dma_addr: 0,
+        };
+        f.restore(end).unwrap();
     }
 
     #[test]
