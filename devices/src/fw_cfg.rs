@@ -587,9 +587,18 @@ mod tests {
             dma_addr: 0,
         };
         let err = f.restore(bad).unwrap_err().to_string();
-        assert!(err.contains("offset 2550 is past the end of item 0x5 (2 bytes)"), "{err}");
+        assert!(
+            err.contains("offset 2550 is past the end of item 0x5 (2 bytes)"),
+            "{err}"
+        );
         // The device is as it was, and a DMA read works.
-        put_req(&m, 0x100, (u32::from(NB_CPUS) << 16) | DMA_SELECT | DMA_READ, 2, 0x200);
+        put_req(
+            &m,
+            0x100,
+            (u32::from(NB_CPUS) << 16) | DMA_SELECT | DMA_READ,
+            2,
+            0x200,
+        );
         dma_at(&mut f, 0x100);
         assert_eq!(m.read_obj::<[u8; 2]>(GuestAddress(0x200)).unwrap(), [4, 0]);
         // The end itself is a position a guest can reach, and restores.
