@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use troupe_fuzz::{fuzz, Cursor, Target};
+use troupe_fuzz::Cursor;
 
 use crate::block::{self, Aio, BlockJob, BlockOptions, Format};
 use crate::chardev::telnet::{escape_iac, TelnetFilter};
@@ -151,7 +151,8 @@ fn qcow2_image(version: u32, backing: Option<&str>) -> Vec<u8> {
     img
 }
 
-fn qcow2_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn qcow2_seeds() -> Vec<Vec<u8>> {
     let mut seeds = vec![
         qcow2_image(3, None),
         qcow2_image(2, None),
@@ -205,7 +206,8 @@ pub fn hmp_line(data: &[u8]) {
     }
 }
 
-fn hmp_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn hmp_seeds() -> Vec<Vec<u8>> {
     vec![
         b"info status\r\ninfo pci\r\n".to_vec(),
         // Telnet negotiation (IAC DO/WILL, a subnegotiation), CR NUL, an escaped IAC.
@@ -246,7 +248,8 @@ pub fn qmp_stream(data: &[u8]) {
     }
 }
 
-fn qmp_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn qmp_seeds() -> Vec<Vec<u8>> {
     vec![
         br#" {"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}"#.to_vec(),
         br#"{"execute":"query-status","id":1}{"execute":"stop"} {"exec-oob":"migrate-pause","id":"x"}"#
@@ -353,7 +356,8 @@ pub fn migration_stream(data: &[u8]) {
     let _ = receive(Incoming::from_bytes(stream), &ram, &[vram], &machine());
 }
 
-fn migration_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn migration_seeds() -> Vec<Vec<u8>> {
     let f = |tag: u8, payload: &[u8]| {
         let mut v = vec![tag];
         v.extend_from_slice(&(payload.len() as u16).to_le_bytes());
@@ -393,6 +397,7 @@ fn migration_seeds() -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_fuzz::{fuzz, Target};
 
     /// Found by the qcow2 target: an image whose reference count table has no block for
     /// the header's cluster (here: the table lies past the end of a truncated file, or

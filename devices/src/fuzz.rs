@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use troupe_fuzz::{fuzz, Cursor, Target};
+use troupe_fuzz::Cursor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -133,7 +133,8 @@ pub fn virtqueue(data: &[u8]) {
     }
 }
 
-fn virtqueue_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn virtqueue_seeds() -> Vec<Vec<u8>> {
     // size 8 (2^3), rings at 0x100 / 0x200 / 0x300, one blk read request: header (16
     // bytes, readable) at 0x1000, data (512, writable) at 0x2000, status (1) at 0x3000.
     let mut seeds = Vec::new();
@@ -217,7 +218,8 @@ pub fn fw_cfg(data: &[u8]) {
     }
 }
 
-fn fw_cfg_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn fw_cfg_seeds() -> Vec<Vec<u8>> {
     let dma = |control: u32, len: u32, to: u64| {
         // poke the descriptor at 0x100, then the 64-bit DMA write with its address.
         let mut s = vec![8, 0x00, 0x01, 16];
@@ -436,7 +438,8 @@ pub fn pci_config(data: &[u8]) {
     }
 }
 
-fn pci_config_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn pci_config_seeds() -> Vec<Vec<u8>> {
     let mut s = Vec::new();
     // For each function: size every BAR and the ROM as firmware does (write ~0, read
     // back), then place it and enable decoding; walk the capability list.
@@ -572,7 +575,8 @@ pub fn ide(data: &[u8]) {
     disks[1] = None;
 }
 
-fn ide_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn ide_seeds() -> Vec<Vec<u8>> {
     let out8 = |ch: u8, reg: u8, v: u8| vec![ch << 7, reg, v];
     let mut ata = Vec::new();
     // IDENTIFY, read it; READ SECTORS 2 at LBA 1; read them; WRITE SECTORS 1, data.
@@ -676,7 +680,8 @@ pub fn e1000(data: &[u8]) {
     }
 }
 
-fn e1000_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn e1000_seeds() -> Vec<Vec<u8>> {
     let w = |off: usize, v: u32| {
         let mut s = vec![0u8];
         s.extend_from_slice(&(off as u16).to_le_bytes());
@@ -805,7 +810,8 @@ pub fn vga(data: &[u8]) {
     let _ = v.render(&vram, &mut out);
 }
 
-fn vga_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn vga_seeds() -> Vec<Vec<u8>> {
     let vbe = |index: u16, value: u16| {
         let mut s = vec![3, 0];
         s.extend_from_slice(&index.to_le_bytes());
@@ -1069,7 +1075,8 @@ pub fn device_state(data: &[u8]) {
     }
 }
 
-fn device_state_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn device_state_seeds() -> Vec<Vec<u8>> {
     let mem = ram();
     let mut m = models(&mem);
     // Some state that is not power-on: a PIO read half done, a VBE mode, bytes queued.
@@ -1108,6 +1115,7 @@ fn device_state_seeds() -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_fuzz::{fuzz, Target};
 
     #[test]
     fn fuzz_virtqueue() {

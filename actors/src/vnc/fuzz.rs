@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use troupe_fuzz::{fuzz, Target};
 
 use super::encode::enc;
 use super::{client, server, ClientCtx, VncOptions};
@@ -121,7 +120,8 @@ fn session(encodings: &[i32], pf: Vec<u8>) -> Vec<u8> {
     s
 }
 
-fn rfb_seeds() -> Vec<Vec<u8>> {
+/// Valid inputs to start from (a corpus for cargo-fuzz too).
+pub fn rfb_seeds() -> Vec<Vec<u8>> {
     let true_colour = msg_pixel_format(32, 24, 0, [255, 255, 255], [16, 8, 0]);
     let rgb565 = msg_pixel_format(16, 16, 1, [31, 63, 31], [11, 5, 0]);
     let bgr233 = msg_pixel_format(8, 8, 0, [7, 7, 3], [0, 3, 6]);
@@ -180,6 +180,7 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n"
 
 #[test]
 fn fuzz_rfb_client_messages() {
+    use troupe_fuzz::{fuzz, Target};
     fuzz(Target {
         name: "rfb",
         run: rfb,

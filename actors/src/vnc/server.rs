@@ -241,7 +241,7 @@ fn bind(host: &str, port: u32) -> Result<std::net::TcpListener, VncError> {
 
 /// A server's shared state with no listener, for sessions served over a pipe (the fuzz
 /// target's).
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn detached(opts: VncOptions, display: DisplayHandle) -> Arc<Shared> {
     let keymap = Keymap::for_layout(&opts.keymap).unwrap_or_else(|(k, _)| k);
     let (shutdown, _) = watch::channel(false);
