@@ -19,7 +19,7 @@
 //! outright: a stack overflow or an allocation failure aborts before any report).
 //!
 //! Each run prints one line to stderr (not captured by the test harness):
-//! `fuzz <name>: <execs> execs in <secs> s (seed <seed>)`.
+//! `fuzz <name>: <execs> execs in <secs> s (seed <seed>; slowest: input <i>, <ms> ms)`.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -51,6 +51,8 @@ pub struct Target {
 pub struct Report {
     pub execs: u64,
     pub elapsed: Duration,
+    /// The input that took longest, and how long.
+    pub slowest: (u64, Duration),
 }
 
 /// The run's settings, from the environment.
@@ -357,7 +359,7 @@ impl Drop for Unwatch {
 }
 
 enum Event {
-    Done(u64),
+    Done(u64, (u64, Duration)),
     Crash(u64, String),
 }
 
@@ -403,6 +405,7 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
             .spawn(move || {
                 FUZZING.with(|f| f.set(true));
                 let mut i = 0u64;
+                let mut slowest = (0, Duration::ZERO);
                 while i < t.seeds.len() as u64 || started.elapsed() < cfg.budget {
                     current.store(i, Ordering::SeqCst);
                     let data = input(&t, cfg.seed, i);
@@ -412,7 +415,11 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
                         let _ = std::fs::write(std::env::temp_dir().join(f), &data);
                     }
                     PANICKED.with(|p| p.borrow_mut().take());
+                    let began = Instant::now();
                     let caught = catch_unwind(AssertUnwindSafe(|| (t.run)(&data)));
+                    if began.elapsed() > slowest.1 {
+                        slowest = (i, began.elapsed());
+                    }
                     let seen = PANICKED
                         .with(|p| p.borrow_mut().take())
                         .or_else(|| locked(&slot).take());
@@ -422,23 +429,29 @@ pub fn fuzz_with(t: Target, cfg: Config) -> Report {
                     }
                     i += 1;
                 }
-                let _ = tx.send(Event::Done(i));
+                let _ = tx.send(Event::Done(i, slowest));
             })
             .expect("spawn the fuzz worker thread");
     }
     let mut last = (u64::MAX, Instant::now());
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Event::Done(execs)) => {
+            Ok(Event::Done(execs, slowest)) => {
                 let elapsed = started.elapsed();
                 let _ = writeln!(
                     std::io::stderr(),
-                    "fuzz {}: {execs} execs in {:.1} s (seed {:#x})",
+                    "fuzz {}: {execs} execs in {:.1} s (seed {:#x}; slowest: input {}, {} ms)",
                     t.name,
                     elapsed.as_secs_f64(),
-                    cfg.seed
+                    cfg.seed,
+                    slowest.0,
+                    slowest.1.as_millis()
                 );
-                return Report { execs, elapsed };
+                return Report {
+                    execs,
+                    elapsed,
+                    slowest,
+                };
             }
             Ok(Event::Crash(i, msg)) => fail(&t, &cfg, i, &format!("panicked: {msg}")),
             Err(mpsc::RecvTimeoutError::Disconnected) => fail(
