@@ -26,11 +26,16 @@ thread_local! {
 /// Input: one byte of server settings (bit 0 password authentication, bit 1 WebSocket,
 /// bit 2 an absolute pointer (tablet), bit 3 lossy), then what the client sends.
 pub fn rfb(data: &[u8]) {
+    let _ = session_output(data);
+}
+
+/// What the server sent to the client of [`rfb`].
+fn session_output(data: &[u8]) -> Vec<u8> {
     let Some((&flags, stream)) = data.split_first() else {
-        return;
+        return Vec::new();
     };
     let Ok((writer, display)) = new_display(64, 48) else {
-        return;
+        return Vec::new();
     };
     let pixels: Vec<u32> = (0..64 * 48u32)
         .map(|i| i.wrapping_mul(0x0001_0307))
@@ -50,30 +55,47 @@ pub fn rfb(data: &[u8]) {
         actor: "vnc.fuzz".into(),
     };
     let input = stream.to_vec();
-    RT.with(|rt| {
+    let out = RT.with(|rt| {
         rt.block_on(async move {
             let (server_side, client_side) = tokio::io::duplex(1 << 16);
             let (mut rd, mut wr) = tokio::io::split(client_side);
+            let received = std::rc::Rc::new(std::cell::Cell::new(0usize));
+            let seen = received.clone();
             let send = async move {
                 let _ = wr.write_all(&input).await;
+                // Hang up only once the server has answered everything (its tasks all
+                // wait, so nothing arrives over several turns of the runtime): closing
+                // at once would end the session before the updates were sent.
+                let (mut last, mut quiet) = (usize::MAX, 0);
+                while quiet < 16 {
+                    tokio::task::yield_now().await;
+                    let now = seen.get();
+                    quiet = if now == last { quiet + 1 } else { 0 };
+                    last = now;
+                }
                 let _ = wr.shutdown().await;
                 // Keep the write half until the server is done reading.
                 wr
             };
             let drain = async move {
-                let mut sink = vec![0u8; 1 << 16];
-                while let Ok(n) = rd.read(&mut sink).await {
+                let mut out = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = rd.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
+                    out.extend_from_slice(&buf[..n]);
+                    received.set(out.len());
                 }
+                out
             };
             let addr = SocketAddr::from(([127, 0, 0, 1], 40000));
             let serve = client::serve(server_side, addr, flags & 2 != 0, ctx);
-            let _ = tokio::join!(serve, send, drain);
+            tokio::join!(serve, send, drain).2
         })
     });
     drop(writer);
+    out
 }
 
 fn msg_set_encodings(list: &[i32]) -> Vec<u8> {
@@ -176,6 +198,29 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n"
     }
     seeds.push(ws);
     seeds
+}
+
+/// The seeds get where the fuzzing should start: past the handshake to framebuffer
+/// updates of the whole 64x48 screen (over WebSocket too), or to the refusal of a wrong
+/// password.
+#[test]
+fn the_rfb_seeds_reach_framebuffer_updates() {
+    let seeds = rfb_seeds();
+    for s in seeds.iter().filter(|s| s[0] & 1 == 0) {
+        let out = session_output(s);
+        // Version, security result, ServerInit (24 bytes and the name), then an update
+        // whose first rectangle is the whole screen.
+        assert!(out.len() > 12 + 4 + 24 + 4 + 64, "{} bytes", out.len());
+        let at = out.len().min(400);
+        assert!(
+            out.windows(8).any(|w| w == [0, 0, 0, 0, 0, 64, 0, 48]) || s[0] & 2 != 0,
+            "no update in {:?}",
+            &out[..at]
+        );
+    }
+    let wrong = seeds.iter().find(|s| s[0] & 1 != 0).unwrap();
+    let out = session_output(wrong);
+    assert!(out.ends_with(b"Authentication failed"), "{out:?}");
 }
 
 #[test]
