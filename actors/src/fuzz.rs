@@ -324,6 +324,11 @@ fn frame(out: &mut Vec<u8>, tag: u8, payload: &[u8], good_crc: bool) {
 /// too; bit 3: a bad checksum on the last frame), then frames as tag byte (an index into
 /// the frame tags, or itself when 0x80 or more), payload length (u16), payload.
 pub fn migration_stream(data: &[u8]) {
+    let _ = migrate_into(data);
+}
+
+/// [`migration_stream`]'s work: the outcome, and the RAM and video memory after it.
+fn migrate_into(data: &[u8]) -> (Result<usize, String>, Vec<u8>, Vec<u8>) {
     let mut c = Cursor::new(data);
     let flags = c.u8();
     let stream = if flags & 1 != 0 {
@@ -350,10 +355,15 @@ pub fn migration_stream(data: &[u8]) {
         s
     };
     let Ok(ram) = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 10)]) else {
-        return;
+        return (Err("no RAM".into()), Vec::new(), Vec::new());
     };
-    let vram: Arc<dyn DeviceRam> = Arc::new(FakeVram(std::sync::Mutex::new(vec![0; 64 << 10])));
-    let _ = receive(Incoming::from_bytes(stream), &ram, &[vram], &machine());
+    let vram = Arc::new(FakeVram(std::sync::Mutex::new(vec![0; 64 << 10])));
+    let blocks: [Arc<dyn DeviceRam>; 1] = [vram.clone()];
+    let res = receive(Incoming::from_bytes(stream), &ram, &blocks, &machine());
+    let mut mem = vec![0u8; 64 << 10];
+    let _ = vm_memory::Bytes::read_slice(&ram, &mut mem, vm_memory::GuestAddress(0));
+    let video = vram.0.lock().map(|v| v.clone()).unwrap_or_default();
+    (res.map(|l| l.sections.len()), mem, video)
 }
 
 /// Valid inputs to start from (a corpus for cargo-fuzz too).
@@ -372,7 +382,7 @@ pub fn migration_seeds() -> Vec<Vec<u8>> {
     vpages.extend_from_slice(&0x1000u64.to_le_bytes());
     vpages.extend(vec![7u8; 4096]);
     let mut vzeros = 0u32.to_le_bytes().to_vec();
-    vzeros.extend_from_slice(&0u64.to_le_bytes());
+    vzeros.extend_from_slice(&0x8000u64.to_le_bytes());
     vzeros.extend_from_slice(&2u32.to_le_bytes());
     let section = br#"{"id":"serial0","kind":"serial","version":1,"state":{"ier":1,"lcr":3}}"#;
     let whole = [
@@ -494,6 +504,16 @@ mod tests {
                 tag as char
             );
         }
+    }
+
+    /// The first seed is a whole, valid stream: pages land in RAM and video memory, the
+    /// device section is collected.
+    #[test]
+    fn the_migration_seed_is_a_stream_the_destination_loads() {
+        let (res, mem, video) = migrate_into(&migration_seeds()[0]);
+        assert_eq!(res, Ok(1));
+        assert_eq!(mem[0x1000..0x1010], (0..16).collect::<Vec<u8>>()[..]);
+        assert_eq!(video[0x1000..0x2000], [7; 4096]);
     }
 
     #[test]
