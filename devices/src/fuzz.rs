@@ -68,6 +68,11 @@ fn access_len(c: &mut Cursor) -> usize {
 ///
 /// Input: queue size exponent, flags, ring addresses, next_avail, then RAM contents.
 pub fn virtqueue(data: &[u8]) {
+    let _ = serve_queue(data);
+}
+
+/// [`virtqueue`]'s work; returns the chains put on the used ring.
+fn serve_queue(data: &[u8]) -> usize {
     let mut c = Cursor::new(data);
     let size_sel = c.u8();
     let flags = c.u8();
@@ -87,7 +92,7 @@ pub fn virtqueue(data: &[u8]) {
         GuestAddress(0),
     );
     let Ok(mut q) = Queue::new(256) else {
-        return;
+        return 0;
     };
     q.set_size(size);
     q.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
@@ -105,32 +110,35 @@ pub fn virtqueue(data: &[u8]) {
         discard: flags & 8 != 0,
     };
     let mut buf = [0u8; 512];
+    let mut served = 0;
     for _ in 0..64 {
         if !q.ready() {
-            return;
+            break;
         }
         let (table, size) = (q.desc_table(), q.size());
         let head = match q.iter(&mem) {
             Ok(mut it) => it.next().map(|c| c.head_index()),
-            Err(_) => return,
+            Err(_) => break,
         };
         let Some(head) = head else {
             match q.enable_notification(&mem) {
                 Ok(true) => continue,
-                _ => return,
+                _ => break,
             }
         };
         let Ok(chain) = walk(&mem, table, size, head) else {
-            return;
+            break;
         };
         let _ = blk::parse(&mem, &chain, &cfg);
         let got = chain.read_at(&mem, u64::from(flags >> 4), &mut buf);
         let put = chain.write_at(&mem, 0, &buf[..got]);
         if q.add_used(&mem, head, put as u32).is_err() {
-            return;
+            break;
         }
+        served += 1;
         let _ = q.needs_notification(&mem);
     }
+    served
 }
 
 /// Valid inputs to start from (a corpus for cargo-fuzz too).
@@ -483,6 +491,11 @@ pub fn pci_config_seeds() -> Vec<Vec<u8>> {
 /// and bus-master registers, with block requests served as the host serves them and
 /// tray/medium changes from the monitor in between.
 pub fn ide(data: &[u8]) {
+    let _ = run_ide(data);
+}
+
+/// [`ide`]'s work; returns the block requests that completed without error.
+fn run_ide(data: &[u8]) -> usize {
     let mem = ram();
     let hd = MemDisk::new(vec![0x11; 64 * 512]);
     let cd = MemDisk::new(vec![0x22; 16 * 2048]);
@@ -502,6 +515,7 @@ pub fn ide(data: &[u8]) {
         (Arc::new(FakeIrq::default()), Arc::new(FakeIrq::default())),
     );
     ide.set_memory(mem.clone());
+    let mut ok = 0;
     let mut c = Cursor::new(data);
     while !c.is_empty() {
         let op = c.u8();
@@ -568,11 +582,11 @@ pub fn ide(data: &[u8]) {
                     result: Err(crate::block::BlockError::NoMedium),
                 },
             };
+            ok += usize::from(done.result.is_ok());
             ide.complete(n, done);
         }
     }
-    // Keep `disks` alive to the end (the requests above borrow nothing else).
-    disks[1] = None;
+    ok
 }
 
 /// Valid inputs to start from (a corpus for cargo-fuzz too).
@@ -633,18 +647,24 @@ pub fn ide_seeds() -> Vec<Vec<u8>> {
 /// transmit descriptors the program places in RAM (legacy, context and data
 /// descriptors), frames arriving from the network into the receive ring, PCI config.
 pub fn e1000(data: &[u8]) {
+    let _ = run_e1000(data);
+}
+
+/// [`e1000`]'s work; returns (frames sent, frames received).
+fn run_e1000(data: &[u8]) -> (usize, usize) {
     let mem = ram();
     let mut e = E1000::new(
         [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         Arc::new(FakeIrq::default()),
     );
+    let (mut sent, mut received) = (0, 0);
     let mut c = Cursor::new(data);
     while !c.is_empty() {
         match c.u8() % 8 {
             0 | 1 => {
                 // Mostly the registers that exist.
                 let off = u64::from(c.u16() & 0xfffc) | u64::from(c.u8() & 0x10) << 12;
-                let _ = e.write(&mem, off, &c.u32().to_le_bytes());
+                sent += e.write(&mem, off, &c.u32().to_le_bytes()).len();
             }
             2 => {
                 let mut b = [0u8; 4];
@@ -653,19 +673,19 @@ pub fn e1000(data: &[u8]) {
             3 => {
                 let (off, n) = (u64::from(c.u32() % 0x2_0000), access_len(&mut c));
                 let v = c.u64().to_le_bytes();
-                let _ = e.write(&mem, off, &v[..n]);
+                sent += e.write(&mem, off, &v[..n]).len();
             }
             4 => {
                 let off = u64::from(c.u8() % 8);
                 let v = c.u32().to_le_bytes();
-                let _ = e.io_write(&mem, off, &v);
+                sent += e.io_write(&mem, off, &v).len();
                 let mut b = [0u8; 4];
                 e.io_read(off, &mut b);
             }
             5 => {
                 let n = usize::from(c.u16() % 2048);
                 let frame = c.bytes(n);
-                let _ = e.receive(&mem, frame);
+                received += usize::from(e.receive(&mem, frame));
             }
             6 => {
                 let off = usize::from(c.u8());
@@ -678,6 +698,7 @@ pub fn e1000(data: &[u8]) {
             _ => poke(&mut c, &mem),
         }
     }
+    (sent, received)
 }
 
 /// Valid inputs to start from (a corpus for cargo-fuzz too).
@@ -706,8 +727,9 @@ pub fn e1000_seeds() -> Vec<Vec<u8>> {
         d
     };
     let mut s = Vec::new();
-    // Receive ring at 0x1000 (4 buffers at 0x4000.. of 2 KiB), transmit ring at 0x2000.
-    for i in 0..4u64 {
+    // Receive ring at 0x1000 (8 buffers at 0x4000.. of 2 KiB; ring lengths count in
+    // 128-byte units), transmit ring at 0x2000.
+    for i in 0..8u64 {
         s.extend(poke(
             0x1000 + 16 * i as u16,
             &(0x4000 + 2048 * i).to_le_bytes(),
@@ -716,9 +738,9 @@ pub fn e1000_seeds() -> Vec<Vec<u8>> {
     // RDBAL, RDLEN, RDH, RDT, RCTL (EN|BAM|SECRC), TDBAL, TDLEN, TCTL (EN), IMS.
     for (r, v) in [
         (0x2800, 0x1000),
-        (0x2808, 4 * 16),
+        (0x2808, 8 * 16),
         (0x2810, 0),
-        (0x2818, 3),
+        (0x2818, 7),
         (0x0100, 0x8002 | 0x0400_0000),
         (0x3800, 0x2000),
         (0x3808, 8 * 16),
@@ -1116,6 +1138,21 @@ pub fn device_state_seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use troupe_fuzz::{fuzz, Target};
+
+    /// The seeds reach the deep paths the fuzzing should start from: chains served
+    /// (directly and through an indirect table), disk and CD reads and writes completed,
+    /// frames received and sent.
+    #[test]
+    fn the_seeds_reach_the_data_paths() {
+        for s in virtqueue_seeds() {
+            assert_eq!(serve_queue(&s), 1);
+        }
+        let done: Vec<usize> = ide_seeds().iter().map(|s| run_ide(s)).collect();
+        assert!(done.iter().all(|&n| n >= 1), "{done:?}");
+        let e: Vec<(usize, usize)> = e1000_seeds().iter().map(|s| run_e1000(s)).collect();
+        assert_eq!(e[0], (0, 1));
+        assert!(e[1].0 >= 1 && e[1].1 == 1, "{e:?}");
+    }
 
     #[test]
     fn fuzz_virtqueue() {
