@@ -17,6 +17,8 @@ pub mod chardev;
 pub mod coalesced;
 pub mod display;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod host;
 pub mod irq;
 pub mod kvm_state;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::memory::GuestMemoryMmap;
 use crate::{BusDevice, Snapshot, StateError};
@@ -241,14 +241,24 @@ impl FwCfg {
             .saturating_sub(self.offset as usize);
         if control & DMA_READ != 0 {
             let n = (length as usize).min(avail);
-            let data: Vec<u8> = self
-                .contents(self.selector)
-                .map(|c| c[self.offset as usize..self.offset as usize + n].to_vec())
-                .unwrap_or_default();
+            // The whole destination is checked before anything is built or written: a
+            // length up to 4 GiB comes from the guest.
+            let fits = length as usize <= 64 << 20
+                && mem.check_range(
+                    GuestAddress(target),
+                    length as usize,
+                    vm_memory::Permissions::ReadWrite,
+                );
+            let data: Vec<u8> = match self.contents(self.selector) {
+                Some(c) if fits => c[self.offset as usize..self.offset as usize + n].to_vec(),
+                _ => Vec::new(),
+            };
             // Past the end of the item the device supplies zeros (fw_cfg.txt).
             let mut buf = data;
-            buf.resize(length as usize, 0);
-            if length as usize > 64 << 20 || mem.write_slice(&buf, GuestAddress(target)).is_err() {
+            if fits {
+                buf.resize(length as usize, 0);
+            }
+            if !fits || mem.write_slice(&buf, GuestAddress(target)).is_err() {
                 self.guest_error(format_args!(
                     "DMA read of {length} bytes to {target:#x} is outside RAM"
                 ));
@@ -351,6 +361,18 @@ impl Snapshot for FwCfg {
         }
     }
     fn restore(&mut self, s: FwCfgState) -> Result<(), StateError> {
+        // The items are the machine's own (rebuilt before the restore): a position past
+        // the end of the selected one is not a state this device can be in.
+        let len = self.contents(s.selector).map_or(0, |c| c.len());
+        if s.offset as usize > len {
+            return Err(StateError::invalid(
+                Self::KIND,
+                format!(
+                    "offset {} is past the end of item {:#x} ({len} bytes)",
+                    s.offset, s.selector
+                ),
+            ));
+        }
         self.selector = s.selector;
         self.offset = s.offset;
         self.dma_addr = s.dma_addr;
@@ -520,6 +542,72 @@ mod tests {
             "writing a read-only file fails"
         );
         assert!(f.errors() >= 3);
+    }
+
+    /// Found by the fw_cfg fuzz target: a read longer than RAM built a buffer of the
+    /// guest's length (up to 4 GiB, filled byte by byte), then wrote as much of it as
+    /// fitted, zeroing guest RAM from the target address up.
+    #[test]
+    fn a_dma_read_longer_than_ram_is_refused_without_touching_ram() {
+        let m = mem();
+        let mut f = cfg();
+        f.set_memory(m.clone());
+        for len in [64 << 20, u32::MAX] {
+            m.write_slice(&[0xaa; 16], GuestAddress(0x8000)).unwrap();
+            put_req(&m, 0x100, (0x19 << 16) | DMA_SELECT | DMA_READ, len, 0x7ff0);
+            dma_at(&mut f, 0x100);
+            assert_eq!(
+                u32::from_be_bytes(m.read_obj::<[u8; 4]>(GuestAddress(0x100)).unwrap()),
+                DMA_ERROR
+            );
+            assert_eq!(
+                m.read_obj::<[u8; 16]>(GuestAddress(0x8000)).unwrap(),
+                [0xaa; 16]
+            );
+        }
+        // The directory was not consumed: a good read still starts at its beginning.
+        put_req(&m, 0x100, DMA_READ, 4, 0x200);
+        dma_at(&mut f, 0x100);
+        assert_eq!(
+            m.read_obj::<[u8; 4]>(GuestAddress(0x200)).unwrap(),
+            [0, 0, 0, 2]
+        );
+    }
+
+    /// Found by the device_state fuzz target: a restored offset past the end of the
+    /// selected item made the next DMA read slice out of range and panic.
+    #[test]
+    fn a_restored_offset_past_the_selected_item_is_refused() {
+        let m = mem();
+        let mut f = cfg();
+        f.set_memory(m.clone());
+        let bad = FwCfgState {
+            selector: NB_CPUS,
+            offset: 2550,
+            dma_addr: 0,
+        };
+        let err = f.restore(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("offset 2550 is past the end of item 0x5 (2 bytes)"),
+            "{err}"
+        );
+        // The device is as it was, and a DMA read works.
+        put_req(
+            &m,
+            0x100,
+            (u32::from(NB_CPUS) << 16) | DMA_SELECT | DMA_READ,
+            2,
+            0x200,
+        );
+        dma_at(&mut f, 0x100);
+        assert_eq!(m.read_obj::<[u8; 2]>(GuestAddress(0x200)).unwrap(), [4, 0]);
+        // The end itself is a position a guest can reach, and restores.
+        let end = FwCfgState {
+            selector: NB_CPUS,
+            offset: 2,
+            dma_addr: 0,
+        };
+        f.restore(end).unwrap();
     }
 
     #[test]

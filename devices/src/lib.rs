@@ -12,6 +12,8 @@
 pub mod acpi_pm;
 pub mod block;
 pub mod e1000;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;

@@ -93,6 +93,8 @@ pub enum Qcow2Error {
     RefcountTableOffset(u64),
     #[error("Image does not contain a reference count table (refcount_table_clusters 0)")]
     RefcountTableNone,
+    #[error("Image is corrupt: the reference count table has no block for the header's cluster (refcount_table_offset {0:#x}, entry 0 is 0 or past the end); repair it with 'qemu-img check -r all'")]
+    RefcountBlockMissing(u64),
     #[error("Snapshot table too large (nb_snapshots {0})")]
     SnapshotsLarge(u32),
     #[error("Snapshot table offset invalid (snapshots_offset {0:#x})")]
@@ -270,6 +272,17 @@ fn check_header(f: &File, writable: bool) -> Result<Checked, Qcow2Error> {
         cluster_size,
     ) {
         return Err(Qcow2Error::RefcountTableOffset(refcount_table_offset));
+    }
+
+    if writable {
+        // The header's own cluster is allocated in every image qemu-img writes, so its
+        // refcount block exists. Without one, imago's allocator (the first write) recurses
+        // until the drive's thread overflows its stack, which aborts the whole process.
+        let mut entry = [0u8; 8];
+        let first = read(&mut entry, refcount_table_offset).map(|()| be64(&entry, 0));
+        if first.unwrap_or(0) == 0 {
+            return Err(Qcow2Error::RefcountBlockMissing(refcount_table_offset));
+        }
     }
 
     let nb_snapshots = be32(&h, 60);

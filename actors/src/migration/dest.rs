@@ -91,7 +91,10 @@ fn block_at(
     let b = blocks
         .get(block as usize)
         .ok_or_else(|| format!("device memory block {block} does not exist"))?;
-    if offset as usize + len > b.len() {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > b.len() as u64)
+    {
         return Err(format!(
             "{len} bytes at {offset:#x} lie outside device memory '{}'",
             b.name()

@@ -270,7 +270,7 @@ pub fn complete(line: &str) -> Vec<String> {
 }
 
 /// Split a command line into words; double quotes group.
-fn split_args(line: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_args(line: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;

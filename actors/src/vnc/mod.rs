@@ -18,6 +18,8 @@
 mod client;
 pub mod des;
 pub mod encode;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod keymap;
 pub mod pixel;
 mod server;

@@ -239,6 +239,26 @@ fn bind(host: &str, port: u32) -> Result<std::net::TcpListener, VncError> {
     Ok(l)
 }
 
+/// A server's shared state with no listener, for sessions served over a pipe (the fuzz
+/// target's).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn detached(opts: VncOptions, display: DisplayHandle) -> Arc<Shared> {
+    let keymap = Keymap::for_layout(&opts.keymap).unwrap_or_else(|(k, _)| k);
+    let (shutdown, _) = watch::channel(false);
+    Arc::new(Shared {
+        rfb_addr: SocketAddr::from(([127, 0, 0, 1], 5900)),
+        ws_addr: None,
+        opts,
+        display,
+        keymap,
+        password: Mutex::new(Password::default()),
+        clients: Mutex::new(Vec::new()),
+        next_id: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
+        shutdown,
+    })
+}
+
 /// Start the VNC server: bind, register as actor `vnc`, and serve `display` with input
 /// going to `input`. Must be called from inside `rt` or with `rt` given.
 pub fn start(

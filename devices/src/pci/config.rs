@@ -282,7 +282,9 @@ impl ConfigSpace {
             BarKind::Mem64 { .. } => 1 << 52,
         };
         let sizing = addr == (!(def.size - 1)) & (limit - 1) & !0x3;
-        (enabled && addr != 0 && !sizing && addr + def.size <= limit).then_some(Region {
+        // A 64-bit BAR may hold any address: the end is checked without wrapping.
+        let fits = addr.checked_add(def.size).is_some_and(|end| end <= limit);
+        (enabled && addr != 0 && !sizing && fits).then_some(Region {
             addr,
             size: def.size,
         })
@@ -385,6 +387,27 @@ impl Snapshot for ConfigSpace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the pci_config fuzz target: a 64-bit BAR programmed at the top of the
+    /// address space wrapped `addr + size` past zero and decoded there.
+    #[test]
+    fn a_64_bit_bar_at_the_top_of_the_address_space_does_not_decode() {
+        let mut c = space();
+        c.write(COMMAND, &CMD_MEM.to_le_bytes());
+        c.write(BAR0 + 8, &0xffff_c000u32.to_le_bytes());
+        c.write(BAR0 + 12, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(c.bar_address(2), Some(0xffff_ffff_ffff_c000));
+        assert_eq!(c.decoded_bar(2), None);
+        // Below the 52-bit limit it decodes.
+        c.write(BAR0 + 12, &0x0000_0010u32.to_le_bytes());
+        assert_eq!(
+            c.decoded_bar(2),
+            Some(Region {
+                addr: 0x10_ffff_c000,
+                size: 0x4000
+            })
+        );
+    }
 
     fn space() -> ConfigSpace {
         let mut c = ConfigSpace::new(Ids {

@@ -4,6 +4,7 @@
 
 mod chardev;
 mod devices;
+mod fuzz;
 mod machine;
 mod storage;
 
