@@ -107,6 +107,7 @@ pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
                 .collect(),
             pci_window32: (layout.below_4g.max(0x8000_0000) as u32, 0xfebf_ffff),
             pci_window64: None,
+            hotplug_slots: crate::platform::hotplug_slots(cfg),
         },
     }
 }

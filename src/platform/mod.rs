@@ -37,6 +37,16 @@ pub mod tree;
 pub mod vga;
 pub mod virtio;
 
+/// Bitmap of the bus-0 slots that may be hot-(un)plugged: all but the chipset's and the
+/// std VGA's (QEMU's VGA is not hotpluggable).
+pub fn hotplug_slots(cfg: &VmConfig) -> u32 {
+    let mut fixed = crate::tables::dsdt::FIXED_SLOTS;
+    if cfg.vga == crate::config::VgaKind::Std {
+        fixed |= 1 << vga::VGA_SLOT.0;
+    }
+    !fixed
+}
+
 /// COM1..COM4: (port, IRQ).
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
 
