@@ -452,6 +452,15 @@ pub fn build(
         netdevs: netdevs.clone(),
     })?;
     let downscripts = std::mem::take(&mut devices.virtio.downscripts);
+    let hot_pci = crate::platform::hotpci::HotPci::new(
+        devices.pci.clone(),
+        devices.pcihp.clone(),
+        kvm.clone(),
+        mem.clone(),
+        devices.virtio.routes.clone(),
+        devices.virtio.intx.clone(),
+        registry.clone(),
+    );
     route_input(&console, &devices);
     let topo = Topology::from_smp(&cfg.smp);
     let (fds, templates) = create_vcpus(cfg, &kvm, &cpu, &topo)?;
@@ -528,7 +537,10 @@ pub fn build(
         Arc::new(machine),
         events_rx,
     );
-    supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug { netdevs }));
+    supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug {
+        netdevs,
+        pci: hot_pci,
+    }));
     let supervisor = supervisor.with_registry(registry.clone());
     sides
         .drives

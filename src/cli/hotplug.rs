@@ -25,7 +25,6 @@ pub enum DeviceAdd {
 /// same rules as the command line: the next free PCI slot and MAC, unused `drive=`,
 /// `netdev=` and `chardev=`, unique id and bootindex. Errors print as
 /// `SPEC: reason`. A virtio-blk's `bootindex` is not copied into the drive here.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn parse_device_add(spec: &str, config: &VmConfig) -> Result<DeviceAdd, CliError> {
     let o = Opts::parse(spec, Some("driver")).map_err(|e| invalid(spec, e))?;
     match o.peek("driver") {

@@ -31,8 +31,10 @@ use pci::{GpePort, PciPlatform};
 
 pub mod fw_cfg;
 pub mod hotnet;
+pub mod hotpci;
 pub mod nic;
 pub mod pci;
+pub mod pcihp;
 pub mod tree;
 pub mod vga;
 pub mod virtio;
@@ -146,6 +148,8 @@ pub struct DeviceSet {
     pub vga: Option<vga::Display>,
     /// virtio-blk and virtio-rng devices.
     pub virtio: virtio::VirtioDevices,
+    /// ACPI PCI hotplug (0xAE00).
+    pub pcihp: Arc<pcihp::Pcihp>,
 }
 
 /// What every stage of [`DeviceSet::build`] reads: the configuration, the VM, the buses
@@ -169,6 +173,7 @@ struct Board<'a> {
 struct Chipset {
     pm: Arc<Mutex<AcpiPm>>,
     pci: Arc<PciPlatform>,
+    pcihp: Arc<pcihp::Pcihp>,
 }
 
 impl DeviceSet {
@@ -234,6 +239,7 @@ impl DeviceSet {
             ide,
             vga,
             virtio,
+            pcihp: chipset.pcihp,
         })
     }
 
@@ -245,6 +251,7 @@ impl DeviceSet {
         lock(&self.rtc.model).reset();
         lock(self.i8042.model()).reset();
         lock(&self.pm).reset();
+        self.pcihp.reset();
         lock(&self.fw_cfg).reset();
         lock(self.ide.model()).reset();
         self.virtio.reset();
@@ -323,13 +330,27 @@ impl Board<'_> {
             ResetControl::new(self.shared.clone()),
         );
         self.pio.insert(0xcf8, 8, "pci-conf", pci.config_port())?;
+        let pcihp = pcihp::Pcihp::new(hotplug_slots(self.cfg), pm.clone(), self.events.clone());
+        self.pio.insert(
+            u64::from(devices::pci::hotplug::PCIHP_BASE),
+            u64::from(devices::pci::hotplug::PCIHP_LEN),
+            "acpi-pcihp",
+            pcihp.clone(),
+        )?;
         tree::chipset(
             &mut self.tree,
             &pci,
             pci.control(),
-            ControlHandle::models("acpi-pm", vec![pci::part("acpi-pm", &pm)], || {}),
+            ControlHandle::models(
+                "acpi-pm",
+                vec![
+                    pci::part("acpi-pm", &pm),
+                    pci::part("acpi-pcihp", &pcihp.model),
+                ],
+                || {},
+            ),
         )?;
-        Ok(Chipset { pm, pci })
+        Ok(Chipset { pm, pci, pcihp })
     }
 
     /// Port 0x80 (POST codes, ignored) and, when its log target is on, SeaBIOS's debug

@@ -542,7 +542,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("Evaluating \\").count(), 5, "{text}");
-        assert!(text.contains("[Integer] = 000000000000001F"), "_SUN of slot 31:\n{text}");
+        assert!(
+            text.contains("[Integer] = 000000000000001F"),
+            "_SUN of slot 31:\n{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

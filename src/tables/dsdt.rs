@@ -244,9 +244,9 @@ impl PciHotplugAml {
 impl Aml for PciHotplugAml {
     fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
         use aml::{
-            Acquire, And, Arg, Field, FieldAccessType, FieldEntry, FieldLockRule,
-            FieldUpdateRule, If, Method, MethodCall, Mutex, Notify, OpRegion, OpRegionSpace,
-            Path, Release, Return, ShiftLeft, Store,
+            Acquire, And, Arg, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule,
+            If, Method, MethodCall, Mutex, Notify, OpRegion, OpRegionSpace, Path, Release, Return,
+            ShiftLeft, Store,
         };
         let zero = aml::Zero {};
         let one = aml::One {};
@@ -264,7 +264,10 @@ impl Aml for PciHotplugAml {
         OpRegion::new("PCST".into(), OpRegionSpace::SystemIO, &base, &len8).to_aml_bytes(sink);
         dword_acc(
             "PCST",
-            vec![FieldEntry::Named(*b"PCIU", 32), FieldEntry::Named(*b"PCID", 32)],
+            vec![
+                FieldEntry::Named(*b"PCIU", 32),
+                FieldEntry::Named(*b"PCID", 32),
+            ],
         )
         .to_aml_bytes(sink);
         OpRegion::new("SEJ_".into(), OpRegionSpace::SystemIO, &ej, &len4).to_aml_bytes(sink);
@@ -272,7 +275,10 @@ impl Aml for PciHotplugAml {
         OpRegion::new("BNMR".into(), OpRegionSpace::SystemIO, &sel, &len8).to_aml_bytes(sink);
         dword_acc(
             "BNMR",
-            vec![FieldEntry::Named(*b"BNUM", 32), FieldEntry::Named(*b"PIDX", 32)],
+            vec![
+                FieldEntry::Named(*b"BNUM", 32),
+                FieldEntry::Named(*b"PIDX", 32),
+            ],
         )
         .to_aml_bytes(sink);
         Mutex::new("BLCK".into(), 0).to_aml_bytes(sink);
