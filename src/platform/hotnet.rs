@@ -283,7 +283,7 @@ impl Hotplug for PcHotplug {
         }
     }
 
-    fn unplug_request(&self, slot: u8) -> Result<(), ()> {
+    fn unplug_request(&self, slot: u8) -> bool {
         self.pci.pcihp.unplug_request(slot)
     }
 

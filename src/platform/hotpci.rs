@@ -64,12 +64,15 @@ impl Running {
     }
 }
 
+/// A device's MSI-X vector count and the GSI routed to each.
+type Vectors = (u16, Vec<u32>);
+
 /// A device built and on the bus, not yet in the tree.
 struct Built {
     running: Running,
     /// The thread's registry id.
     name: String,
-    vectors: Option<(u16, Vec<u32>)>,
+    vectors: Option<Vectors>,
     nic: Option<Nic>,
 }
 
@@ -416,7 +419,7 @@ impl HotPci {
         model: Box<dyn VirtioDeviceModel>,
         vectors: u16,
         worker: Box<dyn QueueWorker>,
-    ) -> Result<(Arc<VirtioPciHost>, (u16, Vec<u32>)), String> {
+    ) -> Result<(Arc<VirtioPciHost>, Vectors), String> {
         let msix = KvmMsix::new(self.routes.clone(), usize::from(vectors), name)
             .map_err(|e| format!("{name}: MSI-X: {e}"))?;
         let gsis = msix.gsis();

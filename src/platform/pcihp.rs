@@ -37,17 +37,17 @@ impl Pcihp {
         lock(&self.pm).set_gpe(PCIHP_GPE_BIT);
     }
 
-    /// Ask the guest to eject `slot`: PCID and the GPE. Err: one is pending already.
-    pub fn unplug_request(&self, slot: u8) -> Result<(), ()> {
+    /// Ask the guest to eject `slot`: PCID and the GPE. False: one is pending already.
+    pub fn unplug_request(&self, slot: u8) -> bool {
         {
             let mut m = lock(&self.model);
             if m.unplug_pending(slot) {
-                return Err(());
+                return false;
             }
             m.unplug_request(slot);
         }
         lock(&self.pm).set_gpe(PCIHP_GPE_BIT);
-        Ok(())
+        true
     }
 
     /// Whether `slot` may be hot-(un)plugged.

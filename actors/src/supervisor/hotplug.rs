@@ -51,9 +51,9 @@ pub trait Hotplug: Send + Sync + 'static {
     /// `node` (a PCI device [`plug`](Self::plug) built) is in the tree: tell the guest it
     /// arrived (ACPI PCI hotplug: PCIU and the GPE).
     fn plugged(&self, node: &Node);
-    /// Ask the guest to eject PCI slot `slot` (PCID and the GPE); Err: an unplug of it
-    /// already waits for the guest.
-    fn unplug_request(&self, slot: u8) -> Result<(), ()>;
+    /// Ask the guest to eject PCI slot `slot` (PCID and the GPE); false: an unplug of it
+    /// already waits for the guest (nothing done).
+    fn unplug_request(&self, slot: u8) -> bool;
 }
 
 /// Run something that may block (a tap's script) on a one-shot actor thread, off the
@@ -124,8 +124,11 @@ pub(super) fn unplug_request(
         (Some((slot, 0)), Some(_)) => slot,
         _ => return Err(HotplugError::NotHotpluggable(node.driver.clone())),
     };
-    h.unplug_request(slot)
-        .map_err(|()| HotplugError::UnplugPending(node.id.clone()))
+    if h.unplug_request(slot) {
+        Ok(())
+    } else {
+        Err(HotplugError::UnplugPending(node.id.clone()))
+    }
 }
 
 /// The QOM path of device node `n`, as `DEVICE_DELETED` names it.
@@ -218,8 +221,8 @@ mod tests {
             )
         }
         fn plugged(&self, _node: &Node) {}
-        fn unplug_request(&self, _slot: u8) -> Result<(), ()> {
-            Ok(())
+        fn unplug_request(&self, _slot: u8) -> bool {
+            true
         }
     }
 
@@ -256,5 +259,110 @@ mod tests {
             add(&r, &mut t, None, Plug::Netdev("n1".into()), false).await,
             Err(HotplugError::Unsupported("devices or backends"))
         );
+    }
+
+    /// Builds PCI devices on the slot in the spec, remembering the slots it was asked to
+    /// announce and eject.
+    #[derive(Default)]
+    struct Pci {
+        plugged: std::sync::Mutex<Vec<u8>>,
+        pending: std::sync::Mutex<Vec<u8>>,
+        torn_down: Arc<AtomicUsize>,
+    }
+
+    impl Hotplug for Pci {
+        fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
+            let Plug::Device(spec) = what else {
+                return Err("devices only".into());
+            };
+            let (id, slot) = spec.split_once('@').unwrap();
+            let gone = self.torn_down.clone();
+            Ok(Node::new(id, "virtio-net-pci", "pci.0")
+                .user()
+                .with(crate::supervisor::Resource::PciFunction {
+                    slot: slot.parse().unwrap(),
+                    function: 0,
+                })
+                .teardown(Teardown::new(move || {
+                    gone.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })))
+        }
+        fn plugged(&self, node: &Node) {
+            self.plugged
+                .lock()
+                .unwrap()
+                .push(node.pci_address().unwrap().0);
+        }
+        fn unplug_request(&self, slot: u8) -> bool {
+            let mut p = self.pending.lock().unwrap();
+            if p.contains(&slot) {
+                return false;
+            }
+            p.push(slot);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pci_device_is_announced_then_leaves_when_the_guest_ejects_its_slot() {
+        let pci = Arc::new(Pci::default());
+        let h: Arc<dyn Hotplug> = pci.clone();
+        let r = Registry::new();
+        let mut t = DeviceTree::new();
+        t.insert(
+            Node::new("host", "i440FX-pcihost", crate::supervisor::SYSTEM_BUS)
+                .providing("pci.0", "PCI"),
+        )
+        .unwrap();
+        t.insert(
+            Node::new("/machine/unattached/device[3]", "VGA", "pci.0").with(
+                crate::supervisor::Resource::PciFunction {
+                    slot: 2,
+                    function: 0,
+                },
+            ),
+        )
+        .unwrap();
+        add(&r, &mut t, Some(&h), Plug::Device("nic1@5".into()), false)
+            .await
+            .unwrap();
+        assert_eq!(*pci.plugged.lock().unwrap(), [5]);
+        // Unknown, not hot-plugged, then asked twice.
+        assert_eq!(
+            unplug_request(&t, Some(&h), "ghost"),
+            Err(HotplugError::DeviceNotFound("ghost".into()))
+        );
+        assert_eq!(
+            unplug_request(&t, Some(&h), "/machine/unattached/device[3]"),
+            Err(HotplugError::NotHotpluggable("VGA".into()))
+        );
+        unplug_request(&t, Some(&h), "/machine/peripheral/nic1").unwrap();
+        assert_eq!(
+            unplug_request(&t, Some(&h), "nic1"),
+            Err(HotplugError::UnplugPending("nic1".into()))
+        );
+        // Asking does not remove it; the guest's eject of another slot does nothing.
+        assert!(t.get("nic1").is_some());
+        assert!(ejected(&r, &mut t, 7).await.unwrap().is_none());
+        let gone = ejected(&r, &mut t, 5).await.unwrap().unwrap();
+        assert!(t.get("nic1").is_none());
+        assert_eq!(pci.torn_down.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            deleted_events(&gone),
+            [
+                (
+                    "DEVICE_DELETED".to_string(),
+                    r#"{"path":"/machine/peripheral/nic1/virtio-backend"}"#.to_string()
+                ),
+                (
+                    "DEVICE_DELETED".to_string(),
+                    r#"{"device":"nic1","path":"/machine/peripheral/nic1"}"#.to_string()
+                )
+            ]
+        );
+        // The VGA's slot is not the guest's to eject.
+        assert!(ejected(&r, &mut t, 2).await.unwrap().is_none());
+        assert!(t.get("/machine/unattached/device[3]").is_some());
     }
 }
