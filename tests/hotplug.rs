@@ -339,16 +339,27 @@ fn settle(want: usize, f: impl Fn() -> usize) -> usize {
 }
 
 #[test]
-fn add_remove_cycles_of_virtio_net_leave_fds_and_threads_where_they_were() {
+fn add_remove_cycles_of_virtio_net_and_blk_leave_fds_threads_and_rss_where_they_were() {
     const CYCLES: usize = 100;
-    let (mut vm, mut s) = start(CYCLES as u32 + 2, &["-netdev", "user,id=n1"]);
+    let dir = TempDir::new("hotplug");
+    let img = dir.path("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!("if=none,id=d1,format=raw,file={}", img.display());
+    let (mut vm, mut s) = start(
+        2 * CYCLES as u32 + 3,
+        &["-netdev", "user,id=n1", "-drive", &drive],
+    );
     let pid = vm.pid();
-    let add = json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "nic"});
-    // One cycle first: what is made once per VM (the MSI routing table) is made then.
-    cycle(&vm, &mut s, "nic", add.clone(), ("1af4", "1000"));
-    let (fd0, names0) = (fds(pid), thread_names(pid));
+    let nic = json!({"driver": "virtio-net-pci", "netdev": "n1", "id": "nic"});
+    let blk = json!({"driver": "virtio-blk-pci", "drive": "d1", "id": "blk"});
+    // One cycle of each first: what is made once per VM (the MSI routing table) is made
+    // then.
+    cycle(&vm, &mut s, "nic", nic.clone(), ("1af4", "1000"));
+    cycle(&vm, &mut s, "blk", blk.clone(), ("1af4", "1001"));
+    let (fd0, names0, rss0) = (fds(pid), thread_names(pid), rss_kib(pid));
     for _ in 0..CYCLES {
-        cycle(&vm, &mut s, "nic", add.clone(), ("1af4", "1000"));
+        cycle(&vm, &mut s, "nic", nic.clone(), ("1af4", "1000"));
+        cycle(&vm, &mut s, "blk", blk.clone(), ("1af4", "1001"));
     }
     // The runtime's I/O pool (`troupe-io`) grows and shrinks by itself: no more of them
     // than before, and every other thread as before.
@@ -373,6 +384,11 @@ fn add_remove_cycles_of_virtio_net_leave_fds_and_threads_where_they_were() {
         1,
         "threads after {CYCLES} cycles: {:?}, before: {names0:?}",
         thread_names(pid)
+    );
+    let rss = rss_kib(pid);
+    assert!(
+        rss <= rss0 + 2048,
+        "RSS grew from {rss0} KiB to {rss} KiB over {CYCLES} cycles"
     );
     assert_eq!(settle(fd0, || fds(pid)), fd0, "fds after {CYCLES} cycles");
     quit(&mut vm, &mut s);
