@@ -461,6 +461,7 @@ pub fn build(
         devices.virtio.intx.clone(),
         registry.clone(),
     );
+    devices.hot_pci = Some(hot_pci.clone());
     route_input(&console, &devices);
     let topo = Topology::from_smp(&cfg.smp);
     let (fds, templates) = create_vcpus(cfg, &kvm, &cpu, &topo)?;

@@ -393,3 +393,56 @@ fn add_remove_cycles_of_virtio_net_and_blk_leave_fds_threads_and_rss_where_they_
     assert_eq!(settle(fd0, || fds(pid)), fd0, "fds after {CYCLES} cycles");
     quit(&mut vm, &mut s);
 }
+
+/// The `virtio` guest waiting for a device to be hot-plugged, with `extra` options.
+fn virtio_guest(append: &str, extra: &[&str]) -> (Running, Session) {
+    let port = free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let kernel = guest("virtio");
+    let mut args = guest_args(kernel.to_str().unwrap(), append, &["-qmp", &qmp]);
+    args.extend_from_slice(extra);
+    let vm = Vm::troupe(&args).spawn();
+    // The guest prints nothing until a device comes: wait for the monitor to listen (a
+    // loaded host may take longer to start than a connect's patience).
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "QMP never listened: {}",
+            vm.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = Session::open(port);
+    (vm, s)
+}
+
+#[test]
+fn a_guest_reads_entropy_from_a_hotplugged_virtio_rng() {
+    let (mut vm, mut s) = virtio_guest("dev=rng hotplug", &[]);
+    s.ok(
+        "device_add",
+        json!({"driver": "virtio-rng-pci", "id": "rng0"}),
+    );
+    let slot = s.slot_of("rng0").unwrap();
+    vm.expect_stdout(&format!("virtio: hotplugged slot={slot}"), WAIT);
+    vm.expect_stdout("vrng: got 64 bytes", WAIT);
+    assert_eq!(code(vm.wait(WAIT)), 1, "{}", vm.stdout.text());
+}
+
+#[test]
+fn a_guest_writes_and_reads_back_a_hotplugged_virtio_blk_disk() {
+    let dir = TempDir::new("hotplug-blk");
+    let img = dir.path("disk.img");
+    std::fs::write(&img, vec![0u8; 4 << 20]).unwrap();
+    let drive = format!("if=none,id=d1,format=raw,file={}", img.display());
+    let (mut vm, mut s) = virtio_guest("op=check sectors=256 hotplug", &["-drive", &drive]);
+    s.ok(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "d1", "id": "disk1"}),
+    );
+    let slot = s.slot_of("disk1").unwrap();
+    vm.expect_stdout(&format!("virtio: hotplugged slot={slot}"), WAIT);
+    vm.expect_stdout("vblk: all checks passed", WAIT);
+    assert_eq!(code(vm.wait(WAIT)), 1, "{}", vm.stdout.text());
+}

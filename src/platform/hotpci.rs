@@ -47,6 +47,9 @@ pub struct HotPci {
     registry: Registry,
     /// Numbers the worker threads of hot-plugged devices (`virtio-net-hp3`).
     next: AtomicU32,
+    /// The virtio transports plugged and not yet removed, by slot (a platform reset stops
+    /// their queues, as for the command line's).
+    live: std::sync::Mutex<Vec<(u8, Arc<VirtioPciHost>)>>,
 }
 
 /// What a device's teardown stops.
@@ -106,7 +109,25 @@ impl HotPci {
             intx,
             registry,
             next: AtomicU32::new(0),
+            live: Default::default(),
         })
+    }
+
+    /// Platform reset: the plugged virtio devices stop serving their queues (their PCI
+    /// functions are reset with the bus).
+    pub fn reset(&self) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (_, h) in live {
+            h.reset();
+        }
+    }
+
+    fn set_live(&self, slot: u8, host: Option<Arc<VirtioPciHost>>) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|(s, _)| *s != slot);
+        if let Some(h) = host {
+            live.push((slot, h));
+        }
     }
 
     /// `device_add SPEC`: check it, build the device on its slot and return its node
@@ -159,7 +180,10 @@ impl HotPci {
                 ));
             }
         }
-        let built = self.build(&d, &id, slot, netdevs, &config)?;
+        // INTx A of the slot (dropped to low when the device goes, as a removed device
+        // no longer drives it).
+        let irq = self.pci.intx(&self.intx, slot.0, 1);
+        let built = self.build(&d, &id, slot, netdevs, &config, &irq)?;
         let mut node = tree::pci_node(id.clone(), driver, slot)
             .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1))
             .actor(&built.name);
@@ -186,6 +210,7 @@ impl HotPci {
                 node = node
                     .with(Resource::Ioeventfds(h.queues() as u16))
                     .control(h.control());
+                self.set_live(slot.0, Some(h.clone()));
                 Some(h.clone())
             }
             Running::E1000(h) => {
@@ -205,8 +230,10 @@ impl HotPci {
         let running = built.running;
         let dev_id = id.clone();
         node = node.teardown(Teardown::new(move || {
+            me.set_live(slot.0, None);
             me.pci.remove_function(slot);
             running.stop();
+            irq.set_level(false);
             lock(&shared).device_removed(&dev_id);
             Ok(())
         }));
@@ -227,17 +254,25 @@ impl HotPci {
         slot: Slot,
         netdevs: &SharedNetdevs,
         config: &crate::config::VmConfig,
+        irq: &Arc<dyn devices::IrqLine>,
     ) -> Result<Built, String> {
         match &d.kind {
             DeviceKind::VirtioRng => {
                 let name = self.name("virtio-rng");
-                self.virtio(id, slot, &name, Box::new(Rng), 2, Box::new(RngWorker))
-                    .map(|(h, v)| Built {
-                        running: Running::Virtio(h),
-                        name,
-                        vectors: Some(v),
-                        nic: None,
-                    })
+                self.virtio(
+                    id,
+                    (slot, irq),
+                    &name,
+                    Box::new(Rng),
+                    2,
+                    Box::new(RngWorker),
+                )
+                .map(|(h, v)| Built {
+                    running: Running::Virtio(h),
+                    name,
+                    vectors: Some(v),
+                    nic: None,
+                })
             }
             DeviceKind::VirtioBlk {
                 drive,
@@ -274,7 +309,7 @@ impl HotPci {
                 let worker = BlkWorker::new(backend, bcfg.clone());
                 self.virtio(
                     id,
-                    slot,
+                    (slot, irq),
                     &name,
                     Box::new(Blk::new(bcfg)),
                     num_queues + 1,
@@ -323,7 +358,7 @@ impl HotPci {
                         let model = devices::virtio::net::Net::new(filter.clone(), offloads, pairs);
                         let (h, v) = self.virtio(
                             id,
-                            slot,
+                            (slot, irq),
                             &name,
                             Box::new(model),
                             vectors,
@@ -356,8 +391,7 @@ impl HotPci {
                     }
                     NicModel::E1000 => {
                         let name = self.name("e1000");
-                        let mut model =
-                            devices::e1000::E1000::new(*mac, self.pci.intx(&self.intx, slot.0, 1));
+                        let mut model = devices::e1000::E1000::new(*mac, irq.clone());
                         model.set_id(id);
                         let host = E1000Host::start(
                             &self.registry,
@@ -409,12 +443,13 @@ impl HotPci {
         }
     }
 
-    /// A virtio transport for `model` on `slot` with `vectors` MSI-X vectors and its worker
-    /// thread `name`; its BARs are bound (mapped once the guest programs them).
+    /// A virtio transport for `model` on `slot` (with INTx line `irq`) with `vectors`
+    /// MSI-X vectors and its worker thread `name`; its BARs are bound (mapped once the
+    /// guest programs them).
     fn virtio(
         &self,
         id: &str,
-        slot: Slot,
+        (slot, irq): (Slot, &Arc<dyn devices::IrqLine>),
         name: &str,
         model: Box<dyn VirtioDeviceModel>,
         vectors: u16,
@@ -423,12 +458,7 @@ impl HotPci {
         let msix = KvmMsix::new(self.routes.clone(), usize::from(vectors), name)
             .map_err(|e| format!("{name}: MSI-X: {e}"))?;
         let gsis = msix.gsis();
-        let mut model = VirtioPci::new(
-            model,
-            vectors,
-            self.pci.intx(&self.intx, slot.0, 1),
-            Arc::new(msix),
-        );
+        let mut model = VirtioPci::new(model, vectors, irq.clone(), Arc::new(msix));
         model.set_id(id);
         let legacy = model.legacy_bar_size() > 0;
         let host = VirtioPciHost::start(

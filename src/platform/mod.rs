@@ -150,6 +150,8 @@ pub struct DeviceSet {
     pub virtio: virtio::VirtioDevices,
     /// ACPI PCI hotplug (0xAE00).
     pub pcihp: Arc<pcihp::Pcihp>,
+    /// The devices `device_add` plugged (set once the machine is built).
+    pub hot_pci: Option<Arc<hotpci::HotPci>>,
 }
 
 /// What every stage of [`DeviceSet::build`] reads: the configuration, the VM, the buses
@@ -240,6 +242,7 @@ impl DeviceSet {
             vga,
             virtio,
             pcihp: chipset.pcihp,
+            hot_pci: None,
         })
     }
 
@@ -255,6 +258,9 @@ impl DeviceSet {
         lock(&self.fw_cfg).reset();
         lock(self.ide.model()).reset();
         self.virtio.reset();
+        if let Some(h) = &self.hot_pci {
+            h.reset();
+        }
         if let Some(v) = &self.vga {
             v.reset();
         }
