@@ -1,7 +1,7 @@
 //! The command-line rules for devices and backends added to a running VM (`device_add`,
 //! `netdev_add` from the monitor): same syntax, checked against the VM's current config.
-//! `netdev_add` uses them (platform/hotnet.rs); the monitor's `device_add` answers "not
-//! available yet" until device hotplug lands, and only the tests call its parser.
+//! `netdev_add` uses them (platform/hotnet.rs), and so does `device_add`
+//! (platform/hotpci.rs).
 
 use super::chardev;
 use super::device::{self, DeviceError, DeviceSet};

@@ -1,10 +1,12 @@
 //! Network backends as nodes of the device tree: one node per `-netdev` at start and per
 //! `netdev_add`, each holding the backend open until its node is removed (`netdev_del`),
 //! when its teardown closes it. Backends added at run time are checked against the VM's
-//! configuration with the command line's rules. Until NIC hotplug lands they stay
-//! unattached, as a QEMU netdev no NIC uses: a user-mode backend answers on its `hostfwd`
-//! ports (`info usernet`, `hostfwd_add` reach it), a tap interface exists on the host, and
-//! no frames flow.
+//! configuration with the command line's rules. Until a NIC `device_add` plugs takes
+//! one, it stays unattached, as a QEMU netdev no NIC uses: a user-mode backend answers on
+//! its `hostfwd` ports (`info usernet`, `hostfwd_add` reach it), a tap interface exists on
+//! the host, and no frames flow. The NIC takes the backend and closes it when it is
+//! unplugged; a later NIC on the same netdev opens it again (unlike QEMU, whose netdev
+//! outlives its NIC: a user-mode backend's connections and a tap's script run again).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
