@@ -109,6 +109,7 @@ pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
                 .collect(),
             pci_window32: (layout.below_4g.max(0x8000_0000) as u32, 0xfebf_ffff),
             pci_window64: None,
+            hotplug_slots: crate::platform::hotplug_slots(cfg),
         },
     }
 }
@@ -466,6 +467,16 @@ pub fn build(
         netdevs: netdevs.clone(),
     })?;
     let downscripts = std::mem::take(&mut devices.virtio.downscripts);
+    let hot_pci = crate::platform::hotpci::HotPci::new(
+        devices.pci.clone(),
+        devices.pcihp.clone(),
+        kvm.clone(),
+        mem.clone(),
+        devices.virtio.routes.clone(),
+        devices.virtio.intx.clone(),
+        registry.clone(),
+    );
+    devices.hot_pci = Some(hot_pci.clone());
     route_input(&console, &devices);
     let topo = Topology::from_smp(&cfg.smp);
     let (fds, templates) = create_vcpus(cfg, &kvm, &cpu, &topo)?;
@@ -543,7 +554,10 @@ pub fn build(
         Arc::new(machine),
         events_rx,
     );
-    supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug { netdevs }));
+    supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug {
+        netdevs,
+        pci: hot_pci,
+    }));
     let supervisor = supervisor.with_registry(registry.clone());
     sides
         .drives

@@ -489,7 +489,9 @@ impl ChipsetService for PcChipset {
 impl NetService for PcNet {
     fn network(&self, tree: &DeviceTree) -> String {
         let mut out = String::new();
-        for (i, n) in self.nics.iter().enumerate() {
+        // The command line's NICs, then those `device_add` plugged.
+        let hot: Vec<crate::platform::nic::Nic> = self.hot().hot_nics().cloned().collect();
+        for (i, n) in self.nics.iter().chain(&hot).enumerate() {
             // The address in use: a virtio driver may have changed it (MAC_ADDR_SET).
             out.push_str(&format!(
                 "{}: index=0,type=nic,model={},macaddr={}\n",

@@ -56,7 +56,13 @@ fn acpi_tables_decompile_and_the_dsdt_runs() {
         "{madt}"
     );
     let exec = Command::new("acpiexec")
-        .args(["-b", "evaluate \\_S5; evaluate \\_SB.PCI0._PRT"])
+        // Slot 2 (no VGA with -nodefaults) is hotpluggable: its eject method and the
+        // PCI hotplug GPE handler run against acpiexec's simulated ports.
+        .args([
+            "-b",
+            "evaluate \\_S5; evaluate \\_SB.PCI0._PRT; evaluate \\_SB.PCI0.S10._EJ0 1; \
+             evaluate \\_GPE._E01",
+        ])
         .arg("dsdt.dat")
         .current_dir(&dir.0)
         .output()
@@ -69,6 +75,14 @@ fn acpi_tables_decompile_and_the_dsdt_runs() {
     );
     assert!(text.contains("Evaluation of \\_S5 returned"), "{text}");
     assert!(text.contains("[Package] Contains 128 Elements"), "{text}");
+    assert!(
+        text.contains("Evaluating \\_SB.PCI0.S10._EJ0") && text.contains("Evaluating \\_GPE._E01"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not found") && !text.contains("AE_"),
+        "{text}"
+    );
 }
 
 /// Bad input: status 1 and exactly one line naming the problem.

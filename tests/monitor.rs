@@ -304,9 +304,11 @@ fn bad_clients_get_clear_errors_and_the_vm_runs_on() {
         h.cmd("info balloon"),
         "Error: No balloon device has been activated\r\n"
     );
-    assert!(h
-        .cmd("device_add e1000")
-        .starts_with("Error: device hotplug is not available yet"));
+    let out = h.cmd("device_add no-such-device");
+    assert!(
+        out.starts_with("Error: ") && out.contains("no-such-device"),
+        "{out:?}"
+    );
 
     // 200 clients at once: every one gets a banner or greeting and an answer.
     let clients: Vec<_> = (0..200)

@@ -19,6 +19,9 @@ pub enum VmEvent {
     /// A vCPU stopped on something KVM could not handle (internal error, failed entry).
     /// `report` is the QEMU-style text already printed on stderr.
     VcpuFault { cpu: u32, report: String },
+    /// The guest ejected the device in PCI slot `slot` of bus 0 (ACPI PCI hotplug's
+    /// B0EJ): it leaves the machine.
+    PciEjected { slot: u8 },
     /// A non-restartable actor (vCPU, block engine, virtio queue worker, e1000 thread)
     /// panicked with `reason`; the VM must stop.
     ActorFailed {

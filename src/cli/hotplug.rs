@@ -1,7 +1,7 @@
 //! The command-line rules for devices and backends added to a running VM (`device_add`,
 //! `netdev_add` from the monitor): same syntax, checked against the VM's current config.
-//! `netdev_add` uses them (platform/hotnet.rs); the monitor's `device_add` answers "not
-//! available yet" until device hotplug lands, and only the tests call its parser.
+//! `netdev_add` uses them (platform/hotnet.rs), and so does `device_add`
+//! (platform/hotpci.rs).
 
 use super::chardev;
 use super::device::{self, DeviceError, DeviceSet};
@@ -25,7 +25,6 @@ pub enum DeviceAdd {
 /// same rules as the command line: the next free PCI slot and MAC, unused `drive=`,
 /// `netdev=` and `chardev=`, unique id and bootindex. Errors print as
 /// `SPEC: reason`. A virtio-blk's `bootindex` is not copied into the drive here.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn parse_device_add(spec: &str, config: &VmConfig) -> Result<DeviceAdd, CliError> {
     let o = Opts::parse(spec, Some("driver")).map_err(|e| invalid(spec, e))?;
     match o.peek("driver") {

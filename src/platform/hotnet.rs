@@ -1,10 +1,12 @@
 //! Network backends as nodes of the device tree: one node per `-netdev` at start and per
 //! `netdev_add`, each holding the backend open until its node is removed (`netdev_del`),
 //! when its teardown closes it. Backends added at run time are checked against the VM's
-//! configuration with the command line's rules. Until NIC hotplug lands they stay
-//! unattached, as a QEMU netdev no NIC uses: a user-mode backend answers on its `hostfwd`
-//! ports (`info usernet`, `hostfwd_add` reach it), a tap interface exists on the host, and
-//! no frames flow.
+//! configuration with the command line's rules. Until a NIC `device_add` plugs takes
+//! one, it stays unattached, as a QEMU netdev no NIC uses: a user-mode backend answers on
+//! its `hostfwd` ports (`info usernet`, `hostfwd_add` reach it), a tap interface exists on
+//! the host, and no frames flow. The NIC takes the backend and closes it when it is
+//! unplugged; a later NIC on the same netdev opens it again (unlike QEMU, whose netdev
+//! outlives its NIC: a user-mode backend's connections and a tap's script run again).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,8 +23,9 @@ struct Added {
     slirp: Option<SlirpHandle>,
     /// The tap's down script and interface name, run when it is removed.
     downscript: Option<(PathBuf, String)>,
-    /// Holds the tap open and the slirp thread running until `netdev_del`.
-    _backend: Backend,
+    /// Holds the tap open and the slirp thread running until `netdev_del` (None: a NIC
+    /// `device_add` plugged took it).
+    backend: Option<Backend>,
 }
 
 /// The backends added at run time, and the configuration they are checked against.
@@ -31,6 +34,9 @@ pub struct HotNetdevs {
     rt: tokio::runtime::Handle,
     registry: actors::runtime::Registry,
     added: Vec<Added>,
+    /// NICs `device_add` plugged, by device id (`netdev_del` of their backend leaves them
+    /// with no peer).
+    hot_nics: Vec<(String, Nic)>,
 }
 
 /// The netdevs of a VM, shared by the tree's teardowns, the hotplug path and the monitor.
@@ -84,7 +90,75 @@ impl HotNetdevs {
             rt,
             registry,
             added: Vec::new(),
+            hot_nics: Vec::new(),
         }))
+    }
+
+    /// The VM's configuration as it is now (with the netdevs and devices added since).
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// A device `device_add` plugged (its netdev, drive and slot are in use now).
+    pub fn device_added(&mut self, d: crate::config::DeviceConfig, nic: Option<Nic>) {
+        if let (Some(id), Some(nic)) = (&d.id, nic) {
+            self.hot_nics.push((id.clone(), nic));
+        }
+        self.config.devices.push(d);
+    }
+
+    /// A device `device_add` plugged is gone (its backend closed with it).
+    pub fn device_removed(&mut self, id: &str) {
+        self.config.devices.retain(|d| d.id.as_deref() != Some(id));
+        self.hot_nics.retain(|(d, _)| d != id);
+    }
+
+    /// The NICs plugged at run time.
+    pub fn hot_nics(&self) -> impl Iterator<Item = &Nic> {
+        self.hot_nics.iter().map(|(_, n)| n)
+    }
+
+    /// The backend of netdev `id` for a NIC `device_add` plugs: the one `netdev_add`
+    /// opened, else opened now from its configuration (a `-netdev` no NIC used, or one
+    /// whose NIC was unplugged, which closed it). Returns the backend, how `info network`
+    /// shows it and its user-mode handle.
+    pub fn take_backend(
+        &mut self,
+        id: &str,
+    ) -> Result<(Backend, String, Option<SlirpHandle>), String> {
+        let nd = self
+            .config
+            .netdevs
+            .iter()
+            .find(|n| n.id == id)
+            .cloned()
+            .ok_or_else(|| format!("Property 'netdev' can't find value '{id}'"))?;
+        if matches!(&nd.kind, NetdevKind::User(u) if !u.guestfwd.is_empty()) {
+            return Err(format!(
+                "netdev '{id}': a NIC with guestfwd= rules cannot be plugged at run time yet"
+            ));
+        }
+        let held = self
+            .added
+            .iter_mut()
+            .find(|a| a.id == id)
+            .and_then(|a| a.backend.take().map(|b| (b, a.slirp.clone())));
+        if let Some((b, slirp)) = held {
+            return Ok((b, netdev_desc(&nd), slirp));
+        }
+        let mut downscripts = Vec::new();
+        let (backend, desc, slirp) = open_netdev(
+            &nd,
+            &mut GuestFwdChardevs::new(),
+            &self.rt,
+            &self.registry,
+            &mut downscripts,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        if let Some(a) = self.added.iter_mut().find(|a| a.id == id) {
+            a.slirp.clone_from(&slirp);
+        }
+        Ok((backend, desc, slirp))
     }
 
     /// `netdev_add SPEC` (the `-netdev` syntax): opens it; Err is the message for the user.
@@ -110,7 +184,7 @@ impl HotNetdevs {
             id: nd.id.clone(),
             slirp,
             downscript: downscripts.pop(),
-            _backend: backend,
+            backend: Some(backend),
         });
         self.config.netdevs.push(nd.clone());
         Ok((nd, desc))
@@ -132,9 +206,15 @@ impl HotNetdevs {
         Ok(())
     }
 
-    /// A netdev given at start is gone (`netdev_del`): its id may be used again.
+    /// A netdev is gone (`netdev_del`): its id may be used again, and a NIC `device_add`
+    /// plugged on it is left with no peer.
     fn forget(&mut self, id: &str) {
         self.config.netdevs.retain(|nd| nd.id != id);
+        for (_, nic) in &self.hot_nics {
+            if nic.netdev == id {
+                nic.detach();
+            }
+        }
     }
 
     /// Close every added backend (the VM is ending): the down scripts to run.
@@ -179,14 +259,39 @@ pub fn start_nodes(cfg: &VmConfig, nics: &[Nic], netdevs: &SharedNetdevs) -> Vec
         .collect()
 }
 
-/// The machine's hotplug: `netdev_add` opens a backend and makes its node.
+/// How `info network` describes netdev `nd` (as [`open_netdev`] does).
+fn netdev_desc(nd: &NetdevConfig) -> String {
+    match &nd.kind {
+        NetdevKind::User(u) => format!(
+            "type=user,net={},restrict={}",
+            u.net.0,
+            if u.restrict { "on" } else { "off" }
+        ),
+        _ => format!("type={}", netdev_type(nd)),
+    }
+}
+
+/// The machine's hotplug: `netdev_add` opens a backend and makes its node; `device_add`
+/// builds a PCI device ([`super::hotpci`]).
 pub struct PcHotplug {
     pub netdevs: SharedNetdevs,
+    pub pci: Arc<super::hotpci::HotPci>,
 }
 
 impl Hotplug for PcHotplug {
-    fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
+    fn plugged(&self, node: &Node) {
+        if let Some((slot, _)) = node.pci_address() {
+            self.pci.pcihp.plugged(slot);
+        }
+    }
+
+    fn unplug_request(&self, slot: u8) -> bool {
+        self.pci.pcihp.unplug_request(slot)
+    }
+
+    fn plug(&self, what: &Plug, tree: &DeviceTree) -> Result<Node, String> {
         match what {
+            Plug::Device(spec) => self.pci.plug(spec, tree, &self.netdevs),
             Plug::Netdev(spec) => {
                 let (nd, desc) = lock(&self.netdevs).add(spec)?;
                 let shared = self.netdevs.clone();

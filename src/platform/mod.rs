@@ -31,11 +31,23 @@ use pci::{GpePort, PciPlatform};
 
 pub mod fw_cfg;
 pub mod hotnet;
+pub mod hotpci;
 pub mod nic;
 pub mod pci;
+pub mod pcihp;
 pub mod tree;
 pub mod vga;
 pub mod virtio;
+
+/// Bitmap of the bus-0 slots that may be hot-(un)plugged: all but the chipset's and the
+/// std VGA's (QEMU's VGA is not hotpluggable).
+pub fn hotplug_slots(cfg: &VmConfig) -> u32 {
+    let mut fixed = crate::tables::dsdt::FIXED_SLOTS;
+    if cfg.vga == crate::config::VgaKind::Std {
+        fixed |= 1 << vga::VGA_SLOT.0;
+    }
+    !fixed
+}
 
 /// COM1..COM4: (port, IRQ).
 pub const COM_PORTS: [(u16, u32); 4] = [(0x3f8, 4), (0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
@@ -136,6 +148,10 @@ pub struct DeviceSet {
     pub vga: Option<vga::Display>,
     /// virtio-blk and virtio-rng devices.
     pub virtio: virtio::VirtioDevices,
+    /// ACPI PCI hotplug (0xAE00).
+    pub pcihp: Arc<pcihp::Pcihp>,
+    /// The devices `device_add` plugged (set once the machine is built).
+    pub hot_pci: Option<Arc<hotpci::HotPci>>,
 }
 
 /// What every stage of [`DeviceSet::build`] reads: the configuration, the VM, the buses
@@ -159,6 +175,7 @@ struct Board<'a> {
 struct Chipset {
     pm: Arc<Mutex<AcpiPm>>,
     pci: Arc<PciPlatform>,
+    pcihp: Arc<pcihp::Pcihp>,
 }
 
 impl DeviceSet {
@@ -224,6 +241,8 @@ impl DeviceSet {
             ide,
             vga,
             virtio,
+            pcihp: chipset.pcihp,
+            hot_pci: None,
         })
     }
 
@@ -235,9 +254,13 @@ impl DeviceSet {
         lock(&self.rtc.model).reset();
         lock(self.i8042.model()).reset();
         lock(&self.pm).reset();
+        self.pcihp.reset();
         lock(&self.fw_cfg).reset();
         lock(self.ide.model()).reset();
         self.virtio.reset();
+        if let Some(h) = &self.hot_pci {
+            h.reset();
+        }
         if let Some(v) = &self.vga {
             v.reset();
         }
@@ -313,13 +336,27 @@ impl Board<'_> {
             ResetControl::new(self.shared.clone()),
         );
         self.pio.insert(0xcf8, 8, "pci-conf", pci.config_port())?;
+        let pcihp = pcihp::Pcihp::new(hotplug_slots(self.cfg), pm.clone(), self.events.clone());
+        self.pio.insert(
+            u64::from(devices::pci::hotplug::PCIHP_BASE),
+            u64::from(devices::pci::hotplug::PCIHP_LEN),
+            "acpi-pcihp",
+            pcihp.clone(),
+        )?;
         tree::chipset(
             &mut self.tree,
             &pci,
             pci.control(),
-            ControlHandle::models("acpi-pm", vec![pci::part("acpi-pm", &pm)], || {}),
+            ControlHandle::models(
+                "acpi-pm",
+                vec![
+                    pci::part("acpi-pm", &pm),
+                    pci::part("acpi-pcihp", &pcihp.model),
+                ],
+                || {},
+            ),
         )?;
-        Ok(Chipset { pm, pci })
+        Ok(Chipset { pm, pci, pcihp })
     }
 
     /// Port 0x80 (POST codes, ignored) and, when its log target is on, SeaBIOS's debug

@@ -128,6 +128,44 @@ impl PciPlatform {
         lock(&self.host).add(slot, f);
     }
 
+    /// Take the function at `slot` off the bus (hot-unplug): every BAR of it is unmapped
+    /// (a handler learns it, so ioeventfds follow) and its bindings forgotten. Returns
+    /// the function (None: the slot was empty).
+    pub fn remove_function(&self, slot: Slot) -> Option<Arc<Mutex<dyn PciFunction>>> {
+        let f = lock(&self.host).remove(slot);
+        let gone: Vec<Binding> = {
+            let mut b = lock(&self.bindings);
+            let keys: Vec<(Slot, usize)> = b.keys().filter(|(s, _)| *s == slot).copied().collect();
+            keys.into_iter().filter_map(|k| b.remove(&k)).collect()
+        };
+        for b in gone {
+            let Some((old, slot_id)) = b.mapped else {
+                continue;
+            };
+            match &b.target {
+                BarTarget::Io(h) => {
+                    let _ = self.pio.remove(old.addr);
+                    h.mapped(None);
+                }
+                BarTarget::Mmio(h) => {
+                    let _ = self.mmio.remove(old.addr);
+                    h.mapped(None);
+                }
+                BarTarget::Ram { .. } | BarTarget::Rom(_) => {
+                    if let Some(s) = slot_id {
+                        let _ = self.kvm.unmap(s);
+                    }
+                }
+            }
+        }
+        f
+    }
+
+    /// Whether a function sits at `slot`.
+    pub fn occupied(&self, slot: Slot) -> bool {
+        lock(&self.host).get(slot).is_some()
+    }
+
     /// Say what BAR `bar` of `slot` maps to; it is mapped whenever the guest enables it.
     pub fn bind_bar(&self, slot: Slot, bar: usize, name: &str, target: BarTarget) {
         lock(&self.bindings).insert(

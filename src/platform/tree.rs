@@ -40,8 +40,13 @@ impl Placement for PciPlacement {
 pub fn add_device(
     tree: &mut DeviceTree,
     pci: &Arc<PciPlatform>,
-    mut node: Node,
+    node: Node,
 ) -> Result<(), TreeError> {
+    tree.insert(placed(pci, node))
+}
+
+/// `node` with what its PCI function decodes added (see [`add_device`]).
+pub fn placed(pci: &Arc<PciPlatform>, mut node: Node) -> Node {
     if let Some(slot) = node.pci_address() {
         if node.placement.is_none() {
             node.placement = Some(Arc::new(PciPlacement {
@@ -73,7 +78,7 @@ pub fn add_device(
             }
         }
     }
-    tree.insert(node)
+    node
 }
 
 /// A device of the board (not from `-device`): QEMU gives it no id; troupe names it

@@ -345,6 +345,7 @@ mod tests {
                 serials: vec![(0x3f8, 4), (0x2f8, 3)],
                 pci_window32: (0x8000_0000, 0xfebf_ffff),
                 pci_window64: None,
+                hotplug_slots: !(crate::tables::dsdt::FIXED_SLOTS | 1 << 2),
             },
         }
     }
@@ -489,6 +490,62 @@ mod tests {
         );
         assert!(text.contains("[Package] Contains 4 Elements"), "{text}");
         assert!(text.contains("[Package] Contains 128 Elements"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// acpiexec runs the PCI hotplug AML against its simulated I/O space: a slot's `_EJ0`
+    /// (through PCEJ's writes to BNUM and B0EJ), the GPE handler `_E01` (PCNT reading PCIU
+    /// and PCID and notifying through DVNT), and `_STA` where the DSDT has it (the CPUs).
+    #[test]
+    fn acpiexec_runs_the_pci_hotplug_aml() {
+        let dir = std::env::temp_dir().join(format!("troupe-acpi-hp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t = AcpiTables::build(&cfg(2, 2, |i| i));
+        t.dump(&dir, 0xe_0000, 0xe_0040).unwrap();
+        let out = std::process::Command::new(tool("iasl"))
+            .args(["-d", "dsdt.dat"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("Error"), "{text}");
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        // Slot 3 (devfn 0x18) is hotpluggable, the VGA's slot 2 is not.
+        for needle in [
+            "Device (S18)",
+            "Name (_SUN, 0x03)",
+            "Method (_EJ0, 1",
+            "PCEJ (BSEL, _SUN)",
+            "Method (_E01, 0",
+            "\\_SB.PCI0.PCNT ()",
+            "SystemIO, 0xAE00",
+            "Notify (S18, Arg1)",
+        ] {
+            assert!(dsl.contains(needle), "{needle} missing:\n{dsl}");
+        }
+        assert!(!dsl.contains("Device (S10)"), "{dsl}");
+        let out = std::process::Command::new(tool("acpiexec"))
+            .args([
+                "-b",
+                "evaluate \\_SB.PCI0.S18._EJ0 1; evaluate \\_SB.PCI0.SF8._SUN; \
+                 evaluate \\_GPE._E01; evaluate \\_SB.C001._STA; evaluate \\_SB.PCI0.PCEJ 0 5",
+            ])
+            .arg("dsdt.dat")
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Evaluating \\").count(), 5, "{text}");
+        assert!(
+            text.contains("[Integer] = 000000000000001F"),
+            "_SUN of slot 31:\n{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -44,6 +44,8 @@ pub struct E1000Host {
     /// Frames on their way from the vCPU to the backend thread; `None` when there is no
     /// backend (and so no thread): frames are then dropped at once.
     tx: Option<TxQueue>,
+    /// The device was removed: the backend thread ends at its next wake-up.
+    stopping: AtomicBool,
 }
 
 /// Frames the model has transmitted, waiting for the backend thread: a bounded queue the
@@ -150,6 +152,7 @@ impl E1000Host {
                 Some(_) => Some(TxQueue::new(TX_QUEUE_FRAMES)?),
                 None => None,
             },
+            stopping: AtomicBool::new(false),
         });
         // With no backend to receive from, nothing but vCPU exits reaches the model: no
         // thread.
@@ -237,6 +240,16 @@ impl E1000Host {
         }
     }
 
+    /// The device was removed from the machine (its BARs already unmapped): the backend
+    /// thread ends and the backend closes with it.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        *lock(&self.backend) = Backend::Gone;
+        if let Some(tx) = &self.tx {
+            let _ = tx.wake.write(1);
+        }
+    }
+
     /// The backend thread: write the queued frames to the backend.
     fn transmit(&self) {
         let Some(tx) = &self.tx else {
@@ -279,6 +292,9 @@ impl E1000Host {
                     return;
                 }
             };
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             // Frames the guest transmitted go out even while paused (they were sent before
             // the pause, like frames already in a NIC's FIFO); the queue must be emptied
             // anyway, its eventfd being level-triggered.

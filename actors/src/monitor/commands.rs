@@ -397,6 +397,12 @@ fn s<'a>(args: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 /// then the rest; booleans as on/off, lists (`hostfwd: [{"str": ...}]`) as repeated keys,
 /// commas doubled as the option syntax wants.
 fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
+    option_spec(args, "type")
+}
+
+/// QMP arguments as an option string whose implied first key is `first` (`type` for
+/// `-netdev`, `driver` for `-device`): see [`netdev_spec`].
+fn option_spec(args: &Map<String, Value>, first: &str) -> Result<String, CmdError> {
     let esc = |v: &str| v.replace(',', ",,");
     let scalar = |k: &str, v: &Value| -> Result<String, CmdError> {
         match v {
@@ -414,8 +420,8 @@ fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
             ))),
         }
     };
-    let mut spec = esc(s(args, "type").unwrap_or_default());
-    let mut keys: Vec<&String> = args.keys().filter(|k| *k != "type").collect();
+    let mut spec = esc(s(args, first).unwrap_or_default());
+    let mut keys: Vec<&String> = args.keys().filter(|k| *k != first).collect();
     keys.sort_by_key(|k| *k != "id");
     for k in keys {
         match &args[k] {
@@ -452,6 +458,24 @@ pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Resu
         }
         r => r.map_err(|e| e.to_string()),
     }
+}
+
+/// `device_add SPEC` (the `-device` syntax): the machine builds the device and the guest
+/// is told (ACPI PCI hotplug). Err is the message to show.
+pub async fn device_add(ctx: &MonitorContext, spec: String) -> Result<(), String> {
+    ctx.supervisor
+        .add_node(crate::supervisor::Plug::Device(spec))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `device_del ID`: the guest is asked to eject the device; it leaves (and
+/// `DEVICE_DELETED` is sent) when the guest does.
+pub async fn device_del(
+    ctx: &MonitorContext,
+    id: &str,
+) -> Result<(), crate::supervisor::HotplugError> {
+    ctx.supervisor.unplug_device(id).await
 }
 
 /// A removable-media operation through the drives actor.
@@ -627,7 +651,19 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             expire_password(ctx, protocol, s(args, "time").unwrap_or_default())?;
             Ok(json!({}))
         }
-        "device_add" | "device_del" => Err(not_available("device hotplug")),
+        "device_add" => {
+            device_add(ctx, option_spec(args, "driver")?)
+                .await
+                .map_err(CmdError::Generic)?;
+            Ok(json!({}))
+        }
+        "device_del" => match device_del(ctx, s(args, "id").unwrap_or_default()).await {
+            Ok(()) => Ok(json!({})),
+            Err(e @ crate::supervisor::HotplugError::DeviceNotFound(_)) => {
+                Err(CmdError::DeviceNotFound(e.to_string()))
+            }
+            Err(e) => Err(CmdError::Generic(e.to_string())),
+        },
         "set_link" => {
             let name = s(args, "name").unwrap_or_default();
             let up = args.get("up").and_then(Value::as_bool).unwrap_or(true);

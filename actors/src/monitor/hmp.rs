@@ -451,8 +451,23 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         "log" => log(ctx, &rest),
         "trace-event" => trace_event(ctx, &rest),
         "vcpu_pin" => vcpu_pin(ctx, rest[0], rest[1]).await,
-        "device_add" | "device_del" => {
-            "Error: device hotplug is not available yet in troupe\n".into()
+        "device_add" => {
+            let spec = rest.first().copied().unwrap_or_default().to_string();
+            match crate::monitor::commands::device_add(ctx, spec).await {
+                Ok(()) => String::new(),
+                Err(e) => format!("Error: {e}\n"),
+            }
+        }
+        "device_del" => {
+            match crate::monitor::commands::device_del(
+                ctx,
+                rest.first().copied().unwrap_or_default(),
+            )
+            .await
+            {
+                Ok(()) => String::new(),
+                Err(e) => format!("Error: {e}\n"),
+            }
         }
         "migrate"
         | "migrate_cancel"

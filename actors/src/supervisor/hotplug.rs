@@ -6,8 +6,10 @@
 //! torn down at once. Removing: the tree gives the node up (refused while devices sit on a
 //! bus it provides), its actor is quiesced, and its [`Teardown`] undoes what it placed. A
 //! backend is torn down with the device using it left in place, as `netdev_del` leaves a
-//! NIC with no peer; a PCI device (later: `device_del`) would unmap its BARs, remove its
-//! ioeventfds and free its MSI routes in its teardown the same way.
+//! NIC with no peer. A PCI device leaves in two steps, as on QEMU's `pc`: `device_del`
+//! ([`unplug_request`]) asks the guest to eject its slot (ACPI PCI hotplug), and the
+//! guest's eject ([`ejected`]) removes its node, whose teardown unmaps its BARs (taking
+//! its ioeventfds), stops its threads and frees its MSI routes; then `DEVICE_DELETED`.
 
 use std::sync::Arc;
 
@@ -19,6 +21,8 @@ use crate::runtime::Registry;
 pub enum Plug {
     /// `netdev_add`: a NIC backend, in the `-netdev` syntax.
     Netdev(String),
+    /// `device_add`: a device, in the `-device` syntax.
+    Device(String),
 }
 
 /// Why a node could not be added or removed.
@@ -31,6 +35,12 @@ pub enum HotplugError {
     Failed(String),
     #[error("this machine cannot add or remove {0} while it runs")]
     Unsupported(&'static str),
+    #[error("Device '{0}' not found")]
+    DeviceNotFound(String),
+    #[error("Device '{0}' does not support hotplugging")]
+    NotHotpluggable(String),
+    #[error("Device {0} is already in the process of unplug")]
+    UnplugPending(String),
 }
 
 /// The machine's side of hotplug: builds what a [`Plug`] asks for.
@@ -38,6 +48,12 @@ pub trait Hotplug: Send + Sync + 'static {
     /// Build it and return its node (with the teardown that closes it), given the tree as
     /// it is now. May block (a tap's script runs); called off the supervisor's thread.
     fn plug(&self, what: &Plug, tree: &DeviceTree) -> Result<Node, String>;
+    /// `node` (a PCI device [`plug`](Self::plug) built) is in the tree: tell the guest it
+    /// arrived (ACPI PCI hotplug: PCIU and the GPE).
+    fn plugged(&self, node: &Node);
+    /// Ask the guest to eject PCI slot `slot` (PCID and the GPE); false: an unplug of it
+    /// already waits for the guest (nothing done).
+    fn unplug_request(&self, slot: u8) -> bool;
 }
 
 /// Run something that may block (a tap's script) on a one-shot actor thread, off the
@@ -65,20 +81,101 @@ pub(super) async fn add(
         .cloned()
         .ok_or(HotplugError::Unsupported("devices or backends"))?;
     let snapshot = tree.clone();
-    let node = blocking(registry, move || h.plug(&what, &snapshot)).await?;
+    let builder = h.clone();
+    let node = blocking(registry, move || builder.plug(&what, &snapshot)).await?;
     if let (true, Some(c)) = (paused, &node.control) {
         if let Err(e) = c.pause().await {
             tracing::warn!("pausing {}: {e}", c.id());
         }
     }
     let teardown = node.teardown.clone();
+    let announce = node.backend.is_none().then(|| node.clone());
     if let Err(e) = tree.insert(node) {
         if let Some(t) = teardown {
             blocking(registry, move || t.run()).await?;
         }
         return Err(e.into());
     }
+    if let Some(n) = announce {
+        h.plugged(&n);
+    }
     Ok(())
+}
+
+/// The node `device_del ID` names: its `id=`, or its QOM path
+/// (`/machine/peripheral/ID`, `/machine/peripheral-anon/device[N]`).
+fn device_node<'a>(tree: &'a DeviceTree, id: &str) -> Option<&'a Node> {
+    let id = id.strip_prefix("/machine/peripheral/").unwrap_or(id);
+    tree.get(id).filter(|n| n.backend.is_none())
+}
+
+/// `device_del ID`: ask the guest to eject the PCI device's slot; the device leaves when
+/// it does ([`ejected`]).
+pub(super) fn unplug_request(
+    tree: &DeviceTree,
+    hotplug: Option<&Arc<dyn Hotplug>>,
+    id: &str,
+) -> Result<(), HotplugError> {
+    let node = device_node(tree, id).ok_or_else(|| HotplugError::DeviceNotFound(id.into()))?;
+    let h = hotplug.ok_or(HotplugError::Unsupported("devices"))?;
+    // Only what hotplug built can go (it has a teardown); the chipset, the VGA and the
+    // command line's devices stay.
+    let slot = match (node.pci_address(), &node.teardown) {
+        (Some((slot, 0)), Some(_)) => slot,
+        _ => return Err(HotplugError::NotHotpluggable(node.driver.clone())),
+    };
+    if h.unplug_request(slot) {
+        Ok(())
+    } else {
+        Err(HotplugError::UnplugPending(node.id.clone()))
+    }
+}
+
+/// The QOM path of device node `n`, as `DEVICE_DELETED` names it.
+pub fn qom_path(n: &Node) -> String {
+    if n.user_id {
+        format!("/machine/peripheral/{}", n.id)
+    } else {
+        n.id.clone()
+    }
+}
+
+/// The guest ejected PCI slot `slot`: the hot-plugged device there leaves the tree and its
+/// teardown runs. Returns the removed node (None: nothing removable was there).
+pub(super) async fn ejected(
+    registry: &Registry,
+    tree: &mut DeviceTree,
+    slot: u8,
+) -> Result<Option<Node>, HotplugError> {
+    let Some(id) = tree
+        .children("pci.0")
+        .find(|n| n.pci_address() == Some((slot, 0)) && n.teardown.is_some())
+        .map(|n| n.id.clone())
+    else {
+        return Ok(None);
+    };
+    remove(registry, tree, &id).await.map(Some)
+}
+
+/// The `DEVICE_DELETED` events for removed device `n`, as QEMU sends them: a virtio
+/// device's `virtio-backend` child first (path only), then the device (with `device`
+/// when it has an `id=`). (event name, JSON data).
+pub fn deleted_events(n: &Node) -> Vec<(String, String)> {
+    let path = qom_path(n);
+    let mut out = Vec::new();
+    if n.driver.starts_with("virtio-") {
+        out.push((
+            "DEVICE_DELETED".to_string(),
+            serde_json::json!({ "path": format!("{path}/virtio-backend") }).to_string(),
+        ));
+    }
+    let data = if n.user_id {
+        serde_json::json!({ "device": n.id, "path": path })
+    } else {
+        serde_json::json!({ "path": path })
+    };
+    out.push(("DEVICE_DELETED".to_string(), data.to_string()));
+    out
 }
 
 /// Take node `id` out of `tree` and undo what it placed.
@@ -110,7 +207,7 @@ mod tests {
 
     impl Hotplug for Fake {
         fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
-            let Plug::Netdev(id) = what;
+            let (Plug::Netdev(id) | Plug::Device(id)) = what;
             if id == "bad" {
                 return Err("cannot open bad".into());
             }
@@ -122,6 +219,10 @@ mod tests {
                     Ok(())
                 })),
             )
+        }
+        fn plugged(&self, _node: &Node) {}
+        fn unplug_request(&self, _slot: u8) -> bool {
+            true
         }
     }
 
@@ -158,5 +259,110 @@ mod tests {
             add(&r, &mut t, None, Plug::Netdev("n1".into()), false).await,
             Err(HotplugError::Unsupported("devices or backends"))
         );
+    }
+
+    /// Builds PCI devices on the slot in the spec, remembering the slots it was asked to
+    /// announce and eject.
+    #[derive(Default)]
+    struct Pci {
+        plugged: std::sync::Mutex<Vec<u8>>,
+        pending: std::sync::Mutex<Vec<u8>>,
+        torn_down: Arc<AtomicUsize>,
+    }
+
+    impl Hotplug for Pci {
+        fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
+            let Plug::Device(spec) = what else {
+                return Err("devices only".into());
+            };
+            let (id, slot) = spec.split_once('@').unwrap();
+            let gone = self.torn_down.clone();
+            Ok(Node::new(id, "virtio-net-pci", "pci.0")
+                .user()
+                .with(crate::supervisor::Resource::PciFunction {
+                    slot: slot.parse().unwrap(),
+                    function: 0,
+                })
+                .teardown(Teardown::new(move || {
+                    gone.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })))
+        }
+        fn plugged(&self, node: &Node) {
+            self.plugged
+                .lock()
+                .unwrap()
+                .push(node.pci_address().unwrap().0);
+        }
+        fn unplug_request(&self, slot: u8) -> bool {
+            let mut p = self.pending.lock().unwrap();
+            if p.contains(&slot) {
+                return false;
+            }
+            p.push(slot);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pci_device_is_announced_then_leaves_when_the_guest_ejects_its_slot() {
+        let pci = Arc::new(Pci::default());
+        let h: Arc<dyn Hotplug> = pci.clone();
+        let r = Registry::new();
+        let mut t = DeviceTree::new();
+        t.insert(
+            Node::new("host", "i440FX-pcihost", crate::supervisor::SYSTEM_BUS)
+                .providing("pci.0", "PCI"),
+        )
+        .unwrap();
+        t.insert(
+            Node::new("/machine/unattached/device[3]", "VGA", "pci.0").with(
+                crate::supervisor::Resource::PciFunction {
+                    slot: 2,
+                    function: 0,
+                },
+            ),
+        )
+        .unwrap();
+        add(&r, &mut t, Some(&h), Plug::Device("nic1@5".into()), false)
+            .await
+            .unwrap();
+        assert_eq!(*pci.plugged.lock().unwrap(), [5]);
+        // Unknown, not hot-plugged, then asked twice.
+        assert_eq!(
+            unplug_request(&t, Some(&h), "ghost"),
+            Err(HotplugError::DeviceNotFound("ghost".into()))
+        );
+        assert_eq!(
+            unplug_request(&t, Some(&h), "/machine/unattached/device[3]"),
+            Err(HotplugError::NotHotpluggable("VGA".into()))
+        );
+        unplug_request(&t, Some(&h), "/machine/peripheral/nic1").unwrap();
+        assert_eq!(
+            unplug_request(&t, Some(&h), "nic1"),
+            Err(HotplugError::UnplugPending("nic1".into()))
+        );
+        // Asking does not remove it; the guest's eject of another slot does nothing.
+        assert!(t.get("nic1").is_some());
+        assert!(ejected(&r, &mut t, 7).await.unwrap().is_none());
+        let gone = ejected(&r, &mut t, 5).await.unwrap().unwrap();
+        assert!(t.get("nic1").is_none());
+        assert_eq!(pci.torn_down.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            deleted_events(&gone),
+            [
+                (
+                    "DEVICE_DELETED".to_string(),
+                    r#"{"path":"/machine/peripheral/nic1/virtio-backend"}"#.to_string()
+                ),
+                (
+                    "DEVICE_DELETED".to_string(),
+                    r#"{"device":"nic1","path":"/machine/peripheral/nic1"}"#.to_string()
+                )
+            ]
+        );
+        // The VGA's slot is not the guest's to eject.
+        assert!(ejected(&r, &mut t, 2).await.unwrap().is_none());
+        assert!(t.get("/machine/unattached/device[3]").is_some());
     }
 }

@@ -209,6 +209,9 @@ pub enum SupervisorMsg {
     /// Take a node (by tree id) out of the device tree and tear down what it placed
     /// (`netdev_del`).
     RemoveNode(String, Reply<Result<(), HotplugError>>),
+    /// `device_del`: ask the guest to eject a hot-plugged PCI device (it leaves when the
+    /// guest does, with `DEVICE_DELETED`).
+    UnplugDevice(String, Reply<Result<(), HotplugError>>),
 }
 
 impl MessageKind for SupervisorMsg {
@@ -239,6 +242,7 @@ impl MessageKind for SupervisorMsg {
             Self::LoadVmState(..) => "load-vm-state",
             Self::AddNode(..) => "add-node",
             Self::RemoveNode(..) => "remove-node",
+            Self::UnplugDevice(..) => "unplug-device",
         }
     }
 }
@@ -366,6 +370,13 @@ impl SupervisorHandle {
     pub async fn remove_node(&self, id: &str) -> Result<(), HotplugError> {
         let id = id.to_string();
         self.ask(|r| SupervisorMsg::RemoveNode(id, r))
+            .await
+            .map_err(|e| HotplugError::Failed(e.to_string()))?
+    }
+    /// `device_del ID`: the guest is asked to eject it.
+    pub async fn unplug_device(&self, id: &str) -> Result<(), HotplugError> {
+        let id = id.to_string();
+        self.ask(|r| SupervisorMsg::UnplugDevice(id, r))
             .await
             .map_err(|e| HotplugError::Failed(e.to_string()))?
     }
@@ -1072,6 +1083,21 @@ impl Supervisor {
                     Some(ExitReason::Fault(report))
                 }
             }
+            VmEvent::PciEjected { slot } => {
+                match hotplug::ejected(&self.registry, &mut self.tree, slot).await {
+                    Ok(Some(node)) => {
+                        for (event, data) in hotplug::deleted_events(&node) {
+                            self.publish(VmNotification::Other { event, data });
+                        }
+                    }
+                    Ok(None) => tracing::debug!(
+                        target: "guest_errors",
+                        "the guest ejected PCI slot {slot}, which holds no hot-plugged device"
+                    ),
+                    Err(e) => tracing::warn!("removing the device of PCI slot {slot}: {e}"),
+                }
+                None
+            }
             VmEvent::ActorFailed { id, kind, reason } => {
                 // As a vCPU fault: everything stops in internal-error, inspectable from a
                 // monitor; with none attached the process ends with status 1. A dead
@@ -1192,6 +1218,13 @@ impl Supervisor {
                         .await
                         .map(|_| ()),
                 );
+            }
+            SupervisorMsg::UnplugDevice(id, r) => {
+                r.send(hotplug::unplug_request(
+                    &self.tree,
+                    self.hotplug.as_ref(),
+                    &id,
+                ));
             }
         }
         None

@@ -120,6 +120,13 @@ impl VirtioPciHost {
         self.worker.reset();
     }
 
+    /// The device was removed from the machine (its BARs already unmapped, so its
+    /// ioeventfds are unregistered): the worker thread ends, dropping its backend. The
+    /// MSI-X vectors go back when the last reference to the model is dropped.
+    pub fn stop(&self) {
+        self.worker.stop();
+    }
+
     fn act(&self, a: Option<Action>) {
         match a {
             None => {}

@@ -22,6 +22,8 @@ const FIRST_MSI_GSI: u32 = 24;
 
 struct Table {
     next: u32,
+    /// GSIs given back by removed devices, handed out again first.
+    free: std::collections::BTreeSet<u32>,
     msi: BTreeMap<u32, (u64, u32)>,
 }
 
@@ -60,6 +62,7 @@ impl MsiRoutes {
             vm,
             table: Mutex::new(Table {
                 next: FIRST_MSI_GSI,
+                free: Default::default(),
                 msi: BTreeMap::new(),
             }),
         })
@@ -70,16 +73,58 @@ impl MsiRoutes {
         let mut t = lock(&self.table);
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            if t.next >= 4096 {
-                return Err(MsiError::Exhausted);
+            let gsi = match t.free.pop_first() {
+                Some(g) => g,
+                None if t.next < 4096 => {
+                    t.next += 1;
+                    t.next - 1
+                }
+                None => {
+                    drop(t);
+                    self.release(&out);
+                    return Err(MsiError::Exhausted);
+                }
+            };
+            let fd = match EventFd::new(libc::EFD_NONBLOCK).map_err(MsiError::EventFd) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    t.free.insert(gsi);
+                    drop(t);
+                    self.release(&out);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self.vm.register_irqfd(&fd, gsi) {
+                t.free.insert(gsi);
+                drop(t);
+                self.release(&out);
+                return Err(MsiError::Irqfd(e));
             }
-            let gsi = t.next;
-            t.next += 1;
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(MsiError::EventFd)?;
-            self.vm.register_irqfd(&fd, gsi).map_err(MsiError::Irqfd)?;
             out.push((gsi, fd));
         }
         Ok(out)
+    }
+
+    /// Give GSIs back (a device was removed): their irqfds are unregistered, their MSI
+    /// routes leave the table, and the GSIs may be handed out again.
+    pub fn release(&self, vectors: &[(u32, EventFd)]) {
+        if vectors.is_empty() {
+            return;
+        }
+        let mut t = lock(&self.table);
+        let mut routed = false;
+        for (gsi, fd) in vectors {
+            if let Err(e) = self.vm.unregister_irqfd(fd, *gsi) {
+                tracing::warn!("KVM_IRQFD deassign of GSI {gsi}: {e}");
+            }
+            routed |= t.msi.remove(gsi).is_some();
+            t.free.insert(*gsi);
+        }
+        if routed {
+            if let Err(e) = self.commit(&t) {
+                tracing::warn!("releasing MSI routes: {e}");
+            }
+        }
     }
 
     /// Point `gsi` at an MSI message (address, data).
@@ -142,6 +187,14 @@ impl KvmMsix {
     /// The GSI each vector is routed through, by vector.
     pub fn gsis(&self) -> Vec<u32> {
         self.vectors.iter().map(|(gsi, _)| *gsi).collect()
+    }
+}
+
+impl Drop for KvmMsix {
+    /// The device is gone (hot-unplugged): its vectors' GSIs and irqfds go back.
+    fn drop(&mut self) {
+        let vectors = std::mem::take(&mut self.vectors);
+        self.routes.release(&vectors);
     }
 }
 

@@ -94,6 +94,8 @@ pub(crate) enum Ctl {
         features: u64,
     },
     Reset(Sender<()>),
+    /// The device was removed: end the thread (answered just before it ends).
+    Stop(Sender<()>),
 }
 
 /// What a [`QueueWorker`] works with: guest memory, the live queues, and the transport
@@ -213,6 +215,14 @@ impl WorkerHandle {
     pub fn reset(&self) {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Ctl::Reset(tx));
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+    }
+
+    /// End the worker thread (its device was removed); returns once it has dropped its
+    /// queues and backend, or after 5 s.
+    pub fn stop(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Ctl::Stop(tx));
         let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
     }
 }
@@ -362,6 +372,15 @@ pub(crate) fn spawn(
                                     ctx.queues.clear();
                                     ctx.failed = false;
                                     let _ = done.send(());
+                                }
+                                Ok(Ctl::Stop(done)) => {
+                                    worker.reset();
+                                    ctx.queues.clear();
+                                    // The worker (and the backend it owns) goes with the
+                                    // thread, before the answer.
+                                    drop(worker);
+                                    let _ = done.send(());
+                                    return;
                                 }
                                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,

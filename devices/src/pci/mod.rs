@@ -8,6 +8,7 @@
 //! chipset registers (PAM, PIRQ routing, the PM base).
 
 pub mod config;
+pub mod hotplug;
 pub mod i440fx;
 pub mod piix;
 

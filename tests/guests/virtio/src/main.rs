@@ -1,7 +1,8 @@
 //! virtio: a ring-3 driver for virtio-blk and virtio-rng over the PCI transport, with
 //! checks. Polls (no interrupts); modern interface by default, `legacy` for the I/O BAR.
 //!
-//! Command line:
+//! Command line (`hotplug`: first wait for a device to be hot-plugged, printing
+//! `virtio: hotplugged slot=N`, exit 2 if none comes within 60 s):
 //! - `dev=blk` (default) with `op=`:
 //!   - `check` (default): capacity, GET_ID, write a pattern over `sectors=N` (default
 //!     2048) with `seed=N`, flush, read back, write-zeroes, discard (if offered), an
@@ -408,7 +409,28 @@ fn console(boot: &BootInfo) -> u32 {
     }
 }
 
+/// `hotplug`: wait (up to 60 s) for ACPI PCI hotplug to report a device arriving (a slot
+/// bit in PCIU at 0xAE00, as `pcihp` does) before looking for the device.
+fn wait_for_hotplug() -> bool {
+    let d = guestlib::time::Deadline::after_ms(60_000);
+    loop {
+        let up = guestlib::io::inl(0xae00);
+        if up != 0 {
+            println!("virtio: hotplugged slot={}", up.trailing_zeros());
+            return true;
+        }
+        if d.expired() {
+            println!("virtio: no device was hotplugged");
+            return false;
+        }
+        guestlib::time::delay_us(500);
+    }
+}
+
 fn main(boot: &BootInfo) -> u32 {
+    if boot.arg("hotplug").is_some() && !wait_for_hotplug() {
+        return 2;
+    }
     if boot.arg("dev") == Some("input") {
         return input(boot);
     }
