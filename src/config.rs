@@ -18,7 +18,9 @@ pub struct VmConfig {
     pub name: Option<String>,
     /// `-name ...,process=PNAME`: the host process name to set (prctl `PR_SET_NAME`).
     pub process_name: Option<String>,
-    /// `-name ...,debug-threads=on`: give host threads descriptive names (`troupe-vcpu0` ...).
+    /// `-name ...,debug-threads=on`: vCPU threads get QEMU's names (`CPU 0/KVM`, ...) in
+    /// place of troupe's `troupe-vcpu0` (every other thread already has a descriptive
+    /// `troupe-<actor>` name whatever this says).
     pub debug_threads: bool,
     /// `-uuid`, normalised to lower-case `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
     pub uuid: Option<String>,
@@ -91,6 +93,8 @@ pub struct VmConfig {
     pub dump_acpi: Option<PathBuf>,
     /// `-rtc base=utc|localtime|DATE,clock=host`.
     pub rtc: RtcConfig,
+    /// `-msg timestamp=on`: messages on stderr start with an ISO 8601 UTC timestamp.
+    pub msg_timestamp: bool,
     /// What QEMU would print as start-up warnings (a netdev with no NIC, a NIC with no
     /// backend, ...). The caller prints each as `troupe: warning: <text>`.
     pub warnings: Vec<String>,
@@ -193,6 +197,8 @@ pub struct MachineConfig {
     pub kind: String,
     /// The accelerator (always KVM: troupe has no emulator).
     pub accel: Accel,
+    /// `dump-guest-core=` (default on): guest RAM in the host's core dumps of troupe.
+    pub dump_guest_core: bool,
 }
 
 /// An accelerator.
@@ -292,6 +298,14 @@ pub enum CharBackend {
         /// Listen instead of connecting.
         server: bool,
         /// Server only: block start-up until the first client connects.
+        wait: bool,
+    },
+    /// `-chardev socket,fd=N,server=on`: a listening socket (unix or TCP) created by the
+    /// process that started troupe (libvirt) and inherited as descriptor `N`.
+    ListenerFd {
+        /// The inherited descriptor.
+        fd: i32,
+        /// Block start-up until the first client connects.
         wait: bool,
     },
     /// `mon:stdio` / `-nographic`: the serial port multiplexed with a monitor on stdio
@@ -395,6 +409,10 @@ pub struct VncConfig {
     pub to: Option<u16>,
     /// `lossy=on`: allow lossy encodings (Tight gradient/JPEG).
     pub lossy: bool,
+    /// `audiodev=ID`: the `-audiodev` whose sound VNC clients could ask for (QEMU's audio
+    /// extension). troupe has no sound card and allows only `driver=none` audiodevs, so
+    /// there is never audio to send: the id is checked and clients are not offered audio.
+    pub audiodev: Option<String>,
     /// QEMU's default display (no `-display`, `-vnc` or `-nographic`): announced on stderr
     /// as `VNC server running on HOST:PORT`.
     pub announce: bool,
@@ -742,6 +760,16 @@ pub enum DeviceKind {
 
 impl DeviceKind {
     /// The `-device` driver name (QEMU's).
+    /// `bootindex=`, for the devices that take one.
+    pub fn bootindex(&self) -> Option<u32> {
+        match self {
+            DeviceKind::VirtioBlk { bootindex, .. } | DeviceKind::Nic { bootindex, .. } => {
+                *bootindex
+            }
+            _ => None,
+        }
+    }
+
     pub fn driver(&self) -> &'static str {
         match self {
             DeviceKind::IsaDebugExit { .. } => "isa-debug-exit",

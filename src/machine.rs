@@ -311,6 +311,10 @@ fn chardev_backend(cfg: &VmConfig, console: &Console, b: &CharBackend) -> Result
                 Backend::UnixClient { path: path.clone() }
             }
         }
+        CharBackend::ListenerFd { fd, wait } => Backend::ListenerFd {
+            fd: *fd,
+            wait: *wait,
+        },
         CharBackend::Named(id) => {
             let c = cfg
                 .chardevs
@@ -516,6 +520,7 @@ pub fn build(
         mem,
         events,
         coalesced: ring,
+        debug_threads: cfg.debug_threads,
     };
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
@@ -598,6 +603,9 @@ fn create_vm() -> Result<Arc<KvmVm>> {
 fn guest_memory(cfg: &VmConfig, kvm: &KvmVm) -> Result<(RamLayout, GuestMemoryMmap)> {
     let layout = RamLayout::pc(cfg.memory);
     let mem = memory::allocate(&layout)?;
+    if !cfg.machine.dump_guest_core {
+        memory::exclude_from_core_dumps(&mem).context("madvise(MADV_DONTDUMP) on guest RAM")?;
+    }
     memory::register(kvm, &mem)?;
     Ok((layout, mem))
 }
@@ -1082,6 +1090,7 @@ pub(crate) fn start_monitors(
                     server: true,
                     wait,
                 } => MonitorBackend::Unix { path, wait },
+                CharBackend::ListenerFd { fd, wait } => MonitorBackend::ListenerFd { fd, wait },
                 other => match chardev_backend(cfg, console, &other)? {
                     Some(b) => MonitorBackend::Chardev(b),
                     None => continue,

@@ -53,6 +53,10 @@ pub(super) enum Opt {
     LogItems,
     VcpuPin,
     DumpAcpi,
+    Object,
+    Global,
+    Audiodev,
+    Msg,
 }
 
 /// (name without dash, option, takes an argument).
@@ -111,6 +115,10 @@ pub(super) const OPTIONS: &[(&str, Opt, bool)] = &[
     ("d", Opt::LogItems, true),
     ("vcpu-pin", Opt::VcpuPin, true),
     ("dump-acpi", Opt::DumpAcpi, true),
+    ("object", Opt::Object, true),
+    ("global", Opt::Global, true),
+    ("audiodev", Opt::Audiodev, true),
+    ("msg", Opt::Msg, true),
 ];
 
 /// QEMU options troupe refuses by name, with a hint.
@@ -121,7 +129,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("usb", " (no USB)"),
     ("usbdevice", " (no USB)"),
     ("soundhw", " (no sound)"),
-    ("audiodev", " (no sound)"),
     ("audio", " (no sound)"),
     ("spice", " (use -vnc)"),
     ("sdl", " (no GUI; use -vnc)"),
@@ -134,8 +141,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("mem-path", ""),
     ("mem-prealloc", ""),
     ("numa", ""),
-    ("object", ""),
-    ("global", ""),
     ("set", ""),
     ("fw_cfg", ""),
     ("smbios", ""),
@@ -153,7 +158,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("sandbox", ""),
     ("chroot", ""),
     ("runas", ""),
-    ("msg", ""),
     ("semihosting", ""),
     ("semihosting-config", ""),
     ("plugin", ""),
