@@ -95,6 +95,10 @@ pub struct VmConfig {
     pub rtc: RtcConfig,
     /// `-msg timestamp=on`: messages on stderr start with an ISO 8601 UTC timestamp.
     pub msg_timestamp: bool,
+    /// `id=` of a `-device VGA` (the VGA is `/machine/peripheral/ID` then).
+    pub vga_id: Option<String>,
+    /// `id=` of each COM port made by `-device isa-serial`, by index (`serials` order).
+    pub serial_ids: Vec<Option<String>>,
     /// What QEMU would print as start-up warnings (a netdev with no NIC, a NIC with no
     /// backend, ...). The caller prints each as `troupe: warning: <text>`.
     pub warnings: Vec<String>,
@@ -500,6 +504,13 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     /// `bootindex=` given on a `-device` using this drive.
     pub bootindex: Option<u32>,
+    /// A `-blockdev` drive's node names: the top node (also the drive's id) and its file
+    /// node, if named. `query-named-block-nodes` lists them (libvirt finds its disks by
+    /// them); other drives' nodes get QEMU-style generated names.
+    pub node_names: Option<(String, Option<String>)>,
+    /// `id=` of the `-device ide-cd|ide-hd` that put this drive on the IDE controller
+    /// (its `qdev` name in `query-block`).
+    pub device_id: Option<String>,
 }
 
 /// `-drive if=`.

@@ -691,7 +691,14 @@ fn open_chardevs(
                 tx,
             ))
             .with_context(|| format!("-serial #{i}"))?;
-        lock(&chardev_labels).push((format!("serial{i}"), h.label.clone()));
+        // A `-chardev` keeps its id as its label in `query-chardev` (where libvirt reads a
+        // pty's path); `-serial BACKEND` makes `serial{i}`. The device tree names it
+        // `serial{i}` either way.
+        let label = match b {
+            CharBackend::Named(id) => id.clone(),
+            _ => format!("serial{i}"),
+        };
+        lock(&chardev_labels).push((label, h.label.clone()));
         lock(&node_actors).push((format!("serial{i}"), h.id.clone()));
         serial_handles.push(h.clone());
         serials.push((h, rx));
@@ -778,6 +785,14 @@ fn backends(chardevs: &Chardevs, console: &Console) -> Result<DeviceTree> {
             .iter()
             .find(|(l, _)| l == label)
             .map(|(_, f)| f.as_str())
+            .or_else(|| {
+                // A serial port on a named -chardev is listed under the chardev's id.
+                chardevs
+                    .handles
+                    .iter()
+                    .find(|h| h.id == *actor)
+                    .map(|h| h.label.as_str())
+            })
             .unwrap_or_default();
         let driver = filename.split(':').next().unwrap_or_default();
         tree.insert(

@@ -103,6 +103,10 @@ pub(super) struct State {
     msg_timestamp: bool,
     /// A `-device VGA` was given.
     vga_device: bool,
+    /// Its `id=`.
+    vga_id: Option<String>,
+    /// `id=` of the `-device isa-serial`s, by COM index.
+    serial_ids: Vec<Option<String>>,
     /// A `-device ide-cd|ide-hd` was given: no default CD-ROM.
     ide_device: bool,
 }
@@ -222,6 +226,8 @@ impl State {
                         };
                         self.serials
                             .push((at.to_string(), Legacy::Backend(backend)));
+                        self.serial_ids.resize(next as usize, None);
+                        self.serial_ids.push(spec.id);
                         self.serial_given = true;
                     }
                     SpecKind::Vga => {
@@ -230,6 +236,7 @@ impl State {
                         }
                         self.vga_device = true;
                         self.vga = Some(VgaKind::Std);
+                        self.vga_id = spec.id;
                     }
                     SpecKind::IdeDrive { .. } => {
                         self.ide_device = true;

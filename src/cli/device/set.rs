@@ -189,6 +189,7 @@ impl DeviceSet {
                 d.index = Some(index);
                 d.media = if cdrom { Media::Cdrom } else { Media::Disk };
                 d.bootindex = bootindex;
+                d.device_id = spec.id;
                 // The drive is the board's now; no device of its own.
                 return Ok(());
             }
@@ -344,6 +345,8 @@ mod tests {
             discard: false,
             serial: Some("DRIVE-SN".into()),
             bootindex: None,
+            node_names: None,
+            device_id: None,
         }
     }
 

@@ -235,6 +235,12 @@ pub fn resolve_blockdevs(
             discard: node.discard || file_node.discard,
             serial: None,
             bootindex: None,
+            node_names: Some((
+                node.name.clone(),
+                (!std::ptr::eq(file_node, node) && !file_node.name.is_empty())
+                    .then(|| file_node.name.clone()),
+            )),
+            device_id: None,
         });
     }
     Ok(drives)

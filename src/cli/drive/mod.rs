@@ -348,6 +348,8 @@ pub fn assign(
             discard: spec.discard,
             serial: spec.serial.clone(),
             bootindex: None,
+            node_names: None,
+            device_id: None,
         });
     }
     Ok(drives)
@@ -382,6 +384,8 @@ pub fn default_cdrom() -> DriveConfig {
         discard: false,
         serial: None,
         bootindex: None,
+        node_names: None,
+        device_id: None,
     }
 }
 

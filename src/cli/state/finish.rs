@@ -90,6 +90,17 @@ impl State {
         )?;
         check_chardev_users(&consoles, &net.netdevs, &devices)?;
         let devices: Vec<DeviceConfig> = devices.into_iter().map(|(_, d)| d).collect();
+        // The board devices' ids share the devices' namespace.
+        let mut board_ids: Vec<&String> = self.vga_id.iter().collect();
+        board_ids.extend(self.serial_ids.iter().flatten());
+        for (n, id) in board_ids.iter().enumerate() {
+            let twice = devices.iter().any(|d| d.id.as_ref() == Some(*id))
+                || board_ids[..n].contains(id);
+            if twice {
+                let at = format!("-device id={id}");
+                return Err(invalid(&at, device::DeviceError::DuplicateId((*id).clone())));
+            }
+        }
         let mut warnings = net.warnings;
         warnings.extend(unused_netdev_warnings(
             &net.user_netdevs,
@@ -163,6 +174,8 @@ impl State {
             dump_acpi,
             rtc: m.rtc,
             msg_timestamp: self.msg_timestamp,
+            vga_id: self.vga_id,
+            serial_ids: self.serial_ids,
             warnings,
         })
     }
