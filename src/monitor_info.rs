@@ -158,11 +158,7 @@ fn node_name(d: &DriveConfig, which: u8, generated: usize) -> String {
 
 /// One node as `query-block`'s `inserted` and `query-named-block-nodes` show it: the
 /// format node (`drv` the image format) or, with `file_level`, the file under it.
-fn node_info(
-    bd: &BlockDev<'_>,
-    b: &actors::block::BlockHandle,
-    file_level: bool,
-) -> Value {
+fn node_info(bd: &BlockDev<'_>, b: &actors::block::BlockHandle, file_level: bool) -> Value {
     let d = bd.drive;
     let file = b.path.display().to_string();
     let meta = std::fs::metadata(&file).ok();

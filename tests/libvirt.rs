@@ -679,7 +679,11 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     assert_eq!(v.state(&name), "running");
 
     let info = v.ok(&format!("dominfo {name}"));
-    for want in ["State:          running", "CPU(s):         2", "Max memory:     262144 KiB"] {
+    for want in [
+        "State:          running",
+        "CPU(s):         2",
+        "Max memory:     262144 KiB",
+    ] {
         assert!(info.contains(want), "{want} missing from:\n{info}");
     }
     let blk = v.ok(&format!("domblklist {name}"));
@@ -715,11 +719,15 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     // Nothing went wrong with the emulator: no libvirt error, and troupe's log (its
     // command line and stderr) has no error of its own.
     let err = v.r.stderr.text();
-    assert!(!err.contains(" error : "), "libvirt reported an error:\n{err}");
+    assert!(
+        !err.contains(" error : "),
+        "libvirt reported an error:\n{err}"
+    );
     let log = std::fs::read_to_string(root.join(format!("log/qemu/{name}.log"))).unwrap();
     assert!(
-        !log.lines()
-            .any(|l| l.contains("troupe:") && !l.contains("troupe: warning:") && !l.contains("terminating on signal")),
+        !log.lines().any(|l| l.contains("troupe:")
+            && !l.contains("troupe: warning:")
+            && !l.contains("terminating on signal")),
         "{log}"
     );
 }

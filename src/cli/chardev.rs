@@ -358,7 +358,8 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
                 // `fd=N`: a listening socket the launcher (libvirt) created and passed in.
                 _ if fd.is_some() => {
                     let fd = fd.unwrap_or_default() as i32;
-                    if opts.peek("path").is_some() || opts.peek("port").is_some() || host.is_some() {
+                    if opts.peek("path").is_some() || opts.peek("port").is_some() || host.is_some()
+                    {
                         return Err(ChardevError::SocketBoth);
                     }
                     if telnet {

@@ -69,7 +69,9 @@ pub enum ObjectError {
     #[error("memory backend '{0}': size must be greater than zero")]
     BackendSize(String),
     /// `-audiodev` with a driver that would play sound.
-    #[error("audio driver '{0}' is not supported by troupe (it has no sound card; only driver=none)")]
+    #[error(
+        "audio driver '{0}' is not supported by troupe (it has no sound card; only driver=none)"
+    )]
     AudioDriver(String),
 }
 
@@ -136,11 +138,10 @@ pub fn parse_object(mut opts: Opts) -> Result<ObjectSpec, ObjectError> {
         }
         "memory-backend-ram" => {
             let size = opts.required("size")?;
-            let size = super::options::parse_size(&size, 1)
-                .map_err(|_| OptsError::NotNumber {
-                    key: "size".into(),
-                    value: size.clone(),
-                })?;
+            let size = super::options::parse_size(&size, 1).map_err(|_| OptsError::NotNumber {
+                key: "size".into(),
+                value: size.clone(),
+            })?;
             if size == 0 {
                 return Err(ObjectError::BackendSize(id));
             }
@@ -159,7 +160,7 @@ fn is_base64(data: &[u8]) -> bool {
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return false;
     }
     let body_len = text.len() - text.iter().rev().take_while(|b| **b == b'=').count();
@@ -249,7 +250,10 @@ mod tests {
             object("secret,id=s,data=abc,format=base64"),
             Err("secret 's': data is not valid base64".into())
         );
-        assert_eq!(object("secret,id=s,data=YWJj,format=base64").map(|_| ()), Ok(()));
+        assert_eq!(
+            object("secret,id=s,data=YWJj,format=base64").map(|_| ()),
+            Ok(())
+        );
         assert_eq!(
             object("secret,id=s,data=x,keyid=k,iv=i"),
             Err("secret 's': encrypted secrets (keyid=, iv=) are not supported by troupe".into())
@@ -265,7 +269,9 @@ mod tests {
             object("memory-backend-ram,id=m,size=0"),
             Err("memory backend 'm': size must be greater than zero".into())
         );
-        let audio = |s: &str| parse_audiodev(Opts::parse(s, Some("driver")).unwrap()).map_err(|e| e.to_string());
+        let audio = |s: &str| {
+            parse_audiodev(Opts::parse(s, Some("driver")).unwrap()).map_err(|e| e.to_string())
+        };
         assert_eq!(audio("none,id=a1"), Ok(Some("a1".into())));
         assert_eq!(
             audio("pa,id=a1"),

@@ -19,7 +19,8 @@ use super::options::{is_help, Opts};
 use super::table::Opt;
 use super::{invalid, ChardevError, CliError};
 use crate::config::{
-    CharBackend, Chardev, CpuConfig, DisplayKind, MonitorConfig, MonitorMode, NetdevConfig, VgaKind, VncConfig,
+    CharBackend, Chardev, CpuConfig, DisplayKind, MonitorConfig, MonitorMode, NetdevConfig,
+    VgaKind, VncConfig,
 };
 
 /// Repeated options QEMU merges into one: later keys win.
@@ -126,8 +127,10 @@ impl State {
         arg: &str,
     ) -> Result<Option<String>, CliError> {
         // QEMU 7.2 takes a JSON object for -device and -blockdev (libvirt writes them so).
-        let json = matches!(opt, Opt::Device | Opt::Blockdev | Opt::Object | Opt::Audiodev)
-            && arg.trim_start().starts_with('{');
+        let json = matches!(
+            opt,
+            Opt::Device | Opt::Blockdev | Opt::Object | Opt::Audiodev
+        ) && arg.trim_start().starts_with('{');
         let opts = |implied: Option<&str>| {
             if json {
                 Opts::from_json(arg)
@@ -389,21 +392,24 @@ impl State {
                 }
                 let spec = object::parse_object(o).map_err(|e| invalid(at, e))?;
                 if self.objects.iter().any(|(_, s)| s.id() == spec.id()) {
-                    return Err(invalid(at, object::ObjectError::DuplicateId(spec.id().into())));
+                    return Err(invalid(
+                        at,
+                        object::ObjectError::DuplicateId(spec.id().into()),
+                    ));
                 }
                 self.objects.push((at.to_string(), spec));
             }
-            Opt::Audiodev => match object::parse_audiodev(opts(Some("driver"))?)
-                .map_err(|e| invalid(at, e))?
-            {
-                None => return Ok(Some(object::audiodev_help())),
-                Some(id) => {
-                    if self.audiodevs.contains(&id) {
-                        return Err(invalid(at, object::ObjectError::DuplicateId(id)));
+            Opt::Audiodev => {
+                match object::parse_audiodev(opts(Some("driver"))?).map_err(|e| invalid(at, e))? {
+                    None => return Ok(Some(object::audiodev_help())),
+                    Some(id) => {
+                        if self.audiodevs.contains(&id) {
+                            return Err(invalid(at, object::ObjectError::DuplicateId(id)));
+                        }
+                        self.audiodevs.push(id)
                     }
-                    self.audiodevs.push(id)
                 }
-            },
+            }
             Opt::Global => {
                 let (driver, prop, value) =
                     device::parse_global(arg).map_err(|e| invalid(at, e))?;

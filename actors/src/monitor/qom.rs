@@ -115,13 +115,28 @@ mod tests {
     fn tree() -> DeviceTree {
         let mut t = DeviceTree::new();
         t.insert(
+            Node::new(
+                "/machine/i440FX-pcihost",
+                "i440FX-pcihost",
+                "main-system-bus",
+            )
+            .providing("pci.0", "PCI"),
+        )
+        .unwrap();
+        t.insert(Node::new("/machine/isa", "PIIX3", "pci.0").providing("isa.0", "ISA"))
+            .unwrap();
+        t.insert(
             Node::new("video0", "VGA", "pci.0")
                 .user()
                 .prop("vgamem_mb", "16 (0x10)"),
         )
         .unwrap();
-        t.insert(Node::new("/machine/peripheral-anon/device[0]", "virtio-rng-pci", "pci.0"))
-            .unwrap();
+        t.insert(Node::new(
+            "/machine/peripheral-anon/device[0]",
+            "virtio-rng-pci",
+            "pci.0",
+        ))
+        .unwrap();
         t.insert(Node::new("/machine/i8042", "i8042", "isa.0"))
             .unwrap();
         t
@@ -136,7 +151,10 @@ mod tests {
             json!([{"name": "type", "type": "string"}, {"name": "video0", "type": "child<VGA>"}])
         );
         let a = qom_list(&t, "/machine/peripheral-anon").unwrap();
-        assert_eq!(a[1], json!({"name": "device[0]", "type": "child<virtio-rng-pci>"}));
+        assert_eq!(
+            a[1],
+            json!({"name": "device[0]", "type": "child<virtio-rng-pci>"})
+        );
         assert_eq!(
             qom_get(&t, "/machine/peripheral/video0", "vgamem_mb").unwrap(),
             json!(16)
@@ -150,7 +168,10 @@ mod tests {
         let e = qom_list(&t, "/machine/peripheral/nope").unwrap_err();
         assert_eq!(
             (e.class(), e.desc()),
-            ("DeviceNotFound", "Device '/machine/peripheral/nope' not found")
+            (
+                "DeviceNotFound",
+                "Device '/machine/peripheral/nope' not found"
+            )
         );
         // Board devices are not peripherals.
         assert!(qom_list(&t, "/machine/peripheral/i8042").is_err());

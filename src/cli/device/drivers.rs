@@ -137,8 +137,16 @@ pub(super) const DRIVERS: &[Driver] = &[
         desc: "virtual IDE CD-ROM",
         props: &[
             BOOTINDEX,
-            ("bus", "<str>", "ide.0 or ide.1 (the PIIX primary or secondary channel)"),
-            ("drive", "<str>", "Node name or ID of a block device to use as a backend"),
+            (
+                "bus",
+                "<str>",
+                "ide.0 or ide.1 (the PIIX primary or secondary channel)",
+            ),
+            (
+                "drive",
+                "<str>",
+                "Node name or ID of a block device to use as a backend",
+            ),
             ("unit", "<uint32>", "0 (master) or 1 (slave)"),
         ],
         available: true,
@@ -151,8 +159,16 @@ pub(super) const DRIVERS: &[Driver] = &[
         desc: "virtual IDE disk",
         props: &[
             BOOTINDEX,
-            ("bus", "<str>", "ide.0 or ide.1 (the PIIX primary or secondary channel)"),
-            ("drive", "<str>", "Node name or ID of a block device to use as a backend"),
+            (
+                "bus",
+                "<str>",
+                "ide.0 or ide.1 (the PIIX primary or secondary channel)",
+            ),
+            (
+                "drive",
+                "<str>",
+                "Node name or ID of a block device to use as a backend",
+            ),
             ("unit", "<uint32>", "0 (master) or 1 (slave)"),
         ],
         available: true,
@@ -165,7 +181,11 @@ pub(super) const DRIVERS: &[Driver] = &[
         desc: "",
         props: &[
             ("chardev", "<str>", "ID of a chardev to use as a backend"),
-            ("index", "<uint32>", "0-3: COM1..COM4 (default: the next free)"),
+            (
+                "index",
+                "<uint32>",
+                "0-3: COM1..COM4 (default: the next free)",
+            ),
         ],
         available: true,
     },
@@ -178,7 +198,11 @@ pub(super) const DRIVERS: &[Driver] = &[
         props: &[
             PCI_ADDR,
             PCI_BUS,
-            ("vgamem_mb", "<uint32>", " (default: 16; troupe has only 16)"),
+            (
+                "vgamem_mb",
+                "<uint32>",
+                " (default: 16; troupe has only 16)",
+            ),
         ],
         available: true,
     },

@@ -219,7 +219,9 @@ pub fn resolve_blockdevs(
         }
         check_image(filename, Media::Disk, node.readonly).map_err(fail)?;
         if node.no_backing && qcow2_has_backing(filename) {
-            return Err(fail(DriveError::BackingNull(filename.display().to_string())));
+            return Err(fail(DriveError::BackingNull(
+                filename.display().to_string(),
+            )));
         }
         drives.push(DriveConfig {
             id: node.name.clone(),

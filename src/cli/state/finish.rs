@@ -94,11 +94,14 @@ impl State {
         let mut board_ids: Vec<&String> = self.vga_id.iter().collect();
         board_ids.extend(self.serial_ids.iter().flatten());
         for (n, id) in board_ids.iter().enumerate() {
-            let twice = devices.iter().any(|d| d.id.as_ref() == Some(*id))
-                || board_ids[..n].contains(id);
+            let twice =
+                devices.iter().any(|d| d.id.as_ref() == Some(*id)) || board_ids[..n].contains(id);
             if twice {
                 let at = format!("-device id={id}");
-                return Err(invalid(&at, device::DeviceError::DuplicateId((*id).clone())));
+                return Err(invalid(
+                    &at,
+                    device::DeviceError::DuplicateId((*id).clone()),
+                ));
             }
         }
         let mut warnings = net.warnings;

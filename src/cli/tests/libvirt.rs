@@ -108,12 +108,20 @@ fn libvirts_command_line_builds_the_domain_it_describes() {
     assert_eq!(c.smp.cpus, 2);
     assert!(c.boot_order.strict);
     // The CD-ROM is the secondary master, first to boot; the disk a virtio-blk at slot 4.
-    let cd = c.drives.iter().find(|d| d.id == "libvirt-2-format").unwrap();
+    let cd = c
+        .drives
+        .iter()
+        .find(|d| d.id == "libvirt-2-format")
+        .unwrap();
     assert_eq!(
         (cd.interface, cd.index, cd.media, cd.readonly, cd.bootindex),
         (DriveInterface::Ide, Some(2), Media::Cdrom, true, Some(1))
     );
-    let hd = c.drives.iter().find(|d| d.id == "libvirt-1-format").unwrap();
+    let hd = c
+        .drives
+        .iter()
+        .find(|d| d.id == "libvirt-1-format")
+        .unwrap();
     assert_eq!(
         (hd.interface, hd.format, hd.readonly, hd.discard),
         (DriveInterface::None, Some(ImageFormat::Qcow2), false, true)
@@ -154,7 +162,11 @@ fn libvirts_command_line_builds_the_domain_it_describes() {
     );
     let vnc = c.vnc.unwrap();
     assert_eq!(
-        (vnc.listen.host.as_str(), vnc.display, vnc.audiodev.as_deref()),
+        (
+            vnc.listen.host.as_str(),
+            vnc.display,
+            vnc.audiodev.as_deref()
+        ),
         ("127.0.0.1", 0, Some("audio1"))
     );
     // SeaBIOS is told to boot the CD-ROM and nothing else.
@@ -178,7 +190,12 @@ fn libvirt_options_troupe_cannot_honour_are_refused_by_name() {
         "-machine memory-backend=r: memory backend 'r' has 268435456 bytes but -m asks for 134217728"
     );
     // Without -m the backend's size is the RAM.
-    let c = env.run(&["-object", "memory-backend-ram,id=r,size=64M", "-machine", "memory-backend=r"]);
+    let c = env.run(&[
+        "-object",
+        "memory-backend-ram,id=r,size=64M",
+        "-machine",
+        "memory-backend=r",
+    ]);
     assert_eq!(c.memory, 64 << 20);
     assert_eq!(
         e(&["-object", "memory-backend-ram,id=r,size=64M"]),
@@ -227,7 +244,10 @@ fn libvirt_options_troupe_cannot_honour_are_refused_by_name() {
     let mut header = vec![0u8; 16];
     header[15] = 0x70;
     std::fs::write(q.path(), &header).unwrap();
-    let file = format!(r#"{{"driver":"file","filename":"{}","node-name":"s"}}"#, q.s());
+    let file = format!(
+        r#"{{"driver":"file","filename":"{}","node-name":"s"}}"#,
+        q.s()
+    );
     let fmt = r#"{"node-name":"q","driver":"qcow2","file":"s","backing":null}"#;
     assert_eq!(
         e(&["-blockdev", &file, "-blockdev", fmt]),
