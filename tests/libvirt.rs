@@ -710,6 +710,34 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     comms.sort();
     assert_eq!(comms, ["CPU 0/KVM", "CPU 1/KVM"]);
 
+    let ifs = v.ok(&format!("domiflist {name}"));
+    assert!(ifs.contains("user") && ifs.contains("virtio"), "{ifs}");
+    // The screen through libvirt's screendump, and keys through send-key.
+    let shot = dir.path("shot.png");
+    v.ok(&format!("screenshot {name} {}", shot.display()));
+    assert_eq!(&std::fs::read(&shot).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    v.ok(&format!("send-key {name} KEY_ESC"));
+
+    // libvirt reconnects to a running domain when it starts again (a libvirtd restart;
+    // here a second embedded driver): the domain is found running and still answers.
+    v.r.send(b"quit\n");
+    v.r.wait(Duration::from_secs(60));
+    let mut err = v.r.stderr.text();
+    let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The reconnection runs in the background; `list` shows the saved state at once.
+        let (out, _) = v.run(&format!("qemu-monitor-command {name} --hmp 'info status'"));
+        if out.contains("VM status: running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnection: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    v.err_seen = v.r.stderr.text().len();
+    assert_eq!(v.state(&name), "running");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
     v.ok(&format!("destroy {name}"));
     assert_eq!(v.state(&name), "shut off");
     v.ok(&format!("undefine {name}"));
@@ -718,7 +746,7 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
 
     // Nothing went wrong with the emulator: no libvirt error, and troupe's log (its
     // command line and stderr) has no error of its own.
-    let err = v.r.stderr.text();
+    err.push_str(&v.r.stderr.text());
     assert!(
         !err.contains(" error : "),
         "libvirt reported an error:\n{err}"

@@ -84,6 +84,8 @@ const COMMANDS: &[(&str, &[Param])] = &[
         &[("query-nodes", Ty::Bool, false), ("flat", Ty::Bool, false)],
     ),
     ("query-named-block-nodes", &[("flat", Ty::Bool, false)]),
+    ("query-jobs", &[]),
+    ("query-block-jobs", &[]),
     ("qom-list", &[("path", Ty::Str, true)]),
     (
         "qom-get",
@@ -513,6 +515,10 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         )),
         "query-block" => ctx.drives.query_block().await.map_err(actor_gone),
         "query-blockstats" => ctx.drives.query_blockstats().await.map_err(actor_gone),
+        // troupe runs no background jobs (no block-commit/mirror/stream, no job-based
+        // snapshot-save): the lists are truthfully empty. libvirt asks for them when it
+        // reconnects to a running domain.
+        "query-jobs" | "query-block-jobs" => Ok(json!([])),
         "qom-list" => super::qom::qom_list(
             &ctx.supervisor.tree().await.map_err(actor_gone)?,
             s(args, "path").unwrap_or_default(),
