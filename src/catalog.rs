@@ -67,6 +67,10 @@ fn machine_properties() -> Vec<Value> {
         json!({"name": "kernel-irqchip", "type": "OnOffSplit",
                "description": "Configure KVM in-kernel irqchip (only on)"}),
         json!({"name": "usb", "type": "bool", "description": "Set on/off to enable/disable usb (only off)"}),
+        json!({"name": "dump-guest-core", "type": "bool",
+               "description": "Include guest memory in a core dump"}),
+        json!({"name": "memory-backend", "type": "link<memory-backend>",
+               "description": "Set RAM backend (a memory-backend-ram object)"}),
     ]
 }
 

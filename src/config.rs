@@ -18,7 +18,9 @@ pub struct VmConfig {
     pub name: Option<String>,
     /// `-name ...,process=PNAME`: the host process name to set (prctl `PR_SET_NAME`).
     pub process_name: Option<String>,
-    /// `-name ...,debug-threads=on`: give host threads descriptive names (`troupe-vcpu0` ...).
+    /// `-name ...,debug-threads=on`: vCPU threads get QEMU's names (`CPU 0/KVM`, ...) in
+    /// place of troupe's `troupe-vcpu0` (every other thread already has a descriptive
+    /// `troupe-<actor>` name whatever this says).
     pub debug_threads: bool,
     /// `-uuid`, normalised to lower-case `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
     pub uuid: Option<String>,
@@ -93,6 +95,12 @@ pub struct VmConfig {
     pub dump_acpi: Option<PathBuf>,
     /// `-rtc base=utc|localtime|DATE,clock=host`.
     pub rtc: RtcConfig,
+    /// `-msg timestamp=on`: messages on stderr start with an ISO 8601 UTC timestamp.
+    pub msg_timestamp: bool,
+    /// `id=` of a `-device VGA` (the VGA is `/machine/peripheral/ID` then).
+    pub vga_id: Option<String>,
+    /// `id=` of each COM port made by `-device isa-serial`, by index (`serials` order).
+    pub serial_ids: Vec<Option<String>>,
     /// What QEMU would print as start-up warnings (a netdev with no NIC, a NIC with no
     /// backend, ...). The caller prints each as `troupe: warning: <text>`.
     pub warnings: Vec<String>,
@@ -195,6 +203,8 @@ pub struct MachineConfig {
     pub kind: String,
     /// The accelerator (always KVM: troupe has no emulator).
     pub accel: Accel,
+    /// `dump-guest-core=` (default on): guest RAM in the host's core dumps of troupe.
+    pub dump_guest_core: bool,
 }
 
 /// An accelerator.
@@ -294,6 +304,14 @@ pub enum CharBackend {
         /// Listen instead of connecting.
         server: bool,
         /// Server only: block start-up until the first client connects.
+        wait: bool,
+    },
+    /// `-chardev socket,fd=N,server=on`: a listening socket (unix or TCP) created by the
+    /// process that started troupe (libvirt) and inherited as descriptor `N`.
+    ListenerFd {
+        /// The inherited descriptor.
+        fd: i32,
+        /// Block start-up until the first client connects.
         wait: bool,
     },
     /// `mon:stdio` / `-nographic`: the serial port multiplexed with a monitor on stdio
@@ -397,6 +415,10 @@ pub struct VncConfig {
     pub to: Option<u16>,
     /// `lossy=on`: allow lossy encodings (Tight gradient/JPEG).
     pub lossy: bool,
+    /// `audiodev=ID`: the `-audiodev` whose sound VNC clients could ask for (QEMU's audio
+    /// extension). troupe has no sound card and allows only `driver=none` audiodevs, so
+    /// there is never audio to send: the id is checked and clients are not offered audio.
+    pub audiodev: Option<String>,
     /// QEMU's default display (no `-display`, `-vnc` or `-nographic`): announced on stderr
     /// as `VNC server running on HOST:PORT`.
     pub announce: bool,
@@ -484,6 +506,13 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     /// `bootindex=` given on a `-device` using this drive.
     pub bootindex: Option<u32>,
+    /// A `-blockdev` drive's node names: the top node (also the drive's id) and its file
+    /// node, if named. `query-named-block-nodes` lists them (libvirt finds its disks by
+    /// them); other drives' nodes get QEMU-style generated names.
+    pub node_names: Option<(String, Option<String>)>,
+    /// `id=` of the `-device ide-cd|ide-hd` that put this drive on the IDE controller
+    /// (its `qdev` name in `query-block`).
+    pub device_id: Option<String>,
 }
 
 /// `-drive if=`.
@@ -744,6 +773,16 @@ pub enum DeviceKind {
 
 impl DeviceKind {
     /// The `-device` driver name (QEMU's).
+    /// `bootindex=`, for the devices that take one.
+    pub fn bootindex(&self) -> Option<u32> {
+        match self {
+            DeviceKind::VirtioBlk { bootindex, .. } | DeviceKind::Nic { bootindex, .. } => {
+                *bootindex
+            }
+            _ => None,
+        }
+    }
+
     pub fn driver(&self) -> &'static str {
         match self {
             DeviceKind::IsaDebugExit { .. } => "isa-debug-exit",

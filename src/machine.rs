@@ -322,6 +322,10 @@ fn chardev_backend(cfg: &VmConfig, console: &Console, b: &CharBackend) -> Result
                 Backend::UnixClient { path: path.clone() }
             }
         }
+        CharBackend::ListenerFd { fd, wait } => Backend::ListenerFd {
+            fd: *fd,
+            wait: *wait,
+        },
         CharBackend::Named(id) => {
             let c = cfg
                 .chardevs
@@ -543,6 +547,7 @@ pub fn build(
         mem,
         events,
         coalesced: ring,
+        debug_threads: cfg.debug_threads,
     };
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
@@ -634,6 +639,9 @@ fn create_vm() -> Result<Arc<KvmVm>> {
 fn guest_memory(cfg: &VmConfig, kvm: &KvmVm) -> Result<(RamLayout, GuestMemoryMmap)> {
     let layout = RamLayout::pc(cfg.memory);
     let mem = memory::allocate(&layout)?;
+    if !cfg.machine.dump_guest_core {
+        memory::exclude_from_core_dumps(&mem).context("madvise(MADV_DONTDUMP) on guest RAM")?;
+    }
     memory::register(kvm, &mem)?;
     Ok((layout, mem))
 }
@@ -719,7 +727,14 @@ fn open_chardevs(
                 tx,
             ))
             .with_context(|| format!("-serial #{i}"))?;
-        lock(&chardev_labels).push((format!("serial{i}"), h.label.clone()));
+        // A `-chardev` keeps its id as its label in `query-chardev` (where libvirt reads a
+        // pty's path); `-serial BACKEND` makes `serial{i}`. The device tree names it
+        // `serial{i}` either way.
+        let label = match b {
+            CharBackend::Named(id) => id.clone(),
+            _ => format!("serial{i}"),
+        };
+        lock(&chardev_labels).push((label, h.label.clone()));
         lock(&node_actors).push((format!("serial{i}"), h.id.clone()));
         serial_handles.push(h.clone());
         serials.push((h, rx));
@@ -806,6 +821,14 @@ fn backends(chardevs: &Chardevs, console: &Console) -> Result<DeviceTree> {
             .iter()
             .find(|(l, _)| l == label)
             .map(|(_, f)| f.as_str())
+            .or_else(|| {
+                // A serial port on a named -chardev is listed under the chardev's id.
+                chardevs
+                    .handles
+                    .iter()
+                    .find(|h| h.id == *actor)
+                    .map(|h| h.label.as_str())
+            })
             .unwrap_or_default();
         let driver = filename.split(':').next().unwrap_or_default();
         tree.insert(
@@ -1119,6 +1142,7 @@ pub(crate) fn start_monitors(
                     server: true,
                     wait,
                 } => MonitorBackend::Unix { path, wait },
+                CharBackend::ListenerFd { fd, wait } => MonitorBackend::ListenerFd { fd, wait },
                 other => match chardev_backend(cfg, console, &other)? {
                     Some(b) => MonitorBackend::Chardev(b),
                     None => continue,

@@ -86,6 +86,9 @@ impl DrivesService for NoDrives {
     fn query_blockstats(&self) -> Value {
         json!([])
     }
+    fn query_named_block_nodes(&self) -> Value {
+        json!([])
+    }
     fn snapshot_disks(&self) -> Vec<(String, actors::block::BlockHandle)> {
         Vec::new()
     }

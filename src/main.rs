@@ -47,6 +47,7 @@ fn main() {
             }
         }
     };
+    actors::set_message_timestamps(cfg.msg_timestamp);
     for w in &cfg.warnings {
         actors::report!("troupe: warning: {w}");
     }

@@ -72,6 +72,8 @@ struct BlockDev<'a> {
     backend: Option<actors::block::BlockHandle>,
     qdev: String,
     node: String,
+    /// The node of the image file under `node`.
+    file_node: String,
     /// IDE position (0..4), for the tray.
     ide: Option<usize>,
 }
@@ -111,8 +113,9 @@ impl PcDrives {
             .map(|(i, d)| BlockDev {
                 drive: d,
                 backend: self.ide.backend(i),
-                qdev: ide_qdev(i as u32),
-                node: format!("#block{}", 100 + i),
+                qdev: d.device_id.clone().unwrap_or_else(|| ide_qdev(i as u32)),
+                node: node_name(d, 0, 100 + i),
+                file_node: node_name(d, 1, 300 + i),
                 ide: Some(i),
             })
             .collect();
@@ -122,13 +125,72 @@ impl PcDrives {
                     drive: d,
                     backend: Some(b.clone()),
                     qdev: qdev.clone(),
-                    node: format!("#block{}", 200 + n),
+                    node: node_name(d, 0, 200 + n),
+                    file_node: node_name(d, 1, 400 + n),
                     ide: None,
                 });
             }
         }
         v
     }
+}
+
+/// The drive's name as `query-block`/`query-blockstats` give it: its id, or "" for a
+/// `-blockdev` node (as QEMU: the device's backend has no name; tools find it by its
+/// `node-name` and `qdev`).
+fn backend_name(d: &DriveConfig) -> &str {
+    if d.node_names.is_some() {
+        ""
+    } else {
+        &d.id
+    }
+}
+
+/// A drive's block node name: `-blockdev`'s own (`which` 0: the top node, 1: its file
+/// node), or a generated `#blockN` like QEMU's for nodes nobody named.
+fn node_name(d: &DriveConfig, which: u8, generated: usize) -> String {
+    let named = d.node_names.as_ref().and_then(|(top, file)| match which {
+        0 => Some(top.clone()),
+        _ => file.clone(),
+    });
+    named.unwrap_or_else(|| format!("#block{generated}"))
+}
+
+/// One node as `query-block`'s `inserted` and `query-named-block-nodes` show it: the
+/// format node (`drv` the image format) or, with `file_level`, the file under it.
+fn node_info(bd: &BlockDev<'_>, b: &actors::block::BlockHandle, file_level: bool) -> Value {
+    let d = bd.drive;
+    let file = b.path.display().to_string();
+    let meta = std::fs::metadata(&file).ok();
+    let actual = meta.as_ref().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks() * 512
+    });
+    let (name, drv, size) = if file_level {
+        (
+            bd.file_node.as_str(),
+            "file",
+            meta.map(|m| m.len()).unwrap_or(0),
+        )
+    } else {
+        (bd.node.as_str(), b.format.name(), b.info.size)
+    };
+    json!({
+        "iops_rd": 0, "detect_zeroes": "off",
+        "image": {"virtual-size": size, "filename": file,
+                  "format": drv, "actual-size": actual.unwrap_or(0),
+                  "dirty-flag": false},
+        "iops_wr": 0, "ro": b.info.read_only,
+        "node-name": name,
+        "backing_file_depth": 0, "drv": drv, "iops": 0, "bps_wr": 0,
+        "write_threshold": 0, "encrypted": false, "bps": 0, "bps_rd": 0,
+        "cache": {
+            "no-flush": d.cache == CacheMode::Unsafe,
+            "direct": matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
+            "writeback": !matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
+        },
+        "file": file,
+    })
 }
 
 /// QEMU's message for a refused media operation on drive `name`.
@@ -298,7 +360,7 @@ impl DrivesService for PcDrives {
                     .unwrap_or((false, false));
                 let mut v = json!({
                     "io-status": "ok",
-                    "device": d.id,
+                    "device": backend_name(d),
                     "locked": locked,
                     "removable": cdrom,
                     "qdev": bd.qdev,
@@ -308,30 +370,24 @@ impl DrivesService for PcDrives {
                     v["tray_open"] = json!(tray_open);
                 }
                 if let Some(b) = &bd.backend {
-                    let file = b.path.display().to_string();
-                    let actual = std::fs::metadata(&file).map(|m| {
-                        use std::os::unix::fs::MetadataExt;
-                        m.blocks() * 512
-                    });
-                    v["inserted"] = json!({
-                        "iops_rd": 0, "detect_zeroes": "off",
-                        "image": {"virtual-size": b.info.size, "filename": file,
-                                  "format": b.format.name(), "actual-size": actual.unwrap_or(0),
-                                  "dirty-flag": false},
-                        "iops_wr": 0, "ro": b.info.read_only,
-                        "node-name": bd.node,
-                        "backing_file_depth": 0, "drv": b.format.name(), "iops": 0, "bps_wr": 0,
-                        "write_threshold": 0, "encrypted": false, "bps": 0, "bps_rd": 0,
-                        "cache": {
-                            "no-flush": d.cache == CacheMode::Unsafe,
-                            "direct": matches!(d.cache, CacheMode::None | CacheMode::DirectSync),
-                            "writeback": !matches!(d.cache, CacheMode::Writethrough | CacheMode::DirectSync),
-                        },
-                        "file": file,
-                    });
+                    v["inserted"] = node_info(&bd, b, false);
                 }
                 v
             })
+            .collect();
+        Value::Array(list)
+    }
+
+    fn query_named_block_nodes(&self) -> Value {
+        // Each image as its two nodes, format over file, as `-blockdev` builds them.
+        let list: Vec<Value> = self
+            .block_devices()
+            .into_iter()
+            .filter_map(|bd| {
+                let b = bd.backend.clone()?;
+                Some([node_info(&bd, &b, false), node_info(&bd, &b, true)])
+            })
+            .flatten()
             .collect();
         Value::Array(list)
     }
@@ -365,7 +421,8 @@ impl DrivesService for PcDrives {
                     None => (0, 0, 0, 0, 0, 0),
                 };
                 json!({
-                    "device": d.id,
+                    "device": backend_name(d),
+                    "qdev": bd.qdev,
                     "node-name": bd.node,
                     "stats": {
                         "unmap_operations": 0, "unmap_merged": 0, "flush_total_time_ns": 0,

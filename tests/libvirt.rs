@@ -519,3 +519,243 @@ fn virsh_domcapabilities_accepts_troupe_as_emulator() {
         assert!(!xml.contains(absent), "{absent} offered:\n{xml}");
     }
 }
+
+/// One interactive `virsh` on libvirt's embedded QEMU driver (the driver runs inside this
+/// virsh process, so the domain lives as long as the session). Commands are answered in
+/// order; an `echo` after each marks where its output ends.
+struct Virsh {
+    r: common::Running,
+    n: usize,
+    out_seen: usize,
+    err_seen: usize,
+}
+
+impl Virsh {
+    fn open(uri: &str) -> Self {
+        let r = Vm::program("virsh", &["-c", uri]).spawn();
+        Self {
+            r,
+            n: 0,
+            out_seen: 0,
+            err_seen: 0,
+        }
+    }
+
+    /// Run `cmd`; returns its stdout and what appeared on stderr meanwhile. virsh echoes
+    /// each command after its prompt (`virsh # CMD`) and `echo` prints without a newline,
+    /// so the marker is the one at the start of a line.
+    fn run(&mut self, cmd: &str) -> (String, String) {
+        self.n += 1;
+        let marker = format!("@@troupe-done-{}@@", self.n);
+        self.r.send(format!("{cmd}\necho {marker}\n").as_bytes());
+        let needle = format!("\n{marker}");
+        let all = self.r.expect_stdout(&needle, Duration::from_secs(120));
+        let done = self.out_seen + all[self.out_seen..].find(&needle).unwrap();
+        let echoed = all[..done].rfind("virsh # echo").unwrap_or(done);
+        let out: String = all[self.out_seen..echoed.max(self.out_seen)]
+            .lines()
+            .filter(|l| !l.starts_with("virsh #"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        self.out_seen = done + needle.len();
+        let err_all = self.r.stderr.text();
+        let err = err_all[self.err_seen..].to_string();
+        self.err_seen = err_all.len();
+        (out, err)
+    }
+
+    /// Run `cmd`, which must not fail.
+    fn ok(&mut self, cmd: &str) -> String {
+        let (out, err) = self.run(cmd);
+        assert!(
+            !err.lines().any(|l| l.starts_with("error:")),
+            "virsh {cmd}: {err}\n{out}"
+        );
+        out
+    }
+
+    /// The domain's state as `virsh list --all` shows it.
+    fn state(&mut self, name: &str) -> String {
+        let list = self.ok("list --all");
+        list.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("{name} not in:\n{list}"))
+    }
+}
+
+#[test]
+fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
+    require_kvm();
+    if Command::new("virsh").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
+        return;
+    }
+    let dir = TempDir::new("libvirt-domain");
+    let iso = common::grub_rescue_iso(
+        &dir,
+        "serial --unit=0 --speed=115200\nterminal_input serial console\n\
+         terminal_output serial console\nset timeout=600\n\
+         menuentry 'troupe entry' { echo picked }\n",
+    );
+    let disk = dir.path("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("qemu-img (qemu-utils)");
+    assert!(st.success());
+    // The embedded driver reads `ROOT/etc/qemu.conf`: no -sandbox yet (troupe refuses it
+    // until its seccomp work lands), and the domain's stdio to a plain file (no virtlogd).
+    let root = dir.path("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/qemu.conf"),
+        "seccomp_sandbox = 0\nstdio_handler = \"file\"\n",
+    )
+    .unwrap();
+    let name = format!("troupe-{}", std::process::id());
+    let xml = format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>2</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>{emu}</emulator>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='{iso}'/>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+      <boot order='1'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'><model type='virtio'/></interface>
+    <controller type='usb' model='none'/>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>
+    <video><model type='vga' vram='16384'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        emu = troupe_bin().display(),
+        iso = iso.display(),
+        disk = disk.display(),
+    );
+    let xml_path = dir.path("domain.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+
+    let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
+    v.ok(&format!("define {}", xml_path.display()));
+    assert_eq!(v.state(&name), "shut off");
+    let started = v.ok(&format!("start {name}"));
+    assert!(started.contains("started"), "{started}");
+    assert_eq!(v.state(&name), "running");
+
+    // The monitor libvirt holds answers QMP and HMP.
+    let status = v.ok(&format!(
+        "qemu-monitor-command {name} '{{\"execute\":\"query-status\"}}'"
+    ));
+    let status: Value = serde_json::from_str(status.trim()).unwrap();
+    assert_eq!(status["return"]["status"], "running", "{status}");
+    let hmp = v.ok(&format!("qemu-monitor-command {name} --hmp 'info status'"));
+    assert!(hmp.contains("VM status: running"), "{hmp}");
+
+    // Pause and resume.
+    v.ok(&format!("suspend {name}"));
+    assert_eq!(v.state(&name), "paused");
+    let hmp = v.ok(&format!("qemu-monitor-command {name} --hmp 'info status'"));
+    assert!(hmp.contains("VM status: paused"), "{hmp}");
+    v.ok(&format!("resume {name}"));
+    assert_eq!(v.state(&name), "running");
+
+    let info = v.ok(&format!("dominfo {name}"));
+    for want in [
+        "State:          running",
+        "CPU(s):         2",
+        "Max memory:     262144 KiB",
+    ] {
+        assert!(info.contains(want), "{want} missing from:\n{info}");
+    }
+    let blk = v.ok(&format!("domblklist {name}"));
+    assert!(
+        blk.contains(&format!("hdc      {}", iso.display()))
+            && blk.contains(&format!("vda      {}", disk.display())),
+        "{blk}"
+    );
+    let vnc = v.ok(&format!("vncdisplay {name}"));
+    assert!(vnc.trim().starts_with("127.0.0.1:"), "{vnc}");
+
+    // The process libvirt started: vCPU threads named as QEMU's (`-name debug-threads=on`).
+    let pid: u32 = std::fs::read_to_string(root.join(format!("run/qemu/{name}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut comms: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("CPU "))
+        .collect();
+    comms.sort();
+    assert_eq!(comms, ["CPU 0/KVM", "CPU 1/KVM"]);
+
+    let ifs = v.ok(&format!("domiflist {name}"));
+    assert!(ifs.contains("user") && ifs.contains("virtio"), "{ifs}");
+    // The screen through libvirt's screendump, and keys through send-key.
+    let shot = dir.path("shot.png");
+    v.ok(&format!("screenshot {name} {}", shot.display()));
+    assert_eq!(&std::fs::read(&shot).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    v.ok(&format!("send-key {name} KEY_ESC"));
+
+    // libvirt reconnects to a running domain when it starts again (a libvirtd restart;
+    // here a second embedded driver): the domain is found running and still answers.
+    v.r.send(b"quit\n");
+    v.r.wait(Duration::from_secs(60));
+    let mut err = v.r.stderr.text();
+    let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The reconnection runs in the background; `list` shows the saved state at once.
+        let (out, _) = v.run(&format!("qemu-monitor-command {name} --hmp 'info status'"));
+        if out.contains("VM status: running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnection: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    v.err_seen = v.r.stderr.text().len();
+    assert_eq!(v.state(&name), "running");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    v.ok(&format!("destroy {name}"));
+    assert_eq!(v.state(&name), "shut off");
+    v.ok(&format!("undefine {name}"));
+    v.r.send(b"quit\n");
+    v.r.wait(Duration::from_secs(60));
+
+    // Nothing went wrong with the emulator: no libvirt error, and troupe's log (its
+    // command line and stderr) has no error of its own.
+    err.push_str(&v.r.stderr.text());
+    assert!(
+        !err.contains(" error : "),
+        "libvirt reported an error:\n{err}"
+    );
+    let log = std::fs::read_to_string(root.join(format!("log/qemu/{name}.log"))).unwrap();
+    assert!(
+        !log.lines().any(|l| l.contains("troupe:")
+            && !l.contains("troupe: warning:")
+            && !l.contains("terminating on signal")),
+        "{log}"
+    );
+}

@@ -34,10 +34,13 @@ pub enum ChardevError {
     #[error("a client socket needs a port other than 0")]
     ClientPortZero,
     /// `-chardev socket` with neither `path=` nor `port=`.
-    #[error("a socket chardev needs path= (unix) or port= (tcp)")]
+    #[error("a socket chardev needs path= (unix), port= (tcp) or fd=")]
     SocketAddress,
-    /// `-chardev socket` with both.
-    #[error("a socket chardev takes path= (unix) or host=/port= (tcp), not both")]
+    /// `fd=` without `server=on`: troupe takes only a listening socket.
+    #[error("fd={0} needs server=on (troupe takes a listening socket there)")]
+    FdNotServer(i32),
+    /// `-chardev socket` with two addresses.
+    #[error("a socket chardev takes path= (unix), host=/port= (tcp) or fd=, only one")]
     SocketBoth,
     /// `wait=` on a client.
     #[error("'wait' option is incompatible with socket in client connect mode")]
@@ -285,7 +288,6 @@ fn socket_flags(opts: &mut Opts, tcp: bool) -> Result<SocketFlags, ChardevError>
         ("tls-creds", "TLS (tls-creds=)"),
         ("websocket", "websocket="),
         ("tn3270", "tn3270="),
-        ("fd", "fd="),
     ] {
         if opts.str(key).is_some() {
             return Err(ChardevError::UnsupportedOption(what));
@@ -341,6 +343,7 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
             let host = opts.str("host");
             let port = opts.str("port");
             let telnet = opts.flag("telnet")?.unwrap_or(false);
+            let fd = opts.uint("fd", 0, i32::MAX as u64)?;
             for (key, what) in [
                 ("ipv4", "ipv4="),
                 ("ipv6", "ipv6="),
@@ -352,6 +355,22 @@ pub fn parse_chardev(mut opts: Opts) -> Result<Chardev, ChardevError> {
                 }
             }
             match (path, port) {
+                // `fd=N`: a listening socket the launcher (libvirt) created and passed in.
+                _ if fd.is_some() => {
+                    let fd = fd.unwrap_or_default() as i32;
+                    if opts.peek("path").is_some() || opts.peek("port").is_some() || host.is_some()
+                    {
+                        return Err(ChardevError::SocketBoth);
+                    }
+                    if telnet {
+                        return Err(ChardevError::UnsupportedOption("telnet=on with fd="));
+                    }
+                    let s = socket_flags(&mut opts, false)?;
+                    if !s.server {
+                        return Err(ChardevError::FdNotServer(fd));
+                    }
+                    CharBackend::ListenerFd { fd, wait: s.wait }
+                }
                 (Some(_), Some(_)) => return Err(ChardevError::SocketBoth),
                 (Some(path), None) => {
                     if host.is_some() {
@@ -740,11 +759,29 @@ mod tests {
         );
         assert_eq!(
             chardev("socket,id=c0"),
-            Err("a socket chardev needs path= (unix) or port= (tcp)".into())
+            Err("a socket chardev needs path= (unix), port= (tcp) or fd=".into())
         );
         assert_eq!(
             chardev("socket,id=c0,path=/x,port=1"),
-            Err("a socket chardev takes path= (unix) or host=/port= (tcp), not both".into())
+            Err("a socket chardev takes path= (unix), host=/port= (tcp) or fd=, only one".into())
+        );
+        // libvirt's monitor: a listening socket it made, passed as a descriptor.
+        assert_eq!(
+            chardev("socket,id=charmonitor,fd=29,server=on,wait=off")
+                .unwrap()
+                .backend,
+            CharBackend::ListenerFd {
+                fd: 29,
+                wait: false
+            }
+        );
+        assert_eq!(
+            chardev("socket,id=c0,fd=29"),
+            Err("fd=29 needs server=on (troupe takes a listening socket there)".into())
+        );
+        assert_eq!(
+            chardev("socket,id=c0,fd=29,path=/x,server=on"),
+            Err("a socket chardev takes path= (unix), host=/port= (tcp) or fd=, only one".into())
         );
         assert_eq!(
             chardev("socket,id=c0,path=/x,telnet=on"),

@@ -62,6 +62,9 @@ pub enum DisplayError {
     /// An unknown VGA card.
     #[error("unknown vga type '{0}' (see -vga help)")]
     VgaUnknown(String),
+    /// A second `-device VGA`.
+    #[error("troupe has one VGA card")]
+    VgaTwice,
     /// An unknown keymap.
     #[error("unknown keyboard layout '{0}' (see -k help)")]
     Keymap(String),
@@ -113,8 +116,10 @@ pub fn parse_vnc(arg: &str) -> Result<Option<VncConfig>, DisplayError> {
         t => t.map(|t| t as u16),
     };
     let lossy = opts.flag("lossy")?.unwrap_or(false);
+    let audiodev = opts.id("audiodev")?;
     opts.finish()?;
     Ok(Some(VncConfig {
+        audiodev,
         listen: SocketAddrSpec { host, port },
         display,
         password,
@@ -129,6 +134,7 @@ pub fn parse_vnc(arg: &str) -> Result<Option<VncConfig>, DisplayError> {
 /// QEMU's display when none is named and it has no GUI (vl.c: `localhost:0,to=99`).
 pub fn default_vnc() -> VncConfig {
     VncConfig {
+        audiodev: None,
         listen: SocketAddrSpec {
             host: "127.0.0.1".into(),
             port: 5900,
@@ -333,7 +339,7 @@ mod tests {
             vnc(":1,share=foo"),
             Err("parameter 'share' does not accept value 'foo' (expected allow-exclusive, force-shared, ignore)".into())
         );
-        assert!(vnc(":1,sasl=on").unwrap_err().starts_with("parameter 'sasl' is not supported (accepted: vnc, password, share, websocket, to, lossy)"));
+        assert!(vnc(":1,sasl=on").unwrap_err().starts_with("parameter 'sasl' is not supported (accepted: vnc, password, share, websocket, to, lossy, audiodev)"));
         assert_eq!(
             vnc(""),
             Err("invalid VNC display '' (expected [HOST]:N, like :1 or 127.0.0.1:0)".into())

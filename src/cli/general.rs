@@ -53,6 +53,9 @@ pub enum GeneralError {
     /// management through.
     #[error("{0}=on is not supported by troupe (only {0}=off)")]
     Overcommit(&'static str),
+    /// `-msg guest-name=on`.
+    #[error("guest-name=on is not supported by troupe")]
+    MsgGuestName,
     /// `-incoming` that isn't a URI.
     #[error("invalid migration URI '{0}' (expected tcp:[HOST]:PORT, unix:PATH, exec:CMD, fd:N, file:PATH or defer)")]
     Incoming(String),
@@ -69,6 +72,17 @@ pub fn parse_overcommit(mut opts: Opts) -> Result<(), GeneralError> {
     }
     opts.finish()?;
     Ok(())
+}
+
+/// `-msg [timestamp=on|off][,guest-name=on|off]`: whether error messages start with an
+/// ISO 8601 UTC timestamp (libvirt writes `-msg timestamp=on`). `guest-name=on` is refused.
+pub fn parse_msg(mut opts: Opts) -> Result<bool, GeneralError> {
+    let timestamp = opts.flag("timestamp")?.unwrap_or(false);
+    if opts.flag("guest-name")? == Some(true) {
+        return Err(GeneralError::MsgGuestName);
+    }
+    opts.finish()?;
+    Ok(timestamp)
 }
 
 /// `-name`: (guest name, process name, debug-threads).

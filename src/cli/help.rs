@@ -133,7 +133,7 @@ const SECTIONS: &[(&str, Lines)] = &[
             ),
             ("", "isa-debug-exit, virtio-blk-pci, virtio-net-pci, e1000,"),
             ("", "virtio-rng-pci, virtio-serial-pci, virtconsole,"),
-            ("", "virtio-tablet-pci"),
+            ("", "virtio-tablet-pci, ide-cd, ide-hd, isa-serial, VGA"),
             ("-vga std|none", "the VGA card (default std)"),
         ],
     ),

@@ -37,6 +37,15 @@ pub fn parse_device_add(spec: &str, config: &VmConfig) -> Result<DeviceAdd, CliE
         _ => {}
     }
     let parsed = device::parse_device(o).map_err(|e| invalid(spec, e))?;
+    if parsed.kind.is_board_device() {
+        let driver = match parsed.kind {
+            device::SpecKind::IdeDrive { cdrom: true, .. } => "ide-cd",
+            device::SpecKind::IdeDrive { .. } => "ide-hd",
+            device::SpecKind::IsaSerial { .. } => "isa-serial",
+            _ => "VGA",
+        };
+        return Err(invalid(spec, DeviceError::NotHotpluggable(driver)));
+    }
     let mut set = DeviceSet::with_devices(config.devices.clone(), config.vga, config.smp.cpus);
     let mut drives = config.drives.clone();
     set.add(parsed, &mut drives, &config.netdevs)

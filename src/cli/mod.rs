@@ -24,6 +24,7 @@ pub(crate) mod host;
 pub mod hotplug;
 mod machine;
 pub mod netdev;
+mod object;
 mod options;
 mod state;
 mod table;
@@ -38,6 +39,7 @@ pub use general::GeneralError;
 pub use host::{os_error_text, FileError, Host};
 pub use machine::MachineError;
 pub use netdev::NetdevError;
+pub use object::ObjectError;
 pub use options::OptsError;
 
 pub use device::creatable as creatable_devices;
@@ -103,7 +105,10 @@ pub enum Reason {
     /// `-vnc`, `-display`, `-vga`, `-k`.
     #[error(transparent)]
     Display(#[from] DisplayError),
-    /// `-name`, `-uuid`, `-rtc`, `-d`, `-incoming`.
+    /// `-object`, `-audiodev`.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// `-name`, `-uuid`, `-rtc`, `-d`, `-incoming`, `-msg`.
     #[error(transparent)]
     General(#[from] GeneralError),
     /// Combinations of options.

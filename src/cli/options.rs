@@ -20,7 +20,8 @@ pub enum OptsError {
     /// A JSON argument (`-device '{"driver": ...}'`) that is not a JSON object.
     #[error("invalid JSON object: {0}")]
     Json(String),
-    /// A JSON member whose value has no option-string form (`null`, a list).
+    /// A JSON member whose value has no option-string form (a list, or `null` where the
+    /// key takes none).
     #[error("parameter '{0}': only strings, numbers, booleans and objects are supported")]
     JsonValue(String),
     /// `=value` with no key.
@@ -107,6 +108,8 @@ struct Item {
     key: String,
     value: String,
     used: bool,
+    /// A JSON `null` (only [`Opts::null`] reads one).
+    null: bool,
 }
 
 /// A parsed option string. Values are read by key (the last occurrence wins, as in QEMU);
@@ -145,7 +148,13 @@ impl Opts {
                     Value::Bool(b) => out.push(&key, if *b { "on" } else { "off" }.to_string()),
                     Value::Number(n) => out.push(&key, n.to_string()),
                     Value::Object(inner) => flatten(&key, inner, out)?,
-                    Value::Null | Value::Array(_) => return Err(OptsError::JsonValue(key)),
+                    Value::Null => out.items.push(Item {
+                        key,
+                        value: String::new(),
+                        used: false,
+                        null: true,
+                    }),
+                    Value::Array(_) => return Err(OptsError::JsonValue(key)),
                 }
             }
             Ok(())
@@ -217,7 +226,34 @@ impl Opts {
             key: key.to_string(),
             value,
             used: false,
+            null: false,
         });
+    }
+
+    /// Whether the last value given for `key` is a JSON `null` (`"backing": null`); such a
+    /// value is refused by every other reader.
+    pub fn null(&mut self, key: &str) -> bool {
+        self.ask(key);
+        let mut found = false;
+        for item in self.items.iter_mut().filter(|i| i.key == key) {
+            item.used = item.null;
+            found = item.null;
+        }
+        found
+    }
+
+    /// Put `key=value` before every item: a value written later for `key` wins (how a
+    /// `-global` default reaches a `-device`).
+    pub fn prepend(&mut self, key: &str, value: &str) {
+        self.items.insert(
+            0,
+            Item {
+                key: key.to_string(),
+                value: value.to_string(),
+                used: false,
+                null: false,
+            },
+        );
     }
 
     /// Append `other`'s items after ours: later values win, as when QEMU merges repeated
@@ -251,7 +287,7 @@ impl Opts {
     pub fn str(&mut self, key: &str) -> Option<String> {
         self.ask(key);
         let mut found = None;
-        for item in self.items.iter_mut().filter(|i| i.key == key) {
+        for item in self.items.iter_mut().filter(|i| i.key == key && !i.null) {
             item.used = true;
             found = Some(item.value.clone());
         }
@@ -263,7 +299,7 @@ impl Opts {
         self.ask(key);
         self.items
             .iter_mut()
-            .filter(|i| i.key == key)
+            .filter(|i| i.key == key && !i.null)
             .map(|i| {
                 i.used = true;
                 i.value.clone()
@@ -345,6 +381,7 @@ impl Opts {
     pub fn finish(self) -> Result<(), OptsError> {
         match self.items.into_iter().find(|i| !i.used) {
             None => Ok(()),
+            Some(item) if item.null => Err(OptsError::JsonValue(item.key)),
             Some(item) => Err(OptsError::Unknown {
                 key: item.key,
                 known: self.asked,

@@ -7,18 +7,20 @@ mod finish;
 use std::path::PathBuf;
 
 use super::chardev::{self, Legacy};
-use super::device::{self, DeviceSpec};
+use super::device::{self, SpecKind};
 use super::display::{self, DisplayArg, VgaArg};
 use super::drive::{self, BlockNode, DriveSpec};
 use super::general;
 use super::help;
 use super::machine;
 use super::netdev::{self, NetArg, NicArg};
+use super::object::{self, ObjectSpec};
 use super::options::{is_help, Opts};
 use super::table::Opt;
 use super::{invalid, ChardevError, CliError};
 use crate::config::{
-    Chardev, CpuConfig, DisplayKind, MonitorConfig, MonitorMode, NetdevConfig, VgaKind, VncConfig,
+    CharBackend, Chardev, CpuConfig, DisplayKind, MonitorConfig, MonitorMode, NetdevConfig,
+    VgaKind, VncConfig,
 };
 
 /// Repeated options QEMU merges into one: later keys win.
@@ -65,7 +67,9 @@ pub(super) struct State {
     drives: Vec<(String, DriveSpec)>,
     blockdevs: Vec<(String, BlockNode)>,
     snapshot: bool,
-    devices: Vec<(String, DeviceSpec)>,
+    /// `-device`s the machine does not fold into the board, as written (parsed again once
+    /// every `-global` is known).
+    devices: Vec<(String, Opts)>,
     netdevs: Vec<(String, NetdevConfig)>,
     nics: Vec<(String, NicArg)>,
     nets: Vec<(String, NetArg)>,
@@ -93,6 +97,20 @@ pub(super) struct State {
     incoming: Option<String>,
     pub(super) loadvm: Option<String>,
     dump_acpi: Option<(String, PathBuf)>,
+    objects: Vec<(String, ObjectSpec)>,
+    /// `-audiodev` ids.
+    audiodevs: Vec<String>,
+    /// `-global DRIVER.PROP=VALUE`: (option as written, driver, property, value).
+    globals: Vec<(String, String, String, String)>,
+    msg_timestamp: bool,
+    /// A `-device VGA` was given.
+    vga_device: bool,
+    /// Its `id=`.
+    vga_id: Option<String>,
+    /// `id=` of the `-device isa-serial`s, by COM index.
+    serial_ids: Vec<Option<String>>,
+    /// A `-device ide-cd|ide-hd` was given: no default CD-ROM.
+    ide_device: bool,
 }
 
 impl State {
@@ -110,7 +128,10 @@ impl State {
         arg: &str,
     ) -> Result<Option<String>, CliError> {
         // QEMU 7.2 takes a JSON object for -device and -blockdev (libvirt writes them so).
-        let json = matches!(opt, Opt::Device | Opt::Blockdev) && arg.trim_start().starts_with('{');
+        let json = matches!(
+            opt,
+            Opt::Device | Opt::Blockdev | Opt::Object | Opt::Audiodev
+        ) && arg.trim_start().starts_with('{');
         let opts = |implied: Option<&str>| {
             if json {
                 Opts::from_json(arg)
@@ -188,8 +209,45 @@ impl State {
                     }
                     _ => {}
                 }
-                let spec = device::parse_device(o).map_err(|e| invalid(at, e))?;
-                self.devices.push((at.to_string(), spec));
+                let spec = device::parse_device(o.clone()).map_err(|e| invalid(at, e))?;
+                // The board's own devices written as -device (libvirt writes them so) are
+                // folded into the machine, and turn off the matching QEMU default.
+                match spec.kind {
+                    SpecKind::IsaSerial { chardev, index } => {
+                        let next = self.serials.len() as u32;
+                        match index {
+                            Some(i) if i < next => {
+                                return Err(invalid(at, device::DeviceError::SerialIndexTaken(i)))
+                            }
+                            Some(i) if i > next => {
+                                return Err(invalid(at, device::DeviceError::SerialGap(i, next)))
+                            }
+                            _ => {}
+                        }
+                        let backend = match chardev {
+                            Some(id) => CharBackend::Named(id),
+                            None => CharBackend::Null,
+                        };
+                        self.serials
+                            .push((at.to_string(), Legacy::Backend(backend)));
+                        self.serial_ids.resize(next as usize, None);
+                        self.serial_ids.push(spec.id);
+                        self.serial_given = true;
+                    }
+                    SpecKind::Vga => {
+                        if self.vga_device {
+                            return Err(invalid(at, display::DisplayError::VgaTwice));
+                        }
+                        self.vga_device = true;
+                        self.vga = Some(VgaKind::Std);
+                        self.vga_id = spec.id;
+                    }
+                    SpecKind::IdeDrive { .. } => {
+                        self.ide_device = true;
+                        self.devices.push((at.to_string(), o));
+                    }
+                    _ => self.devices.push((at.to_string(), o)),
+                }
             }
             Opt::Vga => match display::parse_vga(arg).map_err(|e| invalid(at, e))? {
                 VgaArg::Help => return Ok(Some(display::vga_help())),
@@ -329,6 +387,39 @@ impl State {
             Opt::Loadvm => self.loadvm = Some(arg.to_string()),
             Opt::VcpuPin => self.vcpu_pin = Some((at.to_string(), arg.to_string())),
             Opt::DumpAcpi => self.dump_acpi = Some((at.to_string(), PathBuf::from(arg))),
+            Opt::Object => {
+                let o = opts(Some("qom-type"))?;
+                if o.help_requested() {
+                    return Ok(Some(object::object_help()));
+                }
+                let spec = object::parse_object(o).map_err(|e| invalid(at, e))?;
+                if self.objects.iter().any(|(_, s)| s.id() == spec.id()) {
+                    return Err(invalid(
+                        at,
+                        object::ObjectError::DuplicateId(spec.id().into()),
+                    ));
+                }
+                self.objects.push((at.to_string(), spec));
+            }
+            Opt::Audiodev => {
+                match object::parse_audiodev(opts(Some("driver"))?).map_err(|e| invalid(at, e))? {
+                    None => return Ok(Some(object::audiodev_help())),
+                    Some(id) => {
+                        if self.audiodevs.contains(&id) {
+                            return Err(invalid(at, object::ObjectError::DuplicateId(id)));
+                        }
+                        self.audiodevs.push(id)
+                    }
+                }
+            }
+            Opt::Global => {
+                let (driver, prop, value) =
+                    device::parse_global(arg).map_err(|e| invalid(at, e))?;
+                self.globals.push((at.to_string(), driver, prop, value));
+            }
+            Opt::Msg => {
+                self.msg_timestamp = general::parse_msg(opts(None)?).map_err(|e| invalid(at, e))?
+            }
         }
         Ok(None)
     }

@@ -54,6 +54,10 @@ pub(super) enum Opt {
     LogItems,
     VcpuPin,
     DumpAcpi,
+    Object,
+    Global,
+    Audiodev,
+    Msg,
 }
 
 /// (name without dash, option, takes an argument).
@@ -113,6 +117,10 @@ pub(super) const OPTIONS: &[(&str, Opt, bool)] = &[
     ("d", Opt::LogItems, true),
     ("vcpu-pin", Opt::VcpuPin, true),
     ("dump-acpi", Opt::DumpAcpi, true),
+    ("object", Opt::Object, true),
+    ("global", Opt::Global, true),
+    ("audiodev", Opt::Audiodev, true),
+    ("msg", Opt::Msg, true),
 ];
 
 /// QEMU options troupe refuses by name, with a hint.
@@ -123,7 +131,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("usb", " (no USB)"),
     ("usbdevice", " (no USB)"),
     ("soundhw", " (no sound)"),
-    ("audiodev", " (no sound)"),
     ("audio", " (no sound)"),
     ("spice", " (use -vnc)"),
     ("sdl", " (no GUI; use -vnc)"),
@@ -136,8 +143,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("mem-path", ""),
     ("mem-prealloc", ""),
     ("numa", ""),
-    ("object", ""),
-    ("global", ""),
     ("set", ""),
     ("fw_cfg", ""),
     ("smbios", ""),
@@ -155,7 +160,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("sandbox", ""),
     ("chroot", ""),
     ("runas", ""),
-    ("msg", ""),
     ("semihosting", ""),
     ("semihosting-config", ""),
     ("plugin", ""),

@@ -1,10 +1,11 @@
 //! What troupe tells the firmware through fw_cfg, following QEMU's `pc` machine: CPU
 //! counts, RAM size and map (`etc/e820`), boot menu and timeouts, the serial console hint
-//! when there is no display, and (added by the table builders) ACPI and SMBIOS.
+//! when there is no display, the `bootorder` list from `bootindex=` and `-boot strict=`, and
+//! (added by the table builders) ACPI and SMBIOS.
 
 use devices::fw_cfg::{FwCfg, BOOT_MENU, MAX_CPUS, NB_CPUS, NOGRAPHIC, RAM_SIZE, UUID};
 
-use crate::config::{VgaKind, VmConfig};
+use crate::config::{DeviceKind, DriveInterface, VgaKind, VmConfig};
 use crate::vm::kvm::IDENTITY_MAP_ADDR;
 use crate::vm::memory::{RamLayout, HIGH_RAM_START};
 
@@ -41,6 +42,45 @@ pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// QEMU's `bootorder` file: the OpenFirmware path of every device with a `bootindex=`, by
+/// increasing index, one per line, then `HALT` under `-boot strict=on` (SeaBIOS then boots
+/// nothing that is not listed). None when there is nothing to say (SeaBIOS's own order).
+pub fn bootorder(cfg: &VmConfig) -> Option<String> {
+    let mut entries: Vec<(u32, String)> = Vec::new();
+    for d in &cfg.drives {
+        if let (DriveInterface::Ide, Some(index), Some(b)) = (d.interface, d.index, d.bootindex) {
+            // The PIIX IDE function is 00:01.1; drive@CHANNEL/disk@UNIT.
+            entries.push((
+                b,
+                format!("/pci@i0cf8/ide@1,1/drive@{}/disk@{}", index / 2, index % 2),
+            ));
+        }
+    }
+    let pci = |(slot, func): (u8, u8), name: &str| {
+        if func == 0 {
+            format!("/pci@i0cf8/{name}@{slot:x}")
+        } else {
+            format!("/pci@i0cf8/{name}@{slot:x},{func:x}")
+        }
+    };
+    for dev in &cfg.devices {
+        let (Some(addr), Some(b)) = (dev.addr, dev.kind.bootindex()) else {
+            continue;
+        };
+        let path = match &dev.kind {
+            DeviceKind::VirtioBlk { .. } => format!("{}/disk@0,0", pci(addr, "scsi")),
+            _ => format!("{}/ethernet-phy@0", pci(addr, "ethernet")),
+        };
+        entries.push((b, path));
+    }
+    entries.sort();
+    let mut lines: Vec<String> = entries.into_iter().map(|(_, p)| p).collect();
+    if cfg.boot_order.strict {
+        lines.push("HALT".to_string());
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
 pub fn build(cfg: &VmConfig, layout: &RamLayout) -> FwCfg {
     let mut f = FwCfg::new();
     f.add_item(NB_CPUS, (cfg.smp.cpus as u16).to_le_bytes().to_vec());
@@ -65,6 +105,11 @@ pub fn build(cfg: &VmConfig, layout: &RamLayout) -> FwCfg {
             .to_le_bytes()
             .to_vec(),
     );
+    if let Some(order) = bootorder(cfg) {
+        let mut bytes = order.into_bytes();
+        bytes.push(0);
+        let _ = f.add_file("bootorder", bytes);
+    }
     // With nothing to look at (no VGA or -nographic), SeaBIOS should talk on COM1.
     if (cfg.nographic || cfg.vga == VgaKind::None) && !cfg.serials.is_empty() {
         let _ = f.add_file("etc/sercon-port", 0x3f8u16.to_le_bytes().to_vec());

@@ -403,11 +403,13 @@ impl Board<'_> {
             // Input from the chardev waits while the VM is stopped.
             let control = ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
                 .with_gate(s.gate());
-            let node = self.using(
-                Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0"),
-                BackendKind::Chardev,
-                &id,
-            );
+            // A `-device isa-serial,id=ID` is `/machine/peripheral/ID`.
+            let user_id = self.cfg.serial_ids.get(i).cloned().flatten();
+            let node = match user_id {
+                Some(u) => Node::new(u, "isa-serial", "isa.0").user(),
+                None => Node::new(tree::board_id("isa-serial", Some(i)), "isa-serial", "isa.0"),
+            };
+            let node = self.using(node, BackendKind::Chardev, &id);
             self.add(
                 c,
                 node.with(Resource::IoPorts { base: port, len: 8 })
@@ -585,7 +587,7 @@ impl Board<'_> {
         })?;
         self.add(
             c,
-            tree::pci_node(tree::board_id("VGA", None), "VGA", vga::VGA_SLOT)
+            vga_node(self.cfg.vga_id.clone())
                 .with(Resource::IoPorts {
                     base: 0x3b0,
                     len: 0x30,
@@ -853,4 +855,15 @@ pub(crate) fn drive_options(
             }
         },
     }
+}
+
+/// The VGA's node: `/machine/peripheral/ID` for a `-device VGA,id=ID`, else the board's;
+/// with its memory size as QEMU shows it (`vgamem_mb`).
+fn vga_node(user_id: Option<String>) -> Node {
+    let vgamem_mb = (devices::vga::VRAM_SIZE >> 20) as u64;
+    let node = match user_id {
+        Some(id) => tree::pci_node(id, "VGA", vga::VGA_SLOT).user(),
+        None => tree::pci_node(tree::board_id("VGA", None), "VGA", vga::VGA_SLOT),
+    };
+    node.prop("vgamem_mb", tree::num(vgamem_mb))
 }

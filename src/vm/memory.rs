@@ -137,6 +137,26 @@ pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
     Ok(mem)
 }
 
+/// `-machine dump-guest-core=off`: leave guest RAM out of the host's core dumps of this
+/// process (`MADV_DONTDUMP`, as QEMU does).
+pub fn exclude_from_core_dumps(mem: &GuestMemoryMmap) -> std::io::Result<()> {
+    for region in mem.iter() {
+        // SAFETY: the range is exactly one mapping owned by `mem`; MADV_DONTDUMP changes
+        // only what a core dump of the process contains.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_DONTDUMP,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A private anonymous mapping of `size` bytes starting on a 2 MiB boundary, so that
 /// transparent huge pages can back all of it (QEMU aligns guest RAM the same way).
 fn map_aligned(size: usize) -> std::io::Result<*mut u8> {

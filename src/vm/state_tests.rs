@@ -128,6 +128,7 @@ impl CounterVm {
             mem: mem.clone(),
             events,
             coalesced: None,
+            debug_threads: false,
         };
         let vcpu = spawn_vcpu(
             fd,

@@ -52,8 +52,84 @@ pub enum Backend {
     UnixClient {
         path: PathBuf,
     },
+    /// A listening socket (unix or TCP) inherited as descriptor `fd` from the process that
+    /// started troupe (`-chardev socket,fd=N,server=on`, as libvirt passes them).
+    ListenerFd {
+        fd: i32,
+        wait: bool,
+    },
     /// A text console on the display (`vc`): see [`crate::display::console`].
     Vc(crate::display::console::VcPort),
+}
+
+/// A listening socket taken over from an inherited descriptor.
+pub enum InheritedListener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Take over the listening socket `fd` (a duplicate of it, so the number stays valid):
+/// refused unless it is a listening unix or TCP socket. Returns the listener and its
+/// `info chardev` label (`unix:PATH,server=on`, `tcp:ADDR,server=on`). Needs a tokio
+/// runtime (the listener is registered with its reactor).
+pub fn adopt_listener(fd: i32) -> std::io::Result<(InheritedListener, String)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let not_listening = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not a listening socket"),
+        )
+    };
+    let mut accepting: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `accepting`; a bad fd is an error.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut accepting as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ENOTSOCK) {
+            not_listening()
+        } else {
+            e
+        });
+    }
+    if accepting == 0 {
+        return Err(not_listening());
+    }
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; `fd` is left as it was.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    let std_unix = std::os::unix::net::UnixListener::from(owned);
+    if let Ok(addr) = std_unix.local_addr() {
+        std_unix.set_nonblocking(true)?;
+        let path = addr
+            .as_pathname()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        return Ok((
+            InheritedListener::Unix(tokio::net::UnixListener::from_std(std_unix)?),
+            format!("unix:{path},server=on"),
+        ));
+    }
+    // Not a unix socket: the same descriptor as TCP.
+    let std_tcp = std::net::TcpListener::from(OwnedFd::from(std_unix));
+    let addr = std_tcp.local_addr().map_err(|_| not_listening())?;
+    std_tcp.set_nonblocking(true)?;
+    Ok((
+        InheritedListener::Tcp(tokio::net::TcpListener::from_std(std_tcp)?),
+        format!("tcp:{addr},server=on"),
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +351,20 @@ pub async fn spawn_chardev(
             }
             listener = Some(Listener::Unix(l));
         }
+        Backend::ListenerFd { fd, wait } => {
+            let what = format!("fd={fd}");
+            let (l, l_label) = adopt_listener(*fd).map_err(open_err(what.clone()))?;
+            label = l_label;
+            let l = match l {
+                InheritedListener::Unix(l) => Listener::Unix(l),
+                InheritedListener::Tcp(l) => Listener::Tcp(l, false),
+            };
+            listener = Some(l);
+            if *wait {
+                crate::report!("troupe: waiting for connection on: {label}");
+                initial = accept(&listener).await;
+            }
+        }
         Backend::UnixClient { path } => {
             let s = tokio::net::UnixStream::connect(path)
                 .await
@@ -384,7 +474,7 @@ impl ChardevActor {
                             tracing::debug!(chardev = %self.id, "input closed");
                             let socket = matches!(
                                 self.backend,
-                                Backend::TcpServer { .. } | Backend::TcpClient { .. } | Backend::UnixServer { .. } | Backend::UnixClient { .. }
+                                Backend::TcpServer { .. } | Backend::TcpClient { .. } | Backend::UnixServer { .. } | Backend::UnixClient { .. } | Backend::ListenerFd { .. }
                             );
                             if socket {
                                 conn = None;

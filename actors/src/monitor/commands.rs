@@ -83,6 +83,14 @@ const COMMANDS: &[(&str, &[Param])] = &[
         "query-blockstats",
         &[("query-nodes", Ty::Bool, false), ("flat", Ty::Bool, false)],
     ),
+    ("query-named-block-nodes", &[("flat", Ty::Bool, false)]),
+    ("query-jobs", &[]),
+    ("query-block-jobs", &[]),
+    ("qom-list", &[("path", Ty::Str, true)]),
+    (
+        "qom-get",
+        &[("path", Ty::Str, true), ("property", Ty::Str, true)],
+    ),
     ("query-vnc", &[]),
     ("query-chardev", &[]),
     ("query-commands", &[]),
@@ -195,7 +203,6 @@ const COMMANDS: &[(&str, &[Param])] = &[
             ("devices", Ty::Any, true),
         ],
     ),
-    ("query-jobs", &[]),
     ("job-dismiss", &[("id", Ty::Str, true)]),
     (
         "eject",
@@ -566,6 +573,27 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         )),
         "query-block" => ctx.drives.query_block().await.map_err(actor_gone),
         "query-blockstats" => ctx.drives.query_blockstats().await.map_err(actor_gone),
+        // troupe runs no background jobs (no block-commit/mirror/stream, no job-based
+        // snapshot-save): the lists are truthfully empty. libvirt asks for them when it
+        // reconnects to a running domain.
+        // No block job runs in troupe (snapshot jobs are in jobs.rs).
+        "query-block-jobs" => Ok(json!([])),
+        "qom-list" => super::qom::qom_list(
+            &ctx.supervisor.tree().await.map_err(actor_gone)?,
+            s(args, "path").unwrap_or_default(),
+        ),
+        "qom-get" => super::qom::qom_get(
+            &ctx.supervisor.tree().await.map_err(actor_gone)?,
+            s(args, "path").unwrap_or_default(),
+            s(args, "property").unwrap_or_default(),
+        ),
+        // `flat` only matters for backing chains nested in `image`; troupe's nodes list
+        // none, so both forms are the same list.
+        "query-named-block-nodes" => ctx
+            .drives
+            .query_named_block_nodes()
+            .await
+            .map_err(actor_gone),
         "query-vnc" => Ok(match &ctx.vnc {
             Some(v) => v.info().to_query_vnc(),
             None => json!({"enabled": false}),

@@ -204,6 +204,9 @@ pub trait DrivesService: Send + Sync + 'static {
     fn query_block(&self) -> Value;
     /// `query-blockstats` return value.
     fn query_blockstats(&self) -> Value;
+    /// `query-named-block-nodes` return value: every block node, format and file (flat:
+    /// troupe's images have no backing nodes to nest).
+    fn query_named_block_nodes(&self) -> Value;
     /// Every drive with a medium: (device id, backend), in `info block` order; what
     /// `info snapshots`, `delvm`, `savevm` and `loadvm` work on.
     fn snapshot_disks(&self) -> Vec<(String, crate::block::BlockHandle)>;
@@ -220,6 +223,7 @@ pub trait DrivesService: Send + Sync + 'static {
 pub enum DrivesMsg {
     QueryBlock(Reply<Value>),
     QueryBlockstats(Reply<Value>),
+    QueryNamedBlockNodes(Reply<Value>),
     SnapshotDisks(Reply<Vec<(String, crate::block::BlockHandle)>>),
     Media(
         super::MediaTarget,
@@ -233,6 +237,7 @@ impl MessageKind for DrivesMsg {
         match self {
             Self::QueryBlock(_) => "query-block",
             Self::QueryBlockstats(_) => "query-blockstats",
+            Self::QueryNamedBlockNodes(_) => "query-named-block-nodes",
             Self::SnapshotDisks(_) => "snapshot-disks",
             Self::Media(..) => "media",
         }
@@ -243,6 +248,7 @@ fn serve_drives(s: &dyn DrivesService, m: DrivesMsg) {
     match m {
         DrivesMsg::QueryBlock(r) => r.send(s.query_block()),
         DrivesMsg::QueryBlockstats(r) => r.send(s.query_blockstats()),
+        DrivesMsg::QueryNamedBlockNodes(r) => r.send(s.query_named_block_nodes()),
         DrivesMsg::SnapshotDisks(r) => r.send(s.snapshot_disks()),
         DrivesMsg::Media(t, op, r) => r.send(s.media(&t, op)),
     }
@@ -272,6 +278,10 @@ impl DrivesHandle {
 
     pub async fn query_blockstats(&self) -> Result<Value, ActorError> {
         ask(&self.addr, DrivesMsg::QueryBlockstats).await
+    }
+
+    pub async fn query_named_block_nodes(&self) -> Result<Value, ActorError> {
+        ask(&self.addr, DrivesMsg::QueryNamedBlockNodes).await
     }
 
     /// The drives snapshots are taken on (empty if the actor is gone).

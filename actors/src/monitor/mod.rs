@@ -19,6 +19,7 @@ pub mod migrate;
 mod mux;
 pub mod probe;
 pub mod qmp;
+mod qom;
 pub mod readline;
 pub mod server;
 pub mod tree_view;

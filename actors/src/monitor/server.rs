@@ -46,6 +46,11 @@ pub enum MonitorBackend {
         path: PathBuf,
         wait: bool,
     },
+    /// A listening socket inherited as a descriptor (`-chardev socket,fd=N,server=on`).
+    ListenerFd {
+        fd: i32,
+        wait: bool,
+    },
     /// A chardev that is not a listening socket (stdio, pty, file, client sockets).
     Chardev(Backend),
     /// The monitor side of a mux shared with a serial port.
@@ -176,6 +181,23 @@ pub async fn start(
             let l = tokio::net::UnixListener::bind(&path).map_err(listen_err(what.clone()))?;
             let filename = format!("{what},server=on");
             server.listen(l, &filename, wait, false).await;
+            Ok(StartedMonitor {
+                id,
+                filename,
+                local_addr: None,
+            })
+        }
+        MonitorBackend::ListenerFd { fd, wait } => {
+            let (l, filename) =
+                crate::chardev::adopt_listener(fd).map_err(listen_err(format!("fd={fd}")))?;
+            match l {
+                crate::chardev::InheritedListener::Unix(l) => {
+                    server.listen(l, &filename, wait, false).await
+                }
+                crate::chardev::InheritedListener::Tcp(l) => {
+                    server.listen(l, &filename, wait, false).await
+                }
+            }
             Ok(StartedMonitor {
                 id,
                 filename,

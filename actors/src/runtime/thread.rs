@@ -31,6 +31,9 @@ pub struct ThreadSpec {
     pub wake: Option<Waker>,
     /// Its mailbox depth, if it has one.
     pub depth: Option<Box<dyn Fn() -> usize + Send + Sync>>,
+    /// The OS thread name, when not [`thread_name`] of the id (QEMU's `CPU 0/KVM` under
+    /// `-name debug-threads=on`).
+    pub name: Option<String>,
 }
 
 impl ThreadSpec {
@@ -42,7 +45,14 @@ impl ThreadSpec {
             cores: None,
             wake: None,
             depth: None,
+            name: None,
         }
+    }
+
+    /// Name the OS thread `name` (at most 15 bytes are kept by Linux).
+    pub fn name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
     }
 
     pub fn cores(mut self, cores: Option<Vec<usize>>) -> Self {
@@ -147,6 +157,7 @@ where
         cores,
         wake,
         depth,
+        name,
     } = spec;
     let depth = depth.unwrap_or_else(|| Box::new(|| 0));
     let entry = registry.register(&id, kind, Placement::Thread { tid: 0, cores }, move || {
@@ -155,7 +166,7 @@ where
     entry.set_waker(wake);
     let (reg, e) = (registry.clone(), entry.clone());
     let spawned = std::thread::Builder::new()
-        .name(thread_name(&id))
+        .name(name.unwrap_or_else(|| thread_name(&id)))
         .spawn(move || {
             let tid = gettid();
             {

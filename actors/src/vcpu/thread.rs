@@ -41,6 +41,8 @@ pub struct VcpuContext {
     pub events: EventTx,
     /// The coalesced MMIO ring (VGA window writes), applied before each exit is handled.
     pub coalesced: Option<Arc<crate::coalesced::CoalescedRing>>,
+    /// `-name debug-threads=on`: name the thread as QEMU does, `CPU {index}/KVM`.
+    pub debug_threads: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,8 @@ struct VcpuThread {
     shared: Arc<Shared>,
 }
 
-/// Start the thread for vCPU `index` (actor `vcpu{index}`, thread `troupe-vcpu{index}`),
+/// Start the thread for vCPU `index` (actor `vcpu{index}`, thread `troupe-vcpu{index}`, or
+/// QEMU's `CPU {index}/KVM` with `debug_threads`),
 /// pinned to `cores` when given, in the paused state with `boot` loaded.
 pub fn spawn_vcpu(
     fd: VcpuFd,
@@ -99,6 +102,7 @@ pub fn spawn_vcpu(
     let kick_target = shared.clone();
     let depth_tx = tx.clone();
     let spec = ThreadSpec::new(format!("vcpu{index}"), "vcpu", Restart::Never)
+        .name(t.ctx.debug_threads.then(|| format!("CPU {index}/KVM")))
         .cores(cores.clone())
         .wake(move || VcpuHandle::kick_shared(&kick_target))
         .depth(move || depth_tx.len());

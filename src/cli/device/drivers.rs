@@ -11,10 +11,10 @@ pub(super) struct Driver {
     pub(super) bus: &'static str,
     desc: &'static str,
     /// (property, type, description) beyond `id`.
-    props: &'static [(&'static str, &'static str, &'static str)],
+    pub(super) props: &'static [(&'static str, &'static str, &'static str)],
     /// Whether the machine can start it yet. The others are parsed (their checks and slots
     /// are QEMU's already) but `-device help` leaves them out and the machine refuses them.
-    available: bool,
+    pub(super) available: bool,
 }
 
 const PCI_ADDR: (&str, &str, &str) = (
@@ -127,6 +127,83 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: true,
+    },
+    Driver {
+        name: "ide-cd",
+        alias: "",
+        category: "Storage devices",
+        bus: "IDE",
+        desc: "virtual IDE CD-ROM",
+        props: &[
+            BOOTINDEX,
+            (
+                "bus",
+                "<str>",
+                "ide.0 or ide.1 (the PIIX primary or secondary channel)",
+            ),
+            (
+                "drive",
+                "<str>",
+                "Node name or ID of a block device to use as a backend",
+            ),
+            ("unit", "<uint32>", "0 (master) or 1 (slave)"),
+        ],
+        available: true,
+    },
+    Driver {
+        name: "ide-hd",
+        alias: "",
+        category: "Storage devices",
+        bus: "IDE",
+        desc: "virtual IDE disk",
+        props: &[
+            BOOTINDEX,
+            (
+                "bus",
+                "<str>",
+                "ide.0 or ide.1 (the PIIX primary or secondary channel)",
+            ),
+            (
+                "drive",
+                "<str>",
+                "Node name or ID of a block device to use as a backend",
+            ),
+            ("unit", "<uint32>", "0 (master) or 1 (slave)"),
+        ],
+        available: true,
+    },
+    Driver {
+        name: "isa-serial",
+        alias: "",
+        category: "Input devices",
+        bus: "ISA",
+        desc: "",
+        props: &[
+            ("chardev", "<str>", "ID of a chardev to use as a backend"),
+            (
+                "index",
+                "<uint32>",
+                "0-3: COM1..COM4 (default: the next free)",
+            ),
+        ],
+        available: true,
+    },
+    Driver {
+        name: "VGA",
+        alias: "",
+        category: "Display devices",
+        bus: "PCI",
+        desc: "",
+        props: &[
+            PCI_ADDR,
+            PCI_BUS,
+            (
+                "vgamem_mb",
+                "<uint32>",
+                " (default: 16; troupe has only 16)",
+            ),
+        ],
         available: true,
     },
     Driver {

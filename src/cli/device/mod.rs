@@ -22,6 +22,9 @@ use drivers::find_driver;
 pub use drivers::{creatable, device_help, device_props_help};
 pub use set::DeviceSet;
 
+/// troupe's VGA memory in MiB (`vgamem_mb`; devices' `VRAM_SIZE`).
+pub const VGA_MEM_MB: u64 = (devices::vga::VRAM_SIZE >> 20) as u64;
+
 /// The highest `num-queues` virtio-blk accepts (VIRTIO_QUEUE_MAX).
 const MAX_QUEUES: u64 = 1024;
 
@@ -80,6 +83,47 @@ pub enum DeviceError {
     /// Two devices with one bootindex.
     #[error("bootindex {0} is already used by another device")]
     BootindexTwice(u32),
+    /// `unit=` on an IDE device without `bus=`.
+    #[error("unit= needs bus=ide.0 or bus=ide.1")]
+    UnitWithoutBus,
+    /// `vgamem_mb=` other than troupe's.
+    #[error("vgamem_mb={0} is not supported by troupe (its VGA has 16 MiB)")]
+    VgaMem(u64),
+    /// `VGA` elsewhere than slot 2.
+    #[error("troupe's VGA sits at PCI slot 2 (addr=0x2)")]
+    VgaSlot,
+    /// An IDE `drive=` that is not an `if=none` drive.
+    #[error("IDE drive index {0} is already in use")]
+    IdeIndexTaken(u32),
+    /// No free IDE index.
+    #[error("no free IDE unit: the PIIX controller has 4 (ide.0 and ide.1, units 0 and 1)")]
+    IdeFull,
+    /// `ide-hd` on a read-only drive.
+    #[error("drive '{0}' is read-only: an IDE hard disk cannot be (use ide-cd or virtio-blk-pci)")]
+    IdeReadonly(String),
+    /// A second COM port at one index, or past COM4.
+    #[error("serial port index {0} is already in use")]
+    SerialIndexTaken(u32),
+    /// `-global` that is not `DRIVER.PROP=VALUE`.
+    #[error("invalid format (expected DRIVER.PROP=VALUE)")]
+    GlobalSyntax(String),
+    /// `-global` for a driver it cannot reach.
+    #[error("-global for driver '{0}' is not supported by troupe (only -device drivers other than isa-serial, ide-cd, ide-hd)")]
+    GlobalDriver(String),
+    /// `-global` naming a property the driver lacks.
+    #[error("driver '{driver}' has no property '{prop}' (see -device {driver},help)")]
+    GlobalProperty {
+        /// The driver.
+        driver: String,
+        /// The property.
+        prop: String,
+    },
+    /// An `isa-serial` index past the next free COM port.
+    #[error("serial port index {0}: index {1} must be created first")]
+    SerialGap(u32, u32),
+    /// A board device given to `device_add`.
+    #[error("device '{0}' is part of the board and cannot be hot-plugged")]
+    NotHotpluggable(&'static str),
     /// Two devices with one id.
     #[error("duplicate device id '{0}'")]
     DuplicateId(String),
@@ -165,6 +209,85 @@ pub enum SpecKind {
     VirtioTablet,
     /// `virtio-keyboard-pci`.
     VirtioKeyboard,
+    /// `ide-cd`, `ide-hd`: an `if=none` drive put on the PIIX IDE controller (the drive
+    /// becomes an IDE drive; no device of its own).
+    IdeDrive {
+        /// `drive=`.
+        drive: String,
+        /// IDE index: 2 × channel (`bus=ide.N`) + `unit=`; None for the first free.
+        index: Option<u32>,
+        /// `ide-cd`.
+        cdrom: bool,
+        /// `bootindex=`.
+        bootindex: Option<u32>,
+    },
+    /// `isa-serial`: a COM port (the machine's serial ports, like `-serial`).
+    IsaSerial {
+        /// `chardev=`.
+        chardev: Option<String>,
+        /// `index=` (0 = COM1).
+        index: Option<u32>,
+    },
+    /// `VGA`: the machine's std VGA (like `-vga std`), always at slot 2.
+    Vga,
+}
+
+impl SpecKind {
+    /// Devices the board itself has (IDE drives, COM ports, the VGA): the command line
+    /// folds them into the machine; `device_add` cannot add them.
+    pub fn is_board_device(&self) -> bool {
+        matches!(
+            self,
+            Self::IdeDrive { .. } | Self::IsaSerial { .. } | Self::Vga
+        )
+    }
+}
+
+/// The canonical name of a driver written by name or alias (`virtio-net` →
+/// `virtio-net-pci`).
+pub fn canonical_driver(name: &str) -> Option<&'static str> {
+    find_driver(name).map(|d| d.name)
+}
+
+/// `-global DRIVER.PROP=VALUE` or `-global driver=D,property=P,value=V`: (driver, property,
+/// value), checked against the driver's properties. Globals apply to the `-device`s of
+/// that driver (see `State`); board devices the machine also creates from other options
+/// (`isa-serial`, `ide-cd`, `ide-hd`) and drivers `-device` lacks are refused.
+pub fn parse_global(arg: &str) -> Result<(String, String, String), DeviceError> {
+    let (driver, prop, value) = if arg.starts_with("driver=") {
+        let mut o = Opts::parse(arg, None)?;
+        let d = o.required("driver")?;
+        let p = o.required("property")?;
+        let v = o.required("value")?;
+        o.finish()?;
+        (d, p, v)
+    } else {
+        let (name, value) = arg
+            .split_once('=')
+            .ok_or_else(|| DeviceError::GlobalSyntax(arg.to_string()))?;
+        let (d, p) = name
+            .split_once('.')
+            .filter(|(d, p)| !d.is_empty() && !p.is_empty())
+            .ok_or_else(|| DeviceError::GlobalSyntax(arg.to_string()))?;
+        (d.to_string(), p.to_string(), value.to_string())
+    };
+    let d = find_driver(&driver)
+        .filter(|d| d.available)
+        .ok_or_else(|| DeviceError::GlobalDriver(driver.clone()))?;
+    if matches!(d.name, "isa-serial" | "ide-cd" | "ide-hd") {
+        return Err(DeviceError::GlobalDriver(driver));
+    }
+    if matches!(prop.as_str(), "id" | "bus" | "addr") || !d.props.iter().any(|p| p.0 == prop) {
+        return Err(DeviceError::GlobalProperty { driver, prop });
+    }
+    // The value is checked the way -device checks it.
+    if d.name == "VGA" {
+        let mut o = Opts::default();
+        o.prepend("driver", "VGA");
+        o.prepend(&prop, &value);
+        parse_device(o)?;
+    }
+    Ok((d.name.to_string(), prop, value))
 }
 
 /// A PCI `addr=`: `SLOT[.FN]` in hex (QEMU also takes a `0x` prefix).
@@ -257,6 +380,41 @@ pub fn parse_device(mut opts: Opts) -> Result<DeviceSpec, DeviceError> {
         "virtio-balloon-pci" => SpecKind::VirtioBalloon,
         "virtio-tablet-pci" => SpecKind::VirtioTablet,
         "virtio-keyboard-pci" => SpecKind::VirtioKeyboard,
+        "ide-cd" | "ide-hd" => {
+            let channel = match bus.as_deref() {
+                None => None,
+                Some("ide.0") => Some(0),
+                Some("ide.1") => Some(1),
+                Some(other) => return Err(DeviceError::Bus(other.to_string())),
+            };
+            let unit = opts.uint("unit", 0, 1)?.map(|u| u as u32);
+            let index = match (channel, unit) {
+                (None, Some(_)) => return Err(DeviceError::UnitWithoutBus),
+                (None, None) => None,
+                (Some(c), u) => Some(2 * c + u.unwrap_or(0)),
+            };
+            SpecKind::IdeDrive {
+                drive: opts.required("drive")?,
+                index,
+                cdrom: d.name == "ide-cd",
+                bootindex: bootindex(&mut opts)?,
+            }
+        }
+        "isa-serial" => SpecKind::IsaSerial {
+            chardev: opts.str("chardev"),
+            index: opts.uint("index", 0, 3)?.map(|i| i as u32),
+        },
+        "VGA" => {
+            if let Some(mb) = opts.uint("vgamem_mb", 0, u64::from(u32::MAX))? {
+                if mb != VGA_MEM_MB {
+                    return Err(DeviceError::VgaMem(mb));
+                }
+            }
+            if addr.is_some_and(|a| a != (2, 0)) {
+                return Err(DeviceError::VgaSlot);
+            }
+            SpecKind::Vga
+        }
         other => return Err(DeviceError::Unknown(other.to_string())),
     };
     opts.finish()?;
@@ -434,8 +592,8 @@ mod tests {
     #[test]
     fn unknown_drivers_are_refused() {
         assert_eq!(
-            spec("ide-hd,drive=x"),
-            Err("device 'ide-hd' is unknown or not supported by troupe (see -device help)".into())
+            spec("scsi-hd,drive=x"),
+            Err("device 'scsi-hd' is unknown or not supported by troupe (see -device help)".into())
         );
         assert_eq!(
             spec("foo"),

@@ -2,7 +2,9 @@
 //! against what already exists (drives, netdevs, ids, bootindexes, I/O ports).
 
 use super::{DeviceError, DeviceSpec, SpecKind, MAX_QUEUES};
-use crate::config::{DeviceConfig, DeviceKind, DriveConfig, DriveInterface, NetdevConfig, VgaKind};
+use crate::config::{
+    DeviceConfig, DeviceKind, DriveConfig, DriveInterface, Media, NetdevConfig, VgaKind,
+};
 
 /// The devices realized so far, with what they hold (slots, MACs, drives, netdevs,
 /// bootindexes), so the next one can be checked against them.
@@ -143,6 +145,56 @@ impl DeviceSet {
             _ => Ok(()),
         };
         let kind = match spec.kind {
+            SpecKind::IdeDrive {
+                drive,
+                index,
+                cdrom,
+                bootindex,
+            } => {
+                // A bootindex is checked against devices and IDE drives alike.
+                let ide_boot = |i: u32| {
+                    drives
+                        .iter()
+                        .any(|d| d.interface == DriveInterface::Ide && d.bootindex == Some(i))
+                };
+                if let Some(i) = bootindex {
+                    if self.bootindex_used(i) || ide_boot(i) {
+                        return Err(DeviceError::BootindexTwice(i));
+                    }
+                }
+                let taken = |i: u32| {
+                    drives
+                        .iter()
+                        .any(|d| d.interface == DriveInterface::Ide && d.index == Some(i))
+                };
+                let index = match index {
+                    Some(i) if taken(i) => return Err(DeviceError::IdeIndexTaken(i)),
+                    Some(i) => i,
+                    None => (0..4).find(|i| !taken(*i)).ok_or(DeviceError::IdeFull)?,
+                };
+                let Some(d) = drives.iter_mut().find(|d| d.id == drive) else {
+                    return Err(DeviceError::DriveNotFound(drive));
+                };
+                match d.interface {
+                    DriveInterface::None => {}
+                    DriveInterface::Ide => return Err(DeviceError::DriveAttached(drive, "ide")),
+                    DriveInterface::Virtio => {
+                        return Err(DeviceError::DriveAttached(drive, "virtio"))
+                    }
+                }
+                if !cdrom && d.readonly {
+                    return Err(DeviceError::IdeReadonly(drive));
+                }
+                d.interface = DriveInterface::Ide;
+                d.index = Some(index);
+                d.media = if cdrom { Media::Cdrom } else { Media::Disk };
+                d.bootindex = bootindex;
+                d.device_id = spec.id;
+                // The drive is the board's now; no device of its own.
+                return Ok(());
+            }
+            SpecKind::IsaSerial { .. } => return Err(DeviceError::NotHotpluggable("isa-serial")),
+            SpecKind::Vga => return Err(DeviceError::NotHotpluggable("VGA")),
             SpecKind::IsaDebugExit { iobase, iosize } => {
                 let last = iobase.saturating_add(iosize.saturating_sub(1));
                 let overlaps = self.devices.iter().any(|d| match d.kind {
@@ -293,6 +345,8 @@ mod tests {
             discard: false,
             serial: Some("DRIVE-SN".into()),
             bootindex: None,
+            node_names: None,
+            device_id: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct BlockNode {
     pub no_flush: bool,
     /// `discard=`.
     pub discard: bool,
+    /// `"backing": null` on a qcow2 node.
+    pub no_backing: bool,
 }
 
 /// A node's driver.
@@ -70,6 +72,12 @@ fn parse_node(opts: &mut Opts, prefix: &str, name: String) -> Result<BlockNode, 
     let direct = opts.flag(&key("cache.direct"))?.unwrap_or(false);
     let no_flush = opts.flag(&key("cache.no-flush"))?.unwrap_or(false);
     let discard = opts.choice(&key("discard"), DISCARD)?.unwrap_or(false);
+    // `auto-read-only=on` (libvirt sets it on every file node): open the file read-write
+    // only if a writer needs it. troupe opens a file node with the access of the format
+    // node over it, so `on` is how it always works; `off` is the same for a node with an
+    // explicit `read-only=`.
+    let _ = opts.flag(&key("auto-read-only"))?;
+    let mut no_backing = false;
     let kind = match driver.as_str() {
         "file" => {
             let filename = opts.required(&key("filename"))?;
@@ -88,6 +96,11 @@ fn parse_node(opts: &mut Opts, prefix: &str, name: String) -> Result<BlockNode, 
             } else {
                 "qcow2"
             };
+            // `"backing": null` (libvirt's JSON): open no backing file. troupe always opens
+            // an image's backing chain, so null is honoured for an image without one and
+            // refused for one with (checked when the graph is resolved); a backing node
+            // reference is refused as an unknown key.
+            no_backing = format == ImageFormat::Qcow2 && opts.null(&key("backing"));
             let file_key = key("file");
             let file = match opts.str(&file_key) {
                 Some(named) => NodeRef::Named(named),
@@ -122,6 +135,7 @@ fn parse_node(opts: &mut Opts, prefix: &str, name: String) -> Result<BlockNode, 
         direct,
         no_flush,
         discard,
+        no_backing,
     })
 }
 
@@ -204,6 +218,11 @@ pub fn resolve_blockdevs(
             return Err(fail(DriveError::AioNative));
         }
         check_image(filename, Media::Disk, node.readonly).map_err(fail)?;
+        if node.no_backing && qcow2_has_backing(filename) {
+            return Err(fail(DriveError::BackingNull(
+                filename.display().to_string(),
+            )));
+        }
         drives.push(DriveConfig {
             id: node.name.clone(),
             file: Some(filename.clone()),
@@ -218,9 +237,27 @@ pub fn resolve_blockdevs(
             discard: node.discard || file_node.discard,
             serial: None,
             bootindex: None,
+            node_names: Some((
+                node.name.clone(),
+                (!std::ptr::eq(file_node, node) && !file_node.name.is_empty())
+                    .then(|| file_node.name.clone()),
+            )),
+            device_id: None,
         });
     }
     Ok(drives)
+}
+
+/// Whether a qcow2 image's header names a backing file (qcow2 spec: `backing_file_offset`,
+/// big-endian u64 at byte 8, is 0 without one). A header that cannot be read says no here;
+/// opening the image reports it.
+fn qcow2_has_backing(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && header[8..16] != [0; 8]
 }
 
 #[cfg(test)]

@@ -98,6 +98,10 @@ pub enum DriveError {
     /// `cache.direct=on,cache.no-flush=on`.
     #[error("cache.direct=on together with cache.no-flush=on is not supported by troupe")]
     DirectNoFlush,
+    /// `"backing": null` over a qcow2 image that names a backing file: troupe always opens
+    /// the chain.
+    #[error("\"backing\": null is not supported by troupe for an image with a backing file ({0})")]
+    BackingNull(String),
 }
 
 /// One `-drive` as written, before indexes and ids are assigned.
@@ -344,6 +348,8 @@ pub fn assign(
             discard: spec.discard,
             serial: spec.serial.clone(),
             bootindex: None,
+            node_names: None,
+            device_id: None,
         });
     }
     Ok(drives)
@@ -378,6 +384,8 @@ pub fn default_cdrom() -> DriveConfig {
         discard: false,
         serial: None,
         bootindex: None,
+        node_names: None,
+        device_id: None,
     }
 }
 

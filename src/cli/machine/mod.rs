@@ -256,9 +256,19 @@ pub fn parse_memory(mut opts: Opts, host: &Host) -> Result<u64, MachineError> {
     Ok(mib * MIB)
 }
 
-/// `-M/-machine [type=]TYPE[,accel=kvm][,kernel-irqchip=on][,usb=off]`. Returns the
-/// machine and whether `accel=` was given.
-pub fn parse_machine(mut opts: Opts) -> Result<(MachineConfig, bool), MachineError> {
+/// What `-machine` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedMachine {
+    pub machine: MachineConfig,
+    /// `accel=` was given.
+    pub accel_given: bool,
+    /// `memory-backend=ID`: the `-object memory-backend-ram` that is the guest's RAM.
+    pub memory_backend: Option<String>,
+}
+
+/// `-M/-machine [type=]TYPE[,accel=kvm][,kernel-irqchip=on][,usb=off]
+/// [,dump-guest-core=on|off][,memory-backend=ID]`.
+pub fn parse_machine(mut opts: Opts) -> Result<ParsedMachine, MachineError> {
     let kind = match opts.str("type") {
         None => DEFAULT_MACHINE.to_string(),
         Some(t) => canonical_machine(&t)?,
@@ -287,14 +297,18 @@ pub fn parse_machine(mut opts: Opts) -> Result<(MachineConfig, bool), MachineErr
             });
         }
     }
+    let dump_guest_core = opts.flag("dump-guest-core")?.unwrap_or(true);
+    let memory_backend = opts.str("memory-backend");
     opts.finish()?;
-    Ok((
-        MachineConfig {
+    Ok(ParsedMachine {
+        machine: MachineConfig {
             kind,
             accel: Accel::Kvm,
+            dump_guest_core,
         },
-        accel.is_some(),
-    ))
+        accel_given: accel.is_some(),
+        memory_backend,
+    })
 }
 
 /// `pc` → the newest version; `pc-i440fx-X.Y` kept; everything else refused.
@@ -462,7 +476,7 @@ mod tests {
 
     fn machine(s: &str) -> Result<(String, bool), String> {
         parse_machine(opts(s, "type"))
-            .map(|(m, a)| (m.kind, a))
+            .map(|p| (p.machine.kind, p.accel_given))
             .map_err(|e| e.to_string())
     }
 

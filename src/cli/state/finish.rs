@@ -17,6 +17,7 @@ use crate::cli::general;
 use crate::cli::host::{self, Host};
 use crate::cli::machine::{self, BootFiles, BootOption};
 use crate::cli::netdev::{self, MachineNic, NetArg, NicArg};
+use crate::cli::object::{ObjectError, ObjectSpec};
 use crate::cli::{
     invalid, ChardevError, CliError, ConfigError, FileError, MachineError, NetdevError,
 };
@@ -89,6 +90,20 @@ impl State {
         )?;
         check_chardev_users(&consoles, &net.netdevs, &devices)?;
         let devices: Vec<DeviceConfig> = devices.into_iter().map(|(_, d)| d).collect();
+        // The board devices' ids share the devices' namespace.
+        let mut board_ids: Vec<&String> = self.vga_id.iter().collect();
+        board_ids.extend(self.serial_ids.iter().flatten());
+        for (n, id) in board_ids.iter().enumerate() {
+            let twice =
+                devices.iter().any(|d| d.id.as_ref() == Some(*id)) || board_ids[..n].contains(id);
+            if twice {
+                let at = format!("-device id={id}");
+                return Err(invalid(
+                    &at,
+                    device::DeviceError::DuplicateId((*id).clone()),
+                ));
+            }
+        }
         let mut warnings = net.warnings;
         warnings.extend(unused_netdev_warnings(
             &net.user_netdevs,
@@ -109,6 +124,14 @@ impl State {
                 Err(e) => return Err(invalid(&at, FileError::Open(host::os_error_text(&e)))),
             },
         };
+        if let Some(Some(v)) = &self.vnc {
+            if let Some(a) = &v.audiodev {
+                if !self.audiodevs.contains(a) {
+                    let at = format!("-vnc audiodev={a}");
+                    return Err(invalid(&at, ObjectError::AudiodevNotFound(a.clone())));
+                }
+            }
+        }
         let (name, process_name, debug_threads) = m.name;
         Ok(VmConfig {
             name,
@@ -154,6 +177,9 @@ impl State {
             loadvm: self.loadvm,
             dump_acpi,
             rtc: m.rtc,
+            msg_timestamp: self.msg_timestamp,
+            vga_id: self.vga_id,
+            serial_ids: self.serial_ids,
             warnings,
         })
     }
@@ -163,14 +189,18 @@ impl State {
     fn machine_part(&mut self, host: &Host) -> Result<MachinePart, CliError> {
         let merged = take(&mut self.machine);
         let at = merged.at();
-        let (machine, machine_accel) =
-            machine::parse_machine(merged.opts).map_err(|e| invalid(&at, e))?;
+        let machine::ParsedMachine {
+            machine,
+            accel_given: machine_accel,
+            memory_backend,
+        } = machine::parse_machine(merged.opts).map_err(|e| invalid(&at, e))?;
         if let Some(accel_at) = &self.accel {
             if machine_accel || self.enable_kvm {
                 return Err(invalid(accel_at, MachineError::AccelConflict));
             }
         }
-        let memory = match take(&mut self.memory) {
+        let memory_given = self.memory.given();
+        let mut memory = match take(&mut self.memory) {
             m if m.given() && machine.kind == machine::NONE_MACHINE => {
                 return Err(invalid(&m.at(), MachineError::NoneMachineMemory));
             }
@@ -180,6 +210,36 @@ impl State {
             }
             _ => 128 << 20,
         };
+        // `memory-backend=ID`: the guest RAM is that memory-backend-ram (QEMU takes its
+        // size when -m is absent, and refuses a mismatch). Every backend must be used.
+        for (obj_at, obj) in &self.objects {
+            let ObjectSpec::MemoryBackendRam { id, size } = obj else {
+                continue;
+            };
+            if memory_backend.as_deref() != Some(id) {
+                return Err(invalid(obj_at, ObjectError::BackendUnused(id.clone())));
+            }
+            if memory_given && *size != memory {
+                return Err(invalid(
+                    &at,
+                    ObjectError::BackendMismatch {
+                        id: id.clone(),
+                        backend: *size,
+                        memory,
+                    },
+                ));
+            }
+            memory = *size;
+        }
+        if let Some(id) = &memory_backend {
+            let found = self
+                .objects
+                .iter()
+                .any(|(_, o)| matches!(o, ObjectSpec::MemoryBackendRam { id: i, .. } if i == id));
+            if !found {
+                return Err(invalid(&at, ObjectError::BackendNotFound(id.clone())));
+            }
+        }
         let smp = match take(&mut self.smp) {
             m if m.given() => {
                 let at = m.at();
@@ -419,7 +479,7 @@ impl State {
         let cd_slot_free = !drives
             .iter()
             .any(|d| d.interface == DriveInterface::Ide && d.index == Some(2));
-        if !self.nodefaults && cd_slot_free {
+        if !self.nodefaults && cd_slot_free && !self.ide_device {
             drives.push(drive::default_cdrom());
         }
         let taken: Vec<String> = drives.iter().map(|d| d.id.clone()).collect();
@@ -464,10 +524,21 @@ impl State {
                 .map_err(|e| invalid(&at, e))?;
             ats.push(at);
         }
-        for (at, spec) in take(&mut self.devices) {
+        for (at, mut opts) in take(&mut self.devices) {
+            let driver = device::canonical_driver(opts.peek("driver").unwrap_or_default());
+            for (_, d, prop, value) in &self.globals {
+                if Some(d.as_str()) == driver {
+                    opts.prepend(prop, value);
+                }
+            }
+            let spec = device::parse_device(opts).map_err(|e| invalid(&at, e))?;
+            let before = set.devices.len();
             set.add(spec, drives, netdevs)
                 .map_err(|e| invalid(&at, e))?;
-            ats.push(at);
+            // `ide-cd`/`ide-hd` attach their drive to the board and add no device.
+            if set.devices.len() > before {
+                ats.push(at);
+            }
         }
         for (at, id) in virtio {
             set.add_virtio_drive(&id, drives)

@@ -170,8 +170,8 @@ fn virtconsole_on_virtio_serial() {
 fn device_errors_and_ids() {
     let env = Env::new();
     assert_eq!(
-        env.err(&["-device", "ide-hd"]),
-        "-device ide-hd: device 'ide-hd' is unknown or not supported by troupe (see -device help)"
+        env.err(&["-device", "scsi-hd"]),
+        "-device scsi-hd: device 'scsi-hd' is unknown or not supported by troupe (see -device help)"
     );
     assert_eq!(
         env.err(&[
