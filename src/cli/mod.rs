@@ -25,6 +25,7 @@ pub mod hotplug;
 mod machine;
 pub mod netdev;
 mod options;
+pub mod sandbox;
 mod state;
 mod table;
 
@@ -106,6 +107,9 @@ pub enum Reason {
     /// `-name`, `-uuid`, `-rtc`, `-d`, `-incoming`.
     #[error(transparent)]
     General(#[from] GeneralError),
+    /// `-sandbox`, `-runas`, `-chroot`, `-run-with`.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxOptError),
     /// Combinations of options.
     #[error(transparent)]
     Config(#[from] ConfigError),

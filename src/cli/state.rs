@@ -92,6 +92,9 @@ pub(super) struct State {
     log_items: Vec<String>,
     incoming: Option<String>,
     dump_acpi: Option<(String, PathBuf)>,
+    sandbox: actors::sandbox::Policy,
+    runas: Option<super::sandbox::RunAs>,
+    chroot: Option<PathBuf>,
 }
 
 impl State {
@@ -327,6 +330,21 @@ impl State {
             }
             Opt::VcpuPin => self.vcpu_pin = Some((at.to_string(), arg.to_string())),
             Opt::DumpAcpi => self.dump_acpi = Some((at.to_string(), PathBuf::from(arg))),
+            Opt::Sandbox => {
+                self.sandbox = super::sandbox::parse_sandbox(arg).map_err(|e| invalid(at, e))?
+            }
+            Opt::RunAs => {
+                self.runas = Some(super::sandbox::parse_runas(arg).map_err(|e| invalid(at, e))?)
+            }
+            Opt::Chroot => {
+                self.chroot = Some(super::sandbox::parse_chroot(arg).map_err(|e| invalid(at, e))?)
+            }
+            Opt::RunWith => {
+                let (chroot, user) =
+                    super::sandbox::parse_run_with(arg).map_err(|e| invalid(at, e))?;
+                self.chroot = chroot.or(self.chroot.take());
+                self.runas = user.or(self.runas.take());
+            }
         }
         Ok(None)
     }

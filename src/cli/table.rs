@@ -53,6 +53,10 @@ pub(super) enum Opt {
     LogItems,
     VcpuPin,
     DumpAcpi,
+    Sandbox,
+    RunAs,
+    Chroot,
+    RunWith,
 }
 
 /// (name without dash, option, takes an argument).
@@ -111,6 +115,10 @@ pub(super) const OPTIONS: &[(&str, Opt, bool)] = &[
     ("d", Opt::LogItems, true),
     ("vcpu-pin", Opt::VcpuPin, true),
     ("dump-acpi", Opt::DumpAcpi, true),
+    ("sandbox", Opt::Sandbox, true),
+    ("runas", Opt::RunAs, true),
+    ("chroot", Opt::Chroot, true),
+    ("run-with", Opt::RunWith, true),
 ];
 
 /// QEMU options troupe refuses by name, with a hint.
@@ -150,9 +158,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("trace", ""),
     ("L", ""),
     ("option-rom", ""),
-    ("sandbox", ""),
-    ("chroot", ""),
-    ("runas", ""),
     ("msg", ""),
     ("semihosting", ""),
     ("semihosting-config", ""),

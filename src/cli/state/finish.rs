@@ -152,6 +152,9 @@ impl State {
             log_items: self.log_items,
             incoming: self.incoming,
             dump_acpi,
+            sandbox: self.sandbox,
+            runas: self.runas,
+            chroot: self.chroot,
             rtc: m.rtc,
             warnings,
         })
