@@ -374,9 +374,21 @@ fn libvirt_probe_gets_truthful_answers_over_qmp() {
         .collect();
     assert!(groups.contains(&"machine") && groups.contains(&"drive"));
     // Options troupe refuses are not offered.
+    assert!(!groups.contains(&"spice"), "{groups:?}");
+    // -sandbox is, with the switches libvirt looks for.
+    let sandbox = opts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["option"] == "sandbox")
+        .expect("-sandbox offered");
     assert!(
-        !groups.contains(&"sandbox") && !groups.contains(&"spice"),
-        "{groups:?}"
+        sandbox["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "elevateprivileges"),
+        "{sandbox}"
     );
     // Migration capabilities are the migration's own, settable as on any machine (libvirt
     // turns `events` on).

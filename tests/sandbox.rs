@@ -97,7 +97,10 @@ fn status_field(pid: u32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
@@ -126,7 +129,10 @@ fn every_thread_is_filtered_by_default_and_none_with_sandbox_off() {
         // The VM has its vCPU, block, virtio and slirp threads, tokio's and the main one.
         assert!(modes.len() >= 6, "{modes:?}");
         for (name, mode) in &modes {
-            assert_eq!(mode, want, "{extra:?}: thread {name}: Seccomp {mode}: {modes:?}");
+            assert_eq!(
+                mode, want,
+                "{extra:?}: thread {name}: Seccomp {mode}: {modes:?}"
+            );
         }
     }
 }
@@ -238,7 +244,11 @@ fn a_forbidden_call_in_the_vnc_server_kills_the_process_with_its_line() {
             break p;
         }
     };
-    violation("vnc", &["-vnc", &format!("127.0.0.1:{}", port - 5900)], true);
+    violation(
+        "vnc",
+        &["-vnc", &format!("127.0.0.1:{}", port - 5900)],
+        true,
+    );
 }
 
 #[test]

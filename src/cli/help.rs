@@ -270,7 +270,10 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "-runas USER[:GROUP]",
                 "drop to USER once devices, images and sockets are open",
             ),
-            ("-chroot DIR", "enter DIR once the VM is built (-run-with chroot=)"),
+            (
+                "-chroot DIR",
+                "enter DIR once the VM is built (-run-with chroot=)",
+            ),
             (
                 "-rtc [base=utc|localtime|DATE]",
                 "where the guest clock starts (clock=host, driftfix=none)",

@@ -146,8 +146,10 @@ mod tests {
 
     #[test]
     fn libvirts_sandbox_line_is_taken_with_qemus_meanings() {
-        let p = parse_sandbox("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
-            .unwrap();
+        let p = parse_sandbox(
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        )
+        .unwrap();
         assert_eq!(
             p,
             Policy {
@@ -188,7 +190,9 @@ mod tests {
             "user \"no-such-user-here\" not found"
         );
         assert_eq!(
-            parse_runas("root:no-such-group-here").unwrap_err().to_string(),
+            parse_runas("root:no-such-group-here")
+                .unwrap_err()
+                .to_string(),
             "group \"no-such-group-here\" not found"
         );
     }

@@ -220,9 +220,8 @@ where
         })
     };
     // With filters on, threads start from the thread starter (see `sandbox`).
-    let spawned = crate::sandbox::on_starter(start).unwrap_or_else(|| {
-        Err(std::io::Error::other("the thread starter is gone"))
-    });
+    let spawned = crate::sandbox::on_starter(start)
+        .unwrap_or_else(|| Err(std::io::Error::other("the thread starter is gone")));
     if spawned.is_err() {
         registry.remove_entry(&entry);
     }

@@ -273,7 +273,12 @@ fn clone_threads(r: &mut Rules) {
 
 /// `socket` for the families troupe uses: Unix, IPv4, IPv6, netlink (interface queries).
 fn socket_families(r: &mut Rules) {
-    let fams = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
+    let fams = [
+        libc::AF_UNIX,
+        libc::AF_INET,
+        libc::AF_INET6,
+        libc::AF_NETLINK,
+    ];
     r.insert(
         libc::SYS_socket,
         fams.iter()
@@ -311,7 +316,10 @@ fn allow_list(profile: Profile, ids: Option<Ids>) -> Option<Rules> {
             add(&mut r, &[libc::SYS_sched_setaffinity, libc::SYS_tgkill]);
         }
         Profile::Worker => {
+            // A NIC's worker reconnects a `-netdev socket,connect=` backend itself.
             add(&mut r, SOCKET_IO);
+            add(&mut r, SOCKET_MAKE);
+            socket_families(&mut r);
             add(&mut r, &[libc::SYS_tgkill]);
         }
         Profile::Block => {
@@ -444,7 +452,11 @@ fn deny_list(policy: &Policy, ids: Option<Ids>) -> Rules {
             }
             None => add(
                 &mut r,
-                &[libc::SYS_setresuid, libc::SYS_setresgid, libc::SYS_setgroups],
+                &[
+                    libc::SYS_setresuid,
+                    libc::SYS_setresgid,
+                    libc::SYS_setgroups,
+                ],
             ),
         }
     }
@@ -519,7 +531,10 @@ mod tests {
 
     #[test]
     fn every_profile_compiles_under_every_policy() {
-        let ids = Some(Ids { uid: 65534, gid: 65534 });
+        let ids = Some(Ids {
+            uid: 65534,
+            gid: 65534,
+        });
         for p in [
             Profile::Vcpu,
             Profile::Worker,

@@ -90,7 +90,11 @@ fn message(line: &mut Line, thread: &[u8], kind: &str, task: &str, nr: i64) {
     line.push(b"troupe: seccomp: thread ");
     line.push(thread);
     line.push(b" (kind ");
-    line.push(if kind.is_empty() { b"unknown" } else { kind.as_bytes() });
+    line.push(if kind.is_empty() {
+        b"unknown"
+    } else {
+        kind.as_bytes()
+    });
     if !task.is_empty() {
         line.push(b", running an actor task of kind ");
         line.push(task.as_bytes());
@@ -153,6 +157,9 @@ mod tests {
         };
         message(&mut l, b"troupe-vcpu0", "vcpu", "", 9999);
         let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
-        assert!(s.contains("troupe-vcpu0 (kind vcpu)") && s.contains("call ? (9999)"), "{s}");
+        assert!(
+            s.contains("troupe-vcpu0 (kind vcpu)") && s.contains("call ? (9999)"),
+            "{s}"
+        );
     }
 }
