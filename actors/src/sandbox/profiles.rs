@@ -316,7 +316,9 @@ fn allow_list(profile: Profile, ids: Option<Ids>) -> Option<Rules> {
             add(&mut r, &[libc::SYS_sched_setaffinity, libc::SYS_tgkill]);
         }
         Profile::Worker => {
-            // A NIC's worker reconnects a `-netdev socket,connect=` backend itself.
+            // A NIC's worker reconnects a `-netdev socket,connect=` backend itself; a
+            // virtio-blk worker discards and zeroes with fallocate and flushes.
+            add(&mut r, FILES);
             add(&mut r, SOCKET_IO);
             add(&mut r, SOCKET_MAKE);
             socket_families(&mut r);
