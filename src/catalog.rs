@@ -272,6 +272,12 @@ impl Catalog for PcCatalog {
                         json!({"name": p["name"], "type": ty})
                     })
                     .collect()
+            } else if g == "sandbox" {
+                // libvirt looks for these before it passes its -sandbox line.
+                ["enable", "obsolete", "elevateprivileges", "spawn", "resourcecontrol"]
+                    .iter()
+                    .map(|n| json!({"name": n, "type": if *n == "enable" { "boolean" } else { "string" }}))
+                    .collect()
             } else {
                 Vec::new()
             };

@@ -93,6 +93,13 @@ pub struct VmConfig {
     pub loadvm: Option<String>,
     /// `-dump-acpi DIR`: troupe's own option, writes the ACPI tables it built, then runs on.
     pub dump_acpi: Option<PathBuf>,
+    /// `-sandbox` (filters on unless `-sandbox off`).
+    pub sandbox: actors::sandbox::Policy,
+    /// `-runas USER[:GROUP]` / `-run-with user=`: the credentials dropped to once the VM is
+    /// built.
+    pub runas: Option<crate::cli::sandbox::RunAs>,
+    /// `-chroot DIR` / `-run-with chroot=`: the root entered once the VM is built.
+    pub chroot: Option<PathBuf>,
     /// `-rtc base=utc|localtime|DATE,clock=host`.
     pub rtc: RtcConfig,
     /// `-msg timestamp=on`: messages on stderr start with an ISO 8601 UTC timestamp.

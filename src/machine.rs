@@ -260,6 +260,16 @@ pub struct Vm {
 
 /// Which host cores each vCPU gets.
 pub fn pin_plan(pin: &VcpuPin, cpus: u32) -> Result<Vec<Option<Vec<usize>>>> {
+    // `-sandbox resourcecontrol=deny` forbids affinity calls (libvirt pins from outside):
+    // the default pinning steps aside, an explicit one cannot be honoured.
+    if actors::sandbox::policy().is_some_and(|p| p.enabled && p.deny_resource_control) {
+        return match pin {
+            VcpuPin::Explicit(_) => Err(anyhow!(
+                "-vcpu-pin: pinning is forbidden by -sandbox resourcecontrol=deny"
+            )),
+            VcpuPin::Auto | VcpuPin::None => Ok(vec![None; cpus as usize]),
+        };
+    }
     let allowed = actors::allowed_cores().context("sched_getaffinity")?;
     Ok((0..cpus)
         .map(|i| match pin {

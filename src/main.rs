@@ -124,6 +124,11 @@ fn runtime(registry: &Registry) -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name("troupe-io")
         .enable_all()
         .on_thread_start(move || {
+            // The runtime's threads are filtered as they start, like every other thread.
+            if let Err(e) = actors::sandbox::enter("tokio") {
+                actors::report!("troupe: tokio thread: {e}");
+                std::process::exit(1);
+            }
             let tid = actors::runtime::gettid();
             start.register_current_thread(&format!("tokio-{tid}"), "tokio-blocking");
         })
@@ -172,6 +177,14 @@ fn start(
     };
     let registry = Registry::new();
     registry.register_current_thread("main", "main");
+    // Before any other thread starts: each installs its filter as it starts.
+    let ids = cfg.runas.as_ref().map(|r| actors::sandbox::Ids {
+        uid: r.uid,
+        gid: r.gid,
+    });
+    if let Err(e) = actors::sandbox::configure(cfg.sandbox.clone(), ids, &registry) {
+        return Err(fail(daemon, anyhow::Error::new(e).context("-sandbox")));
+    }
     let rt = runtime(&registry)?;
     if cfg.machine.kind == cli::NONE_MACHINE {
         let mut daemon = daemon;
@@ -180,6 +193,10 @@ fn start(
                 d.ready();
             }
         };
+        if let Err(e) = process::confine(cfg) {
+            rt.shutdown_background();
+            return Err(fail(daemon, e));
+        }
         return match machine_none::run(cfg, &rt, &registry, ready) {
             Ok(status) => {
                 rt.shutdown_background();
@@ -214,6 +231,11 @@ fn start(
             vm.console.vnc.as_ref().map(|v| v.local_addr()),
             vm.monitors.iter().find_map(|m| m.local_addr),
         );
+    }
+    // Everything is open: enter the chroot, drop privileges, filter the main thread.
+    if let Err(e) = process::confine(cfg) {
+        rt.shutdown_background();
+        return Err(fail(daemon, e));
     }
     if let Some(d) = daemon {
         d.ready();

@@ -221,3 +221,63 @@ pub fn set_process_name(name: &str) {
         unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
     }
 }
+
+/// Once the VM is built (its devices, images and sockets open): enter `-chroot`'s
+/// directory, drop to `-runas`'s user and group (which also clears every capability: the
+/// kernel drops them when all uids leave 0), then put the main thread under its filter.
+/// glibc makes every thread take the new credentials; their filters let exactly this
+/// change through.
+pub fn confine(cfg: &crate::config::VmConfig) -> Result<()> {
+    if let Some(dir) = &cfg.chroot {
+        let c = CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| anyhow!("-chroot {}: NUL in the path", dir.display()))?;
+        // SAFETY: chroot and chdir take NUL-terminated paths we own.
+        if unsafe { libc::chroot(c.as_ptr()) } != 0 {
+            return Err(anyhow!(
+                "-chroot {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+            return Err(anyhow!(
+                "-chroot {}: chdir /: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Some(r) = &cfg.runas {
+        let fail = |what: &str| {
+            anyhow!(
+                "-runas {}: {what}: {}",
+                r.spec,
+                std::io::Error::last_os_error()
+            )
+        };
+        let gid: libc::gid_t = r.gid;
+        // SAFETY: setgroups reads one gid from the array we pass; setresgid and setresuid
+        // take plain numbers. glibc applies each to every thread.
+        unsafe {
+            if libc::setgroups(1, &gid) != 0 {
+                return Err(fail("setgroups"));
+            }
+            if libc::setresgid(r.gid, r.gid, r.gid) != 0 {
+                return Err(fail("setresgid"));
+            }
+            if libc::setresuid(r.uid, r.uid, r.uid) != 0 {
+                return Err(fail("setresuid"));
+            }
+        }
+        // A drop that did not happen must not be taken for one.
+        let (mut ru, mut eu, mut su) = (0, 0, 0);
+        // SAFETY: getresuid writes the three ids we own.
+        unsafe { libc::getresuid(&mut ru, &mut eu, &mut su) };
+        if (ru, eu, su) != (r.uid, r.uid, r.uid) {
+            return Err(anyhow!("-runas {}: credentials did not change", r.spec));
+        }
+    }
+    actors::sandbox::enter("main").context("-sandbox")?;
+    Ok(())
+}

@@ -374,9 +374,21 @@ fn libvirt_probe_gets_truthful_answers_over_qmp() {
         .collect();
     assert!(groups.contains(&"machine") && groups.contains(&"drive"));
     // Options troupe refuses are not offered.
+    assert!(!groups.contains(&"spice"), "{groups:?}");
+    // -sandbox is, with the switches libvirt looks for.
+    let sandbox = opts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["option"] == "sandbox")
+        .expect("-sandbox offered");
     assert!(
-        !groups.contains(&"sandbox") && !groups.contains(&"spice"),
-        "{groups:?}"
+        sandbox["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "elevateprivileges"),
+        "{sandbox}"
     );
     // Migration capabilities are the migration's own, settable as on any machine (libvirt
     // turns `events` on).
@@ -606,15 +618,11 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
         .status()
         .expect("qemu-img (qemu-utils)");
     assert!(st.success());
-    // The embedded driver reads `ROOT/etc/qemu.conf`: no -sandbox yet (troupe refuses it
-    // until its seccomp work lands), and the domain's stdio to a plain file (no virtlogd).
+    // The embedded driver reads `ROOT/etc/qemu.conf`: the domain's stdio to a plain file
+    // (no virtlogd). libvirt's default seccomp_sandbox gives troupe its -sandbox line.
     let root = dir.path("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(
-        root.join("etc/qemu.conf"),
-        "seccomp_sandbox = 0\nstdio_handler = \"file\"\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
     let name = format!("troupe-{}", std::process::id());
     let xml = format!(
         "<domain type='kvm'>
@@ -709,6 +717,19 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
         .collect();
     comms.sort();
     assert_eq!(comms, ["CPU 0/KVM", "CPU 1/KVM"]);
+    // libvirt asked for its sandbox, and every thread runs filtered.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ),
+        "{cmdline}"
+    );
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap_or_default();
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+    }
 
     let ifs = v.ok(&format!("domiflist {name}"));
     assert!(ifs.contains("user") && ifs.contains("virtio"), "{ifs}");

@@ -26,6 +26,7 @@ pub mod migration;
 pub mod monitor;
 pub mod net;
 pub mod runtime;
+pub mod sandbox;
 pub mod supervisor;
 pub mod vcpu;
 pub mod virtio;

@@ -111,6 +111,10 @@ pub fn pio(env: &Env) -> Result<Vec<Row>> {
     };
     let (t0, t3) = runs(&troupe, troupe_args(&k, "", "64"))?;
     let (q0, q3) = runs(&qemu, qemu_args(&k, "", "64"))?;
+    // The same troupe without its seccomp filters: what the filters cost an exit.
+    let mut off = troupe_args(&k, "", "64");
+    off.extend(["-sandbox", "off"]);
+    let (o0, o3) = runs(&troupe, off)?;
     Ok(vec![
         Row {
             what: "port-I/O exit round trip, ring 0".into(),
@@ -127,6 +131,22 @@ pub fn pio(env: &Env) -> Result<Vec<Row>> {
             qemu_name: "`-M microvm`".into(),
             unit: "µs",
             target: Target::AtMostRatio(1.1),
+        },
+        Row {
+            what: "port-I/O exit round trip, ring 0, seccomp filters on vs off".into(),
+            troupe: t0 / 1e3,
+            qemu: o0 / 1e3,
+            qemu_name: "troupe `-sandbox off`".into(),
+            unit: "µs",
+            target: Target::AtMostRatio(1.05),
+        },
+        Row {
+            what: "port-I/O exit round trip, ring 3, seccomp filters on vs off".into(),
+            troupe: t3 / 1e3,
+            qemu: o3 / 1e3,
+            qemu_name: "troupe `-sandbox off`".into(),
+            unit: "µs",
+            target: Target::AtMostRatio(1.05),
         },
     ])
 }

@@ -263,6 +263,18 @@ const SECTIONS: &[(&str, Lines)] = &[
             ),
             ("-pidfile FILE", "write the process id to FILE"),
             (
+                "-sandbox on|off[,obsolete=|elevateprivileges=|spawn=|resourcecontrol=]",
+                "seccomp filters per thread (on by default)",
+            ),
+            (
+                "-runas USER[:GROUP]",
+                "drop to USER once devices, images and sockets are open",
+            ),
+            (
+                "-chroot DIR",
+                "enter DIR once the VM is built (-run-with chroot=)",
+            ),
+            (
                 "-rtc [base=utc|localtime|DATE]",
                 "where the guest clock starts (clock=host, driftfix=none)",
             ),

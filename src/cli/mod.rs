@@ -26,6 +26,7 @@ mod machine;
 pub mod netdev;
 mod object;
 mod options;
+pub mod sandbox;
 mod state;
 mod table;
 
@@ -111,6 +112,9 @@ pub enum Reason {
     /// `-name`, `-uuid`, `-rtc`, `-d`, `-incoming`, `-msg`.
     #[error(transparent)]
     General(#[from] GeneralError),
+    /// `-sandbox`, `-runas`, `-chroot`, `-run-with`.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxOptError),
     /// Combinations of options.
     #[error(transparent)]
     Config(#[from] ConfigError),

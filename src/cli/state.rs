@@ -111,6 +111,9 @@ pub(super) struct State {
     serial_ids: Vec<Option<String>>,
     /// A `-device ide-cd|ide-hd` was given: no default CD-ROM.
     ide_device: bool,
+    sandbox: actors::sandbox::Policy,
+    runas: Option<super::sandbox::RunAs>,
+    chroot: Option<PathBuf>,
 }
 
 impl State {
@@ -419,6 +422,21 @@ impl State {
             }
             Opt::Msg => {
                 self.msg_timestamp = general::parse_msg(opts(None)?).map_err(|e| invalid(at, e))?
+            }
+            Opt::Sandbox => {
+                self.sandbox = super::sandbox::parse_sandbox(arg).map_err(|e| invalid(at, e))?
+            }
+            Opt::RunAs => {
+                self.runas = Some(super::sandbox::parse_runas(arg).map_err(|e| invalid(at, e))?)
+            }
+            Opt::Chroot => {
+                self.chroot = Some(super::sandbox::parse_chroot(arg).map_err(|e| invalid(at, e))?)
+            }
+            Opt::RunWith => {
+                let (chroot, user) =
+                    super::sandbox::parse_run_with(arg).map_err(|e| invalid(at, e))?;
+                self.chroot = chroot.or(self.chroot.take());
+                self.runas = user.or(self.runas.take());
             }
         }
         Ok(None)

@@ -58,6 +58,10 @@ pub(super) enum Opt {
     Global,
     Audiodev,
     Msg,
+    Sandbox,
+    RunAs,
+    Chroot,
+    RunWith,
 }
 
 /// (name without dash, option, takes an argument).
@@ -121,6 +125,10 @@ pub(super) const OPTIONS: &[(&str, Opt, bool)] = &[
     ("global", Opt::Global, true),
     ("audiodev", Opt::Audiodev, true),
     ("msg", Opt::Msg, true),
+    ("sandbox", Opt::Sandbox, true),
+    ("runas", Opt::RunAs, true),
+    ("chroot", Opt::Chroot, true),
+    ("run-with", Opt::RunWith, true),
 ];
 
 /// QEMU options troupe refuses by name, with a hint.
@@ -157,9 +165,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     ("trace", ""),
     ("L", ""),
     ("option-rom", ""),
-    ("sandbox", ""),
-    ("chroot", ""),
-    ("runas", ""),
     ("semihosting", ""),
     ("semihosting-config", ""),
     ("plugin", ""),

@@ -125,10 +125,12 @@ impl std::fmt::Debug for Cutter {
     }
 }
 
-fn shell(cmd: &str) -> Command {
+/// `/bin/sh -c CMD`, unless the sandbox forbids this thread to start programs.
+fn shell(cmd: &str) -> io::Result<Command> {
+    crate::sandbox::may_spawn(|| format!("exec:{cmd}")).map_err(io::Error::other)?;
     let mut c = Command::new("/bin/sh");
     c.arg("-c").arg(cmd);
-    c
+    Ok(c)
 }
 
 impl Outgoing {
@@ -170,7 +172,7 @@ impl Outgoing {
                 })
             }
             Uri::Exec(cmd) => {
-                let mut child = shell(cmd)
+                let mut child = shell(cmd)?
                     .stdin(Stdio::piped())
                     .stdout(Stdio::null())
                     .spawn()?;
@@ -275,7 +277,7 @@ impl Listening {
                 Self::Unix(UnixListener::bind(path)?, path.clone())
             }
             Uri::Exec(cmd) => {
-                let mut child = shell(cmd)
+                let mut child = shell(cmd)?
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .spawn()?;

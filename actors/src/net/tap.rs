@@ -256,6 +256,8 @@ pub fn run_script(script: &Path, ifname: &str) -> Result<(), TapError> {
         ifname: ifname.to_string(),
         why,
     };
+    crate::sandbox::may_spawn(|| format!("network script {}", script.display()))
+        .map_err(|e| err(e.to_string()))?;
     let st = std::process::Command::new(script)
         .arg(ifname)
         .status()

@@ -54,8 +54,9 @@ where
         loop {
             let span = tracing::info_span!("actor", id = %entry.id, kind = entry.kind());
             entry.set_state(ActorState::Running);
+            let fut = crate::sandbox::tagged(entry.kind(), factory());
             let res = rt2
-                .spawn(guard(entry.clone(), factory()).instrument(span))
+                .spawn(guard(entry.clone(), fut).instrument(span))
                 .await;
             match res {
                 Ok(()) => {
@@ -120,7 +121,7 @@ where
     let entry = registry.register(id, kind, Placement::Runtime, || 0);
     entry.set_state(ActorState::Running);
     let span = tracing::info_span!("actor", id = %entry.id, kind);
-    let inner = rt.spawn(guard(entry.clone(), fut).instrument(span));
+    let inner = rt.spawn(guard(entry.clone(), crate::sandbox::tagged(kind, fut)).instrument(span));
     let mut watch = Watch {
         inner,
         registry: registry.clone(),

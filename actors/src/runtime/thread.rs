@@ -1,6 +1,7 @@
 //! The one way to start an OS thread: [`spawn_thread`].
 //!
-//! It names the thread `troupe-<id>` (shortened to Linux's 15 characters), registers it in
+//! It installs the thread's seccomp filter (by kind, see `sandbox`) before the body runs,
+//! names the thread `troupe-<id>` (shortened to Linux's 15 characters), registers it in
 //! the [`Registry`] with its kind, kernel thread id and pinned cores (what `info actors`
 //! shows), runs its body under `catch_unwind`, and applies the actor's [`Restart`] policy
 //! when the body panics: a restartable actor's body is run again on the same thread (its
@@ -165,9 +166,14 @@ where
     });
     entry.set_waker(wake);
     let (reg, e) = (registry.clone(), entry.clone());
-    let spawned = std::thread::Builder::new()
-        .name(name.unwrap_or_else(|| thread_name(&id)))
-        .spawn(move || {
+    let builder = std::thread::Builder::new().name(name.unwrap_or_else(|| thread_name(&id)));
+    let start = move || {
+        builder.spawn(move || {
+            // The thread's filter goes on before anything else runs on it.
+            if let Err(err) = crate::sandbox::enter(kind) {
+                crate::report!("troupe: actor {} ({kind}): {err}", e.id);
+                std::process::exit(1);
+            }
             let tid = gettid();
             {
                 let cores = match e.placement() {
@@ -222,7 +228,11 @@ where
                 }
             }
             set_current(None);
-        });
+        })
+    };
+    // With filters on, threads start from the thread starter (see `sandbox`).
+    let spawned = crate::sandbox::on_starter(start)
+        .unwrap_or_else(|| Err(std::io::Error::other("the thread starter is gone")));
     if spawned.is_err() {
         registry.remove_entry(&entry);
     }
