@@ -417,6 +417,20 @@ fn device_needs(driver: &str, dir: &TempDir) -> (Vec<String>, String) {
             s(&["-chardev", "null,id=c0", "-device", "virtio-serial-pci"]),
             format!("{driver},chardev=c0"),
         ),
+        "ide-cd" | "ide-hd" => {
+            let img = dir.path("ide.raw");
+            std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+            let file = format!("driver=file,filename={},node-name=f0", img.display());
+            let ro = driver == "ide-cd";
+            let format = format!(
+                "driver=raw,file=f0,node-name=d0,read-only={}",
+                if ro { "on" } else { "off" }
+            );
+            (
+                s(&["-blockdev", &file, "-blockdev", &format]),
+                format!("{driver},drive=d0,bus=ide.1,unit=0"),
+            )
+        }
         "e1000" | "virtio-net-pci" => {
             (s(&["-netdev", "user,id=n0"]), format!("{driver},netdev=n0"))
         }

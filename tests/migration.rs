@@ -13,6 +13,23 @@ use common::netns::NetNs;
 use common::{code, free_port, guest, Qmp, Running, TempDir, Vm};
 use serde_json::Value;
 
+/// `qemu-img ARGS IMAGE TAIL`, which must succeed; its output.
+fn qemu_img(args: &[&str], image: &Path, tail: &[&str]) -> String {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .arg(image)
+        .args(tail)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// One troupe process running memtouch, with its QMP session and serial log.
 struct Side {
     vm: Running,
@@ -376,13 +393,7 @@ fn a_guest_writing_its_disk_moves_and_finds_every_write_on_the_image() {
     let dir = TempDir::new("mig-disk");
     for format in ["qcow2", "raw"] {
         let image = dir.path(&format!("disk.{format}"));
-        let made = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", format])
-            .arg(&image)
-            .arg("16M")
-            .status()
-            .expect("qemu-img (qemu-utils)");
-        assert!(made.success());
+        qemu_img(&["create", "-q", "-f", format], &image, &["16M"]);
         let drive = format!("file={},if=virtio,format={format}", image.display());
         let port = free_port();
         let incoming = format!("tcp:127.0.0.1:{port}");
@@ -432,16 +443,7 @@ fn a_guest_writing_its_disk_moves_and_finds_every_write_on_the_image() {
         src.ask("quit", serde_json::json!({}));
         src.vm.wait(Duration::from_secs(10));
         if format == "qcow2" {
-            let check = std::process::Command::new("qemu-img")
-                .args(["check", "-q"])
-                .arg(&image)
-                .output()
-                .unwrap();
-            assert!(
-                check.status.success(),
-                "qemu-img check: {}",
-                String::from_utf8_lossy(&check.stdout)
-            );
+            qemu_img(&["check", "-q"], &image, &[]);
         }
     }
 }
@@ -879,13 +881,7 @@ fn savevm_and_loadvm_take_a_running_guest_back_to_the_snapshot_as_qemu_img_sees_
     );
     drop(bare);
     let img = dir.path("disk.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(out.status.success());
+    qemu_img(&["create", "-q", "-f", "qcow2"], &img, &["64M"]);
     let drive = format!("file={},if=virtio,format=qcow2", img.display());
     let mut vm = start(&dir, "vm", 8, &["-drive", &drive]);
     vm.keeps_counting(3, Duration::from_secs(20));
@@ -917,22 +913,8 @@ fn savevm_and_loadvm_take_a_running_guest_back_to_the_snapshot_as_qemu_img_sees_
     assert_eq!(vm.status(), "running");
     vm.ask("quit", serde_json::json!({}));
     vm.vm.wait(Duration::from_secs(10));
-    let list = std::process::Command::new("qemu-img")
-        .args(["snapshot", "-l"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&list.stdout).contains("s1"));
-    let check = std::process::Command::new("qemu-img")
-        .arg("check")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert!(qemu_img(&["snapshot", "-l"], &img, &[]).contains("s1"));
+    qemu_img(&["check"], &img, &[]);
 }
 
 /// QMP's snapshot jobs and `-loadvm`: `snapshot-save` answers at once and runs as a job
@@ -944,13 +926,7 @@ fn savevm_and_loadvm_take_a_running_guest_back_to_the_snapshot_as_qemu_img_sees_
 fn snapshot_jobs_over_qmp_and_loadvm_at_start() {
     let dir = TempDir::new("mig-jobs");
     let img = dir.path("disk.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(out.status.success());
+    qemu_img(&["create", "-q", "-f", "qcow2"], &img, &["64M"]);
     let drive = format!("file={},if=virtio,format=qcow2", img.display());
     let mut vm = start(&dir, "vm", 8, &["-drive", &drive]);
     vm.keeps_counting(3, Duration::from_secs(20));

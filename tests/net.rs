@@ -908,7 +908,8 @@ fn a_tap_with_virtio_net_headers_carries_checksum_and_segmentation_offloads() {
     let sink = format!(
         "import socket\n\
          l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('0.0.0.0', 5001)); l.listen(1); c, _ = l.accept(); got = bytearray()\n\
+         l.bind(('0.0.0.0', 5001)); l.listen(1); print('listening', flush=True)\n\
+         c, _ = l.accept(); got = bytearray()\n\
          while True:\n\
          \x20   b = c.recv(1 << 16)\n\
          \x20   if not b: break\n\
@@ -931,7 +932,16 @@ fn a_tap_with_virtio_net_headers_carries_checksum_and_segmentation_offloads() {
             .spawn()
             .unwrap()
     };
-    let sink = spawn(&sink);
+    let mut sink = spawn(&sink);
+    // The guest connects as soon as it is up: the sink must listen first (Python starts
+    // slowly on a loaded host).
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sink.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "listening");
     let netdev = "tap,id=n0,ifname=otap0,script=no,downscript=no,vnet_hdr=on";
     let device = "virtio-net-pci,netdev=n0";
     let append = format!(

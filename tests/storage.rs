@@ -570,15 +570,13 @@ fn blockdev_and_device_virtio_blk_pci_show_in_info_block() {
         got.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&got);
-    assert!(
-        text.contains(&format!("d0 (#block200): {} (qcow2)", s(&q))),
-        "{text}"
-    );
+    assert!(text.contains(&format!("\nd0: {} (qcow2)", s(&q))), "{text}");
     assert!(text.contains("Attached to:      vd0"), "{text}");
-    // The guest wrote 64 sectors: the counters show it.
+    // The guest wrote 64 sectors: the counters show it (QEMU names a drive with no
+    // BlockBackend name by an empty string here: ": rd_bytes=...").
     let stats = text
         .lines()
-        .find(|l| l.starts_with("d0: rd_bytes="))
+        .find(|l| l.starts_with(": rd_bytes="))
         .expect("d0's blockstats");
     assert!(stats.contains("wr_bytes=32768"), "{stats}");
     assert!(!stats.contains("flush_operations=0 "), "{stats}");

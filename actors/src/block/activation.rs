@@ -7,7 +7,7 @@
 //! same (`bdrv_inactivate_all` / `bdrv_activate_all`), so its locks and troupe's agree.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::lock::{ImageLock, LockError};
 use super::qcow2_snapshot::SnapshotError;
@@ -35,13 +35,15 @@ pub enum ActivationError {
     Gone(String),
 }
 
-/// The part of a drive that activates and inactivates it. It holds no request channel,
-/// so keeping it (in the device tree) never keeps the drive's engine alive.
+/// The part of a drive that activates and inactivates it. It holds no request channel and
+/// no strong reference to the image's file, so keeping it (in the device tree) never keeps
+/// the drive's engine or image open: once the drive is gone (a CD-ROM's disc changed) there
+/// is nothing to hand over.
 #[derive(Clone)]
 pub struct Activation {
     id: String,
     path: PathBuf,
-    lock: Arc<ImageLock>,
+    lock: Weak<ImageLock>,
     /// qcow2 images the guest writes: their cached metadata is written back and reread.
     snap: Option<crossbeam_channel::Sender<SnapshotJob>>,
     doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>,
@@ -55,7 +57,7 @@ impl std::fmt::Debug for Activation {
 
 impl Activation {
     pub fn is_active(&self) -> bool {
-        self.lock.is_held()
+        self.lock.upgrade().is_some_and(|l| l.is_held())
     }
 
     /// The drive's id.
@@ -81,11 +83,11 @@ impl Activation {
     /// Write everything back and let the image go (the VM must be paused, with no
     /// request in flight). Nothing to do if it is inactive already.
     pub async fn inactivate(&self) -> Result<(), ActivationError> {
-        if !self.is_active() {
+        let Some(lock) = self.lock.upgrade().filter(|l| l.is_held()) else {
             return Ok(());
-        }
+        };
         self.reopen().await?;
-        self.lock.release().map_err(|source| ActivationError::Sync {
+        lock.release().map_err(|source| ActivationError::Sync {
             path: self.path.clone(),
             source,
         })
@@ -94,12 +96,12 @@ impl Activation {
     /// Take the image (its locks) and reread what another process wrote to it. Nothing
     /// to do if it is active already.
     pub async fn activate(&self) -> Result<(), ActivationError> {
-        if self.is_active() {
+        let Some(lock) = self.lock.upgrade().filter(|l| !l.is_held()) else {
             return Ok(());
-        }
-        self.lock.acquire()?;
+        };
+        lock.acquire()?;
         if let Err(e) = self.reopen().await {
-            let _ = self.lock.release();
+            let _ = lock.release();
             return Err(e);
         }
         Ok(())
@@ -112,7 +114,7 @@ impl BlockHandle {
         Activation {
             id: self.id.clone(),
             path: self.path.clone(),
-            lock: self.lock.clone(),
+            lock: Arc::downgrade(&self.lock),
             snap: self.snap.clone(),
             doorbell: self.doorbell.clone(),
         }

@@ -931,15 +931,23 @@ fn block_text(v: &Value) -> String {
     let mut parts = Vec::new();
     for b in v.as_array().into_iter().flatten() {
         let dev = b["device"].as_str().unwrap_or_default();
+        let node = b["inserted"]["node-name"].as_str();
+        // As QEMU: a drive with no name (a `-blockdev` node) goes by its node name, else
+        // by its device's id.
+        let name = match (dev, node) {
+            ("", Some(n)) => n.to_string(),
+            ("", None) => b["qdev"].as_str().unwrap_or("<anonymous>").to_string(),
+            (d, Some(n)) => format!("{d} ({n})"),
+            (d, None) => d.to_string(),
+        };
         let mut s = match b.get("inserted") {
             Some(ins) => format!(
-                "{dev} ({}): {} ({}{})\n",
-                ins["node-name"].as_str().unwrap_or_default(),
+                "{name}: {} ({}{})\n",
                 ins["file"].as_str().unwrap_or_default(),
                 ins["drv"].as_str().unwrap_or_default(),
                 if ins["ro"] == true { ", read-only" } else { "" }
             ),
-            None => format!("{dev}: [not inserted]\n"),
+            None => format!("{name}: [not inserted]\n"),
         };
         if let Some(q) = b["qdev"].as_str() {
             s.push_str(&format!("    Attached to:      {q}\n"));
