@@ -243,6 +243,20 @@ fn bad_hotplug_requests_get_clear_errors_and_leave_the_vm_running() {
     assert!(e.contains("n0") && e.contains("in use"), "{e}");
     let e = s.error("device_add", json!({"driver": "e1000", "netdev": "nope"}));
     assert!(e.contains("nope"), "{e}");
+    // No boot ROM or boot order for a device plugged at run time: refused, not ignored.
+    let e = s.error(
+        "device_add",
+        json!({"driver": "e1000", "bootindex": 3}),
+    );
+    assert!(
+        e.contains("bootindex= is not supported by troupe for a device added at run time"),
+        "{e}"
+    );
+    let e = s.error(
+        "device_add",
+        json!({"driver": "e1000", "romfile": "efi-e1000.rom"}),
+    );
+    assert!(e.contains("romfile= is not supported"), "{e}");
     // -nodefaults: no VGA, so the command line's first device is in slot 2.
     let e = s.error(
         "device_add",

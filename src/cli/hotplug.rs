@@ -53,6 +53,18 @@ pub fn parse_device_add(spec: &str, config: &VmConfig) -> Result<DeviceAdd, CliE
     let Some(dev) = set.devices.pop() else {
         return Err(invalid(spec, DeviceError::Unknown(spec.to_string())));
     };
+    // A device plugged while the guest runs gets no boot ROM and no boot order.
+    if dev.kind.bootindex().is_some() {
+        return Err(invalid(spec, DeviceError::NotWhenHot("bootindex=")));
+    }
+    if let DeviceKind::Nic {
+        romfile: Some(rom), ..
+    } = &dev.kind
+    {
+        if !rom.is_empty() {
+            return Err(invalid(spec, DeviceError::NotWhenHot("romfile=")));
+        }
+    }
     if let DeviceKind::VirtConsole { chardev, .. } = &dev.kind {
         let mut uses = chardev_uses(config);
         uses.push(chardev::Use {

@@ -7,8 +7,8 @@
 //!
 //! The spec is checked with the command line's rules against the VM's configuration as
 //! it is now ([`super::hotnet::HotNetdevs::config`]), and the slot must be one ACPI PCI
-//! hotplug offers ([`super::pcihp`]). Not yet: boot ROMs (`romfile=` is ignored, so is
-//! `bootindex=`), virtio-serial, virtio-input and virtio-balloon, and `info network` for
+//! hotplug offers ([`super::pcihp`]). Not yet: boot ROMs (`romfile=FILE` and `bootindex=` are
+//! refused), virtio-serial, virtio-input and virtio-balloon, and `info network` for
 //! hot-plugged NICs.
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -121,6 +121,9 @@ pub enum DeviceError {
     /// An `isa-serial` index past the next free COM port.
     #[error("serial port index {0}: index {1} must be created first")]
     SerialGap(u32, u32),
+    /// An option a device added at run time cannot honour.
+    #[error("{0} is not supported by troupe for a device added at run time")]
+    NotWhenHot(&'static str),
     /// A board device given to `device_add`.
     #[error("device '{0}' is part of the board and cannot be hot-plugged")]
     NotHotpluggable(&'static str),
