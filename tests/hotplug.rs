@@ -244,10 +244,7 @@ fn bad_hotplug_requests_get_clear_errors_and_leave_the_vm_running() {
     let e = s.error("device_add", json!({"driver": "e1000", "netdev": "nope"}));
     assert!(e.contains("nope"), "{e}");
     // No boot ROM or boot order for a device plugged at run time: refused, not ignored.
-    let e = s.error(
-        "device_add",
-        json!({"driver": "e1000", "bootindex": 3}),
-    );
+    let e = s.error("device_add", json!({"driver": "e1000", "bootindex": 3}));
     assert!(
         e.contains("bootindex= is not supported by troupe for a device added at run time"),
         "{e}"

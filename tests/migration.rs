@@ -164,7 +164,7 @@ impl Side {
     }
 
     fn passes(&self) -> Vec<u64> {
-        passes(&self.serial)
+        self.reports("memtouch: pass ")
     }
 
     fn serial_text(&self) -> String {
@@ -173,32 +173,44 @@ impl Side {
 
     /// The rounds the virtio guest's disk stream has checked (`vblk: round N ok`).
     fn disk_rounds(&self) -> Vec<u64> {
+        self.reports("vblk: round ")
+    }
+
+    /// The N of every `PREFIX N ok` line the guest printed, in order.
+    fn reports(&self, prefix: &str) -> Vec<u64> {
         self.serial_text()
             .lines()
-            .filter_map(|l| l.strip_prefix("vblk: round "))
+            .filter_map(|l| l.strip_prefix(prefix))
             .filter_map(|l| l.strip_suffix(" ok"))
             .filter_map(|n| n.parse().ok())
             .collect()
     }
 
-    /// Wait until the disk stream has checked `more` rounds (of 100) past now; a sector
-    /// that does not hold its last write fails at once.
-    fn disk_keeps_checking(&self, more: usize, timeout: Duration) -> Vec<u64> {
-        let from = self.disk_rounds().len();
+    /// Wait for `more` new `PREFIX N ok` lines past the last one seen now; a line with
+    /// any of `bad` (the guest found something `wrong`) fails at once.
+    fn keeps_reporting(
+        &self,
+        prefix: &str,
+        bad: &[&str],
+        wrong: &str,
+        more: usize,
+        timeout: Duration,
+    ) -> Vec<u64> {
+        let from = self.reports(prefix).len();
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.serial_text();
             assert!(
-                !text.contains("holds write") && !text.contains("failed"),
-                "the guest found its disk wrong:\n{text}"
+                !bad.iter().any(|b| text.contains(b)),
+                "the guest found {wrong}:\n{text}"
             );
-            let r = self.disk_rounds();
+            let r = self.reports(prefix);
             if r.len() >= from + more {
                 return r;
             }
             assert!(
                 Instant::now() < deadline,
-                "the disk stream stopped at {:?}:\n{text}\nstderr: {}",
+                "the guest stopped reporting at {:?}:\n{text}\nstderr: {}",
                 r.last(),
                 self.vm.stderr.text()
             );
@@ -206,39 +218,23 @@ impl Side {
         }
     }
 
+    /// Wait until the disk stream has checked `more` rounds (of 100) past now; a sector
+    /// that does not hold its last write fails at once.
+    fn disk_keeps_checking(&self, more: usize, timeout: Duration) -> Vec<u64> {
+        let bad = ["holds write", "failed"];
+        self.keeps_reporting("vblk: round ", &bad, "its disk wrong", more, timeout)
+    }
+
     /// Wait for `more` new pass lines past the last one seen now.
     fn keeps_counting(&self, more: usize, timeout: Duration) -> Vec<u64> {
-        let from = self.passes().len();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let p = self.passes();
-            let text = std::fs::read_to_string(&self.serial).unwrap_or_default();
-            assert!(
-                !text.contains("MISMATCH"),
-                "the guest found bad memory:\n{text}"
-            );
-            if p.len() >= from + more {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the guest stopped counting at {:?}; stderr: {}",
-                p.last(),
-                self.vm.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.keeps_reporting(
+            "memtouch: pass ",
+            &["MISMATCH"],
+            "bad memory",
+            more,
+            timeout,
+        )
     }
-}
-
-fn passes(serial: &Path) -> Vec<u64> {
-    std::fs::read_to_string(serial)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("memtouch: pass "))
-        .filter_map(|l| l.strip_suffix(" ok"))
-        .filter_map(|n| n.parse().ok())
-        .collect()
 }
 
 /// The destination continues the source's sequence: its first pass comes after the
