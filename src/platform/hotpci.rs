@@ -22,7 +22,7 @@ use actors::virtio::rng::RngWorker;
 use actors::virtio::{KvmMsix, MsiRoutes, QueueWorker, VirtioPciHost};
 use devices::memory::GuestMemoryMmap;
 use devices::pci::Slot;
-use devices::virtio::blk::{Blk, BlkConfig};
+use devices::virtio::blk::Blk;
 use devices::virtio::pci::{VirtioPci, LEGACY_BAR, MODERN_BAR, MSIX_BAR};
 use devices::virtio::rng::Rng;
 use devices::virtio::VirtioDeviceModel;
@@ -294,17 +294,7 @@ impl HotPci {
                 let backend =
                     actors::block::open(&self.registry, drive, super::drive_options(dc, path))
                         .map_err(|e| format!("drive '{drive}': {e}"))?;
-                let bcfg = BlkConfig {
-                    capacity: backend.info.size,
-                    read_only: backend.info.read_only,
-                    num_queues: *num_queues,
-                    queue_size: 256,
-                    serial: serial
-                        .clone()
-                        .or_else(|| dc.serial.clone())
-                        .unwrap_or_default(),
-                    discard: dc.discard,
-                };
+                let bcfg = super::virtio::blk_config(&backend, *num_queues, serial.as_deref(), dc);
                 let name = self.name("virtio-blk");
                 let worker = BlkWorker::new(backend, bcfg.clone());
                 self.virtio(

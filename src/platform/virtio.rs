@@ -200,17 +200,7 @@ pub fn build(
                     .find(|x| &x.id == drive)
                     .ok_or_else(|| anyhow!("virtio-blk-pci: drive '{drive}' not found"))?;
                 let backend = open(drive)?;
-                let bcfg = BlkConfig {
-                    capacity: backend.info.size,
-                    read_only: backend.info.read_only,
-                    num_queues: *num_queues,
-                    queue_size: 256,
-                    serial: serial
-                        .clone()
-                        .or_else(|| dc.serial.clone())
-                        .unwrap_or_default(),
-                    discard: dc.discard,
-                };
+                let bcfg = blk_config(&backend, *num_queues, serial.as_deref(), dc);
                 let name = format!("virtio-blk{nblk}");
                 nblk += 1;
                 out.disks.push(VirtioDisk {
@@ -421,3 +411,24 @@ impl devices::ByteSink for Discard {
 }
 
 const VIRTIO_NET_ROM: &str = "efi-virtio.rom";
+
+/// A virtio-blk's configuration: the image's size and access, `num-queues`, the device's
+/// `serial=` (else the drive's) and the drive's `discard=`.
+pub(super) fn blk_config(
+    backend: &BlockHandle,
+    num_queues: u16,
+    serial: Option<&str>,
+    dc: &crate::config::DriveConfig,
+) -> BlkConfig {
+    BlkConfig {
+        capacity: backend.info.size,
+        read_only: backend.info.read_only,
+        num_queues,
+        queue_size: 256,
+        serial: serial
+            .map(str::to_string)
+            .or_else(|| dc.serial.clone())
+            .unwrap_or_default(),
+        discard: dc.discard,
+    }
+}
