@@ -335,6 +335,13 @@ fn main(boot: &BootInfo) -> u32 {
     while guestlib::smp::aps_alive() < aps && !wait.expired() {
         core::hint::spin_loop();
     }
+    // The keyboard is set up (and its stale bytes flushed) before the "running" line, which
+    // tells whoever waits for it that keys typed from now on reach the guest.
+    let has_kbd = i8042::present();
+    if has_kbd {
+        i8042::enable_translation();
+        i8042::flush();
+    }
     println!(
         "demo: {}/{} vCPUs running",
         guestlib::smp::aps_alive() + 1,
@@ -344,11 +351,6 @@ fn main(boot: &BootInfo) -> u32 {
     // Hide the VGA cursor (CRTC register 0x0A bit 5).
     outb(0x3D4, 0x0A);
     outb(0x3D5, 0x20);
-    let has_kbd = i8042::present();
-    if has_kbd {
-        i8042::enable_translation();
-        i8042::flush();
-    }
     let mut screen = Screen::new();
     let mut kbd = Keyboard {
         shift: false,
