@@ -335,3 +335,22 @@ fn a_section_from_another_version_or_a_missing_one_is_refused_by_name() {
     let out = vm.wait_for_requests(0, 3);
     assert_eq!(requests(&out)[..3], [1, 2, 3], "{out}");
 }
+
+#[test]
+fn a_stopped_vcpu_stays_stopped_when_a_pause_is_queued_behind_the_stop() {
+    // The machine ending (the supervisor pausing it) while its owner stops the vCPUs: the
+    // running thread finds Stop then Pause in one drain of its mailbox, and must end.
+    let vm = Running::start("stop-final", &[]);
+    vm.wait_for_requests(0, 1);
+    let v = vm.vcpus[0].clone();
+    v.post(actors::vcpu::VcpuMsg::Stop).unwrap();
+    let (reply, _answer) = actors::runtime::reply_channel("test");
+    let _ = v.post(actors::vcpu::VcpuMsg::Pause(reply));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        v.join();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the vCPU thread ended after Stop");
+}

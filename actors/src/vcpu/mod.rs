@@ -256,6 +256,11 @@ impl VcpuHandle {
     /// Ask the thread to end and wait for it (from a plain thread or `spawn_blocking`).
     pub fn stop_and_join(&self) {
         let _ = self.post(VcpuMsg::Stop);
+        self.join();
+    }
+
+    /// Wait for the thread to end (once it has been told to stop).
+    pub fn join(&self) {
         let join = self
             .shared
             .join

@@ -240,6 +240,18 @@ impl VcpuThread {
 
     /// Serve one control message; returns the state to continue in.
     fn serve(&mut self, msg: VcpuMsg, state: RunState) -> RunState {
+        let next = self.serve_one(msg, state);
+        // Stop is final: a Pause or Resume queued behind it (the supervisor pausing the
+        // machine as it ends while its owner stops the thread) is answered but does not
+        // bring the thread back to wait for messages no one will send.
+        if state == RunState::Stopped {
+            RunState::Stopped
+        } else {
+            next
+        }
+    }
+
+    fn serve_one(&mut self, msg: VcpuMsg, state: RunState) -> RunState {
         fault_point();
         let _span =
             tracing::debug_span!("msg", kind = crate::runtime::MessageKind::kind(&msg)).entered();
