@@ -323,3 +323,103 @@ fn chroot_enters_the_directory_once_the_vm_is_built() {
     let seen = std::fs::read_link(format!("/proc/{}/root", vm.pid())).unwrap();
     assert_eq!(seen, root);
 }
+
+#[test]
+fn doors_other_hosts_can_reach_are_named_at_start_and_loopback_ones_are_not() {
+    // Listening on every address happens in a network namespace of its own (unshare -n:
+    // only a loopback that is down), so nothing is really offered to this host's network.
+    let (qmp, mon, inc) = (free_port(), free_port(), free_port());
+    let display = common::free_display();
+    let (qmp_arg, mon_arg) = (
+        format!("tcp:0.0.0.0:{qmp},server=on,wait=off"),
+        format!("tcp::{mon},server=on,wait=off"),
+    );
+    let (vnc_arg, inc_arg) = (
+        format!("0.0.0.0:{display},websocket=on"),
+        format!("tcp:0.0.0.0:{inc}"),
+    );
+    let troupe = common::troupe_bin();
+    let vm = Vm::program(
+        "unshare",
+        &[
+            "-n",
+            troupe.to_str().unwrap(),
+            "-nodefaults",
+            "-qmp",
+            &qmp_arg,
+            "-monitor",
+            &mon_arg,
+            "-vnc",
+            &vnc_arg,
+            "-incoming",
+            &inc_arg,
+        ],
+    )
+    .spawn();
+    for needle in [
+        &format!("warning: the QMP monitor listens on all addresses, port {qmp}: anyone"),
+        &format!("warning: the monitor listens on all addresses, port {mon}: anyone"),
+        &format!(
+            "warning: the VNC server listens on all addresses, port {} without a password",
+            5900 + display
+        ),
+        &format!(
+            "warning: the VNC websocket listens on all addresses, port {} without a password",
+            5700 + display
+        ),
+        &format!("warning: -incoming listens on all addresses, port {inc}: the first host"),
+    ] {
+        if let Err(e) = vm.stderr.wait_for(needle, T) {
+            panic!("{e}\nstderr:\n{}", vm.stderr.text());
+        }
+    }
+    drop(vm);
+
+    // The same doors on loopback, and VNC everywhere but with a password: nothing to say.
+    let (qmp, mon, display) = (free_port(), free_port(), common::free_display());
+    let (qmp_arg, mon_arg, vnc_arg) = (
+        format!("tcp:127.0.0.1:{qmp},server=on,wait=off"),
+        format!("tcp:localhost:{mon},server=on,wait=off"),
+        format!("127.0.0.1:{display}"),
+    );
+    let vm = Vm::troupe(&[
+        "-S",
+        "-nodefaults",
+        "-qmp",
+        &qmp_arg,
+        "-monitor",
+        &mon_arg,
+        "-vnc",
+        &vnc_arg,
+    ])
+    .spawn();
+    let mut q = Qmp::open(qmp);
+    q.ask("{\"execute\":\"qmp_capabilities\"}\r\n");
+    let st = q.ask("{\"execute\":\"query-status\"}\r\n");
+    assert_eq!(st["return"]["status"], "prelaunch", "{st}");
+    let err = vm.stderr.text();
+    assert!(!err.contains("listens on"), "{err}");
+    drop(vm);
+
+    let dir = TempDir::new("exposure");
+    let sock = dir.path("qmp.sock");
+    let qmp_arg = format!("unix:{},server=on,wait=off", sock.display());
+    let vnc_arg = format!("0.0.0.0:{},password=on", common::free_display());
+    let vm = Vm::program(
+        "unshare",
+        &[
+            "-n",
+            troupe.to_str().unwrap(),
+            "-nodefaults",
+            "-vnc",
+            &vnc_arg,
+            "-qmp",
+            &qmp_arg,
+        ],
+    )
+    .spawn();
+    let mut q = Qmp::open_unix(&sock);
+    q.ask("{\"execute\":\"qmp_capabilities\"}\r\n");
+    let err = vm.stderr.text();
+    assert!(!err.contains("listens on"), "{err}");
+}

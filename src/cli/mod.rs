@@ -18,6 +18,7 @@ mod chardev;
 mod device;
 mod display;
 mod drive;
+mod exposure;
 mod general;
 mod help;
 pub(crate) mod host;

@@ -133,7 +133,7 @@ impl State {
             }
         }
         let (name, process_name, debug_threads) = m.name;
-        Ok(VmConfig {
+        let mut cfg = VmConfig {
             name,
             process_name,
             debug_threads,
@@ -184,7 +184,10 @@ impl State {
             vga_id: self.vga_id,
             serial_ids: self.serial_ids,
             warnings,
-        })
+        };
+        let exposed = crate::cli::exposure::exposure_warnings(&cfg);
+        cfg.warnings.extend(exposed);
+        Ok(cfg)
     }
 
     /// `-machine`/`-accel`, `-m`, `-smp`, `-boot`, `-name`, `-rtc`, `-vcpu-pin` and the
