@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, free_port, guest, Hmp, Running, TempDir, Vm};
+use common::{code, free_display, free_port, guest, Hmp, Running, TempDir, Vm};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -205,16 +205,6 @@ fn qcow2(dir: &TempDir) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     p.to_str().unwrap().to_string()
-}
-
-/// A display number whose port is free right now.
-fn free_display() -> u16 {
-    loop {
-        let p = free_port();
-        if p > 5900 && p < 65000 {
-            return p - 5900;
-        }
-    }
 }
 
 /// Poll `info actors` through `ask` until `done` holds for it; its text.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::netns::NetNs;
-use common::{code, free_port, guest, Qmp, Running, TempDir, Vm};
+use common::{code, free_display, free_port, guest, Qmp, Running, TempDir, Vm};
 use serde_json::Value;
 
 /// `qemu-img ARGS IMAGE TAIL`, which must succeed; its output.
@@ -517,16 +517,6 @@ fn a_guest_answering_pings_moves_and_the_bridge_learns_its_new_port() {
         "{}",
         dst.serial_text()
     );
-}
-
-/// A free VNC display number (port 5900 + N).
-fn free_display() -> u16 {
-    loop {
-        let p = free_port();
-        if p > 5900 && p < 65000 {
-            return p - 5900;
-        }
-    }
 }
 
 /// What a real VNC client (vncdotool) sees on `display`, saved as `out`.

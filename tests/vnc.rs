@@ -18,17 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::display::{encode_screendump, testpattern, DumpFormat, Surface};
-use common::{guest, Running, TempDir, Vm};
-
-/// A display number whose port is free right now.
-fn free_display() -> u16 {
-    loop {
-        let p = common::free_port();
-        if p > 5900 && p < 65000 {
-            return p - 5900;
-        }
-    }
-}
+use common::{free_display, guest, Running, TempDir, Vm};
 
 fn helper() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vnc/vnc_client.py")
@@ -680,6 +670,48 @@ fn bad_clients_do_not_stop_the_server_and_memory_stays_bounded() {
     assert!(
         rss_after < rss_before + 32 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+#[test]
+fn thirty_two_clients_cost_under_a_mib_each_and_give_it_back_when_they_leave() {
+    let vm = start("", false);
+    // 32 clients (the most QEMU and troupe take) each get one full frame; all stay
+    // connected while RSS is read, then all close.
+    let cycle = || {
+        let mut cs: Vec<Raw> = (0..32).map(|_| vm.connect()).collect();
+        for c in &mut cs {
+            c.init();
+            c.encodings(&[0]);
+            c.request(false, 640, 480);
+            c.update();
+        }
+        vm.rss_kib()
+    };
+    let settled = |limit: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let rss = vm.rss_kib();
+            if rss <= limit || Instant::now() > deadline {
+                return rss;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let start_rss = vm.rss_kib();
+    let mut peak = 0;
+    for round in 0..10 {
+        peak = peak.max(cycle());
+        let after = settled(start_rss + 16 * 1024);
+        assert!(
+            after <= start_rss + 16 * 1024,
+            "round {round}: RSS {after} KiB once the clients left, {start_rss} KiB at start"
+        );
+    }
+    let per_client = peak.saturating_sub(start_rss) / 32;
+    assert!(
+        per_client <= 1024,
+        "a connected client costs {per_client} KiB (RSS {start_rss} KiB alone, {peak} KiB with 32)"
     );
 }
 

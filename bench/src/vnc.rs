@@ -254,6 +254,20 @@ struct VncFigures {
     change: Duration,
     bytes: Vec<(i32, usize)>,
     idle_cpu: f64,
+    /// RSS each of 32 connected clients adds, KiB.
+    per_client: f64,
+    /// RSS left after ten rounds of 32 clients, MiB over the start.
+    growth: f64,
+}
+
+/// Resident set size from /proc, KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
 fn measure(env: &Env, vmm: &Vmm, demo_args: &[&str], fw_args: &[&str]) -> Result<VncFigures> {
@@ -316,13 +330,33 @@ fn measure(env: &Env, vmm: &Vmm, demo_args: &[&str], fw_args: &[&str]) -> Result
         c.request(false)?;
         bytes.push((enc, c.drain_bytes(Duration::from_millis(500))?));
     }
+    // Memory: ten rounds of 32 clients (the most either VMM takes) that each take one full
+    // frame and then all close; RSS alone, with the 32 connected, and after each round.
+    let pid = vm.child.id();
+    let rss_start = rss_kib(pid)?;
+    let (mut peak, mut after) = (0, 0);
+    for _ in 0..10 {
+        let mut cs = Vec::new();
+        for _ in 0..32 {
+            let mut c = Rfb::connect(vm.port)?;
+            c.encodings(&[RAW])?;
+            c.request(false)?;
+            c.raw_update()?;
+            cs.push(c);
+        }
+        peak = peak.max(rss_kib(pid)?);
+        drop(cs);
+        std::thread::sleep(Duration::from_millis(500));
+        after = rss_kib(pid)?;
+    }
+    let per_client = peak.saturating_sub(rss_start) as f64 / 32.0;
+    let growth = after.saturating_sub(rss_start) as f64 / 1024.0;
     // CPU use over 20 s with one client asking for updates the way viewers do (/proc
     // counts in 10 ms ticks: over 5 s one tick was a fifth of the figure).
     let mut c = Rfb::connect(vm.port)?;
     c.encodings(&[RAW])?;
     c.request(false)?;
     c.raw_update()?;
-    let pid = vm.child.id();
     let c0 = cpu_time(pid)?;
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(20);
@@ -343,6 +377,8 @@ fn measure(env: &Env, vmm: &Vmm, demo_args: &[&str], fw_args: &[&str]) -> Result
         change: median(changes),
         bytes,
         idle_cpu,
+        per_client,
+        growth,
     })
 }
 
@@ -405,6 +441,22 @@ pub fn rows(env: &Env) -> Result<Vec<Row>> {
             target: Target::AtMostRatio(1.0),
         });
     }
+    rows.push(Row {
+        what: "RSS per connected VNC client (32 clients, one full frame each)".into(),
+        troupe: t.per_client,
+        qemu: q.per_client,
+        qemu_name: "`-M pc`".into(),
+        unit: "KiB",
+        target: Target::AtMost(1024.0),
+    });
+    rows.push(Row {
+        what: "RSS left after 10 rounds of 32 VNC clients".into(),
+        troupe: t.growth,
+        qemu: q.growth,
+        qemu_name: "`-M pc`".into(),
+        unit: "MiB",
+        target: Target::AtMost(16.0),
+    });
     rows.push(Row {
         what: "VMM CPU use, idle firmware guest, one VNC client".into(),
         troupe: t.idle_cpu,

@@ -45,6 +45,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A VNC display number (port 5900 + N) whose port is free right now, handed out once.
+pub fn free_display() -> u16 {
+    loop {
+        let p = free_port();
+        if p > 5900 && p < 65000 {
+            return p - 5900;
+        }
+    }
+}
+
 /// The troupe binary under test.
 pub fn troupe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_troupe"))

@@ -501,7 +501,7 @@ async fn compositor(set: ConsoleSet, out: DisplayWriter) {
             continue;
         };
         let mut sub = console.display().subscribe();
-        let mut shadow = Surface::new(1, 1);
+        let mut shadow = Arc::new(Surface::new(1, 1));
         let mut changed = TileMap::new(1, 1);
         loop {
             let report = sub.sync(&mut shadow, &mut changed);

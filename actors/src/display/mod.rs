@@ -58,11 +58,19 @@ pub enum DumpFormat {
 /// One consumer's view of what changed since it last looked.
 struct SubscriberSlot {
     id: u64,
-    dirty: TileMap,
+    /// Tiles of `server` that changed since this subscriber last synced.
+    changed: TileMap,
 }
 
 struct Inner {
     surface: Surface,
+    /// The copy of `surface` subscribers read from, as of the last compare: one for all of
+    /// them (as QEMU's VNC server surface), so a client costs its tile maps, not a frame.
+    /// Subscribers hold it between syncs; a compare that finds changes copies it first if
+    /// one still does (at most one extra copy, not one per subscriber).
+    server: Arc<Surface>,
+    /// Tiles written since the last compare (coarse: the producer's damage).
+    dirty: TileMap,
     /// Bumped on every resize.
     size_gen: u64,
     cursor: Option<Arc<Cursor>>,
@@ -74,9 +82,36 @@ struct Inner {
 
 impl Inner {
     fn damage(&mut self, r: Rect) {
-        for s in &mut self.subs {
-            s.dirty.mark(r);
+        self.dirty.mark(r);
+    }
+
+    /// Compare the damaged tiles with `server`, copy those whose pixels differ and mark
+    /// them for every subscriber; after a resize, start `server` over from the surface.
+    fn compare(&mut self) {
+        let (w, h) = (self.surface.width(), self.surface.height());
+        if self.server.width() != w || self.server.height() != h {
+            self.server = Arc::new(self.surface.clone());
+            self.dirty = TileMap::new(w, h);
+            for s in &mut self.subs {
+                s.changed = TileMap::new(w, h);
+                s.changed.mark_all();
+            }
+            return;
         }
+        if self.dirty.is_empty() {
+            return;
+        }
+        let server = Arc::make_mut(&mut self.server);
+        let tiles: Vec<(u32, u32)> = self.dirty.tiles().collect();
+        for (tx, ty) in tiles {
+            let r = self.dirty.tile_rect(tx, ty);
+            if server.sync_rect_from(&self.surface, r) {
+                for s in &mut self.subs {
+                    s.changed.set(tx, ty, true);
+                }
+            }
+        }
+        self.dirty.clear();
     }
 }
 
@@ -106,6 +141,8 @@ pub fn new_display(
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             surface: Surface::new(width, height),
+            server: Arc::new(Surface::new(width, height)),
+            dirty: TileMap::new(width, height),
             size_gen: 0,
             cursor: None,
             cursor_gen: 0,
@@ -172,10 +209,10 @@ impl DisplayWriter {
             } else {
                 g.surface = Surface::new(width, height);
                 g.size_gen += 1;
-                for s in &mut g.subs {
-                    s.dirty = TileMap::new(width, height);
-                    s.dirty.mark_all();
-                }
+                // Blank at the new size: every tile to compare (the copy may have this size
+                // from before).
+                g.dirty = TileMap::new(width, height);
+                g.dirty.mark_all();
             }
         }
         self.shared.notify();
@@ -278,10 +315,10 @@ impl DisplayHandle {
         let mut g = self.shared.lock();
         let id = g.next_id;
         g.next_id += 1;
-        let (w, h) = (g.surface.width(), g.surface.height());
-        let mut dirty = TileMap::new(w, h);
-        dirty.mark_all();
-        g.subs.push(SubscriberSlot { id, dirty });
+        let (w, h) = (g.server.width(), g.server.height());
+        let mut changed = TileMap::new(w, h);
+        changed.mark_all();
+        g.subs.push(SubscriberSlot { id, changed });
         DisplaySubscriber {
             shared: self.shared.clone(),
             rx,
@@ -347,14 +384,20 @@ impl DisplaySubscriber {
         let _ = self.rx.changed().await;
     }
 
-    /// Bring `shadow` up to date and mark in `changed` the tiles whose pixels differ
-    /// (on a resize: all of them, and `changed` is resized too).
-    pub fn sync(&mut self, shadow: &mut Surface, changed: &mut TileMap) -> SyncReport {
+    /// Point `shadow` at the up-to-date copy of the surface (shared by every subscriber)
+    /// and mark in `changed` the tiles whose pixels differ from what this subscriber last
+    /// saw (on a resize: all of them, and `changed` is resized too).
+    pub fn sync(&mut self, shadow: &mut Arc<Surface>, changed: &mut TileMap) -> SyncReport {
         self.rx.borrow_and_update();
         let mut report = SyncReport::default();
         let mut g = self.shared.lock();
+        // The subscriber's old copy goes first, so the compare need not copy the surface
+        // for it (one tiny placeholder instead).
+        let seen = (shadow.width(), shadow.height());
+        *shadow = Arc::new(Surface::new(1, 1));
+        g.compare();
         let Inner {
-            surface,
+            server,
             size_gen,
             cursor,
             cursor_gen,
@@ -365,29 +408,21 @@ impl DisplaySubscriber {
         let Some(slot) = subs.iter_mut().find(|s| s.id == self.id) else {
             return report;
         };
-        if self.size_gen != *size_gen
-            || shadow.width() != surface.width()
-            || shadow.height() != surface.height()
-        {
+        let (w, h) = (server.width(), server.height());
+        if self.size_gen != *size_gen || seen != (w, h) {
             self.size_gen = *size_gen;
-            *shadow = surface.clone();
-            *changed = TileMap::new(surface.width(), surface.height());
+            *changed = TileMap::new(w, h);
             changed.mark_all();
-            slot.dirty = TileMap::new(surface.width(), surface.height());
+            slot.changed = TileMap::new(w, h);
             report.resized = true;
         } else {
-            if changed.size() != (surface.width(), surface.height()) {
-                *changed = TileMap::new(surface.width(), surface.height());
+            if changed.size() != (w, h) {
+                *changed = TileMap::new(w, h);
             }
-            let tiles: Vec<(u32, u32)> = slot.dirty.tiles().collect();
-            for (tx, ty) in tiles {
-                let r = slot.dirty.tile_rect(tx, ty);
-                if shadow.sync_rect_from(surface, r) {
-                    changed.set(tx, ty, true);
-                }
-            }
-            slot.dirty.clear();
+            changed.merge(&slot.changed);
+            slot.changed.clear();
         }
+        *shadow = server.clone();
         if self.cursor_gen != *cursor_gen {
             self.cursor_gen = *cursor_gen;
             report.cursor = Some(cursor.clone());
@@ -414,7 +449,7 @@ mod tests {
     fn subscriber_sees_only_real_changes() {
         let (w, h) = new_display(64, 48).unwrap();
         let mut sub = h.subscribe();
-        let mut shadow = Surface::new(1, 1);
+        let mut shadow = Arc::new(Surface::new(1, 1));
         let mut changed = TileMap::new(1, 1);
         let r = sub.sync(&mut shadow, &mut changed);
         assert!(r.resized);
@@ -433,10 +468,38 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_share_one_copy_and_each_sees_every_change() {
+        let (w, h) = new_display(64, 48).unwrap();
+        let (mut a, mut b) = (h.subscribe(), h.subscribe());
+        let (mut sa, mut sb) = (Arc::new(Surface::new(1, 1)), Arc::new(Surface::new(1, 1)));
+        let (mut ca, mut cb) = (TileMap::new(1, 1), TileMap::new(1, 1));
+        a.sync(&mut sa, &mut ca);
+        b.sync(&mut sb, &mut cb);
+        assert!(Arc::ptr_eq(&sa, &sb), "one copy for both subscribers");
+        ca.clear();
+        cb.clear();
+        w.update(Rect::new(40, 30, 1, 1), &[0x00ff00], 1);
+        // A syncs first (and compares); B, later, still learns of the tile.
+        a.sync(&mut sa, &mut ca);
+        w.update(Rect::new(0, 0, 1, 1), &[0x0000ff], 1);
+        b.sync(&mut sb, &mut cb);
+        assert_eq!(ca.tiles().collect::<Vec<_>>(), vec![(2, 1)]);
+        assert_eq!(cb.tiles().collect::<Vec<_>>(), vec![(0, 0), (2, 1)]);
+        assert_eq!(sb.pixel(40, 30), 0x00ff00);
+        assert_eq!(sb.pixel(0, 0), 0x0000ff);
+        // A resize there and back again blanks the screen: both see every tile anew.
+        w.resize(32, 32).unwrap();
+        w.resize(64, 48).unwrap();
+        let r = a.sync(&mut sa, &mut ca);
+        assert!(r.resized);
+        assert_eq!(sa.pixel(40, 30), 0);
+    }
+
+    #[test]
     fn resize_is_reported_and_shadow_follows() {
         let (w, h) = new_display(64, 48).unwrap();
         let mut sub = h.subscribe();
-        let mut shadow = Surface::new(1, 1);
+        let mut shadow = Arc::new(Surface::new(1, 1));
         let mut changed = TileMap::new(1, 1);
         sub.sync(&mut shadow, &mut changed);
         w.resize(100, 50).unwrap();
@@ -451,7 +514,7 @@ mod tests {
     async fn changes_coalesce_and_wake_the_subscriber() {
         let (w, h) = new_display(32, 32).unwrap();
         let mut sub = h.subscribe();
-        let mut shadow = Surface::new(1, 1);
+        let mut shadow = Arc::new(Surface::new(1, 1));
         let mut changed = TileMap::new(1, 1);
         sub.sync(&mut shadow, &mut changed);
         for i in 0..1000u32 {

@@ -84,6 +84,13 @@ impl Drop for Leave {
         for key in held {
             self.input.send(InputEvent::Key { key, down: false });
         }
+        // The session's buffers are freed by now; hand the pages the allocator keeps for
+        // them in this thread's arena back to the kernel.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 
@@ -248,7 +255,7 @@ where
     .map_err(|_| VncError::HandshakeTimeout)??;
 
     let mut sub = shared.display.subscribe();
-    let mut shadow = Surface::new(1, 1);
+    let mut shadow = Arc::new(Surface::new(1, 1));
     let mut pending = TileMap::new(1, 1);
     let first = sub.sync(&mut shadow, &mut pending);
     // ServerInit.
@@ -331,7 +338,8 @@ struct Writer {
     /// The framebuffer size the client believes in.
     client_w: u32,
     client_h: u32,
-    shadow: Surface,
+    /// The display's shared copy as of the last sync.
+    shadow: Arc<Surface>,
     /// Tiles changed since the client last got them.
     pending: TileMap,
     request: Option<UpdateReq>,
@@ -372,9 +380,12 @@ impl Writer {
                 return Err(e);
             }
             self.apply(reqs);
-            let out = self.produce();
-            if !out.is_empty() {
-                wr.write_all(&out).await?;
+            // The update is freed once written, not kept while the client idles.
+            {
+                let out = self.produce();
+                if !out.is_empty() {
+                    wr.write_all(&out).await?;
+                }
             }
             tokio::select! {
                 _ = sub.changed() => {}

@@ -111,11 +111,26 @@ pub(crate) fn deflate_sync(z: &mut Compress, input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A persistent zlib stream, made the first time an update needs it: a deflate stream holds
+/// about 256 KiB, and a client uses at most the ones of its encoding (QEMU makes them lazily
+/// too), so a Raw or Hextile client carries none.
+#[derive(Default)]
+pub struct ZStream(Option<Compress>);
+
+impl ZStream {
+    /// The stream, created at level 6 on first use (the level never changes midway: the
+    /// client's inflater shares its dictionary).
+    pub fn get(&mut self) -> &mut Compress {
+        self.0
+            .get_or_insert_with(|| Compress::new(Compression::new(6), true))
+    }
+}
+
 /// One client's encoder state.
 pub struct Encoder {
-    zlib: Compress,
-    zrle: Compress,
-    tight: [Compress; 4],
+    zlib: ZStream,
+    zrle: ZStream,
+    tight: [ZStream; 4],
     /// Compression level 0-9 (CompressLevel pseudo-encoding), default 6.
     pub level: u32,
     /// JPEG quality level 0-9 if the client sent one (Tight JPEG needs it).
@@ -126,11 +141,10 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(lossy: bool) -> Self {
-        let z = || Compress::new(Compression::new(6), true);
         Self {
-            zlib: z(),
-            zrle: z(),
-            tight: [z(), z(), z(), z()],
+            zlib: ZStream::default(),
+            zrle: ZStream::default(),
+            tight: Default::default(),
             level: 6,
             jpeg_quality: None,
             lossy,
@@ -166,7 +180,7 @@ impl Encoder {
                 let mut raw = Vec::with_capacity(r.area() as usize * pf.bytes_per_pixel());
                 put_raw(s, r, pf, &mut raw);
                 let mut z = Vec::new();
-                deflate_sync(&mut self.zlib, &raw, &mut z);
+                deflate_sync(self.zlib.get(), &raw, &mut z);
                 out.extend_from_slice(&(z.len() as u32).to_be_bytes());
                 out.extend_from_slice(&z);
                 1
@@ -175,7 +189,7 @@ impl Encoder {
                 put_rect_header(out, r, enc::ZRLE);
                 let raw = zrle::encode(s, r, pf);
                 let mut z = Vec::new();
-                deflate_sync(&mut self.zrle, &raw, &mut z);
+                deflate_sync(self.zrle.get(), &raw, &mut z);
                 out.extend_from_slice(&(z.len() as u32).to_be_bytes());
                 out.extend_from_slice(&z);
                 1

@@ -8,10 +8,8 @@
 
 use std::collections::HashMap;
 
-use flate2::Compress;
-
 use super::super::pixel::PixelFormat;
-use super::{deflate_sync, enc, put_rect_header};
+use super::{deflate_sync, enc, put_rect_header, ZStream};
 use crate::display::{png, Rect, Surface};
 
 pub const FILL: u8 = 0x80;
@@ -65,13 +63,13 @@ pub fn put_compact_len(out: &mut Vec<u8>, n: usize) {
     }
 }
 
-fn put_data(streams: &mut [Compress; 4], stream: usize, data: &[u8], out: &mut Vec<u8>) {
+fn put_data(streams: &mut [ZStream; 4], stream: usize, data: &[u8], out: &mut Vec<u8>) {
     if data.len() < MIN_TO_COMPRESS {
         out.extend_from_slice(data);
         return;
     }
     let mut z = Vec::new();
-    deflate_sync(&mut streams[stream], data, &mut z);
+    deflate_sync(streams[stream].get(), data, &mut z);
     put_compact_len(out, z.len());
     out.extend_from_slice(&z);
 }
@@ -92,7 +90,7 @@ fn jpeg_quality(level: u32) -> u8 {
 
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
-    streams: &mut [Compress; 4],
+    streams: &mut [ZStream; 4],
     _level: u32,
     jpeg: Option<u32>,
     png_mode: bool,
@@ -125,7 +123,7 @@ pub fn encode(
 }
 
 fn encode_one(
-    streams: &mut [Compress; 4],
+    streams: &mut [ZStream; 4],
     jpeg: Option<u32>,
     png_mode: bool,
     px: &[u32],
