@@ -716,6 +716,69 @@ fn thirty_two_clients_cost_under_a_mib_each_and_give_it_back_when_they_leave() {
 }
 
 #[test]
+fn a_colour_map_client_gets_qemus_palette_and_a_frame_in_it() {
+    let vm = start("", false);
+    let want = testpattern::expected(640, 480, 0, &[], "");
+    // SetPixelFormat: 8 bpp, true-colour flag 0 (a palette client); then Raw, full frame.
+    let mut c = vm.connect();
+    c.init();
+    let mut m = vec![0, 0, 0, 0, 8, 8, 0, 0];
+    m.extend_from_slice(&[0; 12]);
+    c.write(&m);
+    c.encodings(&[0]);
+    c.request(false, 640, 480);
+    // SetColourMapEntries first: 256 colours from 0, each channel's bits at the top of 16.
+    assert_eq!(c.read(6), [1, 0, 0, 0, 1, 0]);
+    let map = c.read(256 * 6);
+    let entry = |i: usize| -> [u16; 3] {
+        let e = &map[i * 6..i * 6 + 6];
+        [0, 2, 4].map(|k| u16::from_be_bytes([e[k], e[k + 1]]))
+    };
+    assert_eq!(entry(0), [0, 0, 0]);
+    assert_eq!(entry(7), [0xe000, 0, 0]);
+    assert_eq!(entry(255), [0xe000, 0xe000, 0xc000]);
+    // Then the frame, one byte per pixel: red's top 3 bits, green's at 3, blue's top 2 at 6.
+    let h = c.read(4);
+    assert_eq!(h[0], 0);
+    let mut seen = vec![0u8; 640 * 480];
+    for _ in 0..u16::from_be_bytes([h[2], h[3]]) {
+        let r = c.read(12);
+        let g = |i: usize| usize::from(u16::from_be_bytes([r[i], r[i + 1]]));
+        assert_eq!(i32::from_be_bytes(r[8..12].try_into().unwrap()), 0);
+        let (x, y, w, hh) = (g(0), g(2), g(4), g(6));
+        let px = c.read(w * hh);
+        for row in 0..hh {
+            seen[(y + row) * 640 + x..(y + row) * 640 + x + w]
+                .copy_from_slice(&px[row * w..(row + 1) * w]);
+        }
+    }
+    let index = |p: u32| ((p >> 21) & 7) | (((p >> 13) & 7) << 3) | (((p >> 6) & 3) << 6);
+    for (i, px) in want.pixels().iter().enumerate() {
+        assert_eq!(u32::from(seen[i]), index(*px), "pixel {i}");
+    }
+
+    // Every channel max 0: QEMU keeps the client and sends all-zero pixels.
+    let mut c = vm.connect();
+    c.init();
+    let mut m = vec![0, 0, 0, 0, 32, 24, 0, 1];
+    m.extend_from_slice(&[0; 12]);
+    c.write(&m);
+    c.encodings(&[0]);
+    c.request(false, 640, 480);
+    let h = c.read(4);
+    assert_eq!(h[0], 0);
+    let mut total = 0;
+    for _ in 0..u16::from_be_bytes([h[2], h[3]]) {
+        let r = c.read(12);
+        let g = |i: usize| usize::from(u16::from_be_bytes([r[i], r[i + 1]]));
+        let px = c.read(g(4) * g(6) * 4);
+        assert!(px.iter().all(|b| *b == 0));
+        total += g(4) * g(6);
+    }
+    assert_eq!(total, 640 * 480);
+}
+
+#[test]
 fn several_clients_at_once_all_get_updates() {
     let vm = start("", false);
     let mut clients: Vec<Raw> = (0..4).map(|_| vm.connect()).collect();

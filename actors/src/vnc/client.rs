@@ -305,6 +305,7 @@ where
         announce: false,
         refuse_resize: false,
         absolute: ctx.input.absolute(),
+        send_colour_map: false,
     };
     w.run(&mut wr, &mut sub, &slot).await
 }
@@ -353,6 +354,8 @@ struct Writer {
     announce: bool,
     refuse_resize: bool,
     absolute: bool,
+    /// The client chose a colour-map format: its palette goes before the next update.
+    send_colour_map: bool,
 }
 
 impl Writer {
@@ -400,6 +403,8 @@ impl Writer {
                 self.pf = pf;
                 self.pending.mark_all();
             }
+            // QEMU sends its palette at every SetPixelFormat with a colour map.
+            self.send_colour_map = !pf.true_colour;
         }
         if let Some(list) = reqs.encodings {
             let mut f = Features::default();
@@ -467,6 +472,11 @@ impl Writer {
     /// Everything to send now, as zero or more FramebufferUpdate messages.
     fn produce(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
+        if std::mem::take(&mut self.send_colour_map) {
+            if let Some(map) = self.pf.colour_map() {
+                out.extend_from_slice(&map);
+            }
+        }
         // Unsolicited pseudo-rectangles, as QEMU sends them: mode changes, the extended
         // key event and LED acknowledgements, the pointer type.
         let mut rects = Vec::new();

@@ -50,9 +50,12 @@ impl PixelFormat {
         b
     }
 
-    /// Parse and check a client's SetPixelFormat. Colour-map formats are refused.
+    /// Parse and check a client's SetPixelFormat, as QEMU's `set_pixel_format`: a
+    /// colour-map format becomes QEMU's 256-colour palette (8 bpp, 3-3-2 bits at shifts 0,
+    /// 3, 6; the session then sends [`Self::colour_map`]); a channel whose max is 0 is
+    /// always 0. Sizes other than 8/16/32 bpp, and channels that do not fit, are refused.
     pub fn from_bytes(b: &[u8; 16]) -> Result<Self, VncError> {
-        let pf = PixelFormat {
+        let mut pf = PixelFormat {
             bpp: b[0],
             depth: b[1],
             big_endian: b[2] != 0,
@@ -64,13 +67,21 @@ impl PixelFormat {
             green_shift: b[11],
             blue_shift: b[12],
         };
+        if !pf.true_colour {
+            pf = PixelFormat {
+                bpp: 8,
+                depth: 8,
+                red_max: 7,
+                green_max: 7,
+                blue_max: 3,
+                red_shift: 0,
+                green_shift: 3,
+                blue_shift: 6,
+                ..pf
+            };
+        }
         if !matches!(pf.bpp, 8 | 16 | 32) {
             return Err(VncError::PixelFormat(format!("{} bits per pixel", pf.bpp)));
-        }
-        if !pf.true_colour {
-            return Err(VncError::PixelFormat(
-                "colour-map (palette) formats are not supported; ask for true colour".into(),
-            ));
         }
         for (max, shift) in [
             (pf.red_max, pf.red_shift),
@@ -78,7 +89,7 @@ impl PixelFormat {
             (pf.blue_max, pf.blue_shift),
         ] {
             let bits = 16 - max.leading_zeros();
-            if max == 0 || u32::from(shift) + bits > u32::from(pf.bpp) {
+            if max != 0 && u32::from(shift) + bits > u32::from(pf.bpp) {
                 return Err(VncError::PixelFormat(format!(
                     "channel max {max} at shift {shift} does not fit {} bits",
                     pf.bpp
@@ -86,6 +97,31 @@ impl PixelFormat {
             }
         }
         Ok(pf)
+    }
+
+    /// For a colour-map format: the SetColourMapEntries message (RFB 3.8 §7.6.2) giving
+    /// each of the 256 pixel values the colour its channel bits stand for, as QEMU's
+    /// `send_color_map` computes it (16-bit intensities, the channel's bits at the top).
+    pub fn colour_map(&self) -> Option<Vec<u8>> {
+        if self.true_colour {
+            return None;
+        }
+        let mut m = vec![1, 0, 0, 0, 1, 0];
+        let level = |i: u32, shift: u8, max: u16| -> u16 {
+            let bits = max.count_ones();
+            let v = (i >> shift) & u32::from(max);
+            (v << (16 - bits)) as u16
+        };
+        for i in 0..256u32 {
+            for (shift, max) in [
+                (self.red_shift, self.red_max),
+                (self.green_shift, self.green_max),
+                (self.blue_shift, self.blue_max),
+            ] {
+                m.extend_from_slice(&level(i, shift, max).to_be_bytes());
+            }
+        }
+        Some(m)
     }
 
     /// Bytes per pixel on the wire.
@@ -224,10 +260,33 @@ mod tests {
     }
 
     #[test]
-    fn bad_formats_are_refused() {
+    fn a_colour_map_format_gets_qemus_palette_and_zero_maxima_give_zero() {
         let mut b = PixelFormat::SERVER.to_bytes();
         b[3] = 0;
-        assert!(PixelFormat::from_bytes(&b).is_err());
+        let pf = PixelFormat::from_bytes(&b).unwrap();
+        assert_eq!(
+            (pf.bpp, pf.red_max, pf.green_max, pf.blue_max),
+            (8, 7, 7, 3)
+        );
+        // Pure red is index 7 (red in bits 0-2), white 255.
+        assert_eq!(pf.convert(0xff0000), 7);
+        assert_eq!(pf.convert(0xffffff), 255);
+        let map = pf.colour_map().unwrap();
+        assert_eq!(map.len(), 6 + 256 * 6);
+        assert_eq!(map[..6], [1, 0, 0, 0, 1, 0]);
+        // Entry 7: red 7 << 13, no green, no blue; entry 255: every channel at its top.
+        assert_eq!(map[6 + 7 * 6..6 + 8 * 6], [0xe0, 0, 0, 0, 0, 0]);
+        assert_eq!(map[6 + 255 * 6..], [0xe0, 0, 0xe0, 0, 0xc0, 0]);
+        assert_eq!(PixelFormat::SERVER.colour_map(), None);
+
+        let mut b = PixelFormat::SERVER.to_bytes();
+        b[4..10].fill(0);
+        let pf = PixelFormat::from_bytes(&b).unwrap();
+        assert_eq!(pf.convert(0xffffff), 0);
+    }
+
+    #[test]
+    fn bad_formats_are_refused() {
         let mut b = PixelFormat::SERVER.to_bytes();
         b[0] = 24;
         assert!(PixelFormat::from_bytes(&b).is_err());
