@@ -443,6 +443,31 @@ fn virtio_rng_gives_the_guest_entropy() {
     }
 }
 
+/// A driver without MSI-X takes virtio-rng's completions on INTx (a PIRQ-routed ISA IRQ,
+/// level-triggered), watching the line at the 8259 and EOIing it: each of 300 requests
+/// raises it once, an EOI while the device's ISR is still set leaves it asserted (no lost
+/// interrupt), and reading the ISR then EOIing lowers it (no interrupt storm).
+#[test]
+fn intx_rises_per_request_survives_an_early_eoi_and_falls_after_the_isr_read() {
+    for iface in ["legacy", ""] {
+        let (c, out, err) = run_guest(
+            &format!("dev=rng intx=300 {iface}"),
+            &["-device", "virtio-rng-pci"],
+        );
+        assert!(
+            out.contains(
+                "vintx: 300 interrupts, each held across an EOI and gone after the ISR read"
+            ),
+            "{iface}: {out}\n{err}"
+        );
+        assert!(
+            out.contains("vintx: irq=1"),
+            "routed to IRQ 10 or 11: {out}"
+        );
+        assert_eq!(c, PASS, "{out}\n{err}");
+    }
+}
+
 fn grub_disk(dir: &TempDir) -> PathBuf {
     common::grub_rescue_iso(
         dir,
