@@ -196,6 +196,39 @@ fn multiqueue_and_event_idx_work_as_the_guest_negotiates_them() {
     );
 }
 
+/// A legacy driver reinitializes the device right after it writes status 0: a read still
+/// in flight at that moment (the disk is slow: the test-only fault hook holds every
+/// completion for 1.5 s) must write nothing into guest memory afterwards (not the data,
+/// the status byte or the used ring), and the vCPU that wrote the reset must not wait for
+/// the disk.
+#[test]
+fn a_reset_during_a_slow_read_returns_at_once_and_nothing_is_written_after_it() {
+    let dir = TempDir::new("vblk-reset");
+    let raw = dir.path("d.raw");
+    qemu_img(&["create", "-q", "-f", "raw", s(&raw), "1M"]);
+    let drive = format!("file={},if=virtio,format=raw", s(&raw));
+    for iface in ["legacy", ""] {
+        let append = format!("op=reset wait_ms=100 watch_ms=2500 {iface}");
+        let (st, out, err) = vguest(&append, &["-drive", &drive])
+            .env("TROUPE_FAULT_BLOCK_LATE_MS", "1500")
+            .run(T);
+        assert_eq!(code(st), PASS, "{iface}: {out}\n{err}");
+        assert!(out.contains("vblk: no guest write after reset"), "{out}");
+        assert!(out.contains("vblk: works after reset"), "{out}");
+        let took: u64 = out
+            .split("vblk: reset took ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no reset time: {out}"));
+        // The disk holds the read for 1.5 s; a reset that waited for it would take that.
+        assert!(
+            took < 500_000,
+            "{iface}: reset parked the vCPU {took} us: {out}"
+        );
+    }
+}
+
 #[test]
 fn compressed_clusters_and_a_backing_chain_made_by_qemu_img_read_back_right() {
     let dir = TempDir::new("vblk-chain");

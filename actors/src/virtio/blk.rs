@@ -1,6 +1,12 @@
 //! The virtio-blk worker: pops request chains, hands the I/O to the drive's block
 //! backend actor, and completes chains as the backend answers (out of order; many
 //! requests in flight at once).
+//!
+//! Reads come back as data that the worker copies into the chain, never straight into
+//! guest memory: a driver's reset forgets the requests in flight without waiting for them
+//! (see `worker.rs`), so a read still running in the kernel must not be able to write
+//! guest memory the driver has taken back. Writes still go straight from guest memory
+//! (a write forgotten by a reset may reach the image or not, as on a real disk).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -23,6 +29,8 @@ pub struct BlkWorker {
     pending: HashMap<u64, (usize, Chain, Option<u64>)>,
     done_tx: Sender<BlockCompletion>,
     done_rx: Receiver<BlockCompletion>,
+    /// Test-only late completions (see [`late`]).
+    late: late::Late,
 }
 
 impl BlkWorker {
@@ -36,6 +44,7 @@ impl BlkWorker {
             pending: HashMap::new(),
             done_tx,
             done_rx,
+            late: late::Late::from_env(),
         }
     }
 }
@@ -60,27 +69,29 @@ impl QueueWorker for BlkWorker {
                 Ok(Parsed::Backend(op)) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    let direct = match &op {
-                        BlockOp::ReadV { bufs, .. } => Some(HostBuf::total(bufs)),
-                        BlockOp::WriteV { .. } => Some(0),
-                        _ => None,
+                    let (op, direct) = match op {
+                        // Into the worker's hands, not the guest's (see the module doc).
+                        BlockOp::ReadV { offset, bufs } => {
+                            let len = HostBuf::total(&bufs) as usize;
+                            (BlockOp::Read { offset, len }, None)
+                        }
+                        op @ BlockOp::WriteV { .. } => (op, Some(0)),
+                        op => (op, None),
                     };
                     self.pending.insert(id, (q, chain, direct));
-                    let tx = self.done_tx.clone();
+                    let deliver = self.late.deliver(self.done_tx.clone());
                     match &mut self.engine {
                         // Answers come back on this thread (reap, or at once).
                         Some(e) => e.engine.submit(BlockJob {
                             request: BlockRequest { id, op },
-                            done: Box::new(move |c| {
-                                let _ = tx.send(c);
-                            }),
+                            done: Box::new(move |c| deliver(c)),
                         }),
                         None => {
                             let wake = ctx.wake.clone();
                             self.backend.submit(BlockJob {
                                 request: BlockRequest { id, op },
                                 done: Box::new(move |c| {
-                                    let _ = tx.send(c);
+                                    deliver(c);
                                     let _ = wake.write(1);
                                 }),
                             });
@@ -99,27 +110,13 @@ impl QueueWorker for BlkWorker {
         if let Some(e) = &mut self.engine {
             e.engine.reap();
         }
+        self.late.release(&self.done_tx);
         self.complete(ctx);
     }
 
     fn reset(&mut self) {
-        // Requests in flight may still write guest memory: wait for them (as QEMU drains).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !self.pending.is_empty() && std::time::Instant::now() < deadline {
-            if let Some(e) = &mut self.engine {
-                e.engine.reap();
-            }
-            match self
-                .done_rx
-                .recv_timeout(std::time::Duration::from_millis(1))
-            {
-                Ok(c) => {
-                    self.pending.remove(&c.id);
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(_) => break,
-            }
-        }
+        // Forgotten, not waited for: their completions find no chain and are dropped
+        // (none writes guest memory itself: reads bring their data back to `complete`).
         self.pending.clear();
     }
 
@@ -154,6 +151,7 @@ impl QueueWorker for BlkWorker {
                     unsafe { libc::poll(&mut pfd, 1, 1) };
                 }
                 None => {
+                    self.late.release(&self.done_tx);
                     if let Ok(c) = self
                         .done_rx
                         .recv_timeout(std::time::Duration::from_millis(1))
@@ -184,6 +182,7 @@ impl QueueWorker for BlkWorker {
         self.engine
             .iter()
             .map(|e| e.engine.completion_fd())
+            .chain(self.late.fd())
             .collect()
     }
 }
@@ -208,6 +207,127 @@ impl BlkWorker {
         }
         for q in touched {
             ctx.notify(q);
+        }
+    }
+}
+
+/// With the `fault-injection` feature, `TROUPE_FAULT_BLOCK_LATE_MS=N` in the environment
+/// holds every virtio-blk completion for N ms after the backend gave it (a slow disk, seen
+/// from the guest): tests reset the device while a request is in flight. Without the
+/// feature (release builds) completions go straight to the worker.
+mod late {
+    #[cfg(not(feature = "fault-injection"))]
+    use crossbeam_channel::Sender;
+    use devices::block::BlockCompletion;
+
+    /// Where a backend hands a completion.
+    pub type Deliver = Box<dyn Fn(BlockCompletion) + Send>;
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub struct Late;
+
+    #[cfg(not(feature = "fault-injection"))]
+    impl Late {
+        pub fn from_env() -> Self {
+            Late
+        }
+        pub fn deliver(&self, tx: Sender<BlockCompletion>) -> Deliver {
+            Box::new(move |c| {
+                let _ = tx.send(c);
+            })
+        }
+        pub fn release(&self, _tx: &Sender<BlockCompletion>) {}
+        pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+            None
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub use enabled::Late;
+
+    #[cfg(feature = "fault-injection")]
+    mod enabled {
+        use std::os::fd::AsRawFd;
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
+
+        use crossbeam_channel::Sender;
+        use devices::block::BlockCompletion;
+        use vmm_sys_util::timerfd::TimerFd;
+
+        use super::Deliver;
+
+        struct Held {
+            queue: Vec<(Instant, BlockCompletion)>,
+            timer: TimerFd,
+        }
+
+        pub struct Late(Option<(Duration, Arc<Mutex<Held>>)>);
+
+        fn held(h: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+            h.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        impl Late {
+            pub fn from_env() -> Self {
+                let ms = std::env::var("TROUPE_FAULT_BLOCK_LATE_MS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+                match (ms, TimerFd::new()) {
+                    (Some(ms), Ok(timer)) => Late(Some((
+                        Duration::from_millis(ms),
+                        Arc::new(Mutex::new(Held {
+                            queue: Vec::new(),
+                            timer,
+                        })),
+                    ))),
+                    _ => Late(None),
+                }
+            }
+
+            /// Straight to `tx`, or held until due (the timer wakes the worker).
+            pub fn deliver(&self, tx: Sender<BlockCompletion>) -> Deliver {
+                let Some((delay, h)) = &self.0 else {
+                    return Box::new(move |c| {
+                        let _ = tx.send(c);
+                    });
+                };
+                let (delay, h) = (*delay, h.clone());
+                Box::new(move |c| {
+                    let mut h = held(&h);
+                    h.queue.push((Instant::now() + delay, c));
+                    if h.queue.len() == 1 {
+                        let _ = h.timer.reset(delay, None);
+                    }
+                })
+            }
+
+            /// Hand the completions that are due to `tx`; re-arm for the next.
+            pub fn release(&self, tx: &Sender<BlockCompletion>) {
+                let Some((_, h)) = &self.0 else {
+                    return;
+                };
+                let mut h = held(h);
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) =
+                    h.queue.drain(..).partition(|(at, _)| *at <= now);
+                h.queue = later;
+                for (_, c) in due {
+                    let _ = tx.send(c);
+                }
+                // Disarmed (so the level-triggered epoll rests) unless more are held.
+                let next = h.queue.iter().map(|(at, _)| *at).min();
+                let _ = match next {
+                    Some(at) => h
+                        .timer
+                        .reset((at - now).max(Duration::from_millis(1)), None),
+                    None => h.timer.clear(),
+                };
+            }
+
+            pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+                self.0.as_ref().map(|(_, h)| held(h).timer.as_raw_fd())
+            }
         }
     }
 }

@@ -25,6 +25,14 @@
 //!     `randread qd32 N IOPS`.
 //!   - `mq` (with `num-queues=2`): negotiates MQ, checks `num_queues`, writes the pattern
 //!     through queue 1 and reads it back through queue 0, then the other way round.
+//!   - `reset`: offers a read of 8 sectors (into a buffer filled with 0xEE, status byte
+//!     0xFF), waits `wait_ms=N` (50) for the device to take it, then resets the device
+//!     (status 0, read back once) while the read is in flight (the test makes the disk
+//!     slow): `vblk: reset took N us` (the vCPU's time in the write and the read-back),
+//!     then watches the used index, the status byte and the buffer for `watch_ms=N`
+//!     (2000): `vblk: no guest write after reset` or `vblk: late write after reset: …`
+//!     (exit 1). Then initializes the device again and reads sector 0: `vblk: works after
+//!     reset`. Exit 3 if the read completed before the reset (nothing was in flight).
 //!   - `evidx`: negotiates EVENT_IDX and checks interrupt suppression through
 //!     `used_event` and the device's `avail_event` (INTx: run without MSI-X).
 //! - `fault=loop|oob|direction|badidx`: offer a malformed chain, expect NEEDS_RESET, reset,
@@ -645,6 +653,12 @@ fn main(boot: &BootInfo) -> u32 {
         ),
         "mq" => multiqueue(&mut b, feats, sectors, seed),
         "evidx" => event_idx(&mut b, feats),
+        "reset" => reset_in_flight(
+            &mut b,
+            want,
+            boot.arg_u64("wait_ms").unwrap_or(50),
+            boot.arg_u64("watch_ms").unwrap_or(2000),
+        ),
         "readonly" => {
             b.fill(0, 1, seed);
             let w = b.request(T_OUT, 0, 512, false);
@@ -656,6 +670,76 @@ fn main(boot: &BootInfo) -> u32 {
             )
         }
         _ => check(&mut b, feats, capacity, sectors, seed),
+    }
+}
+
+/// `op=reset` (see the module doc).
+fn reset_in_flight(b: &mut Blk, want: u64, wait_ms: u64, watch_ms: u64) -> u32 {
+    const LEN: u64 = 8 * 512;
+    const MARK: u8 = 0xee;
+    let (hdr, status) = (b.hdr, b.hdr + 16);
+    let poison = |at: u64, v: u8| {
+        // SAFETY: free RAM owned by this driver.
+        unsafe { core::ptr::write_volatile(at as *mut u8, v) }
+    };
+    for i in 0..LEN {
+        poison(DATA + i, MARK);
+    }
+    poison(status, 0xff);
+    w32(hdr, T_IN);
+    w32(hdr + 4, 0);
+    w64(hdr + 8, 0);
+    b.v.set_desc(0, hdr, 16, F_NEXT, 1);
+    b.v.set_desc(1, DATA, LEN as u32, F_NEXT | F_WRITE, 2);
+    b.v.set_desc(2, status, 1, F_WRITE, 0);
+    let before = b.v.used_idx();
+    b.v.offer(0);
+    guestlib::time::delay_us(wait_ms * 1000);
+    if b.v.used_idx() != before {
+        println!("vblk: the read completed before the reset");
+        return 3;
+    }
+    let t0 = guestlib::time::now_ns();
+    let read_back = b.v.reset();
+    let took = guestlib::time::now_ns() - t0;
+    println!(
+        "vblk: reset took {} us (status read back {read_back:#x})",
+        took / 1000
+    );
+    let changed = || -> Option<&'static str> {
+        if b.v.used_idx() != before {
+            return Some("used index");
+        }
+        if read_u8(status) != 0xff {
+            return Some("status byte");
+        }
+        if (0..LEN).any(|i| read_u8(DATA + i) != MARK) {
+            return Some("data buffer");
+        }
+        None
+    };
+    let d = guestlib::time::Deadline::after_ms(watch_ms);
+    while !d.expired() {
+        if let Some(what) = changed() {
+            println!("vblk: late write after reset: {what}");
+            return 1;
+        }
+        core::hint::spin_loop();
+    }
+    println!("vblk: no guest write after reset");
+    if let Err(e) = b.v.init(want, 128) {
+        println!("vblk: init after reset: {e}");
+        return 1;
+    }
+    match b.request(T_IN, 0, 512, true) {
+        Some((0, 513)) => {
+            println!("vblk: works after reset");
+            0
+        }
+        r => {
+            println!("vblk: read after reset: {r:?}");
+            1
+        }
     }
 }
 
