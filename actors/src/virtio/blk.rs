@@ -84,7 +84,7 @@ impl QueueWorker for BlkWorker {
                         // Answers come back on this thread (reap, or at once).
                         Some(e) => e.engine.submit(BlockJob {
                             request: BlockRequest { id, op },
-                            done: Box::new(move |c| deliver(c)),
+                            done: deliver,
                         }),
                         None => {
                             let wake = ctx.wake.clone();
@@ -129,6 +129,7 @@ impl QueueWorker for BlkWorker {
             if let Some(e) = &mut self.engine {
                 e.engine.reap();
             }
+            self.late.release(&self.done_tx);
             self.complete(ctx);
             if self.pending.is_empty() {
                 break;
@@ -151,7 +152,6 @@ impl QueueWorker for BlkWorker {
                     unsafe { libc::poll(&mut pfd, 1, 1) };
                 }
                 None => {
-                    self.late.release(&self.done_tx);
                     if let Ok(c) = self
                         .done_rx
                         .recv_timeout(std::time::Duration::from_millis(1))
