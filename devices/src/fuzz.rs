@@ -512,7 +512,6 @@ fn run_ide(data: &[u8]) -> usize {
             Some(drive(true, &disks[2])),
             None,
         ],
-        (Arc::new(FakeIrq::default()), Arc::new(FakeIrq::default())),
     );
     ide.set_memory(mem.clone());
     let mut ok = 0;
@@ -942,7 +941,6 @@ fn models(mem: &GuestMemoryMmap) -> Models {
             Some(drive(true, 16 * 2048)),
             None,
         ],
-        (irq(), irq()),
     );
     ide.set_memory(mem.clone());
     let mut fw_cfg = FwCfg::new();
@@ -958,7 +956,7 @@ fn models(mem: &GuestMemoryMmap) -> Models {
     Models {
         ide,
         vga: Vga::new(1 << 20),
-        serial: crate::serial::Serial::new(irq(), Box::new(crate::testing::FakeSink::default())),
+        serial: crate::serial::Serial::new(),
         i8042: crate::i8042::I8042::new(irq(), irq(), events.clone()),
         rtc: crate::rtc::Rtc::new(
             crate::rtc::CmosConfig {
@@ -968,7 +966,6 @@ fn models(mem: &GuestMemoryMmap) -> Models {
                 ..Default::default()
             },
             Box::new(FixedClock),
-            irq(),
         ),
         fw_cfg,
         e1000: E1000::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], irq()),
