@@ -2,13 +2,18 @@
 //! backend actor, and completes chains as the backend answers (out of order; many
 //! requests in flight at once).
 //!
-//! Reads come back as data that the worker copies into the chain, never straight into
-//! guest memory: a driver's reset forgets the requests in flight without waiting for them
-//! (see `worker.rs`), so a read still running in the kernel must not be able to write
-//! guest memory the driver has taken back. Writes still go straight from guest memory
-//! (a write forgotten by a reset may reach the image or not, as on a real disk).
+//! Reads land in a bounce buffer of the worker's ([`Bounce`]), which it copies into the
+//! chain when the read completes, never straight into guest memory: a driver's reset
+//! forgets the requests in flight without waiting for them (see `worker.rs`), so a read
+//! still running in the kernel must not be able to write guest memory the driver has
+//! taken back. The bounce buffers are aligned for O_DIRECT and reused ([`BouncePool`]), so
+//! a read costs one copy and no allocation. Writes still go straight from guest memory (a
+//! write forgotten by a reset may reach the image or not, as on a real disk).
 
+use std::alloc::Layout;
 use std::collections::{BTreeSet, HashMap};
+use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use devices::block::{BlockCompletion, BlockOp, BlockRequest, HostBuf};
@@ -24,9 +29,10 @@ pub struct BlkWorker {
     engine: Option<OwnEngine>,
     cfg: BlkConfig,
     next_id: u64,
-    /// Requests at the backend: queue, chain, and for requests that move data straight
-    /// to or from guest memory the bytes the device writes into the chain (0 for writes).
-    pending: HashMap<u64, (usize, Chain, Option<u64>)>,
+    /// Requests at the backend: queue, chain, and where their data is.
+    pending: HashMap<u64, (usize, Chain, Landing)>,
+    /// Bounce buffers of completed reads, for the next ones.
+    bounces: BouncePool,
     done_tx: Sender<BlockCompletion>,
     done_rx: Receiver<BlockCompletion>,
     /// Test-only late completions (see [`late`]).
@@ -42,6 +48,7 @@ impl BlkWorker {
             cfg,
             next_id: 0,
             pending: HashMap::new(),
+            bounces: BouncePool::default(),
             done_tx,
             done_rx,
             late: late::Late::from_env(),
@@ -69,29 +76,44 @@ impl QueueWorker for BlkWorker {
                 Ok(Parsed::Backend(op)) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    let (op, direct) = match op {
+                    // The request's completion holds the bounce buffer a read lands in, so
+                    // it outlives the I/O even if a reset forgets the request.
+                    let mut keep = None;
+                    let (op, landing) = match op {
                         // Into the worker's hands, not the guest's (see the module doc).
                         BlockOp::ReadV { offset, bufs } => {
                             let len = HostBuf::total(&bufs) as usize;
-                            (BlockOp::Read { offset, len }, None)
+                            let b = Arc::new(self.bounces.take(len));
+                            let op = BlockOp::ReadV {
+                                offset,
+                                bufs: vec![b.host_buf(len)],
+                            };
+                            keep = Some(b.clone());
+                            (op, Landing::Bounce(b, bufs))
                         }
-                        op @ BlockOp::WriteV { .. } => (op, Some(0)),
-                        op => (op, None),
+                        op @ BlockOp::WriteV { .. } => (op, Landing::Direct),
+                        op => (op, Landing::Answer),
                     };
-                    self.pending.insert(id, (q, chain, direct));
+                    self.pending.insert(id, (q, chain, landing));
                     let deliver = self.late.deliver(self.done_tx.clone());
+                    // The I/O is over when the backend answers: the buffer is let go
+                    // first, so the worker finds its own handle the last one and reuses it.
+                    let answer = move |c| {
+                        drop(keep);
+                        deliver(c);
+                    };
                     match &mut self.engine {
                         // Answers come back on this thread (reap, or at once).
                         Some(e) => e.engine.submit(BlockJob {
                             request: BlockRequest { id, op },
-                            done: deliver,
+                            done: Box::new(answer),
                         }),
                         None => {
                             let wake = ctx.wake.clone();
                             self.backend.submit(BlockJob {
                                 request: BlockRequest { id, op },
                                 done: Box::new(move |c| {
-                                    deliver(c);
+                                    answer(c);
                                     let _ = wake.write(1);
                                 }),
                             });
@@ -116,7 +138,8 @@ impl QueueWorker for BlkWorker {
 
     fn reset(&mut self) {
         // Forgotten, not waited for: their completions find no chain and are dropped
-        // (none writes guest memory itself: reads bring their data back to `complete`).
+        // (none writes guest memory itself: a read's bounce buffer lives on in its
+        // completion until the read is over).
         self.pending.clear();
     }
 
@@ -192,21 +215,155 @@ impl BlkWorker {
     fn complete(&mut self, ctx: &mut Ctx) {
         let mut touched = BTreeSet::new();
         while let Ok(c) = self.done_rx.try_recv() {
-            let Some((q, chain, direct)) = self.pending.remove(&c.id) else {
+            let Some((q, chain, landing)) = self.pending.remove(&c.id) else {
                 continue; // answered after a reset: dropped
             };
             let status = blk::status_of(&c.result);
-            let len = match (&c.result, direct) {
-                // The data went straight to guest memory.
-                (Ok(_), Some(n)) => blk::complete_direct(&ctx.mem, &chain, n, status),
-                (Err(_), Some(_)) => blk::complete_direct(&ctx.mem, &chain, 0, status),
-                (r, None) => blk::complete(&ctx.mem, &chain, r.as_deref().unwrap_or(&[]), status),
+            let len = match (&c.result, landing) {
+                // A write's data came straight from guest memory.
+                (_, Landing::Direct) => blk::complete_direct(&ctx.mem, &chain, 0, status),
+                (r, Landing::Bounce(b, bufs)) => {
+                    // The read is over (its completion is here): the buffer is ours.
+                    let n = if r.is_ok() {
+                        b.copy_to(&bufs);
+                        // Marked again now that the data is there (the parse marked
+                        // them before; a migration pass may have taken the mark since).
+                        for (gpa, len) in chain.ranges(true, 0, HostBuf::total(&bufs)) {
+                            devices::memory::mark_dirty(&ctx.mem, gpa, len);
+                        }
+                        HostBuf::total(&bufs)
+                    } else {
+                        0
+                    };
+                    self.bounces.give(b);
+                    blk::complete_direct(&ctx.mem, &chain, n, status)
+                }
+                (r, Landing::Answer) => {
+                    blk::complete(&ctx.mem, &chain, r.as_deref().unwrap_or(&[]), status)
+                }
             };
             ctx.add_used(q, chain.head, len);
             touched.insert(q);
         }
         for q in touched {
             ctx.notify(q);
+        }
+    }
+}
+
+/// Where a request's data is when it completes.
+enum Landing {
+    /// Moved straight from guest memory (a write): only the status goes in the chain.
+    Direct,
+    /// In the bounce buffer, to copy to the chain's guest buffers `.1` (a read: the
+    /// buffers the parse found, each inside one RAM region, in order).
+    Bounce(Arc<Bounce>, Vec<HostBuf>),
+    /// In the backend's answer (the few requests that return data, like GET_ID's).
+    Answer,
+}
+
+/// A read's landing place: zeroed heap memory aligned for O_DIRECT (4 KiB), owned by the
+/// worker and the request's completion callback until the read is over.
+struct Bounce {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: plain heap memory; the kernel or a backend thread writes it only while a read
+// is in flight, and the worker reads it only after that read's completion (`bytes`).
+unsafe impl Send for Bounce {}
+// SAFETY: shared only as above: `&Bounce` reads its address and capacity, and its bytes
+// only once nothing writes them.
+unsafe impl Sync for Bounce {}
+
+impl Bounce {
+    /// The size of the buffer for `len` bytes: a power of two, 4 KiB or more, so
+    /// buffers are reused by reads of about the same size.
+    fn size_for(len: usize) -> usize {
+        len.max(4096).next_power_of_two()
+    }
+
+    /// [`Bounce::size_for`] `len` bytes.
+    fn new(len: usize) -> Self {
+        let size = Self::size_for(len);
+        let layout = Layout::from_size_align(size, 4096).unwrap_or_else(|_| Layout::new::<u8>());
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Self { ptr, layout }
+    }
+
+    fn capacity(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// The first `len` bytes, for the backend to read into.
+    fn host_buf(&self, len: usize) -> HostBuf {
+        HostBuf {
+            addr: self.ptr.as_ptr() as usize,
+            len: len.min(self.capacity()),
+        }
+    }
+
+    /// Copy the buffer's first bytes out to the guest buffers `to`, in order. Call only
+    /// once the read into it has completed.
+    fn copy_to(&self, to: &[HostBuf]) {
+        let mut at = 0;
+        for b in to {
+            let n = b.len.min(self.capacity() - at);
+            // SAFETY: the source is this buffer's initialised memory (zeroed at
+            // allocation; `at + n` stays within its capacity) and no read into it is in
+            // flight any more (the caller has its completion). The destination is guest
+            // RAM the parse checked, mapped for the VM's life, which the guest may change
+            // meanwhile as with any DMA; the two never overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(at), b.addr as *mut u8, n)
+            };
+            at += n;
+        }
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Bounce buffers free for the next reads, at most [`BouncePool::KEPT`] bytes of them.
+#[derive(Default)]
+struct BouncePool {
+    free: Vec<Bounce>,
+    kept: usize,
+}
+
+impl BouncePool {
+    /// What the pool keeps; buffers beyond that are freed as they come back.
+    const KEPT: usize = 16 << 20;
+
+    /// A free buffer of the size for `len` bytes, or a new one.
+    fn take(&mut self, len: usize) -> Bounce {
+        let size = Bounce::size_for(len);
+        match self.free.iter().position(|b| b.capacity() == size) {
+            Some(i) => {
+                let b = self.free.swap_remove(i);
+                self.kept -= b.capacity();
+                b
+            }
+            None => Bounce::new(len),
+        }
+    }
+
+    /// Back from a completed read: kept if no one else holds it and there is room.
+    fn give(&mut self, b: Arc<Bounce>) {
+        if let Ok(b) = Arc::try_unwrap(b) {
+            if self.kept + b.capacity() <= Self::KEPT {
+                self.kept += b.capacity();
+                self.free.push(b);
+            }
         }
     }
 }
@@ -329,5 +486,67 @@ mod late {
                 self.0.as_ref().map(|(_, h)| held(h).timer.as_raw_fd())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounce_buffer_is_aligned_for_o_direct_and_copied_out_in_order() {
+        let b = Bounce::new(3000);
+        assert_eq!(b.capacity(), 4096);
+        let hb = b.host_buf(3000);
+        assert_eq!((hb.addr % 4096, hb.len), (0, 3000));
+        // A backend's read lands in it.
+        // SAFETY: test-only: nothing else uses the buffer.
+        unsafe { std::ptr::copy_nonoverlapping(b"abcdefg".as_ptr(), hb.addr as *mut u8, 7) };
+        let (mut x, mut y) = ([0u8; 3], [0u8; 4]);
+        b.copy_to(&[
+            HostBuf {
+                addr: x.as_mut_ptr() as usize,
+                len: 3,
+            },
+            HostBuf {
+                addr: y.as_mut_ptr() as usize,
+                len: 4,
+            },
+        ]);
+        assert_eq!((&x, &y), (b"abc", b"defg"));
+    }
+
+    #[test]
+    fn the_pool_reuses_a_returned_buffer_unless_a_completion_still_holds_it() {
+        let mut pool = BouncePool::default();
+        let a = Arc::new(pool.take(1 << 20));
+        let held = a.clone(); // a completion callback not yet run
+        pool.give(a);
+        assert_eq!(pool.kept, 0, "a buffer the completion holds is not reused");
+        drop(held);
+        let a = Arc::new(pool.take(1 << 20));
+        let addr = a.host_buf(1).addr;
+        pool.give(a);
+        assert_eq!(pool.kept, 1 << 20);
+        // A buffer of the read's size is taken: a 4 KiB read leaves the 1 MiB one.
+        let small = pool.take(4096);
+        assert_eq!(small.capacity(), 4096);
+        assert_eq!(pool.kept, 1 << 20);
+        let b = pool.take(1000 << 10);
+        assert_eq!(b.host_buf(1).addr, addr, "the returned buffer is reused");
+        assert_eq!(pool.kept, 0);
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_its_limit() {
+        let mut pool = BouncePool::default();
+        let bufs: Vec<_> = (0..BouncePool::KEPT / (1 << 20) + 4)
+            .map(|_| Arc::new(pool.take(1 << 20)))
+            .collect();
+        for b in bufs {
+            pool.give(b);
+        }
+        assert_eq!(pool.kept, BouncePool::KEPT);
+        assert_eq!(pool.free.len(), BouncePool::KEPT >> 20);
     }
 }
