@@ -2,24 +2,34 @@
 //! backend actor, and completes chains as the backend answers (out of order; many
 //! requests in flight at once).
 //!
-//! Reads land in a bounce buffer of the worker's ([`Bounce`]), which it copies into the
-//! chain when the read completes, never straight into guest memory: a driver's reset
-//! forgets the requests in flight without waiting for them (see `worker.rs`), so a read
-//! still running in the kernel must not be able to write guest memory the driver has
-//! taken back. The bounce buffers are aligned for O_DIRECT and reused ([`BouncePool`]), so
-//! a read costs one copy and no allocation. Writes still go straight from guest memory (a
-//! write forgotten by a reset may reach the image or not, as on a real disk).
+//! A driver's reset forgets the requests in flight (see `worker.rs`) and must not park
+//! its vCPU on a slow disk, yet no read may land in guest memory after it. So where a
+//! read lands depends on how fast the disk has been answering ([`ReadPath`]):
+//! - straight into the chain's guest buffers (no copy), while reads take at most
+//!   [`ReadPath::FAST`]: the read holds a [`DirectWrite`] until the kernel is done with
+//!   guest memory, and a reset waits for it, which is a fast disk's latency;
+//! - into a bounce buffer of the worker's ([`Bounce`]), copied into the chain when the
+//!   read completes, when the disk has been slow (and for the first reads, until it has
+//!   shown it is fast): a read still running in the kernel at a reset then writes only
+//!   the bounce buffer, so the reset does not wait for it. The bounce buffers are aligned
+//!   for O_DIRECT and reused ([`BouncePool`]), so such a read costs one copy and no
+//!   allocation.
+//!
+//! Writes go straight from guest memory (a write forgotten by a reset may reach the image
+//! or not, as on a real disk).
 
 use std::alloc::Layout;
 use std::collections::{BTreeSet, HashMap};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use devices::block::{BlockCompletion, BlockOp, BlockRequest, HostBuf};
 use devices::virtio::blk::{self, BlkConfig, Immediate, Parsed};
 use devices::virtio::chain::Chain;
 
+use super::worker::DirectWrite;
 use super::{Ctx, QueueWorker};
 use crate::block::{BlockHandle, BlockJob, OwnEngine};
 
@@ -29,8 +39,10 @@ pub struct BlkWorker {
     engine: Option<OwnEngine>,
     cfg: BlkConfig,
     next_id: u64,
-    /// Requests at the backend: queue, chain, and where their data is.
-    pending: HashMap<u64, (usize, Chain, Landing)>,
+    /// Requests at the backend.
+    pending: HashMap<u64, Pending>,
+    /// Where reads land, by how fast the disk answers.
+    path: ReadPath,
     /// Bounce buffers of completed reads, for the next ones.
     bounces: BouncePool,
     done_tx: Sender<BlockCompletion>,
@@ -48,6 +60,7 @@ impl BlkWorker {
             cfg,
             next_id: 0,
             pending: HashMap::new(),
+            path: ReadPath::default(),
             bounces: BouncePool::default(),
             done_tx,
             done_rx,
@@ -76,10 +89,17 @@ impl QueueWorker for BlkWorker {
                 Ok(Parsed::Backend(op)) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    // The request's completion holds the bounce buffer a read lands in, so
-                    // it outlives the I/O even if a reset forgets the request.
+                    // The request's completion holds what must outlive the I/O even if a
+                    // reset forgets the request: the bounce buffer a read lands in, or the
+                    // token a reset waits for while a read lands in guest memory.
                     let mut keep = None;
+                    let mut direct = None;
                     let (op, landing) = match op {
+                        BlockOp::ReadV { offset, bufs } if self.path.direct() => {
+                            direct = Some(ctx.direct.start());
+                            let len = HostBuf::total(&bufs);
+                            (BlockOp::ReadV { offset, bufs }, Landing::Read(len))
+                        }
                         // Into the worker's hands, not the guest's (see the module doc).
                         BlockOp::ReadV { offset, bufs } => {
                             let len = HostBuf::total(&bufs) as usize;
@@ -94,12 +114,22 @@ impl QueueWorker for BlkWorker {
                         op @ BlockOp::WriteV { .. } => (op, Landing::Direct),
                         op => (op, Landing::Answer),
                     };
-                    self.pending.insert(id, (q, chain, landing));
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            q,
+                            chain,
+                            landing,
+                            started: Instant::now(),
+                        },
+                    );
                     let deliver = self.late.deliver(self.done_tx.clone());
                     // The I/O is over when the backend answers: the buffer is let go
-                    // first, so the worker finds its own handle the last one and reuses it.
+                    // first, so the worker finds its own handle the last one and reuses it,
+                    // and so is the read's hold on guest memory.
                     let answer = move |c| {
                         drop(keep);
+                        drop::<Option<DirectWrite>>(direct);
                         deliver(c);
                     };
                     match &mut self.engine {
@@ -137,9 +167,9 @@ impl QueueWorker for BlkWorker {
     }
 
     fn reset(&mut self) {
-        // Forgotten, not waited for: their completions find no chain and are dropped
-        // (none writes guest memory itself: a read's bounce buffer lives on in its
-        // completion until the read is over).
+        // Forgotten, not waited for here: their completions find no chain and are dropped
+        // (a bounced read writes only its buffer, which lives on in its completion until
+        // the read is over; the reset itself waits for the reads landing in guest memory).
         self.pending.clear();
     }
 
@@ -185,6 +215,15 @@ impl QueueWorker for BlkWorker {
                 }
             }
         }
+        // Reads a reset forgot that still land in guest memory (the reset waits for them
+        // too; this covers a pause that comes first).
+        while !ctx.direct.idle() {
+            if let Some(e) = &mut self.engine {
+                e.engine.reap();
+            }
+            self.complete(ctx);
+            ctx.direct.wait_idle(std::time::Duration::from_millis(1));
+        }
     }
 
     fn busy(&mut self) -> bool {
@@ -215,14 +254,35 @@ impl BlkWorker {
     fn complete(&mut self, ctx: &mut Ctx) {
         let mut touched = BTreeSet::new();
         while let Ok(c) = self.done_rx.try_recv() {
-            let Some((q, chain, landing)) = self.pending.remove(&c.id) else {
+            let Some(Pending {
+                q,
+                chain,
+                landing,
+                started,
+            }) = self.pending.remove(&c.id)
+            else {
                 continue; // answered after a reset: dropped
             };
             let status = blk::status_of(&c.result);
             let len = match (&c.result, landing) {
                 // A write's data came straight from guest memory.
                 (_, Landing::Direct) => blk::complete_direct(&ctx.mem, &chain, 0, status),
+                (r, Landing::Read(n)) => {
+                    self.path.answered(started.elapsed());
+                    let n = if r.is_ok() {
+                        // Marked again now that the data is there (the parse marked
+                        // them before; a migration pass may have taken the mark since).
+                        for (gpa, len) in chain.ranges(true, 0, n) {
+                            devices::memory::mark_dirty(&ctx.mem, gpa, len);
+                        }
+                        n
+                    } else {
+                        0
+                    };
+                    blk::complete_direct(&ctx.mem, &chain, n, status)
+                }
                 (r, Landing::Bounce(b, bufs)) => {
+                    self.path.answered(started.elapsed());
                     // The read is over (its completion is here): the buffer is ours.
                     let n = if r.is_ok() {
                         b.copy_to(&bufs);
@@ -251,10 +311,62 @@ impl BlkWorker {
     }
 }
 
+/// A request at the backend.
+struct Pending {
+    q: usize,
+    chain: Chain,
+    landing: Landing,
+    /// When it went to the backend (how fast the disk is, for [`ReadPath`]).
+    started: Instant,
+}
+
+/// Where reads land: straight in guest memory while the disk answers within
+/// [`ReadPath::FAST`], in a bounce buffer otherwise (see the module doc). A drive starts
+/// out bounced for its first [`ReadPath::TRIAL`] reads, and a read slower than `FAST`
+/// bounces the next [`ReadPath::AFTER_SLOW`] ones.
+struct ReadPath {
+    /// Reads still to bounce.
+    bounce: u32,
+}
+
+impl Default for ReadPath {
+    fn default() -> Self {
+        Self {
+            bounce: Self::TRIAL,
+        }
+    }
+}
+
+impl ReadPath {
+    /// The longest a read may take and the next ones still land in guest memory: what a
+    /// reset may have to wait for.
+    const FAST: Duration = Duration::from_millis(50);
+    /// Reads bounced at first.
+    const TRIAL: u32 = 8;
+    /// Reads bounced after a slow one.
+    const AFTER_SLOW: u32 = 64;
+
+    /// Whether the next read lands in guest memory.
+    fn direct(&self) -> bool {
+        self.bounce == 0
+    }
+
+    /// A read was answered `took` after it went to the backend.
+    fn answered(&mut self, took: Duration) {
+        self.bounce = if took > Self::FAST {
+            Self::AFTER_SLOW
+        } else {
+            self.bounce.saturating_sub(1)
+        };
+    }
+}
+
 /// Where a request's data is when it completes.
 enum Landing {
     /// Moved straight from guest memory (a write): only the status goes in the chain.
     Direct,
+    /// Read straight into the chain's guest buffers, this many bytes.
+    Read(u64),
     /// In the bounce buffer, to copy to the chain's guest buffers `.1` (a read: the
     /// buffers the parse found, each inside one RAM region, in order).
     Bounce(Arc<Bounce>, Vec<HostBuf>),
@@ -535,6 +647,33 @@ mod tests {
         let b = pool.take(1000 << 10);
         assert_eq!(b.host_buf(1).addr, addr, "the returned buffer is reused");
         assert_eq!(pool.kept, 0);
+    }
+
+    #[test]
+    fn reads_land_in_guest_memory_only_while_the_disk_answers_fast() {
+        let mut p = ReadPath::default();
+        // A new drive's first reads are bounced until it has shown it is fast.
+        for _ in 0..ReadPath::TRIAL {
+            assert!(!p.direct());
+            p.answered(Duration::from_micros(300));
+        }
+        assert!(p.direct());
+        p.answered(ReadPath::FAST);
+        assert!(p.direct(), "FAST itself is fast enough");
+        // One slow read: the next ones bounce, so a reset does not wait for such a disk.
+        p.answered(ReadPath::FAST + Duration::from_millis(1));
+        for _ in 0..ReadPath::AFTER_SLOW {
+            assert!(!p.direct());
+            p.answered(Duration::from_millis(1));
+        }
+        assert!(p.direct());
+        // Slow again while bouncing: the count starts over.
+        p.answered(Duration::from_secs(2));
+        for _ in 0..ReadPath::AFTER_SLOW - 1 {
+            p.answered(Duration::from_millis(1));
+        }
+        p.answered(Duration::from_secs(2));
+        assert!(!p.direct());
     }
 
     #[test]

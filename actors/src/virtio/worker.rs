@@ -11,11 +11,18 @@
 //! worker, at its next batch, sees the new epoch and forgets everything of the old one
 //! (the queues, the requests in flight: their completions are dropped when they come).
 //!
+//! The one write the gate cannot hold back is one a backend makes itself: a read the
+//! kernel does straight into the chain's buffers. Such a read holds a [`DirectWrite`]
+//! from [`Ctx::direct`] until it is over, and a reset waits for those (only those: a
+//! worker sends a read straight to guest memory only while its disk answers quickly, see
+//! `blk.rs`, so the wait is a fast disk's latency, never a slow one's).
+//!
 //! The worker also answers its device's `Save`/`Restore` (it owns the live queues): the
 //! transport as a `virtio-pci` section under the device's name, and where the device
 //! stands in each ring as a [`QUEUES_KIND`] section `<name>/queues`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use devices::memory::GuestMemoryMmap;
@@ -74,7 +81,8 @@ pub trait QueueWorker: Send + 'static {
     /// The driver reset the device: forget requests in flight, without waiting for them
     /// (a reset runs on the vCPU that wrote the status). Nothing of theirs may reach guest
     /// memory afterwards: a request whose backend writes guest memory itself (rather than
-    /// returning data for the worker to copy) must not be in flight at all.
+    /// returning data for the worker to copy) holds a [`DirectWrite`] until that write is
+    /// over, and the reset waits for those.
     fn reset(&mut self) {}
     /// The VM is stopping: complete every request in flight and report it to the driver
     /// (used ring, interrupt) before returning; nothing may reach guest memory afterwards
@@ -118,6 +126,61 @@ pub(crate) struct ResetGate {
     lock: Mutex<()>,
     /// Resets so far; changed only with `lock` held.
     epoch: std::sync::atomic::AtomicU64,
+    /// Backend writes into guest memory under way (see the module doc).
+    direct: Arc<DirectWrites>,
+}
+
+/// Writes into guest memory a backend makes on the worker's behalf (a read the kernel does
+/// straight into a chain's buffers), counted so that a reset can wait for them to end.
+#[derive(Default)]
+pub struct DirectWrites {
+    under_way: Mutex<usize>,
+    ended: Condvar,
+}
+
+/// One [`DirectWrites`] entry: dropped when the backend is done with guest memory (its
+/// completion callback drops it, or the backend drops the callback unrun).
+pub struct DirectWrite(Arc<DirectWrites>);
+
+impl DirectWrites {
+    /// A write starts: hold the token until it is over. Call it within a batch of work
+    /// (under the reset gate), so a reset that follows sees it.
+    pub fn start(self: &Arc<Self>) -> DirectWrite {
+        *lock(&self.under_way) += 1;
+        DirectWrite(self.clone())
+    }
+
+    /// No write under way.
+    pub fn idle(&self) -> bool {
+        *lock(&self.under_way) == 0
+    }
+
+    /// Wait until no write is under way or `limit` has passed; true if none is.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        let mut n = lock(&self.under_way);
+        while *n > 0 {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            n = match self.ended.wait_timeout(n, until - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+impl Drop for DirectWrite {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.under_way);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.ended.notify_all();
+        }
+    }
 }
 
 impl ResetGate {
@@ -138,6 +201,9 @@ pub struct Ctx {
     pub wake: Arc<EventFd>,
     name: String,
     failed: bool,
+    /// Where a request whose backend writes guest memory itself takes its
+    /// [`DirectWrite`].
+    pub direct: Arc<DirectWrites>,
 }
 
 impl Ctx {
@@ -258,9 +324,11 @@ impl WorkerHandle {
     }
 
     /// Stop serving the queues. Returns once the worker is between two batches of work
-    /// (microseconds: it never waits for I/O while it holds the gate) and can write no
-    /// more guest memory for them; it forgets them and what is in flight at its next turn.
-    /// Must not be called with the transport model's lock held.
+    /// (microseconds: it never waits for I/O while it holds the gate) and no backend write
+    /// into guest memory it started is under way (a fast disk's read, see the module
+    /// doc), so nothing more reaches guest memory for them; the worker forgets them and
+    /// what is in flight at its next turn. Must not be called with the transport model's
+    /// lock held.
     pub fn reset(&self) {
         {
             let _g = lock(&self.gate.lock);
@@ -269,6 +337,11 @@ impl WorkerHandle {
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let _ = self.wake.write(1);
+        // The worker reaps them (it is awake: a paused worker has none under way).
+        if !self.gate.direct.wait_idle(Duration::from_secs(1)) {
+            tracing::warn!("virtio reset: waiting for reads still writing guest memory");
+            while !self.gate.direct.wait_idle(Duration::from_secs(10)) {}
+        }
     }
 }
 
@@ -354,8 +427,12 @@ pub(crate) fn spawn(
         wake: wake.clone(),
         name: name.to_string(),
         failed: false,
+        direct: Arc::default(),
     };
-    let gate = Arc::new(ResetGate::default());
+    let gate = Arc::new(ResetGate {
+        direct: ctx.direct.clone(),
+        ..ResetGate::default()
+    });
     let waker = wake.clone();
     let spec = ThreadSpec::new(name, "virtio-worker", Restart::Never).wake(move || {
         let _ = waker.write(1);
@@ -450,6 +527,13 @@ pub(crate) fn spawn(
                                 Ok(Ctl::Stop(done)) => {
                                     worker.reset();
                                     ctx.queues.clear();
+                                    // Reads still landing in guest memory end first
+                                    // (their completions find no request and are
+                                    // dropped).
+                                    while !ctx.direct.idle() {
+                                        worker.wake(&mut ctx);
+                                        ctx.direct.wait_idle(Duration::from_millis(1));
+                                    }
                                     // The worker (and the backend it owns) goes with the
                                     // thread, before the answer.
                                     drop(worker);
@@ -582,5 +666,32 @@ fn activate(ctx: &mut Ctx, cfgs: &[QueueConfig], features: u64) {
         if bad {
             ctx.fail(&format!("queue {i}: rings outside guest RAM or misaligned"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_waits_for_the_backend_writes_under_way_and_only_for_them() {
+        let w = Arc::new(DirectWrites::default());
+        assert!(w.idle() && w.wait_idle(Duration::ZERO), "none started");
+        let (a, b) = (w.start(), w.start());
+        assert!(!w.idle());
+        assert!(!w.wait_idle(Duration::from_millis(10)), "two under way");
+        drop(a);
+        assert!(!w.wait_idle(Duration::from_millis(10)), "one under way");
+        // The last one ends on another thread (a block thread's completion) while the
+        // reset waits.
+        let t0 = Instant::now();
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(b);
+        });
+        assert!(w.wait_idle(Duration::from_secs(30)), "woken when it ended");
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        ender.join().unwrap();
+        assert!(w.idle());
     }
 }
