@@ -505,14 +505,12 @@ fn run_ide(data: &[u8]) -> usize {
         serial: "QM00001".into(),
         medium: d.as_ref().map(MemDisk::info),
     };
-    let mut ide = Ide::new(
-        [
-            Some(drive(false, &disks[0])),
-            None,
-            Some(drive(true, &disks[2])),
-            None,
-        ],
-    );
+    let mut ide = Ide::new([
+        Some(drive(false, &disks[0])),
+        None,
+        Some(drive(true, &disks[2])),
+        None,
+    ]);
     ide.set_memory(mem.clone());
     let mut ok = 0;
     let mut c = Cursor::new(data);
@@ -934,14 +932,12 @@ fn models(mem: &GuestMemoryMmap) -> Models {
             read_only: cdrom,
         }),
     };
-    let mut ide = Ide::new(
-        [
-            Some(drive(false, 64 * 512)),
-            None,
-            Some(drive(true, 16 * 2048)),
-            None,
-        ],
-    );
+    let mut ide = Ide::new([
+        Some(drive(false, 64 * 512)),
+        None,
+        Some(drive(true, 16 * 2048)),
+        None,
+    ]);
     ide.set_memory(mem.clone());
     let mut fw_cfg = FwCfg::new();
     fw_cfg.set_memory(mem.clone());
