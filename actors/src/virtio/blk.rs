@@ -7,7 +7,8 @@
 //! read lands depends on how fast the disk has been answering ([`ReadPath`]):
 //! - straight into the chain's guest buffers (no copy), while reads take at most
 //!   [`ReadPath::FAST`]: the read holds a [`DirectWrite`] until the kernel is done with
-//!   guest memory, and a reset waits for it, which is a fast disk's latency;
+//!   guest memory, and a reset waits for it, which is a fast disk's latency (unless the
+//!   disk stalls just then);
 //! - into a bounce buffer of the worker's ([`Bounce`]), copied into the chain when the
 //!   read completes, when the disk has been slow (and for the first reads, until it has
 //!   shown it is fast): a read still running in the kernel at a reset then writes only

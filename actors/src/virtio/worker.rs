@@ -15,7 +15,8 @@
 //! kernel does straight into the chain's buffers. Such a read holds a [`DirectWrite`]
 //! from [`Ctx::direct`] until it is over, and a reset waits for those (only those: a
 //! worker sends a read straight to guest memory only while its disk answers quickly, see
-//! `blk.rs`, so the wait is a fast disk's latency, never a slow one's).
+//! `blk.rs`, so the wait is a fast disk's latency; only a disk that stalls with such reads
+//! under way makes a reset wait longer, as QEMU's drain does).
 //!
 //! The worker also answers its device's `Save`/`Restore` (it owns the live queues): the
 //! transport as a `virtio-pci` section under the device's name, and where the device
