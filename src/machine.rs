@@ -487,7 +487,6 @@ pub fn build(
         kvm.clone(),
         mem.clone(),
         devices.virtio.routes.clone(),
-        devices.virtio.intx.clone(),
         registry.clone(),
     );
     devices.hot_pci = Some(hot_pci.clone());

@@ -196,6 +196,39 @@ fn multiqueue_and_event_idx_work_as_the_guest_negotiates_them() {
     );
 }
 
+/// A legacy driver reinitializes the device right after it writes status 0: a read still
+/// in flight at that moment (the disk is slow: the test-only fault hook holds every
+/// completion for 1.5 s) must write nothing into guest memory afterwards (not the data,
+/// the status byte or the used ring), and the vCPU that wrote the reset must not wait for
+/// the disk.
+#[test]
+fn a_reset_during_a_slow_read_returns_at_once_and_nothing_is_written_after_it() {
+    let dir = TempDir::new("vblk-reset");
+    let raw = dir.path("d.raw");
+    qemu_img(&["create", "-q", "-f", "raw", s(&raw), "1M"]);
+    let drive = format!("file={},if=virtio,format=raw", s(&raw));
+    for iface in ["legacy", ""] {
+        let append = format!("op=reset wait_ms=100 watch_ms=2500 {iface}");
+        let (st, out, err) = vguest(&append, &["-drive", &drive])
+            .env("TROUPE_FAULT_BLOCK_LATE_MS", "1500")
+            .run(T);
+        assert_eq!(code(st), PASS, "{iface}: {out}\n{err}");
+        assert!(out.contains("vblk: no guest write after reset"), "{out}");
+        assert!(out.contains("vblk: works after reset"), "{out}");
+        let took: u64 = out
+            .split("vblk: reset took ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no reset time: {out}"));
+        // The disk holds the read for 1.5 s; a reset that waited for it would take that.
+        assert!(
+            took < 500_000,
+            "{iface}: reset parked the vCPU {took} us: {out}"
+        );
+    }
+}
+
 #[test]
 fn compressed_clusters_and_a_backing_chain_made_by_qemu_img_read_back_right() {
     let dir = TempDir::new("vblk-chain");
@@ -439,6 +472,31 @@ fn virtio_rng_gives_the_guest_entropy() {
     for iface in ["", "legacy"] {
         let (c, out, err) = run_guest(&format!("dev=rng {iface}"), &["-device", "virtio-rng-pci"]);
         assert!(out.contains("vrng: got 64 bytes"), "{out}\n{err}");
+        assert_eq!(c, PASS, "{out}\n{err}");
+    }
+}
+
+/// A driver without MSI-X takes virtio-rng's completions on INTx (a PIRQ-routed ISA IRQ,
+/// level-triggered), watching the line at the 8259 and EOIing it: each of 300 requests
+/// raises it once, an EOI while the device's ISR is still set leaves it asserted (no lost
+/// interrupt), and reading the ISR then EOIing lowers it (no interrupt storm).
+#[test]
+fn intx_rises_per_request_survives_an_early_eoi_and_falls_after_the_isr_read() {
+    for iface in ["legacy", ""] {
+        let (c, out, err) = run_guest(
+            &format!("dev=rng intx=300 {iface}"),
+            &["-device", "virtio-rng-pci"],
+        );
+        assert!(
+            out.contains(
+                "vintx: 300 interrupts, each held across an EOI and gone after the ISR read"
+            ),
+            "{iface}: {out}\n{err}"
+        );
+        assert!(
+            out.contains("vintx: irq=1"),
+            "routed to IRQ 10 or 11: {out}"
+        );
         assert_eq!(c, PASS, "{out}\n{err}");
     }
 }

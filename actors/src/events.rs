@@ -44,12 +44,19 @@ pub fn event_channel() -> (EventTx, EventRx) {
 
 impl EventTx {
     pub fn post(&self, ev: VmEvent) {
-        // A guest asking to end the VM (debug-exit, power-off) must not run another
-        // instruction: the vCPU that posted this checks `ending()` before re-entering.
+        // A guest asking to end or reset the VM (debug-exit, power-off, 0xCF9, the
+        // keyboard controller's pulse, ACPI's reset register) must not run another
+        // instruction, as in QEMU (the requesting CPU stops at once): the vCPU that posted
+        // this checks `ending()` before re-entering, and waits for the supervisor's pause
+        // and reset. Left running, firmware goes on to its next way of rebooting (SeaBIOS
+        // tries the keyboard controller, then 0xCF9, then an `int3` with an empty IDT,
+        // which a nested KVM that emulates ring 0 fails on: an internal error, not a
+        // reset).
         if matches!(
             ev,
             VmEvent::System(SystemEvent::DebugExit(_))
                 | VmEvent::System(SystemEvent::PowerOffRequested)
+                | VmEvent::System(SystemEvent::ResetRequested)
         ) {
             self.1.store(true, Ordering::SeqCst);
         }
@@ -57,7 +64,8 @@ impl EventTx {
         let _ = self.0.send(ev);
     }
 
-    /// The guest asked for the VM to end; vCPUs stop entering the guest.
+    /// The guest asked for the VM to end or reset; vCPUs stop entering the guest until
+    /// the reset (which clears it).
     pub fn ending(&self) -> bool {
         self.1.load(Ordering::SeqCst)
     }

@@ -39,8 +39,9 @@ pub enum BlockOp {
     },
 }
 
-/// A guest buffer by host address: inside one guest RAM region, which stays mapped for
-/// the life of the VM. The front end that builds it has checked the range.
+/// A buffer by host address: inside one guest RAM region, which stays mapped for the
+/// life of the VM, or a front end's own buffer that it keeps alive until the request's
+/// completion (virtio-blk's read bounce buffers). The front end has checked the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostBuf {
     pub addr: usize,

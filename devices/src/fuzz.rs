@@ -505,15 +505,12 @@ fn run_ide(data: &[u8]) -> usize {
         serial: "QM00001".into(),
         medium: d.as_ref().map(MemDisk::info),
     };
-    let mut ide = Ide::new(
-        [
-            Some(drive(false, &disks[0])),
-            None,
-            Some(drive(true, &disks[2])),
-            None,
-        ],
-        (Arc::new(FakeIrq::default()), Arc::new(FakeIrq::default())),
-    );
+    let mut ide = Ide::new([
+        Some(drive(false, &disks[0])),
+        None,
+        Some(drive(true, &disks[2])),
+        None,
+    ]);
     ide.set_memory(mem.clone());
     let mut ok = 0;
     let mut c = Cursor::new(data);
@@ -935,15 +932,12 @@ fn models(mem: &GuestMemoryMmap) -> Models {
             read_only: cdrom,
         }),
     };
-    let mut ide = Ide::new(
-        [
-            Some(drive(false, 64 * 512)),
-            None,
-            Some(drive(true, 16 * 2048)),
-            None,
-        ],
-        (irq(), irq()),
-    );
+    let mut ide = Ide::new([
+        Some(drive(false, 64 * 512)),
+        None,
+        Some(drive(true, 16 * 2048)),
+        None,
+    ]);
     ide.set_memory(mem.clone());
     let mut fw_cfg = FwCfg::new();
     fw_cfg.set_memory(mem.clone());
@@ -958,7 +952,7 @@ fn models(mem: &GuestMemoryMmap) -> Models {
     Models {
         ide,
         vga: Vga::new(1 << 20),
-        serial: crate::serial::Serial::new(irq(), Box::new(crate::testing::FakeSink::default())),
+        serial: crate::serial::Serial::new(),
         i8042: crate::i8042::I8042::new(irq(), irq(), events.clone()),
         rtc: crate::rtc::Rtc::new(
             crate::rtc::CmosConfig {
@@ -968,7 +962,6 @@ fn models(mem: &GuestMemoryMmap) -> Models {
                 ..Default::default()
             },
             Box::new(FixedClock),
-            irq(),
         ),
         fw_cfg,
         e1000: E1000::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], irq()),

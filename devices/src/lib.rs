@@ -7,7 +7,10 @@
 //! drive them with the fakes in [`testing`].
 //!
 //! Data path: vCPU exit -> `actors::bus` -> `BusDevice::read/write` on the vCPU thread ->
-//! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`.
+//! the model updates its state, sets its `IrqLine`, posts output to its `ByteSink`. Models
+//! on the hot exit path instead record what they want done as [`Effects`] (line levels,
+//! bytes to post), which their host takes before it unlocks the model and carries out
+//! after (STYLE.md, "The vCPU and the exit path").
 
 pub mod acpi_pm;
 pub mod block;
@@ -72,6 +75,55 @@ pub trait SystemEvents: Send + Sync {
 /// the backend is slow the implementation drops or buffers, it never stalls a vCPU.
 pub trait ByteSink: Send {
     fn write_bytes(&mut self, data: &[u8]);
+}
+
+/// The most lines one model drives through [`Effects`].
+pub const MAX_EFFECT_LINES: usize = 2;
+
+/// What a model asks of the world outside it, recorded while its host holds its lock and
+/// carried out by the host once the lock is released: no interrupt controller call and
+/// no output is made under a model's lock, and a model needs no handle to either.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// The level each of the model's lines (by index) was last set to, if it changed.
+    pub lines: [Option<bool>; MAX_EFFECT_LINES],
+    /// Bytes for the model's output, in order.
+    pub output: Vec<u8>,
+}
+
+impl Effects {
+    /// Line `i` is now `high`.
+    pub fn set_line(&mut self, i: usize, high: bool) {
+        if let Some(l) = self.lines.get_mut(i) {
+            *l = Some(high);
+        }
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.lines.iter().all(Option::is_none) && self.output.is_empty()
+    }
+
+    /// Carry them out: line `i` on `lines[i]`, output to `out`.
+    pub fn apply(self, lines: &[&dyn IrqLine], out: Option<&mut dyn ByteSink>) {
+        for (level, line) in self.lines.iter().zip(lines) {
+            if let Some(high) = level {
+                line.set_level(*high);
+            }
+        }
+        if let Some(out) = out {
+            if !self.output.is_empty() {
+                out.write_bytes(&self.output);
+            }
+        }
+    }
+}
+
+/// A model that records [`Effects`]: its host takes them after every call into the model,
+/// before it releases the model's lock.
+pub trait Effectful {
+    /// What the calls since the last take asked for (and forget it).
+    fn take_effects(&mut self) -> Effects;
 }
 
 /// Shared handle types used when wiring models.

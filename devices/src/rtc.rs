@@ -7,11 +7,9 @@
 //! Interrupt flags (register C) are computed from the monotonic clock when read, and a host
 //! timer can call [`Rtc::tick`] at [`Rtc::next_event_ns`] to raise IRQ 8 on time.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{BusDevice, IrqLine, Snapshot, StateError};
+use crate::{BusDevice, Effectful, Effects, Snapshot, StateError};
 
 /// Where the RTC gets time from.
 pub trait RtcClock: Send {
@@ -158,8 +156,9 @@ pub struct Rtc {
     index: u8,
     offset_secs: i64,
     clock: Box<dyn RtcClock>,
-    irq: Arc<dyn IrqLine>,
     irq_high: bool,
+    /// IRQ 8's level for the host to drive (line 0).
+    fx: Effects,
     /// Monotonic time of the last periodic interrupt boundary accounted for.
     last_periodic_ns: u64,
     /// The guest-clock second at which the last update-ended flag was accounted for.
@@ -201,14 +200,15 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 impl Rtc {
-    pub fn new(config: CmosConfig, clock: Box<dyn RtcClock>, irq: Arc<dyn IrqLine>) -> Self {
+    /// Its interrupt (IRQ 8) is line 0 of its [`Effects`].
+    pub fn new(config: CmosConfig, clock: Box<dyn RtcClock>) -> Self {
         let mut r = Self {
             cmos: [0; 128],
             index: 0,
             offset_secs: 0,
             clock,
-            irq,
             irq_high: false,
+            fx: Effects::default(),
             last_periodic_ns: 0,
             last_update_secs: 0,
             config,
@@ -368,7 +368,7 @@ impl Rtc {
         let level = self.cmos[REG_C] & C_IRQF != 0;
         if level != self.irq_high {
             self.irq_high = level;
-            self.irq.set_level(level);
+            self.fx.set_line(0, level);
         }
     }
 
@@ -461,6 +461,12 @@ impl Rtc {
     }
 }
 
+impl Effectful for Rtc {
+    fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.fx)
+    }
+}
+
 impl BusDevice for Rtc {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for b in data.iter_mut() {
@@ -520,6 +526,7 @@ mod tests {
     use super::*;
     use crate::testing::FakeIrq;
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    use std::sync::Arc;
 
     #[derive(Clone, Default)]
     struct FakeClock {
@@ -541,11 +548,12 @@ mod tests {
         // 2026-11-25 03:04:05 UTC, a Wednesday.
         clock.unix.store(1_795_575_845, Ordering::SeqCst);
         let irq = Arc::new(FakeIrq::default());
-        (
-            Rtc::new(cfg, Box::new(clock.clone()), irq.clone()),
-            clock,
-            irq,
-        )
+        (Rtc::new(cfg, Box::new(clock.clone())), clock, irq)
+    }
+
+    /// Drive `irq` as a host would after a call.
+    fn settle(r: &mut Rtc, irq: &FakeIrq) {
+        r.take_effects().apply(&[irq], None);
     }
 
     fn get(r: &mut Rtc, i: u8) -> u8 {
@@ -614,9 +622,11 @@ mod tests {
         assert_eq!(r.next_event_ns(), Some(p));
         c.mono.store(p + 10, Ordering::SeqCst);
         r.tick();
+        settle(&mut r, &irq);
         assert!(irq.is_high());
         let flags = get(&mut r, 0x0c);
         assert_eq!(flags & (C_IRQF | C_PF), C_IRQF | C_PF);
+        settle(&mut r, &irq);
         assert!(!irq.is_high());
         set(&mut r, 0x0b, B_24H | B_UIE);
         c.unix.fetch_add(1, Ordering::SeqCst);

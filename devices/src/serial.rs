@@ -9,11 +9,10 @@
 //! 4 MCR, 5 LSR, 6 MSR, 7 SCR.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BusDevice, ByteSink, IrqLine, Snapshot, StateError};
+use crate::{BusDevice, Effectful, Effects, Snapshot, StateError};
 
 const FIFO_LEN: usize = 16;
 
@@ -90,9 +89,9 @@ pub struct Serial {
     /// A receive timeout indication is pending (data sat in the FIFO below the trigger).
     timeout_pending: bool,
     rx: VecDeque<u8>,
-    irq: Arc<dyn IrqLine>,
     irq_high: bool,
-    out: Box<dyn ByteSink>,
+    /// The interrupt level and transmitted bytes for the host to carry out (line 0).
+    fx: Effects,
     /// Bytes dropped because the receive FIFO was full (overrun), for statistics.
     overruns: u64,
 }
@@ -100,7 +99,8 @@ pub struct Serial {
 impl Serial {
     /// A UART at power-on: 9600 baud (divisor 12), 8N1 left to the guest, modem lines
     /// showing a connected peer (DCD, DSR, CTS) like QEMU.
-    pub fn new(irq: Arc<dyn IrqLine>, out: Box<dyn ByteSink>) -> Self {
+    /// Its interrupt line and transmitted bytes are [`Effects`] (line 0 and the output).
+    pub fn new() -> Self {
         Self {
             ier: 0,
             lcr: 0,
@@ -113,9 +113,8 @@ impl Serial {
             thre_pending: false,
             timeout_pending: false,
             rx: VecDeque::with_capacity(FIFO_LEN),
-            irq,
             irq_high: false,
-            out,
+            fx: Effects::default(),
             overruns: 0,
         }
     }
@@ -213,7 +212,7 @@ impl Serial {
         let level = self.pending() != IIR_NONE && self.mcr & MCR_OUT2 != 0;
         if level != self.irq_high {
             self.irq_high = level;
-            self.irq.set_level(level);
+            self.fx.set_line(0, level);
         }
     }
 
@@ -228,7 +227,7 @@ impl Serial {
             }
             self.lsr |= LSR_DR;
         } else {
-            self.out.write_bytes(&[byte]);
+            self.fx.output.push(byte);
         }
         // The transmitter is instantaneous: THR is empty again at once.
         self.lsr |= LSR_THRE | LSR_TEMT;
@@ -343,6 +342,18 @@ impl Serial {
     }
 }
 
+impl Default for Serial {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Effectful for Serial {
+    fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.fx)
+    }
+}
+
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Registers are bytes; wider accesses read consecutive registers.
@@ -404,21 +415,53 @@ impl Snapshot for Serial {
 mod tests {
     use super::*;
     use crate::testing::{FakeIrq, FakeSink};
+    use std::sync::Arc;
 
-    fn uart() -> (Serial, Arc<FakeIrq>, FakeSink) {
+    /// The model and the line and sink its host would carry its effects out on.
+    struct Uart {
+        s: Serial,
+        irq: Arc<FakeIrq>,
+        sink: FakeSink,
+    }
+
+    impl Uart {
+        fn settle<R>(&mut self, r: R) -> R {
+            let fx = self.s.take_effects();
+            fx.apply(&[&*self.irq], Some(&mut self.sink));
+            r
+        }
+    }
+
+    fn with(s: Serial) -> (Uart, Arc<FakeIrq>, FakeSink) {
         let irq = Arc::new(FakeIrq::default());
         let sink = FakeSink::default();
-        (Serial::new(irq.clone(), Box::new(sink.clone())), irq, sink)
+        let mut u = Uart {
+            s,
+            irq: irq.clone(),
+            sink: sink.clone(),
+        };
+        u.settle(());
+        (u, irq, sink)
     }
 
-    fn rd(s: &mut Serial, off: u64) -> u8 {
+    fn uart() -> (Uart, Arc<FakeIrq>, FakeSink) {
+        with(Serial::new())
+    }
+
+    fn rd(u: &mut Uart, off: u64) -> u8 {
         let mut b = [0];
-        s.read(off, &mut b);
-        b[0]
+        u.s.read(off, &mut b);
+        u.settle(b[0])
     }
 
-    fn wr(s: &mut Serial, off: u64, v: u8) {
-        s.write(off, &[v]);
+    fn wr(u: &mut Uart, off: u64, v: u8) {
+        u.s.write(off, &[v]);
+        u.settle(())
+    }
+
+    fn enq(u: &mut Uart, bytes: &[u8]) -> usize {
+        let n = u.s.enqueue_input(bytes);
+        u.settle(n)
     }
 
     #[test]
@@ -449,7 +492,7 @@ mod tests {
         let (mut s, irq, _sink) = uart();
         wr(&mut s, 1, IER_RDA);
         assert!(!irq.is_high());
-        assert_eq!(s.enqueue_input(b"ab"), 1, "no FIFO: one byte at a time");
+        assert_eq!(enq(&mut s, b"ab"), 1, "no FIFO: one byte at a time");
         assert!(irq.is_high());
         assert_eq!(rd(&mut s, 2) & 0x0f, IIR_RDA);
         assert_eq!(rd(&mut s, 0), b'a');
@@ -462,14 +505,14 @@ mod tests {
         let (mut s, irq, _sink) = uart();
         wr(&mut s, 2, 0xc7); // enable, clear, trigger 14
         wr(&mut s, 1, IER_RDA);
-        assert_eq!(s.enqueue_input(&[b'x'; 20]), 16);
-        assert_eq!(s.input_space(), 0);
+        assert_eq!(enq(&mut s, &[b'x'; 20]), 16);
+        assert_eq!(s.s.input_space(), 0);
         assert_eq!(rd(&mut s, 2), IIR_RDA | IIR_FIFO_ENABLED);
         for _ in 0..16 {
             rd(&mut s, 0);
         }
         assert!(!irq.is_high());
-        s.enqueue_input(b"q");
+        enq(&mut s, b"q");
         assert_eq!(rd(&mut s, 2), IIR_TIMEOUT | IIR_FIFO_ENABLED);
     }
 
@@ -504,7 +547,7 @@ mod tests {
         assert_eq!(rd(&mut s, 5) & LSR_DR, LSR_DR);
         assert_eq!(rd(&mut s, 0), 0x5a);
         assert_eq!(rd(&mut s, 6) & (MSR_CTS | MSR_DSR), MSR_CTS | MSR_DSR);
-        assert_eq!(s.input_space(), 0, "no host input while looped back");
+        assert_eq!(s.s.input_space(), 0, "no host input while looped back");
     }
 
     #[test]
@@ -513,13 +556,12 @@ mod tests {
         wr(&mut s, 2, 0x01);
         wr(&mut s, 3, 0x03);
         wr(&mut s, 7, 0x42);
-        s.enqueue_input(b"abc");
-        let (fresh, _irq2, _sink2) = uart();
-        let mut t = crate::check_roundtrip(&s, fresh);
+        enq(&mut s, b"abc");
+        let (mut t, _irq2, _sink2) = with(crate::check_roundtrip(&s.s, Serial::new()));
         assert_eq!(rd(&mut t, 0), b'a');
         assert_eq!(rd(&mut s, 0), b'a');
-        let mut bad = s.save();
+        let mut bad = s.s.save();
         bad.rx = vec![0; 17];
-        assert!(t.restore(bad).is_err());
+        assert!(t.s.restore(bad).is_err());
     }
 }

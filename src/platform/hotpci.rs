@@ -29,7 +29,7 @@ use devices::virtio::VirtioDeviceModel;
 
 use super::hotnet::SharedNetdevs;
 use super::nic::{Nic, NicKind};
-use super::pci::{BarTarget, IntxRouter, PciPlatform};
+use super::pci::{BarTarget, PciPlatform};
 use super::pcihp::Pcihp;
 use super::tree;
 use crate::cli::hotplug::{parse_device_add, DeviceAdd};
@@ -43,7 +43,6 @@ pub struct HotPci {
     kvm: Arc<KvmVm>,
     mem: GuestMemoryMmap,
     routes: Arc<MsiRoutes>,
-    intx: Arc<IntxRouter>,
     registry: Registry,
     /// Numbers the worker threads of hot-plugged devices (`virtio-net-hp3`).
     next: AtomicU32,
@@ -95,18 +94,15 @@ impl HotPci {
         kvm: Arc<KvmVm>,
         mem: GuestMemoryMmap,
         routes: Option<Arc<MsiRoutes>>,
-        intx: Option<Arc<IntxRouter>>,
         registry: Registry,
     ) -> Arc<Self> {
         let routes = routes.unwrap_or_else(|| MsiRoutes::new(kvm.vm.clone()));
-        let intx = intx.unwrap_or_else(|| pci.intx_router(kvm.vm.clone()));
         Arc::new(Self {
             pci,
             pcihp,
             kvm,
             mem,
             routes,
-            intx,
             registry,
             next: AtomicU32::new(0),
             live: Default::default(),
@@ -182,7 +178,11 @@ impl HotPci {
         }
         // INTx A of the slot (dropped to low when the device goes, as a removed device
         // no longer drives it).
-        let irq = self.pci.intx(&self.intx, slot.0, 1);
+        let router = self
+            .pci
+            .intx_router(&self.registry, self.kvm.vm.clone())
+            .map_err(|e| format!("PCI INTx irqfds: {e}"))?;
+        let irq = self.pci.intx(&router, slot.0, 1);
         let built = self.build(&d, &id, slot, netdevs, &config, &irq)?;
         let mut node = tree::pci_node(id.clone(), driver, slot)
             .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1))

@@ -249,14 +249,14 @@ impl DeviceSet {
     /// Power-on state for every device (`system_reset`, guest reset).
     pub fn reset(&self) -> Result<()> {
         for s in &self.serials {
-            lock(s.model()).reset();
+            s.reset();
         }
-        lock(&self.rtc.model).reset();
+        self.rtc.model.run(devices::rtc::Rtc::reset);
         lock(self.i8042.model()).reset();
         lock(&self.pm).reset();
         self.pcihp.reset();
         lock(&self.fw_cfg).reset();
-        lock(self.ide.model()).reset();
+        self.ide.reset();
         self.virtio.reset();
         if let Some(h) = &self.hot_pci {
             h.reset();
@@ -397,12 +397,15 @@ impl Board<'_> {
         for (i, (ch, input)) in chardevs.into_iter().enumerate().take(4) {
             let (port, irq) = COM_PORTS[i];
             let id = format!("serial{i}");
-            let model = Serial::new(self.irq(irq), ch.sink());
+            let model = (Serial::new(), self.irq(irq), ch.sink());
             let s = start_serial(&self.rt, &self.registry, &id, model, input);
             self.pio.insert(u64::from(port), 8, &id, s.clone())?;
-            // Input from the chardev waits while the VM is stopped.
-            let control = ControlHandle::models(&id, vec![pci::part(&id, s.model())], || {})
-                .with_gate(s.gate());
+            // Input from the chardev waits while the VM is stopped. A restore sets the
+            // model's line; it is driven at the resume.
+            let uart = s.clone();
+            let control =
+                ControlHandle::models(&id, vec![pci::part(&id, s.model())], move || uart.flush())
+                    .with_gate(s.gate());
             // A `-device isa-serial,id=ID` is `/machine/peripheral/ID`.
             let user_id = self.cfg.serial_ids.get(i).cloned().flatten();
             let node = match user_id {
@@ -441,7 +444,8 @@ impl Board<'_> {
         let rtc = start_rtc(
             &self.rt,
             &self.registry,
-            Rtc::new(cmos, Box::new(clock), self.irq(8)),
+            Rtc::new(cmos, Box::new(clock)),
+            self.irq(8),
             || HostClock { offset_secs: 0 }.monotonic_ns(),
         );
         self.pio.insert(0x70, 2, "rtc", rtc.clone())?;
@@ -795,15 +799,13 @@ fn build_ide(
         });
         backends[n] = backend;
     }
-    let mut ide = Ide::new(
-        drives,
-        (
-            KvmIrqLine::new(kvm.vm.clone(), 14),
-            KvmIrqLine::new(kvm.vm.clone(), 15),
-        ),
-    );
+    let mut ide = Ide::new(drives);
     ide.set_memory(mem.clone());
-    Ok(IdeHost::new(ide, backends))
+    let irqs: [Arc<dyn devices::IrqLine>; 2] = [
+        KvmIrqLine::new(kvm.vm.clone(), 14),
+        KvmIrqLine::new(kvm.vm.clone(), 15),
+    ];
+    Ok(IdeHost::new(ide, irqs, backends))
 }
 
 /// Open a drive's image and start its block backend actor.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actors::bus::{lock, Bus, BusHandler};
+use actors::irq::LevelIrqfds;
 use actors::runtime::{Control, ControlHandle, ModelPart, StatePart};
 use devices::acpi_pm::AcpiPm;
 use devices::pci::i440fx::I440fx;
@@ -78,6 +79,8 @@ pub struct PciPlatform {
     pm_base: Mutex<Option<u16>>,
     /// Direct boot: the PAM segments are plain RAM whatever the registers say.
     ram_shadow: bool,
+    /// The INTx router, made on first use (its irqfds are reset with the machine).
+    intx: Mutex<Option<Arc<IntxRouter>>>,
 }
 
 impl PciPlatform {
@@ -120,6 +123,7 @@ impl PciPlatform {
             pm,
             pm_base: Mutex::new(None),
             ram_shadow,
+            intx: Mutex::new(None),
         })
     }
 
@@ -204,6 +208,10 @@ impl PciPlatform {
             self.reconfigure(s);
         }
         self.apply_pam()?;
+        // The functions' lines are low now; KVM drops what it still held for them.
+        if let Some(r) = lock(&self.intx).as_ref() {
+            r.lines.reset();
+        }
         Ok(())
     }
 
@@ -385,13 +393,25 @@ impl PciPlatform {
         })
     }
 
-    /// A router for INTx lines through this chipset's PIRQ registers.
-    pub fn intx_router(&self, vm: Arc<VmFd>) -> Arc<IntxRouter> {
-        Arc::new(IntxRouter {
+    /// The router for INTx lines through this chipset's PIRQ registers, onto irqfds
+    /// ([`LevelIrqfds`], whose resample thread registers in `registry`): one per chipset,
+    /// made on the first call (command-line and hot-plugged devices share its counts).
+    pub fn intx_router(
+        &self,
+        registry: &actors::runtime::Registry,
+        vm: Arc<VmFd>,
+    ) -> std::io::Result<Arc<IntxRouter>> {
+        let mut slot = lock(&self.intx);
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(IntxRouter {
             piix3: self.piix3.clone(),
-            vm,
+            lines: LevelIrqfds::new(registry, vm)?,
             counts: Mutex::new([0; 16]),
-        })
+        });
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     /// `info pci` data of the function at `slot`.
@@ -475,10 +495,11 @@ impl BusHandler for GpePort {
 }
 
 /// Level-triggered PCI interrupts shared on ISA IRQs: a line is high while any device
-/// routed to it asserts.
+/// routed to it asserts. The lines are irqfds ([`LevelIrqfds`]): a device raising INTx
+/// on a vCPU or its worker thread writes an eventfd, no ioctl.
 pub struct IntxRouter {
     piix3: Arc<Mutex<Piix3Isa>>,
-    vm: Arc<VmFd>,
+    lines: Arc<LevelIrqfds>,
     counts: Mutex<[u32; 16]>,
 }
 
@@ -487,7 +508,7 @@ impl IntxRouter {
         let mut c = lock(&self.counts);
         c[usize::from(irq)] += 1;
         if c[usize::from(irq)] == 1 {
-            let _ = self.vm.set_irq_line(u32::from(irq), true);
+            self.lines.set_level(u32::from(irq), true);
         }
     }
 
@@ -496,7 +517,7 @@ impl IntxRouter {
         let n = &mut c[usize::from(irq)];
         *n = n.saturating_sub(1);
         if *n == 0 {
-            let _ = self.vm.set_irq_line(u32::from(irq), false);
+            self.lines.set_level(u32::from(irq), false);
         }
     }
 }

@@ -39,10 +39,10 @@ pub struct VirtioDevices {
     pub downscripts: Vec<(std::path::PathBuf, String)>,
     /// Each PCI device built here, in build order, for the device tree.
     pub placed: Vec<Placed>,
-    /// The VM's MSI routing table and INTx router, when a device here needed them (there
-    /// must be one of each: hotplug uses these).
+    /// The VM's MSI routing table, when a device here needed it (there must be one:
+    /// hotplug uses it; the INTx router is the chipset's own, see
+    /// [`super::pci::PciPlatform::intx_router`]).
     pub routes: Option<Arc<MsiRoutes>>,
-    pub intx: Option<Arc<super::pci::IntxRouter>>,
 }
 
 /// What was built for one `-device`: the device tree's node is made from it.
@@ -130,9 +130,10 @@ pub fn build(
         return Ok(out);
     }
     let routes = MsiRoutes::new(kvm.vm.clone());
-    let intx = pci.intx_router(kvm.vm.clone());
+    let intx = pci
+        .intx_router(registry, kvm.vm.clone())
+        .context("PCI INTx irqfds")?;
     out.routes = Some(routes.clone());
-    out.intx = Some(intx.clone());
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
     let mut console_input = None;

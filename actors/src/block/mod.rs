@@ -511,7 +511,7 @@ impl Rules {
                     let mut head = [0u8; 4];
                     let mut n = 0;
                     for b in bufs {
-                        // SAFETY: HostBuf ranges are guest RAM, mapped for the VM's life.
+                        // SAFETY: HostBuf ranges stay mapped while the request runs.
                         let src = unsafe { host_slice(b) };
                         let k = (4 - n).min(src.len());
                         head[n..n + k].copy_from_slice(&src[..k]);
@@ -549,8 +549,9 @@ fn each_buf(
 /// A guest buffer as a byte slice.
 ///
 /// # Safety
-/// `b` must describe mapped guest RAM (what front ends put in `ReadV`/`WriteV`); the
-/// guest may change it concurrently, as with any DMA.
+/// `b` must describe memory mapped while the request runs (guest RAM, or a front end's
+/// buffer kept for the request: what front ends put in `ReadV`/`WriteV`); the guest may
+/// change guest RAM concurrently, as with any DMA.
 pub(crate) unsafe fn host_slice<'a>(b: &HostBuf) -> &'a mut [u8] {
     // SAFETY: per the function's contract.
     unsafe { std::slice::from_raw_parts_mut(b.addr as *mut u8, b.len) }

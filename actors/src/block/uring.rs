@@ -64,8 +64,9 @@ struct InFlight {
     _iov: Vec<libc::iovec>,
 }
 
-// SAFETY: the iovecs point into guest RAM or the entry's own buffer, both of which
-// outlive the entry; nothing else reads them through this struct.
+// SAFETY: the iovecs point into guest RAM, a front end's buffer kept by the job, or the
+// entry's own buffer, all of which outlive the entry; nothing else reads them through
+// this struct.
 unsafe impl Send for InFlight {}
 
 /// Whether this kernel gives us a ring.
@@ -350,8 +351,9 @@ impl Engine {
         let ud = self.next;
         self.next += 1;
         let entry = entry.user_data(ud);
-        // SAFETY: the buffer, iovecs and guest memory the entry points at stay alive (in
-        // `in_flight`, and guest RAM for the VM's life) until its completion is reaped.
+        // SAFETY: the buffer, iovecs and memory the entry points at stay alive (in
+        // `in_flight`; guest RAM for the VM's life, a front end's buffer until the job's
+        // completion, which is held in `in_flight`) until its completion is reaped.
         if unsafe { self.ring.submission().push(&entry) }.is_err() {
             return Some(job);
         }

@@ -20,6 +20,7 @@ use devices::ide::{cmd_read, cmd_write, ctl_read, ctl_write, Ide, MediaError};
 
 use crate::block::{BlockHandle, BlockJob};
 use crate::bus::{lock, BusHandler};
+use crate::host::effects::{Hosted, Outlets};
 use crate::runtime::{reply_channel, Control, ControlHandle, ModelPart, Reply};
 
 /// Block requests submitted and not yet completed, and the pauses waiting for none.
@@ -34,7 +35,8 @@ pub type TrayListener = Box<dyn Fn(usize, bool) + Send + Sync>;
 
 /// The controller and its drives' backends.
 pub struct IdeHost {
-    model: Arc<Mutex<Ide>>,
+    /// The model, and IRQ 14 and 15, driven once the model is unlocked.
+    model: Hosted<Ide>,
     /// Locked after the model when both are (media changes); never the other way.
     backends: Mutex<[Option<BlockHandle>; 4]>,
     drain: Mutex<Drain>,
@@ -42,9 +44,18 @@ pub struct IdeHost {
 }
 
 impl IdeHost {
-    pub fn new(model: Ide, backends: [Option<BlockHandle>; 4]) -> Arc<Self> {
+    /// `irqs`: the primary and secondary channels' lines (IRQ 14, IRQ 15).
+    pub fn new(
+        model: Ide,
+        irqs: [Arc<dyn devices::IrqLine>; 2],
+        backends: [Option<BlockHandle>; 4],
+    ) -> Arc<Self> {
+        let outlets = Outlets {
+            lines: irqs.to_vec(),
+            out: None,
+        };
         Arc::new(Self {
-            model: Arc::new(Mutex::new(model)),
+            model: Hosted::new(model, outlets),
             backends: Mutex::new(backends),
             drain: Mutex::default(),
             tray_listener: OnceLock::new(),
@@ -53,10 +64,12 @@ impl IdeHost {
 
     /// The controller's control mailbox (see the module doc). Call once.
     pub fn control(self: &Arc<Self>) -> ControlHandle {
+        let restored = self.clone();
         let inner = ControlHandle::models(
             "ide",
-            vec![Box::new(ModelPart::new("ide", self.model.clone()))],
-            || {},
+            vec![Box::new(ModelPart::new("ide", self.model.model().clone()))],
+            // The lines as the restored model has them.
+            move || restored.model.flush(),
         );
         let me = self.clone();
         ControlHandle::new("ide", move |c| match c {
@@ -76,8 +89,15 @@ impl IdeHost {
         })
     }
 
+    /// The model, for inspection (a call that changes its lines must go through the
+    /// host, or be followed by a flush).
     pub fn model(&self) -> &Arc<Mutex<Ide>> {
-        &self.model
+        self.model.model()
+    }
+
+    /// Power-on reset of the controller (its lines fall).
+    pub fn reset(self: &Arc<Self>) {
+        self.with(Ide::reset);
     }
 
     /// Drive `n`'s backend now (None: no drive, or no medium in it).
@@ -92,7 +112,7 @@ impl IdeHost {
 
     /// Drive `n`'s tray: (open, locked by the guest); None if `n` is no CD-ROM.
     pub fn tray(&self, n: usize) -> Option<(bool, bool)> {
-        let m = lock(&self.model);
+        let m = lock(self.model.model());
         m.drive_info(n)
             .filter(|d| d.is_cdrom())
             .map(|d| (d.tray_open(), d.locked()))
@@ -153,16 +173,16 @@ impl IdeHost {
         for (n, request) in requests {
             let Some(b) = self.backend(n) else {
                 // No backend (empty drive): fail the request right away.
-                let mut m = lock(&self.model);
-                m.complete(
-                    n,
-                    devices::block::BlockCompletion {
-                        id: request.id,
-                        result: Err(devices::block::BlockError::NoMedium),
-                    },
-                );
-                let more = m.take_requests();
-                drop(m);
+                let more = self.model.run(|m| {
+                    m.complete(
+                        n,
+                        devices::block::BlockCompletion {
+                            id: request.id,
+                            result: Err(devices::block::BlockError::NoMedium),
+                        },
+                    );
+                    m.take_requests()
+                });
                 self.pump(more);
                 continue;
             };
@@ -171,11 +191,10 @@ impl IdeHost {
             b.submit(BlockJob {
                 request,
                 done: Box::new(move |c| {
-                    let more = {
-                        let mut m = lock(&me.model);
+                    let more = me.model.run(|m| {
                         m.complete(n, c);
                         m.take_requests()
-                    };
+                    });
                     me.pump(more);
                     let mut d = lock(&me.drain);
                     d.in_flight -= 1;
@@ -190,11 +209,10 @@ impl IdeHost {
     }
 
     fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Ide) -> R) -> R {
-        let (r, reqs, moves) = {
-            let mut m = lock(&self.model);
-            let r = f(&mut m);
+        let (r, reqs, moves) = self.model.run(|m| {
+            let r = f(m);
             (r, m.take_requests(), m.take_tray_moves())
-        };
+        });
         self.pump(reqs);
         if let Some(tell) = self.tray_listener.get() {
             for (n, open) in moves {

@@ -3,6 +3,7 @@
 //! typed messages.
 
 pub mod e1000;
+pub mod effects;
 pub mod ide;
 pub mod input;
 pub mod mem;

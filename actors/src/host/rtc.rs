@@ -12,6 +12,7 @@ use devices::BusDevice;
 use tokio::sync::Notify;
 
 use crate::bus::{lock, BusHandler};
+use crate::host::effects::{Hosted, Outlets};
 use crate::runtime::{
     find_section, only_sections, spawn_supervised, Control, ControlError, ControlHandle, Placement,
     Registry, Restart,
@@ -36,7 +37,8 @@ fn restore(model: &Mutex<Rtc>, sections: &[devices::Section]) -> Result<(), devi
 /// Ports 0x70–0x71: the model behind its mutex; a write wakes the timer actor, since it
 /// may enable an interrupt (or change when the next one is due).
 pub struct RtcPort {
-    pub model: Arc<Mutex<Rtc>>,
+    /// The model and IRQ 8, driven once the model is unlocked.
+    pub model: Arc<Hosted<Rtc>>,
     wake: Arc<Notify>,
     /// The timer actor's control mailbox: paused, it raises no interrupt.
     pub control: ControlHandle,
@@ -44,10 +46,10 @@ pub struct RtcPort {
 
 impl BusHandler for RtcPort {
     fn read(&self, _base: u64, offset: u64, data: &mut [u8]) {
-        lock(&self.model).read(offset, data);
+        self.model.run(|m| m.read(offset, data));
     }
     fn write(&self, _base: u64, offset: u64, data: &[u8]) {
-        lock(&self.model).write(offset, data);
+        self.model.run(|m| m.write(offset, data));
         self.wake.notify_one();
     }
 }
@@ -58,9 +60,14 @@ pub fn start_rtc(
     rt: &tokio::runtime::Handle,
     registry: &Registry,
     model: Rtc,
+    irq: Arc<dyn devices::IrqLine>,
     monotonic_ns: impl Fn() -> u64 + Send + Sync + 'static,
 ) -> Arc<RtcPort> {
-    let model = Arc::new(Mutex::new(model));
+    let outlets = Outlets {
+        lines: vec![irq],
+        out: None,
+    };
+    let model = Arc::new(Hosted::new(model, outlets));
     let wake = Arc::new(Notify::new());
     let (addr, mailbox) = crate::runtime::mailbox::<Control>(ID, 8);
     let depth = addr.clone();
@@ -85,7 +92,7 @@ pub fn start_rtc(
                     let next = if paused {
                         None
                     } else {
-                        lock(&m).next_event_ns()
+                        lock(m.model()).next_event_ns()
                     };
                     let wait = async {
                         match next {
@@ -111,14 +118,18 @@ pub fn start_rtc(
                                     paused = true;
                                     reply.send(());
                                 }
-                                Some(Control::Resume) => paused = false,
+                                Some(Control::Resume) => {
+                                    paused = false;
+                                    // IRQ 8 as a restore left it.
+                                    m.flush();
+                                }
                                 Some(Control::Save(reply)) => reply.send(if paused {
-                                    Ok(vec![devices::save_section(ID, &*lock(&m))])
+                                    Ok(vec![devices::save_section(ID, &*lock(m.model()))])
                                 } else {
                                     Err(not_paused("save"))
                                 }),
                                 Some(Control::Restore(sections, reply)) => reply.send(if paused {
-                                    restore(&m, &sections).map_err(|source| {
+                                    restore(m.model(), &sections).map_err(|source| {
                                         ControlError::Restore { actor: ID.into(), source }
                                     })
                                 } else {
@@ -129,7 +140,7 @@ pub fn start_rtc(
                             continue;
                         }
                     }
-                    lock(&m).tick();
+                    m.run(Rtc::tick);
                 }
             }
         },

@@ -2,9 +2,10 @@
 //! and an actor feeding the chardev's input into the receive FIFO with backpressure (bytes
 //! that do not fit wait until the guest reads some; nothing typed is lost).
 //!
-//! Data path out: vCPU `out` → [`SerialPort`] → `Serial` (locked) → `ChardevSink::try_send`.
+//! Data path out: vCPU `out` → [`SerialPort`] → `Serial` (locked) → its effects, carried
+//! out unlocked (`host::effects`): the bytes to `ChardevSink::try_send`, the line's level.
 //! Data path in: chardev → [`FrontendEvent::Input`] → serial actor → `Serial::enqueue_input`
-//! (locked) → IRQ; when the FIFO is full the actor parks until the vCPU path signals that
+//! (locked) → IRQ (unlocked); when the FIFO is full the actor parks until the vCPU path signals that
 //! the guest read the receive buffer.
 
 use std::collections::VecDeque;
@@ -13,16 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::serial::Serial;
-use devices::BusDevice;
+use devices::{BusDevice, ByteSink, IrqLine};
 use tokio::sync::{mpsc, Notify};
 
-use crate::bus::{lock, BusHandler};
+use crate::bus::BusHandler;
 use crate::chardev::FrontendEvent;
+use crate::host::effects::{Hosted, Outlets};
 use crate::runtime::{spawn_supervised, PauseGate, Placement, Registry, Restart};
 
 /// The bus side of one UART.
 pub struct SerialPort {
-    model: Arc<Mutex<Serial>>,
+    model: Hosted<Serial>,
     /// The actor has input waiting for FIFO space.
     waiting: AtomicBool,
     space: Notify,
@@ -31,8 +33,19 @@ pub struct SerialPort {
 }
 
 impl SerialPort {
+    /// The model, for save and restore (see [`Self::flush`]).
     pub fn model(&self) -> &Arc<Mutex<Serial>> {
-        &self.model
+        self.model.model()
+    }
+
+    /// Drive the line as the model last set it (after a restore through [`Self::model`]).
+    pub fn flush(&self) {
+        self.model.flush();
+    }
+
+    /// Power-on reset of the UART (its line falls).
+    pub fn reset(&self) {
+        self.model.run(Serial::reset);
     }
 
     /// The gate the input feeder takes its steps through (closed while the VM is
@@ -44,7 +57,7 @@ impl SerialPort {
 
 impl BusHandler for SerialPort {
     fn read(&self, _base: u64, offset: u64, data: &mut [u8]) {
-        lock(&self.model).read(offset, data);
+        self.model.run(|m| m.read(offset, data));
         // A read of the receive buffer may have made room for queued input.
         if offset == 0 && self.waiting.load(Ordering::Acquire) {
             self.space.notify_one();
@@ -52,7 +65,7 @@ impl BusHandler for SerialPort {
     }
 
     fn write(&self, _base: u64, offset: u64, data: &[u8]) {
-        lock(&self.model).write(offset, data);
+        self.model.run(|m| m.write(offset, data));
         // FCR writes can clear (or enable) the FIFO: room may have appeared.
         if offset == 2 && self.waiting.load(Ordering::Acquire) {
             self.space.notify_one();
@@ -60,17 +73,22 @@ impl BusHandler for SerialPort {
     }
 }
 
-/// Put `model` on the bus side and start its input actor, fed by `input` (the chardev's
-/// front-end channel). Returns the bus handler to map at the UART's ports.
+/// Put `model` on the bus side, its interrupt on `irq` and its output to `out`, and start
+/// its input actor, fed by `input` (the chardev's front-end channel). Returns the bus
+/// handler to map at the UART's ports.
 pub fn start_serial(
     rt: &tokio::runtime::Handle,
     registry: &Registry,
     id: &str,
-    model: Serial,
+    (model, irq, out): (Serial, Arc<dyn IrqLine>, Box<dyn ByteSink>),
     input: mpsc::Receiver<FrontendEvent>,
 ) -> Arc<SerialPort> {
+    let outlets = Outlets {
+        lines: vec![irq],
+        out: Some(out),
+    };
     let port = Arc::new(SerialPort {
-        model: Arc::new(Mutex::new(model)),
+        model: Hosted::new(model, outlets),
         waiting: AtomicBool::new(false),
         space: Notify::new(),
         gate: Arc::default(),
@@ -113,13 +131,14 @@ async fn feed(
         };
         let taken = {
             let (a, b) = pending.as_slices();
-            let mut m = lock(&port.model);
-            let n = m.enqueue_input(a);
-            if n == a.len() {
-                n + m.enqueue_input(b)
-            } else {
-                n
-            }
+            port.model.run(|m| {
+                let n = m.enqueue_input(a);
+                if n == a.len() {
+                    n + m.enqueue_input(b)
+                } else {
+                    n
+                }
+            })
         };
         drop(step);
         pending.drain(..taken);

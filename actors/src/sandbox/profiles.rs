@@ -33,7 +33,8 @@ use super::SandboxError;
 pub enum Profile {
     /// `KVM_RUN` and the device models reached from exits.
     Vcpu,
-    /// Device workers: virtio queue workers, the e1000 receiver, the display refresher.
+    /// Device workers: virtio queue workers, the e1000 receiver, the display refresher,
+    /// the INTx resample thread.
     Worker,
     /// Block engines: reads, writes, flushes, io_uring.
     Block,
@@ -53,7 +54,7 @@ impl Profile {
     pub fn of(kind: &str) -> Self {
         match kind {
             "vcpu" => Self::Vcpu,
-            "virtio-worker" | "e1000-rx" | "display" => Self::Worker,
+            "virtio-worker" | "e1000-rx" | "display" | "irq" => Self::Worker,
             "block" => Self::Block,
             "nic-backend" => Self::Net,
             "tokio" | "tokio-worker" | "tokio-blocking" => Self::Runtime,

@@ -115,7 +115,8 @@ impl VirtioPciHost {
         ]
     }
 
-    /// Platform reset: stop serving the queues (the PCI reset of the model follows).
+    /// Platform reset: stop serving the queues (the PCI reset of the model follows). Must
+    /// not be called with the model's lock held (see [`worker::ResetGate`]).
     pub fn reset(&self) {
         self.worker.reset();
     }
@@ -135,8 +136,10 @@ impl VirtioPciHost {
                     let m = lock(&self.model);
                     (m.queues().to_vec(), m.driver_features())
                 };
-                self.worker.send(worker::Ctl::Activate { queues, features });
+                self.worker.activate(queues, features);
             }
+            // On the vCPU that wrote status 0: returns once the worker can no longer write
+            // guest memory for the old queues, without waiting for I/O in flight.
             Some(Action::Reset) => self.worker.reset(),
             Some(Action::Notify(q)) => {
                 if let Some(fd) = self.notify.get(usize::from(q)) {

@@ -2,11 +2,28 @@
 //! ioeventfds (a driver's notify wakes it straight from KVM, never through a vCPU exit)
 //! and on a wake eventfd for control messages and backend completions.
 //!
+//! A driver's reset (status 0 written, on a vCPU) must not park that vCPU on the device's
+//! I/O, yet no write to guest memory may follow it: a legacy driver reinitializes the
+//! device right after its write and would take a late used-ring entry for its own. The
+//! worker therefore touches guest memory only while it holds the device's [`ResetGate`]
+//! (for one batch of work: a queue's chains, a round of completions). A reset takes the
+//! gate, which waits at most for the batch under way, and moves the gate's epoch on; the
+//! worker, at its next batch, sees the new epoch and forgets everything of the old one
+//! (the queues, the requests in flight: their completions are dropped when they come).
+//!
+//! The one write the gate cannot hold back is one a backend makes itself: a read the
+//! kernel does straight into the chain's buffers. Such a read holds a [`DirectWrite`]
+//! from [`Ctx::direct`] until it is over, and a reset waits for those (only those: a
+//! worker sends a read straight to guest memory only while its disk answers quickly, see
+//! `blk.rs`, so the wait is a fast disk's latency; only a disk that stalls with such reads
+//! under way makes a reset wait longer, as QEMU's drain does).
+//!
 //! The worker also answers its device's `Save`/`Restore` (it owns the live queues): the
 //! transport as a `virtio-pci` section under the device's name, and where the device
 //! stands in each ring as a [`QUEUES_KIND`] section `<name>/queues`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use devices::memory::GuestMemoryMmap;
@@ -62,8 +79,11 @@ pub trait QueueWorker: Send + 'static {
     /// The driver set DRIVER_OK with `ctx.features` negotiated: set up the backend for
     /// them (before any queue is processed).
     fn activate(&mut self, _ctx: &Ctx) {}
-    /// The driver reset the device: finish or forget requests in flight (none may touch
-    /// guest memory after this returns).
+    /// The driver reset the device: forget requests in flight, without waiting for them
+    /// (a reset runs on the vCPU that wrote the status). Nothing of theirs may reach guest
+    /// memory afterwards: a request whose backend writes guest memory itself (rather than
+    /// returning data for the worker to copy) holds a [`DirectWrite`] until that write is
+    /// over, and the reset waits for those.
     fn reset(&mut self) {}
     /// The VM is stopping: complete every request in flight and report it to the driver
     /// (used ring, interrupt) before returning; nothing may reach guest memory afterwards
@@ -89,13 +109,85 @@ pub trait QueueWorker: Send + 'static {
 
 /// Control messages for the worker thread.
 pub(crate) enum Ctl {
+    /// DRIVER_OK was set during reset epoch `epoch` (an activation from before a later
+    /// reset is stale and ignored).
     Activate {
         queues: Vec<QueueConfig>,
         features: u64,
+        epoch: u64,
     },
-    Reset(Sender<()>),
     /// The device was removed: end the thread (answered just before it ends).
     Stop(Sender<()>),
+}
+
+/// Serializes the worker's guest-memory writes against driver and platform resets (see
+/// the module doc). Lock order: the gate before the transport model, never the other way.
+#[derive(Default)]
+pub(crate) struct ResetGate {
+    lock: Mutex<()>,
+    /// Resets so far; changed only with `lock` held.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Backend writes into guest memory under way (see the module doc).
+    direct: Arc<DirectWrites>,
+}
+
+/// Writes into guest memory a backend makes on the worker's behalf (a read the kernel does
+/// straight into a chain's buffers), counted so that a reset can wait for them to end.
+#[derive(Default)]
+pub struct DirectWrites {
+    under_way: Mutex<usize>,
+    ended: Condvar,
+}
+
+/// One [`DirectWrites`] entry: dropped when the backend is done with guest memory (its
+/// completion callback drops it, or the backend drops the callback unrun).
+pub struct DirectWrite(Arc<DirectWrites>);
+
+impl DirectWrites {
+    /// A write starts: hold the token until it is over. Call it within a batch of work
+    /// (under the reset gate), so a reset that follows sees it.
+    pub fn start(self: &Arc<Self>) -> DirectWrite {
+        *lock(&self.under_way) += 1;
+        DirectWrite(self.clone())
+    }
+
+    /// No write under way.
+    pub fn idle(&self) -> bool {
+        *lock(&self.under_way) == 0
+    }
+
+    /// Wait until no write is under way or `limit` has passed; true if none is.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        let mut n = lock(&self.under_way);
+        while *n > 0 {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            n = match self.ended.wait_timeout(n, until - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+impl Drop for DirectWrite {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.under_way);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.ended.notify_all();
+        }
+    }
+}
+
+impl ResetGate {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// What a [`QueueWorker`] works with: guest memory, the live queues, and the transport
@@ -110,6 +202,9 @@ pub struct Ctx {
     pub wake: Arc<EventFd>,
     name: String,
     failed: bool,
+    /// Where a request whose backend writes guest memory itself takes its
+    /// [`DirectWrite`].
+    pub direct: Arc<DirectWrites>,
 }
 
 impl Ctx {
@@ -199,8 +294,9 @@ impl Ctx {
 }
 
 pub(crate) struct WorkerHandle {
-    pub tx: Sender<Ctl>,
+    tx: Sender<Ctl>,
     pub wake: Arc<EventFd>,
+    gate: Arc<ResetGate>,
 }
 
 impl WorkerHandle {
@@ -210,12 +306,14 @@ impl WorkerHandle {
         }
     }
 
-    /// Stop serving the queues; returns once the worker has (so no used-ring write can
-    /// follow the driver's reset).
-    pub fn reset(&self) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(Ctl::Reset(tx));
-        let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+    /// The driver set DRIVER_OK: serve `queues`.
+    pub fn activate(&self, queues: Vec<QueueConfig>, features: u64) {
+        let epoch = self.gate.epoch();
+        self.send(Ctl::Activate {
+            queues,
+            features,
+            epoch,
+        });
     }
 
     /// End the worker thread (its device was removed); returns once it has dropped its
@@ -225,6 +323,46 @@ impl WorkerHandle {
         self.send(Ctl::Stop(tx));
         let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
     }
+
+    /// Stop serving the queues. Returns once the worker is between two batches of work
+    /// (microseconds: it never waits for I/O while it holds the gate) and no backend write
+    /// into guest memory it started is under way (a fast disk's read, see the module
+    /// doc), so nothing more reaches guest memory for them; the worker forgets them and
+    /// what is in flight at its next turn. Must not be called with the transport model's
+    /// lock held.
+    pub fn reset(&self) {
+        {
+            let _g = lock(&self.gate.lock);
+            self.gate
+                .epoch
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        let _ = self.wake.write(1);
+        // The worker reaps them (it is awake: a paused worker has none under way).
+        if !self.gate.direct.wait_idle(Duration::from_secs(1)) {
+            tracing::warn!("virtio reset: waiting for reads still writing guest memory");
+            while !self.gate.direct.wait_idle(Duration::from_secs(10)) {}
+        }
+    }
+}
+
+/// Enter the gate for one batch of work: a reset made since the last batch is carried out
+/// first (the worker forgets its requests, the queues stop).
+fn enter<'a>(
+    gate: &'a ResetGate,
+    seen: &mut u64,
+    worker: &mut dyn QueueWorker,
+    ctx: &mut Ctx,
+) -> std::sync::MutexGuard<'a, ()> {
+    let g = lock(&gate.lock);
+    let now = gate.epoch();
+    if now != *seen {
+        *seen = now;
+        worker.reset();
+        ctx.queues.clear();
+        ctx.failed = false;
+    }
+    g
 }
 
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -290,22 +428,32 @@ pub(crate) fn spawn(
         wake: wake.clone(),
         name: name.to_string(),
         failed: false,
+        direct: Arc::default(),
     };
+    let gate = Arc::new(ResetGate {
+        direct: ctx.direct.clone(),
+        ..ResetGate::default()
+    });
     let waker = wake.clone();
     let spec = ThreadSpec::new(name, "virtio-worker", Restart::Never).wake(move || {
         let _ = waker.write(1);
     });
+    let g = gate.clone();
     spawn_thread(
         registry,
         spec,
         once(move || {
+            let gate = g;
             let mut events = vec![EpollEvent::default(); 64];
+            // The reset epoch the worker's queues and requests belong to.
+            let mut seen = gate.epoch();
             // Sleeps left before polling again after a poll that found nothing (requests
             // that take longer than POLL_FOR, such as 1 MiB reads, are not spun for).
             let mut cool = 0u32;
             loop {
                 if ctx.active() && !control.paused() && worker.busy() {
                     if cool == 0 {
+                        let _g = enter(&gate, &mut seen, worker.as_mut(), &mut ctx);
                         let until = std::time::Instant::now() + POLL_FOR;
                         let mut found = false;
                         while !found && std::time::Instant::now() < until {
@@ -330,6 +478,8 @@ pub(crate) fn spawn(
                 fault_point();
                 for ev in &events[..n] {
                     let token = ev.data();
+                    // One batch: everything this event brings is done under the gate.
+                    let _g = enter(&gate, &mut seen, worker.as_mut(), &mut ctx);
                     if token == CONTROL_TOKEN {
                         let alive = control.serve(|t| {
                             match t {
@@ -360,22 +510,31 @@ pub(crate) fn spawn(
                         let _ = ctx.wake.read();
                         loop {
                             match rx.try_recv() {
-                                Ok(Ctl::Activate { queues, features }) => {
+                                Ok(Ctl::Activate {
+                                    queues,
+                                    features,
+                                    epoch,
+                                }) => {
+                                    if epoch != seen {
+                                        // The driver reset the device since.
+                                        continue;
+                                    }
                                     activate(&mut ctx, &queues, features);
                                     worker.activate(&ctx);
                                     for q in 0..ctx.queues.len() {
                                         worker.process(q, &mut ctx);
                                     }
                                 }
-                                Ok(Ctl::Reset(done)) => {
-                                    worker.reset();
-                                    ctx.queues.clear();
-                                    ctx.failed = false;
-                                    let _ = done.send(());
-                                }
                                 Ok(Ctl::Stop(done)) => {
                                     worker.reset();
                                     ctx.queues.clear();
+                                    // Reads still landing in guest memory end first
+                                    // (their completions find no request and are
+                                    // dropped).
+                                    while !ctx.direct.idle() {
+                                        worker.wake(&mut ctx);
+                                        ctx.direct.wait_idle(Duration::from_millis(1));
+                                    }
                                     // The worker (and the backend it owns) goes with the
                                     // thread, before the answer.
                                     drop(worker);
@@ -403,7 +562,7 @@ pub(crate) fn spawn(
             }
         }),
     )?;
-    Ok(WorkerHandle { tx, wake })
+    Ok(WorkerHandle { tx, wake, gate })
 }
 
 /// The id of the worker's own section for device `name`.
@@ -508,5 +667,32 @@ fn activate(ctx: &mut Ctx, cfgs: &[QueueConfig], features: u64) {
         if bad {
             ctx.fail(&format!("queue {i}: rings outside guest RAM or misaligned"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_waits_for_the_backend_writes_under_way_and_only_for_them() {
+        let w = Arc::new(DirectWrites::default());
+        assert!(w.idle() && w.wait_idle(Duration::ZERO), "none started");
+        let (a, b) = (w.start(), w.start());
+        assert!(!w.idle());
+        assert!(!w.wait_idle(Duration::from_millis(10)), "two under way");
+        drop(a);
+        assert!(!w.wait_idle(Duration::from_millis(10)), "one under way");
+        // The last one ends on another thread (a block thread's completion) while the
+        // reset waits.
+        let t0 = Instant::now();
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(b);
+        });
+        assert!(w.wait_idle(Duration::from_secs(30)), "woken when it ended");
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        ender.join().unwrap();
+        assert!(w.idle());
     }
 }

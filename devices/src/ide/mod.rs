@@ -16,14 +16,12 @@
 pub mod ata;
 pub mod atapi;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::{BlockCompletion, BlockError, BlockInfo, BlockOp, BlockRequest};
 use crate::memory::GuestMemoryMmap;
-use crate::{IrqLine, Snapshot, StateError};
+use crate::{Effectful, Effects, Snapshot, StateError};
 
 // Status register.
 pub const BSY: u8 = 0x80;
@@ -273,7 +271,6 @@ struct Channel {
     selected: usize,
     tf: TaskFile,
     devctl: u8,
-    irq: Arc<dyn IrqLine>,
     irq_pending: bool,
     bm: BusMaster,
 }
@@ -292,26 +289,32 @@ pub struct Ide {
     next_id: u64,
     errors: u64,
     tray_moves: Vec<(usize, bool)>,
+    /// The channels' interrupt levels for the host to drive (line = channel).
+    fx: Effects,
+}
+
+impl Effectful for Ide {
+    fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.fx)
+    }
 }
 
 impl Ide {
-    /// `drives[n]` for positions 0..4; `irqs` = (IRQ 14 line, IRQ 15 line).
-    pub fn new(
-        drives: [Option<DriveConfig>; 4],
-        irqs: (Arc<dyn IrqLine>, Arc<dyn IrqLine>),
-    ) -> Self {
+    /// `drives[n]` for positions 0..4. Channel `c`'s interrupt (IRQ 14, IRQ 15) is line
+    /// `c` of its [`Effects`].
+    pub fn new(drives: [Option<DriveConfig>; 4]) -> Self {
         let [a, b, c, d] = drives;
-        let ch = |m: Option<DriveConfig>, s: Option<DriveConfig>, irq| Channel {
+        let ch = |m: Option<DriveConfig>, s: Option<DriveConfig>| Channel {
             drives: [m.map(Drive::new), s.map(Drive::new)],
             selected: 0,
             tf: TaskFile::default(),
             devctl: 0,
-            irq,
             irq_pending: false,
             bm: BusMaster::default(),
         };
         let mut ide = Self {
-            channels: [ch(a, b, irqs.0), ch(c, d, irqs.1)],
+            channels: [ch(a, b), ch(c, d)],
+            fx: Effects::default(),
             mem: None,
             requests: Vec::new(),
             next_id: 1,
@@ -467,7 +470,7 @@ impl Ide {
         ch.bm.status |= BM_IRQ;
         if ch.devctl & NIEN == 0 && !ch.irq_pending {
             ch.irq_pending = true;
-            ch.irq.set_level(true);
+            self.fx.set_line(c, true);
         }
     }
 
@@ -475,7 +478,7 @@ impl Ide {
         let ch = &mut self.channels[c];
         if ch.irq_pending {
             ch.irq_pending = false;
-            ch.irq.set_level(false);
+            self.fx.set_line(c, false);
         }
     }
 
@@ -1235,7 +1238,9 @@ impl Snapshot for Ide {
                 }
             }
             ch.irq_pending = saved.irq_pending;
-            ch.irq.set_level(saved.irq_pending);
+        }
+        for c in 0..2 {
+            self.fx.set_line(c, self.channels[c].irq_pending);
         }
         self.requests.clear();
         Ok(())

@@ -25,23 +25,20 @@ fn rig() -> Rig {
     let cd = MemDisk::new(image(16, 2048));
     let irq14 = Arc::new(FakeIrq::default());
     let irq15 = Arc::new(FakeIrq::default());
-    let mut ide = Ide::new(
-        [
-            Some(DriveConfig {
-                cdrom: false,
-                serial: "QM00001".into(),
-                medium: Some(hd.info()),
-            }),
-            None,
-            Some(DriveConfig {
-                cdrom: true,
-                serial: "QM00003".into(),
-                medium: Some(cd.info()),
-            }),
-            None,
-        ],
-        (irq14.clone(), irq15.clone()),
-    );
+    let mut ide = Ide::new([
+        Some(DriveConfig {
+            cdrom: false,
+            serial: "QM00001".into(),
+            medium: Some(hd.info()),
+        }),
+        None,
+        Some(DriveConfig {
+            cdrom: true,
+            serial: "QM00003".into(),
+            medium: Some(cd.info()),
+        }),
+        None,
+    ]);
     ide.set_memory(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
     Rig {
         ide,
@@ -52,6 +49,12 @@ fn rig() -> Rig {
 }
 
 impl Rig {
+    /// Drive the fake lines as the host would, then read IRQ 14 (channel 0) or 15.
+    fn irq_high(&mut self, c: usize) -> bool {
+        let fx = self.ide.take_effects();
+        fx.apply(&[&*self.irq14, &*self.irq15], None);
+        [&self.irq14, &self.irq15][c].is_high()
+    }
     /// Serve outstanding block requests like the host does.
     fn pump(&mut self) {
         for (n, r) in self.ide.take_requests() {
@@ -85,7 +88,7 @@ fn identify_reports_model_capacity_and_lba48() {
     let mut r = rig();
     r.out8(0, 6, 0xa0);
     r.out8(0, 7, 0xec);
-    assert!(r.irq14.is_high());
+    assert!(r.irq_high(0));
     assert_eq!(r.in8(0, 7) & (DRQ | ERR), DRQ);
     let id = r.read_bytes(0, 512);
     let w = |i: usize| u16::from_le_bytes([id[2 * i], id[2 * i + 1]]);
@@ -183,7 +186,7 @@ fn atapi_signature_inquiry_capacity_and_read10() {
     assert_eq!((r.in8(1, 4), r.in8(1, 5)), (0x14, 0xeb));
     assert_ne!(r.in8(1, 7) & ERR, 0);
     packet(&mut r, [0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
-    assert!(r.irq15.is_high());
+    assert!(r.irq_high(1));
     let inq = r.read_bytes(1, 36);
     assert_eq!(inq[0], 5);
     assert_eq!(&inq[16..28], b"QEMU DVD-ROM");
@@ -312,9 +315,9 @@ fn a_locked_tray_stays_shut_unless_forced_and_the_guest_sees_an_eject_request() 
     packet(&mut r, [0x1e, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 0xfffe);
     assert!(r.ide.drive_info(2).unwrap().locked());
     r.in8(1, 7); // reading the status acknowledges the interrupt
-    assert!(!r.irq15.is_high());
+    assert!(!r.irq_high(1));
     assert_eq!(r.ide.open_tray(2, false), Err(MediaError::Locked(2)));
-    assert!(r.irq15.is_high(), "the request interrupts");
+    assert!(r.irq_high(1), "the request interrupts");
     assert!(!r.ide.drive_info(2).unwrap().tray_open());
     assert!(r.ide.take_tray_moves().is_empty());
     assert_eq!(
@@ -459,8 +462,8 @@ fn ide_resumes_a_pio_read_mid_sector_and_a_pending_unit_attention_after_restore(
     r.ide.bm_write(8, &[BM_READ_TO_MEMORY]);
 
     let mut back = restored(&r);
-    assert_eq!(back.irq14.is_high(), r.irq14.is_high());
-    assert!(back.irq14.is_high(), "the DRQ interrupt is still asserted");
+    assert_eq!(back.irq_high(0), r.irq_high(0));
+    assert!(back.irq_high(0), "the DRQ interrupt is still asserted");
     let bm = |r: &mut Rig| {
         let mut b = [0u8; 16];
         r.ide.bm_read(0, &mut b);
@@ -532,23 +535,20 @@ fn an_ide_state_with_a_request_in_flight_or_a_wild_position_is_refused() {
     assert!(e.contains("pos 513 is past the 512-byte buffer"), "{e}");
     // A controller whose secondary master is a disk, not a CD-ROM.
     let section = crate::save_section("ide0", &r.ide);
-    let mut other = Ide::new(
-        [
-            Some(DriveConfig {
-                cdrom: false,
-                serial: "QM00001".into(),
-                medium: None,
-            }),
-            None,
-            Some(DriveConfig {
-                cdrom: false,
-                serial: "QM00003".into(),
-                medium: None,
-            }),
-            None,
-        ],
-        (Arc::new(FakeIrq::default()), Arc::new(FakeIrq::default())),
-    );
+    let mut other = Ide::new([
+        Some(DriveConfig {
+            cdrom: false,
+            serial: "QM00001".into(),
+            medium: None,
+        }),
+        None,
+        Some(DriveConfig {
+            cdrom: false,
+            serial: "QM00003".into(),
+            medium: None,
+        }),
+        None,
+    ]);
     let e = crate::restore_section(&mut other, &section)
         .unwrap_err()
         .to_string();

@@ -25,6 +25,14 @@
 //!     `randread qd32 N IOPS`.
 //!   - `mq` (with `num-queues=2`): negotiates MQ, checks `num_queues`, writes the pattern
 //!     through queue 1 and reads it back through queue 0, then the other way round.
+//!   - `reset`: offers a read of 8 sectors (into a buffer filled with 0xEE, status byte
+//!     0xFF), waits `wait_ms=N` (50) for the device to take it, then resets the device
+//!     (status 0, read back once) while the read is in flight (the test makes the disk
+//!     slow): `vblk: reset took N us` (the vCPU's time in the write and the read-back),
+//!     then watches the used index, the status byte and the buffer for `watch_ms=N`
+//!     (2000): `vblk: no guest write after reset` or `vblk: late write after reset: …`
+//!     (exit 1). Then initializes the device again and reads sector 0: `vblk: works after
+//!     reset`. Exit 3 if the read completed before the reset (nothing was in flight).
 //!   - `evidx`: negotiates EVENT_IDX and checks interrupt suppression through
 //!     `used_event` and the device's `avail_event` (INTx: run without MSI-X).
 //! - `fault=loop|oob|direction|badidx`: offer a malformed chain, expect NEEDS_RESET, reset,
@@ -33,6 +41,14 @@
 //!   `count=N`, N requests one after the other on the same queue (0: forever), each
 //!   printing `vrng: request <i> got <len> bytes` (i from 1): a sequence driven by the
 //!   device, for save/restore tests.
+//! - `dev=rng intx=N`: N requests, each taken through the device's INTx line as seen at the
+//!   8259 PIC (the IRQ its PIIX3 PIRQ route names, level-triggered in the ELCR, every PIC
+//!   input masked; the IRR is read with OCW3, IF stays 0). For each request: the IRQ is
+//!   not pending before it (the line is low); it becomes pending after the offer; a
+//!   specific EOI while the device's ISR is still set leaves it pending (a level line
+//!   still asserted is delivered again); reading the ISR then an EOI makes it not pending.
+//!   Prints `vintx: irq=<irq> pin=<pin> line=<config 0x3c>`, then `vintx: <N> interrupts,
+//!   each held across an EOI and gone after the ISR read`, or what went wrong (exit 1).
 //! - `dev=console`: a virtio console: sends `hello from virtconsole` on it, prints
 //!   `vcon: sent greeting`, waits (`wait=SECONDS`, default 30) for a line of input on it,
 //!   prints `vcon: got 'LINE'` and sends back `echo: LINE`; exit 0.
@@ -277,6 +293,130 @@ fn rng_count(legacy: bool, count: u64) -> u32 {
     0
 }
 
+/// The 8259 pair, as a driver without interrupts (IF = 0) uses it to see one IRQ line.
+mod pic {
+    use guestlib::io::{inb, outb};
+
+    /// ICW1–4 (vectors 0x20/0x28, cascade on IRQ 2), every input masked, and `irq`
+    /// level-triggered in the ELCR (0x4d0/0x4d1), as firmware sets PCI IRQs.
+    pub fn init(irq: u8) {
+        for (cmd, data, base, cascade) in
+            [(0x20u16, 0x21u16, 0x20u8, 0x04u8), (0xa0, 0xa1, 0x28, 0x02)]
+        {
+            outb(cmd, 0x11);
+            outb(data, base);
+            outb(data, cascade);
+            outb(data, 0x01);
+            outb(data, 0xff);
+        }
+        let elcr = 0x4d0 + u16::from(irq / 8);
+        outb(elcr, inb(elcr) | 1 << (irq % 8));
+    }
+
+    /// Whether `irq` is pending in its PIC's IRR (OCW3 read IRR; no acknowledge).
+    pub fn pending(irq: u8) -> bool {
+        let port = if irq >= 8 { 0xa0 } else { 0x20 };
+        outb(port, 0x0a);
+        inb(port) & (1 << (irq % 8)) != 0
+    }
+
+    /// Specific EOI for `irq` (and for the cascade on the master).
+    pub fn eoi(irq: u8) {
+        if irq >= 8 {
+            outb(0xa0, 0x60 | (irq - 8));
+            outb(0x20, 0x62);
+        } else {
+            outb(0x20, 0x60 | irq);
+        }
+    }
+}
+
+/// `dev=rng intx=N` (see the module doc).
+fn rng_intx(legacy: bool, n: u64) -> u32 {
+    use guestlib::pci;
+    use guestlib::time::{delay_us, Deadline};
+    let ids = [0x1005u16, 0x1044];
+    let (Some((d, f)), Some(mut v)) = (
+        ids.iter().find_map(|&id| pci::find(0x1af4, id)),
+        Virtio::find(&ids, legacy),
+    ) else {
+        println!("vintx: no virtio-rng");
+        return 2;
+    };
+    let r3c = pci::read32(d, f, 0x3c);
+    let (line, pin) = (r3c as u8, (r3c >> 8) as u8);
+    if pin == 0 {
+        println!("vintx: no interrupt pin");
+        return 1;
+    }
+    // The PIIX3 (00:01.0) PIRQ route registers 0x60–0x63; PIRQ = (device + pin - 1) % 4.
+    let pirq = (u32::from(d) + u32::from(pin) - 1) % 4;
+    let route = (pci::read32(1, 0, 0x60) >> (8 * pirq)) as u8;
+    let irq = if route & 0x80 == 0 {
+        route & 0x0f
+    } else {
+        line
+    };
+    println!("vintx: irq={irq} pin={pin} line={line}");
+    if irq == 0 || irq > 15 {
+        println!("vintx: no IRQ routed");
+        return 1;
+    }
+    pic::init(irq);
+    if let Err(e) = v.init(VERSION_1, 64) {
+        println!("vintx: init: {e}");
+        return 1;
+    }
+    let wait = |want: bool| {
+        let dl = Deadline::after_ms(2000);
+        while pic::pending(irq) != want {
+            if dl.expired() {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+        true
+    };
+    let buf = v.ring_end();
+    for i in 1..=n {
+        // A moment for a stray assertion (a resample that raised a low line) to show.
+        delay_us(200);
+        if pic::pending(irq) {
+            println!("vintx: irq {irq} pending before request {i} (line not deasserted)");
+            return 1;
+        }
+        let desc = (i % 8) as u16;
+        v.set_desc(desc, buf + 64 * u64::from(desc), 64, F_WRITE, 0);
+        v.offer(desc);
+        if !wait(true) {
+            println!("vintx: request {i}: no interrupt (lost)");
+            return 1;
+        }
+        if v.wait_used(2000).is_none() {
+            println!("vintx: request {i}: interrupt but no used buffer");
+            return 1;
+        }
+        // EOI with the device's condition still set: the line must be asserted again.
+        pic::eoi(irq);
+        if !wait(true) {
+            println!("vintx: request {i}: EOI while the ISR was set dropped the interrupt");
+            return 1;
+        }
+        let isr = v.isr();
+        if isr & 1 == 0 {
+            println!("vintx: request {i}: ISR {isr:#x} without the queue bit");
+            return 1;
+        }
+        pic::eoi(irq);
+        if !wait(false) {
+            println!("vintx: request {i}: still pending after the ISR read and EOI (storm)");
+            return 1;
+        }
+    }
+    println!("vintx: {n} interrupts, each held across an EOI and gone after the ISR read");
+    0
+}
+
 fn input(boot: &BootInfo) -> u32 {
     let Some(mut v) = Virtio::find(&[0x1052], false) else {
         println!("vinput: no virtio-input");
@@ -442,6 +582,9 @@ fn main(boot: &BootInfo) -> u32 {
     }
     let legacy = boot.arg("legacy").is_some();
     if boot.arg("dev") == Some("rng") {
+        if let Some(n) = boot.arg_u64("intx") {
+            return rng_intx(legacy, n);
+        }
         return match boot.arg_u64("count") {
             Some(n) => rng_count(legacy, n),
             None => rng(legacy),
@@ -510,6 +653,12 @@ fn main(boot: &BootInfo) -> u32 {
         ),
         "mq" => multiqueue(&mut b, feats, sectors, seed),
         "evidx" => event_idx(&mut b, feats),
+        "reset" => reset_in_flight(
+            &mut b,
+            want,
+            boot.arg_u64("wait_ms").unwrap_or(50),
+            boot.arg_u64("watch_ms").unwrap_or(2000),
+        ),
         "readonly" => {
             b.fill(0, 1, seed);
             let w = b.request(T_OUT, 0, 512, false);
@@ -521,6 +670,76 @@ fn main(boot: &BootInfo) -> u32 {
             )
         }
         _ => check(&mut b, feats, capacity, sectors, seed),
+    }
+}
+
+/// `op=reset` (see the module doc).
+fn reset_in_flight(b: &mut Blk, want: u64, wait_ms: u64, watch_ms: u64) -> u32 {
+    const LEN: u64 = 8 * 512;
+    const MARK: u8 = 0xee;
+    let (hdr, status) = (b.hdr, b.hdr + 16);
+    let poison = |at: u64, v: u8| {
+        // SAFETY: free RAM owned by this driver.
+        unsafe { core::ptr::write_volatile(at as *mut u8, v) }
+    };
+    for i in 0..LEN {
+        poison(DATA + i, MARK);
+    }
+    poison(status, 0xff);
+    w32(hdr, T_IN);
+    w32(hdr + 4, 0);
+    w64(hdr + 8, 0);
+    b.v.set_desc(0, hdr, 16, F_NEXT, 1);
+    b.v.set_desc(1, DATA, LEN as u32, F_NEXT | F_WRITE, 2);
+    b.v.set_desc(2, status, 1, F_WRITE, 0);
+    let before = b.v.used_idx();
+    b.v.offer(0);
+    guestlib::time::delay_us(wait_ms * 1000);
+    if b.v.used_idx() != before {
+        println!("vblk: the read completed before the reset");
+        return 3;
+    }
+    let t0 = guestlib::time::now_ns();
+    let read_back = b.v.reset();
+    let took = guestlib::time::now_ns() - t0;
+    println!(
+        "vblk: reset took {} us (status read back {read_back:#x})",
+        took / 1000
+    );
+    let changed = || -> Option<&'static str> {
+        if b.v.used_idx() != before {
+            return Some("used index");
+        }
+        if read_u8(status) != 0xff {
+            return Some("status byte");
+        }
+        if (0..LEN).any(|i| read_u8(DATA + i) != MARK) {
+            return Some("data buffer");
+        }
+        None
+    };
+    let d = guestlib::time::Deadline::after_ms(watch_ms);
+    while !d.expired() {
+        if let Some(what) = changed() {
+            println!("vblk: late write after reset: {what}");
+            return 1;
+        }
+        core::hint::spin_loop();
+    }
+    println!("vblk: no guest write after reset");
+    if let Err(e) = b.v.init(want, 128) {
+        println!("vblk: init after reset: {e}");
+        return 1;
+    }
+    match b.request(T_IN, 0, 512, true) {
+        Some((0, 513)) => {
+            println!("vblk: works after reset");
+            0
+        }
+        r => {
+            println!("vblk: read after reset: {r:?}");
+            1
+        }
     }
 }
 

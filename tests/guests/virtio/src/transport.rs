@@ -332,6 +332,19 @@ impl Virtio {
         read_u16(r.used + 4 + 8 * u64::from(r.size))
     }
 
+    /// Write 0 to the status register (a device reset) and read it back once, as Linux's
+    /// legacy driver does to flush the write; returns what the read gave.
+    pub fn reset(&self) -> u8 {
+        self.set_status(0);
+        self.status()
+    }
+
+    /// The used ring's index of the selected queue, as the device last wrote it.
+    pub fn used_idx(&self) -> u16 {
+        compiler_fence(Ordering::SeqCst);
+        read_u16(self.ring().used + 2)
+    }
+
     /// Used elements consumed so far on the selected queue.
     pub fn used_seen(&self) -> u16 {
         self.ring().used_seen
