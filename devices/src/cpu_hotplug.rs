@@ -239,9 +239,15 @@ impl CpuHotplug {
         if self.legacy {
             // The bitmap is read-only; 0 written to its first dword selects the modern
             // interface.
+            // The modern interface starts with no events, as QEMU's does (CPUs plugged in
+            // legacy mode are just present).
             if offset == SELECTOR && v == 0 {
                 self.legacy = false;
                 self.selector = 0;
+                for s in &mut self.slots {
+                    s.inserting = false;
+                    s.removing = false;
+                }
             }
             return None;
         }
@@ -424,7 +430,10 @@ mod tests {
         assert_eq!(h.unplug_request(2), Err(CpuHotplugError::Legacy));
         w32(&mut h, 0, 0);
         assert!(!h.legacy());
-        // Modern now: the flags of CPU 0 (enabled).
+        // Modern now: the flags of CPU 0 (enabled); CPU 2 plugged in legacy mode is
+        // present with no insert event.
+        assert_eq!(r8(&mut h, FLAGS), FLAG_ENABLED);
+        w32(&mut h, SELECTOR, 2);
         assert_eq!(r8(&mut h, FLAGS), FLAG_ENABLED);
     }
 

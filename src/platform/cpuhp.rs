@@ -214,8 +214,7 @@ impl HotCpus {
     /// The index (possible CPU) and APIC id `s` names, checked as QEMU checks them.
     fn slot(&self, s: &CpuSpec) -> Result<(u32, u32), String> {
         let t = &self.topo;
-        if let Some(n) = s.node.filter(|&n| n != 0) {
-            let _ = n;
+        if s.node.is_some_and(|n| n != 0) {
             return Err("invalid node-id, must be 0".into());
         }
         let (tbits, cbits) = (t.thread_bits(), t.core_bits());
