@@ -148,9 +148,7 @@ impl CpuHotplug {
         if self.legacy {
             return Err(CpuHotplugError::Legacy);
         }
-        let s = self
-            .slot_mut(cpu)
-            .ok_or(CpuHotplugError::NoSuchCpu(cpu))?;
+        let s = self.slot_mut(cpu).ok_or(CpuHotplugError::NoSuchCpu(cpu))?;
         if !s.present {
             return Err(CpuHotplugError::NotPresent(cpu));
         }
@@ -504,7 +502,11 @@ mod tests {
         assert_eq!(w8(&mut h, FLAGS, FLAG_EJECT), None);
         w8(&mut h, COMMAND, CMD_ARCH_ID);
         w32(&mut h, SELECTOR, 0);
-        assert_eq!(r32(&mut h, DATA), 0, "command 3 was ignored: still OST status");
+        assert_eq!(
+            r32(&mut h, DATA),
+            0,
+            "command 3 was ignored: still OST status"
+        );
     }
 
     #[test]

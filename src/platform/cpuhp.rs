@@ -133,9 +133,7 @@ impl CpuSpec {
         for p in parts.filter(|p| !p.is_empty()) {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             let num = || -> Result<u32, String> {
-                parse_u32(v).ok_or_else(|| {
-                    format!("Parameter '{k}' expects uint32")
-                })
+                parse_u32(v).ok_or_else(|| format!("Parameter '{k}' expects uint32"))
             };
             match k {
                 "id" => s.id = Some(v.to_string()),
@@ -297,16 +295,8 @@ impl HotCpus {
             .map_err(|e| format!("{e:#}"))?
             .pop()
             .flatten();
-        let handle = spawn_vcpu(
-            fd,
-            index,
-            apic,
-            cores,
-            boot.clone(),
-            ctx,
-            &self.registry,
-        )
-        .map_err(|e| e.to_string())?;
+        let handle = spawn_vcpu(fd, index, apic, cores, boot.clone(), ctx, &self.registry)
+            .map_err(|e| e.to_string())?;
         lock(&self.live).insert(
             index,
             Live {

@@ -293,10 +293,7 @@ impl Hotplug for PcHotplug {
         self.pci.pcihp.unplug_request(slot)
     }
 
-    fn vcpu(
-        &self,
-        index: u32,
-    ) -> Option<(actors::vcpu::VcpuHandle, actors::vcpu::VcpuBootState)> {
+    fn vcpu(&self, index: u32) -> Option<(actors::vcpu::VcpuHandle, actors::vcpu::VcpuBootState)> {
         self.cpus.vcpu(index)
     }
 

@@ -609,7 +609,10 @@ mod tests {
         );
         assert_eq!(text.matches("Evaluating \\").count(), 6, "{text}");
         // _MAT of CPU 3: a local APIC entry, UID 3, APIC id 3, enabled.
-        assert!(text.contains("00 08 03 03 01 00 00 00"), "_MAT of C003:\n{text}");
+        assert!(
+            text.contains("00 08 03 03 01 00 00 00"),
+            "_MAT of C003:\n{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -296,12 +296,15 @@ mod tests {
         let mut t = DeviceTree::new();
         let r = Registry::new();
         add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false)
-            .await.map(|v| v.is_some())
+            .await
+            .map(|v| v.is_some())
             .unwrap();
         assert!(t.get("/netdevs/n0").is_some());
         assert_eq!(open.load(Ordering::SeqCst), 1);
         // A duplicate is built, refused by the tree and closed again.
-        let e = add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false).await.map(|v| v.is_some());
+        let e = add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false)
+            .await
+            .map(|v| v.is_some());
         assert_eq!(
             e,
             Err(HotplugError::Tree(TreeError::DuplicateId(
@@ -309,7 +312,9 @@ mod tests {
             )))
         );
         assert_eq!(open.load(Ordering::SeqCst), 1);
-        let e = add(&r, &mut t, Some(&h), Plug::Netdev("bad".into()), false).await.map(|v| v.is_some());
+        let e = add(&r, &mut t, Some(&h), Plug::Netdev("bad".into()), false)
+            .await
+            .map(|v| v.is_some());
         assert_eq!(e, Err(HotplugError::Failed("cannot open bad".into())));
         remove(&r, &mut t, "/netdevs/n0").await.unwrap();
         assert_eq!(open.load(Ordering::SeqCst), 0);
@@ -319,7 +324,9 @@ mod tests {
             HotplugError::Tree(TreeError::UnknownId("/netdevs/n0".into()))
         );
         assert_eq!(
-            add(&r, &mut t, None, Plug::Netdev("n1".into()), false).await.map(|v| v.is_some()),
+            add(&r, &mut t, None, Plug::Netdev("n1".into()), false)
+                .await
+                .map(|v| v.is_some()),
             Err(HotplugError::Unsupported("devices or backends"))
         );
     }
@@ -397,7 +404,8 @@ mod tests {
         )
         .unwrap();
         add(&r, &mut t, Some(&h), Plug::Device("nic1@5".into()), false)
-            .await.map(|v| v.is_some())
+            .await
+            .map(|v| v.is_some())
             .unwrap();
         assert_eq!(*pci.plugged.lock().unwrap(), [5]);
         // Unknown, not hot-plugged, then asked twice.

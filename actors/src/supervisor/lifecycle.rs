@@ -1144,7 +1144,13 @@ impl Supervisor {
                     .tree
                     .iter()
                     .find(|n| n.vcpu().is_some_and(|(i, _)| i == cpu))
-                    .map(|n| if n.user_id { n.id.clone() } else { String::new() });
+                    .map(|n| {
+                        if n.user_id {
+                            n.id.clone()
+                        } else {
+                            String::new()
+                        }
+                    });
                 let mut info = serde_json::json!({
                     "slot": cpu.to_string(), "slot-type": "CPU",
                     "source": event, "status": status,

@@ -11,7 +11,8 @@
 //! success), waits for its remove event, clears it and ejects it (flag bit 3), and checks
 //! its enabled flag is gone. GPE0 status bit 2 (0xAFE0) is read and cleared at each event.
 //!
-//! Command line: `cycles=N`, `timeout=S` (seconds per wait, default 60), `modern`.
+//! Command line: `cycles=N`, `timeout=S` (seconds per wait, default 60), `modern`,
+//! `stay_legacy` (after the first CPU arrives in the bitmap, wait without switching).
 //! Output: `cpuhp: ready bitmap=<hex>`, `cpuhp: legacy up apic=<n> gpe=<0|1>`,
 //! `cpuhp: modern`, `cpuhp: found cpu=<index> apic=<n>` (the CPU plugged in legacy mode,
 //! which has no insert event in the modern interface: the first cycle uses it), then per
@@ -102,6 +103,11 @@ fn main(boot: &guestlib::BootInfo) -> u32 {
         };
         let apic = new.trailing_zeros();
         println!("cpuhp: legacy up apic={apic} gpe={}", take_gpe());
+        if boot.arg("stay_legacy").is_some() {
+            // Never switch: the host sees a guest that only knows the legacy bitmap.
+            let _ = wait::<()>(timeout, "nothing (staying in the legacy mode)", || None);
+            return 2;
+        }
         legacy_apic = Some(apic);
     }
     // To the modern interface; detected as the spec says: selector 0, command 0, then
