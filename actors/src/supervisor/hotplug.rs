@@ -144,7 +144,9 @@ pub(super) fn unplug_request(
             .filter(|&n| n < h.boot_vcpus());
         return Err(match boot {
             Some(0) => HotplugError::Failed("Boot CPU is unpluggable".into()),
-            Some(_) => HotplugError::NotHotpluggable("a CPU of the command line".into()),
+            Some(n) => HotplugError::Failed(format!(
+                "CPU {n} was created by -smp; troupe cannot unplug the command line's CPUs yet"
+            )),
             None => HotplugError::DeviceNotFound(id.into()),
         });
     };
@@ -379,7 +381,7 @@ mod tests {
             Err("no CPUs".into())
         }
         fn boot_vcpus(&self) -> u32 {
-            1
+            2
         }
     }
 
@@ -421,6 +423,13 @@ mod tests {
         assert_eq!(
             unplug_request(&t, Some(&h), "/machine/unattached/device[0]"),
             Err(HotplugError::Failed("Boot CPU is unpluggable".into()))
+        );
+        assert_eq!(
+            unplug_request(&t, Some(&h), "/machine/unattached/device[1]"),
+            Err(HotplugError::Failed(
+                "CPU 1 was created by -smp; troupe cannot unplug the command line's CPUs yet"
+                    .into()
+            ))
         );
         unplug_request(&t, Some(&h), "/machine/peripheral/nic1").unwrap();
         assert_eq!(
