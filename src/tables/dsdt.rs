@@ -1,7 +1,8 @@
 //! The DSDT's AML, built with the `acpi_tables` crate's AML encoder: the PCI root bridge
-//! with its resources and interrupt routing, the ISA devices behind the PIIX3, one ACPI
-//! processor device per possible CPU, and `\_S5` (soft-off with SLP_TYP 0, as QEMU's
-//! PIIX4 expects).
+//! with its resources and interrupt routing, the ISA devices behind the PIIX3, ACPI PCI
+//! hotplug (`_E01`), ACPI CPU hotplug as QEMU's `pc` has it (`\_SB.PCI0.PRES`,
+//! `\_SB.CPUS` with one processor device per possible CPU, `_E02`), and `\_S5` (soft-off
+//! with SLP_TYP 0, as QEMU's PIIX4 expects).
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
