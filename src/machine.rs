@@ -493,6 +493,17 @@ pub fn build(
     route_input(&console, &devices);
     let topo = Topology::from_smp(&cfg.smp);
     let (fds, templates) = create_vcpus(cfg, &kvm, &cpu, &topo)?;
+    let hot_cpus = crate::platform::cpuhp::HotCpus::new(
+        devices.cpuhp.clone(),
+        kvm.clone(),
+        cpu.clone(),
+        topo,
+        cfg.smp.maxcpus.max(cfg.smp.cpus),
+        cfg.smp.cpus,
+        &cfg.cpu.model,
+        cfg.vcpu_pin.clone(),
+        registry.clone(),
+    );
     let plan = boot_plan(cfg, kernel_override);
     let acpi = acpi_tables(cfg, &plan, &devices)?;
     let sides = MachineSides {
@@ -558,6 +569,7 @@ pub fn build(
         coalesced: ring,
         debug_threads: cfg.debug_threads,
     };
+    hot_cpus.set_context(ctx.clone());
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
     let tree = machine.devices.take_tree();
@@ -568,9 +580,11 @@ pub fn build(
         Arc::new(machine),
         events_rx,
     );
+    let cpu_type = hot_cpus.cpu_type.clone();
     supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug {
         netdevs,
         pci: hot_pci,
+        cpus: hot_cpus,
     }));
     let supervisor = supervisor.with_registry(registry.clone());
     sides
@@ -602,6 +616,13 @@ pub fn build(
                 (p.socket, p.core, p.thread)
             })
             .collect(),
+        cpu_slots: (0..cfg.smp.maxcpus.max(cfg.smp.cpus))
+            .map(|i| {
+                let p = topo.position(i);
+                (p.socket, p.core, p.thread)
+            })
+            .collect(),
+        cpu_type,
         keys: Arc::default(),
         buttons: Arc::default(),
         dirty_rate: Arc::default(),

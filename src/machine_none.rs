@@ -241,6 +241,8 @@ pub fn run(
         ),
         catalog: Arc::new(PcCatalog::new(host)),
         topology: Vec::new(),
+        cpu_slots: Vec::new(),
+        cpu_type: String::new(),
         keys: Arc::default(),
         buttons: Arc::default(),
         dirty_rate: Arc::default(),

@@ -22,6 +22,11 @@ pub enum VmEvent {
     /// The guest ejected the device in PCI slot `slot` of bus 0 (ACPI PCI hotplug's
     /// B0EJ): it leaves the machine.
     PciEjected { slot: u8 },
+    /// The guest ejected possible CPU `cpu` (ACPI CPU hotplug's eject flag): its vCPU
+    /// leaves the machine.
+    CpuEjected { cpu: u32 },
+    /// The guest's `_OST` for possible CPU `cpu` (QEMU's `ACPI_DEVICE_OST`).
+    CpuOst { cpu: u32, event: u32, status: u32 },
     /// A non-restartable actor (vCPU, block engine, virtio queue worker, e1000 thread)
     /// panicked with `reason`; the VM must stop.
     ActorFailed {

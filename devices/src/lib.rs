@@ -14,6 +14,7 @@
 
 pub mod acpi_pm;
 pub mod block;
+pub mod cpu_hotplug;
 pub mod e1000;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;

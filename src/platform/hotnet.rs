@@ -276,6 +276,7 @@ fn netdev_desc(nd: &NetdevConfig) -> String {
 pub struct PcHotplug {
     pub netdevs: SharedNetdevs,
     pub pci: Arc<super::hotpci::HotPci>,
+    pub cpus: Arc<super::cpuhp::HotCpus>,
 }
 
 impl Hotplug for PcHotplug {
@@ -283,15 +284,37 @@ impl Hotplug for PcHotplug {
         if let Some((slot, _)) = node.pci_address() {
             self.pci.pcihp.plugged(slot);
         }
+        if let Some((index, _)) = node.vcpu() {
+            self.cpus.cpuhp.plugged(index);
+        }
     }
 
     fn unplug_request(&self, slot: u8) -> bool {
         self.pci.pcihp.unplug_request(slot)
     }
 
+    fn vcpu(&self, index: u32) -> Option<(actors::vcpu::VcpuHandle, actors::vcpu::VcpuBootState)> {
+        self.cpus.vcpu(index)
+    }
+
+    fn unplug_vcpu(&self, index: u32) -> Result<bool, String> {
+        self.cpus.unplug(index)
+    }
+
+    fn boot_vcpus(&self) -> u32 {
+        self.cpus.boot_cpus()
+    }
+
     fn plug(&self, what: &Plug, tree: &DeviceTree) -> Result<Node, String> {
         match what {
-            Plug::Device(spec) => self.pci.plug(spec, tree, &self.netdevs),
+            Plug::Device(spec) => {
+                let first = spec.split(',').next().unwrap_or_default();
+                let driver = first.strip_prefix("driver=").unwrap_or(first);
+                if super::cpuhp::HotCpus::is_cpu_driver(driver) {
+                    return self.cpus.plug(spec, tree);
+                }
+                self.pci.plug(spec, tree, &self.netdevs)
+            }
             Plug::Netdev(spec) => {
                 let (nd, desc) = lock(&self.netdevs).add(spec)?;
                 let shared = self.netdevs.clone();

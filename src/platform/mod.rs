@@ -29,6 +29,7 @@ use crate::vm::kvm::KvmVm;
 use devices::memory::GuestMemoryMmap;
 use pci::{GpePort, PciPlatform};
 
+pub mod cpuhp;
 pub mod fw_cfg;
 pub mod hotnet;
 pub mod hotpci;
@@ -150,6 +151,8 @@ pub struct DeviceSet {
     pub virtio: virtio::VirtioDevices,
     /// ACPI PCI hotplug (0xAE00).
     pub pcihp: Arc<pcihp::Pcihp>,
+    /// ACPI CPU hotplug (0xAF00).
+    pub cpuhp: Arc<cpuhp::Cpuhp>,
     /// The devices `device_add` plugged (set once the machine is built).
     pub hot_pci: Option<Arc<hotpci::HotPci>>,
 }
@@ -176,6 +179,7 @@ struct Chipset {
     pm: Arc<Mutex<AcpiPm>>,
     pci: Arc<PciPlatform>,
     pcihp: Arc<pcihp::Pcihp>,
+    cpuhp: Arc<cpuhp::Cpuhp>,
 }
 
 impl DeviceSet {
@@ -242,6 +246,7 @@ impl DeviceSet {
             vga,
             virtio,
             pcihp: chipset.pcihp,
+            cpuhp: chipset.cpuhp,
             hot_pci: None,
         })
     }
@@ -343,6 +348,15 @@ impl Board<'_> {
             "acpi-pcihp",
             pcihp.clone(),
         )?;
+        // ACPI CPU hotplug: every possible CPU, as the DSDT numbers them.
+        let cpus = crate::machine::acpi_config(self.cfg).dsdt.cpus;
+        let cpuhp = cpuhp::Cpuhp::new(&cpus, pm.clone(), self.events.clone());
+        self.pio.insert(
+            u64::from(devices::cpu_hotplug::CPUHP_BASE),
+            u64::from(devices::cpu_hotplug::CPUHP_LEN),
+            "acpi-cpuhp",
+            cpuhp.clone(),
+        )?;
         tree::chipset(
             &mut self.tree,
             &pci,
@@ -352,11 +366,17 @@ impl Board<'_> {
                 vec![
                     pci::part("acpi-pm", &pm),
                     pci::part("acpi-pcihp", &pcihp.model),
+                    pci::part("acpi-cpuhp", &cpuhp.model),
                 ],
                 || {},
             ),
         )?;
-        Ok(Chipset { pm, pci, pcihp })
+        Ok(Chipset {
+            pm,
+            pci,
+            pcihp,
+            cpuhp,
+        })
     }
 
     /// Port 0x80 (POST codes, ignored) and, when its log target is on, SeaBIOS's debug

@@ -529,7 +529,7 @@ mod tests {
             .args([
                 "-b",
                 "evaluate \\_SB.PCI0.S18._EJ0 1; evaluate \\_SB.PCI0.SF8._SUN; \
-                 evaluate \\_GPE._E01; evaluate \\_SB.C001._STA; evaluate \\_SB.PCI0.PCEJ 0 5",
+                 evaluate \\_GPE._E01; evaluate \\_SB.CPUS.C001._STA; evaluate \\_SB.PCI0.PCEJ 0 5",
             ])
             .arg("dsdt.dat")
             .current_dir(&dir)
@@ -545,6 +545,73 @@ mod tests {
         assert!(
             text.contains("[Integer] = 000000000000001F"),
             "_SUN of slot 31:\n{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The CPU hotplug AML as QEMU's `pc` has it (`\_SB.PCI0.PRES` with its fields and
+    /// `_INI`, `\_SB.CPUS` with CTFY/CSTA/CEJ0/CSCN/COST and a device per possible CPU,
+    /// `\_GPE._E02`), decompiled by iasl and run by acpiexec against its simulated ports:
+    /// `_INI`, `_STA`, `_MAT`, `_EJ0`, `_OST` and the GPE handler.
+    #[test]
+    fn acpiexec_runs_the_cpu_hotplug_aml() {
+        let dir = std::env::temp_dir().join(format!("troupe-acpi-cpuhp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // -smp 1,maxcpus=4 with sockets=2,cores=2: APIC ids 0 1 2 3.
+        let t = AcpiTables::build(&cfg(1, 4, |i| i));
+        t.dump(&dir, 0xe_0000, 0xe_0040).unwrap();
+        let out = std::process::Command::new(tool("iasl"))
+            .args(["-d", "dsdt.dat"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("Error"), "{text}");
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        for needle in [
+            "Device (PRES)",
+            "OperationRegion (PRST, SystemIO, 0xAF00, 0x0C)",
+            "CSEL = Zero",
+            "Device (CPUS)",
+            "Name (_HID, \"ACPI0010\" /* Processor Container Device */)",
+            "Method (CSCN, 0, Serialized)",
+            "Method (COST, 4, Serialized)",
+            "Device (C003)",
+            "Notify (C003, Arg1)",
+            "Return (CSTA (0x03))",
+            "CEJ0 (0x02)",
+            "COST (One, Arg0, Arg1, Arg2)",
+            "Method (_E02, 0",
+            "\\_SB.CPUS.CSCN ()",
+        ] {
+            assert!(dsl.contains(needle), "{needle} missing:\n{dsl}");
+        }
+        // The boot CPU has no _EJ0; the others do.
+        let c000 = &dsl[dsl.find("Device (C000)").unwrap()..dsl.find("Device (C001)").unwrap()];
+        assert!(!c000.contains("_EJ0"), "{c000}");
+        let out = std::process::Command::new(tool("acpiexec"))
+            .args([
+                "-b",
+                "evaluate \\_SB.PCI0.PRES._INI; evaluate \\_SB.CPUS.C000._STA; \
+                 evaluate \\_SB.CPUS.C003._MAT; evaluate \\_SB.CPUS.C002._EJ0 1; \
+                 evaluate \\_SB.CPUS.C001._OST 0x103 0x80 0; evaluate \\_GPE._E02",
+            ])
+            .arg("dsdt.dat")
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Evaluating \\").count(), 6, "{text}");
+        // _MAT of CPU 3: a local APIC entry, UID 3, APIC id 3, enabled.
+        assert!(
+            text.contains("00 08 03 03 01 00 00 00"),
+            "_MAT of C003:\n{text}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

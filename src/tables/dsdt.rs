@@ -1,7 +1,8 @@
 //! The DSDT's AML, built with the `acpi_tables` crate's AML encoder: the PCI root bridge
-//! with its resources and interrupt routing, the ISA devices behind the PIIX3, one ACPI
-//! processor device per possible CPU, and `\_S5` (soft-off with SLP_TYP 0, as QEMU's
-//! PIIX4 expects).
+//! with its resources and interrupt routing, the ISA devices behind the PIIX3, ACPI PCI
+//! hotplug (`_E01`), ACPI CPU hotplug as QEMU's `pc` has it (`\_SB.PCI0.PRES`,
+//! `\_SB.CPUS` with one processor device per possible CPU, `_E02`), and `\_S5` (soft-off
+//! with SLP_TYP 0, as QEMU's PIIX4 expects).
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
@@ -180,41 +181,16 @@ pub fn aml(cfg: &DsdtConfig) -> Vec<u8> {
     if cfg.hotplug_slots != 0 {
         pci0_children.push(&hp);
     }
+    let pres = CpuHotplugResources;
+    pci0_children.push(&pres);
     let pci0 = Device::new("PCI0".into(), pci0_children);
 
-    // Processors.
-    let cpu_hid: aml::AmlStr = "ACPI0007";
-    let cpu_vals: Vec<(aml::Byte, aml::Byte)> = cfg
-        .cpus
-        .iter()
-        .enumerate()
-        .map(|(i, (present, _))| (byte(i as u8), byte(if *present { 0x0f } else { 0 })))
-        .collect();
-    let cpu_names: Vec<[Name; 3]> = cpu_vals
-        .iter()
-        .map(|(uid, sta)| [name("_HID", &cpu_hid), name("_UID", uid), name("_STA", sta)])
-        .collect();
-    let cpus: Vec<Device> = cpu_names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            Device::new(
-                format!("C{i:03X}").as_str().into(),
-                n.iter().map(|x| x as &dyn Aml).collect(),
-            )
-        })
-        .collect();
-
-    let mut sb_children: Vec<&dyn Aml> = vec![&pci0];
-    for c in &cpus {
-        sb_children.push(c);
-    }
-    let sb = Scope::new("\\_SB_".into(), sb_children);
+    // Processors: the CPU hotplug container and one device per possible CPU.
+    let cpus = CpusAml { cpus: &cfg.cpus };
+    let sb = Scope::new("\\_SB_".into(), vec![&pci0, &cpus]);
     sb.to_aml_bytes(&mut out);
 
-    if cfg.hotplug_slots != 0 {
-        out.extend(gpe_scope());
-    }
+    out.extend(gpe_scope(cfg.hotplug_slots != 0));
 
     let s5 = Package::new(vec![&zero, &zero, &zero, &zero]);
     name("\\_S5_", &s5).to_aml_bytes(&mut out);
@@ -349,9 +325,10 @@ impl Aml for PciHotplugAml {
     }
 }
 
-/// `\_GPE` with `_E01`: GPE0 bit 1 (the PCI hotplug block's) runs `\_SB.PCI0.PCNT` under
-/// its lock.
-fn gpe_scope() -> Vec<u8> {
+/// `\_GPE`: `_E01` (GPE0 bit 1, the PCI hotplug block's, when there is one) runs
+/// `\_SB.PCI0.PCNT` under its lock; `_E02` (bit 2, the CPU hotplug block's) runs
+/// `\_SB.CPUS.CSCN`.
+fn gpe_scope(pci_hotplug: bool) -> Vec<u8> {
     use aml::{Acquire, Method, MethodCall, Release};
     let mut out = Vec::new();
     let hid: aml::AmlStr = "ACPI0006";
@@ -360,6 +337,271 @@ fn gpe_scope() -> Vec<u8> {
     let pcnt = MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
     let release = Release::new("\\_SB_.PCI0.BLCK".into());
     let e01 = Method::new("_E01".into(), 0, false, vec![&acquire, &pcnt, &release]);
-    Scope::new("\\_GPE".into(), vec![&hid_n, &e01]).to_aml_bytes(&mut out);
+    let cscn = MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]);
+    let e02 = Method::new("_E02".into(), 0, false, vec![&cscn]);
+    let mut children: Vec<&dyn Aml> = vec![&hid_n];
+    if pci_hotplug {
+        children.push(&e01);
+    }
+    children.push(&e02);
+    Scope::new("\\_GPE".into(), children).to_aml_bytes(&mut out);
     out
+}
+
+/// `\_SB.PCI0.PRES`, the CPU hotplug block as QEMU's `pc` describes it: its ports
+/// (0xAF00, 12 bytes: the modern interface), the lock `CPLK`, the fields `CPEN` (enabled),
+/// `CINS` (insert event), `CRMV` (remove event), `CEJ0` (eject), `CEJF`, `CCMD`
+/// (command) as bytes and `CSEL` (selector), `CDAT` (command data) as dwords, and `_INI`,
+/// whose `CSEL = 0` switches the block from the legacy bitmap to the modern interface.
+struct CpuHotplugResources;
+
+impl Aml for CpuHotplugResources {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        use aml::{
+            Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, Method, Mutex,
+            OpRegion, OpRegionSpace, Path, Store,
+        };
+        let base = u32::from(devices::cpu_hotplug::CPUHP_BASE);
+        let len = u32::from(devices::cpu_hotplug::MODERN_LEN);
+        let hid = EISAName::new("PNP0A06");
+        let uid: aml::AmlStr = "CPU Hotplug resources";
+        let io = IO::new(base as u16, base as u16, 1, len as u8);
+        let crs = ResourceTemplate::new(vec![&io]);
+        let region = OpRegion::new("PRST".into(), OpRegionSpace::SystemIO, &base, &len);
+        let bytes = Field::new(
+            "PRST".into(),
+            FieldAccessType::Byte,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::WriteAsZeroes,
+            vec![
+                FieldEntry::Reserved(32),
+                FieldEntry::Named(*b"CPEN", 1),
+                FieldEntry::Named(*b"CINS", 1),
+                FieldEntry::Named(*b"CRMV", 1),
+                FieldEntry::Named(*b"CEJ0", 1),
+                FieldEntry::Named(*b"CEJF", 1),
+                FieldEntry::Reserved(3),
+                FieldEntry::Named(*b"CCMD", 8),
+            ],
+        );
+        let dwords = Field::new(
+            "PRST".into(),
+            FieldAccessType::DWord,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::Preserve,
+            vec![
+                FieldEntry::Named(*b"CSEL", 32),
+                FieldEntry::Reserved(32),
+                FieldEntry::Named(*b"CDAT", 32),
+            ],
+        );
+        let zero = aml::Zero {};
+        let csel = Path::new("CSEL");
+        let select0 = Store::new(&csel, &zero);
+        let ini = Method::new("_INI".into(), 0, true, vec![&select0]);
+        let lock = Mutex::new("CPLK".into(), 0);
+        Device::new(
+            "PRES".into(),
+            vec![
+                &name("_HID", &hid),
+                &name("_UID", &uid),
+                &lock,
+                &name("_CRS", &crs),
+                &region,
+                &bytes,
+                &dwords,
+                &ini,
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.CPUS` (a processor container, ACPI0010), as QEMU's `pc` generates it: `CTFY(cpu,
+/// event)` notifies CPU device `cpu`; `CSTA(cpu)` is its `_STA` (0xF while `CPEN`);
+/// `CEJ0(cpu)` ejects it; `CSCN` (run by `\_GPE._E02`) walks every possible CPU and
+/// notifies device check (1) for an insert event and eject request (3) for a remove event,
+/// clearing each; `COST(cpu, event, status, info)` reports `_OST`. One device `Cxxx`
+/// (ACPI0007, `_UID` = the MADT processor UID) per possible CPU with `_STA`, `_MAT` (its
+/// MADT local APIC entry), `_EJ0` (all but the boot CPU) and `_OST`.
+struct CpusAml<'a> {
+    cpus: &'a [(bool, u32)],
+}
+
+const PRES: &str = "\\_SB_.PCI0.PRES.";
+
+fn pres(field: &str) -> aml::Path {
+    aml::Path::new(&format!("{PRES}{field}"))
+}
+
+fn cpu_name(i: usize) -> String {
+    format!("C{i:03X}")
+}
+
+impl Aml for CpusAml<'_> {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        use aml::{
+            Acquire, Add, Arg, BufferData, Else, Equal, If, LessThan, Local, Method, MethodCall,
+            Notify, Path, Release, Return, Store, While,
+        };
+        let zero = aml::Zero {};
+        let one = aml::One {};
+        let n = self.cpus.len();
+        let lock = format!("{PRES}CPLK");
+        let acquire = Acquire::new(lock.as_str().into(), 0xffff);
+        let release = Release::new(lock.as_str().into());
+        let (csel, cpen, cins, crmv, cej0, ccmd, cdat) = (
+            pres("CSEL"),
+            pres("CPEN"),
+            pres("CINS"),
+            pres("CRMV"),
+            pres("CEJ0"),
+            pres("CCMD"),
+            pres("CDAT"),
+        );
+
+        // CTFY(cpu, event).
+        let names: Vec<(usize, Path)> = (0..n).map(|i| (i, Path::new(&cpu_name(i)))).collect();
+        let idx: Vec<usize> = (0..n).collect();
+        let conds: Vec<Equal> = idx.iter().map(|i| Equal::new(&Arg(0), i)).collect();
+        let notifies: Vec<Notify> = names.iter().map(|(_, p)| Notify::new(p, &Arg(1))).collect();
+        let ifs: Vec<If> = conds
+            .iter()
+            .zip(&notifies)
+            .map(|(c, no)| If::new(c, vec![no]))
+            .collect();
+        let ctfy = Method::new(
+            "CTFY".into(),
+            2,
+            false,
+            ifs.iter().map(|i| i as &dyn Aml).collect(),
+        );
+
+        // CSTA(cpu).
+        let sel_arg = Store::new(&csel, &Arg(0));
+        let l0_zero = Store::new(&Local(0), &zero);
+        let fifteen = 0x0fu8;
+        let l0_f = Store::new(&Local(0), &fifteen);
+        let enabled = Equal::new(&cpen, &one);
+        let if_enabled = If::new(&enabled, vec![&l0_f]);
+        let ret_l0 = Return::new(&Local(0));
+        let csta = Method::new(
+            "CSTA".into(),
+            1,
+            true,
+            vec![&acquire, &sel_arg, &l0_zero, &if_enabled, &release, &ret_l0],
+        );
+
+        // CEJ0(cpu).
+        let eject = Store::new(&cej0, &one);
+        let cej0_m = Method::new(
+            "CEJ0".into(),
+            1,
+            true,
+            vec![&acquire, &sel_arg, &eject, &release],
+        );
+
+        // CSCN: every possible CPU's events, in order.
+        let count = n;
+        let sel_l0 = Store::new(&csel, &Local(0));
+        let inserting = Equal::new(&cins, &one);
+        let check = MethodCall::new("CTFY".into(), vec![&Local(0), &one]);
+        let clear_ins = Store::new(&cins, &one);
+        let if_ins = If::new(&inserting, vec![&check, &clear_ins]);
+        let removing = Equal::new(&crmv, &one);
+        let three = 3u8;
+        let eject_req = MethodCall::new("CTFY".into(), vec![&Local(0), &three]);
+        let clear_rmv = Store::new(&crmv, &one);
+        let if_rmv = If::new(&removing, vec![&eject_req, &clear_rmv]);
+        let else_rmv = Else::new(vec![&if_rmv]);
+        let next = Add::new(&Local(0), &Local(0), &one);
+        let more = LessThan::new(&Local(0), &count);
+        let walk = While::new(&more, vec![&sel_l0, &if_ins, &else_rmv, &next]);
+        let cscn = Method::new(
+            "CSCN".into(),
+            0,
+            true,
+            vec![&acquire, &l0_zero, &walk, &release],
+        );
+
+        // COST(cpu, event, status, info).
+        let cmd1 = Store::new(&ccmd, &one);
+        let ev = Store::new(&cdat, &Arg(1));
+        let two = 2u8;
+        let cmd2 = Store::new(&ccmd, &two);
+        let st = Store::new(&cdat, &Arg(2));
+        let cost = Method::new(
+            "COST".into(),
+            4,
+            true,
+            vec![&acquire, &sel_arg, &cmd1, &ev, &cmd2, &st, &release],
+        );
+
+        // The CPU devices.
+        let hid: aml::AmlStr = "ACPI0007";
+        let uids: Vec<aml::Byte> = (0..n).map(|i| i as u8).collect();
+        let mats: Vec<BufferData> = self
+            .cpus
+            .iter()
+            .enumerate()
+            .map(|(i, (_, apic))| BufferData::new(vec![0, 8, i as u8, *apic as u8, 1, 0, 0, 0]))
+            .collect();
+        let sta_calls: Vec<MethodCall> = uids
+            .iter()
+            .map(|u| MethodCall::new("CSTA".into(), vec![u]))
+            .collect();
+        let sta_rets: Vec<Return> = sta_calls.iter().map(|c| Return::new(c)).collect();
+        let stas: Vec<Method> = sta_rets
+            .iter()
+            .map(|r| Method::new("_STA".into(), 0, true, vec![r]))
+            .collect();
+        let ej_calls: Vec<MethodCall> = uids
+            .iter()
+            .map(|u| MethodCall::new("CEJ0".into(), vec![u]))
+            .collect();
+        let ejs: Vec<Method> = ej_calls
+            .iter()
+            .map(|c| Method::new("_EJ0".into(), 1, false, vec![c]))
+            .collect();
+        let ost_calls: Vec<MethodCall> = uids
+            .iter()
+            .map(|u| MethodCall::new("COST".into(), vec![u, &Arg(0), &Arg(1), &Arg(2)]))
+            .collect();
+        let osts: Vec<Method> = ost_calls
+            .iter()
+            .map(|c| Method::new("_OST".into(), 3, true, vec![c]))
+            .collect();
+        let hid_n = name("_HID", &hid);
+        let uid_ns: Vec<Name> = uids.iter().map(|u| name("_UID", u)).collect();
+        let mat_ns: Vec<Name> = mats.iter().map(|m| name("_MAT", m)).collect();
+        let cpu_names: Vec<String> = (0..n).map(cpu_name).collect();
+        let devs: Vec<Device> = (0..n)
+            .map(|i| {
+                let mut c: Vec<&dyn Aml> = vec![&hid_n, &uid_ns[i], &stas[i], &mat_ns[i]];
+                if i != 0 {
+                    c.push(&ejs[i]);
+                }
+                c.push(&osts[i]);
+                Device::new(cpu_names[i].as_str().into(), c)
+            })
+            .collect();
+
+        let cpus_hid: aml::AmlStr = "ACPI0010";
+        let cpus_cid = EISAName::new("PNP0A05");
+        let cpus_hid_n = name("_HID", &cpus_hid);
+        let cpus_cid_n = name("_CID", &cpus_cid);
+        let mut children: Vec<&dyn Aml> = vec![
+            &cpus_hid_n,
+            &cpus_cid_n,
+            &ctfy,
+            &csta,
+            &cej0_m,
+            &cscn,
+            &cost,
+        ];
+        for d in &devs {
+            children.push(d);
+        }
+        Device::new("CPUS".into(), children).to_aml_bytes(sink);
+    }
 }

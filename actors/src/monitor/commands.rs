@@ -467,6 +467,24 @@ pub async fn netdev_change(ctx: &MonitorContext, add: bool, arg: String) -> Resu
     }
 }
 
+/// The QOM path of each possible CPU that is present, by index: the command line's are
+/// `/machine/unattached/device[N]`, a hot-plugged one's is its node's.
+async fn cpu_paths(ctx: &MonitorContext) -> Result<Vec<Option<String>>, CmdError> {
+    let tree = ctx.supervisor.tree().await.map_err(actor_gone)?;
+    let n = ctx.cpu_slots.len().max(ctx.topology.len());
+    let mut paths: Vec<Option<String>> = (0..n)
+        .map(|i| (i < ctx.topology.len()).then(|| format!("/machine/unattached/device[{i}]")))
+        .collect();
+    for node in tree.iter() {
+        if let Some((index, _)) = node.vcpu() {
+            if let Some(p) = paths.get_mut(index as usize) {
+                *p = Some(crate::supervisor::hotplug::qom_path(node));
+            }
+        }
+    }
+    Ok(paths)
+}
+
 /// `device_add SPEC` (the `-device` syntax): the machine builds the device and the guest
 /// is told (ACPI PCI hotplug). Err is the message to show.
 pub async fn device_add(ctx: &MonitorContext, spec: String) -> Result<(), String> {
@@ -535,17 +553,27 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         })),
         "query-cpus-fast" => {
             let vcpus = ctx.supervisor.vcpus().await.map_err(actor_gone)?;
+            let paths = cpu_paths(ctx).await?;
             Ok(Value::Array(
                 vcpus
                     .iter()
                     .map(|v| {
                         let i = v.index() as usize;
-                        let (socket, core, thread) =
-                            ctx.topology.get(i).copied().unwrap_or((0, i as u32, 0));
+                        let (socket, core, thread) = ctx
+                            .cpu_slots
+                            .get(i)
+                            .or_else(|| ctx.topology.get(i))
+                            .copied()
+                            .unwrap_or((0, i as u32, 0));
+                        let path = paths
+                            .get(i)
+                            .cloned()
+                            .flatten()
+                            .unwrap_or_else(|| format!("/machine/unattached/device[{i}]"));
                         json!({
                             "thread-id": v.thread_id(),
                             "props": {"core-id": core, "thread-id": thread, "socket-id": socket},
-                            "qom-path": format!("/machine/unattached/device[{i}]"),
+                            "qom-path": path,
                             "cpu-index": i,
                             "target": "x86_64",
                         })
@@ -553,21 +581,33 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                     .collect(),
             ))
         }
-        "query-hotpluggable-cpus" => Ok(Value::Array(
-            ctx.topology
-                .iter()
-                .enumerate()
-                .rev()
-                .map(|(i, (socket, core, thread))| {
-                    json!({
-                        "props": {"core-id": core, "thread-id": thread, "socket-id": socket},
-                        "vcpus-count": 1,
-                        "qom-path": format!("/machine/unattached/device[{i}]"),
-                        "type": "host-x86_64-cpu",
+        "query-hotpluggable-cpus" => {
+            let paths = cpu_paths(ctx).await?;
+            let slots = if ctx.cpu_slots.is_empty() {
+                &ctx.topology
+            } else {
+                &ctx.cpu_slots
+            };
+            // As QEMU: last possible CPU first; a free slot has no qom-path.
+            Ok(Value::Array(
+                slots
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, (socket, core, thread))| {
+                        let mut c = json!({
+                            "props": {"core-id": core, "thread-id": thread, "socket-id": socket},
+                            "vcpus-count": 1,
+                            "type": ctx.cpu_type,
+                        });
+                        if let Some(Some(p)) = paths.get(i) {
+                            c["qom-path"] = json!(p);
+                        }
+                        c
                     })
-                })
-                .collect(),
-        )),
+                    .collect(),
+            ))
+        }
         "query-pci" => Ok(super::tree_view::query_pci(
             &ctx.supervisor.tree().await.map_err(actor_gone)?,
         )),

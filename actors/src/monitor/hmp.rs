@@ -819,8 +819,15 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             let mut out = String::from("Hotpluggable CPUs:\n");
             for c in v.as_array().into_iter().flatten() {
                 out.push_str(&format!(
-                    "  type: {}\n  vcpus_count: \"{}\"\n  qom_path: {}\n  CPUInstance Properties:\n    socket-id: \"{}\"\n    core-id: \"{}\"\n    thread-id: \"{}\"\n",
-                    c["type"], c["vcpus-count"], c["qom-path"],
+                    "  type: {}\n  vcpus_count: \"{}\"\n",
+                    c["type"], c["vcpus-count"]
+                ));
+                // A free slot has no qom_path line.
+                if let Some(p) = c.get("qom-path") {
+                    out.push_str(&format!("  qom_path: {p}\n"));
+                }
+                out.push_str(&format!(
+                    "  CPUInstance Properties:\n    socket-id: \"{}\"\n    core-id: \"{}\"\n    thread-id: \"{}\"\n",
                     c["props"]["socket-id"], c["props"]["core-id"], c["props"]["thread-id"]
                 ));
             }

@@ -106,6 +106,10 @@ pub struct MonitorContext {
     pub catalog: Arc<dyn Catalog>,
     /// (socket, core, thread) of each vCPU, by index.
     pub topology: Vec<(u32, u32, u32)>,
+    /// (socket, core, thread) of every possible CPU (`-smp maxcpus=`), by index.
+    pub cpu_slots: Vec<(u32, u32, u32)>,
+    /// The QOM type of the vCPUs (`qemu64-x86_64-cpu`), the one `device_add` takes.
+    pub cpu_type: String,
     /// Serialises key sequences (`sendkey` holds keys for a while) so two never interleave.
     pub keys: Arc<tokio::sync::Mutex<()>>,
     /// Mouse buttons currently held (`mouse_button`), shared by every session.

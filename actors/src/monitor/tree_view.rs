@@ -92,7 +92,14 @@ fn qtree_bus(
 ) {
     let pad = "  ".repeat(depth);
     s.push_str(&format!("{pad}bus: {bus}\n{pad}  type {kind}\n"));
-    for n in tree.children(bus).collect::<Vec<_>>().into_iter().rev() {
+    // CPUs sit on no bus in QEMU: `info qtree` does not show them.
+    for n in tree
+        .children(bus)
+        .filter(|n| n.vcpu().is_none())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
         qtree_dev(s, tree, pci, n, depth + 1);
     }
 }
@@ -195,6 +202,7 @@ pub fn tree_text(tree: &DeviceTree) -> String {
                         .join(" ")
                 ),
                 Resource::Ioeventfds(q) => format!("ioeventfds for {q} queues"),
+                Resource::Vcpu { index, apic_id } => format!("vcpu {index}, apic id {apic_id}"),
             };
             s.push_str(&format!("  {line}\n"));
         }

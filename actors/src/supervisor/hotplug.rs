@@ -10,11 +10,17 @@
 //! ([`unplug_request`]) asks the guest to eject its slot (ACPI PCI hotplug), and the
 //! guest's eject ([`ejected`]) removes its node, whose teardown unmaps its BARs (taking
 //! its ioeventfds), stops its threads and frees its MSI routes; then `DEVICE_DELETED`.
+//! A vCPU (`device_add qemu64-x86_64-cpu,...`) comes and goes the same way through ACPI CPU
+//! hotplug: its node carries [`Resource::Vcpu`](super::tree::Resource::Vcpu); once it is
+//! in the tree the supervisor adopts its [`VcpuHandle`] (runs, pauses, resets it with the
+//! others), and the guest's eject ([`cpu_ejected`]) removes it, its teardown ending the
+//! thread and parking the vCPU's fd.
 
 use std::sync::Arc;
 
 use super::tree::{DeviceTree, Node, TreeError};
 use crate::runtime::Registry;
+use crate::vcpu::{VcpuBootState, VcpuHandle};
 
 /// What to add to the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,15 @@ pub trait Hotplug: Send + Sync + 'static {
     /// Ask the guest to eject PCI slot `slot` (PCID and the GPE); false: an unplug of it
     /// already waits for the guest (nothing done).
     fn unplug_request(&self, slot: u8) -> bool;
+    /// The running vCPU a CPU node [`plug`](Self::plug) built stands for, with the state
+    /// it resets to; the supervisor adopts it once the node is in the tree.
+    fn vcpu(&self, index: u32) -> Option<(VcpuHandle, VcpuBootState)>;
+    /// Ask the guest to eject hot-plugged vCPU `index` (the remove flag and the GPE);
+    /// Ok(false): an unplug of it already waits for the guest. Err: the message.
+    fn unplug_vcpu(&self, index: u32) -> Result<bool, String>;
+    /// How many vCPUs the command line made (`/machine/unattached/device[0..N]`; the first
+    /// is the boot CPU).
+    fn boot_vcpus(&self) -> u32;
 }
 
 /// Run something that may block (a tap's script) on a one-shot actor thread, off the
@@ -69,14 +84,15 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Add what `what` asks for to the machine and its node to `tree`; `paused`: the VM is
-/// not running, so a node with a control mailbox starts paused.
+/// not running, so a node with a control mailbox starts paused. Returns the vCPU the node
+/// stands for, for the supervisor to adopt (a CPU node).
 pub(super) async fn add(
     registry: &Registry,
     tree: &mut DeviceTree,
     hotplug: Option<&Arc<dyn Hotplug>>,
     what: Plug,
     paused: bool,
-) -> Result<(), HotplugError> {
+) -> Result<Option<(VcpuHandle, VcpuBootState)>, HotplugError> {
     let h = hotplug
         .cloned()
         .ok_or(HotplugError::Unsupported("devices or backends"))?;
@@ -90,16 +106,18 @@ pub(super) async fn add(
     }
     let teardown = node.teardown.clone();
     let announce = node.backend.is_none().then(|| node.clone());
+    let vcpu = node.vcpu();
     if let Err(e) = tree.insert(node) {
         if let Some(t) = teardown {
             blocking(registry, move || t.run()).await?;
         }
         return Err(e.into());
     }
+    let adopted = vcpu.and_then(|(index, _)| h.vcpu(index));
     if let Some(n) = announce {
         h.plugged(&n);
     }
-    Ok(())
+    Ok(adopted)
 }
 
 /// The node `device_del ID` names: its `id=`, or its QOM path
@@ -116,8 +134,29 @@ pub(super) fn unplug_request(
     hotplug: Option<&Arc<dyn Hotplug>>,
     id: &str,
 ) -> Result<(), HotplugError> {
-    let node = device_node(tree, id).ok_or_else(|| HotplugError::DeviceNotFound(id.into()))?;
     let h = hotplug.ok_or(HotplugError::Unsupported("devices"))?;
+    let Some(node) = device_node(tree, id) else {
+        // The command line's CPUs have QOM paths but no node.
+        let boot = id
+            .strip_prefix("/machine/unattached/device[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|&n| n < h.boot_vcpus());
+        return Err(match boot {
+            Some(0) => HotplugError::Failed("Boot CPU is unpluggable".into()),
+            Some(n) => HotplugError::Failed(format!(
+                "CPU {n} was created by -smp; troupe cannot unplug the command line's CPUs yet"
+            )),
+            None => HotplugError::DeviceNotFound(id.into()),
+        });
+    };
+    if let (Some((index, _)), Some(_)) = (node.vcpu(), &node.teardown) {
+        return match h.unplug_vcpu(index) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HotplugError::UnplugPending(node.id.clone())),
+            Err(e) => Err(HotplugError::Failed(e)),
+        };
+    }
     // Only what hotplug built can go (it has a teardown); the chipset, the VGA and the
     // command line's devices stay.
     let slot = match (node.pci_address(), &node.teardown) {
@@ -129,6 +168,23 @@ pub(super) fn unplug_request(
     } else {
         Err(HotplugError::UnplugPending(node.id.clone()))
     }
+}
+
+/// The guest ejected possible CPU `cpu`: the hot-plugged vCPU there leaves the tree and
+/// its teardown ends its thread. Returns the removed node (None: no hot-plugged vCPU).
+pub(super) async fn cpu_ejected(
+    registry: &Registry,
+    tree: &mut DeviceTree,
+    cpu: u32,
+) -> Result<Option<Node>, HotplugError> {
+    let Some(id) = tree
+        .iter()
+        .find(|n| n.vcpu().is_some_and(|(i, _)| i == cpu) && n.teardown.is_some())
+        .map(|n| n.id.clone())
+    else {
+        return Ok(None);
+    };
+    remove(registry, tree, &id).await.map(Some)
 }
 
 /// The QOM path of device node `n`, as `DEVICE_DELETED` names it.
@@ -224,6 +280,15 @@ mod tests {
         fn unplug_request(&self, _slot: u8) -> bool {
             true
         }
+        fn vcpu(&self, _index: u32) -> Option<(VcpuHandle, VcpuBootState)> {
+            None
+        }
+        fn unplug_vcpu(&self, _index: u32) -> Result<bool, String> {
+            Err("no CPUs".into())
+        }
+        fn boot_vcpus(&self) -> u32 {
+            1
+        }
     }
 
     #[tokio::test]
@@ -234,11 +299,14 @@ mod tests {
         let r = Registry::new();
         add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false)
             .await
+            .map(|v| v.is_some())
             .unwrap();
         assert!(t.get("/netdevs/n0").is_some());
         assert_eq!(open.load(Ordering::SeqCst), 1);
         // A duplicate is built, refused by the tree and closed again.
-        let e = add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false).await;
+        let e = add(&r, &mut t, Some(&h), Plug::Netdev("n0".into()), false)
+            .await
+            .map(|v| v.is_some());
         assert_eq!(
             e,
             Err(HotplugError::Tree(TreeError::DuplicateId(
@@ -246,7 +314,9 @@ mod tests {
             )))
         );
         assert_eq!(open.load(Ordering::SeqCst), 1);
-        let e = add(&r, &mut t, Some(&h), Plug::Netdev("bad".into()), false).await;
+        let e = add(&r, &mut t, Some(&h), Plug::Netdev("bad".into()), false)
+            .await
+            .map(|v| v.is_some());
         assert_eq!(e, Err(HotplugError::Failed("cannot open bad".into())));
         remove(&r, &mut t, "/netdevs/n0").await.unwrap();
         assert_eq!(open.load(Ordering::SeqCst), 0);
@@ -256,7 +326,9 @@ mod tests {
             HotplugError::Tree(TreeError::UnknownId("/netdevs/n0".into()))
         );
         assert_eq!(
-            add(&r, &mut t, None, Plug::Netdev("n1".into()), false).await,
+            add(&r, &mut t, None, Plug::Netdev("n1".into()), false)
+                .await
+                .map(|v| v.is_some()),
             Err(HotplugError::Unsupported("devices or backends"))
         );
     }
@@ -302,6 +374,15 @@ mod tests {
             p.push(slot);
             true
         }
+        fn vcpu(&self, _index: u32) -> Option<(VcpuHandle, VcpuBootState)> {
+            None
+        }
+        fn unplug_vcpu(&self, _index: u32) -> Result<bool, String> {
+            Err("no CPUs".into())
+        }
+        fn boot_vcpus(&self) -> u32 {
+            2
+        }
     }
 
     #[tokio::test]
@@ -326,6 +407,7 @@ mod tests {
         .unwrap();
         add(&r, &mut t, Some(&h), Plug::Device("nic1@5".into()), false)
             .await
+            .map(|v| v.is_some())
             .unwrap();
         assert_eq!(*pci.plugged.lock().unwrap(), [5]);
         // Unknown, not hot-plugged, then asked twice.
@@ -336,6 +418,18 @@ mod tests {
         assert_eq!(
             unplug_request(&t, Some(&h), "/machine/unattached/device[3]"),
             Err(HotplugError::NotHotpluggable("VGA".into()))
+        );
+        // The boot CPU has a QOM path but no node.
+        assert_eq!(
+            unplug_request(&t, Some(&h), "/machine/unattached/device[0]"),
+            Err(HotplugError::Failed("Boot CPU is unpluggable".into()))
+        );
+        assert_eq!(
+            unplug_request(&t, Some(&h), "/machine/unattached/device[1]"),
+            Err(HotplugError::Failed(
+                "CPU 1 was created by -smp; troupe cannot unplug the command line's CPUs yet"
+                    .into()
+            ))
         );
         unplug_request(&t, Some(&h), "/machine/peripheral/nic1").unwrap();
         assert_eq!(

@@ -435,6 +435,9 @@ pub struct Supervisor {
     waiting_state: Option<Vec<(Part, Section)>>,
     /// When the machine was made (a snapshot's VM clock counts from it).
     started: std::time::Instant,
+    /// The hot-plugged vCPUs (also in `vcpus`, after the command line's): index and the
+    /// state each resets to.
+    hot_vcpus: Vec<(u32, VcpuBootState)>,
 }
 
 impl Supervisor {
@@ -466,6 +469,7 @@ impl Supervisor {
                 handle: Some(handle.clone()),
                 ran_before_switch: false,
                 started: std::time::Instant::now(),
+                hot_vcpus: Vec::new(),
             },
             handle,
         )
@@ -504,6 +508,13 @@ impl Supervisor {
             .machine
             .ram()
             .ok_or("this machine cannot be migrated")?;
+        // The destination would come up without them: refuse rather than lose them.
+        if let Some((index, _)) = self.hot_vcpus.first() {
+            return Err(format!(
+                "the VM has a hot-plugged vCPU (cpu-index {index}); saving or migrating a VM \
+                 with hot-plugged vCPUs is not supported yet: device_del it first"
+            ));
+        }
         let blocks = self.machine.device_ram();
         let desc = crate::migration::stream::MachineDesc {
             ram: ram.iter().map(|r| (r.start_addr().0, r.len())).collect(),
@@ -875,7 +886,15 @@ impl Supervisor {
         let was_running = self.state == RunState::Running;
         self.pause_all().await;
         let boots = self.machine.reset()?;
-        for (v, b) in self.vcpus.iter().zip(boots) {
+        // The command line's vCPUs come first; hot-plugged ones keep their AP state.
+        for (i, v) in self.vcpus.iter().enumerate() {
+            let b = match boots.get(i) {
+                Some(b) => b.clone(),
+                None => match self.hot_vcpus.iter().find(|(n, _)| *n == v.index()) {
+                    Some((_, b)) => b.clone(),
+                    None => continue,
+                },
+            };
             v.reset(b).await.map_err(|e| e.to_string())?;
         }
         self.publish(VmNotification::Reset { guest, reason });
@@ -1098,6 +1117,53 @@ impl Supervisor {
                 }
                 None
             }
+            VmEvent::CpuEjected { cpu } => {
+                self.waiting_state = None;
+                // Out of the running set first: its thread ends with the teardown. (The
+                // command line's vCPUs have no node and stay.)
+                if self.hot_vcpus.iter().any(|(n, _)| *n == cpu) {
+                    self.vcpus.retain(|v| v.index() != cpu);
+                    self.hot_vcpus.retain(|(n, _)| *n != cpu);
+                }
+                match hotplug::cpu_ejected(&self.registry, &mut self.tree, cpu).await {
+                    Ok(Some(node)) => {
+                        for (event, data) in hotplug::deleted_events(&node) {
+                            self.publish(VmNotification::Other { event, data });
+                        }
+                    }
+                    Ok(None) => tracing::debug!(
+                        target: "guest_errors",
+                        "the guest ejected CPU {cpu}, which is not a hot-plugged vCPU"
+                    ),
+                    Err(e) => tracing::warn!("removing vCPU {cpu}: {e}"),
+                }
+                None
+            }
+            VmEvent::CpuOst { cpu, event, status } => {
+                let device = self
+                    .tree
+                    .iter()
+                    .find(|n| n.vcpu().is_some_and(|(i, _)| i == cpu))
+                    .map(|n| {
+                        if n.user_id {
+                            n.id.clone()
+                        } else {
+                            String::new()
+                        }
+                    });
+                let mut info = serde_json::json!({
+                    "slot": cpu.to_string(), "slot-type": "CPU",
+                    "source": event, "status": status,
+                });
+                if let Some(d) = device.filter(|d| !d.is_empty()) {
+                    info["device"] = serde_json::json!(d);
+                }
+                self.publish(VmNotification::Other {
+                    event: "ACPI_DEVICE_OST".into(),
+                    data: serde_json::json!({ "info": info }).to_string(),
+                });
+                None
+            }
             VmEvent::ActorFailed { id, kind, reason } => {
                 // As a vCPU fault: everything stops in internal-error, inspectable from a
                 // monitor; with none attached the process ends with status 1. A dead
@@ -1209,7 +1275,19 @@ impl Supervisor {
                 self.waiting_state = None;
                 let paused = self.state != RunState::Running;
                 let h = self.hotplug.as_ref();
-                r.send(hotplug::add(&self.registry, &mut self.tree, h, what, paused).await);
+                let res = hotplug::add(&self.registry, &mut self.tree, h, what, paused).await;
+                r.send(res.map(|vcpu| {
+                    if let Some((v, boot)) = vcpu {
+                        // A new vCPU waits for INIT/SIPI; it runs when the others do.
+                        if !paused {
+                            if let Err(e) = v.resume() {
+                                tracing::warn!("starting vcpu{}: {e}", v.index());
+                            }
+                        }
+                        self.hot_vcpus.push((v.index(), boot));
+                        self.vcpus.push(v);
+                    }
+                }));
             }
             SupervisorMsg::RemoveNode(id, r) => {
                 self.waiting_state = None;

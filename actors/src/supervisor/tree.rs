@@ -115,6 +115,8 @@ pub enum Resource {
     /// Queue notifications that are ioeventfds (where they sit follows the BARs: see
     /// [`Placement::ioeventfds`]).
     Ioeventfds(u16),
+    /// A vCPU: its index (the possible CPU's, as `cpu-index` shows it) and APIC id.
+    Vcpu { index: u32, apic_id: u32 },
 }
 
 /// Where an ioeventfd listens now.
@@ -163,6 +165,16 @@ impl Teardown {
 impl std::fmt::Debug for Teardown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Teardown")
+    }
+}
+
+impl Node {
+    /// The vCPU a CPU node is: (index, APIC id).
+    pub fn vcpu(&self) -> Option<(u32, u32)> {
+        self.resources.iter().find_map(|r| match r {
+            Resource::Vcpu { index, apic_id } => Some((*index, *apic_id)),
+            _ => None,
+        })
     }
 }
 

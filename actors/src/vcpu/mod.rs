@@ -134,6 +134,9 @@ struct Shared {
     cores: Mutex<Option<Vec<usize>>>,
     counters: ExitCounters,
     join: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The vCPU's fd once its thread has ended (KVM cannot destroy a vCPU: an unplugged
+    /// one is parked for the next plug of the same CPU, as QEMU does).
+    parked: Mutex<Option<kvm_ioctls::VcpuFd>>,
 }
 
 /// The cloneable way to talk to one vCPU.
@@ -251,6 +254,17 @@ impl VcpuHandle {
         let (tx, rx) = reply_channel(&self.id());
         self.post(VcpuMsg::Restore(Box::new(section), tx))?;
         rx.recv().await?
+    }
+
+    /// End the thread (from a plain thread) and take back the vCPU's fd, for a later plug
+    /// of the same CPU (None: the thread ended without giving it back).
+    pub fn stop_and_park(&self) -> Option<kvm_ioctls::VcpuFd> {
+        self.stop_and_join();
+        self.shared
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Ask the thread to end and wait for it (from a plain thread or `spawn_blocking`).

@@ -88,6 +88,7 @@ pub fn spawn_vcpu(
         cores: Mutex::new(None),
         counters: ExitCounters::default(),
         join: Mutex::new(None),
+        parked: Mutex::new(None),
     });
     let mut t = VcpuThread {
         fd,
@@ -122,6 +123,8 @@ pub fn spawn_vcpu(
             if !failed {
                 t.run();
             }
+            let VcpuThread { fd, shared, .. } = t;
+            *shared.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
         }),
     )
     .map_err(|source| VcpuError::Affinity {

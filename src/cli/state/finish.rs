@@ -282,8 +282,10 @@ impl State {
         };
         let vcpu_pin = match &self.vcpu_pin {
             None => VcpuPin::Auto,
-            Some((at, arg)) => machine::parse_vcpu_pin(arg, smp.cpus, &host.allowed_cpus)
-                .map_err(|e| invalid(at, e))?,
+            Some((at, arg)) => {
+                machine::parse_vcpu_pin(arg, smp.maxcpus.max(smp.cpus), &host.allowed_cpus)
+                    .map_err(|e| invalid(at, e))?
+            }
         };
         let boot = self.boot_config(host)?;
         Ok(MachinePart {

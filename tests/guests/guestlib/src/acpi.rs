@@ -69,6 +69,16 @@ impl CpuList {
         self.len == 0
     }
 
+    /// A list of these APIC ids (a CPU learnt of some other way, such as ACPI CPU hotplug),
+    /// to start with [`crate::smp::start_aps`].
+    pub fn of_ids(ids: &[u32]) -> CpuList {
+        let mut l = CpuList::new(CpuSource::None, 0xfee0_0000);
+        for &id in ids {
+            l.push(id);
+        }
+        l
+    }
+
     /// Index of `apic_id` in the list.
     pub fn index_of(&self, apic_id: u32) -> Option<usize> {
         self.ids().iter().position(|&i| i == apic_id)
