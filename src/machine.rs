@@ -648,9 +648,12 @@ fn create_vm() -> Result<Arc<KvmVm>> {
 /// Guest RAM in the PC's layout (below and above the 4 GiB hole), registered with KVM.
 fn guest_memory(cfg: &VmConfig, kvm: &KvmVm) -> Result<(RamLayout, GuestMemoryMmap)> {
     let layout = RamLayout::pc(cfg.memory);
-    let mem = memory::allocate(&layout)?;
+    let mem = memory::allocate(&layout, &cfg.machine.ram)?;
     if !cfg.machine.dump_guest_core {
         memory::exclude_from_core_dumps(&mem).context("madvise(MADV_DONTDUMP) on guest RAM")?;
+    }
+    if cfg.machine.ram.mem_lock {
+        crate::vm::backing::lock_all()?;
     }
     memory::register(kvm, &mem)?;
     Ok((layout, mem))
