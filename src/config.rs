@@ -822,7 +822,10 @@ pub enum DeviceKind {
         controller: usize,
     },
     /// `virtio-balloon-pci`.
-    VirtioBalloon,
+    VirtioBalloon {
+        /// `deflate-on-oom=on`: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
+        deflate_on_oom: bool,
+    },
     /// `virtio-tablet-pci` (absolute pointer).
     VirtioTablet,
     /// `virtio-keyboard-pci`.
@@ -856,7 +859,7 @@ impl DeviceKind {
             DeviceKind::VirtioRng => "virtio-rng-pci",
             DeviceKind::VirtioSerial => "virtio-serial-pci",
             DeviceKind::VirtConsole { .. } => "virtconsole",
-            DeviceKind::VirtioBalloon => "virtio-balloon-pci",
+            DeviceKind::VirtioBalloon { .. } => "virtio-balloon-pci",
             DeviceKind::VirtioTablet => "virtio-tablet-pci",
             DeviceKind::VirtioKeyboard => "virtio-keyboard-pci",
         }

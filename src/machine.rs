@@ -393,6 +393,7 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             DeviceKind::IsaDebugExit { .. }
             | DeviceKind::VirtioBlk { .. }
             | DeviceKind::VirtioRng
+            | DeviceKind::VirtioBalloon { .. }
             | DeviceKind::VirtioTablet
             | DeviceKind::VirtioSerial
             | DeviceKind::VirtConsole { .. } => {}
@@ -562,6 +563,7 @@ pub fn build(
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
     let tree = machine.devices.take_tree();
+    let balloon = machine.devices.virtio.balloon.clone();
     let (mut supervisor, handle) = Supervisor::new(
         supervisor_config(cfg),
         vcpus.clone(),
@@ -581,6 +583,9 @@ pub fn build(
     for m in chardevs.muxes.values() {
         m.set_supervisor(handle.clone());
     }
+    if let Some(b) = &balloon {
+        b.on_change(handle.clone());
+    }
     let ctx = MonitorContext {
         supervisor: handle.clone(),
         registry: registry.clone(),
@@ -597,6 +602,7 @@ pub fn build(
         drives: DrivesHandle::spawn(rt.handle(), registry, sides.drives.clone()),
         chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
         catalog: Arc::new(crate::catalog::PcCatalog::new(host)),
+        balloon: balloon.map(|b| b as Arc<dyn actors::virtio::balloon::BalloonControl>),
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);

@@ -240,6 +240,7 @@ pub fn run(
             }),
         ),
         catalog: Arc::new(PcCatalog::new(host)),
+        balloon: None,
         topology: Vec::new(),
         keys: Arc::default(),
         buttons: Arc::default(),

@@ -320,3 +320,106 @@ fn a_guest_on_huge_pages_uses_them_and_asking_for_too_many_fails_at_start() {
     let want = format!("guest RAM needs 64 huge pages of 2048 kB but only {free} are free");
     assert!(err.contains(&want), "{err}");
 }
+
+/// Wait until `cond` holds, polling every 50 ms; panics with `what` after `secs` seconds.
+fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Send a QMP command; (its answer, the events that came before it).
+fn qmp_ask(q: &mut Qmp, cmd: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+    q.send(cmd.as_bytes());
+    let mut events = Vec::new();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&q.line()).unwrap();
+        if v.get("event").is_some() {
+            events.push(v);
+        } else {
+            return (v, events);
+        }
+    }
+}
+
+#[test]
+fn ballooning_a_guest_down_gives_its_memory_back_to_the_host_and_deflating_returns_it() {
+    let (qport, hport) = (free_port(), free_port());
+    let qmp = format!("tcp:127.0.0.1:{qport},server,nowait");
+    let hmp = format!("tcp:127.0.0.1:{hport},server,nowait");
+    let kernel = guest("virtio");
+    let args = guest_args(
+        kernel.to_str().unwrap(),
+        "dev=balloon",
+        &[
+            "-m",
+            "256",
+            "-device",
+            "virtio-balloon-pci,id=balloon0",
+            "-qmp",
+            &qmp,
+            "-monitor",
+            &hmp,
+        ],
+    );
+    let vm = Vm::troupe(&args).spawn();
+    let mut q = Qmp::open(qport);
+    q.ask(r#"{"execute":"qmp_capabilities"}"#);
+    let mut h = Hmp::open(hport);
+    let start = vm.expect_stdout("touched", Duration::from_secs(30));
+    assert!(start.contains("vballoon: features=0x100000002 "), "{start}");
+    let pid = vm.pid();
+    let full = rss_kib(pid);
+    assert!(
+        full > 200 << 10,
+        "the guest touched its pool but RSS is {full} kB"
+    );
+    assert_eq!(h.cmd("info balloon"), "balloon: actual=256\r\n");
+
+    // Down to 64 MiB: the driver gives 192 MiB (49152 pages), the host drops them.
+    assert_eq!(h.cmd("balloon 64"), "");
+    vm.expect_stdout("vballoon: actual=49152 pages", Duration::from_secs(30));
+    wait_until(10, "info balloon says 64", || {
+        h.cmd("info balloon") == "balloon: actual=64\r\n"
+    });
+    let low = rss_kib(pid);
+    assert!(
+        full - low > 168 << 10,
+        "RSS fell only from {full} kB to {low} kB"
+    );
+    let (answer, events) = qmp_ask(&mut q, r#"{"execute":"query-balloon"}"#);
+    assert_eq!(answer["return"], serde_json::json!({"actual": 64u64 << 20}));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "BALLOON_CHANGE" && e["data"]["actual"] == 64u64 << 20),
+        "{events:?}"
+    );
+
+    // Back up over QMP: the pages come back as the guest touches them.
+    let (answer, _) = qmp_ask(
+        &mut q,
+        &format!(
+            r#"{{"execute":"balloon","arguments":{{"value":{}}}}}"#,
+            256u64 << 20
+        ),
+    );
+    assert_eq!(answer["return"], serde_json::json!({}), "{answer}");
+    vm.expect_stdout("vballoon: actual=0 pages", Duration::from_secs(30));
+    wait_until(10, "info balloon says 256", || {
+        h.cmd("info balloon") == "balloon: actual=256\r\n"
+    });
+    let back = rss_kib(pid);
+    assert!(
+        back - low > 168 << 10,
+        "RSS rose only from {low} kB to {back} kB"
+    );
+    assert_eq!(
+        h.cmd("balloon 0"),
+        "Error: Parameter 'target' expects a size\r\n"
+    );
+    let out = vm.stdout.text();
+    assert!(!out.contains("does not keep"), "{out}");
+}
