@@ -87,6 +87,10 @@ pub struct PcMachine {
     kvm: Arc<KvmVm>,
     /// Where threads it starts register (announcements after a migration).
     registry: Registry,
+    /// The kvmclock when the vCPUs were stopped (None while they run): restored when they
+    /// run again, so the guest's time does not jump by the pause (QEMU's kvmclock does the
+    /// same).
+    stopped_clock: std::sync::Mutex<Option<u64>>,
 }
 
 /// Where direct boot puts the ACPI RSDP and tables (the BIOS area, below the MP table).
@@ -114,7 +118,23 @@ pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
     }
 }
 
+/// The stopped clock's lock (a panic elsewhere leaves the value usable).
+fn lock_clock(m: &std::sync::Mutex<Option<u64>>) -> std::sync::MutexGuard<'_, Option<u64>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl PcMachine {
+    /// Set the guest's kvmclock to `clock` ns (KVM updates every vCPU's pvclock page).
+    fn set_clock(&self, clock: u64) -> Result<(), String> {
+        self.kvm
+            .vm
+            .set_clock(&kvm_bindings::kvm_clock_data {
+                clock,
+                ..Default::default()
+            })
+            .map_err(|e| format!("KVM_SET_CLOCK: {e}"))
+    }
+
     fn memmap(&self) -> Vec<MemEntry> {
         crate::tables::e820::e820(&self.layout)
     }
@@ -186,12 +206,37 @@ impl actors::supervisor::Machine for PcMachine {
     }
 
     fn save_vm_state(&self) -> Result<Vec<devices::Section>, String> {
+        // A stopped guest's time is the time it stopped at (KVM's clock ran on meanwhile).
+        if let Some(clock) = *lock_clock(&self.stopped_clock) {
+            self.set_clock(clock)?;
+        }
         // KvmStateError's messages carry their cause.
         actors::kvm_state::save_vm_state(&self.kvm.vm).map_err(|e| e.to_string())
     }
 
     fn restore_vm_state(&self, sections: &[devices::Section]) -> Result<(), String> {
-        actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())
+        actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())?;
+        // The restored clock is the guest's time now.
+        *lock_clock(&self.stopped_clock) = None;
+        Ok(())
+    }
+
+    fn clock_stop(&self) {
+        let mut stopped = lock_clock(&self.stopped_clock);
+        if stopped.is_none() {
+            match self.kvm.vm.get_clock() {
+                Ok(c) => *stopped = Some(c.clock),
+                Err(e) => tracing::warn!("KVM_GET_CLOCK: {e}"),
+            }
+        }
+    }
+
+    fn clock_start(&self) {
+        if let Some(clock) = lock_clock(&self.stopped_clock).take() {
+            if let Err(e) = self.set_clock(clock) {
+                tracing::warn!("{e}");
+            }
+        }
     }
 
     fn ram(&self) -> Option<GuestMemoryMmap> {
@@ -545,6 +590,7 @@ pub fn build(
         acpi,
         kvm: kvm.clone(),
         registry: registry.clone(),
+        stopped_clock: std::sync::Mutex::new(None),
     };
     let states = machine.boot_states()?;
     let ring = if has_screen_device {
