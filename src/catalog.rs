@@ -70,7 +70,9 @@ fn machine_properties() -> Vec<Value> {
         json!({"name": "dump-guest-core", "type": "bool",
                "description": "Include guest memory in a core dump"}),
         json!({"name": "memory-backend", "type": "link<memory-backend>",
-               "description": "Set RAM backend (a memory-backend-ram object)"}),
+               "description": "Set RAM backend (a memory-backend-ram, -file or -memfd object)"}),
+        json!({"name": "mem-merge", "type": "bool",
+               "description": "Enable/disable memory merge support"}),
     ]
 }
 

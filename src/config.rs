@@ -212,6 +212,57 @@ pub struct MachineConfig {
     pub accel: Accel,
     /// `dump-guest-core=` (default on): guest RAM in the host's core dumps of troupe.
     pub dump_guest_core: bool,
+    /// Where guest RAM comes from and how the host treats it (`mem-merge=`, `-mem-path`,
+    /// `-mem-prealloc`, `-machine memory-backend=`, `-overcommit mem-lock=`).
+    pub ram: RamBacking,
+}
+
+/// How the host backs guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamBacking {
+    /// What the memory is.
+    pub source: RamSource,
+    /// `share=on`: a shared mapping (the file sees the guest's writes); default private.
+    pub share: bool,
+    /// `-mem-prealloc`/`prealloc=on`: every page is allocated before the guest starts, so
+    /// running out (of huge pages) fails at start.
+    pub prealloc: bool,
+    /// `-machine mem-merge=`/`merge=` (default on): `MADV_MERGEABLE`, KSM may merge
+    /// identical pages.
+    pub merge: bool,
+    /// `-overcommit mem-lock=on`: `mlockall` before the guest runs.
+    pub mem_lock: bool,
+}
+
+impl Default for RamBacking {
+    fn default() -> Self {
+        Self {
+            source: RamSource::Anonymous,
+            share: false,
+            prealloc: false,
+            merge: true,
+            mem_lock: false,
+        }
+    }
+}
+
+/// What guest RAM is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RamSource {
+    /// Anonymous memory (the default, `memory-backend-ram`).
+    Anonymous,
+    /// `-mem-path PATH` / `memory-backend-file,mem-path=PATH`: a file in PATH when it is a
+    /// directory (created and unlinked at once, as QEMU), else the file PATH itself.
+    /// hugetlbfs paths give huge pages.
+    File(PathBuf),
+    /// `memory-backend-memfd`: an anonymous file (`memfd_create`), with
+    /// `hugetlb=on` huge pages of `hugetlbsize` bytes (0: the host's default size).
+    Memfd {
+        /// `hugetlb=on`.
+        hugetlb: bool,
+        /// `hugetlbsize=` in bytes (0: default).
+        hugetlbsize: u64,
+    },
 }
 
 /// An accelerator.
@@ -771,7 +822,10 @@ pub enum DeviceKind {
         controller: usize,
     },
     /// `virtio-balloon-pci`.
-    VirtioBalloon,
+    VirtioBalloon {
+        /// `deflate-on-oom=on`: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
+        deflate_on_oom: bool,
+    },
     /// `virtio-tablet-pci` (absolute pointer).
     VirtioTablet,
     /// `virtio-keyboard-pci`.
@@ -805,7 +859,7 @@ impl DeviceKind {
             DeviceKind::VirtioRng => "virtio-rng-pci",
             DeviceKind::VirtioSerial => "virtio-serial-pci",
             DeviceKind::VirtConsole { .. } => "virtconsole",
-            DeviceKind::VirtioBalloon => "virtio-balloon-pci",
+            DeviceKind::VirtioBalloon { .. } => "virtio-balloon-pci",
             DeviceKind::VirtioTablet => "virtio-tablet-pci",
             DeviceKind::VirtioKeyboard => "virtio-keyboard-pci",
         }

@@ -87,6 +87,10 @@ pub struct PcMachine {
     kvm: Arc<KvmVm>,
     /// Where threads it starts register (announcements after a migration).
     registry: Registry,
+    /// The kvmclock when the vCPUs were stopped (None while they run): restored when they
+    /// run again, so the guest's time does not jump by the pause (QEMU's kvmclock does the
+    /// same).
+    stopped_clock: std::sync::Mutex<Option<u64>>,
 }
 
 /// Where direct boot puts the ACPI RSDP and tables (the BIOS area, below the MP table).
@@ -114,7 +118,23 @@ pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
     }
 }
 
+/// The stopped clock's lock (a panic elsewhere leaves the value usable).
+fn lock_clock(m: &std::sync::Mutex<Option<u64>>) -> std::sync::MutexGuard<'_, Option<u64>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl PcMachine {
+    /// Set the guest's kvmclock to `clock` ns (KVM updates every vCPU's pvclock page).
+    fn set_clock(&self, clock: u64) -> Result<(), String> {
+        self.kvm
+            .vm
+            .set_clock(&kvm_bindings::kvm_clock_data {
+                clock,
+                ..Default::default()
+            })
+            .map_err(|e| format!("KVM_SET_CLOCK: {e}"))
+    }
+
     fn memmap(&self) -> Vec<MemEntry> {
         crate::tables::e820::e820(&self.layout)
     }
@@ -186,12 +206,37 @@ impl actors::supervisor::Machine for PcMachine {
     }
 
     fn save_vm_state(&self) -> Result<Vec<devices::Section>, String> {
+        // A stopped guest's time is the time it stopped at (KVM's clock ran on meanwhile).
+        if let Some(clock) = *lock_clock(&self.stopped_clock) {
+            self.set_clock(clock)?;
+        }
         // KvmStateError's messages carry their cause.
         actors::kvm_state::save_vm_state(&self.kvm.vm).map_err(|e| e.to_string())
     }
 
     fn restore_vm_state(&self, sections: &[devices::Section]) -> Result<(), String> {
-        actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())
+        actors::kvm_state::restore_vm_state(&self.kvm.vm, sections).map_err(|e| e.to_string())?;
+        // The restored clock is the guest's time now.
+        *lock_clock(&self.stopped_clock) = None;
+        Ok(())
+    }
+
+    fn clock_stop(&self) {
+        let mut stopped = lock_clock(&self.stopped_clock);
+        if stopped.is_none() {
+            match self.kvm.vm.get_clock() {
+                Ok(c) => *stopped = Some(c.clock),
+                Err(e) => tracing::warn!("KVM_GET_CLOCK: {e}"),
+            }
+        }
+    }
+
+    fn clock_start(&self) {
+        if let Some(clock) = lock_clock(&self.stopped_clock).take() {
+            if let Err(e) = self.set_clock(clock) {
+                tracing::warn!("{e}");
+            }
+        }
     }
 
     fn ram(&self) -> Option<GuestMemoryMmap> {
@@ -393,6 +438,7 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             DeviceKind::IsaDebugExit { .. }
             | DeviceKind::VirtioBlk { .. }
             | DeviceKind::VirtioRng
+            | DeviceKind::VirtioBalloon { .. }
             | DeviceKind::VirtioTablet
             | DeviceKind::VirtioSerial
             | DeviceKind::VirtConsole { .. } => {}
@@ -554,6 +600,7 @@ pub fn build(
         acpi,
         kvm: kvm.clone(),
         registry: registry.clone(),
+        stopped_clock: std::sync::Mutex::new(None),
     };
     let states = machine.boot_states()?;
     let ring = if has_screen_device {
@@ -573,6 +620,7 @@ pub fn build(
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
     let tree = machine.devices.take_tree();
+    let balloon = machine.devices.virtio.balloon.clone();
     let (mut supervisor, handle) = Supervisor::new(
         supervisor_config(cfg),
         vcpus.clone(),
@@ -594,6 +642,9 @@ pub fn build(
     for m in chardevs.muxes.values() {
         m.set_supervisor(handle.clone());
     }
+    if let Some(b) = &balloon {
+        b.on_change(handle.clone());
+    }
     let ctx = MonitorContext {
         supervisor: handle.clone(),
         registry: registry.clone(),
@@ -610,6 +661,7 @@ pub fn build(
         drives: DrivesHandle::spawn(rt.handle(), registry, sides.drives.clone()),
         chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
         catalog: Arc::new(crate::catalog::PcCatalog::new(host)),
+        balloon: balloon.map(|b| b as Arc<dyn actors::virtio::balloon::BalloonControl>),
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);
@@ -668,9 +720,12 @@ fn create_vm() -> Result<Arc<KvmVm>> {
 /// Guest RAM in the PC's layout (below and above the 4 GiB hole), registered with KVM.
 fn guest_memory(cfg: &VmConfig, kvm: &KvmVm) -> Result<(RamLayout, GuestMemoryMmap)> {
     let layout = RamLayout::pc(cfg.memory);
-    let mem = memory::allocate(&layout)?;
+    let mem = memory::allocate(&layout, &cfg.machine.ram)?;
     if !cfg.machine.dump_guest_core {
         memory::exclude_from_core_dumps(&mem).context("madvise(MADV_DONTDUMP) on guest RAM")?;
+    }
+    if cfg.machine.ram.mem_lock {
+        crate::vm::backing::lock_all()?;
     }
     memory::register(kvm, &mem)?;
     Ok((layout, mem))

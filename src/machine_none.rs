@@ -240,6 +240,7 @@ pub fn run(
             }),
         ),
         catalog: Arc::new(PcCatalog::new(host)),
+        balloon: None,
         topology: Vec::new(),
         cpu_slots: Vec::new(),
         cpu_type: String::new(),

@@ -1024,3 +1024,34 @@ fn snapshot_jobs_over_qmp_and_loadvm_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_guest_on_file_and_memfd_backed_ram_saves_and_restores() {
+    let dir = TempDir::new("mig-backends");
+    let memfd = [
+        "-machine",
+        "memory-backend=r",
+        "-object",
+        "memory-backend-memfd,id=r,size=128M,share=on",
+    ];
+    let mut src = start(&dir, "src", 8, &memfd);
+    src.keeps_counting(3, Duration::from_secs(20));
+    let saved = dir.path("vm.mig");
+    assert_eq!(src.hmp(&format!("migrate file:{}", saved.display())), "");
+    assert_eq!(src.status(), "postmigrate");
+    // Restored into RAM from a file in a directory (-mem-path), the guest finds every page.
+    let ram_dir = TempDir::new("mig-mem-path");
+    let incoming = format!("file:{}", saved.display());
+    let dst = start(
+        &dir,
+        "dst",
+        8,
+        &[
+            "-mem-path",
+            ram_dir.0.to_str().unwrap(),
+            "-incoming",
+            &incoming,
+        ],
+    );
+    continues(&src, &dst);
+}

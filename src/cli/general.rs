@@ -49,8 +49,7 @@ pub enum GeneralError {
     /// `-incoming` with a scheme troupe lacks.
     #[error("migration transport '{0}' is not supported by troupe (tcp:, unix:, exec:, fd:, file:, defer)")]
     IncomingScheme(String),
-    /// `-overcommit KEY=on`: troupe neither locks guest memory nor passes CPU power
-    /// management through.
+    /// `-overcommit cpu-pm=on`: troupe does not pass CPU power management through.
     #[error("{0}=on is not supported by troupe (only {0}=off)")]
     Overcommit(&'static str),
     /// `-msg guest-name=on`.
@@ -61,17 +60,16 @@ pub enum GeneralError {
     Incoming(String),
 }
 
-/// `-overcommit [mem-lock=on|off][,cpu-pm=on|off]`: troupe never locks guest memory and
-/// never gives the guest the host CPUs' power management, which is what `off` asks (and
-/// what libvirt writes, `-overcommit mem-lock=off`); `on` is refused.
-pub fn parse_overcommit(mut opts: Opts) -> Result<(), GeneralError> {
-    for key in ["mem-lock", "cpu-pm"] {
-        if opts.flag(key)? == Some(true) {
-            return Err(GeneralError::Overcommit(key));
-        }
+/// `-overcommit [mem-lock=on|off][,cpu-pm=on|off]`: whether to lock guest RAM (`None`:
+/// not said). troupe never gives the guest the host CPUs' power management, which is what
+/// `cpu-pm=off` asks (libvirt writes it); `cpu-pm=on` is refused.
+pub fn parse_overcommit(mut opts: Opts) -> Result<Option<bool>, GeneralError> {
+    let mem_lock = opts.flag("mem-lock")?;
+    if opts.flag("cpu-pm")? == Some(true) {
+        return Err(GeneralError::Overcommit("cpu-pm"));
     }
     opts.finish()?;
-    Ok(())
+    Ok(mem_lock)
 }
 
 /// `-msg [timestamp=on|off][,guest-name=on|off]`: whether error messages start with an

@@ -96,9 +96,14 @@ const SECTIONS: &[(&str, Lines)] = &[
                 "accepted: troupe reads no configuration files",
             ),
             (
-                "-overcommit mem-lock=off",
-                "accepted (guest RAM is never locked; cpu-pm=off too)",
+                "-overcommit mem-lock=on|off",
+                "lock guest RAM (and troupe) in host memory (cpu-pm=off only)",
             ),
+            (
+                "-mem-path PATH",
+                "guest RAM from a file in PATH (hugetlbfs: huge pages)",
+            ),
+            ("-mem-prealloc", "allocate all guest RAM before it runs"),
         ],
     ),
     (
@@ -133,7 +138,8 @@ const SECTIONS: &[(&str, Lines)] = &[
             ),
             ("", "isa-debug-exit, virtio-blk-pci, virtio-net-pci, e1000,"),
             ("", "virtio-rng-pci, virtio-serial-pci, virtconsole,"),
-            ("", "virtio-tablet-pci, ide-cd, ide-hd, isa-serial, VGA"),
+            ("", "virtio-tablet-pci, virtio-balloon-pci, ide-cd, ide-hd,"),
+            ("", "isa-serial, VGA"),
             ("-vga std|none", "the VGA card (default std)"),
         ],
     ),

@@ -4,16 +4,18 @@
 //!   `file=`, `format=raw|base64`). Nothing in troupe takes a secret yet (no encrypted
 //!   images, no TLS, no passwords by secret: every option that would name one is refused by
 //!   its own parser), so a secret is defined and never read again.
-//! - `memory-backend-ram`: the guest's RAM when `-machine memory-backend=ID` names it, which
-//!   is what troupe's RAM always is (private anonymous memory). Its size must match `-m`.
-//!   A backend nothing uses is refused: troupe has no NUMA nodes or memory devices that
-//!   could take one.
+//! - `memory-backend-ram|file|memfd`: the guest's RAM when `-machine memory-backend=ID`
+//!   names it (anonymous memory, a file in or at `mem-path=`, or a memfd, with `share=`,
+//!   `prealloc=`, `merge=`, `dump=`, memfd `hugetlb=`/`hugetlbsize=`). Its size must match
+//!   `-m`. A backend nothing uses is refused: troupe has no NUMA nodes or memory devices
+//!   that could take one; so are `host-nodes=` and a `policy=` other than `default`.
 //! - `-audiodev driver=none`: an audio backend that discards. troupe has no sound card, so
 //!   no audio exists to play or capture; other drivers are refused.
 
 use thiserror::Error;
 
 use super::options::{is_help, Opts, OptsError};
+use crate::config::RamSource;
 
 /// Ways `-object`/`-audiodev` can be wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -37,6 +39,9 @@ pub enum ObjectError {
         /// `-m` in bytes.
         memory: u64,
     },
+    /// `-mem-path` and `-machine memory-backend=` together.
+    #[error("'-mem-path' can't be used together with '-machine memory-backend'")]
+    MemPathWithBackend,
     /// A memory backend nothing uses.
     #[error("memory backend '{0}' is not used by -machine memory-backend= (troupe has no NUMA nodes or memory devices to take it)")]
     BackendUnused(String),
@@ -44,7 +49,7 @@ pub enum ObjectError {
     #[error("audiodev '{0}' not found")]
     AudiodevNotFound(String),
     /// A QOM type troupe does not create.
-    #[error("object type '{0}' is not supported by troupe (secret, memory-backend-ram)")]
+    #[error("object type '{0}' is not supported by troupe (secret, memory-backend-ram, memory-backend-file, memory-backend-memfd)")]
     Type(String),
     /// A secret with both or neither of `data=` and `file=`.
     #[error("secret '{0}': exactly one of data= and file= is required")]
@@ -65,6 +70,21 @@ pub enum ObjectError {
     /// An encrypted secret (`keyid=`, `iv=`).
     #[error("secret '{0}': encrypted secrets (keyid=, iv=) are not supported by troupe")]
     SecretEncrypted(String),
+    /// A memory backend property troupe cannot honour.
+    #[error("memory backend '{id}': {key}={value} is not supported by troupe ({why})")]
+    BackendProperty {
+        /// The backend.
+        id: String,
+        /// The property.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// Why not.
+        why: &'static str,
+    },
+    /// `hugetlbsize=` without `hugetlb=on`.
+    #[error("memory backend '{0}': hugetlbsize= needs hugetlb=on")]
+    HugetlbSize(String),
     /// A memory backend size of zero.
     #[error("memory backend '{0}': size must be greater than zero")]
     BackendSize(String),
@@ -83,27 +103,43 @@ pub enum ObjectSpec {
         /// `id=`.
         id: String,
     },
-    /// `memory-backend-ram,id=ID,size=SIZE`.
-    MemoryBackendRam {
-        /// `id=`.
-        id: String,
-        /// `size=` in bytes.
-        size: u64,
-    },
+    /// `memory-backend-ram|file|memfd,id=ID,size=SIZE,...`.
+    MemoryBackend(MemoryBackend),
+}
+
+/// A `-object memory-backend-*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryBackend {
+    /// `id=`.
+    pub id: String,
+    /// `size=` in bytes.
+    pub size: u64,
+    /// The memory itself.
+    pub source: RamSource,
+    /// `share=` (default off).
+    pub share: bool,
+    /// `prealloc=` (default: `-mem-prealloc`).
+    pub prealloc: Option<bool>,
+    /// `merge=` (default: `-machine mem-merge=`).
+    pub merge: Option<bool>,
+    /// `dump=` (default: `-machine dump-guest-core=`).
+    pub dump: Option<bool>,
 }
 
 impl ObjectSpec {
     /// The object's `id=`.
     pub fn id(&self) -> &str {
         match self {
-            Self::Secret { id } | Self::MemoryBackendRam { id, .. } => id,
+            Self::Secret { id } => id,
+            Self::MemoryBackend(m) => &m.id,
         }
     }
 }
 
 /// `-object help` (or `-object TYPE,help`).
 pub fn object_help() -> String {
-    "List of user creatable objects:\n  memory-backend-ram\n  secret\n".to_string()
+    "List of user creatable objects:\n  memory-backend-file\n  memory-backend-memfd\n  memory-backend-ram\n  secret\n"
+        .to_string()
 }
 
 /// `-object [qom-type=]TYPE,id=ID,...` (or its JSON form).
@@ -136,21 +172,111 @@ pub fn parse_object(mut opts: Opts) -> Result<ObjectSpec, ObjectError> {
             }
             ObjectSpec::Secret { id }
         }
-        "memory-backend-ram" => {
-            let size = opts.required("size")?;
-            let size = super::options::parse_size(&size, 1).map_err(|_| OptsError::NotNumber {
-                key: "size".into(),
-                value: size.clone(),
-            })?;
-            if size == 0 {
-                return Err(ObjectError::BackendSize(id));
-            }
-            ObjectSpec::MemoryBackendRam { id, size }
+        "memory-backend-ram" | "memory-backend-file" | "memory-backend-memfd" => {
+            ObjectSpec::MemoryBackend(parse_memory_backend(&ty, id, &mut opts)?)
         }
         other => return Err(ObjectError::Type(other.to_string())),
     };
     opts.finish()?;
     Ok(spec)
+}
+
+/// The properties of `memory-backend-TYPE` (`ty` is one of the three).
+fn parse_memory_backend(
+    ty: &str,
+    id: String,
+    opts: &mut Opts,
+) -> Result<MemoryBackend, ObjectError> {
+    let size = opts.required("size")?;
+    let size = super::options::parse_size(&size, 1).map_err(|_| OptsError::NotNumber {
+        key: "size".into(),
+        value: size.clone(),
+    })?;
+    if size == 0 {
+        return Err(ObjectError::BackendSize(id));
+    }
+    let refuse = |id: &str, key: &'static str, value: String, why: &'static str| {
+        ObjectError::BackendProperty {
+            id: id.to_string(),
+            key,
+            value,
+            why,
+        }
+    };
+    // NUMA binding: troupe has no NUMA support to honour it.
+    if let Some(v) = opts.str("host-nodes") {
+        return Err(refuse(
+            &id,
+            "host-nodes",
+            v,
+            "troupe does not bind guest RAM to host NUMA nodes",
+        ));
+    }
+    if let Some(v) = opts.str("policy") {
+        if v != "default" {
+            return Err(refuse(
+                &id,
+                "policy",
+                v,
+                "troupe does not bind guest RAM to host NUMA nodes; only policy=default",
+            ));
+        }
+    }
+    // Threads that preallocate: troupe preallocates on one thread; the count changes nothing
+    // the guest sees.
+    let _ = opts.uint("prealloc-threads", 1, u64::from(u32::MAX))?;
+    // Only names the RAM block in QEMU's migration stream.
+    let _ = opts.flag("x-use-canonical-path-for-ramblock-id")?;
+    let share = opts.flag("share")?.unwrap_or(false);
+    let prealloc = opts.flag("prealloc")?;
+    let merge = opts.flag("merge")?;
+    let dump = opts.flag("dump")?;
+    let source = match ty {
+        "memory-backend-file" => {
+            let path = opts.required("mem-path")?;
+            for key in ["pmem", "readonly", "discard-data"] {
+                if opts.flag(key)? == Some(true) {
+                    return Err(refuse(
+                        &id,
+                        key,
+                        "on".into(),
+                        "guest RAM is a plain read-write file mapping",
+                    ));
+                }
+            }
+            let _ = opts.uint("align", 1, u64::MAX)?;
+            RamSource::File(path.into())
+        }
+        "memory-backend-memfd" => {
+            let hugetlb = opts.flag("hugetlb")?.unwrap_or(false);
+            let hugetlbsize = match opts.str("hugetlbsize") {
+                None => 0,
+                Some(v) => super::options::parse_size(&v, 1).map_err(|_| OptsError::NotNumber {
+                    key: "hugetlbsize".into(),
+                    value: v.clone(),
+                })?,
+            };
+            if hugetlbsize != 0 && !hugetlb {
+                return Err(ObjectError::HugetlbSize(id));
+            }
+            // Sealing (default on) keeps the file's size fixed; troupe always seals.
+            let _ = opts.flag("seal")?;
+            RamSource::Memfd {
+                hugetlb,
+                hugetlbsize,
+            }
+        }
+        _ => RamSource::Anonymous,
+    };
+    Ok(MemoryBackend {
+        id,
+        size,
+        source,
+        share,
+        prealloc,
+        merge,
+        dump,
+    })
 }
 
 /// Standard base64 (RFC 4648 §4) with `=` padding, surrounding whitespace allowed.
@@ -226,17 +352,54 @@ mod tests {
         )));
         assert_eq!(
             object(r#"{"qom-type":"memory-backend-ram","id":"pc.ram","size":268435456}"#),
-            Ok(ObjectSpec::MemoryBackendRam {
+            Ok(ObjectSpec::MemoryBackend(MemoryBackend {
                 id: "pc.ram".into(),
-                size: 256 << 20
-            })
+                size: 256 << 20,
+                source: RamSource::Anonymous,
+                share: false,
+                prealloc: None,
+                merge: None,
+                dump: None,
+            }))
         );
         assert_eq!(
             object("memory-backend-ram,id=m,size=1G"),
-            Ok(ObjectSpec::MemoryBackendRam {
+            Ok(ObjectSpec::MemoryBackend(MemoryBackend {
                 id: "m".into(),
-                size: 1 << 30
-            })
+                size: 1 << 30,
+                source: RamSource::Anonymous,
+                share: false,
+                prealloc: None,
+                merge: None,
+                dump: None,
+            }))
+        );
+        assert_eq!(
+            object("memory-backend-file,id=m,size=1G,mem-path=/dev/hugepages,share=on,prealloc=on,merge=off,dump=off"),
+            Ok(ObjectSpec::MemoryBackend(MemoryBackend {
+                id: "m".into(),
+                size: 1 << 30,
+                source: RamSource::File("/dev/hugepages".into()),
+                share: true,
+                prealloc: Some(true),
+                merge: Some(false),
+                dump: Some(false),
+            }))
+        );
+        assert_eq!(
+            object("memory-backend-memfd,id=m,size=1G,hugetlb=on,hugetlbsize=2M,seal=on"),
+            Ok(ObjectSpec::MemoryBackend(MemoryBackend {
+                id: "m".into(),
+                size: 1 << 30,
+                source: RamSource::Memfd {
+                    hugetlb: true,
+                    hugetlbsize: 2 << 20
+                },
+                share: false,
+                prealloc: None,
+                merge: None,
+                dump: None,
+            }))
         );
     }
 
@@ -259,12 +422,28 @@ mod tests {
             Err("secret 's': encrypted secrets (keyid=, iv=) are not supported by troupe".into())
         );
         assert_eq!(
-            object("memory-backend-file,id=m,size=1G,mem-path=/dev/shm"),
-            Err("object type 'memory-backend-file' is not supported by troupe (secret, memory-backend-ram)".into())
+            object("memory-backend-epc,id=m,size=1G"),
+            Err("object type 'memory-backend-epc' is not supported by troupe (secret, memory-backend-ram, memory-backend-file, memory-backend-memfd)".into())
         );
-        assert!(object("memory-backend-ram,id=m,size=1G,share=on")
+        assert_eq!(
+            object("memory-backend-ram,id=m,size=1G,host-nodes=0-1,policy=bind"),
+            Err("memory backend 'm': host-nodes=0-1 is not supported by troupe (troupe does not bind guest RAM to host NUMA nodes)".into())
+        );
+        assert_eq!(
+            object("memory-backend-ram,id=m,size=1G,policy=preferred"),
+            Err("memory backend 'm': policy=preferred is not supported by troupe (troupe does not bind guest RAM to host NUMA nodes; only policy=default)".into())
+        );
+        assert_eq!(
+            object("memory-backend-file,id=m,size=1G,mem-path=/x,pmem=on"),
+            Err("memory backend 'm': pmem=on is not supported by troupe (guest RAM is a plain read-write file mapping)".into())
+        );
+        assert_eq!(
+            object("memory-backend-memfd,id=m,size=1G,hugetlbsize=2M"),
+            Err("memory backend 'm': hugetlbsize= needs hugetlb=on".into())
+        );
+        assert!(object("memory-backend-ram,id=m,size=1G,hugetlb=on")
             .unwrap_err()
-            .starts_with("parameter 'share' is not supported"));
+            .starts_with("parameter 'hugetlb' is not supported"));
         assert_eq!(
             object("memory-backend-ram,id=m,size=0"),
             Err("memory backend 'm': size must be greater than zero".into())

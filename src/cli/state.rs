@@ -114,6 +114,11 @@ pub(super) struct State {
     sandbox: actors::sandbox::Policy,
     runas: Option<super::sandbox::RunAs>,
     chroot: Option<PathBuf>,
+    /// `-mem-path` (as written, the path).
+    mem_path: Option<(String, PathBuf)>,
+    mem_prealloc: bool,
+    /// `-overcommit mem-lock=on`.
+    mem_lock: bool,
 }
 
 impl State {
@@ -171,8 +176,14 @@ impl State {
             Opt::Name => self.name.add(at, opts(Some("guest"))?),
             Opt::Rtc => self.rtc.add(at, opts(None)?),
             Opt::Overcommit => {
-                general::parse_overcommit(opts(None)?).map_err(|e| invalid(at, e))?
+                if let Some(lock) =
+                    general::parse_overcommit(opts(None)?).map_err(|e| invalid(at, e))?
+                {
+                    self.mem_lock = lock;
+                }
             }
+            Opt::MemPath => self.mem_path = Some((at.to_string(), PathBuf::from(arg))),
+            Opt::MemPrealloc => self.mem_prealloc = true,
             Opt::Boot => self.boot.add(at, opts(Some("order"))?),
             Opt::Uuid => {
                 self.uuid = Some(general::parse_uuid(arg).map_err(|e| invalid(at, e))?);

@@ -43,6 +43,8 @@ pub struct VirtioDevices {
     /// hotplug uses it; the INTx router is the chipset's own, see
     /// [`super::pci::PciPlatform::intx_router`]).
     pub routes: Option<Arc<MsiRoutes>>,
+    /// The `virtio-balloon-pci`, if any (`balloon`, `info balloon`).
+    pub balloon: Option<Arc<actors::virtio::balloon::BalloonHandle>>,
 }
 
 /// What was built for one `-device`: the device tree's node is made from it.
@@ -121,6 +123,7 @@ pub fn build(
             d.kind,
             DeviceKind::VirtioBlk { .. }
                 | DeviceKind::VirtioRng
+                | DeviceKind::VirtioBalloon { .. }
                 | DeviceKind::VirtioTablet
                 | DeviceKind::VirtioSerial
                 | DeviceKind::Nic { .. }
@@ -136,6 +139,7 @@ pub fn build(
     out.routes = Some(routes.clone());
     let (mut nblk, mut nrng, mut nnet) = (0, 0, 0);
     let mut tablet_queue = None;
+    let mut balloon_parts = None;
     let mut console_input = None;
     let mut nic_info: Option<VirtioNicParts> = None;
     let mut ne1000 = 0;
@@ -223,6 +227,25 @@ pub fn build(
                 let name = format!("virtio-rng{nrng}");
                 nrng += 1;
                 (name, Box::new(Rng), 2, Box::new(RngWorker))
+            }
+            DeviceKind::VirtioBalloon { deflate_on_oom } => {
+                if balloon_parts.is_some() || out.balloon.is_some() {
+                    return Err(anyhow!("only one virtio-balloon-pci is supported"));
+                }
+                let shared = devices::virtio::balloon::BalloonShared::new();
+                let (worker, stats) = actors::virtio::balloon::BalloonWorker::new();
+                balloon_parts = Some((shared.clone(), stats));
+                (
+                    "virtio-balloon0".to_string(),
+                    Box::new(devices::virtio::balloon::Balloon::new(
+                        shared,
+                        *deflate_on_oom,
+                    )),
+                    // QEMU's virtio-balloon-pci: no MSI-X vectors of its own beyond
+                    // the queues' and the configuration's.
+                    4,
+                    Box::new(worker),
+                )
             }
             DeviceKind::VirtioSerial => {
                 // Its console port, if a virtconsole names this controller.
@@ -396,6 +419,14 @@ pub fn build(
             msi_gsis,
             host: Some(host.clone()),
         });
+        if let Some((shared, stats)) = balloon_parts.take() {
+            out.balloon = Some(Arc::new(actors::virtio::balloon::BalloonHandle {
+                shared,
+                model: host.model().clone(),
+                stats,
+                ram: cfg.memory,
+            }));
+        }
         if let (DeviceKind::VirtioTablet, Some(p)) = (&d.kind, tablet_queue.take()) {
             out.tablet = Some(actors::virtio::input::TabletSink::new(&p, host.waker()));
         }

@@ -7,7 +7,9 @@
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::backing;
 use super::kvm::{KvmVm, VmError};
+use crate::config::{RamBacking, RamSource};
 use devices::memory::GuestMemoryMmap;
 
 /// Start of RAM above 4 GiB.
@@ -67,42 +69,45 @@ pub enum MemoryError {
     TooLarge { size: u64 },
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Backing(#[from] backing::BackingError),
 }
 
-/// Allocate guest RAM for `layout`.
-pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
+/// Allocate guest RAM for `layout`, backed as `backing` says (anonymous memory, a file or
+/// a memfd), preallocated and marked for KSM as it asks.
+pub fn allocate(layout: &RamLayout, backing: &RamBacking) -> Result<GuestMemoryMmap, MemoryError> {
     let size_mib = layout.total() >> 20;
     if layout.total() > MAX_RAM {
         return Err(MemoryError::TooLarge { size: size_mib });
     }
+    let ranges = layout.ranges();
+    let sizes: Vec<u64> = ranges.iter().map(|r| r.1).collect();
+    let mapped = backing::map(backing, &sizes, map_aligned)?;
     let mut regions = Vec::new();
-    for (addr, size) in layout.ranges() {
-        let host = map_aligned(size as usize).map_err(|source| MemoryError::Allocate {
-            size: size_mib,
-            source: vm_memory::mmap::FromRangesError::MmapRegion(
-                vm_memory::mmap::MmapRegionError::Mmap(source),
-            ),
-        })?;
-        // SAFETY: `host` is a fresh private anonymous mapping of `size` bytes that lives for
-        // the rest of the process (guest RAM is never unmapped).
-        let region = unsafe {
+    for ((addr, size), m) in ranges.into_iter().zip(mapped) {
+        let builder = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+            size as usize,
             // A dirty bitmap sized to the region (the builder's default is empty, and would
             // record nothing).
-            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+            <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(
                 size as usize,
-                <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(
-                    size as usize,
-                ),
-            )
-            .with_raw_mmap_pointer(host)
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+            ),
+        )
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(m.flags)
+        .with_hugetlbfs(m.hugetlb);
+        let builder = match m.file {
+            Some(f) => builder.with_file_offset(f),
+            None => builder,
+        };
+        // SAFETY: `m.host` is a fresh mapping of `size` bytes that lives for the rest of the
+        // process (guest RAM is never unmapped).
+        let region = unsafe { builder.with_raw_mmap_pointer(m.host) }
             .build()
-        }
-        .map_err(|e| MemoryError::Allocate {
-            size: size_mib,
-            source: vm_memory::mmap::FromRangesError::MmapRegion(e),
-        })?;
+            .map_err(|e| MemoryError::Allocate {
+                size: size_mib,
+                source: vm_memory::mmap::FromRangesError::MmapRegion(e),
+            })?;
         let r = devices::memory::GuestRegionMmap::new(region, GuestAddress(addr)).ok_or(
             MemoryError::Allocate {
                 size: size_mib,
@@ -115,23 +120,27 @@ pub fn allocate(layout: &RamLayout) -> Result<GuestMemoryMmap, MemoryError> {
         size: size_mib,
         source: vm_memory::mmap::FromRangesError::Collection(e),
     })?;
-    // Transparent huge pages for guest RAM, as QEMU asks for them: fewer TLB misses in
-    // the guest, and O_DIRECT block I/O into guest memory pins 2 MiB pages, not 4 KiB.
     for region in mem.iter() {
-        // SAFETY: the range is exactly one mapping owned by `mem`; MADV_HUGEPAGE changes
-        // only how the kernel backs it.
-        let r = unsafe {
-            libc::madvise(
-                region.as_ptr().cast(),
-                region.len() as usize,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-        if r != 0 {
-            tracing::debug!(
-                "madvise(MADV_HUGEPAGE): {}",
-                std::io::Error::last_os_error()
-            );
+        let (host, len) = (region.as_ptr(), region.len() as usize);
+        if backing.source == RamSource::Anonymous && !backing.share {
+            // Transparent huge pages for guest RAM, as QEMU asks for them: fewer TLB misses
+            // in the guest, and O_DIRECT block I/O into guest memory pins 2 MiB pages, not
+            // 4 KiB.
+            // SAFETY: the range is exactly one mapping owned by `mem`; MADV_HUGEPAGE
+            // changes only how the kernel backs it.
+            let r = unsafe { libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE) };
+            if r != 0 {
+                tracing::debug!(
+                    "madvise(MADV_HUGEPAGE): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        if backing.merge {
+            backing::mark_mergeable(host, len);
+        }
+        if backing.prealloc {
+            backing::prealloc(host, len)?;
         }
     }
     Ok(mem)
@@ -157,9 +166,9 @@ pub fn exclude_from_core_dumps(mem: &GuestMemoryMmap) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A private anonymous mapping of `size` bytes starting on a 2 MiB boundary, so that
+/// An anonymous mapping (`flags`) of `size` bytes starting on a 2 MiB boundary, so that
 /// transparent huge pages can back all of it (QEMU aligns guest RAM the same way).
-fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
+fn map_aligned(size: usize, flags: i32) -> std::io::Result<*mut u8> {
     const ALIGN: usize = 2 << 20;
     let total = size + ALIGN;
     // SAFETY: a new anonymous mapping; no existing memory is touched.
@@ -168,7 +177,7 @@ fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
             std::ptr::null_mut(),
             total,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            flags,
             -1,
             0,
         )

@@ -1,6 +1,7 @@
 //! VM assembly: the KVM VM and its vCPUs, guest memory, CPUID, and the register states
 //! vCPUs start from.
 
+pub mod backing;
 pub mod cpuid;
 pub mod firmware;
 pub mod kvm;

@@ -91,7 +91,8 @@ impl CounterVm {
     fn with(setup: impl FnOnce(&mut VcpuBootState)) -> Self {
         require_kvm();
         let kvm = KvmVm::create().expect("KVM VM");
-        let mem = memory::allocate(&RamLayout::pc(16 << 20)).expect("guest RAM");
+        let mem =
+            memory::allocate(&RamLayout::pc(16 << 20), &Default::default()).expect("guest RAM");
         memory::register(&kvm, &mem).expect("RAM slots");
         mem.write_slice(&PROGRAM, GuestAddress(CODE)).unwrap();
 

@@ -51,6 +51,11 @@ impl CmdError {
 
 pub type CmdResult = Result<Value, CmdError>;
 
+/// `balloon`/`query-balloon` on a VM without a virtio-balloon.
+fn no_balloon() -> CmdError {
+    CmdError::DeviceNotActive("No balloon device has been activated".into())
+}
+
 /// The type a parameter must have (also what `query-qmp-schema` says of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ty {
@@ -312,6 +317,7 @@ const EVENTS: &[(&str, &[Param])] = &[
         ],
     ),
     ("POWERDOWN", &[]),
+    ("BALLOON_CHANGE", &[("actual", Ty::Int, true)]),
     ("MIGRATION", &[("status", Ty::Enum(MIGRATION_STATES), true)]),
     ("MIGRATION_PASS", &[("pass", Ty::Int, true)]),
     (
@@ -656,9 +662,20 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         }),
         "query-target" => Ok(json!({"arch": "x86_64"})),
         "query-machines" => Ok(ctx.catalog.machines()),
-        "query-balloon" | "balloon" => Err(CmdError::DeviceNotActive(
-            "No balloon device has been activated".into(),
-        )),
+        "balloon" => {
+            // QEMU checks the value before looking for the device.
+            let target = args.get("value").and_then(Value::as_i64).unwrap_or(0);
+            if target <= 0 {
+                return Err(CmdError::generic("Parameter 'target' expects a size"));
+            }
+            let b = ctx.balloon.as_ref().ok_or_else(no_balloon)?;
+            b.set_target(target as u64);
+            Ok(json!({}))
+        }
+        "query-balloon" => {
+            let b = ctx.balloon.as_ref().ok_or_else(no_balloon)?;
+            Ok(json!({ "actual": b.actual() }))
+        }
         "stop" => lifecycle(ctx.supervisor.stop().await),
         "cont" => lifecycle(ctx.supervisor.cont().await),
         "system_reset" => lifecycle(ctx.supervisor.reset().await),

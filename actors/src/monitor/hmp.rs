@@ -59,6 +59,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "[interfaces] [id]",
         "Trigger GARP/RARP announcements",
     ),
+    (
+        "balloon",
+        "target",
+        "request VM to change its memory allocation (in MB)",
+    ),
     ("c|cont", "", "resume emulation"),
     (
         "change",
@@ -476,6 +481,29 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         | "migrate_set_capability" => super::migrate::hmp(ctx, canonical, &rest)
             .await
             .unwrap_or_default(),
+        "balloon" => {
+            // The target in MiB, or with a K/M/G/T suffix (QEMU's 'M' argument).
+            let bytes = rest.first().and_then(|v| {
+                let (num, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+                    Some((i, _)) => v.split_at(i),
+                    None => (*v, "M"),
+                };
+                let shift = match unit.to_ascii_uppercase().as_str() {
+                    "K" => 10,
+                    "M" => 20,
+                    "G" => 30,
+                    "T" => 40,
+                    _ => return None,
+                };
+                num.parse::<i64>().ok()?.checked_shl(shift)
+            });
+            match bytes {
+                Some(b) => {
+                    exec_text(ctx, "balloon", json!({ "value": b }), |_| String::new()).await
+                }
+                None => "Error: Parameter 'target' expects a size\n".into(),
+            }
+        }
         "announce_self" => {
             let mut args = serde_json::Map::new();
             if let Some(list) = rest.first() {
@@ -795,7 +823,15 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
                 .await
         }
         "usernet" => ctx.net.usernet().await,
-        "balloon" => exec_text(ctx, "query-balloon", json!({}), |_| String::new()).await,
+        "balloon" => {
+            exec_text(ctx, "query-balloon", json!({}), |v| {
+                format!(
+                    "balloon: actual={}\n",
+                    v["actual"].as_u64().unwrap_or_default() >> 20
+                )
+            })
+            .await
+        }
         "migrate" | "migrate_parameters" | "migrate_capabilities" => {
             super::migrate::info(ctx, sub).await.unwrap_or_default()
         }

@@ -118,4 +118,6 @@ pub struct MonitorContext {
     pub dirty_rate: dirty::SharedDirtyRate,
     /// Background jobs (`snapshot-save`...), shared by every session.
     pub jobs: jobs::SharedJobs,
+    /// The `virtio-balloon-pci`, if there is one.
+    pub balloon: Option<Arc<dyn crate::virtio::balloon::BalloonControl>>,
 }

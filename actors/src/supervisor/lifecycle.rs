@@ -73,6 +73,11 @@ pub trait Machine: Send + Sync + 'static {
     /// Load what [`Machine::save_vm_state`] saved; called after the vCPUs are restored and
     /// before they resume (the clock goes last).
     fn restore_vm_state(&self, sections: &[Section]) -> Result<(), String>;
+    /// The vCPUs have just been paused: hold the guest's clock still (QEMU's kvmclock
+    /// does not count time a VM spends stopped).
+    fn clock_stop(&self) {}
+    /// The vCPUs are about to run again: restart the guest's clock where it stopped.
+    fn clock_start(&self) {}
     /// Guest RAM, for a migration stream (None: this machine cannot migrate).
     fn ram(&self) -> Option<devices::memory::GuestMemoryMmap> {
         None
@@ -806,6 +811,7 @@ impl Supervisor {
                 tracing::warn!("pausing vcpu{}: {e}", v.index());
             }
         }
+        self.machine.clock_stop();
         for c in self.tree.controls().rev() {
             let mut waited = 0;
             let pause = c.pause();
@@ -837,6 +843,7 @@ impl Supervisor {
                 tracing::warn!("resuming {}: {e}", c.id());
             }
         }
+        self.machine.clock_start();
         for v in &self.vcpus {
             if let Err(e) = v.resume() {
                 tracing::warn!("resuming vcpu{}: {e}", v.index());

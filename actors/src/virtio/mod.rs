@@ -8,6 +8,7 @@
 //! Register accesses (setup, ISR, configuration) take the exit path under the model's
 //! mutex, like every other device.
 
+pub mod balloon;
 pub mod blk;
 pub mod console;
 pub mod input;

@@ -9,6 +9,7 @@
 //! the device's actor in `actors::virtio`, which uses the `virtio-queue` crate for the
 //! available and used rings and [`chain::walk`] for the descriptors.
 
+pub mod balloon;
 pub mod blk;
 pub mod chain;
 pub mod console;
@@ -40,6 +41,7 @@ pub mod device_type {
     pub const BLOCK: u16 = 2;
     pub const CONSOLE: u16 = 3;
     pub const RNG: u16 = 4;
+    pub const BALLOON: u16 = 5;
     pub const INPUT: u16 = 18;
 }
 

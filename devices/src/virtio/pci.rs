@@ -136,6 +136,7 @@ impl VirtioPci {
             super::device_type::BLOCK => Some(0x1001),
             super::device_type::CONSOLE => Some(0x1003),
             super::device_type::RNG => Some(0x1005),
+            super::device_type::BALLOON => Some(0x1002),
             _ => None,
         };
         let (class, subclass) = device.pci_class();

@@ -224,8 +224,12 @@ pub(super) const DRIVERS: &[Driver] = &[
         category: "Misc devices",
         bus: "PCI",
         desc: "",
-        props: &[PCI_ADDR, PCI_BUS],
-        available: false,
+        props: &[
+            PCI_ADDR,
+            PCI_BUS,
+            ("deflate-on-oom", "<bool>", " (default: false)"),
+        ],
+        available: true,
     },
     Driver {
         name: "virtio-rng-pci",
@@ -319,7 +323,7 @@ mod tests {
             let listed = h.contains(&format!("name \"{}\"", d.name));
             assert_eq!(listed, d.available, "{}", d.name);
         }
-        assert!(!h.contains("balloon"), "{h}");
+        assert!(h.contains("name \"virtio-balloon-pci\", bus PCI, alias \"virtio-balloon\"\n"));
         let p = device_props_help("isa-debug-exit").unwrap();
         assert_eq!(p, "isa-debug-exit options:\n  id=<str>\n  iobase=<uint32>        - (default: 1281)\n  iosize=<uint32>        - (default: 2)\n");
         let p = device_props_help("e1000").unwrap();
@@ -327,10 +331,9 @@ mod tests {
         assert!(device_props_help("virtio-net")
             .unwrap()
             .starts_with("virtio-net-pci options:"));
-        assert_eq!(
-            device_props_help("virtio-balloon").unwrap_err().to_string(),
-            "device 'virtio-balloon-pci' is not available yet"
-        );
+        assert!(device_props_help("virtio-balloon")
+            .unwrap()
+            .contains("  deflate-on-oom=<bool>  - (default: false)\n"));
         assert_eq!(
             device_props_help("nope").unwrap_err().to_string(),
             "device 'nope' is unknown or not supported by troupe (see -device help)"

@@ -206,8 +206,11 @@ pub enum SpecKind {
         /// `chardev=`.
         chardev: String,
     },
-    /// `virtio-balloon-pci`.
-    VirtioBalloon,
+    /// `virtio-balloon-pci[,deflate-on-oom=on|off]`.
+    VirtioBalloon {
+        /// `deflate-on-oom=`.
+        deflate_on_oom: bool,
+    },
     /// `virtio-tablet-pci`.
     VirtioTablet,
     /// `virtio-keyboard-pci`.
@@ -380,7 +383,9 @@ pub fn parse_device(mut opts: Opts) -> Result<DeviceSpec, DeviceError> {
         },
         "virtio-rng-pci" => SpecKind::VirtioRng,
         "virtio-serial-pci" => SpecKind::VirtioSerial,
-        "virtio-balloon-pci" => SpecKind::VirtioBalloon,
+        "virtio-balloon-pci" => SpecKind::VirtioBalloon {
+            deflate_on_oom: opts.flag("deflate-on-oom")?.unwrap_or(false),
+        },
         "virtio-tablet-pci" => SpecKind::VirtioTablet,
         "virtio-keyboard-pci" => SpecKind::VirtioKeyboard,
         "ide-cd" | "ide-hd" => {

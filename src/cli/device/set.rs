@@ -305,7 +305,9 @@ impl DeviceSet {
             }
             SpecKind::VirtioRng => DeviceKind::VirtioRng,
             SpecKind::VirtioSerial => DeviceKind::VirtioSerial,
-            SpecKind::VirtioBalloon => DeviceKind::VirtioBalloon,
+            SpecKind::VirtioBalloon { deflate_on_oom } => {
+                DeviceKind::VirtioBalloon { deflate_on_oom }
+            }
             SpecKind::VirtioTablet => DeviceKind::VirtioTablet,
             SpecKind::VirtioKeyboard => DeviceKind::VirtioKeyboard,
         };

@@ -267,7 +267,7 @@ pub struct ParsedMachine {
 }
 
 /// `-M/-machine [type=]TYPE[,accel=kvm][,kernel-irqchip=on][,usb=off]
-/// [,dump-guest-core=on|off][,memory-backend=ID]`.
+/// [,dump-guest-core=on|off][,memory-backend=ID][,mem-merge=on|off]`.
 pub fn parse_machine(mut opts: Opts) -> Result<ParsedMachine, MachineError> {
     let kind = match opts.str("type") {
         None => DEFAULT_MACHINE.to_string(),
@@ -299,12 +299,17 @@ pub fn parse_machine(mut opts: Opts) -> Result<ParsedMachine, MachineError> {
     }
     let dump_guest_core = opts.flag("dump-guest-core")?.unwrap_or(true);
     let memory_backend = opts.str("memory-backend");
+    let merge = opts.flag("mem-merge")?.unwrap_or(true);
     opts.finish()?;
     Ok(ParsedMachine {
         machine: MachineConfig {
             kind,
             accel: Accel::Kvm,
             dump_guest_core,
+            ram: crate::config::RamBacking {
+                merge,
+                ..Default::default()
+            },
         },
         accel_given: accel.is_some(),
         memory_backend,

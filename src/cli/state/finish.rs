@@ -216,35 +216,48 @@ impl State {
             }
             _ => 128 << 20,
         };
-        // `memory-backend=ID`: the guest RAM is that memory-backend-ram (QEMU takes its
-        // size when -m is absent, and refuses a mismatch). Every backend must be used.
+        // `memory-backend=ID`: the guest RAM is that memory backend (QEMU takes its size
+        // when -m is absent, and refuses a mismatch). Every backend must be used.
+        let mut machine = machine;
+        let ram = &mut machine.ram;
+        ram.prealloc = self.mem_prealloc;
+        ram.mem_lock = self.mem_lock;
+        let mut found = false;
         for (obj_at, obj) in &self.objects {
-            let ObjectSpec::MemoryBackendRam { id, size } = obj else {
+            let ObjectSpec::MemoryBackend(b) = obj else {
                 continue;
             };
-            if memory_backend.as_deref() != Some(id) {
-                return Err(invalid(obj_at, ObjectError::BackendUnused(id.clone())));
+            if memory_backend.as_deref() != Some(b.id.as_str()) {
+                return Err(invalid(obj_at, ObjectError::BackendUnused(b.id.clone())));
             }
-            if memory_given && *size != memory {
+            if memory_given && b.size != memory {
                 return Err(invalid(
                     &at,
                     ObjectError::BackendMismatch {
-                        id: id.clone(),
-                        backend: *size,
+                        id: b.id.clone(),
+                        backend: b.size,
                         memory,
                     },
                 ));
             }
-            memory = *size;
+            memory = b.size;
+            found = true;
+            ram.source = b.source.clone();
+            ram.share = b.share;
+            ram.prealloc = b.prealloc.unwrap_or(ram.prealloc);
+            ram.merge = b.merge.unwrap_or(ram.merge);
+            machine.dump_guest_core = b.dump.unwrap_or(machine.dump_guest_core);
         }
         if let Some(id) = &memory_backend {
-            let found = self
-                .objects
-                .iter()
-                .any(|(_, o)| matches!(o, ObjectSpec::MemoryBackendRam { id: i, .. } if i == id));
             if !found {
                 return Err(invalid(&at, ObjectError::BackendNotFound(id.clone())));
             }
+        }
+        if let Some((path_at, path)) = take(&mut self.mem_path) {
+            if memory_backend.is_some() {
+                return Err(invalid(&path_at, ObjectError::MemPathWithBackend));
+            }
+            machine.ram.source = crate::config::RamSource::File(path);
         }
         let smp = match take(&mut self.smp) {
             m if m.given() => {

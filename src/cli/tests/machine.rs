@@ -281,9 +281,12 @@ fn libvirts_probe_and_domain_options_that_troupe_takes() {
     ]);
     assert_eq!(c.name.as_deref(), Some("small"));
     assert!(c.no_shutdown);
-    assert_eq!(
-        env.err(&["-overcommit", "mem-lock=on"]),
-        "-overcommit mem-lock=on: mem-lock=on is not supported by troupe (only mem-lock=off)"
+    assert!(!c.machine.ram.mem_lock);
+    assert!(
+        env.run(&["-overcommit", "mem-lock=on"])
+            .machine
+            .ram
+            .mem_lock
     );
     assert_eq!(
         env.err(&["-overcommit", "cpu-pm=on"]),
@@ -292,4 +295,65 @@ fn libvirts_probe_and_domain_options_that_troupe_takes() {
     assert!(env
         .err(&["-chardev", "null,id=m", "-mon", "chardev=m,id=9x"])
         .contains("invalid id '9x'"));
+}
+
+#[test]
+fn ram_backing_from_mem_path_prealloc_merge_and_memory_backends() {
+    use crate::config::{RamBacking, RamSource};
+    let env = Env::new();
+    // Defaults: anonymous, private, KSM-mergeable (QEMU's mem-merge=on).
+    assert_eq!(env.run(&[]).machine.ram, RamBacking::default());
+    assert!(RamBacking::default().merge);
+    assert!(!env.run(&["-machine", "mem-merge=off"]).machine.ram.merge);
+    let c = env.run(&["-mem-path", "/dev/hugepages", "-mem-prealloc"]);
+    assert_eq!(
+        c.machine.ram.source,
+        RamSource::File("/dev/hugepages".into())
+    );
+    assert!(c.machine.ram.prealloc && !c.machine.ram.share);
+    // A backend's own properties win; unset ones follow -machine and -mem-prealloc.
+    let c = env.run(&[
+        "-m",
+        "256",
+        "-mem-prealloc",
+        "-machine",
+        "mem-merge=off,dump-guest-core=on,memory-backend=m",
+        "-object",
+        "memory-backend-memfd,id=m,size=256M,share=on,dump=off",
+    ]);
+    assert_eq!(
+        c.machine.ram,
+        RamBacking {
+            source: RamSource::Memfd {
+                hugetlb: false,
+                hugetlbsize: 0
+            },
+            share: true,
+            prealloc: true,
+            merge: false,
+            mem_lock: false,
+        }
+    );
+    assert!(!c.machine.dump_guest_core);
+    let c = env.run(&[
+        "-machine",
+        "memory-backend=m",
+        "-object",
+        "memory-backend-file,id=m,size=64M,mem-path=/tmp,merge=on",
+        "-machine",
+        "mem-merge=off",
+    ]);
+    assert!(c.machine.ram.merge);
+    assert_eq!(c.memory, 64 << 20);
+    assert_eq!(
+        env.err(&[
+            "-mem-path",
+            "/tmp",
+            "-machine",
+            "memory-backend=m",
+            "-object",
+            "memory-backend-ram,id=m,size=64M"
+        ]),
+        "-mem-path /tmp: '-mem-path' can't be used together with '-machine memory-backend'"
+    );
 }

@@ -52,6 +52,8 @@
 //! - `dev=console`: a virtio console: sends `hello from virtconsole` on it, prints
 //!   `vcon: sent greeting`, waits (`wait=SECONDS`, default 30) for a line of input on it,
 //!   prints `vcon: got 'LINE'` and sends back `echo: LINE`; exit 0.
+//! - `dev=balloon`: a virtio-balloon driver (see `balloon.rs`): gives the device the
+//!   pages it asks for and takes them back, printing `vballoon: actual=N pages`.
 //! - `dev=net`: a virtio-net driver that answers ARP and ping and pings `peer=` (see
 //!   `net.rs`).
 //! - `dev=input`: a virtio tablet: prints its name, `vinput: ready`, then one line per
@@ -65,6 +67,7 @@
 #![no_std]
 #![no_main]
 
+mod balloon;
 mod e1000;
 mod net;
 mod transport;
@@ -579,6 +582,9 @@ fn main(boot: &BootInfo) -> u32 {
     }
     if boot.arg("dev") == Some("net") {
         return net::run(boot);
+    }
+    if boot.arg("dev") == Some("balloon") {
+        return balloon::run(boot);
     }
     let legacy = boot.arg("legacy").is_some();
     if boot.arg("dev") == Some("rng") {

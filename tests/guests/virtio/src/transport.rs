@@ -168,6 +168,14 @@ impl Virtio {
         }
     }
 
+    /// Write 32 bits of device configuration at `off`.
+    pub fn set_config32(&self, off: u64, v: u32) {
+        match self.regs {
+            Regs::Modern { device, .. } => mmio_write32(device + off, v),
+            Regs::Legacy { io } => outl(io + 0x14 + off as u16, v),
+        }
+    }
+
     /// Device configuration byte at `off` (modern interface).
     pub fn config8(&self, off: u64) -> u8 {
         match self.regs {
