@@ -41,12 +41,10 @@ pub use vcpu::thread_allowed_cores as allowed_cores;
 macro_rules! report {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "{}{}",
-            $crate::message_prefix(),
-            format_args!($($arg)*)
-        );
+        // One write(2) for the whole line: stderr is unbuffered, and a line written in
+        // pieces can be split by a line another thread (or the SIGSYS handler) writes.
+        let line = format!("{}{}\n", $crate::message_prefix(), format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 
