@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod dirty;
+pub mod fdpass;
 pub mod handles;
 pub mod hmp;
 pub mod jobs;
@@ -114,4 +115,6 @@ pub struct MonitorContext {
     pub dirty_rate: dirty::SharedDirtyRate,
     /// Background jobs (`snapshot-save`...), shared by every session.
     pub jobs: jobs::SharedJobs,
+    /// Descriptors clients passed and named with `getfd`, shared by every session.
+    pub fds: Arc<fdpass::NamedFds>,
 }
