@@ -715,7 +715,10 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     // Statistics of the virtio disk: libvirt finds them by the qdev path QEMU reports
     // (`/machine/peripheral/virtio-disk0/virtio-backend`).
     let stats = blkstat(&mut v, &name, "vda");
-    assert!(stats.contains_key("rd_req") && stats.contains_key("wr_bytes"), "{stats:?}");
+    assert!(
+        stats.contains_key("rd_req") && stats.contains_key("wr_bytes"),
+        "{stats:?}"
+    );
     let vnc = v.ok(&format!("vncdisplay {name}"));
     assert!(vnc.trim().starts_with("127.0.0.1:"), "{vnc}");
 
@@ -771,12 +774,18 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
         "script",
         &[
             "-qfec",
-            &format!("virsh -c 'qemu:///embed?root={}' console {name}", root.display()),
+            &format!(
+                "virsh -c 'qemu:///embed?root={}' console {name}",
+                root.display()
+            ),
             "/dev/null",
         ],
     )
     .spawn();
-    con.expect_stdout(&format!("Connected to domain '{name}'"), Duration::from_secs(60));
+    con.expect_stdout(
+        &format!("Connected to domain '{name}'"),
+        Duration::from_secs(60),
+    );
     // GRUB under emulated ring 0: a minute or more to its menu on a loaded machine.
     con.expect_stdout("executed automatically in", Duration::from_secs(240));
     let menu = con.stdout.text();
@@ -861,7 +870,9 @@ impl SerialLog {
                 if n == 0 {
                     break;
                 }
-                t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                t.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         Self(text)
@@ -965,11 +976,17 @@ fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button(
     assert_eq!(v.state(&name), "shut off");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "troupe still runs after the save");
+        assert!(
+            Instant::now() < deadline,
+            "troupe still runs after the save"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let saved = std::fs::read(&image).unwrap();
-    assert!(saved.starts_with(b"LibvirtQemudSave"), "libvirt's save image");
+    assert!(
+        saved.starts_with(b"LibvirtQemudSave"),
+        "libvirt's save image"
+    );
     let saved_len = saved.len();
     drop(saved);
     // restore: a new troupe reads the stream from the descriptor libvirt hands it
@@ -987,7 +1004,11 @@ fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button(
         tick > last,
         "after the restore the guest counted {tick}, before the save {last} (image {saved_len} bytes)"
     );
-    assert!(!serial.text().contains("troupe demo guest:"), "{}", serial.text());
+    assert!(
+        !serial.text().contains("troupe demo guest:"),
+        "{}",
+        serial.text()
+    );
 
     // reboot: libvirt presses the power button, and once the guest has powered off
     // (troupe stays, as -no-shutdown asks) resets it and lets it run again.
@@ -1004,19 +1025,126 @@ fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button(
     serial.line_after(at, "demo: power button, powering off");
     let deadline = Instant::now() + Duration::from_secs(60);
     while v.state(&name) != "shut off" {
-        assert!(Instant::now() < deadline, "libvirt did not see the power-off");
+        assert!(
+            Instant::now() < deadline,
+            "libvirt did not see the power-off"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let reason = v.ok(&format!("domstate {name} --reason"));
     assert_eq!(reason.trim(), "shut off (shutdown)");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "troupe still runs after the shutdown");
+        assert!(
+            Instant::now() < deadline,
+            "troupe still runs after the shutdown"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     v.ok(&format!("undefine {name}"));
     v.r.send(b"quit\n");
     v.r.wait(Duration::from_secs(60));
     let err = v.r.stderr.text();
-    assert!(!err.contains(" error : "), "libvirt reported an error:\n{err}");
+    assert!(
+        !err.contains(" error : "),
+        "libvirt reported an error:\n{err}"
+    );
+}
+
+#[test]
+fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
+    require_kvm();
+    if Command::new("virsh").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
+        return;
+    }
+    // The pcihp guest: the OSPM side of ACPI PCI hotplug (sees the slot come, ejects it
+    // when asked).
+    let dir = TempDir::new("lvhp");
+    let root = dir.path("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+    let sock = dir.path("serial.sock");
+    let name = format!("th-{}", std::process::id());
+    let xml = format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <cmdline>cycles=1 timeout=120</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>{emu}</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='unix'><source mode='bind' path='{sock}'/><target port='0'/></serial>
+    <video><model type='vga' vram='16384'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        kernel = common::guest("pcihp").display(),
+        emu = troupe_bin().display(),
+        sock = sock.display(),
+    );
+    let xml_path = dir.path("domain.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let nic = dir.path("nic.xml");
+    std::fs::write(
+        &nic,
+        "<interface type='user'><mac address='52:54:00:12:34:99'/><model type='virtio'/></interface>\n",
+    )
+    .unwrap();
+    let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
+    v.ok(&format!("define {}", xml_path.display()));
+    v.ok(&format!("start {name}"));
+    let serial = SerialLog::connect(&sock);
+    // libvirt adds the backend (`netdev_add`) and the device (`device_add`).
+    v.ok(&format!("attach-device {name} {} --live", nic.display()));
+    let (up, at) = serial.line_after(0, "pcihp: up slot=");
+    assert!(up.contains("vendor=1af4 device=1000"), "{up}");
+    let ifs = v.ok(&format!("domiflist {name}"));
+    assert!(ifs.contains("52:54:00:12:34:99"), "{ifs}");
+    // detach: `device_del`, the guest ejects, DEVICE_DELETED, libvirt drops the NIC.
+    v.ok(&format!("detach-device {name} {} --live", nic.display()));
+    serial.line_after(at, "pcihp: ejected slot=");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while v
+        .ok(&format!("domiflist {name}"))
+        .contains("52:54:00:12:34:99")
+    {
+        assert!(Instant::now() < deadline, "libvirt still lists the NIC");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A disk needs `blockdev-add`, which troupe does not have yet: refused, naming it.
+    let disk = dir.path("hot.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("qemu-img (qemu-utils)");
+    assert!(st.success());
+    let disk_xml = dir.path("disk.xml");
+    std::fs::write(
+        &disk_xml,
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{}'/><target dev='vdb' bus='virtio'/></disk>\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let (_, err) = v.run(&format!(
+        "attach-device {name} {} --live",
+        disk_xml.display()
+    ));
+    assert!(err.contains("'blockdev-add'"), "{err}");
+    v.ok(&format!("destroy {name}"));
+    v.ok(&format!("undefine {name}"));
+    v.r.send(b"quit\n");
+    v.r.wait(Duration::from_secs(60));
 }

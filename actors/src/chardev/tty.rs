@@ -124,11 +124,7 @@ impl AsyncRead for PtyMaster {
             let res = guard.try_io(|fd| {
                 // SAFETY: reading into the caller's initialized buffer, within its length.
                 let n = unsafe {
-                    libc::read(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
                 };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())

@@ -755,7 +755,10 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "blockdev-add" => Err(not_available("blockdev-add")),
         // A QMP session over a Unix socket answers `getfd` itself (it holds what was
         // passed); anywhere else no descriptor can have come with the command.
-        "getfd" => ctx.fds.getfd(None, s(args, "fdname").unwrap_or_default()).map(|_| json!({})),
+        "getfd" => ctx
+            .fds
+            .getfd(None, s(args, "fdname").unwrap_or_default())
+            .map(|_| json!({})),
         "closefd" => ctx
             .fds
             .closefd(s(args, "fdname").unwrap_or_default())

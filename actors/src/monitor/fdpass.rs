@@ -58,9 +58,9 @@ impl NamedFds {
                 "Parameter 'fdname' expects a name not starting with a digit",
             ));
         }
-        let fd = passed.and_then(PassedFds::take_newest).ok_or_else(|| {
-            CmdError::generic("No file descriptor supplied via SCM_RIGHTS")
-        })?;
+        let fd = passed
+            .and_then(PassedFds::take_newest)
+            .ok_or_else(|| CmdError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
         self.lock().insert(name.to_string(), fd);
         Ok(())
     }
@@ -103,9 +103,9 @@ impl FdStream {
 /// One `recvmsg` into `buf`; descriptors in the ancillary data go to `fds` (close-on-exec).
 fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &PassedFds) -> io::Result<usize> {
     // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe {
-        libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32)
-    } as usize;
+    let space =
+        unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32) }
+            as usize;
     // u64 elements keep the control buffer aligned for cmsghdr.
     let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
@@ -212,10 +212,7 @@ mod tests {
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
-            assert_eq!(
-                libc::sendmsg(s.as_raw_fd(), &msg, 0),
-                data.len() as isize
-            );
+            assert_eq!(libc::sendmsg(s.as_raw_fd(), &msg, 0), data.len() as isize);
         }
     }
 

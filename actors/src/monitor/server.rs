@@ -347,12 +347,7 @@ impl Server {
         self.spawn_session((s, fds), telnet, None);
     }
 
-    fn spawn_session(
-        &self,
-        (s, fds): Conn,
-        telnet: bool,
-        focus: Option<watch::Receiver<bool>>,
-    ) {
+    fn spawn_session(&self, (s, fds): Conn, telnet: bool, focus: Option<watch::Receiver<bool>>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}.session{n}", self.id);
         self.active.fetch_add(1, Ordering::Relaxed);
