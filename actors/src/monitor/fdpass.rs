@@ -5,8 +5,10 @@
 //!
 //! Data path: a session's [`FdStream`] reads with `recvmsg`, keeping every descriptor that
 //! arrives in its [`PassedFds`]; `getfd NAME` takes the newest of them (QEMU takes the one
-//! sent with the command; libvirt sends exactly one per `getfd`) into the monitor-wide
-//! [`NamedFds`]; `closefd NAME` closes it, and `migrate fd:NAME` takes it out.
+//! sent with the command; libvirt sends exactly one per `getfd`) into the [`NamedFds`]
+//! every monitor of the VM shares (QEMU keeps one list per monitor; libvirt uses one);
+//! `closefd NAME` closes it, and `migrate fd:NAME` takes it out. Descriptors passed on a
+//! connection and never named stay open until its next `getfd` or its end.
 
 use std::collections::HashMap;
 use std::io;
@@ -41,7 +43,7 @@ impl PassedFds {
     }
 }
 
-/// The descriptors `getfd` named, shared by every session of the monitors.
+/// The descriptors `getfd` named, shared by every session of every monitor.
 #[derive(Default)]
 pub struct NamedFds(Mutex<HashMap<String, OwnedFd>>);
 
