@@ -679,6 +679,7 @@ pub fn build(
         buttons: Arc::default(),
         dirty_rate: Arc::default(),
         jobs: Arc::default(),
+        fds: Arc::default(),
     };
     let loadvm = cfg
         .loadvm

@@ -248,6 +248,7 @@ pub fn run(
         buttons: Arc::default(),
         dirty_rate: Arc::default(),
         jobs: Arc::default(),
+        fds: Arc::default(),
     };
     let _monitors =
         crate::machine::start_monitors(cfg, &console, rt, registry, ctx, &mut muxes, &labels)?;

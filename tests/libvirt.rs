@@ -596,6 +596,18 @@ impl Virsh {
     }
 }
 
+/// `virsh domblkstat NAME DEV`: the counters by name (`vda rd_req 0` lines).
+fn blkstat(v: &mut Virsh, name: &str, dev: &str) -> std::collections::HashMap<String, u64> {
+    let out = v.ok(&format!("domblkstat {name} {dev}"));
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(dev)).then_some(())?;
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 #[test]
 fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     require_kvm();
@@ -700,6 +712,13 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
             && blk.contains(&format!("vda      {}", disk.display())),
         "{blk}"
     );
+    // Statistics of the virtio disk: libvirt finds them by the qdev path QEMU reports
+    // (`/machine/peripheral/virtio-disk0/virtio-backend`).
+    let stats = blkstat(&mut v, &name, "vda");
+    assert!(
+        stats.contains_key("rd_req") && stats.contains_key("wr_bytes"),
+        "{stats:?}"
+    );
     let vnc = v.ok(&format!("vncdisplay {name}"));
     assert!(vnc.trim().starts_with("127.0.0.1:"), "{vnc}");
 
@@ -748,6 +767,48 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     v.r.send(b"quit\n");
     v.r.wait(Duration::from_secs(60));
     let mut err = v.r.stderr.text();
+
+    // `virsh console` (a virsh of its own, on a terminal, as a user runs it): the pty
+    // serial shows GRUB's menu and a key typed there picks the entry.
+    let mut con = Vm::program(
+        "script",
+        &[
+            "-qfec",
+            &format!(
+                "virsh -c 'qemu:///embed?root={}' console {name}",
+                root.display()
+            ),
+            "/dev/null",
+        ],
+    )
+    .spawn();
+    con.expect_stdout(
+        &format!("Connected to domain '{name}'"),
+        Duration::from_secs(60),
+    );
+    // GRUB under emulated ring 0: a minute or more to its menu on a loaded machine.
+    con.expect_stdout("executed automatically in", Duration::from_secs(240));
+    let menu = con.stdout.text();
+    assert!(
+        menu.contains("GNU GRUB") && menu.contains("troupe entry"),
+        "{menu}"
+    );
+    let seen = menu.len();
+    con.send(b"\r");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !con.stdout.text()[seen..].contains("picked") {
+        assert!(
+            Instant::now() < deadline,
+            "the entry did not run: {}",
+            &con.stdout.text()[seen..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ctrl-] leaves the console.
+    con.send(b"\x1d");
+    assert!(con.wait(Duration::from_secs(60)).success());
+    err.push_str(&con.stderr.text());
+
     let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -762,6 +823,9 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
     v.err_seen = v.r.stderr.text().len();
     assert_eq!(v.state(&name), "running");
     assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // SeaBIOS and GRUB read the CD: its statistics count the reads.
+    let stats = blkstat(&mut v, &name, "hdc");
+    assert!(stats["rd_req"] > 0 && stats["rd_bytes"] > 0, "{stats:?}");
 
     v.ok(&format!("destroy {name}"));
     assert_eq!(v.state(&name), "shut off");
@@ -783,4 +847,304 @@ fn virsh_defines_starts_and_drives_a_domain_on_troupe() {
             && !l.contains("terminating on signal")),
         "{log}"
     );
+}
+
+/// What a domain's serial port (a unix socket libvirt binds) has said since we connected.
+struct SerialLog(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl SerialLog {
+    fn connect(path: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut s = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", path.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let t = text.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                t.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self(text)
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Wait for a line starting with `prefix` after byte `from`; returns the line and
+    /// where it ends.
+    fn line_after(&self, from: usize, prefix: &str) -> (String, usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = self.text();
+            let mut at = from;
+            for l in text[from.min(text.len())..].split_inclusive('\n') {
+                at += l.len();
+                if l.ends_with('\n') && l.starts_with(prefix) {
+                    return (l.trim().to_string(), at);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {prefix:?} after byte {from}:\n{}",
+                &text[from.min(text.len())..]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The number of the next `demo: tick N` line after `from`, and where it ends.
+    fn tick_after(&self, from: usize) -> (u64, usize) {
+        let (l, at) = self.line_after(from, "demo: tick ");
+        (l["demo: tick ".len()..].parse().unwrap(), at)
+    }
+}
+
+#[test]
+fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button() {
+    require_kvm();
+    if Command::new("virsh").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
+        return;
+    }
+    // The demo guest, booted directly: it counts on its serial port and powers off (S5)
+    // when the ACPI power button is pressed.
+    let dir = TempDir::new("lvpw");
+    let root = dir.path("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+    let sock = dir.path("serial.sock");
+    let name = format!("tp-{}", std::process::id());
+    let xml = format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <cmdline>tick_ms=50</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>{emu}</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='unix'><source mode='bind' path='{sock}'/><target port='0'/></serial>
+    <video><model type='vga' vram='16384'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        kernel = common::guest("demo").display(),
+        emu = troupe_bin().display(),
+        sock = sock.display(),
+    );
+    let xml_path = dir.path("domain.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
+    v.ok(&format!("define {}", xml_path.display()));
+    v.ok(&format!("start {name}"));
+    let pid: u32 = std::fs::read_to_string(root.join(format!("run/qemu/{name}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let serial = SerialLog::connect(&sock);
+    // Counting for a while (two seconds), so a guest that started over is told from one
+    // that goes on.
+    let mut at = 0;
+    let mut last = 0;
+    while last < 40 {
+        (last, at) = serial.tick_after(at);
+    }
+
+    // save: libvirt stops the guest, passes troupe a descriptor (`getfd`) and migrates
+    // to it (`migrate fd:migrate`) behind its own header, then ends the process.
+    let image = dir.path("saved.img");
+    v.ok(&format!("save {name} {}", image.display()));
+    assert_eq!(v.state(&name), "shut off");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "troupe still runs after the save"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let saved = std::fs::read(&image).unwrap();
+    assert!(
+        saved.starts_with(b"LibvirtQemudSave"),
+        "libvirt's save image"
+    );
+    let saved_len = saved.len();
+    drop(saved);
+    // restore: a new troupe reads the stream from the descriptor libvirt hands it
+    // (`migrate-incoming fd:N`) and the guest goes on counting where it stopped.
+    v.ok(&format!("restore {}", image.display()));
+    assert_eq!(v.state(&name), "running");
+    let pid: u32 = std::fs::read_to_string(root.join(format!("run/qemu/{name}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let serial = SerialLog::connect(&sock);
+    let (tick, at) = serial.tick_after(0);
+    assert!(
+        tick > last,
+        "after the restore the guest counted {tick}, before the save {last} (image {saved_len} bytes)"
+    );
+    assert!(
+        !serial.text().contains("troupe demo guest:"),
+        "{}",
+        serial.text()
+    );
+
+    // reboot: libvirt presses the power button, and once the guest has powered off
+    // (troupe stays, as -no-shutdown asks) resets it and lets it run again.
+    v.ok(&format!("reboot {name}"));
+    let (_, at) = serial.line_after(at, "demo: power button, powering off");
+    let (_, at) = serial.line_after(at, "troupe demo guest:");
+    let (tick, at) = serial.tick_after(at);
+    assert_eq!(tick, 1, "the guest started again");
+    assert_eq!(v.state(&name), "running");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "same process");
+
+    // shutdown: the guest powers off, libvirt sees it and ends the process.
+    v.ok(&format!("shutdown {name}"));
+    serial.line_after(at, "demo: power button, powering off");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while v.state(&name) != "shut off" {
+        assert!(
+            Instant::now() < deadline,
+            "libvirt did not see the power-off"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reason = v.ok(&format!("domstate {name} --reason"));
+    assert_eq!(reason.trim(), "shut off (shutdown)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "troupe still runs after the shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    v.ok(&format!("undefine {name}"));
+    v.r.send(b"quit\n");
+    v.r.wait(Duration::from_secs(60));
+    let err = v.r.stderr.text();
+    assert!(
+        !err.contains(" error : "),
+        "libvirt reported an error:\n{err}"
+    );
+}
+
+#[test]
+fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
+    require_kvm();
+    if Command::new("virsh").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
+        return;
+    }
+    // The pcihp guest: the OSPM side of ACPI PCI hotplug (sees the slot come, ejects it
+    // when asked).
+    let dir = TempDir::new("lvhp");
+    let root = dir.path("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+    let sock = dir.path("serial.sock");
+    let name = format!("th-{}", std::process::id());
+    let xml = format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <cmdline>cycles=1 timeout=120</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>{emu}</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='unix'><source mode='bind' path='{sock}'/><target port='0'/></serial>
+    <video><model type='vga' vram='16384'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+",
+        kernel = common::guest("pcihp").display(),
+        emu = troupe_bin().display(),
+        sock = sock.display(),
+    );
+    let xml_path = dir.path("domain.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let nic = dir.path("nic.xml");
+    std::fs::write(
+        &nic,
+        "<interface type='user'><mac address='52:54:00:12:34:99'/><model type='virtio'/></interface>\n",
+    )
+    .unwrap();
+    let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
+    v.ok(&format!("define {}", xml_path.display()));
+    v.ok(&format!("start {name}"));
+    let serial = SerialLog::connect(&sock);
+    // libvirt adds the backend (`netdev_add`) and the device (`device_add`).
+    v.ok(&format!("attach-device {name} {} --live", nic.display()));
+    let (up, at) = serial.line_after(0, "pcihp: up slot=");
+    assert!(up.contains("vendor=1af4 device=1000"), "{up}");
+    let ifs = v.ok(&format!("domiflist {name}"));
+    assert!(ifs.contains("52:54:00:12:34:99"), "{ifs}");
+    // detach: `device_del`, the guest ejects, DEVICE_DELETED, libvirt drops the NIC.
+    v.ok(&format!("detach-device {name} {} --live", nic.display()));
+    serial.line_after(at, "pcihp: ejected slot=");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while v
+        .ok(&format!("domiflist {name}"))
+        .contains("52:54:00:12:34:99")
+    {
+        assert!(Instant::now() < deadline, "libvirt still lists the NIC");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A disk needs `blockdev-add`, which troupe does not have yet: refused, naming it.
+    let disk = dir.path("hot.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("qemu-img (qemu-utils)");
+    assert!(st.success());
+    let disk_xml = dir.path("disk.xml");
+    std::fs::write(
+        &disk_xml,
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{}'/><target dev='vdb' bus='virtio'/></disk>\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let (_, err) = v.run(&format!(
+        "attach-device {name} {} --live",
+        disk_xml.display()
+    ));
+    assert!(err.contains("'blockdev-add'"), "{err}");
+    v.ok(&format!("destroy {name}"));
+    v.ok(&format!("undefine {name}"));
+    v.r.send(b"quit\n");
+    v.r.wait(Duration::from_secs(60));
 }

@@ -629,7 +629,10 @@ fn blockdev_and_device_virtio_blk_pci_show_in_info_block() {
     }
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains(&format!("\nd0: {} (qcow2)", s(&q))), "{text}");
-    assert!(text.contains("Attached to:      vd0"), "{text}");
+    assert!(
+        text.contains("Attached to:      /machine/peripheral/vd0/virtio-backend"),
+        "{text}"
+    );
     // The guest wrote 64 sectors: the counters show it (QEMU names a drive with no
     // BlockBackend name by an empty string here: ": rd_bytes=...").
     let stats = text

@@ -202,6 +202,13 @@ impl PciPlatform {
             // Direct boot has no firmware: route PCI interrupts as SeaBIOS would (and as
             // the DSDT's _PRT says).
             lock(&self.piix3).config_write(0x60, &crate::tables::dsdt::PIRQ_IRQS);
+            // ... and place the ACPI PM block where the FADT says (SeaBIOS writes PMBA
+            // and sets PMREGMISC's enable bit), so the guest's power button and soft-off
+            // work without firmware.
+            let base = u32::from(crate::tables::acpi::PM_BASE) | 1;
+            let mut piix4 = lock(&self.piix4);
+            piix4.config_write(0x40, &base.to_le_bytes());
+            piix4.config_write(0x80, &[1]);
         }
         let slots: Vec<Slot> = lock(&self.host).functions().map(|(s, _)| *s).collect();
         for s in slots {

@@ -210,9 +210,15 @@ pub fn build(
                 nblk += 1;
                 out.disks.push(VirtioDisk {
                     drive: drive.clone(),
-                    qdev: d.id.clone().unwrap_or_else(|| {
-                        format!("/machine/peripheral-anon/device[{}]/virtio-backend", slot.0)
-                    }),
+                    // The block backend hangs off the virtio-blk's inner device, as
+                    // QEMU's: what `query-block`/`query-blockstats` name as `qdev` and
+                    // libvirt looks a virtio disk's statistics up by.
+                    qdev: match &d.id {
+                        Some(id) => format!("/machine/peripheral/{id}/virtio-backend"),
+                        None => {
+                            format!("/machine/peripheral-anon/device[{}]/virtio-backend", slot.0)
+                        }
+                    },
                     backend: backend.clone(),
                 });
                 let worker = BlkWorker::new(backend, bcfg.clone());

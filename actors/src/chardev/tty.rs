@@ -1,7 +1,12 @@
 //! Terminal handling for `stdio` (raw mode, restored at exit) and `pty` backends.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The terminal settings found at start, restored by [`restore`].
 static SAVED: OnceLock<libc::termios> = OnceLock::new();
@@ -51,7 +56,7 @@ pub fn restore() {
 
 /// Open a new pseudo-terminal pair; returns the master as an async stream and the slave's
 /// path (`/dev/pts/N`). The slave stays open so output is buffered until someone attaches.
-pub fn open_pty() -> std::io::Result<(tokio::fs::File, String)> {
+pub fn open_pty() -> std::io::Result<(PtyMaster, String)> {
     let mut master: libc::c_int = -1;
     let mut slave: libc::c_int = -1;
     // SAFETY: out-pointers are valid; name/termios/winsize may be null.
@@ -94,7 +99,80 @@ pub fn open_pty() -> std::io::Result<(tokio::fs::File, String)> {
         let fl = libc::fcntl(master, libc::F_GETFL);
         libc::fcntl(master, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
-    // SAFETY: we own `master` and hand it to the File.
-    let f = unsafe { std::fs::File::from_raw_fd(master) };
-    Ok((tokio::fs::File::from_std(f), path))
+    // SAFETY: we own `master` and hand it over.
+    let fd = unsafe { OwnedFd::from_raw_fd(master) };
+    // SAFETY: `fd` is an open descriptor the AsyncFd owns from here on; an OwnedFd's
+    // as_raw_fd never changes.
+    let fd = unsafe { AsyncFd::register(fd) }?;
+    Ok((PtyMaster(fd), path))
+}
+
+/// A pty's master side, read and written when the reactor says it is ready (a
+/// `tokio::fs::File` would read a non-blocking descriptor on the blocking pool and take
+/// its `EAGAIN` for the end of input, so nothing typed on the pty ever reached the guest).
+pub struct PtyMaster(AsyncFd<OwnedFd>);
+
+impl AsyncRead for PtyMaster {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let res = guard.try_io(|fd| {
+                // SAFETY: reading into the caller's initialized buffer, within its length.
+                let n = unsafe {
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match res {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PtyMaster {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            let res = guard.try_io(|fd| {
+                // SAFETY: writing from the caller's buffer, within its length.
+                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match res {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -166,9 +166,22 @@ impl Outgoing {
                 let fd = fds(name).ok_or_else(|| {
                     io::Error::other(format!("File descriptor named '{name}' has not been found"))
                 })?;
-                let s = UnixStream::from(fd);
-                Self::socket(s.try_clone()?, Box::new(s.try_clone()?), move || {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
+                // Whatever it is (libvirt passes a pipe to its I/O helper or the saved
+                // image's file, positioned after its own header), the stream is written
+                // from where it stands; nothing answers on it, as on `-incoming fd:N`.
+                // Cancelling shuts a socket down; a pipe or file just sees the end.
+                let cut = fd.try_clone()?;
+                Ok(Self {
+                    writer: Box::new(io::BufWriter::with_capacity(
+                        1 << 20,
+                        std::fs::File::from(fd),
+                    )),
+                    answer: None,
+                    cutter: Cutter(std::sync::Arc::new(move || {
+                        // SAFETY: shutdown on a descriptor we hold; ENOTSOCK is harmless.
+                        unsafe { libc::shutdown(cut.as_raw_fd(), libc::SHUT_RDWR) };
+                    })),
+                    child: None,
                 })
             }
             Uri::Exec(cmd) => {

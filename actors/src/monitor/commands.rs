@@ -174,6 +174,9 @@ const COMMANDS: &[(&str, &[Param])] = &[
         ],
     ),
     ("migrate_cancel", &[]),
+    // Descriptors passed over a Unix-socket QMP connection (SCM_RIGHTS), by name.
+    ("getfd", &[("fdname", Ty::Str, true)]),
+    ("closefd", &[("fdname", Ty::Str, true)]),
     ("migrate-incoming", &[("uri", Ty::Str, true)]),
     ("migrate-set-parameters", &[("*", Ty::Any, false)]),
     ("query-migrate-parameters", &[]),
@@ -807,6 +810,16 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
             Ok(json!({}))
         }
         "blockdev-add" => Err(not_available("blockdev-add")),
+        // A QMP session over a Unix socket answers `getfd` itself (it holds what was
+        // passed); anywhere else no descriptor can have come with the command.
+        "getfd" => ctx
+            .fds
+            .getfd(None, s(args, "fdname").unwrap_or_default())
+            .map(|_| json!({})),
+        "closefd" => ctx
+            .fds
+            .closefd(s(args, "fdname").unwrap_or_default())
+            .map(|_| json!({})),
         "eject"
         | "blockdev-open-tray"
         | "blockdev-close-tray"

@@ -73,8 +73,17 @@ pub async fn qmp(
                 ))
             } else {
                 let uri = args.get("uri").and_then(Value::as_str).unwrap_or_default();
+                // `fd:NAME`: the descriptor `getfd` named goes with the request (the
+                // migration owns it from now on, as QEMU's).
+                let fd = match uri.strip_prefix("fd:") {
+                    Some(name) => match ctx.fds.take(name) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => return Some(Err(e)),
+                    },
+                    None => None,
+                };
                 ctx.supervisor
-                    .migrate(uri)
+                    .migrate(uri, fd)
                     .await
                     .map(|_| json!({}))
                     .map_err(CmdError::generic)

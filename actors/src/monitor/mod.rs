@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod dirty;
+pub mod fdpass;
 pub mod handles;
 pub mod hmp;
 pub mod jobs;
@@ -120,4 +121,6 @@ pub struct MonitorContext {
     pub jobs: jobs::SharedJobs,
     /// The `virtio-balloon-pci`, if there is one.
     pub balloon: Option<Arc<dyn crate::virtio::balloon::BalloonControl>>,
+    /// Descriptors clients passed and named with `getfd`, shared by every session.
+    pub fds: Arc<fdpass::NamedFds>,
 }

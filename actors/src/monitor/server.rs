@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use super::fdpass::{FdStream, PassedFds};
 use super::hmp::{self, HmpSession};
 use super::qmp::{self, Frame};
 use super::readline::{Event, Readline};
@@ -89,9 +90,11 @@ pub enum MonitorError {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-type Accepted<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Stream>>> + Send + 'a>,
->;
+/// A connection, and the descriptors its client passes (Unix sockets only).
+type Conn = (Box<dyn Stream>, Option<Arc<PassedFds>>);
+
+type Accepted<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Conn>> + Send + 'a>>;
 
 /// A listening socket monitors accept clients from.
 trait Listen: Send + Sync + 'static {
@@ -104,7 +107,7 @@ impl Listen for tokio::net::TcpListener {
             let (s, _) = self.accept().await?;
             // QEMU leaves Nagle on and every answer waits ~40 ms for a delayed ACK.
             let _ = s.set_nodelay(true);
-            Ok(Box::new(s) as Box<dyn Stream>)
+            Ok((Box::new(s) as Box<dyn Stream>, None))
         })
     }
 }
@@ -113,7 +116,8 @@ impl Listen for tokio::net::UnixListener {
     fn next(&self) -> Accepted<'_> {
         Box::pin(async move {
             let (s, _) = self.accept().await?;
-            Ok(Box::new(s) as Box<dyn Stream>)
+            let (s, fds) = FdStream::new(s);
+            Ok((Box::new(s) as Box<dyn Stream>, Some(fds)))
         })
     }
 }
@@ -217,7 +221,7 @@ pub async fn start(
                 None,
                 bridge(rx, h, theirs),
             );
-            server.spawn_session(Box::new(mine), false, None);
+            server.spawn_session((Box::new(mine), None), false, None);
             Ok(StartedMonitor {
                 id,
                 filename,
@@ -226,7 +230,7 @@ pub async fn start(
         }
         MonitorBackend::Mux(m) => {
             let filename = m.label.clone();
-            server.spawn_session(Box::new(m.stream), false, Some(m.focus));
+            server.spawn_session((Box::new(m.stream), None), false, Some(m.focus));
             Ok(StartedMonitor {
                 id,
                 filename,
@@ -291,8 +295,8 @@ impl Server {
     async fn listen(&self, l: impl Listen, filename: &str, wait: bool, telnet: bool) {
         if wait {
             crate::report!("QEMU waiting for connection on: disconnected:{filename}");
-            if let Ok(s) = l.next().await {
-                self.accept(s, telnet);
+            if let Ok(c) = l.next().await {
+                self.accept(c, telnet);
             }
         }
         let l = Arc::new(l);
@@ -303,7 +307,7 @@ impl Server {
             async move {
                 loop {
                     match l.next().await {
-                        Ok(s) => srv.accept(s, telnet),
+                        Ok(c) => srv.accept(c, telnet),
                         Err(e) => {
                             tracing::warn!("monitor accept failed: {e}");
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -314,7 +318,7 @@ impl Server {
         });
     }
 
-    fn accept(&self, s: Box<dyn Stream>, telnet: bool) {
+    fn accept(&self, (s, fds): Conn, telnet: bool) {
         if self.active.load(Ordering::Relaxed) >= MAX_SESSIONS {
             tracing::warn!(monitor = %self.id, "too many monitor connections; refusing one");
             let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -340,15 +344,10 @@ impl Server {
             );
             return;
         }
-        self.spawn_session(s, telnet, None);
+        self.spawn_session((s, fds), telnet, None);
     }
 
-    fn spawn_session(
-        &self,
-        s: Box<dyn Stream>,
-        telnet: bool,
-        focus: Option<watch::Receiver<bool>>,
-    ) {
+    fn spawn_session(&self, (s, fds): Conn, telnet: bool, focus: Option<watch::Receiver<bool>>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}.session{n}", self.id);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -367,7 +366,7 @@ impl Server {
                 let _active = active;
                 match protocol {
                     Protocol::Hmp => serve_hmp(ctx, s, telnet, focus).await,
-                    Protocol::Qmp => serve_qmp(ctx, s, pretty).await,
+                    Protocol::Qmp => serve_qmp(ctx, s, fds, pretty).await,
                 }
             },
         );
@@ -515,7 +514,12 @@ fn escape_iac_keep_greeting(bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
-async fn serve_qmp(ctx: MonitorContext, s: Box<dyn Stream>, pretty: bool) {
+async fn serve_qmp(
+    ctx: MonitorContext,
+    s: Box<dyn Stream>,
+    passed: Option<Arc<PassedFds>>,
+    pretty: bool,
+) {
     let (mut r, mut w) = tokio::io::split(s);
     let Ok(mut events) = ctx.supervisor.subscribe().await else {
         return;
@@ -609,6 +613,16 @@ async fn serve_qmp(ctx: MonitorContext, s: Box<dyn Stream>, pretty: bool) {
                             )
                         } else if req.command == "human-monitor-command" {
                             human_monitor_command(&ctx, id, &req.args).await
+                        } else if req.command == "getfd" {
+                            // The descriptor came with this session's messages.
+                            let res = commands::check_args("getfd", &req.args).and_then(|_| {
+                                let name = req.args["fdname"].as_str().unwrap_or_default();
+                                ctx.fds.getfd(passed.as_deref(), name)
+                            });
+                            match res {
+                                Ok(()) => qmp::return_reply(id, serde_json::json!({})),
+                                Err(e) => qmp::error_reply(id, &e),
+                            }
                         } else {
                             match commands::execute(&ctx, &req.command, &req.args).await {
                                 Ok(v) => qmp::return_reply(id, v),

@@ -1,5 +1,6 @@
 //! Lifecycle state machine and the supervisor actor.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -189,8 +190,9 @@ pub enum SupervisorMsg {
     SaveMachine(Reply<Result<Vec<Section>, String>>),
     /// Replace the whole machine's state but RAM (paused or prelaunch only).
     RestoreMachine(Vec<Section>, Reply<Result<(), String>>),
-    /// `migrate URI`: start an outgoing migration (answers once it started).
-    Migrate(String, Reply<Result<(), String>>),
+    /// `migrate URI`: start an outgoing migration (answers once it started); with the
+    /// descriptor `fd:NAME` names.
+    Migrate(String, Option<OwnedFd>, Reply<Result<(), String>>),
     /// `migrate-incoming URI` after `-incoming defer`.
     MigrateIncoming(String, Reply<Result<(), String>>),
     /// From the migration thread: pause everything and hand over the machine's state.
@@ -322,10 +324,11 @@ impl SupervisorHandle {
         self.ask_for(|r| SupervisorMsg::RestoreMachine(sections, r))
             .await
     }
-    /// Start migrating the VM to `uri` (QEMU's URI syntax); Ok once it has started.
-    pub async fn migrate(&self, uri: &str) -> Result<(), String> {
+    /// Start migrating the VM to `uri` (QEMU's URI syntax; `fd:NAME` writes to `fd`); Ok
+    /// once it has started.
+    pub async fn migrate(&self, uri: &str, fd: Option<OwnedFd>) -> Result<(), String> {
         let uri = uri.to_string();
-        self.ask_for(|r| SupervisorMsg::Migrate(uri, r)).await
+        self.ask_for(|r| SupervisorMsg::Migrate(uri, fd, r)).await
     }
     /// Starting as the command line asked failed (`-loadvm`): the VM ends with `why`.
     pub fn start_failed(&self, why: String) {
@@ -559,7 +562,7 @@ impl Supervisor {
     }
 
     /// Start an outgoing migration on a thread of its own.
-    fn start_migration(&mut self, uri: &str) -> Result<(), String> {
+    fn start_migration(&mut self, uri: &str, fd: Option<OwnedFd>) -> Result<(), String> {
         use crate::migration::{source, transport::Uri, Progress, Status};
         if self.migration.progress().status.running() {
             return Err("There's a migration process in progress".into());
@@ -601,7 +604,10 @@ impl Supervisor {
             &self.registry,
             crate::runtime::once(move || {
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    source::run(&src, &src.mig, &uri, &desc, &|_| None)
+                    // The one descriptor `fd:NAME` may take.
+                    let fd = std::sync::Mutex::new(fd);
+                    let named = |_: &str| fd.lock().ok()?.take();
+                    source::run(&src, &src.mig, &uri, &desc, &named)
                 }))
                 .unwrap_or_else(|p| {
                     Err(source::Failure::Failed(format!(
@@ -1238,7 +1244,7 @@ impl Supervisor {
                 let res = self.restore_machine(sections).await;
                 r.send(res);
             }
-            SupervisorMsg::Migrate(uri, r) => r.send(self.start_migration(&uri)),
+            SupervisorMsg::Migrate(uri, fd, r) => r.send(self.start_migration(&uri, fd)),
             SupervisorMsg::MigrateIncoming(uri, r) => {
                 let res = if self.cfg.incoming.is_none() {
                     Err("'-incoming' was not specified on the command line".into())

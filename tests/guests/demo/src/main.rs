@@ -4,12 +4,16 @@
 //! on COM1, redrawn four times a second and at once when a key is typed. Bytes received on
 //! COM1 are echoed back.
 //!
-//! Command line: `redraw_ms=N` (default 250).
+//! Command line: `redraw_ms=N` (default 250), `tick_ms=N` (default 0: no ticks).
 //! Serial output: `troupe demo guest: <n> vCPU(s), <m> MiB`, then
 //! `demo: serial input is echoed; Ctrl-D exits`, `demo: <k>/<n> vCPUs running`; afterwards
 //! the echo of each received byte (CR becomes CR LF), `demo: key <c>` for each key typed
-//! on the PS/2 keyboard, and `demo: bye` before exiting with code 0 on Ctrl-D (0x04).
-//! Runs until then or until the VMM stops it. VGA writes are harmless without a VGA (they
+//! on the PS/2 keyboard, and `demo: bye` before exiting with code 0 on Ctrl-D (0x04);
+//! with `tick_ms=N`, `demo: tick <k>` every N ms (k counts from 1, so a guest that goes
+//! on where it stopped, e.g. after a restore, is told from one that started again).
+//! The ACPI power button (the FADT's PM1a block) is looked at with every redraw: when
+//! pressed, `demo: power button, powering off` and the machine enters S5 (the DSDT's
+//! `\_S5` sleep type). Runs until then or until the VMM stops it. VGA writes are harmless without a VGA (they
 //! are then RAM or unassigned MMIO) and only changed cells are written.
 
 #![no_std]
@@ -360,8 +364,19 @@ fn main(boot: &BootInfo) -> u32 {
     };
     let mut serial_line = Line::new();
     let redraw_ticks = boot.arg_u64("redraw_ms").unwrap_or(250).max(10) * tsc_hz() / 1000;
+    let tick_ticks = boot.arg_u64("tick_ms").unwrap_or(0) * tsc_hz() / 1000;
+    let pm = guestlib::acpi::PmBlock::find(boot);
+    match pm {
+        Some(pm) => println!(
+            "demo: ACPI power button at PM1a 0x{:x}, S5 type {}",
+            pm.pm1a_evt, pm.s5_slp_typ
+        ),
+        None => println!("demo: no ACPI power button"),
+    }
     let start = guestlib::cpu::rdtsc();
     let mut next = start;
+    let mut next_tick = start + tick_ticks;
+    let mut ticks = 0u64;
     loop {
         bump(bsp_index);
         if let Some(b) = serial::try_read_byte() {
@@ -387,10 +402,19 @@ fn main(boot: &BootInfo) -> u32 {
             }
         }
         let now = guestlib::cpu::rdtsc();
+        if tick_ticks != 0 && now >= next_tick {
+            ticks += 1;
+            println!("demo: tick {ticks}");
+            next_tick = now + tick_ticks;
+        }
         if now >= next {
             let uptime_s = (now - start) / tsc_hz();
             draw(&mut screen, &info, &cpus, &kbd, &serial_line, uptime_s);
             next = now + redraw_ticks;
+            if let Some(pm) = pm.filter(|pm| pm.take_power_button()) {
+                println!("demo: power button, powering off");
+                pm.power_off();
+            }
         }
     }
 }

@@ -220,3 +220,86 @@ pub fn madt_cpus(madt: u64) -> CpuList {
 pub(crate) fn new_list(source: CpuSource, lapic_base: u64) -> CpuList {
     CpuList::new(source, lapic_base)
 }
+
+/// PM1 status: the power button was pressed (ACPI 6.5 §4.8.3.1.1, table 4.16).
+const PWRBTN_STS: u16 = 1 << 8;
+/// PM1 control: sleep enable (§4.8.3.2.1, table 4.18); SLP_TYP is bits 10..12.
+const SLP_EN: u16 = 1 << 13;
+
+/// The fixed-hardware power-management registers the FADT names (PM1a event and control
+/// blocks, §5.2.9) and the sleep type of `\_S5` (soft off) from the DSDT.
+#[derive(Clone, Copy, Debug)]
+pub struct PmBlock {
+    pub pm1a_evt: u16,
+    pub pm1a_cnt: u16,
+    pub s5_slp_typ: u8,
+}
+
+impl PmBlock {
+    /// The PM block of the machine, if its FADT has one and its DSDT a `\_S5` package.
+    pub fn find(boot: &BootInfo) -> Option<PmBlock> {
+        let rsdp = find_rsdp(boot.rsdp_hint())?;
+        let fadt = find_table(rsdp, b"FACP")?;
+        let fadt_len = read_u32(fadt + 4) as u64;
+        let pm1a_evt = read_u32(fadt + 56) as u16;
+        let pm1a_cnt = read_u32(fadt + 64) as u16;
+        if pm1a_evt == 0 || pm1a_cnt == 0 {
+            return None;
+        }
+        let mut dsdt = read_u32(fadt + 40) as u64;
+        if fadt_len >= 148 && read_u64(fadt + 140) != 0 {
+            dsdt = read_u64(fadt + 140);
+        }
+        let len = sdt_len(dsdt)? as u64;
+        Some(PmBlock {
+            pm1a_evt,
+            pm1a_cnt,
+            s5_slp_typ: s5_slp_typ(dsdt, len)?,
+        })
+    }
+
+    /// Whether the power button was pressed since the last look (the status bit is
+    /// cleared by writing it back, §4.8.3.1).
+    pub fn take_power_button(&self) -> bool {
+        let sts = crate::io::inw(self.pm1a_evt);
+        if sts & PWRBTN_STS == 0 {
+            return false;
+        }
+        crate::io::outw(self.pm1a_evt, PWRBTN_STS);
+        true
+    }
+
+    /// Enter S5: the machine turns off (returns only if it did not).
+    pub fn power_off(&self) {
+        let cnt = crate::io::inw(self.pm1a_cnt) & !(7 << 10);
+        crate::io::outw(
+            self.pm1a_cnt,
+            cnt | ((self.s5_slp_typ as u16 & 7) << 10) | SLP_EN,
+        );
+    }
+}
+
+/// The first value of the DSDT's `Name (_S5, Package () { a, ... })`: NameOp 0x08,
+/// `_S5_`, PackageOp 0x12, PkgLength (its lead byte's bits 7:6 count the bytes that
+/// follow it), NumElements, then ZeroOp, OneOp or BytePrefix 0x0A + byte (ACPI 6.5
+/// §20.2.5.4, §20.2.4, §20.2.3).
+fn s5_slp_typ(dsdt: u64, len: u64) -> Option<u8> {
+    // The name may carry the root prefix `\` (0x5C) between NameOp and `_S5_`.
+    let mut b = dsdt + 38;
+    // The shortest: `_S5_`, PackageOp, PkgLength, NumElements, ZeroOp.
+    while b + 8 <= dsdt + len {
+        let named = read_u8(b - 1) == 0x08 || (read_u8(b - 1) == 0x5C && read_u8(b - 2) == 0x08);
+        if named && signature_at(b, b"_S5_") && read_u8(b + 4) == 0x12 {
+            let pkg_len_bytes = 1 + (read_u8(b + 5) >> 6) as u64;
+            let first = b + 5 + pkg_len_bytes + 1;
+            return match read_u8(first) {
+                0x00 => Some(0),
+                0x01 => Some(1),
+                0x0A => Some(read_u8(first + 1)),
+                _ => None,
+            };
+        }
+        b += 1;
+    }
+    None
+}
