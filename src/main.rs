@@ -10,6 +10,7 @@ mod cli;
 #[allow(dead_code)]
 mod config;
 mod demo;
+mod errtext;
 mod files;
 mod machine;
 mod machine_none;
@@ -65,7 +66,7 @@ fn main() {
         match process::daemonize() {
             Ok(d) => Some(d),
             Err(e) => {
-                actors::report!("troupe: {e:#}");
+                actors::report!("troupe: {}", errtext::one_line(&e));
                 std::process::exit(1);
             }
         }
@@ -79,7 +80,7 @@ fn main() {
         Ok(status) => status,
         Err(e) => {
             actors::chardev::tty::restore();
-            actors::report!("troupe: {e:#}");
+            actors::report!("troupe: {}", errtext::one_line(&e));
             1
         }
     };
@@ -165,7 +166,7 @@ fn start(
 ) -> anyhow::Result<i32> {
     let fail = |daemon: Option<process::Daemon>, e: anyhow::Error| {
         if let Some(d) = daemon {
-            actors::report!("troupe: {e:#}");
+            actors::report!("troupe: {}", errtext::one_line(&e));
             d.failed();
             std::process::exit(1);
         }

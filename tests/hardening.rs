@@ -670,6 +670,8 @@ fn unused_chardevs_a_second_vnc_and_a_bad_tap_fd_are_checked_at_start() {
         // One error line (a netdev with no NIC also gets QEMU's warning).
         let errors: Vec<&str> = err.lines().filter(|l| !l.contains("warning:")).collect();
         assert_eq!(errors.len(), 1, "{err}");
+        // The OS's reason once, not once per layer that quotes it.
+        assert!(errors[0].matches("(os error").count() <= 1, "{err}");
         for w in wanted {
             assert!(err.contains(w), "{extra:?}: {err}");
         }
