@@ -180,8 +180,6 @@ pub enum SupervisorMsg {
     Signal(i32),
     /// Subscribe to lifecycle notifications.
     Subscribe(Reply<broadcast::Receiver<(SystemTime, VmNotification)>>),
-    /// Publish a notification on behalf of another actor.
-    Publish(VmNotification),
     /// The vCPU handles (for `info cpus`, `info registers`, pinning).
     Vcpus(Reply<Vec<VcpuHandle>>),
     /// The device tree as it is now (for `info qtree`, `info actors`).
@@ -232,7 +230,6 @@ impl MessageKind for SupervisorMsg {
             Self::Quit(_) => "quit",
             Self::Signal(_) => "signal",
             Self::Subscribe(_) => "subscribe",
-            Self::Publish(_) => "publish",
             Self::Vcpus(_) => "vcpus",
             Self::Tree(_) => "tree",
             Self::SaveMachine(_) => "save-machine",
@@ -258,6 +255,9 @@ impl MessageKind for SupervisorMsg {
 #[derive(Clone, Debug)]
 pub struct SupervisorHandle {
     addr: Addr<SupervisorMsg>,
+    /// The subscribers' channel: another actor's notification goes straight to it, in
+    /// the order that actor made it, not behind whatever the supervisor is busy with.
+    notify: broadcast::Sender<(SystemTime, VmNotification)>,
 }
 
 impl SupervisorHandle {
@@ -389,7 +389,7 @@ impl SupervisorHandle {
             .map_err(|e| HotplugError::Failed(e.to_string()))?
     }
     pub fn publish(&self, n: VmNotification) {
-        let _ = self.addr.try_send(SupervisorMsg::Publish(n));
+        let _ = self.notify.send((SystemTime::now(), n));
     }
     pub fn signal(&self, sig: i32) {
         let _ = self.addr.try_send(SupervisorMsg::Signal(sig));
@@ -458,7 +458,10 @@ impl Supervisor {
     ) -> (Self, SupervisorHandle) {
         let (addr, mailbox) = crate::runtime::mailbox("supervisor", 256);
         let (notify, _) = broadcast::channel(256);
-        let handle = SupervisorHandle { addr };
+        let handle = SupervisorHandle {
+            addr,
+            notify: notify.clone(),
+        };
         (
             Self {
                 state: RunState::Prelaunch,
@@ -1233,7 +1236,6 @@ impl Supervisor {
                 return Some(ExitReason::Signal(sig));
             }
             SupervisorMsg::Subscribe(r) => r.send(self.notify.subscribe()),
-            SupervisorMsg::Publish(n) => self.publish(n),
             SupervisorMsg::Vcpus(r) => r.send(self.vcpus.clone()),
             SupervisorMsg::Tree(r) => r.send(self.tree.clone()),
             SupervisorMsg::SaveMachine(r) => {

@@ -392,7 +392,13 @@ fn the_design_docs_example_command_line_parses() {
     assert_eq!(c.vnc.unwrap().listen.port, 5901);
     assert_eq!(c.devices.len(), 1);
     assert_eq!(c.devices[0].addr, Some((3, 0)));
-    assert!(c.warnings.is_empty());
+    // `-vnc :1` listens on every address with no password: said once, nothing else.
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("the VNC server listens on all addresses, port 5901"),
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]
