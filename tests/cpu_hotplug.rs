@@ -10,65 +10,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::session::Session;
 use common::*;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 const CPU: &str = "qemu64-x86_64-cpu";
 
-/// A QMP session that keeps the events it reads.
-struct Session {
-    qmp: Qmp,
-    events: Vec<Value>,
-}
-
 impl Session {
-    fn open(port: u16) -> Self {
-        let mut qmp = Qmp::open(port);
-        assert_eq!(
-            qmp.ask(r#"{"execute":"qmp_capabilities"}"#),
-            json!({"return": {}})
-        );
-        Self {
-            qmp,
-            events: Vec::new(),
-        }
-    }
-
-    fn ask(&mut self, cmd: &str, args: Value) -> Value {
-        let line = json!({"execute": cmd, "arguments": args}).to_string();
-        self.qmp.send(line.as_bytes());
-        loop {
-            let v: Value = serde_json::from_str(&self.qmp.line()).unwrap();
-            if v.get("event").is_some() {
-                self.events.push(v);
-            } else {
-                return v;
-            }
-        }
-    }
-
-    fn ok(&mut self, cmd: &str, args: Value) -> Value {
-        let r = self.ask(cmd, args.clone());
-        assert!(r.get("return").is_some(), "{cmd} {args}: {r}");
-        r["return"].clone()
-    }
-
-    fn error(&mut self, cmd: &str, args: Value) -> String {
-        let r = self.ask(cmd, args.clone());
-        r["error"]["desc"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{cmd} {args} should fail: {r}"))
-            .to_string()
-    }
-
-    fn hmp(&mut self, line: &str) -> String {
-        self.ok("human-monitor-command", json!({"command-line": line}))
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
     /// Wait until an event named `name` with `data` has been seen `n` times.
     fn wait_event(&mut self, name: &str, data: &Value, n: usize) {
         let deadline = Instant::now() + WAIT;

@@ -911,30 +911,35 @@ impl SerialLog {
     }
 }
 
-#[test]
-fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button() {
-    require_kvm();
-    if Command::new("virsh").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
-        return;
-    }
-    // The demo guest, booted directly: it counts on its serial port and powers off (S5)
-    // when the ACPI power button is pressed.
-    let dir = TempDir::new("lvpw");
-    let root = dir.path("root");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
-    let sock = dir.path("serial.sock");
-    let name = format!("tp-{}", std::process::id());
-    let xml = format!(
-        "<domain type='kvm'>
+/// A small domain booting a test guest directly (`<kernel>`), its serial port on a unix
+/// socket, defined under its own embedded-driver root: the files, not yet defined.
+struct DirectDomain {
+    dir: TempDir,
+    root: std::path::PathBuf,
+    sock: std::path::PathBuf,
+    name: String,
+    xml_path: std::path::PathBuf,
+}
+
+impl DirectDomain {
+    /// `tag` names the temp dir, `prefix` the domain (short: libvirt refuses long monitor
+    /// socket paths).
+    fn new(tag: &str, prefix: &str, guest: &str, cmdline: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let root = dir.path("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+        let sock = dir.path("serial.sock");
+        let name = format!("{prefix}-{}", std::process::id());
+        let xml = format!(
+            "<domain type='kvm'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
-    <cmdline>tick_ms=50</cmdline>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <features><acpi/></features>
   <devices>
@@ -946,12 +951,38 @@ fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button(
   </devices>
 </domain>
 ",
-        kernel = common::guest("demo").display(),
-        emu = troupe_bin().display(),
-        sock = sock.display(),
-    );
-    let xml_path = dir.path("domain.xml");
-    std::fs::write(&xml_path, xml).unwrap();
+            kernel = common::guest(guest).display(),
+            emu = troupe_bin().display(),
+            sock = sock.display(),
+        );
+        let xml_path = dir.path("domain.xml");
+        std::fs::write(&xml_path, xml).unwrap();
+        Self {
+            dir,
+            root,
+            sock,
+            name,
+            xml_path,
+        }
+    }
+}
+
+#[test]
+fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button() {
+    require_kvm();
+    if Command::new("virsh").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
+        return;
+    }
+    // The demo guest, booted directly: it counts on its serial port and powers off (S5)
+    // when the ACPI power button is pressed.
+    let DirectDomain {
+        dir,
+        root,
+        sock,
+        name,
+        xml_path,
+    } = DirectDomain::new("lvpw", "tp", "demo", "tick_ms=50");
     let mut v = Virsh::open(&format!("qemu:///embed?root={}", root.display()));
     v.ok(&format!("define {}", xml_path.display()));
     v.ok(&format!("start {name}"));
@@ -1060,38 +1091,13 @@ fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
     }
     // The pcihp guest: the OSPM side of ACPI PCI hotplug (sees the slot come, ejects it
     // when asked).
-    let dir = TempDir::new("lvhp");
-    let root = dir.path("root");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
-    let sock = dir.path("serial.sock");
-    let name = format!("th-{}", std::process::id());
-    let xml = format!(
-        "<domain type='kvm'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <cmdline>cycles=1 timeout=120</cmdline>
-  </os>
-  <features><acpi/></features>
-  <devices>
-    <emulator>{emu}</emulator>
-    <controller type='usb' model='none'/>
-    <serial type='unix'><source mode='bind' path='{sock}'/><target port='0'/></serial>
-    <video><model type='vga' vram='16384'/></video>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-",
-        kernel = common::guest("pcihp").display(),
-        emu = troupe_bin().display(),
-        sock = sock.display(),
-    );
-    let xml_path = dir.path("domain.xml");
-    std::fs::write(&xml_path, xml).unwrap();
+    let DirectDomain {
+        dir,
+        root,
+        sock,
+        name,
+        xml_path,
+    } = DirectDomain::new("lvhp", "th", "pcihp", "cycles=1 timeout=120");
     let nic = dir.path("nic.xml");
     std::fs::write(
         &nic,

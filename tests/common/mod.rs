@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod session;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

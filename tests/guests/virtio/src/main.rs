@@ -811,7 +811,7 @@ fn stream(b: &mut Blk, sectors: u64, rtc: bool) -> u32 {
             s += n;
         }
         round += 1;
-        if round % 100 == 0 {
+        if round.is_multiple_of(100) {
             println!("vblk: round {round} ok");
         }
     }
