@@ -1022,8 +1022,19 @@ fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button(
     drop(saved);
     // restore: a new troupe reads the stream from the descriptor libvirt hands it
     // (`migrate-incoming fd:N`) and the guest goes on counting where it stopped.
-    v.ok(&format!("restore {}", image.display()));
-    assert_eq!(v.state(&name), "running");
+    let log = root.join(format!("log/qemu/{name}.log"));
+    let (out, err) = v.run(&format!("restore {}", image.display()));
+    assert!(
+        !err.lines().any(|l| l.starts_with("error:")),
+        "virsh restore: {err}\n{out}\ntroupe's log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        v.state(&name),
+        "running",
+        "troupe's log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let pid: u32 = std::fs::read_to_string(root.join(format!("run/qemu/{name}.pid")))
         .unwrap()
         .trim()

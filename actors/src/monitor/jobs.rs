@@ -37,7 +37,7 @@ fn set(ctx: &MonitorContext, id: &str, status: &'static str, error: Option<Strin
             j.error = error;
         }
     }
-    ctx.supervisor.publish(VmNotification::Other {
+    ctx.supervisor.publish_now(VmNotification::Other {
         event: "JOB_STATUS_CHANGE".into(),
         data: json!({"id": id, "status": status}).to_string(),
     });

@@ -180,6 +180,8 @@ pub enum SupervisorMsg {
     Signal(i32),
     /// Subscribe to lifecycle notifications.
     Subscribe(Reply<broadcast::Receiver<(SystemTime, VmNotification)>>),
+    /// Publish a notification on behalf of another actor.
+    Publish(VmNotification),
     /// The vCPU handles (for `info cpus`, `info registers`, pinning).
     Vcpus(Reply<Vec<VcpuHandle>>),
     /// The device tree as it is now (for `info qtree`, `info actors`).
@@ -230,6 +232,7 @@ impl MessageKind for SupervisorMsg {
             Self::Quit(_) => "quit",
             Self::Signal(_) => "signal",
             Self::Subscribe(_) => "subscribe",
+            Self::Publish(_) => "publish",
             Self::Vcpus(_) => "vcpus",
             Self::Tree(_) => "tree",
             Self::SaveMachine(_) => "save-machine",
@@ -388,7 +391,17 @@ impl SupervisorHandle {
             .await
             .map_err(|e| HotplugError::Failed(e.to_string()))?
     }
+    /// Publish a notification on behalf of another actor, in turn with the supervisor's
+    /// own (a migration's MIGRATION events follow the command that started it, as
+    /// QEMU's do; libvirt's restore fails when `active` comes first).
     pub fn publish(&self, n: VmNotification) {
+        let _ = self.addr.try_send(SupervisorMsg::Publish(n));
+    }
+
+    /// Publish at once, for notifications whose order matters against a state the caller
+    /// shows itself rather than against the supervisor's (a job's JOB_STATUS_CHANGE must be
+    /// out before `query-jobs` can show the new status).
+    pub fn publish_now(&self, n: VmNotification) {
         let _ = self.notify.send((SystemTime::now(), n));
     }
     pub fn signal(&self, sig: i32) {
@@ -731,6 +744,10 @@ impl Supervisor {
             p.incoming = true;
             p.started = Some(std::time::Instant::now());
         });
+        // As QEMU's qemu_start_incoming_migration: a `setup` event (the status itself stays
+        // none, so capabilities can still be set) before `migrate-incoming` answers —
+        // libvirt's restore checks the job right after the answer and fails on none.
+        self.migration_event(Status::Setup);
         crate::runtime::ThreadSpec::new(
             "migration-in",
             "migration",
@@ -1236,6 +1253,7 @@ impl Supervisor {
                 return Some(ExitReason::Signal(sig));
             }
             SupervisorMsg::Subscribe(r) => r.send(self.notify.subscribe()),
+            SupervisorMsg::Publish(n) => self.publish(n),
             SupervisorMsg::Vcpus(r) => r.send(self.vcpus.clone()),
             SupervisorMsg::Tree(r) => r.send(self.tree.clone()),
             SupervisorMsg::SaveMachine(r) => {
