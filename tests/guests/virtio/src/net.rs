@@ -16,7 +16,7 @@
 //!    (see [`flood`]);
 //! 5. with `listen=PORT`, accepts one TCP connection, reads a line, answers
 //!    `echo: LINE\n` and closes (`vnet: served 'LINE'`);
-//! 6. waits until `answer=N` (default 0) echo requests were answered;
+//! 6. waits until `answer=N` (default 0) distinct echo requests were answered;
 //! 7. with `linkwatch`, watches the link status in the configuration space: prints
 //!    `vnet: link down` (and, after a ping that gets no answer, `vnet: no reply while link
 //!    down`), then `vnet: link up` and `vnet: reply after link up` once a ping works again.
@@ -237,7 +237,12 @@ struct Nic {
     port: Port,
     mac: [u8; 6],
     ip: [u8; 4],
+    /// Distinct echo requests answered (a request sent again, because its reply was slow,
+    /// is answered again but counted once: a peer that counts retries would stop answering
+    /// before the other side has its replies).
     answered: u64,
+    /// The (sender, id, seq) of the requests counted so far, the latest 64.
+    seen: [([u8; 4], u16, u16); 64],
     arp_seen: Option<([u8; 4], [u8; 6])>,
 }
 
@@ -370,7 +375,12 @@ impl Nic {
                 };
                 let k = (p.len - 8).min(1400);
                 self.icmp(src_mac, p.src, 0, id, seq, &body[..k]);
-                self.answered += 1;
+                let key = (p.src, id, seq);
+                let n = self.answered as usize;
+                if !self.seen[..n.min(64)].contains(&key) {
+                    self.seen[n % 64] = key;
+                    self.answered += 1;
+                }
                 continue;
             }
             return Some(p);
@@ -814,6 +824,7 @@ pub fn run(boot: &BootInfo) -> u32 {
         mac,
         ip: boot.arg("ip").and_then(parse_ip).unwrap_or([10, 9, 0, 2]),
         answered: 0,
+        seen: [([0; 4], 0, 0); 64],
         arp_seen: None,
     };
     if boot.arg("stall").is_some() {
