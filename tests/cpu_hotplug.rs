@@ -58,23 +58,6 @@ impl Session {
     }
 }
 
-/// Wait until the guest printed `line` `n` times.
-fn expect_nth(vm: &Running, line: &str, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let out = vm.stdout.text();
-        if out.matches(line).count() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{line:?} not seen {n} times; output:\n{out}\nstderr:\n{}",
-            vm.stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The first host core this process may run on.
 fn a_host_core() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -197,8 +180,8 @@ fn a_hotplugged_vcpu_runs_guest_code_and_leaves_when_the_guest_ejects_it() {
         } else {
             vm.expect_stdout("cpuhp: insert cpu=1 apic=1 gpe=1", WAIT);
         }
-        expect_nth(&vm, "cpuhp: cpu apic=1 checked in", cycle);
-        expect_nth(&vm, "cpuhp: online cpu=1\r\n", cycle);
+        vm.expect_nth(WAIT, "cpuhp: cpu apic=1 checked in", cycle);
+        vm.expect_nth(WAIT, "cpuhp: online cpu=1\r\n", cycle);
         s.wait_event(
             "ACPI_DEVICE_OST",
             &json!({"info": {"device": "c1", "slot": "1", "slot-type": "CPU", "source": 1, "status": 0}}),
@@ -242,8 +225,8 @@ fn a_hotplugged_vcpu_runs_guest_code_and_leaves_when_the_guest_ejects_it() {
         );
 
         s.ok("device_del", json!({"id": "c1"}));
-        expect_nth(&vm, "cpuhp: remove cpu=1 gpe=1", cycle);
-        expect_nth(&vm, "cpuhp: ejected cpu=1 enabled=0", cycle);
+        vm.expect_nth(WAIT, "cpuhp: remove cpu=1 gpe=1", cycle);
+        vm.expect_nth(WAIT, "cpuhp: ejected cpu=1 enabled=0", cycle);
         s.wait_event(
             "DEVICE_DELETED",
             &json!({"device": "c1", "path": "/machine/peripheral/c1"}),

@@ -62,23 +62,6 @@ fn start(cycles: u32, extra: &[&str]) -> (Running, Session) {
     (vm, s)
 }
 
-/// Wait until the guest printed `line` `n` times (it may print the same line each cycle).
-fn expect_nth(vm: &Running, line: &str, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let out = vm.stdout.text();
-        if out.matches(line).count() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{line:?} not seen {n} times; output:\n{out}\nstderr:\n{}",
-            vm.stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// One device in and out (the `n`th, from 0), checked from the guest's side and the
 /// monitor's.
 fn cycle(vm: &Running, s: &mut Session, id: &str, add: Value, ids: (&str, &str)) {
@@ -93,8 +76,8 @@ fn cycle(vm: &Running, s: &mut Session, id: &str, add: Value, ids: (&str, &str))
     let slot = s.slot_of(id).expect("query-pci lists the new device");
     let (vendor, device) = ids;
     // Whole lines: the guest may be in the middle of printing one.
-    expect_nth(vm, "pcihp: up ", ups + 1);
-    expect_nth(vm, "gpe=1\r\n", ups + 1);
+    vm.expect_nth(WAIT, "pcihp: up ", ups + 1);
+    vm.expect_nth(WAIT, "gpe=1\r\n", ups + 1);
     assert_eq!(
         last("pcihp: up "),
         format!("pcihp: up slot={slot} vendor={vendor} device={device} gpe=1")
@@ -109,7 +92,7 @@ fn cycle(vm: &Running, s: &mut Session, id: &str, add: Value, ids: (&str, &str))
     s.wait_events("DEVICE_DELETED", |e| {
         e.iter().filter(|e| e["data"] == want).count() > before
     });
-    expect_nth(vm, &gone, gones + 1);
+    vm.expect_nth(WAIT, &gone, gones + 1);
     assert_eq!(s.slot_of(id), None, "query-pci still lists {id}");
 }
 

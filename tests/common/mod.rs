@@ -298,6 +298,24 @@ impl Running {
             .unwrap_or_else(|e| panic!("{}: {e}\nstderr:\n{}", self.line, self.stderr.text()))
     }
 
+    /// Wait until stdout holds `line` `n` times (a guest may print the same line each
+    /// cycle), panicking with both streams after `timeout`.
+    pub fn expect_nth(&self, timeout: Duration, line: &str, n: usize) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.stdout.text();
+            if out.matches(line).count() >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{line:?} not seen {n} times; output:\n{out}\nstderr:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
