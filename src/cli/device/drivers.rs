@@ -25,6 +25,22 @@ const PCI_ADDR: (&str, &str, &str) = (
 const PCI_BUS: (&str, &str, &str) = ("bus", "<str>", "pci.0");
 const BOOTINDEX: (&str, &str, &str) = ("bootindex", "<int32>", "");
 
+/// The properties of `ide-cd` and `ide-hd`.
+const IDE_PROPS: &[(&str, &str, &str)] = &[
+    BOOTINDEX,
+    (
+        "bus",
+        "<str>",
+        "ide.0 or ide.1 (the PIIX primary or secondary channel)",
+    ),
+    (
+        "drive",
+        "<str>",
+        "Node name or ID of a block device to use as a backend",
+    ),
+    ("unit", "<uint32>", "0 (master) or 1 (slave)"),
+];
+
 pub(super) const DRIVERS: &[Driver] = &[
     Driver {
         name: "e1000",
@@ -135,20 +151,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         category: "Storage devices",
         bus: "IDE",
         desc: "virtual IDE CD-ROM",
-        props: &[
-            BOOTINDEX,
-            (
-                "bus",
-                "<str>",
-                "ide.0 or ide.1 (the PIIX primary or secondary channel)",
-            ),
-            (
-                "drive",
-                "<str>",
-                "Node name or ID of a block device to use as a backend",
-            ),
-            ("unit", "<uint32>", "0 (master) or 1 (slave)"),
-        ],
+        props: IDE_PROPS,
         available: true,
     },
     Driver {
@@ -157,20 +160,7 @@ pub(super) const DRIVERS: &[Driver] = &[
         category: "Storage devices",
         bus: "IDE",
         desc: "virtual IDE disk",
-        props: &[
-            BOOTINDEX,
-            (
-                "bus",
-                "<str>",
-                "ide.0 or ide.1 (the PIIX primary or secondary channel)",
-            ),
-            (
-                "drive",
-                "<str>",
-                "Node name or ID of a block device to use as a backend",
-            ),
-            ("unit", "<uint32>", "0 (master) or 1 (slave)"),
-        ],
+        props: IDE_PROPS,
         available: true,
     },
     Driver {
