@@ -140,6 +140,15 @@ impl Raw {
         self.s.write_all(b).unwrap();
     }
 
+    /// Close the sending side and read until the server closes the connection.
+    fn close_and_wait(&mut self) {
+        self.s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut sink = Vec::new();
+        self.s
+            .read_to_end(&mut sink)
+            .expect("the server closes a connection its client closed");
+    }
+
     /// Handshake as RFB 3.8 / None, shared; returns (width, height, name).
     fn init(&mut self) -> (u16, u16, String) {
         assert_eq!(self.read(12), b"RFB 003.008\n");
@@ -686,7 +695,13 @@ fn thirty_two_clients_cost_under_a_mib_each_and_give_it_back_when_they_leave() {
             c.request(false, 640, 480);
             c.update();
         }
-        vm.rss_kib()
+        let rss = vm.rss_kib();
+        // Leave as a viewer does, and wait for the server to close each connection: by then
+        // its place is free, and the next round's 32 clients all fit.
+        for c in &mut cs {
+            c.close_and_wait();
+        }
+        rss
     };
     let settled = |limit: u64| {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -33,12 +33,18 @@ where
 {
     let shared = ctx.shared.clone();
     let (id, kick) = shared.add_client(addr, websocket);
+    // The client leaves the server's list just before its socket closes, so a client that
+    // saw the connection end finds its slot free when it connects again at once.
+    let sock = Listed {
+        _place: Place {
+            shared: shared.clone(),
+            id,
+        },
+        sock,
+    };
     let pressed = Arc::new(Mutex::new(HashSet::new()));
-    // However the session ends (a panic included), the client leaves the list and its
-    // held keys are released.
+    // However the session ends (a panic included), its held keys are released.
     let _leave = Leave {
-        shared: shared.clone(),
-        id,
         pressed: pressed.clone(),
         input: ctx.input.clone(),
     };
@@ -68,17 +74,67 @@ where
     }
 }
 
-/// A client's way out: off the server's list, its held keys released.
-struct Leave {
+/// A client's place in the server's list, given up when dropped.
+struct Place {
     shared: Arc<super::server::Shared>,
     id: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.shared.remove_client(self.id);
+    }
+}
+
+/// A client's socket with its place in the list: the place goes first (fields drop in
+/// order), then the socket closes.
+struct Listed<S> {
+    _place: Place,
+    sock: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Listed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.sock).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Listed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.sock).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.sock).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.sock).poll_shutdown(cx)
+    }
+}
+
+/// A client's way out: its held keys released, the allocator's spare pages returned.
+struct Leave {
     pressed: Arc<Mutex<HashSet<KeyCode>>>,
     input: Arc<dyn InputSink>,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.shared.remove_client(self.id);
         // Keys held when the client went away are released, so the guest sees no stuck key.
         let held: Vec<KeyCode> = lock(&self.pressed).drain().collect();
         for key in held {
