@@ -500,6 +500,8 @@ pub enum DisplayKind {
     None,
     /// `-display vnc=...`.
     Vnc,
+    /// `-display curses`, `-curses`: the consoles as text in troupe's terminal.
+    Curses,
     /// Nothing said: as QEMU built without a GUI, a VNC server on localhost display 0 (or
     /// the next free one) unless `-vnc` is given.
     Default,

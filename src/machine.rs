@@ -537,6 +537,9 @@ pub fn build(
     );
     devices.hot_pci = Some(hot_pci.clone());
     route_input(&console, &devices);
+    if let Some(v) = &devices.vga {
+        console.consoles.set_graphic_text(v.text());
+    }
     let topo = Topology::from_smp(&cfg.smp);
     let (fds, templates) = create_vcpus(cfg, &kvm, &cpu, &topo)?;
     let hot_cpus = crate::platform::cpuhp::HotCpus::new(
@@ -1502,6 +1505,9 @@ pub(crate) fn start_console(
             Some(h)
         }
     };
+    if cfg.display == crate::config::DisplayKind::Curses {
+        actors::display::curses::start(registry, consoles.clone())?;
+    }
     Ok(Console {
         display,
         writer,

@@ -28,6 +28,7 @@ pub mod rtc;
 pub mod serial;
 pub mod state;
 pub mod terminal;
+pub mod textgrid;
 pub mod vga;
 pub mod virtio;
 

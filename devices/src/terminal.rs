@@ -217,6 +217,30 @@ impl Terminal {
         std::mem::take(&mut self.replies)
     }
 
+    /// What is shown (scrollback included) as a text display sees it: bold as the bright
+    /// colour, reverse video swapped, the cursor where it is drawn.
+    pub fn grid(&self) -> crate::textgrid::TextGrid {
+        let mut cells = Vec::with_capacity(self.cols * self.rows);
+        for y in 0..self.rows {
+            for c in self.visible_row(y) {
+                let a = c.attr;
+                let fg = if a.bold && a.fg < 8 { a.fg + 8 } else { a.fg };
+                let (fg, bg) = if a.reverse { (a.bg, fg) } else { (fg, a.bg) };
+                cells.push(crate::textgrid::TextCell {
+                    ch: c.ch,
+                    fg: fg & 15,
+                    bg: bg & 15,
+                });
+            }
+        }
+        crate::textgrid::TextGrid {
+            cols: self.cols,
+            rows: self.rows,
+            cells,
+            cursor: (self.view == 0 && self.cursor_visible).then_some((self.x, self.y)),
+        }
+    }
+
     /// Move the view `lines` back into the scrollback (negative: forward toward the live
     /// screen), clamped.
     pub fn scroll_view(&mut self, lines: isize) {

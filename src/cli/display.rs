@@ -53,6 +53,9 @@ pub enum DisplayError {
     /// A GUI display.
     #[error("display '{0}' is not available in troupe: it has no GUI (use -vnc or -display none)")]
     Gui(String),
+    /// A curses character set other than the VGA's.
+    #[error("display 'curses': charset '{0}' is not supported by troupe (CP437)")]
+    CursesCharset(String),
     /// An unknown display.
     #[error("unknown display type '{0}' (see -display help)")]
     UnknownDisplay(String),
@@ -158,6 +161,8 @@ pub enum DisplayArg {
     Default,
     /// `vnc=...`.
     Vnc(Option<VncConfig>),
+    /// `curses[,charset=CP437]`.
+    Curses,
     /// `help`.
     Help,
 }
@@ -187,7 +192,17 @@ pub fn parse_display(arg: &str) -> Result<DisplayArg, DisplayError> {
             Some(vnc) => Ok(DisplayArg::Vnc(parse_vnc(vnc)?)),
             None => Err(DisplayError::VncNeedsDisplay),
         },
-        "gtk" | "sdl" | "curses" | "egl-headless" | "spice-app" | "cocoa" | "dbus" => {
+        "curses" => {
+            let mut opts = Opts::parse(rest.trim_start_matches(','), None)?;
+            if let Some(c) = opts.str("charset") {
+                if !matches!(c.to_ascii_uppercase().as_str(), "CP437" | "IBM437" | "437") {
+                    return Err(DisplayError::CursesCharset(c.to_string()));
+                }
+            }
+            opts.finish()?;
+            Ok(DisplayArg::Curses)
+        }
+        "gtk" | "sdl" | "egl-headless" | "spice-app" | "cocoa" | "dbus" => {
             Err(DisplayError::Gui(kind.to_string()))
         }
         other => Err(DisplayError::UnknownDisplay(other.to_string())),
@@ -196,7 +211,7 @@ pub fn parse_display(arg: &str) -> Result<DisplayArg, DisplayError> {
 
 /// `-display help`.
 pub fn display_help() -> String {
-    "Available display backend types:\nnone\nvnc\n".to_string()
+    "Available display backend types:\nnone\ncurses\nvnc\n".to_string()
 }
 
 /// What `-vga` asked for.

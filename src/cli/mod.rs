@@ -130,6 +130,12 @@ pub enum ConfigError {
     /// `-nographic` would put the console on stdio, which `-daemonize` closes.
     #[error("cannot be used with -daemonize")]
     NographicDaemonize,
+    /// `-display curses` draws in the terminal, which `-daemonize` leaves.
+    #[error("curses display cannot be used with -daemonize")]
+    CursesDaemonize,
+    /// `stdio` for a chardev while the curses display owns the terminal.
+    #[error("the terminal is the curses display's: use a vc (the default) or another backend")]
+    CursesStdio,
     /// A fifth `-serial`.
     #[error("too many serial ports (troupe has COM1..COM4)")]
     TooManySerials,

@@ -111,31 +111,54 @@ pub fn parse_run_with(arg: &str) -> Result<(Option<PathBuf>, Option<RunAs>), San
 /// (uid, primary gid) of `name` (or of a numeric uid, whose group is itself if unknown).
 fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getpwnam takes a NUL-terminated name and returns static storage or null; we
-    // copy the two numbers out at once (the CLI runs before any other thread).
-    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-    if !pw.is_null() {
-        // SAFETY: pw is a valid passwd record.
-        return Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) });
+    // The reentrant lookups: the unit tests (and any thread) may look up users at once.
+    let by_name = passwd(|pw, buf, out| {
+        // SAFETY: every pointer is to storage we own, sized as passed.
+        unsafe { libc::getpwnam_r(cname.as_ptr(), pw, buf.as_mut_ptr(), buf.len(), out) }
+    });
+    if by_name.is_some() {
+        return by_name;
     }
     let uid: u32 = name.parse().ok()?;
-    // SAFETY: as above, by number.
-    let pw = unsafe { libc::getpwuid(uid) };
-    if pw.is_null() {
-        Some((uid, uid))
-    } else {
-        // SAFETY: pw is a valid passwd record.
-        Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    let by_uid = passwd(|pw, buf, out| {
+        // SAFETY: as above, by number.
+        unsafe { libc::getpwuid_r(uid, pw, buf.as_mut_ptr(), buf.len(), out) }
+    });
+    Some(by_uid.unwrap_or((uid, uid)))
+}
+
+/// Run a `getpw*_r` call; (uid, gid) of the record it found.
+fn passwd(
+    call: impl Fn(*mut libc::passwd, &mut [libc::c_char], *mut *mut libc::passwd) -> i32,
+) -> Option<(u32, u32)> {
+    // SAFETY: passwd is plain data, filled by the call.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    if call(&mut pw, &mut buf, &mut out) != 0 || out.is_null() {
+        return None;
     }
+    Some((pw.pw_uid, pw.pw_gid))
 }
 
 fn lookup_group(name: &str) -> Option<u32> {
     let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getgrnam takes a NUL-terminated name and returns static storage or null.
-    let gr = unsafe { libc::getgrnam(cname.as_ptr()) };
-    if !gr.is_null() {
-        // SAFETY: gr is a valid group record.
-        return Some(unsafe { (*gr).gr_gid });
+    // SAFETY: group is plain data, filled by getgrnam_r from our buffer.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to storage we own, sized as passed.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut gr,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc == 0 && !out.is_null() {
+        return Some(gr.gr_gid);
     }
     name.parse().ok()
 }

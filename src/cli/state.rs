@@ -347,10 +347,12 @@ impl State {
                 self.monitor_given = true;
             }
             Opt::Nographic => self.nographic = true,
+            Opt::Curses => self.display = Some(DisplayKind::Curses),
             Opt::Display => match display::parse_display(arg).map_err(|e| invalid(at, e))? {
                 DisplayArg::Help => return Ok(Some(display::display_help())),
                 DisplayArg::None => self.display = Some(DisplayKind::None),
                 DisplayArg::Default => self.display = Some(DisplayKind::Default),
+                DisplayArg::Curses => self.display = Some(DisplayKind::Curses),
                 DisplayArg::Vnc(v) => {
                     self.display = Some(DisplayKind::Vnc);
                     self.vnc = Some(v);

@@ -55,6 +55,12 @@ impl Display {
         self.host.clone()
     }
 
+    /// The screen as text, for text displays (`-display curses`).
+    pub fn text(&self) -> actors::display::console::TextSource {
+        let host = self.host.clone();
+        Arc::new(move || host.with(|m, vram| m.text_grid(vram)))
+    }
+
     pub fn reset(&self) {
         self.host.reset();
         if self.direct_boot {

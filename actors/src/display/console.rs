@@ -26,6 +26,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use devices::terminal::{key_bytes, TermKey, Terminal, CELL_H};
+use devices::textgrid::TextGrid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
 
@@ -75,8 +76,13 @@ enum Console {
         name: String,
         display: DisplayHandle,
         keys: mpsc::Sender<TextInput>,
+        /// What it shows, as text (for text displays: `-display curses`).
+        grid: Arc<Mutex<TextGrid>>,
     },
 }
+
+/// The guest's screen as text (the VGA's text mode), for text displays.
+pub type TextSource = Arc<dyn Fn() -> TextGrid + Send + Sync>;
 
 impl Console {
     fn display(&self) -> &DisplayHandle {
@@ -125,6 +131,8 @@ struct SetShared {
     consoles: RwLock<Vec<Console>>,
     /// The guest's input devices (keys for the graphic console, and for `sendkey`).
     guest: RwLock<Option<Arc<dyn InputSink>>>,
+    /// The guest's screen as text, when its display card has a text mode.
+    graphic_text: RwLock<Option<TextSource>>,
     /// The active console's index; the compositor follows it.
     active: watch::Sender<usize>,
     mods: Mutex<Mods>,
@@ -154,6 +162,7 @@ impl ConsoleSet {
             shared: Arc::new(SetShared {
                 consoles: RwLock::new(Vec::new()),
                 guest: RwLock::new(None),
+                graphic_text: RwLock::new(None),
                 active,
                 mods: Mutex::default(),
                 guest_pressed: Mutex::default(),
@@ -175,6 +184,32 @@ impl ConsoleSet {
     /// Where the guest's keys and pointer go (the i8042/tablet), with or without a screen.
     pub fn set_guest_input(&self, input: Arc<dyn InputSink>) {
         *self.shared.guest.write().unwrap_or_else(|p| p.into_inner()) = Some(input);
+    }
+
+    /// How to read the guest's screen as text (the VGA's text mode).
+    pub fn set_graphic_text(&self, source: TextSource) {
+        *self
+            .shared
+            .graphic_text
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// The active console as text: a text console's screen, the guest's text mode; `None`
+    /// when there is no console or the guest's screen cannot be read as text.
+    pub fn active_text(&self) -> Option<TextGrid> {
+        match self.active_console()? {
+            Console::Text { grid, .. } => Some(lock(&grid).clone()),
+            Console::Graphic { .. } => {
+                let source = self
+                    .shared
+                    .graphic_text
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()?;
+                Some(source())
+            }
+        }
     }
 
     /// Add the guest's screen (the VGA).
@@ -585,7 +620,9 @@ pub fn spawn_text_console(
     })?;
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (keys, keys_rx) = mpsc::channel(256);
+    let grid = Arc::new(Mutex::new(term.grid()));
     let state = Arc::new(tokio::sync::Mutex::new(Some(TextConsole {
+        grid: grid.clone(),
         term,
         writer,
         font,
@@ -619,6 +656,7 @@ pub fn spawn_text_console(
         name: name.to_string(),
         display,
         keys,
+        grid,
     });
     Ok(VcPort {
         stream: Arc::new(Mutex::new(Some(theirs))),
@@ -629,6 +667,8 @@ pub fn spawn_text_console(
 /// A text console actor's state.
 struct TextConsole {
     term: Terminal,
+    /// The screen as text, for text displays.
+    grid: Arc<Mutex<TextGrid>>,
     writer: DisplayWriter,
     font: Arc<Vec<u8>>,
     /// Our end of the pipe to the chardev: read = output to show, write = typed input.
@@ -642,7 +682,7 @@ impl TextConsole {
         // Typed bytes (and status replies) not yet taken by the chardev: bounded, so a
         // program that never reads its input costs dropped keys, never a stalled screen.
         let mut pending: Vec<u8> = Vec::new();
-        draw(&mut self.term, &self.writer, &self.font);
+        draw(&mut self.term, &self.writer, &self.font, &self.grid);
         let mut open = true;
         let (mut rd, mut wr) = tokio::io::split(self.stream);
         loop {
@@ -652,7 +692,7 @@ impl TextConsole {
                     Ok(n) => {
                         self.term.feed(&buf[..n]);
                         queue(&mut pending, &self.term.take_replies());
-                        draw(&mut self.term, &self.writer, &self.font);
+                        draw(&mut self.term, &self.writer, &self.font, &self.grid);
                     }
                 },
                 w = wr.write(&pending), if open && !pending.is_empty() => match w {
@@ -665,12 +705,12 @@ impl TextConsole {
                     None => return,
                     Some(TextInput::Bytes(b)) => {
                         self.term.reset_view();
-                        draw(&mut self.term, &self.writer, &self.font);
+                        draw(&mut self.term, &self.writer, &self.font, &self.grid);
                         queue(&mut pending, &b);
                     }
                     Some(TextInput::Scroll(n)) => {
                         self.term.scroll_view(n);
-                        draw(&mut self.term, &self.writer, &self.font);
+                        draw(&mut self.term, &self.writer, &self.font, &self.grid);
                     }
                 },
             }
@@ -689,8 +729,8 @@ fn queue(pending: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// Draw the terminal's changed rows into its surface.
-fn draw(term: &mut Terminal, writer: &DisplayWriter, font: &[u8]) {
+/// Draw the terminal's changed rows into its surface, and note its text in `grid`.
+fn draw(term: &mut Terminal, writer: &DisplayWriter, font: &[u8], grid: &Mutex<TextGrid>) {
     writer.draw(|surface, damage| {
         let stride = surface.width() as usize;
         let width = surface.width();
@@ -698,6 +738,7 @@ fn draw(term: &mut Terminal, writer: &DisplayWriter, font: &[u8]) {
             damage.add(Rect::new(0, row as u32 * CELL_H, width, CELL_H));
         }
     });
+    *lock(grid) = term.grid();
 }
 
 #[cfg(test)]

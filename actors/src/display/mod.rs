@@ -18,8 +18,10 @@
 //! Input goes the other way (VNC → guest devices): see [`input`] and [`keycodes`].
 
 pub mod console;
+pub mod curses;
 pub mod input;
 pub mod keycodes;
+pub mod keymap;
 pub mod png;
 mod surface;
 pub mod testpattern;

@@ -20,7 +20,7 @@ pub mod des;
 pub mod encode;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
-pub mod keymap;
+pub use crate::display::keymap;
 pub mod pixel;
 mod server;
 pub mod websocket;

@@ -186,3 +186,17 @@ fn keys_become_terminal_bytes() {
     assert_eq!(key_bytes(TermKey::Up, false), b"\x1b[A");
     assert_eq!(key_bytes(TermKey::Delete, false), b"\x1b[3~");
 }
+
+#[test]
+fn a_text_display_sees_colours_bold_as_bright_and_reverse_swapped() {
+    let t = term(20, 3, b"a\x1b[1;31mb\x1b[0;7;32;44mc\x1b[0m\r\nxy");
+    let g = t.grid();
+    assert_eq!((g.cols, g.rows), (20, 3));
+    assert_eq!(g.row_text(0), "abc");
+    assert_eq!(g.row_text(1), "xy");
+    let c = |x| g.cell(x, 0).unwrap();
+    assert_eq!((c(0).fg, c(0).bg), (7, 0));
+    assert_eq!((c(1).fg, c(1).bg), (9, 0), "bold red is bright red");
+    assert_eq!((c(2).fg, c(2).bg), (4, 2), "reverse: blue on green");
+    assert_eq!(g.cursor, Some((2, 1)));
+}

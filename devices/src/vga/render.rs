@@ -358,3 +358,50 @@ fn draw_glyph_line(row: &mut [u32], bits: u8, fg: u32, bg: u32, cw: u32, dup9: b
         }
     }
 }
+
+/// A VGA colour index (bit 0 blue, 1 green, 2 red, 3 bright) in ANSI order (bit 0 red, 2 blue).
+fn vga_to_ansi(i: u8) -> u8 {
+    ((i & 1) << 2) | (i & 0x0a) | ((i >> 2) & 1)
+}
+
+impl Vga {
+    /// What a text display shows (QEMU's `vga_update_text`): the characters and attributes
+    /// of a text mode; for a graphics mode, "W x H Graphic mode" on a 60x3 screen.
+    pub fn text_grid(&self, vram: &[u8]) -> crate::textgrid::TextGrid {
+        use crate::textgrid::{TextCell, TextGrid};
+        let mode = self.mode();
+        let Mode::Text { cols, rows, .. } = mode else {
+            if mode == Mode::Blank {
+                return TextGrid::blank(80, 25);
+            }
+            let (w, h) = mode.size();
+            return TextGrid::message(60, 3, &format!("{w} x {h} Graphic mode"), 12);
+        };
+        let (cols, rows) = (cols as usize, rows as usize);
+        let start = self.start_addr();
+        let line_offset = self.line_offset();
+        let byte = |i: usize| vram.get(i).copied().unwrap_or(0);
+        let mut cells = Vec::with_capacity(cols * rows);
+        for cy in 0..rows {
+            for cx in 0..cols {
+                let src = start * 4 + cy * line_offset + cx * 4;
+                let attr = byte(src + 1);
+                cells.push(TextCell {
+                    ch: byte(src),
+                    fg: vga_to_ansi(attr & 0x0f),
+                    bg: vga_to_ansi(attr >> 4),
+                });
+            }
+        }
+        let cursor = self
+            .text_cursor()
+            .map(|(x, y)| (x as usize, y as usize))
+            .filter(|&(_, y)| y < rows);
+        TextGrid {
+            cols,
+            rows,
+            cells,
+            cursor,
+        }
+    }
+}

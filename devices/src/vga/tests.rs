@@ -142,6 +142,28 @@ fn the_cursor_is_drawn_between_its_scanlines() {
 }
 
 #[test]
+fn a_text_display_sees_the_characters_colours_and_cursor() {
+    let (mut v, mut vram) = mode3();
+    // "Hi" at row 1, column 2: yellow on blue, then bright white on red.
+    let at = 0x18000 + 2 * (80 + 2);
+    for (i, b) in [b'H', 0x1e, b'i', 0x4f].into_iter().enumerate() {
+        v.mem_write(at + i as u64, b, &mut vram);
+    }
+    for (r, val) in [(0x0au8, 14u8), (0x0b, 15), (0x0e, 0), (0x0f, 83)] {
+        v.io_write(0x3d4, r);
+        v.io_write(0x3d5, val);
+    }
+    let g = v.text_grid(&vram);
+    assert_eq!((g.cols, g.rows), (80, 25));
+    assert_eq!(g.row_text(1), "  Hi");
+    let c = |x| g.cell(x, 1).unwrap();
+    // ANSI order: yellow 11 on blue 4; bright white 15 on red 1.
+    assert_eq!((c(2).ch, c(2).fg, c(2).bg), (b'H', 11, 4));
+    assert_eq!((c(3).fg, c(3).bg), (15, 1));
+    assert_eq!(g.cursor, Some((3, 1)));
+}
+
+#[test]
 fn mode_13h_is_640x400_with_doubled_pixels() {
     let mut v = Vga::new(VRAM_SIZE);
     let mut vram = vec![0u8; VRAM_SIZE];
@@ -175,6 +197,10 @@ fn mode_13h_is_640x400_with_doubled_pixels() {
         assert_eq!(out[y * 640 + x], 0xff0000, "({x},{y})");
     }
     assert_eq!(out[6 * 640 + 22], 0);
+    // A text display says what it cannot show, as QEMU's does.
+    let g = v.text_grid(&vram);
+    assert_eq!((g.cols, g.rows), (60, 3));
+    assert_eq!(g.row_text(1).trim_start(), "640 x 400 Graphic mode");
 }
 
 #[test]

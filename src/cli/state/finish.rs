@@ -400,6 +400,19 @@ impl State {
                 .map(|(at, c)| (at.clone(), c.backend.clone())),
         );
         chardev::check_stdio(&stdio_users, self.daemonize).map_err(|(at, e)| invalid(&at, e))?;
+        if self.display == Some(DisplayKind::Curses) && !self.nographic {
+            if self.daemonize {
+                return Err(invalid("-display curses", ConfigError::CursesDaemonize));
+            }
+            let on_stdio =
+                |b: &CharBackend| matches!(b, CharBackend::Stdio | CharBackend::MuxStdio);
+            if let Some((at, _)) = stdio_users.iter().find(|(_, b)| on_stdio(b)) {
+                return Err(invalid(at, ConfigError::CursesStdio));
+            }
+            if let Some((at, _)) = monitors.iter().find(|(_, m)| on_stdio(&m.backend)) {
+                return Err(invalid(at, ConfigError::CursesStdio));
+            }
+        }
         Ok(Consoles {
             serials,
             monitors,
