@@ -612,3 +612,41 @@ fn only_m_and_cdrom_a_grub_cd_on_the_default_display_with_its_serial_console() {
     rfb.type_line("quit");
     assert_eq!(common::code(vm.wait(Duration::from_secs(20))), 0);
 }
+
+/// With `-k de` a VNC client's keysyms are keys of the German layout for the guest, but a
+/// text console takes the characters themselves: `y`, `z` and `@` type as they read.
+#[test]
+fn text_consoles_type_the_clients_characters_whatever_the_keyboard_layout() {
+    common::require_kvm();
+    let font = Font::load();
+    let d = common::free_display();
+    let demo = guest("demo");
+    let vnc = format!("127.0.0.1:{d}");
+    let mut vm = Vm::troupe(&[
+        "-m",
+        "128",
+        "-k",
+        "de",
+        "-vnc",
+        &vnc,
+        "-kernel",
+        demo.to_str().unwrap(),
+    ])
+    .spawn();
+    let port = 5900 + d;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "VNC port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut rfb = Rfb::connect(port);
+    rfb.chord(&[CTRL, ALT, u32::from(b'2')]);
+    rfb.until("the (qemu) prompt", &font, |r| font.shows(r, "(qemu)"));
+    for c in "xyz@".bytes() {
+        rfb.chord(&[u32::from(c)]);
+    }
+    rfb.until("the typed characters", &font, |r| {
+        font.shows(r, "(qemu) xyz@")
+    });
+    vm.kill();
+}

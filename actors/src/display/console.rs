@@ -382,6 +382,25 @@ impl InputSink for SendkeySink {
 }
 
 impl InputSink for ConsoleSet {
+    fn key_typing(&self, key: Option<KeyCode>, down: bool, ch: Option<char>) {
+        // On a text console a character is typed as itself (Ctrl+key still makes its
+        // control code, and Ctrl+Alt+N still switches, through the key).
+        if let (Some(c), Some(Console::Text { keys, .. })) = (ch, self.active_console()) {
+            if !lock(&self.shared.mods).ctrl() {
+                if down {
+                    let mut utf8 = [0u8; 4];
+                    let _ = keys.try_send(TextInput::Bytes(
+                        c.encode_utf8(&mut utf8).as_bytes().to_vec(),
+                    ));
+                }
+                return;
+            }
+        }
+        if let Some(key) = key {
+            self.key(key, down);
+        }
+    }
+
     fn send(&self, ev: InputEvent) {
         match ev {
             InputEvent::Key { key, down } => self.key(key, down),

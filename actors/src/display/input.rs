@@ -71,6 +71,26 @@ pub trait InputSink: Send + Sync {
     fn absolute(&self) -> bool {
         false
     }
+
+    /// A key typed with the character it stands for on the client's keyboard (a VNC
+    /// keysym), when known. Text consoles take the character, whatever the `-k` layout
+    /// (as QEMU's do); everything else takes the key.
+    fn key_typing(&self, key: Option<KeyCode>, down: bool, ch: Option<char>) {
+        let _ = ch;
+        if let Some(key) = key {
+            self.send(InputEvent::Key { key, down });
+        }
+    }
+}
+
+/// The character an X11 keysym types: Latin-1 keysyms are their code, `0x01000000 + U`
+/// is Unicode U; function and modifier keysyms type none.
+pub fn keysym_char(keysym: u32) -> Option<char> {
+    match keysym {
+        0x20..=0x7e | 0xa0..=0xff => char::from_u32(keysym),
+        0x0100_0100..=0x0110_ffff => char::from_u32(keysym - 0x0100_0000),
+        _ => None,
+    }
 }
 
 /// A sink that drops everything (no input devices).

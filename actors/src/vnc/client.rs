@@ -18,7 +18,7 @@ use super::encode::{enc, put_rect_header, Encoder, PixelEncoding};
 use super::keymap::Keymap;
 use super::pixel::PixelFormat;
 use super::{websocket, ClientCtx, VncError, CUT_TEXT_LIMIT};
-use crate::display::input::{Buttons, InputEvent, InputSink};
+use crate::display::input::{keysym_char, Buttons, InputEvent, InputSink};
 use crate::display::keycodes::KeyCode;
 use crate::display::{Cursor, DisplayHandle, Leds, Rect, Surface, TileMap};
 use crate::runtime::spawn_task;
@@ -701,16 +701,17 @@ struct InputState {
 }
 
 impl InputState {
-    fn key(&mut self, key: KeyCode, down: bool) {
-        {
+    /// A key event with the character its keysym types (see [`InputSink::key_typing`]).
+    fn typed(&mut self, key: Option<KeyCode>, down: bool, ch: Option<char>) {
+        if let Some(k) = key {
             let mut p = lock(&self.pressed);
             if down {
-                p.insert(key);
+                p.insert(k);
             } else {
-                p.remove(&key);
+                p.remove(&k);
             }
         }
-        self.input.send(InputEvent::Key { key, down });
+        self.input.key_typing(key, down, ch);
     }
 
     fn pointer(&mut self, mask: u8, x: u16, y: u16) {
@@ -820,10 +821,12 @@ async fn read_message<R: AsyncRead + Unpin>(
             let down = rd.read_u8().await? != 0;
             let _pad = rd.read_u16().await?;
             let keysym = rd.read_u32().await?;
-            match st.keymap.lookup(keysym) {
-                Some(k) => st.key(k, down),
-                None => tracing::debug!("VNC keysym {keysym:#x} has no key in this layout"),
+            let key = st.keymap.lookup(keysym);
+            let ch = keysym_char(keysym);
+            if key.is_none() && ch.is_none() {
+                tracing::debug!("VNC keysym {keysym:#x} has no key in this layout");
             }
+            st.typed(key, down, ch);
         }
         // PointerEvent.
         5 => {
@@ -858,14 +861,13 @@ async fn read_message<R: AsyncRead + Unpin>(
                     let down = rd.read_u16().await? != 0;
                     let keysym = rd.read_u32().await?;
                     let keycode = rd.read_u32().await?;
+                    let ch = keysym_char(keysym);
                     if keycode == 0 {
-                        if let Some(k) = st.keymap.lookup(keysym) {
-                            st.key(k, down);
-                        }
+                        st.typed(st.keymap.lookup(keysym), down, ch);
                     } else if let Some(k) =
                         u16::try_from(keycode).ok().and_then(KeyCode::from_number)
                     {
-                        st.key(k, down);
+                        st.typed(Some(k), down, ch);
                     } else {
                         st.input.send(InputEvent::RawKey {
                             number: keycode as u16,

@@ -233,3 +233,40 @@ async fn a_program_that_never_reads_its_input_does_not_stall_the_screen() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_text_console_types_the_character_of_the_clients_keysym_whatever_the_layout() {
+    let mut f = fixture();
+    chord(&f.set, &[KeyCode::Ctrl, KeyCode::Alt, KeyCode::Digit2]);
+    // `-k de`: the keysym `z` is the key US calls Y, `@` is AltGr+Q. The console types
+    // the characters; Ctrl+C is still the key's control code.
+    f.set.key_typing(Some(KeyCode::Y), true, Some('z'));
+    f.set.key_typing(Some(KeyCode::Y), false, Some('z'));
+    f.set.key_typing(Some(KeyCode::AltR), true, None);
+    f.set.key_typing(Some(KeyCode::Q), true, Some('@'));
+    f.set.key_typing(Some(KeyCode::Q), false, Some('@'));
+    f.set.key_typing(Some(KeyCode::AltR), false, None);
+    f.set.key_typing(None, true, Some('é'));
+    f.set.key_typing(Some(KeyCode::Ctrl), true, None);
+    f.set.key_typing(Some(KeyCode::C), true, Some('c'));
+    f.set.key_typing(Some(KeyCode::C), false, Some('c'));
+    f.set.key_typing(Some(KeyCode::Ctrl), false, None);
+    let want = "z@é\x03".as_bytes();
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(5), f.vc.read_exact(&mut got))
+        .await
+        .expect("the console's input")
+        .unwrap();
+    assert_eq!(got, want);
+    // On the guest's screen the same events are keys, not characters.
+    chord(&f.set, &[KeyCode::Ctrl, KeyCode::Alt, KeyCode::Digit1]);
+    f.guest.take();
+    f.set.key_typing(Some(KeyCode::Y), true, Some('z'));
+    assert_eq!(
+        f.guest.take(),
+        [InputEvent::Key {
+            key: KeyCode::Y,
+            down: true
+        }]
+    );
+}
