@@ -480,6 +480,19 @@ pub struct VncConfig {
     /// QEMU's default display (no `-display`, `-vnc` or `-nographic`): announced on stderr
     /// as `VNC server running on HOST:PORT`.
     pub announce: bool,
+    /// `tls-creds=ID`: the id, then (once the CLI resolved it) the credentials.
+    pub tls_creds: Option<String>,
+    pub tls: Option<TlsCreds>,
+}
+
+/// A `-object tls-creds-x509,endpoint=server`: `ca-cert.pem`, `server-cert.pem` and
+/// `server-key.pem` in `dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCreds {
+    pub id: String,
+    pub dir: std::path::PathBuf,
+    /// `verify-peer=` (QEMU's default: on): clients must show a certificate the CA signed.
+    pub verify_peer: bool,
 }
 
 /// `-vnc ...,share=`.

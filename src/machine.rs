@@ -1482,6 +1482,12 @@ pub(crate) fn start_console(
             o.to = v.to;
             o.websocket = v.websocket;
             o.password = v.password;
+            if let Some(t) = &v.tls {
+                o.tls = Some(
+                    actors::vnc::tls::server_config(&t.dir, t.verify_peer)
+                        .with_context(|| format!("-object tls-creds-x509,id={}", t.id))?,
+                );
+            }
             o.lossy = v.lossy;
             o.share = match v.share {
                 crate::config::VncShare::AllowExclusive => SharePolicy::AllowExclusive,

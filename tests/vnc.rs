@@ -61,6 +61,11 @@ struct VncVm {
 
 /// troupe with the demo guest, the test-pattern console and `-vnc 127.0.0.1:N<opts>`.
 fn start(opts: &str, websocket: bool) -> VncVm {
+    start_with(opts, websocket, &[])
+}
+
+/// [`start`] with more command-line arguments (`-object ...`).
+fn start_with(opts: &str, websocket: bool, extra: &[&str]) -> VncVm {
     let d = free_display();
     let port = 5900 + d;
     let ws_port = websocket.then(common::free_port);
@@ -82,6 +87,8 @@ fn start(opts: &str, websocket: bool) -> VncVm {
         "-vnc",
         &vnc,
     ];
+    let mut args = args.to_vec();
+    args.extend_from_slice(extra);
     let vm = Vm::troupe(&args)
         .env("TROUPE_TEST_DISPLAY", "static")
         .spawn();
@@ -1441,4 +1448,213 @@ fn monitor_sets_and_expires_the_vnc_password() {
     cmd("set_password vnc other123");
     cmd("expire_password vnc never");
     assert!(capture("other123", "other.png"));
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, under QEMU's file names.
+fn tls_creds(dir: &TempDir) -> std::path::PathBuf {
+    let d = dir.path("creds");
+    std::fs::create_dir_all(&d).unwrap();
+    let ossl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(&d)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    ossl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca-cert.pem",
+                "-subj",
+                "/CN=troupe test CA",
+                "-days",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    ossl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server-key.pem",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca-cert.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "server-cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    d
+}
+
+#[test]
+fn tls_x509_tigervnc_sees_the_console_over_vencrypt_and_plain_clients_are_offered_only_tls() {
+    require_vncdotool(); // PIL for the comparison
+    let dir = TempDir::new("vnc-tls");
+    let creds = tls_creds(&dir);
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+        creds.display()
+    );
+    let vm = start_with(",tls-creds=tls0", false, &["-object", &object]);
+    // A client that does not speak TLS is offered VeNCrypt (19) and nothing else.
+    let mut raw = vm.connect();
+    assert_eq!(raw.read(12), b"RFB 003.008\n");
+    raw.write(b"RFB 003.008\n");
+    assert_eq!(raw.read(2), [1, 19]);
+    raw.write(&[19]);
+    assert_eq!(raw.read(2), [0, 2], "VeNCrypt 0.2");
+    raw.write(&[0, 2]);
+    assert_eq!(
+        raw.read(6),
+        [0, 1, 0, 0, 1, 4],
+        "version accepted; one subtype: X509None (260)"
+    );
+    drop(raw);
+    // TigerVNC, trusting the CA, shows the console through TLS.
+    let x = Xvfb::start();
+    let want = write_ppm(
+        &dir,
+        "want.ppm",
+        &testpattern::expected(640, 480, 0, &[], ""),
+    );
+    let mut viewer = Command::new("vncviewer")
+        .env("DISPLAY", &x.display)
+        .args([
+            "-SecurityTypes=X509None",
+            &format!("-X509CA={}", creds.join("ca-cert.pem").display()),
+            "-AutoSelect=0",
+            "-FullColor=1",
+            "-NoJPEG=1",
+            "-PreferredEncoding=Raw",
+            "-Shared=1",
+            "-RemoteResize=0",
+            "-DotWhenNoCursor=0",
+            &vm.server(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vncviewer (TigerVNC) must be installed");
+    let shot = dir.path("tls.png");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut last = String::from("(no screenshot)");
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let st = Command::new("import")
+            .env("DISPLAY", &x.display)
+            .args(["-window", "root", shot.to_str().unwrap()])
+            .status()
+            .expect("ImageMagick import");
+        if st.success() {
+            last = py(&["find", shot.to_str().unwrap(), want.to_str().unwrap()]);
+            if last.starts_with("found") {
+                let (bad, total) = mismatch(last.trim());
+                if bad * 1000 <= total {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console never appeared in the TLS viewer: {last}\n{}",
+            vm.vm.stderr.text()
+        );
+    }
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+}
+
+#[test]
+fn tls_credentials_missing_or_unnamed_are_refused_at_start() {
+    let dir = TempDir::new("vnc-tls-bad");
+    let empty = dir.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let demo = guest("demo");
+    let run = |args: &[&str]| {
+        let out = Command::new(common::troupe_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let k = demo.to_str().unwrap();
+    let obj = format!(
+        "tls-creds-x509,id=t,dir={},endpoint=server",
+        empty.display()
+    );
+    let (code, err) = run(&[
+        "-object",
+        &obj,
+        "-vnc",
+        "127.0.0.1:0,tls-creds=t",
+        "-kernel",
+        k,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("ca-cert.pem") && err.contains("No such file"),
+        "{err}"
+    );
+    let (code, err) = run(&["-vnc", "127.0.0.1:0,tls-creds=nope", "-kernel", k]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("TLS credentials 'nope' not found"), "{err}");
+    let creds = tls_creds(&dir);
+    std::fs::write(creds.join("server-key.pem"), "not a key").unwrap();
+    let obj = format!(
+        "tls-creds-x509,id=t,dir={},endpoint=server",
+        creds.display()
+    );
+    let (code, err) = run(&[
+        "-object",
+        &obj,
+        "-vnc",
+        "127.0.0.1:0,tls-creds=t",
+        "-kernel",
+        k,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("server-key.pem"), "{err}");
 }

@@ -120,9 +120,12 @@ pub fn parse_vnc(arg: &str) -> Result<Option<VncConfig>, DisplayError> {
     };
     let lossy = opts.flag("lossy")?.unwrap_or(false);
     let audiodev = opts.id("audiodev")?;
+    let tls_creds = opts.id("tls-creds")?;
     opts.finish()?;
     Ok(Some(VncConfig {
         audiodev,
+        tls_creds,
+        tls: None,
         listen: SocketAddrSpec { host, port },
         display,
         password,
@@ -138,6 +141,8 @@ pub fn parse_vnc(arg: &str) -> Result<Option<VncConfig>, DisplayError> {
 pub fn default_vnc() -> VncConfig {
     VncConfig {
         audiodev: None,
+        tls_creds: None,
+        tls: None,
         listen: SocketAddrSpec {
             host: "127.0.0.1".into(),
             port: 5900,
@@ -354,7 +359,7 @@ mod tests {
             vnc(":1,share=foo"),
             Err("parameter 'share' does not accept value 'foo' (expected allow-exclusive, force-shared, ignore)".into())
         );
-        assert!(vnc(":1,sasl=on").unwrap_err().starts_with("parameter 'sasl' is not supported (accepted: vnc, password, share, websocket, to, lossy, audiodev)"));
+        assert!(vnc(":1,sasl=on").unwrap_err().starts_with("parameter 'sasl' is not supported (accepted: vnc, password, share, websocket, to, lossy, audiodev, tls-creds)"));
         assert_eq!(
             vnc(""),
             Err("invalid VNC display '' (expected [HOST]:N, like :1 or 127.0.0.1:0)".into())

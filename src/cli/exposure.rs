@@ -28,7 +28,9 @@ pub fn exposure_warnings(cfg: &VmConfig) -> Vec<String> {
         }
     }
     if let Some(vnc) = &cfg.vnc {
-        if !vnc.password {
+        // Client certificates (tls-creds with verify-peer=on) authenticate as a password does.
+        let certified = vnc.tls.as_ref().is_some_and(|t| t.verify_peer);
+        if !vnc.password && !certified {
             let mut ports = vec![vnc.listen.clone()];
             if let Some(ws) = vnc.websocket {
                 ports.push(SocketAddrSpec {

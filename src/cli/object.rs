@@ -49,8 +49,28 @@ pub enum ObjectError {
     #[error("audiodev '{0}' not found")]
     AudiodevNotFound(String),
     /// A QOM type troupe does not create.
-    #[error("object type '{0}' is not supported by troupe (secret, memory-backend-ram, memory-backend-file, memory-backend-memfd)")]
+    #[error("object type '{0}' is not supported by troupe (secret, memory-backend-ram, memory-backend-file, memory-backend-memfd, tls-creds-x509)")]
     Type(String),
+    /// TLS credentials for a client: troupe only serves.
+    #[error("tls-creds-x509 '{id}': endpoint '{endpoint}' is not supported by troupe (only endpoint=server: troupe's TLS is its VNC server's)")]
+    TlsEndpoint { id: String, endpoint: String },
+    /// A TLS property troupe cannot honour.
+    #[error("tls-creds-x509 '{id}': {key}={value} is not supported by troupe")]
+    TlsProperty {
+        id: String,
+        key: &'static str,
+        value: String,
+    },
+    /// A credentials file missing.
+    #[error("tls-creds-x509 '{id}': cannot read '{path}': {reason}")]
+    TlsFile {
+        id: String,
+        path: String,
+        reason: String,
+    },
+    /// `-vnc tls-creds=` naming no credentials.
+    #[error("TLS credentials '{0}' not found (create them with -object tls-creds-x509,id={0},dir=...,endpoint=server)")]
+    TlsCredsNotFound(String),
     /// A secret with both or neither of `data=` and `file=`.
     #[error("secret '{0}': exactly one of data= and file= is required")]
     SecretSource(String),
@@ -105,6 +125,8 @@ pub enum ObjectSpec {
     },
     /// `memory-backend-ram|file|memfd,id=ID,size=SIZE,...`.
     MemoryBackend(MemoryBackend),
+    /// `tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]`, its files checked.
+    TlsCreds(crate::config::TlsCreds),
 }
 
 /// A `-object memory-backend-*`.
@@ -132,13 +154,14 @@ impl ObjectSpec {
         match self {
             Self::Secret { id } => id,
             Self::MemoryBackend(m) => &m.id,
+            Self::TlsCreds(t) => &t.id,
         }
     }
 }
 
 /// `-object help` (or `-object TYPE,help`).
 pub fn object_help() -> String {
-    "List of user creatable objects:\n  memory-backend-file\n  memory-backend-memfd\n  memory-backend-ram\n  secret\n"
+    "List of user creatable objects:\n  memory-backend-file\n  memory-backend-memfd\n  memory-backend-ram\n  secret\n  tls-creds-x509\n"
         .to_string()
 }
 
@@ -175,10 +198,44 @@ pub fn parse_object(mut opts: Opts) -> Result<ObjectSpec, ObjectError> {
         "memory-backend-ram" | "memory-backend-file" | "memory-backend-memfd" => {
             ObjectSpec::MemoryBackend(parse_memory_backend(&ty, id, &mut opts)?)
         }
+        "tls-creds-x509" => ObjectSpec::TlsCreds(parse_tls_creds(id, &mut opts)?),
         other => return Err(ObjectError::Type(other.to_string())),
     };
     opts.finish()?;
     Ok(spec)
+}
+
+/// The files a server's x509 credentials are in (QEMU's names), all required.
+const TLS_FILES: [&str; 3] = ["ca-cert.pem", "server-cert.pem", "server-key.pem"];
+
+/// `tls-creds-x509`: a server's credentials in `dir=` (troupe is never a TLS client).
+fn parse_tls_creds(id: String, opts: &mut Opts) -> Result<crate::config::TlsCreds, ObjectError> {
+    let endpoint = opts.str("endpoint").unwrap_or_else(|| "client".into());
+    if endpoint != "server" {
+        return Err(ObjectError::TlsEndpoint { id, endpoint });
+    }
+    let dir = std::path::PathBuf::from(opts.required("dir")?);
+    let verify_peer = opts.flag("verify-peer")?.unwrap_or(true);
+    for key in ["priority", "sanity-check", "loaded", "passwordid"] {
+        if let Some(value) = opts.str(key) {
+            return Err(ObjectError::TlsProperty { id, key, value });
+        }
+    }
+    for f in TLS_FILES {
+        let path = dir.join(f);
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(ObjectError::TlsFile {
+                id,
+                path: path.display().to_string(),
+                reason: super::host::os_error_text(&e),
+            });
+        }
+    }
+    Ok(crate::config::TlsCreds {
+        id,
+        dir,
+        verify_peer,
+    })
 }
 
 /// The properties of `memory-backend-TYPE` (`ty` is one of the three).
@@ -423,7 +480,7 @@ mod tests {
         );
         assert_eq!(
             object("memory-backend-epc,id=m,size=1G"),
-            Err("object type 'memory-backend-epc' is not supported by troupe (secret, memory-backend-ram, memory-backend-file, memory-backend-memfd)".into())
+            Err("object type 'memory-backend-epc' is not supported by troupe (secret, memory-backend-ram, memory-backend-file, memory-backend-memfd, tls-creds-x509)".into())
         );
         assert_eq!(
             object("memory-backend-ram,id=m,size=1G,host-nodes=0-1,policy=bind"),

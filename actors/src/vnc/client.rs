@@ -17,7 +17,7 @@ use super::des::vnc_response;
 use super::encode::{enc, put_rect_header, Encoder, PixelEncoding};
 use super::keymap::Keymap;
 use super::pixel::PixelFormat;
-use super::{websocket, ClientCtx, VncError, CUT_TEXT_LIMIT};
+use super::{tls, websocket, ClientCtx, VncError, CUT_TEXT_LIMIT};
 use crate::display::input::{keysym_char, Buttons, InputEvent, InputSink};
 use crate::display::keycodes::KeyCode;
 use crate::display::{Cursor, DisplayHandle, Leds, Rect, Surface, TileMap};
@@ -196,45 +196,149 @@ async fn security_failure<W: AsyncWrite + Unpin>(wr: &mut W, minor: u32) -> Resu
     Ok(())
 }
 
-/// Version and security; on success the client may send ClientInit.
-async fn handshake<R, W>(rd: &mut R, wr: &mut W, ctx: &ClientCtx) -> Result<(), VncError>
+/// The connection once the security handshake is done: as it came, or inside TLS.
+enum Secured<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Secured<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Secured::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Secured::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Secured::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Secured::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Secured::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Secured::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Secured::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Secured::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Version and security (VeNCrypt's TLS when the server has credentials); on success the
+/// client may send ClientInit on the stream returned.
+async fn handshake<S>(mut s: S, ctx: &ClientCtx) -> Result<Secured<S>, VncError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    wr.write_all(b"RFB 003.008\n").await?;
+    s.write_all(b"RFB 003.008\n").await?;
     let mut v = [0u8; 12];
-    rd.read_exact(&mut v).await?;
+    s.read_exact(&mut v).await?;
     let (major, minor) = parse_version(&v)
         .ok_or_else(|| VncError::BadVersion(String::from_utf8_lossy(&v).into_owned()))?;
     if major != 3 || ![3, 4, 5, 7, 8].contains(&minor) {
         // QEMU answers an unknown version with security type 0 (invalid) and closes.
-        wr.write_all(&0u32.to_be_bytes()).await?;
+        s.write_all(&0u32.to_be_bytes()).await?;
         return Err(VncError::UnsupportedVersion(major, minor));
     }
     // 3.4 and 3.5 are treated as 3.3, as the spec asks.
     let minor = if minor == 4 || minor == 5 { 3 } else { minor };
-    let auth: u8 = if ctx.shared.opts.password { 2 } else { 1 };
+    let password = ctx.shared.opts.password;
+    let tls = ctx.shared.opts.tls.clone();
+    let auth: u8 = match (&tls, password) {
+        (Some(_), _) => tls::VENCRYPT,
+        (None, true) => 2,
+        (None, false) => 1,
+    };
     if minor == 3 {
-        wr.write_all(&u32::from(auth).to_be_bytes()).await?;
+        s.write_all(&u32::from(auth).to_be_bytes()).await?;
     } else {
-        wr.write_all(&[1, auth]).await?;
-        let chosen = rd.read_u8().await?;
+        s.write_all(&[1, auth]).await?;
+        let chosen = s.read_u8().await?;
         if chosen != auth {
-            security_failure(wr, minor).await?;
+            security_failure(&mut s, minor).await?;
             return Err(VncError::BadSecurityType(chosen));
         }
     }
+    if let Some(cfg) = tls {
+        // VeNCrypt 0.2: versions, the one subtype offered, then TLS.
+        s.write_all(&[0, 2]).await?;
+        let mut cv = [0u8; 2];
+        s.read_exact(&mut cv).await?;
+        if cv != [0, 2] {
+            s.write_all(&[1]).await?;
+            return Err(VncError::VencryptVersion(cv[0], cv[1]));
+        }
+        let sub = if password {
+            tls::X509_VNC
+        } else {
+            tls::X509_NONE
+        };
+        let mut offer = vec![0u8, 1];
+        offer.extend_from_slice(&sub.to_be_bytes());
+        s.write_all(&offer).await?;
+        let chosen = s.read_u32().await?;
+        if chosen != sub {
+            s.write_all(&[0]).await?;
+            return Err(VncError::VencryptSubtype(chosen));
+        }
+        s.write_all(&[1]).await?;
+        s.flush().await?;
+        let mut t = tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(s)
+            .await
+            .map_err(|e| VncError::Tls(e.to_string()))?;
+        if password {
+            vnc_auth(&mut t, ctx, minor).await?;
+        } else {
+            t.write_all(&0u32.to_be_bytes()).await?;
+        }
+        t.flush().await?;
+        return Ok(Secured::Tls(Box::new(t)));
+    }
     if auth == 1 {
         if minor >= 8 {
-            wr.write_all(&0u32.to_be_bytes()).await?;
+            s.write_all(&0u32.to_be_bytes()).await?;
         }
-        return Ok(());
+        return Ok(Secured::Plain(s));
     }
+    vnc_auth(&mut s, ctx, minor).await?;
+    Ok(Secured::Plain(s))
+}
+
+/// VNC authentication: a DES challenge against the current password, then the result.
+async fn vnc_auth<S>(s: &mut S, ctx: &ClientCtx, minor: u32) -> Result<(), VncError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let challenge = random_challenge();
-    wr.write_all(&challenge).await?;
+    s.write_all(&challenge).await?;
+    s.flush().await?;
     let mut resp = [0u8; 16];
-    rd.read_exact(&mut resp).await?;
+    s.read_exact(&mut resp).await?;
     let verdict = match ctx.shared.current_password() {
         None => Err("no password set, or it expired"),
         Some(pw) if vnc_response(pw.as_bytes(), &challenge) == resp => Ok(()),
@@ -242,11 +346,11 @@ where
     };
     match verdict {
         Ok(()) => {
-            wr.write_all(&0u32.to_be_bytes()).await?;
+            s.write_all(&0u32.to_be_bytes()).await?;
             Ok(())
         }
         Err(why) => {
-            security_failure(wr, minor).await?;
+            security_failure(s, minor).await?;
             Err(VncError::AuthFailed(why))
         }
     }
@@ -300,15 +404,16 @@ async fn session<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let shared = &ctx.shared;
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        handshake(&mut rd, &mut wr, ctx).await?;
-        let flag = rd.read_u8().await?;
-        shared.client_init(id, flag != 0)
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut s = handshake(stream, ctx).await?;
+        let flag = s.read_u8().await?;
+        shared.client_init(id, flag != 0)?;
+        Ok::<_, VncError>(s)
     })
     .await
     .map_err(|_| VncError::HandshakeTimeout)??;
+    let (rd, mut wr) = tokio::io::split(stream);
 
     let mut sub = shared.display.subscribe();
     let mut shadow = Arc::new(Surface::new(1, 1));
@@ -323,6 +428,7 @@ where
     init.extend_from_slice(&(name.len() as u32).to_be_bytes());
     init.extend_from_slice(name);
     wr.write_all(&init).await?;
+    wr.flush().await?;
 
     let slot = Arc::new(Slot {
         req: Mutex::new(Requests::default()),
@@ -444,6 +550,8 @@ impl Writer {
                 let out = self.produce();
                 if !out.is_empty() {
                     wr.write_all(&out).await?;
+                    // TLS keeps what it could not send yet until flushed.
+                    wr.flush().await?;
                 }
             }
             tokio::select! {

@@ -23,6 +23,7 @@ pub mod fuzz;
 pub use crate::display::keymap;
 pub mod pixel;
 mod server;
+pub mod tls;
 pub mod websocket;
 
 #[cfg(test)]
@@ -84,6 +85,12 @@ pub enum VncError {
     #[error("ClientCutText of {0} bytes exceeds the {CUT_TEXT_LIMIT}-byte limit")]
     CutTextTooLong(u32),
     /// The handshake did not finish in time.
+    #[error("VeNCrypt version {0}.{1} (troupe speaks 0.2)")]
+    VencryptVersion(u8, u8),
+    #[error("client chose VeNCrypt subtype {0}, not the one offered")]
+    VencryptSubtype(u32),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("handshake timed out")]
     HandshakeTimeout,
     /// Too many clients still handshaking: the oldest was dropped.
@@ -145,6 +152,8 @@ pub struct VncOptions {
     pub keymap: String,
     /// Most clients past the handshake at once (QEMU's default `connections=32`).
     pub max_clients: usize,
+    /// `tls-creds=`: VeNCrypt with these credentials (see [`tls::server_config`]).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl VncOptions {
@@ -161,6 +170,7 @@ impl VncOptions {
             name: "QEMU".into(),
             keymap: "en-us".into(),
             max_clients: 32,
+            tls: None,
         }
     }
 }

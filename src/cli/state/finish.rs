@@ -124,7 +124,20 @@ impl State {
                 Err(e) => return Err(invalid(&at, FileError::Open(host::os_error_text(&e)))),
             },
         };
-        if let Some(Some(v)) = &self.vnc {
+        if let Some(Some(v)) = &mut self.vnc {
+            if let Some(id) = &v.tls_creds {
+                let found = self.objects.iter().find_map(|(_, o)| match o {
+                    ObjectSpec::TlsCreds(t) if &t.id == id => Some(t.clone()),
+                    _ => None,
+                });
+                match found {
+                    Some(t) => v.tls = Some(t),
+                    None => {
+                        let at = format!("-vnc tls-creds={id}");
+                        return Err(invalid(&at, ObjectError::TlsCredsNotFound(id.clone())));
+                    }
+                }
+            }
             if let Some(a) = &v.audiodev {
                 if !self.audiodevs.contains(a) {
                     let at = format!("-vnc audiodev={a}");
