@@ -29,6 +29,10 @@ pub enum Plug {
     Netdev(String),
     /// `device_add`: a device, in the `-device` syntax.
     Device(String),
+    /// `blockdev-add`: one block node, its QMP arguments as a JSON object.
+    Blockdev(String),
+    /// HMP `drive_add`: an `if=none` drive, in the `-drive` syntax.
+    Drive(String),
 }
 
 /// Why a node could not be added or removed.
@@ -197,7 +201,8 @@ pub fn qom_path(n: &Node) -> String {
 }
 
 /// The guest ejected PCI slot `slot`: the hot-plugged device there leaves the tree and its
-/// teardown runs. Returns the removed node (None: nothing removable was there).
+/// teardown runs, then the `drive_add` drives it used ([`Node::auto_del`]) go too. Returns
+/// the removed node (None: nothing removable was there).
 pub(super) async fn ejected(
     registry: &Registry,
     tree: &mut DeviceTree,
@@ -210,7 +215,16 @@ pub(super) async fn ejected(
     else {
         return Ok(None);
     };
-    remove(registry, tree, &id).await.map(Some)
+    let gone = remove(registry, tree, &id).await?;
+    for b in &gone.uses {
+        if tree
+            .get(b)
+            .is_some_and(|n| n.auto_del && n.parent.is_none())
+        {
+            remove(registry, tree, b).await?;
+        }
+    }
+    Ok(Some(gone))
 }
 
 /// The `DEVICE_DELETED` events for removed device `n`, as QEMU sends them: a virtio
@@ -263,7 +277,7 @@ mod tests {
 
     impl Hotplug for Fake {
         fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
-            let (Plug::Netdev(id) | Plug::Device(id)) = what;
+            let (Plug::Netdev(id) | Plug::Device(id) | Plug::Blockdev(id) | Plug::Drive(id)) = what;
             if id == "bad" {
                 return Err("cannot open bad".into());
             }
