@@ -58,9 +58,8 @@ pub enum HotBlockError {
     Engine(#[from] actors::block::OpenError),
 }
 
-/// How long an image another engine of this VM just let go may stay locked by it: the
-/// engine closes the image (after writing back what it caches) once it sees its last
-/// handle gone.
+/// How long an engine whose last handle is gone may take to close its image (it writes
+/// back what it caches first).
 const HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One node added at run time.
@@ -109,28 +108,28 @@ fn drive_file(d: &DriveConfig) -> PathBuf {
     d.file.clone().unwrap_or_default()
 }
 
-/// Open drive `d`'s image, as the command line's drives are opened. `handover`: an
-/// engine of this VM on the same image was just dropped, and its lock is waited for
-/// (up to [`HANDOVER`]).
-fn open(
-    registry: &Registry,
-    d: &DriveConfig,
-    handover: bool,
-) -> Result<BlockHandle, HotBlockError> {
+/// Open drive `d`'s image, as the command line's drives are opened.
+fn open(registry: &Registry, d: &DriveConfig) -> Result<BlockHandle, HotBlockError> {
     let path = drive_file(d);
     if d.format == Some(ImageFormat::Qcow2) && !actors::block::is_qcow2(&path) {
         return Err(HotBlockError::NotQcow2);
     }
+    Ok(actors::block::open(
+        registry,
+        &d.id,
+        super::drive_options(d, path),
+    )?)
+}
+
+/// Let image `h` go and wait (up to [`HANDOVER`]) until its engine has closed it (what
+/// it caches written back, its locks gone), as QEMU has closed an image when
+/// `blockdev-del` returns: the same image may be opened again at once.
+fn close(h: BlockHandle) {
+    let image = h.activation();
+    drop(h);
     let deadline = std::time::Instant::now() + HANDOVER;
-    loop {
-        match actors::block::open(registry, &d.id, super::drive_options(d, path.clone())) {
-            Err(actors::block::OpenError::Locked(_))
-                if handover && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            r => return r.map_err(HotBlockError::from),
-        }
+    while image.is_active() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -300,17 +299,17 @@ pub fn blockdev_add(
         .ok_or_else(|| HotBlockError::NoSuchNode(node.name.clone()))?;
     // The format node opens the image its file node had open: that one closes first
     // (an image is locked by one engine at a time), and opens again if this one fails.
-    let handed_over = child
+    if let Some(h) = child
         .as_ref()
-        .is_some_and(|(i, _)| hot.added[*i].handle.take().is_some());
-    let handle = match open(registry, &drive, handed_over) {
+        .and_then(|(i, _)| hot.added[*i].handle.take())
+    {
+        close(h);
+    }
+    let handle = match open(registry, &drive) {
         Ok(h) => h,
         Err(e) => {
             if let Some((i, _)) = &child {
-                let reopened = hot.added[*i]
-                    .drive
-                    .as_ref()
-                    .map(|d| open(registry, d, true));
+                let reopened = hot.added[*i].drive.as_ref().map(|d| open(registry, d));
                 if let Some(Ok(h)) = reopened {
                     hot.added[*i].handle = Some(h);
                 }
@@ -378,12 +377,14 @@ fn remove(
     if let Some(d) = &gone.drive {
         lock_net(netdevs).drive_removed(&d.id);
     }
-    drop(gone);
+    if let Some(h) = gone.handle {
+        close(h);
+    }
     if let Some(i) = child.and_then(|c| hot.find(c)) {
         let Some(d) = hot.added[i].drive.clone() else {
             return Ok(());
         };
-        let h = open(registry, &d, true).map_err(|e| e.to_string())?;
+        let h = open(registry, &d).map_err(|e| e.to_string())?;
         hot.added[i].handle = Some(h);
         lock_net(netdevs).drive_added(d);
     }
@@ -407,7 +408,7 @@ pub fn drive_add(
         }
         other => HotBlockError::DriveAdd(other),
     })?;
-    let handle = open(registry, &drive, false)?;
+    let handle = open(registry, &drive)?;
     let node = Node::backend(BackendKind::Block, &drive.id, handle.format.name())
         .prop("file", format!("\"{}\"", handle.path.display()))
         .actor(&format!("blk-{}", drive.id))
