@@ -319,7 +319,8 @@ pub fn blockdev_add(
     };
     let mut tree_node = Node::backend(BackendKind::Block, &node.name, driver_name(&node))
         .prop("file", format!("\"{}\"", handle.path.display()))
-        .actor(&format!("blk-{}", drive.id));
+        .actor(&format!("blk-{}", drive.id))
+        .image(handle.activation());
     {
         let mut net = lock_net(netdevs);
         if let Some((i, _)) = &child {
@@ -412,6 +413,7 @@ pub fn drive_add(
     let node = Node::backend(BackendKind::Block, &drive.id, handle.format.name())
         .prop("file", format!("\"{}\"", handle.path.display()))
         .actor(&format!("blk-{}", drive.id))
+        .image(handle.activation())
         .auto_del();
     lock_net(netdevs).drive_added(drive.clone());
     let id = drive.id.clone();

@@ -473,4 +473,48 @@ mod tests {
         assert!(ejected(&r, &mut t, 2).await.unwrap().is_none());
         assert!(t.get("/machine/unattached/device[3]").is_some());
     }
+
+    #[tokio::test]
+    async fn a_drive_add_drive_goes_with_its_device_and_a_blockdev_node_stays() {
+        let r = Registry::new();
+        let mut t = DeviceTree::new();
+        t.insert(
+            Node::new("host", "i440FX-pcihost", crate::supervisor::SYSTEM_BUS)
+                .providing("pci.0", "PCI"),
+        )
+        .unwrap();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let counting = |n: Node| {
+            let c = closed.clone();
+            n.teardown(Teardown::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }))
+        };
+        t.insert(counting(
+            Node::backend(BackendKind::Block, "d1", "qcow2").auto_del(),
+        ))
+        .unwrap();
+        t.insert(counting(Node::backend(BackendKind::Block, "q1", "qcow2")))
+            .unwrap();
+        for (id, drive, slot) in [("vd1", "d1", 4), ("vd2", "q1", 5)] {
+            t.insert(counting(
+                Node::new(id, "virtio-blk-pci", "pci.0")
+                    .user()
+                    .uses(BackendKind::Block.id(drive))
+                    .with(crate::supervisor::Resource::PciFunction { slot, function: 0 }),
+            ))
+            .unwrap();
+        }
+        assert_eq!(t.get("/block/d1").unwrap().parent.as_deref(), Some("vd1"));
+        // The guest ejects both: the drive_add drive is closed with its device; the
+        // blockdev-add node is left, unused, for blockdev-del.
+        ejected(&r, &mut t, 4).await.unwrap().unwrap();
+        assert!(t.get("/block/d1").is_none());
+        assert_eq!(closed.load(Ordering::SeqCst), 2);
+        ejected(&r, &mut t, 5).await.unwrap().unwrap();
+        let q1 = t.get("/block/q1").unwrap();
+        assert_eq!(q1.parent, None);
+        assert_eq!(closed.load(Ordering::SeqCst), 3);
+    }
 }
