@@ -66,7 +66,9 @@ const HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
 struct Added {
     /// The parsed node (`blockdev-add`), or None for a `drive_add` drive.
     node: Option<BlockNode>,
-    /// Its drive, while it is a root node (a file node under a format node has none).
+    /// Its drive as a root node (flattened as the command line's `-blockdev` are). A file
+    /// node under a format node keeps it, out of the configuration, for when it is a root
+    /// again.
     drive: Option<DriveConfig>,
     /// The open image, while it is a root node.
     handle: Option<BlockHandle>,
@@ -268,10 +270,10 @@ pub fn blockdev_add(
             file: NodeRef::Named(c),
             ..
         } => {
-            let i = hot
+            let (i, cn) = hot
                 .find(c)
+                .and_then(|i| Some((i, hot.added[i].node.clone()?)))
                 .ok_or_else(|| HotBlockError::NoSuchNode(c.clone()))?;
-            let cn = hot.added[i].node.clone().unwrap_or_else(|| node.clone());
             if !matches!(cn.kind, NodeKind::File { .. }) {
                 return Err(HotBlockError::NotFileNode(c.clone()));
             }
@@ -324,9 +326,9 @@ pub fn blockdev_add(
     {
         let mut net = lock_net(netdevs);
         if let Some((i, _)) = &child {
-            if let Some(d) = hot.added[*i].drive.take() {
+            // The file node is no drive of its own while the format node uses it.
+            if let Some(d) = &hot.added[*i].drive {
                 net.drive_removed(&d.id);
-                hot.added[*i].drive = Some(d);
             }
             tree_node = tree_node.uses(BackendKind::Block.id(&nodes[0].name));
         }
