@@ -507,6 +507,7 @@ pub fn build(
         rt.handle().clone(),
         registry.clone(),
     );
+    let hot_block = crate::platform::hotblk::HotBlock::new();
     let coalesced: Arc<std::sync::OnceLock<Arc<actors::coalesced::CoalescedRing>>> = Arc::default();
     let mut devices = crate::platform::DeviceSet::build(crate::platform::PlatformParts {
         cfg,
@@ -566,6 +567,7 @@ pub fn build(
                 .map(|d| (d.drive.clone(), d.qdev.clone(), d.backend.clone()))
                 .collect(),
             registry: registry.clone(),
+            hot: hot_block.clone(),
         }),
         chipset: Arc::new(crate::monitor_info::PcChipset {
             kvm: kvm.clone(),
@@ -634,6 +636,8 @@ pub fn build(
     let cpu_type = hot_cpus.cpu_type.clone();
     supervisor.set_hotplug(Arc::new(crate::platform::hotnet::PcHotplug {
         netdevs,
+        block: hot_block,
+        registry: registry.clone(),
         pci: hot_pci,
         cpus: hot_cpus,
     }));

@@ -30,6 +30,8 @@ pub struct PcDrives {
     pub virtio_disks: Vec<(String, String, actors::block::BlockHandle)>,
     /// Where the images `change` opens list their threads.
     pub registry: actors::runtime::Registry,
+    /// Block nodes and virtio-blk devices added at run time.
+    pub hot: crate::platform::hotblk::SharedBlock,
 }
 
 /// The board, for the chipset actor.
@@ -67,7 +69,7 @@ fn ide_qdev(index: u32) -> String {
 
 /// One drive as the block queries show it.
 struct BlockDev<'a> {
-    drive: &'a DriveConfig,
+    drive: std::borrow::Cow<'a, DriveConfig>,
     /// The medium in it now (a CD-ROM's changes with `change`/`eject`).
     backend: Option<actors::block::BlockHandle>,
     qdev: String,
@@ -76,6 +78,8 @@ struct BlockDev<'a> {
     file_node: String,
     /// IDE position (0..4), for the tray.
     ide: Option<usize>,
+    /// A lone `file` node (`blockdev-add driver=file`): one node, the file itself.
+    lone_file: bool,
 }
 
 impl PcNet {
@@ -111,27 +115,74 @@ impl PcDrives {
             .filter_map(|d| d.index.map(|i| (i as usize, d)))
             .filter(|(i, _)| *i < 4)
             .map(|(i, d)| BlockDev {
-                drive: d,
+                drive: std::borrow::Cow::Borrowed(d),
                 backend: self.ide.backend(i),
                 qdev: d.device_id.clone().unwrap_or_else(|| ide_qdev(i as u32)),
                 node: node_name(d, 0, 100 + i),
                 file_node: node_name(d, 1, 300 + i),
                 ide: Some(i),
+                lone_file: false,
             })
             .collect();
         for (n, (id, qdev, b)) in self.virtio_disks.iter().enumerate() {
             if let Some(d) = self.drives.iter().find(|d| &d.id == id) {
                 v.push(BlockDev {
-                    drive: d,
+                    drive: std::borrow::Cow::Borrowed(d),
                     backend: Some(b.clone()),
                     qdev: qdev.clone(),
                     node: node_name(d, 0, 200 + n),
                     file_node: node_name(d, 1, 400 + n),
                     ide: None,
+                    lone_file: false,
+                });
+            }
+        }
+        // The virtio-blk devices plugged at run time, on a command-line drive or a node
+        // added at run time.
+        let hot = self.hot();
+        let base = 200 + self.virtio_disks.len();
+        for (n, (id, qdev, b)) in hot.disks().into_iter().enumerate() {
+            let d = self.drives.iter().find(|d| d.id == id).cloned();
+            if let Some(d) = d.or_else(|| hot.drive(&id)) {
+                v.push(BlockDev {
+                    node: node_name(&d, 0, base + n),
+                    file_node: node_name(&d, 1, base + 200 + n),
+                    drive: std::borrow::Cow::Owned(d),
+                    backend: Some(b),
+                    qdev,
+                    ide: None,
+                    lone_file: false,
                 });
             }
         }
         v
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, crate::platform::hotblk::HotBlock> {
+        self.hot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The nodes added at run time that no device uses (`query-named-block-nodes` lists
+    /// them; `query-block` lists devices).
+    fn unattached(&self) -> Vec<BlockDev<'_>> {
+        self.hot()
+            .unattached()
+            .into_iter()
+            .enumerate()
+            .map(|(n, (d, b, lone_file))| BlockDev {
+                node: node_name(&d, 0, 600 + n),
+                file_node: if lone_file {
+                    node_name(&d, 0, 600 + n)
+                } else {
+                    node_name(&d, 1, 700 + n)
+                },
+                drive: std::borrow::Cow::Owned(d),
+                backend: Some(b),
+                qdev: String::new(),
+                ide: None,
+                lone_file,
+            })
+            .collect()
     }
 }
 
@@ -159,7 +210,7 @@ fn node_name(d: &DriveConfig, which: u8, generated: usize) -> String {
 /// One node as `query-block`'s `inserted` and `query-named-block-nodes` show it: the
 /// format node (`drv` the image format) or, with `file_level`, the file under it.
 fn node_info(bd: &BlockDev<'_>, b: &actors::block::BlockHandle, file_level: bool) -> Value {
-    let d = bd.drive;
+    let d = &bd.drive;
     let file = b.path.display().to_string();
     let meta = std::fs::metadata(&file).ok();
     let actual = meta.as_ref().map(|m| {
@@ -348,12 +399,20 @@ impl DrivesService for PcDrives {
     }
 
     fn query_block(&self) -> Value {
+        // A `drive_add` drive no device uses yet is listed too (a `blockdev-add` node,
+        // which has no drive name, is not), as QEMU lists it: removable, no `qdev`.
+        let drives = self
+            .unattached()
+            .into_iter()
+            .filter(|bd| bd.drive.node_names.is_none());
         let list: Vec<Value> = self
             .block_devices()
             .into_iter()
+            .chain(drives)
             .map(|bd| {
-                let d = bd.drive;
+                let d = &bd.drive;
                 let cdrom = d.media == Media::Cdrom;
+                let loose = bd.qdev.is_empty();
                 let (tray_open, locked) = bd
                     .ide
                     .and_then(|i| self.ide.tray(i))
@@ -366,8 +425,14 @@ impl DrivesService for PcDrives {
                     "qdev": bd.qdev,
                     "type": "unknown",
                 });
-                if cdrom {
+                if cdrom || loose {
                     v["tray_open"] = json!(tray_open);
+                }
+                if loose {
+                    v["removable"] = json!(true);
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("qdev");
+                    }
                 }
                 if let Some(b) = &bd.backend {
                     v["inserted"] = node_info(&bd, b, false);
@@ -383,11 +448,16 @@ impl DrivesService for PcDrives {
         let list: Vec<Value> = self
             .block_devices()
             .into_iter()
-            .filter_map(|bd| {
-                let b = bd.backend.clone()?;
-                Some([node_info(&bd, &b, false), node_info(&bd, &b, true)])
+            .chain(self.unattached())
+            .flat_map(|bd| {
+                let Some(b) = bd.backend.clone() else {
+                    return Vec::new();
+                };
+                if bd.lone_file {
+                    return vec![node_info(&bd, &b, true)];
+                }
+                vec![node_info(&bd, &b, false), node_info(&bd, &b, true)]
             })
-            .flatten()
             .collect();
         Value::Array(list)
     }
@@ -405,7 +475,7 @@ impl DrivesService for PcDrives {
             .block_devices()
             .into_iter()
             .map(|bd| {
-                let d = bd.drive;
+                let d = &bd.drive;
                 let (rb, wb, ro, wo, fo, failed) = match bd.backend {
                     Some(b) => {
                         let s = &b.stats;

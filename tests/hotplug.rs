@@ -396,3 +396,196 @@ fn a_guest_writes_and_reads_back_a_hotplugged_virtio_blk_disk() {
     vm.expect_stdout("vblk: all checks passed", WAIT);
     assert_eq!(code(vm.wait(WAIT)), 1, "{}", vm.stdout.text());
 }
+
+/// A qcow2 image made by `qemu-img` from a raw one holding the virtio guest's pattern over
+/// `sectors` sectors with `seed` (byte `i` of sector `s` is `(s * 7 + i + seed) % 251`),
+/// then zeros up to 4 MiB.
+fn qcow2_with_pattern(dir: &TempDir, sectors: u64, seed: u64) -> std::path::PathBuf {
+    let raw = dir.path("pattern.raw");
+    let mut data: Vec<u8> = (0..sectors * 512)
+        .map(|o| (((o / 512) * 7 + o % 512 + seed) % 251) as u8)
+        .collect();
+    data.resize(4 << 20, 0);
+    std::fs::write(&raw, data).unwrap();
+    let img = dir.path("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    assert!(out.status.success(), "qemu-img: {out:?}");
+    img
+}
+
+/// The node names `query-named-block-nodes` lists, with their drivers.
+fn named_nodes(s: &mut Session) -> Vec<(String, String)> {
+    let r = s.ok("query-named-block-nodes", json!({}));
+    r.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node-name"].as_str().unwrap().to_string(),
+                n["drv"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_guest_reads_a_qcow2_disk_added_with_blockdev_add_and_device_add() {
+    let dir = TempDir::new("hotplug-blockdev");
+    let img = qcow2_with_pattern(&dir, 256, 5);
+    let (mut vm, mut s) = virtio_guest("op=verify sectors=256 seed=5 hotplug", &[]);
+    let file = img.display().to_string();
+    // A file node, then a qcow2 node over it, as libvirt adds them.
+    s.ok(
+        "blockdev-add",
+        json!({"driver": "file", "node-name": "f1", "filename": file, "auto-read-only": true, "discard": "unmap"}),
+    );
+    assert_eq!(named_nodes(&mut s), [("f1".into(), "file".into())]);
+    s.ok(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "q1", "file": "f1", "read-only": false}),
+    );
+    assert_eq!(
+        named_nodes(&mut s),
+        [("q1".into(), "qcow2".into()), ("f1".into(), "file".into())]
+    );
+    // Bad nodes: refused with QEMU's messages, nothing added.
+    let e = s.error(
+        "blockdev-add",
+        json!({"driver": "file", "node-name": "q1", "filename": file}),
+    );
+    assert_eq!(e, "Duplicate nodes with node-name='q1'");
+    let missing = dir.path("missing.qcow2").display().to_string();
+    let e = s.error(
+        "blockdev-add",
+        json!({"driver": "file", "node-name": "m", "filename": missing}),
+    );
+    assert_eq!(
+        e,
+        format!("Could not open '{missing}': No such file or directory")
+    );
+    let e = s.error(
+        "blockdev-add",
+        json!({"driver": "vvfat", "node-name": "v", "filename": file}),
+    );
+    assert!(e.contains("'vvfat'"), "{e}");
+    let e = s.error(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "q2", "file": "nowhere"}),
+    );
+    assert_eq!(e, "Cannot find device='nowhere' nor node-name='nowhere'");
+    let e = s.error("blockdev-del", json!({"node-name": "f1"}));
+    assert_eq!(e, "Block device f1 is in use");
+    let e = s.error("blockdev-del", json!({"node-name": "nowhere"}));
+    assert_eq!(e, "Failed to find node with node-name='nowhere'");
+    assert_eq!(named_nodes(&mut s).len(), 2);
+    // The disk: the guest reads the image's content through the qcow2 node.
+    s.ok(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "q1", "id": "disk1"}),
+    );
+    let blocks = s.ok("query-block", json!({}));
+    let disk = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["qdev"] == "/machine/peripheral/disk1/virtio-backend")
+        .unwrap_or_else(|| panic!("query-block lists the new disk: {blocks}"));
+    assert_eq!(disk["inserted"]["node-name"], "q1");
+    assert_eq!(disk["inserted"]["drv"], "qcow2");
+    let e = s.error(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "q1", "id": "disk2"}),
+    );
+    assert!(e.contains("'q1'") && e.contains("in use"), "{e}");
+    let e = s.error("blockdev-del", json!({"node-name": "q1"}));
+    assert_eq!(e, "Node q1 is in use");
+    let slot = s.slot_of("disk1").unwrap();
+    vm.expect_stdout(&format!("virtio: hotplugged slot={slot}"), WAIT);
+    vm.expect_stdout("vblk: verified 256 sectors", WAIT);
+    assert_eq!(code(vm.wait(WAIT)), 1, "{}", vm.stdout.text());
+}
+
+#[test]
+fn device_del_frees_a_blockdev_node_and_takes_its_drive_add_drive_along() {
+    let dir = TempDir::new("hotplug-drive-add");
+    let img = qcow2_with_pattern(&dir, 8, 0);
+    let file = img.display().to_string();
+    // Two disks come and go; the guest waits for a third.
+    let (mut vm, mut s) = start(3, &[]);
+    let node = json!({"driver": "qcow2", "node-name": "q1",
+                      "file": {"driver": "file", "filename": file}});
+    s.ok("blockdev-add", node.clone());
+    s.ok(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "q1", "id": "vd1"}),
+    );
+    vm.expect_nth(WAIT, "pcihp: up ", 1);
+    assert_eq!(
+        s.error("blockdev-del", json!({"node-name": "q1"})),
+        "Node q1 is in use"
+    );
+    s.ok("device_del", json!({"id": "vd1"}));
+    let want = json!({"device": "vd1", "path": "/machine/peripheral/vd1"});
+    s.wait_events("DEVICE_DELETED", |e| e.iter().any(|e| e["data"] == want));
+    // The node stays until blockdev-del, and then its image is free again.
+    assert_eq!(named_nodes(&mut s)[0], ("q1".into(), "qcow2".into()));
+    s.ok("blockdev-del", json!({"node-name": "q1"}));
+    assert_eq!(named_nodes(&mut s), []);
+    s.ok("blockdev-add", node);
+    s.ok("blockdev-del", json!({"node-name": "q1"}));
+
+    // HMP drive_add: the PCI address is QEMU's placeholder; bad input first.
+    assert_eq!(
+        s.hmp(&format!("drive_add {file},if=none,id=d1")),
+        "drive_add: string expected\r\nTry \"help drive_add\" for more information\r\n"
+    );
+    assert_eq!(
+        s.hmp(&format!("drive_add 0 file={file},if=virtio,id=d1")),
+        "Can't hot-add drive to type 7\r\n"
+    );
+    let missing = dir.path("missing.img").display().to_string();
+    assert_eq!(
+        s.hmp(&format!("drive_add 0 file={missing},if=none,id=d1")),
+        format!("Could not open '{missing}': No such file or directory\r\n")
+    );
+    let add = format!("drive_add 0 file={file},if=none,id=d1,format=qcow2");
+    assert_eq!(s.hmp(&add), "OK\r\n");
+    assert_eq!(s.hmp(&add), "Duplicate ID 'd1' for drive\r\n");
+    let info = s.hmp("info block");
+    assert!(
+        info.starts_with(&format!("d1 (#block600): {file} (qcow2)\r\n")),
+        "{info}"
+    );
+    // A drive_add drive is not a blockdev-add node.
+    assert_eq!(
+        s.error("blockdev-del", json!({"node-name": "d1"})),
+        "Failed to find node with node-name='d1'"
+    );
+    s.ok(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "d1", "id": "vd2"}),
+    );
+    vm.expect_nth(WAIT, "pcihp: up ", 2);
+    let e = s.error(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "drive": "d1", "id": "vd3"}),
+    );
+    assert!(e.contains("'d1'") && e.contains("in use"), "{e}");
+    s.ok("device_del", json!({"id": "vd2"}));
+    let want = json!({"device": "vd2", "path": "/machine/peripheral/vd2"});
+    s.wait_events("DEVICE_DELETED", |e| e.iter().any(|e| e["data"] == want));
+    // The drive went with its device, as in QEMU: its id and image are free.
+    assert_eq!(s.hmp("drive_del d1"), "Device 'd1' not found\r\n");
+    assert_eq!(s.ok("query-block", json!({})), json!([]));
+    assert_eq!(s.hmp(&add), "OK\r\n");
+    assert_eq!(s.hmp("drive_del d1"), "");
+    assert_eq!(s.hmp("info block"), "");
+    // The VM ran through all of it.
+    assert_eq!(s.ok("query-status", json!({}))["status"], "running");
+    quit(&mut vm, &mut s);
+}

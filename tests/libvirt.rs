@@ -1094,7 +1094,7 @@ fn virsh_save_restore_reboot_and_shutdown_a_guest_that_handles_the_power_button(
 }
 
 #[test]
-fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
+fn virsh_attach_and_detach_a_virtio_nic_and_disk_on_a_guest_that_ejects() {
     require_kvm();
     if Command::new("virsh").arg("--version").output().is_err() {
         eprintln!("SKIPPED: virsh is not installed (apt-get install libvirt-clients libvirt-daemon-system)");
@@ -1108,7 +1108,7 @@ fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
         sock,
         name,
         xml_path,
-    } = DirectDomain::new("lvhp", "th", "pcihp", "cycles=1 timeout=120");
+    } = DirectDomain::new("lvhp", "th", "pcihp", "cycles=3 timeout=120");
     let nic = dir.path("nic.xml");
     std::fs::write(
         &nic,
@@ -1136,7 +1136,8 @@ fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
         assert!(Instant::now() < deadline, "libvirt still lists the NIC");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // A disk needs `blockdev-add`, which troupe does not have yet: refused, naming it.
+    // A disk: libvirt adds a file node and a qcow2 node over it (`blockdev-add`), then
+    // the device on the format node; the guest sees a virtio-blk function arrive.
     let disk = dir.path("hot.qcow2");
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -1155,11 +1156,55 @@ fn virsh_attach_and_detach_a_virtio_nic_on_a_guest_that_ejects() {
         ),
     )
     .unwrap();
-    let (_, err) = v.run(&format!(
+    v.ok(&format!(
         "attach-device {name} {} --live",
         disk_xml.display()
     ));
-    assert!(err.contains("'blockdev-add'"), "{err}");
+    let (up, at) = serial.line_after(at, "pcihp: up slot=");
+    assert!(up.contains("vendor=1af4 device=1001"), "{up}");
+    let disks = v.ok(&format!("domblklist {name}"));
+    assert!(
+        disks.contains("vdb") && disks.contains(&disk.display().to_string()),
+        "{disks}"
+    );
+    // detach: `device_del`, the guest ejects, then libvirt deletes both nodes
+    // (`blockdev-del`), which closes the image: another process may write (resize) it.
+    v.ok(&format!(
+        "detach-device {name} {} --live",
+        disk_xml.display()
+    ));
+    let (_, at) = serial.line_after(at, "pcihp: ejected slot=");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while v.ok(&format!("domblklist {name}")).contains("vdb") {
+        assert!(Instant::now() < deadline, "libvirt still lists the disk");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("qemu-img")
+            .args(["resize", "-q"])
+            .arg(&disk)
+            .arg("32M")
+            .output()
+            .expect("qemu-img");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the image is still locked after detach: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `virsh attach-disk`: the same path from virsh's own options.
+    v.ok(&format!(
+        "attach-disk {name} {} vdc --driver qemu --subdriver qcow2 --targetbus virtio --live",
+        disk.display()
+    ));
+    let (up, _) = serial.line_after(at, "pcihp: up slot=");
+    assert!(up.contains("vendor=1af4 device=1001"), "{up}");
+    let disks = v.ok(&format!("domblklist {name}"));
+    assert!(disks.contains("vdc"), "{disks}");
     v.ok(&format!("destroy {name}"));
     v.ok(&format!("undefine {name}"));
     v.r.send(b"quit\n");

@@ -9,7 +9,7 @@ use super::netdev::{self, NetdevError};
 use super::options::{is_help, Opts};
 use super::{invalid, CliError};
 use crate::config::{
-    CharBackend, Chardev, DeviceConfig, DeviceKind, NetdevConfig, NetdevKind, VmConfig,
+    CharBackend, Chardev, DeviceConfig, DeviceKind, DriveConfig, NetdevConfig, NetdevKind, VmConfig,
 };
 
 /// What `device_add` asked for.
@@ -148,4 +148,63 @@ fn chardev_uses(config: &VmConfig) -> Vec<chardev::Use> {
             id,
         })
         .collect()
+}
+
+pub use super::drive::{resolve_blockdevs, BlockNode, DriveError, NodeKind, NodeRef};
+
+/// `blockdev-add`'s arguments (a JSON object, as `-blockdev` takes them): one block node,
+/// parsed by the command line's `-blockdev` parser.
+pub fn parse_blockdev_add(json: &str) -> Result<BlockNode, DriveError> {
+    let opts = Opts::from_json(json)?;
+    super::drive::parse_blockdev(opts)
+}
+
+/// `drive_add`'s options (the `-drive` syntax): an `if=none` drive, parsed and its image
+/// checked as the command line does; `taken` are the drive ids and node names in use.
+/// Only `if=none` can be added (QEMU's PC cannot hot-add IDE or `if=virtio` drives).
+pub fn parse_drive_add(spec: &str, taken: &[String]) -> Result<DriveConfig, DriveAddError> {
+    let opts = Opts::parse(spec, None).map_err(DriveError::from)?;
+    let d = super::drive::parse_drive(opts)?;
+    if d.interface != crate::config::DriveInterface::None {
+        // QEMU's BlockInterfaceType numbers: IF_IDE 1, IF_VIRTIO 7.
+        let n = match d.interface {
+            crate::config::DriveInterface::Ide => 1,
+            _ => 7,
+        };
+        return Err(DriveAddError::Interface(n));
+    }
+    // The next free `noneN` for a drive without id=, as QEMU numbers them.
+    let mut d = d;
+    if d.id.is_none() {
+        let free = (0..)
+            .map(|n| format!("none{n}"))
+            .find(|id| !taken.contains(id))
+            .unwrap_or_default();
+        d.id = Some(free);
+    }
+    if let Some(id) = d.id.as_ref().filter(|id| taken.contains(id)) {
+        return Err(DriveAddError::Duplicate(id.clone()));
+    }
+    let mut drives = super::drive::assign(std::slice::from_ref(&d), false).map_err(|(_, e)| e)?;
+    Ok(drives.remove(0))
+}
+
+/// The `file=` of `drive_add`'s options (for messages about it).
+pub fn drive_add_file(spec: &str) -> std::path::PathBuf {
+    Opts::parse(spec, None)
+        .ok()
+        .and_then(|o| o.peek("file").map(std::path::PathBuf::from))
+        .unwrap_or_default()
+}
+
+/// Why `drive_add` refused its options.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriveAddError {
+    #[error(transparent)]
+    Drive(#[from] DriveError),
+    /// Not `if=none` (QEMU's interface number).
+    #[error("Can't hot-add drive to type {0}")]
+    Interface(u32),
+    #[error("Duplicate ID '{0}' for drive")]
+    Duplicate(String),
 }

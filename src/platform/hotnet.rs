@@ -113,6 +113,16 @@ impl HotNetdevs {
         self.hot_nics.retain(|(d, _)| d != id);
     }
 
+    /// A drive added at run time (`blockdev-add`, `drive_add`): `device_add` may use it.
+    pub fn drive_added(&mut self, d: crate::config::DriveConfig) {
+        self.config.drives.push(d);
+    }
+
+    /// Drive `id` added at run time is gone (or became another node's file).
+    pub fn drive_removed(&mut self, id: &str) {
+        self.config.drives.retain(|d| d.id != id);
+    }
+
     /// The NICs plugged at run time.
     pub fn hot_nics(&self) -> impl Iterator<Item = &Nic> {
         self.hot_nics.iter().map(|(_, n)| n)
@@ -275,6 +285,10 @@ fn netdev_desc(nd: &NetdevConfig) -> String {
 /// builds a PCI device ([`super::hotpci`]).
 pub struct PcHotplug {
     pub netdevs: SharedNetdevs,
+    /// Block nodes added at run time (`blockdev-add`, `drive_add`).
+    pub block: super::hotblk::SharedBlock,
+    /// Where the images those nodes open list their threads.
+    pub registry: actors::runtime::Registry,
     pub pci: Arc<super::hotpci::HotPci>,
     pub cpus: Arc<super::cpuhp::HotCpus>,
 }
@@ -313,7 +327,15 @@ impl Hotplug for PcHotplug {
                 if super::cpuhp::HotCpus::is_cpu_driver(driver) {
                     return self.cpus.plug(spec, tree);
                 }
-                self.pci.plug(spec, tree, &self.netdevs)
+                self.pci.plug(spec, tree, &self.netdevs, &self.block)
+            }
+            Plug::Blockdev(json) => {
+                super::hotblk::blockdev_add(json, tree, &self.block, &self.netdevs, &self.registry)
+                    .map_err(|e| e.to_string())
+            }
+            Plug::Drive(spec) => {
+                super::hotblk::drive_add(spec, &self.block, &self.netdevs, &self.registry)
+                    .map_err(|e| e.to_string())
             }
             Plug::Netdev(spec) => {
                 let (nd, desc) = lock(&self.netdevs).add(spec)?;

@@ -27,6 +27,7 @@ use devices::virtio::pci::{VirtioPci, LEGACY_BAR, MODERN_BAR, MSIX_BAR};
 use devices::virtio::rng::Rng;
 use devices::virtio::VirtioDeviceModel;
 
+use super::hotblk::SharedBlock;
 use super::hotnet::SharedNetdevs;
 use super::nic::{Nic, NicKind};
 use super::pci::{BarTarget, PciPlatform};
@@ -76,6 +77,8 @@ struct Built {
     name: String,
     vectors: Option<Vectors>,
     nic: Option<Nic>,
+    /// A disk's image (for `query-block`).
+    disk: Option<actors::block::BlockHandle>,
 }
 
 /// The tree's anonymous id for the next device without `id=`.
@@ -133,6 +136,7 @@ impl HotPci {
         spec: &str,
         tree: &DeviceTree,
         netdevs: &SharedNetdevs,
+        block: &SharedBlock,
     ) -> Result<Node, String> {
         let config = lock(netdevs).config().clone();
         let d = match parse_device_add(spec, &config).map_err(|e| e.to_string())? {
@@ -183,7 +187,21 @@ impl HotPci {
             .intx_router(&self.registry, self.kvm.vm.clone())
             .map_err(|e| format!("PCI INTx irqfds: {e}"))?;
         let irq = self.pci.intx(&router, slot.0, 1);
-        let built = self.build(&d, &id, slot, netdevs, &config, &irq)?;
+        let drive = match &d.kind {
+            DeviceKind::VirtioBlk { drive, .. } => Some(drive.clone()),
+            _ => None,
+        };
+        if let Some(dr) = &drive {
+            if let Some(user) = tree
+                .get(&BackendKind::Block.id(dr))
+                .and_then(|b| b.parent.clone())
+            {
+                return Err(format!(
+                    "Drive '{dr}' is already in use by another device ('{user}')"
+                ));
+            }
+        }
+        let built = self.build(&d, &id, slot, (netdevs, block), &config, &irq)?;
         let mut node = tree::pci_node(id.clone(), driver, slot)
             .prop("addr", format!("{:02x}.{:x}", slot.0, slot.1))
             .actor(&built.name);
@@ -196,8 +214,18 @@ impl HotPci {
             }
             node = node.prop("netdev", format!("\"{n}\""));
         }
-        if let DeviceKind::VirtioBlk { drive, .. } = &d.kind {
-            node = node.prop("drive", format!("\"{drive}\""));
+        if let Some(dr) = &drive {
+            if tree.get(&BackendKind::Block.id(dr)).is_some() {
+                node = node.uses(BackendKind::Block.id(dr));
+            }
+            node = node.prop("drive", format!("\"{dr}\""));
+        }
+        let qdev = format!(
+            "{}/virtio-backend",
+            actors::supervisor::hotplug::qom_path(&node)
+        );
+        if let (Some(dr), Some(b)) = (&drive, &built.disk) {
+            lock_block(block).disk_added(dr, &qdev, b.clone());
         }
         if let Some((v, gsis)) = &built.vectors {
             node = node
@@ -227,6 +255,7 @@ impl HotPci {
         node = tree::placed(&self.pci, node);
         let me = self.clone();
         let shared = netdevs.clone();
+        let blocks = block.clone();
         let running = built.running;
         let dev_id = id.clone();
         node = node.teardown(Teardown::new(move || {
@@ -235,6 +264,7 @@ impl HotPci {
             running.stop();
             irq.set_level(false);
             lock(&shared).device_removed(&dev_id);
+            lock_block(&blocks).disk_removed(&qdev);
             Ok(())
         }));
         let mut d = d;
@@ -252,7 +282,7 @@ impl HotPci {
         d: &DeviceConfig,
         id: &str,
         slot: Slot,
-        netdevs: &SharedNetdevs,
+        (netdevs, block): (&SharedNetdevs, &SharedBlock),
         config: &crate::config::VmConfig,
         irq: &Arc<dyn devices::IrqLine>,
     ) -> Result<Built, String> {
@@ -272,6 +302,7 @@ impl HotPci {
                     name,
                     vectors: Some(v),
                     nic: None,
+                    disk: None,
                 })
             }
             DeviceKind::VirtioBlk {
@@ -291,9 +322,17 @@ impl HotPci {
                     .file
                     .clone()
                     .ok_or_else(|| format!("drive '{drive}' has no medium"))?;
-                let backend =
-                    actors::block::open(&self.registry, drive, super::drive_options(dc, path))
-                        .map_err(|e| format!("drive '{drive}': {e}"))?;
+                // A node added at run time is open already; a command-line drive no
+                // device used opens now.
+                let held = lock_block(block).handle(drive);
+                let backend = match held {
+                    Some(b) => b,
+                    None => {
+                        actors::block::open(&self.registry, drive, super::drive_options(dc, path))
+                            .map_err(|e| format!("drive '{drive}': {e}"))?
+                    }
+                };
+                let disk = Some(backend.clone());
                 let bcfg = super::virtio::blk_config(&backend, *num_queues, serial.as_deref(), dc);
                 let name = self.name("virtio-blk");
                 let worker = BlkWorker::new(backend, bcfg.clone());
@@ -310,6 +349,7 @@ impl HotPci {
                     name,
                     vectors: Some(v),
                     nic: None,
+                    disk,
                 })
             }
             DeviceKind::Nic {
@@ -377,6 +417,7 @@ impl HotPci {
                             name,
                             vectors: Some(v),
                             nic: Some(nic),
+                            disk: None,
                         })
                     }
                     NicModel::E1000 => {
@@ -422,6 +463,7 @@ impl HotPci {
                             name,
                             vectors: None,
                             nic: Some(nic),
+                            disk: None,
                         })
                     }
                 }
@@ -484,4 +526,8 @@ impl HotPci {
 
 fn lock(n: &SharedNetdevs) -> std::sync::MutexGuard<'_, super::hotnet::HotNetdevs> {
     n.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_block(b: &SharedBlock) -> std::sync::MutexGuard<'_, super::hotblk::HotBlock> {
+    b.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -31,6 +31,7 @@ use pci::{GpePort, PciPlatform};
 
 pub mod cpuhp;
 pub mod fw_cfg;
+pub mod hotblk;
 pub mod hotnet;
 pub mod hotpci;
 pub mod nic;

@@ -163,6 +163,7 @@ const COMMANDS: &[(&str, &[Param])] = &[
         "blockdev-add",
         &[("driver", Ty::Str, true), ("*", Ty::Any, false)],
     ),
+    ("blockdev-del", &[("node-name", Ty::Str, true)]),
     (
         "migrate",
         &[
@@ -512,6 +513,63 @@ pub async fn device_del(
     ctx.supervisor.unplug_device(id).await
 }
 
+/// `blockdev-del NODE`: a node `blockdev-add` made leaves the tree (its image closes), if
+/// no device and no other node uses it; QEMU's messages otherwise.
+pub async fn blockdev_del(ctx: &MonitorContext, name: &str) -> Result<(), CmdError> {
+    use crate::supervisor::BackendKind;
+    let tree = ctx.supervisor.tree().await.map_err(actor_gone)?;
+    let id = BackendKind::Block.id(name);
+    // A `drive_add` drive's node-name is generated (`#blockN`): not found by its id.
+    let node = tree
+        .get(&id)
+        .filter(|n| !n.auto_del)
+        .ok_or_else(|| CmdError::generic(format!("Failed to find node with node-name='{name}'")))?;
+    if let Some(user) = node.parent.as_deref().and_then(|p| tree.get(p)) {
+        return Err(CmdError::generic(if user.backend.is_some() {
+            format!("Block device {name} is in use")
+        } else {
+            format!("Node {name} is in use")
+        }));
+    }
+    if node.teardown.is_none() {
+        return Err(CmdError::generic(format!(
+            "Node {name} is not owned by the monitor"
+        )));
+    }
+    ctx.supervisor
+        .remove_node(&id)
+        .await
+        .map_err(|e| CmdError::Generic(e.to_string()))
+}
+
+/// HMP `drive_add` (`OPTS` in the `-drive` syntax; only `if=none`) and `drive_del ID` of
+/// such a drive while no device uses it. Err is the message to show.
+pub async fn drive_change(ctx: &MonitorContext, add: bool, arg: String) -> Result<(), String> {
+    use crate::supervisor::{BackendKind, Plug};
+    if add {
+        return ctx
+            .supervisor
+            .add_node(Plug::Drive(arg))
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let tree = ctx.supervisor.tree().await.map_err(|e| e.to_string())?;
+    let id = BackendKind::Block.id(&arg);
+    let node = tree
+        .get(&id)
+        .filter(|n| n.auto_del)
+        .ok_or_else(|| format!("Device '{arg}' not found"))?;
+    if let Some(user) = &node.parent {
+        return Err(format!(
+            "drive '{arg}' is in use by '{user}': troupe cannot take a drive from a running device yet (device_del removes the drive with it)"
+        ));
+    }
+    ctx.supervisor
+        .remove_node(&id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A removable-media operation through the drives actor.
 pub async fn media(ctx: &MonitorContext, target: MediaTarget, op: MediaOp) -> Result<(), CmdError> {
     ctx.drives.media(target, op).await
@@ -522,10 +580,6 @@ fn media_target(args: &Map<String, Value>) -> MediaTarget {
         device: s(args, "device").map(str::to_string),
         id: s(args, "id").map(str::to_string),
     }
-}
-
-fn not_available(what: &str) -> CmdError {
-    CmdError::generic(format!("{what} is not available yet in troupe"))
 }
 
 fn actor_gone<E: std::fmt::Display>(e: E) -> CmdError {
@@ -809,7 +863,19 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
                 .map_err(CmdError::Generic)?;
             Ok(json!({}))
         }
-        "blockdev-add" => Err(not_available("blockdev-add")),
+        "blockdev-add" => {
+            ctx.supervisor
+                .add_node(crate::supervisor::Plug::Blockdev(
+                    Value::Object(args.clone()).to_string(),
+                ))
+                .await
+                .map_err(|e| CmdError::Generic(e.to_string()))?;
+            Ok(json!({}))
+        }
+        "blockdev-del" => {
+            blockdev_del(ctx, s(args, "node-name").unwrap_or_default()).await?;
+            Ok(json!({}))
+        }
         // A QMP session over a Unix socket answers `getfd` itself (it holds what was
         // passed); anywhere else no descriptor can have come with the command.
         "getfd" => ctx

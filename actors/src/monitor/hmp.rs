@@ -88,6 +88,12 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "save a VM snapshot. If no tag is provided, a new snapshot is created",
     ),
     ("device_del", "device", "remove device"),
+    (
+        "drive_add",
+        "[-n] [[<domain>:]<bus>:]<slot>\n[file=file][,if=type][,bus=n]\n[,unit=m][,media=d][,index=i]\n[,snapshot=on|off][,cache=on|off]\n[,readonly=on|off][,copy-on-read=on|off]",
+        "add drive to PCI storage controller",
+    ),
+    ("drive_del", "device", "remove host block device"),
     ("eject", "[-f] device", "eject a removable medium (use -f to force it)"),
     (
         "expire_password",
@@ -527,6 +533,29 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
         "hostfwd_add" | "hostfwd_remove" => {
             match ctx.net.hostfwd(&rest, canonical == "hostfwd_add").await {
                 Ok(t) => t,
+                Err(e) => format!("{e}\n"),
+            }
+        }
+        "drive_add" => {
+            // QEMU's PCI address argument is a placeholder on the PC (the drive is
+            // if=none and a later device_add places it); `-n` is accepted the same.
+            let args: Vec<&str> = rest.iter().copied().filter(|a| *a != "-n").collect();
+            match args.as_slice() {
+                [_addr, opts] => {
+                    match crate::monitor::commands::drive_change(ctx, true, opts.to_string()).await
+                    {
+                        Ok(()) => "OK\n".into(),
+                        Err(e) => format!("{e}\n"),
+                    }
+                }
+                _ => "drive_add: string expected\nTry \"help drive_add\" for more information\n"
+                    .into(),
+            }
+        }
+        "drive_del" => {
+            let arg = rest.first().copied().unwrap_or_default().to_string();
+            match crate::monitor::commands::drive_change(ctx, false, arg).await {
+                Ok(()) => String::new(),
                 Err(e) => format!("{e}\n"),
             }
         }

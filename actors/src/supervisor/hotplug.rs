@@ -29,6 +29,10 @@ pub enum Plug {
     Netdev(String),
     /// `device_add`: a device, in the `-device` syntax.
     Device(String),
+    /// `blockdev-add`: one block node, its QMP arguments as a JSON object.
+    Blockdev(String),
+    /// HMP `drive_add`: an `if=none` drive, in the `-drive` syntax.
+    Drive(String),
 }
 
 /// Why a node could not be added or removed.
@@ -197,7 +201,8 @@ pub fn qom_path(n: &Node) -> String {
 }
 
 /// The guest ejected PCI slot `slot`: the hot-plugged device there leaves the tree and its
-/// teardown runs. Returns the removed node (None: nothing removable was there).
+/// teardown runs, then the `drive_add` drives it used ([`Node::auto_del`]) go too. Returns
+/// the removed node (None: nothing removable was there).
 pub(super) async fn ejected(
     registry: &Registry,
     tree: &mut DeviceTree,
@@ -210,7 +215,16 @@ pub(super) async fn ejected(
     else {
         return Ok(None);
     };
-    remove(registry, tree, &id).await.map(Some)
+    let gone = remove(registry, tree, &id).await?;
+    for b in &gone.uses {
+        if tree
+            .get(b)
+            .is_some_and(|n| n.auto_del && n.parent.is_none())
+        {
+            remove(registry, tree, b).await?;
+        }
+    }
+    Ok(Some(gone))
 }
 
 /// The `DEVICE_DELETED` events for removed device `n`, as QEMU sends them: a virtio
@@ -263,7 +277,7 @@ mod tests {
 
     impl Hotplug for Fake {
         fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
-            let (Plug::Netdev(id) | Plug::Device(id)) = what;
+            let (Plug::Netdev(id) | Plug::Device(id) | Plug::Blockdev(id) | Plug::Drive(id)) = what;
             if id == "bad" {
                 return Err("cannot open bad".into());
             }
@@ -458,5 +472,49 @@ mod tests {
         // The VGA's slot is not the guest's to eject.
         assert!(ejected(&r, &mut t, 2).await.unwrap().is_none());
         assert!(t.get("/machine/unattached/device[3]").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_drive_add_drive_goes_with_its_device_and_a_blockdev_node_stays() {
+        let r = Registry::new();
+        let mut t = DeviceTree::new();
+        t.insert(
+            Node::new("host", "i440FX-pcihost", crate::supervisor::SYSTEM_BUS)
+                .providing("pci.0", "PCI"),
+        )
+        .unwrap();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let counting = |n: Node| {
+            let c = closed.clone();
+            n.teardown(Teardown::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }))
+        };
+        t.insert(counting(
+            Node::backend(BackendKind::Block, "d1", "qcow2").auto_del(),
+        ))
+        .unwrap();
+        t.insert(counting(Node::backend(BackendKind::Block, "q1", "qcow2")))
+            .unwrap();
+        for (id, drive, slot) in [("vd1", "d1", 4), ("vd2", "q1", 5)] {
+            t.insert(counting(
+                Node::new(id, "virtio-blk-pci", "pci.0")
+                    .user()
+                    .uses(BackendKind::Block.id(drive))
+                    .with(crate::supervisor::Resource::PciFunction { slot, function: 0 }),
+            ))
+            .unwrap();
+        }
+        assert_eq!(t.get("/block/d1").unwrap().parent.as_deref(), Some("vd1"));
+        // The guest ejects both: the drive_add drive is closed with its device; the
+        // blockdev-add node is left, unused, for blockdev-del.
+        ejected(&r, &mut t, 4).await.unwrap().unwrap();
+        assert!(t.get("/block/d1").is_none());
+        assert_eq!(closed.load(Ordering::SeqCst), 2);
+        ejected(&r, &mut t, 5).await.unwrap().unwrap();
+        let q1 = t.get("/block/q1").unwrap();
+        assert_eq!(q1.parent, None);
+        assert_eq!(closed.load(Ordering::SeqCst), 3);
     }
 }

@@ -212,6 +212,9 @@ pub struct Node {
     pub teardown: Option<Teardown>,
     /// A drive's image: how a migration hands it over (block backends only).
     pub image: Option<crate::block::activation::Activation>,
+    /// A drive `drive_add` made: it goes with the device that used it (QEMU deletes such
+    /// drives with their device), where a `blockdev-add` node stays for `blockdev-del`.
+    pub auto_del: bool,
 }
 
 impl std::fmt::Debug for dyn Placement {
@@ -238,6 +241,7 @@ impl Node {
             placement: None,
             teardown: None,
             image: None,
+            auto_del: false,
         }
     }
 
@@ -281,6 +285,12 @@ impl Node {
 
     pub fn teardown(mut self, t: Teardown) -> Self {
         self.teardown = Some(t);
+        self
+    }
+
+    /// A drive that is removed with the device that used it ([`Node::auto_del`]).
+    pub fn auto_del(mut self) -> Self {
+        self.auto_del = true;
         self
     }
 

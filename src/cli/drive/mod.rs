@@ -17,7 +17,7 @@ use super::host::{check_readable, check_writable, FileError};
 use super::options::{Opts, OptsError};
 use crate::config::{AioMode, CacheMode, DriveConfig, DriveInterface, ImageFormat, Media};
 
-pub use blockdev::{parse_blockdev, resolve_blockdevs, BlockNode};
+pub use blockdev::{parse_blockdev, resolve_blockdevs, BlockNode, NodeKind, NodeRef};
 
 /// IDE buses × units on the PIIX controller.
 const IDE_SLOTS: u32 = 4;

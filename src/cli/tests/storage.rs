@@ -210,3 +210,50 @@ fn json_device_and_blockdev_arguments_mean_what_their_option_strings_mean() {
         .err(&["-device", r#"{"driver": "#])
         .starts_with(r#"-device {"driver": : invalid JSON object: "#));
 }
+
+#[test]
+fn drive_add_takes_if_none_drives_with_the_drive_rules() {
+    use crate::cli::hotplug::{parse_drive_add, DriveAddError};
+    let disk = TempFile::new(1 << 20);
+    let d = parse_drive_add(
+        &format!("file={},if=none,id=d1,format=qcow2,cache=none", disk.s()),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (d.id.as_str(), d.interface, d.format, d.cache),
+        (
+            "d1",
+            DriveInterface::None,
+            Some(ImageFormat::Qcow2),
+            CacheMode::None
+        )
+    );
+    // No id: the next free noneN.
+    let taken = ["none0".to_string()];
+    let d = parse_drive_add(&format!("file={},if=none", disk.s()), &taken).unwrap();
+    assert_eq!(d.id, "none1");
+    assert_eq!(
+        parse_drive_add(&format!("file={},if=none,id=none0", disk.s()), &taken),
+        Err(DriveAddError::Duplicate("none0".into()))
+    );
+    // QEMU's interface numbers: the PC hot-adds if=none only.
+    assert_eq!(
+        parse_drive_add(&format!("file={},if=virtio", disk.s()), &[]),
+        Err(DriveAddError::Interface(7))
+    );
+    assert_eq!(
+        parse_drive_add(&format!("file={}", disk.s()), &[]),
+        Err(DriveAddError::Interface(1))
+    );
+    assert_eq!(
+        parse_drive_add("file=/nonexistent/x.img,if=none", &[])
+            .unwrap_err()
+            .to_string(),
+        "could not open: No such file or directory"
+    );
+    assert!(parse_drive_add("if=none,id=e,colour=red", &[])
+        .unwrap_err()
+        .to_string()
+        .contains("colour"));
+}
