@@ -28,6 +28,7 @@ pub mod rtc;
 pub mod serial;
 pub mod state;
 pub mod terminal;
+pub mod usb;
 pub mod vga;
 pub mod virtio;
 
@@ -227,6 +228,7 @@ mod tests {
             <virtio::input::Tablet as Snapshot>::KIND,
             <virtio::net::Net as Snapshot>::KIND,
             <virtio::rng::Rng as Snapshot>::KIND,
+            <usb::uhci::Uhci as Snapshot>::KIND,
         ];
         let mut seen = std::collections::BTreeSet::new();
         for k in kinds {
