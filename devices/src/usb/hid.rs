@@ -66,6 +66,14 @@ impl HidKind {
         }
     }
 
+    fn serial_string(self) -> u8 {
+        match self {
+            HidKind::Mouse => STR_SERIAL_MOUSE,
+            HidKind::Tablet => STR_SERIAL_TABLET,
+            HidKind::Keyboard => STR_SERIAL_KEYBOARD,
+        }
+    }
+
     fn config_string(self) -> u8 {
         match self {
             HidKind::Mouse => STR_CONFIG_MOUSE,
@@ -87,14 +95,17 @@ impl HidKind {
 pub const VENDOR: u16 = 0x0627;
 pub const PRODUCT: u16 = 0x0001;
 
+// String indexes, as QEMU 7.2's HID devices number them.
 const STR_MANUFACTURER: u8 = 1;
 const STR_PRODUCT_MOUSE: u8 = 2;
 const STR_PRODUCT_TABLET: u8 = 3;
 const STR_PRODUCT_KEYBOARD: u8 = 4;
-const STR_SERIAL: u8 = 5;
 const STR_CONFIG_MOUSE: u8 = 6;
 const STR_CONFIG_TABLET: u8 = 7;
 const STR_CONFIG_KEYBOARD: u8 = 8;
+const STR_SERIAL_MOUSE: u8 = 9;
+const STR_SERIAL_TABLET: u8 = 10;
+const STR_SERIAL_KEYBOARD: u8 = 11;
 
 fn string(index: u8) -> Option<&'static str> {
     Some(match index {
@@ -102,7 +113,9 @@ fn string(index: u8) -> Option<&'static str> {
         STR_PRODUCT_MOUSE => "QEMU USB Mouse",
         STR_PRODUCT_TABLET => "QEMU USB Tablet",
         STR_PRODUCT_KEYBOARD => "QEMU USB Keyboard",
-        STR_SERIAL => "42",
+        STR_SERIAL_MOUSE => "89126",
+        STR_SERIAL_TABLET => "28754",
+        STR_SERIAL_KEYBOARD => "68284",
         STR_CONFIG_MOUSE => "HID Mouse",
         STR_CONFIG_TABLET => "HID Tablet",
         STR_CONFIG_KEYBOARD => "HID Keyboard",
@@ -111,7 +124,7 @@ fn string(index: u8) -> Option<&'static str> {
 }
 
 // Report descriptor items (HID 1.11 §6.2.2.4-7): each line is one item.
-// Mouse: 3 buttons, 5 bits padding, X/Y/wheel as 8-bit signed relative values.
+// Mouse: 5 buttons, 3 bits padding, X/Y/wheel as 8-bit signed relative values.
 const MOUSE_REPORT: &[u8] = &[
     0x05, 0x01, // usage page: generic desktop
     0x09, 0x02, // usage: mouse
@@ -120,14 +133,14 @@ const MOUSE_REPORT: &[u8] = &[
     0xa1, 0x00, //   collection: physical
     0x05, 0x09, //     usage page: buttons
     0x19, 0x01, //     usage minimum 1
-    0x29, 0x03, //     usage maximum 3
+    0x29, 0x05, //     usage maximum 5
     0x15, 0x00, //     logical minimum 0
     0x25, 0x01, //     logical maximum 1
-    0x95, 0x03, //     report count 3
+    0x95, 0x05, //     report count 5
     0x75, 0x01, //     report size 1
     0x81, 0x02, //     input: data, variable, absolute
     0x95, 0x01, //     report count 1
-    0x75, 0x05, //     report size 5
+    0x75, 0x03, //     report size 3
     0x81, 0x01, //     input: constant
     0x05, 0x01, //     usage page: generic desktop
     0x09, 0x30, //     usage: X
@@ -145,7 +158,7 @@ const MOUSE_REPORT: &[u8] = &[
 // Tablet: 3 buttons, padding, X/Y as 16-bit absolute values 0..0x7fff, a relative wheel.
 const TABLET_REPORT: &[u8] = &[
     0x05, 0x01, // usage page: generic desktop
-    0x09, 0x01, // usage: pointer
+    0x09, 0x02, // usage: mouse
     0xa1, 0x01, // collection: application
     0x09, 0x01, //   usage: pointer
     0xa1, 0x00, //   collection: physical
@@ -385,7 +398,7 @@ impl HidDevice {
         self.input.dx = 0;
         self.input.dy = 0;
         self.input.dz = 0;
-        self.input.changed = true;
+        self.input.changed = false;
     }
 
     // ---- input ----
@@ -499,7 +512,7 @@ impl HidDevice {
             18,
             DT_DEVICE,
             0x00,
-            0x01, // bcdUSB 1.0, as QEMU's full-speed HID devices
+            0x02, // bcdUSB 2.0, as QEMU's HID devices say
             0,
             0,
             0,
@@ -512,13 +525,14 @@ impl HidDevice {
             0, // bcdDevice
             STR_MANUFACTURER,
             self.kind.product_string(),
-            STR_SERIAL,
+            self.kind.serial_string(),
             1, // bNumConfigurations
         ]
     }
 
     /// The HID class descriptor (HID 1.11 §6.2.1).
     fn hid_descriptor(&self) -> [u8; 9] {
+        // bcdHID: 1.11 for the keyboard; the others say 0.01, as QEMU's do.
         let bcd = match self.kind {
             HidKind::Keyboard => [0x11, 0x01],
             _ => [0x01, 0x00],
@@ -530,9 +544,10 @@ impl HidDevice {
     /// The configuration descriptor with its interface, HID and endpoint descriptors
     /// (USB 1.1 §9.6.2-4).
     pub fn config_descriptor(&self) -> Vec<u8> {
+        // Boot interface subclass and protocol: the tablet is no boot device.
         let (subclass, protocol) = match self.kind {
             HidKind::Mouse => (1, 2),
-            HidKind::Tablet => (0, 2),
+            HidKind::Tablet => (0, 0),
             HidKind::Keyboard => (1, 1),
         };
         let mut d = vec![
@@ -699,10 +714,6 @@ impl HidDevice {
             }
             (0x00, req::SET_CONFIGURATION) if s.value <= 1 => {
                 self.configuration = s.value as u8;
-                if self.configuration == 1 {
-                    // A fresh configuration reports the current state first.
-                    self.input.changed = true;
-                }
                 true
             }
             (0x00..=0x02, req::CLEAR_FEATURE | req::SET_FEATURE) => true,
@@ -778,6 +789,10 @@ pub fn hid_usage(number: u16) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
 
     fn setup(d: &mut HidDevice, rt: u8, r: u8, value: u16, index: u16, length: u16) -> Reply {
         let mut b = Setup {
@@ -862,34 +877,56 @@ mod tests {
             control_write(&mut d, 0, req::SET_CONFIGURATION, 1, &[]),
             Reply::Ack(0)
         );
-        // The first poll after configuring reports the current state.
-        let _ = input(&mut d, 1, 8);
+        // Nothing happened yet: nothing to report (QEMU's devices NAK too).
+        assert_eq!(input(&mut d, 1, 8).0, Reply::Nak);
         d
     }
 
     #[test]
     fn descriptors_are_qemus() {
         let d = HidDevice::new(HidKind::Tablet);
+        // As QEMU 7.2's usb-tablet answers (read by the usb test guest under QEMU).
         assert_eq!(
-            d.device_descriptor(),
-            [18, 1, 0, 1, 0, 0, 0, 8, 0x27, 0x06, 1, 0, 0, 0, 1, 3, 5, 1]
+            hex(&d.device_descriptor()),
+            "120100020000000827060100000001030a01"
         );
-        let c = d.config_descriptor();
-        assert_eq!(c.len(), 34);
-        assert_eq!(&c[..4], &[9, 2, 34, 0]);
-        // Interface: HID class, no boot subclass, mouse protocol.
-        assert_eq!(&c[9..18], &[9, 4, 0, 0, 1, 3, 0, 2, 0]);
-        // HID descriptor names a 74-byte report descriptor.
-        assert_eq!(&c[18..27], &[9, 0x21, 1, 0, 0, 1, 0x22, 74, 0]);
-        assert_eq!(&c[27..], &[7, 5, 0x81, 3, 8, 0, 10]);
+        assert_eq!(
+            hex(&d.config_descriptor()),
+            "09022200010107a032090400000103000000092101000001224a000705810308000a"
+        );
+        assert_eq!(
+            hex(HidKind::Tablet.report_descriptor()),
+            "05010902a1010901a10005091901290315002501950375018102950175058101050109300931150026ff7f350046ff7f751095028102050109381581257f35004500750895018106c0c0"
+        );
+        let k = HidDevice::new(HidKind::Keyboard);
+        assert_eq!(
+            hex(&k.device_descriptor()),
+            "120100020000000827060100000001040b01"
+        );
+        assert_eq!(
+            hex(&k.config_descriptor()),
+            "09022200010108a032090400000103010100092111010001223f000705810308000a"
+        );
+        assert_eq!(
+            hex(HidKind::Keyboard.report_descriptor()),
+            "05010906a10175019508050719e029e715002501810295017508810195057501050819012905910295017503910195067508150025ff0507190029ff8100c0"
+        );
+        let m = HidDevice::new(HidKind::Mouse);
+        assert_eq!(
+            hex(&m.device_descriptor()),
+            "120100020000000827060100000001020901"
+        );
+        assert_eq!(
+            hex(&m.config_descriptor()),
+            "09022200010106a0320904000001030102000921010000012234000705810304000a"
+        );
+        assert_eq!(
+            hex(HidKind::Mouse.report_descriptor()),
+            "05010902a1010901a1000509190129051500250195057501810295017503810105010930093109381581257f750895038106c0c0"
+        );
         assert_eq!(HidKind::Tablet.report_descriptor().len(), 74);
         assert_eq!(HidKind::Mouse.report_descriptor().len(), 52);
         assert_eq!(HidKind::Keyboard.report_descriptor().len(), 63);
-        let k = HidDevice::new(HidKind::Keyboard).config_descriptor();
-        assert_eq!(&k[9..18], &[9, 4, 0, 0, 1, 3, 1, 1, 0], "boot keyboard");
-        let m = HidDevice::new(HidKind::Mouse).config_descriptor();
-        assert_eq!(&m[9..18], &[9, 4, 0, 0, 1, 3, 1, 2, 0], "boot mouse");
-        assert_eq!(m[31], 4, "mouse reports are 4 bytes");
     }
 
     #[test]
@@ -897,7 +934,7 @@ mod tests {
         let mut d = HidDevice::new(HidKind::Keyboard);
         // A host first reads 8 bytes of the device descriptor to learn bMaxPacketSize0.
         let first = control_read(&mut d, 0x80, req::GET_DESCRIPTOR, 0x0100, 0, 8).unwrap();
-        assert_eq!(first, [18, 1, 0, 1, 0, 0, 0, 8]);
+        assert_eq!(first, [18, 1, 0, 2, 0, 0, 0, 8]);
         // SET_ADDRESS: the device answers at 0 until the status stage is over.
         assert_eq!(setup(&mut d, 0, req::SET_ADDRESS, 5, 0, 0), Reply::Ack(8));
         assert_eq!(d.address(), 0);

@@ -176,6 +176,9 @@ enum TdOutcome {
     Done { short: bool },
     /// Still active (NAK): the queue waits here.
     Waiting,
+    /// Not active: the controller does not touch it; a queue waits here for the driver
+    /// to activate it (§3.4.2: only a TD completed now advances the queue).
+    Inactive,
     /// Stalled or timed out: the queue stops here.
     Failed,
 }
@@ -504,9 +507,10 @@ impl Uhci {
                     }
                     // A short packet leaves the element on its TD for the driver (§3.2.2,
                     // SPD); a NAK or a failure leaves the queue waiting at it.
-                    TdOutcome::Done { short: true } | TdOutcome::Waiting | TdOutcome::Failed => {
-                        break
-                    }
+                    TdOutcome::Done { short: true }
+                    | TdOutcome::Waiting
+                    | TdOutcome::Inactive
+                    | TdOutcome::Failed => break,
                 }
             }
             link = head;
@@ -523,8 +527,7 @@ impl Uhci {
             return TdOutcome::Failed;
         };
         if ctrl & TD_ACTIVE == 0 {
-            // Already retired: move on as a completed one.
-            return TdOutcome::Done { short: false };
+            return TdOutcome::Inactive;
         }
         let max_len = ((token >> 21) + 1) as usize & 0x7ff;
         let dev_addr = ((token >> 8) & 0x7f) as u8;

@@ -212,12 +212,7 @@ fn interrupt_in_naks_until_the_tablet_moves_then_completes_with_the_report() {
         assert_eq!(r32(&m, QH + 4), LINK_TERMINATE);
     }
     assert_eq!(u.device(1).unwrap().address(), 2);
-    // The report the configuration starts with.
-    td(&m, 0, true, TD_IOC, (Pid::In, 2, 1, 8));
-    put32(&m, QH + 4, TDS);
-    u.run_frame(&m);
-    w16(&mut u, reg::USBSTS, STS_USBINT);
-    // Nothing new: NAK, the TD stays active and the queue waits on it.
+    // Nothing yet: NAK, the TD stays active and the queue waits on it.
     td(&m, 0, true, TD_IOC, (Pid::In, 2, 1, 8));
     put32(&m, QH + 4, TDS);
     for _ in 0..3 {
@@ -378,4 +373,23 @@ fn random_register_and_schedule_traffic_never_panics() {
         u.io_write(reg::FLBASEADD, &(FRAME_LIST as u32).to_le_bytes());
         u.run_frame(&m);
     }
+}
+
+#[test]
+fn an_inactive_td_holds_its_queue_until_the_driver_activates_it() {
+    // SeaBIOS points the queue at zeroed TDs first and fills them in after: the queue
+    // must still point at the first when it becomes active.
+    let (mut u, _irq, m) = controller(HidKind::Keyboard);
+    for i in 0..4u32 {
+        for w in 0..4 {
+            put32(&m, TDS + 32 * i + 4 * w, 0);
+        }
+    }
+    put32(&m, QH + 4, TDS);
+    u.run_frame(&m);
+    assert_eq!(r32(&m, QH + 4), TDS);
+    let n = control_read(&m, 0, get_descriptor(1, 8), false);
+    u.run_frame(&m);
+    assert_eq!(r32(&m, TDS + 32 * (n - 1) + 4) & TD_ACTIVE, 0);
+    assert_eq!(r32(&m, QH + 4), LINK_TERMINATE);
 }
