@@ -264,12 +264,11 @@ impl HidSink {
     }
 }
 
-/// `v` of 0..`size` scaled to the tablet's 0..=0x7fff.
+/// `v` of 0..`size` scaled to the tablet's 0..=0x7fff as QEMU's input layer scales it
+/// (`v * 0x7fff / size`, so the last pixel is a little short of 0x7fff).
 pub fn scale_abs(v: u32, size: u32) -> u16 {
-    if size <= 1 {
-        return 0;
-    }
-    (u64::from(v.min(size - 1)) * 0x7fff / u64::from(size - 1)) as u16
+    let size = size.max(1);
+    (u64::from(v.min(size - 1)) * 0x7fff / u64::from(size)) as u16
 }
 
 impl InputSink for HidSink {
@@ -376,12 +375,13 @@ mod tests {
         let st = lock(host.model()).device(1).cloned().unwrap();
         let want = {
             let mut d = devices::usb::hid::HidDevice::new(HidKind::Tablet);
-            d.pointer_abs(0x7fff, scale_abs(240, 480), 1, 1);
+            d.pointer_abs(32715, 0x3fff, 1, 1);
             d
         };
         assert_eq!(st, want);
         assert_eq!(scale_abs(0, 640), 0);
-        assert_eq!(scale_abs(320, 641), 0x3fff);
+        assert_eq!(scale_abs(5000, 640), 32715, "clamped to the screen");
+        assert_eq!(scale_abs(3, 0), 0);
         assert_eq!(host.devices()[0].id.as_deref(), Some("t0"));
     }
 }
