@@ -76,15 +76,15 @@ pub fn build(p: UsbParts<'_>) -> Result<Option<(Usb, Vec<Node>)>> {
         node = node.user();
     }
     let mut nodes = vec![node];
-    let (mut keyboard, mut pointer): (Option<Arc<dyn InputSink>>, Option<Arc<dyn InputSink>>) =
-        (None, None);
+    let mut keyboard: Option<Arc<dyn InputSink>> = None;
+    let mut pointer: Option<Arc<dyn InputSink>> = None;
     for (j, d) in p.cfg.devices.iter().enumerate() {
         let DeviceKind::UsbHid { kind, port } = d.kind else {
             continue;
         };
         let port = host
             .attach(Some(usize::from(port)), kind, d.id.as_deref())
-            .with_context(|| format!("{}", kind.driver()))?;
+            .with_context(|| kind.driver().to_string())?;
         let sink: Arc<dyn InputSink> = Arc::new(host.sink(port));
         match kind {
             HidKind::Keyboard => keyboard = Some(sink),

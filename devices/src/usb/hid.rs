@@ -449,12 +449,10 @@ impl HidDevice {
         }
         let held = s.keys.iter().position(|k| *k == usage);
         match (down, held) {
-            (true, None) => {
-                // Bounded: the report has room for six, more is a rollover error.
-                if s.keys.len() < 16 {
-                    s.keys.push(usage);
-                    s.changed = true;
-                }
+            // Bounded: the report has room for six, more is a rollover error.
+            (true, None) if s.keys.len() < 16 => {
+                s.keys.push(usage);
+                s.changed = true;
             }
             (false, Some(i)) => {
                 s.keys.remove(i);

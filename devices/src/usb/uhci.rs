@@ -356,12 +356,8 @@ impl Uhci {
                 self.regs.intr = v & 0xf;
                 self.update_irq();
             }
-            reg::FRNUM => {
-                // Writable only while halted (§2.1.4).
-                if self.regs.sts & STS_HALTED != 0 {
-                    self.regs.frnum = v & 0x7ff;
-                }
-            }
+            // Writable only while halted (§2.1.4).
+            reg::FRNUM if self.regs.sts & STS_HALTED != 0 => self.regs.frnum = v & 0x7ff,
             reg::FLBASEADD => {
                 self.regs.flbase = (self.regs.flbase & 0xffff_0000) | u32::from(v & !0xfff);
             }

@@ -4,8 +4,11 @@
 use super::*;
 use ::devices::usb::hid::HidKind;
 
-/// (driver, PCI address, root port) of each USB device, in creation order.
-fn usb(c: &VmConfig) -> Vec<(&'static str, Option<(u8, u8)>, Option<u8>)> {
+/// A USB device as the configuration has it: (driver, PCI address, root port).
+type UsbDev = (&'static str, Option<(u8, u8)>, Option<u8>);
+
+/// Each USB device, in creation order.
+fn usb(c: &VmConfig) -> Vec<UsbDev> {
     c.devices
         .iter()
         .filter_map(|d| match d.kind {

@@ -74,8 +74,25 @@ fn wr8(a: u64, v: u8) {
     unsafe { write_volatile(a as *mut u8, v) }
 }
 
-/// Fill TD `i`: link to the next one depth first (or terminate), active.
-fn td(i: u64, last: bool, pid: u32, dev: u8, ep: u8, toggle: u32, len: u32, buf: u64) -> u64 {
+/// A TD's token (UHCI 1.1 §3.2.3): PID, device address, endpoint, data toggle, length.
+#[derive(Clone, Copy)]
+struct Token {
+    pid: u32,
+    dev: u8,
+    ep: u8,
+    toggle: u32,
+    len: u32,
+}
+
+/// Fill TD `i` for `t` on `buf`: link to the next one depth first (or terminate), active.
+fn td(i: u64, last: bool, t: Token, buf: u64) -> u64 {
+    let Token {
+        pid,
+        dev,
+        ep,
+        toggle,
+        len,
+    } = t;
     let a = TDS + 32 * i;
     let link = if last {
         LINK_T
@@ -103,23 +120,43 @@ fn control(dev: u8, setup: [u8; 8]) -> Result<(), u32> {
     for (i, b) in setup.iter().enumerate() {
         wr8(SETUP_BUF + i as u64, *b);
     }
-    td(0, false, PID_SETUP, dev, 0, 0, 8, SETUP_BUF);
+    td(
+        0,
+        false,
+        Token {
+            pid: PID_SETUP,
+            dev,
+            ep: 0,
+            toggle: 0,
+            len: 8,
+        },
+        SETUP_BUF,
+    );
     let packets = len.div_ceil(8);
     for p in 0..packets {
         let n = (len - 8 * p).min(8);
-        td(
-            1 + u64::from(p),
-            false,
-            PID_IN,
+        let t = Token {
+            pid: PID_IN,
             dev,
-            0,
-            (p + 1) & 1,
-            n,
-            DATA + 8 * u64::from(p),
-        );
+            ep: 0,
+            toggle: (p + 1) & 1,
+            len: n,
+        };
+        td(1 + u64::from(p), false, t, DATA + 8 * u64::from(p));
     }
     let status_pid = if len > 0 { PID_OUT } else { PID_IN };
-    let last = td(1 + u64::from(packets), true, status_pid, dev, 0, 1, 0, DATA);
+    let last = td(
+        1 + u64::from(packets),
+        true,
+        Token {
+            pid: status_pid,
+            dev,
+            ep: 0,
+            toggle: 1,
+            len: 0,
+        },
+        DATA,
+    );
     wr(QH + 4, TDS as u32);
     let deadline = Deadline::after_ms(2000);
     loop {
@@ -261,7 +298,18 @@ fn main(boot: &BootInfo) -> u32 {
     let deadline = Deadline::after_ms(wait.saturating_mul(1000));
     let mut toggle = 0;
     let arm = |toggle| {
-        let a = td(0, true, PID_IN, 1, 1, toggle, 8, DATA);
+        let a = td(
+            0,
+            true,
+            Token {
+                pid: PID_IN,
+                dev: 1,
+                ep: 1,
+                toggle,
+                len: 8,
+            },
+            DATA,
+        );
         wr(QH + 4, a as u32);
         a
     };
