@@ -135,12 +135,13 @@ fn descriptors_seen(vm: fn(&[&str]) -> Vm, device: &str) -> Vec<String> {
 }
 
 /// A guest's own UHCI driver enumerates each HID device and reads the same ids, product
-/// string, device, configuration and report descriptors from troupe as from QEMU.
+/// and serial number strings, device, configuration and report descriptors from troupe as
+/// from QEMU.
 #[test]
 fn a_guest_driver_reads_qemus_descriptors_from_each_hid_device() {
     for device in ["usb-tablet", "usb-kbd", "usb-mouse"] {
         let ours = descriptors_seen(|a| Vm::troupe(a), device);
-        assert_eq!(ours.len(), 4, "{device}: {ours:?}");
+        assert_eq!(ours.len(), 5, "{device}: {ours:?}");
         let theirs = descriptors_seen(|a| Vm::qemu(a), device);
         assert_eq!(ours, theirs, "{device}");
     }

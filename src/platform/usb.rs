@@ -58,6 +58,7 @@ pub fn build(p: UsbParts<'_>) -> Result<Option<(Usb, Vec<Node>)>> {
     if let Some(id) = &d.id {
         model.set_id(id);
     }
+    model.set_location(&format!("0000:00:{:02x}.{:x}", slot.0, slot.1));
     let host = start_uhci(p.rt, p.registry, model, p.mem.clone());
     p.pci.add_function(slot, host.function());
     p.pci

@@ -351,6 +351,9 @@ pub struct HidDevice {
     idle: u8,
     control: Control,
     input: InputState,
+    /// Where it is plugged in (`0000:00:01.2-1`: the controller's PCI address, the
+    /// port), which QEMU appends to the serial number string.
+    location: String,
 }
 
 impl HidDevice {
@@ -364,11 +367,17 @@ impl HidDevice {
             idle: 0,
             control: Control::Idle,
             input: InputState::default(),
+            location: String::new(),
         }
     }
 
     pub fn kind(&self) -> HidKind {
         self.kind
+    }
+
+    /// Plugged in at `location` (`0000:00:01.2-1`), part of its serial number string.
+    pub fn set_location(&mut self, location: &str) {
+        self.location = location.to_string();
     }
 
     /// The address the host gave it (0 until SET_ADDRESS).
@@ -568,12 +577,16 @@ impl HidDevice {
         d
     }
 
-    /// String descriptor `index` (0: the language list, US English).
-    pub fn string_descriptor(index: u8) -> Option<Vec<u8>> {
+    /// String descriptor `index` (0: the language list, US English). The serial number
+    /// is QEMU's: the device's number, then where it is plugged in.
+    pub fn string_descriptor(&self, index: u8) -> Option<Vec<u8>> {
         if index == 0 {
             return Some(vec![4, DT_STRING, 0x09, 0x04]);
         }
-        let s = string(index)?;
+        let mut s = string(index)?.to_string();
+        if index == self.kind.serial_string() && !self.location.is_empty() {
+            s = format!("{s}-{}", self.location);
+        }
         let mut d = vec![0, DT_STRING];
         for u in s.encode_utf16() {
             d.extend_from_slice(&u.to_le_bytes());
@@ -684,7 +697,7 @@ impl HidDevice {
             (0x80, req::GET_DESCRIPTOR) => match kind {
                 DT_DEVICE => Some(self.device_descriptor()),
                 DT_CONFIG if index == 0 => Some(self.config_descriptor()),
-                DT_STRING => Self::string_descriptor(index),
+                DT_STRING => self.string_descriptor(index),
                 _ => None,
             },
             (0x81, req::GET_DESCRIPTOR) => match kind {
@@ -951,6 +964,13 @@ mod tests {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
         assert_eq!(String::from_utf16(&text).unwrap(), "QEMU USB Keyboard");
+        d.set_location("0000:00:01.2-1");
+        let serial = control_read(&mut d, 0x80, req::GET_DESCRIPTOR, 0x030b, 0x409, 255).unwrap();
+        let text: Vec<u16> = serial[2..]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(String::from_utf16(&text).unwrap(), "68284-0000:00:01.2-1");
         assert_eq!(product[0] as usize, product.len());
         let report = control_read(&mut d, 0x81, req::GET_DESCRIPTOR, 0x2200, 0, 255).unwrap();
         assert_eq!(report, KEYBOARD_REPORT);

@@ -166,6 +166,8 @@ pub struct Uhci {
     irq: Arc<dyn IrqLine>,
     level: bool,
     id: String,
+    /// The controller's PCI address (`0000:00:01.2`), part of its devices' locations.
+    location: String,
     /// Frames run since power-on (for tests and `info usb` diagnostics).
     pub frames: u64,
 }
@@ -226,12 +228,19 @@ impl Uhci {
             irq,
             level: false,
             id: String::new(),
+            location: String::new(),
             frames: 0,
         }
     }
 
     pub fn set_id(&mut self, id: &str) {
         self.id = id.to_string();
+    }
+
+    /// The controller's PCI address as QEMU writes it (`0000:00:01.2`): the devices
+    /// plugged in after this carry it (and their port) in their serial number string.
+    pub fn set_location(&mut self, pci: &str) {
+        self.location = pci.to_string();
     }
 
     /// Plug a device into `port` (1-based), or the first free port.
@@ -248,8 +257,12 @@ impl Uhci {
                     + 1
             }
         };
+        let mut dev = HidDevice::new(kind);
+        if !self.location.is_empty() {
+            dev.set_location(&format!("{}-{n}", self.location));
+        }
         let p = &mut self.ports[n - 1];
-        p.device = Some(HidDevice::new(kind));
+        p.device = Some(dev);
         p.sc |= PORT_CCS | PORT_CSC;
         Ok(n)
     }

@@ -5,7 +5,7 @@
 //! left-button clicks to wait for.
 //! Output: `usb: uhci at DD.F io=0xPORT`, `usb: port 1 connected`, `usb: device
 //! VVVV:PPPP 'PRODUCT' class C protocol P` (from the device and interface descriptors and
-//! the product string), `usb: device descriptor <hex>`, `usb: configuration <hex>` and
+//! the product string), `usb: device serial 'SERIAL'`, `usb: device descriptor <hex>`, `usb: configuration <hex>` and
 //! `usb: report descriptor <hex>` (every byte, two hex digits each), `usb: ready` once
 //! it polls the interrupt endpoint, then per
 //! report from a tablet `usb: x=X y=Y buttons=0xB wheel=W` (from a mouse `usb: dx=.. dy=..
@@ -193,6 +193,23 @@ fn dump(what: &str, len: u64) {
     println!();
 }
 
+/// String descriptor `index` (US English) as ASCII: its length, then all of it.
+fn string(index: u8) -> Option<([u8; 32], usize)> {
+    let desc = |len| control(1, setup(0x80, 6, 0x0300 | u16::from(index), 0x409, len));
+    check("string length", desc(2)).ok()?;
+    let slen = u16::from(rd8(DATA)).min(64);
+    check("string", desc(slen)).ok()?;
+    let mut s = [0u8; 32];
+    let mut n = 0;
+    for i in (2..u64::from(slen)).step_by(2) {
+        if n < s.len() {
+            s[n] = rd8(DATA + i);
+            n += 1;
+        }
+    }
+    Some((s, n))
+}
+
 fn check(what: &str, r: Result<(), u32>) -> Result<(), u32> {
     if let Err(s) = r {
         println!("usb: {what} failed: status 0x{s:08x}");
@@ -254,21 +271,15 @@ fn main(boot: &BootInfo) -> u32 {
     let word = |a: u64| u16::from_le_bytes([rd8(a), rd8(a + 1)]);
     let (vendor, product, iproduct) = (word(DATA + 8), word(DATA + 10), rd8(DATA + 15));
     dump("device descriptor", 18);
-    let mut name = [0u8; 32];
-    let mut name_len = 0;
-    if check("string length", desc(1, 3, iproduct.into(), 2)).is_err() {
+    let iserial = rd8(DATA + 16);
+    let Some((name, name_len)) = string(iproduct) else {
         return 5;
-    }
-    let slen = u16::from(rd8(DATA)).min(64);
-    if check("string", desc(1, 3, iproduct.into(), slen)).is_err() {
+    };
+    let Some((serial, serial_len)) = string(iserial) else {
         return 5;
-    }
-    for i in (2..u64::from(slen)).step_by(2) {
-        if name_len < name.len() {
-            name[name_len] = rd8(DATA + i);
-            name_len += 1;
-        }
-    }
+    };
+    let serial = core::str::from_utf8(&serial[..serial_len]).unwrap_or("?");
+    println!("usb: device serial '{serial}'");
     if check("configuration", desc(1, 2, 0, 34)).is_err() {
         return 5;
     }
