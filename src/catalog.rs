@@ -40,6 +40,7 @@ const ABSTRACT: &[(&str, Option<&str>)] = &[
     ("isa-device", Some("device")),
     ("ide-device", Some("device")),
     ("virtio-serial-port", Some("device")),
+    ("usb-device", Some("device")),
     ("machine", None),
     ("generic-pc-machine", Some("machine")),
     ("cpu", Some("device")),
@@ -66,7 +67,7 @@ fn machine_properties() -> Vec<Value> {
         json!({"name": "type", "type": "string"}),
         json!({"name": "kernel-irqchip", "type": "OnOffSplit",
                "description": "Configure KVM in-kernel irqchip (only on)"}),
-        json!({"name": "usb", "type": "bool", "description": "Set on/off to enable/disable usb (only off)"}),
+        json!({"name": "usb", "type": "bool", "description": "Set on/off to enable/disable usb"}),
         json!({"name": "dump-guest-core", "type": "bool",
                "description": "Include guest memory in a core dump"}),
         json!({"name": "memory-backend", "type": "link<memory-backend>",
@@ -140,6 +141,7 @@ impl Catalog for PcCatalog {
                 "PCI" => "pci-device",
                 "ISA" => "isa-device",
                 "virtio-serial-bus" => "virtio-serial-port",
+                "usb-bus" => "usb-device",
                 _ => "device",
             };
             v.push(t(name.to_string(), parent, false));

@@ -845,6 +845,14 @@ pub enum DeviceKind {
     VirtioTablet,
     /// `virtio-keyboard-pci`.
     VirtioKeyboard,
+    /// `piix3-usb-uhci` (also `-usb`, `-machine usb=on`: at 01.2): the USB controller.
+    Uhci,
+    /// `usb-tablet`, `usb-mouse`, `usb-kbd` (and `-usbdevice`) on the UHCI's root port.
+    UsbHid {
+        kind: devices::usb::hid::HidKind,
+        /// Root port, 1 or 2.
+        port: u8,
+    },
 }
 
 impl DeviceKind {
@@ -877,6 +885,8 @@ impl DeviceKind {
             DeviceKind::VirtioBalloon { .. } => "virtio-balloon-pci",
             DeviceKind::VirtioTablet => "virtio-tablet-pci",
             DeviceKind::VirtioKeyboard => "virtio-keyboard-pci",
+            DeviceKind::Uhci => "piix3-usb-uhci",
+            DeviceKind::UsbHid { kind, .. } => kind.driver(),
         }
     }
 }

@@ -441,7 +441,9 @@ fn check_supported(cfg: &VmConfig) -> Result<()> {
             | DeviceKind::VirtioBalloon { .. }
             | DeviceKind::VirtioTablet
             | DeviceKind::VirtioSerial
-            | DeviceKind::VirtConsole { .. } => {}
+            | DeviceKind::VirtConsole { .. }
+            | DeviceKind::Uhci
+            | DeviceKind::UsbHid { .. } => {}
             // Without netdev= the NIC runs with no peer, as in QEMU (with its warning).
             DeviceKind::Nic {
                 model: NicModel::VirtioNet | NicModel::E1000,
@@ -626,6 +628,7 @@ pub fn build(
     let guest_mem = machine.mem.clone();
     let tree = machine.devices.take_tree();
     let balloon = machine.devices.virtio.balloon.clone();
+    let usb = machine.devices.usb.as_ref().map(|u| u.host.clone());
     let (mut supervisor, handle) = Supervisor::new(
         supervisor_config(cfg),
         vcpus.clone(),
@@ -669,6 +672,7 @@ pub fn build(
         chipset: ChipsetHandle::spawn(rt.handle(), registry, sides.chipset.clone()),
         catalog: Arc::new(crate::catalog::PcCatalog::new(host)),
         balloon: balloon.map(|b| b as Arc<dyn actors::virtio::balloon::BalloonControl>),
+        usb,
         topology: (0..cfg.smp.cpus)
             .map(|i| {
                 let p = topo.position(i);
@@ -971,6 +975,24 @@ fn route_input(console: &Console, devices: &crate::platform::DeviceSet) {
                 tablet: t.clone(),
             })),
         None => console.input.set_target(Arc::new(devices.input.clone())),
+    }
+    // USB devices take what they handle: a USB keyboard the keys, a USB tablet or mouse
+    // the pointer (absolute for a tablet); the rest goes where it went.
+    if let Some(usb) = &devices.usb {
+        if usb.keyboard.is_some() || usb.pointer.is_some() {
+            let others = console.input.current_target();
+            let fallback = || -> Arc<dyn actors::display::input::InputSink> {
+                others
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(actors::display::input::NullSink))
+            };
+            console
+                .input
+                .set_target(Arc::new(actors::host::usb::SplitInput {
+                    keys: usb.keyboard.clone().unwrap_or_else(fallback),
+                    pointer: usb.pointer.clone().unwrap_or_else(fallback),
+                }));
+        }
     }
 }
 

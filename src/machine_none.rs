@@ -241,6 +241,7 @@ pub fn run(
         ),
         catalog: Arc::new(PcCatalog::new(host)),
         balloon: None,
+        usb: None,
         topology: Vec::new(),
         cpu_slots: Vec::new(),
         cpu_type: String::new(),

@@ -29,6 +29,7 @@ pub mod serial;
 pub mod state;
 pub mod terminal;
 pub mod textgrid;
+pub mod usb;
 pub mod vga;
 pub mod virtio;
 
@@ -228,6 +229,7 @@ mod tests {
             <virtio::input::Tablet as Snapshot>::KIND,
             <virtio::net::Net as Snapshot>::KIND,
             <virtio::rng::Rng as Snapshot>::KIND,
+            <usb::uhci::Uhci as Snapshot>::KIND,
         ];
         let mut seen = std::collections::BTreeSet::new();
         for k in kinds {

@@ -139,8 +139,17 @@ const SECTIONS: &[(&str, Lines)] = &[
             ("", "isa-debug-exit, virtio-blk-pci, virtio-net-pci, e1000,"),
             ("", "virtio-rng-pci, virtio-serial-pci, virtconsole,"),
             ("", "virtio-tablet-pci, virtio-balloon-pci, ide-cd, ide-hd,"),
-            ("", "isa-serial, VGA"),
+            ("", "isa-serial, VGA, piix3-usb-uhci, usb-tablet,"),
+            ("", "usb-mouse, usb-kbd"),
             ("-vga std|none", "the VGA card (default std)"),
+            (
+                "-usb",
+                "the PIIX3 UHCI USB controller at 00:01.2 (-machine usb=on)",
+            ),
+            (
+                "-usbdevice tablet|mouse|keyboard",
+                "a USB HID device on it (turns USB on)",
+            ),
         ],
     ),
     (

@@ -42,6 +42,8 @@ pub fn parse_device_add(spec: &str, config: &VmConfig) -> Result<DeviceAdd, CliE
             device::SpecKind::IdeDrive { cdrom: true, .. } => "ide-cd",
             device::SpecKind::IdeDrive { .. } => "ide-hd",
             device::SpecKind::IsaSerial { .. } => "isa-serial",
+            device::SpecKind::Uhci => "piix3-usb-uhci",
+            device::SpecKind::UsbHid { kind, .. } => kind.driver(),
             _ => "VGA",
         };
         return Err(invalid(spec, DeviceError::NotHotpluggable(driver)));

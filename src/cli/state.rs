@@ -102,6 +102,8 @@ pub(super) struct State {
     audiodevs: Vec<String>,
     /// `-global DRIVER.PROP=VALUE`: (option as written, driver, property, value).
     globals: Vec<(String, String, String, String)>,
+    /// `-usbdevice NAME`: (option as written, the device).
+    usbdevices: Vec<(String, devices::usb::hid::HidKind)>,
     msg_timestamp: bool,
     /// A `-device VGA` was given.
     vga_device: bool,
@@ -151,6 +153,19 @@ impl State {
         match opt {
             Opt::Help => return Ok(Some(help::help())),
             Opt::Version => return Ok(Some(help::version())),
+            // QEMU: `-usb` is `-machine usb=on`; `-usbdevice` turns USB on too.
+            Opt::Usb => self.machine.add(at, usb_on()),
+            Opt::UsbDevice => {
+                use devices::usb::hid::HidKind;
+                let kind = match arg {
+                    "tablet" => HidKind::Tablet,
+                    "mouse" => HidKind::Mouse,
+                    "keyboard" => HidKind::Keyboard,
+                    other => return Err(invalid(at, device::DeviceError::UsbDevice(other.into()))),
+                };
+                self.machine.add(at, usb_on());
+                self.usbdevices.push((at.to_string(), kind));
+            }
             Opt::Machine => {
                 let o = opts(Some("type"))?;
                 if o.help_requested() {
@@ -454,4 +469,9 @@ impl State {
         }
         Ok(None)
     }
+}
+
+/// The machine option `-usb` and `-usbdevice` stand for.
+fn usb_on() -> Opts {
+    Opts::parse("usb=on", None).unwrap_or_default()
 }

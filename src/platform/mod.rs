@@ -38,6 +38,7 @@ pub mod nic;
 pub mod pci;
 pub mod pcihp;
 pub mod tree;
+pub mod usb;
 pub mod vga;
 pub mod virtio;
 
@@ -156,6 +157,8 @@ pub struct DeviceSet {
     pub cpuhp: Arc<cpuhp::Cpuhp>,
     /// The devices `device_add` plugged (set once the machine is built).
     pub hot_pci: Option<Arc<hotpci::HotPci>>,
+    /// The USB controller and its devices, if the machine has USB.
+    pub usb: Option<usb::Usb>,
 }
 
 /// What every stage of [`DeviceSet::build`] reads: the configuration, the VM, the buses
@@ -232,6 +235,7 @@ impl DeviceSet {
         let vga = b.vga(&chipset, display, direct_boot, coalesced)?;
         let names = b.device_ids();
         let virtio = b.pci_devices(&chipset, &names, consoles, &mut guestfwds)?;
+        let usb = b.usb(&chipset, &names)?;
         b.debug_exits(&chipset, &names)?;
         chipset.pci.reset()?;
         Ok(Self {
@@ -249,6 +253,7 @@ impl DeviceSet {
             pcihp: chipset.pcihp,
             cpuhp: chipset.cpuhp,
             hot_pci: None,
+            usb,
         })
     }
 
@@ -732,6 +737,26 @@ impl Board<'_> {
             self.add(c, node.control(p.control.clone()))?;
         }
         Ok(virtio)
+    }
+
+    /// The USB controller and the devices on it, if the configuration has one.
+    fn usb(&mut self, c: &Chipset, names: &[(String, bool)]) -> Result<Option<usb::Usb>> {
+        let built = usb::build(usb::UsbParts {
+            cfg: self.cfg,
+            names,
+            pci: &c.pci,
+            kvm: &self.kvm,
+            mem: &self.mem,
+            rt: &self.rt,
+            registry: &self.registry,
+        })?;
+        let Some((usb, nodes)) = built else {
+            return Ok(None);
+        };
+        for n in nodes {
+            self.add(c, n)?;
+        }
+        Ok(Some(usb))
     }
 
     /// Each `-device isa-debug-exit`: a guest write there ends the VM with a status.

@@ -155,6 +155,11 @@ impl InputRouter {
         *self.target.write().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
+    /// Where events go now (None: dropped).
+    pub fn current_target(&self) -> Option<Arc<dyn InputSink>> {
+        self.current()
+    }
+
     fn current(&self) -> Option<Arc<dyn InputSink>> {
         self.target
             .read()

@@ -9,4 +9,5 @@ pub mod input;
 pub mod mem;
 pub mod rtc;
 pub mod serial;
+pub mod usb;
 pub mod vga;

@@ -708,15 +708,7 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         "query-events" => Ok(Value::Array(
             EVENTS.iter().map(|(n, _)| json!({ "name": n })).collect(),
         )),
-        "query-mice" => Ok(match &ctx.input {
-            Some(i) => json!([{
-                "name": "QEMU PS/2 Mouse",
-                "index": 2,
-                "current": true,
-                "absolute": i.absolute(),
-            }]),
-            None => json!([]),
-        }),
+        "query-mice" => Ok(query_mice(ctx)),
         "query-target" => Ok(json!({"arch": "x86_64"})),
         "query-machines" => Ok(ctx.catalog.machines()),
         "balloon" => {
@@ -1216,4 +1208,36 @@ mod tests {
         assert!(parse_key_values(&json!("a")).is_err());
         assert!(parse_key_values(&json!([])).is_err());
     }
+}
+
+/// `query-mice`: the PS/2 mouse (index 2, as QEMU numbers it), and the USB pointing
+/// devices after it (3, 4, ... in the order they were plugged in, keyboards counted as
+/// QEMU registers them too). The newest USB pointing device takes the pointer, as in
+/// QEMU once the guest polls it; without one, the PS/2 mouse does.
+fn query_mice(ctx: &MonitorContext) -> Value {
+    let Some(input) = &ctx.input else {
+        return json!([]);
+    };
+    let usb = ctx.usb.as_ref().map(|u| u.devices()).unwrap_or_default();
+    let mut mice = Vec::new();
+    let mut current_taken = false;
+    for (i, d) in usb.iter().enumerate().rev() {
+        let Some(name) = d.kind.mouse_name() else {
+            continue;
+        };
+        mice.push(json!({
+            "name": name,
+            "index": 3 + i,
+            "current": !current_taken,
+            "absolute": d.kind == devices::usb::hid::HidKind::Tablet,
+        }));
+        current_taken = true;
+    }
+    mice.push(json!({
+        "name": "QEMU PS/2 Mouse",
+        "index": 2,
+        "current": !current_taken,
+        "absolute": !current_taken && input.absolute(),
+    }));
+    Value::Array(mice)
 }

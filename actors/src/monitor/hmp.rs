@@ -223,6 +223,7 @@ const INFO: &[(&str, &str, &str)] = &[
     ("status", "", "show the current VM status (running|paused)"),
     ("tlb", "", "show virtual to physical memory mappings"),
     ("tree", "", "show every device and backend: parent, placement, actors [troupe]"),
+    ("usb", "", "show guest USB devices"),
     ("usernet", "", "show user network stack connection states"),
     ("uuid", "", "show the current VM UUID"),
     ("version", "", "show the version of QEMU"),
@@ -796,6 +797,7 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
             out
         }
         "pci" => exec_text(ctx, "query-pci", json!({}), pci_text).await,
+        "usb" => usb_text(ctx),
         "block" => {
             // `info block [-n] [-v] [device]`: one device's entry when named.
             let device = extra.iter().copied().find(|a| !a.starts_with('-'));
@@ -1608,4 +1610,25 @@ mod tests {
              \x20 Bus  0, device   2, function 0:\n    VGA controller: PCI device 1234:1111\n      PCI subsystem 1af4:1100\n      IRQ 11, pin A\n      BAR6: 32 bit memory at 0xffffffffffffffff [0x0000fffe].\n      id \"\"\n"
         );
     }
+}
+
+/// `info usb`: each device on the UHCI controller's bus 0, as QEMU lists them.
+fn usb_text(ctx: &MonitorContext) -> String {
+    let Some(usb) = &ctx.usb else {
+        return "USB support not enabled\n".to_string();
+    };
+    usb.devices()
+        .iter()
+        .map(|d| {
+            format!(
+                "  Device 0.{}, Port {}, Speed 12 Mb/s, Product {}{}\n",
+                d.address,
+                d.port,
+                d.kind.product(),
+                d.id.as_ref()
+                    .map(|i| format!(", ID: {i}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
 }

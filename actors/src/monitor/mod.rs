@@ -119,6 +119,8 @@ pub struct MonitorContext {
     pub dirty_rate: dirty::SharedDirtyRate,
     /// Background jobs (`snapshot-save`...), shared by every session.
     pub jobs: jobs::SharedJobs,
+    /// The UHCI controller and its devices (`info usb`, `query-mice`), if there is one.
+    pub usb: Option<Arc<crate::host::usb::UhciHost>>,
     /// The `virtio-balloon-pci`, if there is one.
     pub balloon: Option<Arc<dyn crate::virtio::balloon::BalloonControl>>,
     /// Descriptors clients passed and named with `getfd`, shared by every session.

@@ -41,7 +41,30 @@ const IDE_PROPS: &[(&str, &str, &str)] = &[
     ("unit", "<uint32>", "0 (master) or 1 (slave)"),
 ];
 
+/// The properties of the USB HID devices.
+const USB_PROPS: &[(&str, &str, &str)] = &[
+    (
+        "bus",
+        "<str>",
+        "usb-bus.0, or ID.0 of a piix3-usb-uhci,id=ID (default: the controller)",
+    ),
+    (
+        "port",
+        "<str>",
+        "root port 1 or 2 (default: the first free)",
+    ),
+];
+
 pub(super) const DRIVERS: &[Driver] = &[
+    Driver {
+        name: "piix3-usb-uhci",
+        alias: "",
+        category: "USB devices",
+        bus: "PCI",
+        desc: "",
+        props: &[PCI_ADDR, PCI_BUS],
+        available: true,
+    },
     Driver {
         name: "e1000",
         alias: "e1000-82540em",
@@ -118,6 +141,33 @@ pub(super) const DRIVERS: &[Driver] = &[
         bus: "PCI",
         desc: "",
         props: &[PCI_ADDR, PCI_BUS],
+        available: true,
+    },
+    Driver {
+        name: "usb-kbd",
+        alias: "",
+        category: "Input devices",
+        bus: "usb-bus",
+        desc: "",
+        props: USB_PROPS,
+        available: true,
+    },
+    Driver {
+        name: "usb-mouse",
+        alias: "",
+        category: "Input devices",
+        bus: "usb-bus",
+        desc: "",
+        props: USB_PROPS,
+        available: true,
+    },
+    Driver {
+        name: "usb-tablet",
+        alias: "",
+        category: "Input devices",
+        bus: "usb-bus",
+        desc: "",
+        props: USB_PROPS,
         available: true,
     },
     Driver {

@@ -138,6 +138,26 @@ pub enum DeviceError {
         /// iosize.
         iosize: u64,
     },
+    /// A USB device with no controller to plug into.
+    #[error("No 'usb-bus' bus found for device '{0}'")]
+    NoUsbBus(&'static str),
+    /// `port=` naming no free root port.
+    #[error("usb port {port} (bus {bus}) not found (in use?)")]
+    UsbPort {
+        /// As written.
+        port: String,
+        /// The controller's bus.
+        bus: String,
+    },
+    /// Both root ports are taken.
+    #[error("no free usb port on bus {0} (troupe's UHCI controller has 2 ports and no hub)")]
+    UsbFull(String),
+    /// A second USB controller.
+    #[error("troupe has one USB controller (piix3-usb-uhci); a second one is not supported")]
+    SecondUhci,
+    /// `-usbdevice` naming a device troupe lacks.
+    #[error("could not add USB device '{0}' (troupe has tablet, mouse, keyboard)")]
+    UsbDevice(String),
     /// Two isa-debug-exit devices on the same ports.
     #[error("I/O ports {first:#x}-{last:#x} overlap another isa-debug-exit")]
     IoOverlap {
@@ -236,15 +256,29 @@ pub enum SpecKind {
     },
     /// `VGA`: the machine's std VGA (like `-vga std`), always at slot 2.
     Vga,
+    /// `piix3-usb-uhci`.
+    Uhci,
+    /// `usb-tablet`, `usb-mouse`, `usb-kbd`.
+    UsbHid {
+        /// Which.
+        kind: devices::usb::hid::HidKind,
+        /// `port=` as written.
+        port: Option<String>,
+    },
 }
 
 impl SpecKind {
-    /// Devices the board itself has (IDE drives, COM ports, the VGA): the command line
-    /// folds them into the machine; `device_add` cannot add them.
+    /// Devices the board itself has (IDE drives, COM ports, the VGA) and USB (no USB
+    /// hotplug in troupe yet): the command line folds them into the machine;
+    /// `device_add` cannot add them.
     pub fn is_board_device(&self) -> bool {
         matches!(
             self,
-            Self::IdeDrive { .. } | Self::IsaSerial { .. } | Self::Vga
+            Self::IdeDrive { .. }
+                | Self::IsaSerial { .. }
+                | Self::Vga
+                | Self::Uhci
+                | Self::UsbHid { .. }
         )
     }
 }
@@ -388,6 +422,15 @@ pub fn parse_device(mut opts: Opts) -> Result<DeviceSpec, DeviceError> {
         },
         "virtio-tablet-pci" => SpecKind::VirtioTablet,
         "virtio-keyboard-pci" => SpecKind::VirtioKeyboard,
+        "piix3-usb-uhci" => SpecKind::Uhci,
+        "usb-tablet" | "usb-mouse" | "usb-kbd" => SpecKind::UsbHid {
+            kind: match d.name {
+                "usb-tablet" => devices::usb::hid::HidKind::Tablet,
+                "usb-mouse" => devices::usb::hid::HidKind::Mouse,
+                _ => devices::usb::hid::HidKind::Keyboard,
+            },
+            port: opts.str("port"),
+        },
         "ide-cd" | "ide-hd" => {
             let channel = match bus.as_deref() {
                 None => None,

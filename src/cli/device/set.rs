@@ -39,10 +39,11 @@ impl DeviceSet {
 
     /// Who holds (slot, func), if anyone.
     fn slot_owner(&self, slot: u8, func: u8) -> Option<String> {
-        match slot {
-            0 => return Some("the i440FX host bridge".to_string()),
-            1 => return Some("the PIIX3 chipset".to_string()),
-            2 if self.vga => return Some("the VGA card".to_string()),
+        match (slot, func) {
+            (0, _) => return Some("the i440FX host bridge".to_string()),
+            // Function 2 is the USB controller's place (`-usb`), free until one is there.
+            (1, f) if f != 2 => return Some("the PIIX3 chipset".to_string()),
+            (2, _) if self.vga => return Some("the VGA card".to_string()),
             _ => {}
         }
         self.devices
@@ -93,6 +94,50 @@ impl DeviceSet {
         })
     }
 
+    /// A USB device on the controller (`bus=` its bus) at `port` or the first free root
+    /// port.
+    fn usb_port(
+        &self,
+        kind: devices::usb::hid::HidKind,
+        port: Option<String>,
+        bus: Option<&str>,
+    ) -> Result<DeviceKind, DeviceError> {
+        let uhci = self
+            .devices
+            .iter()
+            .find(|d| d.kind == DeviceKind::Uhci)
+            .ok_or(DeviceError::NoUsbBus(kind.driver()))?;
+        let bus_name = match &uhci.id {
+            Some(id) => format!("{id}.0"),
+            None => "usb-bus.0".to_string(),
+        };
+        if let Some(b) = bus {
+            if b != bus_name && b != "usb-bus.0" {
+                return Err(DeviceError::Bus(b.to_string()));
+            }
+        }
+        let taken = |p: u8| {
+            self.devices
+                .iter()
+                .any(|d| matches!(d.kind, DeviceKind::UsbHid { port, .. } if port == p))
+        };
+        let port = match port {
+            Some(p) => match p.parse::<u8>() {
+                Ok(n @ 1..=2) if !taken(n) => n,
+                _ => {
+                    return Err(DeviceError::UsbPort {
+                        port: p,
+                        bus: bus_name,
+                    })
+                }
+            },
+            None => (1..=2)
+                .find(|p| !taken(*p))
+                .ok_or(DeviceError::UsbFull(bus_name))?,
+        };
+        Ok(DeviceKind::UsbHid { kind, port })
+    }
+
     /// Realize one device against the drives and netdevs that exist. Sets the drive's
     /// `bootindex` for a virtio-blk with one.
     pub fn add(
@@ -138,7 +183,7 @@ impl DeviceSet {
         }
         let on_pci = !matches!(
             spec.kind,
-            SpecKind::IsaDebugExit { .. } | SpecKind::VirtConsole { .. }
+            SpecKind::IsaDebugExit { .. } | SpecKind::VirtConsole { .. } | SpecKind::UsbHid { .. }
         );
         let check_bootindex = |set: &DeviceSet, b: Option<u32>| match b {
             Some(i) if set.bootindex_used(i) => Err(DeviceError::BootindexTwice(i)),
@@ -310,6 +355,13 @@ impl DeviceSet {
             }
             SpecKind::VirtioTablet => DeviceKind::VirtioTablet,
             SpecKind::VirtioKeyboard => DeviceKind::VirtioKeyboard,
+            SpecKind::Uhci => {
+                if self.devices.iter().any(|d| d.kind == DeviceKind::Uhci) {
+                    return Err(DeviceError::SecondUhci);
+                }
+                DeviceKind::Uhci
+            }
+            SpecKind::UsbHid { kind, port } => self.usb_port(kind, port, spec.bus.as_deref())?,
         };
         let addr = if on_pci {
             Some(self.place(spec.addr)?)

@@ -264,9 +264,11 @@ pub struct ParsedMachine {
     pub accel_given: bool,
     /// `memory-backend=ID`: the `-object memory-backend-ram` that is the guest's RAM.
     pub memory_backend: Option<String>,
+    /// `usb=on` (or `-usb`): the board's PIIX3 UHCI controller at 01.2.
+    pub usb: bool,
 }
 
-/// `-M/-machine [type=]TYPE[,accel=kvm][,kernel-irqchip=on][,usb=off]
+/// `-M/-machine [type=]TYPE[,accel=kvm][,kernel-irqchip=on][,usb=on|off]
 /// [,dump-guest-core=on|off][,memory-backend=ID][,mem-merge=on|off]`.
 pub fn parse_machine(mut opts: Opts) -> Result<ParsedMachine, MachineError> {
     let kind = match opts.str("type") {
@@ -288,15 +290,7 @@ pub fn parse_machine(mut opts: Opts) -> Result<ParsedMachine, MachineError> {
             });
         }
     }
-    if let Some(v) = opts.str("usb") {
-        if parse_bool(&v) != Some(false) {
-            return Err(MachineError::MachineProperty {
-                key: "usb",
-                value: v,
-                supported: "off",
-            });
-        }
-    }
+    let usb = opts.flag("usb")?.unwrap_or(false);
     let dump_guest_core = opts.flag("dump-guest-core")?.unwrap_or(true);
     let memory_backend = opts.str("memory-backend");
     let merge = opts.flag("mem-merge")?.unwrap_or(true);
@@ -313,6 +307,7 @@ pub fn parse_machine(mut opts: Opts) -> Result<ParsedMachine, MachineError> {
         },
         accel_given: accel.is_some(),
         memory_backend,
+        usb,
     })
 }
 
@@ -530,10 +525,11 @@ mod tests {
             machine("pc,kernel-irqchip=split"),
             Err("kernel-irqchip=split is not supported by troupe (only kernel-irqchip=on)".into())
         );
-        assert_eq!(
-            machine("pc,usb=on"),
-            Err("usb=on is not supported by troupe (only usb=off)".into())
-        );
+        assert!(machine("pc,usb=maybe").unwrap_err().contains("usb"));
+        let usb = |s: &str| parse_machine(opts(s, "type")).unwrap().usb;
+        assert!(usb("pc,usb=on"));
+        assert!(!usb("pc,usb=off"));
+        assert!(!usb("pc"));
         assert!(machine("pc,foo=bar")
             .unwrap_err()
             .starts_with("parameter 'foo' is not supported"));

@@ -40,6 +40,8 @@ struct MachinePart {
     rtc: RtcConfig,
     vcpu_pin: VcpuPin,
     boot: BootConfig,
+    /// `-machine usb=on`, `-usb`, `-usbdevice`.
+    usb: bool,
 }
 
 /// Serial ports, monitors and chardevs after QEMU's defaults.
@@ -81,7 +83,9 @@ impl State {
             VgaKind::Std
         });
         let netdevs: Vec<NetdevConfig> = net.netdevs.iter().map(|(_, n)| n.clone()).collect();
+        let usb = m.usb && m.machine.kind != machine::NONE_MACHINE;
         let devices = self.realize_devices(
+            usb,
             take(&mut net.machine_nics),
             virtio,
             DeviceSet::new(vga, m.smp.cpus),
@@ -212,6 +216,7 @@ impl State {
             machine,
             accel_given: machine_accel,
             memory_backend,
+            usb,
         } = machine::parse_machine(merged.opts).map_err(|e| invalid(&at, e))?;
         if let Some(accel_at) = &self.accel {
             if machine_accel || self.enable_kvm {
@@ -323,6 +328,7 @@ impl State {
             rtc,
             vcpu_pin,
             boot,
+            usb,
         })
     }
 
@@ -538,10 +544,12 @@ impl State {
         Ok(Drives { drives, virtio })
     }
 
-    /// Realize devices in QEMU's creation order: machine NICs, `-device`s, then the
-    /// virtio-blk-pci of each `if=virtio` drive.
+    /// Realize devices in QEMU's creation order: machine NICs, the board's USB controller
+    /// (`usb`), the `-usbdevice`s, `-device`s, then the virtio-blk-pci of each
+    /// `if=virtio` drive.
     fn realize_devices(
         &mut self,
+        usb: bool,
         machine_nics: Located<MachineNic>,
         virtio: Located<String>,
         mut set: DeviceSet,
@@ -566,6 +574,28 @@ impl State {
                     bootindex: None,
                     queues: Default::default(),
                 },
+            };
+            set.add(spec, drives, netdevs)
+                .map_err(|e| invalid(&at, e))?;
+            ats.push(at);
+        }
+        if usb {
+            let spec = DeviceSpec {
+                id: None,
+                bus: None,
+                addr: Some((1, 2)),
+                kind: SpecKind::Uhci,
+            };
+            set.add(spec, drives, netdevs)
+                .map_err(|e| invalid("-machine usb=on", e))?;
+            ats.push("-machine usb=on".into());
+        }
+        for (at, kind) in take(&mut self.usbdevices) {
+            let spec = DeviceSpec {
+                id: None,
+                bus: None,
+                addr: None,
+                kind: SpecKind::UsbHid { kind, port: None },
             };
             set.add(spec, drives, netdevs)
                 .map_err(|e| invalid(&at, e))?;

@@ -8,6 +8,7 @@ mod fuzz;
 mod libvirt;
 mod machine;
 mod storage;
+mod usb;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
