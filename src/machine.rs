@@ -114,7 +114,17 @@ pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
             pci_window32: (layout.below_4g.max(0x8000_0000) as u32, 0xfebf_ffff),
             pci_window64: None,
             hotplug_slots: crate::platform::hotplug_slots(cfg),
+            mem_slots: cfg.memory_slots,
         },
+        srat: (cfg.maxmem > cfg.memory).then(|| {
+            let region =
+                crate::vm::memory::DeviceMemory::pc(cfg.memory, cfg.memory_slots, cfg.maxmem);
+            crate::tables::acpi::SratConfig {
+                below_4g: layout.below_4g,
+                above_4g: layout.above_4g,
+                device_memory: (region.base, region.size),
+            }
+        }),
     }
 }
 

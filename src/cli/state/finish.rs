@@ -34,6 +34,8 @@ type Located<T> = Vec<(String, T)>;
 struct MachinePart {
     machine: MachineConfig,
     memory: u64,
+    memory_slots: u32,
+    maxmem: u64,
     smp: SmpConfig,
     boot_order: BootOrder,
     name: (Option<String>, Option<String>, bool),
@@ -139,6 +141,8 @@ impl State {
             debug_threads,
             uuid: self.uuid,
             memory: m.memory,
+            memory_slots: m.memory_slots,
+            maxmem: m.maxmem,
             smp: m.smp,
             cpu: self.cpu.unwrap_or_default(),
             machine: m.machine,
@@ -206,7 +210,7 @@ impl State {
             }
         }
         let memory_given = self.memory.given();
-        let mut memory = match take(&mut self.memory) {
+        let spec = match take(&mut self.memory) {
             m if m.given() && machine.kind == machine::NONE_MACHINE => {
                 return Err(invalid(&m.at(), MachineError::NoneMachineMemory));
             }
@@ -214,8 +218,13 @@ impl State {
                 let at = m.at();
                 machine::parse_memory(m.opts, host).map_err(|e| invalid(&at, e))?
             }
-            _ => 128 << 20,
+            _ => machine::MemorySpec {
+                size: 128 << 20,
+                slots: 0,
+                maxmem: 128 << 20,
+            },
         };
+        let mut memory = spec.size;
         // `memory-backend=ID`: the guest RAM is that memory backend (QEMU takes its size
         // when -m is absent, and refuses a mismatch). Every backend must be used.
         let mut machine = machine;
@@ -304,6 +313,8 @@ impl State {
         Ok(MachinePart {
             machine,
             memory,
+            memory_slots: spec.slots,
+            maxmem: spec.maxmem.max(memory),
             smp,
             boot_order,
             name,
