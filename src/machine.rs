@@ -560,6 +560,8 @@ pub fn build(
         cfg.vcpu_pin.clone(),
         registry.clone(),
     );
+    let hot_mem =
+        crate::platform::memhp::HotMem::new(cfg, devices.memhp.clone(), kvm.clone());
     let plan = boot_plan(cfg, kernel_override);
     let acpi = acpi_tables(cfg, &plan, &devices)?;
     let sides = MachineSides {
@@ -643,6 +645,7 @@ pub fn build(
         netdevs,
         pci: hot_pci,
         cpus: hot_cpus,
+        mem: hot_mem.clone(),
     }));
     let supervisor = supervisor.with_registry(registry.clone());
     sides
@@ -690,6 +693,7 @@ pub fn build(
         dirty_rate: Arc::default(),
         jobs: Arc::default(),
         fds: Arc::default(),
+        memory_devices: Some(hot_mem),
     };
     let loadvm = cfg
         .loadvm

@@ -203,7 +203,7 @@ pub fn exclude_from_core_dumps(mem: &GuestMemoryMmap) -> std::io::Result<()> {
 
 /// An anonymous mapping (`flags`) of `size` bytes starting on a 2 MiB boundary, so that
 /// transparent huge pages can back all of it (QEMU aligns guest RAM the same way).
-fn map_aligned(size: usize, flags: i32) -> std::io::Result<*mut u8> {
+pub(crate) fn map_aligned(size: usize, flags: i32) -> std::io::Result<*mut u8> {
     const ALIGN: usize = 2 << 20;
     let total = size + ALIGN;
     // SAFETY: a new anonymous mapping; no existing memory is touched.

@@ -16,6 +16,7 @@ pub mod handles;
 pub mod hmp;
 pub mod jobs;
 mod memdump;
+pub mod memdev;
 pub mod migrate;
 mod mux;
 pub mod probe;
@@ -123,4 +124,6 @@ pub struct MonitorContext {
     pub balloon: Option<Arc<dyn crate::virtio::balloon::BalloonControl>>,
     /// Descriptors clients passed and named with `getfd`, shared by every session.
     pub fds: Arc<fdpass::NamedFds>,
+    /// Memory backends and DIMMs (memory hotplug), if the machine has them.
+    pub memory_devices: Option<Arc<dyn memdev::MemoryDevices>>,
 }
