@@ -560,8 +560,7 @@ pub fn build(
         cfg.vcpu_pin.clone(),
         registry.clone(),
     );
-    let hot_mem =
-        crate::platform::memhp::HotMem::new(cfg, devices.memhp.clone(), kvm.clone());
+    let hot_mem = crate::platform::memhp::HotMem::new(cfg, devices.memhp.clone(), kvm.clone());
     let plan = boot_plan(cfg, kernel_override);
     let acpi = acpi_tables(cfg, &plan, &devices)?;
     let sides = MachineSides {

@@ -125,7 +125,8 @@ fn a_plugged_dimm_is_real_memory_to_the_guest_and_leaves_when_the_guest_ejects_i
     );
     vm.expect_stdout("memhp: pattern ok pages=65536", WAIT);
     vm.expect_stdout("memhp: online slot=0", WAIT);
-    let ost = json!({"device": "dimm1", "slot": "0", "slot-type": "DIMM", "source": 1, "status": 0});
+    let ost =
+        json!({"device": "dimm1", "slot": "0", "slot-type": "DIMM", "source": 1, "status": 0});
     wait_event(&mut s, "ACPI_DEVICE_OST", &json!({ "info": ost }), 1);
     assert_eq!(s.ok("query-acpi-ospm-status", json!({})), json!([ost]));
     assert_eq!(
@@ -200,10 +201,7 @@ fn a_plugged_dimm_is_real_memory_to_the_guest_and_leaves_when_the_guest_ejects_i
         ),
         "address must be aligned to 0x200000 bytes"
     );
-    assert_eq!(
-        s.hmp("device_add pc-dimm,memdev=m2,addr=0x140000000"),
-        ""
-    );
+    assert_eq!(s.hmp("device_add pc-dimm,memdev=m2,addr=0x140000000"), "");
     vm.expect_stdout(
         "memhp: insert slot=0 addr=0x140000000 size=0x10000000 gpe=1",
         WAIT,

@@ -315,10 +315,7 @@ mod tests {
         h.unplug_request(0).unwrap();
         assert_eq!(h.unplug_request(0), Err(MemHotplugError::Pending(0)));
         w32(&mut h, SELECTOR, 0);
-        assert_eq!(
-            r8(&mut h, STATUS),
-            FLAG_ENABLED | FLAG_INSERT | FLAG_REMOVE
-        );
+        assert_eq!(r8(&mut h, STATUS), FLAG_ENABLED | FLAG_INSERT | FLAG_REMOVE);
         w8(&mut h, STATUS, FLAG_REMOVE | FLAG_INSERT);
         assert_eq!(r8(&mut h, STATUS), FLAG_ENABLED);
         assert_eq!(

@@ -98,8 +98,7 @@ pub fn build(cfg: &VmConfig, layout: &RamLayout) -> FwCfg {
     // Memory hotplug: where the device-memory region ends, so the firmware puts 64-bit
     // BARs above it (QEMU's pc adds the file whenever the region exists).
     if cfg.maxmem > cfg.memory {
-        let region =
-            crate::vm::memory::DeviceMemory::pc(cfg.memory, cfg.memory_slots, cfg.maxmem);
+        let region = crate::vm::memory::DeviceMemory::pc(cfg.memory, cfg.memory_slots, cfg.maxmem);
         let _ = f.add_file(
             "etc/reserved-memory-end",
             region.reserved_end().to_le_bytes().to_vec(),

@@ -145,11 +145,9 @@ impl DimmSpec {
                     )
                 }
                 "node" if num()? == 0 => {}
-                "node" => {
-                    return Err(format!(
-                        "'DIMM property node has value {v}' which exceeds the number of numa nodes: 1"
-                    ))
-                }
+                "node" => return Err(format!(
+                    "'DIMM property node has value {v}' which exceeds the number of numa nodes: 1"
+                )),
                 _ => return Err(format!("Property 'pc-dimm.{k}' not found")),
             }
         }
@@ -194,8 +192,8 @@ impl HotMem {
     /// `object_add memory-backend-*,id=ID,size=...`: map it and return its node, whose
     /// teardown unmaps it.
     pub fn plug_backend(self: &Arc<Self>, spec: &str, tree: &DeviceTree) -> Result<Node, String> {
-        let opts = crate::cli::options::Opts::parse(spec, Some("qom-type"))
-            .map_err(|e| e.to_string())?;
+        let opts =
+            crate::cli::options::Opts::parse(spec, Some("qom-type")).map_err(|e| e.to_string())?;
         let b = match crate::cli::object::parse_object(opts).map_err(|e| e.to_string())? {
             ObjectSpec::MemoryBackend(b) => b,
             ObjectSpec::Secret { .. } => {
@@ -268,9 +266,11 @@ impl HotMem {
         let mut dimms = lock(&self.dimms);
         // QEMU's order: the slot, then the size and the address.
         if self.region.capacity == 0 {
-            return Err("memory devices (e.g. for memory hotplug) are not enabled, please \
+            return Err(
+                "memory devices (e.g. for memory hotplug) are not enabled, please \
                         specify the maxmem option"
-                .into());
+                    .into(),
+            );
         }
         let slot = match s.slot {
             Some(n) if n < 0 || n >= i64::from(self.slots) => {
@@ -279,9 +279,7 @@ impl HotMem {
                     i64::from(self.slots) - 1
                 ))
             }
-            Some(n) if dimms.contains_key(&(n as u32)) => {
-                return Err(format!("slot {n} is busy"))
-            }
+            Some(n) if dimms.contains_key(&(n as u32)) => return Err(format!("slot {n} is busy")),
             Some(n) => n as u32,
             None => (0..self.slots)
                 .find(|n| !dimms.contains_key(n))
@@ -320,7 +318,10 @@ impl HotMem {
         );
         lock(&self.memhp.ids)[slot as usize] = Some((id.clone(), user));
         let mut node = Node::new(id, "pc-dimm", SYSTEM_BUS)
-            .with(Resource::Memory { base: addr, len: size })
+            .with(Resource::Memory {
+                base: addr,
+                len: size,
+            })
             .uses(BackendKind::Memory.id(&memdev))
             .prop("addr", format!("{addr:#x}"))
             .prop("slot", slot.to_string())
@@ -373,9 +374,11 @@ impl HotMem {
             at = at.max(e.next_multiple_of(DIMM_ALIGN));
         }
         if at + size > hi {
-            return Err("could not find position in guest address space for memory device - \
+            return Err(
+                "could not find position in guest address space for memory device - \
                         memory fragmented due to alignments"
-                .into());
+                    .into(),
+            );
         }
         Ok(at)
     }

@@ -786,7 +786,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("Evaluating \\").count(), 7, "{text}");
-        assert!(text.contains("[Integer] = 000000000000000B"), "MHPC._STA:\n{text}");
+        assert!(
+            text.contains("[Integer] = 000000000000000B"),
+            "MHPC._STA:\n{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -669,8 +669,8 @@ impl Aml for MemHotplugAml {
     fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
         use aml::{
             Acquire, Add, Arg, CreateDWordField, Else, Equal, Field, FieldAccessType, FieldEntry,
-            FieldLockRule, FieldUpdateRule, If, LessThan, Local, Method, MethodCall, Mutex,
-            Notify, Path, Release, Return, Store, Subtract, ToInteger, While,
+            FieldLockRule, FieldUpdateRule, If, LessThan, Local, Method, MethodCall, Mutex, Notify,
+            Path, Release, Return, Store, Subtract, ToInteger, While,
         };
         let n = self.slots;
         let zero = aml::Zero {};
@@ -768,14 +768,7 @@ impl Aml for MemHotplugAml {
             "MRST".into(),
             1,
             false,
-            vec![
-                &l0_zero,
-                &acquire,
-                &arg_int,
-                &if_enabled,
-                &release,
-                &ret_l0,
-            ],
+            vec![&l0_zero, &acquire, &arg_int, &if_enabled, &release, &ret_l0],
         );
 
         // MCRS(slot): QWordMemory at byte 0 of MR64: _MIN at 0x0E, _MAX 0x16, _LEN 0x26
@@ -862,9 +855,9 @@ impl Aml for MemHotplugAml {
             1,
             true,
             vec![
-                &acquire, &arg_int, &mr64_n, &c_minl, &c_minh, &c_lenl, &c_lenh, &c_maxl,
-                &c_maxh, &s_minh, &s_minl, &s_lenh, &s_lenl, &s_maxl, &s_maxh, &if_carry,
-                &if_borrow, &dec_l, &if_32, &release, &ret64,
+                &acquire, &arg_int, &mr64_n, &c_minl, &c_minh, &c_lenl, &c_lenh, &c_maxl, &c_maxh,
+                &s_minh, &s_minl, &s_lenh, &s_lenl, &s_maxl, &s_maxh, &if_carry, &if_borrow,
+                &dec_l, &if_32, &release, &ret64,
             ],
         );
 
@@ -949,20 +942,8 @@ impl Aml for MemHotplugAml {
             name("MDNR", &count),
         );
         let mut children: Vec<&dyn Aml> = vec![
-            &hid_c,
-            &uid_c,
-            &mdnr_n,
-            &dwords1,
-            &flags,
-            &dwords2,
-            &sta,
-            &lock,
-            &mscn,
-            &mrst,
-            &mcrs,
-            &mpxm,
-            &most,
-            &mej0,
+            &hid_c, &uid_c, &mdnr_n, &dwords1, &flags, &dwords2, &sta, &lock, &mscn, &mrst, &mcrs,
+            &mpxm, &most, &mej0,
         ];
         for d in &devs {
             children.push(d);

@@ -480,8 +480,7 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             }
         }
         "object_del" => {
-            match super::memdev::object_del(ctx, rest.first().copied().unwrap_or_default()).await
-            {
+            match super::memdev::object_del(ctx, rest.first().copied().unwrap_or_default()).await {
                 Ok(()) => String::new(),
                 Err(e) => err_text(&e),
             }

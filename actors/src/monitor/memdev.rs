@@ -171,9 +171,9 @@ pub async fn object_del(ctx: &MonitorContext, id: &str) -> Result<(), CmdError> 
         )));
     }
     match ctx.supervisor.remove_node(&node).await {
-        Err(HotplugError::Tree(TreeError::UnknownId(_))) => Err(CmdError::generic(format!(
-            "object '{id}' not found"
-        ))),
+        Err(HotplugError::Tree(TreeError::UnknownId(_))) => {
+            Err(CmdError::generic(format!("object '{id}' not found")))
+        }
         r => r.map_err(|e| CmdError::generic(e.to_string())),
     }
 }

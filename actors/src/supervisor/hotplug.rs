@@ -74,7 +74,9 @@ pub trait Hotplug: Send + Sync + 'static {
     /// Ask the guest to eject the DIMM `id` (ACPI memory hotplug: the remove flag and the
     /// GPE); Ok(false): an unplug of it already waits for the guest. Err: the message.
     fn unplug_dimm(&self, id: &str) -> Result<bool, String> {
-        Err(format!("memory device '{id}' cannot be unplugged by this machine"))
+        Err(format!(
+            "memory device '{id}' cannot be unplugged by this machine"
+        ))
     }
 }
 

@@ -604,7 +604,7 @@ mod tests {
             assert_eq!(memhp(arg), Err(err.to_string()), "{arg}");
         }
         // The device-memory region must fit the host's 40-bit address space.
-        assert!(memhp("1G,slots=2,maxmem=1000G").is_err());
+        assert!(memhp("1G,slots=2,maxmem=1020G").is_err());
         assert!(memhp("1G,slots=2,maxmem=900G").is_ok());
     }
 
