@@ -165,7 +165,7 @@ pub async fn object_del(ctx: &MonitorContext, id: &str) -> Result<(), CmdError> 
         .tree()
         .await
         .map_err(|e| CmdError::generic(format!("the VM supervisor did not answer: {e}")))?;
-    if tree.iter().any(|n| n.uses.iter().any(|u| *u == node)) {
+    if tree.iter().any(|n| n.uses.contains(&node)) {
         return Err(CmdError::generic(format!(
             "object '{id}' is in use, can not be deleted"
         )));
