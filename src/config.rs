@@ -31,6 +31,10 @@ pub struct VmConfig {
     /// `-m ...,maxmem=MAX`: the most memory with DIMMs plugged (`memory` when not given;
     /// above it, the device-memory region exists).
     pub maxmem: u64,
+    /// `-object memory-backend-*` that a `-device pc-dimm` maps (not the guest's RAM).
+    pub dimm_backends: Vec<crate::cli::object::MemoryBackend>,
+    /// `-device pc-dimm,...` as written (`key=value` form), plugged at start.
+    pub dimms: Vec<String>,
     /// `-smp`, completed like QEMU.
     pub smp: SmpConfig,
     /// `-cpu MODEL[,+feat,-feat]`.

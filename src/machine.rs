@@ -630,7 +630,8 @@ pub fn build(
     hot_cpus.set_context(ctx.clone());
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
-    let tree = machine.devices.take_tree();
+    let mut tree = machine.devices.take_tree();
+    hot_mem.cold_plug(cfg, &mut tree)?;
     let balloon = machine.devices.virtio.balloon.clone();
     let (mut supervisor, handle) = Supervisor::new(
         supervisor_config(cfg),

@@ -223,6 +223,68 @@ fn a_plugged_dimm_is_real_memory_to_the_guest_and_leaves_when_the_guest_ejects_i
     assert_eq!(code(vm.wait(WAIT)), 0, "{}", vm.stdout.text());
 }
 
+/// `-object memory-backend-ram` with `-device pc-dimm` (as libvirt writes a `<memory
+/// model='dimm'>`): the DIMM is there at power-on, real memory the guest finds enabled in
+/// its slot, reported as not hot-plugged; it can still be unplugged, and a DIMM plugged at
+/// run time goes to the next slot, after it.
+#[test]
+fn a_command_line_dimm_is_present_at_power_on_and_can_be_unplugged() {
+    let port = free_port();
+    let qmp = format!("tcp:127.0.0.1:{port},server,nowait");
+    let kernel = guest("memhp");
+    let args = guest_args(
+        kernel.to_str().unwrap(),
+        "cycles=2 slots=2 timeout=600",
+        &[
+            "-qmp",
+            &qmp,
+            "-m",
+            "128M,slots=2,maxmem=1G",
+            "-object",
+            "memory-backend-ram,id=c1,size=64M",
+            "-device",
+            r#"{"driver":"pc-dimm","id":"cold","memdev":"c1"}"#,
+        ],
+    );
+    let mut vm = Vm::troupe(&args).spawn();
+    vm.expect_stdout(
+        "memhp: present slot=0 addr=0x100000000 size=0x4000000",
+        WAIT,
+    );
+    vm.expect_stdout("memhp: pattern ok pages=16384", WAIT);
+    let mut s = Session::open(port);
+    assert_eq!(
+        s.ok("query-memory-devices", json!({})),
+        json!([{"type": "dimm", "data": {"memdev": "/objects/c1", "hotplugged": false,
+            "addr": 4u64 << 30, "hotpluggable": true, "size": 64 * MIB, "slot": 0,
+            "node": 0, "id": "cold"}}])
+    );
+    assert_eq!(
+        s.error("object-del", json!({"id": "c1"})),
+        "object 'c1' is in use, can not be deleted"
+    );
+    s.ok("object-add", backend("m1", 64 * MIB));
+    s.ok(
+        "device_add",
+        json!({"driver": "pc-dimm", "id": "hot", "memdev": "m1"}),
+    );
+    vm.expect_stdout(
+        "memhp: insert slot=1 addr=0x104000000 size=0x4000000 gpe=1",
+        WAIT,
+    );
+    vm.expect_nth(WAIT, "memhp: pattern ok pages=16384", 2);
+    s.ok("device_del", json!({"id": "hot"}));
+    vm.expect_stdout("memhp: ejected slot=1 enabled=0", WAIT);
+    wait_event(
+        &mut s,
+        "DEVICE_DELETED",
+        &json!({"device": "hot", "path": "/machine/peripheral/hot"}),
+        1,
+    );
+    s.ok("quit", json!({}));
+    assert_eq!(code(vm.wait(WAIT)), 0, "{}", vm.stdout.text());
+}
+
 #[test]
 fn memory_hotplug_options_are_checked_as_qemu_checks_them() {
     let kernel = guest("memhp");
@@ -238,5 +300,25 @@ fn memory_hotplug_options_are_checked_as_qemu_checks_them() {
         let (st, _, err) = Vm::troupe(&args).run(WAIT);
         assert_ne!(code(st), 0);
         assert!(err.contains(want), "-m {m}: {err}");
+    }
+    // A DIMM on the command line needs the device-memory region, and a backend needs a
+    // user.
+    for (extra, want) in [
+        (
+            ["-m", "128M", "-device", "pc-dimm,memdev=c1"],
+            "memory devices (e.g. for memory hotplug) are not enabled, please specify the \
+             maxmem option",
+        ),
+        (
+            ["-m", "128M,slots=1,maxmem=1G", "-device", "pc-dimm,id=d"],
+            "memory backend 'c1' is not used by -machine memory-backend= or a -device pc-dimm",
+        ),
+    ] {
+        let mut x: Vec<&str> = vec!["-object", "memory-backend-ram,id=c1,size=64M"];
+        x.extend_from_slice(&extra);
+        let args = guest_args(kernel.to_str().unwrap(), "", &x);
+        let (st, _, err) = Vm::troupe(&args).run(WAIT);
+        assert_ne!(code(st), 0);
+        assert!(err.contains(want), "{x:?}: {err}");
     }
 }

@@ -117,6 +117,15 @@ impl MemHotplug {
         }
     }
 
+    /// A DIMM of `size` bytes at `addr` is in slot `n` from power-on (`-device pc-dimm`):
+    /// enabled, with no event.
+    pub fn present(&mut self, n: u32, addr: u64, size: u64) {
+        self.plugged(n, addr, size);
+        if let Some(s) = self.slots.get_mut(n as usize) {
+            s.inserting = false;
+        }
+    }
+
     /// Ask the guest to eject the DIMM in slot `n` (raise the GPE on Ok).
     pub fn unplug_request(&mut self, n: u32) -> Result<(), MemHotplugError> {
         let s = self

@@ -113,6 +113,7 @@ struct PluggedDimm {
     addr: u64,
     size: u64,
     kvm_slot: u32,
+    hotplugged: bool,
 }
 
 /// What `device_add pc-dimm` names.
@@ -145,9 +146,11 @@ impl DimmSpec {
                     )
                 }
                 "node" if num()? == 0 => {}
-                "node" => return Err(format!(
+                "node" => {
+                    return Err(format!(
                     "'DIMM property node has value {v}' which exceeds the number of numa nodes: 1"
-                )),
+                ))
+                }
                 _ => return Err(format!("Property 'pc-dimm.{k}' not found")),
             }
         }
@@ -200,6 +203,15 @@ impl HotMem {
                 return Err("troupe creates only memory backends at run time".into())
             }
         };
+        self.plug_backend_spec(b, tree)
+    }
+
+    /// Map memory backend `b` and return its node, whose teardown unmaps it.
+    fn plug_backend_spec(
+        self: &Arc<Self>,
+        b: MemoryBackend,
+        tree: &DeviceTree,
+    ) -> Result<Node, String> {
         let node_id = BackendKind::Memory.id(&b.id);
         if tree.get(&node_id).is_some() || lock(&self.backends).contains_key(&b.id) {
             return Err(format!(
@@ -247,6 +259,17 @@ impl HotMem {
     /// `device_add pc-dimm,...`: check it as QEMU does, map the backend into the guest and
     /// return the DIMM's node (announced to the guest by [`HotMem::announce`]).
     pub fn plug_dimm(self: &Arc<Self>, spec: &str, tree: &DeviceTree) -> Result<Node, String> {
+        self.plug_dimm_as(spec, tree, true)
+    }
+
+    /// [`HotMem::plug_dimm`]; `hotplugged` false: from the command line, present at
+    /// power-on with no insert event.
+    fn plug_dimm_as(
+        self: &Arc<Self>,
+        spec: &str,
+        tree: &DeviceTree,
+        hotplugged: bool,
+    ) -> Result<Node, String> {
         let s = DimmSpec::parse(spec)?;
         let (id, user) = match &s.id {
             Some(id) => (id.clone(), true),
@@ -314,9 +337,13 @@ impl HotMem {
                 addr,
                 size,
                 kvm_slot,
+                hotplugged,
             },
         );
         lock(&self.memhp.ids)[slot as usize] = Some((id.clone(), user));
+        if !hotplugged {
+            lock(&self.memhp.model).present(slot, addr, size);
+        }
         let mut node = Node::new(id, "pc-dimm", SYSTEM_BUS)
             .with(Resource::Memory {
                 base: addr,
@@ -396,10 +423,32 @@ impl HotMem {
         self.kvm.unmap(d.kvm_slot).map_err(|e| e.to_string())
     }
 
+    /// The command line's memory backends and DIMMs (`-object memory-backend-*`,
+    /// `-device pc-dimm`), made and put in `tree` at start, on `device_add`'s path.
+    pub fn cold_plug(
+        self: &Arc<Self>,
+        cfg: &VmConfig,
+        tree: &mut DeviceTree,
+    ) -> anyhow::Result<()> {
+        for b in &cfg.dimm_backends {
+            let node = self
+                .plug_backend_spec(b.clone(), tree)
+                .map_err(|e| anyhow::anyhow!("-object {}: {e}", b.id))?;
+            tree.insert(node)?;
+        }
+        for d in &cfg.dimms {
+            let node = self
+                .plug_dimm_as(d, tree, false)
+                .map_err(|e| anyhow::anyhow!("-device {d}: {e}"))?;
+            tree.insert(node)?;
+        }
+        Ok(())
+    }
+
     /// A DIMM node [`HotMem::plug_dimm`] built is in the tree: tell the guest.
     pub fn announce(&self, node: &Node) {
         let dimms = lock(&self.dimms);
-        if let Some((slot, d)) = dimms.iter().find(|(_, d)| d.id == node.id) {
+        if let Some((slot, d)) = dimms.iter().find(|(_, d)| d.id == node.id && d.hotplugged) {
             self.memhp.plugged(*slot, d.addr, d.size);
         }
     }
@@ -447,6 +496,7 @@ impl MemoryDevices for HotMem {
                 size: d.size,
                 slot: *slot,
                 memdev: d.memdev.clone(),
+                hotplugged: d.hotplugged,
             })
             .collect()
     }

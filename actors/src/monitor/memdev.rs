@@ -31,6 +31,8 @@ pub struct Dimm {
     pub slot: u32,
     /// The backend's id.
     pub memdev: String,
+    /// Plugged at run time (`device_add`), not by the command line.
+    pub hotplugged: bool,
 }
 
 /// A DIMM slot's last `_OST` report, as `query-acpi-ospm-status` shows it.
@@ -76,7 +78,7 @@ pub async fn qmp(
                 .map(|d| {
                     let mut data = json!({
                         "memdev": format!("/objects/{}", d.memdev),
-                        "hotplugged": true,
+                        "hotplugged": d.hotplugged,
                         "addr": d.addr,
                         "hotpluggable": true,
                         "size": d.size,

@@ -1,7 +1,8 @@
 //! memhp: a guest OSPM's side of ACPI memory hotplug on QEMU's `pc`, done by polling the
 //! memory hotplug block (0x0A00) from ring 3 instead of taking the GPE.
 //!
-//! Each of `cycles=N` (default 1) cycles: finds the DIMM slot (of `slots=N`, default 2)
+//! At start, each enabled slot (a DIMM from the command line: `-device pc-dimm`) is
+//! reported and its memory checked as below. Then each of `cycles=N` (default 1) cycles: finds the DIMM slot (of `slots=N`, default 2)
 //! with an insert event (selector at 0x0A00, status byte at 0x0A14), reads its address and
 //! size (0x0A00..0x0A0F), clears the event, maps the range (identity, 2 MiB pages, in the
 //! 4–8 GiB window: the boot page tables map only 0–4 GiB, and are writable from ring 3)
@@ -12,7 +13,8 @@
 //! (0xAFE0) is read and cleared at each event.
 //!
 //! Command line: `cycles=N`, `slots=N`, `timeout=S` (seconds per wait, default 60).
-//! Output: `memhp: ready`, then per cycle `memhp: insert slot=<n> addr=<hex> size=<hex>
+//! Output: `memhp: ready`, `memhp: present slot=<n> addr=<hex> size=<hex>` and its
+//! pattern line for each DIMM there at start, then per cycle `memhp: insert slot=<n> addr=<hex> size=<hex>
 //! gpe=<0|1>`, `memhp: pattern ok pages=<n>` (or `memhp: pattern bad at <hex>`),
 //! `memhp: online slot=<n>`, `memhp: remove slot=<n> gpe=<0|1>`, `memhp: ejected
 //! slot=<n> enabled=<0|1>`; `memhp: done cycles=<N>`.
@@ -145,34 +147,58 @@ fn pattern(addr: u64, size: u64) -> Result<u64, u64> {
     Ok(size / 4096)
 }
 
+/// The address and size of the DIMM in `slot`.
+fn range(slot: u32) -> (u64, u64) {
+    outl(SELECTOR, slot);
+    let addr = u64::from(inl(ADDR_LO)) | (u64::from(inl(ADDR_HI)) << 32);
+    let size = u64::from(inl(SIZE_LO)) | (u64::from(inl(SIZE_HI)) << 32);
+    (addr, size)
+}
+
+/// Map the DIMM and check its pages hold what is written, reporting the result.
+fn check(addr: u64, size: u64) -> bool {
+    if !map_high(addr, size) {
+        println!("memhp: DIMM outside 4-8 GiB");
+        return false;
+    }
+    match pattern(addr, size) {
+        Ok(pages) => {
+            println!("memhp: pattern ok pages={pages}");
+            true
+        }
+        Err(at) => {
+            println!("memhp: pattern bad at {at:#x}");
+            false
+        }
+    }
+}
+
 fn main(boot: &guestlib::BootInfo) -> u32 {
     let cycles = boot.arg_u64("cycles").unwrap_or(1);
     let slots = boot.arg_u64("slots").unwrap_or(2) as u32;
     let timeout = boot.arg_u64("timeout").unwrap_or(60);
     guestlib::time::tsc_hz();
     println!("memhp: ready");
+    for slot in (0..slots).filter(|&s| status(s) & ENABLED != 0) {
+        let (addr, size) = range(slot);
+        println!("memhp: present slot={slot} addr={addr:#x} size={size:#x}");
+        if !check(addr, size) {
+            return 1;
+        }
+    }
     for _ in 0..cycles {
         let Some(slot) = wait(timeout, "an insert event", || slot_with(slots, INSERT)) else {
             return 2;
         };
-        outl(SELECTOR, slot);
-        let addr = u64::from(inl(ADDR_LO)) | (u64::from(inl(ADDR_HI)) << 32);
-        let size = u64::from(inl(SIZE_LO)) | (u64::from(inl(SIZE_HI)) << 32);
+        let (addr, size) = range(slot);
         println!(
             "memhp: insert slot={slot} addr={addr:#x} size={size:#x} gpe={}",
             take_gpe()
         );
+        outl(SELECTOR, slot);
         outb(STATUS, INSERT);
-        if !map_high(addr, size) {
-            println!("memhp: DIMM outside 4-8 GiB");
+        if !check(addr, size) {
             return 1;
-        }
-        match pattern(addr, size) {
-            Ok(pages) => println!("memhp: pattern ok pages={pages}"),
-            Err(at) => {
-                println!("memhp: pattern bad at {at:#x}");
-                return 1;
-            }
         }
         // _OST: device check (1) handled, success (0).
         outl(SELECTOR, slot);
