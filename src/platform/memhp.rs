@@ -60,7 +60,10 @@ impl Memhp {
 
     /// A DIMM arrived in `slot`: the insert flag and the GPE.
     fn plugged(&self, slot: u32, addr: u64, size: u64) {
-        lock(&self.model).plugged(slot, addr, size);
+        // The GPE is raised before the guest can see the flag (the model's lock is held),
+        // so a guest that polls the flags finds the GPE status set with it.
+        let mut model = lock(&self.model);
+        model.plugged(slot, addr, size);
         lock(&self.pm).set_gpe(MEMHP_GPE_BIT);
     }
 }
@@ -247,9 +250,17 @@ impl HotMem {
         Ok(Node::backend(BackendKind::Memory, &id, driver)
             .prop("size", size.to_string())
             .teardown(Teardown::new(move || {
-                if let Some(b) = lock(&me.backends).remove(&id) {
-                    // SAFETY: the mapping made by `map_backend`, `size` bytes; its DIMM's
-                    // KVM slot is gone (object_del is refused while a DIMM uses it).
+                let mut backends = lock(&me.backends);
+                // object_del checks first; a DIMM plugged since keeps the mapping alive
+                // (KVM maps it), whatever the tree says.
+                if let Some(user) = backends.get(&id).and_then(|b| b.used_by.clone()) {
+                    return Err(format!(
+                        "object '{id}' is in use by '{user}', can not be deleted"
+                    ));
+                }
+                if let Some(b) = backends.remove(&id) {
+                    // SAFETY: the mapping made by `map_backend`, `size` bytes, which no
+                    // KVM slot maps (no DIMM uses it).
                     unsafe { libc::munmap(b.host as *mut libc::c_void, b.spec.size as usize) };
                 }
                 Ok(())
@@ -460,9 +471,10 @@ impl HotMem {
             .find(|(_, d)| d.id == id)
             .map(|(s, _)| *s)
             .ok_or_else(|| format!("Device '{id}' not found"))?;
-        let r = lock(&self.memhp.model).unplug_request(slot);
-        match r {
+        let mut model = lock(&self.memhp.model);
+        match model.unplug_request(slot) {
             Ok(()) => {
+                // Raised before the model's lock is released, as in `Memhp::plugged`.
                 lock(&self.memhp.pm).set_gpe(MEMHP_GPE_BIT);
                 Ok(true)
             }
