@@ -26,6 +26,15 @@ pub struct VmConfig {
     pub uuid: Option<String>,
     /// `-m`: guest RAM in bytes (always a multiple of 1 MiB, > 0, addressable by the host).
     pub memory: u64,
+    /// `-m ...,slots=N`: DIMM slots for memory hotplug (0: none).
+    pub memory_slots: u32,
+    /// `-m ...,maxmem=MAX`: the most memory with DIMMs plugged (`memory` when not given;
+    /// above it, the device-memory region exists).
+    pub maxmem: u64,
+    /// `-object memory-backend-*` that a `-device pc-dimm` maps (not the guest's RAM).
+    pub dimm_backends: Vec<crate::cli::object::MemoryBackend>,
+    /// `-device pc-dimm,...` as written (`key=value` form), plugged at start.
+    pub dimms: Vec<String>,
     /// `-smp`, completed like QEMU.
     pub smp: SmpConfig,
     /// `-cpu MODEL[,+feat,-feat]`.

@@ -114,7 +114,17 @@ pub fn acpi_config(cfg: &VmConfig) -> AcpiConfig {
             pci_window32: (layout.below_4g.max(0x8000_0000) as u32, 0xfebf_ffff),
             pci_window64: None,
             hotplug_slots: crate::platform::hotplug_slots(cfg),
+            mem_slots: cfg.memory_slots,
         },
+        srat: (cfg.maxmem > cfg.memory).then(|| {
+            let region =
+                crate::vm::memory::DeviceMemory::pc(cfg.memory, cfg.memory_slots, cfg.maxmem);
+            crate::tables::acpi::SratConfig {
+                below_4g: layout.below_4g,
+                above_4g: layout.above_4g,
+                device_memory: (region.base, region.size),
+            }
+        }),
     }
 }
 
@@ -556,6 +566,7 @@ pub fn build(
         cfg.vcpu_pin.clone(),
         registry.clone(),
     );
+    let hot_mem = crate::platform::memhp::HotMem::new(cfg, devices.memhp.clone(), kvm.clone());
     let plan = boot_plan(cfg, kernel_override);
     let acpi = acpi_tables(cfg, &plan, &devices)?;
     let sides = MachineSides {
@@ -626,7 +637,8 @@ pub fn build(
     hot_cpus.set_context(ctx.clone());
     let vcpus = spawn_vcpus(cfg, &topo, fds, states, ctx, registry)?;
     let guest_mem = machine.mem.clone();
-    let tree = machine.devices.take_tree();
+    let mut tree = machine.devices.take_tree();
+    hot_mem.cold_plug(cfg, &mut tree)?;
     let balloon = machine.devices.virtio.balloon.clone();
     let usb = machine.devices.usb.as_ref().map(|u| u.host.clone());
     let (mut supervisor, handle) = Supervisor::new(
@@ -643,6 +655,7 @@ pub fn build(
         registry: registry.clone(),
         pci: hot_pci,
         cpus: hot_cpus,
+        mem: hot_mem.clone(),
     }));
     let supervisor = supervisor.with_registry(registry.clone());
     sides
@@ -691,6 +704,7 @@ pub fn build(
         dirty_rate: Arc::default(),
         jobs: Arc::default(),
         fds: Arc::default(),
+        memory_devices: Some(hot_mem),
     };
     let loadvm = cfg
         .loadvm

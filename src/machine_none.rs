@@ -250,6 +250,7 @@ pub fn run(
         dirty_rate: Arc::default(),
         jobs: Arc::default(),
         fds: Arc::default(),
+        memory_devices: None,
     };
     let _monitors =
         crate::machine::start_monitors(cfg, &console, rt, registry, ctx, &mut muxes, &labels)?;

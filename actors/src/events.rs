@@ -27,6 +27,17 @@ pub enum VmEvent {
     CpuEjected { cpu: u32 },
     /// The guest's `_OST` for possible CPU `cpu` (QEMU's `ACPI_DEVICE_OST`).
     CpuOst { cpu: u32, event: u32, status: u32 },
+    /// The guest ejected the DIMM with id `id` (ACPI memory hotplug's eject flag): it
+    /// leaves the machine.
+    DimmEjected { id: String },
+    /// The guest's `_OST` for DIMM slot `slot`, holding the DIMM `device` (its `id=`, if
+    /// it has one) (QEMU's `ACPI_DEVICE_OST`).
+    DimmOst {
+        slot: u32,
+        device: Option<String>,
+        event: u32,
+        status: u32,
+    },
     /// A non-restartable actor (vCPU, block engine, virtio queue worker, e1000 thread)
     /// panicked with `reason`; the VM must stop.
     ActorFailed {

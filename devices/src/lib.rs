@@ -21,6 +21,7 @@ pub mod fuzz;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
+pub mod mem_hotplug;
 pub mod memory;
 pub mod pci;
 pub mod reset;
@@ -212,6 +213,7 @@ mod tests {
             <fw_cfg::FwCfg as Snapshot>::KIND,
             <i8042::I8042 as Snapshot>::KIND,
             <ide::Ide as Snapshot>::KIND,
+            <mem_hotplug::MemHotplug as Snapshot>::KIND,
             <pci::ConfigSpace as Snapshot>::KIND,
             <pci::PciHost as Snapshot>::KIND,
             <pci::PlainFunction as Snapshot>::KIND,

@@ -43,7 +43,7 @@ pub enum ObjectError {
     #[error("'-mem-path' can't be used together with '-machine memory-backend'")]
     MemPathWithBackend,
     /// A memory backend nothing uses.
-    #[error("memory backend '{0}' is not used by -machine memory-backend= (troupe has no NUMA nodes or memory devices to take it)")]
+    #[error("memory backend '{0}' is not used by -machine memory-backend= or a -device pc-dimm (troupe has no NUMA nodes to take it)")]
     BackendUnused(String),
     /// `-vnc audiodev=` naming no `-audiodev`.
     #[error("audiodev '{0}' not found")]

@@ -98,6 +98,9 @@ pub(super) struct State {
     pub(super) loadvm: Option<String>,
     dump_acpi: Option<(String, PathBuf)>,
     objects: Vec<(String, ObjectSpec)>,
+    /// `-device pc-dimm,...` as option strings (plugged when the machine starts, on the
+    /// same path `device_add` takes).
+    dimms: Vec<(String, String)>,
     /// `-audiodev` ids.
     audiodevs: Vec<String>,
     /// `-global DRIVER.PROP=VALUE`: (option as written, driver, property, value).
@@ -237,6 +240,10 @@ impl State {
                             .map_err(|e| invalid(at, e));
                     }
                     _ => {}
+                }
+                if o.peek("driver") == Some("pc-dimm") {
+                    self.dimms.push((at.to_string(), option_string(arg)));
+                    return Ok(None);
                 }
                 let spec = device::parse_device(o.clone()).map_err(|e| invalid(at, e))?;
                 // The board's own devices written as -device (libvirt writes them so) are
@@ -474,4 +481,22 @@ impl State {
 /// The machine option `-usb` and `-usbdevice` stand for.
 fn usb_on() -> Opts {
     Opts::parse("usb=on", None).unwrap_or_default()
+}
+
+/// An option argument as the `key=value,...` string (the JSON form `{"driver": ...}` turned
+/// into it: strings, numbers and booleans as on/off, commas doubled).
+fn option_string(arg: &str) -> String {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(arg) else {
+        return arg.to_string();
+    };
+    let val = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.replace(',', ",,"),
+        serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+        other => other.to_string(),
+    };
+    let mut out = m.get("driver").map(val).unwrap_or_default();
+    for (k, v) in m.iter().filter(|(k, _)| *k != "driver") {
+        out.push_str(&format!(",{k}={}", val(v)));
+    }
+    out
 }

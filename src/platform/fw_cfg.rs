@@ -95,6 +95,15 @@ pub fn build(cfg: &VmConfig, layout: &RamLayout) -> FwCfg {
         f.add_item(UUID, u.to_vec());
     }
     let _ = f.add_file("etc/e820", e820_file(layout));
+    // Memory hotplug: where the device-memory region ends, so the firmware puts 64-bit
+    // BARs above it (QEMU's pc adds the file whenever the region exists).
+    if cfg.maxmem > cfg.memory {
+        let region = crate::vm::memory::DeviceMemory::pc(cfg.memory, cfg.memory_slots, cfg.maxmem);
+        let _ = f.add_file(
+            "etc/reserved-memory-end",
+            region.reserved_end().to_le_bytes().to_vec(),
+        );
+    }
     if cfg.boot_order.menu {
         let wait = cfg.boot_order.splash_time_ms.unwrap_or(0).min(0xffff) as u16;
         let _ = f.add_file("etc/boot-menu-wait", wait.to_le_bytes().to_vec());
@@ -127,6 +136,19 @@ mod tests {
         assert_eq!(v.len(), 3 * 20);
         assert_eq!(u64::from_le_bytes(v[8..16].try_into().unwrap()), 3 << 30);
         assert_eq!(u64::from_le_bytes(v[40..48].try_into().unwrap()), 1 << 32);
+    }
+
+    #[test]
+    fn the_device_memory_region_is_placed_and_reserved_as_qemu_pc_does() {
+        use crate::vm::memory::DeviceMemory;
+        // QEMU 7.2 `-m 1G,slots=2,maxmem=4G`: etc/reserved-memory-end = 0x240000000.
+        let r = DeviceMemory::pc(1 << 30, 2, 4 << 30);
+        assert_eq!((r.base, r.capacity), (1 << 32, 3 << 30));
+        assert_eq!(r.reserved_end(), 0x2_4000_0000);
+        // RAM above 4 GiB moves it up to the next GiB boundary.
+        let r = DeviceMemory::pc((4 << 30) + (512 << 20), 1, 6 << 30);
+        assert_eq!(r.base, (4 << 30) + (2 << 30));
+        assert_eq!(r.size, (1 << 30) + (512 << 20) + (1 << 30));
     }
 
     #[test]

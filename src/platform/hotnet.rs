@@ -291,6 +291,8 @@ pub struct PcHotplug {
     pub registry: actors::runtime::Registry,
     pub pci: Arc<super::hotpci::HotPci>,
     pub cpus: Arc<super::cpuhp::HotCpus>,
+    /// Memory backends and DIMMs.
+    pub mem: Arc<super::memhp::HotMem>,
 }
 
 impl Hotplug for PcHotplug {
@@ -301,6 +303,13 @@ impl Hotplug for PcHotplug {
         if let Some((index, _)) = node.vcpu() {
             self.cpus.cpuhp.plugged(index);
         }
+        if super::memhp::HotMem::is_driver(&node.driver) {
+            self.mem.announce(node);
+        }
+    }
+
+    fn unplug_dimm(&self, id: &str) -> Result<bool, String> {
+        self.mem.unplug_dimm(id)
     }
 
     fn unplug_request(&self, slot: u8) -> bool {
@@ -327,6 +336,9 @@ impl Hotplug for PcHotplug {
                 if super::cpuhp::HotCpus::is_cpu_driver(driver) {
                     return self.cpus.plug(spec, tree);
                 }
+                if super::memhp::HotMem::is_driver(driver) {
+                    return self.mem.plug_dimm(spec, tree);
+                }
                 self.pci.plug(spec, tree, &self.netdevs, &self.block)
             }
             Plug::Blockdev(json) => {
@@ -337,6 +349,7 @@ impl Hotplug for PcHotplug {
                 super::hotblk::drive_add(spec, &self.block, &self.netdevs, &self.registry)
                     .map_err(|e| e.to_string())
             }
+            Plug::Object(spec) => self.mem.plug_backend(spec, tree),
             Plug::Netdev(spec) => {
                 let (nd, desc) = lock(&self.netdevs).add(spec)?;
                 let shared = self.netdevs.clone();

@@ -34,6 +34,7 @@ pub mod fw_cfg;
 pub mod hotblk;
 pub mod hotnet;
 pub mod hotpci;
+pub mod memhp;
 pub mod nic;
 pub mod pci;
 pub mod pcihp;
@@ -155,6 +156,8 @@ pub struct DeviceSet {
     pub pcihp: Arc<pcihp::Pcihp>,
     /// ACPI CPU hotplug (0xAF00).
     pub cpuhp: Arc<cpuhp::Cpuhp>,
+    /// ACPI memory hotplug (0x0A00; on the bus with `-m ...,slots=N`, N > 0).
+    pub memhp: Arc<memhp::Memhp>,
     /// The devices `device_add` plugged (set once the machine is built).
     pub hot_pci: Option<Arc<hotpci::HotPci>>,
     /// The USB controller and its devices, if the machine has USB.
@@ -184,6 +187,7 @@ struct Chipset {
     pci: Arc<PciPlatform>,
     pcihp: Arc<pcihp::Pcihp>,
     cpuhp: Arc<cpuhp::Cpuhp>,
+    memhp: Arc<memhp::Memhp>,
 }
 
 impl DeviceSet {
@@ -252,6 +256,7 @@ impl DeviceSet {
             virtio,
             pcihp: chipset.pcihp,
             cpuhp: chipset.cpuhp,
+            memhp: chipset.memhp,
             hot_pci: None,
             usb,
         })
@@ -363,25 +368,34 @@ impl Board<'_> {
             "acpi-cpuhp",
             cpuhp.clone(),
         )?;
+        // ACPI memory hotplug: one slot per `slots=`, decoded only when there are any.
+        let memhp = memhp::Memhp::new(self.cfg.memory_slots, pm.clone(), self.events.clone());
+        let mut parts = vec![
+            pci::part("acpi-pm", &pm),
+            pci::part("acpi-pcihp", &pcihp.model),
+            pci::part("acpi-cpuhp", &cpuhp.model),
+        ];
+        if self.cfg.memory_slots > 0 {
+            self.pio.insert(
+                u64::from(devices::mem_hotplug::MEMHP_BASE),
+                u64::from(devices::mem_hotplug::MEMHP_LEN),
+                "acpi-memhp",
+                memhp.clone(),
+            )?;
+            parts.push(pci::part("acpi-memhp", &memhp.model));
+        }
         tree::chipset(
             &mut self.tree,
             &pci,
             pci.control(),
-            ControlHandle::models(
-                "acpi-pm",
-                vec![
-                    pci::part("acpi-pm", &pm),
-                    pci::part("acpi-pcihp", &pcihp.model),
-                    pci::part("acpi-cpuhp", &cpuhp.model),
-                ],
-                || {},
-            ),
+            ControlHandle::models("acpi-pm", parts, || {}),
         )?;
         Ok(Chipset {
             pm,
             pci,
             pcihp,
             cpuhp,
+            memhp,
         })
     }
 

@@ -25,6 +25,78 @@ const LAPIC_ADDR: u32 = 0xfee0_0000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiConfig {
     pub dsdt: DsdtConfig,
+    /// With memory hotplug (QEMU's `pc` then makes one NUMA node): the SRAT.
+    pub srat: Option<SratConfig>,
+}
+
+/// What the SRAT describes: one proximity domain (0) holding every possible CPU and the
+/// RAM, and the device-memory region marked hotpluggable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SratConfig {
+    /// RAM below and above 4 GiB.
+    pub below_4g: u64,
+    pub above_4g: u64,
+    /// (base, size) of the device-memory region DIMMs are plugged in.
+    pub device_memory: (u64, u64),
+}
+
+/// SRAT memory affinity flags (ACPI 6.5 §5.2.16.2).
+const MEM_AFFINITY_ENABLED: u32 = 1;
+const MEM_AFFINITY_HOTPLUGGABLE: u32 = 2;
+
+/// The SRAT (revision 1) as QEMU's `pc` builds it for one NUMA node (hw/i386/acpi-build.c
+/// build_srat): a local APIC affinity entry per possible CPU, memory affinity entries for
+/// RAM with the 640 KiB–1 MiB hole and the PCI hole cut out, disabled empty entries up to
+/// nodes + 2 memory entries, then the device-memory region, enabled and hotpluggable.
+fn srat(cpus: &[(bool, u32)], s: &SratConfig) -> Vec<u8> {
+    let mut t = header(b"SRAT", 0, 1);
+    t.extend_from_slice(&1u32.to_le_bytes()); // reserved, 1 for compatibility
+    t.extend_from_slice(&0u64.to_le_bytes());
+    for (_, apic) in cpus {
+        t.extend_from_slice(&[0, 16, 0, *apic as u8]);
+        t.extend_from_slice(&1u32.to_le_bytes()); // enabled
+        t.extend_from_slice(&[0; 8]); // SAPIC EID, domain 31:8, clock domain
+    }
+    let mem = |t: &mut Vec<u8>, base: u64, len: u64, flags: u32| {
+        t.extend_from_slice(&[1, 40]);
+        t.extend_from_slice(&0u32.to_le_bytes()); // proximity domain
+        t.extend_from_slice(&0u16.to_le_bytes());
+        t.extend_from_slice(&base.to_le_bytes());
+        t.extend_from_slice(&len.to_le_bytes());
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.extend_from_slice(&flags.to_le_bytes());
+        t.extend_from_slice(&0u64.to_le_bytes());
+    };
+    const HOLE_640K: (u64, u64) = (0xa_0000, 0x10_0000);
+    let mut entries = 0;
+    let below = s.below_4g;
+    mem(&mut t, 0, below.min(HOLE_640K.0), MEM_AFFINITY_ENABLED);
+    entries += 1;
+    if below > HOLE_640K.1 {
+        mem(
+            &mut t,
+            HOLE_640K.1,
+            below - HOLE_640K.1,
+            MEM_AFFINITY_ENABLED,
+        );
+        entries += 1;
+    }
+    if s.above_4g > 0 {
+        mem(&mut t, 1 << 32, s.above_4g, MEM_AFFINITY_ENABLED);
+        entries += 1;
+    }
+    for _ in entries..3 {
+        mem(&mut t, 0, 0, 0);
+    }
+    mem(
+        &mut t,
+        s.device_memory.0,
+        s.device_memory.1,
+        MEM_AFFINITY_ENABLED | MEM_AFFINITY_HOTPLUGGABLE,
+    );
+    let len = t.len() as u32;
+    t[4..8].copy_from_slice(&len.to_le_bytes());
+    t
 }
 
 /// Built tables plus the commands that link them.
@@ -179,9 +251,12 @@ impl AcpiTables {
         let mlen = m.len() as u32;
         m[4..8].copy_from_slice(&mlen.to_le_bytes());
         let madt_off = b.add("APIC", m, true);
+        let mut tables = vec![fadt_off, madt_off];
+        if let Some(sc) = &cfg.srat {
+            tables.push(b.add("SRAT", srat(&cfg.dsdt.cpus, sc), true));
+        }
 
         // RSDT and XSDT.
-        let tables = [fadt_off, madt_off];
         let mut r = header(b"RSDT", 36 + 4 * tables.len(), 1);
         r.resize(36 + 4 * tables.len(), 0);
         let rsdt_off = b.add("RSDT", r, true);
@@ -346,7 +421,9 @@ mod tests {
                 pci_window32: (0x8000_0000, 0xfebf_ffff),
                 pci_window64: None,
                 hotplug_slots: !(crate::tables::dsdt::FIXED_SLOTS | 1 << 2),
+                mem_slots: 0,
             },
+            srat: None,
         }
     }
 
@@ -612,6 +689,106 @@ mod tests {
         assert!(
             text.contains("00 08 03 03 01 00 00 00"),
             "_MAT of C003:\n{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The SRAT for `-m 1G,slots=2,maxmem=4G` and one CPU, byte for byte as QEMU 7.2
+    /// builds it (its body after the header, read from QEMU's fw_cfg `etc/acpi/tables`).
+    #[test]
+    fn srat_matches_qemu_for_a_memory_hotplug_machine() {
+        let sc = SratConfig {
+            below_4g: 1 << 30,
+            above_4g: 0,
+            device_memory: (1 << 32, 5 << 30),
+        };
+        let t = srat(&[(true, 0)], &sc);
+        let qemu = "010000000000000000000000001000000100000000000000000000000128000000000000\
+                    000000000000000000000a00000000000000000001000000000000000000000001280000\
+                    0000000000001000000000000000f03f0000000000000000010000000000000000000000\
+                    012800000000000000000000000000000000000000000000000000000000000000000000\
+                    000000000128000000000000000000000100000000000040010000000000000003000000\
+                    0000000000000000";
+        let body: String = t[36..].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(body, qemu);
+        assert_eq!(&t[0..4], b"SRAT");
+        assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()), 224);
+    }
+
+    /// The memory hotplug AML as QEMU's `pc` has it (`\_SB.PCI0.MHPD` with the region at
+    /// 0x0A00, `\_SB.MHPC` with its fields, MSCN/MRST/MCRS/MPXM/MOST/MEJ0, a device per
+    /// slot, MTFY, `\_GPE._E03`), decompiled by iasl and run by acpiexec against its
+    /// simulated ports: each slot's `_STA`, `_CRS`, `_PXM`, `_OST`, `_EJ0` and the GPE handler.
+    #[test]
+    fn acpiexec_runs_the_memory_hotplug_aml() {
+        let dir = std::env::temp_dir().join(format!("troupe-acpi-memhp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = cfg(1, 1, |i| i);
+        c.dsdt.mem_slots = 2;
+        c.srat = Some(SratConfig {
+            below_4g: 1 << 30,
+            above_4g: 0,
+            device_memory: (1 << 32, 5 << 30),
+        });
+        let t = AcpiTables::build(&c);
+        t.dump(&dir, 0xe_0000, 0xe_0040).unwrap();
+        let out = std::process::Command::new(tool("iasl"))
+            .args(["-d", "dsdt.dat", "srat.dat"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("Error"), "{text}");
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        for needle in [
+            "Device (MHPD)",
+            "Name (_UID, \"Memory hotplug resources\")",
+            "OperationRegion (HPMR, SystemIO, 0x0A00, 0x18)",
+            "Device (MHPC)",
+            "Name (MDNR, 0x02)",
+            "Field (\\_SB.PCI0.MHPD.HPMR, DWordAcc, NoLock, Preserve)",
+            "Field (\\_SB.PCI0.MHPD.HPMR, ByteAcc, NoLock, WriteAsZeros)",
+            "Offset (0x14)",
+            "Method (MSCN, 0, NotSerialized)",
+            "Method (MCRS, 1, Serialized)",
+            "MAXH -= One",
+            "Method (MEJ0, 2, NotSerialized)",
+            "Device (MP01)",
+            "Name (_UID, \"0x01\")",
+            "Name (_HID, EisaId (\"PNP0C80\")",
+            "Return (MCRS (_UID))",
+            "MOST (_UID, Arg0, Arg1, Arg2)",
+            "Notify (MP01, Arg1)",
+            "Method (_E03, 0",
+            "\\_SB.MHPC.MSCN ()",
+        ] {
+            assert!(dsl.contains(needle), "{needle} missing:\n{dsl}");
+        }
+        let srat = std::fs::read_to_string(dir.join("srat.dsl")).unwrap();
+        assert!(srat.contains("Hot Pluggable : 1"), "{srat}");
+        let out = std::process::Command::new(tool("acpiexec"))
+            .args([
+                "-b",
+                "evaluate \\_SB.MHPC._STA; evaluate \\_SB.MHPC.MP00._STA; \
+                 evaluate \\_SB.MHPC.MP01._CRS; evaluate \\_SB.MHPC.MP00._PXM; \
+                 evaluate \\_SB.MHPC.MP01._OST 1 0 0; evaluate \\_SB.MHPC.MP00._EJ0 1; \
+                 evaluate \\_GPE._E03",
+            ])
+            .arg("dsdt.dat")
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Evaluating \\").count(), 7, "{text}");
+        assert!(
+            text.contains("[Integer] = 000000000000000B"),
+            "MHPC._STA:\n{text}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

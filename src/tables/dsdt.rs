@@ -37,6 +37,9 @@ pub struct DsdtConfig {
     /// 0xAE00): each gets a slot device with `_SUN` and `_EJ0`, and GPE0 bit 1's `_E01`
     /// notifies it. 0: no hotplug AML.
     pub hotplug_slots: u32,
+    /// DIMM slots (`-m ...,slots=N`): with any, the memory hotplug AML (`\_SB.PCI0.MHPD`,
+    /// `\_SB.MHPC` with a device `MPxx` per slot, `\_GPE._E03`), as QEMU's `pc` has it.
+    pub mem_slots: u32,
 }
 
 /// The slots every `pc` has and none may unplug: the host bridge (0) and the PIIX (1).
@@ -183,14 +186,25 @@ pub fn aml(cfg: &DsdtConfig) -> Vec<u8> {
     }
     let pres = CpuHotplugResources;
     pci0_children.push(&pres);
+    let mhpd = MemHotplugResources;
+    if cfg.mem_slots != 0 {
+        pci0_children.push(&mhpd);
+    }
     let pci0 = Device::new("PCI0".into(), pci0_children);
 
     // Processors: the CPU hotplug container and one device per possible CPU.
     let cpus = CpusAml { cpus: &cfg.cpus };
-    let sb = Scope::new("\\_SB_".into(), vec![&pci0, &cpus]);
+    let mhpc = MemHotplugAml {
+        slots: cfg.mem_slots,
+    };
+    let mut sb_children: Vec<&dyn Aml> = vec![&pci0, &cpus];
+    if cfg.mem_slots != 0 {
+        sb_children.push(&mhpc);
+    }
+    let sb = Scope::new("\\_SB_".into(), sb_children);
     sb.to_aml_bytes(&mut out);
 
-    out.extend(gpe_scope(cfg.hotplug_slots != 0));
+    out.extend(gpe_scope(cfg.hotplug_slots != 0, cfg.mem_slots != 0));
 
     let s5 = Package::new(vec![&zero, &zero, &zero, &zero]);
     name("\\_S5_", &s5).to_aml_bytes(&mut out);
@@ -328,7 +342,7 @@ impl Aml for PciHotplugAml {
 /// `\_GPE`: `_E01` (GPE0 bit 1, the PCI hotplug block's, when there is one) runs
 /// `\_SB.PCI0.PCNT` under its lock; `_E02` (bit 2, the CPU hotplug block's) runs
 /// `\_SB.CPUS.CSCN`.
-fn gpe_scope(pci_hotplug: bool) -> Vec<u8> {
+fn gpe_scope(pci_hotplug: bool, mem_hotplug: bool) -> Vec<u8> {
     use aml::{Acquire, Method, MethodCall, Release};
     let mut out = Vec::new();
     let hid: aml::AmlStr = "ACPI0006";
@@ -344,6 +358,12 @@ fn gpe_scope(pci_hotplug: bool) -> Vec<u8> {
         children.push(&e01);
     }
     children.push(&e02);
+    // `_E03` (bit 3, the memory hotplug block's) runs `\_SB.MHPC.MSCN`.
+    let mscn = MethodCall::new("\\_SB_.MHPC.MSCN".into(), vec![]);
+    let e03 = Method::new("_E03".into(), 0, false, vec![&mscn]);
+    if mem_hotplug {
+        children.push(&e03);
+    }
     Scope::new("\\_GPE".into(), children).to_aml_bytes(&mut out);
     out
 }
@@ -603,5 +623,332 @@ impl Aml for CpusAml<'_> {
             children.push(d);
         }
         Device::new("CPUS".into(), children).to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.PCI0.MHPD`, the memory hotplug block's resources as QEMU's `pc` describes them:
+/// its ports (0x0A00, 24 bytes) and the region `HPMR` the DIMM methods use.
+struct MemHotplugResources;
+
+impl Aml for MemHotplugResources {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        use aml::{OpRegion, OpRegionSpace};
+        let base = u32::from(devices::mem_hotplug::MEMHP_BASE);
+        let len = u32::from(devices::mem_hotplug::MEMHP_LEN);
+        let hid: aml::AmlStr = "PNP0A06";
+        let uid: aml::AmlStr = "Memory hotplug resources";
+        let io = IO::new(base as u16, base as u16, 0, len as u8);
+        let crs = ResourceTemplate::new(vec![&io]);
+        let region = OpRegion::new("HPMR".into(), OpRegionSpace::SystemIO, &base, &len);
+        Device::new(
+            "MHPD".into(),
+            vec![
+                &name("_HID", &hid),
+                &name("_UID", &uid),
+                &name("_CRS", &crs),
+                &region,
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.MHPC`, the DIMM slots as QEMU's `pc` generates them (hw/acpi/memory_hotplug.c):
+/// the fields of `\_SB.PCI0.MHPD.HPMR` (`MRBL`/`MRBH` address, `MRLL`/`MRLH` size, `MPX`
+/// proximity; `MES`/`MINS`/`MRMV`/`MEJ` flags; `MSEL` selector, `MOEV`/`MOSC` `_OST`),
+/// the lock `MLCK` and the methods every slot device calls: `MSCN` (run by `\_GPE._E03`:
+/// device check for an insert event, eject request for a remove event, clearing each),
+/// `MRST` (`_STA`: 0xF while enabled), `MCRS` (`_CRS`: the DIMM's range, a QWordMemory or,
+/// below 4 GiB, a DWordMemory), `MPXM`, `MOST`, `MEJ0`; then one device `MPxx` (PNP0C80)
+/// per slot and `MTFY(slot, event)`.
+struct MemHotplugAml {
+    slots: u32,
+}
+
+impl Aml for MemHotplugAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        use aml::{
+            Acquire, Add, Arg, CreateDWordField, Else, Equal, Field, FieldAccessType, FieldEntry,
+            FieldLockRule, FieldUpdateRule, If, LessThan, Local, Method, MethodCall, Mutex, Notify,
+            Path, Release, Return, Store, Subtract, ToInteger, While,
+        };
+        let n = self.slots;
+        let zero = aml::Zero {};
+        let one = aml::One {};
+        let region: &str = "\\_SB_.PCI0.MHPD.HPMR";
+        let dwords1 = Field::new(
+            region.into(),
+            FieldAccessType::DWord,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::Preserve,
+            vec![
+                FieldEntry::Named(*b"MRBL", 32),
+                FieldEntry::Named(*b"MRBH", 32),
+                FieldEntry::Named(*b"MRLL", 32),
+                FieldEntry::Named(*b"MRLH", 32),
+                FieldEntry::Named(*b"MPX_", 32),
+            ],
+        );
+        let flags = Field::new(
+            region.into(),
+            FieldAccessType::Byte,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::WriteAsZeroes,
+            vec![
+                FieldEntry::Reserved(0x14 * 8),
+                FieldEntry::Named(*b"MES_", 1),
+                FieldEntry::Named(*b"MINS", 1),
+                FieldEntry::Named(*b"MRMV", 1),
+                FieldEntry::Named(*b"MEJ_", 1),
+            ],
+        );
+        let dwords2 = Field::new(
+            region.into(),
+            FieldAccessType::DWord,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::Preserve,
+            vec![
+                FieldEntry::Named(*b"MSEL", 32),
+                FieldEntry::Named(*b"MOEV", 32),
+                FieldEntry::Named(*b"MOSC", 32),
+            ],
+        );
+        let (mdnr, msel, mins, mrmv, mes, mej) = (
+            Path::new("MDNR"),
+            Path::new("MSEL"),
+            Path::new("MINS"),
+            Path::new("MRMV"),
+            Path::new("MES_"),
+            Path::new("MEJ_"),
+        );
+        let acquire = Acquire::new("MLCK".into(), 0xffff);
+        let release = Release::new("MLCK".into());
+        let lock = Mutex::new("MLCK".into(), 0);
+
+        // _STA: present only with slots.
+        let no_slots = Equal::new(&mdnr, &zero);
+        let ret0 = Return::new(&zero);
+        let if_none = If::new(&no_slots, vec![&ret0]);
+        let eleven = 0x0bu8;
+        let ret_b = Return::new(&eleven);
+        let sta = Method::new("_STA".into(), 0, false, vec![&if_none, &ret_b]);
+
+        // MSCN.
+        let l0_zero = Store::new(&Local(0), &zero);
+        let sel_l0 = Store::new(&msel, &Local(0));
+        let inserting = Equal::new(&mins, &one);
+        let check = MethodCall::new("MTFY".into(), vec![&Local(0), &one]);
+        let clear_ins = Store::new(&mins, &one);
+        let if_ins = If::new(&inserting, vec![&check, &clear_ins]);
+        let removing = Equal::new(&mrmv, &one);
+        let three = 3u8;
+        let eject_req = MethodCall::new("MTFY".into(), vec![&Local(0), &three]);
+        let clear_rmv = Store::new(&mrmv, &one);
+        let if_rmv = If::new(&removing, vec![&eject_req, &clear_rmv]);
+        let else_rmv = Else::new(vec![&if_rmv]);
+        let next = Add::new(&Local(0), &Local(0), &one);
+        let more = LessThan::new(&Local(0), &mdnr);
+        let walk = While::new(&more, vec![&sel_l0, &if_ins, &else_rmv, &next]);
+        let ret1 = Return::new(&one);
+        let mscn = Method::new(
+            "MSCN".into(),
+            0,
+            false,
+            vec![&if_none, &l0_zero, &acquire, &walk, &release, &ret1],
+        );
+
+        // MRST(slot).
+        let arg_int = ToInteger::new(&msel, &Arg(0));
+        let fifteen = 0x0fu8;
+        let l0_f = Store::new(&Local(0), &fifteen);
+        let enabled = Equal::new(&mes, &one);
+        let if_enabled = If::new(&enabled, vec![&l0_f]);
+        let ret_l0 = Return::new(&Local(0));
+        let mrst = Method::new(
+            "MRST".into(),
+            1,
+            false,
+            vec![&l0_zero, &acquire, &arg_int, &if_enabled, &release, &ret_l0],
+        );
+
+        // MCRS(slot): QWordMemory at byte 0 of MR64: _MIN at 0x0E, _MAX 0x16, _LEN 0x26
+        // (each 8 bytes, set as two dwords); DWordMemory in MR32: _MIN 0x0A, _MAX 0x0E,
+        // _LEN 0x16.
+        let q = AddressSpace::<u64>::new_memory(
+            AddressSpaceCacheable::Cacheable,
+            true,
+            0,
+            0xffff_ffff_ffff_fffe,
+            None,
+        );
+        let mr64_t = ResourceTemplate::new(vec![&q]);
+        let mr64_n = name("MR64", &mr64_t);
+        let (mr64, minl, minh, lenl, lenh, maxl, maxh) = (
+            Path::new("MR64"),
+            Path::new("MINL"),
+            Path::new("MINH"),
+            Path::new("LENL"),
+            Path::new("LENH"),
+            Path::new("MAXL"),
+            Path::new("MAXH"),
+        );
+        let (o_minl, o_minh, o_lenl, o_lenh, o_maxl, o_maxh) =
+            (0x0eu8, 0x12u8, 0x26u8, 0x2au8, 0x16u8, 0x1au8);
+        let c_minl = CreateDWordField::new(&minl, &mr64, &o_minl);
+        let c_minh = CreateDWordField::new(&minh, &mr64, &o_minh);
+        let c_lenl = CreateDWordField::new(&lenl, &mr64, &o_lenl);
+        let c_lenh = CreateDWordField::new(&lenh, &mr64, &o_lenh);
+        let c_maxl = CreateDWordField::new(&maxl, &mr64, &o_maxl);
+        let c_maxh = CreateDWordField::new(&maxh, &mr64, &o_maxh);
+        let (mrbh, mrbl, mrlh, mrll) = (
+            Path::new("MRBH"),
+            Path::new("MRBL"),
+            Path::new("MRLH"),
+            Path::new("MRLL"),
+        );
+        let s_minh = Store::new(&minh, &mrbh);
+        let s_minl = Store::new(&minl, &mrbl);
+        let s_lenh = Store::new(&lenh, &mrlh);
+        let s_lenl = Store::new(&lenl, &mrll);
+        let s_maxl = Add::new(&maxl, &minl, &lenl);
+        let s_maxh = Add::new(&maxh, &minh, &lenh);
+        let carry = LessThan::new(&maxl, &minl);
+        let inc_h = Add::new(&maxh, &maxh, &one);
+        let if_carry = If::new(&carry, vec![&inc_h]);
+        let borrow = LessThan::new(&maxl, &one);
+        let dec_h = Subtract::new(&maxh, &maxh, &one);
+        let if_borrow = If::new(&borrow, vec![&dec_h]);
+        let dec_l = Subtract::new(&maxl, &maxl, &one);
+        let d = AddressSpace::<u32>::new_memory(
+            AddressSpaceCacheable::Cacheable,
+            true,
+            0,
+            0xffff_fffe,
+            None,
+        );
+        let mr32_t = ResourceTemplate::new(vec![&d]);
+        let mr32_n = name("MR32", &mr32_t);
+        let (mr32, min, max, len) = (
+            Path::new("MR32"),
+            Path::new("MIN_"),
+            Path::new("MAX_"),
+            Path::new("LEN_"),
+        );
+        let (o_min, o_max, o_len) = (0x0au8, 0x0eu8, 0x16u8);
+        let c_min = CreateDWordField::new(&min, &mr32, &o_min);
+        let c_max = CreateDWordField::new(&max, &mr32, &o_max);
+        let c_len = CreateDWordField::new(&len, &mr32, &o_len);
+        let s_min = Store::new(&min, &minl);
+        let s_max = Store::new(&max, &maxl);
+        let s_len = Store::new(&len, &lenl);
+        let ret32 = Return::new(&mr32);
+        let below_4g = Equal::new(&maxh, &zero);
+        let if_32 = If::new(
+            &below_4g,
+            vec![
+                &mr32_n, &c_min, &c_max, &c_len, &s_min, &s_max, &s_len, &release, &ret32,
+            ],
+        );
+        let ret64 = Return::new(&mr64);
+        let mcrs = Method::new(
+            "MCRS".into(),
+            1,
+            true,
+            vec![
+                &acquire, &arg_int, &mr64_n, &c_minl, &c_minh, &c_lenl, &c_lenh, &c_maxl, &c_maxh,
+                &s_minh, &s_minl, &s_lenh, &s_lenl, &s_maxl, &s_maxh, &if_carry, &if_borrow,
+                &dec_l, &if_32, &release, &ret64,
+            ],
+        );
+
+        // MPXM(slot), MOST(slot, event, status, info), MEJ0(slot, arg).
+        let mpx = Path::new("MPX_");
+        let l0_pxm = Store::new(&Local(0), &mpx);
+        let mpxm = Method::new(
+            "MPXM".into(),
+            1,
+            false,
+            vec![&acquire, &arg_int, &l0_pxm, &release, &ret_l0],
+        );
+        let (moev, mosc) = (Path::new("MOEV"), Path::new("MOSC"));
+        let ev = Store::new(&moev, &Arg(1));
+        let st = Store::new(&mosc, &Arg(2));
+        let most = Method::new(
+            "MOST".into(),
+            4,
+            false,
+            vec![&acquire, &arg_int, &ev, &st, &release],
+        );
+        let eject = Store::new(&mej, &one);
+        let mej0 = Method::new(
+            "MEJ0".into(),
+            2,
+            false,
+            vec![&acquire, &arg_int, &eject, &release],
+        );
+
+        // The slot devices.
+        let names: Vec<String> = (0..n).map(|i| format!("MP{i:02X}")).collect();
+        let uids: Vec<String> = (0..n).map(|i| format!("0x{i:02X}")).collect();
+        let uid_ns: Vec<Name> = uids.iter().map(|u| name("_UID", u)).collect();
+        let hid = EISAName::new("PNP0C80");
+        let hid_n = name("_HID", &hid);
+        let uid = Path::new("_UID");
+        let crs_call = MethodCall::new("MCRS".into(), vec![&uid]);
+        let crs_ret = Return::new(&crs_call);
+        let crs = Method::new("_CRS".into(), 0, false, vec![&crs_ret]);
+        let sta_call = MethodCall::new("MRST".into(), vec![&uid]);
+        let sta_ret = Return::new(&sta_call);
+        let dev_sta = Method::new("_STA".into(), 0, false, vec![&sta_ret]);
+        let pxm_call = MethodCall::new("MPXM".into(), vec![&uid]);
+        let pxm_ret = Return::new(&pxm_call);
+        let pxm = Method::new("_PXM".into(), 0, false, vec![&pxm_ret]);
+        let ost_call = MethodCall::new("MOST".into(), vec![&uid, &Arg(0), &Arg(1), &Arg(2)]);
+        let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
+        let ej_call = MethodCall::new("MEJ0".into(), vec![&uid, &Arg(0)]);
+        let ej0 = Method::new("_EJ0".into(), 1, false, vec![&ej_call]);
+        let devs: Vec<Device> = (0..n as usize)
+            .map(|i| {
+                Device::new(
+                    names[i].as_str().into(),
+                    vec![&uid_ns[i], &hid_n, &crs, &dev_sta, &pxm, &ost, &ej0],
+                )
+            })
+            .collect();
+
+        // MTFY(slot, event).
+        let idx: Vec<u32> = (0..n).collect();
+        let conds: Vec<Equal> = idx.iter().map(|i| Equal::new(&Arg(0), i)).collect();
+        let paths: Vec<Path> = names.iter().map(|s| Path::new(s)).collect();
+        let notifies: Vec<Notify> = paths.iter().map(|p| Notify::new(p, &Arg(1))).collect();
+        let ifs: Vec<If> = conds
+            .iter()
+            .zip(&notifies)
+            .map(|(c, no)| If::new(c, vec![no]))
+            .collect();
+        let mtfy = Method::new(
+            "MTFY".into(),
+            2,
+            false,
+            ifs.iter().map(|i| i as &dyn Aml).collect(),
+        );
+
+        let c_hid: aml::AmlStr = "PNP0A06";
+        let c_uid: aml::AmlStr = "DIMM devices";
+        let count = n;
+        let (hid_c, uid_c, mdnr_n) = (
+            name("_HID", &c_hid),
+            name("_UID", &c_uid),
+            name("MDNR", &count),
+        );
+        let mut children: Vec<&dyn Aml> = vec![
+            &hid_c, &uid_c, &mdnr_n, &dwords1, &flags, &dwords2, &sta, &lock, &mscn, &mrst, &mcrs,
+            &mpxm, &most, &mej0,
+        ];
+        for d in &devs {
+            children.push(d);
+        }
+        children.push(&mtfy);
+        Device::new("MHPC".into(), children).to_aml_bytes(sink);
     }
 }

@@ -57,6 +57,41 @@ impl RamLayout {
     }
 }
 
+/// The device-memory region where DIMMs go (`-m ...,slots=N,maxmem=MAX`), placed as QEMU's
+/// `pc` places it: from the first GiB boundary after the RAM above 4 GiB, `maxmem - size`
+/// bytes plus 1 GiB per slot (each DIMM may need aligning to a 1 GiB page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub base: u64,
+    pub size: u64,
+    /// What all DIMMs together may hold: `maxmem - size`.
+    pub capacity: u64,
+}
+
+impl DeviceMemory {
+    pub fn pc(ram: u64, slots: u32, maxmem: u64) -> Self {
+        const GIB: u64 = 1 << 30;
+        let layout = RamLayout::pc(ram);
+        let capacity = maxmem.saturating_sub(ram);
+        Self {
+            base: (HIGH_RAM_START + layout.above_4g).next_multiple_of(GIB),
+            size: capacity + GIB * u64::from(slots),
+            capacity,
+        }
+    }
+
+    /// The first address past the region.
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    /// fw_cfg `etc/reserved-memory-end`: the region's end rounded up to a GiB (firmware
+    /// puts 64-bit PCI BARs above it).
+    pub fn reserved_end(&self) -> u64 {
+        self.end().next_multiple_of(1 << 30)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("-m {size}M: cannot allocate guest RAM: {source}")]
@@ -168,7 +203,7 @@ pub fn exclude_from_core_dumps(mem: &GuestMemoryMmap) -> std::io::Result<()> {
 
 /// An anonymous mapping (`flags`) of `size` bytes starting on a 2 MiB boundary, so that
 /// transparent huge pages can back all of it (QEMU aligns guest RAM the same way).
-fn map_aligned(size: usize, flags: i32) -> std::io::Result<*mut u8> {
+pub(crate) fn map_aligned(size: usize, flags: i32) -> std::io::Result<*mut u8> {
     const ALIGN: usize = 2 << 20;
     let total = size + ALIGN;
     // SAFETY: a new anonymous mapping; no existing memory is touched.

@@ -155,6 +155,19 @@ const COMMANDS: &[(&str, &[Param])] = &[
     ),
     ("device_del", &[("id", Ty::Str, true)]),
     (
+        "object-add",
+        &[
+            ("qom-type", Ty::Str, true),
+            ("id", Ty::Str, true),
+            ("*", Ty::Any, false),
+        ],
+    ),
+    ("object-del", &[("id", Ty::Str, true)]),
+    ("query-memory-devices", &[]),
+    ("query-memdev", &[]),
+    ("query-memory-size-summary", &[]),
+    ("query-acpi-ospm-status", &[]),
+    (
         "netdev_add",
         &[("type", Ty::Str, true), ("*", Ty::Any, false)],
     ),
@@ -419,7 +432,7 @@ fn netdev_spec(args: &Map<String, Value>) -> Result<String, CmdError> {
 
 /// QMP arguments as an option string whose implied first key is `first` (`type` for
 /// `-netdev`, `driver` for `-device`): see [`netdev_spec`].
-fn option_spec(args: &Map<String, Value>, first: &str) -> Result<String, CmdError> {
+pub(super) fn option_spec(args: &Map<String, Value>, first: &str) -> Result<String, CmdError> {
     let esc = |v: &str| v.replace(',', ",,");
     let scalar = |k: &str, v: &Value| -> Result<String, CmdError> {
         match v {
@@ -593,6 +606,9 @@ pub async fn execute(ctx: &MonitorContext, name: &str, args: &Map<String, Value>
         return res;
     }
     if let Some(res) = super::jobs::qmp(ctx, name, args).await {
+        return res;
+    }
+    if let Some(res) = super::memdev::qmp(ctx, name, args).await {
         return res;
     }
     match name {

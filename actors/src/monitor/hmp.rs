@@ -94,6 +94,12 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "add drive to PCI storage controller",
     ),
     ("drive_del", "device", "remove host block device"),
+    (
+        "object_add",
+        "[qom-type=]type,id=str[,prop=value][,...]",
+        "create QOM object",
+    ),
+    ("object_del", "id", "destroy QOM object"),
     ("eject", "[-f] device", "eject a removable medium (use -f to force it)"),
     (
         "expire_password",
@@ -203,6 +209,9 @@ const INFO: &[(&str, &str, &str)] = &[
     ("cpus", "", "show infos for each CPU"),
     ("dirty_rate", "", "show dirty rate information"),
     ("hotpluggable-cpus", "", "Show information about hotpluggable CPU objects"),
+    ("memdev", "", "show memory backends"),
+    ("memory-devices", "", "show memory devices"),
+    ("memory_size_summary", "", "show the amount of initially allocated and present hotpluggable (if enabled) memory in bytes."),
     ("irq", "", "show the interrupts statistics (if available)"),
     ("kvm", "", "show KVM information"),
     ("lapic", "[apic-id]", "show local apic state (apic-id: local apic to read, default is which of current CPU)"),
@@ -468,6 +477,19 @@ pub async fn run_line(ctx: &MonitorContext, s: &mut HmpSession, line: &str) -> H
             match crate::monitor::commands::device_add(ctx, spec).await {
                 Ok(()) => String::new(),
                 Err(e) => format!("Error: {e}\n"),
+            }
+        }
+        "object_add" => {
+            let spec = rest.first().copied().unwrap_or_default().to_string();
+            match super::memdev::object_add(ctx, spec).await {
+                Ok(()) => String::new(),
+                Err(e) => err_text(&e),
+            }
+        }
+        "object_del" => {
+            match super::memdev::object_del(ctx, rest.first().copied().unwrap_or_default()).await {
+                Ok(()) => String::new(),
+                Err(e) => err_text(&e),
             }
         }
         "device_del" => {
@@ -882,6 +904,20 @@ async fn info(ctx: &MonitorContext, s: &mut HmpSession, args: &[&str]) -> String
                 .collect()
         })
         .await,
+        "memory-devices" => {
+            exec_text(ctx, "query-memory-devices", json!({}), super::memdev::hmp_memory_devices)
+                .await
+        }
+        "memdev" => exec_text(ctx, "query-memdev", json!({}), super::memdev::hmp_memdev).await,
+        "memory_size_summary" => {
+            exec_text(
+                ctx,
+                "query-memory-size-summary",
+                json!({}),
+                super::memdev::hmp_size_summary,
+            )
+            .await
+        }
         "hotpluggable-cpus" => exec_text(ctx, "query-hotpluggable-cpus", json!({}), |v| {
             let mut out = String::from("Hotpluggable CPUs:\n");
             for c in v.as_array().into_iter().flatten() {

@@ -15,6 +15,7 @@ pub mod fdpass;
 pub mod handles;
 pub mod hmp;
 pub mod jobs;
+pub mod memdev;
 mod memdump;
 pub mod migrate;
 mod mux;
@@ -125,4 +126,6 @@ pub struct MonitorContext {
     pub balloon: Option<Arc<dyn crate::virtio::balloon::BalloonControl>>,
     /// Descriptors clients passed and named with `getfd`, shared by every session.
     pub fds: Arc<fdpass::NamedFds>,
+    /// Memory backends and DIMMs (memory hotplug), if the machine has them.
+    pub memory_devices: Option<Arc<dyn memdev::MemoryDevices>>,
 }

@@ -33,6 +33,8 @@ pub enum Plug {
     Blockdev(String),
     /// HMP `drive_add`: an `if=none` drive, in the `-drive` syntax.
     Drive(String),
+    /// `object_add`: a user-creatable object (a memory backend), in the `-object` syntax.
+    Object(String),
 }
 
 /// Why a node could not be added or removed.
@@ -73,6 +75,13 @@ pub trait Hotplug: Send + Sync + 'static {
     /// How many vCPUs the command line made (`/machine/unattached/device[0..N]`; the first
     /// is the boot CPU).
     fn boot_vcpus(&self) -> u32;
+    /// Ask the guest to eject the DIMM `id` (ACPI memory hotplug: the remove flag and the
+    /// GPE); Ok(false): an unplug of it already waits for the guest. Err: the message.
+    fn unplug_dimm(&self, id: &str) -> Result<bool, String> {
+        Err(format!(
+            "memory device '{id}' cannot be unplugged by this machine"
+        ))
+    }
 }
 
 /// Run something that may block (a tap's script) on a one-shot actor thread, off the
@@ -154,6 +163,13 @@ pub(super) fn unplug_request(
             None => HotplugError::DeviceNotFound(id.into()),
         });
     };
+    if let ("pc-dimm", Some(_)) = (node.driver.as_str(), &node.teardown) {
+        return match h.unplug_dimm(&node.id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HotplugError::UnplugPending(node.id.clone())),
+            Err(e) => Err(HotplugError::Failed(e)),
+        };
+    }
     if let (Some((index, _)), Some(_)) = (node.vcpu(), &node.teardown) {
         return match h.unplug_vcpu(index) {
             Ok(true) => Ok(()),
@@ -189,6 +205,22 @@ pub(super) async fn cpu_ejected(
         return Ok(None);
     };
     remove(registry, tree, &id).await.map(Some)
+}
+
+/// The guest ejected the DIMM `id` (ACPI memory hotplug's eject flag): its node leaves the
+/// tree and its teardown unmaps it. None: no hot-plugged DIMM has that id.
+pub(super) async fn dimm_ejected(
+    registry: &Registry,
+    tree: &mut DeviceTree,
+    id: &str,
+) -> Result<Option<Node>, HotplugError> {
+    if !tree
+        .get(id)
+        .is_some_and(|n| n.driver == "pc-dimm" && n.teardown.is_some())
+    {
+        return Ok(None);
+    }
+    remove(registry, tree, id).await.map(Some)
 }
 
 /// The QOM path of device node `n`, as `DEVICE_DELETED` names it.
@@ -277,7 +309,11 @@ mod tests {
 
     impl Hotplug for Fake {
         fn plug(&self, what: &Plug, _tree: &DeviceTree) -> Result<Node, String> {
-            let (Plug::Netdev(id) | Plug::Device(id) | Plug::Blockdev(id) | Plug::Drive(id)) = what;
+            let (Plug::Netdev(id)
+            | Plug::Device(id)
+            | Plug::Blockdev(id)
+            | Plug::Drive(id)
+            | Plug::Object(id)) = what;
             if id == "bad" {
                 return Err("cannot open bad".into());
             }

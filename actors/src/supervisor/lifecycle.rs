@@ -539,6 +539,14 @@ impl Supervisor {
                  with hot-plugged vCPUs is not supported yet: device_del it first"
             ));
         }
+        // A DIMM's memory is not in the stream either.
+        if let Some(n) = self.tree.iter().find(|n| n.driver == "pc-dimm") {
+            return Err(format!(
+                "the VM has a hot-plugged memory device ('{}'); saving or migrating a VM with \
+                 plugged DIMMs is not supported yet: device_del it first",
+                n.id
+            ));
+        }
         let blocks = self.machine.device_ram();
         let desc = crate::migration::stream::MachineDesc {
             ram: ram.iter().map(|r| (r.start_addr().0, r.len())).collect(),
@@ -1170,6 +1178,40 @@ impl Supervisor {
                     ),
                     Err(e) => tracing::warn!("removing vCPU {cpu}: {e}"),
                 }
+                None
+            }
+            VmEvent::DimmEjected { id } => {
+                match hotplug::dimm_ejected(&self.registry, &mut self.tree, &id).await {
+                    Ok(Some(node)) => {
+                        for (event, data) in hotplug::deleted_events(&node) {
+                            self.publish(VmNotification::Other { event, data });
+                        }
+                    }
+                    Ok(None) => tracing::debug!(
+                        target: "guest_errors",
+                        "the guest ejected DIMM {id}, which is not a hot-plugged DIMM"
+                    ),
+                    Err(e) => tracing::warn!("removing DIMM {id}: {e}"),
+                }
+                None
+            }
+            VmEvent::DimmOst {
+                slot,
+                device,
+                event,
+                status,
+            } => {
+                let mut info = serde_json::json!({
+                    "slot": slot.to_string(), "slot-type": "DIMM",
+                    "source": event, "status": status,
+                });
+                if let Some(d) = device {
+                    info["device"] = serde_json::json!(d);
+                }
+                self.publish(VmNotification::Other {
+                    event: "ACPI_DEVICE_OST".into(),
+                    data: serde_json::json!({ "info": info }).to_string(),
+                });
                 None
             }
             VmEvent::CpuOst { cpu, event, status } => {

@@ -34,6 +34,8 @@ pub enum BackendKind {
     Chardev,
     /// Where the screen is shown (the VNC server).
     Display,
+    /// A memory backend (`object_add memory-backend-ram,...`) a DIMM maps.
+    Memory,
 }
 
 impl BackendKind {
@@ -44,6 +46,7 @@ impl BackendKind {
             Self::Block => "block",
             Self::Chardev => "chardevs",
             Self::Display => "display",
+            Self::Memory => "objects",
         }
     }
 

@@ -72,9 +72,27 @@ pub enum MachineError {
         /// The most that fits, in MiB.
         max_mib: u64,
     },
-    /// `-m ...,slots=/maxmem=`.
-    #[error("memory hotplug (slots=, maxmem=) is not supported by troupe")]
-    MemoryHotplug,
+    /// `-m ...,slots=N` without `maxmem=`.
+    #[error("slots specified but no max-size")]
+    SlotsWithoutMaxmem,
+    /// `maxmem=` below `size=`.
+    #[error(
+        "invalid value of maxmem: maximum memory size ({maxmem:#x}) must be at least \
+         the initial memory size ({size:#x})"
+    )]
+    MaxmemBelowSize { maxmem: u64, size: u64 },
+    /// `slots=N` (N > 0) with `maxmem=` equal to `size=`: no room to plug anything.
+    #[error(
+        "invalid value of maxmem: memory slots were specified but maximum memory size \
+         ({maxmem:#x}) is equal to the initial memory size ({size:#x})"
+    )]
+    MaxmemEqualsSize { maxmem: u64, size: u64 },
+    /// More DIMM slots than the ACPI memory hotplug block has (QEMU's ACPI_MAX_RAM_SLOTS).
+    #[error("unsupported amount of memory slots: {0}")]
+    TooManySlots(u64),
+    /// `maxmem=` not a whole number of pages (QEMU's wording, typo included).
+    #[error("maximum memory size must by aligned to multiple of 4096 bytes")]
+    MaxmemAlignment,
     /// A `-smp` value of 0.
     #[error("{0} must be greater than zero")]
     SmpZero(&'static str),
@@ -227,13 +245,37 @@ pub enum MachineError {
     File(#[from] FileError),
 }
 
-/// `-m [size=]SIZE`: bytes, rounded up to whole MiB like QEMU, checked against the host's
-/// physical address space (guest RAM above 3 GiB is mapped from 4 GiB up).
-pub fn parse_memory(mut opts: Opts, host: &Host) -> Result<u64, MachineError> {
+/// What `-m` says: the RAM at start and, for memory hotplug, the DIMM slots and the most
+/// memory the guest may reach with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySpec {
+    /// `size=`: bytes, a whole number of MiB.
+    pub size: u64,
+    /// `slots=`: DIMM slots (0: none).
+    pub slots: u32,
+    /// `maxmem=`: bytes (`size` when not given).
+    pub maxmem: u64,
+}
+
+/// QEMU's ACPI_MAX_RAM_SLOTS: the memory hotplug block's slot count fits a byte.
+pub const MAX_MEMORY_SLOTS: u64 = 256;
+
+/// `-m [size=]SIZE[,slots=N,maxmem=MAX]`: bytes, rounded up to whole MiB like QEMU,
+/// checked against the host's physical address space (guest RAM above 3 GiB is mapped
+/// from 4 GiB up); `slots`/`maxmem` checked as QEMU checks them.
+pub fn parse_memory(mut opts: Opts, host: &Host) -> Result<MemorySpec, MachineError> {
     let size = opts.str("size");
-    if opts.str("slots").is_some() | opts.str("maxmem").is_some() {
-        return Err(MachineError::MemoryHotplug);
-    }
+    let slots = match opts.str("slots") {
+        None => None,
+        Some(v) => Some(parse_slots(&v).ok_or(OptsError::NotNumber {
+            key: "slots".into(),
+            value: v,
+        })?),
+    };
+    let maxmem = match opts.str("maxmem") {
+        None => None,
+        Some(v) => Some(parse_size(&v, 1)?),
+    };
     opts.finish()?;
     let Some(size) = size else {
         return Err(MachineError::Opts(OptsError::Missing("size".into())));
@@ -253,7 +295,50 @@ pub fn parse_memory(mut opts: Opts, host: &Host) -> Result<u64, MachineError> {
             max_mib,
         });
     }
-    Ok(mib * MIB)
+    let size = mib * MIB;
+    // QEMU's order: machine_set_mem's checks, then pc_memory_init's.
+    let maxmem = match maxmem {
+        None if slots.is_some() => return Err(MachineError::SlotsWithoutMaxmem),
+        None => size,
+        Some(m) if m < size => return Err(MachineError::MaxmemBelowSize { maxmem: m, size }),
+        Some(m) if m == size && slots.is_some_and(|n| n > 0) => {
+            return Err(MachineError::MaxmemEqualsSize { maxmem: m, size })
+        }
+        Some(m) => m,
+    };
+    let slots = slots.unwrap_or(0);
+    if maxmem > size {
+        if slots > MAX_MEMORY_SLOTS {
+            return Err(MachineError::TooManySlots(slots));
+        }
+        if maxmem % 4096 != 0 {
+            return Err(MachineError::MaxmemAlignment);
+        }
+        // The device-memory region must fit the host's address space too.
+        let region = crate::vm::memory::DeviceMemory::pc(size, slots as u32, maxmem);
+        let end_mib = region.end().div_ceil(MIB);
+        let limit_mib = (1u64 << host.phys_addr_bits.min(63)) / MIB;
+        if end_mib > limit_mib {
+            return Err(MachineError::MemoryTooLarge {
+                mib: end_mib,
+                bits: host.phys_addr_bits,
+                max_mib: limit_mib,
+            });
+        }
+    }
+    Ok(MemorySpec {
+        size,
+        slots: slots as u32,
+        maxmem,
+    })
+}
+
+/// `slots=`: a number; QEMU reads `-1` as 2^64-1 (and then refuses it as too many).
+fn parse_slots(v: &str) -> Option<u64> {
+    match v.strip_prefix('-') {
+        Some(n) => n.parse::<u64>().ok().map(|n| n.wrapping_neg()),
+        None => super::options::parse_uint(v),
+    }
 }
 
 /// What `-machine` said.
@@ -406,7 +491,9 @@ mod tests {
 
     fn mem(s: &str) -> Result<u64, String> {
         let h = host(Path::new("/x"));
-        parse_memory(opts(s, "size"), &h).map_err(|e| e.to_string())
+        parse_memory(opts(s, "size"), &h)
+            .map(|m| m.size)
+            .map_err(|e| e.to_string())
     }
 
     const MIB: u64 = 1 << 20;
@@ -461,17 +548,59 @@ mod tests {
             Err("size '99999999999E' is too large".into())
         );
         assert_eq!(
-            mem("1G,maxmem=2G"),
-            Err("memory hotplug (slots=, maxmem=) is not supported by troupe".into())
-        );
-        assert_eq!(
             mem("1G,foo=2"),
             Err("parameter 'foo' is not supported (accepted: size, slots, maxmem)".into())
         );
-        assert_eq!(
-            mem("slots=2"),
-            Err("memory hotplug (slots=, maxmem=) is not supported by troupe".into())
-        );
+    }
+
+    fn memhp(s: &str) -> Result<(u64, u32, u64), String> {
+        let h = host(Path::new("/x"));
+        parse_memory(opts(s, "size"), &h)
+            .map(|m| (m.size, m.slots, m.maxmem))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn slots_and_maxmem_are_checked_as_qemu_checks_them() {
+        assert_eq!(memhp("1G"), Ok((1 << 30, 0, 1 << 30)));
+        assert_eq!(memhp("1G,slots=2,maxmem=4G"), Ok((1 << 30, 2, 4 << 30)));
+        // maxmem without slots: a device-memory region with no slot to fill it.
+        assert_eq!(memhp("1G,maxmem=2G"), Ok((1 << 30, 0, 2 << 30)));
+        assert_eq!(memhp("1G,slots=0,maxmem=1G"), Ok((1 << 30, 0, 1 << 30)));
+        for (arg, err) in [
+            ("1G,slots=2", "slots specified but no max-size"),
+            (
+                "1G,slots=2,maxmem=512M",
+                "invalid value of maxmem: maximum memory size (0x20000000) must be at least \
+                 the initial memory size (0x40000000)",
+            ),
+            (
+                "1G,slots=2,maxmem=1G",
+                "invalid value of maxmem: memory slots were specified but maximum memory \
+                 size (0x40000000) is equal to the initial memory size (0x40000000)",
+            ),
+            (
+                "1G,slots=257,maxmem=2G",
+                "unsupported amount of memory slots: 257",
+            ),
+            (
+                "1G,slots=-1,maxmem=2G",
+                "unsupported amount of memory slots: 18446744073709551615",
+            ),
+            (
+                "1G,slots=2,maxmem=4294967297B",
+                "maximum memory size must by aligned to multiple of 4096 bytes",
+            ),
+            (
+                "1G,slots=x,maxmem=2G",
+                "parameter 'slots' expects a number, not 'x'",
+            ),
+        ] {
+            assert_eq!(memhp(arg), Err(err.to_string()), "{arg}");
+        }
+        // The device-memory region must fit the host's 40-bit address space.
+        assert!(memhp("1G,slots=2,maxmem=1020G").is_err());
+        assert!(memhp("1G,slots=2,maxmem=900G").is_ok());
     }
 
     fn machine(s: &str) -> Result<(String, bool), String> {

@@ -34,6 +34,10 @@ type Located<T> = Vec<(String, T)>;
 struct MachinePart {
     machine: MachineConfig,
     memory: u64,
+    memory_slots: u32,
+    maxmem: u64,
+    /// Memory backends that are not the guest's RAM (for `-device pc-dimm`).
+    dimm_backends: Located<crate::cli::object::MemoryBackend>,
     smp: SmpConfig,
     boot_order: BootOrder,
     name: (Option<String>, Option<String>, bool),
@@ -69,7 +73,18 @@ struct Drives {
 impl State {
     /// Apply defaults, realize devices in QEMU's order, check every reference and file.
     pub(in crate::cli) fn finish(mut self, host: &Host) -> Result<VmConfig, CliError> {
-        let m = self.machine_part(host)?;
+        let mut m = self.machine_part(host)?;
+        // Every memory backend that is not the RAM is some `-device pc-dimm`'s.
+        let dimms = take(&mut self.dimms);
+        for (at, b) in &m.dimm_backends {
+            let named = dimms.iter().any(|(_, d)| {
+                d.split(',')
+                    .any(|kv| kv.strip_prefix("memdev=") == Some(b.id.as_str()))
+            });
+            if !named {
+                return Err(invalid(at, ObjectError::BackendUnused(b.id.clone())));
+            }
+        }
         // The empty machine has no default devices (nor buses to put them on).
         if m.machine.kind == machine::NONE_MACHINE {
             self.nodefaults = true;
@@ -156,6 +171,13 @@ impl State {
             debug_threads,
             uuid: self.uuid,
             memory: m.memory,
+            memory_slots: m.memory_slots,
+            maxmem: m.maxmem,
+            dimm_backends: take(&mut m.dimm_backends)
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect(),
+            dimms: dimms.into_iter().map(|(_, d)| d).collect(),
             smp: m.smp,
             cpu: self.cpu.unwrap_or_default(),
             machine: m.machine,
@@ -224,7 +246,7 @@ impl State {
             }
         }
         let memory_given = self.memory.given();
-        let mut memory = match take(&mut self.memory) {
+        let spec = match take(&mut self.memory) {
             m if m.given() && machine.kind == machine::NONE_MACHINE => {
                 return Err(invalid(&m.at(), MachineError::NoneMachineMemory));
             }
@@ -232,8 +254,13 @@ impl State {
                 let at = m.at();
                 machine::parse_memory(m.opts, host).map_err(|e| invalid(&at, e))?
             }
-            _ => 128 << 20,
+            _ => machine::MemorySpec {
+                size: 128 << 20,
+                slots: 0,
+                maxmem: 128 << 20,
+            },
         };
+        let mut memory = spec.size;
         // `memory-backend=ID`: the guest RAM is that memory backend (QEMU takes its size
         // when -m is absent, and refuses a mismatch). Every backend must be used.
         let mut machine = machine;
@@ -241,12 +268,14 @@ impl State {
         ram.prealloc = self.mem_prealloc;
         ram.mem_lock = self.mem_lock;
         let mut found = false;
+        let mut dimm_backends = Vec::new();
         for (obj_at, obj) in &self.objects {
             let ObjectSpec::MemoryBackend(b) = obj else {
                 continue;
             };
             if memory_backend.as_deref() != Some(b.id.as_str()) {
-                return Err(invalid(obj_at, ObjectError::BackendUnused(b.id.clone())));
+                dimm_backends.push((obj_at.clone(), b.clone()));
+                continue;
             }
             if memory_given && b.size != memory {
                 return Err(invalid(
@@ -322,6 +351,9 @@ impl State {
         Ok(MachinePart {
             machine,
             memory,
+            memory_slots: spec.slots,
+            maxmem: spec.maxmem.max(memory),
+            dimm_backends,
             smp,
             boot_order,
             name,

@@ -199,7 +199,7 @@ fn libvirt_options_troupe_cannot_honour_are_refused_by_name() {
     assert_eq!(c.memory, 64 << 20);
     assert_eq!(
         e(&["-object", "memory-backend-ram,id=r,size=64M"]),
-        "-object memory-backend-ram,id=r,size=64M: memory backend 'r' is not used by -machine memory-backend= (troupe has no NUMA nodes or memory devices to take it)"
+        "-object memory-backend-ram,id=r,size=64M: memory backend 'r' is not used by -machine memory-backend= or a -device pc-dimm (troupe has no NUMA nodes to take it)"
     );
     assert_eq!(
         e(&["-vnc", ":0,audiodev=a"]),
