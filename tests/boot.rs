@@ -431,6 +431,8 @@ fn device_needs(driver: &str, dir: &TempDir) -> (Vec<String>, String) {
                 format!("{driver},drive=d0,bus=ide.1,unit=0"),
             )
         }
+        // USB devices plug into the UHCI controller `-usb` adds.
+        "usb-kbd" | "usb-mouse" | "usb-tablet" => (s(&["-usb"]), driver.to_string()),
         "e1000" | "virtio-net-pci" => {
             (s(&["-netdev", "user,id=n0"]), format!("{driver},netdev=n0"))
         }
