@@ -646,7 +646,10 @@ impl Writer {
         let mut rects = Vec::new();
         let mut n = 0u16;
         let (sw, sh) = (self.shadow.width(), self.shadow.height());
-        if self.resized {
+        // A mode change is told as soon as the client can be told: a resize that came
+        // before its SetEncodings announced DesktopSize is sent once it has.
+        let differs = (sw, sh) != (self.client_w, self.client_h);
+        if self.resized || differs {
             self.resized = false;
             if self.feat.ext_desktop_size || self.feat.desktop_size {
                 self.client_w = sw;

@@ -425,6 +425,24 @@ async fn desktop_size_is_sent_at_once_without_a_request() {
 }
 
 #[tokio::test]
+async fn a_mode_change_before_set_encodings_is_told_once_the_client_can_hear_it() {
+    let srv = server(|_| {});
+    let mut c = Client::connect(&srv.handle).await;
+    c.init(true).await;
+    // The guest changes mode between ServerInit and the client's SetEncodings.
+    srv.writer.resize(1024, 768).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.set_encodings(&[enc::RAW, enc::DESKTOP_SIZE]).await;
+    let b = c.read(16).await;
+    assert_eq!(&b[..4], &[0, 0, 0, 1]);
+    assert_eq!(&b[4..12], &[0, 0, 0, 0, 4, 0, 3, 0], "DesktopSize 1024x768");
+    assert_eq!(
+        i32::from_be_bytes(b[12..16].try_into().unwrap()),
+        enc::DESKTOP_SIZE
+    );
+}
+
+#[tokio::test]
 async fn pseudo_encodings_are_announced_like_qemu() {
     let srv = server(|_| {});
     let mut c = Client::connect(&srv.handle).await;
