@@ -1621,18 +1621,18 @@ fn tls_credentials_missing_or_unnamed_are_refused_at_start() {
         )
     };
     let k = demo.to_str().unwrap();
-    let obj = format!(
-        "tls-creds-x509,id=t,dir={},endpoint=server",
-        empty.display()
-    );
-    let (code, err) = run(&[
-        "-object",
-        &obj,
-        "-vnc",
-        "127.0.0.1:0,tls-creds=t",
-        "-kernel",
-        k,
-    ]);
+    let with_creds = |dir: &std::path::Path| {
+        let obj = format!("tls-creds-x509,id=t,dir={},endpoint=server", dir.display());
+        run(&[
+            "-object",
+            &obj,
+            "-vnc",
+            "127.0.0.1:0,tls-creds=t",
+            "-kernel",
+            k,
+        ])
+    };
+    let (code, err) = with_creds(&empty);
     assert_eq!(code, Some(1));
     assert!(
         err.contains("ca-cert.pem") && err.contains("No such file"),
@@ -1643,18 +1643,7 @@ fn tls_credentials_missing_or_unnamed_are_refused_at_start() {
     assert!(err.contains("TLS credentials 'nope' not found"), "{err}");
     let creds = tls_creds(&dir);
     std::fs::write(creds.join("server-key.pem"), "not a key").unwrap();
-    let obj = format!(
-        "tls-creds-x509,id=t,dir={},endpoint=server",
-        creds.display()
-    );
-    let (code, err) = run(&[
-        "-object",
-        &obj,
-        "-vnc",
-        "127.0.0.1:0,tls-creds=t",
-        "-kernel",
-        k,
-    ]);
+    let (code, err) = with_creds(&creds);
     assert_eq!(code, Some(1));
     assert!(err.contains("server-key.pem"), "{err}");
 }

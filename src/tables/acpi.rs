@@ -522,6 +522,38 @@ mod tests {
         p
     }
 
+    /// Run acpica tool `name` with `args` in `dir`: whether it succeeded, and what it said.
+    fn run_tool(dir: &std::path::Path, name: &str, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(tool(name))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// `iasl -d FILES` in `dir`, checked to report no error; the DSDT's source.
+    fn decompile(dir: &std::path::Path, files: &[&str]) -> String {
+        let args: Vec<&str> = std::iter::once("-d").chain(files.iter().copied()).collect();
+        let (ok, text) = run_tool(dir, "iasl", &args);
+        assert!(ok && !text.contains("Error"), "{text}");
+        std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap()
+    }
+
+    /// `acpiexec -b SCRIPT dsdt.dat` in `dir`, checked to have run `evaluations` methods
+    /// with no exception, error or missing name; its output.
+    fn acpiexec(dir: &std::path::Path, script: &str, evaluations: usize) -> String {
+        let (_, text) = run_tool(dir, "acpiexec", &["-b", script, "dsdt.dat"]);
+        assert!(
+            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Evaluating \\").count(), evaluations, "{text}");
+        text
+    }
+
     #[test]
     fn iasl_decompiles_every_table_and_acpiexec_runs_the_dsdt() {
         let dir = std::env::temp_dir().join(format!("troupe-acpi-{}", std::process::id()));
@@ -579,15 +611,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let t = AcpiTables::build(&cfg(2, 2, |i| i));
         t.dump(&dir, 0xe_0000, 0xe_0040).unwrap();
-        let out = std::process::Command::new(tool("iasl"))
-            .args(["-d", "dsdt.dat"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !text.contains("Error"), "{text}");
-        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        let dsl = decompile(&dir, &["dsdt.dat"]);
         // Slot 3 (devfn 0x18) is hotpluggable, the VGA's slot 2 is not.
         for needle in [
             "Device (S18)",
@@ -602,23 +626,12 @@ mod tests {
             assert!(dsl.contains(needle), "{needle} missing:\n{dsl}");
         }
         assert!(!dsl.contains("Device (S10)"), "{dsl}");
-        let out = std::process::Command::new(tool("acpiexec"))
-            .args([
-                "-b",
-                "evaluate \\_SB.PCI0.S18._EJ0 1; evaluate \\_SB.PCI0.SF8._SUN; \
+        let text = acpiexec(
+            &dir,
+            "evaluate \\_SB.PCI0.S18._EJ0 1; evaluate \\_SB.PCI0.SF8._SUN; \
                  evaluate \\_GPE._E01; evaluate \\_SB.CPUS.C001._STA; evaluate \\_SB.PCI0.PCEJ 0 5",
-            ])
-            .arg("dsdt.dat")
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
-            "{text}"
+            5,
         );
-        assert_eq!(text.matches("Evaluating \\").count(), 5, "{text}");
         assert!(
             text.contains("[Integer] = 000000000000001F"),
             "_SUN of slot 31:\n{text}"
@@ -637,15 +650,7 @@ mod tests {
         // -smp 1,maxcpus=4 with sockets=2,cores=2: APIC ids 0 1 2 3.
         let t = AcpiTables::build(&cfg(1, 4, |i| i));
         t.dump(&dir, 0xe_0000, 0xe_0040).unwrap();
-        let out = std::process::Command::new(tool("iasl"))
-            .args(["-d", "dsdt.dat"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !text.contains("Error"), "{text}");
-        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        let dsl = decompile(&dir, &["dsdt.dat"]);
         for needle in [
             "Device (PRES)",
             "OperationRegion (PRST, SystemIO, 0xAF00, 0x0C)",
@@ -667,24 +672,13 @@ mod tests {
         // The boot CPU has no _EJ0; the others do.
         let c000 = &dsl[dsl.find("Device (C000)").unwrap()..dsl.find("Device (C001)").unwrap()];
         assert!(!c000.contains("_EJ0"), "{c000}");
-        let out = std::process::Command::new(tool("acpiexec"))
-            .args([
-                "-b",
-                "evaluate \\_SB.PCI0.PRES._INI; evaluate \\_SB.CPUS.C000._STA; \
+        let text = acpiexec(
+            &dir,
+            "evaluate \\_SB.PCI0.PRES._INI; evaluate \\_SB.CPUS.C000._STA; \
                  evaluate \\_SB.CPUS.C003._MAT; evaluate \\_SB.CPUS.C002._EJ0 1; \
                  evaluate \\_SB.CPUS.C001._OST 0x103 0x80 0; evaluate \\_GPE._E02",
-            ])
-            .arg("dsdt.dat")
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
-            "{text}"
+            6,
         );
-        assert_eq!(text.matches("Evaluating \\").count(), 6, "{text}");
         // _MAT of CPU 3: a local APIC entry, UID 3, APIC id 3, enabled.
         assert!(
             text.contains("00 08 03 03 01 00 00 00"),
@@ -732,15 +726,7 @@ mod tests {
         });
         let t = AcpiTables::build(&c);
         t.dump(&dir, 0xe_0000, 0xe_0040).unwrap();
-        let out = std::process::Command::new(tool("iasl"))
-            .args(["-d", "dsdt.dat", "srat.dat"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !text.contains("Error"), "{text}");
-        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        let dsl = decompile(&dir, &["dsdt.dat", "srat.dat"]);
         for needle in [
             "Device (MHPD)",
             "Name (_UID, \"Memory hotplug resources\")",
@@ -767,25 +753,14 @@ mod tests {
         }
         let srat = std::fs::read_to_string(dir.join("srat.dsl")).unwrap();
         assert!(srat.contains("Hot Pluggable : 1"), "{srat}");
-        let out = std::process::Command::new(tool("acpiexec"))
-            .args([
-                "-b",
-                "evaluate \\_SB.MHPC._STA; evaluate \\_SB.MHPC.MP00._STA; \
+        let text = acpiexec(
+            &dir,
+            "evaluate \\_SB.MHPC._STA; evaluate \\_SB.MHPC.MP00._STA; \
                  evaluate \\_SB.MHPC.MP01._CRS; evaluate \\_SB.MHPC.MP00._PXM; \
                  evaluate \\_SB.MHPC.MP01._OST 1 0 0; evaluate \\_SB.MHPC.MP00._EJ0 1; \
                  evaluate \\_GPE._E03",
-            ])
-            .arg("dsdt.dat")
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !text.contains("Exception") && !text.contains("Error") && !text.contains("not found"),
-            "{text}"
+            7,
         );
-        assert_eq!(text.matches("Evaluating \\").count(), 7, "{text}");
         assert!(
             text.contains("[Integer] = 000000000000000B"),
             "MHPC._STA:\n{text}"
