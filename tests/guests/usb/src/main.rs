@@ -158,7 +158,8 @@ fn control(dev: u8, setup: [u8; 8]) -> Result<(), u32> {
         DATA,
     );
     wr(QH + 4, TDS as u32);
-    let deadline = Deadline::after_ms(2000);
+    // Generous: QEMU's UHCI, busy on a loaded two-core host, once took over 2 s for a TD.
+    let deadline = Deadline::after_ms(10_000);
     loop {
         for i in 0..=u64::from(packets) + 1 {
             let c = rd(TDS + 32 * i + 4);
