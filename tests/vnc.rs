@@ -967,6 +967,33 @@ impl Drop for Xvfb {
     }
 }
 
+/// Screenshot Xvfb `x` into `shot` until `want` (a PPM) appears in it with at most one
+/// pixel in 1000 off (the viewer may draw its pointer over a few), for up to 25 s: TigerVNC
+/// shows a "Press F8" banner over the picture for a few seconds at start. `Err` carries the
+/// last comparison.
+fn viewer_shows(x: &Xvfb, shot: &std::path::Path, want: &std::path::Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut last = String::from("(no screenshot)");
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(700));
+        let st = Command::new("import")
+            .env("DISPLAY", &x.display)
+            .args(["-window", "root", shot.to_str().unwrap()])
+            .status()
+            .expect("ImageMagick import");
+        if st.success() {
+            last = py(&["find", shot.to_str().unwrap(), want.to_str().unwrap()]);
+            if last.starts_with("found") {
+                let (bad, total) = mismatch(last.trim());
+                if bad * 1000 <= total {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
 #[test]
 fn tigervnc_viewer_renders_the_console() {
     require_vncdotool(); // PIL for the comparison
@@ -996,35 +1023,12 @@ fn tigervnc_viewer_renders_the_console() {
             .spawn()
             .expect("vncviewer (TigerVNC) must be installed");
         let shot = dir.path(&format!("{enc}.png"));
-        // TigerVNC shows a "Press F8" banner over the picture for a few seconds at start:
-        // poll until the picture is clean or time is up.
-        let deadline = Instant::now() + Duration::from_secs(25);
-        let mut last = String::from("(no screenshot)");
-        let (bad, total) = loop {
-            std::thread::sleep(Duration::from_millis(700));
-            let st = Command::new("import")
-                .env("DISPLAY", &x.display)
-                .args(["-window", "root", shot.to_str().unwrap()])
-                .status()
-                .expect("ImageMagick import");
-            if st.success() {
-                last = py(&["find", shot.to_str().unwrap(), want.to_str().unwrap()]);
-                if last.starts_with("found") {
-                    let (bad, total) = mismatch(last.trim());
-                    // The viewer may draw its own pointer over a few pixels.
-                    if bad * 1000 <= total {
-                        break (bad, total);
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{enc}: the console never appeared right in the viewer: {last}"
-            );
-        };
+        let shown = viewer_shows(&x, &shot, &want);
         let _ = viewer.kill();
         let _ = viewer.wait();
-        assert!(bad * 1000 <= total, "{enc}: {bad} of {total} pixels differ");
+        if let Err(last) = shown {
+            panic!("{enc}: the console never appeared right in the viewer: {last}");
+        }
     }
 }
 
@@ -1575,33 +1579,15 @@ fn tls_x509_tigervnc_sees_the_console_over_vencrypt_and_plain_clients_are_offere
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("vncviewer (TigerVNC) must be installed");
-    let shot = dir.path("tls.png");
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let mut last = String::from("(no screenshot)");
-    loop {
-        std::thread::sleep(Duration::from_millis(700));
-        let st = Command::new("import")
-            .env("DISPLAY", &x.display)
-            .args(["-window", "root", shot.to_str().unwrap()])
-            .status()
-            .expect("ImageMagick import");
-        if st.success() {
-            last = py(&["find", shot.to_str().unwrap(), want.to_str().unwrap()]);
-            if last.starts_with("found") {
-                let (bad, total) = mismatch(last.trim());
-                if bad * 1000 <= total {
-                    break;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
+    let shown = viewer_shows(&x, &dir.path("tls.png"), &want);
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    if let Err(last) = shown {
+        panic!(
             "the console never appeared in the TLS viewer: {last}\n{}",
             vm.vm.stderr.text()
         );
     }
-    let _ = viewer.kill();
-    let _ = viewer.wait();
 }
 
 #[test]
